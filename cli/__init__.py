@@ -1,0 +1,1 @@
+"""The `hm3` command line."""

@@ -1,0 +1,72 @@
+"""Entry point of the `hm3` command: a table of subcommands, each imported only when it runs.
+
+Every subcommand lives in its own module under ``cli/`` with two functions:
+``add_arguments(parser)`` (argparse only, no heavy imports) and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# name -> (module, one-line description). Order is the order `hm3 --help` shows.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "validate": ("cli.validate", "Check a recipe; one line per problem, naming the field (exit 2 if bad)."),
+    "schema": ("cli.schema", "Print the JSON schema of the recipe format."),
+    "pool": ("cli.pool", "Inspect the models a recipe names: family, layers, shapes, compatibility."),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser; subcommand modules are imported to add their own arguments."""
+    parser = argparse.ArgumentParser(
+        prog="hm3",
+        description="hm3: multi-objective model merging (HM3 parameter + architecture search, HiMoLE).",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(_module=module_name)
+    return parser
+
+
+def _parser_for(argv: list[str]) -> argparse.ArgumentParser:
+    """Build the parser, importing only the module of the subcommand being run (keeps --help instant)."""
+    parser = build_parser()
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in SUBCOMMANDS:
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        module = importlib.import_module(SUBCOMMANDS[command][0])
+        module.add_arguments(subparsers.choices[command])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `hm3` command line; returns the process exit code."""
+    from hm3.errors import UserError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser_for(argv)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except UserError as error:
+        for line in error.lines():
+            print(f"hm3 {args.command}: {line}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"hm3 {args.command}: interrupted; nothing half-written was kept.", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

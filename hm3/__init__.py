@@ -1,0 +1,1 @@
+"""hm3: hierarchical multi-objective model merging."""

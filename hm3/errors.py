@@ -1,0 +1,35 @@
+"""Errors a user can cause: the CLI prints them as one line each and exits with code 2."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with the user's input (a recipe, a path, a flag), reported without a traceback.
+
+    Args:
+        message: One line saying what is wrong and, where it helps, what to do instead.
+    """
+
+    exit_code = 2
+
+    def lines(self) -> list[str]:
+        """The lines the CLI prints for this error."""
+        return [str(self)]
+
+
+class RecipeError(UserError):
+    """A recipe that does not validate: one problem per line, each naming the YAML path of the field.
+
+    Args:
+        problems: ``(yaml_path, message)`` pairs, e.g. ``("agent.gamma", "must be in (0, 1]")``.
+        source: The recipe file the problems were found in.
+    """
+
+    def __init__(self, problems: list[tuple[str, str]], source: str | None = None) -> None:
+        self.problems = problems
+        self.source = source
+        super().__init__("; ".join(f"{path}: {msg}" for path, msg in problems))
+
+    def lines(self) -> list[str]:
+        prefix = f"{self.source}: " if self.source else ""
+        return [f"{prefix}{path}: {msg}" if path else f"{prefix}{msg}" for path, msg in self.problems]
