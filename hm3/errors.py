@@ -33,3 +33,17 @@ class RecipeError(UserError):
     def lines(self) -> list[str]:
         prefix = f"{self.source}: " if self.source else ""
         return [f"{prefix}{path}: {msg}" if path else f"{prefix}{msg}" for path, msg in self.problems]
+
+
+class ModelError(UserError):
+    """A problem with one model of the pool (missing, incompatible, unsafe to load).
+
+    Args:
+        model: The model's name (``base`` for the base model).
+        message: What is wrong with it.
+    """
+
+    def __init__(self, model: str, message: str) -> None:
+        self.model = model
+        self.detail = message
+        super().__init__(f"model {model}: {message}")

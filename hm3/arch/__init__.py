@@ -38,6 +38,8 @@ class ArchitectureSpec:
         config_section: Sub-config holding the backbone, e.g. ``vision_config`` of a full ``CLIPModel``.
         tensor_prefixes: Only tensors starting with one of these belong to the backbone (empty: all do).
         per_layer_config_lists: Config keys holding one entry per layer (fixed when the layer count changes).
+        optional_prefix: A prefix some checkpoints put before every backbone tensor (``vision_model.`` in a
+            full ``CLIPModel``, absent in a ``CLIPVisionModel`` saved by transformers 5); kept when renaming.
     """
 
     family: str
@@ -50,20 +52,22 @@ class ArchitectureSpec:
     config_section: str | None = None
     tensor_prefixes: tuple[str, ...] = ()
     per_layer_config_lists: tuple[str, ...] = field(default=())
+    optional_prefix: str = ""
 
     @cached_property
     def _layer_pattern(self) -> re.Pattern[str]:
         before, after = self.layer_prefix.split("{index}")
-        return re.compile("^" + re.escape(before) + r"(\d+)" + re.escape(after))
+        prefix = f"(?:{re.escape(self.optional_prefix)})?" if self.optional_prefix else ""
+        return re.compile(f"^({prefix}{re.escape(before)})" + r"(\d+)" + f"({re.escape(after)})")
 
     def layer_of(self, tensor_name: str) -> int | None:
         """The layer index a tensor belongs to, or None for a shared tensor (embeddings, final norm, head)."""
         match = self._layer_pattern.match(tensor_name)
-        return int(match.group(1)) if match else None
+        return int(match.group(2)) if match else None
 
     def layer_tensor_name(self, tensor_name: str, new_index: int) -> str:
         """The same tensor renamed into layer ``new_index`` (for routed and passthrough models)."""
-        return self._layer_pattern.sub(self.layer_prefix.format(index=new_index), tensor_name, count=1)
+        return self._layer_pattern.sub(rf"\g<1>{new_index}\g<3>", tensor_name, count=1)
 
     def belongs(self, tensor_name: str) -> bool:
         """Whether a tensor is part of the backbone (e.g. the vision half of a full CLIP checkpoint)."""
@@ -97,12 +101,13 @@ FAMILIES: tuple[ArchitectureSpec, ...] = (
         family="clip_vision",
         model_types=("clip_vision_model", "clip"),
         kind="vision",
-        layer_prefix="vision_model.encoder.layers.{index}.",
+        layer_prefix="encoder.layers.{index}.",
         num_layers_key="num_hidden_layers",
         vocab_tensors=(),
         auto_class="CLIPVisionModel",
         config_section="vision_config",
-        tensor_prefixes=("vision_model.",),
+        tensor_prefixes=("vision_model.", "embeddings.", "encoder.", "pre_layrnorm.", "post_layernorm."),
+        optional_prefix="vision_model.",
     ),
 )
 

@@ -1,0 +1,30 @@
+"""`hm3 validate RECIPE`: check a recipe without loading any model."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipes", nargs="+", metavar="RECIPE", help="recipe YAML file(s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from hm3.validation import validate_recipe_file
+
+    for path in args.recipes:
+        report = validate_recipe_file(path)
+        recipe = report.recipe
+        shape = (
+            f"{report.family}, {report.num_layers} layers" if report.family else "architecture not checked"
+        )
+        print(
+            f"ok: {path}: {len(recipe.models)} models ({shape}), {len(recipe.objectives)} objectives, "
+            f"{recipe.parameter_level.method} + "
+            f"{'path search' if recipe.architecture_level.enabled else 'no path search'}"
+        )
+        for line in report.not_checked:
+            print(f"  not checked: {line}")
+        for line in report.notes:
+            print(f"  note: {line}")
+    return 0

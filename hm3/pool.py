@@ -1,0 +1,268 @@
+"""The model pool: a base model and K fine-tuned models of it, checked compatible before any heavy work.
+
+What the pool guarantees once built:
+
+* every model is of the base's backbone family (llama, qwen2, mistral, clip_vision), with the same number of
+  layers and the same tensors, of the same shapes;
+* no model needs ``trust_remote_code`` unless the recipe allows it, and pickle weights only with ``allow_pickle``;
+* every tensor :meth:`ModelPool.tensor` returns has the base's shape, under the **vocabulary rule**:
+
+  The merged vocabulary is that of ``tokenizer_source`` (``base`` by default, or one model's name) with
+  V rows. For a model with V_m rows, rows ``< min(V, V_m)`` are its own; rows it lacks (``V_m < V``) are taken
+  from the ``tokenizer_source`` model; rows beyond V are dropped. So Llama-2-chat (32000) and CodeLlama (32016)
+  merge on the base's 32000 rows, the 16 extra CodeLlama rows dropped; with ``tokenizer_source: codellama``
+  they merge on 32016 rows and the chat model borrows CodeLlama's 16 extra rows.
+
+Nothing is loaded to validate: names, shapes and dtypes come from the safetensors headers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hm3.arch import ArchitectureSpec, detect_family
+from hm3.checkpoint import Checkpoint
+from hm3.errors import ModelError, UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from hm3.recipe import ModelRef, Recipe
+
+BASE = -1
+"""Index that :meth:`ModelPool.tensor` and friends accept for the base model."""
+
+
+@dataclass(frozen=True)
+class UncheckedModel:
+    """A hub model that could not be inspected (no network and not in the local cache)."""
+
+    name: str
+    reference: str
+    reason: str
+
+
+def hub_is_offline() -> bool:
+    """True when the Hugging Face hub must not be contacted (``HF_HUB_OFFLINE=1``)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def resolve_model_folder(ref: ModelRef) -> Path:
+    """The local folder holding a model: its own path, or the hub snapshot of its id.
+
+    Raises:
+        UserError: the folder does not exist, or the hub id is neither cached nor downloadable.
+    """
+    if not ref.is_hub:
+        folder = Path(ref.path)
+        if not folder.exists():
+            raise ModelError(ref.name, f"folder not found: {folder}")
+        return folder
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                ref.path,
+                revision=ref.revision,
+                local_files_only=hub_is_offline(),
+                allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"],
+            )
+        )
+    except Exception as error:  # the hub client raises many kinds; all mean "not available here"
+        where = "in the local cache (HF_HUB_OFFLINE=1)" if hub_is_offline() else "on the hub"
+        raise ModelError(ref.name, f"hub id {ref.path!r} not available {where}: {error}") from None
+
+
+class ModelPool:
+    """The base and the K fine-tuned models, with one backbone spec and per-tensor access.
+
+    Args:
+        base: The base checkpoint (task vectors are differences from it).
+        models: The K fine-tuned checkpoints, in recipe order.
+        tokenizer_source: ``base`` or the name of one model: whose vocabulary the merged model keeps.
+        trust_remote_code: Accept models whose config asks for custom code (``auto_map``).
+    """
+
+    def __init__(
+        self,
+        base: Checkpoint,
+        models: list[Checkpoint],
+        tokenizer_source: str = "base",
+        trust_remote_code: bool = False,
+    ) -> None:
+        if not models:
+            raise UserError("the pool needs at least one fine-tuned model")
+        self.base = base
+        self.models = models
+        self.spec: ArchitectureSpec = detect_family(base.config, where=f"base model {base.name}")
+        self.tokenizer_source = tokenizer_source
+        self._check(trust_remote_code)
+
+    # -- construction -------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe) -> ModelPool:
+        """Resolve and check every model a recipe names (hub ids only where a network or cache has them)."""
+        base = Checkpoint(resolve_model_folder(recipe.base_model), "base", recipe.allow_pickle)
+        models = [
+            Checkpoint(resolve_model_folder(ref), ref.name, recipe.allow_pickle) for ref in recipe.models
+        ]
+        return cls(base, models, recipe.tokenizer_source, recipe.trust_remote_code)
+
+    # -- checks -------------------------------------------------------------------------------------------
+
+    def _check(self, trust_remote_code: bool) -> None:
+        for checkpoint in (self.base, *self.models):
+            if "auto_map" in checkpoint.config and not trust_remote_code:
+                raise ModelError(
+                    checkpoint.name,
+                    "its config asks for custom code (auto_map); "
+                    "set 'trust_remote_code: true' in the recipe if you trust it",
+                )
+        base_layers = self.spec.num_layers(self.base.config)
+        names = set(self.tensor_names)
+        for model in self.models:
+            family = detect_family(model.config, where=f"model {model.name}")
+            if family.family != self.spec.family:
+                raise ModelError(
+                    model.name, f"architecture {family.family} differs from the base's {self.spec.family}"
+                )
+            layers = self.spec.num_layers(model.config)
+            if layers != base_layers:
+                raise ModelError(model.name, f"{layers} layers, the base has {base_layers}")
+            own = {n for n in model.tensors if self.spec.belongs(n)}
+            missing, extra = sorted(names - own), sorted(own - names)
+            if missing or extra:
+                parts = []
+                if missing:
+                    parts.append(f"lacks {_first(missing)}")
+                if extra:
+                    parts.append(f"has tensors the base lacks: {_first(extra)}")
+                raise ModelError(model.name, f"{'; '.join(parts)}")
+            mismatched = [
+                f"{n} {list(model.tensors[n].shape)} vs base {list(self.base.tensors[n].shape)}"
+                for n in self.tensor_names
+                if not self._shapes_compatible(n, model.tensors[n].shape, self.base.tensors[n].shape)
+            ]
+            if mismatched:
+                raise ModelError(model.name, f"tensor shapes differ from the base: {_first(mismatched)}")
+        if self.tokenizer_source != "base" and self.tokenizer_source not in self.model_names:
+            raise UserError(f"tokenizer_source {self.tokenizer_source!r} is neither 'base' nor a model name")
+
+    def _shapes_compatible(self, name: str, shape: tuple[int, ...], base_shape: tuple[int, ...]) -> bool:
+        if name in self.spec.vocab_tensors:
+            return shape[1:] == base_shape[1:]
+        return shape == base_shape
+
+    # -- facts --------------------------------------------------------------------------------------------
+
+    @property
+    def model_names(self) -> list[str]:
+        """Names of the K fine-tuned models."""
+        return [m.name for m in self.models]
+
+    @property
+    def num_layers(self) -> int:
+        """L, the number of layers of every model in the pool."""
+        return self.spec.num_layers(self.base.config)
+
+    @cached_property
+    def tensor_names(self) -> list[str]:
+        """The backbone's tensors, in the base checkpoint's order."""
+        return [n for n in self.base.tensors if self.spec.belongs(n)]
+
+    def layer_tensor_names(self, layer: int) -> list[str]:
+        """Tensors of one layer."""
+        return [n for n in self.tensor_names if self.spec.layer_of(n) == layer]
+
+    def shared_tensor_names(self) -> list[str]:
+        """Tensors outside the layers: embeddings, final norm, output head."""
+        return [n for n in self.tensor_names if self.spec.layer_of(n) is None]
+
+    def checkpoint(self, index: int) -> Checkpoint:
+        """Model ``index`` (0..K-1), or the base for :data:`BASE`."""
+        return self.base if index == BASE else self.models[index]
+
+    @cached_property
+    def vocab_size(self) -> int | None:
+        """Rows of the merged vocabulary (the ``tokenizer_source`` model's), or None for vision backbones."""
+        vocab = [n for n in self.spec.vocab_tensors if n in self.base.tensors]
+        if not vocab:
+            return None
+        return self._source.tensors[vocab[0]].shape[0]
+
+    @property
+    def _source(self) -> Checkpoint:
+        if self.tokenizer_source == "base":
+            return self.base
+        return self.models[self.model_names.index(self.tokenizer_source)]
+
+    @property
+    def vocab_mismatches(self) -> dict[str, int]:
+        """Models whose vocabulary differs from the merged one: name -> their row count."""
+        if self.vocab_size is None:
+            return {}
+        name = next(n for n in self.spec.vocab_tensors if n in self.base.tensors)
+        rows = {c.name: c.tensors[name].shape[0] for c in (self.base, *self.models)}
+        return {model: count for model, count in rows.items() if count != self.vocab_size}
+
+    # -- tensors ------------------------------------------------------------------------------------------
+
+    def tensor(self, index: int, name: str) -> torch.Tensor:
+        """Tensor ``name`` of model ``index`` (or :data:`BASE`), with the vocabulary rule applied."""
+        value = self.checkpoint(index).load(name)
+        if (
+            name in self.spec.vocab_tensors
+            and self.vocab_size is not None
+            and value.shape[0] != self.vocab_size
+        ):
+            value = self._fit_vocab(value, name)
+        return value
+
+    def state_dict(self, index: int) -> dict[str, torch.Tensor]:
+        """Every backbone tensor of model ``index`` (or :data:`BASE`), vocabulary rule applied; loaded once
+        and kept, so repeated calls (the search builds many candidates from the same pool) cost nothing."""
+        cache: dict[int, dict[str, torch.Tensor]] = self.__dict__.setdefault("_state_dicts", {})
+        if index not in cache:
+            cache[index] = {name: self.tensor(index, name) for name in self.tensor_names}
+        return cache[index]
+
+    def _fit_vocab(self, value: torch.Tensor, name: str) -> torch.Tensor:
+        import torch
+
+        rows = self.vocab_size
+        assert rows is not None
+        if value.shape[0] > rows:
+            return value[:rows]
+        borrowed = self._source.load(name)[value.shape[0] : rows].to(value.dtype)
+        return torch.cat([value, borrowed], dim=0)
+
+    def close(self) -> None:
+        """Release file handles of every checkpoint."""
+        for checkpoint in (self.base, *self.models):
+            checkpoint.close()
+        self.__dict__.pop("_state_dicts", None)
+
+    def describe(self) -> dict[str, object]:
+        """A summary for ``hm3 pool``: family, layers, sizes, vocabulary."""
+        return {
+            "family": self.spec.family,
+            "layers": self.num_layers,
+            "tensors": len(self.tensor_names),
+            "layer_tensors": len(self.layer_tensor_names(0)),
+            "shared_tensors": len(self.shared_tensor_names()),
+            "models": {c.name: str(c.folder) for c in (self.base, *self.models)},
+            "bytes_per_model": self.base.nbytes,
+            "vocab_size": self.vocab_size,
+            "vocab_mismatches": self.vocab_mismatches,
+        }
+
+
+def _first(items: list[str], count: int = 3) -> str:
+    shown = ", ".join(items[:count])
+    return shown + (f" (and {len(items) - count} more)" if len(items) > count else "")

@@ -1,0 +1,598 @@
+"""The recipe: everything a run needs, as frozen, validated data.
+
+A recipe is a YAML file. Relative paths in it resolve against the recipe file's folder, and ``include:``
+pulls in other recipes (this file's keys win; mappings merge, lists are replaced)::
+
+    include: base.yaml                  # optional; a path or a list of paths
+    base_model: ../zoo/lm-llama-small/base
+    models:                             # the K fine-tuned models (local folders or hub ids)
+      - {name: addition, path: ../zoo/lm-llama-small/addition}
+      - {name: reversal, path: ../zoo/lm-llama-small/reversal}
+    objectives:                         # one per task; an lm-eval task name or a local task YAML
+      - {name: addition, task: ../zoo/lm-llama-small/tasks/toy_addition.yaml, metric: exact_match}
+      - {name: reversal, task: ../zoo/lm-llama-small/tasks/toy_reversal.yaml, metric: exact_match}
+    split: {search_fraction: 0.7, seed: 0}
+    parameter_level: {method: dare_ties, density: 0.5}
+    architecture_level: {enabled: true, alignment: none, length_penalty: 0.01}
+    agent: {gamma: 0.99, iterations: 1000}
+    preferences: {count: 10, scalarization: weighted_sum}
+
+Loading (:func:`load_recipe`) reports every problem at once, one line each, naming the YAML path of the field.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from hm3.errors import RecipeError
+
+MERGE_METHODS = ("linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "della")
+"""Parameter-level methods a recipe may name (the merge registry holds one row for each)."""
+
+MergeMethodName = Literal[
+    "linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "della"
+]
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+_TASK_YAML_SUFFIXES = (".yaml", ".yml")
+
+
+class _Section(BaseModel):
+    """Base of every recipe section: frozen, unknown keys refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _resolve_path(value: str, info: ValidationInfo) -> str:
+    """An absolute path for a relative one, against the recipe's folder (from the validation context)."""
+    base_dir = (info.context or {}).get("base_dir")
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    return str(path.resolve()) if (path.is_absolute() or base_dir is not None) else value
+
+
+def is_hub_id(reference: str) -> bool:
+    """Whether a model reference reads as a Hugging Face hub id (``org/name``) rather than a local path."""
+    return bool(_HUB_ID.match(reference)) and not reference.startswith((".", "/", "~"))
+
+
+class ModelRef(_Section):
+    """A model: a local folder or a hub id.
+
+    Attributes:
+        path: Local folder (relative to the recipe) or hub id such as ``meta-llama/Llama-2-7b-chat-hf``.
+        name: Short name used in tables and plots; defaults to the folder or repository name.
+        revision: Hub revision (branch, tag or commit); only for hub ids.
+    """
+
+    path: str = Field(min_length=1)
+    name: str | None = Field(default=None, min_length=1, pattern=r"^[\w.\-]+$")
+    revision: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
+
+    @field_validator("path")
+    @classmethod
+    def _resolve(cls, value: str, info: ValidationInfo) -> str:
+        if is_hub_id(value) and not _exists_locally(value, info):
+            return value
+        return _resolve_path(value, info)
+
+    @model_validator(mode="after")
+    def _default_name(self) -> ModelRef:
+        if self.name is None:
+            object.__setattr__(self, "name", re.sub(r"[^\w.\-]", "_", Path(self.path).name) or "model")
+        return self
+
+    @property
+    def is_hub(self) -> bool:
+        """True when :attr:`path` is a hub id rather than a local folder."""
+        return is_hub_id(self.path)
+
+
+def _exists_locally(value: str, info: ValidationInfo) -> bool:
+    base_dir = (info.context or {}).get("base_dir")
+    return (Path(base_dir) / value).exists() if base_dir else Path(value).exists()
+
+
+class DatasetSpec(_Section):
+    """Evaluation images for a vision objective.
+
+    Attributes:
+        format: ``npz`` (arrays ``pixel_values`` [N, C, H, W] and ``labels`` [N]), ``image_folder``
+            (one sub-folder per class), or ``hf`` (a Hugging Face dataset; needs a network or a local cache).
+        path: File or folder for ``npz`` / ``image_folder``; dataset name for ``hf``.
+        split: Dataset split for ``hf``.
+        image_key: Column holding the image for ``hf``.
+        label_key: Column holding the label for ``hf``.
+    """
+
+    format: Literal["npz", "image_folder", "hf"]
+    path: str = Field(min_length=1)
+    split: str = "test"
+    image_key: str = "image"
+    label_key: str = "label"
+
+    @field_validator("path")
+    @classmethod
+    def _resolve(cls, value: str, info: ValidationInfo) -> str:
+        format_ = info.data.get("format")
+        return value if format_ == "hf" else _resolve_path(value, info)
+
+
+class Objective(_Section):
+    """One task to be good at: an lm-eval task, or a vision classification data set.
+
+    Attributes:
+        name: Short name (tables, plots, ``--preference`` order).
+        task: lm-eval task name from its registry (``gsm8k``) or a path to a local task YAML.
+        dataset: Vision only: the images and labels to classify.
+        head: Vision only: the task's classification head (``head.safetensors`` beside its model).
+        metric: Key of the score in lm-eval's results (``acc``, ``exact_match``, ``chrf``, optionally with its
+            filter: ``exact_match,flexible-extract``); ``accuracy`` for vision. Empty: the task's first metric.
+        higher_is_better: Direction of the metric.
+        weight: Relative importance when a preference is not given.
+        num_fewshot: Few-shot examples (lm-eval).
+        limit: Score at most this many documents of the split (lm-eval ``limit``).
+        batch_size: Evaluation batch size.
+        generation_kwargs: Extra generation arguments for generative tasks.
+        apply_chat_template: Wrap prompts in the model's chat template.
+        include_path: Extra folder of task YAMLs for lm-eval's TaskManager.
+    """
+
+    name: str = Field(min_length=1, pattern=r"^[\w.\-]+$")
+    task: str | None = Field(default=None, min_length=1)
+    dataset: DatasetSpec | None = None
+    head: str | None = None
+    metric: str | None = None
+    higher_is_better: bool = True
+    weight: float = Field(default=1.0, gt=0)
+    num_fewshot: int | None = Field(default=None, ge=0)
+    limit: int | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=16, gt=0)
+    generation_kwargs: dict[str, Any] = Field(default_factory=dict)
+    apply_chat_template: bool = False
+    include_path: str | None = None
+
+    @field_validator("task")
+    @classmethod
+    def _resolve_task(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and value.endswith(_TASK_YAML_SUFFIXES):
+            return _resolve_path(value, info)
+        return value
+
+    @field_validator("head", "include_path")
+    @classmethod
+    def _resolve_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else _resolve_path(value, info)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Objective:
+        if (self.task is None) == (self.dataset is None):
+            raise ValueError("give exactly one of 'task' (lm-eval) or 'dataset' (vision)")
+        if self.dataset is not None and self.head is None:
+            raise ValueError("a vision objective needs 'head' (the task's classification head)")
+        if self.dataset is not None and self.metric not in (None, "accuracy"):
+            raise ValueError("a vision objective's metric is 'accuracy'")
+        return self
+
+    @property
+    def is_vision(self) -> bool:
+        """True for a classification objective scored on images."""
+        return self.dataset is not None
+
+    @property
+    def task_is_file(self) -> bool:
+        """True when :attr:`task` names a local task YAML rather than a registry task."""
+        return self.task is not None and self.task.endswith(_TASK_YAML_SUFFIXES)
+
+
+class SplitConfig(_Section):
+    """How each objective's evaluation documents divide into the search and held-out parts."""
+
+    search_fraction: float = Field(default=0.7, gt=0, lt=1)
+    seed: int = 0
+
+
+class ParameterLevel(_Section):
+    """The upper level: a parameter-space merge whose per-model weights are the preference vector.
+
+    Attributes:
+        method: Merge method (see ``hm3.merge``).
+        density: Fraction of each task vector kept (TIES trim; DARE random keep). Paper: not given.
+        drop_rate: DARE drop rate p; the same knob as ``1 - density`` (give one or the other, or equal ones).
+        normalize: Divide by the sum of weights (None: the method's mergekit default).
+        density_search: Optional densities tried per preference (the upper level picks the best).
+        seed: Seed of DARE's random masks (None: the recipe's ``seed``).
+    """
+
+    method: MergeMethodName = "dare_ties"
+    density: float | None = Field(default=None, gt=0, le=1)
+    drop_rate: float | None = Field(default=None, ge=0, lt=1)
+    normalize: bool | None = None
+    density_search: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(default=None, min_length=1)
+    seed: int | None = None
+
+    @model_validator(mode="after")
+    def _density_or_drop_rate(self) -> ParameterLevel:
+        if self.density is not None and self.drop_rate is not None:
+            if abs(self.density - (1 - self.drop_rate)) > 1e-9:
+                raise ValueError(
+                    f"density {self.density} and drop_rate {self.drop_rate} disagree (density = 1 - drop_rate)"
+                )
+        if self.drop_rate is not None and not self.method.startswith(("dare", "della")):
+            raise ValueError(f"drop_rate applies to DARE methods only, not {self.method!r}; use density")
+        return self
+
+    @property
+    def effective_density(self) -> float:
+        """The density the merge uses: ``density``, else ``1 - drop_rate``, else 0.5."""
+        if self.density is not None:
+            return self.density
+        return 1 - self.drop_rate if self.drop_rate is not None else 0.5
+
+
+class ArchitectureLevel(_Section):
+    """The lower level: the inference-path search over layers of the K fine-tuned models and the merged one.
+
+    Attributes:
+        enabled: Switch the level off to search parameters only (the paper's ablation).
+        max_path_length: T_max; None means 1.5 × the number of layers.
+        alignment: ``none`` (pure layer routing) or ``stats`` (per-channel mean/std matching between layers of
+            different origin, fitted on a calibration sample of the search split).
+        length_penalty: β1 in R = Σ λ_k f_k − β1·T (per layer, on the scale of the scores).
+        calibration_samples: Documents used to fit ``stats`` alignment.
+    """
+
+    enabled: bool = True
+    max_path_length: int | None = Field(default=None, gt=0)
+    alignment: Literal["none", "stats"] = "none"
+    length_penalty: float = Field(default=0.001, ge=0)
+    calibration_samples: int = Field(default=16, gt=0)
+
+
+class AgentConfig(_Section):
+    """The PPO actor-critic with Wolpertinger discretization that searches inference paths.
+
+    Attributes:
+        mode: ``per_preference`` (the paper's Algorithm 1: a fresh agent per λ) or ``conditioned`` (one policy
+            with λ in its observation, trained over sampled λ, reusable for a new λ by a rollout).
+        gamma: Discount γ (paper: 0.99).
+        iterations: Episodes per preference, i.e. candidate paths scored (paper: Max_iter = 1000).
+        learning_rate: Adam learning rate of actor and critic.
+        n_steps: Environment steps per PPO rollout.
+        batch_size: PPO minibatch size.
+        n_epochs: PPO epochs per rollout.
+        gae_lambda: GAE λ.
+        clip_range: PPO clip ε.
+        ent_coef: Entropy coefficient c2.
+        vf_coef: Value-loss coefficient c1.
+        hidden_size: Width of the GRU trajectory encoder and the heads.
+        wolpertinger_neighbours: M', the discrete actions nearest the proto-action that the critic ranks.
+        wolpertinger_epsilon: Probability of a uniform pick among the M' neighbours instead of the critic's.
+    """
+
+    mode: Literal["per_preference", "conditioned"] = "per_preference"
+    gamma: float = 0.99
+    iterations: int = Field(default=1000, gt=0)
+    learning_rate: float = Field(default=3e-4, gt=0)
+    n_steps: int = Field(default=64, gt=1)
+    batch_size: int = Field(default=32, gt=1)
+    n_epochs: int = Field(default=4, gt=0)
+    gae_lambda: float = Field(default=0.95, ge=0, le=1)
+    clip_range: float = Field(default=0.2, gt=0)
+    ent_coef: float = Field(default=0.01, ge=0)
+    vf_coef: float = Field(default=0.5, ge=0)
+    hidden_size: int = Field(default=64, gt=0)
+    wolpertinger_neighbours: int = Field(default=8, gt=0)
+    wolpertinger_epsilon: float = Field(default=0.1, ge=0, le=1)
+
+    @field_validator("gamma")
+    @classmethod
+    def _gamma_range(cls, value: float) -> float:
+        if not 0 < value <= 1:
+            raise ValueError("must be in (0, 1]")
+        return value
+
+
+class PreferenceConfig(_Section):
+    """Which preference vectors λ over the objectives the search covers.
+
+    Attributes:
+        count: N samples from Dirichlet(1, ..., 1); the K simplex corners and the centre are added.
+        scalarization: ``weighted_sum`` Σ λ_k f_k (the paper's RL reward) or ``tchebycheff``
+            max_k λ_k |f_k − z*_k| (the paper's main text), z* the best fine-tuned score per task.
+        include_corners: Add the K one-hot preferences.
+        include_centre: Add the uniform preference.
+        seed: Seed of the Dirichlet samples (None: the recipe's ``seed``).
+    """
+
+    count: int = Field(default=10, ge=0)
+    scalarization: Literal["weighted_sum", "tchebycheff"] = "weighted_sum"
+    include_corners: bool = True
+    include_centre: bool = True
+    seed: int | None = None
+
+
+class OutputConfig(_Section):
+    """Where runs go.
+
+    Attributes:
+        dir: Run directory (relative to the recipe file); None: ``runs/<recipe name>`` in the working directory.
+        shard_size: Largest safetensors shard written on export, e.g. ``5GB``.
+    """
+
+    dir: str | None = None
+    shard_size: str = Field(default="5GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]?B$")
+
+    @field_validator("dir")
+    @classmethod
+    def _resolve(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else _resolve_path(value, info)
+
+
+class Recipe(_Section):
+    """A complete, validated recipe. See the module docstring for an annotated example."""
+
+    base_model: ModelRef
+    models: list[ModelRef] = Field(min_length=1)
+    objectives: list[Objective] = Field(min_length=1)
+    split: SplitConfig = SplitConfig()
+    parameter_level: ParameterLevel = ParameterLevel()
+    architecture_level: ArchitectureLevel = ArchitectureLevel()
+    agent: AgentConfig = AgentConfig()
+    preferences: PreferenceConfig = PreferenceConfig()
+    output: OutputConfig = OutputConfig()
+    tokenizer_source: str = Field(default="base", min_length=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    seed: int = 0
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Recipe:
+        problems: list[str] = []
+        names = [m.name for m in self.models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            problems.append(f"models: duplicate names {duplicates}; give each a distinct 'name'")
+        objective_names = [o.name for o in self.objectives]
+        repeated = sorted({n for n in objective_names if objective_names.count(n) > 1})
+        if repeated:
+            problems.append(f"objectives: duplicate names {repeated}")
+        if self.tokenizer_source not in ("base", *names):
+            problems.append(f"tokenizer_source: {self.tokenizer_source!r} is neither 'base' nor a model name")
+        kinds = {o.is_vision for o in self.objectives}
+        if len(kinds) > 1:
+            problems.append(
+                "objectives: mixes lm-eval tasks and vision data sets; a pool is one or the other"
+            )
+        if problems:
+            raise ValueError(" | ".join(problems))
+        return self
+
+    @property
+    def model_names(self) -> list[str]:
+        """Names of the K fine-tuned models, in recipe order."""
+        return [m.name for m in self.models]  # type: ignore[misc]
+
+    @property
+    def objective_names(self) -> list[str]:
+        """Names of the objectives, in recipe order (the order of a preference vector)."""
+        return [o.name for o in self.objectives]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading: YAML, include:, and error messages that name the field.
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read, merge includes, and validate a recipe file.
+
+    Raises:
+        RecipeError: with one ``(yaml_path, message)`` per problem.
+    """
+    path = Path(path)
+    raw = _read_with_includes(path.resolve(), chain=())
+    return recipe_from_dict(raw, base_dir=path.resolve().parent, source=str(path))
+
+
+def recipe_from_dict(raw: dict[str, Any], base_dir: Path | None = None, source: str | None = None) -> Recipe:
+    """Validate an already-read recipe mapping; relative paths resolve against ``base_dir``."""
+    from pydantic import ValidationError
+
+    try:
+        return Recipe.model_validate(raw, context={"base_dir": base_dir})
+    except ValidationError as error:
+        raise RecipeError(_problems_from(error), source=source) from None
+
+
+def _read_yaml(path: Path, where: str) -> dict[str, Any]:
+    import yaml
+
+    if not path.is_file():
+        raise RecipeError([(where, f"file not found: {path}")])
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise RecipeError(
+            [("", f"not valid YAML{at}: {getattr(error, 'problem', error)}")], str(path)
+        ) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(
+            [("", f"a recipe is a mapping of sections, not a {type(data).__name__}")], str(path)
+        )
+    return data
+
+
+def _read_with_includes(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """The recipe mapping with every ``include:`` merged in; relative paths inside an included file are
+    rewritten to absolute ones so they keep pointing where that file meant."""
+    data = _read_yaml(path, "include" if chain else "")
+    includes = data.pop("include", None)
+    if includes is None:
+        return data
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise RecipeError([("include", "must be a path or a list of paths")], str(path))
+    merged: dict[str, Any] = {}
+    for index, include in enumerate(includes):
+        target = (path.parent / include).resolve()
+        where = "include" if len(includes) == 1 else f"include[{index}]"
+        if target in chain or target == path:
+            raise RecipeError([(where, f"include cycle through {target}")], str(path))
+        if not target.is_file():
+            raise RecipeError([(where, f"included file not found: {target}")], str(path))
+        included = _read_with_includes(target, (*chain, path))
+        merged = _deep_merge(merged, _absolutize(included, target.parent))
+    return _deep_merge(merged, data)
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _absolutize(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """An included recipe with its relative paths made absolute against its own folder (``base_dir``).
+
+    Only the path fields of the schema are rewritten (model paths that are not hub ids, task YAMLs, heads,
+    include paths, dataset paths, the output folder); everything else is left as written.
+    """
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, str) and not Path(value).is_absolute() and not is_hub_id(value):
+            return str((base_dir / value).resolve())
+        return value
+
+    def fix_model(ref: Any) -> Any:
+        if isinstance(ref, str):
+            return ref if (is_hub_id(ref) and not (base_dir / ref).exists()) else fix(ref)
+        if isinstance(ref, dict) and "path" in ref:
+            path = ref["path"]
+            keep = isinstance(path, str) and is_hub_id(path) and not (base_dir / path).exists()
+            return ref if keep else {**ref, "path": fix(path)}
+        return ref
+
+    out = dict(data)
+    if "base_model" in out:
+        out["base_model"] = fix_model(out["base_model"])
+    if isinstance(out.get("models"), list):
+        out["models"] = [fix_model(m) for m in out["models"]]
+    if isinstance(out.get("objectives"), list):
+        out["objectives"] = [_absolutize_objective(o, fix) for o in out["objectives"]]
+    if isinstance(out.get("output"), dict) and isinstance(out["output"].get("dir"), str):
+        out["output"] = {**out["output"], "dir": fix(out["output"]["dir"])}
+    return out
+
+
+def _absolutize_objective(objective: Any, fix: Any) -> Any:
+    if not isinstance(objective, dict):
+        return objective
+    out = dict(objective)
+    if isinstance(out.get("task"), str) and out["task"].endswith(_TASK_YAML_SUFFIXES):
+        out["task"] = fix(out["task"])
+    for key in ("head", "include_path"):
+        if isinstance(out.get(key), str):
+            out[key] = fix(out[key])
+    dataset = out.get("dataset")
+    if isinstance(dataset, dict) and dataset.get("format") != "hf" and isinstance(dataset.get("path"), str):
+        out["dataset"] = {**dataset, "path": fix(dataset["path"])}
+    return out
+
+
+def _problems_from(error: Any) -> list[tuple[str, str]]:
+    """One ``(yaml_path, message)`` per pydantic error, phrased for someone editing YAML."""
+    problems: list[tuple[str, str]] = []
+    for item in error.errors(include_url=False):
+        location = _yaml_path(item["loc"])
+        kind, message = item["type"], item["msg"]
+        if kind == "extra_forbidden":
+            message = "unknown key" + _allowed_keys_hint(item["loc"])
+        elif kind == "missing":
+            message = "required"
+        elif kind in ("value_error", "assertion_error"):
+            message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        elif kind == "too_short":
+            minimum = (item.get("ctx") or {}).get("min_length", 1)
+            message = "must not be empty" if minimum == 1 else f"needs at least {minimum} items"
+        elif kind == "literal_error":
+            message = message.replace("Input should be", "must be")
+        else:
+            message = message.replace("Input should be", "must be").replace("Input", "value")
+        for part in message.split(" | "):
+            problems.append((location, part))
+    return problems
+
+
+def _yaml_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for piece in loc:
+        if isinstance(piece, int):
+            parts.append(f"[{piece}]")
+        elif str(piece).startswith("function-"):
+            continue
+        else:
+            parts.append(("." if parts else "") + str(piece))
+    return "".join(parts) or "recipe"
+
+
+def _allowed_keys_hint(loc: tuple[Any, ...]) -> str:
+    """`` (allowed: a, b, c)`` for the section an unknown key was found in."""
+    model: type[BaseModel] | None = Recipe
+    for piece in loc[:-1]:
+        if isinstance(piece, int) or model is None:
+            continue
+        field = model.model_fields.get(str(piece))
+        model = _model_of(field.annotation) if field else None
+    if model is None:
+        return ""
+    return f" (allowed: {', '.join(model.model_fields)})"
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def recipe_json_schema() -> dict[str, Any]:
+    """The JSON schema of the recipe format (``hm3 schema``)."""
+    schema = Recipe.model_json_schema()
+    schema["properties"]["include"] = {
+        "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+        "description": "Recipe file(s) this one extends; their keys are overridden by this file's.",
+    }
+    return schema

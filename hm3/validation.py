@@ -1,0 +1,137 @@
+"""``hm3 validate``: a recipe's schema, then everything that can be checked without loading a model.
+
+Checked here, cheaply (config files and safetensors headers only):
+
+* the schema (``hm3.recipe``), including includes;
+* every local model: folder, config, weights, shards, pickle policy, remote-code policy;
+* the pool: same family, layer count, tensor names and shapes as the base (vocabulary rule allowed);
+* every objective's local files: task YAMLs parse, vision data and heads exist.
+
+Hub ids are checked when the network or the local cache has them; otherwise they are listed as not checked,
+so a recipe for a 7B model validates on a machine that has never seen the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hm3.errors import ModelError, RecipeError, UserError
+from hm3.recipe import Recipe, load_recipe
+
+
+@dataclass
+class ValidationReport:
+    """What ``hm3 validate`` found on a recipe that has no problems."""
+
+    recipe: Recipe
+    family: str | None = None
+    num_layers: int | None = None
+    not_checked: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def validate_recipe_file(path: str | Path) -> ValidationReport:
+    """Validate a recipe file completely.
+
+    Raises:
+        RecipeError: every problem found, each with the YAML path of the field at fault.
+    """
+    recipe = load_recipe(path)
+    report = ValidationReport(recipe)
+    problems: list[tuple[str, str]] = []
+    problems += _check_models(recipe, report)
+    problems += _check_objectives(recipe)
+    if problems:
+        raise RecipeError(problems, source=str(path))
+    return report
+
+
+def _check_models(recipe: Recipe, report: ValidationReport) -> list[tuple[str, str]]:
+    from hm3.checkpoint import Checkpoint
+    from hm3.pool import ModelPool, hub_is_offline, resolve_model_folder
+
+    refs = [("base_model", recipe.base_model, "base")] + [
+        (f"models[{i}]", ref, ref.name) for i, ref in enumerate(recipe.models)
+    ]
+    where_of = {name: where for where, _, name in refs}
+    checkpoints: dict[str, Checkpoint] = {}
+    problems: list[tuple[str, str]] = []
+    for where, ref, name in refs:
+        if ref.is_hub and hub_is_offline() and not _in_hub_cache(ref.path, ref.revision):
+            report.not_checked.append(f"{where} ({ref.path}): hub id, offline and not cached")
+            continue
+        try:
+            checkpoints[name] = Checkpoint(resolve_model_folder(ref), name, recipe.allow_pickle)
+        except ModelError as error:
+            problems.append((where, error.detail))
+        except UserError as error:
+            problems.append((where, str(error)))
+    if problems or "base" not in checkpoints:
+        return problems
+    try:
+        pool = ModelPool(
+            checkpoints["base"],
+            [checkpoints[n] for n in recipe.model_names if n in checkpoints],
+            tokenizer_source=recipe.tokenizer_source if recipe.tokenizer_source in checkpoints else "base",
+            trust_remote_code=recipe.trust_remote_code,
+        )
+    except ModelError as error:
+        return [(where_of.get(error.model, "models"), error.detail)]
+    except UserError as error:
+        return [("models", str(error))]
+    report.family, report.num_layers = pool.spec.family, pool.num_layers
+    for name, rows in pool.vocab_mismatches.items():
+        report.notes.append(
+            f"{where_of[name]}: vocabulary has {rows} rows, the merged model keeps {pool.vocab_size} "
+            "(rows beyond are dropped, missing rows come from tokenizer_source)"
+        )
+    return []
+
+
+def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+        return isinstance(found, str)
+    except Exception:  # an unusual cache layout means "not cached" here
+        return False
+
+
+def _check_objectives(recipe: Recipe) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    for i, objective in enumerate(recipe.objectives):
+        where = f"objectives[{i}]"
+        if objective.task_is_file:
+            problem = _task_yaml_problem(Path(objective.task))  # type: ignore[arg-type]
+            if problem:
+                problems.append((f"{where}.task", problem))
+        if objective.include_path and not Path(objective.include_path).is_dir():
+            problems.append((f"{where}.include_path", f"folder not found: {objective.include_path}"))
+        if objective.dataset is not None and objective.dataset.format != "hf":
+            if not Path(objective.dataset.path).exists():
+                problems.append((f"{where}.dataset.path", f"not found: {objective.dataset.path}"))
+        if objective.head is not None and not Path(objective.head).is_file():
+            problems.append((f"{where}.head", f"file not found: {objective.head}"))
+    return problems
+
+
+def _task_yaml_problem(path: Path) -> str | None:
+    """Why a local lm-eval task YAML is unusable, or None. lm-eval's ``!function`` tags are accepted."""
+    import yaml
+
+    if not path.is_file():
+        return f"task file not found: {path}"
+
+    class _TaskLoader(yaml.SafeLoader):
+        pass
+
+    _TaskLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    try:
+        data = yaml.load(path.read_text(), Loader=_TaskLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as error:
+        return f"task file does not parse as YAML: {error}".replace("\n", " ")
+    if not isinstance(data, dict) or not ("task" in data or "include" in data or "group" in data):
+        return f"{path.name} is not an lm-eval task (no 'task' key)"
+    return None

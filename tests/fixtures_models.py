@@ -1,0 +1,116 @@
+"""Tiny models built once per test session: llama, qwen2, mistral causal LMs and CLIP vision towers.
+
+Each family gets a base and three "fine-tunes" (the base plus small random task vectors), saved as real
+Hugging Face folders with safetensors weights. Shapes: 2-4 layers, hidden 32.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+LM_FAMILIES = ("llama", "qwen2", "mistral")
+
+
+@dataclass(frozen=True)
+class TinyPool:
+    """Folders of one tiny family: ``base`` and the fine-tunes ``ft0``, ``ft1``, ``ft2``."""
+
+    family: str
+    root: Path
+    base: Path
+    finetunes: tuple[Path, ...]
+
+
+def tiny_config(family: str, layers: int = 2, vocab: int = 64):
+    """A transformers config of a tiny model of ``family``."""
+    import transformers
+
+    if family == "clip_vision":
+        return transformers.CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            image_size=8,
+            patch_size=4,
+            num_channels=3,
+        )
+    config_class = {
+        "llama": transformers.LlamaConfig,
+        "qwen2": transformers.Qwen2Config,
+        "mistral": transformers.MistralConfig,
+    }[family]
+    return config_class(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
+
+
+def build_tiny_model(family: str, folder: Path, seed: int, base: Path | None = None, **config_kwargs):
+    """Save a tiny model of ``family`` into ``folder``: random (seed), or ``base`` plus a small task vector."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = tiny_config(family, **config_kwargs)
+    if family == "clip_vision":
+        model = transformers.CLIPVisionModel(config)
+    else:
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    if base is not None:
+        reference = type(model).from_pretrained(base)
+        with torch.no_grad():
+            for (name, param), (_, ref) in zip(
+                model.state_dict().items(), reference.state_dict().items(), strict=True
+            ):
+                if param.shape == ref.shape:
+                    param.copy_(ref + 0.02 * torch.randn_like(ref))
+    model.save_pretrained(folder)
+    return folder
+
+
+def _build_pool(root: Path, family: str) -> TinyPool:
+    base = build_tiny_model(family, root / "base", seed=0)
+    finetunes = tuple(build_tiny_model(family, root / f"ft{i}", seed=i + 1, base=base) for i in range(3))
+    return TinyPool(family, root, base, finetunes)
+
+
+@pytest.fixture(scope="session")
+def tiny_pools(tmp_path_factory) -> dict[str, TinyPool]:
+    """One tiny pool per family (llama, qwen2, mistral, clip_vision)."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {family: _build_pool(root / family, family) for family in (*LM_FAMILIES, "clip_vision")}
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_pools) -> TinyPool:
+    return tiny_pools["llama"]
+
+
+def write_recipe(folder: Path, text: str, name: str = "recipe.yaml") -> Path:
+    """Write a recipe file into ``folder`` and return its path."""
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def run_hm3(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """Run the real ``hm3`` command in a subprocess and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+    )
