@@ -75,7 +75,8 @@ def resolve_model_folder(ref: ModelRef) -> Path:
         )
     except Exception as error:  # the hub client raises many kinds; all mean "not available here"
         where = "in the local cache (HF_HUB_OFFLINE=1)" if hub_is_offline() else "on the hub"
-        raise ModelError(ref.name, f"hub id {ref.path!r} not available {where}: {error}") from None
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelError(ref.name, f"hub id {ref.path!r} not available {where}: {reason}") from None
 
 
 class ModelPool:

@@ -44,6 +44,9 @@ MergeMethodName = Literal[
     "linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "della"
 ]
 
+ZEROSHOT_HEAD = "zeroshot"
+"""``head`` value asking for CLIP's zero-shot head instead of a head file."""
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _TASK_YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -142,7 +145,11 @@ class Objective(_Section):
         name: Short name (tables, plots, ``--preference`` order).
         task: lm-eval task name from its registry (``gsm8k``) or a path to a local task YAML.
         dataset: Vision only: the images and labels to classify.
-        head: Vision only: the task's classification head (``head.safetensors`` beside its model).
+        head: Vision only: the task's classification head — a ``head.safetensors`` file (``weight`` [C, hidden],
+            ``bias`` [C], applied to the pooled output), or ``zeroshot``: CLIP's zero-shot head, built from the
+            base ``CLIPModel``'s text tower, the data set's class names and ``templates`` (the task-arithmetic
+            setting).
+        templates: Prompt templates of a ``zeroshot`` head, ``{}`` standing for the class name.
         metric: Key of the score in lm-eval's results (``acc``, ``exact_match``, ``chrf``, optionally with its
             filter: ``exact_match,flexible-extract``); ``accuracy`` for vision. Empty: the task's first metric.
         higher_is_better: Direction of the metric.
@@ -159,6 +166,7 @@ class Objective(_Section):
     task: str | None = Field(default=None, min_length=1)
     dataset: DatasetSpec | None = None
     head: str | None = None
+    templates: list[str] = Field(default_factory=lambda: ["a photo of a {}."], min_length=1)
     metric: str | None = None
     higher_is_better: bool = True
     weight: float = Field(default=1.0, gt=0)
@@ -179,7 +187,7 @@ class Objective(_Section):
     @field_validator("head", "include_path")
     @classmethod
     def _resolve_file(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return None if value is None else _resolve_path(value, info)
+        return value if value in (None, ZEROSHOT_HEAD) else _resolve_path(value, info)
 
     @model_validator(mode="after")
     def _one_kind(self) -> Objective:
@@ -519,7 +527,7 @@ def _absolutize_objective(objective: Any, fix: Any) -> Any:
     if isinstance(out.get("task"), str) and out["task"].endswith(_TASK_YAML_SUFFIXES):
         out["task"] = fix(out["task"])
     for key in ("head", "include_path"):
-        if isinstance(out.get(key), str):
+        if isinstance(out.get(key), str) and out[key] != ZEROSHOT_HEAD:
             out[key] = fix(out[key])
     dataset = out.get("dataset")
     if isinstance(dataset, dict) and dataset.get("format") != "hf" and isinstance(dataset.get("path"), str):
@@ -547,7 +555,11 @@ def _problems_from(error: Any) -> list[tuple[str, str]]:
         else:
             message = message.replace("Input should be", "must be").replace("Input", "value")
         for part in message.split(" | "):
-            problems.append((location, part))
+            field_path, _, detail = part.partition(": ")
+            if location == "recipe" and detail and re.fullmatch(r"[\w.\[\]]+", field_path):
+                problems.append((field_path, detail))
+            else:
+                problems.append((location, part))
     return problems
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hm3.errors import ModelError, RecipeError, UserError
-from hm3.recipe import Recipe, load_recipe
+from hm3.recipe import ZEROSHOT_HEAD, Recipe, load_recipe
 
 
 @dataclass
@@ -58,8 +58,12 @@ def _check_models(recipe: Recipe, report: ValidationReport) -> list[tuple[str, s
     checkpoints: dict[str, Checkpoint] = {}
     problems: list[tuple[str, str]] = []
     for where, ref, name in refs:
-        if ref.is_hub and hub_is_offline() and not _in_hub_cache(ref.path, ref.revision):
-            report.not_checked.append(f"{where} ({ref.path}): hub id, offline and not cached")
+        if ref.is_hub and not _in_hub_cache(ref.path, ref.revision):
+            problem = None if hub_is_offline() else _hub_problem(ref.path, ref.revision)
+            if problem:
+                problems.append((where, problem))
+            else:
+                report.not_checked.append(f"{where} ({ref.path}): hub id not in the local cache")
             continue
         try:
             checkpoints[name] = Checkpoint(resolve_model_folder(ref), name, recipe.allow_pickle)
@@ -89,6 +93,24 @@ def _check_models(recipe: Recipe, report: ValidationReport) -> list[tuple[str, s
     return []
 
 
+def _hub_problem(repo_id: str, revision: str | None) -> str | None:
+    """Why a hub id is wrong, if the hub can be asked and says so; None when it exists or can't be reached."""
+    try:
+        from huggingface_hub import model_info
+        from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+    except ImportError:
+        return None
+    try:
+        model_info(repo_id, revision=revision, timeout=10)
+    except RevisionNotFoundError:
+        return f"revision {revision!r} of {repo_id!r} not found on the hub"
+    except RepositoryNotFoundError:
+        return f"hub id {repo_id!r} not found (or gated without a token)"
+    except Exception:  # no network, a proxy, a time-out: the id can't be checked from here
+        return None
+    return None
+
+
 def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -112,7 +134,7 @@ def _check_objectives(recipe: Recipe) -> list[tuple[str, str]]:
         if objective.dataset is not None and objective.dataset.format != "hf":
             if not Path(objective.dataset.path).exists():
                 problems.append((f"{where}.dataset.path", f"not found: {objective.dataset.path}"))
-        if objective.head is not None and not Path(objective.head).is_file():
+        if objective.head not in (None, ZEROSHOT_HEAD) and not Path(objective.head).is_file():
             problems.append((f"{where}.head", f"file not found: {objective.head}"))
     return problems
 

@@ -71,9 +71,7 @@ def build_tiny_model(family: str, folder: Path, seed: int, base: Path | None = N
     if base is not None:
         reference = type(model).from_pretrained(base)
         with torch.no_grad():
-            for param, ref in zip(
-                model.state_dict().values(), reference.state_dict().values(), strict=True
-            ):
+            for param, ref in zip(model.state_dict().values(), reference.state_dict().values(), strict=True):
                 if param.shape == ref.shape:
                     param.copy_(ref + 0.02 * torch.randn_like(ref))
     model.save_pretrained(folder)
