@@ -60,3 +60,12 @@ def test_schema_is_json_with_every_section() -> None:
         "include",
     ):
         assert section in schema["properties"], section
+
+
+def test_readme_shows_every_subcommand_and_the_two_commands() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "make demo" in readme and "make test" in readme
+    for name in SUBCOMMANDS:
+        assert f"hm3 {name}" in readme, f"README does not show `hm3 {name}`"
