@@ -1,0 +1,140 @@
+"""Pictures of a Pareto front: what a user looks at to pick a model.
+
+* 2 objectives: a scatter of every scored candidate, the front as a step line, reference models marked.
+* 3 or more: a grid of pairwise scatters (each pair of objectives), and a parallel-coordinates panel with one
+  line per front member and per reference model.
+
+Reference models (the fine-tuned specialists, uniform TA / TIES / DARE-TIES merges, baselines) are drawn with
+their own markers and labelled in the legend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from hm3.moo.pareto import non_dominated_mask
+
+SeriesKind = Literal["front", "candidates", "finetuned", "merge", "baseline"]
+
+_STYLE: dict[str, dict[str, object]] = {
+    "candidates": {"marker": ".", "s": 12, "alpha": 0.35, "color": "0.6"},
+    "front": {"marker": "o", "s": 46, "alpha": 0.95, "color": "tab:red", "edgecolors": "black", "zorder": 5},
+    "finetuned": {"marker": "s", "s": 70, "alpha": 0.95, "edgecolors": "black", "zorder": 6},
+    "merge": {"marker": "^", "s": 80, "alpha": 0.95, "edgecolors": "black", "zorder": 6},
+    "baseline": {"marker": "D", "s": 50, "alpha": 0.8, "edgecolors": "black", "zorder": 4},
+}
+
+
+@dataclass(frozen=True)
+class PlotSeries:
+    """A labelled set of score vectors to draw (raw metric values, one column per objective)."""
+
+    label: str
+    points: np.ndarray
+    kind: SeriesKind
+
+
+def plot_pareto(series: list[PlotSeries], objective_names: list[str], out: Path, title: str) -> Path:
+    """Draw the front and the reference models into ``out`` (.png or .svg); returns ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(objective_names)
+    colors = tuple(
+        c for i, c in enumerate(plt.get_cmap("tab10").colors) if i not in (3, 7)
+    )  # not red, not grey
+    styled = [(s, _style_for(s, i, colors)) for i, s in enumerate(series)]
+    if k == 2:
+        fig, ax = plt.subplots(figsize=(7.5, 6))
+        _scatter_pair(ax, styled, 0, 1, objective_names, step=True)
+        ax.legend(loc="best", fontsize=8, framealpha=0.9)
+    else:
+        fig = _grid_and_parallel(plt, styled, objective_names)
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout(rect=(0, 0.03 if k > 2 else 0, 1, 0.96))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def _style_for(series: PlotSeries, index: int, colors: tuple) -> dict[str, object]:
+    style = dict(_STYLE[series.kind])
+    if series.kind in ("finetuned", "merge", "baseline"):
+        style["color"] = colors[index % len(colors)]
+    return style
+
+
+def _scatter_pair(ax, styled, i: int, j: int, names: list[str], step: bool) -> None:
+    for s, style in styled:
+        pts = np.asarray(s.points, dtype=float).reshape(-1, len(names))
+        if len(pts) == 0:
+            continue
+        ax.scatter(pts[:, i], pts[:, j], label=s.label, **style)
+        if step and s.kind == "front" and len(pts) > 1:
+            plane = pts[:, [i, j]]
+            plane = plane[non_dominated_mask(plane)]
+            plane = plane[np.argsort(-plane[:, 0])]
+            ax.step(plane[:, 0], plane[:, 1], where="post", color="tab:red", lw=1.3, alpha=0.8)
+    ax.set_xlabel(names[i])
+    ax.set_ylabel(names[j])
+    ax.grid(alpha=0.3)
+
+
+def _grid_and_parallel(plt, styled, names: list[str]):
+    k = len(names)
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    cols = min(3, len(pairs))
+    rows = -(-len(pairs) // cols)
+    fig = plt.figure(figsize=(4.2 * cols, 3.6 * rows + 4.2))
+    grid = fig.add_gridspec(rows + 1, cols, height_ratios=[3.6] * rows + [4.2])
+    for n, (i, j) in enumerate(pairs):
+        ax = fig.add_subplot(grid[n // cols, n % cols])
+        _scatter_pair(ax, styled, i, j, names, step=False)
+    ax = fig.add_subplot(grid[rows, :])
+    _parallel_coordinates(ax, styled, names)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        labels,
+        loc="upper center",
+        ncol=min(6, len(labels)),
+        fontsize=8,
+        bbox_to_anchor=(0.5, 0.0),
+        frameon=False,
+    )
+    return fig
+
+
+def _parallel_coordinates(ax, styled, names: list[str]) -> None:
+    every = np.vstack(
+        [np.asarray(s.points, float).reshape(-1, len(names)) for s, _ in styled if len(s.points)]
+    )
+    lower, upper = every.min(axis=0), every.max(axis=0)
+    span = np.where(upper > lower, upper - lower, 1.0)
+    xs = np.arange(len(names))
+    for s, style in styled:
+        if s.kind == "candidates":
+            continue
+        pts = (np.asarray(s.points, float).reshape(-1, len(names)) - lower) / span
+        for row in pts:
+            ax.plot(
+                xs,
+                row,
+                color=style.get("color", "tab:red"),
+                alpha=0.55 if s.kind == "front" else 0.95,
+                lw=1.0 if s.kind == "front" else 2.0,
+                marker=style["marker"],
+                ms=4,
+            )
+    ax.set_xticks(xs, [f"{n}\n[{lo:.2f}, {hi:.2f}]" for n, lo, hi in zip(names, lower, upper, strict=True)])
+    ax.set_ylabel("score, min-max scaled per objective")
+    ax.set_title("parallel coordinates (front members and reference models)", fontsize=10)
+    ax.grid(alpha=0.3)

@@ -1,0 +1,58 @@
+"""Preference vectors λ over K objectives: Dirichlet(1, ..., 1) samples, the K simplex corners, the centre."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def preference_vectors(
+    num_objectives: int,
+    count: int,
+    seed: int,
+    include_corners: bool = True,
+    include_centre: bool = True,
+) -> np.ndarray:
+    """The preferences a search covers, in a fixed order: corners, centre, then ``count`` Dirichlet samples.
+
+    Args:
+        num_objectives: K.
+        count: N, the number of Dirichlet(1, ..., 1) samples.
+        seed: Seed of the samples; the same seed gives the same vectors.
+        include_corners: Add the K one-hot vectors (each objective alone).
+        include_centre: Add the uniform vector (1/K, ..., 1/K).
+
+    Returns:
+        Array of shape [M, K], rows on the simplex (non-negative, summing to 1), duplicates removed.
+    """
+    if num_objectives < 1:
+        raise ValueError("need at least one objective")
+    rows: list[np.ndarray] = []
+    if include_corners:
+        rows.extend(np.eye(num_objectives))
+    if include_centre:
+        rows.append(np.full(num_objectives, 1.0 / num_objectives))
+    if count:
+        rng = np.random.default_rng(seed)
+        rows.extend(rng.dirichlet(np.ones(num_objectives), size=count))
+    unique: list[np.ndarray] = []
+    for row in rows:
+        if not any(np.allclose(row, seen) for seen in unique):
+            unique.append(row)
+    return np.asarray(unique, dtype=np.float64).reshape(-1, num_objectives)
+
+
+def parse_preference(text: str, num_objectives: int) -> np.ndarray:
+    """A preference from ``"0.5,0.3,0.2"``, normalised to sum to 1.
+
+    Raises:
+        ValueError: wrong count, a negative entry, or all zeros.
+    """
+    try:
+        values = np.array([float(part) for part in text.split(",")], dtype=np.float64)
+    except ValueError:
+        raise ValueError(f"preference {text!r}: expected comma-separated numbers") from None
+    if values.size != num_objectives:
+        raise ValueError(f"preference {text!r}: {values.size} values for {num_objectives} objectives")
+    if (values < 0).any() or values.sum() <= 0:
+        raise ValueError(f"preference {text!r}: values must be non-negative and not all zero")
+    return values / values.sum()

@@ -1,0 +1,93 @@
+"""Preferences, scalarization, non-dominated sorting and hypervolume (checked against pymoo)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hm3.moo import Normalization, dominates, hypervolume, non_dominated_mask, preference_vectors, scalarize
+from hm3.moo.plots import PlotSeries, plot_pareto
+from hm3.moo.preferences import parse_preference
+
+
+@pytest.mark.parametrize("dims,count", [(2, 15), (3, 25), (4, 20), (5, 12)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hypervolume_agrees_with_pymoo(dims, count, seed) -> None:
+    from pymoo.indicators.hv import HV
+
+    rng = np.random.default_rng(seed)
+    points = rng.random((count, dims))
+    # a front: project random points onto a curved surface, plus dominated stragglers
+    points[: count // 2] /= np.linalg.norm(points[: count // 2], axis=1, keepdims=True)
+    reference = np.full(dims, -0.1)
+    ours = hypervolume(points, reference)
+    theirs = HV(ref_point=-reference)(-points)  # pymoo minimises
+    assert ours == pytest.approx(theirs, rel=1e-9, abs=1e-12)
+
+
+def test_hypervolume_of_simple_sets() -> None:
+    assert hypervolume(np.array([[1.0, 1.0]]), np.zeros(2)) == pytest.approx(1.0)
+    assert hypervolume(np.array([[1.0, 0.5], [0.5, 1.0]]), np.zeros(2)) == pytest.approx(0.75)
+    assert hypervolume(np.array([[-1.0, 2.0]]), np.zeros(2)) == 0.0  # not above the reference
+    assert hypervolume(np.empty((0, 3)), np.zeros(3)) == 0.0
+
+
+def test_normalization_is_shared_and_documented() -> None:
+    front = np.array([[0.8, 0.2], [0.5, 0.5]])
+    others = np.array([[0.9, 0.0], [0.0, 0.9]])
+    norm = Normalization.fit(front, others)
+    assert norm.lower == (0.0, 0.0) and norm.upper == (0.9, 0.9)
+    assert norm.hypervolume(others) < norm.hypervolume(np.vstack([front, others]))
+    assert "min-max" in norm.to_dict()["method"]
+
+
+def test_non_dominated_mask_and_dominates() -> None:
+    points = np.array([[1, 0], [0, 1], [0.5, 0.5], [0.4, 0.4], [1, 0]], dtype=float)
+    assert non_dominated_mask(points).tolist() == [True, True, True, False, True]
+    assert dominates(points[2], points[3]) and not dominates(points[0], points[1])
+
+
+def test_preferences_cover_corners_centre_and_dirichlet() -> None:
+    prefs = preference_vectors(3, count=5, seed=0)
+    assert prefs.shape == (3 + 1 + 5, 3)
+    assert np.allclose(prefs.sum(axis=1), 1) and (prefs >= 0).all()
+    assert np.allclose(prefs[:3], np.eye(3)) and np.allclose(prefs[3], 1 / 3)
+    assert np.array_equal(prefs, preference_vectors(3, count=5, seed=0))
+    assert not np.array_equal(prefs, preference_vectors(3, count=5, seed=1))
+    assert preference_vectors(2, count=0, seed=0, include_centre=False).shape == (2, 2)
+
+
+def test_parse_preference() -> None:
+    assert np.allclose(parse_preference("2,1,1", 3), [0.5, 0.25, 0.25])
+    for bad in ("1,2", "a,b,c", "-1,1,1", "0,0,0"):
+        with pytest.raises(ValueError):
+            parse_preference(bad, 3)
+
+
+def test_scalarizations() -> None:
+    scores, pref = np.array([0.8, 0.2]), np.array([0.5, 0.5])
+    assert scalarize(scores, pref) == pytest.approx(0.5)
+    assert scalarize(scores, pref, "tchebycheff", ideal=[0.9, 0.9]) == pytest.approx(-0.35)
+    with pytest.raises(ValueError):
+        scalarize(scores, pref, "tchebycheff")
+    # Tchebycheff prefers the balanced point under a balanced preference; the weighted sum is indifferent
+    balanced, lopsided = np.array([0.5, 0.5]), np.array([0.9, 0.1])
+    assert scalarize(balanced, pref, "tchebycheff", ideal=[0.9, 0.9]) > scalarize(
+        lopsided, pref, "tchebycheff", ideal=[0.9, 0.9]
+    )
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_plot_writes_png_and_svg(tmp_path, k) -> None:
+    rng = np.random.default_rng(0)
+    candidates = rng.random((30, k))
+    series = [
+        PlotSeries("candidates", candidates, "candidates"),
+        PlotSeries("front", candidates[non_dominated_mask(candidates)], "front"),
+        PlotSeries("model a", np.eye(k)[:1], "finetuned"),
+        PlotSeries("uniform TIES", np.full((1, k), 0.4), "merge"),
+    ]
+    names = [f"task{i}" for i in range(k)]
+    for suffix in ("png", "svg"):
+        out = plot_pareto(series, names, tmp_path / f"front.{suffix}", "test")
+        assert out.stat().st_size > 5000
