@@ -1,0 +1,320 @@
+"""Writing a Hugging Face checkpoint: sharded safetensors, a fixed config, the tokenizer, a model card.
+
+Used for every model hm3 writes (parameter-level merges, routed models)::
+
+    from hm3.export import write_hf_checkpoint
+
+    write_hf_checkpoint(
+        merged_tensors,                       # a mapping, or an iterator of (name, tensor) pairs (streamed)
+        config=base.config,                   # config.json contents of the model the tensors follow
+        out=Path("merged"),
+        tokenizer_from=base.folder,           # tokenizer files and generation_config.json are copied from here
+        shard_size="5GB",
+        num_layers=30,                        # a routed model: num_hidden_layers and layer_types follow
+    )
+
+Everything is written into a hidden temporary folder beside ``out`` and renamed into place at the end, so an
+interrupted run (an error, Ctrl-C) never leaves a folder that looks like a finished model. Tensors given as an
+iterator are written shard by shard: at most one shard is held in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+import tempfile
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hm3.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+TOKENIZER_FILES = (
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+)
+"""Files copied from ``tokenizer_from`` when present (the tokenizer, and CLIP's image preprocessor)."""
+
+_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+_SAFETENSORS_DTYPES = {
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float64": "F64",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
+DISK_MARGIN_BYTES = 64 * 2**20
+"""Free space kept on top of the checkpoint's own size when checking the disk up front."""
+
+
+def parse_size(size: str | int) -> int:
+    """Bytes in a size such as ``5GB``, ``500MB`` or ``2000000`` (decimal units, as Hugging Face uses).
+
+    Raises:
+        UserError: the text is not a size.
+    """
+    if isinstance(size, int):
+        if size <= 0:
+            raise UserError(f"shard size must be positive, not {size}")
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", str(size).upper())
+    if not match or float(match.group(1)) <= 0:
+        raise UserError(f"not a size: {size!r} (expected e.g. 5GB, 500MB)")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def write_hf_checkpoint(
+    tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
+    config: dict[str, Any],
+    out: Path,
+    *,
+    tokenizer_from: Path | None,
+    shard_size: str | int = "5GB",
+    force: bool = False,
+    model_card: str | None = None,
+    num_layers: int | None = None,
+    layer_origin: Sequence[int] | None = None,
+    expected_bytes: int | None = None,
+    on_tensor: Callable[[str, int], None] | None = None,
+) -> Path:
+    """Write a standard Hugging Face checkpoint folder and return its path.
+
+    Args:
+        tensors: The weights, as a mapping or as an iterator of ``(name, tensor)`` pairs (streamed: written
+            shard by shard as they come).
+        config: ``config.json`` contents of the model the weights follow (not modified).
+        out: The folder to create.
+        tokenizer_from: A model folder whose tokenizer files and ``generation_config.json`` are copied.
+        shard_size: Largest shard, e.g. ``5GB``; one shard is written as ``model.safetensors``, several as
+            ``model-0000i-of-0000N.safetensors`` plus ``model.safetensors.index.json``.
+        force: Replace an existing non-empty ``out``.
+        model_card: Text of ``README.md`` (none written when None).
+        num_layers: New layer count: ``num_hidden_layers`` and per-layer config lists (``layer_types``...)
+            are fixed to it.
+        layer_origin: For each new layer, the original layer its per-layer config entries come from
+            (default: the original entries, repeated cyclically when the model grows).
+        expected_bytes: Size of the weights, checked against the free disk space before anything is written
+            (computed from a mapping when not given).
+        on_tensor: Called with ``(name, nbytes)`` after each tensor is buffered (progress reporting).
+
+    Raises:
+        UserError: ``out`` is not empty (without ``force``), not writable, or the disk is too small.
+    """
+    out = Path(out)
+    if isinstance(tensors, Mapping):
+        if expected_bytes is None:
+            expected_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        items: Iterable[tuple[str, torch.Tensor]] = tensors.items()
+    else:
+        items = tensors
+    check_output_folder(out, force=force, expected_bytes=expected_bytes)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        staging.chmod(0o777 & ~_umask())
+        _write_shards(items, staging, parse_size(shard_size), on_tensor)
+        fixed = fix_config(config, num_layers, layer_origin) if num_layers is not None else dict(config)
+        (staging / "config.json").write_text(json.dumps(fixed, indent=2, sort_keys=True) + "\n")
+        if tokenizer_from is not None:
+            copy_tokenizer_files(Path(tokenizer_from), staging)
+        if model_card is not None:
+            (staging / "README.md").write_text(model_card)
+        _move_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def check_output_folder(out: Path, *, force: bool, expected_bytes: int | None) -> None:
+    """Refuse an output folder that cannot or should not receive a checkpoint, before any work is done.
+
+    Raises:
+        UserError: ``out`` is a file, is a non-empty folder (without ``force``), its parent is missing or not
+            writable, or the disk lacks ``expected_bytes`` (plus a margin) of free space.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserError(f"output folder {out} is not empty; pass --force to replace it")
+    parent = out.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot write {out}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {out}: folder {parent} is not writable")
+    if expected_bytes is not None:
+        free = shutil.disk_usage(parent).free
+        if free < expected_bytes + DISK_MARGIN_BYTES:
+            raise UserError(
+                f"not enough free disk for {out}: {expected_bytes / 1e9:.2f} GB needed, "
+                f"{free / 1e9:.2f} GB free on {parent}"
+            )
+
+
+def fix_config(
+    config: dict[str, Any], num_layers: int, layer_origin: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """A copy of ``config`` declaring ``num_layers`` layers, per-layer lists cut or extended to match."""
+    import copy
+
+    from hm3.arch import detect_family
+
+    spec = detect_family(config)
+    fixed = copy.deepcopy(config)
+    section = spec.backbone_config(fixed)
+    section[spec.num_layers_key] = num_layers
+    for key in spec.per_layer_config_lists:
+        values = section.get(key)
+        if not isinstance(values, list) or not values:
+            continue
+        origin = layer_origin if layer_origin is not None else range(num_layers)
+        if len(origin) != num_layers:
+            raise ValueError(f"layer_origin has {len(origin)} entries for {num_layers} layers")
+        section[key] = [values[i % len(values)] for i in origin]
+    return fixed
+
+
+def copy_tokenizer_files(source: Path, target: Path) -> list[str]:
+    """Copy the tokenizer files and ``generation_config.json`` that ``source`` has; returns their names."""
+    copied = []
+    for name in (*TOKENIZER_FILES, "generation_config.json"):
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)
+            copied.append(name)
+    return copied
+
+
+# -- shards ---------------------------------------------------------------------------------------------
+
+
+class _ShardWriter:
+    """Buffers tensors up to the shard size, then writes one safetensors file without an extra copy."""
+
+    def __init__(self, folder: Path, limit: int) -> None:
+        self.folder = folder
+        self.limit = limit
+        self.buffer: list[tuple[str, torch.Tensor]] = []
+        self.buffered = 0
+        self.files: list[tuple[Path, list[str]]] = []
+        self.seen: set[str] = set()
+
+    def add(self, name: str, tensor: torch.Tensor) -> int:
+        if name in self.seen:
+            raise ValueError(f"tensor {name!r} given twice")
+        self.seen.add(name)
+        nbytes = tensor.numel() * tensor.element_size()
+        if self.buffer and self.buffered + nbytes > self.limit:
+            self.flush()
+        self.buffer.append((name, tensor))
+        self.buffered += nbytes
+        return nbytes
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        path = self.folder / f"shard-{len(self.files):05d}.tmp"
+        write_safetensors(self.buffer, path)
+        self.files.append((path, [name for name, _ in self.buffer]))
+        self.buffer, self.buffered = [], 0
+
+
+def _write_shards(
+    items: Iterable[tuple[str, torch.Tensor]],
+    folder: Path,
+    limit: int,
+    on_tensor: Callable[[str, int], None] | None,
+) -> None:
+    writer = _ShardWriter(folder, limit)
+    for name, tensor in items:
+        nbytes = writer.add(name, tensor)
+        if on_tensor is not None:
+            on_tensor(name, nbytes)
+    writer.flush()
+    if not writer.files:
+        raise ValueError("no tensors to write")
+    if len(writer.files) == 1:
+        writer.files[0][0].rename(folder / "model.safetensors")
+        return
+    total = len(writer.files)
+    weight_map: dict[str, str] = {}
+    size = 0
+    for number, (path, names) in enumerate(writer.files, start=1):
+        final = f"model-{number:05d}-of-{total:05d}.safetensors"
+        path.rename(folder / final)
+        size += (folder / final).stat().st_size
+        weight_map.update(dict.fromkeys(names, final))
+    index = {"metadata": {"total_size": size}, "weight_map": dict(sorted(weight_map.items()))}
+    (folder / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def write_safetensors(tensors: Sequence[tuple[str, torch.Tensor]], path: Path) -> None:
+    """Write one safetensors file, streaming each tensor's bytes from its own memory (no serialised copy)."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, tensor in tensors:
+        dtype = _SAFETENSORS_DTYPES.get(str(tensor.dtype).removeprefix("torch."))
+        if dtype is None:
+            raise ValueError(f"cannot write {name}: dtype {tensor.dtype} is not supported by safetensors")
+        nbytes = tensor.numel() * tensor.element_size()
+        header[name] = {
+            "dtype": dtype,
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(encoded)))
+        handle.write(encoded)
+        for _, tensor in tensors:
+            handle.write(_raw_bytes(tensor))
+
+
+def _raw_bytes(tensor: torch.Tensor) -> memoryview:
+    import torch
+
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return memoryview(b"")
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    """Rename the finished folder to ``out``; an existing ``out`` (``force``) is moved aside first."""
+    trash = None
+    if out.exists():
+        trash = out.parent / f".{out.name}.replaced-{uuid.uuid4().hex[:8]}"
+        out.rename(trash)
+    staging.rename(out)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
