@@ -160,6 +160,9 @@ class Objective(_Section):
         generation_kwargs: Extra generation arguments for generative tasks.
         apply_chat_template: Wrap prompts in the model's chat template.
         include_path: Extra folder of task YAMLs for lm-eval's TaskManager.
+        model: Name of the fine-tuned model whose skill this objective measures. A preference λ over the
+            objectives becomes merge weights over the models: each model's weight is the sum of λ over its
+            objectives. May be left out when there are as many objectives as models (objective i ↔ model i).
     """
 
     name: str = Field(min_length=1, pattern=r"^[\w.\-]+$")
@@ -176,6 +179,7 @@ class Objective(_Section):
     generation_kwargs: dict[str, Any] = Field(default_factory=dict)
     apply_chat_template: bool = False
     include_path: str | None = None
+    model: str | None = Field(default=None, min_length=1)
 
     @field_validator("task")
     @classmethod
@@ -386,6 +390,16 @@ class Recipe(_Section):
             problems.append(f"objectives: duplicate names {repeated}")
         if self.tokenizer_source not in ("base", *names):
             problems.append(f"tokenizer_source: {self.tokenizer_source!r} is neither 'base' nor a model name")
+        for i, objective in enumerate(self.objectives):
+            if objective.model is not None and objective.model not in names:
+                problems.append(
+                    f"objectives[{i}].model: {objective.model!r} is not a model name ({', '.join(names)})"
+                )
+        if len(self.objectives) != len(self.models) and any(o.model is None for o in self.objectives):
+            problems.append(
+                f"objectives: {len(self.objectives)} objectives for {len(self.models)} models: give each objective "
+                "'model' (the model whose skill it measures), so a preference maps to merge weights"
+            )
         kinds = {o.is_vision for o in self.objectives}
         if len(kinds) > 1:
             problems.append(
@@ -404,6 +418,15 @@ class Recipe(_Section):
     def objective_names(self) -> list[str]:
         """Names of the objectives, in recipe order (the order of a preference vector)."""
         return [o.name for o in self.objectives]
+
+    def model_weights(self, preference: list[float] | tuple[float, ...]) -> list[float]:
+        """Per-model merge weights for a preference over the objectives (see ``Objective.model``)."""
+        if len(preference) != len(self.objectives):
+            raise ValueError(f"{len(preference)} preference values for {len(self.objectives)} objectives")
+        weights = dict.fromkeys(self.model_names, 0.0)
+        for i, (objective, value) in enumerate(zip(self.objectives, preference, strict=True)):
+            weights[objective.model or self.model_names[i]] += float(value)
+        return [weights[name] for name in self.model_names]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ def _recipe(iterations: int = 10):
         {
             "base_model": "/models/base",
             "models": ["/models/a", "/models/b"],
-            "objectives": [{"name": "x", "task": "sst2"}],
+            "objectives": [{"name": "x", "task": "sst2"}, {"name": "y", "task": "rte"}],
             "agent": {"iterations": iterations},
         }
     )

@@ -106,6 +106,18 @@ SCHEMA_CASES = [
         "objectives[0]",
     ),
     ("bad device", "objectives:", "device: tpu\nobjectives:", "device"),
+    (
+        "objective of an unknown model",
+        "{name: sst2, task: sst2,",
+        "{name: sst2, model: nobody, task: sst2,",
+        "objectives[0].model",
+    ),
+    (
+        "more objectives than models without a mapping",
+        "  - {name: mathqa,",
+        "  - {name: rte, task: rte}\n  - {name: mathqa,",
+        "objectives",
+    ),
 ]
 
 
@@ -277,7 +289,7 @@ def test_vocabulary_mismatch_is_a_note_not_an_error(tmp_path, tiny_llama) -> Non
         f"""
 base_model: {tiny_llama.base}
 models: [{{name: a, path: {tiny_llama.finetunes[0]}}}, {{name: big, path: {bigger}}}]
-objectives: [{{name: o, task: sst2}}]
+objectives: [{{name: o, task: sst2}}, {{name: p, task: rte}}]
 """,
     )
     result = run_hm3("validate", path)
@@ -296,3 +308,15 @@ def test_real_subprocess_has_no_traceback(tmp_path) -> None:
         f"hm3 validate: {path}: base_model: folder not found: /nowhere",
         f"hm3 validate: {path}: models[0]: folder not found: /nowhere/a",
     ]
+
+
+def test_preference_maps_to_model_weights(tmp_path, good_recipe_text) -> None:
+    from hm3.recipe import load_recipe
+
+    text = good_recipe_text.replace(
+        "  - {name: mathqa, task: mathqa, metric: acc}",
+        "  - {name: mathqa, model: b, task: mathqa, metric: acc}\n  - {name: gsm8k, model: b, task: gsm8k}",
+    )
+    text = text.replace("{name: sst2, task: sst2,", "{name: sst2, model: a, task: sst2,")
+    recipe = load_recipe(write_recipe(tmp_path, text))
+    assert recipe.model_weights([0.2, 0.5, 0.3]) == pytest.approx([0.2, 0.8])
