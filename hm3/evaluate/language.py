@@ -1,0 +1,245 @@
+"""The language backend: lm-evaluation-harness tasks scored on a model that lives in memory.
+
+Tasks are resolved once, through lm-eval's ``TaskManager`` (registry names and local task YAMLs alike), their
+documents are loaded once and split once (:mod:`hm3.evaluate.split`). Scoring a model then runs lm-eval's own
+``evaluate`` on the same task objects, restricted to the split's documents with lm-eval's ``samples`` argument,
+through one ``HFLM`` whose model is swapped for each candidate. Nothing is re-read, nothing is written.
+
+Objective options map to lm-eval's as its CLI would apply them: ``num_fewshot`` (a task whose YAML fixes 0 keeps
+0), ``generation_kwargs`` (merged into the task's), ``batch_size``, ``apply_chat_template`` (with few-shot as
+multi-turn, the CLI's default), ``limit`` (the first ``limit`` documents of the split, in file order). Few-shot
+sampling is re-seeded (lm-eval's seed, 1234) before every score, so every candidate sees the same prompts.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hm3.errors import UserError
+from hm3.evaluate.quiet import quiet_libraries
+from hm3.evaluate.split import DocumentSplit, split_documents
+
+if TYPE_CHECKING:
+    from lm_eval.api.task import Task
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from hm3.recipe import Objective, SplitConfig
+
+FEWSHOT_SEED = 1234
+"""lm-eval's default few-shot seed (``DEFAULT_OTHER_SEED``), so hm3 and the ``lm_eval`` CLI build the same prompts."""
+
+
+class _IndexList(list):
+    """A list of document positions with O(1) membership (lm-eval tests ``i in samples`` per document)."""
+
+    def __init__(self, indices: Sequence[int]) -> None:
+        super().__init__(indices)
+        self._members = frozenset(indices)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._members
+
+
+@dataclass
+class LanguageObjective:
+    """One objective's lm-eval task, prepared: loaded, configured, its documents split.
+
+    Attributes:
+        objective: The recipe's objective.
+        task: lm-eval's task object, reused for every candidate.
+        metric_key: Key of the score in lm-eval's results, ``metric,filter`` (e.g. ``exact_match,none``).
+        higher_is_better: Direction of the metric (the recipe's if it sets one, else the task's).
+        split: Positions of the task's evaluation documents on each side.
+    """
+
+    objective: Objective
+    task: Task
+    metric_key: str
+    higher_is_better: bool
+    split: DocumentSplit
+
+    @property
+    def name(self) -> str:
+        return self.objective.name
+
+    def indices(self, split: str) -> list[int]:
+        """Positions scored on ``split``, cut to the objective's ``limit``."""
+        chosen = list(self.split.indices(split))
+        return chosen[: self.objective.limit] if self.objective.limit else chosen
+
+    def score(self, lm: HFLM, split: str) -> float:
+        """The objective's metric for the model inside ``lm``, on ``split``'s documents."""
+        from lm_eval.evaluator import evaluate
+
+        name = self.task.task_name
+        self.task.set_fewshot_seed(seed=FEWSHOT_SEED)
+        lm.batch_size_per_gpu = self.objective.batch_size
+        chat = self.objective.apply_chat_template
+        with _seeded(FEWSHOT_SEED):
+            results = evaluate(
+                lm=lm,
+                task_dict={"tasks": {name: self.task}, "groups": {}, "group_map": {}},
+                samples={name: _IndexList(self.indices(split))},
+                bootstrap_iters=0,
+                log_samples=False,
+                apply_chat_template=chat,
+                fewshot_as_multiturn=chat,
+            )
+        return float(results["results"][name][self.metric_key])
+
+
+def prepare_language_objectives(
+    objectives: Sequence[Objective], split: SplitConfig, quiet: bool = True
+) -> list[LanguageObjective]:
+    """Resolve, load, configure and split every lm-eval objective (no model is needed).
+
+    Raises:
+        UserError: naming the objective, for an unknown task, a task file that does not load, a metric the task
+            does not produce, or a split with no documents.
+    """
+    with quiet_libraries(quiet):
+        manager = _task_manager(objectives)
+        return [_prepare(objective, manager, split) for objective in objectives]
+
+
+def _task_manager(objectives: Sequence[Objective]) -> TaskManager:
+    """One TaskManager for all objectives; lm-eval's own registry is indexed only when a name needs it (~20 s)."""
+    from lm_eval.tasks import TaskManager
+
+    include: list[str] = []
+    for objective in objectives:
+        folders = [objective.include_path]
+        if objective.task_is_file:
+            folders.append(str(Path(objective.task).parent))  # type: ignore[arg-type]
+        include += [f for f in folders if f and f not in include and Path(f).is_dir()]
+    local = TaskManager(include_path=include or None, include_defaults=False)
+    names = [o.task for o in objectives if not o.task_is_file]
+    if all(name in local.task_index for name in names):
+        return local
+    return TaskManager(include_path=include or None, include_defaults=True)
+
+
+def _prepare(objective: Objective, manager: TaskManager, split: SplitConfig) -> LanguageObjective:
+    task = _load_task(objective, manager)
+    _configure(task, objective)
+    metric_key = _metric_key(task, objective)
+    docs = task.eval_docs
+    document_split = split_documents(docs, split.search_fraction, split.seed)
+    for side in ("search", "heldout"):
+        if not document_split.indices(side):
+            raise UserError(
+                f"objective {objective.name}: task {task.task_name} has {len(docs)} evaluation document(s), "
+                f"none left for the {side} split (search_fraction {split.search_fraction})"
+            )
+    metric = metric_key.split(",")[0]
+    direction = objective.higher_is_better
+    if "higher_is_better" not in objective.model_fields_set:
+        direction = bool(task.higher_is_better().get(metric, True))
+    return LanguageObjective(objective, task, metric_key, direction, document_split)
+
+
+def _load_task(objective: Objective, manager: TaskManager) -> Task:
+    spec = objective.task
+    if not objective.task_is_file and spec not in manager.task_index:
+        raise UserError(f"objective {objective.name}: lm-eval has no task named {spec!r}")
+    if objective.task_is_file and not Path(spec).is_file():  # type: ignore[arg-type]
+        raise UserError(f"objective {objective.name}: task file not found: {spec}")
+    try:
+        loaded = manager.load([spec])
+    except Exception as error:  # lm-eval raises many kinds (YAML, datasets, templates): all mean "unusable"
+        raise UserError(
+            f"objective {objective.name}: task {spec} does not load: {_one_line(error)}"
+        ) from None
+    tasks = list(loaded["tasks"].values())
+    if len(tasks) != 1:
+        raise UserError(
+            f"objective {objective.name}: {spec} is a group of {len(tasks)} tasks; name one task per objective"
+        )
+    return tasks[0]
+
+
+def _configure(task: Task, objective: Objective) -> None:
+    """Apply the objective's options the way ``lm_eval.simple_evaluate`` applies the CLI's."""
+    if objective.num_fewshot is not None and task.get_config("num_fewshot") != 0:
+        task.set_config(key="num_fewshot", value=objective.num_fewshot)
+    elif task.get_config("num_fewshot") is None:
+        task.set_config(key="num_fewshot", value=0)
+    if objective.generation_kwargs and task.get_config("output_type") == "generate_until":
+        task.set_config(key="generation_kwargs", value=dict(objective.generation_kwargs), update=True)
+
+
+def task_metrics(task: Task) -> tuple[list[str], list[str]]:
+    """The metrics a task reports and its filter names (``none`` when it has no filter list)."""
+    metrics = list(task.higher_is_better())
+    filters = [f["name"] for f in task.config.filter_list or []] or ["none"]
+    return metrics, filters
+
+
+def _metric_key(task: Task, objective: Objective) -> str:
+    metrics, filters = task_metrics(task)
+    if not metrics:
+        raise UserError(f"objective {objective.name}: task {task.task_name} reports no metric")
+    wanted = objective.metric or metrics[0]
+    metric, _, filter_name = wanted.partition(",")
+    if metric not in metrics:
+        raise UserError(
+            f"objective {objective.name}: task {task.task_name} does not report {metric!r} "
+            f"(it reports {', '.join(metrics)})"
+        )
+    if filter_name and filter_name not in filters:
+        raise UserError(
+            f"objective {objective.name}: task {task.task_name} has no filter {filter_name!r} "
+            f"(its filters: {', '.join(filters)})"
+        )
+    return f"{metric},{filter_name or filters[0]}"
+
+
+def build_hflm(model: Any, tokenizer: Any) -> HFLM:
+    """lm-eval's ``HFLM`` around a live model and its tokenizer (cheap: no loading, no copying)."""
+    from lm_eval.models.huggingface import HFLM
+
+    with quiet_libraries():
+        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1)
+
+
+def swap_model(lm: HFLM, model: Any) -> None:
+    """Point an existing ``HFLM`` at another model of the same family (what a new candidate needs)."""
+    model.eval()
+    lm._model = model
+    lm._config = model.config
+    lm._device = model.device
+
+
+class _seeded:
+    """Seed python, numpy and torch inside a block, then restore their states (the caller's RNGs stay put)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def __enter__(self) -> None:
+        import numpy as np
+        import torch
+
+        self._states = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
+        random.seed(self.seed)
+        np.random.seed(self.seed)
+        torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc: object) -> None:
+        import numpy as np
+        import torch
+
+        python_state, numpy_state, torch_state = self._states
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        torch.random.set_rng_state(torch_state)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:300]

@@ -1,0 +1,81 @@
+"""Scoring models saved on disk (``hm3 eval``): each folder loaded once, scored by the recipe's :class:`Evaluator`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hm3.errors import UserError
+from hm3.evaluate.evaluator import Evaluator, load_tokenizer
+
+
+@dataclass
+class SavedModelScores:
+    """Scores of saved models on one split.
+
+    Attributes:
+        split: The split scored.
+        scores: Model folder -> objective name -> score.
+        metrics: Objective name -> the metric behind its score.
+        higher_is_better: Objective name -> direction.
+        documents: Objective name -> documents scored.
+    """
+
+    split: str
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    metrics: dict[str, str] = field(default_factory=dict)
+    higher_is_better: dict[str, bool] = field(default_factory=dict)
+    documents: dict[str, int] = field(default_factory=dict)
+
+
+def score_saved_models(
+    recipe_path: str | Path, folders: list[str | Path], split: str = "heldout"
+) -> SavedModelScores:
+    """Score each saved model folder on every objective of a recipe.
+
+    Everything that can be checked without a model (recipe, tasks, metrics, data, split, folders) is checked
+    before the first model is loaded. A folder with its own tokenizer is scored with it; otherwise with the
+    recipe's.
+
+    Raises:
+        UserError: a bad recipe, objective or folder (naming it).
+    """
+    from hm3.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path)
+    paths = [Path(f).expanduser().resolve() for f in folders]
+    for path in paths:
+        if not (path / "config.json").is_file():
+            raise UserError(f"model folder {path}: no config.json (not a saved model)")
+    evaluator = Evaluator.from_recipe(recipe)
+    if split not in ("search", "heldout", "all"):
+        raise UserError(f"unknown split {split!r}; use search, heldout or all")
+    result = SavedModelScores(split, metrics=evaluator.metrics, higher_is_better=evaluator.higher_is_better)
+    result.documents = evaluator.document_count(split)
+    for path in paths:
+        model = load_saved_model(path, evaluator.is_vision, recipe.dtype, recipe.trust_remote_code)
+        tokenizer = None
+        if not evaluator.is_vision and (path / "tokenizer_config.json").is_file():
+            tokenizer = load_tokenizer(path, recipe.trust_remote_code)
+        result.scores[str(path)] = evaluator.score(model, split=split, tokenizer=tokenizer)
+        del model
+    return result
+
+
+def load_saved_model(folder: Path, vision: bool, dtype: str = "float32", trust_remote_code: bool = False):
+    """A saved causal LM (or CLIP vision tower), on the CPU, in ``dtype``, in eval mode."""
+    import torch
+    import transformers
+
+    from hm3.evaluate.quiet import quiet_libraries
+
+    model_class = transformers.CLIPVisionModel if vision else transformers.AutoModelForCausalLM
+    try:
+        with quiet_libraries():
+            model = model_class.from_pretrained(
+                folder, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+            )
+    except Exception as error:  # transformers raises many kinds for a bad folder
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"model folder {folder}: cannot be loaded: {reason}") from None
+    return model.eval()

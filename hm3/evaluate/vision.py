@@ -1,0 +1,232 @@
+"""The vision backend: classification accuracy of a CLIP vision tower with a task's linear head.
+
+Data sets (``objective.dataset``), loaded and preprocessed once:
+
+* ``npz``: arrays ``pixel_values`` float32 [N, C, H, W] (already preprocessed) and ``labels`` int64 [N];
+* ``image_folder``: one sub-folder per class (sorted names are the class ids); images are preprocessed with the
+  model folder's image processor (``preprocessor_config.json``) if it has one, else resized to the config's
+  ``image_size`` and normalised with CLIP's mean and std;
+* ``hf``: a Hugging Face dataset (only with a network or a local cache), preprocessed the same way.
+
+The head file (``head.safetensors``) holds ``weight`` [C, hidden] and ``bias`` [C]; logits are
+``pooler_output @ weight.T + bias``. Images are split like documents, by a hash of their content (pixel bytes
+and label), so the split does not depend on file order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hm3.errors import UserError
+from hm3.evaluate.split import DocumentSplit, split_documents
+from hm3.recipe import ZEROSHOT_HEAD
+
+if TYPE_CHECKING:
+    import torch
+
+    from hm3.recipe import Objective, SplitConfig
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+@dataclass
+class VisionObjective:
+    """One classification objective, prepared: images as a tensor, labels, head, split.
+
+    Attributes:
+        objective: The recipe's objective.
+        pixel_values: Preprocessed images [N, C, H, W], float32, on the CPU.
+        labels: Class ids [N].
+        weight: Head weight [classes, hidden].
+        bias: Head bias [classes].
+        split: Positions of the images on each side.
+    """
+
+    objective: Objective
+    pixel_values: torch.Tensor
+    labels: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+    split: DocumentSplit
+    higher_is_better: bool = True
+    metric_key: str = "accuracy"
+
+    @property
+    def name(self) -> str:
+        return self.objective.name
+
+    def indices(self, split: str) -> list[int]:
+        """Positions scored on ``split``, cut to the objective's ``limit``."""
+        chosen = list(self.split.indices(split))
+        return chosen[: self.objective.limit] if self.objective.limit else chosen
+
+    def score(self, model: Any, split: str) -> float:
+        """Accuracy of ``model`` (anything returning ``pooler_output``) with this task's head on ``split``."""
+        import torch
+
+        index = torch.tensor(self.indices(split), dtype=torch.long)
+        parameter = next(model.parameters())
+        weight = self.weight.to(parameter.device, parameter.dtype)
+        bias = self.bias.to(parameter.device, parameter.dtype)
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for start in range(0, len(index), self.objective.batch_size):
+                chosen = index[start : start + self.objective.batch_size]
+                pixels = self.pixel_values[chosen].to(parameter.device, parameter.dtype)
+                pooled = model(pixel_values=pixels).pooler_output
+                predicted = (pooled @ weight.T + bias).argmax(dim=-1).cpu()
+                correct += int((predicted == self.labels[chosen]).sum())
+        return correct / len(index)
+
+
+def prepare_vision_objectives(
+    objectives: Sequence[Objective], split: SplitConfig, model_folder: str | Path, hidden_size: int
+) -> list[VisionObjective]:
+    """Load, preprocess and split every vision objective's data, and load its head (no model is needed).
+
+    Args:
+        objectives: The recipe's vision objectives.
+        split: The recipe's split.
+        model_folder: A model folder of the pool (its image processor and ``image_size`` preprocess images).
+        hidden_size: Width of the tower's pooled output (the head's input).
+
+    Raises:
+        UserError: naming the objective, for missing or malformed data, a head of the wrong shape, labels the
+            head has no class for, or a split with no images.
+    """
+    return [_prepare(o, split, Path(model_folder), hidden_size) for o in objectives]
+
+
+def _prepare(objective: Objective, split: SplitConfig, folder: Path, hidden_size: int) -> VisionObjective:
+    import torch
+
+    name = objective.name
+    if objective.head == ZEROSHOT_HEAD:
+        raise UserError(
+            f"objective {name}: zero-shot heads are not supported yet; give a head.safetensors file"
+        )
+    pixels, labels = _load_dataset(objective, folder)
+    weight, bias = _load_head(objective, hidden_size)
+    if len(labels) and (int(labels.max()) >= weight.shape[0] or int(labels.min()) < 0):
+        raise UserError(
+            f"objective {name}: labels run from {int(labels.min())} to {int(labels.max())}, "
+            f"the head has {weight.shape[0]} classes"
+        )
+    keys = (
+        pixels[i].numpy().tobytes() + int(labels[i]).to_bytes(8, "little", signed=True)
+        for i in range(len(labels))
+    )
+    document_split = split_documents(keys, split.search_fraction, split.seed)
+    for side in ("search", "heldout"):
+        if not document_split.indices(side):
+            raise UserError(f"objective {name}: {len(labels)} image(s), none left for the {side} split")
+    return VisionObjective(objective, pixels, labels.to(torch.long), weight, bias, document_split)
+
+
+def _load_dataset(objective: Objective, folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    dataset = objective.dataset
+    assert dataset is not None
+    if dataset.format == "npz":
+        return _load_npz(objective.name, Path(dataset.path))
+    if dataset.format == "image_folder":
+        images, labels = _read_image_folder(objective.name, Path(dataset.path))
+    else:
+        images, labels = _read_hf_dataset(objective)
+    import torch
+
+    return _preprocess(images, folder), torch.tensor(labels, dtype=torch.long)
+
+
+def _load_npz(name: str, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    import numpy as np
+    import torch
+
+    if not path.is_file():
+        raise UserError(f"objective {name}: data file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            pixels, labels = arrays["pixel_values"], arrays["labels"]
+    except (KeyError, ValueError, OSError) as error:
+        raise UserError(
+            f"objective {name}: {path} needs arrays 'pixel_values' and 'labels' ({error})"
+        ) from None
+    if pixels.ndim != 4 or labels.ndim != 1 or len(pixels) != len(labels):
+        raise UserError(
+            f"objective {name}: pixel_values {list(pixels.shape)} and labels {list(labels.shape)} "
+            "must be [N, C, H, W] and [N]"
+        )
+    return torch.from_numpy(pixels.astype(np.float32)), torch.from_numpy(labels.astype(np.int64))
+
+
+def _read_image_folder(name: str, root: Path) -> tuple[list[Any], list[int]]:
+    from PIL import Image
+
+    classes = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not classes:
+        raise UserError(f"objective {name}: {root} has no class sub-folders")
+    images, labels = [], []
+    for label, class_dir in enumerate(classes):
+        for file in sorted(class_dir.iterdir()):
+            if file.suffix.lower() in _IMAGE_SUFFIXES:
+                with Image.open(file) as image:
+                    images.append(image.convert("RGB"))
+                labels.append(label)
+    return images, labels
+
+
+def _read_hf_dataset(objective: Objective) -> tuple[list[Any], list[int]]:
+    dataset = objective.dataset
+    assert dataset is not None
+    try:
+        import datasets
+
+        data = datasets.load_dataset(dataset.path, split=dataset.split)
+    except Exception as error:  # no network and no cache, or a wrong name: both mean "not available"
+        raise UserError(
+            f"objective {objective.name}: dataset {dataset.path!r} not available: {error}"
+        ) from None
+    images = [image.convert("RGB") for image in data[dataset.image_key]]
+    return images, [int(label) for label in data[dataset.label_key]]
+
+
+def _preprocess(images: list[Any], folder: Path) -> torch.Tensor:
+    """Images as CLIP pixel values: the folder's image processor if it has one, else resize + normalise."""
+    import json
+
+    import numpy as np
+    import torch
+
+    if (folder / "preprocessor_config.json").is_file():
+        from transformers import AutoImageProcessor
+
+        processor = AutoImageProcessor.from_pretrained(folder)
+        return processor(images=images, return_tensors="pt")["pixel_values"].to(torch.float32)
+    config = json.loads((folder / "config.json").read_text())
+    size = int(config.get("vision_config", config).get("image_size", 224))
+    mean, std = np.array(CLIP_MEAN, dtype=np.float32), np.array(CLIP_STD, dtype=np.float32)
+    arrays = [(np.asarray(i.resize((size, size)), dtype=np.float32) / 255.0 - mean) / std for i in images]
+    return torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2).copy())
+
+
+def _load_head(objective: Objective, hidden_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = Path(objective.head)  # type: ignore[arg-type]
+    if not path.is_file():
+        raise UserError(f"objective {objective.name}: head file not found: {path}")
+    tensors = load_file(str(path))
+    if "weight" not in tensors or "bias" not in tensors:
+        raise UserError(f"objective {objective.name}: {path.name} needs tensors 'weight' and 'bias'")
+    weight, bias = tensors["weight"].float(), tensors["bias"].float()
+    if weight.ndim != 2 or weight.shape[1] != hidden_size or bias.shape != (weight.shape[0],):
+        raise UserError(
+            f"objective {objective.name}: head weight {list(weight.shape)} / bias {list(bias.shape)} "
+            f"must be [classes, {hidden_size}] / [classes]"
+        )
+    return weight, bias
