@@ -99,6 +99,7 @@ def write_hf_checkpoint(
     layer_origin: Sequence[int] | None = None,
     expected_bytes: int | None = None,
     on_tensor: Callable[[str, int], None] | None = None,
+    extra_files: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a standard Hugging Face checkpoint folder and return its path.
 
@@ -119,6 +120,7 @@ def write_hf_checkpoint(
         expected_bytes: Size of the weights, checked against the free disk space before anything is written
             (computed from a mapping when not given).
         on_tensor: Called with ``(name, nbytes)`` after each tensor is buffered (progress reporting).
+        extra_files: More text files to write, name -> contents (e.g. ``mergekit_config.yml``).
 
     Raises:
         UserError: ``out`` is not empty (without ``force``), not writable, or the disk is too small.
@@ -141,6 +143,8 @@ def write_hf_checkpoint(
             copy_tokenizer_files(Path(tokenizer_from), staging)
         if model_card is not None:
             (staging / "README.md").write_text(model_card)
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
         _move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,187 @@
+"""``hm3 merge --mergekit CONFIG --out DIR``: run a mergekit configuration, streaming to a checkpoint.
+
+Inputs are read lazily (one tensor of each model at a time), merged, and handed to ``hm3.export`` which
+writes shards as they fill, so memory stays near one shard plus one tensor's inputs. Progress is shown with
+rich; an error or Ctrl-C leaves no output folder behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hm3.merge.mergekit_plan import MergePlan, PlannedTensor, plan_merge
+from hm3.merge.mergekit_schema import load_mergekit_config
+from hm3.merge.tensor_merge import check_finite, merge_tensor
+
+if TYPE_CHECKING:
+    import torch
+
+_DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "float64": 8,
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+}
+
+
+def run_mergekit_config(
+    config_path: str | Path,
+    out: str | Path,
+    *,
+    shard_size: str | int = "5GB",
+    force: bool = False,
+    show_progress: bool = True,
+) -> Path:
+    """Run a mergekit YAML config and write the merged model to ``out``.
+
+    Raises:
+        UserError: the config is outside the supported subset, a model or tensor is missing or bad
+            (NaN/Inf, mismatched shapes), or ``out`` cannot be written.
+    """
+    from hm3.export import check_output_folder, write_hf_checkpoint
+    from hm3.merge.mergekit_export import model_card
+
+    config_path = Path(config_path)
+    config = load_mergekit_config(config_path)
+    out = Path(out).resolve()
+    check_output_folder(out, force=force, expected_bytes=None)
+    plan = plan_merge(config, base_dir=config_path.resolve().parent)
+    if config.tokenizer_source == "base":
+        _check_same_vocabulary(plan)
+    total = output_bytes(plan)
+    card = model_card(
+        config.merge_method,
+        [c.name for c in plan.models],
+        config.base_model,
+        config_path.read_text(),
+    )
+    with _Progress(len(plan.tensors), total, show_progress) as progress:
+        return write_hf_checkpoint(
+            merged_tensors(plan),
+            plan.config,
+            out,
+            tokenizer_from=plan.donor.folder,
+            shard_size=shard_size,
+            force=force,
+            model_card=card,
+            num_layers=plan.num_layers,
+            layer_origin=plan.layer_origin,
+            expected_bytes=total,
+            on_tensor=progress.advance,
+            extra_files={"mergekit_config.yml": config_path.read_text()},
+        )
+
+
+def output_bytes(plan: MergePlan) -> int:
+    """Size of the merged weights, from the headers (for the up-front disk check)."""
+    total = 0
+    for tensor in plan.tensors:
+        index, name = tensor.inputs[0]
+        info = plan.models[index].tensors[name]
+        size = _DTYPE_BYTES.get(plan.out_dtype or plan.dtype or info.dtype, 4)
+        total += info.nbytes // _DTYPE_BYTES.get(info.dtype, 4) * size
+    return total
+
+
+def merged_tensors(plan: MergePlan) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, merged tensor)`` for each planned output tensor, reading inputs lazily."""
+    import torch
+
+    dtype = getattr(torch, plan.dtype) if plan.dtype else None
+    out_dtype = getattr(torch, plan.out_dtype) if plan.out_dtype else None
+    for planned in plan.tensors:
+        merged = _merge_one(plan, planned, dtype)
+        yield planned.name, merged.to(out_dtype) if out_dtype is not None else merged
+    for checkpoint in plan.models:
+        checkpoint.close()
+
+
+def _load(plan: MergePlan, index: int, name: str) -> torch.Tensor:
+    checkpoint = plan.models[index]
+    tensor = checkpoint.load(name)
+    check_finite(tensor, checkpoint.name, name)
+    return tensor
+
+
+def _merge_one(plan: MergePlan, planned: PlannedTensor, dtype: torch.dtype | None) -> torch.Tensor:
+    import torch
+
+    tensors = [_load(plan, i, n) for i, n in planned.inputs]
+    base = _load(plan, *planned.base) if planned.base is not None else None
+    everything = [*tensors, *([base] if base is not None else [])]
+    work = dtype
+    if work is None:
+        work = everything[0].dtype
+        for tensor in everything[1:]:
+            work = torch.promote_types(work, tensor.dtype)
+    tensors = [t.to(work) for t in tensors]
+    if plan.method is None:
+        return tensors[0] if planned.scale is None else tensors[0] * planned.scale
+    assert planned.parameters is not None
+    return merge_tensor(
+        plan.method,
+        base.to(work) if base is not None else None,
+        tensors,
+        planned.parameters,
+        tensor_name=planned.name,
+        model_ids=[i for i, _ in planned.inputs],
+    )
+
+
+def _check_same_vocabulary(plan: MergePlan) -> None:
+    from hm3.errors import UserError
+
+    vocab = plan.spec.vocab_tensors[0] if plan.spec.vocab_tensors else None
+    if vocab is None:
+        return
+    rows = {c.name: c.tensors[vocab].shape[0] for c in plan.models if vocab in c.tensors}
+    if len(set(rows.values())) > 1:
+        raise UserError(
+            f"tokenizer_source: base with differing vocabularies ({rows}) needs mergekit's token "
+            "re-mapping, which hm3 does not do; use models with the base's vocabulary"
+        )
+
+
+class _Progress:
+    """A rich progress bar over bytes written (silent when disabled or not on a terminal)."""
+
+    def __init__(self, count: int, total_bytes: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.total = total_bytes
+        self.count = count
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self.bar = Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                transient=True,
+            )
+            self.bar.__enter__()
+            self.task = self.bar.add_task(f"merging {self.count} tensors", total=self.total)
+        return self
+
+    def advance(self, name: str, nbytes: int) -> None:
+        if self.enabled:
+            self.bar.advance(self.task, nbytes)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.bar.__exit__(*exc)  # type: ignore[arg-type]

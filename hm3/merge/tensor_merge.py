@@ -1,0 +1,144 @@
+"""One output tensor from its inputs: the dispatch from a registry row to its kernel, with checks.
+
+No I/O here: callers load the inputs (from a pool, a cached state dict, or checkpoints of a mergekit config)
+and hand them over with the parameters resolved for this tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from hm3.errors import UserError
+from hm3.merge.registry import MergeMethod
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class TensorParameters:
+    """Parameters of one output tensor, resolved (gradients and filters evaluated).
+
+    Attributes:
+        weights: One per merged model (fine-tuned models for task-vector methods, every input for linear).
+        densities: One per merged model (1.0: not trimmed).
+        normalize: Divide by the weight sum.
+        rescale: L1-rescale trimmed task vectors.
+        scale: λ.
+        gamma: Breadcrumbs outlier fraction.
+        epsilon: DELLA spread.
+    """
+
+    weights: tuple[float, ...]
+    densities: tuple[float, ...]
+    normalize: bool
+    rescale: bool
+    scale: float = 1.0
+    gamma: float = 0.01
+    epsilon: float = 0.15
+
+
+def mask_seed(seed: int, model_id: int | str, tensor_name: str) -> int:
+    """The seed of one random mask: fixed by the merge seed, the model and the tensor (order-independent)."""
+    digest = hashlib.blake2b(f"{seed}\0{model_id}\0{tensor_name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def merge_tensor(
+    method: MergeMethod,
+    base: torch.Tensor | None,
+    tensors: Sequence[torch.Tensor],
+    params: TensorParameters,
+    *,
+    seed: int = 0,
+    tensor_name: str = "",
+    model_ids: Sequence[int | str] | None = None,
+) -> torch.Tensor:
+    """Merge one tensor with ``method``; inputs must already share shape and dtype.
+
+    Args:
+        method: The registry row.
+        base: The base tensor (task-vector methods), or None (linear).
+        tensors: The merged models' tensors, in the order of ``params.weights``.
+        params: The resolved parameters.
+        seed: Merge seed (random masks).
+        tensor_name: Name used to derive the masks' seeds.
+        model_ids: Identity of each model for the masks' seeds (default: positions).
+    """
+    if method.kernel == "linear":
+        from hm3.merge.linear import linear
+
+        return linear(tensors, params.weights, normalize=params.normalize)
+    from hm3.merge.task_arithmetic import task_arithmetic
+
+    if base is None:
+        raise UserError(f"{method.name} merges task vectors and needs a base model")
+    ids = list(model_ids) if model_ids is not None else list(range(len(tensors)))
+    trim = _trim(method, params, seed, tensor_name, ids)
+    return task_arithmetic(
+        base,
+        tensors,
+        params.weights,
+        trim=trim,
+        consensus=method.consensus,
+        normalize=params.normalize,
+        scale=params.scale,
+    )
+
+
+def _trim(method: MergeMethod, params: TensorParameters, seed: int, tensor_name: str, ids: list[int | str]):
+    from hm3.merge import sparsify
+
+    kind = method.sparsification
+    if kind is None or all(d >= 1 for d in params.densities):
+        return None
+
+    def generator(index: int):
+        import torch
+
+        return torch.Generator().manual_seed(mask_seed(seed, ids[index], tensor_name))
+
+    def trim(delta: torch.Tensor, index: int) -> torch.Tensor:
+        density = params.densities[index]
+        if kind == "magnitude":
+            return sparsify.magnitude(delta, density, rescale=params.rescale)
+        if kind == "magnitude_outliers":
+            return sparsify.magnitude_outliers(delta, density, params.gamma, rescale=params.rescale)
+        if kind == "random":
+            return sparsify.random_drop(delta, density, generator(index), rescale=params.rescale)
+        return sparsify.della_magprune(
+            delta, density, params.epsilon, generator(index), rescale=params.rescale
+        )
+
+    return trim
+
+
+def check_finite(tensor: torch.Tensor, model: str, tensor_name: str) -> None:
+    """Refuse a tensor holding NaN or Inf, naming the model and the tensor.
+
+    Raises:
+        UserError: the tensor is not finite.
+    """
+    import torch
+
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        bad = "NaN" if bool(torch.isnan(tensor).any()) else "Inf"
+        raise UserError(f"model {model}: tensor {tensor_name} contains {bad}; refusing to merge it")
+
+
+def check_shapes(tensors: Sequence[torch.Tensor], models: Sequence[str], tensor_name: str) -> None:
+    """Refuse inputs of different shapes, naming the models.
+
+    Raises:
+        UserError: the shapes differ.
+    """
+    first = tuple(tensors[0].shape)
+    for tensor, model in zip(tensors[1:], models[1:], strict=True):
+        if tuple(tensor.shape) != first:
+            raise UserError(
+                f"tensor {tensor_name}: shape {list(tensor.shape)} in model {model} differs from "
+                f"{list(first)} in model {models[0]}"
+            )
