@@ -1,0 +1,378 @@
+"""The path-search agent: stable-baselines3 PPO (actor-critic, clipped objective, GAE) with Wolpertinger.
+
+Pieces, each at one of SB3's own hooks:
+
+* :class:`~hm3.routing.policy.TrajectoryEncoder` — the features extractor (GRU over the trajectory);
+* :class:`~hm3.routing.wolpertinger.WolpertingerWrapper` — the environment wrapper mapping the actor's
+  Gaussian proto-action to a discrete layer action, ranked by the critic;
+* :class:`~hm3.routing.buffer.SpreadRewardRolloutBuffer` — the rollout buffer (``rollout_buffer_class``) that spreads each
+  episode's reward R evenly over its steps before GAE (see :mod:`hm3.routing.env`).
+
+Two modes (``recipe.agent.mode``):
+
+``per_preference``
+    The paper's Algorithm 1: a fresh agent per preference λ, trained for ``agent.iterations`` episodes (each
+    episode = one scored path); the result is the best path scored, its greedy rollout included.
+``conditioned``
+    One agent with λ in its observation, trained over λ ~ Dirichlet(1, …, 1) for ``agent.iterations``
+    episodes; :func:`rollout` then answers any new λ with a greedy rollout and no retraining.
+
+Example::
+
+    scorer = PathScorer(routing_pool, Evaluator.from_recipe(recipe).score)
+    result = search_path(routing_pool, scorer, preference=[0.7, 0.3], recipe=recipe, seed=0)
+    result.best_path, result.best_scores, result.best_reward
+    result.agent.save(run_dir / "policy")           # SB3's own zip plus agent.json; PathAgent.load reloads it
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hm3.errors import UserError
+from hm3.routing.env import InferencePathEnv
+from hm3.routing.path import InferencePath
+from hm3.routing.pool import RoutingPool
+from hm3.routing.scoring import CandidateCallback, PathScorer, RewardSpec, Scorer
+from hm3.routing.summary import layer_summaries
+from hm3.routing.wolpertinger import WolpertingerWrapper
+
+if TYPE_CHECKING:
+    from stable_baselines3 import PPO
+
+    from hm3.recipe import AgentConfig, Recipe
+
+POLICY_FILE = "policy.zip"
+AGENT_FILE = "agent.json"
+SUMMARIES_FILE = "summaries.npy"
+
+
+@dataclass
+class PathAgent:
+    """A trained PPO path agent and what it needs to act.
+
+    Attributes:
+        model: The SB3 PPO model (policy and value networks).
+        summaries: The pool's ``[K+1, L, S]`` layer summaries (part of every observation).
+        max_length: T_max.
+        num_objectives: Length of a preference vector.
+        neighbours: Wolpertinger M'.
+        stop_threshold: The wrapper's stop threshold.
+    """
+
+    model: PPO
+    summaries: np.ndarray
+    max_length: int
+    num_objectives: int
+    neighbours: int
+    stop_threshold: float
+
+    def critic(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """V(s) for a batch of observations (the Wolpertinger ranking)."""
+        import torch
+
+        policy = self.model.policy
+        obs, _ = policy.obs_to_tensor(batch)
+        with torch.no_grad():
+            return policy.predict_values(obs).cpu().numpy().reshape(-1)
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``policy.zip`` (SB3's own format), ``agent.json`` and ``summaries.npy`` into ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save(folder / POLICY_FILE)
+        np.save(folder / SUMMARIES_FILE, self.summaries)
+        meta = {
+            "max_length": self.max_length,
+            "num_objectives": self.num_objectives,
+            "neighbours": self.neighbours,
+            "stop_threshold": self.stop_threshold,
+        }
+        (folder / AGENT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> PathAgent:
+        """The agent :meth:`save` wrote."""
+        from stable_baselines3 import PPO
+
+        folder = Path(folder)
+        if not (folder / POLICY_FILE).is_file():
+            raise UserError(f"no saved path agent in {folder} ({POLICY_FILE} missing)")
+        meta = json.loads((folder / AGENT_FILE).read_text())
+        model = PPO.load(folder / POLICY_FILE, device="cpu")
+        return cls(model=model, summaries=np.load(folder / SUMMARIES_FILE), **meta)
+
+
+def _episode_budget(episodes: int):
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class EpisodeBudget(BaseCallback):
+        """Stops PPO's learn() once ``episodes`` episodes (scored paths) are done."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.done = 0
+
+        def _on_step(self) -> bool:
+            self.done += int(np.sum(self.locals["dones"]))
+            return self.done < episodes
+
+    return EpisodeBudget()
+
+
+def make_env(
+    pool_summaries: np.ndarray,
+    max_length: int,
+    num_objectives: int,
+    config: AgentConfig,
+    reward_fn=None,
+    preference: Sequence[float] | None = None,
+) -> WolpertingerWrapper:
+    """The Wolpertinger-wrapped path environment."""
+    env = InferencePathEnv(
+        pool_summaries,
+        max_length,
+        num_objectives,
+        reward_fn=reward_fn,
+        preference=None if preference is None else np.asarray(preference, np.float32),
+    )
+    return WolpertingerWrapper(env, config.wolpertinger_neighbours, config.wolpertinger_epsilon)
+
+
+def train_agent(
+    env: WolpertingerWrapper, config: AgentConfig, episodes: int, seed: int, progress: bool = False
+) -> PathAgent:
+    """Train a fresh PPO agent on ``env`` for ``episodes`` episodes.
+
+    Args:
+        env: The wrapped environment (its reward function scores the paths).
+        config: ``recipe.agent``.
+        episodes: Episodes (scored paths) to train for.
+        seed: Seeds PPO, the environment and the Wolpertinger ε draws.
+        progress: Show SB3's progress bar.
+    """
+    from stable_baselines3 import PPO
+
+    from hm3.routing.buffer import SpreadRewardRolloutBuffer
+    from hm3.routing.policy import TrajectoryEncoder
+
+    model = PPO(
+        "MultiInputPolicy",
+        env,
+        learning_rate=config.learning_rate,
+        n_steps=config.n_steps,
+        batch_size=config.batch_size,
+        n_epochs=config.n_epochs,
+        gamma=config.gamma,
+        gae_lambda=config.gae_lambda,
+        clip_range=config.clip_range,
+        ent_coef=config.ent_coef,
+        vf_coef=config.vf_coef,
+        rollout_buffer_class=SpreadRewardRolloutBuffer,
+        policy_kwargs={
+            "features_extractor_class": TrajectoryEncoder,
+            "features_extractor_kwargs": {"hidden_size": config.hidden_size},
+            "net_arch": {"pi": [config.hidden_size], "vf": [config.hidden_size]},
+        },
+        seed=seed,
+        device="cpu",
+        verbose=0,
+    )
+    path_env = env.path_env
+    agent = PathAgent(
+        model=model,
+        summaries=path_env.summaries,
+        max_length=path_env.max_length,
+        num_objectives=path_env.num_objectives,
+        neighbours=env.neighbours,
+        stop_threshold=env.stop_threshold,
+    )
+    env.critic = agent.critic
+    budget = episodes * (path_env.max_length + 1) + config.n_steps
+    model.learn(total_timesteps=budget, callback=_episode_budget(episodes), progress_bar=progress)
+    return agent
+
+
+def rollout(agent: PathAgent, preference: Sequence[float]) -> InferencePath:
+    """The agent's greedy path for ``preference``: mean proto-actions, the critic's pick, no ε."""
+    env = InferencePathEnv(
+        agent.summaries, agent.max_length, agent.num_objectives, preference=np.asarray(preference, np.float32)
+    )
+    wrapper = WolpertingerWrapper(env, agent.neighbours, 0.0, agent.stop_threshold, critic=agent.critic)
+    obs, _ = wrapper.reset(seed=0)
+    while True:
+        proto, _ = agent.model.predict(obs, deterministic=True)
+        action = wrapper.discrete_action(np.clip(proto, -3.0, 3.0), greedy=True)
+        obs, _, terminated, _, info = env.step(action)
+        if terminated:
+            return info["path"]
+
+
+@dataclass
+class PathSearchResult:
+    """What one path search found for one preference.
+
+    Attributes:
+        preference: λ.
+        best_path: The highest-reward path scored.
+        best_scores: Its scores.
+        best_reward: Its reward R.
+        rollout_path: The agent's greedy path for λ after training.
+        candidates: Every path scored, with its scores and reward under λ, in scoring order.
+        agent: The trained agent.
+    """
+
+    preference: tuple[float, ...]
+    best_path: InferencePath
+    best_scores: dict[str, float]
+    best_reward: float
+    rollout_path: InferencePath
+    candidates: list[tuple[InferencePath, dict[str, float], float]] = field(default_factory=list)
+    agent: PathAgent | None = None
+
+
+def reward_spec_from_recipe(recipe: Recipe, ideal: Sequence[float] | None = None) -> RewardSpec:
+    """The reward settings of a recipe (objective order and directions, scalarization, β1, z*)."""
+    scalarization = recipe.preferences.scalarization
+    if scalarization == "tchebycheff" and ideal is None:
+        raise UserError("the tchebycheff scalarization needs the ideal point z* (the best fine-tuned scores)")
+    return RewardSpec(
+        objectives=tuple(recipe.objective_names),
+        scalarization=scalarization,
+        length_penalty=recipe.architecture_level.length_penalty,
+        ideal=None if ideal is None else tuple(float(v) for v in ideal),
+        higher_is_better=tuple(o.higher_is_better for o in recipe.objectives),
+    )
+
+
+def path_scorer_from_recipe(
+    pool: RoutingPool,
+    scorer: Scorer,
+    recipe: Recipe,
+    calibration: dict[str, Any] | None = None,
+    on_candidate: CandidateCallback | None = None,
+    cache: Any = None,
+    cache_spec: dict[str, Any] | None = None,
+) -> PathScorer:
+    """A :class:`PathScorer` with the recipe's alignment mode (``stats`` needs ``calibration``)."""
+    from hm3.routing.alignment import make_aligner
+
+    return PathScorer(
+        pool=pool,
+        scorer=scorer,
+        aligner=make_aligner(recipe.architecture_level.alignment, pool, calibration),
+        on_candidate=on_candidate,
+        cache=cache,
+        cache_spec=dict(cache_spec or {}),
+        objectives=tuple(recipe.objective_names),
+    )
+
+
+def max_path_length(pool: RoutingPool, recipe: Recipe) -> int:
+    """T_max: ``architecture_level.max_path_length``, else 1.5 × L."""
+    return recipe.architecture_level.max_path_length or pool.default_max_length()
+
+
+def search_path(
+    pool: RoutingPool,
+    scorer: Scorer | PathScorer,
+    preference: Sequence[float],
+    recipe: Recipe,
+    seed: int | None = None,
+    on_candidate: CandidateCallback | None = None,
+    ideal: Sequence[float] | None = None,
+    agent: PathAgent | None = None,
+    calibration: dict[str, Any] | None = None,
+) -> PathSearchResult:
+    """Search the inference path for one preference (the lower level of HM3).
+
+    Args:
+        pool: The K fine-tuned models and the merged one.
+        scorer: ``score(model) -> {objective: value}``, or a ready :class:`PathScorer` (to share its cache
+            between preferences).
+        preference: λ, one weight per objective.
+        recipe: Supplies ``agent``, ``architecture_level`` and ``preferences.scalarization``.
+        seed: Seeds the agent (default: the recipe's seed).
+        on_candidate: Called with ``(path, scores)`` for every newly scored path.
+        ideal: z* for the Tchebycheff scalarization.
+        agent: A trained preference-conditioned agent: no training, its greedy rollout is scored.
+        calibration: The calibration batch of ``stats`` alignment.
+
+    Returns:
+        The best path scored (over this search's candidates and any the scorer already knew) and the agent.
+    """
+    if len(preference) != len(recipe.objectives):
+        raise UserError(f"a preference has {len(recipe.objectives)} weights; got {len(preference)}")
+    seed = recipe.seed if seed is None else seed
+    if isinstance(scorer, PathScorer):
+        path_scorer = scorer
+        if on_candidate is not None:
+            path_scorer.on_candidate = on_candidate
+    else:
+        path_scorer = path_scorer_from_recipe(pool, scorer, recipe, calibration, on_candidate)
+    rewards = reward_spec_from_recipe(recipe, ideal)
+    lam = np.asarray(preference, dtype=np.float32)
+    t_max = max_path_length(pool, recipe)
+
+    def reward_fn(path: InferencePath, weights: np.ndarray) -> tuple[float, dict[str, float]]:
+        scores = path_scorer.score(path)
+        return rewards.reward(scores, weights, len(path)), scores
+
+    if agent is None:
+        conditioned = recipe.agent.mode == "conditioned"
+        env = make_env(
+            layer_summaries(pool),
+            t_max,
+            len(lam),
+            recipe.agent,
+            reward_fn=reward_fn,
+            preference=None if conditioned else lam,
+        )
+        agent = train_agent(env, recipe.agent, recipe.agent.iterations, seed)
+    greedy = rollout(agent, lam)
+    path_scorer.score(greedy)
+    candidates = [(p, s, rewards.reward(s, lam, len(p))) for p, s in path_scorer.scored.items()]
+    best_path, best_scores, best_reward = max(candidates, key=lambda c: c[2])
+    return PathSearchResult(
+        preference=tuple(float(v) for v in lam),
+        best_path=best_path,
+        best_scores=best_scores,
+        best_reward=best_reward,
+        rollout_path=greedy,
+        candidates=candidates,
+        agent=agent,
+    )
+
+
+def train_conditioned_agent(
+    pool: RoutingPool,
+    scorer: Scorer | PathScorer,
+    recipe: Recipe,
+    seed: int | None = None,
+    ideal: Sequence[float] | None = None,
+    calibration: dict[str, Any] | None = None,
+) -> PathAgent:
+    """Train one preference-conditioned agent over λ ~ Dirichlet(1, …, 1) for ``agent.iterations`` episodes."""
+    seed = recipe.seed if seed is None else seed
+    path_scorer = (
+        scorer
+        if isinstance(scorer, PathScorer)
+        else path_scorer_from_recipe(pool, scorer, recipe, calibration)
+    )
+    rewards = reward_spec_from_recipe(recipe, ideal)
+
+    def reward_fn(path: InferencePath, weights: np.ndarray) -> tuple[float, dict[str, float]]:
+        scores = path_scorer.score(path)
+        return rewards.reward(scores, weights, len(path)), scores
+
+    env = make_env(
+        layer_summaries(pool), max_path_length(pool, recipe), len(recipe.objectives), recipe.agent, reward_fn
+    )
+    return train_agent(env, recipe.agent, recipe.agent.iterations, seed)

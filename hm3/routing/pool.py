@@ -1,0 +1,128 @@
+"""The routing pool: the K fine-tuned models plus the parameter-merged model, as K+1 in-memory state dicts.
+
+Model ``i < K`` is fine-tuned model ``i`` of the :class:`~hm3.pool.ModelPool` (its cached
+:meth:`~hm3.pool.ModelPool.state_dict`), model ``K`` is the merged model (a ``dict[str, Tensor]`` from the
+parameter level). Nothing is copied: routed models are built from these very tensors.
+
+**Shared tensors.** Tensors outside the layers (embeddings, final norm, ``lm_head``; CLIP's patch/position
+embeddings and pre/post layer norms) come from one model, :attr:`RoutingPool.shared_source`, the merged model
+by default: it is the pool member that is a compromise between all skills, and a path mostly of one
+fine-tuned model still reads and writes the merged vocabulary. A builder call may override it (the identity
+path of model ``i`` with ``shared_source=i`` is model ``i`` exactly).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hm3.arch import ArchitectureSpec
+from hm3.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from hm3.pool import ModelPool
+
+
+@dataclass(eq=False)
+class RoutingPool:
+    """K fine-tuned state dicts plus the merged one, with the facts a routed model needs.
+
+    Attributes:
+        spec: The backbone family.
+        config: The base model's ``config.json`` contents.
+        state_dicts: K + 1 state dicts; index K is the merged model.
+        names: A name per model (the merged one is ``merged``).
+        folders: Each model's folder on disk, or None (an in-memory merged model); mergekit exports need them.
+        tokenizer_folder: Where the tokenizer of saved models comes from.
+        shared_source: The model whose non-layer tensors routed models use (default: K, the merged model).
+    """
+
+    spec: ArchitectureSpec
+    config: dict[str, Any]
+    state_dicts: list[dict[str, torch.Tensor]]
+    names: list[str]
+    folders: list[Path | None]
+    tokenizer_folder: Path | None = None
+    shared_source: int = -1
+    _layer_names: dict[int, list[str]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.state_dicts) < 2:
+            raise UserError("a routing pool needs at least one fine-tuned model and the merged model")
+        if self.shared_source < 0:
+            self.shared_source = self.merged_index
+        reference = self.state_dicts[0]
+        for index, state in enumerate(self.state_dicts[1:], start=1):
+            if set(state) != set(reference):
+                missing = sorted(set(reference) ^ set(state))[:3]
+                raise UserError(f"routing pool: model {self.names[index]} has different tensors ({missing})")
+
+    @classmethod
+    def from_model_pool(
+        cls,
+        pool: ModelPool,
+        merged: dict[str, torch.Tensor],
+        merged_folder: str | Path | None = None,
+    ) -> RoutingPool:
+        """The routing pool of a model pool and its parameter-merged state dict.
+
+        Args:
+            pool: The base and K fine-tuned models.
+            merged: The merged model's tensors (same names as the pool's).
+            merged_folder: Where the merged model is saved, if it is (for mergekit exports).
+        """
+        states = [pool.state_dict(i) for i in range(len(pool.models))]
+        missing = sorted(set(states[0]) - set(merged))
+        if missing:
+            raise UserError(f"merged model lacks {missing[:3]}")
+        merged = {name: merged[name] for name in states[0]}
+        return cls(
+            spec=pool.spec,
+            config=pool.base.config,
+            state_dicts=[*states, merged],
+            names=[*pool.model_names, "merged"],
+            folders=[*(m.folder for m in pool.models), Path(merged_folder) if merged_folder else None],
+            tokenizer_folder=pool.base.folder,
+        )
+
+    @property
+    def merged_index(self) -> int:
+        """K, the index of the merged model."""
+        return len(self.state_dicts) - 1
+
+    @property
+    def num_models(self) -> int:
+        """K + 1."""
+        return len(self.state_dicts)
+
+    @cached_property
+    def num_layers(self) -> int:
+        """L, the layers of each model."""
+        return self.spec.num_layers(self.config)
+
+    @cached_property
+    def shared_tensor_names(self) -> list[str]:
+        """Tensors outside the layers."""
+        return [n for n in self.state_dicts[0] if self.spec.layer_of(n) is None]
+
+    def layer_tensor_names(self, layer: int) -> list[str]:
+        """Tensor names of layer ``layer`` (identical in every model)."""
+        if not self._layer_names:
+            for name in self.state_dicts[0]:
+                index = self.spec.layer_of(name)
+                if index is not None:
+                    self._layer_names.setdefault(index, []).append(name)
+        return self._layer_names[layer]
+
+    def layer_tensors(self, model: int, layer: int) -> list[torch.Tensor]:
+        """The tensors of one layer of one model, in :meth:`layer_tensor_names` order."""
+        state = self.state_dicts[model]
+        return [state[name] for name in self.layer_tensor_names(layer)]
+
+    def default_max_length(self) -> int:
+        """T_max when the recipe leaves it unset: 1.5 × L (rounded down, at least L)."""
+        return max(self.num_layers, (3 * self.num_layers) // 2)
