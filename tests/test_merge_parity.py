@@ -1,0 +1,179 @@
+"""Parity with mergekit: what `hm3 merge --mergekit C` writes equals what the real `mergekit-yaml C` writes.
+
+mergekit-yaml runs in subprocesses (two at a time, once per module) with absolute paths; every tensor is
+compared in float32 within 1e-6. DARE and DELLA draw random masks, so they are checked statistically instead.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from hm3.checkpoint import Checkpoint
+from hm3.merge import MergeSpec
+from hm3.merge.engine import merge_state_dict
+from hm3.merge.mergekit_export import to_mergekit_yaml
+from hm3.merge.mergekit_run import run_mergekit_config
+from hm3.pool import ModelPool
+from tests.fixtures_models import build_tiny_model, run_hm3
+
+pytestmark = pytest.mark.slow
+
+MERGEKIT_YAML = Path(sys.executable).parent / "mergekit-yaml"
+DETERMINISTIC = ("linear", "task_arithmetic", "ties", "breadcrumbs")
+TOLERANCE = 1e-6
+
+
+def method_config(method: str, base: Path, finetunes: tuple[Path, ...]) -> dict:
+    """A 3-model mergekit config of ``method`` with distinct weights and densities."""
+    weights = (0.5, 0.3, 0.8)
+    densities = (0.5, 0.7, 0.4)
+    models = []
+    for path, weight, density in zip(finetunes, weights, densities, strict=True):
+        parameters = {"weight": weight}
+        if method not in ("linear", "task_arithmetic"):
+            parameters["density"] = density
+        models.append({"model": str(path), "parameters": parameters})
+    config: dict = {"merge_method": method, "models": models, "dtype": "float32"}
+    if method != "linear":
+        config["base_model"] = str(base)
+    if method == "breadcrumbs":
+        config["parameters"] = {"gamma": 0.05}
+    if method == "task_arithmetic":
+        config["parameters"] = {"lambda": 0.9}
+    return config
+
+
+@pytest.fixture(scope="module")
+def gradient_pool(tmp_path_factory) -> tuple[Path, tuple[Path, ...]]:
+    """A 4-layer llama base and two fine-tunes, so a 3-point gradient has interior values."""
+    root = tmp_path_factory.mktemp("gradient_models")
+    base = build_tiny_model("llama", root / "base", seed=10, layers=4)
+    finetunes = tuple(
+        build_tiny_model("llama", root / f"ft{i}", seed=11 + i, base=base, layers=4) for i in range(2)
+    )
+    return base, finetunes
+
+
+def gradient_config(base: Path, finetunes: tuple[Path, ...]) -> dict:
+    return {
+        "merge_method": "ties",
+        "base_model": str(base),
+        "models": [
+            {"model": str(finetunes[0]), "parameters": {"weight": [0, 0.5, 1], "density": [0.9, 0.3]}},
+            {
+                "model": str(finetunes[1]),
+                "parameters": {"weight": 0.6, "density": [{"filter": "mlp", "value": 0.2}, {"value": 0.8}]},
+            },
+        ],
+        "parameters": {"normalize": False},
+        "dtype": "float32",
+    }
+
+
+def passthrough_config(finetunes: tuple[Path, ...]) -> dict:
+    return {
+        "merge_method": "passthrough",
+        "slices": [
+            {"sources": [{"model": str(finetunes[0]), "layer_range": [0, 2]}]},
+            {"sources": [{"model": str(finetunes[1]), "layer_range": [1, 2], "parameters": {"scale": 0.5}}]},
+        ],
+        "dtype": "float32",
+    }
+
+
+def _mergekit(config_file: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(MERGEKIT_YAML), str(config_file), str(out), "--no-copy-tokenizer", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def mergekit_outputs(tiny_pools, gradient_pool, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """Every parity case: name -> (config file, mergekit-yaml's output folder), run two at a time."""
+    root = tmp_path_factory.mktemp("mergekit_parity")
+    configs: dict[str, dict] = {}
+    for family in ("llama", "qwen2"):
+        pool = tiny_pools[family]
+        for method in DETERMINISTIC:
+            configs[f"{family}-{method}"] = method_config(method, pool.base, pool.finetunes)
+        configs[f"{family}-passthrough"] = passthrough_config(pool.finetunes)
+    configs["llama-gradient"] = gradient_config(*gradient_pool)
+    cases = {}
+    for name, config in configs.items():
+        config_file = root / f"{name}.yml"
+        config_file.write_text(yaml.safe_dump(config))
+        cases[name] = (config_file, root / f"{name}-mergekit")
+    with ThreadPoolExecutor(2) as pool:
+        results = dict(zip(cases, pool.map(lambda c: _mergekit(*c), cases.values()), strict=True))
+    for name, result in results.items():
+        # mergekit writes the tensors of a Qwen2 passthrough, then fails on config.layer_types (known issue)
+        if result.returncode != 0 and not name.startswith("qwen2-passthrough"):
+            raise AssertionError(f"mergekit-yaml failed on {name}: {result.stderr[-2000:]}")
+    return cases
+
+
+def assert_same_tensors(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> None:
+    assert set(ours) == set(theirs), set(ours) ^ set(theirs)
+    for name, tensor in ours.items():
+        assert tensor.shape == theirs[name].shape, name
+        difference = (tensor.float() - theirs[name].float()).abs().max().item()
+        assert difference <= TOLERANCE, f"{name}: max difference {difference}"
+
+
+def read_all(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(file))
+    return tensors
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("method", DETERMINISTIC)
+def test_method_matches_mergekit(mergekit_outputs, tmp_path, family, method) -> None:
+    config_file, theirs = mergekit_outputs[f"{family}-{method}"]
+    ours = run_mergekit_config(config_file, tmp_path / "hm3", show_progress=False)
+    assert_same_tensors(read_all(ours), read_all(theirs))
+
+
+def test_per_layer_gradient_and_filter_match_mergekit(mergekit_outputs, tmp_path) -> None:
+    config_file, theirs = mergekit_outputs["llama-gradient"]
+    ours = run_mergekit_config(config_file, tmp_path / "hm3", show_progress=False)
+    assert_same_tensors(read_all(ours), read_all(theirs))
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_passthrough_slices_match_mergekit_through_the_cli(mergekit_outputs, tmp_path, family) -> None:
+    import transformers
+
+    config_file, theirs = mergekit_outputs[f"{family}-passthrough"]
+    result = run_hm3("merge", "--mergekit", config_file, "--out", tmp_path / "hm3", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert_same_tensors(read_all(tmp_path / "hm3"), read_all(theirs))
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hm3")
+    assert model.config.num_hidden_layers == 3
+    if family == "qwen2":  # hm3 fixes the per-layer list mergekit leaves at the old length
+        assert len(model.config.layer_types) == 3
+
+
+def test_exported_mergekit_yaml_reproduces_merge_state_dict(tiny_pools, tmp_path) -> None:
+    pool_folders = tiny_pools["llama"]
+    pool = ModelPool(Checkpoint(pool_folders.base, "base"), [Checkpoint(f) for f in pool_folders.finetunes])
+    spec = MergeSpec(method="ties", weights=(0.2, (0.1, 0.9), 0.6), density=0.6, normalize=True)
+    ours = merge_state_dict(pool, spec)
+    config_file = tmp_path / "exported.yml"
+    config_file.write_text(to_mergekit_yaml(spec, pool_folders.finetunes, pool_folders.base))
+    result = _mergekit(config_file, tmp_path / "mergekit")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_same_tensors(ours, read_all(tmp_path / "mergekit"))
