@@ -168,7 +168,9 @@ def test_swapping_models_reuses_tasks_and_one_hflm(evaluator, tiny_lm_zoo):
 
 def test_splits_score_different_documents(evaluator, tiny_lm_zoo):
     model = load_lm(tiny_lm_zoo.variants[0])
-    search, heldout, everything = (evaluator.score(model, split=s)["mc"] for s in ("search", "heldout", "all"))
+    search, heldout, everything = (
+        evaluator.score(model, split=s)["mc"] for s in ("search", "heldout", "all")
+    )
     assert everything == pytest.approx((28 * search + 12 * heldout) / 40)
     with pytest.raises(UserError, match="unknown split"):
         evaluator.score(model, split="test")
@@ -235,7 +237,10 @@ def test_objective_options_pass_through(tiny_lm_zoo, tmp_path):
 
 
 BAD_OBJECTIVES = {
-    "unknown_metric": ("  - {{name: bad, task: {tasks}/toy_mc.yaml, metric: bleu}}\n", "does not report 'bleu'"),
+    "unknown_metric": (
+        "  - {{name: bad, task: {tasks}/toy_mc.yaml, metric: bleu}}\n",
+        "does not report 'bleu'",
+    ),
     "unknown_filter": (
         "  - {{name: bad, task: {tasks}/toy_gen.yaml, metric: 'chrf,flexible'}}\n",
         "no filter 'flexible'",
@@ -294,7 +299,9 @@ def test_registry_name_found_in_include_path_skips_the_builtin_index(tiny_lm_zoo
 
 
 def test_hm3_eval_prints_models_side_by_side(tiny_lm_zoo, standard_recipe):
-    done = run_hm3("eval", "--recipe", standard_recipe, "--model", tiny_lm_zoo.base, "--models", *tiny_lm_zoo.variants)
+    done = run_hm3(
+        "eval", "--recipe", standard_recipe, "--model", tiny_lm_zoo.base, "--models", *tiny_lm_zoo.variants
+    )
     assert done.returncode == 0, done.stderr
     header = next(line for line in done.stdout.splitlines() if "objective" in line)
     for name in ("base", "ft0", "ft1"):
