@@ -127,7 +127,7 @@ class StatsAligner:
             for model_index in range(self.pool.num_models):
                 path = InferencePath.identity(model_index, self.pool.num_layers)
                 model = build_routed_model(self.pool, path, shared_source=model_index)
-                for layer, module in enumerate(layer_modules(model, self.pool)):
+                for layer, module in enumerate(layer_modules(model, self.pool.spec)):
                     module.register_forward_pre_hook(
                         self._recorder(stats, (model_index, layer)), with_kwargs=True
                     )
@@ -142,7 +142,7 @@ class StatsAligner:
         source = self.source_stats()
         alignment = AffineAlignment()
         model = build_routed_model(self.pool, path)
-        for step, module in enumerate(layer_modules(model, self.pool)):
+        for step, module in enumerate(layer_modules(model, self.pool.spec)):
             if not path.is_native_input(step, self.pool.shared_source):
                 module.register_forward_pre_hook(
                     self._fitter(alignment, step, source[path.steps[step]]), with_kwargs=True

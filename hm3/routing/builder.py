@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from hm3.arch import ArchitectureSpec
     from hm3.routing.alignment import AffineAlignment
 
 
@@ -81,12 +82,10 @@ def routed_tensors(
     return out
 
 
-def layer_modules(model: nn.Module, pool: RoutingPool) -> nn.ModuleList:
+def layer_modules(model: nn.Module, spec: ArchitectureSpec) -> nn.ModuleList:
     """The model's list of layers (``model.layers`` of a causal LM, ``encoder.layers`` of CLIP)."""
-    before = pool.spec.layer_prefix.split("{index}")[0].rstrip(".")
-    candidates = [before]
-    if pool.spec.optional_prefix and before.startswith(pool.spec.optional_prefix):
-        candidates.append(before.removeprefix(pool.spec.optional_prefix))
+    before = spec.layer_prefix.split("{index}")[0].rstrip(".")
+    candidates = [before, spec.optional_prefix + before] if spec.optional_prefix else [before]
     for name in candidates:
         try:
             return model.get_submodule(name)  # type: ignore[return-value]
@@ -145,7 +144,7 @@ def build_routed_model(
     model.config.dtype = dtype if isinstance(dtype, torch.dtype) else None
     model.eval()
     if alignment is not None:
-        alignment.attach(layer_modules(model, pool))
+        alignment.attach(layer_modules(model, pool.spec))
     return model
 
 
