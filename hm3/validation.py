@@ -41,7 +41,12 @@ def validate_recipe_file(path: str | Path) -> ValidationReport:
     report = ValidationReport(recipe)
     problems: list[tuple[str, str]] = []
     problems += _check_models(recipe, report)
-    problems += _check_objectives(recipe)
+    objective_problems = _check_objectives(recipe)
+    problems += objective_problems
+    if not objective_problems:  # files exist: load local lm-eval tasks as the evaluator will (a few seconds)
+        from hm3.evaluate.offline_check import language_objective_problems
+
+        problems += language_objective_problems(recipe, report.not_checked)
     if problems:
         raise RecipeError(problems, source=str(path))
     return report
