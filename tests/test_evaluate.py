@@ -288,13 +288,13 @@ def test_unknown_registry_task_is_a_user_error(tiny_lm_zoo, tmp_path):
 
 
 def test_registry_name_found_in_include_path_skips_the_builtin_index(tiny_lm_zoo, tmp_path):
-    from hm3.evaluate.language import _task_manager
+    from hm3.evaluate.language import build_task_manager
     from hm3.recipe import load_recipe
 
     text = f"  - {{name: mc, task: toy_mc, include_path: {tiny_lm_zoo.tasks}, model: ft0}}\n"
     text += f"  - {{name: gen, task: {tiny_lm_zoo.tasks}/toy_gen.yaml, model: ft1}}\n"
     recipe = load_recipe(zoo_recipe(tiny_lm_zoo, tmp_path, text))
-    manager = _task_manager(recipe.objectives)
+    manager = build_task_manager(recipe.objectives)
     assert "toy_mc" in manager.task_index and "gsm8k" not in manager.task_index
 
 
@@ -307,3 +307,19 @@ def test_hm3_eval_prints_models_side_by_side(tiny_lm_zoo, standard_recipe):
     for name in ("base", "ft0", "ft1"):
         assert name in header
     assert any(line.lstrip("│ ").startswith("mc") for line in done.stdout.splitlines())
+
+
+def test_hm3_validate_loads_local_tasks_and_lists_registry_names_as_unchecked(tiny_lm_zoo, tmp_path):
+    good = STANDARD_OBJECTIVES.format(tasks=tiny_lm_zoo.tasks)
+    done = run_hm3("validate", zoo_recipe(tiny_lm_zoo, tmp_path, good))
+    assert done.returncode == 0, done.stderr
+    bad = good.replace("metric: 'chrf,raw'", "metric: 'chrf,flexible'").replace(
+        f"{tiny_lm_zoo.tasks}/toy_mc.yaml", "sst2"
+    )
+    done = run_hm3("validate", zoo_recipe(tiny_lm_zoo, tmp_path, bad, name="bad.yaml"))
+    assert done.returncode == 2
+    assert "objectives[1].task: task toy_gen has no filter 'flexible'" in done.stderr, done.stderr
+    registry = good.replace(f"{tiny_lm_zoo.tasks}/toy_mc.yaml", "sst2")
+    done = run_hm3("validate", zoo_recipe(tiny_lm_zoo, tmp_path, registry, name="registry.yaml"))
+    assert done.returncode == 0, done.stderr
+    assert "objectives[0].task (sst2): lm-eval registry names are checked when scoring" in done.stdout

@@ -103,12 +103,17 @@ def prepare_language_objectives(
             does not produce, or a split with no documents.
     """
     with quiet_libraries(quiet):
-        manager = _task_manager(objectives)
-        return [_prepare(objective, manager, split) for objective in objectives]
+        manager = build_task_manager(objectives)
+        return [prepare_language_objective(objective, manager, split) for objective in objectives]
 
 
-def _task_manager(objectives: Sequence[Objective]) -> TaskManager:
-    """One TaskManager for all objectives; lm-eval's own registry is indexed only when a name needs it (~20 s)."""
+def build_task_manager(objectives: Sequence[Objective], allow_defaults: bool = True) -> TaskManager:
+    """One TaskManager for all objectives; lm-eval's own registry is indexed only when a name needs it (~20 s).
+
+    Args:
+        objectives: The objectives whose task files and include paths are indexed.
+        allow_defaults: False never indexes lm-eval's built-in tasks (names found nowhere else stay unknown).
+    """
     from lm_eval.tasks import TaskManager
 
     include: list[str] = []
@@ -119,12 +124,14 @@ def _task_manager(objectives: Sequence[Objective]) -> TaskManager:
         include += [f for f in folders if f and f not in include and Path(f).is_dir()]
     local = TaskManager(include_path=include or None, include_defaults=False)
     names = [o.task for o in objectives if not o.task_is_file]
-    if all(name in local.task_index for name in names):
+    if not allow_defaults or all(name in local.task_index for name in names):
         return local
     return TaskManager(include_path=include or None, include_defaults=True)
 
 
-def _prepare(objective: Objective, manager: TaskManager, split: SplitConfig) -> LanguageObjective:
+def prepare_language_objective(
+    objective: Objective, manager: TaskManager, split: SplitConfig
+) -> LanguageObjective:
     task = _load_task(objective, manager)
     _configure(task, objective)
     metric_key = _metric_key(task, objective)
