@@ -56,21 +56,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def ensure_zoo(zoo: Path) -> None:
-    if (zoo / "base" / "config.json").is_file():
+    if (zoo / "zoo.json").is_file() or (zoo / "base" / "config.json").is_file():
         return
     size = zoo.name.rsplit("-", 1)[-1]
     subprocess.run([str(BIN / "hm3"), "zoo", "build", "--kind", "lm", "--size", size], cwd=ROOT, check=True)
 
 
+def zoo_specialists(zoo: Path) -> dict[str, tuple[Path, Path]]:
+    """Specialist name -> (its folder, its in-distribution task YAML), from the zoo's manifest (or folders)."""
+    manifest = zoo / "zoo.json"
+    if manifest.is_file():
+        data = json.loads(manifest.read_text())
+        yamls = {t["name"]: zoo / t["yaml"] for t in data["tasks"] if "yaml" in t}
+        return {m["name"]: (zoo / m["path"], yamls[m["task"]]) for m in data["models"] if m.get("task")}
+    folders = sorted(p.name for p in zoo.iterdir() if p.name != "base" and (p / "config.json").is_file())
+    return {name: (zoo / name, zoo / "tasks" / f"toy_{name}.yaml") for name in folders}
+
+
 def zoo_recipe(zoo: Path, folder: Path) -> Path:
-    """A recipe over the zoo: its specialists, one objective per specialist's task (in-distribution YAML)."""
-    specialists = sorted(
-        p.name for p in zoo.iterdir() if p.is_dir() and p.name != "base" and (p / "config.json").is_file()
-    )
+    """A recipe over the zoo: its specialists, one objective per specialist's in-distribution task."""
+    specialists = zoo_specialists(zoo)
     models = "".join(f"  - {{name: {name}, path: {zoo / name}}}\n" for name in specialists)
     objectives = "".join(
-        f"  - {{name: {name}, task: {zoo / 'tasks' / f'toy_{name}.yaml'}, model: {name}, batch_size: 32}}\n"
-        for name in specialists
+        f"  - {{name: {name}, task: {task}, model: {name}, batch_size: 32}}\n"
+        for name, task in specialists.items()
     )
     path = folder / "recipe.yaml"
     path.write_text(f"base_model: {zoo / 'base'}\nmodels:\n{models}objectives:\n{objectives}")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from hm3.errors import UserError
 from hm3.evaluate.evaluator import Evaluator, load_tokenizer
+from hm3.evaluate.split import SPLIT_NAMES
 
 
 @dataclass
@@ -47,9 +48,9 @@ def score_saved_models(
     for path in paths:
         if not (path / "config.json").is_file():
             raise UserError(f"model folder {path}: no config.json (not a saved model)")
+    if split not in SPLIT_NAMES:
+        raise UserError(f"unknown split {split!r}; use one of {', '.join(SPLIT_NAMES)}")
     evaluator = Evaluator.from_recipe(recipe)
-    if split not in ("search", "heldout", "all"):
-        raise UserError(f"unknown split {split!r}; use search, heldout or all")
     result = SavedModelScores(split, metrics=evaluator.metrics, higher_is_better=evaluator.higher_is_better)
     result.documents = evaluator.document_count(split)
     for path in paths:
