@@ -76,10 +76,10 @@ def zoo_specialists(zoo: Path) -> dict[str, tuple[Path, Path]]:
 def zoo_recipe(zoo: Path, folder: Path) -> Path:
     """A recipe over the zoo: its specialists, one objective per specialist's in-distribution task."""
     specialists = zoo_specialists(zoo)
-    models = "".join(f"  - {{name: {name}, path: {zoo / name}}}\n" for name in specialists)
+    models = "".join(f"  - {{name: {name}, path: {model_dir}}}\n" for name, (model_dir, _) in specialists.items())
     objectives = "".join(
         f"  - {{name: {name}, task: {task}, model: {name}, batch_size: 32}}\n"
-        for name, task in specialists.items()
+        for name, (_, task) in specialists.items()
     )
     path = folder / "recipe.yaml"
     path.write_text(f"base_model: {zoo / 'base'}\nmodels:\n{models}objectives:\n{objectives}")
