@@ -28,6 +28,7 @@ import struct
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,6 +101,7 @@ def write_hf_checkpoint(
     expected_bytes: int | None = None,
     on_tensor: Callable[[str, int], None] | None = None,
     extra_files: Mapping[str, str] | None = None,
+    layout: Sequence[TensorLayout] | None = None,
 ) -> Path:
     """Write a standard Hugging Face checkpoint folder and return its path.
 
@@ -121,6 +123,9 @@ def write_hf_checkpoint(
             (computed from a mapping when not given).
         on_tensor: Called with ``(name, nbytes)`` after each tensor is buffered (progress reporting).
         extra_files: More text files to write, name -> contents (e.g. ``mergekit_config.yml``).
+        layout: ``(name, shape, dtype)`` of every tensor, in the order the iterator yields them. Known up
+            front, shards are laid out before any tensor arrives and each tensor goes straight to its file:
+            nothing is buffered (memory stays at one tensor). The tensors must then match it exactly.
 
     Raises:
         UserError: ``out`` is not empty (without ``force``), not writable, or the disk is too small.
@@ -132,11 +137,16 @@ def write_hf_checkpoint(
         items: Iterable[tuple[str, torch.Tensor]] = tensors.items()
     else:
         items = tensors
+    if layout is not None and expected_bytes is None:
+        expected_bytes = sum(entry.nbytes for entry in layout)
     check_output_folder(out, force=force, expected_bytes=expected_bytes)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         staging.chmod(0o777 & ~_umask())
-        _write_shards(items, staging, parse_size(shard_size), on_tensor)
+        if layout is not None:
+            _write_laid_out(items, list(layout), staging, parse_size(shard_size), on_tensor)
+        else:
+            _write_shards(items, staging, parse_size(shard_size), on_tensor)
         fixed = fix_config(config, num_layers, layer_origin) if num_layers is not None else dict(config)
         (staging / "config.json").write_text(json.dumps(fixed, indent=2, sort_keys=True) + "\n")
         if tokenizer_from is not None:
@@ -212,6 +222,102 @@ def copy_tokenizer_files(source: Path, target: Path) -> list[str]:
 
 
 # -- shards ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorLayout:
+    """Name, shape and dtype (``float32``, ``bfloat16``...) of a tensor to be written."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the tensor's data."""
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count * _DTYPE_SIZES[self.dtype]
+
+
+_DTYPE_SIZES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2}
+_DTYPE_SIZES.update({"int8": 1, "uint8": 1, "bool": 1})
+
+
+def _shard_groups(layout: list[TensorLayout], limit: int) -> list[list[TensorLayout]]:
+    groups: list[list[TensorLayout]] = [[]]
+    size = 0
+    for entry in layout:
+        if groups[-1] and size + entry.nbytes > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(entry)
+        size += entry.nbytes
+    return groups
+
+
+def _header(entries: Sequence[tuple[str, tuple[int, ...], str, int]]) -> bytes:
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape, dtype, nbytes in entries:
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    return struct.pack("<Q", len(encoded)) + encoded
+
+
+def _write_laid_out(
+    items: Iterable[tuple[str, torch.Tensor]],
+    layout: list[TensorLayout],
+    folder: Path,
+    limit: int,
+    on_tensor: Callable[[str, int], None] | None,
+) -> None:
+    """Write tensors straight into shards laid out in advance (no buffering)."""
+    if not layout:
+        raise ValueError("no tensors to write")
+    groups = _shard_groups(layout, limit)
+    total = len(groups)
+    names = (
+        ["model.safetensors"]
+        if total == 1
+        else [f"model-{i:05d}-of-{total:05d}.safetensors" for i in range(1, total + 1)]
+    )
+    expected = iter([(number, entry) for number, group in enumerate(groups) for entry in group])
+    handle = None
+    current = -1
+    try:
+        for name, tensor in items:
+            number, entry = next(expected, (None, None))
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            if entry is None or (name, tuple(tensor.shape), dtype) != (entry.name, entry.shape, entry.dtype):
+                wanted = "nothing" if entry is None else f"{entry.name} {list(entry.shape)} {entry.dtype}"
+                raise ValueError(
+                    f"tensor {name} {list(tensor.shape)} {dtype} does not follow the layout ({wanted})"
+                )
+            if number != current:
+                if handle is not None:
+                    handle.close()
+                current = number
+                handle = open(folder / names[number], "wb")
+                entries = [(e.name, e.shape, _SAFETENSORS_DTYPES[e.dtype], e.nbytes) for e in groups[number]]
+                handle.write(_header(entries))
+            handle.write(_raw_bytes(tensor))
+            if on_tensor is not None:
+                on_tensor(name, entry.nbytes)
+    finally:
+        if handle is not None:
+            handle.close()
+    missing = next(expected, None)
+    if missing is not None:
+        raise ValueError(f"the tensors ended before {missing[1].name}")
+    if total > 1:
+        weight_map = {e.name: names[i] for i, group in enumerate(groups) for e in group}
+        size = sum(e.nbytes for e in layout)
+        index = {"metadata": {"total_size": size}, "weight_map": dict(sorted(weight_map.items()))}
+        (folder / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
 
 
 class _ShardWriter:

@@ -133,7 +133,7 @@ def test_too_little_disk_is_refused_up_front(tiny_llama, tmp_path) -> None:
     [
         ({"tokenizer": {"source": "union"}}, "tokenizer: not supported"),
         ({"merge_method": "slerp"}, "merge_method 'slerp' is not supported"),
-        ({"parameters": {"t": 0.5}}, "parameter(s) t not known"),
+        ({"parameters": {"t": 0.5}}, "parameter(s) t not supported"),
     ],
 )
 def test_unsupported_features_are_refused_in_one_line(tiny_llama, tmp_path, extra, fragment) -> None:

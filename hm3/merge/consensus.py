@@ -8,24 +8,39 @@ if TYPE_CHECKING:
     import torch
 
 
-def elect_and_merge(weighted: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def elect_and_merge(
+    weighted: torch.Tensor, weights: torch.Tensor, with_divisor: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Disjoint merge of weighted task vectors under the elected sign (mergekit's ``consensus: sum``).
 
+    The elected sign m = ±1 is that of ``Σ_k δ_k``; the merge is ``Σ_k δ_k [sign δ_k = m]``, computed as
+    ``m · Σ_k relu(m · δ_k)`` (exact: multiplying by ±1 and negating commute with rounding), with sums
+    accumulated in float32 for half-precision inputs as ``torch.sum`` does. ``weighted`` is overwritten.
+
     Args:
-        weighted: ``[K, *shape]`` task vectors already trimmed and multiplied by their weights.
-        weights: ``[K]`` the weights (for the per-entry divisor).
+        weighted: ``[K, *shape]`` task vectors already trimmed and multiplied by their weights (clobbered).
+        weights: ``[K]`` the weights, in the tensors' dtype (for the per-entry divisor).
+        with_divisor: Also return the per-entry sum of the agreeing models' weights (for ``normalize``).
 
     Returns:
-        ``(mixed, divisor)``: the sum of the agreeing deltas, and the sum of their weights (1 where none agree).
+        ``(mixed, divisor)``: the sum of the agreeing deltas, and the sum of their weights (1 where none
+        agree; None without ``with_divisor``), both in the input dtype.
     """
     import torch
 
-    positive = weighted.sum(dim=0) >= 0
-    mixed = torch.zeros_like(weighted[0])
-    divisor = torch.zeros_like(weighted[0])
-    for delta, weight in zip(weighted, weights, strict=True):
-        agrees = torch.where(positive, delta > 0, delta < 0)
-        mixed.add_(torch.where(agrees, delta, 0))
-        divisor.add_(agrees.to(divisor.dtype) * weight)
+    dtype = weighted.dtype
+    accumulate = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+    majority = (weighted.sum(dim=0) >= 0).to(dtype).mul_(2).sub_(1)
+    mixed = torch.zeros(weighted.shape[1:], dtype=accumulate)
+    divisor = torch.zeros(weighted.shape[1:], dtype=accumulate) if with_divisor else None
+    for delta, weight in zip(weighted, weights.tolist(), strict=True):
+        agreeing = delta.mul_(majority).clamp_(min=0)
+        if divisor is not None:
+            divisor.add_(agreeing > 0, alpha=weight)
+        mixed.add_(agreeing)
+    merged = mixed.to(dtype).mul_(majority)
+    if divisor is None:
+        return merged, None
+    divisor = divisor.to(dtype)
     divisor[divisor == 0] = 1
-    return mixed, divisor
+    return merged, divisor

@@ -26,6 +26,9 @@ _PRE_MARKERS = ("embed", "pre_layrnorm")
 """Shared tensors before the layers (taken from the first slice); the others follow the last slice."""
 _BOOL_PARAMETERS = ("normalize", "rescale", "int8_mask")
 _SHARED_PARAMETERS = ("normalize", "rescale", "lambda", "int8_mask", "gamma", "epsilon")
+KNOWN_PARAMETERS = frozenset({"weight", "density", *_SHARED_PARAMETERS, "scale"})
+"""Parameters of the supported methods. Like mergekit, a method ignores those it does not take (``density``
+for ``linear``); a name none of them takes (``t`` of slerp) is refused."""
 
 
 @dataclass(frozen=True)
@@ -189,13 +192,12 @@ class _Planner:
         self.method = method
         self.models = models
         self.spec = spec
-        allowed = set(method.parameters) if method is not None else {"scale"}
         for where, parameters in self._all_parameter_blocks():
-            unknown = sorted(set(parameters or {}) - allowed)
+            unknown = sorted(set(parameters or {}) - KNOWN_PARAMETERS)
             if unknown:
                 raise UserError(
-                    f"{where}: parameter(s) {', '.join(unknown)} not known to {config.merge_method} "
-                    f"(known: {', '.join(sorted(allowed))})"
+                    f"{where}: parameter(s) {', '.join(unknown)} not supported by hm3 "
+                    f"(supported: {', '.join(sorted(KNOWN_PARAMETERS))})"
                 )
 
     def _all_parameter_blocks(self):

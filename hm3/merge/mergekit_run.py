@@ -14,20 +14,12 @@ from typing import TYPE_CHECKING
 from hm3.merge.mergekit_plan import MergePlan, PlannedTensor, plan_merge
 from hm3.merge.mergekit_schema import load_mergekit_config
 from hm3.merge.tensor_merge import check_finite, merge_tensor
+from hm3.merge.tensor_reader import TORCH_DTYPES, TensorReader
 
 if TYPE_CHECKING:
     import torch
 
-_DTYPE_BYTES = {
-    "F64": 8,
-    "F32": 4,
-    "F16": 2,
-    "BF16": 2,
-    "float64": 8,
-    "float32": 4,
-    "float16": 2,
-    "bfloat16": 2,
-}
+    from hm3.export import TensorLayout
 
 
 def run_mergekit_config(
@@ -49,12 +41,14 @@ def run_mergekit_config(
 
     config_path = Path(config_path)
     config = load_mergekit_config(config_path)
+    reuse_freed_memory()
     out = Path(out).resolve()
     check_output_folder(out, force=force, expected_bytes=None)
     plan = plan_merge(config, base_dir=config_path.resolve().parent)
     if config.tokenizer_source == "base":
         _check_same_vocabulary(plan)
-    total = output_bytes(plan)
+    layout = output_layout(plan)
+    total = sum(entry.nbytes for entry in layout)
     card = model_card(
         config.merge_method,
         [c.name for c in plan.models],
@@ -75,18 +69,8 @@ def run_mergekit_config(
             expected_bytes=total,
             on_tensor=progress.advance,
             extra_files={"mergekit_config.yml": config_path.read_text()},
+            layout=layout,
         )
-
-
-def output_bytes(plan: MergePlan) -> int:
-    """Size of the merged weights, from the headers (for the up-front disk check)."""
-    total = 0
-    for tensor in plan.tensors:
-        index, name = tensor.inputs[0]
-        info = plan.models[index].tensors[name]
-        size = _DTYPE_BYTES.get(plan.out_dtype or plan.dtype or info.dtype, 4)
-        total += info.nbytes // _DTYPE_BYTES.get(info.dtype, 4) * size
-    return total
 
 
 def merged_tensors(plan: MergePlan) -> Iterator[tuple[str, torch.Tensor]]:
@@ -95,25 +79,72 @@ def merged_tensors(plan: MergePlan) -> Iterator[tuple[str, torch.Tensor]]:
 
     dtype = getattr(torch, plan.dtype) if plan.dtype else None
     out_dtype = getattr(torch, plan.out_dtype) if plan.out_dtype else None
-    for planned in plan.tensors:
-        merged = _merge_one(plan, planned, dtype)
-        yield planned.name, merged.to(out_dtype) if out_dtype is not None else merged
-    for checkpoint in plan.models:
-        checkpoint.close()
+    readers = [TensorReader(checkpoint) for checkpoint in plan.models]
+    try:
+        for planned in plan.tensors:
+            merged = _merge_one(plan, readers, planned, dtype)
+            yield planned.name, merged.to(out_dtype) if out_dtype is not None else merged
+    finally:
+        for reader in readers:
+            reader.close()
 
 
-def _load(plan: MergePlan, index: int, name: str) -> torch.Tensor:
-    checkpoint = plan.models[index]
-    tensor = checkpoint.load(name)
-    check_finite(tensor, checkpoint.name, name)
+def reuse_freed_memory() -> None:
+    """Let glibc keep freed blocks for reuse instead of returning them to the system.
+
+    A merge allocates and frees buffers of the same few sizes tensor after tensor; by default glibc maps each
+    large one afresh and the kernel zero-fills its pages on first touch, which costs more than the arithmetic.
+    Peak memory does not grow: the kept blocks are the ones the next tensor needs. No-op off glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 2**30)  # M_MMAP_THRESHOLD: serve blocks up to 1 GiB from the heap
+        libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD: do not give the heap top back after each tensor
+    except (OSError, AttributeError):
+        pass
+
+
+def output_layout(plan: MergePlan) -> list[TensorLayout]:
+    """Name, shape and dtype of every output tensor, in order (lets the writer stream without buffering)."""
+    import torch
+
+    from hm3.export import TensorLayout
+
+    layout = []
+    for tensor in plan.tensors:
+        index, name = tensor.inputs[0]
+        info = plan.models[index].tensors[name]
+        stored = [info.dtype] + (
+            [plan.models[tensor.base[0]].tensors[tensor.base[1]].dtype] if tensor.base else []
+        )
+        stored += [plan.models[i].tensors[n].dtype for i, n in tensor.inputs[1:]]
+        if plan.out_dtype or plan.dtype:
+            dtype = plan.out_dtype or plan.dtype
+        else:
+            promoted = getattr(torch, TORCH_DTYPES[stored[0]])
+            for other in stored[1:]:
+                promoted = torch.promote_types(promoted, getattr(torch, TORCH_DTYPES[other]))
+            dtype = str(promoted).removeprefix("torch.")
+        layout.append(TensorLayout(tensor.name, tuple(info.shape), dtype))
+    return layout
+
+
+def _load(plan: MergePlan, readers: list[TensorReader], index: int, name: str) -> torch.Tensor:
+    tensor = readers[index].load(name)
+    check_finite(tensor, plan.models[index].name, name)
     return tensor
 
 
-def _merge_one(plan: MergePlan, planned: PlannedTensor, dtype: torch.dtype | None) -> torch.Tensor:
+def _merge_one(
+    plan: MergePlan, readers: list[TensorReader], planned: PlannedTensor, dtype: torch.dtype | None
+) -> torch.Tensor:
     import torch
 
-    tensors = [_load(plan, i, n) for i, n in planned.inputs]
-    base = _load(plan, *planned.base) if planned.base is not None else None
+    tensors = [_load(plan, readers, i, n) for i, n in planned.inputs]
+    base = _load(plan, readers, *planned.base) if planned.base is not None else None
     everything = [*tensors, *([base] if base is not None else [])]
     work = dtype
     if work is None:

@@ -6,7 +6,7 @@ input. They follow ``mergekit.sparsify`` exactly (same keep rules, same L1 resca
 * magnitude trimming finds the k-th largest magnitude by selection (O(n)) instead of a full sort; ties at the
   threshold keep the lowest indices (mergekit's ``argsort`` leaves their order unspecified);
 * random masks draw from an explicit ``torch.Generator`` (reproducible from a seed per model and tensor)
-  instead of the global generator.
+  instead of the global generator, as ``rand < density`` (the same Bernoulli law, drawn faster).
 """
 
 from __future__ import annotations
@@ -32,14 +32,19 @@ def rescale_l1(delta: torch.Tensor, masked: torch.Tensor, eps: float = RESCALE_E
     return masked.mul_(before / after)
 
 
-def magnitude(delta: torch.Tensor, density: float, rescale: bool = False) -> torch.Tensor:
-    """TIES trim: keep the ``density`` fraction of entries with the largest magnitude (at least one)."""
+def magnitude(
+    delta: torch.Tensor, density: float, rescale: bool = False, inplace: bool = False
+) -> torch.Tensor:
+    """TIES trim: keep the ``density`` fraction of entries with the largest magnitude (at least one).
+
+    ``inplace`` overwrites ``delta`` (saves a buffer); the result is the same.
+    """
     import torch
 
     if density >= 1:
         return delta
     if density <= 0 or delta.numel() == 0:
-        return torch.zeros_like(delta)
+        return delta.zero_() if inplace else torch.zeros_like(delta)
     flat = delta.abs().reshape(-1).float()
     count = flat.numel()
     keep = max(1, int(density * count))
@@ -48,8 +53,21 @@ def magnitude(delta: torch.Tensor, density: float, rescale: bool = False) -> tor
     missing = keep - int(mask.sum())
     if missing > 0:
         mask[(flat == threshold).nonzero().reshape(-1)[:missing]] = True
-    masked = delta * mask.reshape(delta.shape).to(delta.dtype)
-    return rescale_l1(delta, masked) if rescale else masked
+    del flat
+    before = delta.abs().sum() if rescale else None
+    masked = (
+        delta.mul_(mask.reshape(delta.shape))
+        if inplace
+        else delta * mask.reshape(delta.shape).to(delta.dtype)
+    )
+    return _rescaled(before, masked) if before is not None else masked
+
+
+def _rescaled(before: torch.Tensor, masked: torch.Tensor, eps: float = RESCALE_EPS) -> torch.Tensor:
+    after = masked.abs().sum()
+    if before < eps or after < eps:
+        return masked
+    return masked.mul_(before / after)
 
 
 def magnitude_outliers(
@@ -82,20 +100,28 @@ def _work_dtype(delta: torch.Tensor) -> torch.dtype:
 
 
 def random_drop(
-    delta: torch.Tensor, density: float, generator: torch.Generator | None = None, rescale: bool = True
+    delta: torch.Tensor,
+    density: float,
+    generator: torch.Generator | None = None,
+    rescale: bool = True,
+    inplace: bool = False,
 ) -> torch.Tensor:
-    """DARE: keep each entry with probability ``density`` (drop rate p = 1 - density), then rescale."""
+    """DARE: keep each entry with probability ``density`` (drop rate p = 1 - density), then rescale.
+
+    ``inplace`` overwrites ``delta`` when no dtype conversion is needed.
+    """
     import torch
 
     if density >= 1:
         return delta
     work = _work_dtype(delta)
-    mask = torch.empty(delta.shape, dtype=work, device=delta.device).bernoulli_(density, generator=generator)
-    values = delta.to(work)
-    masked = values * mask
-    if rescale:
-        masked = rescale_l1(values, masked)
-    return masked.to(delta.dtype)
+    keep = torch.rand(delta.shape, generator=generator, device=delta.device) < density
+    values = delta if (inplace and work == delta.dtype) else delta.to(work, copy=True)
+    before = values.abs().sum() if rescale else None
+    values.mul_(keep)
+    if before is not None:
+        values = _rescaled(before, values)
+    return values if values.dtype == delta.dtype else values.to(delta.dtype)
 
 
 def della_magprune(

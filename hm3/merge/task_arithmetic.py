@@ -3,7 +3,9 @@
 ``θ = θ_base + λ · Σ_k w_k · M_k ⊙ (θ_k − θ_base)`` (divided per entry by the sum of the weights that take
 part when ``normalize``), where ``M_k`` is a trim of the task vector (``hm3.merge.sparsify``) and, with
 ``consensus``, only deltas agreeing with the elected sign are summed (``hm3.merge.consensus``). This is
-mergekit's ``GeneralizedTaskArithmeticMerge`` with the same order of operations, in the inputs' dtype.
+mergekit's ``GeneralizedTaskArithmeticMerge``, with the same rounding at every step (elementwise work in the
+inputs' dtype, sums over models accumulated in float32 for half precision as ``torch.sum`` does), written
+to reuse buffers instead of allocating a new tensor per operation.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ if TYPE_CHECKING:
     import torch
 
 Trim = Callable[["torch.Tensor", int], "torch.Tensor"]
-"""``(delta, model_index) -> trimmed delta``: a sparsifier with its density, seed and options bound."""
+"""``(delta, model_index) -> trimmed delta``: a sparsifier with its density, seed and options bound; it may
+overwrite ``delta`` and return it."""
 
 
 def task_arithmetic(
@@ -32,7 +35,7 @@ def task_arithmetic(
 
     Args:
         base: The base model's tensor.
-        tensors: One tensor per fine-tuned model, shaped like ``base``, same dtype.
+        tensors: One tensor per fine-tuned model, shaped like ``base``, same dtype (not modified).
         weights: One weight per fine-tuned model.
         trim: Sparsifier applied to each task vector (None: keep everything).
         consensus: TIES sign election and disjoint merge.
@@ -46,34 +49,35 @@ def task_arithmetic(
 
     if not tensors:
         return base
-    coefficients = torch.tensor(list(weights), dtype=base.dtype, device=base.device)
+    dtype = base.dtype
+    coefficients = torch.tensor(list(weights), dtype=dtype, device=base.device)
     if consensus:
-        stacked = base.new_empty((len(tensors), *base.shape))
-        for index, tensor in enumerate(tensors):
-            torch.sub(tensor, base, out=stacked[index])
-            if trim is not None:
-                stacked[index] = trim(stacked[index], index)
-            stacked[index].mul_(coefficients[index])
         from hm3.merge.consensus import elect_and_merge
 
-        mixed, divisor = elect_and_merge(stacked, coefficients)
+        stacked = base.new_empty((len(tensors), *base.shape))
+        for index, tensor in enumerate(tensors):
+            delta = torch.sub(tensor, base, out=stacked[index])
+            if trim is not None:
+                trimmed = trim(delta, index)
+                if trimmed.data_ptr() != delta.data_ptr():
+                    delta.copy_(trimmed)
+            delta.mul_(coefficients[index])
+        mixed, divisor = elect_and_merge(stacked, coefficients, with_divisor=normalize)
         del stacked
     else:
-        mixed = torch.zeros_like(base)
+        accumulate = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+        total = torch.zeros(base.shape, dtype=accumulate, device=base.device)
+        delta = torch.empty_like(base)
         for index, tensor in enumerate(tensors):
-            delta = tensor - base
-            if trim is not None:
-                delta = trim(delta, index)
-            mixed.add_(delta.mul_(coefficients[index]))
-            del delta
-        divisor = _weight_sum(coefficients)
+            torch.sub(tensor, base, out=delta)
+            trimmed = trim(delta, index) if trim is not None else delta
+            total.add_(trimmed.mul_(coefficients[index]))
+        mixed = total if accumulate == dtype else total.to(dtype)
+        divisor = coefficients.sum()
+        if divisor.abs() < 1e-8:
+            divisor = divisor.new_ones(())
     if normalize:
         mixed.div_(divisor)
     if scale != 1:
         mixed.mul_(scale)
-    return mixed.add_(base).to(base.dtype)
-
-
-def _weight_sum(coefficients: torch.Tensor) -> torch.Tensor:
-    total = coefficients.sum()
-    return total if total.abs() >= 1e-8 else total.new_ones(())
+    return mixed.add_(base).to(dtype)
