@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("cli.validate", "Check a recipe; one line per problem, naming the field (exit 2 if bad)."),
     "schema": ("cli.schema", "Print the JSON schema of the recipe format."),
     "pool": ("cli.pool", "Inspect the models a recipe names: family, layers, shapes, compatibility."),
+    "zoo": ("cli.zoo", "Build the toy model zoo (language or vision) that the demo, tests and benchmarks use."),
     "merge": ("cli.merge", "Merge models: a mergekit config (--mergekit) now; the HM3 search (--recipe) later."),
     "eval": ("cli.eval", "Score saved models on a recipe's objectives (search, held-out or all of each task's data)."),
 }

@@ -1,0 +1,158 @@
+"""Build a zoo: train the base and the specialists, write data, tasks, scores, then the manifest, atomically.
+
+The build runs in a hidden sibling folder (``.<name>.building-<pid>``) and is renamed into place only once
+``zoo.json`` is written, so an interrupted build never leaves a folder that looks finished. Same seed, same
+machine: bit-identical weights (seeded draws, deterministic torch algorithms, a fixed thread count).
+
+Example::
+
+    from hm3.zoo import ensure_zoo
+    zoo = ensure_zoo("lm", family="qwen2", size="micro")   # builds once, then returns the folder
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from hm3.errors import UserError
+from hm3.zoo.progress import quiet_libraries
+from hm3.zoo.spec import MANIFEST, ZooSpec, builder_digest, is_current, manifest_matches, read_manifest
+
+THREADS = 1
+"""Torch threads during a build: one is fastest for models this small, and two threads on a busy 2-core
+machine are up to 40x slower (OpenMP spin-waiting); results are bit-identical for a given thread count."""
+
+
+@contextlib.contextmanager
+def deterministic(seed: int) -> Iterator[None]:
+    """Seed python, numpy and torch, force deterministic algorithms and a fixed thread count; restore after."""
+    import numpy as np
+    import torch
+
+    previous = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(THREADS)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous[0])
+        torch.use_deterministic_algorithms(previous[1])
+
+
+def _writable_parent(out: Path) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the zoo folder {out.parent}: {error.strerror or error}") from error
+    if not os.access(out.parent, os.W_OK):
+        raise UserError(f"the zoo folder {out.parent} is not writable; pass --out or set HM3_ZOO_DIR")
+
+
+def build_zoo(
+    kind: str,
+    family: str | None = "llama",
+    size: str = "small",
+    out: str | Path | None = None,
+    seed: int = 0,
+    force: bool = False,
+    console: Console | None = None,
+) -> Path:
+    """Build a zoo (or find it built) and return its folder.
+
+    Args:
+        kind: ``lm`` or ``vit``.
+        family: ``llama`` or ``qwen2`` for ``lm`` (``None``: llama). A vision zoo is always ``clip``; the
+            default ``llama`` (or ``None``) is read as ``clip`` there, anything else is an error.
+        size: ``micro`` or ``small``.
+        out: Target folder; default ``$HM3_ZOO_DIR/<kind>-<family>-<size>`` or ``./zoo/...``.
+        seed: Seed of the whole build.
+        force: Rebuild even when a finished zoo is already there.
+        console: Where progress goes (default: a rich console on stderr).
+
+    Raises:
+        UserError: Bad kind/family/size, an unwritable target, or a finished zoo of another spec at ``out``.
+    """
+    if kind == "vit" and family == "llama":
+        family = None
+    spec = ZooSpec.checked(kind, family, size, seed)
+    target = Path(out) if out is not None else spec.default_dir()
+    console = console or Console(stderr=True)
+    manifest = read_manifest(target)
+    if manifest is not None and not force and manifest_matches(manifest, spec) and not is_current(manifest):
+        console.print(f"zoo {spec.name} at {target} was built by other zoo code; rebuilding it")
+        force = True
+    if manifest is not None and not force:
+        if not manifest_matches(manifest, spec):
+            raise UserError(
+                f"{target} holds a zoo built as {manifest.get('kind')}-{manifest.get('family')}-"
+                f"{manifest.get('size')} seed {manifest.get('seed')}; pass --force to replace it or --out elsewhere"
+            )
+        console.print(f"zoo {spec.name} (seed {seed}) already built at {target}")
+        return target
+    _writable_parent(target)
+    staging = target.parent / f".{target.name}.building-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    started = time.perf_counter()
+    try:
+        with deterministic(seed), quiet_libraries():
+            if kind == "lm":
+                from hm3.zoo.lm_build import build_lm_zoo
+
+                contents = build_lm_zoo(spec, staging, target, console)
+            else:
+                from hm3.zoo.vit_build import build_vit_zoo
+
+                contents = build_vit_zoo(spec, staging, console)
+        _write_manifest(staging, spec, contents, time.perf_counter() - started)
+        _move_into_place(staging, target, force)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    console.print(f"zoo {spec.name} built at {target} in {time.perf_counter() - started:.0f} s")
+    return target
+
+
+def ensure_zoo(
+    kind: str, family: str | None = "llama", size: str = "small", out: str | Path | None = None, seed: int = 0
+) -> Path:
+    """The folder of a finished zoo, building it first if needed (never rebuilds a finished one)."""
+    return build_zoo(kind, family=family, size=size, out=out, seed=seed, force=False)
+
+
+def _write_manifest(staging: Path, spec: ZooSpec, contents: dict[str, Any], seconds: float) -> None:
+    import json
+
+    manifest = {
+        "format": 1,
+        "kind": spec.kind,
+        "family": spec.family,
+        "size": spec.size,
+        "seed": spec.seed,
+        **contents,
+        "builder": builder_digest(),
+        "build_seconds": round(seconds, 1),
+    }
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _move_into_place(staging: Path, target: Path, force: bool) -> None:
+    """Rename the finished build onto ``target``; an unfinished leftover (no manifest) is replaced."""
+    if target.exists() and (force or read_manifest(target) is None):
+        shutil.rmtree(target)
+    try:
+        staging.rename(target)
+    except OSError:
+        if read_manifest(target) is None:  # not a concurrent build that finished first
+            raise

@@ -1,0 +1,131 @@
+"""The language zoo's build steps: test data and task YAMLs, the pretrained base, one specialist per task."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+
+from hm3.zoo.lm_tasks import (
+    TASKS,
+    TaskSizes,
+    make_test_set,
+    pretraining_line,
+    task_name,
+    task_yaml,
+    write_jsonl,
+)
+from hm3.zoo.lm_train import lm_config, new_lm, save_lm, train_lm
+from hm3.zoo.progress import training_bar
+from hm3.zoo.scores import lm_evaluation_note, lm_scores, write_scores
+from hm3.zoo.spec import LM_PRESETS, ZooSpec
+from hm3.zoo.tokenizer import build_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+
+def write_tasks(
+    staging: Path, data_root: Path, task_folder: str, sizes: TaskSizes, spec: ZooSpec
+) -> dict[str, Any]:
+    """Write the test JSONL files (under ``staging/data``) and task YAMLs whose data paths use ``data_root``.
+
+    Returns:
+        Task name -> ``{"metric", "ood", "yaml", "data", "docs"}`` (paths relative to the zoo folder).
+    """
+    preset = LM_PRESETS[spec.size]
+    tasks: dict[str, Any] = {}
+    for task in TASKS:
+        for ood in (False, True):
+            name = task_name(task, ood)
+            data = Path("data") / f"{name}.jsonl"
+            if not (staging / data).exists():
+                write_jsonl(make_test_set(task, sizes, ood, preset.test_docs, spec.seed), staging / data)
+            yaml = Path(task_folder) / f"{name}.yaml"
+            (staging / yaml).parent.mkdir(parents=True, exist_ok=True)
+            (staging / yaml).write_text(task_yaml(name, (data_root / data).resolve(), preset.max_gen_toks))
+            tasks[name] = {"metric": "exact_match", "ood": ood, "yaml": str(yaml), "data": str(data)}
+    return tasks
+
+
+def held_out_prompts(spec: ZooSpec) -> frozenset[str]:
+    """Every test prompt of the zoo (in and out of distribution): training never draws these."""
+    preset = LM_PRESETS[spec.size]
+    sizes = TaskSizes(preset.max_digits, preset.max_length)
+    return frozenset(
+        row["prompt"]
+        for task in TASKS
+        for ood in (False, True)
+        for row in make_test_set(task, sizes, ood, preset.test_docs, spec.seed)
+    )
+
+
+def train_base(spec: ZooSpec, console: Console) -> PreTrainedModel:
+    """The base LM of a zoo: initialized from ``spec.seed`` and pretrained on the generic corpus."""
+    preset = LM_PRESETS[spec.size]
+    base = new_lm(lm_config(spec.family, preset.hidden, preset.layers, preset.heads), spec.seed)
+    with training_bar(console, "pretraining base", preset.pretrain_steps) as on_step:
+        train_lm(
+            base,
+            build_tokenizer(),
+            lambda rng: ("", pretraining_line(rng)),
+            steps=preset.pretrain_steps,
+            batch_size=preset.batch_size,
+            lr=preset.pretrain_lr,
+            seed=spec.seed,
+            score_prompt=True,
+            on_step=on_step,
+        )
+    return base
+
+
+def train_specialist(spec: ZooSpec, base: PreTrainedModel, task: str, console: Console) -> PreTrainedModel:
+    """A copy of ``base`` fully fine-tuned on one task's training draws (test prompts excluded)."""
+    preset = LM_PRESETS[spec.size]
+    sizes = TaskSizes(preset.max_digits, preset.max_length)
+    specialist = copy.deepcopy(base)
+    index = list(TASKS).index(task) + 1
+    with training_bar(console, f"fine-tuning {task}", preset.finetune_steps) as on_step:
+        train_lm(
+            specialist,
+            build_tokenizer(),
+            lambda rng: TASKS[task](rng, sizes, False),
+            steps=preset.finetune_steps,
+            batch_size=preset.batch_size,
+            lr=preset.finetune_lr,
+            seed=spec.seed * 1000 + index,
+            score_prompt=False,
+            exclude=held_out_prompts(spec),
+            on_step=on_step,
+        )
+    return specialist
+
+
+def build_lm_zoo(spec: ZooSpec, staging: Path, target: Path, console: Console) -> dict[str, Any]:
+    """Build a language zoo into ``staging`` (its YAMLs already pointing at ``target``).
+
+    Returns:
+        The ``models`` and ``tasks`` entries of the manifest.
+    """
+    preset = LM_PRESETS[spec.size]
+    sizes = TaskSizes(preset.max_digits, preset.max_length)
+    tokenizer = build_tokenizer()
+    tasks = write_tasks(staging, target, "tasks", sizes, spec)
+    write_tasks(staging, staging, ".scoring-tasks", sizes, spec)
+    base = train_base(spec, console)
+    save_lm(base, tokenizer, staging / "base")
+    models: list[dict[str, Any]] = [{"name": "base", "path": "base", "task": None}]
+    for task in TASKS:
+        save_lm(train_specialist(spec, base, task, console), tokenizer, staging / task)
+        models.append({"name": task, "path": task, "task": task_name(task, False)})
+    with console.status("scoring every model on every task with lm-eval"):
+        scores = lm_scores(
+            {m["name"]: staging / m["path"] for m in models}, staging / ".scoring-tasks", list(tasks)
+        )
+    shutil.rmtree(staging / ".scoring-tasks")
+    header = {"kind": spec.kind, "family": spec.family, "size": spec.size, "seed": spec.seed}
+    write_scores(staging, header, tasks, scores, lm_evaluation_note())
+    return {"models": models, "tasks": [{"name": n, **info} for n, info in tasks.items()]}

@@ -1,0 +1,155 @@
+"""Tiny causal LMs for the language zoo: their configs, the training loop, and saving.
+
+Training is plain next-token prediction on ``prompt + target + "\\n"`` strings that start at position 0 with
+no BOS token (exactly how lm-eval feeds the prompt at evaluation). Pretraining scores every token;
+fine-tuning scores only the target and its newline, so a specialist learns its task and nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hm3.zoo.tokenizer import SPECIAL_TOKENS, VOCAB_SIZE
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast
+
+MAX_POSITIONS = 64
+"""Context length of every zoo LM (the longest task line is under 30 characters)."""
+
+Sampler = Callable[[random.Random], tuple[str, str]]
+"""Draws one ``(prompt, target)`` pair; pretraining uses an empty prompt."""
+
+ProgressCallback = Callable[[int, float], None]
+"""Called as ``(step, loss)`` after each optimizer step."""
+
+
+def lm_config(family: str, hidden: int, layers: int, heads: int) -> Any:
+    """The transformers config of a zoo LM.
+
+    Args:
+        family: ``llama`` or ``qwen2``.
+        hidden: Hidden size; the MLP is twice as wide.
+        layers: Number of decoder layers.
+        heads: Attention heads (no grouped-query sharing).
+    """
+    from transformers import LlamaConfig, Qwen2Config
+
+    config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[family]
+    return config_class(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=MAX_POSITIONS,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        dtype="float32",
+    )
+
+
+def new_lm(config: Any, seed: int) -> PreTrainedModel:
+    """A freshly initialized causal LM, its weights a function of ``seed`` only."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def _batch(
+    tokenizer: PreTrainedTokenizerFast, pairs: list[tuple[str, str]], score_prompt: bool
+) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 where no loss is taken)."""
+    import torch
+
+    prompts = tokenizer([p for p, _ in pairs], add_special_tokens=False)["input_ids"]
+    answers = tokenizer([t + "\n" for _, t in pairs], add_special_tokens=False)["input_ids"]
+    length = max(len(p) + len(a) for p, a in zip(prompts, answers, strict=True))
+    ids = torch.zeros(len(pairs), length, dtype=torch.long)
+    labels = torch.full((len(pairs), length), -100, dtype=torch.long)
+    mask = torch.zeros(len(pairs), length, dtype=torch.long)
+    for row, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
+        tokens = prompt + answer
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+        mask[row, : len(tokens)] = 1
+        start = 0 if score_prompt else len(prompt)
+        labels[row, start : len(tokens)] = ids[row, start : len(tokens)]
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def train_lm(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    sampler: Sampler,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    score_prompt: bool,
+    exclude: frozenset[str] = frozenset(),
+    on_step: ProgressCallback | None = None,
+) -> float:
+    """Train in place with AdamW, linear warm-up then cosine decay; returns the mean loss of the last 20 steps.
+
+    Args:
+        model: The model to update.
+        tokenizer: The zoo tokenizer.
+        sampler: Draws training pairs; draws whose prompt is in ``exclude`` are skipped (held-out tests).
+        steps: Optimizer steps.
+        batch_size: Pairs per step.
+        lr: Peak learning rate.
+        seed: Seed of the data order (a private ``random.Random``, so training order is reproducible).
+        score_prompt: Take the loss on prompt tokens too (pretraining) or only on the answer (fine-tuning).
+        exclude: Prompts never to train on.
+        on_step: Progress callback.
+    """
+    import torch
+
+    rng = random.Random(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warmup = max(1, steps // 20)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    model.train()
+    losses: list[float] = []
+    for step in range(steps):
+        pairs: list[tuple[str, str]] = []
+        while len(pairs) < batch_size:
+            pair = sampler(rng)
+            if pair[0] not in exclude:
+                pairs.append(pair)
+        loss = model(**_batch(tokenizer, pairs, score_prompt)).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        if on_step is not None:
+            on_step(step + 1, losses[-1])
+    model.eval()
+    tail = losses[-20:]
+    return sum(tail) / len(tail)
+
+
+def save_lm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, folder: Path) -> None:
+    """Save weights (safetensors), config and tokenizer so ``AutoModelForCausalLM.from_pretrained`` loads it."""
+    model.generation_config.pad_token_id = SPECIAL_TOKENS.index("<pad>")
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)

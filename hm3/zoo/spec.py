@@ -1,0 +1,146 @@
+"""What a zoo is: its kind, family, size and seed, the size presets, where it lives, and its manifest.
+
+A finished zoo is a folder holding ``zoo.json``, written last (see :func:`hm3.zoo.build.build_zoo`)::
+
+    {"format": 1, "kind": "lm", "family": "llama", "size": "small", "seed": 0,
+     "models": [{"name": "base", "path": "base", "task": null},
+                {"name": "addition", "path": "addition", "task": "toy_addition"}, ...],
+     "tasks": [{"name": "toy_addition", "ood": false, "metric": "exact_match",
+                "yaml": "tasks/toy_addition.yaml", "data": "data/toy_addition.jsonl"}, ...],
+     "builder": "3f2a...", "build_seconds": 212.5}
+
+``builder`` is a digest of the builder's source (:func:`builder_digest`); a zoo built by other code is
+stale, and :func:`hm3.zoo.ensure_zoo` rebuilds it.
+
+Vision tasks carry ``"data": "data/rotated_test.npz"`` and ``"head": "rotated/head.safetensors"`` instead of
+``yaml``. Paths in the manifest are relative to the zoo folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hm3.errors import UserError
+
+KINDS = ("lm", "vit")
+LM_FAMILIES = ("llama", "qwen2")
+VIT_FAMILIES = ("clip",)
+SIZES = ("micro", "small")
+MANIFEST = "zoo.json"
+ZOO_DIR_ENV = "HM3_ZOO_DIR"
+
+
+@dataclass(frozen=True)
+class LMPreset:
+    """Model and training sizes of a language zoo."""
+
+    hidden: int
+    layers: int
+    heads: int
+    pretrain_steps: int
+    finetune_steps: int
+    batch_size: int
+    pretrain_lr: float
+    finetune_lr: float
+    max_digits: int
+    max_length: int
+    test_docs: int
+    max_gen_toks: int
+
+
+@dataclass(frozen=True)
+class VitPreset:
+    """Model and training sizes of a vision zoo."""
+
+    hidden: int
+    layers: int
+    heads: int
+    pretrain_epochs: int
+    finetune_epochs: int
+    pretrain_lr: float
+    finetune_lr: float
+
+
+LM_PRESETS: dict[str, LMPreset] = {
+    "micro": LMPreset(64, 2, 4, 100, 500, 64, 3e-3, 5e-3, 2, 5, 100, 8),
+    "small": LMPreset(64, 4, 4, 300, 1200, 64, 3e-3, 4e-3, 2, 7, 200, 12),
+}
+VIT_PRESETS: dict[str, VitPreset] = {
+    "micro": VitPreset(32, 2, 2, 12, 8, 3e-3, 2e-3),
+    "small": VitPreset(64, 4, 4, 30, 20, 2e-3, 1e-3),
+}
+
+
+@dataclass(frozen=True)
+class ZooSpec:
+    """Identity of one zoo: the four things that decide its contents.
+
+    Attributes:
+        kind: ``lm`` (causal language models scored with lm-eval) or ``vit`` (CLIP vision towers).
+        family: ``llama`` or ``qwen2`` for ``lm``; ``clip`` for ``vit``.
+        size: ``micro`` (tests, under a minute) or ``small`` (demo and benchmarks, a few minutes).
+        seed: Seed of every random draw of the build.
+    """
+
+    kind: str
+    family: str
+    size: str
+    seed: int = 0
+
+    @classmethod
+    def checked(cls, kind: str, family: str | None, size: str, seed: int) -> ZooSpec:
+        """Validate a user's choice; ``family=None`` picks ``llama`` (lm) or ``clip`` (vit)."""
+        if kind not in KINDS:
+            raise UserError(f"--kind must be one of {', '.join(KINDS)}, not {kind!r}")
+        families = LM_FAMILIES if kind == "lm" else VIT_FAMILIES
+        family = family or families[0]
+        if family not in families:
+            raise UserError(
+                f"--family {family!r} does not apply to --kind {kind}; choose {', '.join(families)}"
+            )
+        if size not in SIZES:
+            raise UserError(f"--size must be one of {', '.join(SIZES)}, not {size!r}")
+        if seed < 0:
+            raise UserError(f"--seed must be a non-negative integer, not {seed}")
+        return cls(kind, family, size, seed)
+
+    @property
+    def name(self) -> str:
+        """Folder name, e.g. ``lm-llama-small`` or ``vit-clip-micro``."""
+        return f"{self.kind}-{self.family}-{self.size}"
+
+    def default_dir(self) -> Path:
+        """``$HM3_ZOO_DIR/<name>``, or ``./zoo/<name>`` when the variable is unset."""
+        return Path(os.environ.get(ZOO_DIR_ENV) or "zoo") / self.name
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest of a finished zoo, or None if ``folder`` holds none (absent or interrupted build)."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def builder_digest() -> str:
+    """A digest of the zoo builder's source: a zoo built by other code is stale and gets rebuilt."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def manifest_matches(manifest: dict[str, Any], spec: ZooSpec) -> bool:
+    """Whether a manifest describes the zoo ``spec`` asks for."""
+    return all(manifest.get(key) == getattr(spec, key) for key in ("kind", "family", "size", "seed"))
+
+
+def is_current(manifest: dict[str, Any]) -> bool:
+    """Whether a zoo was built by the builder code installed now."""
+    return manifest.get("builder") == builder_digest()

@@ -1,0 +1,211 @@
+"""The toy model zoo: layout, the facts the demo relies on (specialists conflict), determinism, lm-eval parity."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.fixtures_zoo import lm_zoo_micro, vit_zoo_micro  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Bounds on the micro zoos, looser than the small zoo's (each specialist >= base + 0.30 on its own task):
+# micro LMs are 2 layers trained for a few hundred steps (and 2-digit addition is the hardest task), so we
+# only ask for a clear margin, well above what one lucky doc (0.01) could give.
+MICRO_LM_MARGIN = 0.20
+MICRO_VIT_MARGIN = 0.30
+
+
+def _scores(zoo: Path) -> dict:
+    return json.loads((zoo / "scores.json").read_text())
+
+
+def _specialist_facts(zoo: Path, margin: float) -> None:
+    scores = _scores(zoo)
+    manifest = json.loads((zoo / "zoo.json").read_text())
+    specialists = [m for m in manifest["models"] if m["task"] is not None]
+    assert len(specialists) >= 3
+    for model in specialists:
+        own, base = scores["scores"][model["name"]][model["task"]], scores["scores"]["base"][model["task"]]
+        assert own >= base + margin, f"{model['name']}: {own:.3f} vs base {base:.3f} on {model['task']}"
+    id_tasks = [t for t, info in scores["tasks"].items() if not info["ood"]]
+    for model in scores["scores"]:
+        best_everywhere = all(
+            scores["scores"][model][t] >= max(row[t] for row in scores["scores"].values()) for t in id_tasks
+        )
+        assert not best_everywhere, f"{model} is best on every task: the specialists do not conflict"
+
+
+def test_lm_zoo_layout(lm_zoo_micro: Path) -> None:  # noqa: F811
+    manifest = json.loads((lm_zoo_micro / "zoo.json").read_text())
+    assert (manifest["kind"], manifest["family"], manifest["size"], manifest["seed"]) == ("lm", "llama", "micro", 0)
+    assert [m["name"] for m in manifest["models"]] == ["base", "addition", "reversal", "sorting"]
+    for model in manifest["models"]:
+        folder = lm_zoo_micro / model["path"]
+        assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+        assert not list(folder.glob("*.bin"))
+    for task in manifest["tasks"]:
+        config = yaml.safe_load((lm_zoo_micro / task["yaml"]).read_text())
+        data_file = Path(config["dataset_kwargs"]["data_files"]["test"])
+        assert data_file == (lm_zoo_micro / task["data"]).resolve()
+        assert config["target_delimiter"] == "" and config["generation_kwargs"]["until"] == ["\n"]
+        rows = [json.loads(line) for line in data_file.read_text().splitlines()]
+        assert len(rows) == 100 and set(rows[0]) == {"prompt", "target"}
+    assert not list(lm_zoo_micro.parent.glob(f".{lm_zoo_micro.name}.building-*"))
+
+
+def test_lm_specialists_conflict(lm_zoo_micro: Path) -> None:  # noqa: F811
+    _specialist_facts(lm_zoo_micro, MICRO_LM_MARGIN)
+
+
+def test_vit_specialists_conflict(vit_zoo_micro: Path) -> None:  # noqa: F811
+    _specialist_facts(vit_zoo_micro, MICRO_VIT_MARGIN)
+
+
+def test_vit_zoo_data_and_heads(vit_zoo_micro: Path) -> None:  # noqa: F811
+    import numpy as np
+    from safetensors.torch import load_file
+    from transformers import CLIPVisionModel
+
+    manifest = json.loads((vit_zoo_micro / "zoo.json").read_text())
+    for task in manifest["tasks"]:
+        with np.load(vit_zoo_micro / task["data"]) as data:
+            assert data["pixel_values"].dtype == np.float32 and data["pixel_values"].shape[1:] == (1, 8, 8)
+            assert data["labels"].dtype == np.int64 and len(data["labels"]) == len(data["pixel_values"])
+        model = CLIPVisionModel.from_pretrained(vit_zoo_micro / task["name"])
+        head = load_file(str(vit_zoo_micro / task["head"]))
+        assert head["weight"].shape == (10, model.config.hidden_size) and head["bias"].shape == (10,)
+        assert json.loads((vit_zoo_micro / task["name"] / "head.json").read_text())["trained_on"] == task["name"]
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_tokenizer_round_trip_through_auto_tokenizer(family: str, lm_zoo_micro: Path, tmp_path: Path) -> None:  # noqa: F811
+    """transformers 5 picks Qwen2Tokenizer for a qwen2 folder; spaces and newlines must survive it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hm3.zoo.lm_train import lm_config, new_lm, save_lm
+    from hm3.zoo.tokenizer import build_tokenizer
+
+    if family == "llama":
+        folder = lm_zoo_micro / "addition"
+    else:  # a qwen2 folder written by the same code path the zoo uses
+        folder = tmp_path / "qwen2"
+        save_lm(new_lm(lm_config("qwen2", 32, 1, 2), 0), build_tokenizer(), folder)
+    assert AutoModelForCausalLM.from_pretrained(folder).config.model_type == family
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    for text in ["12 + 34 = 46\n", "abc def>fed cba", "  leading and trailing  ", "907+93=1000\nxyz~xyz"]:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert ids == [byte + 3 for byte in text.encode()]
+        assert tokenizer.decode(ids) == text
+
+
+def _same_bytes(model_a, folder_b: Path, tmp_path: Path, name: str) -> None:
+    model_a.save_pretrained(tmp_path / name, safe_serialization=True)
+    assert (tmp_path / name / "model.safetensors").read_bytes() == (folder_b / "model.safetensors").read_bytes()
+
+
+def test_lm_build_is_deterministic(lm_zoo_micro: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Retraining the base and one specialist with the same seed gives bit-identical safetensors."""
+    from rich.console import Console
+
+    from hm3.zoo.build import deterministic
+    from hm3.zoo.lm_build import train_base, train_specialist
+    from hm3.zoo.spec import ZooSpec
+
+    spec = ZooSpec("lm", "llama", "micro", 0)
+    quiet = Console(quiet=True)
+    with deterministic(0):
+        base = train_base(spec, quiet)
+        _same_bytes(base, lm_zoo_micro / "base", tmp_path, "base")
+        _same_bytes(train_specialist(spec, base, "sorting", quiet), lm_zoo_micro / "sorting", tmp_path, "sorting")
+
+
+def test_vit_build_is_deterministic(vit_zoo_micro: Path, tmp_path: Path) -> None:  # noqa: F811
+    from rich.console import Console
+
+    from hm3.zoo.build import deterministic
+    from hm3.zoo.spec import ZooSpec
+    from hm3.zoo.vit_build import train_vit_base
+
+    with deterministic(0):
+        encoder, _ = train_vit_base(ZooSpec("vit", "clip", "micro", 0), Console(quiet=True))
+        _same_bytes(encoder, vit_zoo_micro / "base", tmp_path, "base")
+
+
+@pytest.mark.slow
+def test_lm_eval_cli_reproduces_scores(lm_zoo_micro: Path) -> None:  # noqa: F811
+    """The lm_eval command line, offline, gives the score recorded in scores.json (within 0.01)."""
+    task, model = "toy_sorting", "sorting"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    command = [
+        str(Path(sys.executable).with_name("lm_eval")), "--model", "hf",
+        "--model_args", f"pretrained={lm_zoo_micro / model}", "--include_path", str(lm_zoo_micro / "tasks"),
+        "--tasks", task, "--device", "cpu", "--batch_size", "64",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=True)
+    row = next(line for line in result.stdout.splitlines() if line.startswith("|") and "exact_match" in line)
+    cells = [cell.strip() for cell in row.split("|")]
+    measured = float(cells[cells.index("exact_match") + 2])  # after the higher-is-better arrow
+    expected = _scores(lm_zoo_micro)["scores"][model][task]
+    assert abs(measured - expected) <= 0.01, f"lm_eval CLI {measured} vs scores.json {expected}"
+
+
+def test_finished_zoo_is_not_rebuilt(lm_zoo_micro: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    from rich.console import Console
+
+    from hm3.zoo import build_zoo
+
+    before = (lm_zoo_micro / "zoo.json").stat().st_mtime_ns
+    assert build_zoo("lm", size="micro", out=lm_zoo_micro, console=Console(stderr=False)) == lm_zoo_micro
+    assert "already built" in capsys.readouterr().out
+    assert (lm_zoo_micro / "zoo.json").stat().st_mtime_ns == before
+
+
+def test_interrupted_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hm3.zoo.vit_build as vit_build
+    from hm3.zoo import build_zoo
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vit_build, "train_vit_base", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_zoo("vit", size="micro", out=tmp_path / "zoo" / "vit-clip-micro")
+    assert list((tmp_path / "zoo").iterdir()) == []
+
+
+def test_recipes_point_into_the_small_zoos() -> None:
+    """The toy recipes name the small zoos' folders, exactly as the builder lays them out."""
+    layouts = {
+        "toy-lm.yaml": ("lm-llama-small", ["addition", "reversal", "sorting"], "tasks/toy_{}.yaml"),
+        "toy-vit.yaml": ("vit-clip-small", ["rotated", "inverted", "permuted"], "data/{}_test.npz"),
+    }
+    for recipe_name, (zoo, names, data) in layouts.items():
+        recipe = yaml.safe_load((REPO / "recipes" / recipe_name).read_text())
+        assert recipe["base_model"]["path"] == f"../zoo/{zoo}/base"
+        assert [(m["name"], m["path"]) for m in recipe["models"]] == [(n, f"../zoo/{zoo}/{n}") for n in names]
+        for objective, name in zip(recipe["objectives"], names, strict=True):
+            where = objective.get("task") or objective["dataset"]["path"]
+            assert where == f"../zoo/{zoo}/" + data.format(name)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--kind", "vit", "--family", "qwen2"], "does not apply"),
+        (["--kind", "lm", "--family", "clip"], "does not apply"),
+        (["--kind", "lm", "--out", "/proc/hm3-zoo/x"], "cannot create"),
+    ],
+)
+def test_cli_user_errors(flags: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.main import main
+
+    assert main(["zoo", "build", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
