@@ -9,7 +9,7 @@ import torch
 
 from hm3.checkpoint import Checkpoint
 from hm3.errors import UserError
-from hm3.export import fix_config, parse_size, write_hf_checkpoint
+from hm3.export import TensorLayout, fix_config, parse_size, write_hf_checkpoint
 
 
 def test_sizes() -> None:
@@ -97,3 +97,18 @@ def test_existing_output_is_kept_unless_forced(tmp_path) -> None:
         write_hf_checkpoint(
             {"a": torch.zeros(2)}, {}, tmp_path / "n", tokenizer_from=None, expected_bytes=10**18
         )
+
+
+def test_known_layout_streams_straight_into_shards(tmp_path) -> None:
+    tensors = [(f"t{i}", torch.full((100,), float(i))) for i in range(5)]
+    layout = [TensorLayout(name, (100,), "float32") for name, _ in tensors]
+    out = write_hf_checkpoint(
+        iter(tensors), {}, tmp_path / "m", tokenizer_from=None, shard_size=900, layout=layout
+    )
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert index["weight_map"]["t0"] == "model-00001-of-00003.safetensors"
+    checkpoint = Checkpoint(out)
+    assert all(torch.equal(checkpoint.load(n), t) for n, t in tensors)
+    with pytest.raises(ValueError, match="does not follow the layout"):
+        write_hf_checkpoint(iter(tensors[1:]), {}, tmp_path / "n", tokenizer_from=None, layout=layout)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]

@@ -108,6 +108,13 @@ def mergekit_outputs(tiny_pools, gradient_pool, tmp_path_factory) -> dict[str, t
             configs[f"{family}-{method}"] = method_config(method, pool.base, pool.finetunes)
         configs[f"{family}-passthrough"] = passthrough_config(pool.finetunes)
     configs["llama-gradient"] = gradient_config(*gradient_pool)
+    llama = tiny_pools["llama"]
+    for method in ("task_arithmetic", "ties"):
+        configs[f"llama-{method}-bfloat16"] = {
+            **method_config(method, llama.base, llama.finetunes),
+            "dtype": "bfloat16",
+            "parameters": {"normalize": True},
+        }
     cases = {}
     for name, config in configs.items():
         config_file = root / f"{name}.yml"
@@ -151,6 +158,23 @@ def test_per_layer_gradient_and_filter_match_mergekit(mergekit_outputs, tmp_path
     config_file, theirs = mergekit_outputs["llama-gradient"]
     ours = run_mergekit_config(config_file, tmp_path / "hm3", show_progress=False)
     assert_same_tensors(read_all(ours), read_all(theirs))
+
+
+def test_bfloat16_matches_mergekit_up_to_tied_magnitudes(mergekit_outputs, tmp_path) -> None:
+    """In bfloat16, every rounding step is mergekit's (elementwise in bfloat16, sums over models accumulated
+    in float32). The one freedom left: entries whose magnitude ties exactly at the TIES trim threshold, where
+    mergekit keeps whichever its unstable argsort puts first; hm3 keeps the lowest indices."""
+    config_file, theirs = mergekit_outputs["llama-task_arithmetic-bfloat16"]
+    ours = read_all(run_mergekit_config(config_file, tmp_path / "ta", show_progress=False))
+    theirs_tensors = read_all(theirs)
+    assert all(t.dtype == torch.bfloat16 for t in ours.values())
+    assert all(torch.equal(ours[n], theirs_tensors[n]) for n in ours)
+    config_file, theirs = mergekit_outputs["llama-ties-bfloat16"]
+    ours = read_all(run_mergekit_config(config_file, tmp_path / "ties", show_progress=False))
+    theirs_tensors = read_all(theirs)
+    differing = sum(int((ours[n] != theirs_tensors[n]).sum()) for n in ours)
+    total = sum(t.numel() for t in ours.values())
+    assert differing / total < 0.02, f"{differing} of {total} entries differ"
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])

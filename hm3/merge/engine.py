@@ -49,6 +49,9 @@ def iter_merged_tensors(
     """Yield ``(name, merged tensor)`` for every backbone tensor, one at a time (see :func:`merge_state_dict`)."""
     import torch
 
+    from hm3.merge.runtime import reuse_freed_memory
+
+    reuse_freed_memory()
     method = spec.row
     count = len(pool.models)
     if len(spec.weights) != count:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from hm3.merge.mergekit_plan import MergePlan, PlannedTensor, plan_merge
 from hm3.merge.mergekit_schema import load_mergekit_config
+from hm3.merge.runtime import reuse_freed_memory, use_idle_cores
 from hm3.merge.tensor_merge import check_finite, merge_tensor
 from hm3.merge.tensor_reader import TORCH_DTYPES, TensorReader
 
@@ -42,6 +43,7 @@ def run_mergekit_config(
     config_path = Path(config_path)
     config = load_mergekit_config(config_path)
     reuse_freed_memory()
+    use_idle_cores()
     out = Path(out).resolve()
     check_output_folder(out, force=force, expected_bytes=None)
     plan = plan_merge(config, base_dir=config_path.resolve().parent)
@@ -87,24 +89,6 @@ def merged_tensors(plan: MergePlan) -> Iterator[tuple[str, torch.Tensor]]:
     finally:
         for reader in readers:
             reader.close()
-
-
-def reuse_freed_memory() -> None:
-    """Let glibc keep freed blocks for reuse instead of returning them to the system.
-
-    A merge allocates and frees buffers of the same few sizes tensor after tensor; by default glibc maps each
-    large one afresh and the kernel zero-fills its pages on first touch, which costs more than the arithmetic.
-    Peak memory does not grow: the kept blocks are the ones the next tensor needs. No-op off glibc.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 2**30)  # M_MMAP_THRESHOLD: serve blocks up to 1 GiB from the heap
-        libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD: do not give the heap top back after each tensor
-    except (OSError, AttributeError):
-        pass
 
 
 def output_layout(plan: MergePlan) -> list[TensorLayout]:
