@@ -28,7 +28,8 @@ Example::
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +42,7 @@ from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
 from hm3.routing.scoring import CandidateCallback, PathScorer, RewardSpec, Scorer
 from hm3.routing.summary import layer_summaries
-from hm3.routing.wolpertinger import WolpertingerWrapper
+from hm3.routing.wolpertinger import INITIAL_STD, WolpertingerWrapper
 
 if TYPE_CHECKING:
     from stable_baselines3 import PPO
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
 POLICY_FILE = "policy.zip"
 AGENT_FILE = "agent.json"
 SUMMARIES_FILE = "summaries.npy"
+MAX_EPISODES_PER_CANDIDATE = 10
+"""Training also stops after this many episodes per requested candidate (a converged policy repeats itself)."""
 
 
 @dataclass
@@ -110,21 +113,23 @@ class PathAgent:
         return cls(model=model, summaries=np.load(folder / SUMMARIES_FILE), **meta)
 
 
-def _episode_budget(episodes: int):
+def _candidate_budget(candidates: int, scored: Callable[[], int], max_episodes: int):
     from stable_baselines3.common.callbacks import BaseCallback
 
-    class EpisodeBudget(BaseCallback):
-        """Stops PPO's learn() once ``episodes`` episodes (scored paths) are done."""
+    class CandidateBudget(BaseCallback):
+        """Stops PPO's learn() once ``candidates`` new paths have been scored (repeats are free: the scores
+        are cached), or after ``max_episodes`` episodes."""
 
         def __init__(self) -> None:
             super().__init__()
-            self.done = 0
+            self.start = scored()
+            self.episodes = 0
 
         def _on_step(self) -> bool:
-            self.done += int(np.sum(self.locals["dones"]))
-            return self.done < episodes
+            self.episodes += int(np.sum(self.locals["dones"]))
+            return scored() - self.start < candidates and self.episodes < max_episodes
 
-    return EpisodeBudget()
+    return CandidateBudget()
 
 
 def make_env(
@@ -147,25 +152,34 @@ def make_env(
 
 
 def train_agent(
-    env: WolpertingerWrapper, config: AgentConfig, episodes: int, seed: int, progress: bool = False
+    env: WolpertingerWrapper,
+    config: AgentConfig,
+    candidates: int,
+    seed: int,
+    scored: Callable[[], int],
+    progress: bool = False,
 ) -> PathAgent:
-    """Train a fresh PPO agent on ``env`` for ``episodes`` episodes.
+    """Train a fresh PPO agent on ``env`` until ``candidates`` new paths are scored.
 
     Args:
         env: The wrapped environment (its reward function scores the paths).
         config: ``recipe.agent``.
-        episodes: Episodes (scored paths) to train for.
+        candidates: New paths to score (``agent.iterations``); an episode that revisits a path costs no
+            evaluation and does not count. At most ``MAX_EPISODES_PER_CANDIDATE × candidates`` episodes run.
+        scored: How many paths are scored so far (``len(path_scorer.scored)``).
         seed: Seeds PPO, the environment and the Wolpertinger ε draws.
         progress: Show SB3's progress bar.
     """
     from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
     from hm3.routing.buffer import SpreadRewardRolloutBuffer
     from hm3.routing.policy import TrajectoryEncoder
 
+    vec_env = VecNormalize(DummyVecEnv([lambda: env]), norm_obs=False, norm_reward=True, gamma=config.gamma)
     model = PPO(
         "MultiInputPolicy",
-        env,
+        vec_env,
         learning_rate=config.learning_rate,
         n_steps=config.n_steps,
         batch_size=config.batch_size,
@@ -180,11 +194,17 @@ def train_agent(
             "features_extractor_class": TrajectoryEncoder,
             "features_extractor_kwargs": {"hidden_size": config.hidden_size},
             "net_arch": {"pi": [config.hidden_size], "vf": [config.hidden_size]},
+            "log_std_init": math.log(INITIAL_STD),
         },
         seed=seed,
         device="cpu",
         verbose=0,
     )
+    import torch
+
+    with torch.no_grad():  # an untrained critic ties every candidate: the nearest one wins (see wolpertinger)
+        model.policy.value_net.weight.zero_()
+        model.policy.value_net.bias.zero_()
     path_env = env.path_env
     agent = PathAgent(
         model=model,
@@ -195,8 +215,10 @@ def train_agent(
         stop_threshold=env.stop_threshold,
     )
     env.critic = agent.critic
+    episodes = MAX_EPISODES_PER_CANDIDATE * candidates
     budget = episodes * (path_env.max_length + 1) + config.n_steps
-    model.learn(total_timesteps=budget, callback=_episode_budget(episodes), progress_bar=progress)
+    callback = _candidate_budget(candidates, scored, episodes)
+    model.learn(total_timesteps=budget, callback=callback, progress_bar=progress)
     return agent
 
 
@@ -209,7 +231,8 @@ def rollout(agent: PathAgent, preference: Sequence[float]) -> InferencePath:
     obs, _ = wrapper.reset(seed=0)
     while True:
         proto, _ = agent.model.predict(obs, deterministic=True)
-        action = wrapper.discrete_action(np.clip(proto, -3.0, 3.0), greedy=True)
+        low, high = wrapper.action_space.low, wrapper.action_space.high
+        action = wrapper.discrete_action(np.clip(proto, low, high), greedy=True)
         obs, _, terminated, _, info = env.step(action)
         if terminated:
             return info["path"]
@@ -275,6 +298,25 @@ def path_scorer_from_recipe(
     )
 
 
+def training_reward(pool: RoutingPool, path_scorer: PathScorer, rewards: RewardSpec):
+    """The reward the agent trains on: R(path) − R(merged model's identity path), under the episode's λ.
+
+    Scores of different paths differ by little next to their common level (accuracies near 0.6 that differ in
+    the second decimal), and spread over the steps that common level would dominate what the critic learns
+    (mostly "how many steps are left"). Subtracting the merged model's reward — a constant per preference,
+    so the best path stays the best — makes R the improvement over the parameter-level merge alone; SB3's
+    ``VecNormalize`` then scales it. Candidates are still reported and ranked by the plain R.
+    """
+    reference = InferencePath.identity(pool.merged_index, pool.num_layers)
+
+    def reward_fn(path: InferencePath, weights: np.ndarray) -> tuple[float, dict[str, float]]:
+        scores = path_scorer.score(path)
+        baseline = rewards.reward(path_scorer.score(reference), weights, len(reference))
+        return rewards.reward(scores, weights, len(path)) - baseline, scores
+
+    return reward_fn
+
+
 def max_path_length(pool: RoutingPool, recipe: Recipe) -> int:
     """T_max: ``architecture_level.max_path_length``, else 1.5 × L."""
     return recipe.architecture_level.max_path_length or pool.default_max_length()
@@ -321,11 +363,8 @@ def search_path(
     lam = np.asarray(preference, dtype=np.float32)
     t_max = max_path_length(pool, recipe)
 
-    def reward_fn(path: InferencePath, weights: np.ndarray) -> tuple[float, dict[str, float]]:
-        scores = path_scorer.score(path)
-        return rewards.reward(scores, weights, len(path)), scores
-
     if agent is None:
+        reward_fn = training_reward(pool, path_scorer, rewards)
         conditioned = recipe.agent.mode == "conditioned"
         env = make_env(
             layer_summaries(pool),
@@ -335,7 +374,7 @@ def search_path(
             reward_fn=reward_fn,
             preference=None if conditioned else lam,
         )
-        agent = train_agent(env, recipe.agent, recipe.agent.iterations, seed)
+        agent = train_agent(env, recipe.agent, recipe.agent.iterations, seed, lambda: len(path_scorer.scored))
     greedy = rollout(agent, lam)
     path_scorer.score(greedy)
     candidates = [(p, s, rewards.reward(s, lam, len(p))) for p, s in path_scorer.scored.items()]
@@ -368,11 +407,9 @@ def train_conditioned_agent(
     )
     rewards = reward_spec_from_recipe(recipe, ideal)
 
-    def reward_fn(path: InferencePath, weights: np.ndarray) -> tuple[float, dict[str, float]]:
-        scores = path_scorer.score(path)
-        return rewards.reward(scores, weights, len(path)), scores
+    reward_fn = training_reward(pool, path_scorer, rewards)
 
     env = make_env(
         layer_summaries(pool), max_path_length(pool, recipe), len(recipe.objectives), recipe.agent, reward_fn
     )
-    return train_agent(env, recipe.agent, recipe.agent.iterations, seed)
+    return train_agent(env, recipe.agent, recipe.agent.iterations, seed, lambda: len(path_scorer.scored))
