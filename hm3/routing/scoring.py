@@ -109,6 +109,20 @@ class PathScorer:
         alignment = self.aligner.fit(path) if self.aligner is not None else None
         return build_routed_model(self.pool, path, alignment=alignment)
 
+    def key_of(self, path: InferencePath) -> str:
+        """The cache key of ``path``'s search-split scores (merge spec, path, alignment, split, objectives)."""
+        from hm3.evaluate.cache import candidate_key
+
+        return candidate_key(
+            {
+                **self.cache_spec,
+                "path": path.to_data(),
+                "alignment": self.alignment_mode,
+                "split": "search",
+                "objectives": list(self.objectives),
+            }
+        )
+
     def score(self, path: InferencePath) -> dict[str, float]:
         """Scores of ``path`` (computed once, then cached)."""
         import time
@@ -118,17 +132,7 @@ class PathScorer:
             return known
         key = None
         if self.cache is not None:
-            from hm3.evaluate.cache import candidate_key
-
-            key = candidate_key(
-                {
-                    **self.cache_spec,
-                    "path": path.to_data(),
-                    "alignment": self.alignment_mode,
-                    "split": "search",
-                    "objectives": list(self.objectives),
-                }
-            )
+            key = self.key_of(path)
             cached = self.cache.get(key)
             if cached is not None:
                 self.scored[path] = dict(cached)
