@@ -17,7 +17,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "schema": ("cli.schema", "Print the JSON schema of the recipe format."),
     "pool": ("cli.pool", "Inspect the models a recipe names: family, layers, shapes, compatibility."),
     "zoo": ("cli.zoo", "Build the toy model zoo (language or vision) that the demo, tests and benchmarks use."),
-    "merge": ("cli.merge", "Merge models: a mergekit config (--mergekit) now; the HM3 search (--recipe) later."),
+    "merge": ("cli.merge", "Run the HM3 search on a recipe (--recipe, --resume), or a mergekit config (--mergekit)."),
+    "pareto": ("cli.pareto", "Show a run's Pareto front: a table, hypervolumes, a plot (--plot FILE.png|.svg)."),
     "eval": ("cli.eval", "Score saved models on a recipe's objectives (search, held-out or all of each task's data)."),
 }
 

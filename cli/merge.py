@@ -1,4 +1,9 @@
-"""`hm3 merge --mergekit CONFIG.yml --out DIR`: run a mergekit configuration with hm3's merge engine."""
+"""`hm3 merge`: the HM3 search of a recipe (``--recipe``), or a mergekit configuration (``--mergekit``).
+
+* ``hm3 merge --recipe R [--out RUN] [--force]`` searches and writes a run directory (see :mod:`hm3.store`).
+* ``hm3 merge --resume RUN`` finishes an interrupted run without re-scoring any logged candidate.
+* ``hm3 merge --mergekit CONFIG.yml --out DIR`` writes a Hugging Face checkpoint with hm3's merge engine.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +11,72 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mergekit", metavar="CONFIG", required=True, help="mergekit YAML configuration")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--recipe", metavar="RECIPE", help="search: run HM3 on this recipe")
+    source.add_argument("--resume", metavar="RUN", help="search: finish the run in this directory")
+    source.add_argument("--mergekit", metavar="CONFIG", help="run this mergekit YAML configuration")
     parser.add_argument(
-        "--out", metavar="DIR", required=True, help="output folder (a Hugging Face checkpoint)"
+        "--out",
+        metavar="DIR",
+        help="run directory (--recipe; default: the recipe's output.dir, else runs/<recipe name>), "
+        "or the output checkpoint folder (--mergekit, required)",
     )
     parser.add_argument("--shard-size", default="5GB", help="largest safetensors shard (default: 5GB)")
-    parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty output or run folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
-    from hm3.merge.mergekit_run import run_mergekit_config
+    from hm3.errors import UserError
 
-    out = run_mergekit_config(
-        args.mergekit, args.out, shard_size=args.shard_size, force=args.force, show_progress=not args.quiet
-    )
-    print(f"merged model written to {out}")
+    if args.mergekit:
+        if not args.out:
+            raise UserError("--mergekit needs --out DIR (the folder of the merged checkpoint)")
+        from hm3.merge.mergekit_run import run_mergekit_config
+
+        out = run_mergekit_config(
+            args.mergekit,
+            args.out,
+            shard_size=args.shard_size,
+            force=args.force,
+            show_progress=not args.quiet,
+        )
+        print(f"merged model written to {out}")
+        return 0
+    if args.resume and args.out:
+        raise UserError("--resume RUN continues RUN in place; drop --out")
+    return _search(args)
+
+
+def _search(args: argparse.Namespace) -> int:
+    from hm3.search.finish import run_folder
+    from hm3.search.progress import SearchProgress
+    from hm3.search.run import run_search
+    from hm3.store import RunStore
+
+    if args.resume:
+        store, recipe = RunStore.resume(args.resume)
+    else:
+        from hm3.validation import validate_recipe_file
+
+        recipe = validate_recipe_file(args.recipe).recipe
+        folder = run_folder(args.recipe, args.out, recipe.output.dir)
+        store = RunStore.create(folder, recipe, force=args.force)
+    with SearchProgress(enabled=not args.quiet) as progress:
+        progress.print(f"run directory: {store.directory}")
+        summary = run_search(recipe, store, progress)
+    _report(store.directory, summary)
     return 0
+
+
+def _report(run: object, summary: dict) -> None:
+    heldout = summary["heldout"]
+    margins = heldout["margin_over"]
+    print(
+        f"front: {summary['front_members']} members from {summary['distinct_candidates']} candidates over "
+        f"{summary['preferences']} preferences"
+    )
+    print(f"held-out hypervolume: front {heldout['front']:.4f}")
+    for label, value in heldout["references"].items():
+        print(f"  {label:<24} {value:.4f}   front {margins[label]:+.4f}")
+    print(f"see the front: hm3 pareto {run} --plot {run}/front.png")

@@ -1,0 +1,80 @@
+"""Candidates as runnable models: the merged state dicts and routing pools a search needs, built on demand.
+
+A candidate is data — a parameter merge spec (or none), an inference path over models 0..K (K = the merged
+model), an alignment mode — and becomes a model only in memory, sharing the pool's tensors. The K fine-tuned
+models are the identity paths of models 0..K−1 over a pool whose shared tensors come from each model itself.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from hm3.routing.path import InferencePath
+
+if TYPE_CHECKING:
+    import torch
+
+    from hm3.merge.spec import MergeSpec
+    from hm3.pool import ModelPool
+    from hm3.recipe import Recipe
+    from hm3.routing.pool import RoutingPool
+    from hm3.routing.scoring import PathScorer
+
+
+class CandidateModels:
+    """Builds merged models and routed candidates over one model pool, keeping the last merge in memory.
+
+    Args:
+        pool: The base and the K fine-tuned models.
+        recipe: Supplies the alignment mode.
+        calibration: The ``stats`` alignment batch (None for alignment ``none``).
+    """
+
+    def __init__(self, pool: ModelPool, recipe: Recipe, calibration: dict[str, Any] | None) -> None:
+        self.pool = pool
+        self.recipe = recipe
+        self.calibration = calibration
+        self._merged_key: str | None = None
+        self._routing: RoutingPool | None = None
+        self._finetuned: RoutingPool | None = None
+
+    @staticmethod
+    def merge_key(spec: MergeSpec) -> str:
+        return json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+
+    def routing_pool(self, spec: MergeSpec) -> RoutingPool:
+        """The K fine-tuned models plus ``spec``'s merge (merged in memory; the last one is kept)."""
+        key = self.merge_key(spec)
+        if key != self._merged_key:
+            from hm3.merge.engine import merge_state_dict
+            from hm3.routing.pool import RoutingPool
+
+            self._routing = None  # free the previous merge first
+            merged = merge_state_dict(self.pool, spec, cached=True)
+            self._routing = RoutingPool.from_model_pool(self.pool, merged)
+            self._merged_key = key
+        assert self._routing is not None
+        return self._routing
+
+    def path_scorer(self, routing: RoutingPool, scorer, **kwargs: Any) -> PathScorer:
+        """A :class:`PathScorer` with the recipe's alignment over ``routing``."""
+        from hm3.routing.agent import path_scorer_from_recipe
+
+        return path_scorer_from_recipe(routing, scorer, self.recipe, self.calibration, **kwargs)
+
+    def candidate(self, spec: MergeSpec, path: InferencePath) -> torch.nn.Module:
+        """The routed (and aligned) model of ``path`` over ``spec``'s merge."""
+        routing = self.routing_pool(spec)
+        return self.path_scorer(routing, scorer=None).build(path)
+
+    def finetuned(self, index: int) -> torch.nn.Module:
+        """Fine-tuned model ``index`` exactly (its own layers, embeddings, norm and head; tensors shared)."""
+        from hm3.pool import BASE
+        from hm3.routing.builder import build_routed_model
+        from hm3.routing.pool import RoutingPool
+
+        if self._finetuned is None:
+            self._finetuned = RoutingPool.from_model_pool(self.pool, self.pool.state_dict(BASE))
+        path = InferencePath.identity(index, self._finetuned.num_layers)
+        return build_routed_model(self._finetuned, path, shared_source=index)

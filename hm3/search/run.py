@@ -1,0 +1,294 @@
+"""`hm3 merge --recipe`: the bilevel multi-objective search of HM3, from a recipe to a Pareto front.
+
+1. **Fine-tuned models.** Each is scored on the search split; the ideal point z* is the best score per
+   objective among them (oriented so that higher is better).
+2. **Preferences.** The K simplex corners, the centre and N Dirichlet(1, …, 1) samples
+   (:func:`hm3.moo.preferences.preference_vectors`, the recipe's ``preferences``).
+3. **For each λ**, the upper level merges parameters with weights λ (the recipe's method; with
+   ``density_search``, every listed density is merged and the best scalarized one kept), and the lower level
+   searches an inference path over the K fine-tuned models plus that merged model with the PPO/Wolpertinger
+   agent (``agent.mode: per_preference``: one agent per λ, ``agent.iterations`` new candidates each;
+   ``conditioned``: one preference-conditioned agent trained on the centre merge, rolled out for every λ).
+   Every scored candidate is appended to ``candidates.jsonl`` at once. A finished preference is written to
+   ``preferences/pNNN.json`` (atomically) with its agent in ``policy/pNNN/``.
+4. **The front** (:mod:`hm3.search.finish`): the non-dominated candidates on the search split, scored on the
+   held-out split with the references (the fine-tuned models and uniform TA / TIES / DARE-TIES merges).
+
+**Resume.** Everything is deterministic given the recipe's seed, so a resumed run redoes the interrupted
+preference exactly as the first attempt would have, answering every candidate already in
+``candidates.jsonl`` from the log (no evaluation) — the agent sees the same rewards and takes the same steps.
+Finished preferences are read back from ``preferences/``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hm3.routing.path import InferencePath
+from hm3.search.log import CandidateLog
+from hm3.search.models import CandidateModels
+from hm3.search.progress import SearchProgress
+
+if TYPE_CHECKING:
+    from hm3.evaluate import Evaluator
+    from hm3.merge.spec import MergeSpec
+    from hm3.pool import ModelPool
+    from hm3.recipe import Recipe
+    from hm3.routing.agent import PathAgent
+    from hm3.routing.scoring import RewardSpec
+    from hm3.store import RunStore
+
+PREFERENCES_DIR = "preferences"
+POLICY_DIR = "policy"
+CONDITIONED_POLICY = "conditioned"
+
+
+@dataclass
+class Search:
+    """Everything one search holds: the recipe, the run store, the models, the scorer, the candidate log."""
+
+    recipe: Recipe
+    store: RunStore
+    pool: ModelPool
+    evaluator: Evaluator
+    log: CandidateLog
+    models: CandidateModels
+    progress: SearchProgress
+    ideal: list[float] = field(default_factory=list)
+    finetuned_scores: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def objectives(self) -> list[str]:
+        return list(self.recipe.objective_names)
+
+    def score_search(self, model: Any) -> dict[str, float]:
+        return self.evaluator.score(model, split="search")
+
+    def rewards(self) -> RewardSpec:
+        from hm3.routing.agent import reward_spec_from_recipe
+
+        return reward_spec_from_recipe(self.recipe, self.ideal)
+
+
+def open_search(recipe: Recipe, store: RunStore, progress: SearchProgress) -> Search:
+    """Load the pool and the objectives (checked before any model weight is read) and the run's log."""
+    from hm3.evaluate import Evaluator
+    from hm3.pool import ModelPool
+    from hm3.search.calibration import calibration_batch
+
+    evaluator = Evaluator.from_recipe(recipe)
+    pool = ModelPool.from_recipe(recipe)
+    calibration = None
+    if recipe.architecture_level.enabled and recipe.architecture_level.alignment == "stats":
+        calibration = calibration_batch(evaluator, recipe.architecture_level.calibration_samples)
+    return Search(
+        recipe=recipe,
+        store=store,
+        pool=pool,
+        evaluator=evaluator,
+        log=CandidateLog(store),
+        models=CandidateModels(pool, recipe, calibration),
+        progress=progress,
+    )
+
+
+def score_finetuned(search: Search) -> None:
+    """Score the K fine-tuned models on the search split; set the ideal point z*."""
+    from hm3.moo.scalarization import oriented
+
+    names = search.pool.model_names
+    search.progress.stage("fine-tuned models (search split)", len(names))
+    for index, name in enumerate(names):
+        spec = {"finetuned": name, "split": "search", "objectives": search.objectives}
+        search.finetuned_scores[name] = search.log.score_once(
+            spec,
+            lambda index=index: search.score_search(search.models.finetuned(index)),
+            split="search",
+            kind="finetuned",
+            label=name,
+        )
+        search.progress.advance()
+    directions = [o.higher_is_better for o in search.recipe.objectives]
+    search.ideal = [
+        max(oriented(scores[o], up) for scores in search.finetuned_scores.values())
+        for o, up in zip(search.objectives, directions, strict=True)
+    ]
+    search.store.log(f"ideal point z* (search split, oriented): {search.ideal}")
+
+
+def preferences(recipe: Recipe) -> np.ndarray:
+    """The preference vectors of the run, in the order they are searched."""
+    from hm3.moo.preferences import preference_vectors
+
+    config = recipe.preferences
+    return preference_vectors(
+        len(recipe.objectives),
+        config.count,
+        recipe.seed if config.seed is None else config.seed,
+        include_corners=config.include_corners,
+        include_centre=config.include_centre,
+    )
+
+
+def merge_for(search: Search, preference: np.ndarray, density: float | None = None) -> MergeSpec:
+    """The parameter-level merge of preference λ (weights mapped from objectives to models)."""
+    from hm3.merge.spec import MergeSpec
+
+    recipe = search.recipe
+    return MergeSpec.from_recipe(
+        recipe.parameter_level, recipe.model_weights(list(preference)), recipe.seed, density=density
+    )
+
+
+def run_preference(search: Search, index: int, preference: np.ndarray, agent: PathAgent | None) -> dict:
+    """Search one preference: the upper-level merge, then the lower-level path search. Returns its record."""
+    from hm3.routing.agent import search_path
+
+    recipe = search.recipe
+    rewards = search.rewards()
+    started = time.perf_counter()
+    lam = [float(v) for v in preference]
+
+    def logged(spec: MergeSpec):
+        def on_candidate(path: InferencePath, scores: dict[str, float]) -> None:
+            search.log.record(
+                scorer.key_of(path),
+                scores,
+                split="search",
+                kind="path",
+                preference=index,
+                merge=spec.model_dump(mode="json"),
+                path=path.to_data(),
+                alignment=recipe.architecture_level.alignment,
+            )
+            search.progress.candidate(rewards.reward(scores, lam, len(path)))
+
+        routing = search.models.routing_pool(spec)
+        scorer = search.models.path_scorer(
+            routing,
+            search.score_search,
+            on_candidate=on_candidate,
+            cache=search.log,
+            cache_spec={"merge": spec.model_dump(mode="json")},
+        )
+        return routing, scorer
+
+    densities = recipe.parameter_level.density_search or [None]
+    best: tuple[float, MergeSpec] | None = None
+    for density in densities:
+        spec = merge_for(search, preference, density)
+        routing, scorer = logged(spec)
+        identity = InferencePath.identity(routing.merged_index, routing.num_layers)
+        reward = rewards.reward(scorer.score(identity), lam, len(identity))
+        if best is None or reward > best[0]:
+            best = (reward, spec)
+    assert best is not None
+    spec = best[1]
+    routing, scorer = logged(spec)
+    identity = InferencePath.identity(routing.merged_index, routing.num_layers)
+    if recipe.architecture_level.enabled:
+        result = search_path(
+            routing, scorer, lam, recipe, seed=recipe.seed + index, ideal=search.ideal, agent=agent
+        )
+        candidates = result.candidates
+        if agent is None and result.agent is not None:
+            result.agent.save(search.store.subdirectory(f"{POLICY_DIR}/p{index:03d}"))
+    else:
+        scores = scorer.score(identity)
+        candidates = [(identity, scores, rewards.reward(scores, lam, len(identity)))]
+    return {
+        "index": index,
+        "preference": lam,
+        "merge": spec.model_dump(mode="json"),
+        "alignment": recipe.architecture_level.alignment,
+        "merged_path": identity.to_data(),
+        "candidates": [
+            {"path": path.to_data(), "scores": scores, "reward": reward}
+            for path, scores, reward in candidates
+        ],
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def conditioned_agent(search: Search, vectors: np.ndarray) -> PathAgent:
+    """The shared preference-conditioned agent: loaded from ``policy/conditioned``, or trained on the centre
+    preference's merge (its candidates are logged like any other) and saved there."""
+    from hm3.routing.agent import PathAgent, train_conditioned_agent
+
+    folder = search.store.directory / POLICY_DIR / CONDITIONED_POLICY
+    if (folder / "policy.zip").is_file():
+        return PathAgent.load(folder)
+    centre = np.full(len(search.objectives), 1.0 / len(search.objectives))
+    spec = merge_for(search, centre)
+    routing = search.models.routing_pool(spec)
+    rewards = search.rewards()
+
+    def on_candidate(path: InferencePath, scores: dict[str, float]) -> None:
+        search.log.record(
+            scorer.key_of(path),
+            scores,
+            split="search",
+            kind="path",
+            preference=None,
+            merge=spec.model_dump(mode="json"),
+            path=path.to_data(),
+            alignment=search.recipe.architecture_level.alignment,
+        )
+        search.progress.candidate(rewards.reward(scores, list(centre), len(path)))
+
+    scorer = search.models.path_scorer(
+        routing,
+        search.score_search,
+        on_candidate=on_candidate,
+        cache=search.log,
+        cache_spec={"merge": spec.model_dump(mode="json")},
+    )
+    search.progress.start_preference(0, 1, centre, search.recipe.agent.iterations)
+    search.progress.print("training the preference-conditioned agent on the centre merge")
+    agent = train_conditioned_agent(
+        routing, scorer, search.recipe, seed=search.recipe.seed, ideal=search.ideal
+    )
+    staging = search.store.subdirectory(f"{POLICY_DIR}/.{CONDITIONED_POLICY}.tmp")
+    agent.save(staging)
+    staging.rename(folder)
+    return agent
+
+
+def run_search(recipe: Recipe, store: RunStore, progress: SearchProgress) -> dict[str, Any]:
+    """Run (or finish) the search of ``recipe`` in ``store``; returns the summary (also in summary.json)."""
+    from hm3.search.finish import finish_run
+
+    started = time.perf_counter()
+    search = open_search(recipe, store, progress)
+    if search.log.loaded:
+        progress.print(f"resuming: {search.log.loaded} candidates already scored in {store.candidates_path}")
+    store.log(f"search started ({search.log.loaded} candidates in the log)")
+    score_finetuned(search)
+    vectors = preferences(recipe)
+    folder = store.subdirectory(PREFERENCES_DIR)
+    done = [folder / f"p{i:03d}.json" for i in range(len(vectors))]
+    progress.start_preferences(len(vectors), sum(f.is_file() for f in done))
+    agent = None
+    needs_agent = recipe.architecture_level.enabled and recipe.agent.mode == "conditioned"
+    if needs_agent and not all(f.is_file() for f in done):
+        agent = conditioned_agent(search, vectors)
+    results = []
+    for index, (preference, file) in enumerate(zip(vectors, done, strict=True)):
+        if file.is_file():
+            results.append(store.read_json(f"{PREFERENCES_DIR}/{file.name}"))
+            continue
+        progress.start_preference(index, len(vectors), preference, recipe.agent.iterations)
+        record = run_preference(search, index, preference, agent)
+        store.write_json(f"{PREFERENCES_DIR}/{file.name}", record)
+        best = max(record["candidates"], key=lambda c: c["reward"])
+        store.log(
+            f"preference {index} {record['preference']}: {len(record['candidates'])} candidates, "
+            f"best R {best['reward']:.4f}, {record['seconds']:.1f} s"
+        )
+        progress.finish_preference()
+        results.append(record)
+    return finish_run(search, results, time.perf_counter() - started)

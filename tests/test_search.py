@@ -1,0 +1,195 @@
+"""`hm3 merge --recipe` end to end on the micro toy zoo: run directory, front, determinism, resume after SIGKILL,
+`hm3 pareto`, and the errors a user can cause."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures_models import run_hm3
+from tests.fixtures_zoo import lm_zoo_micro  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+
+# 4 preferences (3 corners + centre), 8 new candidates each: about 30 s on 2 cores.
+MICRO_SEARCH = """
+base_model: {{path: {zoo}/base}}
+models:
+  - {{name: addition, path: {zoo}/addition}}
+  - {{name: reversal, path: {zoo}/reversal}}
+  - {{name: sorting, path: {zoo}/sorting}}
+objectives:
+  - {{name: addition, task: {zoo}/tasks/toy_addition.yaml, metric: exact_match}}
+  - {{name: reversal, task: {zoo}/tasks/toy_reversal.yaml, metric: exact_match}}
+  - {{name: sorting, task: {zoo}/tasks/toy_sorting.yaml, metric: exact_match}}
+split: {{search_fraction: 0.7, seed: 0}}
+parameter_level: {{method: task_arithmetic}}
+preferences: {{count: 0}}
+agent: {{iterations: 8, n_steps: 16, batch_size: 8, n_epochs: 1}}
+seed: 0
+"""
+
+
+@pytest.fixture(scope="module")
+def micro_recipe(lm_zoo_micro: Path, tmp_path_factory) -> Path:  # noqa: F811
+    folder = tmp_path_factory.mktemp("search")
+    recipe = folder / "micro.yaml"
+    recipe.write_text(MICRO_SEARCH.format(zoo=lm_zoo_micro))
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def finished_run(micro_recipe: Path) -> Path:
+    run = micro_recipe.parent / "run-a"
+    done = run_hm3("merge", "--recipe", micro_recipe, "--out", run, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "held-out hypervolume" in done.stdout
+    return run
+
+
+def _front(run: Path) -> list[tuple]:
+    front = json.loads((run / "front.json").read_text())
+    return [(m["id"], m["path"], m["scores"]["search"], m["scores"]["heldout"]) for m in front["members"]]
+
+
+def _keys(run: Path) -> list[str]:
+    return [json.loads(line)["key"] for line in (run / "candidates.jsonl").read_text().splitlines()]
+
+
+def test_run_directory_holds_everything_the_user_needs(finished_run: Path) -> None:
+    for name in ("recipe.yaml", "candidates.jsonl", "front.json", "summary.json", "log.txt"):
+        assert (finished_run / name).is_file(), name
+    summary = json.loads((finished_run / "summary.json").read_text())
+    front = json.loads((finished_run / "front.json").read_text())
+    assert summary["preferences"] == 4 and len(list((finished_run / "preferences").glob("p*.json"))) == 4
+    assert len(list((finished_run / "policy").glob("p*/policy.zip"))) == 4
+    assert summary["front_members"] == len(front["members"]) >= 1
+    labels = {r["label"] for r in front["references"]}
+    assert labels == {
+        "addition",
+        "reversal",
+        "sorting",
+        "uniform task_arithmetic",
+        "uniform ties",
+        "uniform dare_ties",
+    }
+    for member in front["members"]:
+        assert set(member["scores"]) == {"search", "heldout"}
+        assert (finished_run / member["mergekit"]).is_file()
+    # every scored candidate is logged exactly once, and each search-split member is among them
+    keys = _keys(finished_run)
+    assert len(keys) == len(set(keys))
+    heldout = summary["heldout"]
+    assert set(heldout["margin_over"]) == labels
+    from hm3.front import ParetoFront
+
+    recomputed = ParetoFront.from_json(front).hypervolumes("heldout")
+    assert heldout["front"] == pytest.approx(recomputed["front"])
+    for label, value in recomputed["references"].items():
+        assert heldout["margin_over"][label] == pytest.approx(heldout["front"] - value)
+
+
+def test_front_is_non_dominated_on_the_search_split(finished_run: Path) -> None:
+    import numpy as np
+
+    from hm3.moo.pareto import non_dominated_mask
+
+    front = json.loads((finished_run / "front.json").read_text())
+    names = front["objectives"]
+    points = np.array([[m["scores"]["search"][o] for o in names] for m in front["members"]])
+    assert non_dominated_mask(points).all()
+    # and no logged search candidate dominates a member
+    logged = [json.loads(line) for line in (finished_run / "candidates.jsonl").read_text().splitlines()]
+    for record in logged:
+        if record["split"] == "search" and record["kind"] == "path":
+            score = np.array([record["scores"][o] for o in names])
+            assert not any((score >= p).all() and (score > p).any() for p in points)
+
+
+def test_same_seed_gives_the_same_front(micro_recipe: Path, finished_run: Path) -> None:
+    again = micro_recipe.parent / "run-b"
+    done = run_hm3("merge", "--recipe", micro_recipe, "--out", again, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert _front(again) == _front(finished_run)
+    assert _keys(again) == _keys(finished_run)
+
+
+def test_resume_after_sigkill_rescores_nothing_and_finishes_the_same_search(
+    micro_recipe: Path, finished_run: Path
+) -> None:
+    run = micro_recipe.parent / "run-killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "merge",
+        "--recipe",
+        str(micro_recipe),
+        "--out",
+        str(run),
+        "--quiet",
+    ]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = run / "candidates.jsonl"
+    deadline = time.monotonic() + 240
+    # kill in the middle of the second preference: fine-tuned (3) + first preference's candidates are logged
+    while time.monotonic() < deadline and process.poll() is None:
+        if log.is_file() and len(log.read_bytes().splitlines()) >= 3 + 12:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the search ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = _keys(run)
+    assert not (run / "front.json").exists()
+
+    done = run_hm3("merge", "--resume", run, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "resuming" in done.stdout
+    after = _keys(run)
+    assert after[: len(before)] == before  # nothing lost
+    assert len(after) == len(set(after))  # nothing scored twice
+    assert sorted(after) == sorted(_keys(finished_run))  # the same candidates as the uninterrupted run
+    assert _front(run) == _front(finished_run)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["candidates_scored_this_session"] == len(after) - len(before)
+
+
+def test_pareto_prints_the_front_and_writes_the_plot(finished_run: Path, tmp_path: Path) -> None:
+    plot = tmp_path / "front.png"
+    done = run_hm3("pareto", finished_run, "--plot", plot)
+    assert done.returncode == 0, done.stderr
+    assert "hypervolume (heldout)" in done.stdout and "uniform ties" in done.stdout
+    assert plot.stat().st_size > 10_000 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    done = run_hm3("pareto", finished_run, "--split", "search", "--plot", tmp_path / "front.svg")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "front.svg").read_text().lstrip().startswith("<?xml")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["merge", "--resume", "{tmp}/nothing"], "is not a run directory"),
+        (["merge", "--recipe", "{recipe}", "--out", "{run}"], "exists; continue it with --resume"),
+        (["merge", "--resume", "{run}", "--out", "{tmp}/x"], "drop --out"),
+        (["merge", "--mergekit", "{recipe}"], "--mergekit needs --out"),
+        (["pareto", "{tmp}/nothing"], "run directory not found"),
+        (["pareto", "{run}", "--plot", "{tmp}/front.jpg"], "must end in .png or .svg"),
+    ],
+)
+def test_user_errors_are_one_line_with_exit_code_2(
+    arguments: list[str], message: str, micro_recipe: Path, finished_run: Path, tmp_path: Path
+) -> None:
+    filled = [a.format(tmp=tmp_path, recipe=micro_recipe, run=finished_run) for a in arguments]
+    done = run_hm3(*filled)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
