@@ -22,10 +22,11 @@ SeriesKind = Literal["front", "candidates", "finetuned", "merge", "baseline"]
 
 _STYLE: dict[str, dict[str, object]] = {
     "candidates": {"marker": ".", "s": 12, "alpha": 0.35, "color": "0.6"},
-    "front": {"marker": "o", "s": 46, "alpha": 0.95, "color": "tab:red", "edgecolors": "black", "zorder": 5},
-    "finetuned": {"marker": "s", "s": 70, "alpha": 0.95, "edgecolors": "black", "zorder": 6},
-    "merge": {"marker": "^", "s": 80, "alpha": 0.95, "edgecolors": "black", "zorder": 6},
-    "baseline": {"marker": "D", "s": 50, "alpha": 0.8, "edgecolors": "black", "zorder": 4},
+    "front": {"marker": "o", "s": 46, "alpha": 0.95, "color": "tab:red", "edgecolors": "black", "zorder": 7},
+    # references are hollow, so a front member on the same spot stays visible inside them
+    "finetuned": {"marker": "s", "s": 150, "linewidths": 2.0, "facecolors": "none", "zorder": 6},
+    "merge": {"marker": "^", "s": 150, "linewidths": 2.0, "facecolors": "none", "zorder": 6},
+    "baseline": {"marker": "D", "s": 110, "linewidths": 1.5, "facecolors": "none", "zorder": 5},
 }
 
 
@@ -77,7 +78,10 @@ def _scatter_pair(ax, styled, i: int, j: int, names: list[str], step: bool) -> N
         pts = np.asarray(s.points, dtype=float).reshape(-1, len(names))
         if len(pts) == 0:
             continue
-        ax.scatter(pts[:, i], pts[:, j], label=s.label, **style)
+        kwargs = dict(style)
+        if kwargs.get("facecolors") == "none":
+            kwargs["edgecolors"] = kwargs.pop("color")
+        ax.scatter(pts[:, i], pts[:, j], label=s.label, **kwargs)
         if step and s.kind == "front" and len(pts) > 1:
             plane = pts[:, [i, j]]
             plane = plane[non_dominated_mask(plane)]
@@ -129,8 +133,10 @@ def _parallel_coordinates(ax, styled, names: list[str]) -> None:
                 xs,
                 row,
                 color=style.get("color", "tab:red"),
-                alpha=0.55 if s.kind == "front" else 0.95,
-                lw=1.0 if s.kind == "front" else 2.0,
+                alpha=0.9,
+                lw=2.2 if s.kind == "front" else 1.4,
+                ls="-" if s.kind == "front" else "--",
+                zorder=3 if s.kind == "front" else 2,
                 marker=style["marker"],
                 ms=4,
             )
