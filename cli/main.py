@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "pool": ("cli.pool", "Inspect the models a recipe names: family, layers, shapes, compatibility."),
     "zoo": ("cli.zoo", "Build the toy model zoo (language or vision) that the demo, tests and benchmarks use."),
     "merge": ("cli.merge", "Run the HM3 search on a recipe (--recipe, --resume), or a mergekit config (--mergekit)."),
+    "baseline": ("cli.baseline", "Run a baseline (uniform, grid, nsga2, cmaes, evo_path, param_only, arch_only) in HM3's run format."),
     "pareto": ("cli.pareto", "Show a run's Pareto front: a table, hypervolumes, a plot (--plot FILE.png|.svg)."),
     "eval": ("cli.eval", "Score saved models on a recipe's objectives (search, held-out or all of each task's data)."),
 }

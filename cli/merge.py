@@ -24,6 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-size", default="5GB", help="largest safetensors shard (default: 5GB)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty output or run folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="search the preferences on Ray: local (a cluster on this machine), auto, or HOST:PORT "
+        "(default: the recipe's distributed.ray_address; none: in this process)",
+    )
+    parser.add_argument("--workers", type=int, metavar="N", help="Ray workers (default: one per cluster CPU)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"merged model written to {out}")
         return 0
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be at least 1, not {args.workers}")
     if args.resume and args.out:
         raise UserError("--resume RUN continues RUN in place; drop --out")
     return _search(args)
@@ -64,7 +73,7 @@ def _search(args: argparse.Namespace) -> int:
         store = RunStore.create(folder, recipe, force=args.force)
     with SearchProgress(enabled=not args.quiet) as progress:
         progress.print(f"run directory: {store.directory}")
-        summary = run_search(recipe, store, progress)
+        summary = run_search(recipe, store, progress, ray_address=args.ray_address, workers=args.workers)
     _report(store.directory, summary)
     return 0
 

@@ -25,16 +25,17 @@ def run(args: argparse.Namespace) -> int:
     report = pareto_report(args.run, split=args.split, plot=args.plot)
     front = report.front
     table = Table(title=f"Pareto front of {args.run} ({report.split} split)")
-    table.add_column("member")
-    table.add_column("preference")
-    table.add_column("model")
+    table.add_column("member", no_wrap=True)
+    table.add_column("preference λ", no_wrap=True)
+    table.add_column("model", no_wrap=True)
     for name in front.objectives:
         table.add_column(name, justify="right")
     for member in front.members:
-        kind = f"path of {len(member.path)} layers" if member.path else "parameter merge"
+        merge = member.merge["method"] if member.merge else "no merge"
+        kind = f"{merge} + path of {len(member.path)} layers" if member.path else f"{merge} merge"
         table.add_row(
             member.id[:10],
-            ", ".join(f"{p:.2f}" for p in member.preference),
+            " ".join(f"{p:.2f}" for p in member.preference),
             kind,
             *(f"{member.scores[report.split][o]:.3f}" for o in front.objectives),
         )
@@ -47,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
                 *(f"{reference.scores[report.split][o]:.3f}" for o in front.objectives),
                 style="dim",
             )
-    console = Console()
+    import sys
+
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     console.print(table)
     hv = report.hypervolumes
     console.print(f"hypervolume ({report.split}): front {hv['front']:.4f}")

@@ -358,6 +358,19 @@ class OutputConfig(_Section):
         return None if value is None else _resolve_path(value, info)
 
 
+class DistributedConfig(_Section):
+    """Where the preference subproblems run (``hm3 merge --ray-address/--workers`` override it).
+
+    Attributes:
+        ray_address: None: in this process, one preference after the other. ``local``: a Ray cluster started
+            on this machine; ``auto``: the running cluster Ray finds; ``HOST:PORT``: that cluster.
+        workers: Ray actors, each holding its own copy of the pool (None: one per CPU of the cluster).
+    """
+
+    ray_address: str | None = Field(default=None, min_length=1)
+    workers: int | None = Field(default=None, gt=0)
+
+
 class Recipe(_Section):
     """A complete, validated recipe. See the module docstring for an annotated example."""
 
@@ -370,6 +383,7 @@ class Recipe(_Section):
     agent: AgentConfig = AgentConfig()
     preferences: PreferenceConfig = PreferenceConfig()
     output: OutputConfig = OutputConfig()
+    distributed: DistributedConfig = DistributedConfig()
     tokenizer_source: str = Field(default="base", min_length=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"

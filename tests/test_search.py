@@ -193,3 +193,28 @@ def test_user_errors_are_one_line_with_exit_code_2(
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_ray_local_cluster_gives_the_same_front_as_the_sequential_run(
+    micro_recipe: Path, finished_run: Path
+) -> None:
+    run = micro_recipe.parent / "run-ray"
+    done = run_hm3(
+        "merge", "--recipe", micro_recipe, "--out", run, "--quiet", "--ray-address", "local", "--workers", "2"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ray: 2 workers at local" in (run / "log.txt").read_text()
+    assert _front(run) == _front(finished_run)
+    assert sorted(_keys(run)) == sorted(_keys(finished_run))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["candidates_scored_this_session"] == len(_keys(run))
+
+
+def test_nothing_imports_ray_without_the_flag() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, hm3.search.run, cli.merge; print('ray' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -29,26 +29,45 @@ UNIFORM_METHODS = ("task_arithmetic", "ties", "dare_ties")
 MERGED_MODELS_DIR = "merged"
 
 
-def front_candidates(search: Search, results: list[dict[str, Any]]) -> list[FrontMember]:
-    """Every candidate of every preference as a front member (duplicates by content collapse to the first)."""
+def flatten(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The candidates of per-preference results as one list of ``{preference, merge, path, alignment, scores}``
+    (``path`` None: the plain parameter merge)."""
+    out = []
+    for result in results:
+        for candidate in result["candidates"]:
+            plain = candidate["path"] == result["merged_path"]
+            out.append(
+                {
+                    "preference": result["preference"],
+                    "merge": result["merge"],
+                    "path": None if plain else candidate["path"],
+                    "alignment": "none" if plain else result["alignment"],
+                    "scores": candidate["scores"],
+                }
+            )
+    return out
+
+
+def front_candidates(candidates: list[dict[str, Any]]) -> list[FrontMember]:
+    """Candidates as front members; duplicates by content (merge, path, alignment) collapse to the first.
+
+    A candidate with ``merge`` None runs ``path`` over the K fine-tuned models and the base model (slot K), with
+    the base's embeddings and head — the architecture-only ablation.
+    """
     from hm3.evaluate.cache import candidate_key
 
     members: dict[str, FrontMember] = {}
-    for result in results:
-        merged_path = result["merged_path"]
-        for candidate in result["candidates"]:
-            key = candidate_key(
-                {"merge": result["merge"], "path": candidate["path"], "alignment": result["alignment"]}
-            )
-            if key in members:
-                continue
-            plain = candidate["path"] == merged_path
+    for candidate in candidates:
+        key = candidate_key(
+            {"merge": candidate["merge"], "path": candidate["path"], "alignment": candidate["alignment"]}
+        )
+        if key not in members:
             members[key] = FrontMember(
                 id=key[:12],
-                preference=result["preference"],
-                merge=result["merge"],
-                path=None if plain else candidate["path"],
-                alignment="none" if plain else result["alignment"],
+                preference=list(candidate.get("preference") or []),
+                merge=candidate["merge"],
+                path=candidate["path"],
+                alignment=candidate["alignment"],
                 scores={"search": dict(candidate["scores"])},
             )
     return list(members.values())
@@ -62,7 +81,7 @@ def _spec(data: dict[str, Any]) -> MergeSpec:
 
 def score_heldout(search: Search, member: FrontMember) -> dict[str, float]:
     """The member's held-out scores (from the log, or built and scored once)."""
-    spec = _spec(member.merge)  # type: ignore[arg-type]
+    spec = None if member.merge is None else _spec(member.merge)
     routing = search.models.routing_pool(spec)
     path = (
         InferencePath.from_data(member.path)
@@ -72,13 +91,7 @@ def score_heldout(search: Search, member: FrontMember) -> dict[str, float]:
     alignment = member.alignment
 
     def compute() -> dict[str, float]:
-        if alignment == "none":
-            from hm3.routing.builder import build_routed_model
-
-            model = build_routed_model(routing, path)
-        else:
-            model = search.models.candidate(spec, path)
-        return search.evaluator.score(model, split="heldout")
+        return search.evaluator.score(search.models.candidate(spec, path, alignment), split="heldout")
 
     return search.log.score_once(
         {
@@ -152,7 +165,7 @@ def write_mergekit_files(search: Search, member: FrontMember) -> str | None:
     """``mergekit/<id>.yml`` for one member (None when its alignment has no mergekit form)."""
     from hm3.merge.mergekit_export import to_mergekit_yaml
 
-    if member.alignment != "none":
+    if member.alignment != "none" or member.merge is None:
         return None
     folder = search.store.subdirectory("mergekit")
     spec = _spec(member.merge)  # type: ignore[arg-type]
@@ -184,12 +197,26 @@ def write_mergekit_files(search: Search, member: FrontMember) -> str | None:
     return f"mergekit/{member.id}.yml"
 
 
-def finish_run(search: Search, results: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
-    """Select the front, score it and the references on the held-out split, write front.json and
-    summary.json; returns the summary."""
+def finish_run(
+    search: Search,
+    scored: list[dict[str, Any]],
+    seconds: float,
+    method: str = "hm3",
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Select the front among ``scored`` candidates, score it and the references on the held-out split, write
+    front.json and summary.json; returns the summary.
+
+    Args:
+        search: The open search.
+        scored: Every candidate the method produced (see :func:`front_candidates`).
+        seconds: Wall time of this session.
+        method: ``hm3`` or a baseline's name (recorded in the summary).
+        details: Method-specific facts for the summary (preferences, budget, wall time per part).
+    """
     recipe = search.recipe
     directions = [o.higher_is_better for o in recipe.objectives]
-    candidates = front_candidates(search, results)
+    candidates = front_candidates(scored)
     members = select_front(candidates, search.objectives, directions)
     search.progress.stage("held-out scores of the front", len(members))
     for member in members:
@@ -201,7 +228,7 @@ def finish_run(search: Search, results: list[dict[str, Any]], seconds: float) ->
         member.mergekit = write_mergekit_files(search, member)
     front = ParetoFront(search.objectives, directions, members, refs)
     search.store.write_json(FRONT_FILE, front.to_json())
-    summary = summarize(search, front, len(candidates), results, seconds)
+    summary = summarize(search, front, len(candidates), seconds, method, details or {})
     search.store.write_json(SUMMARY_FILE, summary)
     search.store.log(
         f"finished: {len(members)} front members, held-out hypervolume {summary['heldout']['front']:.4f}"
@@ -210,7 +237,7 @@ def finish_run(search: Search, results: list[dict[str, Any]], seconds: float) ->
 
 
 def summarize(
-    search: Search, front: ParetoFront, distinct: int, results: list[dict[str, Any]], seconds: float
+    search: Search, front: ParetoFront, distinct: int, seconds: float, method: str, details: dict[str, Any]
 ) -> dict[str, Any]:
     """``summary.json``: hypervolumes with their normalisation, margins, counts, wall time, reference scores."""
     per_split = {}
@@ -231,15 +258,13 @@ def summarize(
         "heldout": per_split["heldout"],
         "search": per_split["search"],
         "front_members": len(front.members),
-        "preferences": len(results),
+        "method": method,
+        **details,
         "distinct_candidates": distinct,
         "candidates_scored_search_split": len(search_records),
         "candidates_scored_this_session": search.log.new,
         "ideal_point_search": search.ideal,
-        "wall_seconds": {
-            "this_session": round(seconds, 3),
-            "preferences_total": round(sum(r["seconds"] for r in results), 3),
-        },
+        "wall_seconds_this_session": round(seconds, 3),
         "references": {r.label: r.scores for r in front.references},
     }
 

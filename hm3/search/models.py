@@ -43,8 +43,11 @@ class CandidateModels:
     def merge_key(spec: MergeSpec) -> str:
         return json.dumps(spec.model_dump(mode="json"), sort_keys=True)
 
-    def routing_pool(self, spec: MergeSpec) -> RoutingPool:
-        """The K fine-tuned models plus ``spec``'s merge (merged in memory; the last one is kept)."""
+    def routing_pool(self, spec: MergeSpec | None) -> RoutingPool:
+        """The K fine-tuned models plus ``spec``'s merge (merged in memory; the last one is kept), or — for
+        ``spec`` None — plus the base model (the architecture-only pool, with the base's shared tensors)."""
+        if spec is None:
+            return self.base_pool()
         key = self.merge_key(spec)
         if key != self._merged_key:
             from hm3.merge.engine import merge_state_dict
@@ -63,18 +66,31 @@ class CandidateModels:
 
         return path_scorer_from_recipe(routing, scorer, self.recipe, self.calibration, **kwargs)
 
-    def candidate(self, spec: MergeSpec, path: InferencePath) -> torch.nn.Module:
-        """The routed (and aligned) model of ``path`` over ``spec``'s merge."""
-        routing = self.routing_pool(spec)
-        return self.path_scorer(routing, scorer=None).build(path)
-
-    def finetuned(self, index: int) -> torch.nn.Module:
-        """Fine-tuned model ``index`` exactly (its own layers, embeddings, norm and head; tensors shared)."""
+    def base_pool(self) -> RoutingPool:
+        """The K fine-tuned models plus the base model in slot K (tensors shared with the model pool)."""
         from hm3.pool import BASE
-        from hm3.routing.builder import build_routed_model
         from hm3.routing.pool import RoutingPool
 
         if self._finetuned is None:
             self._finetuned = RoutingPool.from_model_pool(self.pool, self.pool.state_dict(BASE))
-        path = InferencePath.identity(index, self._finetuned.num_layers)
-        return build_routed_model(self._finetuned, path, shared_source=index)
+        return self._finetuned
+
+    def candidate(
+        self, spec: MergeSpec | None, path: InferencePath, alignment: str = "none"
+    ) -> torch.nn.Module:
+        """The routed model of ``path`` over ``spec``'s merge (aligned with the recipe's mode unless
+        ``alignment`` is ``none``)."""
+        from hm3.routing.builder import build_routed_model
+
+        routing = self.routing_pool(spec)
+        if alignment == "none":
+            return build_routed_model(routing, path)
+        return self.path_scorer(routing, scorer=None).build(path)
+
+    def finetuned(self, index: int) -> torch.nn.Module:
+        """Fine-tuned model ``index`` exactly (its own layers, embeddings, norm and head; tensors shared)."""
+        from hm3.routing.builder import build_routed_model
+
+        routing = self.base_pool()
+        path = InferencePath.identity(index, routing.num_layers)
+        return build_routed_model(routing, path, shared_source=index)

@@ -58,6 +58,14 @@ class SearchProgress:
         if self._progress is not None and self._candidates is not None:
             self._progress.advance(self._candidates, steps)
 
+    def stage_count(self, count: int) -> None:
+        """Show how many candidates are logged so far (distributed runs, where workers score them)."""
+        if self._progress is None:
+            return
+        if getattr(self, "_counter", None) is None:
+            self._counter = self._progress.add_task("candidates logged (all workers)", total=None)
+        self._progress.update(self._counter, completed=count)
+
     def start_preferences(self, total: int, done: int) -> None:
         if self._progress is not None:
             self._preferences = self._progress.add_task("preferences", total=total, completed=done)

@@ -144,8 +144,14 @@ def merge_for(search: Search, preference: np.ndarray, density: float | None = No
     )
 
 
-def run_preference(search: Search, index: int, preference: np.ndarray, agent: PathAgent | None) -> dict:
-    """Search one preference: the upper-level merge, then the lower-level path search. Returns its record."""
+def run_preference(
+    search: Search, index: int, preference: np.ndarray, agent: PathAgent | None, parameter_level: bool = True
+) -> dict:
+    """Search one preference: the upper-level merge, then the lower-level path search. Returns its record.
+
+    With ``parameter_level`` False (the architecture-only ablation) there is no merge: slot K of the pool holds
+    the base model, whose embeddings and head the paths use.
+    """
     from hm3.routing.agent import search_path
 
     recipe = search.recipe
@@ -153,7 +159,9 @@ def run_preference(search: Search, index: int, preference: np.ndarray, agent: Pa
     started = time.perf_counter()
     lam = [float(v) for v in preference]
 
-    def logged(spec: MergeSpec):
+    def logged(spec: MergeSpec | None):
+        merge = None if spec is None else spec.model_dump(mode="json")
+
         def on_candidate(path: InferencePath, scores: dict[str, float]) -> None:
             search.log.record(
                 scorer.key_of(path),
@@ -161,7 +169,7 @@ def run_preference(search: Search, index: int, preference: np.ndarray, agent: Pa
                 split="search",
                 kind="path",
                 preference=index,
-                merge=spec.model_dump(mode="json"),
+                merge=merge,
                 path=path.to_data(),
                 alignment=recipe.architecture_level.alignment,
             )
@@ -173,21 +181,20 @@ def run_preference(search: Search, index: int, preference: np.ndarray, agent: Pa
             search.score_search,
             on_candidate=on_candidate,
             cache=search.log,
-            cache_spec={"merge": spec.model_dump(mode="json")},
+            cache_spec={"merge": merge},
         )
         return routing, scorer
 
     densities = recipe.parameter_level.density_search or [None]
-    best: tuple[float, MergeSpec] | None = None
-    for density in densities:
+    best: tuple[float, MergeSpec | None] | None = None
+    for density in densities if parameter_level else []:
         spec = merge_for(search, preference, density)
         routing, scorer = logged(spec)
         identity = InferencePath.identity(routing.merged_index, routing.num_layers)
         reward = rewards.reward(scorer.score(identity), lam, len(identity))
         if best is None or reward > best[0]:
             best = (reward, spec)
-    assert best is not None
-    spec = best[1]
+    spec = best[1] if best is not None else None
     routing, scorer = logged(spec)
     identity = InferencePath.identity(routing.merged_index, routing.num_layers)
     if recipe.architecture_level.enabled:
@@ -203,7 +210,7 @@ def run_preference(search: Search, index: int, preference: np.ndarray, agent: Pa
     return {
         "index": index,
         "preference": lam,
-        "merge": spec.model_dump(mode="json"),
+        "merge": None if spec is None else spec.model_dump(mode="json"),
         "alignment": recipe.architecture_level.alignment,
         "merged_path": identity.to_data(),
         "candidates": [
@@ -258,8 +265,29 @@ def conditioned_agent(search: Search, vectors: np.ndarray) -> PathAgent:
     return agent
 
 
-def run_search(recipe: Recipe, store: RunStore, progress: SearchProgress) -> dict[str, Any]:
-    """Run (or finish) the search of ``recipe`` in ``store``; returns the summary (also in summary.json)."""
+def run_search(
+    recipe: Recipe,
+    store: RunStore,
+    progress: SearchProgress,
+    method: str = "hm3",
+    parameter_level: bool = True,
+    details: dict[str, Any] | None = None,
+    ray_address: str | None = None,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Run (or finish) the search of ``recipe`` in ``store``; returns the summary (also in summary.json).
+
+    Args:
+        recipe: The recipe (``architecture_level.enabled: false`` gives the parameter-only ablation).
+        store: The run directory.
+        progress: The live display.
+        method: Name recorded in the summary (``hm3``, ``param_only``, ``arch_only``).
+        parameter_level: False: no parameter merge, paths over the fine-tuned models and the base.
+        details: More facts for the summary (a baseline's budget).
+        ray_address: Run the preferences on Ray (``local``, ``auto``, ``HOST:PORT``); None: the recipe's
+            ``distributed.ray_address``, else in this process.
+        workers: Ray actors (None: the recipe's ``distributed.workers``, else one per cluster CPU).
+    """
     from hm3.search.finish import finish_run
 
     started = time.perf_counter()
@@ -276,19 +304,46 @@ def run_search(recipe: Recipe, store: RunStore, progress: SearchProgress) -> dic
     needs_agent = recipe.architecture_level.enabled and recipe.agent.mode == "conditioned"
     if needs_agent and not all(f.is_file() for f in done):
         agent = conditioned_agent(search, vectors)
-    results = []
-    for index, (preference, file) in enumerate(zip(vectors, done, strict=True)):
-        if file.is_file():
-            results.append(store.read_json(f"{PREFERENCES_DIR}/{file.name}"))
-            continue
-        progress.start_preference(index, len(vectors), preference, recipe.agent.iterations)
-        record = run_preference(search, index, preference, agent)
-        store.write_json(f"{PREFERENCES_DIR}/{file.name}", record)
+
+    def save(record: dict) -> None:
+        store.write_json(f"{PREFERENCES_DIR}/p{record['index']:03d}.json", record)
         best = max(record["candidates"], key=lambda c: c["reward"])
         store.log(
-            f"preference {index} {record['preference']}: {len(record['candidates'])} candidates, "
+            f"preference {record['index']} {record['preference']}: {len(record['candidates'])} candidates, "
             f"best R {best['reward']:.4f}, {record['seconds']:.1f} s"
         )
         progress.finish_preference()
-        results.append(record)
-    return finish_run(search, results, time.perf_counter() - started)
+
+    pending = [(i, v) for i, (v, file) in enumerate(zip(vectors, done, strict=True)) if not file.is_file()]
+    address = ray_address or recipe.distributed.ray_address
+    if address and pending:
+        from hm3.search.distributed import run_preferences_on_ray
+
+        initial = search.log.loaded
+        agent_folder = store.directory / POLICY_DIR / CONDITIONED_POLICY if agent is not None else None
+        run_preferences_on_ray(
+            search,
+            pending,
+            parameter_level,
+            agent_folder,
+            address,
+            workers or recipe.distributed.workers,
+            save,
+        )
+        search.log = CandidateLog(store)  # the workers appended their candidates to the file
+        search.log.new, search.log.loaded = search.log.loaded - initial, initial
+    for index, preference in pending if not address else []:
+        progress.start_preference(index, len(vectors), preference, recipe.agent.iterations)
+        save(run_preference(search, index, preference, agent, parameter_level))
+    results = [store.read_json(f"{PREFERENCES_DIR}/{file.name}") for file in done]
+    from hm3.search.finish import flatten
+
+    summary_details = {
+        **(details or {}),
+        "preferences": len(results),
+        "evaluations_used": len(
+            {c["key"] for c in search.log.records if c.get("kind") == "path" and c.get("split") == "search"}
+        ),
+        "search_seconds_per_preference": [r["seconds"] for r in results],
+    }
+    return finish_run(search, flatten(results), time.perf_counter() - started, method, summary_details)

@@ -1,0 +1,215 @@
+"""Is HM3 better than what a user already has, for the same compute? HM3 vs every baseline, equal budgets.
+
+On the small toy LM zoo and the small toy vision zoo (built if missing), for each seed, HM3 and each baseline
+(`hm3 baseline`) run on the zoo's recipe with the same search split and the same budget — the number of
+distinct candidates scored on the search split, HM3's own P × (iterations + 1). Then, per zoo, one
+normalisation of the held-out scores over every point of every method, seed and reference, and:
+
+* held-out hypervolume of each method's front, mean ± std over seeds;
+* best held-out score per task (mean over seeds);
+* how many HM3 front members dominate each baseline's best member (its best equal-weight held-out mean);
+* evaluations used and wall time.
+
+Writes ``benchmarks/results/search_quality.md`` (``search_quality_quick.md`` with ``BENCH_QUICK=1``) and the
+fronts overlaid in ``search_quality.png`` (LM) and ``search_quality_vit.png``. Each run lives in
+``benchmarks/scratch/search_quality/...``; a finished run is reused, so an interrupted benchmark continues.
+
+    .venv/bin/python benchmarks/search_quality.py              # 3 seeds, 7 preferences x 31 candidates
+    BENCH_QUICK=1 .venv/bin/python benchmarks/search_quality.py   # 1 seed, 4 preferences x 9, for a first look
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+SEEDS = [0] if QUICK else [0, 1, 2]
+PREFERENCE_SAMPLES = 0 if QUICK else 3  # + K corners + centre
+ITERATIONS = 8 if QUICK else 30
+METHODS = ["hm3", "uniform", "grid", "nsga2", "cmaes", "evo_path", "param_only", "arch_only"]
+ZOOS = {"lm": "recipes/toy-lm.yaml", "vit": "recipes/toy-vit.yaml"}
+SCRATCH = REPO / "benchmarks" / "scratch" / "search_quality" / ("quick" if QUICK else "full")
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def recipe_for(kind: str, seed: int):
+    from hm3.recipe import load_recipe
+
+    recipe = load_recipe(REPO / ZOOS[kind])
+    return recipe.model_copy(
+        update={
+            "seed": seed,
+            "preferences": recipe.preferences.model_copy(update={"count": PREFERENCE_SAMPLES}),
+            "agent": recipe.agent.model_copy(update={"iterations": ITERATIONS}),
+        }
+    )
+
+
+def run_one(kind: str, seed: int, method: str, budget: int) -> dict:
+    """One run (reused when its summary exists); returns summary + front + wall time."""
+    from hm3.baselines import run_baseline
+    from hm3.search.progress import SearchProgress
+    from hm3.search.run import run_search
+    from hm3.store import RunStore
+
+    folder = SCRATCH / kind / f"seed{seed}" / method
+    if not (folder / "summary.json").is_file():
+        recipe = recipe_for(kind, seed)
+        store = RunStore.create(folder, recipe, force=True)
+        started = time.perf_counter()
+        with SearchProgress(enabled=sys.stdout.isatty()) as progress:
+            if method == "hm3":
+                run_search(recipe, store, progress)
+            else:
+                run_baseline(recipe, store, method, budget, progress)
+        (folder / "wall.json").write_text(json.dumps({"seconds": time.perf_counter() - started}))
+    return {
+        "summary": json.loads((folder / "summary.json").read_text()),
+        "front": json.loads((folder / "front.json").read_text()),
+        "seconds": json.loads((folder / "wall.json").read_text())["seconds"],
+    }
+
+
+def heldout_points(front: dict) -> np.ndarray:
+    names = front["objectives"]
+    signs = np.array([1.0 if up else -1.0 for up in front["higher_is_better"]])
+    return np.array([[m["scores"]["heldout"][o] for o in names] for m in front["members"]]) * signs
+
+
+def analyse(kind: str, runs: dict) -> tuple[list[str], dict]:
+    """Table rows (Markdown) for one zoo, and the plot series of seed 0."""
+    from hm3.moo.hypervolume import Normalization
+
+    fronts = {key: run["front"] for key, run in runs.items()}
+    any_front = next(iter(fronts.values()))
+    names = any_front["objectives"]
+    signs = np.array([1.0 if up else -1.0 for up in any_front["higher_is_better"]])
+    references = [
+        np.array([r["scores"]["heldout"][o] for o in names]) * signs
+        for front in fronts.values()
+        for r in front["references"]
+    ]
+    normalization = Normalization.fit(*[heldout_points(f) for f in fronts.values()], *references)
+    rows = []
+    for method in METHODS:
+        keys = [(method, seed) for seed in SEEDS if (method, seed) in runs]
+        if not keys:
+            continue
+        volumes = [normalization.hypervolume(heldout_points(fronts[k])) for k in keys]
+        best_task = np.mean([heldout_points(fronts[k]).max(axis=0) * signs for k in keys], axis=0)
+        dominating = []
+        for method_key in keys:
+            if method == "hm3":
+                continue
+            seed = method_key[1]
+            own = heldout_points(fronts[method_key])
+            best = own[np.argmax(own.mean(axis=1))]
+            hm3 = (
+                heldout_points(fronts[("hm3", seed)])
+                if ("hm3", seed) in fronts
+                else np.empty((0, len(names)))
+            )
+            dominating.append(int(sum(((p >= best).all() and (p > best).any()) for p in hm3)))
+        used = np.mean([runs[k]["summary"]["evaluations_used"] for k in keys])
+        seconds = np.mean([runs[k]["seconds"] for k in keys])
+        rows.append(
+            f"| {method} | {np.mean(volumes):.4f} ± {np.std(volumes):.4f} | "
+            + " | ".join(f"{v:.3f}" for v in best_task)
+            + f" | {'—' if method == 'hm3' else f'{np.mean(dominating):.1f}'} | {used:.0f} | {seconds:.0f} |"
+        )
+    header = [
+        f"### {kind} zoo ({ZOOS[kind]})",
+        "",
+        "| method | held-out HV (mean ± std) | "
+        + " | ".join(f"best {n}" for n in names)
+        + " | HM3 members dominating its best | evaluations | wall s |",
+        "|---|---:|" + "---:|" * len(names) + "---:|---:|---:|",
+    ]
+    return header + rows + [""], {"names": names, "fronts": fronts}
+
+
+def plot(kind: str, data: dict, out: Path) -> None:
+    from hm3.moo.plots import PlotSeries, plot_pareto
+
+    names = data["names"]
+    series = []
+    for method in METHODS:
+        front = data["fronts"].get((method, SEEDS[0]))
+        if front is None:
+            continue
+        points = np.array([[m["scores"]["heldout"][o] for o in names] for m in front["members"]])
+        series.append(
+            PlotSeries(f"{method} ({len(points)})", points, "front" if method == "hm3" else "baseline")
+        )
+    reference = data["fronts"][("hm3", SEEDS[0])]["references"]
+    for r in reference:
+        point = np.array([[r["scores"]["heldout"][o] for o in names]])
+        series.append(PlotSeries(r["label"], point, "finetuned" if r["kind"] == "finetuned" else "merge"))
+    plot_pareto(series, names, out, f"{kind} toy zoo, seed {SEEDS[0]}: held-out fronts of every method")
+
+
+def main() -> None:
+    from hm3.baselines import hm3_budget
+    from hm3.zoo import ensure_zoo
+
+    started = time.perf_counter()
+    sections = []
+    for kind in ZOOS:
+        ensure_zoo(kind, size="small")
+        runs = {}
+        for seed in SEEDS:
+            budget = hm3_budget(recipe_for(kind, seed))
+            for method in METHODS:
+                print(
+                    f"[{time.perf_counter() - started:7.0f} s] {kind} seed {seed} {method} (budget {budget})"
+                )
+                runs[(method, seed)] = run_one(kind, seed, method, budget)
+        rows, data = analyse(kind, runs)
+        sections += rows
+        suffix = "" if kind == "lm" else "_vit"
+        plot(kind, data, RESULTS / f"search_quality{'_quick' if QUICK else ''}{suffix}.png")
+    name = "search_quality_quick.md" if QUICK else "search_quality.md"
+    lines = [
+        "# Search quality: HM3 vs baselines at equal budgets",
+        "",
+        f"Command: `{'BENCH_QUICK=1 ' if QUICK else ''}.venv/bin/python benchmarks/search_quality.py`  ",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"date {time.strftime('%Y-%m-%d %H:%M')}; total wall time {time.perf_counter() - started:.0f} s  ",
+        f"Seeds {SEEDS}; preferences: K corners + centre + {PREFERENCE_SAMPLES} Dirichlet samples; "
+        f"HM3 {ITERATIONS} new candidates per preference; every method gets HM3's budget "
+        "(distinct candidates scored on the search split).",
+        "",
+        "Hypervolume: held-out scores, each objective min-max normalised over every front member of every method "
+        "and seed and every reference model of that zoo, reference point -0.1 on each normalised axis (one "
+        "normalisation per zoo, shared by all rows). 'Best' per task: the best front member's held-out score, "
+        "mean over seeds. 'HM3 members dominating its best': HM3 front members (same seed) that dominate the "
+        "baseline member with the best mean held-out score.",
+        "",
+        *sections,
+        "Plots: `search_quality"
+        + ("_quick" if QUICK else "")
+        + ".png` (LM) and `search_quality"
+        + ("_quick" if QUICK else "")
+        + "_vit.png`: the fronts of seed "
+        f"{SEEDS[0]} overlaid.",
+    ]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / name).write_text("\n".join(lines) + "\n")
+    print((RESULTS / name).read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Baselines for HM3, run on the same tasks, split, budget and run-directory format (``hm3 baseline``).
+
+=============  ==========================================================================================
+``uniform``    equal-weight task arithmetic, TIES and DARE-TIES (the paper's baselines; 3 evaluations)
+``grid``       a regular grid over the per-model weights of the recipe's method
+``nsga2``      pymoo NSGA-II over weights (+ density), one objective per task (Mergenetic)
+``cmaes``      CMA-ES on the weighted-sum objective per preference (mergekit-evolve)
+``evo_path``   evolution over inference paths + weights per preference (Sakana's data-flow space)
+``param_only`` HM3 without the architecture level: one parameter merge per preference, as many as the budget
+``arch_only``  HM3 without the parameter level: the agent routes over the fine-tuned models and the base
+=============  ==========================================================================================
+
+The budget counts distinct candidates scored on the search split (:mod:`hm3.baselines.budget`). Its default
+is what HM3 spends on the recipe: P preferences × (``agent.iterations`` + 1).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from hm3.errors import UserError
+
+if TYPE_CHECKING:
+    from hm3.recipe import Recipe
+    from hm3.search.progress import SearchProgress
+    from hm3.store import RunStore
+
+METHODS: dict[str, str] = {
+    "uniform": "hm3.baselines.weights:uniform",
+    "grid": "hm3.baselines.weights:grid",
+    "nsga2": "hm3.baselines.weights:nsga2",
+    "cmaes": "hm3.baselines.weights:cmaes",
+    "evo_path": "hm3.baselines.evo_path:evo_path",
+    "param_only": "",
+    "arch_only": "",
+}
+
+
+def hm3_budget(recipe: Recipe) -> int:
+    """Distinct search-split candidates HM3 scores on ``recipe``: P × (iterations + 1)."""
+    from hm3.search.run import preferences
+
+    per_preference = recipe.agent.iterations + 1 if recipe.architecture_level.enabled else 1
+    return len(preferences(recipe)) * per_preference
+
+
+def run_baseline(
+    recipe: Recipe, store: RunStore, method: str, budget: int | None, progress: SearchProgress
+) -> dict[str, Any]:
+    """Run baseline ``method`` on ``recipe`` into ``store`` with ``budget`` evaluations; returns the summary."""
+    if method not in METHODS:
+        raise UserError(f"unknown baseline {method!r}; choose one of {', '.join(METHODS)}")
+    budget = hm3_budget(recipe) if budget is None else budget
+    if budget < 1:
+        raise UserError(f"--budget must be at least 1, not {budget}")
+    if method in ("param_only", "arch_only"):
+        return _ablation(recipe, store, method, budget, progress)
+    import importlib
+
+    from hm3.baselines.budget import BaselineEvaluator, BudgetSpent
+    from hm3.search.finish import finish_run
+    from hm3.search.run import open_search, preferences, score_finetuned
+
+    started = time.perf_counter()
+    search = open_search(recipe, store, progress)
+    score_finetuned(search)
+    evaluator = BaselineEvaluator(search, budget)
+    module, name = METHODS[method].split(":")
+    function = getattr(importlib.import_module(module), name)
+    progress.stage(f"{method}: candidates", budget)
+    try:
+        function(evaluator, preferences(recipe), recipe.seed)
+    except BudgetSpent:
+        pass
+    store.log(f"{method}: {evaluator.used} of {budget} evaluations")
+    details = {"budget": budget, "evaluations_used": evaluator.used}
+    return finish_run(search, evaluator.scored, time.perf_counter() - started, method, details)
+
+
+def _ablation(
+    recipe: Recipe, store: RunStore, method: str, budget: int, progress: SearchProgress
+) -> dict[str, Any]:
+    """HM3 with one level switched off, its preferences or iterations set so it spends ``budget``."""
+    from hm3.search.run import run_search
+
+    k = len(recipe.objectives)
+    fixed = (k if recipe.preferences.include_corners else 0) + (1 if recipe.preferences.include_centre else 0)
+    if method == "param_only":
+        changed = recipe.model_copy(
+            update={
+                "architecture_level": recipe.architecture_level.model_copy(update={"enabled": False}),
+                "preferences": recipe.preferences.model_copy(update={"count": max(0, budget - fixed)}),
+            }
+        )
+        return run_search(changed, store, progress, method=method, details={"budget": budget})
+    from hm3.search.run import preferences
+
+    count = len(preferences(recipe))
+    iterations = max(1, budget // count - 1)
+    changed = recipe.model_copy(update={"agent": recipe.agent.model_copy(update={"iterations": iterations})})
+    return run_search(
+        changed, store, progress, method=method, parameter_level=False, details={"budget": budget}
+    )

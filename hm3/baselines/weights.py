@@ -1,0 +1,125 @@
+"""Parameter-space baselines: the merge's per-model weights (and density) are all they search.
+
+* ``uniform``: task arithmetic, TIES and DARE-TIES with equal weights 1/K — the paper's baselines.
+* ``grid``: every weight vector of a regular grid over [0, 1]^K (the finest grid the budget allows, coarsest
+  points first), with the recipe's method.
+* ``nsga2``: pymoo's NSGA-II over the weights (and the density, for methods that sparsify), one objective per
+  task — what Mergenetic does.
+* ``cmaes``: CMA-ES (the ``cma`` package) on the weighted-sum objective, one run per preference with an equal
+  share of the budget — what mergekit-evolve does.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from hm3.baselines.budget import BaselineEvaluator, BudgetSpent, shares
+
+UNIFORM_METHODS = ("task_arithmetic", "ties", "dare_ties")
+DENSITY_RANGE = (0.1, 1.0)
+
+
+def _sparsifies(evaluator: BaselineEvaluator) -> bool:
+    return evaluator.merge_spec([1.0] * len(evaluator.search.pool.models)).row.sparsification is not None
+
+
+def uniform(evaluator: BaselineEvaluator, preferences: np.ndarray, seed: int) -> None:
+    """Equal-weight TA, TIES and DARE-TIES (3 candidates, whatever the budget)."""
+    k = len(evaluator.search.pool.models)
+    for method in UNIFORM_METHODS:
+        evaluator.score(evaluator.merge_spec([1.0 / k] * k, method=method))
+
+
+def grid_points(k: int, budget: int) -> list[tuple[float, ...]]:
+    """Weight vectors of the finest regular grid on [0, 1]^k with at most ``budget`` non-zero points,
+    ordered coarse to fine (so a cut budget still covers the cube)."""
+    levels = 1
+    while (levels + 2) ** k - 1 <= budget:
+        levels += 1
+    points: list[tuple[float, ...]] = []
+    for n in range(1, levels + 1):
+        for combo in itertools.product(np.linspace(0.0, 1.0, n + 1), repeat=k):
+            point = tuple(round(float(v), 6) for v in combo)
+            if any(point) and point not in points:
+                points.append(point)
+    return points
+
+
+def grid(evaluator: BaselineEvaluator, preferences: np.ndarray, seed: int) -> None:
+    """A grid over the per-model weights of the recipe's method, until the budget is spent."""
+    for point in grid_points(len(evaluator.search.pool.models), evaluator.budget):
+        evaluator.score(evaluator.merge_spec(point))
+
+
+def _decode(evaluator: BaselineEvaluator, x: np.ndarray, sparse: bool):
+    k = len(evaluator.search.pool.models)
+    weights = np.clip(x[:k], 0.0, 1.0)
+    if not weights.any():
+        weights = np.full(k, 1.0 / k)
+    density = float(np.clip(x[k], *DENSITY_RANGE)) if sparse else None
+    return evaluator.merge_spec([round(float(w), 6) for w in weights], density=density)
+
+
+def nsga2(evaluator: BaselineEvaluator, preferences: np.ndarray, seed: int) -> None:
+    """NSGA-II (pymoo, ask/tell) over weights (+ density), minimising the negated oriented scores."""
+    from pymoo.algorithms.moo.nsga2 import NSGA2
+    from pymoo.core.evaluator import Evaluator
+    from pymoo.core.problem import Problem
+    from pymoo.core.termination import NoTermination
+    from pymoo.problems.static import StaticProblem
+
+    k = len(evaluator.search.pool.models)
+    sparse = _sparsifies(evaluator)
+    low = np.array([0.0] * k + ([DENSITY_RANGE[0]] if sparse else []))
+    high = np.array([1.0] * k + ([DENSITY_RANGE[1]] if sparse else []))
+    objectives = len(evaluator.search.objectives)
+    problem = Problem(n_var=len(low), n_obj=objectives, xl=low, xu=high)
+    population = int(min(max(4, evaluator.budget // 4), 20))
+    algorithm = NSGA2(pop_size=population)
+    algorithm.setup(problem, termination=NoTermination(), seed=seed, verbose=False)
+    while evaluator.left > 0:
+        offspring = algorithm.ask()
+        values = [
+            -evaluator.oriented(evaluator.score(_decode(evaluator, x, sparse))) for x in offspring.get("X")
+        ]
+        Evaluator().eval(StaticProblem(problem, F=np.array(values)), offspring)
+        algorithm.tell(infills=offspring)
+
+
+def cmaes(evaluator: BaselineEvaluator, preferences: np.ndarray, seed: int) -> None:
+    """One CMA-ES per preference on −R(λ) over weights (+ density), each with budget / P evaluations."""
+    import cma
+
+    k = len(evaluator.search.pool.models)
+    sparse = _sparsifies(evaluator)
+    length = evaluator.search.pool.num_layers
+    for index, (preference, share) in enumerate(
+        zip(preferences, shares(evaluator.budget, len(preferences)), strict=True)
+    ):
+        if share == 0:
+            continue
+        weights = evaluator.search.recipe.model_weights(list(preference))
+        start = list(weights) + ([0.5] if sparse else [])
+        bounds = [
+            [0.0] * k + ([DENSITY_RANGE[0]] if sparse else []),
+            [1.0] * k + ([DENSITY_RANGE[1]] if sparse else []),
+        ]
+        options = {"bounds": bounds, "seed": seed + index + 1, "verbose": -9, "maxfevals": share}
+        strategy = cma.CMAEvolutionStrategy(start, 0.25, options)
+        spent = 0
+        while not strategy.stop() and spent < share:
+            solutions = strategy.ask()
+            values: list[float | None] = []
+            for x in solutions:
+                if spent >= share:  # the share ends mid-generation: the rest rank last
+                    values.append(None)
+                    continue
+                scores = evaluator.score(_decode(evaluator, np.asarray(x), sparse), preference=preference)
+                values.append(-evaluator.reward(scores, preference, length))
+                spent += 1
+            worst = max(v for v in values if v is not None) + 1.0
+            strategy.tell(solutions, [worst if v is None else v for v in values])
+        if evaluator.left <= 0:
+            raise BudgetSpent

@@ -1,0 +1,130 @@
+"""The preference subproblems of a search as Ray actors (``hm3 merge --ray-address local|auto|HOST:PORT``).
+
+Each actor opens the run on its own — its own copy of the model pool and of the evaluator, on its own device —
+and searches the preferences the driver hands it with :func:`hm3.search.run.run_preference`, the very function
+the sequential search calls, with the same per-preference seed. Every candidate an actor scores is appended
+by the actor to the run's ``candidates.jsonl`` (one line per ``write``, ``O_APPEND``, fsynced), so the run
+directory must be on a file system every node sees (always true for ``local``). The driver writes each
+finished preference to ``preferences/`` as results come in; a killed distributed run resumes like any other,
+sequentially or distributed.
+
+Nothing here imports Ray unless a distributed run is asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hm3.errors import UserError
+
+if TYPE_CHECKING:
+    from hm3.search.run import Search
+
+
+class PreferenceWorker:
+    """A Ray actor: one copy of the pool and the evaluator, searching preferences one at a time."""
+
+    def __init__(
+        self,
+        recipe: Any,
+        run_directory: str,
+        ideal: list[float],
+        parameter_level: bool,
+        agent_folder: str | None,
+    ) -> None:
+        from hm3.search.progress import SearchProgress
+        from hm3.search.run import open_search
+        from hm3.store import RunStore
+
+        self.search = open_search(recipe, RunStore(Path(run_directory)), SearchProgress(enabled=False))
+        self.search.ideal = list(ideal)
+        self.parameter_level = parameter_level
+        self.agent = None
+        if agent_folder is not None:
+            from hm3.routing.agent import PathAgent
+
+            self.agent = PathAgent.load(agent_folder)
+
+    def run(self, index: int, preference: list[float]) -> dict:
+        from hm3.search.run import run_preference
+
+        return run_preference(self.search, index, np.asarray(preference), self.agent, self.parameter_level)
+
+
+def connect(address: str, workers: int | None) -> int:
+    """Start or join the Ray cluster; returns the number of workers to use."""
+    try:
+        import ray
+    except ImportError as error:  # the `ray` extra is optional
+        raise UserError("distributed search needs Ray: pip install 'hm3[ray]'") from error
+    if not ray.is_initialized():
+        options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        try:
+            if address == "local":
+                ray.init(num_cpus=workers, **options)
+            else:
+                ray.init(address=address, **options)
+        except ConnectionError as error:
+            raise UserError(f"cannot reach the Ray cluster at {address}: {error}") from error
+    available = int(ray.cluster_resources().get("CPU", 1))
+    return max(1, min(workers or available, available))
+
+
+def run_preferences_on_ray(
+    search: Search,
+    pending: list[tuple[int, np.ndarray]],
+    parameter_level: bool,
+    agent_folder: Path | None,
+    address: str,
+    workers: int | None,
+    on_result: Callable[[dict], None],
+) -> None:
+    """Search the ``pending`` (index, λ) preferences on Ray actors; ``on_result`` gets each record as it lands."""
+    import ray
+
+    count = min(connect(address, workers), len(pending))
+    if count == 0:
+        return
+    worker_class = ray.remote(num_cpus=1)(PreferenceWorker)
+    actors = [
+        worker_class.remote(
+            search.recipe,
+            str(search.store.directory.resolve()),
+            search.ideal,
+            parameter_level,
+            None if agent_folder is None else str(agent_folder),
+        )
+        for _ in range(count)
+    ]
+    search.store.log(f"ray: {count} workers at {address}")
+    queue = list(pending)
+    running: dict[Any, Any] = {}
+    for actor in actors:
+        if queue:
+            index, preference = queue.pop(0)
+            running[actor.run.remote(index, [float(v) for v in preference])] = actor
+    try:
+        while running:
+            done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+            search.progress.stage_count(_logged_lines(search))
+            for reference in done:
+                actor = running.pop(reference)
+                on_result(ray.get(reference))
+                if queue:
+                    index, preference = queue.pop(0)
+                    running[actor.run.remote(index, [float(v) for v in preference])] = actor
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
+
+def _logged_lines(search: Search) -> int:
+    try:
+        with open(search.store.candidates_path, "rb") as handle:
+            return sum(1 for _ in handle)
+    except FileNotFoundError:
+        return 0

@@ -1,0 +1,90 @@
+"""Every baseline runs on the micro zoo, respects its budget and writes a run `hm3 pareto` reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures_models import run_hm3
+from tests.fixtures_zoo import lm_zoo_micro  # noqa: F401
+from tests.test_search import MICRO_SEARCH
+
+BUDGET = 7
+
+
+@pytest.fixture(scope="module")
+def micro_recipe(lm_zoo_micro: Path, tmp_path_factory) -> Path:  # noqa: F811
+    recipe = tmp_path_factory.mktemp("baselines") / "micro.yaml"
+    recipe.write_text(MICRO_SEARCH.format(zoo=lm_zoo_micro))
+    return recipe
+
+
+def _search_records(run: Path) -> list[dict]:
+    lines = (run / "candidates.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == "path" and r["split"] == "search"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["grid", "nsga2", "cmaes", "evo_path", "param_only", "arch_only"])
+def test_baseline_spends_at_most_its_budget(method: str, micro_recipe: Path, tmp_path: Path) -> None:
+    from hm3.baselines import run_baseline
+    from hm3.recipe import load_recipe
+    from hm3.search.progress import SearchProgress
+    from hm3.store import RunStore
+
+    recipe = load_recipe(micro_recipe)
+    store = RunStore.create(tmp_path / method, recipe)
+    summary = run_baseline(recipe, store, method, BUDGET, SearchProgress(enabled=False))
+    records = _search_records(store.directory)
+    distinct = {r["key"] for r in records}
+    assert len(records) == len(distinct)  # nothing scored twice
+    assert summary["method"] == method and summary["budget"] == BUDGET
+    assert summary["evaluations_used"] == len(distinct) <= BUDGET
+    if method not in ("arch_only",):  # arch_only's paths repeat across preferences (its pool ignores λ)
+        assert len(distinct) == BUDGET
+    front = json.loads((store.directory / "front.json").read_text())
+    assert front["members"] and all("heldout" in m["scores"] for m in front["members"])
+    if method == "param_only":
+        assert all(m["path"] is None for m in front["members"])
+    if method == "arch_only":
+        assert all(m["merge"] is None for m in front["members"])
+
+
+def test_uniform_baseline_through_the_cli_is_plotted_by_pareto(micro_recipe: Path, tmp_path: Path) -> None:
+    run = tmp_path / "uniform"
+    done = run_hm3("baseline", "--recipe", micro_recipe, "--method", "uniform", "--out", run, "--quiet")
+    assert done.returncode == 0, done.stderr
+    records = _search_records(run)
+    assert sorted(r["merge"]["method"] for r in records) == ["dare_ties", "task_arithmetic", "ties"]
+    assert all(r["merge"]["weights"] == [pytest.approx(1 / 3)] * 3 for r in records)
+    plot = tmp_path / "uniform.png"
+    done = run_hm3("pareto", run, "--plot", plot)
+    assert done.returncode == 0, done.stderr
+    assert plot.stat().st_size > 10_000
+
+
+def test_bad_baseline_arguments_are_one_line_errors(micro_recipe: Path, tmp_path: Path) -> None:
+    done = run_hm3(
+        "baseline",
+        "--recipe",
+        micro_recipe,
+        "--method",
+        "uniform",
+        "--budget",
+        "0",
+        "--out",
+        tmp_path / "zero",
+    )
+    assert done.returncode == 2 and "--budget must be at least 1" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_grid_points_cover_the_cube_coarse_to_fine() -> None:
+    from hm3.baselines.weights import grid_points
+
+    points = grid_points(3, 26)
+    assert len(points) == 26 and len(set(points)) == 26  # the 3x3x3 grid without the origin
+    assert points[:7] == [p for p in points if set(p) <= {0.0, 1.0}]  # the cube's corners first
+    assert grid_points(2, 3) == [(0.0, 1.0), (1.0, 0.0), (1.0, 1.0)]
