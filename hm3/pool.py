@@ -230,8 +230,33 @@ class ModelPool:
         and kept, so repeated calls (the search builds many candidates from the same pool) cost nothing."""
         cache: dict[int, dict[str, torch.Tensor]] = self.__dict__.setdefault("_state_dicts", {})
         if index not in cache:
-            cache[index] = {name: self.tensor(index, name) for name in self.tensor_names}
+            placement = self.__dict__.get("_placement")
+            if placement is None:
+                cache[index] = {name: self.tensor(index, name) for name in self.tensor_names}
+            else:
+                device, dtype = placement
+                cache[index] = {
+                    name: self.tensor(index, name).to(device=device, dtype=dtype)
+                    for name in self.tensor_names
+                }
         return cache[index]
+
+    def place(self, device: str, dtype: torch.dtype | None) -> None:
+        """Keep the tensors :meth:`state_dict` returns on ``device`` in ``dtype`` (None: the stored dtype).
+        Call before the first :meth:`state_dict`."""
+        self.__dict__.pop("_state_dicts", None)
+        self._placement = (device, dtype)
+
+    @property
+    def parameters_per_model(self) -> int:
+        """Elements of one model's backbone tensors (from the base's headers; nothing is read)."""
+        total = 0
+        for name in self.tensor_names:
+            count = 1
+            for size in self.base.tensors[name].shape:
+                count *= int(size)
+            total += count
+        return total
 
     def _fit_vocab(self, value: torch.Tensor, name: str) -> torch.Tensor:
         import torch

@@ -77,14 +77,22 @@ class Search:
 def open_search(recipe: Recipe, store: RunStore, progress: SearchProgress) -> Search:
     """Load the pool and the objectives (checked before any model weight is read) and the run's log."""
     from hm3.evaluate import Evaluator
+    from hm3.placement import Placement, check_fits, resolve_device
     from hm3.pool import ModelPool
     from hm3.search.calibration import calibration_batch
 
     evaluator = Evaluator.from_recipe(recipe)
     pool = ModelPool.from_recipe(recipe)
+    placement = Placement(resolve_device(recipe.device), recipe.dtype)
+    check_fits(pool.parameters_per_model, len(pool.models) + 2, placement)
+    pool.place(placement.device, placement.torch_dtype)
     calibration = None
     if recipe.architecture_level.enabled and recipe.architecture_level.alignment == "stats":
-        calibration = calibration_batch(evaluator, recipe.architecture_level.calibration_samples)
+        batch = calibration_batch(evaluator, recipe.architecture_level.calibration_samples)
+        calibration = {
+            name: value.to(placement.device, placement.torch_dtype if value.is_floating_point() else None)
+            for name, value in batch.items()
+        }
     return Search(
         recipe=recipe,
         store=store,

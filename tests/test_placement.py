@@ -1,0 +1,49 @@
+"""The recipe's device and dtype: resolution, the up-front memory check, and the pool's placement."""
+
+from __future__ import annotations
+
+import pytest
+
+from hm3.errors import UserError
+from hm3.placement import Placement, check_fits, resolve_device
+
+
+def test_auto_resolves_to_what_is_visible() -> None:
+    import torch
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu"
+
+
+def test_cuda_without_a_gpu_is_a_user_error() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    with pytest.raises(UserError, match="no CUDA GPU is visible"):
+        resolve_device("cuda")
+
+
+def test_a_pool_that_does_not_fit_is_refused_before_loading(monkeypatch) -> None:
+    monkeypatch.setattr("hm3.placement.free_bytes", lambda device: 10 * 1024**3)
+    check_fits(1_000_000_000, 2, Placement("cpu", "bfloat16"))  # 2 x 2 GB x 1.15 fits in 10 GiB
+    with pytest.raises(UserError, match=r"about 28\.9 GiB on cuda in float32, but 10\.0 GiB are free"):
+        check_fits(1_350_000_000, 5, Placement("cuda", "float32"))
+
+
+def test_pool_places_tensors_in_the_recipe_dtype(tiny_pools) -> None:
+    import torch
+
+    from hm3.checkpoint import Checkpoint
+    from hm3.merge.engine import merge_state_dict
+    from hm3.merge.spec import MergeSpec
+    from hm3.pool import ModelPool
+
+    tiny = tiny_pools["llama"]
+    fresh = ModelPool(Checkpoint(tiny.base), [Checkpoint(f) for f in tiny.finetunes])
+    fresh.place("cpu", torch.bfloat16)
+    assert {t.dtype for t in fresh.state_dict(0).values()} == {torch.bfloat16}
+    spec = MergeSpec(method="task_arithmetic", weights=(0.5,) * len(tiny.finetunes))
+    merged = merge_state_dict(fresh, spec, cached=True)
+    assert {t.dtype for t in merged.values()} == {torch.bfloat16}
+    assert fresh.parameters_per_model == sum(t.numel() for t in fresh.state_dict(0).values())
