@@ -259,6 +259,7 @@ def test_stats_alignment_matches_source_statistics_and_round_trips(family, routi
     out = save_routed_model(pool, path, tmp_path / "aligned", alignment=alignment)
     assert (out / "hm3_alignment.safetensors").is_file()
     assert (_outputs(hm3.load_merged(out), family) - aligned).abs().max().item() == 0
+    assert (_outputs(_load(out, family), family) - plain).abs().max().item() == 0  # from_pretrained: no maps
 
 
 def test_stats_alignment_needs_calibration(routing_pools):

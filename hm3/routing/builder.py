@@ -114,11 +114,12 @@ def build_routed_model(
     """
     import torch
     from accelerate import init_empty_weights
+    from transformers.initialization import no_init_weights
 
     config = routed_config(pool, path)
     tensors = routed_tensors(pool, path, shared_source)
     model_class = _model_class(pool)
-    with init_empty_weights(include_buffers=False):
+    with init_empty_weights(include_buffers=False), no_init_weights():  # the pool's tensors replace them all
         model = (
             model_class._from_config(config) if hasattr(model_class, "_from_config") else model_class(config)
         )
