@@ -18,11 +18,16 @@ def run(args: argparse.Namespace) -> int:
         shape = (
             f"{report.family}, {report.num_layers} layers" if report.family else "architecture not checked"
         )
-        print(
-            f"ok: {path}: {len(recipe.models)} models ({shape}), {len(recipe.objectives)} objectives, "
-            f"{recipe.parameter_level.method} + "
-            f"{'path search' if recipe.architecture_level.enabled else 'no path search'}"
-        )
+        if recipe.himole is not None and not recipe.models:
+            section = recipe.himole
+            method = f"himole ({section.clusters} clusters x {section.experts_per_group} experts)"
+            print(f"ok: {path}: base model ({shape}), {len(recipe.objectives)} objectives, {method}")
+        else:
+            print(
+                f"ok: {path}: {len(recipe.models)} models ({shape}), {len(recipe.objectives)} objectives, "
+                f"{recipe.parameter_level.method} + "
+                f"{'path search' if recipe.architecture_level.enabled else 'no path search'}"
+            )
         for line in report.not_checked:
             print(f"  not checked: {line}")
         for line in report.notes:

@@ -36,6 +36,7 @@ from pydantic import (
 )
 
 from hm3.errors import RecipeError
+from hm3.himole.config import HiMoLEConfig, himole_cross_checks
 
 MERGE_METHODS = ("linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "della")
 """Parameter-level methods a recipe may name (the merge registry holds one row for each)."""
@@ -375,7 +376,7 @@ class Recipe(_Section):
     """A complete, validated recipe. See the module docstring for an annotated example."""
 
     base_model: ModelRef
-    models: list[ModelRef] = Field(min_length=1)
+    models: list[ModelRef] = Field(default_factory=list)  # required unless the recipe is HiMoLE-only
     objectives: list[Objective] = Field(min_length=1)
     split: SplitConfig = SplitConfig()
     parameter_level: ParameterLevel = ParameterLevel()
@@ -390,10 +391,16 @@ class Recipe(_Section):
     seed: int = 0
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    himole: HiMoLEConfig | None = None
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:
         problems: list[str] = []
+        if not self.models and self.himole is None:
+            given = "models" in self.model_fields_set
+            problems.append("models: " + ("must not be empty" if given else "required"))
+        if self.himole is not None:
+            problems += himole_cross_checks(self.himole, [o.name for o in self.objectives])
         names = [m.name for m in self.models]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -409,7 +416,8 @@ class Recipe(_Section):
                 problems.append(
                     f"objectives[{i}].model: {objective.model!r} is not a model name ({', '.join(names)})"
                 )
-        if len(self.objectives) != len(self.models) and any(o.model is None for o in self.objectives):
+        mismatch = self.models and len(self.objectives) != len(self.models)
+        if mismatch and any(o.model is None for o in self.objectives):
             problems.append(
                 f"objectives: {len(self.objectives)} objectives for {len(self.models)} models: give each objective "
                 "'model' (the model whose skill it measures), so a preference maps to merge weights"

@@ -43,6 +43,10 @@ def validate_recipe_file(path: str | Path) -> ValidationReport:
     problems += _check_models(recipe, report)
     objective_problems = _check_objectives(recipe)
     problems += objective_problems
+    if recipe.himole is not None:
+        from hm3.himole.checks import himole_problems
+
+        problems += himole_problems(recipe.himole)
     if not objective_problems:  # files exist: load local lm-eval tasks as the evaluator will (a few seconds)
         from hm3.evaluate.offline_check import language_objective_problems
 
@@ -78,6 +82,10 @@ def _check_models(recipe: Recipe, report: ValidationReport) -> list[tuple[str, s
             problems.append((where, str(error)))
     if problems or "base" not in checkpoints:
         return problems
+    if not recipe.models:  # a HiMoLE-only recipe: the base model alone, no pool
+        config = checkpoints["base"].config
+        report.family, report.num_layers = config.get("model_type"), config.get("num_hidden_layers")
+        return []
     try:
         pool = ModelPool(
             checkpoints["base"],

@@ -1,0 +1,120 @@
+"""`hm3 himole train|eval`: a hierarchical mixture of LoRA experts, and its baselines, on a recipe's `himole:`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    train = actions.add_parser(
+        "train",
+        help="train an adapter (two-stage HiMoLE, or a baseline) and save it in one folder",
+        description="Cluster the training data, train stage 1 (one LoRA per cluster) and stage 2 (routers and "
+        "experts jointly), keep the best validation checkpoint, save adapters + routers + centroids.",
+    )
+    train.add_argument(
+        "--recipe", required=True, metavar="RECIPE", help="recipe YAML file with a himole: section"
+    )
+    train.add_argument(
+        "--out", metavar="DIR", help="adapter folder to write (default: runs/himole-<recipe>-<variant>)"
+    )
+    train.add_argument(
+        "--variant",
+        choices=("himole", "lora", "moe-lora"),
+        default="himole",
+        help="himole (default); lora: one LoRA with matched parameters; moe-lora: token-level routing only",
+    )
+    train.add_argument(
+        "--no-two-stage",
+        dest="two_stage",
+        action="store_false",
+        help="HiMoLE ablation: train experts and routers jointly from scratch (no clustering, no stage 1)",
+    )
+    train.add_argument("--seed", type=int, help="override the seed of the recipe")
+    evaluate = actions.add_parser(
+        "eval",
+        help="score a saved adapter (or the base model) on the recipe's ID and OOD objectives",
+        description="Score an adapter folder from `hm3 himole train` on every objective of the recipe.",
+    )
+    evaluate.add_argument(
+        "--recipe", required=True, metavar="RECIPE", help="recipe YAML file with a himole: section"
+    )
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--adapter", metavar="DIR", help="adapter folder written by `hm3 himole train`")
+    source.add_argument("--base", action="store_true", help="score the base model alone (no adapter)")
+    evaluate.add_argument(
+        "--split",
+        choices=("search", "heldout", "all"),
+        default="all",
+        help="test documents to score (default all)",
+    )
+    evaluate.add_argument("--limit", type=int, metavar="N", help="score at most N documents per objective")
+    evaluate.add_argument("--json", metavar="FILE", help="also write the scores as JSON to FILE")
+
+
+def run(args: argparse.Namespace) -> int:
+    return _train(args) if args.action == "train" else _evaluate(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from hm3.himole.pipeline import TrainRequest, train_himole
+    from hm3.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    suffix = args.variant + ("" if args.two_stage else "-one-stage")
+    out = Path(args.out or f"runs/himole-{Path(args.recipe).stem}-{suffix}")
+    manifest = train_himole(
+        recipe, TrainRequest(out, args.variant, args.two_stage, args.seed), Console(stderr=True)
+    )
+    print(
+        f"saved {out}: {manifest['variant']}{'' if manifest['two_stage'] else ' (one stage)'}, "
+        f"{manifest['trainable_parameters']} trainable parameters, "
+        f"validation loss {manifest['validation_loss']:.4f}, {manifest['train_seconds']} s"
+    )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+    import math
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from hm3.errors import UserError
+    from hm3.himole.evaluation import evaluate_adapter
+    from hm3.recipe import load_recipe
+
+    if args.limit is not None and args.limit <= 0:
+        raise UserError(f"--limit must be a positive number of documents, not {args.limit}")
+    recipe = load_recipe(args.recipe)
+    adapter = None if args.base else Path(args.adapter)
+    with Console(stderr=True).status(
+        f"scoring {'the base model' if adapter is None else adapter} on the {args.split} split"
+    ):
+        report = evaluate_adapter(recipe, adapter, split=args.split, limit=args.limit)
+    table = Table(
+        title=f"{report.label}: {report.trainable_parameters} trainable parameters, {args.split} split"
+    )
+    table.add_column("objective")
+    table.add_column("kind")
+    table.add_column("score", justify="right")
+    for name, value in report.scores.items():
+        table.add_row(name, "OOD" if name in report.ood else "ID", f"{value:.4f}")
+    for kind, ood in (("ID mean", False), ("OOD mean", True)):
+        value = report.mean(ood)
+        if not math.isnan(value):
+            table.add_row(f"[bold]{kind}[/bold]", "", f"[bold]{value:.4f}[/bold]")
+    Console().print(table)
+    if args.json:
+        target = Path(args.json)
+        staging = target.with_name(f".{target.name}.tmp")
+        staging.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        staging.replace(target)
+    return 0

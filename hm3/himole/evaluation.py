@@ -1,0 +1,94 @@
+"""``hm3 himole eval``: a saved adapter (or the bare base model) scored on the recipe's ID and OOD objectives.
+
+Scoring goes through hm3's evaluator (lm-eval on the in-memory model, see :mod:`hm3.evaluate`); the mixture
+model generates like any ``PreTrainedModel``. The report gives each objective's score and the mean of the ID
+and of the OOD objectives (``himole.ood_objectives`` says which are OOD).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hm3.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Scores of one model.
+
+    Attributes:
+        label: What was scored (the adapter's variant, or ``base``).
+        scores: Objective name -> metric value, in recipe order.
+        ood: Names of the OOD objectives.
+        trainable_parameters: The adapter's parameter count (0 for the base model).
+    """
+
+    label: str
+    scores: dict[str, float]
+    ood: tuple[str, ...]
+    trainable_parameters: int
+
+    def mean(self, out_of_distribution: bool) -> float:
+        """Mean score of the ID (False) or OOD (True) objectives (nan when there are none)."""
+        values = [v for k, v in self.scores.items() if (k in self.ood) == out_of_distribution]
+        return sum(values) / len(values) if values else float("nan")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "scores": self.scores,
+            "id_mean": self.mean(False),
+            "ood_mean": self.mean(True),
+            "ood_objectives": list(self.ood),
+            "trainable_parameters": self.trainable_parameters,
+        }
+
+
+def evaluate_adapter(
+    recipe: Recipe, adapter: Path | None, split: str = "all", limit: int | None = None
+) -> EvalReport:
+    """Score the adapter (None: the base model alone) on every objective of the recipe.
+
+    Args:
+        recipe: A recipe with a ``himole:`` section.
+        adapter: An adapter folder from ``hm3 himole train``, or None.
+        split: ``all`` (every test document), ``search`` or ``heldout``.
+        limit: At most this many documents per objective (overrides the objectives' ``limit``).
+    """
+    from hm3.evaluate import Evaluator
+    from hm3.evaluate.evaluator import load_tokenizer
+    from hm3.evaluate.language import prepare_language_objectives
+    from hm3.himole.model import trainable_parameter_count
+    from hm3.himole.pipeline import require_section
+    from hm3.merge.runtime import use_idle_cores
+    from hm3.placement import resolve_device
+    from hm3.pool import resolve_model_folder
+
+    config = require_section(recipe)
+    use_idle_cores()
+    base = resolve_model_folder(recipe.base_model)
+    device = resolve_device(recipe.device)
+    objectives = list(recipe.objectives)
+    if limit is not None:
+        objectives = [o.model_copy(update={"limit": limit}) for o in objectives]
+    prepared = prepare_language_objectives(objectives, recipe.split)
+    if adapter is None:
+        from transformers import AutoModelForCausalLM
+
+        from hm3.evaluate.quiet import quiet_libraries
+
+        with quiet_libraries():
+            model = AutoModelForCausalLM.from_pretrained(base, dtype="float32").to(device).eval()
+        tokenizer, label, parameters = load_tokenizer(base, recipe.trust_remote_code), "base", 0
+    else:
+        from hm3.himole.storage import load_adapter
+
+        model, tokenizer, manifest = load_adapter(adapter, str(base), device)
+        label = manifest["variant"] + ("" if manifest.get("two_stage", True) else " (one stage)")
+        parameters = trainable_parameter_count(model)
+    evaluator = Evaluator(prepared, tokenizer=tokenizer)
+    scores = evaluator.score(model, split=split)
+    return EvalReport(label, scores, tuple(config.ood_objectives), parameters)

@@ -1,0 +1,282 @@
+"""The mixture's math: LoRA experts on an FFN block, the two-level router, the auxiliary losses.
+
+For a token with hidden state ``h`` (the FFN input) in a block with N groups of M experts::
+
+    G_sen = W_sen · pool(h)              N scores, repeated over each group's M experts
+    G_tok = W_tok · h                    N·M scores
+    p     = softmax(G_sen ⊙ G_tok)       (``moe-lora``: softmax(G_tok))
+    G     = keep the top-k of p, renormalised to sum to 1
+    o     = FFN(h) + Σ_i G_i · (FFN_i(h) − FFN(h))
+
+where ``FFN_i`` is the block's FFN with expert i's LoRA updates on its gate, up and down projections. Because
+the kept weights sum to 1 this is Σ_i G_i · FFN_i(h), and with all LoRA ``B`` matrices at zero it is the base
+FFN exactly. ``pool(h)`` is the mean of the sequence's non-padding FFN inputs up to and including the token
+(a causal mean: teacher-forced training and cached generation route identically).
+
+Experts are evaluated only on the tokens routed to them (sparse dispatch). Everything here is plain torch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    from hm3.himole.model import RoutingContext
+
+RoutingKind = Literal["hierarchical", "token", "single"]
+"""``hierarchical``: sentence ⊙ token router (HiMoLE); ``token``: token router only (MoE-LoRA); ``single``:
+one expert, no router (LoRA)."""
+
+
+class LoRAExpert(nn.Module):
+    """LoRA updates ``scale · B·A·dropout(x)`` of an FFN's gate, up and down projections.
+
+    ``A`` starts Kaiming-uniform and ``B`` at zero (as peft does), so a fresh expert changes nothing.
+
+    Args:
+        hidden: Model width (input of gate/up, output of down).
+        intermediate: FFN width.
+        rank: LoRA rank r.
+        alpha: LoRA alpha; updates are scaled by alpha / r.
+        dropout: Dropout on the LoRA input.
+    """
+
+    PROJECTIONS = ("gate", "up", "down")
+
+    def __init__(self, hidden: int, intermediate: int, rank: int, alpha: float, dropout: float) -> None:
+        super().__init__()
+        shapes = {
+            "gate": (hidden, intermediate),
+            "up": (hidden, intermediate),
+            "down": (intermediate, hidden),
+        }
+        for name, (fan_in, fan_out) in shapes.items():
+            self.register_parameter(f"{name}_A", nn.Parameter(torch.empty(rank, fan_in)))
+            self.register_parameter(f"{name}_B", nn.Parameter(torch.zeros(fan_out, rank)))
+        self.scale = alpha / rank
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``A`` Kaiming-uniform, ``B`` zero."""
+        for name in self.PROJECTIONS:
+            nn.init.kaiming_uniform_(getattr(self, f"{name}_A"), a=math.sqrt(5))
+            nn.init.zeros_(getattr(self, f"{name}_B"))
+
+    def update(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """The LoRA update of projection ``name`` (``gate``, ``up`` or ``down``) for inputs ``x`` [T, in]."""
+        a, b = getattr(self, f"{name}_A"), getattr(self, f"{name}_B")
+        return (self.dropout(x) @ a.t()) @ b.t() * self.scale
+
+
+def route(
+    token_logits: torch.Tensor,
+    sentence_logits: torch.Tensor | None,
+    experts_per_group: int,
+    top_k: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Routing weights of each token.
+
+    Args:
+        token_logits: ``G_tok`` [T, N·M].
+        sentence_logits: ``G_sen`` [T, N] (the sentence scores seen by each token), or None (token-level only).
+        experts_per_group: M; group g owns experts ``g·M .. g·M + M − 1``.
+        top_k: Experts kept per token.
+
+    Returns:
+        ``(weights [T, k], experts [T, k], probabilities [T, N·M])``: the kept weights sum to 1 per token; the
+        probabilities are the full softmax (the load-balancing loss uses them).
+    """
+    scores = token_logits
+    if sentence_logits is not None:
+        scores = token_logits * sentence_logits.repeat_interleave(experts_per_group, dim=-1)
+    probabilities = torch.softmax(scores, dim=-1)
+    kept, experts = probabilities.topk(top_k, dim=-1)
+    weights = kept / kept.sum(dim=-1, keepdim=True)
+    return weights, experts, probabilities
+
+
+def causal_mean_pool(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    prior_sum: torch.Tensor | None = None,
+    prior_count: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean of the non-padding states up to each position (plus those already seen, when generating).
+
+    Args:
+        x: States [B, T, H].
+        mask: 1 for real tokens, 0 for padding [B, T].
+        prior_sum: Sum of the states before this call [B, H] (cached generation), or None.
+        prior_count: Their count [B, 1], or None.
+
+    Returns:
+        ``(pooled [B, T, H], running sum [B, H], running count [B, 1])``; a position with no real token so far
+        (left padding) pools to zeros.
+    """
+    weights = mask.to(x.dtype).unsqueeze(-1)
+    sums = (x * weights).cumsum(dim=1)
+    counts = weights.cumsum(dim=1)
+    if prior_sum is not None and prior_count is not None:
+        sums = sums + prior_sum.unsqueeze(1)
+        counts = counts + prior_count.unsqueeze(1)
+    pooled = sums / counts.clamp(min=1.0)
+    return pooled, sums[:, -1], counts[:, -1]
+
+
+def load_balancing_loss(
+    probabilities: torch.Tensor, experts: torch.Tensor, real: torch.Tensor
+) -> torch.Tensor:
+    """Switch-style ``E · Σ_i F_i · P_i`` over the real tokens (1 when routing is perfectly balanced).
+
+    Args:
+        probabilities: Router softmax [T, E].
+        experts: Kept experts [T, k].
+        real: Boolean mask of non-padding tokens [T].
+    """
+    count = probabilities.shape[-1]
+    probabilities, experts = probabilities[real], experts[real]
+    if experts.numel() == 0:
+        return probabilities.sum() * 0.0
+    fraction = torch.bincount(experts.flatten(), minlength=count).to(probabilities.dtype) / experts.numel()
+    return count * (fraction * probabilities.mean(dim=0)).sum()
+
+
+def diversity_loss(group_outputs: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Mean pairwise cosine similarity of the normalised group outputs over the real tokens.
+
+    Args:
+        group_outputs: Each group's weighted expert output [N, T, H] (zeros where no expert of it was kept).
+        real: Boolean mask of non-padding tokens [T].
+    """
+    groups = group_outputs.shape[0]
+    if groups < 2 or not bool(real.any()):
+        return group_outputs.sum() * 0.0
+    unit = F.normalize(group_outputs[:, real], dim=-1)
+    similarity = torch.einsum("ath,bth->abt", unit, unit)
+    first, second = torch.triu_indices(groups, groups, offset=1)
+    return similarity[first, second].mean()
+
+
+class MixtureFFN(nn.Module):
+    """An FFN block (llama / qwen2 MLP: ``down(act(gate(x)) · up(x))``) with a mixture of LoRA experts.
+
+    The base FFN is kept as it is (frozen by the caller); the experts and routers are the trainable part.
+
+    Args:
+        base: The block's original MLP module.
+        groups: N.
+        experts_per_group: M.
+        rank, alpha, dropout: LoRA settings of every expert.
+        top_k: Experts kept per token.
+        routing: See :data:`RoutingKind`.
+        context: Shared per-forward state (padding mask, pooling state) set by the model's hook.
+        layer: Index of the block (the key of its pooling state).
+    """
+
+    def __init__(
+        self,
+        base: nn.Module,
+        *,
+        groups: int,
+        experts_per_group: int,
+        rank: int,
+        alpha: float,
+        dropout: float,
+        top_k: int,
+        routing: RoutingKind,
+        context: RoutingContext,
+        layer: int,
+    ) -> None:
+        super().__init__()
+        self.base = base
+        hidden, intermediate = base.gate_proj.in_features, base.gate_proj.out_features
+        count = 1 if routing == "single" else groups * experts_per_group
+        self.experts = nn.ModuleList(
+            LoRAExpert(hidden, intermediate, rank, alpha, dropout) for _ in range(count)
+        )
+        self.groups = 1 if routing == "single" else groups
+        self.experts_per_group = count // self.groups
+        self.top_k = min(top_k, count)
+        self.routing = routing
+        self.token_router = nn.Linear(hidden, count, bias=False) if routing != "single" else None
+        self.sentence_router = nn.Linear(hidden, groups, bias=False) if routing == "hierarchical" else None
+        self.context = [context]  # a list: not a submodule, not in the state dict
+        self.layer = layer
+        self.forced_expert: int | None = None
+        self.last_aux: torch.Tensor | None = None
+        self.last_diversity: torch.Tensor | None = None
+        self.last_routing: dict[str, torch.Tensor] | None = None
+
+    def routers(self) -> list[nn.Module]:
+        """The block's routers (none for ``single``)."""
+        return [r for r in (self.token_router, self.sentence_router) if r is not None]
+
+    def expert_delta(
+        self, index: int, x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, base_out: torch.Tensor
+    ) -> torch.Tensor:
+        """``FFN_i(x) − FFN(x)`` for expert ``index``, given the base gate/up projections and output of ``x``."""
+        expert, act = self.experts[index], self.base.act_fn
+        hidden = act(gate + expert.update("gate", x)) * (up + expert.update("up", x))
+        return self.base.down_proj(hidden) + expert.update("down", hidden) - base_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, width = x.shape
+        flat = x.reshape(-1, width)
+        gate, up = self.base.gate_proj(flat), self.base.up_proj(flat)
+        base_out = self.base.down_proj(self.base.act_fn(gate) * up)
+        if self.routing == "single" or self.forced_expert is not None:
+            index = self.forced_expert or 0
+            return (base_out + self.expert_delta(index, flat, gate, up, base_out)).view(batch, length, width)
+        context = self.context[0]
+        mask = context.mask_for(batch, length, x.device)
+        sentence_logits = None
+        if self.sentence_router is not None:
+            pooled = context.pool(self.layer, x, mask)
+            sentence_logits = self.sentence_router(pooled).reshape(-1, self.groups)
+        weights, chosen, probabilities = route(
+            self.token_router(flat),
+            sentence_logits,
+            self.experts_per_group,
+            self.top_k,  # type: ignore[misc]
+        )
+        collect = self.training and context.collect_losses
+        mixed = torch.zeros_like(base_out)
+        group_outputs = [torch.zeros_like(base_out) for _ in range(self.groups)] if collect else []
+        for index in range(len(self.experts)):
+            rows, slot = (chosen == index).nonzero(as_tuple=True)
+            if rows.numel() == 0:
+                continue
+            delta = self.expert_delta(index, flat[rows], gate[rows], up[rows], base_out[rows])
+            weighted = delta * weights[rows, slot].unsqueeze(-1)
+            mixed = mixed.index_add(0, rows, weighted)
+            if collect:
+                group = index // self.experts_per_group
+                group_outputs[group] = group_outputs[group].index_add(0, rows, weighted)
+        real = mask.reshape(-1).bool()
+        if collect:
+            self.last_aux = load_balancing_loss(probabilities, chosen, real)
+            self.last_diversity = diversity_loss(torch.stack(group_outputs), real)
+        if context.record_routing:
+            self.last_routing = {"weights": weights.detach(), "experts": chosen.detach(), "real": real}
+        return (base_out + mixed).view(batch, length, width)
+
+    def extra_repr(self) -> str:
+        return (
+            f"routing={self.routing}, experts={len(self.experts)}, groups={self.groups}, top_k={self.top_k}"
+        )
+
+
+def lora_parameter_count(hidden: int, intermediate: int, rank: int) -> int:
+    """Parameters of one expert: r·(H + I) for each of gate, up and down."""
+    return 3 * rank * (hidden + intermediate)
+
+
+def describe_expert_shapes(module: MixtureFFN) -> dict[str, Any]:
+    """Widths of a mixture block (for summaries)."""
+    return {"hidden": module.base.gate_proj.in_features, "intermediate": module.base.gate_proj.out_features}

@@ -1,0 +1,218 @@
+"""Attaching a mixture of LoRA experts to a causal LM, for training and for (cached) generation.
+
+:func:`attach_mixture` replaces the MLP of every decoder block with a :class:`~hm3.himole.experts.MixtureFFN`
+and freezes the base weights. A forward pre-hook on the model hands each forward's padding mask to the blocks
+through a :class:`RoutingContext`, which also keeps the sentence pooling state between the steps of a cached
+generation: a forward whose attention mask is longer than its input continues the previous sequence, any
+other forward starts new ones. The model stays a ``PreTrainedModel``: ``generate``, lm-eval's ``HFLM`` and
+``model(**batch).loss`` work unchanged (greedy or sampled decoding; beam search reorders sequences and is not
+supported by the pooling state).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from hm3.errors import UserError
+from hm3.himole.experts import MixtureFFN, RoutingKind, lora_parameter_count
+
+SUPPORTED_FAMILIES = ("llama", "qwen2", "mistral")
+"""``config.model_type`` values whose decoder blocks hold a ``gate_proj / up_proj / down_proj`` MLP at
+``model.model.layers[i].mlp``."""
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """The shape of an adapter: which variant, how many experts, LoRA settings.
+
+    Attributes:
+        variant: ``himole``, ``moe-lora`` or ``lora``.
+        groups: N (1 for ``lora``).
+        experts_per_group: M (1 for ``lora``; for ``moe-lora`` the N·M experts form one routing group).
+        rank: LoRA rank of each expert.
+        alpha: LoRA alpha.
+        dropout: LoRA dropout.
+        top_k: Experts kept per token.
+    """
+
+    variant: str
+    groups: int
+    experts_per_group: int
+    rank: int
+    alpha: float
+    dropout: float
+    top_k: int
+
+    @property
+    def routing(self) -> RoutingKind:
+        return {"himole": "hierarchical", "moe-lora": "token", "lora": "single"}[self.variant]  # type: ignore[return-value]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RoutingContext:
+    """Per-forward state shared by the mixture blocks of one model.
+
+    Attributes:
+        token_mask: 1 for real tokens, 0 for padding, of the tokens in the current forward [B, T] (None: all real).
+        continues: Whether the current forward continues the sequences of the previous one (cached generation).
+        collect_losses: Whether blocks in training mode compute the auxiliary losses.
+        record_routing: Whether blocks keep their last routing decision (tests, analysis).
+    """
+
+    def __init__(self) -> None:
+        self.token_mask: torch.Tensor | None = None
+        self.continues = False
+        self.collect_losses = True
+        self.record_routing = False
+        self._pool_state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def begin(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Read a model forward's inputs: the length of the new tokens and the 2-D attention mask."""
+        tokens = kwargs.get("input_ids", args[0] if args else None)
+        if tokens is None:
+            tokens = kwargs.get("inputs_embeds")
+        mask = kwargs.get("attention_mask")
+        length = None if tokens is None else int(tokens.shape[1])
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))
+        past = 0
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and length is not None:
+            past = int(mask.shape[1]) - length
+            self.token_mask = mask[:, past:]
+        else:
+            self.token_mask = None
+            if cache is not None and hasattr(cache, "get_seq_length"):
+                past = int(cache.get_seq_length())
+        self.continues = past > 0
+        if not self.continues:
+            self._pool_state.clear()
+
+    def mask_for(self, batch: int, length: int, device: torch.device) -> torch.Tensor:
+        """The current forward's token mask, or all ones when the forward gave none."""
+        mask = self.token_mask
+        if mask is None or tuple(mask.shape) != (batch, length):
+            return torch.ones(batch, length, device=device)
+        return mask.to(device)
+
+    def pool(self, layer: int, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The causal mean of block ``layer``'s real FFN inputs up to each position (see ``causal_mean_pool``)."""
+        from hm3.himole.experts import causal_mean_pool
+
+        prior = self._pool_state.get(layer) if self.continues else None
+        if prior is not None and prior[0].shape[0] != x.shape[0]:
+            prior = None
+        pooled, total, count = causal_mean_pool(x, mask, *(prior or (None, None)))
+        self._pool_state[layer] = (total.detach(), count.detach())
+        return pooled
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The decoder blocks of a supported causal LM.
+
+    Raises:
+        UserError: the family is not one whose FFN the mixture knows.
+    """
+    family = getattr(model.config, "model_type", None)
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if family not in SUPPORTED_FAMILIES or layers is None:
+        raise UserError(
+            f"HiMoLE supports the {', '.join(SUPPORTED_FAMILIES)} families (gate/up/down FFN); "
+            f"this model is {family!r}"
+        )
+    return list(layers)
+
+
+def attach_mixture(model: nn.Module, spec: AdapterSpec, seed: int = 0) -> RoutingContext:
+    """Freeze ``model`` and give every decoder block a mixture FFN of ``spec``'s shape (in place).
+
+    Experts start as fresh LoRAs (B = 0, so the model's outputs are unchanged) and routers at PyTorch's default
+    initialisation; both are drawn from ``seed``.
+
+    Returns:
+        The model's routing context (also at ``model.himole_context``).
+    """
+    if getattr(model, "himole_context", None) is not None:
+        raise ValueError("this model already carries a mixture")
+    layers = decoder_layers(model)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    context = RoutingContext()
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        for index, layer in enumerate(layers):
+            reference = layer.mlp.gate_proj.weight
+            mixture = MixtureFFN(
+                layer.mlp,
+                groups=spec.groups,
+                experts_per_group=spec.experts_per_group,
+                rank=spec.rank,
+                alpha=spec.alpha,
+                dropout=spec.dropout,
+                top_k=spec.top_k,
+                routing=spec.routing,
+                context=context,
+                layer=index,
+            )
+            layer.mlp = mixture.to(device=reference.device, dtype=reference.dtype)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    model.register_forward_pre_hook(lambda _, args, kwargs: context.begin(args, kwargs), with_kwargs=True)
+    model.himole_context = context
+    model.himole_spec = spec
+    return context
+
+
+def mixture_blocks(model: nn.Module) -> list[MixtureFFN]:
+    """The mixture FFNs of a model, in block order."""
+    return [m for m in model.modules() if isinstance(m, MixtureFFN)]
+
+
+def adapter_parameter_names(model: nn.Module) -> list[str]:
+    """Names (as in ``model.state_dict()``) of the adapter's tensors: every expert and router."""
+    return [name for name, _ in model.named_parameters() if ".experts." in name or "_router." in name]
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter's tensors (detached copies), keyed as in the model."""
+    names = set(adapter_parameter_names(model))
+    return {name: p.detach().clone() for name, p in model.named_parameters() if name in names}
+
+
+def trainable_parameter_count(model: nn.Module) -> int:
+    """Number of adapter parameters (experts and routers)."""
+    names = set(adapter_parameter_names(model))
+    return sum(p.numel() for name, p in model.named_parameters() if name in names)
+
+
+def auxiliary_losses(model: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Means over the blocks of the last forward's load-balancing and diversity losses (None if not computed)."""
+    blocks = [b for b in mixture_blocks(model) if b.last_aux is not None]
+    if not blocks:
+        return None, None
+    aux = torch.stack([b.last_aux for b in blocks]).mean()  # type: ignore[misc]
+    diversity = torch.stack([b.last_diversity for b in blocks]).mean()  # type: ignore[misc]
+    for block in blocks:
+        block.last_aux = block.last_diversity = None
+    return aux, diversity
+
+
+def matched_lora_rank(config: Any, groups: int, experts_per_group: int, rank: int) -> int:
+    """The rank of one LoRA whose trainable parameters match a HiMoLE adapter's (experts and both routers).
+
+    Args:
+        config: The base model's transformers config (``hidden_size``, ``intermediate_size``).
+        groups: N.
+        experts_per_group: M.
+        rank: Rank of each HiMoLE expert.
+    """
+    hidden, intermediate = int(config.hidden_size), int(config.intermediate_size)
+    experts = groups * experts_per_group
+    per_block = experts * lora_parameter_count(hidden, intermediate, rank) + hidden * (experts + groups)
+    return max(1, round(per_block / lora_parameter_count(hidden, intermediate, 1)))

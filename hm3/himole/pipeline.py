@@ -1,0 +1,234 @@
+"""``hm3 himole train``: training pairs → clusters → stage 1 → stage 2 → one adapter folder.
+
+Variants (``--variant`` / ``--no-two-stage``):
+
+* ``himole`` (two-stage): K-means clusters; stage 1 trains one LoRA per cluster on its pairs and copies it into
+  the group's M experts; stage 2 trains fresh routers and every expert jointly (load-balancing and diversity
+  losses).
+* ``himole`` without two-stage training: the same mixture, experts and routers trained jointly from scratch.
+* ``moe-lora``: N·M experts behind a token-level router only, trained jointly (MixLoRA-style).
+* ``lora``: one LoRA whose rank matches HiMoLE's trainable parameters.
+
+The single-phase runs train at stage 1's learning rate for as many steps as both of HiMoLE's stages together
+(N × stage-1 steps + stage-2 steps), so every variant may see the same number of batches.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+
+from hm3.errors import UserError
+from hm3.himole.config import VARIANTS, HiMoLEConfig, describe
+
+if TYPE_CHECKING:
+    from hm3.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """One ``hm3 himole train`` call.
+
+    Attributes:
+        out: The adapter folder to write.
+        variant: ``himole``, ``lora`` or ``moe-lora``.
+        two_stage: HiMoLE's two-stage training (False: the ablation).
+        seed: Overrides the section's seed (None: keep it).
+    """
+
+    out: Path
+    variant: str = "himole"
+    two_stage: bool = True
+    seed: int | None = None
+
+
+def require_section(recipe: Recipe) -> HiMoLEConfig:
+    """The recipe's ``himole:`` section.
+
+    Raises:
+        UserError: the recipe has none.
+    """
+    if recipe.himole is None:
+        raise UserError("the recipe has no 'himole:' section (see recipes/himole-toy.yaml)")
+    return recipe.himole
+
+
+def train_himole(recipe: Recipe, request: TrainRequest, console: Console | None = None) -> dict[str, Any]:
+    """Train the requested variant on the recipe and save it to ``request.out``; returns the manifest."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hm3.evaluate.quiet import quiet_libraries
+    from hm3.himole.data import load_pairs, source_counts, split_validation
+    from hm3.himole.model import attach_mixture, trainable_parameter_count
+    from hm3.himole.storage import save_adapter
+    from hm3.merge.runtime import use_idle_cores
+    from hm3.placement import resolve_device
+    from hm3.pool import resolve_model_folder
+
+    config = require_section(recipe)
+    if request.variant not in VARIANTS:
+        raise UserError(f"--variant must be one of {', '.join(VARIANTS)}, not {request.variant!r}")
+    if request.variant != "himole" and not request.two_stage:
+        raise UserError("--no-two-stage applies to --variant himole only")
+    console = console or Console(stderr=True)
+    use_idle_cores()  # tiny models: one thread beats two busy ones (OpenMP spin-waits)
+    seed = request.seed if request.seed is not None else config.resolved_seed(recipe.seed)
+    started = time.monotonic()
+    pairs = load_pairs(config, seed)
+    train_rows, validation_rows = split_validation(len(pairs), config.validation_fraction, seed)
+    base = resolve_model_folder(recipe.base_model)
+    device = resolve_device(recipe.device)
+    with quiet_libraries():
+        tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=recipe.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype="float32").to(device)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(seed)
+    clustering = None
+    if request.variant == "himole" and request.two_stage:
+        from hm3.himole.clustering import cluster_texts, composition
+
+        texts = [p.prompt if config.cluster_on == "prompt" else p.prompt + p.target for p in pairs]
+        with console.status(
+            f"embedding {len(texts)} training texts and clustering them into {config.clusters}"
+        ):
+            clustering = cluster_texts(texts, config.encoder, config.clusters, seed)
+        mix = composition(clustering.labels, [p.source for p in pairs])
+        console.print(
+            f"clusters: purity {mix['purity']:.3f} "
+            + "; ".join(f"{c}: {n}" for c, n in mix["clusters"].items())
+        )
+    spec = adapter_spec(config, request.variant, model.config)
+    attach_mixture(model, spec, seed=seed)
+    phases = _run_phases(
+        model, tokenizer, config, request, spec, pairs, train_rows, validation_rows, clustering, seed, console
+    )
+    manifest = {
+        "variant": request.variant,
+        "two_stage": request.two_stage,
+        "adapter": spec.to_json(),
+        "base_model": str(base),
+        "family": model.config.model_type,
+        "seed": seed,
+        "trainable_parameters": trainable_parameter_count(model),
+        "training_rows": len(train_rows),
+        "validation_rows": len(validation_rows),
+        "sources": source_counts(pairs),
+        "encoder": config.encoder if clustering is not None else None,
+        "clusters": None if clustering is None else _cluster_summary(clustering, pairs),
+        "phases": [asdict(p) for p in phases],
+        "validation_loss": phases[-1].best_validation_loss,
+        "train_seconds": round(time.monotonic() - started, 1),
+        "recipe_section": describe(config),
+    }
+    save_adapter(request.out, model, manifest, None if clustering is None else clustering.centroids)
+    return manifest
+
+
+def adapter_spec(config: HiMoLEConfig, variant: str, model_config: Any) -> Any:
+    """The adapter shape of a variant (``lora``'s rank matched to HiMoLE's parameter count unless given)."""
+    from hm3.himole.model import AdapterSpec, matched_lora_rank
+
+    settings = {"alpha": config.alpha, "dropout": config.dropout, "top_k": config.top_k}
+    if variant == "lora":
+        rank = config.lora_rank or matched_lora_rank(
+            model_config, config.clusters, config.experts_per_group, config.rank
+        )
+        alpha = (
+            config.alpha * rank / config.rank
+        )  # the same alpha / rank scale (rank 80 → alpha 160, as the paper)
+        return AdapterSpec("lora", 1, 1, rank, alpha, config.dropout, 1)
+    return AdapterSpec(variant, config.clusters, config.experts_per_group, config.rank, **settings)
+
+
+def _run_phases(
+    model, tokenizer, config, request, spec, pairs, train_rows, validation_rows, clustering, seed, console
+):
+    from hm3.himole.training import (
+        PhaseSettings,
+        copy_into_group,
+        enable_grads,
+        expert_parameters,
+        force_expert,
+        router_parameters,
+        train_phase,
+    )
+    from hm3.zoo.progress import training_bar
+
+    common = {
+        "batch_size": config.batch_size,
+        "eval_every": config.eval_every,
+        "patience": config.patience,
+        "answer_suffix": config.answer_suffix,
+        "seed": seed,
+    }
+    train = [pairs[i] for i in train_rows]
+    validation = [pairs[i] for i in validation_rows]
+    results = []
+
+    def phase(name, parameters, rows, held, settings):
+        for p in expert_parameters(model) + router_parameters(model):
+            p.requires_grad_(False)
+        with training_bar(console, name, settings.steps) as on_step:
+            return train_phase(
+                name, model, tokenizer, enable_grads(parameters), rows, held, settings, on_step
+            )
+
+    if clustering is None:
+        steps = config.stage1.steps * config.clusters + config.stage2.steps
+        settings = PhaseSettings(
+            config.stage1.lr,
+            steps,
+            aux_weight=config.aux_loss_weight,
+            diversity_weight=config.diversity_loss_weight if spec.variant == "himole" else 0.0,
+            **common,
+        )
+        label = {"lora": "lora", "moe-lora": "moe-lora", "himole": "himole (one stage)"}[spec.variant]
+        results.append(
+            phase(label, expert_parameters(model) + router_parameters(model), train, validation, settings)
+        )
+        return results
+    members = {i: set(clustering.members(i)) for i in range(config.clusters)}
+    stage1 = PhaseSettings(config.stage1.lr, config.stage1.steps, **common)
+    for group in range(config.clusters):
+        group_train = [pairs[i] for i in train_rows if i in members[group]]
+        group_validation = [pairs[i] for i in validation_rows if i in members[group]] or validation
+        if not group_train:
+            raise UserError(
+                f"himole.clusters: cluster {group} has no training rows; use fewer clusters or more data"
+            )
+        first = group * spec.experts_per_group
+        force_expert(model, first)
+        results.append(
+            phase(
+                f"stage 1, cluster {group}",
+                expert_parameters(model, first),
+                group_train,
+                group_validation,
+                stage1,
+            )
+        )
+        copy_into_group(model, group, spec.experts_per_group)
+    force_expert(model, None)
+    stage2 = PhaseSettings(
+        config.stage2.lr,
+        config.stage2.steps,
+        aux_weight=config.aux_loss_weight,
+        diversity_weight=config.diversity_loss_weight,
+        **common,
+    )
+    results.append(
+        phase("stage 2", expert_parameters(model) + router_parameters(model), train, validation, stage2)
+    )
+    return results
+
+
+def _cluster_summary(clustering: Any, pairs: list[Any]) -> dict[str, Any]:
+    from hm3.himole.clustering import composition
+
+    return composition(clustering.labels, [p.source for p in pairs])

@@ -1,0 +1,140 @@
+"""One folder per trained adapter: experts, routers, cluster centroids and a manifest, written atomically.
+
+Layout::
+
+    adapter/
+      himole.json            format, adapter shape (AdapterSpec), base model, recipe section, training summary
+      adapter.safetensors    every expert's LoRA A/B and every router, keyed as in the model's state dict
+      centroids.safetensors  K-means centroids [N, D] in the encoder's space (HiMoLE with stage 1 only)
+
+The folder is built next to its destination and renamed into place, so an interruption leaves either the
+previous adapter or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from hm3.errors import UserError
+
+MANIFEST = "himole.json"
+WEIGHTS = "adapter.safetensors"
+CENTROIDS = "centroids.safetensors"
+FORMAT = 1
+
+
+def save_adapter(folder: Path, model: Any, manifest: dict[str, Any], centroids: Any = None) -> Path:
+    """Write ``model``'s adapter, the manifest and the centroids into ``folder`` (replacing an older adapter).
+
+    Raises:
+        UserError: ``folder`` exists and is neither empty nor an adapter folder.
+    """
+    from safetensors.torch import save_file
+
+    from hm3.himole.model import adapter_state_dict
+
+    folder = Path(folder)
+    if folder.exists() and (
+        not folder.is_dir() or (any(folder.iterdir()) and not (folder / MANIFEST).is_file())
+    ):
+        raise UserError(f"--out {folder} exists and is not a HiMoLE adapter folder; choose another path")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        tensors = {name: t.contiguous().cpu() for name, t in adapter_state_dict(model).items()}
+        save_file(tensors, str(staging / WEIGHTS), metadata={"format": "pt"})
+        if centroids is not None:
+            import torch
+
+            save_file(
+                {"centroids": torch.as_tensor(centroids).float().contiguous()}, str(staging / CENTROIDS)
+            )
+        (staging / MANIFEST).write_text(json.dumps({"format": FORMAT, **manifest}, indent=2) + "\n")
+        _swap_into_place(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def _swap_into_place(staging: Path, folder: Path) -> None:
+    old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+    if folder.exists():
+        folder.rename(old)
+    staging.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest of an adapter folder.
+
+    Raises:
+        UserError: the folder is missing or holds no HiMoLE adapter.
+    """
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise UserError(f"--adapter {folder}: no HiMoLE adapter there (no {MANIFEST})")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise UserError(
+            f"--adapter {folder}: adapter format {manifest.get('format')!r}, this hm3 reads {FORMAT}"
+        )
+    return manifest
+
+
+def load_adapter(
+    folder: Path, base_model: str | None = None, device: str = "cpu"
+) -> tuple[Any, Any, dict[str, Any]]:
+    """The base model with the saved mixture attached and loaded, its tokenizer, and the manifest.
+
+    Args:
+        folder: An adapter folder written by :func:`save_adapter`.
+        base_model: Base model folder (None: the one the manifest names).
+        device: Where to put the model.
+
+    Raises:
+        UserError: no adapter, or an adapter whose tensors do not fit the base model.
+    """
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hm3.evaluate.quiet import quiet_libraries
+    from hm3.himole.model import AdapterSpec, adapter_parameter_names, attach_mixture
+
+    manifest = read_manifest(Path(folder))
+    base = base_model or manifest["base_model"]
+    with quiet_libraries():
+        model = AutoModelForCausalLM.from_pretrained(base, dtype="float32")
+        tokenizer = AutoTokenizer.from_pretrained(base)
+    attach_mixture(model, AdapterSpec(**manifest["adapter"]))
+    tensors = load_file(str(Path(folder) / WEIGHTS))
+    expected = set(adapter_parameter_names(model))
+    if set(tensors) != expected:
+        missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+        raise UserError(
+            f"--adapter {folder}: its tensors do not fit base model {base} "
+            f"({len(missing)} missing, e.g. {missing[:1]}; {len(extra)} unexpected, e.g. {extra[:1]})"
+        )
+    try:
+        model.load_state_dict(tensors, strict=False)
+    except RuntimeError as error:
+        raise UserError(
+            f"--adapter {folder}: shapes do not fit base model {base}: {str(error).splitlines()[0]}"
+        ) from None
+    return model.to(device).eval(), tokenizer, manifest
+
+
+def load_centroids(folder: Path) -> Any:
+    """The saved K-means centroids [N, D] as a numpy array, or None when the adapter has none."""
+    path = Path(folder) / CENTROIDS
+    if not path.is_file():
+        return None
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))["centroids"]
