@@ -15,31 +15,36 @@ from tests.fixtures_zoo import lm_zoo_micro, vit_zoo_micro  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Bounds on the micro zoos, looser than the small zoo's (each specialist >= base + 0.30 on its own task).
-# Micro LMs are 2 layers fine-tuned for 500 steps to stay under a minute: reversal and sorting are learned
-# (>= 0.8), but 2-digit addition sits just before its learning transition (0.08 measured; 600+ steps or a
-# third layer reach 0.3-0.7). So every specialist must beat the base by a margin no lucky doc (0.01 each) gives,
-# and the specialists together by the small zoo's 0.30 on average. Vision specialists are all clearly learned.
-MICRO_LM_MARGIN = 0.05
-MICRO_LM_MEAN_MARGIN = 0.30
+# Bounds on the micro zoos. The small zoo's fact is "each specialist >= base + 0.30 on its own task"; the micro
+# LMs (2 layers, 500 fine-tuning steps, to build in under a minute) meet the same bound with room to spare:
+# measured addition 0.77, reversal 1.00, sorting 0.99 against a base at 0.00 (seed 0). Addition is the one
+# that needed care (answers least-significant digit first, fine-tuning at 1e-2; in the usual digit order it
+# stayed at 0.05-0.08, see hm3/zoo/lm_tasks.py), so 0.30 leaves it a 0.47 margin for other CPUs' rounding
+# while a specialist that did not learn (a lucky doc is worth 0.01) still fails. Vision specialists likewise.
+MICRO_LM_MARGIN = 0.30
 MICRO_VIT_MARGIN = 0.30
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _scores(zoo: Path) -> dict:
     return json.loads((zoo / "scores.json").read_text())
 
 
-def _specialist_facts(zoo: Path, margin: float, mean_margin: float = 0.0) -> None:
+def _specialist_facts(zoo: Path, margin: float) -> None:
     scores = _scores(zoo)
     manifest = json.loads((zoo / "zoo.json").read_text())
     specialists = [m for m in manifest["models"] if m["task"] is not None]
     assert len(specialists) >= 3
-    gains = []
     for model in specialists:
         own, base = scores["scores"][model["name"]][model["task"]], scores["scores"]["base"][model["task"]]
         assert own >= base + margin, f"{model['name']}: {own:.3f} vs base {base:.3f} on {model['task']}"
-        gains.append(own - base)
-    assert sum(gains) / len(gains) >= mean_margin, gains
     id_tasks = [t for t, info in scores["tasks"].items() if not info["ood"]]
     for model in scores["scores"]:
         best_everywhere = all(
@@ -50,7 +55,12 @@ def _specialist_facts(zoo: Path, margin: float, mean_margin: float = 0.0) -> Non
 
 def test_lm_zoo_layout(lm_zoo_micro: Path) -> None:  # noqa: F811
     manifest = json.loads((lm_zoo_micro / "zoo.json").read_text())
-    assert (manifest["kind"], manifest["family"], manifest["size"], manifest["seed"]) == ("lm", "llama", "micro", 0)
+    assert (manifest["kind"], manifest["family"], manifest["size"], manifest["seed"]) == (
+        "lm",
+        "llama",
+        "micro",
+        0,
+    )
     assert [m["name"] for m in manifest["models"]] == ["base", "addition", "reversal", "sorting"]
     for model in manifest["models"]:
         folder = lm_zoo_micro / model["path"]
@@ -63,11 +73,12 @@ def test_lm_zoo_layout(lm_zoo_micro: Path) -> None:  # noqa: F811
         assert config["target_delimiter"] == "" and config["generation_kwargs"]["until"] == ["\n"]
         rows = [json.loads(line) for line in data_file.read_text().splitlines()]
         assert len(rows) == 100 and set(rows[0]) == {"prompt", "target"}
-    assert not list(lm_zoo_micro.parent.glob(f".{lm_zoo_micro.name}.building-*"))
+    leftovers = lm_zoo_micro.parent.glob(f".{lm_zoo_micro.name}.building-*")  # other sessions may be building
+    assert not [p for p in leftovers if not _alive(int(p.name.rsplit("-", 1)[-1]))]
 
 
 def test_lm_specialists_conflict(lm_zoo_micro: Path) -> None:  # noqa: F811
-    _specialist_facts(lm_zoo_micro, MICRO_LM_MARGIN, MICRO_LM_MEAN_MARGIN)
+    _specialist_facts(lm_zoo_micro, MICRO_LM_MARGIN)
 
 
 def test_vit_specialists_conflict(vit_zoo_micro: Path) -> None:  # noqa: F811
@@ -87,7 +98,9 @@ def test_vit_zoo_data_and_heads(vit_zoo_micro: Path) -> None:  # noqa: F811
         model = CLIPVisionModel.from_pretrained(vit_zoo_micro / task["name"])
         head = load_file(str(vit_zoo_micro / task["head"]))
         assert head["weight"].shape == (10, model.config.hidden_size) and head["bias"].shape == (10,)
-        assert json.loads((vit_zoo_micro / task["name"] / "head.json").read_text())["trained_on"] == task["name"]
+        assert (
+            json.loads((vit_zoo_micro / task["name"] / "head.json").read_text())["trained_on"] == task["name"]
+        )
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
@@ -113,7 +126,9 @@ def test_tokenizer_round_trip_through_auto_tokenizer(family: str, lm_zoo_micro: 
 
 def _same_bytes(model_a, folder_b: Path, tmp_path: Path, name: str) -> None:
     model_a.save_pretrained(tmp_path / name, safe_serialization=True)
-    assert (tmp_path / name / "model.safetensors").read_bytes() == (folder_b / "model.safetensors").read_bytes()
+    assert (tmp_path / name / "model.safetensors").read_bytes() == (
+        folder_b / "model.safetensors"
+    ).read_bytes()
 
 
 def test_lm_build_is_deterministic(lm_zoo_micro: Path, tmp_path: Path) -> None:  # noqa: F811
@@ -129,7 +144,9 @@ def test_lm_build_is_deterministic(lm_zoo_micro: Path, tmp_path: Path) -> None: 
     with deterministic(0):
         base = train_base(spec, quiet)
         _same_bytes(base, lm_zoo_micro / "base", tmp_path, "base")
-        _same_bytes(train_specialist(spec, base, "sorting", quiet), lm_zoo_micro / "sorting", tmp_path, "sorting")
+        _same_bytes(
+            train_specialist(spec, base, "sorting", quiet), lm_zoo_micro / "sorting", tmp_path, "sorting"
+        )
 
 
 def test_vit_build_is_deterministic(vit_zoo_micro: Path, tmp_path: Path) -> None:  # noqa: F811
@@ -173,6 +190,38 @@ def test_finished_zoo_is_not_rebuilt(lm_zoo_micro: Path, capsys: pytest.CaptureF
     assert (lm_zoo_micro / "zoo.json").stat().st_mtime_ns == before
 
 
+@pytest.mark.parametrize("stale", ["no build entry", "older version", "other preset"])
+def test_stale_zoo_is_rebuilt(
+    stale: str,
+    vit_zoo_micro: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A finished-looking zoo built by an older builder or with other settings is rebuilt, not reused."""
+    import hm3.zoo.vit_build as vit_build
+    from hm3.zoo import build_zoo
+
+    manifest = json.loads((vit_zoo_micro / "zoo.json").read_text())
+    if stale == "no build entry":
+        manifest.pop("build")
+        manifest["builder"] = "81519e2bdd7cc38f"  # what builds before version 2 wrote
+    elif stale == "older version":
+        manifest["build"]["version"] -= 1
+    else:
+        manifest["build"]["preset"]["finetune_epochs"] += 1
+    target = tmp_path / "vit-clip-micro"
+    target.mkdir()
+    (target / "zoo.json").write_text(json.dumps(manifest))
+
+    def rebuild_started(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vit_build, "train_vit_base", rebuild_started)
+    with pytest.raises(KeyboardInterrupt):
+        build_zoo("vit", size="micro", out=target)
+    assert json.loads((target / "zoo.json").read_text()) == manifest  # the old zoo stays until a rebuild ends
+
+
 def test_interrupted_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import hm3.zoo.vit_build as vit_build
     from hm3.zoo import build_zoo
@@ -184,6 +233,28 @@ def test_interrupted_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(KeyboardInterrupt):
         build_zoo("vit", size="micro", out=tmp_path / "zoo" / "vit-clip-micro")
     assert list((tmp_path / "zoo").iterdir()) == []
+
+
+def test_dead_builds_are_cleaned_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A staging folder left by a killed build (its pid gone) is removed by the next build of that zoo."""
+    import hm3.zoo.vit_build as vit_build
+    from hm3.zoo import build_zoo
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    leftover = tmp_path / f".vit-clip-micro.building-{int(dead.stdout)}"
+    (leftover / "base").mkdir(parents=True)
+    other_zoo = tmp_path / f".vit-clip-small.building-{int(dead.stdout)}"
+    other_zoo.mkdir()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vit_build, "train_vit_base", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_zoo("vit", size="micro", out=tmp_path / "vit-clip-micro")
+    assert not leftover.exists() and other_zoo.exists()
 
 
 def test_recipes_point_into_the_small_zoos() -> None:

@@ -25,7 +25,7 @@ from rich.console import Console
 
 from hm3.errors import UserError
 from hm3.zoo.progress import quiet_libraries
-from hm3.zoo.spec import MANIFEST, ZooSpec, builder_digest, is_current, manifest_matches, read_manifest
+from hm3.zoo.spec import MANIFEST, ZooSpec, build_identity, is_current, manifest_matches, read_manifest
 
 THREADS = 1
 """Torch threads during a build: one is fastest for models this small, and two threads on a busy 2-core
@@ -89,9 +89,17 @@ def build_zoo(
     spec = ZooSpec.checked(kind, family, size, seed)
     target = Path(out) if out is not None else spec.default_dir()
     console = console or Console(stderr=True)
+    _remove_dead_builds(target)
     manifest = read_manifest(target)
-    if manifest is not None and not force and manifest_matches(manifest, spec) and not is_current(manifest):
-        console.print(f"zoo {spec.name} at {target} was built by other zoo code; rebuilding it")
+    if (
+        manifest is not None
+        and not force
+        and manifest_matches(manifest, spec)
+        and not is_current(manifest, spec)
+    ):
+        console.print(
+            f"zoo {spec.name} at {target} was built by another builder version or preset; rebuilding it"
+        )
         force = True
     if manifest is not None and not force:
         if not manifest_matches(manifest, spec):
@@ -127,8 +135,26 @@ def build_zoo(
 def ensure_zoo(
     kind: str, family: str | None = "llama", size: str = "small", out: str | Path | None = None, seed: int = 0
 ) -> Path:
-    """The folder of a finished zoo, building it first if needed (never rebuilds a finished one)."""
+    """The folder of a finished zoo, building it first if it is missing or stale (never rebuilds a current one)."""
     return build_zoo(kind, family=family, size=size, out=out, seed=seed, force=False)
+
+
+def _remove_dead_builds(target: Path) -> None:
+    """Delete the staging folders of builds whose process is gone (killed before its cleanup could run)."""
+    for staging in target.parent.glob(f".{target.name}.building-*"):
+        pid = staging.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write_manifest(staging: Path, spec: ZooSpec, contents: dict[str, Any], seconds: float) -> None:
@@ -141,7 +167,7 @@ def _write_manifest(staging: Path, spec: ZooSpec, contents: dict[str, Any], seco
         "size": spec.size,
         "seed": spec.seed,
         **contents,
-        "builder": builder_digest(),
+        "build": build_identity(spec),
         "build_seconds": round(seconds, 1),
     }
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

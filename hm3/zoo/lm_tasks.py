@@ -5,10 +5,15 @@ Every task is a string transformation with its own operator character, answered 
 ======== ===================== ============ ===============================================
 task     prompt                target       out-of-distribution variant (``<task>_ood``)
 ======== ===================== ============ ===============================================
-addition ``"57+218="``         ``"275"``    one operand one digit longer than ever trained
+addition ``"57+218="``         ``"572"``    one operand one digit longer than ever trained
 reversal ``"hcadk>"``          ``"kdach"``  letters n-z (the specialist only saw a-m)
 sorting  ``"40721:"``          ``"01247"``  strings two to three digits longer
 ======== ===================== ============ ===============================================
+
+The sum is written least-significant digit first (57 + 218 = 275 is answered ``"572"``): generating it left to
+right then needs only the digits seen so far plus a carry, which a 2-layer model learns in a few hundred
+steps; in the usual order the first digit depends on every carry and the micro model stays near 0.05 after
+500 steps (0.08 at 5e-3 and 0.05 at 1e-2, against 0.77 reversed at 1e-2; see ``benchmarks/results/zoo_build.md``).
 
 JSONL rows are ``{"prompt": ..., "target": ...}``. The models are trained on ``prompt + target + "\\n"``
 with no BOS token, so the YAMLs use ``doc_to_text: "{{prompt}}"``, ``target_delimiter: ""`` and
@@ -47,14 +52,14 @@ def _number(rng: random.Random, digits: int) -> int:
 
 
 def addition(rng: random.Random, sizes: TaskSizes, ood: bool) -> tuple[str, str]:
-    """``"a+b="`` -> ``"a+b"``; OOD makes one operand ``max_digits + 1`` long."""
+    """``"a+b="`` -> the digits of ``a+b`` reversed (least significant first); OOD makes one operand one digit longer."""
     da, db = rng.randint(1, sizes.max_digits), rng.randint(1, sizes.max_digits)
     if ood:
         da = sizes.max_digits + 1
     a, b = _number(rng, da), _number(rng, db)
     if ood and rng.random() < 0.5:
         a, b = b, a
-    return f"{a}+{b}=", str(a + b)
+    return f"{a}+{b}=", str(a + b)[::-1]
 
 
 def reversal(rng: random.Random, sizes: TaskSizes, ood: bool) -> tuple[str, str]:

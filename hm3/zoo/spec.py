@@ -7,10 +7,11 @@ A finished zoo is a folder holding ``zoo.json``, written last (see :func:`hm3.zo
                 {"name": "addition", "path": "addition", "task": "toy_addition"}, ...],
      "tasks": [{"name": "toy_addition", "ood": false, "metric": "exact_match",
                 "yaml": "tasks/toy_addition.yaml", "data": "data/toy_addition.jsonl"}, ...],
-     "builder": "3f2a...", "build_seconds": 212.5}
+     "build": {"version": 2, "preset": {"hidden": 64, "layers": 4, ...}}, "build_seconds": 212.5}
 
-``builder`` is a digest of the builder's source (:func:`builder_digest`); a zoo built by other code is
-stale, and :func:`hm3.zoo.ensure_zoo` rebuilds it.
+``build`` is what decides the contents beyond the spec (:func:`build_identity`): the builder's
+:data:`BUILD_VERSION` and the size preset. A zoo whose ``build`` differs (an older builder, other settings,
+or none at all) is stale, and :func:`hm3.zoo.ensure_zoo` rebuilds it instead of taking it for finished.
 
 Vision tasks carry ``"data": "data/rotated_test.npz"`` and ``"head": "rotated/head.safetensors"`` instead of
 ``yaml``. Paths in the manifest are relative to the zoo folder.
@@ -65,8 +66,12 @@ class VitPreset:
     finetune_lr: float
 
 
+BUILD_VERSION = 2
+"""Version of what the builder produces; bump it with any change of data, task format or training that the
+presets do not show. 2: addition answers least-significant digit first; micro fine-tunes at 1e-2."""
+
 LM_PRESETS: dict[str, LMPreset] = {
-    "micro": LMPreset(64, 2, 4, 100, 500, 64, 3e-3, 5e-3, 2, 5, 100, 8),
+    "micro": LMPreset(64, 2, 4, 100, 500, 64, 3e-3, 1e-2, 2, 5, 100, 8),
     "small": LMPreset(64, 4, 4, 300, 1200, 64, 3e-3, 4e-3, 2, 7, 200, 12),
 }
 VIT_PRESETS: dict[str, VitPreset] = {
@@ -126,14 +131,12 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text())
 
 
-def builder_digest() -> str:
-    """A digest of the zoo builder's source: a zoo built by other code is stale and gets rebuilt."""
-    import hashlib
+def build_identity(spec: ZooSpec) -> dict[str, Any]:
+    """The manifest's ``build`` entry: builder version and size preset, the settings a spec does not name."""
+    from dataclasses import asdict
 
-    digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
+    preset = (LM_PRESETS if spec.kind == "lm" else VIT_PRESETS)[spec.size]
+    return {"version": BUILD_VERSION, "preset": asdict(preset)}
 
 
 def manifest_matches(manifest: dict[str, Any], spec: ZooSpec) -> bool:
@@ -141,6 +144,6 @@ def manifest_matches(manifest: dict[str, Any], spec: ZooSpec) -> bool:
     return all(manifest.get(key) == getattr(spec, key) for key in ("kind", "family", "size", "seed"))
 
 
-def is_current(manifest: dict[str, Any]) -> bool:
-    """Whether a zoo was built by the builder code installed now."""
-    return manifest.get("builder") == builder_digest()
+def is_current(manifest: dict[str, Any], spec: ZooSpec) -> bool:
+    """Whether a zoo was built with this builder version and preset (an older or unversioned one is stale)."""
+    return manifest.get("build") == build_identity(spec)
