@@ -100,17 +100,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     ):
         report = evaluate_adapter(recipe, adapter, split=args.split, limit=args.limit)
     table = Table(
-        title=f"{report.label}: {report.trainable_parameters} trainable parameters, {args.split} split"
+        title=f"{report.label}, {args.split} split",
+        caption=f"{report.trainable_parameters} trainable parameters",
     )
     table.add_column("objective")
     table.add_column("kind")
-    table.add_column("score", justify="right")
+    table.add_column("score ↑", justify="right")
+    table.add_column("answer loss ↓", justify="right")
     for name, value in report.scores.items():
-        table.add_row(name, "OOD" if name in report.ood else "ID", f"{value:.4f}")
+        table.add_row(
+            name, "OOD" if name in report.ood else "ID", f"{value:.4f}", f"{report.losses[name]:.4f}"
+        )
     for kind, ood in (("ID mean", False), ("OOD mean", True)):
-        value = report.mean(ood)
+        value, loss = report.mean(ood), report.mean(ood, of="losses")
         if not math.isnan(value):
-            table.add_row(f"[bold]{kind}[/bold]", "", f"[bold]{value:.4f}[/bold]")
+            table.add_row(f"[bold]{kind}[/bold]", "", f"[bold]{value:.4f}[/bold]", f"[bold]{loss:.4f}[/bold]")
     Console().print(table)
     if args.json:
         target = Path(args.json)

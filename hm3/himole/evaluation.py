@@ -24,16 +24,20 @@ class EvalReport:
         scores: Objective name -> metric value, in recipe order.
         ood: Names of the OOD objectives.
         trainable_parameters: The adapter's parameter count (0 for the base model).
+        losses: Objective name -> mean cross-entropy per answer token (the target plus ``answer_suffix``, given
+            the prompt) over the same documents: a finer signal than exact match when few answers are right.
     """
 
     label: str
     scores: dict[str, float]
     ood: tuple[str, ...]
     trainable_parameters: int
+    losses: dict[str, float]
 
-    def mean(self, out_of_distribution: bool) -> float:
-        """Mean score of the ID (False) or OOD (True) objectives (nan when there are none)."""
-        values = [v for k, v in self.scores.items() if (k in self.ood) == out_of_distribution]
+    def mean(self, out_of_distribution: bool, of: str = "scores") -> float:
+        """Mean score (or ``of="losses"``) of the ID (False) or OOD (True) objectives (nan when there are none)."""
+        table = self.scores if of == "scores" else self.losses
+        values = [v for k, v in table.items() if (k in self.ood) == out_of_distribution]
         return sum(values) / len(values) if values else float("nan")
 
     def to_json(self) -> dict[str, Any]:
@@ -42,6 +46,9 @@ class EvalReport:
             "scores": self.scores,
             "id_mean": self.mean(False),
             "ood_mean": self.mean(True),
+            "losses": self.losses,
+            "id_loss": self.mean(False, of="losses"),
+            "ood_loss": self.mean(True, of="losses"),
             "ood_objectives": list(self.ood),
             "trainable_parameters": self.trainable_parameters,
         }
@@ -91,4 +98,19 @@ def evaluate_adapter(
         parameters = trainable_parameter_count(model)
     evaluator = Evaluator(prepared, tokenizer=tokenizer)
     scores = evaluator.score(model, split=split)
-    return EvalReport(label, scores, tuple(config.ood_objectives), parameters)
+    losses = {o.name: answer_loss(model, tokenizer, o, split, config.answer_suffix) for o in prepared}
+    return EvalReport(label, scores, tuple(config.ood_objectives), parameters, losses)
+
+
+def answer_loss(model: Any, tokenizer: Any, objective: Any, split: str, answer_suffix: str) -> float:
+    """Mean answer-token cross-entropy of a prepared lm-eval objective's documents on ``split``."""
+    from hm3.himole.data import Pair
+    from hm3.himole.training import validation_loss
+
+    task = objective.task
+    docs = task.eval_docs
+    pairs = [
+        Pair(str(task.doc_to_text(docs[i])), str(task.doc_to_target(docs[i])), objective.name)
+        for i in objective.indices(split)
+    ]
+    return validation_loss(model, tokenizer, pairs, answer_suffix)

@@ -19,7 +19,7 @@ Experts are evaluated only on the tokens routed to them (sparse dispatch). Every
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
@@ -276,7 +276,3 @@ def lora_parameter_count(hidden: int, intermediate: int, rank: int) -> int:
     """Parameters of one expert: r·(H + I) for each of gate, up and down."""
     return 3 * rank * (hidden + intermediate)
 
-
-def describe_expert_shapes(module: MixtureFFN) -> dict[str, Any]:
-    """Widths of a mixture block (for summaries)."""
-    return {"hidden": module.base.gate_proj.in_features, "intermediate": module.base.gate_proj.out_features}
