@@ -59,6 +59,10 @@ def require_section(recipe: Recipe) -> HiMoLEConfig:
 
 def train_himole(recipe: Recipe, request: TrainRequest, console: Console | None = None) -> dict[str, Any]:
     """Train the requested variant on the recipe and save it to ``request.out``; returns the manifest."""
+    if request.variant not in VARIANTS:
+        raise UserError(f"--variant must be one of {', '.join(VARIANTS)}, not {request.variant!r}")
+    if request.variant != "himole" and not request.two_stage:
+        raise UserError("--no-two-stage applies to --variant himole only")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -71,10 +75,6 @@ def train_himole(recipe: Recipe, request: TrainRequest, console: Console | None 
     from hm3.pool import resolve_model_folder
 
     config = require_section(recipe)
-    if request.variant not in VARIANTS:
-        raise UserError(f"--variant must be one of {', '.join(VARIANTS)}, not {request.variant!r}")
-    if request.variant != "himole" and not request.two_stage:
-        raise UserError("--no-two-stage applies to --variant himole only")
     console = console or Console(stderr=True)
     use_idle_cores()  # tiny models: one thread beats two busy ones (OpenMP spin-waits)
     seed = request.seed if request.seed is not None else config.resolved_seed(recipe.seed)

@@ -1,0 +1,427 @@
+"""HiMoLE: router math, the mixture on llama/qwen2 (padding, cached generation), stage 1, parameter matching,
+save/load, the CLI end to end on the micro zoo, and one-line errors for bad recipe sections."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hm3.himole.experts import causal_mean_pool, diversity_loss, load_balancing_loss, route
+from tests.fixtures_models import run_hm3, write_recipe
+from tests.fixtures_zoo import lm_zoo_micro  # noqa: F401
+
+# -- router math ---------------------------------------------------------------------------------------------
+
+
+def test_route_keeps_top2_of_sentence_times_token_scores_renormalised() -> None:
+    torch.manual_seed(0)
+    token, sentence = torch.randn(7, 6), torch.randn(7, 3)  # N = 3 groups, M = 2 experts each
+    weights, experts, probabilities = route(token, sentence, experts_per_group=2, top_k=2)
+    expected = torch.softmax(token * sentence.repeat_interleave(2, dim=-1), dim=-1)
+    assert torch.allclose(probabilities, expected)
+    assert torch.allclose(weights.sum(-1), torch.ones(7))
+    for row in range(7):
+        best = set(expected[row].argsort(descending=True)[:2].tolist())
+        assert set(experts[row].tolist()) == best
+        kept = expected[row, experts[row]]
+        assert torch.allclose(weights[row], kept / kept.sum())
+
+
+def test_route_sentence_scores_are_shared_within_a_group() -> None:
+    token = torch.ones(1, 6)
+    sentence = torch.tensor([[0.0, 5.0, 1.0]])
+    _, experts, probabilities = route(token, sentence, experts_per_group=2, top_k=2)
+    assert sorted(experts[0].tolist()) == [2, 3]  # both experts of group 1
+    assert torch.allclose(probabilities[0, 2], probabilities[0, 3])
+
+
+def test_route_token_only_ignores_groups() -> None:
+    token = torch.tensor([[0.0, 3.0, 2.0, -1.0]])
+    weights, experts, _ = route(token, None, experts_per_group=4, top_k=2)
+    assert experts[0].tolist() == [1, 2]
+    assert torch.allclose(weights[0], torch.softmax(torch.tensor([3.0, 2.0]), 0))
+
+
+def test_causal_mean_pool_masks_padding_and_continues() -> None:
+    x = torch.arange(1, 7, dtype=torch.float32).reshape(1, 6, 1)  # states 1..6
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1]])  # two left pads
+    pooled, total, count = causal_mean_pool(x, mask)
+    assert pooled[0, :2, 0].tolist() == [0.0, 0.0]
+    assert torch.allclose(pooled[0, 2:, 0], torch.tensor([3.0, 3.5, 4.0, 4.5]))
+    nxt, _, _ = causal_mean_pool(torch.tensor([[[7.0]]]), torch.ones(1, 1), total, count)
+    assert torch.allclose(nxt[0, 0, 0], torch.tensor((3 + 4 + 5 + 6 + 7) / 5))
+
+
+def test_auxiliary_losses() -> None:
+    uniform = torch.full((8, 4), 0.25)
+    balanced = torch.tensor([[0, 1], [2, 3]] * 4)
+    real = torch.ones(8, dtype=torch.bool)
+    assert load_balancing_loss(uniform, balanced, real).item() == pytest.approx(1.0)
+    skewed = torch.tensor([[0, 1]] * 8)
+    peaked = torch.tensor([[0.5, 0.5, 0.0, 0.0]] * 8)
+    assert load_balancing_loss(peaked, skewed, real).item() == pytest.approx(2.0)
+    same = torch.ones(2, 5, 3)
+    assert diversity_loss(same, torch.ones(5, dtype=torch.bool)).item() == pytest.approx(1.0)
+    opposite = torch.stack([torch.ones(5, 3), -torch.ones(5, 3)])
+    assert diversity_loss(opposite, torch.ones(5, dtype=torch.bool)).item() == pytest.approx(-1.0)
+
+
+# -- the mixture on real model classes ----------------------------------------------------------------------
+
+
+def _tiny_mixture(tiny_pools, family: str, variant: str = "himole", seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    from hm3.himole.model import AdapterSpec, attach_mixture
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_pools[family].base)
+    reference = AutoModelForCausalLM.from_pretrained(tiny_pools[family].base).eval()
+    spec = (
+        AdapterSpec(variant, 3, 2, 4, 8.0, 0.0, 2)
+        if variant != "lora"
+        else AdapterSpec("lora", 1, 1, 4, 8.0, 0.0, 1)
+    )
+    attach_mixture(model, spec, seed=seed)
+    return model.eval(), reference
+
+
+def _randomise_experts(model, seed: int = 1) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("_B"):
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_fresh_mixture_is_the_base_model_and_padding_is_masked(tiny_pools, family) -> None:
+    model, reference = _tiny_mixture(tiny_pools, family)
+    ids = torch.tensor([[5, 9, 3, 7, 11], [0, 0, 4, 8, 2]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
+    with torch.no_grad():
+        assert torch.allclose(
+            model(input_ids=ids, attention_mask=mask).logits,
+            reference(input_ids=ids, attention_mask=mask).logits,
+            atol=1e-5,
+        )
+        _randomise_experts(model)
+        changed = model(input_ids=ids, attention_mask=mask).logits
+        assert not torch.allclose(changed, reference(input_ids=ids, attention_mask=mask).logits, atol=1e-3)
+        alone = model(input_ids=ids[1:, 2:], attention_mask=mask[1:, 2:]).logits
+    # the left-padded row routes exactly as the same sentence without padding
+    assert torch.allclose(changed[1, 2:], alone[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_cached_generation_matches_full_forward(tiny_pools, family) -> None:
+    model, _ = _tiny_mixture(tiny_pools, family)
+    _randomise_experts(model)
+    ids = torch.tensor([[5, 9, 3, 7], [0, 4, 8, 2]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1]])
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=6,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=0,
+        )
+        sequences = out.sequences
+        full_mask = torch.cat([mask, torch.ones(2, 6, dtype=torch.long)], dim=1)
+        full = model(input_ids=sequences, attention_mask=full_mask).logits
+    assert sequences.shape == (2, 10)
+    for step, logits in enumerate(out.logits):
+        assert torch.allclose(logits, full[:, 3 + step], atol=1e-4), step
+
+
+def test_routing_weights_sum_to_one_over_the_kept_experts(tiny_pools) -> None:
+    model, _ = _tiny_mixture(tiny_pools, "llama")
+    model.himole_context.record_routing = True
+    from hm3.himole.model import mixture_blocks
+
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[3, 4, 5, 6]]), attention_mask=torch.ones(1, 4, dtype=torch.long))
+    for block in mixture_blocks(model):
+        routing = block.last_routing
+        assert routing["experts"].shape == (4, 2)
+        assert torch.allclose(routing["weights"].sum(-1), torch.ones(4))
+        assert (routing["experts"][:, 0] != routing["experts"][:, 1]).all()
+
+
+def test_lora_variant_matches_the_trainable_parameters(tiny_pools) -> None:
+    from transformers import AutoConfig
+
+    from hm3.himole.config import HiMoLEConfig
+    from hm3.himole.model import trainable_parameter_count
+    from hm3.himole.pipeline import adapter_spec
+
+    config = AutoConfig.from_pretrained(tiny_pools["llama"].base)
+    section = HiMoLEConfig(train_data=[{"path": "/x.jsonl"}], clusters=3, experts_per_group=4, rank=8)
+    counts = {}
+    for variant in ("himole", "lora", "moe-lora"):
+        from transformers import AutoModelForCausalLM
+
+        from hm3.himole.model import attach_mixture
+
+        model = AutoModelForCausalLM.from_pretrained(tiny_pools["llama"].base)
+        spec = adapter_spec(section, variant, config)
+        attach_mixture(model, spec)
+        counts[variant] = trainable_parameter_count(model)
+        assert all(
+            not p.requires_grad
+            for n, p in model.named_parameters()
+            if ".experts." not in n and "_router" not in n
+        )
+    per_rank = 2 * 3 * (config.hidden_size + config.intermediate_size)  # one rank step, in every block
+    assert abs(counts["lora"] - counts["himole"]) <= per_rank / 2
+    assert counts["moe-lora"] < counts["himole"]  # no sentence router
+
+
+def test_save_load_round_trip_gives_identical_logits(tiny_pools, tmp_path) -> None:
+    from hm3.himole.model import AdapterSpec
+    from hm3.himole.storage import load_adapter, load_centroids, save_adapter
+
+    model, _ = _tiny_mixture(tiny_pools, "qwen2")
+    _randomise_experts(model)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "_router" in name:
+                parameter.add_(torch.randn_like(parameter))
+    centroids = torch.randn(3, 5).numpy()
+    spec = AdapterSpec("himole", 3, 2, 4, 8.0, 0.0, 2)
+    folder = tmp_path / "adapter"
+    save_adapter(
+        folder,
+        model,
+        {"variant": "himole", "adapter": spec.to_json(), "base_model": str(tiny_pools["qwen2"].base)},
+        centroids,
+    )
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "adapter.safetensors",
+        "centroids.safetensors",
+        "himole.json",
+    ]
+    assert not list(tmp_path.glob(".adapter*"))  # no staging left behind
+    loaded, _, manifest = load_adapter(folder)
+    ids = torch.tensor([[1, 2, 3, 4, 5], [0, 6, 7, 8, 9]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        assert torch.equal(
+            model(input_ids=ids, attention_mask=mask).logits,
+            loaded(input_ids=ids, attention_mask=mask).logits,
+        )
+    assert manifest["variant"] == "himole"
+    assert (load_centroids(folder) == centroids).all()
+
+
+def test_stage1_trains_one_distinct_adapter_per_cluster_and_copies_it(tiny_pools) -> None:
+    from hm3.himole.data import Pair
+    from hm3.himole.model import mixture_blocks
+    from hm3.himole.training import (
+        PhaseSettings,
+        copy_into_group,
+        enable_grads,
+        expert_parameters,
+        force_expert,
+        train_phase,
+    )
+
+    class CharTokenizer:
+        pad_token_id = 0
+
+        def __call__(self, texts, add_special_tokens=False):
+            return {"input_ids": [[1 + (ord(c) % 60) for c in text] for text in texts]}
+
+    model, _ = _tiny_mixture(tiny_pools, "llama")
+    data = {
+        0: [Pair("ab>", "ba", "r")] * 4,
+        1: [Pair("12+3=", "15", "a")] * 4,
+        2: [Pair("321:", "123", "s")] * 4,
+    }
+    settings = PhaseSettings(lr=1e-2, steps=4, batch_size=2, eval_every=2, patience=5)
+    for group in range(3):
+        force_expert(model, group * 2)
+        enable_grads(expert_parameters(model, group * 2))
+        result = train_phase(
+            f"c{group}",
+            model,
+            CharTokenizer(),
+            expert_parameters(model, group * 2),
+            data[group],
+            data[group],
+            settings,
+        )
+        assert result.best_validation_loss < result.history[0][1]
+        copy_into_group(model, group, 2)
+    force_expert(model, None)
+    block = mixture_blocks(model)[0]
+    firsts = [torch.cat([p.flatten() for p in block.experts[g * 2].parameters()]) for g in range(3)]
+    for g in range(3):
+        twin = torch.cat([p.flatten() for p in block.experts[g * 2 + 1].parameters()])
+        assert torch.equal(firsts[g], twin)
+        assert firsts[g][-10:].abs().sum() > 0  # B moved from zero
+    assert not torch.allclose(firsts[0], firsts[1]) and not torch.allclose(firsts[1], firsts[2])
+
+
+# -- recipes and the CLI ------------------------------------------------------------------------------------
+
+
+def _micro_recipe(folder: Path, zoo: Path, himole_extra: str = "", objectives: str | None = None) -> Path:
+    objectives = objectives or "".join(
+        f"  - {{name: {n}, task: {zoo}/tasks/toy_{n}.yaml, batch_size: 32}}\n"
+        for n in ("reversal", "sorting", "reversal_ood", "sorting_ood")
+    )
+    return write_recipe(
+        folder,
+        f"base_model: {zoo}/base\n"
+        f"objectives:\n{objectives}"
+        "device: cpu\n"
+        "himole:\n"
+        "  train_data:\n"
+        f"    - {{zoo: {zoo}, task: reversal, count: 32}}\n"
+        f"    - {{zoo: {zoo}, task: sorting, count: 32}}\n"
+        "  ood_objectives: [reversal_ood, sorting_ood]\n"
+        "  clusters: 2\n"
+        "  experts_per_group: 2\n"
+        "  validation_fraction: 0.25\n"
+        "  stage1: {lr: 3.0e-3, steps: 4}\n"
+        "  stage2: {lr: 1.0e-3, steps: 4}\n"
+        "  eval_every: 2\n"
+        "  batch_size: 8\n" + himole_extra,
+    )
+
+
+def _hm3(capsys, *args) -> tuple[int, str, str]:
+    """Run the ``hm3`` command line in this process (torch is already imported); restore torch's threads."""
+    from cli.main import main
+
+    threads = torch.get_num_threads()
+    try:
+        code = main([str(a) for a in args])
+    finally:
+        torch.set_num_threads(threads)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_train_and_eval_on_the_micro_zoo(lm_zoo_micro, tmp_path, capsys) -> None:  # noqa: F811
+    from hm3.validation import validate_recipe_file
+
+    recipe = _micro_recipe(tmp_path, lm_zoo_micro)
+    assert validate_recipe_file(recipe).family == "llama"
+    out = tmp_path / "adapter"
+    code, stdout, stderr = _hm3(capsys, "himole", "train", "--recipe", recipe, "--out", out)
+    assert code == 0, stderr
+    assert f"saved {out}: himole" in stdout
+    manifest = json.loads((out / "himole.json").read_text())
+    assert manifest["clusters"]["purity"] > 0.9  # MiniLM + K-means separate the two formats
+    assert [p["name"] for p in manifest["phases"]] == ["stage 1, cluster 0", "stage 1, cluster 1", "stage 2"]
+    assert (out / "centroids.safetensors").is_file()
+    scores = tmp_path / "scores.json"
+    code, stdout, stderr = _hm3(
+        capsys, "himole", "eval", "--recipe", recipe, "--adapter", out, "--limit", "8", "--json", scores
+    )
+    assert code == 0, stderr
+    report = json.loads(scores.read_text())
+    assert list(report["scores"]) == ["reversal", "sorting", "reversal_ood", "sorting_ood"]
+    assert report["trainable_parameters"] == manifest["trainable_parameters"] > 0
+    assert all(0 < loss < 20 for loss in report["losses"].values())
+    assert "OOD mean" in stdout
+
+
+def test_cli_lora_variant_and_errors(lm_zoo_micro, tmp_path, capsys) -> None:  # noqa: F811
+    recipe = _micro_recipe(tmp_path, lm_zoo_micro)
+    out = tmp_path / "lora"
+    code, _, stderr = _hm3(capsys, "himole", "train", "--recipe", recipe, "--out", out, "--variant", "lora")
+    assert code == 0, stderr
+    manifest = json.loads((out / "himole.json").read_text())
+    assert manifest["adapter"]["variant"] == "lora" and manifest["clusters"] is None
+    assert manifest["phases"][0]["steps"] <= 2 * 4 + 4
+    code, _, stderr = _hm3(
+        capsys,
+        "himole",
+        "train",
+        "--recipe",
+        recipe,
+        "--out",
+        tmp_path / "x",
+        "--variant",
+        "lora",
+        "--no-two-stage",
+    )
+    assert code == 2 and stderr.strip().count("\n") == 0 and "--no-two-stage" in stderr
+    code, _, stderr = _hm3(capsys, "himole", "eval", "--recipe", recipe, "--adapter", tmp_path / "nowhere")
+    assert code == 2 and "no HiMoLE adapter" in stderr
+    assert not (tmp_path / "x").exists()
+    subprocess = run_hm3("himole", "train", "--recipe", tmp_path / "missing.yaml")  # the real entry point
+    assert (
+        subprocess.returncode == 2
+        and "file not found" in subprocess.stderr
+        and "Traceback" not in subprocess.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ("  routers: 3\n", "himole.routers: unknown key"),
+        ("  top_k: 9\n", "himole: top_k: 9 is more than the 4 experts"),
+        ("  clusters: 0\n", "himole.clusters:"),
+        ("  stage1: {lr: -1, steps: 4}\n", "himole.stage1.lr:"),
+    ],
+)
+def test_bad_himole_sections_are_one_line_errors(lm_zoo_micro, tmp_path, extra, field) -> None:  # noqa: F811
+    recipe = _micro_recipe(tmp_path, lm_zoo_micro, extra)
+    text = recipe.read_text()
+    key = extra.split(":")[0].strip()
+    recipe.write_text(
+        "\n".join(
+            line
+            for line in text.splitlines()
+            if not line.startswith(f"  {key}:") or line == extra.rstrip("\n")
+        )
+        + "\n"
+    )
+    result = run_hm3("himole", "train", "--recipe", recipe, "--out", tmp_path / "out")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and field in lines[0], lines
+
+
+def test_recipe_cross_checks_and_validate(lm_zoo_micro, tmp_path) -> None:  # noqa: F811
+    from hm3.errors import RecipeError
+    from hm3.recipe import load_recipe
+
+    recipe = _micro_recipe(tmp_path, lm_zoo_micro)
+    recipe.write_text(
+        recipe.read_text().replace("ood_objectives: [reversal_ood, sorting_ood]", "ood_objectives: [nope]")
+    )
+    with pytest.raises(RecipeError, match=r"himole.ood_objectives\[0\]: 'nope' is not an objective"):
+        load_recipe(recipe)
+    recipe = _micro_recipe(tmp_path, lm_zoo_micro)
+    recipe.write_text(
+        recipe.read_text().replace(
+            f"{{zoo: {lm_zoo_micro}, task: sorting", f"{{zoo: {tmp_path}, task: sorting"
+        )
+    )
+    result = run_hm3("validate", recipe)
+    assert result.returncode == 2 and "himole.train_data[1].zoo: " in result.stderr
+    no_models = write_recipe(
+        tmp_path, f"base_model: {lm_zoo_micro}/base\nobjectives: [{{name: o, task: sst2}}]\n", "plain.yaml"
+    )
+    with pytest.raises(RecipeError, match="models: required"):
+        load_recipe(no_models)
+
+
+def test_toy_recipe_validates_against_the_schema() -> None:
+    from hm3.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).parent.parent / "recipes" / "himole-toy.yaml")
+    assert recipe.models == [] and recipe.himole is not None
+    assert set(recipe.himole.ood_objectives) < set(recipe.objective_names)
+    assert all(Path(s.zoo).name == "lm-llama-small" for s in recipe.himole.train_data)
