@@ -425,3 +425,26 @@ def test_toy_recipe_validates_against_the_schema() -> None:
     assert recipe.models == [] and recipe.himole is not None
     assert set(recipe.himole.ood_objectives) < set(recipe.objective_names)
     assert all(Path(s.zoo).name == "lm-llama-small" for s in recipe.himole.train_data)
+
+
+def test_interrupted_save_keeps_the_previous_adapter(tiny_pools, tmp_path, monkeypatch) -> None:
+    from hm3.himole import storage
+    from hm3.himole.model import AdapterSpec
+
+    model, _ = _tiny_mixture(tiny_pools, "llama")
+    spec = AdapterSpec("himole", 3, 2, 4, 8.0, 0.0, 2)
+    folder = tmp_path / "adapter"
+    storage.save_adapter(folder, model, {"variant": "first", "adapter": spec.to_json()})
+
+    def interrupted(staging: Path, target: Path) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(storage, "_swap_into_place", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        storage.save_adapter(folder, model, {"variant": "second", "adapter": spec.to_json()})
+    assert storage.read_manifest(folder)["variant"] == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no staging folder left
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(storage.UserError, match="not a HiMoLE adapter folder"):
+        storage.save_adapter(tmp_path / "other", model, {"variant": "x", "adapter": spec.to_json()})
