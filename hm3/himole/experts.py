@@ -275,4 +275,3 @@ class MixtureFFN(nn.Module):
 def lora_parameter_count(hidden: int, intermediate: int, rank: int) -> int:
     """Parameters of one expert: r·(H + I) for each of gate, up and down."""
     return 3 * rank * (hidden + intermediate)
-

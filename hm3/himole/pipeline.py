@@ -9,8 +9,8 @@ Variants (``--variant`` / ``--no-two-stage``):
 * ``moe-lora``: N·M experts behind a token-level router only, trained jointly (MixLoRA-style).
 * ``lora``: one LoRA whose rank matches HiMoLE's trainable parameters.
 
-The single-phase runs train at stage 1's learning rate for as many steps as both of HiMoLE's stages together
-(N × stage-1 steps + stage-2 steps), so every variant may see the same number of batches.
+The phases are in :mod:`hm3.himole.stages`. The single-phase runs train at stage 1's learning rate for as many
+steps as HiMoLE's two stages together (N × stage-1 steps + stage-2 steps): every variant sees as many batches.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from hm3.errors import UserError
 from hm3.himole.config import VARIANTS, HiMoLEConfig, describe
 
 if TYPE_CHECKING:
+    from hm3.himole.model import AdapterSpec
     from hm3.recipe import Recipe
 
 
@@ -69,6 +70,7 @@ def train_himole(recipe: Recipe, request: TrainRequest, console: Console | None 
     from hm3.evaluate.quiet import quiet_libraries
     from hm3.himole.data import load_pairs, source_counts, split_validation
     from hm3.himole.model import attach_mixture, trainable_parameter_count
+    from hm3.himole.stages import Schedule
     from hm3.himole.storage import save_adapter
     from hm3.merge.runtime import use_idle_cores
     from hm3.placement import resolve_device
@@ -105,9 +107,11 @@ def train_himole(recipe: Recipe, request: TrainRequest, console: Console | None 
         )
     spec = adapter_spec(config, request.variant, model.config)
     attach_mixture(model, spec, seed=seed)
-    phases = _run_phases(
-        model, tokenizer, config, request, spec, pairs, train_rows, validation_rows, clustering, seed, console
-    )
+    schedule = Schedule(model, tokenizer, config, spec, seed, console)
+    if clustering is None:
+        phases = schedule.single_phase([pairs[i] for i in train_rows], [pairs[i] for i in validation_rows])
+    else:
+        phases = schedule.two_stage(pairs, train_rows, validation_rows, clustering)
     manifest = {
         "variant": request.variant,
         "two_stage": request.two_stage,
@@ -130,7 +134,7 @@ def train_himole(recipe: Recipe, request: TrainRequest, console: Console | None 
     return manifest
 
 
-def adapter_spec(config: HiMoLEConfig, variant: str, model_config: Any) -> Any:
+def adapter_spec(config: HiMoLEConfig, variant: str, model_config: Any) -> AdapterSpec:
     """The adapter shape of a variant (``lora``'s rank matched to HiMoLE's parameter count unless given)."""
     from hm3.himole.model import AdapterSpec, matched_lora_rank
 
@@ -141,91 +145,9 @@ def adapter_spec(config: HiMoLEConfig, variant: str, model_config: Any) -> Any:
         )
         alpha = (
             config.alpha * rank / config.rank
-        )  # the same alpha / rank scale (rank 80 → alpha 160, as the paper)
+        )  # same alpha / rank scale (rank 80: alpha 160, as the paper)
         return AdapterSpec("lora", 1, 1, rank, alpha, config.dropout, 1)
     return AdapterSpec(variant, config.clusters, config.experts_per_group, config.rank, **settings)
-
-
-def _run_phases(
-    model, tokenizer, config, request, spec, pairs, train_rows, validation_rows, clustering, seed, console
-):
-    from hm3.himole.training import (
-        PhaseSettings,
-        copy_into_group,
-        enable_grads,
-        expert_parameters,
-        force_expert,
-        router_parameters,
-        train_phase,
-    )
-    from hm3.zoo.progress import training_bar
-
-    common = {
-        "batch_size": config.batch_size,
-        "eval_every": config.eval_every,
-        "patience": config.patience,
-        "answer_suffix": config.answer_suffix,
-        "seed": seed,
-    }
-    train = [pairs[i] for i in train_rows]
-    validation = [pairs[i] for i in validation_rows]
-    results = []
-
-    def phase(name, parameters, rows, held, settings):
-        for p in expert_parameters(model) + router_parameters(model):
-            p.requires_grad_(False)
-        with training_bar(console, name, settings.steps) as on_step:
-            return train_phase(
-                name, model, tokenizer, enable_grads(parameters), rows, held, settings, on_step
-            )
-
-    if clustering is None:
-        steps = config.stage1.steps * config.clusters + config.stage2.steps
-        settings = PhaseSettings(
-            config.stage1.lr,
-            steps,
-            aux_weight=config.aux_loss_weight,
-            diversity_weight=config.diversity_loss_weight if spec.variant == "himole" else 0.0,
-            **common,
-        )
-        label = {"lora": "lora", "moe-lora": "moe-lora", "himole": "himole (one stage)"}[spec.variant]
-        results.append(
-            phase(label, expert_parameters(model) + router_parameters(model), train, validation, settings)
-        )
-        return results
-    members = {i: set(clustering.members(i)) for i in range(config.clusters)}
-    stage1 = PhaseSettings(config.stage1.lr, config.stage1.steps, **common)
-    for group in range(config.clusters):
-        group_train = [pairs[i] for i in train_rows if i in members[group]]
-        group_validation = [pairs[i] for i in validation_rows if i in members[group]] or validation
-        if not group_train:
-            raise UserError(
-                f"himole.clusters: cluster {group} has no training rows; use fewer clusters or more data"
-            )
-        first = group * spec.experts_per_group
-        force_expert(model, first)
-        results.append(
-            phase(
-                f"stage 1, cluster {group}",
-                expert_parameters(model, first),
-                group_train,
-                group_validation,
-                stage1,
-            )
-        )
-        copy_into_group(model, group, spec.experts_per_group)
-    force_expert(model, None)
-    stage2 = PhaseSettings(
-        config.stage2.lr,
-        config.stage2.steps,
-        aux_weight=config.aux_loss_weight,
-        diversity_weight=config.diversity_loss_weight,
-        **common,
-    )
-    results.append(
-        phase("stage 2", expert_parameters(model) + router_parameters(model), train, validation, stage2)
-    )
-    return results
 
 
 def _cluster_summary(clustering: Any, pairs: list[Any]) -> dict[str, Any]:
