@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("cli.merge", "Run the HM3 search on a recipe (--recipe, --resume), or a mergekit config (--mergekit)."),
     "baseline": ("cli.baseline", "Run a baseline (uniform, grid, nsga2, cmaes, evo_path, param_only, arch_only) in HM3's run format."),
     "pareto": ("cli.pareto", "Show a run's Pareto front: a table, hypervolumes, a plot (--plot FILE.png|.svg)."),
+    "export": ("cli.export", "Write a front member of a run as a model folder (Hugging Face checkpoint)."),
     "eval": ("cli.eval", "Score saved models on a recipe's objectives (search, held-out or all of each task's data)."),
     "himole": ("cli.himole", "Train (train) or score (eval) a hierarchical mixture of LoRA experts on a recipe's himole: section."),
 }

@@ -218,3 +218,20 @@ def test_nothing_imports_ray_without_the_flag() -> None:
     code = "import sys, hm3.search.run, cli.merge; print('ray' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_exported_member_scores_what_the_front_says(
+    micro_recipe: Path, finished_run: Path, tmp_path: Path
+) -> None:
+    front = json.loads((finished_run / "front.json").read_text())
+    member = max(front["members"], key=lambda m: m["path"] is not None)  # a routed member when there is one
+    out = tmp_path / "exported"
+    done = run_hm3("export", finished_run, "--member", member["id"][:8], "--out", out)
+    assert done.returncode == 0, done.stderr
+    done = run_hm3("eval", "--recipe", micro_recipe, "--model", out, "--split", "heldout", "--json")
+    assert done.returncode == 0, done.stderr
+    scores = json.loads(done.stdout)["scores"][str(out)]
+    for name, value in member["scores"]["heldout"].items():
+        assert scores[name] == pytest.approx(value, abs=1e-9)
+    done = run_hm3("export", finished_run, "--member", "zzz", "--out", tmp_path / "x")
+    assert done.returncode == 2 and "no front member has an id starting with 'zzz'" in done.stderr

@@ -1,0 +1,22 @@
+"""`hm3 export RUN --member ID --out DIR`: write a front member as a loadable model folder."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", metavar="RUN", help="a finished run directory (hm3 merge or hm3 baseline)")
+    parser.add_argument(
+        "--member", required=True, metavar="ID", help="the member's id (a unique prefix will do)"
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    from hm3.search.export import export_member
+
+    out = export_member(args.run, args.member, args.out, force=args.force)
+    print(f"front member {args.member} written to {out}")
+    return 0

@@ -1,0 +1,75 @@
+"""``hm3 export RUN --member ID --out DIR``: a front member as a model folder you can load and ship.
+
+The member is built again from its data (merge spec, path, alignment) exactly as the search scored it, and
+saved with :func:`hm3.routing.save.save_routed_model`: a Hugging Face checkpoint (``from_pretrained`` loads
+it; routed members with ``stats`` alignment carry their maps and load with ``hm3.load_merged``), written to a
+temporary folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hm3.errors import UserError
+from hm3.front import FrontMember, ParetoFront
+from hm3.routing.path import InferencePath
+from hm3.store import FRONT_FILE, RunStore
+
+
+def find_member(front: ParetoFront, wanted: str) -> FrontMember:
+    """The member whose id starts with ``wanted`` (UserError if none or several)."""
+    matches = [m for m in front.members if m.id.startswith(wanted)]
+    if len(matches) != 1:
+        known = ", ".join(m.id for m in front.members)
+        problem = "no" if not matches else "more than one"
+        raise UserError(f"{problem} front member has an id starting with {wanted!r}; the front has: {known}")
+    return matches[0]
+
+
+def export_member(run: str | Path, wanted: str, out: str | Path, force: bool = False) -> Path:
+    """Write front member ``wanted`` of ``run`` to ``out``; returns ``out``."""
+    from hm3.merge.spec import MergeSpec
+    from hm3.routing.save import save_routed_model
+    from hm3.search.progress import SearchProgress
+    from hm3.search.run import open_search
+
+    store, recipe = RunStore.resume(run)
+    front = ParetoFront.from_json(store.read_json(FRONT_FILE))
+    member = find_member(front, wanted)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise UserError(f"{out} exists and is not empty; use --force to replace it")
+    search = open_search(recipe, store, SearchProgress(enabled=False))
+    spec = None if member.merge is None else MergeSpec.model_validate(member.merge)
+    routing = search.models.routing_pool(spec)
+    path = (
+        InferencePath.from_data(member.path)
+        if member.path is not None
+        else InferencePath.identity(routing.merged_index, routing.num_layers)
+    )
+    alignment = None
+    if member.alignment != "none":
+        alignment = search.models.path_scorer(routing, scorer=None).aligner.fit(path)
+    card = "\n".join(
+        [
+            f"# hm3 front member {member.id}",
+            "",
+            f"From run `{Path(run).resolve()}`, preference λ = {member.preference}.",
+            "",
+            f"- parameter merge: `{json.dumps(member.merge)}`",
+            f"- inference path: {'the merged model itself' if member.path is None else path}",
+            f"- alignment: {member.alignment}",
+            f"- scores: `{json.dumps(member.scores)}`",
+            "",
+        ]
+    )
+    return save_routed_model(
+        routing,
+        path,
+        out,
+        alignment=alignment,
+        shard_size=recipe.output.shard_size,
+        force=force,
+        model_card=card,
+    )
