@@ -273,9 +273,11 @@ def write_report(context: dict, rows: list, baseline: list, differences: dict) -
         )
     lines += [
         "",
-        "CPU = user + system time of the subprocess. hm3 runs torch on the cores left idle by other work "
-        "(1-minute load average, `hm3.merge.runtime.use_idle_cores`); mergekit uses torch's default "
-        f"({os.cpu_count()} threads). Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
+        "CPU = user + system time of the subprocess. hm3 runs torch on one thread "
+        "(`hm3.merge.runtime.MERGE_THREADS`, fixed so that results do not depend on the machine's load); "
+        f"mergekit uses torch's default ({os.cpu_count()} threads), as its users get it. "
+        f"Load average (1 min) at the start: {context['load_start']:.1f}, at the end: {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} cores.",
         "",
         "Individual runs (wall s / peak RSS GB / CPU s):",
         "",
@@ -315,7 +317,14 @@ def main() -> int:
     work.mkdir(exist_ok=True)
     warm_cache([base, *finetunes])
 
-    context = {"args": args, "size": size, "params": params, "model_bytes": model_bytes, "moved": moved}
+    context = {
+        "args": args,
+        "size": size,
+        "params": params,
+        "model_bytes": model_bytes,
+        "moved": moved,
+        "load_start": os.getloadavg()[0],
+    }
     baseline = []
     for _ in range(args.repeats):
         out = work / "copy.safetensors"

@@ -11,7 +11,7 @@ from hm3.errors import UserError
 from hm3.merge import METHODS, MergeSpec
 from hm3.merge.engine import export_merge, merge_state_dict
 from hm3.merge.mergekit_run import run_mergekit_config
-from hm3.merge.sparsify import magnitude, random_drop
+from hm3.merge.sparsify import kth_largest, magnitude, random_drop
 from hm3.pool import ModelPool
 from hm3.recipe import MERGE_METHODS, ParameterLevel
 
@@ -103,6 +103,24 @@ def test_magnitude_trim_keeps_the_largest_entries() -> None:
     assert magnitude(delta, 0.5).tolist() == [0.0, -5.0, 0.5, 2.0, 0.0, 0.0]
     ties = torch.tensor([1.0, -1.0, 1.0, 1.0])
     assert (magnitude(ties, 0.5) != 0).sum() == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_kth_largest_by_bit_counting_equals_kthvalue(dtype) -> None:
+    """The radix select behind TIES trimming is exact: every k, with ties, zeros, tiny and large magnitudes."""
+    generator = torch.Generator().manual_seed(0)
+    for size in (1, 2, 9, 4097):
+        for case in range(4):
+            scale = 10.0 ** float(torch.randint(-9, 3, (1,), generator=generator))
+            values = (torch.randn(size, generator=generator) * scale).to(dtype).abs()
+            if case == 1:
+                values = values.div(scale).round()  # many exact ties
+            elif case == 2:
+                values[: size // 2] = 0
+            for k in {1, size, int(torch.randint(1, size + 1, (1,), generator=generator))}:
+                expected = torch.kthvalue(values.double(), size - k + 1).values
+                found = kth_largest(values, k)
+                assert found.dtype == dtype and float(found) == float(expected), (size, case, k)
 
 
 def test_nan_input_is_refused_in_memory(tiny_llama, tmp_path) -> None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from hm3.merge.mergekit_plan import MergePlan, PlannedTensor, plan_merge
 from hm3.merge.mergekit_schema import load_mergekit_config
-from hm3.merge.runtime import reuse_freed_memory, use_idle_cores
+from hm3.merge.runtime import reuse_freed_memory, use_merge_threads
 from hm3.merge.tensor_merge import check_finite, merge_tensor
 from hm3.merge.tensor_reader import TORCH_DTYPES, TensorReader
 
@@ -43,7 +43,7 @@ def run_mergekit_config(
     config_path = Path(config_path)
     config = load_mergekit_config(config_path)
     reuse_freed_memory()
-    use_idle_cores()
+    use_merge_threads()
     out = Path(out).resolve()
     check_output_folder(out, force=force, expected_bytes=None)
     plan = plan_merge(config, base_dir=config_path.resolve().parent)

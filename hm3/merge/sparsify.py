@@ -3,8 +3,10 @@
 Pure tensor functions, one per mergekit sparsification method, each returning a new tensor shaped like its
 input. They follow ``mergekit.sparsify`` exactly (same keep rules, same L1 rescale), except that
 
-* magnitude trimming finds the k-th largest magnitude by selection (O(n)) instead of a full sort; ties at the
-  threshold keep the lowest indices (mergekit's ``argsort`` leaves their order unspecified);
+* magnitude trimming finds the k-th largest magnitude exactly by counting bit patterns (a radix select:
+  one ``bincount`` of the 16-bit patterns of half-precision magnitudes, two passes for float32; about 10x
+  faster than ``kthvalue``) instead of a full sort; ties at the threshold keep the lowest indices
+  (mergekit's ``argsort`` leaves their order unspecified);
 * random masks draw from an explicit ``torch.Generator`` (reproducible from a seed per model and tensor)
   instead of the global generator, as ``rand < density`` (the same Bernoulli law, drawn faster).
 """
@@ -45,10 +47,10 @@ def magnitude(
         return delta
     if density <= 0 or delta.numel() == 0:
         return delta.zero_() if inplace else torch.zeros_like(delta)
-    flat = delta.abs().reshape(-1).float()
+    flat = delta.abs().reshape(-1)
     count = flat.numel()
     keep = max(1, int(density * count))
-    threshold = torch.kthvalue(flat, count - keep + 1).values
+    threshold = kth_largest(flat, keep)
     mask = flat > threshold
     missing = keep - int(mask.sum())
     if missing > 0:
@@ -61,6 +63,45 @@ def magnitude(
         else delta * mask.reshape(delta.shape).to(delta.dtype)
     )
     return _rescaled(before, masked) if before is not None else masked
+
+
+_SIGNED_BITS = {"bfloat16": "int16", "float16": "int16", "float32": "int32"}
+
+
+def kth_largest(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k``-th largest of non-negative, finite, flat ``magnitudes`` (a 0-d tensor of their dtype), exact.
+
+    Non-negative floats order like their bit patterns read as integers, so the k-th largest is found by
+    counting patterns: half precision in one ``bincount`` over 2^15 values, float32 in two (the high 16 bits,
+    then the low 16 bits of the entries in the selected high bucket). Other dtypes use ``kthvalue``.
+    """
+    import torch
+
+    name = str(magnitudes.dtype).removeprefix("torch.")
+    if name not in _SIGNED_BITS or magnitudes.device.type != "cpu":
+        ranked = magnitudes.float() if name in ("bfloat16", "float16") else magnitudes
+        return torch.kthvalue(ranked, ranked.numel() - k + 1).values.to(magnitudes.dtype)
+    bits = magnitudes.view(getattr(torch, _SIGNED_BITS[name]))
+    if name != "float32":
+        bucket, _ = _bucket_of_kth(bits.to(torch.int32), k, 1 << 15)
+        pattern = torch.tensor(bucket, dtype=torch.int16)
+    else:
+        high = bits >> 16
+        top, above = _bucket_of_kth(high, k, 1 << 15)
+        low = bits[high == top] & 0xFFFF
+        bottom, _ = _bucket_of_kth(low, k - above, 1 << 16)
+        pattern = torch.tensor((top << 16) | bottom, dtype=torch.int32)
+    return pattern.view(magnitudes.dtype)
+
+
+def _bucket_of_kth(values: torch.Tensor, k: int, buckets: int) -> tuple[int, int]:
+    """The value v holding the k-th largest of non-negative integer ``values``, and how many exceed v."""
+    import torch
+
+    counts = torch.bincount(values, minlength=buckets)
+    at_least = counts.flip(0).cumsum(0).flip(0)  # at_least[v] = how many values are >= v
+    bucket = int((at_least >= k).nonzero()[-1])
+    return bucket, int(at_least[bucket]) - int(counts[bucket])
 
 
 def _rescaled(before: torch.Tensor, masked: torch.Tensor, eps: float = RESCALE_EPS) -> torch.Tensor:
