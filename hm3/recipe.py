@@ -562,6 +562,12 @@ def _absolutize(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
         out["objectives"] = [_absolutize_objective(o, fix) for o in out["objectives"]]
     if isinstance(out.get("output"), dict) and isinstance(out["output"].get("dir"), str):
         out["output"] = {**out["output"], "dir": fix(out["output"]["dir"])}
+    if isinstance(out.get("himole"), dict) and isinstance(out["himole"].get("train_data"), list):
+        sources = [
+            {k: fix(v) if k in ("path", "zoo") else v for k, v in s.items()} if isinstance(s, dict) else s
+            for s in out["himole"]["train_data"]
+        ]
+        out["himole"] = {**out["himole"], "train_data": sources}
     return out
 
 

@@ -448,3 +448,19 @@ def test_interrupted_save_keeps_the_previous_adapter(tiny_pools, tmp_path, monke
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(storage.UserError, match="not a HiMoLE adapter folder"):
         storage.save_adapter(tmp_path / "other", model, {"variant": "x", "adapter": spec.to_json()})
+
+
+def test_an_included_himole_recipe_keeps_its_relative_paths(tmp_path) -> None:
+    from hm3.recipe import load_recipe
+
+    (tmp_path / "sub").mkdir()
+    write_recipe(
+        tmp_path / "sub",
+        "base_model: base\nobjectives: [{name: a, task: t.yaml}]\n"
+        "himole: {train_data: [{path: data.jsonl}, {zoo: ../zoo, task: addition, count: 5}]}\n",
+        "base.yaml",
+    )
+    recipe = load_recipe(write_recipe(tmp_path, "include: sub/base.yaml\nseed: 3\n"))
+    sources = recipe.himole.train_data
+    assert sources[0].path == str(tmp_path / "sub" / "data.jsonl")
+    assert sources[1].zoo == str(tmp_path / "zoo")
