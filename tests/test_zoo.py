@@ -109,7 +109,7 @@ def test_tokenizer_round_trip_through_auto_tokenizer(family: str, lm_zoo_micro: 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hm3.zoo.lm_train import lm_config, new_lm, save_lm
-    from hm3.zoo.tokenizer import build_tokenizer
+    from hm3.zoo.tokenizer import build_tokenizer, encode_bytes
 
     if family == "llama":
         folder = lm_zoo_micro / "addition"
@@ -120,7 +120,7 @@ def test_tokenizer_round_trip_through_auto_tokenizer(family: str, lm_zoo_micro: 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     for text in ["12 + 34 = 46\n", "abc def>fed cba", "  leading and trailing  ", "907+93=1000\nxyz~xyz"]:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        assert ids == [byte + 3 for byte in text.encode()]
+        assert ids == [byte + 3 for byte in text.encode()] == encode_bytes(text)  # encode_bytes: training ids
         assert tokenizer.decode(ids) == text
 
 

@@ -70,7 +70,6 @@ def train_base(spec: ZooSpec, console: Console) -> PreTrainedModel:
     with training_bar(console, "pretraining base", preset.pretrain_steps) as on_step:
         train_lm(
             base,
-            build_tokenizer(),
             lambda rng: ("", pretraining_line(rng)),
             steps=preset.pretrain_steps,
             batch_size=preset.batch_size,
@@ -91,7 +90,6 @@ def train_specialist(spec: ZooSpec, base: PreTrainedModel, task: str, console: C
     with training_bar(console, f"fine-tuning {task}", preset.finetune_steps) as on_step:
         train_lm(
             specialist,
-            build_tokenizer(),
             lambda rng: TASKS[task](rng, sizes, False),
             steps=preset.finetune_steps,
             batch_size=preset.batch_size,

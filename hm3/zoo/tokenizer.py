@@ -22,6 +22,12 @@ SPECIAL_TOKENS: tuple[str, str, str] = ("<pad>", "<s>", "</s>")
 VOCAB_SIZE = len(SPECIAL_TOKENS) + 256
 
 
+def encode_bytes(text: str) -> list[int]:
+    """The token ids :func:`build_tokenizer` gives ``text`` (no special tokens): each UTF-8 byte + 3."""
+    offset = len(SPECIAL_TOKENS)
+    return [byte + offset for byte in text.encode()]
+
+
 def byte_symbols() -> list[str]:
     """GPT-2's printable stand-in for each byte value 0..255 (``bytes_to_unicode``), in byte order."""
     printable = [
