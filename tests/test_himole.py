@@ -13,6 +13,16 @@ from hm3.himole.experts import causal_mean_pool, diversity_loss, load_balancing_
 from tests.fixtures_models import run_hm3, write_recipe
 from tests.fixtures_zoo import lm_zoo_micro  # noqa: F401
 
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Models this small run fastest on one thread (two threads on a busy machine spin-wait); restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # -- router math ---------------------------------------------------------------------------------------------
 
 
