@@ -76,7 +76,9 @@ def zoo_specialists(zoo: Path) -> dict[str, tuple[Path, Path]]:
 def zoo_recipe(zoo: Path, folder: Path) -> Path:
     """A recipe over the zoo: its specialists, one objective per specialist's in-distribution task."""
     specialists = zoo_specialists(zoo)
-    models = "".join(f"  - {{name: {name}, path: {model_dir}}}\n" for name, (model_dir, _) in specialists.items())
+    models = "".join(
+        f"  - {{name: {name}, path: {model_dir}}}\n" for name, (model_dir, _) in specialists.items()
+    )
     objectives = "".join(
         f"  - {{name: {name}, task: {task}, model: {name}, batch_size: 32}}\n"
         for name, (_, task) in specialists.items()
@@ -154,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     from hm3.recipe import load_recipe
 
     args = parse_args(argv)
+    load_start = os.getloadavg()[0]
     ensure_zoo(args.zoo)
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)  # the subprocesses too
@@ -182,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                 difference = max(abs(memory_scores[k] - disk_scores[k]) for k in memory_scores)
                 rows.append((weights, memory, disk, memory_scores, difference))
                 progress.advance(bar)
-    write_report(args, rows, setup, hflm_ms, evaluator)
+    write_report(args, rows, setup, hflm_ms, evaluator, (load_start, os.getloadavg()[0]))
     print(args.out.read_text())
     return 0
 
@@ -202,7 +205,12 @@ def time_hflm_construction(model, tokenizer, repeats: int = 20) -> tuple[float, 
 
 
 def write_report(
-    args: argparse.Namespace, rows: list, setup: float, hflm_ms: tuple[float, float], evaluator
+    args: argparse.Namespace,
+    rows: list,
+    setup: float,
+    hflm_ms: tuple[float, float],
+    evaluator,
+    load: tuple[float, float],
 ) -> None:
     def total(times: dict[str, float]) -> float:
         return sum(times.values())
@@ -217,7 +225,7 @@ def write_report(
         f"Command: `python benchmarks/eval_overhead.py --zoo {args.zoo.relative_to(ROOT) if args.zoo.is_relative_to(ROOT) else args.zoo}"
         f" --candidates {args.candidates} --seed {args.seed} --threads {args.threads}`",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores (shared), {args.threads} torch thread(s) in both"
-        " paths, no GPU.",
+        f" paths, no GPU; 1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end.",
         f"Objectives (search split documents): {', '.join(f'{k} ({v})' for k, v in docs.items())}; "
         "task-arithmetic merges with Dirichlet weights, the two paths alternating candidate by candidate.",
         f"hm3 one-time setup (pool, tasks and data, split, one model): {setup:.1f} s, not counted per candidate.",
