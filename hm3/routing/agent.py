@@ -40,7 +40,7 @@ from hm3.errors import UserError
 from hm3.routing.env import InferencePathEnv
 from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
-from hm3.routing.scoring import CandidateCallback, Incumbent, PathScorer, RewardSpec, Scorer
+from hm3.routing.scoring import CandidateCallback, PathScorer, RewardSpec, Scorer
 from hm3.routing.summary import layer_summaries
 from hm3.routing.wolpertinger import INITIAL_STD, WolpertingerWrapper
 
@@ -139,9 +139,8 @@ def make_env(
     config: AgentConfig,
     reward_fn=None,
     preference: Sequence[float] | None = None,
-    incumbent_fn=None,
 ) -> WolpertingerWrapper:
-    """The Wolpertinger-wrapped path environment (``incumbent_fn``: λ -> the best path known, the anchor)."""
+    """The Wolpertinger-wrapped path environment."""
     env = InferencePathEnv(
         pool_summaries,
         max_length,
@@ -149,9 +148,7 @@ def make_env(
         reward_fn=reward_fn,
         preference=None if preference is None else np.asarray(preference, np.float32),
     )
-    return WolpertingerWrapper(
-        env, config.wolpertinger_neighbours, config.wolpertinger_epsilon, incumbent_fn=incumbent_fn
-    )
+    return WolpertingerWrapper(env, config.wolpertinger_neighbours, config.wolpertinger_epsilon)
 
 
 def train_agent(
@@ -225,28 +222,12 @@ def train_agent(
     return agent
 
 
-def rollout(
-    agent: PathAgent, preference: Sequence[float], incumbent: InferencePath | None = None
-) -> InferencePath:
-    """The agent's greedy path for ``preference``: mean proto-actions, the critic's pick, no ε.
-
-    Args:
-        agent: The trained agent.
-        preference: λ.
-        incumbent: The best path known for λ, the anchor of the proto-actions (default: the merged model's
-            identity path; see :mod:`hm3.routing.wolpertinger`).
-    """
+def rollout(agent: PathAgent, preference: Sequence[float]) -> InferencePath:
+    """The agent's greedy path for ``preference``: mean proto-actions, the critic's pick, no ε."""
     env = InferencePathEnv(
         agent.summaries, agent.max_length, agent.num_objectives, preference=np.asarray(preference, np.float32)
     )
-    wrapper = WolpertingerWrapper(
-        env,
-        agent.neighbours,
-        0.0,
-        agent.stop_threshold,
-        critic=agent.critic,
-        incumbent_fn=None if incumbent is None else (lambda _: incumbent),
-    )
+    wrapper = WolpertingerWrapper(env, agent.neighbours, 0.0, agent.stop_threshold, critic=agent.critic)
     obs, _ = wrapper.reset(seed=0)
     while True:
         proto, _ = agent.model.predict(obs, deterministic=True)
@@ -382,7 +363,6 @@ def search_path(
     lam = np.asarray(preference, dtype=np.float32)
     t_max = max_path_length(pool, recipe)
 
-    incumbent = Incumbent(path_scorer, rewards)
     if agent is None:
         reward_fn = training_reward(pool, path_scorer, rewards)
         conditioned = recipe.agent.mode == "conditioned"
@@ -393,10 +373,9 @@ def search_path(
             recipe.agent,
             reward_fn=reward_fn,
             preference=None if conditioned else lam,
-            incumbent_fn=incumbent,
         )
         agent = train_agent(env, recipe.agent, recipe.agent.iterations, seed, lambda: len(path_scorer.scored))
-    greedy = rollout(agent, lam, incumbent(lam))
+    greedy = rollout(agent, lam)
     path_scorer.score(greedy)
     candidates = [(p, s, rewards.reward(s, lam, len(p))) for p, s in path_scorer.scored.items()]
     best_path, best_scores, best_reward = max(candidates, key=lambda c: c[2])
@@ -431,11 +410,6 @@ def train_conditioned_agent(
     reward_fn = training_reward(pool, path_scorer, rewards)
 
     env = make_env(
-        layer_summaries(pool),
-        max_path_length(pool, recipe),
-        len(recipe.objectives),
-        recipe.agent,
-        reward_fn,
-        incumbent_fn=Incumbent(path_scorer, rewards),
+        layer_summaries(pool), max_path_length(pool, recipe), len(recipe.objectives), recipe.agent, reward_fn
     )
     return train_agent(env, recipe.agent, recipe.agent.iterations, seed, lambda: len(path_scorer.scored))

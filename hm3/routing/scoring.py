@@ -72,49 +72,6 @@ class RewardSpec:
             - self.length_penalty * length
         )
 
-    def rewards(self, oriented: np.ndarray, lengths: np.ndarray, preference: Sequence[float]) -> np.ndarray:
-        """:meth:`reward` of many paths at once: ``oriented`` ``[n, k]`` (:meth:`oriented` rows), ``lengths``
-        ``[n]``."""
-        lam = np.asarray(preference, dtype=np.float64)
-        if self.scalarization == "weighted_sum":
-            utility = oriented @ lam
-        else:
-            if self.ideal is None:
-                raise UserError("the tchebycheff scalarization needs the ideal point z*")
-            utility = -np.max(lam * np.abs(oriented - np.asarray(self.ideal, dtype=np.float64)), axis=1)
-        return utility - self.length_penalty * lengths
-
-
-class Incumbent:
-    """The best path a :class:`PathScorer` has scored under a preference (the Wolpertinger anchor).
-
-    Args:
-        path_scorer: Its ``scored`` paths are the candidates (read incrementally, in scoring order).
-        rewards: How scores and a length become a reward.
-    """
-
-    def __init__(self, path_scorer: PathScorer, rewards: RewardSpec) -> None:
-        self.path_scorer = path_scorer
-        self.rewards = rewards
-        self.paths: list[InferencePath] = []
-        self._rows: list[list[float]] = []
-
-    def __call__(self, preference: Sequence[float]) -> InferencePath | None:
-        """The highest-reward path scored so far under ``preference`` (the first one on ties), or None."""
-        scored = self.path_scorer.scored
-        if len(scored) > len(self.paths):
-            for path, scores in list(scored.items())[len(self.paths) :]:
-                self.paths.append(path)
-                self._rows.append(self.rewards.oriented(scores))
-        if not self.paths:
-            return None
-        values = self.rewards.rewards(
-            np.asarray(self._rows, dtype=np.float64),
-            np.asarray([len(p) for p in self.paths], dtype=np.float64),
-            preference,
-        )
-        return self.paths[int(np.argmax(values))]
-
 
 @dataclass
 class PathScorer:

@@ -3,19 +3,15 @@
 **Action-embedding space.** Layer ``l`` of model ``m`` sits at ``e(m, l) = (onehot(m), l)``: the layers of one
 model lie on a line one unit apart, the same depth of another model is √2 away.
 
-**Proto-action, relative to the incumbent.** The actor (SB3's Gaussian policy, initial std
-:data:`INITIAL_STD`) outputs a Box vector ``(Δ, s)``. ``Δ`` is an offset from the *anchor* and the proto-action
-is ``anchor + Δ``. The anchor of step t is step t of the *incumbent* — the best path scored so far under the
-episode's λ (``incumbent_fn``; before anything is scored, and without ``incumbent_fn``, the merged model's
-identity path) — and past the incumbent's end, the *natural continuation* of the path: the next layer of the
-last step's model. So the untrained agent (Δ ≈ 0) walks along the incumbent with random detours (other models'
-layers, skips, repeats, a longer or shorter path): a local search around the best path known, which starts
-from the parameter-level merge and moves whenever a better path is scored; any path stays reachable (Δ can be
-large), and what PPO learns is the offsets that pay. ``s`` is the stop score: the wrapper stops when ``s > τ``,
-or — where the incumbent ends, where stopping *is* the natural continuation — when ``s > −τ``, with
-``τ = INITIAL_STD · Φ⁻¹(1 − 1/T_max)``: the untrained agent stops with probability 1/T_max elsewhere and
-1 − 1/T_max at the incumbent's end. The agent always takes at least one layer (an empty path would be the
-merged model's identity path, which it can build step by step).
+**Proto-action, relative to the natural continuation.** The actor (SB3's Gaussian policy, initial std
+:data:`INITIAL_STD`) outputs a Box vector ``(Δ, s)``. ``Δ`` is an offset from the *anchor* — the embedding of the
+step that continues the path unchanged: the next layer of the last step's model (for an empty path, layer 0
+of the merged model); the proto-action is ``anchor + Δ``. So the untrained agent (Δ ≈ 0) walks along the
+merged model or a fine-tuned one, with random detours to other models' layers and skips or repeats, and the
+identity paths are what it has to improve on; any path stays reachable (Δ can be large). ``s`` is the stop
+score: the wrapper stops when ``s > τ``, or — when the last step is a model's final layer, where stopping *is*
+the natural continuation — when ``s > −τ``, with ``τ = INITIAL_STD · Φ⁻¹(1 − 1/L)``: the untrained agent
+stops with probability 1/L mid-model and 1 − 1/L at a model's end.
 
 Then (Dulac-Arnold et al.'s Wolpertinger step) the wrapper takes the M' layer actions nearest the proto-action
 (Euclidean, in the embedding space) and, with probability 1 − ε, picks the one the critic ranks highest, else
@@ -38,22 +34,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from statistics import NormalDist
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
 from hm3.routing.env import InferencePathEnv
-from hm3.routing.path import InferencePath
 
 Critic = Callable[[dict[str, np.ndarray]], np.ndarray]
 """Batched observations (each key stacked along axis 0) -> value estimates, one per row."""
 
-IncumbentFunction = Callable[[np.ndarray], "InferencePath | None"]
-"""λ -> the best path scored so far under λ (None: nothing scored yet)."""
-
-INITIAL_STD = 0.35
+INITIAL_STD = 0.5
 """Initial standard deviation of the actor's Gaussian (SB3 ``log_std_init = log(INITIAL_STD)``)."""
 
 MODEL_BOUND = 2.0
@@ -80,10 +71,8 @@ class WolpertingerWrapper(gym.Wrapper):
         env: The discrete path environment.
         neighbours: M', the nearest discrete actions ranked by the critic.
         epsilon: Probability of a uniform pick among the M' instead of the critic's choice.
-        stop_threshold: τ of the stop rule (default ``INITIAL_STD · Φ⁻¹(1 − 1/T_max)``).
+        stop_threshold: τ of the stop rule (default ``INITIAL_STD · Φ⁻¹(1 − 1/L)``).
         critic: Value estimates of batched observations; None ranks by distance (nearest first).
-        incumbent_fn: The best path known under a preference, read at each reset (None: the merged model's
-            identity path is the anchor).
     """
 
     def __init__(
@@ -93,7 +82,6 @@ class WolpertingerWrapper(gym.Wrapper):
         epsilon: float = 0.1,
         stop_threshold: float | None = None,
         critic: Critic | None = None,
-        incumbent_fn: IncumbentFunction | None = None,
     ) -> None:
         super().__init__(env)
         self.path_env = env
@@ -101,31 +89,20 @@ class WolpertingerWrapper(gym.Wrapper):
         self.neighbours = max(1, min(int(neighbours), len(self.embeddings)))
         self.epsilon = float(epsilon)
         if stop_threshold is None:
-            stop_threshold = INITIAL_STD * NormalDist().inv_cdf(1 - 1 / max(env.max_length, 2))
+            stop_threshold = INITIAL_STD * NormalDist().inv_cdf(1 - 1 / max(env.num_layers, 2))
         self.stop_threshold = float(stop_threshold)
         self.critic = critic
-        self.incumbent_fn = incumbent_fn
-        self.default_incumbent = InferencePath.identity(env.num_models - 1, env.num_layers)
-        self.incumbent = self.default_incumbent
         k1, layers = env.num_models, env.num_layers
         high = np.array([MODEL_BOUND] * k1 + [float(layers), STOP_BOUND], np.float32)
         self.action_space = spaces.Box(-high, high, dtype=np.float32)
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        obs, info = self.env.reset(seed=seed, options=options)
-        known = None if self.incumbent_fn is None else self.incumbent_fn(self.path_env.preference)
-        self.incumbent = known if known is not None else self.default_incumbent
-        return obs, info
-
     def anchor(self) -> tuple[np.ndarray, bool]:
-        """The embedding of the anchor step, and whether the incumbent ends here (stopping is natural)."""
-        steps, incumbent = self.path_env.steps, self.incumbent.steps
-        at_end = len(steps) == len(incumbent)
-        if len(steps) < len(incumbent):
-            model, layer = incumbent[len(steps)]
-            return embed(model, layer, self.path_env.num_models), at_end
+        """The embedding of the natural continuation, and whether the last step is a model's final layer."""
+        steps = self.path_env.steps
+        if not steps:
+            return embed(self.path_env.num_models - 1, 0, self.path_env.num_models), False
         model, layer = steps[-1]
-        return embed(model, layer + 1, self.path_env.num_models), at_end
+        return embed(model, layer + 1, self.path_env.num_models), layer == self.path_env.num_layers - 1
 
     def candidates(self, point: np.ndarray) -> np.ndarray:
         """The M' layer actions nearest ``point`` in the embedding space, nearest first."""
@@ -137,8 +114,7 @@ class WolpertingerWrapper(gym.Wrapper):
         """The discrete action for the actor's output ``(Δ, s)`` (``greedy``: no ε exploration)."""
         proto = np.asarray(proto, np.float32)
         anchor, at_end = self.anchor()
-        stop_above = 0.0 if at_end else self.stop_threshold
-        if self.path_env.steps and proto[-1] > stop_above:
+        if proto[-1] > (-self.stop_threshold if at_end else self.stop_threshold):
             return self.path_env.stop_action
         options = self.candidates(anchor + proto[:-1])
         if not greedy and self.np_random.random() < self.epsilon:
