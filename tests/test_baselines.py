@@ -54,7 +54,9 @@ def test_baseline_spends_at_most_its_budget(method: str, micro_recipe: Path, tmp
 
 def test_uniform_baseline_through_the_cli_is_plotted_by_pareto(micro_recipe: Path, tmp_path: Path) -> None:
     run = tmp_path / "uniform"
-    done = run_hm3("baseline", "--recipe", micro_recipe, "--method", "uniform", "--out", run, "--quiet")
+    done = run_hm3(
+        "baseline", "--recipe", micro_recipe, "--method", "uniform", "--out", run, "--quiet", timeout=900
+    )
     assert done.returncode == 0, done.stderr
     records = _search_records(run)
     assert sorted(r["merge"]["method"] for r in records) == ["dare_ties", "task_arithmetic", "ties"]

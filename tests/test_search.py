@@ -48,7 +48,7 @@ def micro_recipe(lm_zoo_micro: Path, tmp_path_factory) -> Path:  # noqa: F811
 @pytest.fixture(scope="module")
 def finished_run(micro_recipe: Path) -> Path:
     run = micro_recipe.parent / "run-a"
-    done = run_hm3("merge", "--recipe", micro_recipe, "--out", run, "--quiet")
+    done = run_hm3("merge", "--recipe", micro_recipe, "--out", run, "--quiet", timeout=900)
     assert done.returncode == 0, done.stderr
     assert "held-out hypervolume" in done.stdout
     return run
@@ -115,7 +115,7 @@ def test_front_is_non_dominated_on_the_search_split(finished_run: Path) -> None:
 
 def test_same_seed_gives_the_same_front(micro_recipe: Path, finished_run: Path) -> None:
     again = micro_recipe.parent / "run-b"
-    done = run_hm3("merge", "--recipe", micro_recipe, "--out", again, "--quiet")
+    done = run_hm3("merge", "--recipe", micro_recipe, "--out", again, "--quiet", timeout=900)
     assert done.returncode == 0, done.stderr
     assert _front(again) == _front(finished_run)
     assert _keys(again) == _keys(finished_run)
@@ -139,7 +139,7 @@ def test_resume_after_sigkill_rescores_nothing_and_finishes_the_same_search(
     ]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     log = run / "candidates.jsonl"
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 900
     # kill in the middle of the second preference: fine-tuned (3) + first preference's candidates are logged
     while time.monotonic() < deadline and process.poll() is None:
         if log.is_file() and len(log.read_bytes().splitlines()) >= 3 + 12:
@@ -151,7 +151,7 @@ def test_resume_after_sigkill_rescores_nothing_and_finishes_the_same_search(
     before = _keys(run)
     assert not (run / "front.json").exists()
 
-    done = run_hm3("merge", "--resume", run, "--quiet")
+    done = run_hm3("merge", "--resume", run, "--quiet", timeout=900)
     assert done.returncode == 0, done.stderr
     assert "resuming" in done.stdout
     after = _keys(run)
@@ -201,7 +201,17 @@ def test_ray_local_cluster_gives_the_same_front_as_the_sequential_run(
 ) -> None:
     run = micro_recipe.parent / "run-ray"
     done = run_hm3(
-        "merge", "--recipe", micro_recipe, "--out", run, "--quiet", "--ray-address", "local", "--workers", "2"
+        "merge",
+        "--recipe",
+        micro_recipe,
+        "--out",
+        run,
+        "--quiet",
+        "--ray-address",
+        "local",
+        "--workers",
+        "2",
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr
     assert "ray: 2 workers at local" in (run / "log.txt").read_text()
