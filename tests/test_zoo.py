@@ -286,3 +286,19 @@ def test_cli_user_errors(flags: list[str], message: str, capsys: pytest.CaptureF
     assert main(["zoo", "build", *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_pretraining_corpus_is_not_the_tasks() -> None:
+    """The generic corpus teaches sub-skills (palindromes, sorted strings, progressions) but never a task:
+    none of the tasks' operators, and no line a task prompt (so the base scores 0 and specialists must learn)."""
+    import random
+
+    from hm3.zoo.lm_tasks import TASKS, TaskSizes, pretraining_line
+
+    rng = random.Random(0)
+    lines = [pretraining_line(rng) for _ in range(20000)]
+    assert not [line for line in lines if set(line) & set("+>:=")]
+    prompts = {TASKS[t](random.Random(i), TaskSizes(2, 7), False)[0] for t in TASKS for i in range(200)}
+    assert not prompts & set(lines)
+    words = [w for line in lines for w in line.split(" ") if len(w) >= 4]
+    assert sum(w == w[::-1] for w in words) > len(words) // 10  # the mirror sub-skill is there

@@ -13,15 +13,16 @@ from hm3.zoo.lm_tasks import (
     TASKS,
     TaskSizes,
     make_test_set,
+    plain_line,
     pretraining_line,
     task_name,
     task_yaml,
     write_jsonl,
 )
-from hm3.zoo.lm_train import lm_config, new_lm, save_lm, train_lm
+from hm3.zoo.lm_train import FineTuneRegime, lm_config, new_lm, save_lm, train_lm
 from hm3.zoo.progress import training_bar
 from hm3.zoo.scores import lm_evaluation_note, lm_scores, write_scores
-from hm3.zoo.spec import LM_PRESETS, ZooSpec
+from hm3.zoo.spec import LM_PRESETS, LMPreset, ZooSpec
 from hm3.zoo.tokenizer import build_tokenizer
 
 if TYPE_CHECKING:
@@ -67,10 +68,11 @@ def train_base(spec: ZooSpec, console: Console) -> PreTrainedModel:
     """The base LM of a zoo: initialized from ``spec.seed`` and pretrained on the generic corpus."""
     preset = LM_PRESETS[spec.size]
     base = new_lm(lm_config(spec.family, preset.hidden, preset.layers, preset.heads), spec.seed)
+    corpus = pretraining_line if preset.subskill_corpus else plain_line
     with training_bar(console, "pretraining base", preset.pretrain_steps) as on_step:
         train_lm(
             base,
-            lambda rng: ("", pretraining_line(rng)),
+            lambda rng: ("", corpus(rng)),
             steps=preset.pretrain_steps,
             batch_size=preset.batch_size,
             lr=preset.pretrain_lr,
@@ -98,8 +100,16 @@ def train_specialist(spec: ZooSpec, base: PreTrainedModel, task: str, console: C
             score_prompt=False,
             exclude=held_out_prompts(spec),
             on_step=on_step,
+            regime=_regime(preset),
         )
     return specialist
+
+
+def _regime(preset: LMPreset) -> FineTuneRegime | None:
+    """The preset's fine-tuning regime (replay of the generic corpus, path-wide loss), or None for plain."""
+    if preset.finetune_replay == 0.0 and preset.finetune_path_low == 1.0:
+        return None
+    return FineTuneRegime(pretraining_line, preset.finetune_replay, preset.finetune_path_low)
 
 
 def build_lm_zoo(spec: ZooSpec, staging: Path, target: Path, console: Console) -> dict[str, Any]:

@@ -17,8 +17,9 @@ steps; in the usual order the first digit depends on every carry and the micro m
 
 JSONL rows are ``{"prompt": ..., "target": ...}``. The models are trained on ``prompt + target + "\\n"``
 with no BOS token, so the YAMLs use ``doc_to_text: "{{prompt}}"``, ``target_delimiter: ""`` and
-``until: ["\\n"]``. The pretraining corpus (:func:`pretraining_line`) is random words, digit strings and
-``~``-copies: the same characters, none of the tasks' operators.
+``until: ["\\n"]``. The pretraining corpus (:func:`pretraining_line`) is generic text with structure
+(palindromes, copies, anagrams, sorted strings, arithmetic progressions): the same characters and sub-skills
+the tasks build on, none of the tasks' prompt formats or operators.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
+DIGITS = "0123456789"
 ID_LETTERS = LETTERS[:13]
 OOD_LETTERS = LETTERS[13:]
 
@@ -90,7 +92,51 @@ def task_name(task: str, ood: bool) -> str:
 
 
 def pretraining_line(rng: random.Random) -> str:
-    """One line of the generic corpus: random words, a digit string, or a ``~``-copy of a random string."""
+    """One line of the generic corpus: text with generic structure, none of it a task or a task's operator.
+
+    Seven kinds, equally often: words (half of them palindromes), digit strings (half mirrored), ``~``-copies,
+    anagram pairs (a string and a shuffle of it), sorted strings, arithmetic progressions (``"17 29 41 53"``),
+    and the unstructured lines of :func:`plain_line`. They teach sub-skills the tasks build on (mirroring,
+    keeping a multiset, order, carrying) so a specialist needs a small move from the base, as a large model's
+    fine-tune does; the base still scores 0 on every task (``scores.md``): it never sees ``+ > : =``.
+    """
+    kind = rng.randrange(7)
+    if kind == 0:
+        words = []
+        for _ in range(rng.randint(2, 5)):
+            word = _word(rng, 1, 6, LETTERS)
+            words.append(_mirrored(rng, word) if rng.random() < 0.5 else word)
+        return " ".join(words)
+    if kind == 1:
+        digits = _word(rng, 2, 8, DIGITS)
+        return digits + digits[::-1] if rng.random() < 0.5 else digits
+    if kind == 2:
+        text = _word(rng, 2, 7, LETTERS + DIGITS)
+        return f"{text}~{text}"
+    if kind == 3:
+        chars = list(_word(rng, 2, 7, rng.choice([LETTERS, DIGITS])))
+        shuffled = chars[:]
+        rng.shuffle(shuffled)
+        return "".join(chars) + " " + "".join(shuffled)
+    if kind == 4:
+        return "".join(sorted(_word(rng, 3, 10, rng.choice([LETTERS, DIGITS]))))
+    if kind == 5:
+        start, step = rng.randint(0, 99), rng.randint(1, 30)
+        return " ".join(str(start + i * step) for i in range(rng.randint(3, 6)))
+    return plain_line(rng)
+
+
+def _word(rng: random.Random, low: int, high: int, alphabet: str) -> str:
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(low, high)))
+
+
+def _mirrored(rng: random.Random, word: str) -> str:
+    """An even (``abba``) or odd (``aba``) palindrome grown from ``word``."""
+    return word + word[::-1] if rng.random() < 0.5 else word + word[-2::-1]
+
+
+def plain_line(rng: random.Random) -> str:
+    """Random words, a digit string, or a ``~``-copy of a random string (the corpus of builder version 2)."""
     kind = rng.randrange(3)
     if kind == 0:
         return " ".join(

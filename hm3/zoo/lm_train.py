@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,6 +101,7 @@ def train_lm(
     score_prompt: bool,
     exclude: frozenset[str] = frozenset(),
     on_step: ProgressCallback | None = None,
+    regime: FineTuneRegime | None = None,
 ) -> float:
     """Train in place with AdamW, linear warm-up then cosine decay; returns the mean loss of the last 20 steps.
 
@@ -113,10 +115,12 @@ def train_lm(
         score_prompt: Take the loss on prompt tokens too (pretraining) or only on the answer (fine-tuning).
         exclude: Prompts never to train on.
         on_step: Progress callback.
+        regime: How a fine-tune stays near its base (:class:`FineTuneRegime`); None: plain training.
     """
     import torch
 
     rng = random.Random(seed)
+    anchor = {n: p.detach().clone() for n, p in model.named_parameters()} if regime is not None else {}
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = max(1, steps // 20)
 
@@ -128,13 +132,17 @@ def train_lm(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     model.train()
     losses: list[float] = []
+    task_pairs = batch_size - (round(batch_size * regime.replay_fraction) if regime is not None else 0)
     for step in range(steps):
         pairs: list[tuple[str, str]] = []
-        while len(pairs) < batch_size:
+        while len(pairs) < task_pairs:
             pair = sampler(rng)
             if pair[0] not in exclude:
                 pairs.append(pair)
-        loss = model(**_batch(pairs, score_prompt)).loss
+        if regime is None:
+            loss = model(**_batch(pairs, score_prompt)).loss
+        else:
+            loss = _regime_loss(model, anchor, regime, rng, pairs, score_prompt)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -146,6 +154,58 @@ def train_lm(
     model.eval()
     tail = losses[-20:]
     return sum(tail) / len(tail)
+
+
+@dataclass(frozen=True)
+class FineTuneRegime:
+    """How a specialist is fine-tuned so that its task vector merges, as large models' fine-tunes do.
+
+    Large pretrained models' fine-tunes are small moves in one basin: ``base + w * task_vector`` still does the
+    task for ``w`` well below 1, which is what task arithmetic relies on. A 4-layer model this small leaves that
+    regime (its task vectors are half the weights' norm): scaled by 1/2 a plain specialist scored 0.00-0.11, and
+    every merge of the simplex (centre, pairs, even the sum) 0.00-0.08 (benchmarks/results/zoo_merging.md).
+    The regime keeps the fine-tune close to the base's behaviour and makes its task vector scalable:
+
+    Attributes:
+        replay: Draws one generic (pretraining) line; ``replay_fraction`` of each batch are such lines, scored
+            on every token, so the fine-tune keeps the base's behaviour away from its task.
+        replay_fraction: Share of each batch (and of the loss) that is replay.
+        path_low: The loss is taken at ``w0 + s (w - w0)`` with ``s`` drawn uniformly from ``[path_low, 1]``
+            each step, so the task is learned along the straight path from the base: the path a
+            task-arithmetic merge walks when it scales the task vector by its weight. 1.0: the end point only.
+    """
+
+    replay: Callable[[random.Random], str]
+    replay_fraction: float = 0.25
+    path_low: float = 1.0
+
+
+def _regime_loss(
+    model: PreTrainedModel,
+    anchor: dict[str, torch.Tensor],
+    regime: FineTuneRegime,
+    rng: random.Random,
+    pairs: list[tuple[str, str]],
+    score_prompt: bool,
+) -> torch.Tensor:
+    """The task loss (and replay loss) of one step under a :class:`FineTuneRegime`."""
+    import torch
+
+    forward: Any = model
+    if regime.path_low < 1.0:
+        scale = rng.uniform(regime.path_low, 1.0)
+        point = {n: anchor[n] + scale * (p - anchor[n]) for n, p in model.named_parameters()}
+
+        def forward(**batch: torch.Tensor) -> Any:
+            return torch.func.functional_call(model, point, args=(), kwargs=batch)
+
+    loss = forward(**_batch(pairs, score_prompt)).loss
+    count = round((len(pairs) / (1 - regime.replay_fraction)) * regime.replay_fraction)
+    if count:
+        lines = [("", regime.replay(rng)) for _ in range(count)]
+        replay = forward(**_batch(lines, True)).loss
+        loss = (1 - regime.replay_fraction) * loss + regime.replay_fraction * replay
+    return loss
 
 
 def save_lm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, folder: Path) -> None:
