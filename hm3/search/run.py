@@ -152,6 +152,34 @@ def merge_for(search: Search, preference: np.ndarray, density: float | None = No
     )
 
 
+def logged_scorer(search: Search, spec: MergeSpec | None, preference, index: int | None):
+    """The routing pool of ``spec``'s merge and a path scorer over it that answers from the run's log and
+    appends every new candidate to it (and to the live display) as it is scored."""
+    recipe = search.recipe
+    rewards = search.rewards()
+    lam = [float(v) for v in preference]
+    merge = None if spec is None else spec.model_dump(mode="json")
+
+    def on_candidate(path: InferencePath, scores: dict[str, float]) -> None:
+        search.log.record(
+            scorer.key_of(path),
+            scores,
+            split="search",
+            kind="path",
+            preference=index,
+            merge=merge,
+            path=path.to_data(),
+            alignment=recipe.architecture_level.alignment,
+        )
+        search.progress.candidate(rewards.reward(scores, lam, len(path)))
+
+    routing = search.models.routing_pool(spec)
+    scorer = search.models.path_scorer(
+        routing, search.score_search, on_candidate=on_candidate, cache=search.log, cache_spec={"merge": merge}
+    )
+    return routing, scorer
+
+
 def run_preference(
     search: Search, index: int, preference: np.ndarray, agent: PathAgent | None, parameter_level: bool = True
 ) -> dict:
@@ -167,43 +195,17 @@ def run_preference(
     started = time.perf_counter()
     lam = [float(v) for v in preference]
 
-    def logged(spec: MergeSpec | None):
-        merge = None if spec is None else spec.model_dump(mode="json")
-
-        def on_candidate(path: InferencePath, scores: dict[str, float]) -> None:
-            search.log.record(
-                scorer.key_of(path),
-                scores,
-                split="search",
-                kind="path",
-                preference=index,
-                merge=merge,
-                path=path.to_data(),
-                alignment=recipe.architecture_level.alignment,
-            )
-            search.progress.candidate(rewards.reward(scores, lam, len(path)))
-
-        routing = search.models.routing_pool(spec)
-        scorer = search.models.path_scorer(
-            routing,
-            search.score_search,
-            on_candidate=on_candidate,
-            cache=search.log,
-            cache_spec={"merge": merge},
-        )
-        return routing, scorer
-
     densities = recipe.parameter_level.density_search or [None]
     best: tuple[float, MergeSpec | None] | None = None
     for density in densities if parameter_level else []:
         spec = merge_for(search, preference, density)
-        routing, scorer = logged(spec)
+        routing, scorer = logged_scorer(search, spec, lam, index)
         identity = InferencePath.identity(routing.merged_index, routing.num_layers)
         reward = rewards.reward(scorer.score(identity), lam, len(identity))
         if best is None or reward > best[0]:
             best = (reward, spec)
     spec = best[1] if best is not None else None
-    routing, scorer = logged(spec)
+    routing, scorer = logged_scorer(search, spec, lam, index)
     identity = InferencePath.identity(routing.merged_index, routing.num_layers)
     if recipe.architecture_level.enabled:
         result = search_path(
@@ -239,29 +241,7 @@ def conditioned_agent(search: Search, vectors: np.ndarray) -> PathAgent:
         return PathAgent.load(folder)
     centre = np.full(len(search.objectives), 1.0 / len(search.objectives))
     spec = merge_for(search, centre)
-    routing = search.models.routing_pool(spec)
-    rewards = search.rewards()
-
-    def on_candidate(path: InferencePath, scores: dict[str, float]) -> None:
-        search.log.record(
-            scorer.key_of(path),
-            scores,
-            split="search",
-            kind="path",
-            preference=None,
-            merge=spec.model_dump(mode="json"),
-            path=path.to_data(),
-            alignment=search.recipe.architecture_level.alignment,
-        )
-        search.progress.candidate(rewards.reward(scores, list(centre), len(path)))
-
-    scorer = search.models.path_scorer(
-        routing,
-        search.score_search,
-        on_candidate=on_candidate,
-        cache=search.log,
-        cache_spec={"merge": spec.model_dump(mode="json")},
-    )
+    routing, scorer = logged_scorer(search, spec, centre, None)
     search.progress.start_preference(0, 1, centre, search.recipe.agent.iterations)
     search.progress.print("training the preference-conditioned agent on the centre merge")
     agent = train_conditioned_agent(
