@@ -152,3 +152,39 @@ def test_export_merge_writes_a_loadable_checkpoint_and_its_mergekit_yaml(tiny_po
     config = yaml.safe_load((out / "mergekit_config.yml").read_text())
     assert config["merge_method"] == "dare_linear" and config["dtype"] == "bfloat16"
     assert "dare_linear" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_magnitude_trim_breaks_ties_at_the_threshold_by_lowest_index(dtype) -> None:
+    """Exactly the top ``density`` share by magnitude, ties at the threshold resolved lowest index first."""
+    generator = torch.Generator().manual_seed(0)
+    delta = (torch.randn(50_000, generator=generator) * 4).round().div(4).to(dtype)  # heavy ties
+    for density in (0.1, 0.37, 0.5, 0.93):
+        keep = max(1, int(density * delta.numel()))
+        order = sorted(range(delta.numel()), key=lambda i: (-abs(float(delta[i])), i))[:keep]
+        expected = torch.zeros_like(delta)
+        expected[order] = delta[order]
+        trimmed = magnitude(delta.clone(), density, inplace=True)
+        assert torch.equal(trimmed, expected), density
+        assert int((trimmed != 0).sum()) == int((expected != 0).sum())
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties"])
+def test_merged_tensors_do_not_depend_on_the_worker_count(tiny_llama, tmp_path, method) -> None:
+    """Tensors are merged in parallel, each on one thread: the bits are the same for 1 and 3 workers."""
+    import yaml
+
+    from hm3.merge.mergekit_export import to_mergekit_config
+    from hm3.merge.mergekit_plan import plan_merge
+    from hm3.merge.mergekit_run import merged_tensors
+    from hm3.merge.mergekit_schema import load_mergekit_config
+
+    spec = MergeSpec(method=method, weights=[0.3, 0.2, 0.5], density=0.5, seed=3)
+    config = tmp_path / "c.yml"
+    config.write_text(yaml.safe_dump(to_mergekit_config(spec, tiny_llama.finetunes, tiny_llama.base)))
+    plan = plan_merge(load_mergekit_config(config), base_dir=tmp_path)
+    one = list(merged_tensors(plan, workers=1))
+    three = list(merged_tensors(plan, workers=3))
+    assert [name for name, _ in one] == [name for name, _ in three] == [t.name for t in plan.tensors]
+    for (_, a), (_, b) in zip(one, three, strict=True):
+        assert torch.equal(a, b)

@@ -41,6 +41,5 @@ def elect_and_merge(
     merged = mixed.to(dtype).mul_(majority)
     if divisor is None:
         return merged, None
-    divisor = divisor.to(dtype)
-    divisor[divisor == 0] = 1
+    divisor = divisor.add_(divisor == 0).to(dtype)  # 1 where no model agrees (faster than masked_fill_)
     return merged, divisor

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from hm3.merge.mergekit_plan import MergePlan, PlannedTensor, plan_merge
 from hm3.merge.mergekit_schema import load_mergekit_config
-from hm3.merge.runtime import reuse_freed_memory, use_merge_threads
+from hm3.merge.runtime import merge_workers, reuse_freed_memory
 from hm3.merge.tensor_merge import check_finite, merge_tensor
 from hm3.merge.tensor_reader import TORCH_DTYPES, TensorReader
 
@@ -43,7 +43,6 @@ def run_mergekit_config(
     config_path = Path(config_path)
     config = load_mergekit_config(config_path)
     reuse_freed_memory()
-    use_merge_threads()
     out = Path(out).resolve()
     check_output_folder(out, force=force, expected_bytes=None)
     plan = plan_merge(config, base_dir=config_path.resolve().parent)
@@ -59,7 +58,7 @@ def run_mergekit_config(
     )
     with _Progress(len(plan.tensors), total, show_progress) as progress:
         return write_hf_checkpoint(
-            merged_tensors(plan),
+            merged_tensors(plan, workers=merge_workers()),
             plan.config,
             out,
             tokenizer_from=plan.donor.folder,
@@ -75,18 +74,49 @@ def run_mergekit_config(
         )
 
 
-def merged_tensors(plan: MergePlan) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, merged tensor)`` for each planned output tensor, reading inputs lazily."""
+def merged_tensors(plan: MergePlan, workers: int = 1) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, merged tensor)`` for each planned output tensor, in plan order, reading inputs lazily.
+
+    With ``workers`` > 1, that many tensors are merged at once on worker threads (each on one torch thread,
+    see :mod:`hm3.merge.runtime`), reads stay sequential, and at most ``workers`` + 1 merged tensors wait
+    to be yielded. The tensors are bit-identical for every ``workers``.
+    """
+    import threading
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
 
     dtype = getattr(torch, plan.dtype) if plan.dtype else None
     out_dtype = getattr(torch, plan.out_dtype) if plan.out_dtype else None
     readers = [TensorReader(checkpoint) for checkpoint in plan.models]
+    reading = threading.Lock()
+
+    def merge(planned: PlannedTensor) -> torch.Tensor:
+        with reading:
+            inputs = _load_inputs(plan, readers, planned)
+        merged = _merge_one(plan, planned, *inputs, dtype)
+        return merged.to(out_dtype) if out_dtype is not None else merged
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hm3-merge") if workers > 1 else None
     try:
-        for planned in plan.tensors:
-            merged = _merge_one(plan, readers, planned, dtype)
-            yield planned.name, merged.to(out_dtype) if out_dtype is not None else merged
+        if pool is None:
+            for planned in plan.tensors:
+                yield planned.name, merge(planned)
+            return
+        pending: deque = deque()
+        upcoming = iter(plan.tensors)
+        for planned in upcoming:
+            pending.append((planned.name, pool.submit(merge, planned)))
+            if len(pending) > workers:
+                name, future = pending.popleft()
+                yield name, future.result()
+        while pending:
+            name, future = pending.popleft()
+            yield name, future.result()
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         for reader in readers:
             reader.close()
 
@@ -122,13 +152,23 @@ def _load(plan: MergePlan, readers: list[TensorReader], index: int, name: str) -
     return tensor
 
 
+def _load_inputs(
+    plan: MergePlan, readers: list[TensorReader], planned: PlannedTensor
+) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    tensors = [_load(plan, readers, i, n) for i, n in planned.inputs]
+    base = _load(plan, readers, *planned.base) if planned.base is not None else None
+    return tensors, base
+
+
 def _merge_one(
-    plan: MergePlan, readers: list[TensorReader], planned: PlannedTensor, dtype: torch.dtype | None
+    plan: MergePlan,
+    planned: PlannedTensor,
+    tensors: list[torch.Tensor],
+    base: torch.Tensor | None,
+    dtype: torch.dtype | None,
 ) -> torch.Tensor:
     import torch
 
-    tensors = [_load(plan, readers, i, n) for i, n in planned.inputs]
-    base = _load(plan, readers, *planned.base) if planned.base is not None else None
     everything = [*tensors, *([base] if base is not None else [])]
     work = dtype
     if work is None:

@@ -1,18 +1,16 @@
-"""Process settings that make tensor-by-tensor merging fast: thread count and allocator behaviour.
+"""Process settings that make tensor-by-tensor merging fast: parallelism and allocator behaviour.
 
-Both matter more than the arithmetic on a shared machine: a merge runs thousands of short tensor operations,
-and each one that torch spreads over several threads waits at its end for the slowest thread; when the
-cores are busy with other work that wait is a whole scheduler time slice.
+A streaming merge runs thousands of short tensor operations. Spreading each operation over torch's intra-op
+threads works badly on a shared machine: every operation waits at its end for the slowest thread, and when the
+cores are busy with other work that wait is a whole scheduler time slice (measured on the 2-core machine at
+load ~8, ``--quick`` TIES merge: 1 thread 18 s wall / 4.5 CPU s, torch's default 2 threads 63-124 s wall /
+19-35 CPU s). It also changes the merged bits: float32 sums over a tensor (the L1 rescale of DARE) are split
+per thread, so 1 and 2 threads round differently.
 
-``hm3 merge --mergekit`` therefore runs on a fixed :data:`MERGE_THREADS` (one) thread unless
-``HM3_NUM_THREADS`` or ``OMP_NUM_THREADS`` says otherwise (:func:`use_merge_threads`). Measured on the
-shared 2-core machine at load average ~8 (``--quick`` TIES merge, 40M parameters, bf16): 1 thread 18 s wall
-and 4.5 CPU s; torch's default of 2 threads 63-124 s wall and 19-35 CPU s (spin-waiting). The count is fixed
-rather than read from the load because it changes the merged bits: float32 sums over a tensor (the L1
-rescale of DARE and breadcrumbs) are split per thread, so 1 and 2 threads round differently.
-
-:func:`use_idle_cores` (threads from the 1-minute load average) is kept for callers that want it, with that
-caveat: its results depend on what else the machine is running.
+``hm3 merge --mergekit`` therefore parallelises across tensors instead (:func:`merge_workers`): each tensor
+is merged start to finish on one thread, by one of several worker threads (torch releases the GIL inside its
+kernels). No worker ever waits for another inside an operation, and every tensor's bits are those of a
+one-thread merge, whatever the worker count and the machine's load.
 """
 
 from __future__ import annotations
@@ -21,23 +19,23 @@ import os
 
 _DONE: set[str] = set()
 
-MERGE_THREADS = 1
-"""Default torch intra-op threads of a streaming merge (see the module docstring for why one)."""
+MAX_MERGE_WORKERS = 4
+"""Default cap on tensors merged at once (each holds its inputs in memory while it is merged)."""
 
 
-def use_merge_threads(default: int = MERGE_THREADS) -> int:
-    """Set torch's intra-op threads to ``HM3_NUM_THREADS``, else ``OMP_NUM_THREADS``, else ``default``.
+def merge_workers() -> int:
+    """Number of tensors to merge at once, with torch's intra-op threads set to one.
 
-    Returns the thread count in use. The same count on the same machine gives the same bits, whatever the
-    machine's load.
+    ``HM3_NUM_THREADS`` (else ``OMP_NUM_THREADS``) sets the count; the default is the machine's cores, at most
+    :data:`MAX_MERGE_WORKERS`. The count changes speed and peak memory, never the merged bits.
     """
     import torch
 
     explicit = os.environ.get("HM3_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
-    threads = max(1, int(explicit)) if explicit else default
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-    return threads
+    workers = max(1, int(explicit)) if explicit else min(os.cpu_count() or 1, MAX_MERGE_WORKERS)
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    return workers
 
 
 def use_idle_cores() -> int:
@@ -45,7 +43,7 @@ def use_idle_cores() -> int:
 
     Returns the thread count in use. An explicit ``OMP_NUM_THREADS`` (or ``HM3_NUM_THREADS``) wins. Results
     of reductions then depend on the machine's load (see the module docstring); merges use
-    :func:`use_merge_threads` instead.
+    :func:`merge_workers` instead.
     """
     import torch
 

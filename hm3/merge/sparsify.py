@@ -8,7 +8,10 @@ input. They follow ``mergekit.sparsify`` exactly (same keep rules, same L1 resca
   faster than ``kthvalue``) instead of a full sort; ties at the threshold keep the lowest indices
   (mergekit's ``argsort`` leaves their order unspecified);
 * random masks draw from an explicit ``torch.Generator`` (reproducible from a seed per model and tensor)
-  instead of the global generator, as ``rand < density`` (the same Bernoulli law, drawn faster).
+  instead of the global generator, four 16-bit draws per 64-bit draw (:func:`random_keep`: the same
+  Bernoulli law with the keep probability rounded to 2^-16, drawn 4x faster);
+* dropped entries are zeroed through their bit patterns (:func:`keep_only`), which gives +0.0 where
+  mergekit's multiply gives -0.0 for a negative entry.
 """
 
 from __future__ import annotations
@@ -48,21 +51,49 @@ def magnitude(
     if density <= 0 or delta.numel() == 0:
         return delta.zero_() if inplace else torch.zeros_like(delta)
     flat = delta.abs().reshape(-1)
-    count = flat.numel()
-    keep = max(1, int(density * count))
-    threshold = kth_largest(flat, keep)
-    mask = flat > threshold
-    missing = keep - int(mask.sum())
-    if missing > 0:
-        mask[(flat == threshold).nonzero().reshape(-1)[:missing]] = True
+    keep = max(1, int(density * flat.numel()))
+    threshold, above, tied = _kth_largest_counted(flat, keep)
+    missing = (
+        keep - above
+    )  # how many of the `tied` entries equal to the threshold are kept, lowest index first
+    keep = flat >= threshold if missing == tied else flat > threshold
+    if 0 < missing < tied:
+        tie = flat == threshold
+        cut = _index_of_nth_true(tie, missing) + 1
+        keep[:cut].logical_or_(tie[:cut])
     del flat
     before = delta.abs().sum() if rescale else None
-    masked = (
-        delta.mul_(mask.reshape(delta.shape))
-        if inplace
-        else delta * mask.reshape(delta.shape).to(delta.dtype)
-    )
+    keep = keep.reshape(delta.shape)
+    masked = keep_only(delta if inplace else delta.clone(), keep)
     return _rescaled(before, masked) if before is not None else masked
+
+
+def _index_of_nth_true(flags: torch.Tensor, n: int) -> int:
+    """Index of the ``n``-th (1-based) True in a flat bool tensor (numpy's nonzero on CPU: ~4x torch's)."""
+    if flags.device.type == "cpu":
+        import numpy as np
+
+        return int(np.flatnonzero(flags.numpy())[n - 1])
+    return int(flags.nonzero()[n - 1])
+
+
+_SAME_WIDTH_INT = {2: "int16", 4: "int32", 8: "int64"}
+
+
+def keep_only(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Zero ``values`` where the boolean ``keep`` is False, in place; returns ``values``.
+
+    Multiplies the entries' bit patterns, read as integers of the same width, by the mask: exactly
+    ``values * keep`` except that a dropped negative entry becomes +0.0 instead of -0.0 (equal as numbers),
+    and 4-10x faster on CPU than a float multiply by a bool mask (which converts the mask) or ``masked_fill_``.
+    """
+    import torch
+
+    width = _SAME_WIDTH_INT.get(values.element_size())
+    if width is None or not values.is_contiguous():
+        return values.mul_(keep)
+    values.view(getattr(torch, width)).mul_(keep)
+    return values
 
 
 _SIGNED_BITS = {"bfloat16": "int16", "float16": "int16", "float32": "int32"}
@@ -75,33 +106,42 @@ def kth_largest(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
     counting patterns: half precision in one ``bincount`` over 2^15 values, float32 in two (the high 16 bits,
     then the low 16 bits of the entries in the selected high bucket). Other dtypes use ``kthvalue``.
     """
+    return _kth_largest_counted(magnitudes, k)[0]
+
+
+def _kth_largest_counted(magnitudes: torch.Tensor, k: int) -> tuple[torch.Tensor, int, int]:
+    """:func:`kth_largest`, with how many entries are above it and how many equal it."""
     import torch
 
     name = str(magnitudes.dtype).removeprefix("torch.")
     if name not in _SIGNED_BITS or magnitudes.device.type != "cpu":
         ranked = magnitudes.float() if name in ("bfloat16", "float16") else magnitudes
-        return torch.kthvalue(ranked, ranked.numel() - k + 1).values.to(magnitudes.dtype)
+        value = torch.kthvalue(ranked, ranked.numel() - k + 1).values.to(magnitudes.dtype)
+        return value, int((magnitudes > value).sum()), int((magnitudes == value).sum())
     bits = magnitudes.view(getattr(torch, _SIGNED_BITS[name]))
     if name != "float32":
-        bucket, _ = _bucket_of_kth(bits.to(torch.int32), k, 1 << 15)
+        bucket, above, tied = _bucket_of_kth(bits.to(torch.int32), k, 1 << 15)
         pattern = torch.tensor(bucket, dtype=torch.int16)
     else:
         high = bits >> 16
-        top, above = _bucket_of_kth(high, k, 1 << 15)
+        top, above, _ = _bucket_of_kth(high, k, 1 << 15)
         low = bits[high == top] & 0xFFFF
-        bottom, _ = _bucket_of_kth(low, k - above, 1 << 16)
+        bottom, above_low, tied = _bucket_of_kth(low, k - above, 1 << 16)
+        above += above_low
         pattern = torch.tensor((top << 16) | bottom, dtype=torch.int32)
-    return pattern.view(magnitudes.dtype)
+    return pattern.view(magnitudes.dtype), above, tied
 
 
-def _bucket_of_kth(values: torch.Tensor, k: int, buckets: int) -> tuple[int, int]:
-    """The value v holding the k-th largest of non-negative integer ``values``, and how many exceed v."""
+def _bucket_of_kth(values: torch.Tensor, k: int, buckets: int) -> tuple[int, int, int]:
+    """The value v holding the k-th largest of non-negative integer ``values``, how many exceed v, and how
+    many equal it."""
     import torch
 
     counts = torch.bincount(values, minlength=buckets)
     at_least = counts.flip(0).cumsum(0).flip(0)  # at_least[v] = how many values are >= v
     bucket = int((at_least >= k).nonzero()[-1])
-    return bucket, int(at_least[bucket]) - int(counts[bucket])
+    tied = int(counts[bucket])
+    return bucket, int(at_least[bucket]) - tied, tied
 
 
 def _rescaled(before: torch.Tensor, masked: torch.Tensor, eps: float = RESCALE_EPS) -> torch.Tensor:
@@ -140,6 +180,29 @@ def _work_dtype(delta: torch.Tensor) -> torch.dtype:
     return torch.float32
 
 
+def random_keep(
+    shape: torch.Size | tuple[int, ...],
+    density: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """A boolean mask of ``shape``, each entry True with probability ``density`` (to 1/65536), independently.
+
+    Four 16-bit uniform draws come from each 64-bit draw of ``generator``, so a mask costs a quarter of the
+    generator calls of ``torch.rand(shape) < density`` (about 4x faster on CPU); the keep probability is
+    ``density`` rounded to a multiple of 2^-16 (below 1 - 2^-16). Same seed, same mask.
+    """
+    import math
+
+    import torch
+
+    count = math.prod(shape)
+    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device)
+    draws = words.random_(-(2**63), None, generator=generator).view(torch.int16)[:count]
+    threshold = min(round(density * 65536), 65535) - 32768
+    return (draws < threshold).reshape(shape)
+
+
 def random_drop(
     delta: torch.Tensor,
     density: float,
@@ -151,15 +214,14 @@ def random_drop(
 
     ``inplace`` overwrites ``delta`` when no dtype conversion is needed.
     """
-    import torch
 
     if density >= 1:
         return delta
     work = _work_dtype(delta)
-    keep = torch.rand(delta.shape, generator=generator, device=delta.device) < density
+    keep = random_keep(delta.shape, density, generator, delta.device)
     values = delta if (inplace and work == delta.dtype) else delta.to(work, copy=True)
     before = values.abs().sum() if rescale else None
-    values.mul_(keep)
+    keep_only(values, keep)
     if before is not None:
         values = _rescaled(before, values)
     return values if values.dtype == delta.dtype else values.to(delta.dtype)
