@@ -39,12 +39,12 @@ def main() -> None:
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     rows, fronts = [], {}
-    for label, extra in (
-        ("in-process (no Ray)", []),
-        ("Ray, 1 worker", ["--ray-address", "local", "--workers", "1"]),
-        ("Ray, 2 workers", ["--ray-address", "local", "--workers", "2"]),
+    for folder, label, extra in (
+        ("in-process", "in-process (no Ray)", []),
+        ("ray-1", "Ray, 1 worker", ["--ray-address", "local", "--workers", "1"]),
+        ("ray-2", "Ray, 2 workers", ["--ray-address", "local", "--workers", "2"]),
     ):
-        run = SCRATCH / label.split(",")[-1].strip().replace(" ", "-").strip("()")
+        run = SCRATCH / folder
         shutil.rmtree(run, ignore_errors=True)
         command = [
             sys.executable,
@@ -89,7 +89,9 @@ def main() -> None:
         "the actor's CPUs); the in-process run uses torch's default threads on both cores.",
     ]
     out = REPO / "benchmarks" / "results" / "scale.md"
-    out.write_text("\n".join(lines) + "\n")
+    from _notes import kept_notes
+
+    out.write_text("\n".join(lines + kept_notes(out, "## Notes")) + "\n")
     print(out.read_text())
 
 

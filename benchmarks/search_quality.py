@@ -14,7 +14,7 @@ Writes ``benchmarks/results/search_quality.md`` (``search_quality_quick.md`` wit
 fronts overlaid in ``search_quality.png`` (LM) and ``search_quality_vit.png``. Each run lives in
 ``benchmarks/scratch/search_quality/...``; a finished run is reused, so an interrupted benchmark continues.
 
-    .venv/bin/python benchmarks/search_quality.py              # 3 seeds, 7 preferences x 31 candidates
+    .venv/bin/python benchmarks/search_quality.py              # 3 seeds, 7 preferences x 16 candidates
     BENCH_QUICK=1 .venv/bin/python benchmarks/search_quality.py   # 1 seed, 4 preferences x 9, for a first look
 """
 
@@ -35,10 +35,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from _notes import kept_notes  # noqa: E402
+
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 SEEDS = [0] if QUICK else [0, 1, 2]
 PREFERENCE_SAMPLES = 0 if QUICK else 3  # + K corners + centre
-ITERATIONS = 8 if QUICK else 30
+ITERATIONS = 8 if QUICK else 15
 METHODS = ["hm3", "uniform", "grid", "nsga2", "cmaes", "evo_path", "param_only", "arch_only"]
 ZOOS = {"lm": "recipes/toy-lm.yaml", "vit": "recipes/toy-vit.yaml"}
 SCRATCH = REPO / "benchmarks" / "scratch" / "search_quality" / ("quick" if QUICK else "full")
@@ -58,6 +60,17 @@ def recipe_for(kind: str, seed: int):
     )
 
 
+def zoo_fingerprint(kind: str) -> str:
+    """The zoo manifest's digest: a run made on an older build of the zoo is not reused."""
+    import hashlib
+
+    from hm3.recipe import load_recipe
+
+    recipe = load_recipe(REPO / ZOOS[kind])
+    manifest = Path(recipe.base_model.path).parent / "zoo.json"
+    return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
+
+
 def run_one(kind: str, seed: int, method: str, budget: int) -> dict:
     """One run (reused when its summary exists); returns summary + front + wall time."""
     from hm3.baselines import run_baseline
@@ -66,7 +79,9 @@ def run_one(kind: str, seed: int, method: str, budget: int) -> dict:
     from hm3.store import RunStore
 
     folder = SCRATCH / kind / f"seed{seed}" / method
-    if not (folder / "summary.json").is_file():
+    zoo = zoo_fingerprint(kind)
+    finished = (folder / "summary.json").is_file() and (folder / "wall.json").is_file()
+    if not finished or json.loads((folder / "wall.json").read_text()).get("zoo") != zoo:
         recipe = recipe_for(kind, seed)
         store = RunStore.create(folder, recipe, force=True)
         started = time.perf_counter()
@@ -75,7 +90,7 @@ def run_one(kind: str, seed: int, method: str, budget: int) -> dict:
                 run_search(recipe, store, progress)
             else:
                 run_baseline(recipe, store, method, budget, progress)
-        (folder / "wall.json").write_text(json.dumps({"seconds": time.perf_counter() - started}))
+        (folder / "wall.json").write_text(json.dumps({"seconds": time.perf_counter() - started, "zoo": zoo}))
     return {
         "summary": json.loads((folder / "summary.json").read_text()),
         "front": json.loads((folder / "front.json").read_text()),
@@ -207,6 +222,7 @@ def main() -> None:
         f"{SEEDS[0]} overlaid.",
     ]
     RESULTS.mkdir(parents=True, exist_ok=True)
+    lines += kept_notes(RESULTS / name)
     (RESULTS / name).write_text("\n".join(lines) + "\n")
     print((RESULTS / name).read_text())
 

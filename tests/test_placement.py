@@ -47,3 +47,21 @@ def test_pool_places_tensors_in_the_recipe_dtype(tiny_pools) -> None:
     merged = merge_state_dict(fresh, spec, cached=True)
     assert {t.dtype for t in merged.values()} == {torch.bfloat16}
     assert fresh.parameters_per_model == sum(t.numel() for t in fresh.state_dict(0).values())
+
+
+def test_ray_workers_get_a_gpu_each_when_the_recipe_runs_on_one() -> None:
+    from types import SimpleNamespace
+
+    from hm3.search.distributed import actor_placement
+
+    class Recipe(SimpleNamespace):
+        def model_copy(self, update):
+            return Recipe(**{**vars(self), **update})
+
+    on_cpu, recipe = actor_placement(Recipe(device="cpu"), {"CPU": 2.0, "GPU": 4.0})
+    assert on_cpu == {"num_cpus": 1} and recipe.device == "cpu"
+    options, recipe = actor_placement(Recipe(device="auto"), {"CPU": 16.0, "GPU": 2.0})
+    assert options == {"num_cpus": 1, "num_gpus": 1} and recipe.device == "cuda"
+    assert actor_placement(Recipe(device="auto"), {"CPU": 2.0})[0] == {"num_cpus": 1}
+    with pytest.raises(UserError, match="the Ray cluster has no GPU"):
+        actor_placement(Recipe(device="cuda"), {"CPU": 2.0})

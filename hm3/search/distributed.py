@@ -74,6 +74,22 @@ def connect(address: str, workers: int | None) -> int:
     return max(1, min(workers or available, available))
 
 
+def actor_placement(recipe: Any, cluster: dict[str, float]) -> tuple[dict[str, float], Any]:
+    """Ray resources of one worker, and the recipe the worker opens.
+
+    A recipe on a GPU (``device: cuda``, ``cuda:N``, or ``auto`` on a cluster with GPUs) gives each worker a GPU
+    of its own: Ray makes that GPU the worker's only visible one, so the worker's recipe says ``cuda``. Otherwise
+    a worker takes one CPU and keeps the recipe's device.
+    """
+    device = str(recipe.device)
+    wants_gpu = device.startswith("cuda") or (device == "auto" and cluster.get("GPU", 0) >= 1)
+    if not wants_gpu:
+        return {"num_cpus": 1}, recipe
+    if cluster.get("GPU", 0) < 1:
+        raise UserError(f"device {device}: the Ray cluster has no GPU; use device: cpu or a cluster with GPUs")
+    return {"num_cpus": 1, "num_gpus": 1}, recipe.model_copy(update={"device": "cuda"})
+
+
 def run_preferences_on_ray(
     search: Search,
     pending: list[tuple[int, np.ndarray]],
@@ -89,10 +105,13 @@ def run_preferences_on_ray(
     count = min(connect(address, workers), len(pending))
     if count == 0:
         return
-    worker_class = ray.remote(num_cpus=1)(PreferenceWorker)
+    options, recipe = actor_placement(search.recipe, ray.cluster_resources())
+    if options.get("num_gpus"):
+        count = min(count, int(ray.cluster_resources()["GPU"]))
+    worker_class = ray.remote(**options)(PreferenceWorker)
     actors = [
         worker_class.remote(
-            search.recipe,
+            recipe,
             str(search.store.directory.resolve()),
             search.ideal,
             parameter_level,
