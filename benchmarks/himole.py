@@ -18,17 +18,13 @@ import hashlib
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _bench import REPO, kept_notes, offline
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+offline()
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 SEEDS = [0] if QUICK else [0, 1, 2]
@@ -166,7 +162,7 @@ def main() -> None:
     ]
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / ("himole_quick.md" if QUICK else "himole.md")
-    out.write_text("\n".join(lines) + "\n")
+    out.write_text("\n".join(lines + kept_notes(out)) + "\n")
     print(out.read_text())
 
 

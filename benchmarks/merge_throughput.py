@@ -296,7 +296,7 @@ def write_report(context: dict, rows: list, baseline: list, differences: dict) -
         lines.insert(2, f"**Partial: {done} of {planned} merge runs done when this was written.**\n")
     RESULTS.mkdir(parents=True, exist_ok=True)
     target = RESULTS / ("merge_throughput_quick.md" if args.quick else "merge_throughput.md")
-    from _notes import kept_notes
+    from _bench import kept_notes
 
     target.write_text("\n".join(lines + kept_notes(target, "## Notes")) + "\n")
     return target

@@ -89,7 +89,7 @@ def main() -> None:
         "the actor's CPUs); the in-process run uses torch's default threads on both cores.",
     ]
     out = REPO / "benchmarks" / "results" / "scale.md"
-    from _notes import kept_notes
+    from _bench import kept_notes
 
     out.write_text("\n".join(lines + kept_notes(out, "## Notes")) + "\n")
     print(out.read_text())

@@ -28,14 +28,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _bench import REPO, kept_notes, offline
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-from _notes import kept_notes  # noqa: E402
+offline()
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 SEEDS = [0] if QUICK else [0, 1, 2]

@@ -155,7 +155,7 @@ def write_hf_checkpoint(
             (staging / "README.md").write_text(model_card)
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text)
-        _move_into_place(staging, out)
+        move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -419,7 +419,7 @@ def _umask() -> int:
     return mask
 
 
-def _move_into_place(staging: Path, out: Path) -> None:
+def move_into_place(staging: Path, out: Path) -> None:
     """Rename the finished folder to ``out``; an existing ``out`` (``force``) is moved aside first."""
     trash = None
     if out.exists():

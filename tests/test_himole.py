@@ -449,7 +449,7 @@ def test_interrupted_save_keeps_the_previous_adapter(tiny_pools, tmp_path, monke
     def interrupted(staging: Path, target: Path) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(storage, "_swap_into_place", interrupted)
+    monkeypatch.setattr(storage, "move_into_place", interrupted)
     with pytest.raises(KeyboardInterrupt):
         storage.save_adapter(folder, model, {"variant": "second", "adapter": spec.to_json()})
     assert storage.read_manifest(folder)["variant"] == "first"

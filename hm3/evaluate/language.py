@@ -69,8 +69,7 @@ class LanguageObjective:
 
     def indices(self, split: str) -> list[int]:
         """Positions scored on ``split``, cut to the objective's ``limit``."""
-        chosen = list(self.split.indices(split))
-        return chosen[: self.objective.limit] if self.objective.limit else chosen
+        return self.split.limited(split, self.objective.limit)
 
     def score(self, lm: HFLM, split: str) -> float:
         """The objective's metric for the model inside ``lm``, on ``split``'s documents."""

@@ -49,6 +49,11 @@ class DocumentSplit:
     search: tuple[int, ...]
     heldout: tuple[int, ...]
 
+    def limited(self, split: str, limit: int | None) -> list[int]:
+        """The first ``limit`` positions of ``split`` (all of them when ``limit`` is None or 0)."""
+        chosen = list(self.indices(split))
+        return chosen[:limit] if limit else chosen
+
     def indices(self, split: str) -> tuple[int, ...]:
         """Positions of ``split`` (``search``, ``heldout`` or ``all``), ascending."""
         if split == "search":

@@ -62,8 +62,7 @@ class VisionObjective:
 
     def indices(self, split: str) -> list[int]:
         """Positions scored on ``split``, cut to the objective's ``limit``."""
-        chosen = list(self.split.indices(split))
-        return chosen[: self.objective.limit] if self.objective.limit else chosen
+        return self.split.limited(split, self.objective.limit)
 
     def score(self, model: Any, split: str) -> float:
         """Accuracy of ``model`` (anything returning ``pooler_output``) with this task's head on ``split``."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hm3.errors import UserError
+from hm3.export import move_into_place
 
 MANIFEST = "himole.json"
 WEIGHTS = "adapter.safetensors"
@@ -56,19 +57,11 @@ def save_adapter(folder: Path, model: Any, manifest: dict[str, Any], centroids: 
                 {"centroids": torch.as_tensor(centroids).float().contiguous()}, str(staging / CENTROIDS)
             )
         (staging / MANIFEST).write_text(json.dumps({"format": FORMAT, **manifest}, indent=2) + "\n")
-        _swap_into_place(staging, folder)
+        move_into_place(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
-
-
-def _swap_into_place(staging: Path, folder: Path) -> None:
-    old = folder.parent / f".{folder.name}.old-{os.getpid()}"
-    if folder.exists():
-        folder.rename(old)
-    staging.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,7 +128,7 @@ def save_routed_model(
     Returns:
         ``out``.
     """
-    from hm3.export import check_output_folder, write_hf_checkpoint
+    from hm3.export import check_output_folder, move_into_place, write_hf_checkpoint
     from hm3.routing.builder import routed_tensors
 
     out = Path(out)
@@ -166,7 +165,7 @@ def save_routed_model(
             from safetensors.torch import save_file
 
             save_file(alignment.to_tensors(), str(folder / ALIGNMENT_FILE))
-        _replace(folder, out)
+        move_into_place(folder, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
@@ -192,16 +191,6 @@ def _checkpoint_parts(
     fixed["dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
     # a repeated layer is the same storage under two names: the writer streams each tensor's own bytes
     return fixed, tensors
-
-
-def _replace(staging: Path, out: Path) -> None:
-    trash = None
-    if out.exists():
-        trash = out.parent / f".{out.name}.replaced-{uuid.uuid4().hex[:8]}"
-        out.rename(trash)
-    staging.rename(out)
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
 
 
 def read_routing_record(folder: str | Path) -> dict[str, Any] | None:

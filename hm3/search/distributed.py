@@ -86,7 +86,9 @@ def actor_placement(recipe: Any, cluster: dict[str, float]) -> tuple[dict[str, f
     if not wants_gpu:
         return {"num_cpus": 1}, recipe
     if cluster.get("GPU", 0) < 1:
-        raise UserError(f"device {device}: the Ray cluster has no GPU; use device: cpu or a cluster with GPUs")
+        raise UserError(
+            f"device {device}: the Ray cluster has no GPU; use device: cpu or a cluster with GPUs"
+        )
     return {"num_cpus": 1, "num_gpus": 1}, recipe.model_copy(update={"device": "cuda"})
 
 

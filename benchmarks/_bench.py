@@ -1,8 +1,24 @@
-"""Hand-written analysis kept across re-runs of a benchmark that rewrites its results file."""
+"""What the benchmark scripts share: the repository on the import path, offline settings, kept notes."""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def offline() -> None:
+    """Import hm3 from this checkout; no hub access, no tokenizer thread pools (as in the tests and the demo)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    for name, value in (
+        ("HF_HUB_OFFLINE", "1"),
+        ("HF_DATASETS_OFFLINE", "1"),
+        ("TOKENIZERS_PARALLELISM", "false"),
+    ):
+        os.environ.setdefault(name, value)
 
 
 def kept_notes(results: Path, heading: str = "## Analysis") -> list[str]:
