@@ -4,6 +4,7 @@ Layout::
 
     RUN/
       recipe.yaml        the resolved recipe (absolute paths), written once when the run starts
+      models.json        size and modification time of every local model's weight files at the start
       candidates.jsonl   one JSON line per scored candidate, appended, flushed and fsynced at once
       front.json         the Pareto front members with search and held-out scores (written at the end)
       summary.json       hypervolume (with its normalisation), counts, wall time, baseline scores
@@ -14,6 +15,8 @@ Layout::
 ``candidates.jsonl`` is the run's memory: a resumed run reads it back and never scores a candidate twice. A
 line torn by a kill mid-write is dropped (and cut off the file) on the next open. ``front.json`` and
 ``summary.json`` are replaced atomically (temp file + rename), so they are either the old or the new version.
+The logged scores belong to the models as they were: a run whose model files changed since it started (a
+rebuilt zoo, a re-downloaded checkpoint) is not resumed (``models.json``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ CANDIDATES_FILE = "candidates.jsonl"
 FRONT_FILE = "front.json"
 SUMMARY_FILE = "summary.json"
 LOG_FILE = "log.txt"
+MODELS_FILE = "models.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 class RunStore:
@@ -63,6 +68,7 @@ class RunStore:
         directory.mkdir(parents=True, exist_ok=True)
         store = cls(directory)
         store._write_atomic(RECIPE_FILE, recipe_to_yaml(recipe))
+        store._write_atomic(MODELS_FILE, json.dumps(model_files(recipe), indent=1) + "\n")
         (directory / CANDIDATES_FILE).touch()
         return store
 
@@ -90,8 +96,23 @@ class RunStore:
                 )
                 raise UserError(f"cannot resume {directory} with a different recipe: {shown}")
         store = cls(directory)
+        store._check_models_unchanged(stored)
         store._repair_torn_tail()
         return store, stored
+
+    def _check_models_unchanged(self, recipe: Recipe) -> None:
+        """Refuse to resume when a local model's weight files changed since the run started."""
+        file = self.directory / MODELS_FILE
+        if not file.is_file():
+            return  # a run from before models.json: nothing to compare
+        then, now = json.loads(file.read_text()), model_files(recipe)
+        changed = [name for name in then if then[name] != now.get(name)]
+        if changed:
+            raise UserError(
+                f"cannot resume {self.directory}: the weights in {', '.join(changed[:3])} changed since the run "
+                "started (its logged scores are for the old ones); start a new run, or replace this one "
+                "with hm3 merge --recipe ... --force"
+            )
 
     # -- candidates ---------------------------------------------------------------------------------------
 
@@ -163,6 +184,21 @@ class RunStore:
             os.fsync(handle.fileno())
         os.replace(temporary, target)
         return target
+
+
+def model_files(recipe: Recipe) -> dict[str, dict[str, list[int]]]:
+    """Model folder -> {weight file: [size, mtime in ns]} for every local model of the recipe (hub ids skipped)."""
+    found: dict[str, dict[str, list[int]]] = {}
+    for ref in [recipe.base_model, *recipe.models]:
+        folder = Path(ref.path)
+        if ref.is_hub or not folder.is_dir():
+            continue
+        found[str(folder)] = {
+            file.name: [file.stat().st_size, file.stat().st_mtime_ns]
+            for file in sorted(folder.iterdir())
+            if file.suffix in WEIGHT_SUFFIXES
+        }
+    return found
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

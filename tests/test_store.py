@@ -65,3 +65,29 @@ def test_json_files_are_replaced_atomically(tmp_path) -> None:
     assert not list((tmp_path / "run").glob(".*tmp*"))
     with pytest.raises(UserError, match="no summary.json"):
         store.read_json("summary.json")
+
+
+def test_resume_refuses_when_a_model_was_rebuilt_since_the_run_started(tmp_path) -> None:
+    """Logged scores belong to the weights they were measured on: a rebuilt model ends resuming."""
+    import os
+
+    folders = {name: tmp_path / "models" / name for name in ("base", "a", "b")}
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"weights v1")
+        (folder / "config.json").write_text("{}")
+    recipe = recipe_from_dict(
+        {
+            "base_model": str(folders["base"]),
+            "models": [str(folders["a"]), str(folders["b"])],
+            "objectives": [{"name": "x", "task": "sst2"}, {"name": "y", "task": "rte"}],
+        }
+    )
+    RunStore.create(tmp_path / "run", recipe)
+    (folders["a"] / "config.json").write_text('{"edited": true}')  # not a weight file
+    RunStore.resume(tmp_path / "run", recipe)
+    weights = folders["a"] / "model.safetensors"
+    weights.write_bytes(b"weights v2")
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    with pytest.raises(UserError, match=r"weights in .*models/a changed since the run started"):
+        RunStore.resume(tmp_path / "run", recipe)
