@@ -16,6 +16,7 @@ fronts overlaid in ``search_quality.png`` (LM) and ``search_quality_vit.png``. E
 
     .venv/bin/python benchmarks/search_quality.py              # 3 seeds, 7 preferences x 16 candidates
     BENCH_QUICK=1 .venv/bin/python benchmarks/search_quality.py   # 1 seed, 4 preferences x 9, for a first look
+    BENCH_ZOOS=vit .venv/bin/python benchmarks/search_quality.py  # one zoo only (lm, vit); the table lists it alone
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def main() -> None:
 
     started = time.perf_counter()
     sections = []
-    for kind in ZOOS:
+    for kind in [k for k in ZOOS if k in os.environ.get("BENCH_ZOOS", ",".join(ZOOS)).split(",")]:
         ensure_zoo(kind, size="small")
         runs = {}
         for seed in SEEDS:
