@@ -16,13 +16,31 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("cli.validate", "Check a recipe; one line per problem, naming the field (exit 2 if bad)."),
     "schema": ("cli.schema", "Print the JSON schema of the recipe format."),
     "pool": ("cli.pool", "Inspect the models a recipe names: family, layers, shapes, compatibility."),
-    "zoo": ("cli.zoo", "Build the toy model zoo (language or vision) that the demo, tests and benchmarks use."),
-    "merge": ("cli.merge", "Run the HM3 search on a recipe (--recipe, --resume), or a mergekit config (--mergekit)."),
-    "baseline": ("cli.baseline", "Run a baseline (uniform, grid, nsga2, cmaes, evo_path, param_only, arch_only) in HM3's run format."),
-    "pareto": ("cli.pareto", "Show a run's Pareto front: a table, hypervolumes, a plot (--plot FILE.png|.svg)."),
+    "zoo": (
+        "cli.zoo",
+        "Build the toy model zoo (language or vision) that the demo, tests and benchmarks use.",
+    ),
+    "merge": (
+        "cli.merge",
+        "Run the HM3 search on a recipe (--recipe, --resume), or a mergekit config (--mergekit).",
+    ),
+    "baseline": (
+        "cli.baseline",
+        "Run a baseline (uniform, grid, nsga2, cmaes, evo_path, param_only, arch_only) in HM3's run format.",
+    ),
+    "pareto": (
+        "cli.pareto",
+        "Show a run's Pareto front: a table, hypervolumes, a plot (--plot FILE.png|.svg).",
+    ),
     "export": ("cli.export", "Write a front member of a run as a model folder (Hugging Face checkpoint)."),
-    "eval": ("cli.eval", "Score saved models on a recipe's objectives (search, held-out or all of each task's data)."),
-    "himole": ("cli.himole", "Train (train) or score (eval) a hierarchical mixture of LoRA experts on a recipe's himole: section."),
+    "eval": (
+        "cli.eval",
+        "Score saved models on a recipe's objectives (search, held-out or all of each task's data).",
+    ),
+    "himole": (
+        "cli.himole",
+        "Train (train) or score (eval) a hierarchical mixture of LoRA experts on a recipe's himole: section.",
+    ),
 }
 
 

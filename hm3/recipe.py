@@ -231,6 +231,9 @@ class ParameterLevel(_Section):
         drop_rate: DARE drop rate p; the same knob as ``1 - density`` (give one or the other, or equal ones).
         normalize: Divide by the sum of weights (None: the method's mergekit default).
         density_search: Optional densities tried per preference (the upper level picks the best).
+        scale_search: Optional scales of the merged task vector tried per preference (task arithmetic's scaling
+            coefficient, mergekit's ``lambda``; the upper level picks the best). With the preference as the
+            weights the task vectors are averaged (scale 1); a larger scale sums more of each.
         seed: Seed of DARE's random masks (None: the recipe's ``seed``).
     """
 
@@ -239,6 +242,7 @@ class ParameterLevel(_Section):
     drop_rate: float | None = Field(default=None, ge=0, lt=1)
     normalize: bool | None = None
     density_search: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(default=None, min_length=1)
+    scale_search: list[Annotated[float, Field(gt=0, le=10)]] | None = Field(default=None, min_length=1)
     seed: int | None = None
 
     @model_validator(mode="after")
@@ -251,6 +255,11 @@ class ParameterLevel(_Section):
         if self.drop_rate is not None and not self.method.startswith(("dare", "della")):
             raise ValueError(f"drop_rate applies to DARE methods only, not {self.method!r}; use density")
         return self
+
+    @property
+    def merges_per_preference(self) -> int:
+        """Merges the upper level scores per preference: every density × every scale it searches."""
+        return len(self.density_search or [None]) * len(self.scale_search or [None])
 
     @property
     def effective_density(self) -> float:

@@ -90,3 +90,39 @@ def test_grid_points_cover_the_cube_coarse_to_fine() -> None:
     assert len(points) == 26 and len(set(points)) == 26  # the 3x3x3 grid without the origin
     assert points[:7] == [p for p in points if set(p) <= {0.0, 1.0}]  # the cube's corners first
     assert grid_points(2, 3) == [(0.0, 1.0), (1.0, 0.0), (1.0, 1.0)]
+
+
+@pytest.mark.slow
+def test_scale_search_keeps_the_best_scale_per_preference_and_counts_in_the_budget(
+    micro_recipe: Path, tmp_path: Path
+) -> None:
+    """The upper level tries every scale of the merged task vector, keeps the best reward, and the budget
+    every baseline gets counts those merges (P × scales here, the architecture level off)."""
+    from hm3.baselines import hm3_budget
+    from hm3.recipe import load_recipe
+    from hm3.search.progress import SearchProgress
+    from hm3.search.run import run_search
+    from hm3.store import RunStore
+
+    base = load_recipe(micro_recipe)
+    recipe = base.model_copy(
+        update={
+            "parameter_level": base.parameter_level.model_copy(update={"scale_search": [0.5, 1.0, 2.0]}),
+            "architecture_level": base.architecture_level.model_copy(update={"enabled": False}),
+            "preferences": base.preferences.model_copy(update={"count": 0}),
+        }
+    )
+    store = RunStore.create(tmp_path / "run", recipe)
+    summary = run_search(recipe, store, SearchProgress(enabled=False))
+    assert hm3_budget(recipe) == 4 * 3 == summary["evaluations_used"]
+    records = _search_records(store.directory)
+    assert {r["merge"]["scale"] for r in records} == {0.5, 1.0, 2.0}
+    for file in sorted((store.directory / "preferences").glob("p*.json")):
+        chosen = json.loads(file.read_text())
+        lam = chosen["preference"]
+        rewards = {
+            r["merge"]["scale"]: sum(w * s for w, s in zip(lam, r["scores"].values(), strict=True))
+            for r in records
+            if r["preference"] == chosen["index"]
+        }
+        assert chosen["merge"]["scale"] == max(rewards, key=rewards.get), (lam, rewards)

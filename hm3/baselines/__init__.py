@@ -38,10 +38,11 @@ METHODS: dict[str, str] = {
 
 
 def hm3_budget(recipe: Recipe) -> int:
-    """Distinct search-split candidates HM3 scores on ``recipe``: P × (iterations + 1)."""
+    """Distinct search-split candidates HM3 scores on ``recipe``: P × (merges + iterations) per preference."""
     from hm3.search.run import preferences
 
-    per_preference = recipe.agent.iterations + 1 if recipe.architecture_level.enabled else 1
+    merges = recipe.parameter_level.merges_per_preference
+    per_preference = merges + (recipe.agent.iterations if recipe.architecture_level.enabled else 0)
     return len(preferences(recipe)) * per_preference
 
 
@@ -90,7 +91,9 @@ def _ablation(
         changed = recipe.model_copy(
             update={
                 "architecture_level": recipe.architecture_level.model_copy(update={"enabled": False}),
-                "preferences": recipe.preferences.model_copy(update={"count": max(0, budget - fixed)}),
+                "preferences": recipe.preferences.model_copy(
+                    update={"count": max(0, budget // recipe.parameter_level.merges_per_preference - fixed)}
+                ),
             }
         )
         return run_search(changed, store, progress, method=method, details={"budget": budget})

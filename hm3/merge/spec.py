@@ -145,6 +145,7 @@ class MergeSpec(BaseModel):
         seed: int,
         *,
         density: float | None = None,
+        scale: float = 1.0,
         dtype: DtypeName | None = None,
     ) -> MergeSpec:
         """The merge a recipe's ``parameter_level`` asks for, with a preference vector as the weights.
@@ -154,6 +155,7 @@ class MergeSpec(BaseModel):
             weights: One weight per fine-tuned model (the preference vector λ), or per-model gradients.
             seed: The recipe's seed; ``parameter_level.seed`` wins when set.
             density: Override of the density (one value of ``density_search``).
+            scale: λ multiplying the merged task vector (one value of ``scale_search``).
             dtype: Merge dtype (None: the stored one).
         """
         values = [float(w) if isinstance(w, (int, float)) else tuple(float(x) for x in w) for w in weights]
@@ -165,4 +167,5 @@ class MergeSpec(BaseModel):
             normalize=parameter_level.normalize,
             seed=parameter_level.seed if parameter_level.seed is not None else seed,
             dtype=dtype,
+            scale=scale,
         )

@@ -5,7 +5,7 @@
 2. **Preferences.** The K simplex corners, the centre and N Dirichlet(1, …, 1) samples
    (:func:`hm3.moo.preferences.preference_vectors`, the recipe's ``preferences``).
 3. **For each λ**, the upper level merges parameters with weights λ (the recipe's method; with
-   ``density_search``, every listed density is merged and the best scalarized one kept), and the lower level
+   ``density_search`` / ``scale_search``, every listed density × scale is merged and the best scalarized one kept), and the lower level
    searches an inference path over the K fine-tuned models plus that merged model with the PPO/Wolpertinger
    agent (``agent.mode: per_preference``: one agent per λ, ``agent.iterations`` new candidates each;
    ``conditioned``: one preference-conditioned agent trained on the centre merge, rolled out for every λ).
@@ -22,6 +22,7 @@ Finished preferences are read back from ``preferences/``.
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -142,13 +143,19 @@ def preferences(recipe: Recipe) -> np.ndarray:
     )
 
 
-def merge_for(search: Search, preference: np.ndarray, density: float | None = None) -> MergeSpec:
+def merge_for(
+    search: Search, preference: np.ndarray, density: float | None = None, scale: float = 1.0
+) -> MergeSpec:
     """The parameter-level merge of preference λ (weights mapped from objectives to models)."""
     from hm3.merge.spec import MergeSpec
 
     recipe = search.recipe
     return MergeSpec.from_recipe(
-        recipe.parameter_level, recipe.model_weights(list(preference)), recipe.seed, density=density
+        recipe.parameter_level,
+        recipe.model_weights(list(preference)),
+        recipe.seed,
+        density=density,
+        scale=scale,
     )
 
 
@@ -195,10 +202,11 @@ def run_preference(
     started = time.perf_counter()
     lam = [float(v) for v in preference]
 
-    densities = recipe.parameter_level.density_search or [None]
+    level = recipe.parameter_level
+    settings = itertools.product(level.density_search or [None], level.scale_search or [1.0])
     best: tuple[float, MergeSpec | None] | None = None
-    for density in densities if parameter_level else []:
-        spec = merge_for(search, preference, density)
+    for density, scale in settings if parameter_level else []:
+        spec = merge_for(search, preference, density, scale)
         routing, scorer = logged_scorer(search, spec, lam, index)
         identity = InferencePath.identity(routing.merged_index, routing.num_layers)
         reward = rewards.reward(scorer.score(identity), lam, len(identity))
