@@ -17,6 +17,9 @@ fronts overlaid in ``search_quality.png`` (LM) and ``search_quality_vit.png``. E
     .venv/bin/python benchmarks/search_quality.py              # 3 seeds, 7 preferences x 16 candidates
     BENCH_QUICK=1 .venv/bin/python benchmarks/search_quality.py   # 1 seed, 4 preferences x 9, for a first look
     BENCH_ZOOS=vit .venv/bin/python benchmarks/search_quality.py  # one zoo only (lm, vit); the table lists it alone
+
+Several processes may share the work: ``BENCH_SEEDS=2 BENCH_METHODS=cmaes,evo_path`` runs only those runs
+(and writes no table); a run another live process is doing is waited for, not redone.
 """
 
 from __future__ import annotations
@@ -67,6 +70,27 @@ def zoo_fingerprint(kind: str) -> str:
     return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
 
 
+def wait_for_other_process(folder: Path) -> None:
+    """Wait while another live benchmark process runs this folder's run (several may share the scratch)."""
+    claim = folder.with_name(f".{folder.name}.running")
+    while claim.is_file():
+        try:
+            os.kill(int(claim.read_text() or 0), 0)
+        except (OSError, ValueError):
+            return  # its process is gone: the run is redone here
+        time.sleep(10)
+
+
+def selected(name: str, default: list) -> list:
+    """The comma-separated values of environment variable ``name`` that are in ``default``, in the variable's
+    order (all of ``default`` when unset)."""
+    chosen = os.environ.get(name)
+    if not chosen:
+        return list(default)
+    known = {str(v): v for v in default}
+    return [known[v] for v in chosen.split(",") if v in known]
+
+
 def run_one(kind: str, seed: int, method: str, budget: int) -> dict:
     """One run (reused when its summary exists); returns summary + front + wall time."""
     from hm3.baselines import run_baseline
@@ -76,8 +100,12 @@ def run_one(kind: str, seed: int, method: str, budget: int) -> dict:
 
     folder = SCRATCH / kind / f"seed{seed}" / method
     zoo = zoo_fingerprint(kind)
+    wait_for_other_process(folder)
     finished = (folder / "summary.json").is_file() and (folder / "wall.json").is_file()
     if not finished or json.loads((folder / "wall.json").read_text()).get("zoo") != zoo:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        claim = folder.with_name(f".{method}.running")
+        claim.write_text(str(os.getpid()))
         recipe = recipe_for(kind, seed)
         store = RunStore.create(folder, recipe, force=True)
         started = time.perf_counter()
@@ -87,6 +115,7 @@ def run_one(kind: str, seed: int, method: str, budget: int) -> dict:
             else:
                 run_baseline(recipe, store, method, budget, progress)
         (folder / "wall.json").write_text(json.dumps({"seconds": time.perf_counter() - started, "zoo": zoo}))
+        claim.unlink(missing_ok=True)
     return {
         "summary": json.loads((folder / "summary.json").read_text()),
         "front": json.loads((folder / "front.json").read_text()),
@@ -178,20 +207,25 @@ def main() -> None:
 
     started = time.perf_counter()
     sections = []
-    for kind in [k for k in ZOOS if k in os.environ.get("BENCH_ZOOS", ",".join(ZOOS)).split(",")]:
+    for kind in selected("BENCH_ZOOS", list(ZOOS)):
         ensure_zoo(kind, size="small")
         runs = {}
-        for seed in SEEDS:
+        for seed in selected("BENCH_SEEDS", SEEDS):
             budget = hm3_budget(recipe_for(kind, seed))
-            for method in METHODS:
+            for method in selected("BENCH_METHODS", METHODS):
                 print(
                     f"[{time.perf_counter() - started:7.0f} s] {kind} seed {seed} {method} (budget {budget})"
                 )
                 runs[(method, seed)] = run_one(kind, seed, method, budget)
+        if os.environ.get("BENCH_SEEDS") or os.environ.get("BENCH_METHODS"):
+            print(f"{kind}: a share of the runs only (BENCH_SEEDS/BENCH_METHODS); no table written")
+            continue
         rows, data = analyse(kind, runs)
         sections += rows
         suffix = "" if kind == "lm" else "_vit"
         plot(kind, data, RESULTS / f"search_quality{'_quick' if QUICK else ''}{suffix}.png")
+    if not sections:
+        return
     name = "search_quality_quick.md" if QUICK else "search_quality.md"
     lines = [
         "# Search quality: HM3 vs baselines at equal budgets",
