@@ -232,7 +232,8 @@ def main() -> None:
         "",
         f"Command: `{'BENCH_QUICK=1 ' if QUICK else ''}.venv/bin/python benchmarks/search_quality.py`  ",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"date {time.strftime('%Y-%m-%d %H:%M')}; total wall time {time.perf_counter() - started:.0f} s  ",
+        f"date {time.strftime('%Y-%m-%d %H:%M')}; wall time of this invocation {time.perf_counter() - started:.0f} s "
+        "(runs reused from benchmarks/scratch are not re-timed: each run's own wall time is in the tables)  ",
         f"Seeds {SEEDS}; preferences: K corners + centre + {PREFERENCE_SAMPLES} Dirichlet samples; "
         f"HM3 {ITERATIONS} new candidates per preference; every method gets HM3's budget "
         "(distinct candidates scored on the search split).",
