@@ -105,8 +105,7 @@ def merged_tensors(plan: MergePlan, workers: int = 1) -> Iterator[tuple[str, tor
                 yield planned.name, merge(planned)
             return
         pending: deque = deque()
-        upcoming = iter(plan.tensors)
-        for planned in upcoming:
+        for planned in plan.tensors:
             pending.append((planned.name, pool.submit(merge, planned)))
             if len(pending) > workers:
                 name, future = pending.popleft()

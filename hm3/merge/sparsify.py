@@ -51,11 +51,10 @@ def magnitude(
     if density <= 0 or delta.numel() == 0:
         return delta.zero_() if inplace else torch.zeros_like(delta)
     flat = delta.abs().reshape(-1)
-    keep = max(1, int(density * flat.numel()))
-    threshold, above, tied = _kth_largest_counted(flat, keep)
-    missing = (
-        keep - above
-    )  # how many of the `tied` entries equal to the threshold are kept, lowest index first
+    wanted = max(1, int(density * flat.numel()))
+    threshold, above, tied = _kth_largest_counted(flat, wanted)
+    # how many of the `tied` entries equal to the threshold are kept, lowest index first
+    missing = wanted - above
     keep = flat >= threshold if missing == tied else flat > threshold
     if 0 < missing < tied:
         tie = flat == threshold

@@ -77,7 +77,7 @@ def connect(address: str, workers: int | None) -> int:
 def actor_placement(recipe: Any, cluster: dict[str, float]) -> tuple[dict[str, float], Any]:
     """Ray resources of one worker, and the recipe the worker opens.
 
-    A recipe on a GPU (``device: cuda``, ``cuda:N``, or ``auto`` on a cluster with GPUs) gives each worker a GPU
+    A recipe on a GPU (``device: cuda``, or ``auto`` on a cluster with GPUs) gives each worker a GPU
     of its own: Ray makes that GPU the worker's only visible one, so the worker's recipe says ``cuda``. Otherwise
     a worker takes one CPU and keeps the recipe's device.
     """
