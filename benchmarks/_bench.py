@@ -32,3 +32,14 @@ def kept_notes(results: Path, heading: str = "## Analysis") -> list[str]:
     text = results.read_text()
     marker = text.find("\n" + heading)
     return ["", *text[marker + 1 :].rstrip().splitlines()] if marker >= 0 else []
+
+
+def zoo_digest(recipe, *extra: Path) -> str:
+    """Digest of the manifest of the zoo a recipe's base model lives in (and of ``extra`` files): a benchmark
+    run made on another build of the zoo, or with another recipe, is not reused."""
+    import hashlib
+
+    digest = hashlib.sha256((Path(recipe.base_model.path).parent / "zoo.json").read_bytes())
+    for file in extra:
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]

@@ -14,7 +14,6 @@ continues.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import platform
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _bench import REPO, kept_notes, offline
+from _bench import REPO, kept_notes, offline, zoo_digest
 
 offline()
 
@@ -36,12 +35,6 @@ VARIANTS = {  # row label -> (variant, two-stage)
     "himole": ("himole", True),
 }
 RESULTS = REPO / "benchmarks" / "results"
-
-
-def fingerprint(recipe) -> str:
-    """Digest of the zoo build and the recipe: runs made with either changed are not reused."""
-    manifest = Path(recipe.base_model.path).parent / "zoo.json"
-    return hashlib.sha256(manifest.read_bytes() + RECIPE.read_bytes()).hexdigest()[:12]
 
 
 def scored(folder: Path, work) -> dict:
@@ -90,7 +83,7 @@ def main() -> None:
     started = time.perf_counter()
     ensure_zoo("lm", size="small")
     recipe = load_recipe(RECIPE)
-    scratch = REPO / "benchmarks" / "scratch" / "himole" / fingerprint(recipe)
+    scratch = REPO / "benchmarks" / "scratch" / "himole" / zoo_digest(recipe, RECIPE)
     base = scored(scratch / "base", lambda: evaluate_adapter(recipe, None).to_json())
     runs: dict[str, list[dict]] = {label: [] for label in VARIANTS}
     for seed in SEEDS:

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _bench import REPO, kept_notes, offline
+from _bench import REPO, kept_notes, offline, zoo_digest
 
 offline()
 
@@ -61,13 +61,9 @@ def recipe_for(kind: str, seed: int):
 
 def zoo_fingerprint(kind: str) -> str:
     """The zoo manifest's digest: a run made on an older build of the zoo is not reused."""
-    import hashlib
-
     from hm3.recipe import load_recipe
 
-    recipe = load_recipe(REPO / ZOOS[kind])
-    manifest = Path(recipe.base_model.path).parent / "zoo.json"
-    return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
+    return zoo_digest(load_recipe(REPO / ZOOS[kind]))
 
 
 def wait_for_other_process(folder: Path) -> None:

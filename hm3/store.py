@@ -193,11 +193,8 @@ def model_files(recipe: Recipe) -> dict[str, dict[str, list[int]]]:
         folder = Path(ref.path)
         if ref.is_hub or not folder.is_dir():
             continue
-        found[str(folder)] = {
-            file.name: [file.stat().st_size, file.stat().st_mtime_ns]
-            for file in sorted(folder.iterdir())
-            if file.suffix in WEIGHT_SUFFIXES
-        }
+        stats = {f.name: f.stat() for f in sorted(folder.iterdir()) if f.suffix in WEIGHT_SUFFIXES}
+        found[str(folder)] = {name: [stat.st_size, stat.st_mtime_ns] for name, stat in stats.items()}
     return found
 
 

@@ -107,9 +107,10 @@ def run_preferences_on_ray(
     count = min(connect(address, workers), len(pending))
     if count == 0:
         return
-    options, recipe = actor_placement(search.recipe, ray.cluster_resources())
+    cluster = ray.cluster_resources()
+    options, recipe = actor_placement(search.recipe, cluster)
     if options.get("num_gpus"):
-        count = min(count, int(ray.cluster_resources()["GPU"]))
+        count = min(count, int(cluster["GPU"]))
     worker_class = ray.remote(**options)(PreferenceWorker)
     actors = [
         worker_class.remote(
