@@ -15,12 +15,15 @@ breadcrumbs, della; each gives what mergekit gives for the same config.
 from __future__ import annotations
 
 from hm3.merge.registry import METHODS, MergeMethod, get_method
-from hm3.merge.spec import MergeSpec
 
 __all__ = ["METHODS", "MergeMethod", "MergeSpec", "get_method", "merge_state_dict", "to_mergekit_config"]
 
 
 def __getattr__(name: str):
+    if name == "MergeSpec":  # lazy: pydantic is not needed to run a mergekit config
+        from hm3.merge.spec import MergeSpec
+
+        return MergeSpec
     if name in ("merge_state_dict", "iter_merged_tensors", "export_merge"):
         from hm3.merge import engine
 

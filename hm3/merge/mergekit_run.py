@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from hm3.merge.mergekit_plan import MergePlan, PlannedTensor, plan_merge
 from hm3.merge.mergekit_schema import load_mergekit_config
-from hm3.merge.runtime import merge_workers, reuse_freed_memory
+from hm3.merge.runtime import collection_paused, merge_workers, reuse_freed_memory
 from hm3.merge.tensor_merge import check_finite, merge_tensor
 from hm3.merge.tensor_reader import TORCH_DTYPES, TensorReader
 
@@ -37,10 +37,14 @@ def run_mergekit_config(
         UserError: the config is outside the supported subset, a model or tensor is missing or bad
             (NaN/Inf, mismatched shapes), or ``out`` cannot be written.
     """
+    with collection_paused():
+        return _run(Path(config_path), Path(out), shard_size, force, show_progress)
+
+
+def _run(config_path: Path, out: Path, shard_size: str | int, force: bool, show_progress: bool) -> Path:
     from hm3.export import check_output_folder, write_hf_checkpoint
     from hm3.merge.mergekit_export import model_card
 
-    config_path = Path(config_path)
     config = load_mergekit_config(config_path)
     reuse_freed_memory()
     out = Path(out).resolve()
@@ -145,17 +149,16 @@ def output_layout(plan: MergePlan) -> list[TensorLayout]:
     return layout
 
 
-def _load(plan: MergePlan, readers: list[TensorReader], index: int, name: str) -> torch.Tensor:
-    tensor = readers[index].load(name)
-    check_finite(tensor, plan.models[index].name, name)
-    return tensor
-
-
 def _load_inputs(
     plan: MergePlan, readers: list[TensorReader], planned: PlannedTensor
 ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-    tensors = [_load(plan, readers, i, n) for i, n in planned.inputs]
-    base = _load(plan, readers, *planned.base) if planned.base is not None else None
+    """The inputs of one output tensor; copied tensors (no merge method) are checked finite here, merged
+    ones by ``merge_tensor`` (``check_inputs``)."""
+    tensors = [readers[i].load(n) for i, n in planned.inputs]
+    base = readers[planned.base[0]].load(planned.base[1]) if planned.base is not None else None
+    if plan.method is None:
+        for tensor, (index, name) in zip(tensors, planned.inputs, strict=True):
+            check_finite(tensor, plan.models[index].name, name)
     return tensors, base
 
 
@@ -178,6 +181,7 @@ def _merge_one(
     if plan.method is None:
         return tensors[0] if planned.scale is None else tensors[0] * planned.scale
     assert planned.parameters is not None
+    sources = [*planned.inputs, *([planned.base] if planned.base is not None else [])]
     return merge_tensor(
         plan.method,
         base.to(work) if base is not None else None,
@@ -185,6 +189,7 @@ def _merge_one(
         planned.parameters,
         tensor_name=planned.name,
         model_ids=[i for i, _ in planned.inputs],
+        check_inputs=[plan.models[index].name for index, _ in sources],
     )
 
 

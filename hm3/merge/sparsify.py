@@ -7,9 +7,10 @@ input. They follow ``mergekit.sparsify`` exactly (same keep rules, same L1 resca
   one ``bincount`` of the 16-bit patterns of half-precision magnitudes, two passes for float32; about 10x
   faster than ``kthvalue``) instead of a full sort; ties at the threshold keep the lowest indices
   (mergekit's ``argsort`` leaves their order unspecified);
-* random masks draw from an explicit ``torch.Generator`` (reproducible from a seed per model and tensor)
-  instead of the global generator, four 16-bit draws per 64-bit draw (:func:`random_keep`: the same
-  Bernoulli law with the keep probability rounded to 2^-16, drawn 4x faster);
+* DARE masks come from a counter-based hash of a seed per model and tensor and of the entry's index
+  (:func:`random_keep`: the same Bernoulli law with the keep probability rounded to 2^-16, identical on
+  every device and in the fused kernels of ``hm3.merge.fused``) instead of the global generator; DELLA
+  draws from an explicit ``torch.Generator``;
 * dropped entries are zeroed through their bit patterns (:func:`keep_only`), which gives +0.0 where
   mergekit's multiply gives -0.0 for a negative entry.
 """
@@ -179,37 +180,78 @@ def _work_dtype(delta: torch.Tensor) -> torch.dtype:
     return torch.float32
 
 
+def keep_threshold(density: float) -> int:
+    """Keep-probability of a random mask in units of 2^-16: entries whose 16-bit draw is below it are kept."""
+    return max(0, min(round(density * 65536), 65535))
+
+
+def mask_keys(seed: int) -> tuple[int, int]:
+    """The two 32-bit keys of a mask seed (its low and high 32 bits)."""
+    return seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF
+
+
+_MIX = (0x7FEB352D, 0x846CA68B)
+
+
+def _mul32(x: torch.Tensor, constant: int) -> torch.Tensor:
+    """``x * constant mod 2^32`` for int64 ``x`` in [0, 2^32), without leaving int64's range."""
+    low = (x & 0xFFFF) * constant
+    high = (((x >> 16) * constant) & 0xFFFF) << 16
+    return (low + high) & 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    x = x ^ (x >> 16)
+    x = _mul32(x, _MIX[0])
+    x = x ^ (x >> 15)
+    x = _mul32(x, _MIX[1])
+    return x ^ (x >> 16)
+
+
+def mask_draws(count: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The 16-bit uniform draws (int64 in [0, 65536)) of entries ``0..count-1`` under ``seed``.
+
+    Counter-based: entry i's draw is half of the 32-bit hash ``mix(mix((i // 2) ^ key_low) ^ key_high)``
+    (Wellons' lowbias32, keys from :func:`mask_keys`), so a mask is a pure function of the seed and the
+    entry's index, the same on every device and in the fused kernels (``hm3.merge._fused_kernels.draw``).
+    """
+    import torch
+
+    key_low, key_high = mask_keys(seed)
+    words = _mix32(
+        _mix32(torch.arange((count + 1) // 2, dtype=torch.int64, device=device) ^ key_low) ^ key_high
+    )
+    return torch.stack((words & 0xFFFF, words >> 16), dim=1).reshape(-1)[:count]
+
+
 def random_keep(
     shape: torch.Size | tuple[int, ...],
     density: float,
-    generator: torch.Generator | None = None,
+    seed: int,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """A boolean mask of ``shape``, each entry True with probability ``density`` (to 1/65536), independently.
 
-    Four 16-bit uniform draws come from each 64-bit draw of ``generator``, so a mask costs a quarter of the
-    generator calls of ``torch.rand(shape) < density`` (about 4x faster on CPU); the keep probability is
-    ``density`` rounded to a multiple of 2^-16 (below 1 - 2^-16). Same seed, same mask.
+    Entries draw from :func:`mask_draws` (a counter-based hash of the seed and the entry's index, so
+    the same seed gives the same mask on any device and in the fused CPU kernels); the keep probability is
+    ``density`` rounded to a multiple of 2^-16 (below 1 - 2^-16).
     """
     import math
 
-    import torch
-
-    count = math.prod(shape)
-    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device)
-    draws = words.random_(-(2**63), None, generator=generator).view(torch.int16)[:count]
-    threshold = min(round(density * 65536), 65535) - 32768
-    return (draws < threshold).reshape(shape)
+    draws = mask_draws(math.prod(shape), seed, device)
+    return (draws < keep_threshold(density)).reshape(shape)
 
 
 def random_drop(
     delta: torch.Tensor,
     density: float,
-    generator: torch.Generator | None = None,
+    seed: int,
     rescale: bool = True,
     inplace: bool = False,
 ) -> torch.Tensor:
     """DARE: keep each entry with probability ``density`` (drop rate p = 1 - density), then rescale.
+
+    The mask is :func:`random_keep`'s for ``seed``.
 
     ``inplace`` overwrites ``delta`` when no dtype conversion is needed.
     """
@@ -217,7 +259,7 @@ def random_drop(
     if density >= 1:
         return delta
     work = _work_dtype(delta)
-    keep = random_keep(delta.shape, density, generator, delta.device)
+    keep = random_keep(delta.shape, density, seed, delta.device)
     values = delta if (inplace and work == delta.dtype) else delta.to(work, copy=True)
     before = values.abs().sum() if rescale else None
     keep_only(values, keep)

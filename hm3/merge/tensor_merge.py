@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from hm3.errors import UserError
+from hm3.merge import fused
 from hm3.merge.registry import MergeMethod
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ def merge_tensor(
     seed: int = 0,
     tensor_name: str = "",
     model_ids: Sequence[int | str] | None = None,
+    check_inputs: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Merge one tensor with ``method``; inputs must already share shape and dtype.
 
@@ -67,16 +69,27 @@ def merge_tensor(
         seed: Merge seed (random masks).
         tensor_name: Name used to derive the masks' seeds.
         model_ids: Identity of each model for the masks' seeds (default: positions).
+        check_inputs: Names of the models of ``tensors`` then the base: refuse NaN/Inf inputs here, naming
+            them (free on the fused path, whose statistics pass sees every entry). None: the caller checked.
+
+    Raises:
+        UserError: an input holds NaN or Inf (with ``check_inputs``), or a task-vector method has no base.
     """
     if method.kernel == "linear":
         from hm3.merge.linear import linear
 
+        _check_all(tensors, None, check_inputs, tensor_name)
         return linear(tensors, params.weights, normalize=params.normalize)
     from hm3.merge.task_arithmetic import task_arithmetic
 
     if base is None:
         raise UserError(f"{method.name} merges task vectors and needs a base model")
     ids = list(model_ids) if model_ids is not None else list(range(len(tensors)))
+    if tensors and method.sparsification in _FUSED_TRIMS and fused.supports([base, *tensors]):
+        merged = _fused_merge(method, base, tensors, params, seed, tensor_name, ids)
+        if merged is not None:
+            return merged
+    _check_all(tensors, base, check_inputs, tensor_name)  # (on the fused path: only after it saw NaN/Inf)
     trim = _trim(method, params, seed, tensor_name, ids)
     return task_arithmetic(
         base,
@@ -87,6 +100,35 @@ def merge_tensor(
         normalize=params.normalize,
         scale=params.scale,
     )
+
+
+_FUSED_TRIMS = {None: fused.NO_TRIM, "magnitude": fused.MAGNITUDE, "random": fused.RANDOM}
+
+
+def _fused_merge(
+    method: MergeMethod,
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    params: TensorParameters,
+    seed: int,
+    tensor_name: str,
+    ids: list[int | str],
+) -> torch.Tensor | None:
+    """The merge through :mod:`hm3.merge.fused`, or None where an input or a task vector is not finite
+    (the torch kernel then merges, after the callers' checks have named any bad input)."""
+    merged, finite = fused.merge(
+        base,
+        tensors,
+        params.weights,
+        mode=_FUSED_TRIMS[method.sparsification],
+        densities=params.densities,
+        seeds=[mask_seed(seed, model, tensor_name) for model in ids],
+        rescale=params.rescale,
+        consensus=method.consensus,
+        normalize=params.normalize,
+        scale=params.scale,
+    )
+    return merged if finite else None
 
 
 def _trim(method: MergeMethod, params: TensorParameters, seed: int, tensor_name: str, ids: list[int | str]):
@@ -109,13 +151,22 @@ def _trim(method: MergeMethod, params: TensorParameters, seed: int, tensor_name:
             return sparsify.magnitude_outliers(delta, density, params.gamma, rescale=params.rescale)
         if kind == "random":
             return sparsify.random_drop(
-                delta, density, generator(index), rescale=params.rescale, inplace=True
+                delta, density, mask_seed(seed, ids[index], tensor_name), rescale=params.rescale, inplace=True
             )
         return sparsify.della_magprune(
             delta, density, params.epsilon, generator(index), rescale=params.rescale
         )
 
     return trim
+
+
+def _check_all(
+    tensors: Sequence[torch.Tensor], base: torch.Tensor | None, names: Sequence[str] | None, tensor_name: str
+) -> None:
+    if names is None:
+        return
+    for tensor, name in zip([*tensors, *([base] if base is not None else [])], names, strict=False):
+        check_finite(tensor, name, tensor_name)
 
 
 def check_finite(tensor: torch.Tensor, model: str, tensor_name: str) -> None:

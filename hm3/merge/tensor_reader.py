@@ -1,14 +1,15 @@
-"""Reading tensors of a checkpoint with plain file reads instead of memory maps.
+"""Reading tensors of a checkpoint, each through its own small memory map.
 
-A memory-mapped tensor keeps its pages counted in the process's resident memory for as long as the file
-stays mapped; merging a whole model that way makes every input model look resident. Reading each tensor
-into its own buffer (one copy from the page cache, freed with the tensor) keeps a streaming merge at one
-tensor's inputs.
+Mapping a whole checkpoint keeps its pages counted in the process's resident memory for as long as the file
+stays mapped; merging a whole model that way makes every input model look resident. Here each tensor gets a
+private (copy-on-write) mapping of just its bytes, unmapped when the tensor is freed: a streaming merge stays
+at one tensor's inputs, and reading costs no copy (the tensor's pages are the page cache's until written).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,6 +45,7 @@ class TensorReader:
         self.checkpoint = checkpoint
         self._where: dict[str, tuple[Path, int, int, str, tuple[int, ...]]] = {}
         self._files: dict[Path, object] = {}
+        self._sizes: dict[Path, int] = {}
 
     def _locate(self, name: str) -> tuple[Path, int, int, str, tuple[int, ...]]:
         if not self._where:
@@ -66,20 +68,34 @@ class TensorReader:
         return self._where[name]
 
     def load(self, name: str) -> torch.Tensor:
-        """Tensor ``name``, read into a fresh buffer."""
+        """Tensor ``name``, backed by a private memory map of its bytes (freed with the tensor)."""
+        import mmap
+
         import torch
 
         if self.checkpoint._pickled is not None:
             return self.checkpoint.load(name)
         file, offset, size, dtype, shape = self._locate(name)
-        buffer = torch.empty(size, dtype=torch.uint8)
+        torch_dtype = getattr(torch, TORCH_DTYPES[dtype])
+        if size == 0:
+            return torch.empty(shape, dtype=torch_dtype)
         handle = self._files.get(file)
         if handle is None:
             handle = self._files[file] = open(file, "rb")  # noqa: SIM115 (kept open across reads)
-        handle.seek(offset)  # type: ignore[attr-defined]
-        if size and handle.readinto(memoryview(buffer.numpy())) != size:  # type: ignore[attr-defined]
+            self._sizes[file] = os.fstat(handle.fileno()).st_size  # type: ignore[attr-defined]
+        if offset + size > self._sizes[file]:
             raise ModelError(self.checkpoint.name, f"{file.name} is truncated (tensor {name})")
-        return buffer.view(getattr(torch, TORCH_DTYPES[dtype])).reshape(shape)
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        mapped = mmap.mmap(
+            handle.fileno(),  # type: ignore[attr-defined]
+            offset + size - start,
+            access=mmap.ACCESS_COPY,
+            offset=start,
+        )
+        raw = torch.frombuffer(mapped, dtype=torch.uint8, count=size, offset=offset - start)
+        if (offset - start) % torch_dtype.itemsize:
+            raw = raw.clone()  # a misaligned tensor (safetensors does not promise alignment) is copied
+        return raw.view(torch_dtype).reshape(shape)
 
     def close(self) -> None:
         """Close the open files."""

@@ -1,0 +1,219 @@
+"""Task-vector merges in two fused passes over the inputs (numba), for CPU tensors in bfloat16 or float32.
+
+:func:`hm3.merge.task_arithmetic.task_arithmetic` runs one torch operation at a time, each a full pass over
+memory: subtract, trim, weight, elect, sum, divide, add back (about 15 passes per merged model for TIES).
+Here every output entry is computed start to finish in one loop, in registers, after one statistics pass:
+
+1. per task vector ``δ_k = θ_k − θ_base``: the histogram of its magnitudes' bit patterns (TIES trim: the
+   k-th largest magnitude, as :func:`hm3.merge.sparsify.kth_largest`), the L1 norms before and after the
+   trim (rescale), and whether any input is NaN or Inf;
+2. the merge itself: trim, rescale, weight, sign election, disjoint sum, normalize, scale, add the base.
+
+Every step rounds as the torch kernel does (elementwise work rounded to the inputs' dtype, sums over models
+accumulated in float32, ties at the trim threshold kept lowest index first, DARE masks from
+:func:`hm3.merge.sparsify.random_keep`'s counter-based hash), so the result is bit-identical to the torch
+kernel, except the L1 rescale factors: their sums are accumulated in float64 here and pairwise in float32 by
+torch, which can move a factor by one unit in its last place (tests/test_fused_merge.py checks both).
+
+Each kernel runs on the calling thread without the GIL: ``hm3 merge --mergekit`` merges several tensors at
+once on worker threads (:mod:`hm3.merge.runtime`). Compiled code is cached next to this file (numba's
+``cache=True``), so only the first merge after an install pays the compilation (a few seconds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+NO_TRIM, MAGNITUDE, RANDOM = 0, 1, 2
+"""Trim modes of :func:`merge`: none, TIES magnitude trim, DARE random drop."""
+
+SUPPORTED_DTYPES = ("bfloat16", "float32")
+
+
+def supports(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether the fused kernels can merge these tensors: CPU, contiguous, one dtype the kernels know."""
+    first = tensors[0]
+    name = str(first.dtype).removeprefix("torch.")
+    return name in SUPPORTED_DTYPES and all(
+        t.device.type == "cpu" and t.is_contiguous() and t.dtype == first.dtype for t in tensors
+    )
+
+
+def merge(
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    *,
+    mode: int,
+    densities: Sequence[float],
+    seeds: Sequence[int],
+    rescale: bool,
+    consensus: bool,
+    normalize: bool,
+    scale: float,
+) -> tuple[torch.Tensor | None, bool]:
+    """``task_arithmetic(base, tensors, weights, trim=..., consensus, normalize, scale)`` in two passes.
+
+    Args:
+        base: The base tensor (CPU, contiguous, bfloat16 or float32; see :func:`supports`).
+        tensors: The fine-tuned tensors, same shape and dtype as ``base``.
+        weights: One per fine-tuned tensor.
+        mode: :data:`NO_TRIM`, :data:`MAGNITUDE` (TIES) or :data:`RANDOM` (DARE).
+        densities: Kept fraction per fine-tuned tensor (≥ 1: not trimmed).
+        seeds: Mask seed per fine-tuned tensor (``RANDOM``; see :func:`hm3.merge.tensor_merge.mask_seed`).
+        rescale: L1-rescale each trimmed task vector to its norm before the trim.
+        consensus: TIES sign election and disjoint merge.
+        normalize: Divide by the weight sum (per entry, of the agreeing models, with ``consensus``).
+        scale: λ.
+
+    Returns:
+        ``(merged, finite)``: the merged tensor in ``base``'s dtype, or ``(None, False)`` when an input holds
+        NaN or Inf (the caller names it, see :func:`hm3.merge.tensor_merge.check_finite`).
+    """
+    import numpy as np
+    import torch
+
+    from hm3.merge import _fused_kernels as kernels
+
+    dtype = base.dtype
+    half = dtype == torch.bfloat16
+    count = len(tensors)
+    flat = [_as_numpy(t, half) for t in (base, *tensors)]
+    base_np, inputs = flat[0], tuple(flat[1:])
+    trimmed = [mode != NO_TRIM and d < 1 for d in densities]
+    thresholds = np.zeros(count, dtype=np.uint64)  # magnitude: bit pattern of the k-th largest; random: keep
+    tie_cuts = np.full(count, -1, dtype=np.int64)  # magnitude: last index whose tie at the threshold is kept
+    if mode == RANDOM:
+        from hm3.merge.sparsify import keep_threshold
+
+        for k, density in enumerate(densities):
+            thresholds[k] = keep_threshold(density) if trimmed[k] else 1 << 16
+    numel = base_np.size
+    keys = _keys(seeds, count)
+    hist, before, after, finite = kernels.statistics(
+        base_np,
+        inputs,
+        np.asarray([mode == MAGNITUDE and t for t in trimmed]),
+        np.asarray([rescale and t for t in trimmed]),
+        thresholds,
+        keys,
+        mode == RANDOM,
+    )
+    if not finite:
+        return None, False
+    keep = np.ones(count, dtype=np.bool_)
+    for k in range(count):
+        if mode != MAGNITUDE or not trimmed[k]:
+            continue
+        if densities[k] <= 0 or numel == 0:
+            keep[k] = False
+            continue
+        wanted = max(1, int(densities[k] * numel))
+        top, above, tied = _bucket_of_kth(hist[k], wanted)
+        if half:
+            pattern = top
+        else:  # float32: the low 16 bits of the k-th largest, among entries whose high bits are `top`
+            low = kernels.low_histogram(base_np, inputs[k], top)
+            bottom, above_low, tied = _bucket_of_kth(low, wanted - above)
+            above += above_low
+            pattern = (top << 16) | bottom
+        thresholds[k] = pattern
+        missing = wanted - above
+        if missing >= tied:
+            tie_cuts[k] = numel  # every tie kept
+        elif missing > 0:
+            tie_cuts[k] = kernels.index_of_nth_tie(base_np, inputs[k], pattern, missing)
+        if rescale:
+            after[k] = kernels.kept_l1(base_np, inputs[k], pattern, tie_cuts[k])
+    limits = np.zeros((count, 2), dtype=np.float32)  # |δ| >= 0: every entry kept
+    if mode == MAGNITUDE:
+        limits = _magnitude_limits(thresholds, np.asarray(trimmed), keep, half)
+    factors = np.ones(count, dtype=np.float32)
+    if rescale:
+        for k in range(count):
+            if trimmed[k] and keep[k]:
+                factors[k] = _rescale_factor(before[k], after[k], dtype)
+    coefficients = torch.tensor(list(weights), dtype=dtype)
+    divisor = 1.0
+    if not consensus and normalize:
+        total = coefficients.sum()
+        divisor = float(total) if float(total.abs()) >= 1e-8 else 1.0
+    out = torch.empty_like(base)
+    kernels.merge_entries(
+        base_np,
+        inputs,
+        _as_numpy(out, half),
+        mode,
+        limits,
+        thresholds,
+        tie_cuts,
+        keys,
+        factors,
+        coefficients.float().numpy(),
+        consensus,
+        normalize,
+        np.float32(divisor),
+        np.float32(scale),
+    )
+    return out, True
+
+
+def _as_numpy(tensor: torch.Tensor, half: bool) -> np.ndarray:
+    """A flat numpy view of the tensor's memory: uint16 bit patterns for bfloat16, float32 otherwise."""
+    import torch
+
+    flat = tensor.reshape(-1)
+    return flat.view(torch.int16).numpy().view("uint16") if half else flat.numpy()
+
+
+def _magnitude_limits(patterns: np.ndarray, trimmed: np.ndarray, keep: np.ndarray, half: bool) -> np.ndarray:
+    """Per model, the float32 magnitudes from which entries are kept before and after the tie cut: the
+    threshold itself, and the next float32 above it (no entry lies in between: the entries are on the
+    dtype's grid); +inf for a model that keeps nothing, 0 for one not trimmed."""
+    import numpy as np
+
+    bits = patterns.astype(np.uint32) << (16 if half else 0)
+    at = bits.view(np.float32).copy()
+    limits = np.stack([at, np.nextafter(at, np.float32(np.inf))], axis=1).astype(np.float32)
+    limits[~trimmed] = 0
+    limits[~keep] = np.inf
+    return limits
+
+
+def _keys(seeds: Sequence[int], count: int) -> np.ndarray:
+    import numpy as np
+
+    from hm3.merge.sparsify import mask_keys
+
+    keys = np.zeros((count, 2), dtype=np.uint64)
+    for k in range(count):
+        keys[k] = mask_keys(seeds[k] if k < len(seeds) else 0)
+    return keys
+
+
+def _bucket_of_kth(counts: np.ndarray, k: int) -> tuple[int, int, int]:
+    """The bucket holding the k-th largest value, how many values are in higher buckets, how many in it."""
+    import numpy as np
+
+    at_least = np.cumsum(counts[::-1])[::-1]
+    bucket = int(np.flatnonzero(at_least >= k)[-1])
+    tied = int(counts[bucket])
+    return bucket, int(at_least[bucket]) - tied, tied
+
+
+def _rescale_factor(before: float, after: float, dtype: torch.dtype) -> float:
+    """The L1 rescale factor as :func:`hm3.merge.sparsify.rescale_l1` rounds it (norms in ``dtype``)."""
+    import torch
+
+    from hm3.merge.sparsify import RESCALE_EPS
+
+    norm_before = torch.tensor(before, dtype=torch.float32).to(dtype)
+    norm_after = torch.tensor(after, dtype=torch.float32).to(dtype)
+    if norm_before < RESCALE_EPS or norm_after < RESCALE_EPS:
+        return 1.0
+    return float(norm_before / norm_after)
