@@ -273,9 +273,10 @@ def write_report(context: dict, rows: list, baseline: list, differences: dict) -
         )
     lines += [
         "",
-        "CPU = user + system time of the subprocess. hm3 merges several tensors at once, each on one torch "
-        "thread (`hm3.merge.runtime.merge_workers`: one worker per core, at most 4; the bits do not depend "
-        "on the count); "
+        "CPU = user + system time of the subprocess. hm3 merges several tensors at once, each on one thread "
+        "(`hm3.merge.runtime.merge_workers`: one worker per core, at most 4; the bits do not depend on the "
+        "count), with the fused numba kernels of `hm3.merge.fused` (compiled once, cached beside the package; "
+        "the first run after an install also compiles); "
         f"mergekit uses torch's default ({os.cpu_count()} threads), as its users get it. "
         f"Load average (1 min) at the start: {context['load_start']:.1f}, at the end: {os.getloadavg()[0]:.1f} "
         f"on {os.cpu_count()} cores.",

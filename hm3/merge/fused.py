@@ -22,6 +22,7 @@ once on worker threads (:mod:`hm3.merge.runtime`). Compiled code is cached next 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -36,12 +37,23 @@ SUPPORTED_DTYPES = ("bfloat16", "float32")
 
 
 def supports(tensors: Sequence[torch.Tensor]) -> bool:
-    """Whether the fused kernels can merge these tensors: CPU, contiguous, one dtype the kernels know."""
+    """Whether the fused kernels can merge these tensors: CPU, contiguous, one dtype the kernels know, and
+    numba importable (else the torch kernel merges them)."""
     first = tensors[0]
     name = str(first.dtype).removeprefix("torch.")
-    return name in SUPPORTED_DTYPES and all(
+    suitable = name in SUPPORTED_DTYPES and all(
         t.device.type == "cpu" and t.is_contiguous() and t.dtype == first.dtype for t in tensors
     )
+    return suitable and _numba_available()
+
+
+@functools.cache
+def _numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:  # a platform without numba wheels: the torch kernel gives the same bits, slower
+        return False
+    return True
 
 
 def merge(
