@@ -105,7 +105,6 @@ def merge(
 
         for k, density in enumerate(densities):
             thresholds[k] = keep_threshold(density) if trimmed[k] else 1 << 16
-    numel = base_np.size
     keys = _keys(seeds, count)
     hist, before, after, finite = kernels.statistics(
         base_np,
@@ -119,29 +118,14 @@ def merge(
     if not finite:
         return None, False
     keep = np.ones(count, dtype=np.bool_)
-    for k in range(count):
-        if mode != MAGNITUDE or not trimmed[k]:
-            continue
-        if densities[k] <= 0 or numel == 0:
-            keep[k] = False
-            continue
-        wanted = max(1, int(densities[k] * numel))
-        top, above, tied = _bucket_of_kth(hist[k], wanted)
-        if half:
-            pattern = top
-        else:  # float32: the low 16 bits of the k-th largest, among entries whose high bits are `top`
-            low = kernels.low_histogram(base_np, inputs[k], top)
-            bottom, above_low, tied = _bucket_of_kth(low, wanted - above)
-            above += above_low
-            pattern = (top << 16) | bottom
-        thresholds[k] = pattern
-        missing = wanted - above
-        if missing >= tied:
-            tie_cuts[k] = numel  # every tie kept
-        elif missing > 0:
-            tie_cuts[k] = kernels.index_of_nth_tie(base_np, inputs[k], pattern, missing)
-        if rescale:
-            after[k] = kernels.kept_l1(base_np, inputs[k], pattern, tie_cuts[k])
+    if mode == MAGNITUDE:
+        for k in range(count):
+            if trimmed[k]:
+                keep[k], thresholds[k], tie_cuts[k] = _magnitude_threshold(
+                    kernels, base_np, inputs[k], hist[k], densities[k], half
+                )
+                if rescale and keep[k]:
+                    after[k] = kernels.kept_l1(base_np, inputs[k], int(thresholds[k]), tie_cuts[k])
     limits = np.zeros((count, 2), dtype=np.float32)  # |δ| >= 0: every entry kept
     if mode == MAGNITUDE:
         limits = _magnitude_limits(thresholds, np.asarray(trimmed), keep, half)
@@ -173,6 +157,28 @@ def merge(
         np.float32(scale),
     )
     return out, True
+
+
+def _magnitude_threshold(
+    kernels, base: np.ndarray, tensor: np.ndarray, hist: np.ndarray, density: float, half: bool
+) -> tuple[bool, int, int]:
+    """TIES trim of one task vector: ``(keeps anything, threshold bit pattern, tie cut)``, where the tie cut
+    is the last index whose magnitude ties at the threshold and is kept (ties kept lowest index first, as
+    :func:`hm3.merge.sparsify.magnitude`)."""
+    numel = base.size
+    if density <= 0 or numel == 0:
+        return False, 0, -1
+    wanted = max(1, int(density * numel))
+    top, above, tied = _bucket_of_kth(hist, wanted)
+    pattern = top
+    if not half:  # float32: the low 16 bits of the k-th largest, among entries whose high bits are `top`
+        bottom, above_low, tied = _bucket_of_kth(kernels.low_histogram(base, tensor, top), wanted - above)
+        above += above_low
+        pattern = (top << 16) | bottom
+    missing = wanted - above  # >= 1: how many of the `tied` entries at the threshold are kept
+    if missing >= tied:
+        return True, pattern, numel
+    return True, pattern, int(kernels.index_of_nth_tie(base, tensor, pattern, missing))
 
 
 def _as_numpy(tensor: torch.Tensor, half: bool) -> np.ndarray:

@@ -213,7 +213,7 @@ def mask_draws(count: int, seed: int, device: torch.device | str = "cpu") -> tor
 
     Counter-based: entry i's draw is half of the 32-bit hash ``mix(mix((i // 2) ^ key_low) ^ key_high)``
     (Wellons' lowbias32, keys from :func:`mask_keys`), so a mask is a pure function of the seed and the
-    entry's index, the same on every device and in the fused kernels (``hm3.merge._fused_kernels.draw``).
+    entry's index, the same on every device and in the fused kernels (``hm3.merge._fused_kernels.fill_draws``).
     """
     import torch
 

@@ -6,6 +6,10 @@ part when ``normalize``), where ``M_k`` is a trim of the task vector (``hm3.merg
 mergekit's ``GeneralizedTaskArithmeticMerge``, with the same rounding at every step (elementwise work in the
 inputs' dtype, sums over models accumulated in float32 for half precision as ``torch.sum`` does), written
 to reuse buffers instead of allocating a new tensor per operation.
+
+This op-by-op kernel is the reference: on CPU, for bfloat16 and float32 with no trim, a TIES or a DARE trim,
+``hm3.merge.tensor_merge.merge_tensor`` runs ``hm3.merge.fused`` instead, which gives the same bits in two
+passes over memory; this kernel merges everything else (GPUs, float16, breadcrumbs and DELLA trims).
 """
 
 from __future__ import annotations
