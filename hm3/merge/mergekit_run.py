@@ -78,15 +78,21 @@ def _run(config_path: Path, out: Path, shard_size: str | int, force: bool, show_
         )
 
 
+LOOKAHEAD_ENTRIES = 128 * 2**20
+"""How far the workers may run ahead of the writer, in merged entries (256 MB of bfloat16 output)."""
+
+
 def merged_tensors(plan: MergePlan, workers: int = 1) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, merged tensor)`` for each planned output tensor, in plan order, reading inputs lazily.
 
-    With ``workers`` > 1, that many tensors are merged at once on worker threads (each on one torch thread,
-    see :mod:`hm3.merge.runtime`), reads stay sequential, and at most ``workers`` + 1 merged tensors wait
-    to be yielded. The tensors are bit-identical for every ``workers``.
+    With ``workers`` > 1, that many tensors are merged at once on worker threads (each on one thread, see
+    :mod:`hm3.merge.runtime`); the workers start with the few outsized tensors (embeddings, LM head: at
+    least 4x the median size), then follow plan order up to :data:`LOOKAHEAD_ENTRIES` merged entries
+    ahead of the writer, so that no worker waits while another merges a large tensor at either end of the
+    model. Merged tensors waiting to be yielded stay within that lookahead (plus the outsized ones). The
+    tensors are bit-identical for every ``workers``.
     """
     import threading
-    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
@@ -108,20 +114,45 @@ def merged_tensors(plan: MergePlan, workers: int = 1) -> Iterator[tuple[str, tor
             for planned in plan.tensors:
                 yield planned.name, merge(planned)
             return
-        pending: deque = deque()
-        for planned in plan.tensors:
-            pending.append((planned.name, pool.submit(merge, planned)))
-            if len(pending) > workers:
-                name, future = pending.popleft()
-                yield name, future.result()
-        while pending:
-            name, future = pending.popleft()
-            yield name, future.result()
+        sizes = [_numel(plan, planned) for planned in plan.tensors]
+        order = _merge_order(sizes)
+        futures: dict[int, object] = {}
+        submitted = 0
+        ahead = 0  # output entries submitted and not yet yielded
+        for index, planned in enumerate(plan.tensors):
+            while submitted < len(order) and (index not in futures or ahead < LOOKAHEAD_ENTRIES):
+                chosen = order[submitted]
+                futures[chosen] = pool.submit(merge, plan.tensors[chosen])
+                ahead += sizes[chosen]
+                submitted += 1
+            result = futures.pop(index).result()  # type: ignore[attr-defined]
+            ahead -= sizes[index]
+            yield planned.name, result
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         for reader in readers:
             reader.close()
+
+
+def _numel(plan: MergePlan, planned: PlannedTensor) -> int:
+    index, name = planned.inputs[0]
+    count = 1
+    for dim in plan.models[index].tensors[name].shape:
+        count *= dim
+    return count
+
+
+def _merge_order(sizes: list[int]) -> list[int]:
+    """Plan order, except that tensors at least 4x the median size go first (largest first)."""
+    import statistics
+
+    if not sizes:
+        return []
+    outsized = 4 * statistics.median(sizes)
+    big = sorted((i for i, size in enumerate(sizes) if size >= outsized), key=lambda i: -sizes[i])
+    chosen = set(big)
+    return big + [i for i in range(len(sizes)) if i not in chosen]
 
 
 def output_layout(plan: MergePlan) -> list[TensorLayout]:
