@@ -45,6 +45,11 @@ class TensorInfo:
     file: Path
 
     @property
+    def pickled(self) -> bool:
+        """Whether the weights are ``pytorch_model*.bin`` pickles (loaded with torch), not safetensors."""
+        return self._pickled is not None
+
+    @property
     def nbytes(self) -> int:
         """Size of the tensor's data in its stored dtype."""
         count = 1
@@ -89,9 +94,9 @@ class Checkpoint:
             self.config: dict[str, Any] = json.loads(config_file.read_text())
         except json.JSONDecodeError as error:
             raise ModelError(self.name, f"config.json is not valid JSON ({error})") from None
-        self.tensors: dict[str, TensorInfo] = self._index()
         self._handles: dict[Path, Any] = {}
-        self._pickled: dict[str, torch.Tensor] | None = None
+        self._pickled: dict[str, torch.Tensor] | None = None  # set by _index for pickle weights
+        self.tensors: dict[str, TensorInfo] = self._index()
 
     # -- index --------------------------------------------------------------------------------------------
 
@@ -145,6 +150,11 @@ class Checkpoint:
         }
 
     # -- access -------------------------------------------------------------------------------------------
+
+    @property
+    def pickled(self) -> bool:
+        """Whether the weights are ``pytorch_model*.bin`` pickles (loaded with torch), not safetensors."""
+        return self._pickled is not None
 
     @property
     def nbytes(self) -> int:

@@ -212,6 +212,11 @@ def test_pickle_checkpoint_needs_opt_in(tmp_path, good_recipe_text, tiny_llama, 
     assert code == 2 and any(": models[0]: only pickle weights" in line for line in lines)
     code, lines = _validate(tmp_path, "allow_pickle: true\n" + text, capsys)
     assert code == 0, lines
+    from hm3.checkpoint import Checkpoint
+
+    checkpoint = Checkpoint(pickled, allow_pickle=True)  # its tensors load (they were dropped once)
+    name = next(iter(state))
+    assert checkpoint.pickled and torch.equal(checkpoint.load(name), state[name])
 
 
 def test_mismatched_architecture(tmp_path, good_recipe_text, tiny_pools, tiny_llama, capsys) -> None:
