@@ -38,6 +38,19 @@ if TYPE_CHECKING:
     import torch
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class RawTensor:
+    """A tensor the writer takes without torch: its bytes as a flat numpy array, its shape and its dtype
+    (torch's name, e.g. ``bfloat16``; the array may hold the bit patterns). ``hm3 merge --mergekit`` yields
+    these when no torch is needed (:func:`hm3.merge.mergekit_run.merged_arrays`)."""
+
+    data: Any
+    shape: tuple[int, ...]
+    dtype: str
+
+
 TOKENIZER_FILES = (
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -404,7 +417,9 @@ def write_safetensors(tensors: Sequence[tuple[str, torch.Tensor]], path: Path) -
             handle.write(_raw_bytes(tensor))
 
 
-def _raw_bytes(tensor: torch.Tensor) -> memoryview:
+def _raw_bytes(tensor: torch.Tensor | RawTensor) -> memoryview:
+    if isinstance(tensor, RawTensor):
+        return memoryview(tensor.data).cast("B") if tensor.data.size else memoryview(b"")
     import torch
 
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)

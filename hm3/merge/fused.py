@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 NO_TRIM, MAGNITUDE, RANDOM = 0, 1, 2
 """Trim modes of :func:`merge`: none, TIES magnitude trim, DARE random drop."""
 
+TRIM_MODES = {None: NO_TRIM, "magnitude": MAGNITUDE, "random": RANDOM}
+"""The registry's sparsification names the fused kernels run, and their modes."""
+
 SUPPORTED_DTYPES = ("bfloat16", "float32")
 
 
@@ -56,9 +59,34 @@ def _numba_available() -> bool:
     return True
 
 
+def supports_dtype(name: str) -> bool:
+    """Whether the fused kernels merge tensors stored in this dtype (torch's name, e.g. ``bfloat16``)."""
+    return name in SUPPORTED_DTYPES and _numba_available()
+
+
 def merge(
     base: torch.Tensor,
     tensors: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    **options,
+) -> tuple[torch.Tensor | None, bool]:
+    """:func:`merge_arrays` on torch tensors (see :func:`supports`); returns ``(merged, finite)``, with
+    ``merged`` None when an input holds NaN or Inf (the caller names it, see
+    :func:`hm3.merge.tensor_merge.check_finite`)."""
+    import torch
+
+    half = base.dtype == torch.bfloat16
+    out = torch.empty_like(base)
+    finite = merge_arrays(
+        _as_numpy(base, half), [_as_numpy(t, half) for t in tensors], _as_numpy(out, half), weights, **options
+    )
+    return (out, True) if finite else (None, False)
+
+
+def merge_arrays(
+    base: np.ndarray,
+    tensors: Sequence[np.ndarray],
+    out: np.ndarray,
     weights: Sequence[float],
     *,
     mode: int,
@@ -68,12 +96,14 @@ def merge(
     consensus: bool,
     normalize: bool,
     scale: float,
-) -> tuple[torch.Tensor | None, bool]:
-    """``task_arithmetic(base, tensors, weights, trim=..., consensus, normalize, scale)`` in two passes.
+) -> bool:
+    """``task_arithmetic(base, tensors, weights, trim=..., consensus, normalize, scale)`` in two passes,
+    into ``out``; no torch needed.
 
     Args:
-        base: The base tensor (CPU, contiguous, bfloat16 or float32; see :func:`supports`).
-        tensors: The fine-tuned tensors, same shape and dtype as ``base``.
+        base: The base tensor, flat: ``uint16`` (the bit patterns of bfloat16) or ``float32``.
+        tensors: The fine-tuned tensors, flat, shaped and typed like ``base``.
+        out: Receives the merged tensor (shaped and typed like ``base``).
         weights: One per fine-tuned tensor.
         mode: :data:`NO_TRIM`, :data:`MAGNITUDE` (TIES) or :data:`RANDOM` (DARE).
         densities: Kept fraction per fine-tuned tensor (≥ 1: not trimmed).
@@ -84,19 +114,15 @@ def merge(
         scale: λ.
 
     Returns:
-        ``(merged, finite)``: the merged tensor in ``base``'s dtype, or ``(None, False)`` when an input holds
-        NaN or Inf (the caller names it, see :func:`hm3.merge.tensor_merge.check_finite`).
+        Whether every task vector was finite (``out`` is then the merge; else it is undefined).
     """
     import numpy as np
-    import torch
 
     from hm3.merge import _fused_kernels as kernels
 
-    dtype = base.dtype
-    half = dtype == torch.bfloat16
+    half = base.dtype == np.uint16
     count = len(tensors)
-    flat = [_as_numpy(t, half) for t in (base, *tensors)]
-    base_np, inputs = flat[0], tuple(flat[1:])
+    inputs = tuple(tensors)
     trimmed = [mode != NO_TRIM and d < 1 for d in densities]
     thresholds = np.zeros(count, dtype=np.uint64)  # magnitude: bit pattern of the k-th largest; random: keep
     tie_cuts = np.full(count, -1, dtype=np.int64)  # magnitude: last index whose tie at the threshold is kept
@@ -107,7 +133,7 @@ def merge(
             thresholds[k] = keep_threshold(density) if trimmed[k] else 1 << 16
     keys = _keys(seeds, count)
     hist, before, after, finite = kernels.statistics(
-        base_np,
+        base,
         inputs,
         np.asarray([mode == MAGNITUDE and t for t in trimmed]),
         np.asarray([rescale and t for t in trimmed]),
@@ -116,16 +142,16 @@ def merge(
         mode == RANDOM,
     )
     if not finite:
-        return None, False
+        return False
     keep = np.ones(count, dtype=np.bool_)
     if mode == MAGNITUDE:
         for k in range(count):
             if trimmed[k]:
                 keep[k], thresholds[k], tie_cuts[k] = _magnitude_threshold(
-                    kernels, base_np, inputs[k], hist[k], densities[k], half
+                    kernels, base, inputs[k], hist[k], densities[k], half
                 )
                 if rescale and keep[k]:
-                    after[k] = kernels.kept_l1(base_np, inputs[k], int(thresholds[k]), tie_cuts[k])
+                    after[k] = kernels.kept_l1(base, inputs[k], int(thresholds[k]), tie_cuts[k])
     limits = np.zeros((count, 2), dtype=np.float32)  # |δ| >= 0: every entry kept
     if mode == MAGNITUDE:
         limits = _magnitude_limits(thresholds, np.asarray(trimmed), keep, half)
@@ -133,30 +159,45 @@ def merge(
     if rescale:
         for k in range(count):
             if trimmed[k] and keep[k]:
-                factors[k] = _rescale_factor(before[k], after[k], dtype)
-    coefficients = torch.tensor(list(weights), dtype=dtype)
-    divisor = 1.0
+                factors[k] = _rescale_factor(before[k], after[k], half)
+    coefficients = rounded(weights, half)
+    divisor = np.float32(1.0)
     if not consensus and normalize:
-        total = coefficients.sum()
-        divisor = float(total) if float(total.abs()) >= 1e-8 else 1.0
-    out = torch.empty_like(base)
+        total = np.float32(0.0)
+        for coefficient in coefficients:  # summed as torch sums a short tensor: in order, in float32
+            total = np.float32(total + coefficient)
+        total = rounded([total], half)[0]
+        divisor = total if abs(total) >= 1e-8 else np.float32(1.0)
     kernels.merge_entries(
-        base_np,
+        base,
         inputs,
-        _as_numpy(out, half),
+        out,
         mode,
         limits,
         thresholds,
         tie_cuts,
         keys,
         factors,
-        coefficients.float().numpy(),
+        coefficients,
         consensus,
         normalize,
         np.float32(divisor),
         np.float32(scale),
     )
-    return out, True
+    return True
+
+
+def rounded(values: Sequence[float], half: bool) -> np.ndarray:
+    """``values`` rounded as torch rounds Python floats into a tensor: to float32, then (``half``) to
+    bfloat16 (nearest, ties to even); returned as float32."""
+    import numpy as np
+
+    single = np.asarray(values, dtype=np.float64).astype(np.float32)
+    if not half:
+        return single
+    bits = single.view(np.uint32)
+    bits = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+    return bits.view(np.float32)
 
 
 def _magnitude_threshold(
@@ -224,14 +265,12 @@ def _bucket_of_kth(counts: np.ndarray, k: int) -> tuple[int, int, int]:
     return bucket, int(at_least[bucket]) - tied, tied
 
 
-def _rescale_factor(before: float, after: float, dtype: torch.dtype) -> float:
-    """The L1 rescale factor as :func:`hm3.merge.sparsify.rescale_l1` rounds it (norms in ``dtype``)."""
-    import torch
-
+def _rescale_factor(before: float, after: float, half: bool) -> float:
+    """The L1 rescale factor as :func:`hm3.merge.sparsify.rescale_l1` rounds it: both norms rounded to the
+    dtype, compared with the threshold in the dtype, divided in float32, the quotient rounded."""
     from hm3.merge.sparsify import RESCALE_EPS
 
-    norm_before = torch.tensor(before, dtype=torch.float32).to(dtype)
-    norm_after = torch.tensor(after, dtype=torch.float32).to(dtype)
-    if norm_before < RESCALE_EPS or norm_after < RESCALE_EPS:
+    norm_before, norm_after, eps = rounded([before, after, RESCALE_EPS], half)
+    if norm_before < eps or norm_after < eps:
         return 1.0
-    return float(norm_before / norm_after)
+    return float(rounded([norm_before / norm_after], half)[0])

@@ -1,8 +1,11 @@
 """``hm3 merge --mergekit CONFIG --out DIR``: run a mergekit configuration, streaming to a checkpoint.
 
-Inputs are read lazily (one tensor of each model at a time), merged, and handed to ``hm3.export`` which
-writes shards as they fill, so memory stays near one shard plus one tensor's inputs. Progress is shown with
-rich; an error or Ctrl-C leaves no output folder behind.
+Inputs are read lazily (one tensor of each model at a time, through memory maps), merged, and handed to
+``hm3.export`` which writes each tensor straight into its shard, so memory stays near a few tensors' worth.
+When every tensor is a task-arithmetic / TIES / DARE merge or a plain copy in its stored dtype (bfloat16 or
+float32), the run never imports torch: numpy arrays go through the fused numba kernels
+(:func:`merged_arrays`); other configs merge torch tensors (:func:`merged_tensors`). Progress is shown
+with rich; an error or Ctrl-C leaves no output folder behind.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from typing import TYPE_CHECKING
 from hm3.merge.mergekit_plan import MergePlan, PlannedTensor, plan_merge
 from hm3.merge.mergekit_schema import load_mergekit_config
 from hm3.merge.runtime import collection_paused, merge_workers, reuse_freed_memory
-from hm3.merge.tensor_merge import check_finite, merge_tensor
+from hm3.merge.tensor_merge import check_finite, check_finite_array, mask_seed, merge_tensor
 from hm3.merge.tensor_reader import TORCH_DTYPES, TensorReader
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
-    from hm3.export import TensorLayout
+    from hm3.export import RawTensor, TensorLayout
 
 
 def run_mergekit_config(
@@ -60,9 +64,13 @@ def _run(config_path: Path, out: Path, shard_size: str | int, force: bool, show_
         config.base_model,
         config_path.read_text(),
     )
+    if without_torch(plan):
+        stream = merged_arrays(plan, workers=merge_workers(uses_torch=False))
+    else:
+        stream = merged_tensors(plan, workers=merge_workers())
     with _Progress(len(plan.tensors), total, show_progress) as progress:
         return write_hf_checkpoint(
-            merged_tensors(plan, workers=merge_workers()),
+            stream,
             plan.config,
             out,
             tokenizer_from=plan.donor.folder,
@@ -92,27 +100,146 @@ def merged_tensors(plan: MergePlan, workers: int = 1) -> Iterator[tuple[str, tor
     model. Merged tensors waiting to be yielded stay within that lookahead (plus the outsized ones). The
     tensors are bit-identical for every ``workers``.
     """
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
     import torch
 
     dtype = getattr(torch, plan.dtype) if plan.dtype else None
     out_dtype = getattr(torch, plan.out_dtype) if plan.out_dtype else None
-    readers = [TensorReader(checkpoint) for checkpoint in plan.models]
-    reading = threading.Lock()
 
-    def merge(planned: PlannedTensor) -> torch.Tensor:
-        with reading:
-            inputs = _load_inputs(plan, readers, planned)
-        merged = _merge_one(plan, planned, *inputs, dtype)
+    def merge(readers: _Readers, planned: PlannedTensor) -> torch.Tensor:
+        tensors = [readers.load(index, name) for index, name in planned.inputs]
+        base = readers.load(*planned.base) if planned.base is not None else None
+        if plan.method is None:
+            for tensor, (index, name) in zip(tensors, planned.inputs, strict=True):
+                check_finite(tensor, plan.models[index].name, name)
+        merged = _merge_one(plan, planned, tensors, base, dtype)
         return merged.to(out_dtype) if out_dtype is not None else merged
 
+    return _stream(plan, merge, workers)
+
+
+def merged_arrays(plan: MergePlan, workers: int = 1) -> Iterator[tuple[str, RawTensor | torch.Tensor]]:
+    """:func:`merged_tensors` without torch, for a plan where :func:`without_torch` holds: inputs are numpy
+    arrays over memory maps, merged by :func:`hm3.merge.fused.merge_arrays` (the same bits as
+    :func:`merged_tensors`), copies passed through as stored. Skips torch's import, most of a short
+    merge's start-up."""
+
+    def merge(readers: _Readers, planned: PlannedTensor) -> RawTensor | torch.Tensor:
+        return _merged_array(plan, planned, [readers.array(index, name) for index, name in _sources(planned)])
+
+    return _stream(plan, merge, workers)
+
+
+def without_torch(plan: MergePlan) -> bool:
+    """Whether every output tensor is a fused-kernel merge or a plain copy, in the dtype its inputs are
+    stored in (bfloat16 or float32), read from safetensors files: then no tensor needs torch."""
+    from hm3.merge import fused
+
+    method = plan.method
+    if method is not None and (
+        method.kernel != "task_arithmetic" or method.sparsification not in fused.TRIM_MODES
+    ):
+        return False
+    if any(checkpoint.pickled for checkpoint in plan.models):
+        return False
+    for planned in plan.tensors:
+        if method is None and planned.scale is not None:
+            return False
+        stored = {plan.models[index].tensors[name].dtype for index, name in _sources(planned)}
+        dtype = TORCH_DTYPES.get(stored.pop(), "") if len(stored) == 1 else ""
+        if (
+            not fused.supports_dtype(dtype)
+            or plan.dtype not in (None, dtype)
+            or plan.out_dtype not in (None, dtype)
+        ):
+            return False
+    return True
+
+
+def _merged_array(
+    plan: MergePlan, planned: PlannedTensor, arrays: list[tuple[np.ndarray, str, tuple[int, ...]]]
+) -> RawTensor | torch.Tensor:
+    import numpy as np
+
+    from hm3.export import RawTensor
+    from hm3.merge import fused
+
+    values = [array for array, _, _ in arrays]
+    _, stored, shape = arrays[0]
+    dtype = TORCH_DTYPES[stored]
+    models = [plan.models[index].name for index, _ in _sources(planned)]
+    if plan.method is None:
+        check_finite_array(values[0], models[0], planned.name)
+        return RawTensor(values[0], shape, dtype)
+    params = planned.parameters
+    assert params is not None
+    out = np.empty_like(values[-1])
+    finite = fused.merge_arrays(
+        values[-1],
+        values[:-1],
+        out,
+        params.weights,
+        mode=fused.TRIM_MODES[plan.method.sparsification],
+        densities=params.densities,
+        seeds=[mask_seed(0, index, planned.name) for index, _ in planned.inputs],
+        rescale=params.rescale,
+        consensus=plan.method.consensus,
+        normalize=params.normalize,
+        scale=params.scale,
+    )
+    if finite:
+        return RawTensor(out, shape, dtype)
+    for array, model in zip(values, models, strict=True):
+        check_finite_array(array, model, planned.name)
+    # every input is finite but a task vector overflowed: the torch kernel merges this tensor, as it would
+    import torch
+
+    kind = getattr(torch, dtype)
+    tensors = [
+        torch.from_numpy(v.view(np.int16) if v.dtype == np.uint16 else v).view(kind).reshape(shape)
+        for v in values
+    ]
+    return _merge_one(plan, planned, tensors[:-1], tensors[-1], None)
+
+
+def _sources(planned: PlannedTensor) -> list[tuple[int, str]]:
+    """``(model index, tensor name)`` of the merged inputs, then of the base (if any)."""
+    return [*planned.inputs, *([planned.base] if planned.base is not None else [])]
+
+
+class _Readers:
+    """The readers of a streaming merge, shared by its worker threads: each read is made under one lock
+    (the readers' file handles and indexes are shared)."""
+
+    def __init__(self, plan: MergePlan) -> None:
+        import threading
+
+        self.readers = [TensorReader(checkpoint) for checkpoint in plan.models]
+        self.lock = threading.Lock()
+
+    def load(self, index: int, name: str) -> torch.Tensor:
+        with self.lock:
+            return self.readers[index].load(name)
+
+    def array(self, index: int, name: str) -> tuple[np.ndarray, str, tuple[int, ...]]:
+        with self.lock:
+            return self.readers[index].array(name)
+
+    def close(self) -> None:
+        for reader in self.readers:
+            reader.close()
+
+
+def _stream(plan: MergePlan, merge, workers: int) -> Iterator[tuple[str, object]]:
+    """``merge(readers, planned)`` for every planned tensor, yielded in plan order, ``workers`` at a time
+    (see :func:`merged_tensors` for the order and the lookahead)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    readers = _Readers(plan)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hm3-merge") if workers > 1 else None
     try:
         if pool is None:
             for planned in plan.tensors:
-                yield planned.name, merge(planned)
+                yield planned.name, merge(readers, planned)
             return
         sizes = [_numel(plan, planned) for planned in plan.tensors]
         order = _merge_order(sizes)
@@ -122,7 +249,7 @@ def merged_tensors(plan: MergePlan, workers: int = 1) -> Iterator[tuple[str, tor
         for index, planned in enumerate(plan.tensors):
             while submitted < len(order) and (index not in futures or ahead < LOOKAHEAD_ENTRIES):
                 chosen = order[submitted]
-                futures[chosen] = pool.submit(merge, plan.tensors[chosen])
+                futures[chosen] = pool.submit(merge, readers, plan.tensors[chosen])
                 ahead += sizes[chosen]
                 submitted += 1
             result = futures.pop(index).result()  # type: ignore[attr-defined]
@@ -131,8 +258,7 @@ def merged_tensors(plan: MergePlan, workers: int = 1) -> Iterator[tuple[str, tor
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-        for reader in readers:
-            reader.close()
+        readers.close()
 
 
 def _numel(plan: MergePlan, planned: PlannedTensor) -> int:
@@ -157,8 +283,6 @@ def _merge_order(sizes: list[int]) -> list[int]:
 
 def output_layout(plan: MergePlan) -> list[TensorLayout]:
     """Name, shape and dtype of every output tensor, in order (lets the writer stream without buffering)."""
-    import torch
-
     from hm3.export import TensorLayout
 
     layout = []
@@ -171,26 +295,17 @@ def output_layout(plan: MergePlan) -> list[TensorLayout]:
         stored += [plan.models[i].tensors[n].dtype for i, n in tensor.inputs[1:]]
         if plan.out_dtype or plan.dtype:
             dtype = plan.out_dtype or plan.dtype
+        elif len(set(stored)) == 1:
+            dtype = TORCH_DTYPES[stored[0]]
         else:
+            import torch
+
             promoted = getattr(torch, TORCH_DTYPES[stored[0]])
             for other in stored[1:]:
                 promoted = torch.promote_types(promoted, getattr(torch, TORCH_DTYPES[other]))
             dtype = str(promoted).removeprefix("torch.")
         layout.append(TensorLayout(tensor.name, tuple(info.shape), dtype))
     return layout
-
-
-def _load_inputs(
-    plan: MergePlan, readers: list[TensorReader], planned: PlannedTensor
-) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-    """The inputs of one output tensor; copied tensors (no merge method) are checked finite here, merged
-    ones by ``merge_tensor`` (``check_inputs``)."""
-    tensors = [readers[i].load(n) for i, n in planned.inputs]
-    base = readers[planned.base[0]].load(planned.base[1]) if planned.base is not None else None
-    if plan.method is None:
-        for tensor, (index, name) in zip(tensors, planned.inputs, strict=True):
-            check_finite(tensor, plan.models[index].name, name)
-    return tensors, base
 
 
 def _merge_one(

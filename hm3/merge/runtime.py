@@ -26,18 +26,19 @@ MAX_MERGE_WORKERS = 4
 """Default cap on tensors merged at once (each holds its inputs in memory while it is merged)."""
 
 
-def merge_workers() -> int:
-    """Number of tensors to merge at once, with torch's intra-op threads set to one.
+def merge_workers(uses_torch: bool = True) -> int:
+    """Number of tensors to merge at once; with ``uses_torch``, torch's intra-op threads are set to one.
 
     ``HM3_NUM_THREADS`` (else ``OMP_NUM_THREADS``) sets the count; the default is the machine's cores, at most
     :data:`MAX_MERGE_WORKERS`. The count changes speed and peak memory, never the merged bits.
     """
-    import torch
-
     explicit = os.environ.get("HM3_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
     workers = max(1, int(explicit)) if explicit else min(os.cpu_count() or 1, MAX_MERGE_WORKERS)
-    if torch.get_num_threads() != 1:
-        torch.set_num_threads(1)
+    if uses_torch:
+        import torch
+
+        if torch.get_num_threads() != 1:
+            torch.set_num_threads(1)
     return workers
 
 

@@ -16,6 +16,7 @@ from hm3.merge import fused
 from hm3.merge.registry import MergeMethod
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 
@@ -85,7 +86,7 @@ def merge_tensor(
     if base is None:
         raise UserError(f"{method.name} merges task vectors and needs a base model")
     ids = list(model_ids) if model_ids is not None else list(range(len(tensors)))
-    if tensors and method.sparsification in _FUSED_TRIMS and fused.supports([base, *tensors]):
+    if tensors and method.sparsification in fused.TRIM_MODES and fused.supports([base, *tensors]):
         merged = _fused_merge(method, base, tensors, params, seed, tensor_name, ids)
         if merged is not None:
             return merged
@@ -100,9 +101,6 @@ def merge_tensor(
         normalize=params.normalize,
         scale=params.scale,
     )
-
-
-_FUSED_TRIMS = {None: fused.NO_TRIM, "magnitude": fused.MAGNITUDE, "random": fused.RANDOM}
 
 
 def _fused_merge(
@@ -120,7 +118,7 @@ def _fused_merge(
         base,
         tensors,
         params.weights,
-        mode=_FUSED_TRIMS[method.sparsification],
+        mode=fused.TRIM_MODES[method.sparsification],
         densities=params.densities,
         seeds=[mask_seed(seed, model, tensor_name) for model in ids],
         rescale=params.rescale,
@@ -180,8 +178,29 @@ def check_finite(tensor: torch.Tensor, model: str, tensor_name: str) -> None:
     if not tensor.is_floating_point() or bool(torch.isfinite(tensor.sum())):
         return  # a finite sum means no NaN and no Inf (they propagate); an overflow falls through
     if not bool(torch.isfinite(tensor).all()):
-        bad = "NaN" if bool(torch.isnan(tensor).any()) else "Inf"
-        raise UserError(f"model {model}: tensor {tensor_name} contains {bad}; refusing to merge it")
+        _refuse(model, tensor_name, nan=bool(torch.isnan(tensor).any()))
+
+
+def check_finite_array(values: np.ndarray, model: str, tensor_name: str) -> None:
+    """:func:`check_finite` for a flat numpy array: float32, or the uint16 bit patterns of bfloat16.
+
+    Raises:
+        UserError: the array is not finite.
+    """
+    import numpy as np
+
+    if values.dtype == np.uint16:
+        special = (values & 0x7F80) == 0x7F80  # exponent all ones: Inf or NaN
+        if special.any():
+            _refuse(model, tensor_name, nan=bool(np.any(special & ((values & 0x7F) != 0))))
+    elif values.dtype.kind == "f" and not np.isfinite(values.sum(dtype=np.float64)):
+        if not np.isfinite(values).all():
+            _refuse(model, tensor_name, nan=bool(np.isnan(values).any()))
+
+
+def _refuse(model: str, tensor_name: str, nan: bool) -> None:
+    bad = "NaN" if nan else "Inf"
+    raise UserError(f"model {model}: tensor {tensor_name} contains {bad}; refusing to merge it")
 
 
 def check_shapes(tensors: Sequence[torch.Tensor], models: Sequence[str], tensor_name: str) -> None:

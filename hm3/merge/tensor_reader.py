@@ -18,6 +18,7 @@ from hm3.checkpoint import Checkpoint
 from hm3.errors import ModelError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 TORCH_DTYPES = {
@@ -32,6 +33,10 @@ TORCH_DTYPES = {
     "U8": "uint8",
     "BOOL": "bool",
 }
+
+
+NUMPY_DTYPES = {"F32": "float32", "BF16": "uint16"}
+"""Safetensors dtypes :meth:`TensorReader.array` reads (bfloat16 as its bit patterns)."""
 
 
 class TensorReader:
@@ -69,16 +74,43 @@ class TensorReader:
 
     def load(self, name: str) -> torch.Tensor:
         """Tensor ``name``, backed by a private memory map of its bytes (freed with the tensor)."""
-        import mmap
-
         import torch
 
         if self.checkpoint._pickled is not None:
             return self.checkpoint.load(name)
         file, offset, size, dtype, shape = self._locate(name)
         torch_dtype = getattr(torch, TORCH_DTYPES[dtype])
-        if size == 0:
+        mapped, start = self._map(file, offset, size, name)
+        if mapped is None:
             return torch.empty(shape, dtype=torch_dtype)
+        raw = torch.frombuffer(mapped, dtype=torch.uint8, count=size, offset=offset - start)
+        if (offset - start) % torch_dtype.itemsize:
+            raw = raw.clone()  # a misaligned tensor (safetensors does not promise alignment) is copied
+        return raw.view(torch_dtype).reshape(shape)
+
+    def array(self, name: str) -> tuple[np.ndarray, str, tuple[int, ...]]:
+        """Tensor ``name`` as a flat numpy array over a private memory map of its bytes (freed with the
+        array), with its safetensors dtype and shape; bfloat16 arrives as its ``uint16`` bit patterns.
+        For the dtypes of :data:`NUMPY_DTYPES`; no torch needed."""
+        import numpy as np
+
+        file, offset, size, dtype, shape = self._locate(name)
+        kind = np.dtype(NUMPY_DTYPES[dtype])
+        mapped, start = self._map(file, offset, size, name)
+        if mapped is None:
+            return np.empty(0, dtype=kind), dtype, shape
+        values = np.frombuffer(mapped, dtype=np.uint8, count=size, offset=offset - start)
+        if (offset - start) % kind.itemsize:
+            values = values.copy()  # a misaligned tensor (safetensors does not promise alignment) is copied
+        return values.view(kind), dtype, shape
+
+    def _map(self, file: Path, offset: int, size: int, name: str):
+        """A private (copy-on-write) memory map covering ``size`` bytes at ``offset`` of ``file``, and the
+        file offset it starts at (a multiple of the allocation granularity); ``(None, 0)`` when empty."""
+        import mmap
+
+        if size == 0:
+            return None, 0
         handle = self._files.get(file)
         if handle is None:
             handle = self._files[file] = open(file, "rb")  # noqa: SIM115 (kept open across reads)
@@ -86,16 +118,8 @@ class TensorReader:
         if offset + size > self._sizes[file]:
             raise ModelError(self.checkpoint.name, f"{file.name} is truncated (tensor {name})")
         start = offset - offset % mmap.ALLOCATIONGRANULARITY
-        mapped = mmap.mmap(
-            handle.fileno(),  # type: ignore[attr-defined]
-            offset + size - start,
-            access=mmap.ACCESS_COPY,
-            offset=start,
-        )
-        raw = torch.frombuffer(mapped, dtype=torch.uint8, count=size, offset=offset - start)
-        if (offset - start) % torch_dtype.itemsize:
-            raw = raw.clone()  # a misaligned tensor (safetensors does not promise alignment) is copied
-        return raw.view(torch_dtype).reshape(shape)
+        fileno = handle.fileno()  # type: ignore[attr-defined]
+        return mmap.mmap(fileno, offset + size - start, access=mmap.ACCESS_COPY, offset=start), start
 
     def close(self) -> None:
         """Close the open files."""
