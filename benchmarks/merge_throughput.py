@@ -213,7 +213,9 @@ def write_report(context: dict, rows: list, baseline: list, differences: dict) -
     args, size, params, model_bytes, moved = (
         context[k] for k in ("args", "size", "params", "model_bytes", "moved")
     )
-    rows = [(method, runs) for method, runs in rows if runs["hm3"] and runs["mergekit"]]
+    rows = [
+        (method, runs) for method, runs in rows if runs["hm3"] and runs["mergekit"] and runs["load-and-save"]
+    ]
     base_wall = statistics.median(w for w, _, _ in baseline)
     base_rss = max(r for _, r, _ in baseline)
     lines = [
@@ -229,8 +231,10 @@ def write_report(context: dict, rows: list, baseline: list, differences: dict) -
         f"{params / 1e9:.2f}B parameters, random weights stored in **{args.dtype}** "
         f"({model_bytes / 1e9:.2f} GB per model); base + 3 fine-tunes (base + random task vectors); "
         "weights 0.5/0.3/0.2, density 0.5, `dtype` = storage dtype. Each merge is a subprocess (Python start-up "
-        f"included), hm3 and mergekit alternating, {args.repeats} runs each; medians of wall time, maximum of "
-        "peak RSS (`os.wait4`). Throughput = bytes read + written (4 inputs + 1 output) / wall time.",
+        f"included), hm3 and mergekit alternating, {args.repeats} runs each, each hm3 run next to a run of the "
+        "load-and-save reference; medians of wall time, maximum of peak RSS (`os.wait4`). Throughput = bytes "
+        'read + written (4 inputs + 1 output) / wall time; "vs load-and-save" = the reference\'s median wall '
+        "over hm3's, for the runs of that method.",
         "",
         "| method | hm3 wall (s) | mergekit wall (s) | wall ratio (target ≤ 0.5) | hm3 peak RSS (GB) | "
         "mergekit peak RSS (GB) | RSS ratio (target ≤ 1.0) | hm3 throughput (MB/s) | vs load-and-save "
@@ -246,7 +250,7 @@ def write_report(context: dict, rows: list, baseline: list, differences: dict) -
         hm3_cpu = statistics.median(c for _, _, c in runs["hm3"])
         mk_cpu = statistics.median(c for _, _, c in runs["mergekit"])
         throughput = moved / hm3_wall
-        fraction = throughput / (moved / base_wall)
+        fraction = statistics.median(w for w, _, _ in runs["load-and-save"]) / hm3_wall
         lines.append(
             f"| {method} | {hm3_wall:.1f} | {mk_wall:.1f} | {hm3_wall / mk_wall:.2f} | {hm3_rss / 1e9:.2f} | "
             f"{mk_rss / 1e9:.2f} | {hm3_rss / mk_rss:.2f} | {throughput / 1e6:.0f} | {fraction:.0%} | "
@@ -259,8 +263,9 @@ def write_report(context: dict, rows: list, baseline: list, differences: dict) -
         )
     lines += [
         "",
-        f"Load-and-save baseline (safetensors `load_file` of the 4 inputs, `save_file` of one): "
-        f"median {base_wall:.1f} s, {moved / base_wall / 1e6:.0f} MB/s, peak RSS {base_rss / 1e9:.2f} GB.",
+        f"Load-and-save reference (safetensors `load_file` of the 4 inputs, `save_file` of one), one run "
+        f"beside every hm3 run: median {base_wall:.1f} s over {len(baseline)} runs, "
+        f"{moved / base_wall / 1e6:.0f} MB/s, peak RSS {base_rss / 1e9:.2f} GB.",
         "",
         "Targets:",
         *verdicts,
@@ -288,7 +293,6 @@ def write_report(context: dict, rows: list, baseline: list, differences: dict) -
             for method, runs in rows
             for tool in runs
         ),
-        "- load-and-save: " + ", ".join(f"{w:.1f}/{r / 1e9:.2f}/{c:.1f}" for w, r, c in baseline),
         "",
     ]
     done = sum(len(runs["hm3"]) + len(runs["mergekit"]) for _, runs in rows)
@@ -329,22 +333,29 @@ def main() -> int:
         "moved": moved,
         "load_start": os.getloadavg()[0],
     }
-    baseline = []
-    for _ in range(args.repeats):
-        out = work / "copy.safetensors"
-        files = [str(f / "model.safetensors") for f in (base, *finetunes)]
-        baseline.append(timed([str(PYTHON), "-c", LOAD_AND_SAVE, *files, str(out)]))
-        out.unlink()
+    baseline: list[tuple[float, int, float]] = []  # one load-and-save run beside every hm3 run
+    files = [str(f / "model.safetensors") for f in (base, *finetunes)]
     rows = []
     differences = {}
     for method in METHODS:
-        runs: dict[str, list[tuple[float, int, float]]] = {"hm3": [], "mergekit": []}
+        runs: dict[str, list[tuple[float, int, float]]] = {"hm3": [], "mergekit": [], "load-and-save": []}
         rows.append((method, runs))
         for repeat in range(args.repeats):
-            order = ("hm3", "mergekit") if repeat % 2 == 0 else ("mergekit", "hm3")
+            # the reference runs right before hm3 (even repeats) or right after it (odd): the throughput
+            # ratio compares runs made under the same page-cache and writeback conditions
+            order = (
+                ("load-and-save", "hm3", "mergekit")
+                if repeat % 2 == 0
+                else ("mergekit", "hm3", "load-and-save")
+            )
             for tool in order:
                 out = work / f"{method}-{tool}"
                 shutil.rmtree(out, ignore_errors=True)
+                if tool == "load-and-save":
+                    baseline.append(timed([str(PYTHON), "-c", LOAD_AND_SAVE, *files, str(out)]))
+                    out.unlink()
+                    runs["load-and-save"].append(baseline[-1])
+                    continue
                 if tool == "hm3":
                     command = [str(PYTHON), "-m", "cli.main", "merge", "--mergekit", str(configs[method])]
                     command += ["--out", str(out), "--quiet"]
