@@ -282,13 +282,14 @@ def _header(entries: Sequence[tuple[str, tuple[int, ...], str, int]]) -> bytes:
 
 
 def _write_laid_out(
-    items: Iterable[tuple[str, torch.Tensor]],
+    items: Iterable[tuple[str, torch.Tensor | RawTensor]],
     layout: list[TensorLayout],
     folder: Path,
     limit: int,
     on_tensor: Callable[[str, int], None] | None,
 ) -> None:
-    """Write tensors straight into shards laid out in advance (no buffering)."""
+    """Write tensors straight into shards laid out in advance (no buffering), in whatever order they come:
+    every shard is created at its final size with its header, and each tensor is written at its offset."""
     if not layout:
         raise ValueError("no tensors to write")
     groups = _shard_groups(layout, limit)
@@ -298,39 +299,55 @@ def _write_laid_out(
         if total == 1
         else [f"model-{i:05d}-of-{total:05d}.safetensors" for i in range(1, total + 1)]
     )
-    expected = iter([(number, entry) for number, group in enumerate(groups) for entry in group])
-    handle = None
-    current = -1
+    places: dict[str, tuple[int, int, TensorLayout]] = {}  # name -> (shard, byte offset, entry)
+    descriptors: list[int] = []
     try:
+        for number, group in enumerate(groups):
+            entries = [(e.name, e.shape, _SAFETENSORS_DTYPES[e.dtype], e.nbytes) for e in group]
+            header = _header(entries)
+            descriptor = os.open(folder / names[number], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            descriptors.append(descriptor)
+            _write_at(descriptor, memoryview(header), 0)
+            offset = len(header)
+            for entry in group:
+                places[entry.name] = (number, offset, entry)
+                offset += entry.nbytes
+            os.ftruncate(descriptor, offset)
         for name, tensor in items:
-            number, entry = next(expected, (None, None))
+            place = places.pop(name, None)
             dtype = str(tensor.dtype).removeprefix("torch.")
-            if entry is None or (name, tuple(tensor.shape), dtype) != (entry.name, entry.shape, entry.dtype):
-                wanted = "nothing" if entry is None else f"{entry.name} {list(entry.shape)} {entry.dtype}"
+            if place is None or (tuple(tensor.shape), dtype) != (place[2].shape, place[2].dtype):
+                wanted = (
+                    "nothing (unknown or repeated)"
+                    if place is None
+                    else f"{list(place[2].shape)} {place[2].dtype}"
+                )
                 raise ValueError(
                     f"tensor {name} {list(tensor.shape)} {dtype} does not follow the layout ({wanted})"
                 )
-            if number != current:
-                if handle is not None:
-                    handle.close()
-                current = number
-                handle = open(folder / names[number], "wb")
-                entries = [(e.name, e.shape, _SAFETENSORS_DTYPES[e.dtype], e.nbytes) for e in groups[number]]
-                handle.write(_header(entries))
-            handle.write(_raw_bytes(tensor))
+            number, offset, entry = place
+            _write_at(descriptors[number], _raw_bytes(tensor), offset)
             if on_tensor is not None:
                 on_tensor(name, entry.nbytes)
     finally:
-        if handle is not None:
-            handle.close()
-    missing = next(expected, None)
-    if missing is not None:
-        raise ValueError(f"the tensors ended before {missing[1].name}")
+        for descriptor in descriptors:
+            os.close(descriptor)
+    if places:
+        raise ValueError(f"the tensors ended before {next(iter(places))}")
     if total > 1:
         weight_map = {e.name: names[i] for i, group in enumerate(groups) for e in group}
         size = sum(e.nbytes for e in layout)
         index = {"metadata": {"total_size": size}, "weight_map": dict(sorted(weight_map.items()))}
         (folder / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _write_at(descriptor: int, data: memoryview, offset: int) -> None:
+    """All of ``data`` at ``offset`` (``os.pwrite`` may write less than asked)."""
+    data = data.cast("B") if data.format != "B" or data.ndim != 1 else data
+    while len(data):
+        written = os.pwrite(descriptor, data, offset)
+        data = data[written:]
+        offset += written
 
 
 class _ShardWriter:

@@ -109,6 +109,15 @@ def test_known_layout_streams_straight_into_shards(tmp_path) -> None:
     assert index["weight_map"]["t0"] == "model-00001-of-00003.safetensors"
     checkpoint = Checkpoint(out)
     assert all(torch.equal(checkpoint.load(n), t) for n, t in tensors)
-    with pytest.raises(ValueError, match="does not follow the layout"):
+    shuffled = write_hf_checkpoint(  # tensors may come in any order: each is written at its offset
+        iter(tensors[::-1]), {}, tmp_path / "r", tokenizer_from=None, shard_size=900, layout=layout
+    )
+    assert all(torch.equal(Checkpoint(shuffled).load(n), t) for n, t in tensors)
+    assert (shuffled / "model-00002-of-00003.safetensors").read_bytes() == (
+        out / "model-00002-of-00003.safetensors"
+    ).read_bytes()
+    with pytest.raises(ValueError, match="the tensors ended before t0"):
         write_hf_checkpoint(iter(tensors[1:]), {}, tmp_path / "n", tokenizer_from=None, layout=layout)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    with pytest.raises(ValueError, match="does not follow the layout"):
+        write_hf_checkpoint(iter(tensors[:1] * 2), {}, tmp_path / "n", tokenizer_from=None, layout=layout)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "r"]

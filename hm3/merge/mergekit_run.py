@@ -65,9 +65,9 @@ def _run(config_path: Path, out: Path, shard_size: str | int, force: bool, show_
         config_path.read_text(),
     )
     if without_torch(plan):
-        stream = merged_arrays(plan, workers=merge_workers(uses_torch=False))
+        stream = merged_arrays(plan, workers=merge_workers(uses_torch=False), recycle=True, ordered=False)
     else:
-        stream = merged_tensors(plan, workers=merge_workers())
+        stream = merged_tensors(plan, workers=merge_workers(), ordered=False)
     with _Progress(len(plan.tensors), total, show_progress) as progress:
         return write_hf_checkpoint(
             stream,
@@ -86,16 +86,19 @@ def _run(config_path: Path, out: Path, shard_size: str | int, force: bool, show_
         )
 
 
-LOOKAHEAD_ENTRIES = 128 * 2**20
+LOOKAHEAD_ENTRIES = 32 * 2**20
 """How far the workers may run ahead of the writer, in merged entries (256 MB of bfloat16 output)."""
 
 
-def merged_tensors(plan: MergePlan, workers: int = 1) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, merged tensor)`` for each planned output tensor, in plan order, reading inputs lazily.
+def merged_tensors(
+    plan: MergePlan, workers: int = 1, ordered: bool = True
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, merged tensor)`` for each planned output tensor, in plan order (``ordered=False``: as
+    they are done), reading inputs lazily.
 
     With ``workers`` > 1, that many tensors are merged at once on worker threads (each on one thread, see
     :mod:`hm3.merge.runtime`); the workers start with the few outsized tensors (embeddings, LM head: at
-    least 4x the median size), then follow plan order up to :data:`LOOKAHEAD_ENTRIES` merged entries
+    than 4x the mean size), then follow plan order up to :data:`LOOKAHEAD_ENTRIES` merged entries
     ahead of the writer, so that no worker waits while another merges a large tensor at either end of the
     model. Merged tensors waiting to be yielded stay within that lookahead (plus the outsized ones). The
     tensors are bit-identical for every ``workers``.
@@ -114,19 +117,62 @@ def merged_tensors(plan: MergePlan, workers: int = 1) -> Iterator[tuple[str, tor
         merged = _merge_one(plan, planned, tensors, base, dtype)
         return merged.to(out_dtype) if out_dtype is not None else merged
 
-    return _stream(plan, merge, workers)
+    return _stream(plan, merge, workers, ordered)
 
 
-def merged_arrays(plan: MergePlan, workers: int = 1) -> Iterator[tuple[str, RawTensor | torch.Tensor]]:
+def merged_arrays(
+    plan: MergePlan, workers: int = 1, recycle: bool = False, ordered: bool = True
+) -> Iterator[tuple[str, RawTensor | torch.Tensor]]:
     """:func:`merged_tensors` without torch, for a plan where :func:`without_torch` holds: inputs are numpy
     arrays over memory maps, merged by :func:`hm3.merge.fused.merge_arrays` (the same bits as
     :func:`merged_tensors`), copies passed through as stored. Skips torch's import, most of a short
-    merge's start-up."""
+    merge's start-up.
+
+    With ``recycle``, the buffer of a yielded tensor is reused for a later one as soon as the next tensor is
+    asked for (the consumer must be done with each tensor by then, as the checkpoint writer is): fresh
+    memory costs the kernel a page zeroing on first touch, about a tenth of a merge's CPU time.
+    """
+    buffers = _Buffers()
 
     def merge(readers: _Readers, planned: PlannedTensor) -> RawTensor | torch.Tensor:
-        return _merged_array(plan, planned, [readers.array(index, name) for index, name in _sources(planned)])
+        arrays = [readers.array(index, name) for index, name in _sources(planned)]
+        return _merged_array(plan, planned, arrays, buffers if recycle else None)
 
-    return _stream(plan, merge, workers)
+    for name, merged in _stream(plan, merge, workers, ordered):
+        yield name, merged
+        if recycle and plan.method is not None:
+            buffers.give_back(getattr(merged, "data", None))
+
+
+class _Buffers:
+    """Flat uint8 buffers of merged tensors, kept for reuse by size (thread-safe)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.free: dict[int, list] = {}
+        self.lock = threading.Lock()
+
+    def take(self, like: np.ndarray) -> np.ndarray:
+        """An uninitialised array shaped and typed like ``like``."""
+        import numpy as np
+
+        with self.lock:
+            spare = self.free.get(like.nbytes)
+            raw = spare.pop() if spare else None
+        if raw is None:
+            raw = np.empty(like.nbytes, dtype=np.uint8)
+        return raw.view(like.dtype)
+
+    def give_back(self, array: np.ndarray | None) -> None:
+        if array is None or array.base is None:
+            return
+        import numpy as np
+
+        raw = array.base if isinstance(array.base, np.ndarray) else None
+        if raw is not None and raw.dtype == np.uint8 and raw.ndim == 1:
+            with self.lock:
+                self.free.setdefault(raw.nbytes, []).append(raw)
 
 
 def without_torch(plan: MergePlan) -> bool:
@@ -156,7 +202,10 @@ def without_torch(plan: MergePlan) -> bool:
 
 
 def _merged_array(
-    plan: MergePlan, planned: PlannedTensor, arrays: list[tuple[np.ndarray, str, tuple[int, ...]]]
+    plan: MergePlan,
+    planned: PlannedTensor,
+    arrays: list[tuple[np.ndarray, str, tuple[int, ...]]],
+    buffers: _Buffers | None = None,
 ) -> RawTensor | torch.Tensor:
     import numpy as np
 
@@ -172,7 +221,7 @@ def _merged_array(
         return RawTensor(values[0], shape, dtype)
     params = planned.parameters
     assert params is not None
-    out = np.empty_like(values[-1])
+    out = buffers.take(values[-1]) if buffers is not None else np.empty_like(values[-1])
     finite = fused.merge_arrays(
         values[-1],
         values[:-1],
@@ -229,10 +278,11 @@ class _Readers:
             reader.close()
 
 
-def _stream(plan: MergePlan, merge, workers: int) -> Iterator[tuple[str, object]]:
-    """``merge(readers, planned)`` for every planned tensor, yielded in plan order, ``workers`` at a time
-    (see :func:`merged_tensors` for the order and the lookahead)."""
-    from concurrent.futures import ThreadPoolExecutor
+def _stream(plan: MergePlan, merge, workers: int, ordered: bool = True) -> Iterator[tuple[str, object]]:
+    """``merge(readers, planned)`` for every planned tensor, ``workers`` at a time (see
+    :func:`merged_tensors` for the order and the lookahead); yielded in plan order, or with
+    ``ordered=False`` as they are done (no worker then waits for a slow tensor ahead of its own)."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     readers = _Readers(plan)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hm3-merge") if workers > 1 else None
@@ -246,15 +296,27 @@ def _stream(plan: MergePlan, merge, workers: int) -> Iterator[tuple[str, object]
         futures: dict[int, object] = {}
         submitted = 0
         ahead = 0  # output entries submitted and not yet yielded
-        for index, planned in enumerate(plan.tensors):
-            while submitted < len(order) and (index not in futures or ahead < LOOKAHEAD_ENTRIES):
+        written = 0
+        while written < len(order):
+            # past the lookahead, submit only what the consumer needs next: the next tensor in plan order,
+            # or (unordered) anything at all when nothing is under way
+            while submitted < len(order) and (
+                ahead < LOOKAHEAD_ENTRIES or (written not in futures if ordered else not futures)
+            ):
                 chosen = order[submitted]
                 futures[chosen] = pool.submit(merge, readers, plan.tensors[chosen])
                 ahead += sizes[chosen]
                 submitted += 1
-            result = futures.pop(index).result()  # type: ignore[attr-defined]
-            ahead -= sizes[index]
-            yield planned.name, result
+            if ordered:
+                done = [written]
+            else:
+                finished = wait(list(futures.values()), return_when=FIRST_COMPLETED).done
+                done = [index for index, future in futures.items() if future in finished]
+            for index in done:
+                result = futures.pop(index).result()  # type: ignore[attr-defined]
+                ahead -= sizes[index]
+                written += 1
+                yield plan.tensors[index].name, result
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -270,13 +332,12 @@ def _numel(plan: MergePlan, planned: PlannedTensor) -> int:
 
 
 def _merge_order(sizes: list[int]) -> list[int]:
-    """Plan order, except that tensors at least 4x the median size go first (largest first)."""
-    import statistics
-
+    """Plan order, except that outsized tensors (embeddings, LM head: more than 4x the mean size) go first,
+    largest first."""
     if not sizes:
         return []
-    outsized = 4 * statistics.median(sizes)
-    big = sorted((i for i, size in enumerate(sizes) if size >= outsized), key=lambda i: -sizes[i])
+    outsized = 4 * sum(sizes) / len(sizes)
+    big = sorted((i for i, size in enumerate(sizes) if size > outsized), key=lambda i: -sizes[i])
     chosen = set(big)
     return big + [i for i in range(len(sizes)) if i not in chosen]
 
