@@ -187,6 +187,15 @@ def max_difference(a: Path, b: Path) -> tuple[float, float]:
     return worst, differing / total
 
 
+def difference_in_child(a: Path, b: Path) -> tuple[float, float]:
+    """:func:`max_difference` in a child process: loading both checkpoints here would raise this process's
+    peak memory, which Linux hands down to every later child as its starting ``ru_maxrss``."""
+    command = [str(PYTHON), str(Path(__file__).resolve()), "--difference", str(a), str(b)]
+    result = subprocess.run(command, env=ENV, cwd=REPO, capture_output=True, text=True, check=True)
+    worst, fraction = json.loads(result.stdout.strip().splitlines()[-1])
+    return worst, fraction
+
+
 def machine() -> str:
     import torch
 
@@ -313,7 +322,11 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each tool per method (default 3)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="storage dtype")
     parser.add_argument("--keep", action="store_true", help="keep the generated models in benchmarks/scratch")
+    parser.add_argument("--difference", nargs=2, metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.difference:
+        print(json.dumps(max_difference(*map(Path, args.difference))))
+        return 0
     sys.path.insert(0, str(REPO))
 
     size = "quick" if args.quick else "full"
@@ -375,7 +388,7 @@ def main() -> int:
                     flush=True,
                 )
             if repeat == 0 and method == "ties":
-                differences[method] = max_difference(work / f"{method}-hm3", work / f"{method}-mergekit")
+                differences[method] = difference_in_child(work / f"{method}-hm3", work / f"{method}-mergekit")
         for tool in runs:
             shutil.rmtree(work / f"{method}-{tool}", ignore_errors=True)
 
