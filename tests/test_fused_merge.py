@@ -123,38 +123,51 @@ def test_an_overflowing_task_vector_falls_back_to_the_torch_kernel(monkeypatch, 
     assert torch.equal(got, torch_kernel(monkeypatch, row, base, tensors, params))
 
 
+def stored_as(dtype: str, folders: list, root, change=None) -> list:
+    """Copies of model folders with their weights stored in ``dtype`` (``change(index, state)`` edits them)."""
+    from safetensors.torch import load_file, save_file
+
+    copies = []
+    for index, folder in enumerate(folders):
+        copy = root / dtype / folder.name
+        copy.mkdir(parents=True)
+        for file in folder.iterdir():
+            if file.suffix == ".safetensors":
+                state = {k: v.to(getattr(torch, dtype)) for k, v in load_file(file).items()}
+                if change is not None:
+                    change(index, state)
+                save_file(state, copy / file.name, metadata={"format": "pt"})
+            elif file.is_file():
+                (copy / file.name).write_bytes(file.read_bytes())
+        copies.append(copy)
+    return copies
+
+
+def mergekit_plan(method: str, folders: list, tmp_path):
+    import yaml
+
+    from hm3.merge.mergekit_export import to_mergekit_config
+    from hm3.merge.mergekit_plan import plan_merge
+    from hm3.merge.mergekit_schema import load_mergekit_config
+    from hm3.merge.spec import MergeSpec
+
+    spec = MergeSpec(method=method, weights=[0.3, 0.2, 0.5], density=0.5, seed=0)
+    config = tmp_path / "c.yml"
+    config.write_text(yaml.safe_dump(to_mergekit_config(spec, folders[1:], folders[0])))
+    return config, plan_merge(load_mergekit_config(config), base_dir=tmp_path)
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 @pytest.mark.parametrize("method", ["ties", "dare_ties", "task_arithmetic", "dare_linear"])
 def test_a_mergekit_run_without_torch_gives_the_torch_runs_tensors(
     tiny_llama, tmp_path, dtype, method
 ) -> None:
     """hm3 merge --mergekit on numpy arrays (no torch import) == the same plan merged on torch tensors."""
-    import yaml
-
     from hm3.export import RawTensor
-    from hm3.merge.mergekit_export import to_mergekit_config
-    from hm3.merge.mergekit_plan import plan_merge
     from hm3.merge.mergekit_run import merged_arrays, merged_tensors, without_torch
-    from hm3.merge.mergekit_schema import load_mergekit_config
-    from hm3.merge.spec import MergeSpec
 
-    folders = []
-    for folder in [tiny_llama.base, *tiny_llama.finetunes]:  # stored in the merge dtype
-        from safetensors.torch import load_file, save_file
-
-        copy = tmp_path / dtype / folder.name
-        copy.mkdir(parents=True)
-        for file in folder.iterdir():
-            if file.suffix == ".safetensors":
-                state = {k: v.to(getattr(torch, dtype)) for k, v in load_file(file).items()}
-                save_file(state, copy / file.name, metadata={"format": "pt"})
-            elif file.is_file():
-                (copy / file.name).write_bytes(file.read_bytes())
-        folders.append(copy)
-    spec = MergeSpec(method=method, weights=[0.3, 0.2, 0.5], density=0.5, seed=0)
-    config = tmp_path / "c.yml"
-    config.write_text(yaml.safe_dump(to_mergekit_config(spec, folders[1:], folders[0])))
-    plan = plan_merge(load_mergekit_config(config), base_dir=tmp_path)
+    folders = stored_as(dtype, [tiny_llama.base, *tiny_llama.finetunes], tmp_path)
+    _, plan = mergekit_plan(method, folders, tmp_path)
     assert without_torch(plan)
     kind = getattr(torch, dtype)
     for (name, raw), (other, tensor) in zip(
@@ -163,3 +176,24 @@ def test_a_mergekit_run_without_torch_gives_the_torch_runs_tensors(
         assert name == other and isinstance(raw, RawTensor) and raw.dtype == dtype
         values = torch.from_numpy(raw.data.view(np.int16) if dtype == "bfloat16" else raw.data)
         assert torch.equal(values.view(kind).reshape(raw.shape), tensor), name
+
+
+def test_an_overflowing_merge_without_torch_falls_back_and_writes_the_same_checkpoint(
+    tiny_llama, tmp_path
+) -> None:
+    from safetensors.torch import load_file
+
+    from hm3.merge.mergekit_run import merged_tensors, run_mergekit_config
+
+    name = "model.layers.0.mlp.up_proj.weight"
+
+    def overflow(index: int, state: dict) -> None:  # base -3e38, first fine-tune +3e38: the delta is +inf
+        if index in (0, 1):
+            state[name][0, 0] = -3e38 if index == 0 else 3e38
+
+    folders = stored_as("bfloat16", [tiny_llama.base, *tiny_llama.finetunes], tmp_path, overflow)
+    config, plan = mergekit_plan("ties", folders, tmp_path)
+    out = run_mergekit_config(config, tmp_path / "out", show_progress=False)
+    written = load_file(out / "model.safetensors")
+    expected = dict(merged_tensors(plan))
+    assert all(torch.equal(written[key], tensor) for key, tensor in expected.items())

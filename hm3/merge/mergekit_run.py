@@ -132,6 +132,8 @@ def merged_arrays(
     asked for (the consumer must be done with each tensor by then, as the checkpoint writer is): fresh
     memory costs the kernel a page zeroing on first touch, about a tenth of a merge's CPU time.
     """
+    from hm3.export import RawTensor
+
     buffers = _Buffers()
 
     def merge(readers: _Readers, planned: PlannedTensor) -> RawTensor | torch.Tensor:
@@ -140,8 +142,8 @@ def merged_arrays(
 
     for name, merged in _stream(plan, merge, workers, ordered):
         yield name, merged
-        if recycle and plan.method is not None:
-            buffers.give_back(getattr(merged, "data", None))
+        if recycle and plan.method is not None and isinstance(merged, RawTensor):
+            buffers.give_back(merged.data)  # (a torch tensor: the rare fallback of an overflowing merge)
 
 
 class _Buffers:
@@ -164,13 +166,12 @@ class _Buffers:
             raw = np.empty(like.nbytes, dtype=np.uint8)
         return raw.view(like.dtype)
 
-    def give_back(self, array: np.ndarray | None) -> None:
-        if array is None or array.base is None:
-            return
+    def give_back(self, array: np.ndarray) -> None:
+        """Keep the buffer under ``array`` (one :meth:`take` made) for a later :meth:`take`."""
         import numpy as np
 
-        raw = array.base if isinstance(array.base, np.ndarray) else None
-        if raw is not None and raw.dtype == np.uint8 and raw.ndim == 1:
+        raw = array.base
+        if isinstance(raw, np.ndarray) and raw.dtype == np.uint8 and raw.ndim == 1:
             with self.lock:
                 self.free.setdefault(raw.nbytes, []).append(raw)
 
