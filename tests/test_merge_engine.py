@@ -195,19 +195,19 @@ def test_outsized_tensors_are_merged_first_and_the_lookahead_never_blocks_the_wr
 ) -> None:
     import yaml
 
-    from hm3.merge import mergekit_run
+    from hm3.merge import mergekit_run, streaming
     from hm3.merge.mergekit_export import to_mergekit_config
     from hm3.merge.mergekit_plan import plan_merge
     from hm3.merge.mergekit_schema import load_mergekit_config
 
-    assert mergekit_run._merge_order([100, 10, 10, 10, 900, 10]) == [4, 0, 1, 2, 3, 5]
-    assert mergekit_run._merge_order([10, 10, 40]) == [0, 1, 2]
+    assert streaming.merge_order([100, 10, 10, 10, 900, 10]) == [4, 0, 1, 2, 3, 5]
+    assert streaming.merge_order([10, 10, 40]) == [0, 1, 2]
     spec = MergeSpec(method="ties", weights=[0.3, 0.2, 0.5], density=0.5)
     config = tmp_path / "c.yml"
     config.write_text(yaml.safe_dump(to_mergekit_config(spec, tiny_llama.finetunes, tiny_llama.base)))
     plan = plan_merge(load_mergekit_config(config), base_dir=tmp_path)
     one = list(mergekit_run.merged_tensors(plan, workers=1))
-    monkeypatch.setattr(mergekit_run, "LOOKAHEAD_ENTRIES", 1)  # the writer's next tensor is always submitted
+    monkeypatch.setattr(streaming, "LOOKAHEAD_ENTRIES", 1)  # the writer's next tensor is always submitted
     two = list(mergekit_run.merged_tensors(plan, workers=2))
     assert [name for name, _ in two] == [name for name, _ in one]
     assert all(torch.equal(a, b) for (_, a), (_, b) in zip(one, two, strict=True))

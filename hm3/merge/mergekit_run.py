@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 from hm3.merge.mergekit_plan import MergePlan, PlannedTensor, plan_merge
 from hm3.merge.mergekit_schema import load_mergekit_config
 from hm3.merge.runtime import collection_paused, merge_workers, reuse_freed_memory
+from hm3.merge.streaming import Buffers, Readers, stream
 from hm3.merge.tensor_merge import check_finite, check_finite_array, mask_seed, merge_tensor
-from hm3.merge.tensor_reader import TORCH_DTYPES, TensorReader
+from hm3.merge.tensor_reader import TORCH_DTYPES
 
 if TYPE_CHECKING:
     import numpy as np
@@ -86,29 +87,22 @@ def _run(config_path: Path, out: Path, shard_size: str | int, force: bool, show_
         )
 
 
-LOOKAHEAD_ENTRIES = 32 * 2**20
-"""How far the workers may run ahead of the writer, in merged entries (256 MB of bfloat16 output)."""
-
-
 def merged_tensors(
     plan: MergePlan, workers: int = 1, ordered: bool = True
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, merged tensor)`` for each planned output tensor, in plan order (``ordered=False``: as
     they are done), reading inputs lazily.
 
-    With ``workers`` > 1, that many tensors are merged at once on worker threads (each on one thread, see
-    :mod:`hm3.merge.runtime`); the workers start with the few outsized tensors (embeddings, LM head: at
-    than 4x the mean size), then follow plan order up to :data:`LOOKAHEAD_ENTRIES` merged entries
-    ahead of the writer, so that no worker waits while another merges a large tensor at either end of the
-    model. Merged tensors waiting to be yielded stay within that lookahead (plus the outsized ones). The
-    tensors are bit-identical for every ``workers``.
+    With ``workers`` > 1, that many tensors are merged at once on worker threads, outsized ones first and
+    the rest a bounded distance ahead of the consumer (:mod:`hm3.merge.streaming`). The tensors are
+    bit-identical for every ``workers``.
     """
     import torch
 
     dtype = getattr(torch, plan.dtype) if plan.dtype else None
     out_dtype = getattr(torch, plan.out_dtype) if plan.out_dtype else None
 
-    def merge(readers: _Readers, planned: PlannedTensor) -> torch.Tensor:
+    def merge(readers: Readers, planned: PlannedTensor) -> torch.Tensor:
         tensors = [readers.load(index, name) for index, name in planned.inputs]
         base = readers.load(*planned.base) if planned.base is not None else None
         if plan.method is None:
@@ -117,7 +111,7 @@ def merged_tensors(
         merged = _merge_one(plan, planned, tensors, base, dtype)
         return merged.to(out_dtype) if out_dtype is not None else merged
 
-    return _stream(plan, merge, workers, ordered)
+    return stream(plan, merge, workers, ordered)
 
 
 def merged_arrays(
@@ -134,46 +128,16 @@ def merged_arrays(
     """
     from hm3.export import RawTensor
 
-    buffers = _Buffers()
+    buffers = Buffers()
 
-    def merge(readers: _Readers, planned: PlannedTensor) -> RawTensor | torch.Tensor:
+    def merge(readers: Readers, planned: PlannedTensor) -> RawTensor | torch.Tensor:
         arrays = [readers.array(index, name) for index, name in _sources(planned)]
         return _merged_array(plan, planned, arrays, buffers if recycle else None)
 
-    for name, merged in _stream(plan, merge, workers, ordered):
+    for name, merged in stream(plan, merge, workers, ordered):
         yield name, merged
         if recycle and plan.method is not None and isinstance(merged, RawTensor):
             buffers.give_back(merged.data)  # (a torch tensor: the rare fallback of an overflowing merge)
-
-
-class _Buffers:
-    """Flat uint8 buffers of merged tensors, kept for reuse by size (thread-safe)."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.free: dict[int, list] = {}
-        self.lock = threading.Lock()
-
-    def take(self, like: np.ndarray) -> np.ndarray:
-        """An uninitialised array shaped and typed like ``like``."""
-        import numpy as np
-
-        with self.lock:
-            spare = self.free.get(like.nbytes)
-            raw = spare.pop() if spare else None
-        if raw is None:
-            raw = np.empty(like.nbytes, dtype=np.uint8)
-        return raw.view(like.dtype)
-
-    def give_back(self, array: np.ndarray) -> None:
-        """Keep the buffer under ``array`` (one :meth:`take` made) for a later :meth:`take`."""
-        import numpy as np
-
-        raw = array.base
-        if isinstance(raw, np.ndarray) and raw.dtype == np.uint8 and raw.ndim == 1:
-            with self.lock:
-                self.free.setdefault(raw.nbytes, []).append(raw)
 
 
 def without_torch(plan: MergePlan) -> bool:
@@ -206,7 +170,7 @@ def _merged_array(
     plan: MergePlan,
     planned: PlannedTensor,
     arrays: list[tuple[np.ndarray, str, tuple[int, ...]]],
-    buffers: _Buffers | None = None,
+    buffers: Buffers | None = None,
 ) -> RawTensor | torch.Tensor:
     import numpy as np
 
@@ -254,93 +218,6 @@ def _merged_array(
 def _sources(planned: PlannedTensor) -> list[tuple[int, str]]:
     """``(model index, tensor name)`` of the merged inputs, then of the base (if any)."""
     return [*planned.inputs, *([planned.base] if planned.base is not None else [])]
-
-
-class _Readers:
-    """The readers of a streaming merge, shared by its worker threads: each read is made under one lock
-    (the readers' file handles and indexes are shared)."""
-
-    def __init__(self, plan: MergePlan) -> None:
-        import threading
-
-        self.readers = [TensorReader(checkpoint) for checkpoint in plan.models]
-        self.lock = threading.Lock()
-
-    def load(self, index: int, name: str) -> torch.Tensor:
-        with self.lock:
-            return self.readers[index].load(name)
-
-    def array(self, index: int, name: str) -> tuple[np.ndarray, str, tuple[int, ...]]:
-        with self.lock:
-            return self.readers[index].array(name)
-
-    def close(self) -> None:
-        for reader in self.readers:
-            reader.close()
-
-
-def _stream(plan: MergePlan, merge, workers: int, ordered: bool = True) -> Iterator[tuple[str, object]]:
-    """``merge(readers, planned)`` for every planned tensor, ``workers`` at a time (see
-    :func:`merged_tensors` for the order and the lookahead); yielded in plan order, or with
-    ``ordered=False`` as they are done (no worker then waits for a slow tensor ahead of its own)."""
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
-    readers = _Readers(plan)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hm3-merge") if workers > 1 else None
-    try:
-        if pool is None:
-            for planned in plan.tensors:
-                yield planned.name, merge(readers, planned)
-            return
-        sizes = [_numel(plan, planned) for planned in plan.tensors]
-        order = _merge_order(sizes)
-        futures: dict[int, object] = {}
-        submitted = 0
-        ahead = 0  # output entries submitted and not yet yielded
-        written = 0
-        while written < len(order):
-            # past the lookahead, submit only what the consumer needs next: the next tensor in plan order,
-            # or (unordered) anything at all when nothing is under way
-            while submitted < len(order) and (
-                ahead < LOOKAHEAD_ENTRIES or (written not in futures if ordered else not futures)
-            ):
-                chosen = order[submitted]
-                futures[chosen] = pool.submit(merge, readers, plan.tensors[chosen])
-                ahead += sizes[chosen]
-                submitted += 1
-            if ordered:
-                done = [written]
-            else:
-                finished = wait(list(futures.values()), return_when=FIRST_COMPLETED).done
-                done = [index for index, future in futures.items() if future in finished]
-            for index in done:
-                result = futures.pop(index).result()  # type: ignore[attr-defined]
-                ahead -= sizes[index]
-                written += 1
-                yield plan.tensors[index].name, result
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        readers.close()
-
-
-def _numel(plan: MergePlan, planned: PlannedTensor) -> int:
-    index, name = planned.inputs[0]
-    count = 1
-    for dim in plan.models[index].tensors[name].shape:
-        count *= dim
-    return count
-
-
-def _merge_order(sizes: list[int]) -> list[int]:
-    """Plan order, except that outsized tensors (embeddings, LM head: more than 4x the mean size) go first,
-    largest first."""
-    if not sizes:
-        return []
-    outsized = 4 * sum(sizes) / len(sizes)
-    big = sorted((i for i, size in enumerate(sizes) if size > outsized), key=lambda i: -sizes[i])
-    chosen = set(big)
-    return big + [i for i in range(len(sizes)) if i not in chosen]
 
 
 def output_layout(plan: MergePlan) -> list[TensorLayout]:
