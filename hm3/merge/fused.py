@@ -148,7 +148,7 @@ def merge_arrays(
         for k in range(count):
             if trimmed[k]:
                 keep[k], thresholds[k], tie_cuts[k] = _magnitude_threshold(
-                    kernels, base, inputs[k], hist[k], densities[k], half
+                    base, inputs[k], hist[k], densities[k], half
                 )
                 if rescale and keep[k]:
                     after[k] = kernels.kept_l1(base, inputs[k], int(thresholds[k]), tie_cuts[k])
@@ -201,11 +201,13 @@ def rounded(values: Sequence[float], half: bool) -> np.ndarray:
 
 
 def _magnitude_threshold(
-    kernels, base: np.ndarray, tensor: np.ndarray, hist: np.ndarray, density: float, half: bool
+    base: np.ndarray, tensor: np.ndarray, hist: np.ndarray, density: float, half: bool
 ) -> tuple[bool, int, int]:
     """TIES trim of one task vector: ``(keeps anything, threshold bit pattern, tie cut)``, where the tie cut
     is the last index whose magnitude ties at the threshold and is kept (ties kept lowest index first, as
     :func:`hm3.merge.sparsify.magnitude`)."""
+    from hm3.merge import _fused_kernels as kernels
+
     numel = base.size
     if density <= 0 or numel == 0:
         return False, 0, -1

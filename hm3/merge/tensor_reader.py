@@ -78,15 +78,9 @@ class TensorReader:
 
         if self.checkpoint._pickled is not None:
             return self.checkpoint.load(name)
-        file, offset, size, dtype, shape = self._locate(name)
-        torch_dtype = getattr(torch, TORCH_DTYPES[dtype])
-        mapped, start = self._map(file, offset, size, name)
-        if mapped is None:
-            return torch.empty(shape, dtype=torch_dtype)
-        raw = torch.frombuffer(mapped, dtype=torch.uint8, count=size, offset=offset - start)
-        if (offset - start) % torch_dtype.itemsize:
-            raw = raw.clone()  # a misaligned tensor (safetensors does not promise alignment) is copied
-        return raw.view(torch_dtype).reshape(shape)
+        dtype = getattr(torch, TORCH_DTYPES[self._locate(name)[3]])
+        raw, _, shape = self._bytes(name, dtype.itemsize)
+        return torch.from_numpy(raw).view(dtype).reshape(shape)
 
     def array(self, name: str) -> tuple[np.ndarray, str, tuple[int, ...]]:
         """Tensor ``name`` as a flat numpy array over a private memory map of its bytes (freed with the
@@ -94,15 +88,21 @@ class TensorReader:
         For the dtypes of :data:`NUMPY_DTYPES`; no torch needed."""
         import numpy as np
 
+        kind = np.dtype(NUMPY_DTYPES[self._locate(name)[3]])
+        raw, dtype, shape = self._bytes(name, kind.itemsize)
+        return raw.view(kind), dtype, shape
+
+    def _bytes(self, name: str, itemsize: int) -> tuple[np.ndarray, str, tuple[int, ...]]:
+        """The bytes of tensor ``name`` (uint8, over a private memory map; copied when they are not aligned
+        to ``itemsize``: safetensors does not promise alignment), its safetensors dtype and its shape."""
+        import numpy as np
+
         file, offset, size, dtype, shape = self._locate(name)
-        kind = np.dtype(NUMPY_DTYPES[dtype])
         mapped, start = self._map(file, offset, size, name)
         if mapped is None:
-            return np.empty(0, dtype=kind), dtype, shape
-        values = np.frombuffer(mapped, dtype=np.uint8, count=size, offset=offset - start)
-        if (offset - start) % kind.itemsize:
-            values = values.copy()  # a misaligned tensor (safetensors does not promise alignment) is copied
-        return values.view(kind), dtype, shape
+            return np.empty(0, dtype=np.uint8), dtype, shape
+        raw = np.frombuffer(mapped, dtype=np.uint8, count=size, offset=offset - start)
+        return (raw.copy() if (offset - start) % itemsize else raw), dtype, shape
 
     def _map(self, file: Path, offset: int, size: int, name: str):
         """A private (copy-on-write) memory map covering ``size`` bytes at ``offset`` of ``file``, and the
