@@ -6,6 +6,7 @@ Hugging Face folders with safetensors weights. Shapes: 2-4 layers, hidden 32.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -103,12 +104,15 @@ def write_recipe(folder: Path, text: str, name: str = "recipe.yaml") -> Path:
     return path
 
 
-def run_hm3(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    """Run the real ``hm3`` command in a subprocess and capture its output."""
+def run_hm3(
+    *args: str, cwd: Path | None = None, timeout: int = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``hm3`` command in a subprocess and capture its output (``env``: laid over this one's)."""
     return subprocess.run(
         [sys.executable, "-m", "cli.main", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd,
         timeout=timeout,
+        env={**os.environ, **(env or {})},
     )

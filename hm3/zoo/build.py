@@ -1,8 +1,10 @@
 """Build a zoo: train the base and the specialists, write data, tasks, scores, then the manifest, atomically.
 
 The build runs in a hidden sibling folder (``.<name>.building-<pid>``) and is renamed into place only once
-``zoo.json`` is written, so an interrupted build never leaves a folder that looks finished. Same seed, same
-machine: bit-identical weights (seeded draws, deterministic torch algorithms, a fixed thread count).
+``zoo.json`` is written, so an interrupted build never leaves a folder that looks finished. The training runs
+in a child process with portable CPU numerics (:mod:`hm3.zoo.numerics`), so a seed gives bit-identical
+weights on every x86-64 machine; ``zoo.json`` and ``scores.md`` carry their fingerprint
+(:mod:`hm3.zoo.fingerprint`).
 
 Example::
 
@@ -16,6 +18,8 @@ import contextlib
 import os
 import random
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +28,13 @@ from typing import Any
 from rich.console import Console
 
 from hm3.errors import UserError
+from hm3.zoo.fingerprint import short
+from hm3.zoo.numerics import current_numerics, portable_environment
 from hm3.zoo.progress import quiet_libraries
 from hm3.zoo.spec import MANIFEST, ZooSpec, build_identity, is_current, manifest_matches, read_manifest
+
+CHILD_ERROR = ".build-error"
+"""File in the staging folder where the build's child process leaves a user error for its parent."""
 
 THREADS = 1
 """Torch threads during a build: one is fastest for models this small, and two threads on a busy 2-core
@@ -68,6 +77,7 @@ def build_zoo(
     seed: int = 0,
     force: bool = False,
     console: Console | None = None,
+    in_process: bool = False,
 ) -> Path:
     """Build a zoo (or find it built) and return its folder.
 
@@ -80,6 +90,8 @@ def build_zoo(
         seed: Seed of the whole build.
         force: Rebuild even when a finished zoo is already there.
         console: Where progress goes (default: a rich console on stderr).
+        in_process: Train in this process instead of a child with portable numerics: the weights then follow
+            this process's CPU kernels (for tests of the build's bookkeeping, and the child itself).
 
     Raises:
         UserError: Bad kind/family/size, an unwritable target, or a finished zoo of another spec at ``out``.
@@ -115,21 +127,56 @@ def build_zoo(
     staging.mkdir()
     started = time.perf_counter()
     try:
-        with deterministic(seed), quiet_libraries():
-            if kind == "lm":
-                from hm3.zoo.lm_build import build_lm_zoo
-
-                contents = build_lm_zoo(spec, staging, target, console)
-            else:
-                from hm3.zoo.vit_build import build_vit_zoo
-
-                contents = build_vit_zoo(spec, staging, console)
-        _write_manifest(staging, spec, contents, time.perf_counter() - started)
+        if in_process:
+            build_into(spec, staging, target, console)
+        else:
+            _build_in_child(spec, staging, target, quiet=console.quiet)
         _move_into_place(staging, target, force)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    console.print(f"zoo {spec.name} built at {target} in {time.perf_counter() - started:.0f} s")
+    fingerprint = short(read_manifest(target)["fingerprint"])
+    console.print(
+        f"zoo {spec.name} built at {target} in {time.perf_counter() - started:.0f} s (weights {fingerprint})"
+    )
     return target
+
+
+def build_into(spec: ZooSpec, staging: Path, target: Path, console: Console) -> None:
+    """Train and score every model of ``spec`` into ``staging`` and write its manifest, in this process."""
+    started = time.perf_counter()
+    with deterministic(spec.seed), quiet_libraries():
+        numerics = current_numerics()
+        if spec.kind == "lm":
+            from hm3.zoo.lm_build import build_lm_zoo
+
+            contents = build_lm_zoo(spec, staging, target, console)
+        else:
+            from hm3.zoo.vit_build import build_vit_zoo
+
+            contents = build_vit_zoo(spec, staging, console)
+    _write_manifest(staging, spec, {**contents, "numerics": numerics}, time.perf_counter() - started)
+
+
+def _build_in_child(spec: ZooSpec, staging: Path, target: Path, quiet: bool) -> None:
+    """Run :func:`build_into` in a child process started with the portable numerics' environment.
+
+    The child shares this terminal, so its progress bars show; Ctrl-C reaches both, and the caller removes the
+    staging folder. A user error in the child comes back through :data:`CHILD_ERROR` and is raised here.
+    """
+    command = [
+        sys.executable, "-m", "hm3.zoo.child", spec.kind, spec.family, spec.size, str(spec.seed),
+        str(staging), str(target),
+    ]  # fmt: skip
+    if quiet:
+        command.append("--quiet")
+    code = subprocess.run(command, env=portable_environment(), check=False).returncode
+    if code == 0:
+        return
+    if code < 0 or code == 130:
+        raise KeyboardInterrupt
+    if (staging / CHILD_ERROR).is_file():
+        raise UserError((staging / CHILD_ERROR).read_text().strip())
+    raise RuntimeError(f"the build process of zoo {spec.name} failed (exit {code}; its traceback is above)")
 
 
 def ensure_zoo(

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from hm3.zoo.fingerprint import zoo_fingerprint
 from hm3.zoo.lm_tasks import (
     TASKS,
     TaskSizes,
@@ -134,6 +135,11 @@ def build_lm_zoo(spec: ZooSpec, staging: Path, target: Path, console: Console) -
             {m["name"]: staging / m["path"] for m in models}, staging / ".scoring-tasks", list(tasks)
         )
     shutil.rmtree(staging / ".scoring-tasks")
+    fingerprint = zoo_fingerprint(staging)
     header = {"kind": spec.kind, "family": spec.family, "size": spec.size, "seed": spec.seed}
-    write_scores(staging, header, tasks, scores, lm_evaluation_note())
-    return {"models": models, "tasks": [{"name": n, **info} for n, info in tasks.items()]}
+    write_scores(staging, {**header, "fingerprint": fingerprint}, tasks, scores, lm_evaluation_note())
+    return {
+        "fingerprint": fingerprint,
+        "models": models,
+        "tasks": [{"name": n, **info} for n, info in tasks.items()],
+    }

@@ -22,6 +22,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hm3.zoo.fingerprint import short
+
 LM_BATCH_SIZE = 64
 LM_EVALUATION = "lm-eval {version} generate_until, greedy, exact_match, 0-shot, batch_size {batch}, on the held-out test JSONL"
 VIT_EVALUATION = (
@@ -87,6 +89,12 @@ def vit_scores(zoo: Path, models: list[str], tasks: dict[str, dict[str, Any]]) -
     return scores
 
 
+FINGERPRINT_NOTE = (
+    "a hash of every weight; built with portable CPU numerics, so the same on every x86-64 machine for this "
+    "seed, and listed in the README for the documented zoos"
+)
+
+
 def write_scores(
     zoo: Path, header: dict[str, Any], tasks: dict[str, Any], scores: dict[str, Any], note: str
 ) -> None:
@@ -98,6 +106,8 @@ def write_scores(
         f"# Scores of zoo {header['kind']}-{header['family']}-{header['size']} (seed {header['seed']})",
         "",
         note + ".",
+        "",
+        f"Weights fingerprint `{short(header['fingerprint'])}` ({FINGERPRINT_NOTE}).",
         "",
         "| model | " + " | ".join(f"{t}{' (OOD)' if tasks[t].get('ood') else ''}" for t in names) + " |",
         "|---|" + "---:|" * len(names),

@@ -76,11 +76,13 @@ class VitPreset:
     finetune_lr: float
 
 
-BUILD_VERSION = 3
+BUILD_VERSION = 4
 """Version of what the builder produces; bump it with any change of data, task format or training that the
 presets do not show. 2: addition answers least-significant digit first; micro fine-tunes at 1e-2.
 3: small: a generic corpus with sub-skills (palindromes, anagrams, sorted strings, progressions), specialists
-fine-tuned with replay along the base-to-specialist path, so their task vectors scale and pairs merge."""
+fine-tuned with replay along the base-to-specialist path, so their task vectors scale and pairs merge.
+4: built in a child process with portable CPU numerics (:mod:`hm3.zoo.numerics`): the same bits on every
+x86-64 machine; the manifest records the weights' fingerprint and the numerics."""
 
 LM_PRESETS: dict[str, LMPreset] = {
     "micro": LMPreset(64, 2, 4, 100, 500, 64, 3e-3, 1e-2, 2, 5, 100, 8, subskill_corpus=False),

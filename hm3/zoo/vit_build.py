@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
+from hm3.zoo.fingerprint import zoo_fingerprint
 from hm3.zoo.progress import training_bar
 from hm3.zoo.scores import VIT_EVALUATION, vit_scores, write_scores
 from hm3.zoo.spec import VIT_PRESETS, ZooSpec
@@ -101,6 +102,11 @@ def build_vit_zoo(spec: ZooSpec, staging: Path, console: Console) -> dict[str, A
         save_classifier(*train_vit_specialist(spec, encoder, head, domain, console), staging / domain, domain)
         models.append({"name": domain, "path": domain, "task": domain})
     scores = vit_scores(staging, [m["name"] for m in models], tasks)
+    fingerprint = zoo_fingerprint(staging)
     header = {"kind": spec.kind, "family": spec.family, "size": spec.size, "seed": spec.seed}
-    write_scores(staging, header, tasks, scores, VIT_EVALUATION)
-    return {"models": models, "tasks": [{"name": n, **info} for n, info in tasks.items()]}
+    write_scores(staging, {**header, "fingerprint": fingerprint}, tasks, scores, VIT_EVALUATION)
+    return {
+        "fingerprint": fingerprint,
+        "models": models,
+        "tasks": [{"name": n, **info} for n, info in tasks.items()],
+    }

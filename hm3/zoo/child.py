@@ -1,0 +1,37 @@
+"""The zoo build's child process: ``python -m hm3.zoo.child KIND FAMILY SIZE SEED STAGING TARGET [--quiet]``.
+
+Started by :func:`hm3.zoo.build.build_zoo` with the portable numerics' environment
+(:mod:`hm3.zoo.numerics`); trains and scores everything into STAGING and writes its manifest, nothing else.
+A user error is left in STAGING/:data:`hm3.zoo.build.CHILD_ERROR` for the parent (exit 2).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from hm3.errors import UserError
+from hm3.zoo.build import CHILD_ERROR, build_into
+from hm3.zoo.numerics import apply_in_child
+from hm3.zoo.spec import ZooSpec
+
+
+def main(argv: list[str]) -> int:
+    """Build the zoo ``argv`` names into its staging folder; 0 on success, 2 on a user error."""
+    kind, family, size, seed, staging, target = argv[:6]
+    apply_in_child()
+    console = Console(stderr=True, quiet="--quiet" in argv[6:])
+    try:
+        build_into(ZooSpec(kind, family, size, int(seed)), Path(staging), Path(target), console)
+    except UserError as error:
+        (Path(staging) / CHILD_ERROR).write_text(f"{error}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,64 @@
+"""Portable CPU numerics for zoo builds: for a seed, the same weights on every x86-64 machine.
+
+torch picks its CPU kernels by the instructions the CPU has (``ATEN_CPU_CAPABILITY``: ``default``, ``avx2``,
+``avx512``), and Intel MKL, which does torch's float32 matrix products, picks its own code path the same way.
+Their results differ in the last bits, and the toy training turns last bits into other models: the micro zoo's
+addition specialist scored 0.77 (avx2), 0.84 (default) and 0.54 (default, MKL pinned) on one machine
+(benchmarks/results/zoo_build.md). A build therefore runs in a child process whose environment pins, before
+torch is imported:
+
+* ``ATEN_CPU_CAPABILITY=default``: ATen's portable kernels, which every x86-64 CPU runs alike;
+* ``MKL_CBWR=COMPATIBLE``: MKL's conditional numerical reproducibility, one code path on every x86-64 CPU;
+* ``OMP_NUM_THREADS=MKL_NUM_THREADS=1``: float sums differ between 1 and 2 threads;
+
+and, inside the child, oneDNN off (:func:`apply_in_child`): the vision zoo's patch convolution then runs
+through ATen and MKL too. The build also seeds every draw and asks torch for deterministic algorithms
+(:func:`hm3.zoo.build.deterministic`). What the child ran with is recorded in ``zoo.json`` (``numerics``).
+Not covered: other architectures (aarch64 kernels may fuse multiply-adds), other torch or MKL versions.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+PORTABLE_ENV: dict[str, str] = {
+    "ATEN_CPU_CAPABILITY": "default",
+    "MKL_CBWR": "COMPATIBLE",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+"""The environment a zoo build's process starts with (read by torch and MKL when they load)."""
+
+
+def portable_environment() -> dict[str, str]:
+    """This process's environment with :data:`PORTABLE_ENV` laid over it, for the build's child process."""
+    return {**os.environ, **PORTABLE_ENV}
+
+
+def apply_in_child() -> dict[str, Any]:
+    """Finish pinning inside the build's child process and return what is in force (for ``zoo.json``).
+
+    Raises:
+        RuntimeError: The process did not start with :data:`PORTABLE_ENV` (torch already chose its kernels).
+    """
+    import torch
+
+    wrong = {key: os.environ.get(key) for key, value in PORTABLE_ENV.items() if os.environ.get(key) != value}
+    if wrong:
+        raise RuntimeError(f"zoo build process started without the portable environment: {wrong}")
+    torch.backends.mkldnn.enabled = False
+    return current_numerics()
+
+
+def current_numerics() -> dict[str, Any]:
+    """The settings that decide this process's float results: CPU capability, MKL's path, threads, oneDNN."""
+    import torch
+
+    return {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability().lower(),
+        "mkl_cbwr": os.environ.get("MKL_CBWR", "native"),
+        "threads": torch.get_num_threads(),
+        "onednn": bool(torch.backends.mkldnn.enabled),
+        "torch": torch.__version__.split("+")[0],
+    }
