@@ -1,14 +1,17 @@
 """Parity with mergekit: what `hm3 merge --mergekit C` writes equals what the real `mergekit-yaml C` writes.
 
-mergekit-yaml runs in subprocesses (two at a time, once per module) with absolute paths; every tensor is
-compared in float32 within 1e-6. DARE and DELLA draw random masks, so they are checked statistically instead.
+mergekit-yaml's command runs every config of a module in one subprocess (:func:`run_mergekit_yaml`: mergekit
+imported once), with absolute paths; every tensor is compared in float32 within 1e-6. DARE and DELLA draw
+random masks, so they are checked statistically instead (tests/test_mergekit_compat.py).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -25,9 +28,10 @@ from tests.fixtures_models import build_tiny_model, run_hm3
 
 pytestmark = pytest.mark.slow
 
-MERGEKIT_YAML = Path(sys.executable).parent / "mergekit-yaml"
 DETERMINISTIC = ("linear", "task_arithmetic", "ties", "breadcrumbs")
 TOLERANCE = 1e-6
+EXPORTED = MergeSpec(method="ties", weights=(0.2, (0.1, 0.9), 0.6), density=0.6, normalize=True)
+"""A recipe-path merge whose exported mergekit config mergekit-yaml runs (the last test)."""
 
 
 def method_config(method: str, base: Path, finetunes: tuple[Path, ...]) -> dict:
@@ -88,13 +92,41 @@ def passthrough_config(finetunes: tuple[Path, ...]) -> dict:
     }
 
 
-def _mergekit(config_file: Path, out: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(MERGEKIT_YAML), str(config_file), str(out), "--no-copy-tokenizer", "--quiet"],
+_DRIVER = """
+import json, sys
+from mergekit.merge_methods import registered_methods
+from mergekit.scripts.run_yaml import main
+
+status = {}
+for config, out in json.loads(sys.argv[1]):
+    try:
+        main([config, out, "--no-copy-tokenizer", "--quiet", "--random-seed", "0"], standalone_mode=False)
+        status[config] = "ok"
+    except Exception as error:
+        status[config] = f"{type(error).__name__}: {error}"
+specs = {m.spec.name: {p.name: p.scope.value for p in m.spec.parameters} for m in registered_methods()}
+print(json.dumps({"status": status, "specs": specs}))
+"""
+
+
+def run_mergekit_yaml(cases: Iterable[tuple[Path, Path]]) -> dict:
+    """mergekit-yaml's command (``mergekit.scripts.run_yaml.main``, with ``--no-copy-tokenizer --quiet
+    --random-seed 0``) on every ``(config file, output folder)``, in one subprocess.
+
+    Returns:
+        ``{"status": {config file: "ok" or "ErrorType: message"}, "specs": {method: {parameter: scope}}}``
+        (the scopes of mergekit's own method specs: shared, input, non_base).
+    """
+    pairs = [[str(config), str(out)] for config, out in cases]
+    result = subprocess.run(
+        [sys.executable, "-c", _DRIVER, json.dumps(pairs)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
+        env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
     )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +141,7 @@ def mergekit_outputs(tiny_pools, gradient_pool, tmp_path_factory) -> dict[str, t
         configs[f"{family}-passthrough"] = passthrough_config(pool.finetunes)
     configs["llama-gradient"] = gradient_config(*gradient_pool)
     llama = tiny_pools["llama"]
+    configs["llama-exported"] = yaml.safe_load(to_mergekit_yaml(EXPORTED, llama.finetunes, llama.base))
     for method in ("task_arithmetic", "ties"):
         configs[f"llama-{method}-bfloat16"] = {
             **method_config(method, llama.base, llama.finetunes),
@@ -120,12 +153,11 @@ def mergekit_outputs(tiny_pools, gradient_pool, tmp_path_factory) -> dict[str, t
         config_file = root / f"{name}.yml"
         config_file.write_text(yaml.safe_dump(config))
         cases[name] = (config_file, root / f"{name}-mergekit")
-    with ThreadPoolExecutor(2) as pool:
-        results = dict(zip(cases, pool.map(lambda c: _mergekit(*c), cases.values()), strict=True))
-    for name, result in results.items():
+    status = run_mergekit_yaml(cases.values())["status"]
+    for name, (config_file, _) in cases.items():
         # mergekit writes the tensors of a Qwen2 passthrough, then fails on config.layer_types (known issue)
-        if result.returncode != 0 and not name.startswith("qwen2-passthrough"):
-            raise AssertionError(f"mergekit-yaml failed on {name}: {result.stderr[-2000:]}")
+        if status[str(config_file)] != "ok" and not name.startswith("qwen2-passthrough"):
+            raise AssertionError(f"mergekit-yaml failed on {name}: {status[str(config_file)]}")
     return cases
 
 
@@ -191,13 +223,8 @@ def test_passthrough_slices_match_mergekit_through_the_cli(mergekit_outputs, tmp
         assert len(model.config.layer_types) == 3
 
 
-def test_exported_mergekit_yaml_reproduces_merge_state_dict(tiny_pools, tmp_path) -> None:
+def test_exported_mergekit_yaml_reproduces_merge_state_dict(tiny_pools, mergekit_outputs) -> None:
     pool_folders = tiny_pools["llama"]
     pool = ModelPool(Checkpoint(pool_folders.base, "base"), [Checkpoint(f) for f in pool_folders.finetunes])
-    spec = MergeSpec(method="ties", weights=(0.2, (0.1, 0.9), 0.6), density=0.6, normalize=True)
-    ours = merge_state_dict(pool, spec)
-    config_file = tmp_path / "exported.yml"
-    config_file.write_text(to_mergekit_yaml(spec, pool_folders.finetunes, pool_folders.base))
-    result = _mergekit(config_file, tmp_path / "mergekit")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert_same_tensors(ours, read_all(tmp_path / "mergekit"))
+    ours = merge_state_dict(pool, EXPORTED)
+    assert_same_tensors(ours, read_all(mergekit_outputs["llama-exported"][1]))

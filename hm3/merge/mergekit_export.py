@@ -1,7 +1,7 @@
 """Any hm3 merge as a mergekit configuration that ``mergekit-yaml`` runs to the same tensors.
 
-``to_mergekit_config(spec, model_paths, base_path)`` gives the mapping (absolute paths, every default
-spelled out, so the meaning does not depend on either tool's defaults)::
+``to_mergekit_config(spec, model_paths, base_path)`` gives the mapping (absolute paths, every parameter the
+method takes spelled out, so the meaning does not depend on either tool's defaults)::
 
     merge_method: ties
     base_model: /models/base
@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hm3.merge.mergekit_parameters import rules_for
 from hm3.merge.spec import MergeSpec
 
 
@@ -47,14 +48,18 @@ def to_mergekit_config(
         if row.sparsification is not None:
             parameters["density"] = _value(density)
         models.append({"model": str(Path(path).resolve()), "parameters": parameters})
-    shared: dict[str, Any] = {"normalize": spec.effective_normalize}
+    values = {
+        "normalize": spec.effective_normalize,
+        "rescale": spec.effective_rescale,
+        "int8_mask": spec.int8_mask,
+        "lambda": spec.scale,
+        **{name: getattr(spec, name) for name, _ in row.extra},
+    }
+    takes = {rule.name for rule in rules_for(spec.method)}
+    shared = {name: value for name, value in values.items() if name in takes}
     config: dict[str, Any] = {"merge_method": spec.method}
     if row.uses_base:
         config["base_model"] = str(Path(base_path).resolve())
-        shared.update(rescale=spec.effective_rescale, int8_mask=spec.int8_mask)
-        shared["lambda"] = spec.scale
-        for name, _ in row.extra:
-            shared[name] = getattr(spec, name)
     config["models"] = models
     config["parameters"] = shared
     if spec.dtype:

@@ -3,8 +3,9 @@
 Follows ``mergekit.plan.MergePlanner``: ``models:`` becomes one slice over every layer (the base appended when
 it is not listed); embeddings come from the first slice's sources and the final norm and head from the last
 slice's, at gradient position t = 0; layer i of an n-layer slice sits at t = i / (n - 1). A parameter is
-looked up in the source's own parameters, then the slice's, then the config's; the first value found wins.
-Everything is checked from the safetensors headers before a tensor is read.
+resolved as :mod:`hm3.merge.mergekit_parameters` says (the table of what is honoured where), and
+``tokenizer_source`` re-indexes the vocabulary tensors as :mod:`hm3.merge.mergekit_vocab` says. Everything
+is checked from the config, the tokenizers and the safetensors headers before a tensor is read.
 """
 
 from __future__ import annotations
@@ -17,18 +18,15 @@ from hm3.arch import ArchitectureSpec, detect_family
 from hm3.checkpoint import Checkpoint
 from hm3.errors import UserError
 from hm3.merge.gradient import evaluate_setting, layer_position
+from hm3.merge.mergekit_parameters import PARAMETERS, check_parameters, rules_for, typed
 from hm3.merge.mergekit_schema import InputSlice, MergekitConfig, OutputSlice
+from hm3.merge.mergekit_vocab import Vocabulary, VocabularyGroup, check_rows, read_vocabulary
 from hm3.merge.registry import METHODS, MergeMethod
 from hm3.merge.tensor_merge import TensorParameters
 
 PASSTHROUGH = "passthrough"
 _PRE_MARKERS = ("embed", "pre_layrnorm")
 """Shared tensors before the layers (taken from the first slice); the others follow the last slice."""
-_BOOL_PARAMETERS = ("normalize", "rescale", "int8_mask")
-_SHARED_PARAMETERS = ("normalize", "rescale", "lambda", "int8_mask", "gamma", "epsilon")
-KNOWN_PARAMETERS = frozenset({"weight", "density", *_SHARED_PARAMETERS, "scale"})
-"""Parameters of the supported methods. Like mergekit, a method ignores those it does not take (``density``
-for ``linear``); a name none of them takes (``t`` of slerp) is refused."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +39,8 @@ class PlannedTensor:
         base: ``(model index, input tensor name)`` of the base for task-vector methods, else None.
         parameters: Resolved parameters (None for passthrough).
         scale: Passthrough's ``scale`` (None: copy as is).
+        vocabulary: For a vocabulary tensor re-indexed by ``tokenizer_source``: its inputs' models (else None).
+        rows: The output's first dimension when it differs from the inputs' (re-indexed vocabulary).
     """
 
     name: str
@@ -48,6 +48,8 @@ class PlannedTensor:
     base: tuple[int, str] | None
     parameters: TensorParameters | None
     scale: float | None = None
+    vocabulary: VocabularyGroup | None = None
+    rows: int | None = None
 
 
 @dataclass(frozen=True)
@@ -64,23 +66,37 @@ class MergePlan:
     spec: ArchitectureSpec
     dtype: str | None
     out_dtype: str | None
+    vocabulary: Vocabulary | None = None
+    tokenizer_folder: Path | None = None
 
 
 def plan_merge(config: MergekitConfig, base_dir: Path | None = None) -> MergePlan:
     """Check a config against its models and list the output tensors.
 
     Raises:
-        UserError: unknown method or parameter, missing model or tensor, shapes that differ, a base that
-            the method needs but the slice lacks.
+        UserError: unknown method, a parameter not honoured where it is given or out of range, a missing
+            model or tensor, shapes that differ, a base that the method needs but the slice lacks, a
+            vocabulary that cannot be aligned as mergekit would.
     """
     method = _method(config.merge_method)
     models = _Models(base_dir)
+    uses_base = method is not None and method.uses_base
+    check_parameters(
+        config, lambda model, base: uses_base and base is not None and models.key(model) == models.key(base)
+    )
     slices = _as_slices(config, models)
+    _check_distinct_sources(slices, models)
     base_index = models.index(config.base_model) if config.base_model else None
     donor_index = base_index if base_index is not None else models.index(slices[0].sources[0].model)
     donor = models.all[donor_index]
     spec = detect_family(donor.config, where=f"model {donor.name}")
-    planner = _Planner(config, method, models, spec)
+    vocabulary = None
+    if config.tokenizer_source is not None:
+        referenced = sorted({models.index(s.model) for out_slice in slices for s in out_slice.sources})
+        source = config.tokenizer_source
+        folder = donor.folder if source == "base" else Path(models.key(source))
+        vocabulary = read_vocabulary(source, base_index, referenced, models.all, folder)
+    planner = _Planner(config, method, models, spec, vocabulary)
     shared = [n for n in donor.tensors if spec.layer_of(n) is None and spec.belongs(n)]
     pre = [n for n in shared if any(m in n for m in _PRE_MARKERS)]
     post = [n for n in shared if n not in pre]
@@ -103,6 +119,8 @@ def plan_merge(config: MergekitConfig, base_dir: Path | None = None) -> MergePla
         out_config["dtype"] = out_dtype
         if "torch_dtype" in out_config:
             out_config["torch_dtype"] = out_dtype
+    if vocabulary is not None:
+        out_config["vocab_size"] = vocabulary.size  # as mergekit: the rows of the output vocabulary
     return MergePlan(
         models=tuple(models.all),
         method=method,
@@ -114,6 +132,8 @@ def plan_merge(config: MergekitConfig, base_dir: Path | None = None) -> MergePla
         spec=spec,
         dtype=config.dtype,
         out_dtype=config.out_dtype,
+        vocabulary=vocabulary,
+        tokenizer_folder=vocabulary.tokenizer_folder if vocabulary is not None else donor.folder,
     )
 
 
@@ -125,8 +145,12 @@ class _Models:
         self.keys: list[str] = []
         self.all: list[Checkpoint] = []
 
+    def key(self, reference: str) -> str:
+        """The resolved folder of a model reference."""
+        return str(_resolve(reference, self.base_dir))
+
     def index(self, reference: str) -> int:
-        key = str(_resolve(reference, self.base_dir))
+        key = self.key(reference)
         if key not in self.keys:
             self.keys.append(key)
             self.all.append(Checkpoint(key, name=reference))
@@ -162,17 +186,32 @@ def _as_slices(config: MergekitConfig, models: _Models) -> list[OutputSlice]:
     if config.slices:
         return list(config.slices)
     sources = []
-    base_key = str(_resolve(config.base_model, models.base_dir)) if config.base_model else None
+    base_key = models.key(config.base_model) if config.base_model else None
     listed = False
     for entry in config.models or []:
-        listed |= base_key is not None and str(_resolve(entry.model, models.base_dir)) == base_key
+        listed |= base_key is not None and models.key(entry.model) == base_key
         layers = models.num_layers(entry.model)
         sources.append(InputSlice(model=entry.model, layer_range=(0, layers), parameters=entry.parameters))
     if config.base_model and not listed:
         sources.append(
             InputSlice(model=config.base_model, layer_range=(0, models.num_layers(config.base_model)))
         )
+    layers = {source.model: source.layer_range[1] for source in sources}
+    if len(set(layers.values())) > 1:
+        counts = ", ".join(f"{model}: {count}" for model, count in layers.items())
+        raise UserError(f"models: a merge of whole models needs equal layer counts ({counts}); use slices")
     return [OutputSlice(sources=sources)]
+
+
+def _check_distinct_sources(slices: list[OutputSlice], models: _Models) -> None:
+    for i, out_slice in enumerate(slices):
+        keys = [models.key(source.model) for source in out_slice.sources]
+        for j, key in enumerate(keys):
+            if key in keys[:j]:
+                raise UserError(
+                    f"slices[{i}]: model {out_slice.sources[j].model} is given twice (mergekit refuses duplicate "
+                    "merge inputs)"
+                )
 
 
 def _layer_names(checkpoint: Checkpoint, spec: ArchitectureSpec, layer: int) -> list[str]:
@@ -186,28 +225,19 @@ class _Planner:
     """Resolves inputs and parameters of one output tensor at a time."""
 
     def __init__(
-        self, config: MergekitConfig, method: MergeMethod | None, models: _Models, spec: ArchitectureSpec
+        self,
+        config: MergekitConfig,
+        method: MergeMethod | None,
+        models: _Models,
+        spec: ArchitectureSpec,
+        vocabulary: Vocabulary | None,
     ):
         self.config = config
         self.method = method
         self.models = models
         self.spec = spec
-        for where, parameters in self._all_parameter_blocks():
-            unknown = sorted(set(parameters or {}) - KNOWN_PARAMETERS)
-            if unknown:
-                raise UserError(
-                    f"{where}: parameter(s) {', '.join(unknown)} not supported by hm3 "
-                    f"(supported: {', '.join(sorted(KNOWN_PARAMETERS))})"
-                )
-
-    def _all_parameter_blocks(self):
-        yield "parameters", self.config.parameters
-        for i, entry in enumerate(self.config.models or []):
-            yield f"models[{i}].parameters", entry.parameters
-        for i, out_slice in enumerate(self.config.slices or []):
-            yield f"slices[{i}].parameters", out_slice.parameters
-            for j, source in enumerate(out_slice.sources):
-                yield f"slices[{i}].sources[{j}].parameters", source.parameters
+        self.vocabulary = vocabulary
+        self.rules = rules_for(method.name if method is not None else PASSTHROUGH)
 
     def tensor(
         self, out_slice: OutputSlice, out_name: str, offset: int | None, t: float
@@ -215,9 +245,8 @@ class _Planner:
         """The planned output tensor ``out_name`` of a slice (``offset``: layer within the slice, None for
         shared tensors)."""
         base_ref = out_slice.base_model or self.config.base_model
-        base_key = str(_resolve(base_ref, self.models.base_dir)) if base_ref else None
-        inputs: list[tuple[int, str, InputSlice]] = []
-        base: tuple[int, str] | None = None
+        base_key = self.models.key(base_ref) if base_ref else None
+        group: list[tuple[int, str, InputSlice]] = []
         for source in out_slice.sources:
             index = self.models.index(source.model)
             name = (
@@ -228,42 +257,82 @@ class _Planner:
             name = self._present(index, name)
             if name is None:
                 return None
-            is_base = (
-                self.method is not None and self.method.uses_base and self.models.keys[index] == base_key
-            )
-            if is_base:
-                base = (index, name)
-            else:
-                inputs.append((index, name, source))
-        self._check_inputs(out_name, inputs, base, base_ref)
+            group.append((index, name, source))
+        uses_base = self.method is not None and self.method.uses_base
+        inputs = [g for g in group if not (uses_base and self.models.keys[g[0]] == base_key)]
+        base = next(((i, n) for i, n, _ in group if uses_base and self.models.keys[i] == base_key), None)
+        vocabulary, rows = self._vocabulary_group(out_name, group, base_key)
+        self._check_inputs(out_name, inputs, base, vocabulary is not None)
         if self.method is None:
-            scale = self._value("scale", out_slice, inputs[0][2], inputs[0][1], t, float)
-            return PlannedTensor(out_name, ((inputs[0][0], inputs[0][1]),), None, None, scale)
-        weights, densities = [], []
+            scale = self._value("scale", out_slice, inputs[0][2], inputs[0][1], t)
+            return PlannedTensor(
+                out_name, ((inputs[0][0], inputs[0][1]),), None, None, scale, vocabulary, rows
+            )
+        per_model: dict[str, list[Any]] = {r.name: [] for r in self.rules if r.per_model}
         for _, name, source in inputs:
-            weight = self._value("weight", out_slice, source, name, t, float)
-            if weight is None:
-                raise UserError(
-                    f"model {source.model}: no 'weight' for {name} (the {self.method.name} method needs one)"
-                )
-            weights.append(weight)
-            density = self._value("density", out_slice, source, name, t, float)
-            densities.append(1.0 if density is None or self.method.sparsification is None else density)
+            for key, values in per_model.items():
+                value = self._value(key, out_slice, source, name, t)
+                if value is None and key == "weight":
+                    raise UserError(
+                        f"model {source.model}: no 'weight' for {name} (the {self.method.name} method needs one)"
+                    )
+                values.append(self._default(key) if value is None else value)
         shared = {
-            k: self._value(k, out_slice, None, out_name, t, bool if k in _BOOL_PARAMETERS else float)
-            for k in _SHARED_PARAMETERS
+            r.name: self._value(r.name, out_slice, None, out_name, t) for r in self.rules if not r.per_model
         }
-        extra = dict(self.method.extra)
         parameters = TensorParameters(
-            weights=tuple(weights),
-            densities=tuple(densities),
+            weights=tuple(per_model["weight"]),
+            densities=tuple(per_model.get("density") or (1.0,) * len(inputs)),
             normalize=self.method.default_normalize if shared["normalize"] is None else shared["normalize"],
-            rescale=self.method.default_rescale if shared["rescale"] is None else shared["rescale"],
-            scale=1.0 if shared["lambda"] is None else shared["lambda"],
-            gamma=extra.get("gamma", 0.01) if shared["gamma"] is None else shared["gamma"],
-            epsilon=extra.get("epsilon", 0.15) if shared["epsilon"] is None else shared["epsilon"],
+            rescale=self.method.default_rescale if shared.get("rescale") is None else shared["rescale"],
+            scale=1.0 if shared.get("lambda") is None else shared["lambda"],
+            gamma=tuple(per_model.get("gamma") or (self._default("gamma"),) * len(inputs)),
+            epsilon=tuple(per_model.get("epsilon") or (self._default("epsilon"),) * len(inputs)),
         )
-        return PlannedTensor(out_name, tuple((i, n) for i, n, _ in inputs), base, parameters)
+        self._check_values(out_name, inputs, parameters)
+        merged = tuple((i, n) for i, n, _ in inputs)
+        return PlannedTensor(out_name, merged, base, parameters, vocabulary=vocabulary, rows=rows)
+
+    def _default(self, key: str) -> float:
+        extra = dict(self.method.extra) if self.method is not None else {}
+        return {"density": 1.0, "gamma": extra.get("gamma", 0.01), "epsilon": extra.get("epsilon", 0.15)}[key]
+
+    def _check_values(self, out_name: str, inputs: list, parameters: TensorParameters) -> None:
+        """Refuse resolved values no merge can use: DELLA's density +/- epsilon outside (0, 1) (mergekit fails
+        on it mid-merge), and linear weights summing to zero under ``normalize`` (a division by zero)."""
+        method = self.method
+        assert method is not None
+        if method.sparsification == "della_magprune":
+            for (_, name, source), density, epsilon in zip(
+                inputs,
+                parameters.densities,
+                parameters.epsilon,
+                strict=True,  # type: ignore[arg-type]
+            ):
+                if 0 < density < 1 and not (density - epsilon > 0 and density + epsilon < 1):
+                    raise UserError(
+                        f"model {source.model}: epsilon {epsilon:g} with density {density:g} for {name}: della "
+                        "needs density +/- epsilon inside (0, 1)"
+                    )
+        if method.kernel == "linear" and parameters.normalize and sum(parameters.weights) == 0:
+            raise UserError(f"tensor {out_name}: the weights sum to 0 and normalize divides by their sum")
+
+    def _vocabulary_group(
+        self, out_name: str, group: list, base_key: str | None
+    ) -> tuple[VocabularyGroup | None, int | None]:
+        """The inputs of a vocabulary tensor that ``tokenizer_source`` re-indexes (None: nothing to do)."""
+        if self.vocabulary is None or out_name not in self.spec.vocab_tensors:
+            return None, None
+        stored = []
+        for index, name, _ in group:
+            checkpoint = self.models.all[index]
+            stored.append(checkpoint.tensors[name].shape[0])
+            check_rows(self.vocabulary, index, checkpoint, name, stored[-1])
+        if all(self.vocabulary.is_identity(i, rows) for (i, _, _), rows in zip(group, stored, strict=True)):
+            return None, None
+        models = tuple(i for i, _, _ in group)
+        base = next((i for i in models if self.models.keys[i] == base_key), None)
+        return VocabularyGroup(models, base), self.vocabulary.size
 
     def _present(self, index: int, name: str) -> str | None:
         checkpoint = self.models.all[index]
@@ -276,9 +345,7 @@ class _Planner:
             return tied
         raise UserError(f"model {checkpoint.name}: has no tensor {name}")
 
-    def _check_inputs(
-        self, out_name: str, inputs: list, base: tuple[int, str] | None, base_ref: str | None
-    ) -> None:
+    def _check_inputs(self, out_name: str, inputs: list, base: tuple[int, str] | None, aligned: bool) -> None:
         method = self.method
         if method is None and len(inputs) != 1:
             raise UserError(
@@ -288,30 +355,31 @@ class _Planner:
             raise UserError(f"{method.name} needs base_model among each slice's sources (tensor {out_name})")
         if not inputs:
             raise UserError(f"no models to merge into {out_name} besides the base")
-        everything = [(i, n) for i, n, _ in inputs] + ([base] if base else [])
-        shapes = {(i, n): self.models.all[i].tensors[n].shape for i, n in everything}
-        first = next(iter(shapes.values()))
-        for (i, n), shape in shapes.items():
-            if shape != first:
-                first_key = next(iter(shapes))
+        (first_index, first_name), *others = [(i, n) for i, n, _ in inputs] + ([base] if base else [])
+        first = self.models.all[first_index].tensors[first_name].shape
+        skip = 1 if aligned else 0  # re-indexed vocabulary tensors may differ in rows
+        for index, name in others:
+            shape = self.models.all[index].tensors[name].shape
+            if shape[skip:] != first[skip:]:
+                hint = ""
+                if self.vocabulary is None and out_name in self.spec.vocab_tensors:
+                    hint = " (tokenizer_source aligns vocabularies)"
                 raise UserError(
-                    f"tensor {out_name}: shape {list(shape)} of {n} in model {self.models.all[i].name} differs "
-                    f"from {list(first)} in model {self.models.all[first_key[0]].name}"
+                    f"tensor {out_name}: shape {list(shape)} of {name} in model {self.models.all[index].name} "
+                    f"differs from {list(first)} in model {self.models.all[first_index].name}{hint}"
                 )
 
-    def _value(
-        self, key: str, out_slice: OutputSlice, source: InputSlice | None, name: str, t: float, kind: type
-    ) -> Any:
+    def _value(self, key: str, out_slice: OutputSlice, source: InputSlice | None, name: str, t: float) -> Any:
+        """mergekit's lookup: the source's own parameters (per-model keys), the slice's, the top level's; the
+        first setting that gives a value for this tensor wins."""
+        rule = PARAMETERS[key]
         scopes = []
         if source is not None:
             scopes += [s.parameters for s in out_slice.sources if s.model == source.model]
         scopes += [out_slice.parameters, self.config.parameters]
         for scope in scopes:
             if scope and key in scope:
-                try:
-                    value = evaluate_setting(scope[key], t, name, kind)
-                except (ValueError, TypeError, KeyError) as error:
-                    raise UserError(f"parameter {key}: {error}") from None
+                value = evaluate_setting(typed(scope[key], rule), t, name, rule.kind)
                 if value is not None:
                     return value
         return None

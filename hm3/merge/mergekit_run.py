@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING
 
 from hm3.merge.mergekit_plan import MergePlan, PlannedTensor, plan_merge
 from hm3.merge.mergekit_schema import load_mergekit_config
+from hm3.merge.mergekit_vocab import aligned
 from hm3.merge.runtime import collection_paused, merge_workers, reuse_freed_memory
 from hm3.merge.streaming import Buffers, Readers, stream
-from hm3.merge.tensor_merge import check_finite, check_finite_array, mask_seed, merge_tensor
+from hm3.merge.tensor_merge import check_finite, check_finite_array, fusable, mask_seed, merge_tensor
 from hm3.merge.tensor_reader import TORCH_DTYPES
 
 if TYPE_CHECKING:
@@ -49,14 +50,14 @@ def run_mergekit_config(
 def _run(config_path: Path, out: Path, shard_size: str | int, force: bool, show_progress: bool) -> Path:
     from hm3.export import check_output_folder, write_hf_checkpoint
     from hm3.merge.mergekit_export import model_card
+    from hm3.output_guard import check_no_overlap
 
     config = load_mergekit_config(config_path)
     reuse_freed_memory()
     out = Path(out).resolve()
     check_output_folder(out, force=force, expected_bytes=None)
     plan = plan_merge(config, base_dir=config_path.resolve().parent)
-    if config.tokenizer_source == "base":
-        _check_same_vocabulary(plan)
+    check_no_overlap(out, [("config", config_path), *(("input model", m.folder) for m in plan.models)])
     layout = output_layout(plan)
     total = sum(entry.nbytes for entry in layout)
     card = model_card(
@@ -74,7 +75,7 @@ def _run(config_path: Path, out: Path, shard_size: str | int, force: bool, show_
             stream,
             plan.config,
             out,
-            tokenizer_from=plan.donor.folder,
+            tokenizer_from=plan.tokenizer_folder,
             shard_size=shard_size,
             force=force,
             model_card=card,
@@ -108,6 +109,8 @@ def merged_tensors(
         if plan.method is None:
             for tensor, (index, name) in zip(tensors, planned.inputs, strict=True):
                 check_finite(tensor, plan.models[index].name, name)
+        if planned.vocabulary is not None:
+            tensors, base = _aligned(plan, planned, tensors, base, dtype)
         merged = _merge_one(plan, planned, tensors, base, dtype)
         return merged.to(out_dtype) if out_dtype is not None else merged
 
@@ -152,8 +155,12 @@ def without_torch(plan: MergePlan) -> bool:
         return False
     if any(checkpoint.pickled for checkpoint in plan.models):
         return False
+    if any(planned.vocabulary is not None for planned in plan.tensors):
+        return False  # re-indexing vocabulary rows (tokenizer_source) is done on torch tensors
     for planned in plan.tensors:
         if method is None and planned.scale is not None:
+            return False
+        if method is not None and not fusable(method, planned.parameters):  # type: ignore[arg-type]
             return False
         stored = {plan.models[index].tensors[name].dtype for index, name in _sources(planned)}
         dtype = TORCH_DTYPES.get(stored.pop(), "") if len(stored) == 1 else ""
@@ -243,7 +250,8 @@ def output_layout(plan: MergePlan) -> list[TensorLayout]:
             for other in stored[1:]:
                 promoted = torch.promote_types(promoted, getattr(torch, TORCH_DTYPES[other]))
             dtype = str(promoted).removeprefix("torch.")
-        layout.append(TensorLayout(tensor.name, tuple(info.shape), dtype))
+        shape = tuple(info.shape) if tensor.rows is None else (tensor.rows, *info.shape[1:])
+        layout.append(TensorLayout(tensor.name, shape, dtype))
     return layout
 
 
@@ -278,18 +286,32 @@ def _merge_one(
     )
 
 
-def _check_same_vocabulary(plan: MergePlan) -> None:
-    from hm3.errors import UserError
+def _aligned(
+    plan: MergePlan,
+    planned: PlannedTensor,
+    tensors: list[torch.Tensor],
+    base: torch.Tensor | None,
+    dtype: torch.dtype | None,
+) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """The inputs of a vocabulary tensor with their rows re-indexed to ``tokenizer_source``'s vocabulary, in
+    the merge's working dtype (as mergekit re-indexes after its loader's dtype conversion)."""
+    import torch
 
-    vocab = plan.spec.vocab_tensors[0] if plan.spec.vocab_tensors else None
-    if vocab is None:
-        return
-    rows = {c.name: c.tensors[vocab].shape[0] for c in plan.models if vocab in c.tensors}
-    if len(set(rows.values())) > 1:
-        raise UserError(
-            f"tokenizer_source: base with differing vocabularies ({rows}) needs mergekit's token "
-            "re-mapping, which hm3 does not do; use models with the base's vocabulary"
-        )
+    assert planned.vocabulary is not None and plan.vocabulary is not None
+    by_model = dict(zip([i for i, _ in planned.inputs], tensors, strict=True))
+    if base is not None and planned.base is not None:
+        by_model[planned.base[0]] = base
+    work = dtype
+    if work is None:
+        work = tensors[0].dtype
+        for tensor in by_model.values():
+            work = torch.promote_types(work, tensor.dtype)
+    group = planned.vocabulary
+    rows = aligned([by_model[i].to(work) for i in group.models], group, plan.vocabulary)
+    result = dict(zip(group.models, rows, strict=True))
+    return [result[i] for i, _ in planned.inputs], (
+        result[planned.base[0]] if planned.base is not None else None
+    )
 
 
 class _Progress:

@@ -1,8 +1,9 @@
 """The subset of mergekit's configuration format that hm3 runs, as frozen pydantic data.
 
 The fields and their meaning are mergekit's (``mergekit.config.MergeConfiguration``); anything outside the
-subset (``modules``, ``tokenizer``, ``chat_template``, LoRA references, ``residual_weight``...) is refused with
-one line naming it, instead of being merged differently. hm3 reads the YAML with this schema rather than
+subset (``modules``, ``tokenizer``, ``chat_template``, ``tokenizer_source: union``, LoRA references,
+``residual_weight``...) is refused with one line naming it, instead of being merged differently; which
+``parameters:`` are honoured where is :mod:`hm3.merge.mergekit_parameters`'s table. hm3 reads the YAML with this schema rather than
 importing mergekit, which costs seconds of start-up (it pulls in transformers)::
 
     merge_method: dare_ties            # linear, task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs,
@@ -88,7 +89,18 @@ class MergekitConfig(_Strict):
     parameters: dict[str, Any] | None = None
     dtype: DtypeName | None = None
     out_dtype: DtypeName | None = None
-    tokenizer_source: Literal["base"] | None = None
+    tokenizer_source: str | None = Field(default=None, min_length=1)
+    """``base`` or a model folder: whose tokenizer the merged model gets (:mod:`hm3.merge.mergekit_vocab`)."""
+
+    @field_validator("tokenizer_source")
+    @classmethod
+    def _no_union(cls, value: str | None) -> str | None:
+        if value == "union":
+            raise ValueError(
+                "union is not supported by hm3 (it builds a new tokenizer from every model's); "
+                "use base or one model's folder"
+            )
+        return _model_path(value)
 
     @model_validator(mode="after")
     def _one_layout(self) -> MergekitConfig:

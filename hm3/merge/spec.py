@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hm3.errors import UserError
 from hm3.merge.registry import METHODS, MergeMethod
 from hm3.recipe import MergeMethodName
 
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
 Value = float | tuple[float, ...]
 """A number, or a gradient over the layers (at least one number)."""
 
+VALUE_LIMIT = 10.0
+"""Weights and the scale are finite and within [-10, 10] (a preference gives weights in [0, 1])."""
+
 DtypeName = Literal["float32", "bfloat16", "float16", "float64"]
 
 
@@ -32,12 +36,12 @@ class MergeSpec(BaseModel):
 
     Attributes:
         method: A method of ``hm3.merge.registry.METHODS``.
-        weights: One weight (or gradient) per fine-tuned model, in pool order.
+        weights: One weight (or gradient) per fine-tuned model, in pool order; each finite, in [-10, 10].
         density: One density (or gradient) per fine-tuned model; fraction of each task vector kept
             (drop rate p = 1 - density for DARE). 1.0 for methods that do not trim.
         normalize: Divide by the sum of weights; None: the method's default (mergekit's).
         rescale: L1-rescale trimmed task vectors; None: the method's default (True for DARE and DELLA).
-        scale: λ multiplying the merged task vector (mergekit's ``lambda``).
+        scale: λ multiplying the merged task vector (mergekit's ``lambda``); finite, in [-10, 10].
         gamma: Breadcrumbs: fraction of largest-magnitude entries dropped.
         epsilon: DELLA: spread of keep probabilities around the density.
         int8_mask: mergekit's memory option for the TIES mask (no effect on values; kept for export).
@@ -46,14 +50,14 @@ class MergeSpec(BaseModel):
         out_dtype: Dtype of the result (None: the merge dtype).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     method: MergeMethodName
     weights: tuple[Value, ...] = Field(min_length=1)
     density: tuple[Value, ...] | None = None
     normalize: bool | None = None
     rescale: bool | None = None
-    scale: float = 1.0
+    scale: float = Field(default=1.0, ge=-VALUE_LIMIT, le=VALUE_LIMIT)
     gamma: float = Field(default=0.01, ge=0, lt=1)
     epsilon: float = Field(default=0.15, gt=0, lt=1)
     int8_mask: bool = False
@@ -74,6 +78,9 @@ class MergeSpec(BaseModel):
         for entry in value or ():
             if isinstance(entry, tuple) and not entry:
                 raise ValueError("a gradient needs at least one value")
+            for number in entry if isinstance(entry, tuple) else (entry,):
+                if not -VALUE_LIMIT <= number <= VALUE_LIMIT:
+                    raise ValueError(f"{number} is outside [-{VALUE_LIMIT:g}, {VALUE_LIMIT:g}]")
         return value
 
     @model_validator(mode="before")
@@ -136,6 +143,20 @@ class MergeSpec(BaseModel):
         return [evaluate_setting(list(d) if isinstance(d, tuple) else d, t) for d in self.density]
 
     # -- construction -------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_record(cls, data: Any, where: str) -> MergeSpec:
+        """A spec read back from a run's files (``candidates.jsonl``, ``front.json``).
+
+        Raises:
+            UserError: naming ``where`` and the field, when the data does not validate (an edited file).
+        """
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            first = error.errors(include_url=False)[0]
+            field = ".".join(str(part) for part in first["loc"]) or "spec"
+            raise UserError(f"{where}: merge {field}: {first['msg']}") from None
 
     @classmethod
     def from_recipe(

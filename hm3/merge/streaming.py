@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from hm3.errors import UserError
 from hm3.merge.mergekit_plan import MergePlan, PlannedTensor
 from hm3.merge.tensor_reader import TensorReader
 
@@ -54,6 +55,7 @@ def stream(
     ``ordered=False`` as they are done (no worker then waits for a slow tensor ahead of its own)."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
+    merge = _reported(merge)
     readers = Readers(plan)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hm3-merge") if workers > 1 else None
     try:
@@ -91,6 +93,24 @@ def stream(
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         readers.close()
+
+
+def _reported(merge: Callable[[Readers, PlannedTensor], Any]) -> Callable[[Readers, PlannedTensor], Any]:
+    """``merge``, with any error other than a :class:`UserError` turned into one naming the tensor: an error
+    on a worker thread then reaches the user as one line (exit 2), and the writer removes its partial output."""
+
+    def reported(readers: Readers, planned: PlannedTensor) -> Any:
+        try:
+            return merge(readers, planned)
+        except UserError:
+            raise
+        except Exception as error:
+            first = (str(error).strip().splitlines() or [""])[0]
+            raise UserError(
+                f"tensor {planned.name}: the merge failed ({type(error).__name__}: {first})"
+            ) from error
+
+    return reported
 
 
 def _numel(plan: MergePlan, planned: PlannedTensor) -> int:

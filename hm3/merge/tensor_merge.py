@@ -30,8 +30,8 @@ class TensorParameters:
         normalize: Divide by the weight sum.
         rescale: L1-rescale trimmed task vectors.
         scale: λ.
-        gamma: Breadcrumbs outlier fraction.
-        epsilon: DELLA spread.
+        gamma: Breadcrumbs outlier fraction: one for every model, or one per merged model.
+        epsilon: DELLA spread: one for every model, or one per merged model.
     """
 
     weights: tuple[float, ...]
@@ -39,8 +39,16 @@ class TensorParameters:
     normalize: bool
     rescale: bool
     scale: float = 1.0
-    gamma: float = 0.01
-    epsilon: float = 0.15
+    gamma: float | tuple[float, ...] = 0.01
+    epsilon: float | tuple[float, ...] = 0.15
+
+    def gamma_of(self, index: int) -> float:
+        """``gamma`` of merged model ``index``."""
+        return self.gamma[index] if isinstance(self.gamma, tuple) else self.gamma
+
+    def epsilon_of(self, index: int) -> float:
+        """``epsilon`` of merged model ``index``."""
+        return self.epsilon[index] if isinstance(self.epsilon, tuple) else self.epsilon
 
 
 def mask_seed(seed: int, model_id: int | str, tensor_name: str) -> int:
@@ -86,7 +94,7 @@ def merge_tensor(
     if base is None:
         raise UserError(f"{method.name} merges task vectors and needs a base model")
     ids = list(model_ids) if model_ids is not None else list(range(len(tensors)))
-    if tensors and method.sparsification in fused.TRIM_MODES and fused.supports([base, *tensors]):
+    if tensors and fusable(method, params) and fused.supports([base, *tensors]):
         merged = _fused_merge(method, base, tensors, params, seed, tensor_name, ids)
         if merged is not None:
             return merged
@@ -100,6 +108,18 @@ def merge_tensor(
         consensus=method.consensus,
         normalize=params.normalize,
         scale=params.scale,
+    )
+
+
+def fusable(method: MergeMethod, params: TensorParameters) -> bool:
+    """Whether :mod:`hm3.merge.fused` merges a tensor of ``method`` with ``params`` (on CPU, in bfloat16 or
+    float32). Not a deterministic trim that rescales (TIES with ``rescale: true``): the fused kernels sum the
+    L1 norms in float64, which can move the factor by one unit in its last place, while torch's float32
+    sums give mergekit's bits. (DARE's random masks never give mergekit's bits, so DARE stays fused.)"""
+    if method.sparsification not in fused.TRIM_MODES:
+        return False
+    return not (
+        params.rescale and method.sparsification == "magnitude" and any(d < 1 for d in params.densities)
     )
 
 
@@ -146,13 +166,13 @@ def _trim(method: MergeMethod, params: TensorParameters, seed: int, tensor_name:
         if kind == "magnitude":
             return sparsify.magnitude(delta, density, rescale=params.rescale, inplace=True)
         if kind == "magnitude_outliers":
-            return sparsify.magnitude_outliers(delta, density, params.gamma, rescale=params.rescale)
+            return sparsify.magnitude_outliers(delta, density, params.gamma_of(index), rescale=params.rescale)
         if kind == "random":
             return sparsify.random_drop(
                 delta, density, mask_seed(seed, ids[index], tensor_name), rescale=params.rescale, inplace=True
             )
         return sparsify.della_magprune(
-            delta, density, params.epsilon, generator(index), rescale=params.rescale
+            delta, density, params.epsilon_of(index), generator(index), rescale=params.rescale
         )
 
     return trim
