@@ -17,7 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="distinct candidates scored on the search split (default: what HM3 spends on the recipe)",
     )
     parser.add_argument("--out", metavar="RUN", help="run directory (default: runs/<recipe name>-<method>)")
-    parser.add_argument("--force", action="store_true", help="replace an existing run directory")
+    parser.add_argument(
+        "--force", action="store_true", help="replace the run hm3 wrote at --out (never an input)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -27,18 +29,16 @@ def run(args: argparse.Namespace) -> int:
     from hm3.baselines import run_baseline
     from hm3.errors import UserError
     from hm3.search.progress import SearchProgress
-    from hm3.store import RunStore
-    from hm3.validation import validate_recipe_file
+    from hm3.search.run import start_search
 
     if args.budget is not None and args.budget < 1:
         raise UserError(f"--budget must be at least 1, not {args.budget}")
-    recipe = validate_recipe_file(args.recipe).recipe
-    folder = Path(args.out) if args.out else Path("runs") / f"{Path(args.recipe).stem}-{args.method}"
-    store = RunStore.create(folder, recipe, force=args.force)
+    default = Path("runs") / f"{Path(args.recipe).stem}-{args.method}"
+    store, recipe, inputs = start_search(args.recipe, args.out, force=args.force, default_folder=default)
     store.write_json("baseline.json", {"method": args.method, "budget": args.budget})
-    with SearchProgress(enabled=not args.quiet) as progress:
+    with store, SearchProgress(enabled=not args.quiet) as progress:
         progress.print(f"run directory: {store.directory}")
-        summary = run_baseline(recipe, store, args.method, args.budget, progress)
+        summary = run_baseline(recipe, store, args.method, args.budget, progress, inputs)
     heldout = summary["heldout"]
     print(
         f"{args.method}: {summary['evaluations_used']} of {summary['budget']} evaluations, "

@@ -11,7 +11,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--member", required=True, metavar="ID", help="the member's id (a unique prefix will do)"
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    parser.add_argument(
+        "--force", action="store_true", help="replace a model folder hm3 wrote at --out (never an input)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -91,6 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as error:  # the system refused a path the user gave (a file where a folder goes, no space)
+        print(f"hm3 {args.command}: {_os_error_line(error)}", file=sys.stderr)
+        return UserError.exit_code
+
+
+def _os_error_line(error: OSError) -> str:
+    """``No space left on device: /data/run`` rather than a traceback."""
+    if error.strerror and error.filename is not None:
+        return f"{error.strerror}: {error.filename}"
+    return str(error) or type(error).__name__
 
 
 if __name__ == "__main__":

@@ -22,7 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "or the output checkpoint folder (--mergekit, required)",
     )
     parser.add_argument("--shard-size", default="5GB", help="largest safetensors shard (default: 5GB)")
-    parser.add_argument("--force", action="store_true", help="replace a non-empty output or run folder")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the run (--recipe) or model folder (--mergekit) hm3 wrote at --out; never an input",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument(
         "--ray-address",
@@ -58,22 +62,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from hm3.search.finish import run_folder
     from hm3.search.progress import SearchProgress
-    from hm3.search.run import run_search
+    from hm3.search.run import run_search, start_search
     from hm3.store import RunStore
 
+    inputs = None
     if args.resume:
         store, recipe = RunStore.resume(args.resume)
     else:
-        from hm3.validation import validate_recipe_file
-
-        recipe = validate_recipe_file(args.recipe).recipe
-        folder = run_folder(args.recipe, args.out, recipe.output.dir)
-        store = RunStore.create(folder, recipe, force=args.force)
-    with SearchProgress(enabled=not args.quiet) as progress:
+        store, recipe, inputs = start_search(args.recipe, args.out, force=args.force)
+    with store, SearchProgress(enabled=not args.quiet) as progress:
         progress.print(f"run directory: {store.directory}")
-        summary = run_search(recipe, store, progress, ray_address=args.ray_address, workers=args.workers)
+        summary = run_search(
+            recipe, store, progress, ray_address=args.ray_address, workers=args.workers, inputs=inputs
+        )
     _report(store.directory, summary)
     return 0
 

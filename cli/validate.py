@@ -32,4 +32,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"  not checked: {line}")
         for line in report.notes:
             print(f"  note: {line}")
+        for line in report.runs_code:  # allowed by allow_task_code: true (else validation failed)
+            print(f"  runs code: {line}")
     return 0

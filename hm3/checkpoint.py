@@ -8,6 +8,7 @@ Pickle checkpoints (``pytorch_model.bin``) are refused unless the recipe opts in
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,13 @@ _DTYPE_BYTES = {
     "I8": 1,
     "U8": 1,
     "BOOL": 1,
+    "U64": 8,
+    "U32": 4,
+    "U16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
 }
+MAX_HEADER_BYTES = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -59,17 +66,78 @@ class TensorInfo:
 
 
 def read_safetensors_header(file: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file (names, dtypes, shapes, offsets), without reading the data."""
+    """The JSON header of a safetensors file (names, dtypes, shapes, offsets), without reading the data.
+
+    The header is checked against the file: every entry names a known dtype, a shape of non-negative integers
+    and the byte range its shape and dtype need, inside the file (a truncated download fails here, not in the
+    middle of a search).
+
+    Raises:
+        UserError: the file is not a safetensors file, its header is malformed, or its data is cut short.
+    """
     try:
         with open(file, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
             (length,) = struct.unpack("<Q", handle.read(8))
-            if length > 100_000_000:
-                raise ValueError("header too large")
-            header = json.loads(handle.read(length))
-    except (OSError, ValueError, struct.error) as error:
-        raise UserError(f"{file}: not a readable safetensors file ({error})") from None
-    header.pop("__metadata__", None)
+            if length > min(MAX_HEADER_BYTES, size - 8):
+                raise ValueError(f"header length {length} does not fit the file's {size} bytes")
+            header = json.loads(handle.read(length).decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError(f"the header is a JSON {type(header).__name__}, not an object")
+        header.pop("__metadata__", None)
+        data_bytes = size - 8 - length
+        for name, meta in header.items():
+            _check_header_entry(name, meta, data_bytes)
+    except (OSError, ValueError, struct.error) as error:  # UnicodeDecodeError and JSONDecodeError included
+        raise UserError(f"{file}: not a readable safetensors file ({_one_line(error)})") from None
     return header
+
+
+def _check_header_entry(name: str, meta: Any, data_bytes: int) -> None:
+    """ValueError unless ``meta`` is a well-formed header entry whose bytes lie in the ``data_bytes`` after it."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"tensor {name!r}: entry is not an object")
+    dtype, shape, offsets = meta.get("dtype"), meta.get("shape"), meta.get("data_offsets")
+    if dtype not in _DTYPE_BYTES:
+        raise ValueError(f"tensor {name!r}: unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ValueError(f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(o, int) and o >= 0 for o in offsets)
+    ):
+        raise ValueError(f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end]")
+    count = 1
+    for dim in shape:
+        count *= dim
+    begin, end = offsets
+    if end - begin != count * _DTYPE_BYTES[dtype]:
+        raise ValueError(
+            f"tensor {name!r}: data_offsets {offsets} do not hold a {dtype} tensor of shape {shape}"
+        )
+    if end > data_bytes:
+        raise ValueError(
+            f"tensor {name!r} ends at byte {end} of the data, which has {data_bytes}: truncated file"
+        )
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:300]
+
+
+def _read_json(file: Path, name: str) -> dict[str, Any]:
+    """A JSON object file of a model folder (config, index); ModelError if it is not one."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ModelError(name, f"{file.name} is not UTF-8 text (byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise ModelError(name, f"{file.name} is not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ModelError(name, f"{file.name} holds a JSON {type(data).__name__}, not an object")
+    return data
 
 
 class Checkpoint:
@@ -85,15 +153,14 @@ class Checkpoint:
         self.folder = Path(folder)
         self.name = name or self.folder.name
         self.allow_pickle = allow_pickle
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ModelError(self.name, f"{self.folder} is a file, not a model folder")
         if not self.folder.is_dir():
             raise ModelError(self.name, f"folder not found: {self.folder}")
         config_file = self.folder / "config.json"
         if not config_file.is_file():
             raise ModelError(self.name, f"no config.json in {self.folder}")
-        try:
-            self.config: dict[str, Any] = json.loads(config_file.read_text())
-        except json.JSONDecodeError as error:
-            raise ModelError(self.name, f"config.json is not valid JSON ({error})") from None
+        self.config: dict[str, Any] = _read_json(config_file, self.name)
         self._handles: dict[Path, Any] = {}
         self._pickled: dict[str, torch.Tensor] | None = None  # set by _index for pickle weights
         self.tensors: dict[str, TensorInfo] = self._index()
@@ -119,10 +186,14 @@ class Checkpoint:
         raise ModelError(self.name, f"no weights (*.safetensors) in {self.folder}")
 
     def _shards_from(self, index_file: Path) -> list[Path]:
-        try:
-            weight_map: dict[str, str] = json.loads(index_file.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as error:
-            raise ModelError(self.name, f"{index_file.name} is malformed ({error})") from None
+        weight_map = _read_json(index_file, self.name).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(shard, str) and shard and Path(shard).name == shard for shard in weight_map.values()
+        ):
+            raise ModelError(
+                self.name,
+                f"{index_file.name} is malformed ('weight_map' must map tensor names to file names)",
+            )
         shards = sorted({self.folder / shard for shard in weight_map.values()})
         missing = [shard.name for shard in shards if not shard.is_file()]
         if missing:
@@ -133,7 +204,11 @@ class Checkpoint:
     def _index_from_files(self, files: list[Path]) -> dict[str, TensorInfo]:
         tensors: dict[str, TensorInfo] = {}
         for file in files:
-            for tensor_name, meta in read_safetensors_header(file).items():
+            try:
+                header = read_safetensors_header(file)
+            except UserError as error:
+                raise ModelError(self.name, str(error)) from None
+            for tensor_name, meta in header.items():
                 tensors[tensor_name] = TensorInfo(tensor_name, tuple(meta["shape"]), meta["dtype"], file)
         return tensors
 

@@ -13,9 +13,11 @@ Used for every model hm3 writes (parameter-level merges, routed models)::
         num_layers=30,                        # a routed model: num_hidden_layers and layer_types follow
     )
 
-Everything is written into a hidden temporary folder beside ``out`` and renamed into place at the end, so an
-interrupted run (an error, Ctrl-C) never leaves a folder that looks like a finished model. Tensors given as an
-iterator are written shard by shard: at most one shard is held in memory.
+Everything is written into a hidden staging folder beside ``out``, fsynced, and swapped into place at the end
+(:mod:`hm3.folder_swap`), so an interrupted run (an error, Ctrl-C, a kill) never leaves a folder that looks like
+a finished model, and what a killed run left is cleared by the next write to ``out``. The folder is marked as
+hm3's (:data:`hm3.output_guard.MARKER`): ``force`` replaces only such a folder, never an input. Tensors given as
+an iterator are written shard by shard: at most one shard is held in memory.
 """
 
 from __future__ import annotations
@@ -25,14 +27,14 @@ import os
 import re
 import shutil
 import struct
-import tempfile
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hm3.errors import UserError
+from hm3.folder_swap import clear_leftovers, staging_folder, swap_into_place
+from hm3.output_guard import InputPath, announce_replacement, check_no_overlap, check_replaceable, mark
 
 if TYPE_CHECKING:
     import torch
@@ -115,6 +117,7 @@ def write_hf_checkpoint(
     on_tensor: Callable[[str, int], None] | None = None,
     extra_files: Mapping[str, str] | None = None,
     layout: Sequence[TensorLayout] | None = None,
+    inputs: Sequence[InputPath] = (),
 ) -> Path:
     """Write a standard Hugging Face checkpoint folder and return its path.
 
@@ -139,9 +142,12 @@ def write_hf_checkpoint(
         layout: ``(name, shape, dtype)`` of every tensor, in the order the iterator yields them. Known up
             front, shards are laid out before any tensor arrives and each tensor goes straight to its file:
             nothing is buffered (memory stays at one tensor). The tensors must then match it exactly.
+        inputs: What the tensors are read from, ``(label, path)``: ``out`` may not overlap any of them (nor
+            ``tokenizer_from``).
 
     Raises:
-        UserError: ``out`` is not empty (without ``force``), not writable, or the disk is too small.
+        UserError: ``out`` overlaps an input, is not empty (without ``force``; with it, is not a model folder hm3
+            wrote), is not writable, or the disk is too small.
     """
     out = Path(out)
     if isinstance(tensors, Mapping):
@@ -152,10 +158,10 @@ def write_hf_checkpoint(
         items = tensors
     if layout is not None and expected_bytes is None:
         expected_bytes = sum(entry.nbytes for entry in layout)
-    check_output_folder(out, force=force, expected_bytes=expected_bytes)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    sources = [*inputs, *([("tokenizer source", tokenizer_from)] if tokenizer_from is not None else [])]
+    replaced = check_output_folder(out, force=force, expected_bytes=expected_bytes, inputs=sources)
+    staging = staging_folder(out)
     try:
-        staging.chmod(0o777 & ~_umask())
         if layout is not None:
             _write_laid_out(items, list(layout), staging, parse_size(shard_size), on_tensor)
         else:
@@ -168,6 +174,8 @@ def write_hf_checkpoint(
             (staging / "README.md").write_text(model_card)
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text)
+        mark(staging, "model")
+        announce_replacement(replaced)
         move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -175,18 +183,26 @@ def write_hf_checkpoint(
     return out
 
 
-def check_output_folder(out: Path, *, force: bool, expected_bytes: int | None) -> None:
+def check_output_folder(
+    out: Path, *, force: bool, expected_bytes: int | None, inputs: Sequence[InputPath] = ()
+) -> str | None:
     """Refuse an output folder that cannot or should not receive a checkpoint, before any work is done.
 
+    First clears what an interrupted earlier write to ``out`` left beside it (:func:`clear_leftovers`: a
+    replaced folder comes back if the swap was killed half-way).
+
+    Returns:
+        What ``force`` will replace (a model folder hm3 wrote), or None.
+
     Raises:
-        UserError: ``out`` is a file, is a non-empty folder (without ``force``), its parent is missing or not
-            writable, or the disk lacks ``expected_bytes`` (plus a margin) of free space.
+        UserError: ``out`` is, contains or lies inside one of ``inputs``; is a file; is a non-empty folder
+            (without ``force``; with it, one hm3 did not write as a model); its parent is missing or not
+            writable; or the disk lacks ``expected_bytes`` (plus a margin) of free space.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise UserError(f"output folder {out} is not empty; pass --force to replace it")
+    clear_leftovers(out)
+    check_no_overlap(out, inputs)
+    replaced = check_replaceable(out, "model", force)
     parent = out.parent
     if not parent.is_dir():
         raise UserError(f"cannot write {out}: folder {parent} does not exist")
@@ -196,9 +212,11 @@ def check_output_folder(out: Path, *, force: bool, expected_bytes: int | None) -
         free = shutil.disk_usage(parent).free
         if free < expected_bytes + DISK_MARGIN_BYTES:
             raise UserError(
-                f"not enough free disk for {out}: {expected_bytes / 1e9:.2f} GB needed, "
-                f"{free / 1e9:.2f} GB free on {parent}"
+                f"not enough free disk for {out}: {(expected_bytes + DISK_MARGIN_BYTES) / 2**20:,.1f} MiB "
+                f"needed (the checkpoint plus a {DISK_MARGIN_BYTES // 2**20} MiB margin), "
+                f"{free / 2**20:,.1f} MiB free on {parent}"
             )
+    return replaced
 
 
 def fix_config(
@@ -445,18 +463,7 @@ def _raw_bytes(tensor: torch.Tensor | RawTensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy())
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def move_into_place(staging: Path, out: Path) -> None:
-    """Rename the finished folder to ``out``; an existing ``out`` (``force``) is moved aside first."""
-    trash = None
-    if out.exists():
-        trash = out.parent / f".{out.name}.replaced-{uuid.uuid4().hex[:8]}"
-        out.rename(trash)
-    staging.rename(out)
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
+    """fsync the finished folder and swap it in as ``out`` (:func:`hm3.folder_swap.swap_into_place`: an
+    existing ``out`` is moved aside, then deleted; a kill in between is undone by the next write to ``out``)."""
+    swap_into_place(staging, out)

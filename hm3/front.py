@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from hm3.errors import UserError
 from hm3.moo.hypervolume import Normalization
 from hm3.moo.pareto import non_dominated_mask
 from hm3.moo.scalarization import oriented
@@ -78,13 +79,25 @@ class ParetoFront:
     references: list[Reference] = field(default_factory=list)
 
     @classmethod
-    def from_json(cls, payload: dict[str, Any]) -> ParetoFront:
-        return cls(
-            objectives=list(payload["objectives"]),
-            higher_is_better=list(payload["higher_is_better"]),
-            members=[FrontMember(**m) for m in payload["members"]],
-            references=[Reference(**r) for r in payload.get("references", [])],
-        )
+    def from_json(cls, payload: Any, source: str = "front.json") -> ParetoFront:
+        """The front :meth:`to_json` wrote, its shape checked (an edited or foreign file is a UserError).
+
+        Args:
+            payload: The parsed JSON.
+            source: The file it came from, for messages.
+        """
+        problem = _front_problem(payload)
+        if problem is None:
+            try:
+                return cls(
+                    objectives=list(payload["objectives"]),
+                    higher_is_better=list(payload["higher_is_better"]),
+                    members=[FrontMember(**m) for m in payload["members"]],
+                    references=[Reference(**r) for r in payload.get("references", [])],
+                )
+            except TypeError as error:  # a missing or unknown field of a member or reference
+                problem = str(error)
+        raise UserError(f"{source}: not an hm3 front ({problem})")
 
     def to_json(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -132,3 +145,34 @@ def select_front(
             chosen.append(candidate)
             seen.append(point)
     return chosen
+
+
+def _front_problem(payload: Any) -> str | None:
+    """What makes ``payload`` not a front :meth:`ParetoFront.to_json` could have written, or None."""
+    if not isinstance(payload, dict):
+        return f"a JSON {type(payload).__name__}, not an object"
+    objectives, directions = payload.get("objectives"), payload.get("higher_is_better")
+    if not isinstance(objectives, list) or not objectives or not all(isinstance(o, str) for o in objectives):
+        return "'objectives' is not a list of names"
+    if not isinstance(directions, list) or len(directions) != len(objectives):
+        return "'higher_is_better' does not match 'objectives'"
+    members, references = payload.get("members"), payload.get("references", [])
+    if not isinstance(members, list) or not isinstance(references, list):
+        return "'members' or 'references' is not a list"
+    for where, entries, splits in (
+        ("members", members, ("search", "heldout")),
+        ("references", references, ()),
+    ):
+        for i, entry in enumerate(entries):
+            scores = entry.get("scores") if isinstance(entry, dict) else None
+            if not isinstance(scores, dict):
+                return f"{where}[{i}] has no 'scores' object"
+            for split in {*splits, *scores}:
+                values = scores.get(split)
+                if not isinstance(values, dict) or not all(_is_number(values.get(o)) for o in objectives):
+                    return f"{where}[{i}].scores.{split} lacks a number for each objective"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

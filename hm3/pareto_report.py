@@ -26,9 +26,11 @@ class ParetoReport:
 def load_front(run: str | Path) -> ParetoFront:
     """The front of a run directory (UserError if the run has none yet)."""
     store = RunStore(Path(run))
+    if store.directory.exists() and not store.directory.is_dir():
+        raise UserError(f"{run} is a file, not a run directory")
     if not store.directory.is_dir():
         raise UserError(f"run directory not found: {run}")
-    return ParetoFront.from_json(store.read_json(FRONT_FILE))
+    return ParetoFront.from_json(store.read_json(FRONT_FILE), source=str(store.directory / FRONT_FILE))
 
 
 def pareto_report(run: str | Path, split: Split = "heldout", plot: str | Path | None = None) -> ParetoReport:
@@ -55,7 +57,11 @@ def _series(front: ParetoFront, run: Path, split: Split) -> list[PlotSeries]:
     names = front.objectives
     series: list[PlotSeries] = []
     if split == "search":
-        scored = [c["scores"] for c in RunStore(run).candidates() if set(names) <= set(c.get("scores", {}))]
+        scored = [
+            c["scores"]
+            for c in RunStore(run).candidates()
+            if isinstance(c, dict) and isinstance(c.get("scores"), dict) and set(names) <= set(c["scores"])
+        ]
         if scored:
             series.append(
                 PlotSeries("all candidates", np.array([[s[o] for o in names] for s in scored]), "candidates")

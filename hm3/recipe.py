@@ -48,14 +48,28 @@ MergeMethodName = Literal[
 ZEROSHOT_HEAD = "zeroshot"
 """``head`` value asking for CLIP's zero-shot head instead of a head file."""
 
+SEED_LIMIT = 2**31
+"""Seeds are in [0, 2^31): NumPy's legacy seeding (stable-baselines3) takes < 2^32, and the search seeds
+preference i's agent with ``seed + i``."""
+MAX_PREFERENCES = 10_000
+"""Most Dirichlet samples ``preferences.count`` may ask for (each one is a full upper + lower level search)."""
+MAX_PATH_LENGTH = 1024
+"""Largest ``architecture_level.max_path_length`` (T_max): the agent's observation holds T_max steps."""
+MAX_ITERATIONS = 100_000
+"""Largest ``agent.iterations`` (the paper uses 1000 per preference)."""
+MAX_SEARCH_VALUES = 100
+"""Most values ``density_search`` or ``scale_search`` may list (every density × scale is merged and scored)."""
+
+Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT)]
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _TASK_YAML_SUFFIXES = (".yaml", ".yml")
 
 
 class _Section(BaseModel):
-    """Base of every recipe section: frozen, unknown keys refused."""
+    """Base of every recipe section: frozen, unknown keys refused, every number finite (no NaN or infinity)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 def _resolve_path(value: str, info: ValidationInfo) -> str:
@@ -219,7 +233,7 @@ class SplitConfig(_Section):
     """How each objective's evaluation documents divide into the search and held-out parts."""
 
     search_fraction: float = Field(default=0.7, gt=0, lt=1)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class ParameterLevel(_Section):
@@ -230,20 +244,29 @@ class ParameterLevel(_Section):
         density: Fraction of each task vector kept (TIES trim; DARE random keep). Paper: not given.
         drop_rate: DARE drop rate p; the same knob as ``1 - density`` (give one or the other, or equal ones).
         normalize: Divide by the sum of weights (None: the method's mergekit default).
-        density_search: Optional densities tried per preference (the upper level picks the best).
-        scale_search: Optional scales of the merged task vector tried per preference (task arithmetic's scaling
-            coefficient, mergekit's ``lambda``; the upper level picks the best). With the preference as the
-            weights the task vectors are averaged (scale 1); a larger scale sums more of each.
-        seed: Seed of DARE's random masks (None: the recipe's ``seed``).
+        density_search: Optional densities tried per preference, each in (0, 1], at most 100 (the upper level
+            picks the best).
+        scale_search: Optional scales of the merged task vector tried per preference, each in (0, 10], at most
+            100 (task arithmetic's scaling coefficient, mergekit's ``lambda``; the upper level picks the best).
+            With the preference as the weights the task vectors are averaged (scale 1); a larger scale sums more
+            of each.
+        seed: Seed of DARE's random masks, in [0, 2^31) (None: the recipe's ``seed``).
+
+    The merge weights are the preference λ (on the simplex, so each in [0, 1]); every number here must be
+    finite.
     """
 
     method: MergeMethodName = "dare_ties"
     density: float | None = Field(default=None, gt=0, le=1)
     drop_rate: float | None = Field(default=None, ge=0, lt=1)
     normalize: bool | None = None
-    density_search: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(default=None, min_length=1)
-    scale_search: list[Annotated[float, Field(gt=0, le=10)]] | None = Field(default=None, min_length=1)
-    seed: int | None = None
+    density_search: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_SEARCH_VALUES
+    )
+    scale_search: list[Annotated[float, Field(gt=0, le=10)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_SEARCH_VALUES
+    )
+    seed: Seed | None = None
 
     @model_validator(mode="after")
     def _density_or_drop_rate(self) -> ParameterLevel:
@@ -274,7 +297,7 @@ class ArchitectureLevel(_Section):
 
     Attributes:
         enabled: Switch the level off to search parameters only (the paper's ablation).
-        max_path_length: T_max; None means 1.5 × the number of layers.
+        max_path_length: T_max, at most 1024; None means 1.5 × the number of layers.
         alignment: ``none`` (pure layer routing) or ``stats`` (per-channel mean/std matching between layers of
             different origin, fitted on a calibration sample of the search split).
         length_penalty: β1 in R = Σ λ_k f_k − β1·T (per layer, on the scale of the scores).
@@ -282,7 +305,7 @@ class ArchitectureLevel(_Section):
     """
 
     enabled: bool = True
-    max_path_length: int | None = Field(default=None, gt=0)
+    max_path_length: int | None = Field(default=None, gt=0, le=MAX_PATH_LENGTH)
     alignment: Literal["none", "stats"] = "none"
     length_penalty: float = Field(default=0.001, ge=0)
     calibration_samples: int = Field(default=16, gt=0)
@@ -295,7 +318,8 @@ class AgentConfig(_Section):
         mode: ``per_preference`` (the paper's Algorithm 1: a fresh agent per λ) or ``conditioned`` (one policy
             with λ in its observation, trained over sampled λ, reusable for a new λ by a rollout).
         gamma: Discount γ (paper: 0.99).
-        iterations: Episodes per preference, i.e. candidate paths scored (paper: Max_iter = 1000).
+        iterations: Episodes per preference, i.e. candidate paths scored (paper: Max_iter = 1000; at most
+            100,000).
         learning_rate: Adam learning rate of actor and critic.
         n_steps: Environment steps per PPO rollout.
         batch_size: PPO minibatch size.
@@ -311,7 +335,7 @@ class AgentConfig(_Section):
 
     mode: Literal["per_preference", "conditioned"] = "per_preference"
     gamma: float = 0.99
-    iterations: int = Field(default=1000, gt=0)
+    iterations: int = Field(default=1000, gt=0, le=MAX_ITERATIONS)
     learning_rate: float = Field(default=3e-4, gt=0)
     n_steps: int = Field(default=64, gt=1)
     batch_size: int = Field(default=32, gt=1)
@@ -336,19 +360,28 @@ class PreferenceConfig(_Section):
     """Which preference vectors λ over the objectives the search covers.
 
     Attributes:
-        count: N samples from Dirichlet(1, ..., 1); the K simplex corners and the centre are added.
+        count: N samples from Dirichlet(1, ..., 1), at most 10,000; the K simplex corners and the centre are
+            added. There must be at least one preference in all.
         scalarization: ``weighted_sum`` Σ λ_k f_k (the paper's RL reward) or ``tchebycheff``
             max_k λ_k |f_k − z*_k| (the paper's main text), z* the best fine-tuned score per task.
         include_corners: Add the K one-hot preferences.
         include_centre: Add the uniform preference.
-        seed: Seed of the Dirichlet samples (None: the recipe's ``seed``).
+        seed: Seed of the Dirichlet samples, in [0, 2^31) (None: the recipe's ``seed``).
     """
 
-    count: int = Field(default=10, ge=0)
+    count: int = Field(default=10, ge=0, le=MAX_PREFERENCES)
     scalarization: Literal["weighted_sum", "tchebycheff"] = "weighted_sum"
     include_corners: bool = True
     include_centre: bool = True
-    seed: int | None = None
+    seed: Seed | None = None
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> PreferenceConfig:
+        if self.count == 0 and not self.include_corners and not self.include_centre:
+            raise ValueError(
+                "no preference to search: count is 0 and include_corners and include_centre are false"
+            )
+        return self
 
 
 class OutputConfig(_Section):
@@ -365,7 +398,12 @@ class OutputConfig(_Section):
     @field_validator("dir")
     @classmethod
     def _resolve(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return None if value is None else _resolve_path(value, info)
+        if value is None:
+            return None
+        resolved = _resolve_path(value, info)
+        if Path(resolved).exists() and not Path(resolved).is_dir():
+            raise ValueError(f"{resolved} is a file; the run directory must be a folder")
+        return resolved
 
 
 class DistributedConfig(_Section):
@@ -382,7 +420,12 @@ class DistributedConfig(_Section):
 
 
 class Recipe(_Section):
-    """A complete, validated recipe. See the module docstring for an annotated example."""
+    """A complete, validated recipe. See the module docstring for an annotated example.
+
+    The safety switches (all off by default): ``allow_pickle`` accepts pickle checkpoints (``pytorch_model.bin``)
+    and pickled agent policies of older runs; ``trust_remote_code`` accepts models whose config asks for custom
+    code; ``allow_task_code`` accepts lm-eval task YAMLs whose ``!function`` tags run Python files.
+    """
 
     base_model: ModelRef
     models: list[ModelRef] = Field(default_factory=list)  # required unless the recipe is HiMoLE-only
@@ -397,9 +440,10 @@ class Recipe(_Section):
     tokenizer_source: str = Field(default="base", min_length=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    seed: int = 0
+    seed: Seed = 0
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    allow_task_code: bool = False
     himole: HiMoLEConfig | None = None
 
     @model_validator(mode="after")
@@ -488,10 +532,15 @@ def recipe_from_dict(raw: dict[str, Any], base_dir: Path | None = None, source: 
 def _read_yaml(path: Path, where: str) -> dict[str, Any]:
     import yaml
 
+    if path.is_dir():
+        raise RecipeError([(where, f"{path} is a folder, not a recipe file")])
     if not path.is_file():
         raise RecipeError([(where, f"file not found: {path}")])
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        problem = f"not UTF-8 text (byte {error.start}): a recipe is a YAML text file"
+        raise RecipeError([("", problem)], str(path)) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

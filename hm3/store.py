@@ -4,82 +4,167 @@ Layout::
 
     RUN/
       recipe.yaml        the resolved recipe (absolute paths), written once when the run starts
-      models.json        size and modification time of every local model's weight files at the start
+      fingerprint.json   what decides the run's scores: the recipe, task and data files, model weights
       candidates.jsonl   one JSON line per scored candidate, appended, flushed and fsynced at once
       front.json         the Pareto front members with search and held-out scores (written at the end)
       summary.json       hypervolume (with its normalisation), counts, wall time, baseline scores
       policy/            the agent's policy and value networks
       mergekit/<id>.yml  a mergekit configuration for each front member that has one
       log.txt            what the run printed, with times
+      .hm3-output.json   marks the folder as a run hm3 wrote (only such a folder is replaced by --force)
+      .hm3.lock          while a process works in the run (:mod:`hm3.run_lock`)
 
 ``candidates.jsonl`` is the run's memory: a resumed run reads it back and never scores a candidate twice. A
 line torn by a kill mid-write is dropped (and cut off the file) on the next open. ``front.json`` and
 ``summary.json`` are replaced atomically (temp file + rename), so they are either the old or the new version.
-The logged scores belong to the models as they were: a run whose model files changed since it started (a
-rebuilt zoo, a re-downloaded checkpoint) is not resumed (``models.json``).
+
+**Guarantees.** A new run starts only where it overlaps no input (:mod:`hm3.output_guard`); ``force`` replaces
+only a run folder, and only once the new one is complete (:mod:`hm3.folder_swap`: a kill leaves the old run
+or the new one). One process at a time works in a run: :meth:`RunStore.create` and :meth:`RunStore.resume`
+take its lock, and a second process is refused. The logged scores belong to the inputs as they were: a run
+whose recipe, task or data files or model weights changed since it started is not resumed
+(:mod:`hm3.run_fingerprint`), and the change is named.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from hm3.errors import UserError
+from hm3.folder_swap import (
+    clear_leftovers,
+    clear_stale_temporaries,
+    fsync_folder,
+    staging_folder,
+    swap_into_place,
+)
+from hm3.output_guard import (
+    InputPath,
+    announce_replacement,
+    check_no_overlap,
+    check_replaceable,
+    mark,
+    recipe_inputs,
+)
 from hm3.recipe import Recipe
+from hm3.run_fingerprint import (
+    FINGERPRINT_FILE,
+    data_differences,
+    fingerprint_changes,
+    model_files,
+    run_fingerprint,
+    scoring_key,
+)
+from hm3.run_lock import RunLock
 
 RECIPE_FILE = "recipe.yaml"
 CANDIDATES_FILE = "candidates.jsonl"
 FRONT_FILE = "front.json"
 SUMMARY_FILE = "summary.json"
 LOG_FILE = "log.txt"
-MODELS_FILE = "models.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+__all__ = ["RunStore", "model_files", "recipe_differences", "recipe_to_yaml"]
 
 
 class RunStore:
-    """Read and write one run directory. Create with :meth:`create` or :meth:`resume`."""
+    """Read and write one run directory. Create with :meth:`create` or :meth:`resume` (both lock the run until
+    :meth:`close`, the end of a ``with`` block, or the store's collection)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
+        self._lock: RunLock | None = None
+        self._release: weakref.finalize | None = None
 
     # -- opening ------------------------------------------------------------------------------------------
 
-    @classmethod
-    def create(cls, directory: str | Path, recipe: Recipe, force: bool = False) -> RunStore:
-        """Start a new run in ``directory``, which must not exist (or be replaced with ``force``).
+    @staticmethod
+    def check_new(
+        directory: str | Path, recipe: Recipe, force: bool = False, inputs: Iterable[InputPath] = ()
+    ) -> str | None:
+        """Refuse a place a new run cannot go, before any work; returns what ``force`` will replace (or None).
 
         Raises:
-            UserError: the directory exists and ``force`` is not set.
+            UserError: ``directory`` is, contains or lies inside an input (the recipe's models, task files,
+                data, or ``inputs``); it holds something and ``force`` is not set; with ``force``, it is not a
+                run folder hm3 wrote; or another process works in it.
         """
         directory = Path(directory)
-        if directory.exists() and any(directory.iterdir()):
-            if not force:
-                raise UserError(
-                    f"run directory {directory} exists; continue it with --resume {directory}, "
-                    "or replace it with --force"
-                )
-            import shutil
+        check_no_overlap(directory, [*recipe_inputs(recipe), *inputs])
+        replaced = check_replaceable(
+            directory,
+            "run",
+            force,
+            resume_hint=f"continue it with --resume {directory}, or replace it with --force",
+        )
+        if replaced is not None:
+            RunLock(directory).acquire().release()  # refused here if a process works in it
+        return replaced
 
-            shutil.rmtree(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        store = cls(directory)
-        store._write_atomic(RECIPE_FILE, recipe_to_yaml(recipe))
-        store._write_atomic(MODELS_FILE, json.dumps(model_files(recipe), indent=1) + "\n")
-        (directory / CANDIDATES_FILE).touch()
+    @classmethod
+    def create(
+        cls,
+        directory: str | Path,
+        recipe: Recipe,
+        force: bool = False,
+        inputs: Iterable[InputPath] = (),
+    ) -> RunStore:
+        """Start a new run in ``directory`` (see :meth:`check_new`); with ``force``, replace the run there.
+
+        The new run is built beside ``directory`` and swapped in whole; the old run is deleted only then.
+
+        Raises:
+            UserError: from :meth:`check_new`.
+        """
+        directory = Path(directory)
+        clear_leftovers(directory)
+        replaced = cls.check_new(directory, recipe, force, inputs)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        old = RunLock(directory).acquire() if replaced is not None else None
+        staging = staging_folder(directory)
+        store = cls(staging)
+        try:
+            mark(staging, "run")
+            store._write_atomic(RECIPE_FILE, recipe_to_yaml(recipe))
+            store._write_atomic(FINGERPRINT_FILE, json.dumps(run_fingerprint(recipe), indent=1) + "\n")
+            (staging / CANDIDATES_FILE).touch()
+            store._hold(RunLock(staging).acquire())
+            announce_replacement(replaced)
+            swap_into_place(staging, directory)
+        except BaseException:
+            store.close()
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        finally:
+            if old is not None:
+                old.release()
+        store.directory = directory
+        assert store._lock is not None
+        store._lock.folder = directory
         return store
 
     @classmethod
-    def resume(cls, directory: str | Path, recipe: Recipe | None = None) -> tuple[RunStore, Recipe]:
+    def resume(
+        cls, directory: str | Path, recipe: Recipe | None = None, lock: bool = True
+    ) -> tuple[RunStore, Recipe]:
         """Open an existing run to continue it; with ``recipe``, refuse if it differs from the run's own.
 
+        Args:
+            directory: The run.
+            recipe: The recipe the caller means to run (None: the run's own).
+            lock: Take the run's lock (False only for readers that write nothing into the run, e.g. export).
+
         Raises:
-            UserError: no run there, or the recipe differs (the differing fields are named).
+            UserError: no run there, another process works in it, the recipe differs, or what decides its
+                scores changed since it started (the change is named).
         """
         directory = Path(directory)
+        clear_leftovers(directory)
         stored_file = directory / RECIPE_FILE
         if not stored_file.is_file():
             raise UserError(f"{directory} is not a run directory (no {RECIPE_FILE})")
@@ -91,26 +176,72 @@ class RunStore:
         if recipe is not None:
             differences = recipe_differences(stored, recipe)
             if differences:
-                shown = "; ".join(differences[:3]) + (
-                    f" (+{len(differences) - 3} more)" if len(differences) > 3 else ""
-                )
-                raise UserError(f"cannot resume {directory} with a different recipe: {shown}")
+                raise UserError(f"cannot resume {directory} with a different recipe: {_some(differences)}")
         store = cls(directory)
-        store._check_models_unchanged(stored)
-        store._repair_torn_tail()
+        try:
+            if lock:
+                store._hold(RunLock(directory).acquire())
+            store._check_fingerprint(stored)
+            if lock:
+                store._repair_torn_tail()
+                clear_stale_temporaries(directory)
+        except BaseException:
+            store.close()
+            raise
         return store, stored
 
-    def _check_models_unchanged(self, recipe: Recipe) -> None:
-        """Refuse to resume when a local model's weight files changed since the run started."""
-        file = self.directory / MODELS_FILE
+    def close(self) -> None:
+        """Release the run's lock (if this store holds it)."""
+        if self._release is not None:
+            self._release()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _hold(self, lock: RunLock) -> None:
+        self._lock = lock
+        self._release = weakref.finalize(self, lock.release)
+
+    def scoring_key(self, recipe: Recipe) -> str:
+        """What decides a score in this run (part of every candidate key): from ``fingerprint.json``, or
+        computed from ``recipe`` for a folder without one."""
+        file = self.directory / FINGERPRINT_FILE
+        if file.is_file():
+            return str(json.loads(file.read_text())["scoring"])
+        return run_fingerprint(recipe)["scoring"]
+
+    def _check_fingerprint(self, recipe: Recipe) -> None:
+        """Refuse to resume when anything that decides the run's scores changed since it started."""
+        file = self.directory / FINGERPRINT_FILE
         if not file.is_file():
-            return  # a run from before models.json: nothing to compare
-        then, now = json.loads(file.read_text()), model_files(recipe)
-        changed = [name for name in then if then[name] != now.get(name)]
-        if changed:
             raise UserError(
-                f"cannot resume {self.directory}: the weights in {', '.join(changed[:3])} changed since the run "
-                "started (its logged scores are for the old ones); start a new run, or replace this one "
+                f"cannot resume {self.directory}: it has no {FINGERPRINT_FILE} (an older hm3 started it), so "
+                "its logged scores cannot be checked against its inputs; start it afresh with --force"
+            )
+        try:
+            then = json.loads(file.read_text())
+        except ValueError:
+            then = None
+        sections = ("recipe", "files", "models")
+        if not isinstance(then, dict) or not all(isinstance(then.get(k), dict) for k in sections):
+            raise UserError(
+                f"cannot resume {self.directory}: its {FINGERPRINT_FILE} is damaged, so its logged scores "
+                "cannot be checked against its inputs; start it afresh with --force"
+            )
+        now = run_fingerprint(recipe)
+        if then.get("format") != now["format"]:
+            raise UserError(
+                f"cannot resume {self.directory}: {FINGERPRINT_FILE} has format {then.get('format')!r}, this "
+                f"hm3 writes {now['format']}; start it afresh with --force"
+            )
+        changes = fingerprint_changes(then, now)
+        if changes or then.get("scoring") != scoring_key(now):
+            raise UserError(
+                f"cannot resume {self.directory}: {_some(changes) or 'its fingerprint changed'} since the run "
+                "started (its logged scores are for the old inputs); start a new run, or replace this one "
                 "with hm3 merge --recipe ... --force"
             )
 
@@ -132,10 +263,16 @@ class RunStore:
         """Every complete record, in the order written."""
         if not self.candidates_path.exists():
             return
-        with open(self.candidates_path, encoding="utf-8") as handle:
-            for line in handle:
-                if line.endswith("\n"):
-                    yield json.loads(line)
+        with open(self.candidates_path, "rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.endswith(b"\n"):
+                    try:
+                        yield json.loads(line)
+                    except ValueError as error:  # not UTF-8 or not JSON: edited or damaged, not torn
+                        raise UserError(
+                            f"{self.candidates_path}, line {number}: not a JSON record ({error}); delete that "
+                            "line to score its candidate again"
+                        ) from None
 
     def _repair_torn_tail(self) -> None:
         """Cut a last line that a kill left half-written, so appends start on a clean line."""
@@ -162,7 +299,10 @@ class RunStore:
             raise UserError(
                 f"{self.directory}: no {name} yet (has the run finished? resume it with --resume)"
             )
-        return json.loads(path.read_text())
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as error:  # not UTF-8 or not JSON: an empty, damaged or foreign file
+            raise UserError(f"{path}: not valid JSON ({error})") from None
 
     def log(self, message: str) -> None:
         """Append a timestamped line to the run's log."""
@@ -183,19 +323,8 @@ class RunStore:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, target)
+        fsync_folder(target.parent)
         return target
-
-
-def model_files(recipe: Recipe) -> dict[str, dict[str, list[int]]]:
-    """Model folder -> {weight file: [size, mtime in ns]} for every local model of the recipe (hub ids skipped)."""
-    found: dict[str, dict[str, list[int]]] = {}
-    for ref in [recipe.base_model, *recipe.models]:
-        folder = Path(ref.path)
-        if ref.is_hub or not folder.is_dir():
-            continue
-        stats = {f.name: f.stat() for f in sorted(folder.iterdir()) if f.suffix in WEIGHT_SUFFIXES}
-        found[str(folder)] = {name: [stat.st_size, stat.st_mtime_ns] for name, stat in stats.items()}
-    return found
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:
@@ -207,17 +336,10 @@ def recipe_to_yaml(recipe: Recipe) -> str:
 
 def recipe_differences(old: Recipe, new: Recipe) -> list[str]:
     """Dotted paths of the fields where two recipes differ, with both values."""
-    differences: list[str] = []
+    return data_differences(old.model_dump(mode="json"), new.model_dump(mode="json"))
 
-    def walk(a: Any, b: Any, path: str) -> None:
-        if isinstance(a, dict) and isinstance(b, dict):
-            for key in sorted(set(a) | set(b)):
-                walk(a.get(key), b.get(key), f"{path}.{key}" if path else key)
-        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-            for i, (x, y) in enumerate(zip(a, b, strict=True)):
-                walk(x, y, f"{path}[{i}]")
-        elif a != b:
-            differences.append(f"{path}: {a!r} -> {b!r}")
 
-    walk(old.model_dump(mode="json"), new.model_dump(mode="json"), "")
-    return differences
+def _some(differences: list[str], shown: int = 3) -> str:
+    """The first few differences, and how many more."""
+    more = len(differences) - shown
+    return "; ".join(differences[:shown]) + (f" (+{more} more)" if more > 0 else "")

@@ -22,13 +22,24 @@ from hm3.recipe import ZEROSHOT_HEAD, Recipe, load_recipe
 
 @dataclass
 class ValidationReport:
-    """What ``hm3 validate`` found on a recipe that has no problems."""
+    """What ``hm3 validate`` found on a recipe that has no problems.
+
+    Attributes:
+        recipe: The validated recipe.
+        family: The pool's architecture family (None when not checked).
+        num_layers: Its layer count.
+        not_checked: What could not be checked here (hub ids not cached, lm-eval registry names).
+        notes: Facts worth knowing (vocabulary sizes that differ).
+        runs_code: The ``!function`` tags of the task YAMLs, each naming the Python it runs (allowed by
+            ``allow_task_code: true``; without it each is a problem).
+    """
 
     recipe: Recipe
     family: str | None = None
     num_layers: int | None = None
     not_checked: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    runs_code: list[str] = field(default_factory=list)
 
 
 def validate_recipe_file(path: str | Path) -> ValidationReport:
@@ -50,7 +61,7 @@ def validate_recipe_file(path: str | Path) -> ValidationReport:
     if not objective_problems:  # files exist: load local lm-eval tasks as the evaluator will (a few seconds)
         from hm3.evaluate.offline_check import language_objective_problems
 
-        problems += language_objective_problems(recipe, report.not_checked)
+        problems += language_objective_problems(recipe, report.not_checked, report.runs_code)
     if problems:
         raise RecipeError(problems, source=str(path))
     return report
@@ -156,6 +167,8 @@ def _task_yaml_problem(path: Path) -> str | None:
     """Why a local lm-eval task YAML is unusable, or None. lm-eval's ``!function`` tags are accepted."""
     import yaml
 
+    if path.is_dir():
+        return f"{path} is a folder, not a task file"
     if not path.is_file():
         return f"task file not found: {path}"
 
@@ -164,7 +177,9 @@ def _task_yaml_problem(path: Path) -> str | None:
 
     _TaskLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
     try:
-        data = yaml.load(path.read_text(), Loader=_TaskLoader)  # noqa: S506 - SafeLoader subclass
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_TaskLoader)  # noqa: S506 - SafeLoader subclass
+    except UnicodeDecodeError as error:
+        return f"task file is not UTF-8 text (byte {error.start})"
     except yaml.YAMLError as error:
         return f"task file does not parse as YAML: {error}".replace("\n", " ")
     if not isinstance(data, dict) or not ("task" in data or "include" in data or "group" in data):

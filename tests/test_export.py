@@ -29,7 +29,11 @@ def test_streamed_tensors_are_sharded_with_an_index(tmp_path) -> None:
     checkpoint = Checkpoint(out)
     assert all(torch.equal(checkpoint.load(n), t) for n, t in tensors.items())
     single = write_hf_checkpoint(tensors, config, tmp_path / "one", tokenizer_from=None)
-    assert sorted(p.name for p in single.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in single.iterdir()) == [
+        ".hm3-output.json",
+        "config.json",
+        "model.safetensors",
+    ]
 
 
 def test_config_follows_the_new_layer_count() -> None:
@@ -84,14 +88,21 @@ def test_interrupted_write_leaves_nothing(tmp_path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_existing_output_is_kept_unless_forced(tmp_path) -> None:
+def test_existing_output_is_kept_unless_forced(tmp_path, capsys) -> None:
     out = tmp_path / "m"
     out.mkdir()
     (out / "old.txt").write_text("old")
     with pytest.raises(UserError, match="not empty"):
         write_hf_checkpoint({"a": torch.zeros(2)}, {}, out, tokenizer_from=None)
-    write_hf_checkpoint({"a": torch.zeros(2)}, {}, out, tokenizer_from=None, force=True)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    with pytest.raises(UserError, match="replaces only folders hm3 wrote"):  # not hm3's: never replaced
+        write_hf_checkpoint({"a": torch.zeros(2)}, {}, out, tokenizer_from=None, force=True)
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    (out / "old.txt").unlink()
+    write_hf_checkpoint({"a": torch.zeros(2)}, {}, out, tokenizer_from=None)
+    write_hf_checkpoint({"a": torch.ones(2)}, {}, out, tokenizer_from=None, force=True)  # hm3's: replaced
+    assert "replacing the model folder" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [".hm3-output.json", "config.json", "model.safetensors"]
+    assert torch.equal(Checkpoint(out).load("a"), torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
     with pytest.raises(UserError, match="not enough free disk"):
         write_hf_checkpoint(

@@ -96,8 +96,13 @@ def test_non_empty_output_needs_force(tiny_llama, tmp_path) -> None:
     assert result.returncode == 2 and "--force" in result.stderr and "Traceback" not in result.stderr
     assert (out / "keep.txt").read_text() == "mine"
     result = run_hm3("merge", "--mergekit", config, "--out", out, "--force", "--quiet")
+    assert result.returncode == 2 and "replaces only folders hm3 wrote" in result.stderr  # not hm3's
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    assert run_hm3("merge", "--mergekit", config, "--out", out, "--quiet").returncode == 0
+    result = run_hm3("merge", "--mergekit", config, "--out", out, "--force", "--quiet")  # hm3's: replaced
     assert result.returncode == 0, result.stderr
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    assert "replacing the model folder" in result.stderr and (out / "model.safetensors").is_file()
 
 
 def test_unwritable_output_is_refused(tiny_llama, tmp_path) -> None:
@@ -133,7 +138,7 @@ def test_too_little_disk_is_refused_up_front(tiny_llama, tmp_path) -> None:
     [
         ({"tokenizer": {"source": "union"}}, "tokenizer: not supported"),
         ({"merge_method": "slerp"}, "merge_method 'slerp' is not supported"),
-        ({"parameters": {"t": 0.5}}, "parameter(s) t not supported"),
+        ({"parameters": {"t": 0.5}}, "parameters.t: not a parameter hm3 knows"),
     ],
 )
 def test_unsupported_features_are_refused_in_one_line(tiny_llama, tmp_path, extra, fragment) -> None:

@@ -24,6 +24,7 @@ from hm3.errors import UserError
 if TYPE_CHECKING:
     from hm3.recipe import Recipe
     from hm3.search.progress import SearchProgress
+    from hm3.search.run import SearchInputs
     from hm3.store import RunStore
 
 METHODS: dict[str, str] = {
@@ -47,16 +48,22 @@ def hm3_budget(recipe: Recipe) -> int:
 
 
 def run_baseline(
-    recipe: Recipe, store: RunStore, method: str, budget: int | None, progress: SearchProgress
+    recipe: Recipe,
+    store: RunStore,
+    method: str,
+    budget: int | None,
+    progress: SearchProgress,
+    inputs: SearchInputs | None = None,
 ) -> dict[str, Any]:
-    """Run baseline ``method`` on ``recipe`` into ``store`` with ``budget`` evaluations; returns the summary."""
+    """Run baseline ``method`` on ``recipe`` into ``store`` with ``budget`` evaluations; returns the summary
+    (``inputs``: already loaded by :func:`hm3.search.run.start_search`, else loaded now)."""
     if method not in METHODS:
         raise UserError(f"unknown baseline {method!r}; choose one of {', '.join(METHODS)}")
     budget = hm3_budget(recipe) if budget is None else budget
     if budget < 1:
         raise UserError(f"--budget must be at least 1, not {budget}")
     if method in ("param_only", "arch_only"):
-        return _ablation(recipe, store, method, budget, progress)
+        return _ablation(recipe, store, method, budget, progress, inputs)
     import importlib
 
     from hm3.baselines.budget import BaselineEvaluator, BudgetSpent
@@ -64,7 +71,7 @@ def run_baseline(
     from hm3.search.run import open_search, preferences, score_finetuned
 
     started = time.perf_counter()
-    search = open_search(recipe, store, progress)
+    search = open_search(recipe, store, progress, inputs)
     score_finetuned(search)
     evaluator = BaselineEvaluator(search, budget)
     module, name = METHODS[method].split(":")
@@ -80,7 +87,12 @@ def run_baseline(
 
 
 def _ablation(
-    recipe: Recipe, store: RunStore, method: str, budget: int, progress: SearchProgress
+    recipe: Recipe,
+    store: RunStore,
+    method: str,
+    budget: int,
+    progress: SearchProgress,
+    inputs: SearchInputs | None = None,
 ) -> dict[str, Any]:
     """HM3 with one level switched off, its preferences or iterations set so it spends ``budget``."""
     from hm3.search.run import run_search
@@ -96,12 +108,18 @@ def _ablation(
                 ),
             }
         )
-        return run_search(changed, store, progress, method=method, details={"budget": budget})
+        return run_search(changed, store, progress, method=method, details={"budget": budget}, inputs=inputs)
     from hm3.search.run import preferences
 
     count = len(preferences(recipe))
     iterations = max(1, budget // count - 1)
     changed = recipe.model_copy(update={"agent": recipe.agent.model_copy(update={"iterations": iterations})})
     return run_search(
-        changed, store, progress, method=method, parameter_level=False, details={"budget": budget}
+        changed,
+        store,
+        progress,
+        method=method,
+        parameter_level=False,
+        details={"budget": budget},
+        inputs=inputs,
     )

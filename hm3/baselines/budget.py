@@ -91,6 +91,7 @@ class BaselineEvaluator:
             "alignment": alignment,
             "split": "search",
             "objectives": search.objectives,
+            "scoring": search.scoring,
         }
         key = candidate_key(spec_data)
         if key not in self._seen:

@@ -49,7 +49,10 @@ def candidate_key(spec: Mapping[str, Any]) -> str:
 
     Args:
         spec: Everything that determines the candidate's scores: merge method and weights, inference path,
-            alignment, split, objective set. Key order does not matter; tuples and lists hash alike.
+            alignment, split, objective set, and — in a run — ``scoring``, the run's scoring fingerprint
+            (:func:`hm3.run_fingerprint.scoring_key`: the models, the task files and their data, each
+            objective's metric and limits, the split, dtype and seed), so that a score measured under other
+            settings is never found. Key order does not matter; tuples and lists hash alike.
     """
     text = json.dumps(_canonical(spec), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()

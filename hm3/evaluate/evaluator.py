@@ -78,7 +78,9 @@ class Evaluator:
             )
         from hm3.evaluate.language import prepare_language_objectives
 
-        objectives = prepare_language_objectives(recipe.objectives, recipe.split, quiet=quiet)
+        objectives = prepare_language_objectives(
+            recipe.objectives, recipe.split, quiet=quiet, allow_task_code=recipe.allow_task_code
+        )
         return cls(objectives, tokenizer=load_tokenizer(folder, recipe.trust_remote_code), quiet=quiet)
 
     @property

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from hm3.errors import UserError
 from hm3.evaluate.quiet import quiet_libraries
 from hm3.evaluate.split import DocumentSplit, split_documents
+from hm3.evaluate.task_code import check_task_code
 
 if TYPE_CHECKING:
     from lm_eval.api.task import Task
@@ -93,17 +94,26 @@ class LanguageObjective:
 
 
 def prepare_language_objectives(
-    objectives: Sequence[Objective], split: SplitConfig, quiet: bool = True
+    objectives: Sequence[Objective], split: SplitConfig, quiet: bool = True, allow_task_code: bool = False
 ) -> list[LanguageObjective]:
     """Resolve, load, configure and split every lm-eval objective (no model is needed).
 
+    Args:
+        objectives: The recipe's lm-eval objectives.
+        split: The recipe's split settings.
+        quiet: Silence lm-eval's and datasets' logging.
+        allow_task_code: Load task YAMLs whose ``!function`` tags run Python (the recipe's
+            ``allow_task_code``); without it they are refused before lm-eval reads them.
+
     Raises:
-        UserError: naming the objective, for an unknown task, a task file that does not load, a metric the task
-            does not produce, or a split with no documents.
+        UserError: naming the objective, for an unknown task, a task file that does not load or runs code
+            without the opt-in, a metric the task does not produce, or a split with no documents.
     """
     with quiet_libraries(quiet):
         manager = build_task_manager(objectives)
-        return [prepare_language_objective(objective, manager, split) for objective in objectives]
+        return [
+            prepare_language_objective(objective, manager, split, allow_task_code) for objective in objectives
+        ]
 
 
 def build_task_manager(objectives: Sequence[Objective], allow_defaults: bool = True) -> TaskManager:
@@ -129,9 +139,10 @@ def build_task_manager(objectives: Sequence[Objective], allow_defaults: bool = T
 
 
 def prepare_language_objective(
-    objective: Objective, manager: TaskManager, split: SplitConfig
+    objective: Objective, manager: TaskManager, split: SplitConfig, allow_task_code: bool = False
 ) -> LanguageObjective:
-    task = _load_task(objective, manager)
+    """One objective of :func:`prepare_language_objectives`, with a ready ``manager``."""
+    task = _load_task(objective, manager, allow_task_code)
     _configure(task, objective)
     metric_key = _metric_key(task, objective)
     docs = task.eval_docs
@@ -149,12 +160,13 @@ def prepare_language_objective(
     return LanguageObjective(objective, task, metric_key, direction, document_split)
 
 
-def _load_task(objective: Objective, manager: TaskManager) -> Task:
+def _load_task(objective: Objective, manager: TaskManager, allow_task_code: bool) -> Task:
     spec = objective.task
     if not objective.task_is_file and spec not in manager.task_index:
         raise UserError(f"objective {objective.name}: lm-eval has no task named {spec!r}")
     if objective.task_is_file and not Path(spec).is_file():  # type: ignore[arg-type]
         raise UserError(f"objective {objective.name}: task file not found: {spec}")
+    check_task_code(objective, manager, allow_task_code)  # before lm-eval imports any !function file
     try:
         loaded = manager.load([spec])
     except Exception as error:  # lm-eval raises many kinds (YAML, datasets, templates): all mean "unusable"

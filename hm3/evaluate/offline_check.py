@@ -14,15 +14,20 @@ from hm3.recipe import Recipe
 _REGISTRY_NOTE = "lm-eval registry names are checked when scoring (indexing the registry takes ~20 s)"
 
 
-def language_objective_problems(recipe: Recipe, not_checked: list[str]) -> list[tuple[str, str]]:
+def language_objective_problems(
+    recipe: Recipe, not_checked: list[str], runs_code: list[str] | None = None
+) -> list[tuple[str, str]]:
     """Problems of the recipe's lm-eval objectives, as ``(yaml_path, message)``; unchecked ones go to ``not_checked``.
 
     Args:
         recipe: A recipe whose files were already found to exist.
         not_checked: Receives one line per objective that could not be checked here.
+        runs_code: Receives one line per ``!function`` tag of an objective's task files (allowed or not: a
+            task that runs code without ``allow_task_code`` is also a problem, and is not loaded).
     """
     from hm3.evaluate.language import build_task_manager, prepare_language_objective
     from hm3.evaluate.quiet import quiet_libraries
+    from hm3.evaluate.task_code import objective_task_code
 
     objectives = [(i, o) for i, o in enumerate(recipe.objectives) if o.task is not None]
     if not any(
@@ -39,7 +44,10 @@ def language_objective_problems(recipe: Recipe, not_checked: list[str]) -> list[
                 not_checked.append(f"{where} ({objective.task}): {_REGISTRY_NOTE}")
                 continue
             try:
-                prepare_language_objective(objective, manager, recipe.split)
+                found = objective_task_code(objective, manager)
+                if runs_code is not None:
+                    runs_code += [f"{where} ({objective.name}): {code.describe()}" for code in found]
+                prepare_language_objective(objective, manager, recipe.split, recipe.allow_task_code)
             except UserError as error:
                 problems.append((where, str(error).removeprefix(f"objective {objective.name}: ")))
     return problems

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hm3.checkpoint import Checkpoint
 from hm3.errors import UserError
 from hm3.evaluate.evaluator import Evaluator, load_tokenizer
 from hm3.evaluate.split import SPLIT_NAMES
@@ -36,7 +37,7 @@ def score_saved_models(
 
     Everything that can be checked without a model (recipe, tasks, metrics, data, split, folders) is checked
     before the first model is loaded. A folder with its own tokenizer is scored with it; otherwise with the
-    recipe's.
+    recipe's. Folders are held to the recipe's rules: pickle weights only with ``allow_pickle``.
 
     Raises:
         UserError: a bad recipe, objective or folder (naming it).
@@ -46,6 +47,8 @@ def score_saved_models(
     recipe = load_recipe(recipe_path)
     paths = [Path(f).expanduser().resolve() for f in folders]
     for path in paths:
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{path} is a file, not a model folder")
         if not (path / "config.json").is_file():
             raise UserError(f"model folder {path}: no config.json (not a saved model)")
     if split not in SPLIT_NAMES:
@@ -53,8 +56,12 @@ def score_saved_models(
     evaluator = Evaluator.from_recipe(recipe)
     result = SavedModelScores(split, metrics=evaluator.metrics, higher_is_better=evaluator.higher_is_better)
     result.documents = evaluator.document_count(split)
+    for path in paths:  # config, weights, safetensors headers, the pickle rule: before any model loads
+        Checkpoint(path, str(path), recipe.allow_pickle)
     for path in paths:
-        model = load_saved_model(path, evaluator.is_vision, recipe.dtype, recipe.trust_remote_code)
+        model = load_saved_model(
+            path, evaluator.is_vision, recipe.dtype, recipe.trust_remote_code, recipe.allow_pickle
+        )
         tokenizer = None
         if not evaluator.is_vision and (path / "tokenizer_config.json").is_file():
             tokenizer = load_tokenizer(path, recipe.trust_remote_code)
@@ -63,8 +70,15 @@ def score_saved_models(
     return result
 
 
-def load_saved_model(folder: Path, vision: bool, dtype: str = "float32", trust_remote_code: bool = False):
-    """A saved causal LM (or CLIP vision tower), on the CPU, in ``dtype``, in eval mode."""
+def load_saved_model(
+    folder: Path,
+    vision: bool,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+):
+    """A saved causal LM (or CLIP vision tower), on the CPU, in ``dtype``, in eval mode; safetensors weights
+    only unless ``allow_pickle``."""
     import torch
     import transformers
 
@@ -74,7 +88,10 @@ def load_saved_model(folder: Path, vision: bool, dtype: str = "float32", trust_r
     try:
         with quiet_libraries():
             model = model_class.from_pretrained(
-                folder, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+                folder,
+                dtype=getattr(torch, dtype),
+                trust_remote_code=trust_remote_code,
+                use_safetensors=None if allow_pickle else True,
             )
     except Exception as error:  # transformers raises many kinds for a bad folder
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

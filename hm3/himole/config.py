@@ -37,9 +37,9 @@ DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 
 
 class _HiMoLESection(BaseModel):
-    """Base of the section's models: frozen, unknown keys refused (as every recipe section)."""
+    """Base of the section's models: frozen, unknown keys refused, numbers finite (as every recipe section)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 def _resolve(value: str, info: ValidationInfo) -> str:
@@ -127,7 +127,7 @@ class HiMoLEConfig(_HiMoLESection):
         diversity_loss_weight: β, weight of the mean pairwise cosine similarity of the group outputs.
         eval_every: Steps between validation evaluations.
         patience: Evaluations without improvement before a phase stops (its best state is kept).
-        seed: Seed of clustering, initialisation and data order (None: the recipe's ``seed``).
+        seed: Seed of clustering, initialisation and data order, in [0, 2^31) (None: the recipe's ``seed``).
     """
 
     train_data: list[TrainSource] = Field(min_length=1)
@@ -150,7 +150,7 @@ class HiMoLEConfig(_HiMoLESection):
     diversity_loss_weight: float = Field(default=0.01, ge=0)
     eval_every: int = Field(default=50, gt=0)
     patience: int = Field(default=10, gt=0)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, lt=2**31)  # hm3.recipe.SEED_LIMIT
 
     @field_validator("encoder")
     @classmethod

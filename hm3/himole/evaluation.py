@@ -81,7 +81,7 @@ def evaluate_adapter(
     objectives = list(recipe.objectives)
     if limit is not None:
         objectives = [o.model_copy(update={"limit": limit}) for o in objectives]
-    prepared = prepare_language_objectives(objectives, recipe.split)
+    prepared = prepare_language_objectives(objectives, recipe.split, allow_task_code=recipe.allow_task_code)
     if adapter is None:
         from transformers import AutoModelForCausalLM
 

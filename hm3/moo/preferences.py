@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+DUPLICATE_DECIMALS = 9
+"""Two preference vectors equal to this many decimals are one preference."""
+
 
 def preference_vectors(
     num_objectives: int,
@@ -22,7 +25,8 @@ def preference_vectors(
         include_centre: Add the uniform vector (1/K, ..., 1/K).
 
     Returns:
-        Array of shape [M, K], rows on the simplex (non-negative, summing to 1), duplicates removed.
+        Array of shape [M, K], rows on the simplex (non-negative, summing to 1), duplicates removed (rows
+        equal to 9 decimals; in linear time, so 10,000 samples take milliseconds).
     """
     if num_objectives < 1:
         raise ValueError("need at least one objective")
@@ -35,8 +39,11 @@ def preference_vectors(
         rng = np.random.default_rng(seed)
         rows.extend(rng.dirichlet(np.ones(num_objectives), size=count))
     unique: list[np.ndarray] = []
+    seen: set[bytes] = set()
     for row in rows:
-        if not any(np.allclose(row, seen) for seen in unique):
+        key = (np.round(row, DUPLICATE_DECIMALS) + 0.0).tobytes()  # + 0.0 turns -0.0 into 0.0
+        if key not in seen:
+            seen.add(key)
             unique.append(row)
     return np.asarray(unique, dtype=np.float64).reshape(-1, num_objectives)
 
@@ -45,12 +52,16 @@ def parse_preference(text: str, num_objectives: int) -> np.ndarray:
     """A preference from ``"0.5,0.3,0.2"``, normalised to sum to 1.
 
     Raises:
-        ValueError: wrong count, a negative entry, or all zeros.
+        ValueError: wrong count, a negative or non-finite entry, or all zeros.
     """
     try:
         values = np.array([float(part) for part in text.split(",")], dtype=np.float64)
     except ValueError:
         raise ValueError(f"preference {text!r}: expected comma-separated numbers") from None
+    with np.errstate(over="ignore"):
+        finite = np.isfinite(values).all() and np.isfinite(values.sum())
+    if not finite:
+        raise ValueError(f"preference {text!r}: values must be finite numbers")
     if values.size != num_objectives:
         raise ValueError(f"preference {text!r}: {values.size} values for {num_objectives} objectives")
     if (values < 0).any() or values.sum() <= 0:

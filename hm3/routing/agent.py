@@ -22,13 +22,13 @@ Example::
     scorer = PathScorer(routing_pool, Evaluator.from_recipe(recipe).score)
     result = search_path(routing_pool, scorer, preference=[0.7, 0.3], recipe=recipe, seed=0)
     result.best_path, result.best_scores, result.best_reward
-    result.agent.save(run_dir / "policy")           # SB3's own zip plus agent.json; PathAgent.load reloads it
+    result.agent.save(run_dir / "policy")           # safetensors + JSON, no pickle; PathAgent.load reloads it
+
+Saved agents hold no pickle: see :mod:`hm3.routing.ppo` for the folder format.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,18 +40,16 @@ from hm3.errors import UserError
 from hm3.routing.env import InferencePathEnv
 from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
+from hm3.routing.ppo import build_ppo, load_policy, policy_saved_in, save_policy
 from hm3.routing.scoring import CandidateCallback, PathScorer, RewardSpec, Scorer
 from hm3.routing.summary import layer_summaries
-from hm3.routing.wolpertinger import INITIAL_STD, WolpertingerWrapper
+from hm3.routing.wolpertinger import WolpertingerWrapper
 
 if TYPE_CHECKING:
     from stable_baselines3 import PPO
 
     from hm3.recipe import AgentConfig, Recipe
 
-POLICY_FILE = "policy.zip"
-AGENT_FILE = "agent.json"
-SUMMARIES_FILE = "summaries.npy"
 MAX_EPISODES_PER_CANDIDATE = 10
 """Training also stops after this many episodes per requested candidate (a converged policy repeats itself)."""
 
@@ -67,6 +65,7 @@ class PathAgent:
         num_objectives: Length of a preference vector.
         neighbours: Wolpertinger M'.
         stop_threshold: The wrapper's stop threshold.
+        config: The ``agent`` settings the PPO was built with (None only for a legacy ``policy.zip``).
     """
 
     model: PPO
@@ -75,6 +74,7 @@ class PathAgent:
     num_objectives: int
     neighbours: int
     stop_threshold: float
+    config: AgentConfig | None = None
 
     def critic(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """V(s) for a batch of observations (the Wolpertinger ranking)."""
@@ -86,31 +86,31 @@ class PathAgent:
             return policy.predict_values(obs).cpu().numpy().reshape(-1)
 
     def save(self, folder: str | Path) -> Path:
-        """Write ``policy.zip`` (SB3's own format), ``agent.json`` and ``summaries.npy`` into ``folder``."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.model.save(folder / POLICY_FILE)
-        np.save(folder / SUMMARIES_FILE, self.summaries)
-        meta = {
+        """Write the agent into ``folder`` as safetensors, JSON and ``.npy`` (see :mod:`hm3.routing.ppo`)."""
+        if self.config is None:
+            raise UserError("an agent loaded from a legacy policy.zip cannot be saved again; retrain it")
+        settings = {
             "max_length": self.max_length,
             "num_objectives": self.num_objectives,
             "neighbours": self.neighbours,
             "stop_threshold": self.stop_threshold,
         }
-        (folder / AGENT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        return folder
+        return save_policy(Path(folder), self.model, self.summaries, settings, self.config)
+
+    @staticmethod
+    def saved_in(folder: str | Path) -> bool:
+        """Whether ``folder`` holds a saved agent."""
+        return policy_saved_in(Path(folder))
 
     @classmethod
-    def load(cls, folder: str | Path) -> PathAgent:
-        """The agent :meth:`save` wrote."""
-        from stable_baselines3 import PPO
+    def load(cls, folder: str | Path, allow_pickle: bool = False) -> PathAgent:
+        """The agent :meth:`save` wrote; a legacy ``policy.zip`` (pickle) only with ``allow_pickle``.
 
-        folder = Path(folder)
-        if not (folder / POLICY_FILE).is_file():
-            raise UserError(f"no saved path agent in {folder} ({POLICY_FILE} missing)")
-        meta = json.loads((folder / AGENT_FILE).read_text())
-        model = PPO.load(folder / POLICY_FILE, device="cpu")
-        return cls(model=model, summaries=np.load(folder / SUMMARIES_FILE), **meta)
+        Raises:
+            UserError: no agent there, a legacy zip without ``allow_pickle``, or files that do not fit together.
+        """
+        saved = load_policy(Path(folder), allow_pickle)
+        return cls(model=saved.model, summaries=saved.summaries, config=saved.config, **saved.settings)
 
 
 def _candidate_budget(candidates: int, scored: Callable[[], int], max_episodes: int):
@@ -170,36 +170,7 @@ def train_agent(
         seed: Seeds PPO, the environment and the Wolpertinger ε draws.
         progress: Show SB3's progress bar.
     """
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
-
-    from hm3.routing.buffer import SpreadRewardRolloutBuffer
-    from hm3.routing.policy import TrajectoryEncoder
-
-    vec_env = VecNormalize(DummyVecEnv([lambda: env]), norm_obs=False, norm_reward=True, gamma=config.gamma)
-    model = PPO(
-        "MultiInputPolicy",
-        vec_env,
-        learning_rate=config.learning_rate,
-        n_steps=config.n_steps,
-        batch_size=config.batch_size,
-        n_epochs=config.n_epochs,
-        gamma=config.gamma,
-        gae_lambda=config.gae_lambda,
-        clip_range=config.clip_range,
-        ent_coef=config.ent_coef,
-        vf_coef=config.vf_coef,
-        rollout_buffer_class=SpreadRewardRolloutBuffer,
-        policy_kwargs={
-            "features_extractor_class": TrajectoryEncoder,
-            "features_extractor_kwargs": {"hidden_size": config.hidden_size},
-            "net_arch": {"pi": [config.hidden_size], "vf": [config.hidden_size]},
-            "log_std_init": math.log(INITIAL_STD),
-        },
-        seed=seed,
-        device="cpu",
-        verbose=0,
-    )
+    model = build_ppo(env, config, seed)
     import torch
 
     with torch.no_grad():  # an untrained critic ties every candidate: the nearest one wins (see wolpertinger)
@@ -213,6 +184,7 @@ def train_agent(
         num_objectives=path_env.num_objectives,
         neighbours=env.neighbours,
         stop_threshold=env.stop_threshold,
+        config=config,
     )
     env.critic = agent.critic
     episodes = MAX_EPISODES_PER_CANDIDATE * candidates

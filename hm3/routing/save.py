@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +128,7 @@ def save_routed_model(
         ``out``.
     """
     from hm3.export import check_output_folder, move_into_place, write_hf_checkpoint
+    from hm3.folder_swap import staging_folder
     from hm3.routing.builder import routed_tensors
 
     out = Path(out)
@@ -150,7 +150,7 @@ def save_routed_model(
     needed = {*path.models, source}
     if all(pool.folders[i] is not None for i in needed):
         extra[MERGEKIT_FILE] = passthrough_yaml(pool, path, source)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.routed-", dir=out.parent))
+    staging = staging_folder(out, "routed")  # named for this process: the next export clears it if killed
     try:
         folder = write_hf_checkpoint(
             tensors,

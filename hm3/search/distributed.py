@@ -47,7 +47,7 @@ class PreferenceWorker:
         if agent_folder is not None:
             from hm3.routing.agent import PathAgent
 
-            self.agent = PathAgent.load(agent_folder)
+            self.agent = PathAgent.load(agent_folder, allow_pickle=recipe.allow_pickle)
 
     def run(self, index: int, preference: list[float]) -> dict:
         from hm3.search.run import run_preference

@@ -3,7 +3,9 @@
 The member is built again from its data (merge spec, path, alignment) exactly as the search scored it, and
 saved with :func:`hm3.routing.save.save_routed_model`: a Hugging Face checkpoint (``from_pretrained`` loads
 it; routed members with ``stats`` alignment carry their maps and load with ``hm3.load_merged``), written to a
-temporary folder and renamed into place.
+temporary folder and renamed into place. ``out`` may not be, contain or lie inside the run or any model, task
+or data file the run reads; ``force`` replaces only a model folder hm3 wrote. Exporting reads the run without
+locking it (nothing is written there), after checking that its inputs are still the ones it was scored on.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import json
 from pathlib import Path
 
 from hm3.errors import UserError
+from hm3.export import check_output_folder
 from hm3.front import FrontMember, ParetoFront
+from hm3.output_guard import announce_replacement, recipe_inputs
 from hm3.routing.path import InferencePath
 from hm3.store import FRONT_FILE, RunStore
 
@@ -34,14 +38,14 @@ def export_member(run: str | Path, wanted: str, out: str | Path, force: bool = F
     from hm3.search.progress import SearchProgress
     from hm3.search.run import open_search
 
-    store, recipe = RunStore.resume(run)
+    store, recipe = RunStore.resume(run, lock=False)
     front = ParetoFront.from_json(store.read_json(FRONT_FILE))
     member = find_member(front, wanted)
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"{out} exists and is not empty; use --force to replace it")
+    inputs = [("run", run), *recipe_inputs(recipe)]
+    announce_replacement(check_output_folder(out, force=force, expected_bytes=None, inputs=inputs))
     search = open_search(recipe, store, SearchProgress(enabled=False))
-    spec = None if member.merge is None else MergeSpec.model_validate(member.merge)
+    spec = None if member.merge is None else MergeSpec.from_record(member.merge, f"front member {member.id}")
     routing = search.models.routing_pool(spec)
     path = (
         InferencePath.from_data(member.path)

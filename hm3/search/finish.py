@@ -76,7 +76,7 @@ def front_candidates(candidates: list[dict[str, Any]]) -> list[FrontMember]:
 def _spec(data: dict[str, Any]) -> MergeSpec:
     from hm3.merge.spec import MergeSpec
 
-    return MergeSpec.model_validate(data)
+    return MergeSpec.from_record(data, "a merge in the run's candidates.jsonl or front.json")
 
 
 def score_heldout(search: Search, member: FrontMember) -> dict[str, float]:
@@ -100,6 +100,7 @@ def score_heldout(search: Search, member: FrontMember) -> dict[str, float]:
             "alignment": alignment,
             "split": "heldout",
             "objectives": search.objectives,
+            "scoring": search.scoring,
         },
         compute,
         split="heldout",
@@ -119,7 +120,12 @@ def references(search: Search) -> list[Reference]:
     for index, name in enumerate(names):
         scores = {"search": search.finetuned_scores[name]}
         scores["heldout"] = search.log.score_once(
-            {"finetuned": name, "split": "heldout", "objectives": search.objectives},
+            {
+                "finetuned": name,
+                "split": "heldout",
+                "objectives": search.objectives,
+                "scoring": search.scoring,
+            },
             lambda index=index: search.evaluator.score(search.models.finetuned(index), split="heldout"),
             split="heldout",
             kind="finetuned",
@@ -149,7 +155,13 @@ def references(search: Search) -> list[Reference]:
                 return search.evaluator.score(build_routed_model(routing, path), split=split)
 
             scores[split] = search.log.score_once(
-                {"reference": label, "merge": data, "split": split, "objectives": search.objectives},
+                {
+                    "reference": label,
+                    "merge": data,
+                    "split": split,
+                    "objectives": search.objectives,
+                    "scoring": search.scoring,
+                },
                 compute,
                 split=split,
                 kind="reference",

@@ -23,8 +23,23 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from hm3.errors import UserError
 from hm3.evaluate.cache import candidate_key
 from hm3.store import RunStore
+
+
+def record_problem(record: Any) -> str | None:
+    """Why a line of ``candidates.jsonl`` is not a usable record (an edit, a foreign file), or None."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not a record object"
+    if not isinstance(record.get("key"), str) or not record["key"]:
+        return "no 'key' string"
+    scores = record.get("scores")
+    if not isinstance(scores, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores.values()
+    ):
+        return "'scores' is not a mapping of objective names to numbers"
+    return None
 
 
 class CandidateLog:
@@ -39,7 +54,13 @@ class CandidateLog:
         self.store = store
         self._scores: dict[str, dict[str, float]] = {}
         self.records: list[dict[str, Any]] = []
-        for record in store.candidates():
+        for number, record in enumerate(store.candidates(), start=1):
+            problem = record_problem(record)
+            if problem:
+                raise UserError(
+                    f"{store.candidates_path}, record {number}: {problem}; delete that line to score its "
+                    "candidate again"
+                )
             self._scores[record["key"]] = dict(record["scores"])
             self.records.append(record)
         self.loaded = len(self.records)

@@ -17,7 +17,9 @@
 **Resume.** Everything is deterministic given the recipe's seed, so a resumed run redoes the interrupted
 preference exactly as the first attempt would have, answering every candidate already in
 ``candidates.jsonl`` from the log (no evaluation) — the agent sees the same rewards and takes the same steps.
-Finished preferences are read back from ``preferences/``.
+Finished preferences are read back from ``preferences/``. A resumed run is the same run: the run store refuses
+to resume one whose recipe, task or data files or models changed (:mod:`hm3.run_fingerprint`), and every
+candidate key holds the run's scoring fingerprint (:attr:`Search.scoring`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,6 +40,7 @@ from hm3.search.progress import SearchProgress
 if TYPE_CHECKING:
     from hm3.evaluate import Evaluator
     from hm3.merge.spec import MergeSpec
+    from hm3.output_guard import InputPath
     from hm3.pool import ModelPool
     from hm3.recipe import Recipe
     from hm3.routing.agent import PathAgent
@@ -61,6 +65,8 @@ class Search:
     progress: SearchProgress
     ideal: list[float] = field(default_factory=list)
     finetuned_scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    scoring: str = ""
+    """What decides a score in this run (:mod:`hm3.run_fingerprint`); part of every candidate key."""
 
     @property
     def objectives(self) -> list[str]:
@@ -75,17 +81,29 @@ class Search:
         return reward_spec_from_recipe(self.recipe, self.ideal)
 
 
-def open_search(recipe: Recipe, store: RunStore, progress: SearchProgress) -> Search:
-    """Load the pool and the objectives (checked before any model weight is read) and the run's log."""
+@dataclass
+class SearchInputs:
+    """What a search loads before it touches its run folder: the objectives, the placed pool, the calibration
+    batch. Loading them runs every check that can fail before work starts (no such device, a model that does
+    not load or fit, a task that does not load), so a failed start leaves no run folder behind."""
+
+    evaluator: Evaluator
+    pool: ModelPool
+    calibration: dict[str, Any] | None
+
+
+def load_inputs(recipe: Recipe) -> SearchInputs:
+    """Load and check the objectives and the pool (checked before any model weight is read), then place it."""
     from hm3.evaluate import Evaluator
     from hm3.placement import Placement, check_fits, resolve_device
     from hm3.pool import ModelPool
     from hm3.search.calibration import calibration_batch
 
-    evaluator = Evaluator.from_recipe(recipe)
+    placement = Placement(resolve_device(recipe.device), recipe.dtype)  # the quick checks first
+    preferences(recipe)  # the preference vectors are drawn here too, so a seed they refuse fails now
     pool = ModelPool.from_recipe(recipe)
-    placement = Placement(resolve_device(recipe.device), recipe.dtype)
     check_fits(pool.parameters_per_model, len(pool.models) + 2, placement)
+    evaluator = Evaluator.from_recipe(recipe)
     pool.place(placement.device, placement.torch_dtype)
     calibration = None
     if recipe.architecture_level.enabled and recipe.architecture_level.alignment == "stats":
@@ -94,14 +112,61 @@ def open_search(recipe: Recipe, store: RunStore, progress: SearchProgress) -> Se
             name: value.to(placement.device, placement.torch_dtype if value.is_floating_point() else None)
             for name, value in batch.items()
         }
+    return SearchInputs(evaluator, pool, calibration)
+
+
+def start_search(
+    recipe_file: str | Path,
+    out: str | Path | None = None,
+    *,
+    force: bool = False,
+    default_folder: str | Path | None = None,
+) -> tuple[RunStore, Recipe, SearchInputs]:
+    """Start a new run of a recipe file: check where it goes, validate and load, and only then create its
+    folder (locked), so that a refused or failed start leaves no folder and replaces nothing.
+
+    Args:
+        recipe_file: The recipe.
+        out: The run folder; None: ``default_folder``, else the recipe's ``output.dir``, else
+            ``runs/<recipe name>``.
+        force: Replace the run hm3 wrote in the folder (never an input, never anything else).
+        default_folder: The folder when ``out`` is None (``hm3 baseline``: ``runs/<recipe>-<method>``).
+
+    Returns:
+        The run store (locked; close it when done), the validated recipe, and its loaded inputs.
+
+    Raises:
+        UserError: the folder overlaps an input, holds something ``force`` may not replace, or is in use
+            (checked first, before anything loads); the recipe does not validate; an input does not load.
+    """
+    from hm3.recipe import load_recipe
+    from hm3.search.finish import run_folder
+    from hm3.store import RunStore
+    from hm3.validation import validate_recipe_file
+
+    recipe = load_recipe(recipe_file)
+    folder = Path(out or default_folder or run_folder(recipe_file, None, recipe.output.dir))
+    sources: list[InputPath] = [("recipe", recipe_file)]
+    RunStore.check_new(folder, recipe, force, sources)
+    recipe = validate_recipe_file(recipe_file).recipe
+    loaded = load_inputs(recipe)
+    return RunStore.create(folder, recipe, force, sources), recipe, loaded
+
+
+def open_search(
+    recipe: Recipe, store: RunStore, progress: SearchProgress, inputs: SearchInputs | None = None
+) -> Search:
+    """The search of ``recipe`` in ``store``: its inputs (loaded now when not given) and the run's log."""
+    loaded = inputs if inputs is not None else load_inputs(recipe)
     return Search(
         recipe=recipe,
         store=store,
-        pool=pool,
-        evaluator=evaluator,
+        pool=loaded.pool,
+        evaluator=loaded.evaluator,
         log=CandidateLog(store),
-        models=CandidateModels(pool, recipe, calibration),
+        models=CandidateModels(loaded.pool, recipe, loaded.calibration),
         progress=progress,
+        scoring=store.scoring_key(recipe),
     )
 
 
@@ -112,7 +177,12 @@ def score_finetuned(search: Search) -> None:
     names = search.pool.model_names
     search.progress.stage("fine-tuned models (search split)", len(names))
     for index, name in enumerate(names):
-        spec = {"finetuned": name, "split": "search", "objectives": search.objectives}
+        spec = {
+            "finetuned": name,
+            "split": "search",
+            "objectives": search.objectives,
+            "scoring": search.scoring,
+        }
         search.finetuned_scores[name] = search.log.score_once(
             spec,
             lambda index=index: search.score_search(search.models.finetuned(index)),
@@ -182,7 +252,11 @@ def logged_scorer(search: Search, spec: MergeSpec | None, preference, index: int
 
     routing = search.models.routing_pool(spec)
     scorer = search.models.path_scorer(
-        routing, search.score_search, on_candidate=on_candidate, cache=search.log, cache_spec={"merge": merge}
+        routing,
+        search.score_search,
+        on_candidate=on_candidate,
+        cache=search.log,
+        cache_spec={"merge": merge, "scoring": search.scoring},
     )
     return routing, scorer
 
@@ -242,11 +316,12 @@ def run_preference(
 def conditioned_agent(search: Search, vectors: np.ndarray) -> PathAgent:
     """The shared preference-conditioned agent: loaded from ``policy/conditioned``, or trained on the centre
     preference's merge (its candidates are logged like any other) and saved there."""
+    from hm3.folder_swap import fsync_tree
     from hm3.routing.agent import PathAgent, train_conditioned_agent
 
     folder = search.store.directory / POLICY_DIR / CONDITIONED_POLICY
-    if (folder / "policy.zip").is_file():
-        return PathAgent.load(folder)
+    if PathAgent.saved_in(folder):
+        return PathAgent.load(folder, allow_pickle=search.recipe.allow_pickle)
     centre = np.full(len(search.objectives), 1.0 / len(search.objectives))
     spec = merge_for(search, centre)
     routing, scorer = logged_scorer(search, spec, centre, None)
@@ -257,6 +332,7 @@ def conditioned_agent(search: Search, vectors: np.ndarray) -> PathAgent:
     )
     staging = search.store.subdirectory(f"{POLICY_DIR}/.{CONDITIONED_POLICY}.tmp")
     agent.save(staging)
+    fsync_tree(staging)  # durable before it is published
     staging.rename(folder)
     return agent
 
@@ -270,6 +346,7 @@ def run_search(
     details: dict[str, Any] | None = None,
     ray_address: str | None = None,
     workers: int | None = None,
+    inputs: SearchInputs | None = None,
 ) -> dict[str, Any]:
     """Run (or finish) the search of ``recipe`` in ``store``; returns the summary (also in summary.json).
 
@@ -283,11 +360,12 @@ def run_search(
         ray_address: Run the preferences on Ray (``local``, ``auto``, ``HOST:PORT``); None: the recipe's
             ``distributed.ray_address``, else in this process.
         workers: Ray actors (None: the recipe's ``distributed.workers``, else one per cluster CPU).
+        inputs: The loaded inputs (:func:`start_search`); None: loaded now.
     """
     from hm3.search.finish import finish_run
 
     started = time.perf_counter()
-    search = open_search(recipe, store, progress)
+    search = open_search(recipe, store, progress, inputs)
     if search.log.loaded:
         progress.print(f"resuming: {search.log.loaded} candidates already scored in {store.candidates_path}")
     store.log(f"search started ({search.log.loaded} candidates in the log)")

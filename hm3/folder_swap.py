@@ -1,0 +1,133 @@
+"""Folders that appear whole: built beside their place, made durable, swapped in; a killed swap is undone.
+
+A writer builds ``OUT`` in a hidden sibling named after itself, then swaps it in::
+
+    staging = staging_folder(out)              # .OUT.partial-<pid>-<random>, beside OUT
+    ...write files into staging...
+    swap_into_place(staging, out)              # fsync, old OUT aside, staging -> OUT, old deleted
+
+:func:`swap_into_place` fsyncs every file and folder of ``staging`` before the rename and the parent after it,
+so after a crash ``OUT`` is the old folder or the complete new one. Replacing an existing ``OUT`` takes two
+renames (``OUT -> .OUT.replaced-<pid>-<random>``, then ``staging -> OUT``); a kill between them leaves no
+``OUT``, and :func:`clear_leftovers`, which every writer calls before it starts, renames the old one back. It
+also deletes what dead writers left beside ``OUT`` (staging folders, a replaced folder whose successor is in
+place). Leftovers of a process that is still alive (by pid, on this host) are left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+from pathlib import Path
+
+REPLACED = "replaced"
+
+
+def staging_folder(out: Path, tag: str = "partial") -> Path:
+    """Create and return an empty hidden folder beside ``out`` named for this process."""
+    out = Path(out)
+    while True:
+        staging = out.parent / f".{out.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            staging.mkdir()
+            return staging
+        except FileExistsError:
+            continue
+
+
+def swap_into_place(staging: Path, out: Path) -> None:
+    """Make ``staging`` durable and rename it to ``out``, replacing an existing ``out`` (see the module doc)."""
+    staging, out = Path(staging), Path(out)
+    fsync_tree(staging)
+    aside = None
+    if out.exists() or out.is_symlink():
+        aside = out.parent / f".{out.name}.{REPLACED}-{os.getpid()}-{secrets.token_hex(4)}"
+        out.rename(aside)
+    try:
+        staging.rename(out)
+    except BaseException:
+        if aside is not None and not out.exists():
+            aside.rename(out)
+        raise
+    fsync_folder(out.parent)
+    if aside is not None:
+        _remove(aside)
+
+
+def clear_leftovers(out: Path) -> None:
+    """Undo a swap killed half-way (``out`` missing, its old version aside) and delete dead writers' leftovers."""
+    out = Path(out)
+    parent = out.parent
+    if not parent.is_dir():
+        return
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.([a-z]+)-(\d+)(?:-[0-9a-f]+)?$")
+    leftovers = []
+    for entry in parent.iterdir():
+        match = pattern.match(entry.name)
+        if match and not _alive(int(match.group(2))):
+            leftovers.append((match.group(1), entry))
+    for tag, entry in sorted(leftovers, key=lambda item: item[0] != REPLACED):
+        if tag == REPLACED and not out.exists() and not out.is_symlink():
+            entry.rename(out)  # the swap was killed between its two renames: the old folder comes back
+            fsync_folder(parent)
+        else:
+            _remove(entry)
+
+
+def clear_stale_temporaries(folder: Path) -> None:
+    """Delete the ``.NAME.tmp-<pid>`` files and folders that dead processes left anywhere under ``folder``."""
+    pattern = re.compile(r"^\..+\.tmp-(\d+)$")
+    for root, folders, files in os.walk(folder):
+        for name in [*files, *folders]:
+            match = pattern.match(name)
+            if match and not _alive(int(match.group(1))):
+                _remove(Path(root) / name)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file under ``folder``, then every folder (bottom up), so a rename publishes durable data."""
+    for root, _, files in os.walk(folder, topdown=False):
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                continue
+            descriptor = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+        fsync_folder(Path(root))
+
+
+def fsync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass  # some file systems do not sync folders
+    finally:
+        os.close(descriptor)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink()
+        except OSError:
+            pass

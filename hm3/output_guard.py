@@ -1,0 +1,158 @@
+"""Where hm3 may write: never over, around or inside an input, and ``--force`` replaces only what hm3 wrote.
+
+Every command that writes a folder (``hm3 merge --recipe/--mergekit``, ``hm3 baseline``, ``hm3 export``) asks
+two questions before any work starts::
+
+    check_no_overlap(out, [("input model", zoo / "base"), ("task file", zoo / "tasks" / "t.yaml")])
+    replaced = check_replaceable(out, kind="run", force=True)   # None, or what --force will replace
+
+* **Overlap.** The output may not be an input, contain one, or lie inside one, with or without ``--force``
+  (paths compared after resolving symbolic links).
+* **Replacing.** A non-empty output needs ``--force``, and even then only a folder hm3 itself wrote, of the
+  same kind, is replaced: a run folder by a run, a model folder by a model. hm3 marks every folder it writes
+  with :data:`MARKER`; a run folder from before the marker is recognised by its ``recipe.yaml`` and
+  ``candidates.jsonl``, an exported routed model by its ``hm3_routing.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from hm3.errors import UserError
+
+if TYPE_CHECKING:
+    from hm3.recipe import Recipe
+
+MARKER = ".hm3-output.json"
+"""The file hm3 writes into every folder it creates: ``{"written_by": "hm3", "kind": "run" | "model"}``."""
+
+Kind = Literal["run", "model"]
+InputPath = tuple[str, "str | Path"]
+"""``(what it is, path)``, e.g. ``("input model", "zoo/base")``: the label appears in the refusal."""
+
+
+def check_no_overlap(out: str | Path, inputs: Iterable[InputPath]) -> None:
+    """Refuse an output that is, contains or lies inside one of ``inputs``.
+
+    Raises:
+        UserError: the first overlapping input, named, in one line.
+    """
+    out = Path(out)
+    if out.is_symlink():
+        raise UserError(f"output {out} is a symbolic link; give the folder it points to, or another path")
+    target = _real(out)
+    for label, path in inputs:
+        source = _real(Path(path))
+        if target == source:
+            relation = "is"
+        elif target in source.parents:
+            relation = "contains"
+        elif source in target.parents:
+            relation = "lies inside"
+        else:
+            continue
+        raise UserError(
+            f"output {out} {relation} the {label} {path}; hm3 never writes over its inputs, "
+            "with or without --force: choose another output folder"
+        )
+
+
+def check_replaceable(out: str | Path, kind: Kind, force: bool, resume_hint: str = "") -> str | None:
+    """Whether ``out`` may receive a new ``kind`` folder; returns what ``--force`` will replace (or None).
+
+    Args:
+        out: The output folder.
+        kind: What will be written there.
+        force: The user passed ``--force``.
+        resume_hint: Added to the refusal of an existing non-empty folder without ``--force``.
+
+    Raises:
+        UserError: ``out`` is a file, or a non-empty folder without ``force``, or (with ``force``) a folder
+            hm3 did not write or one of the other kind.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output {out} exists and is not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    found = written_kind(out)
+    if not force:
+        if found == kind == "run" and resume_hint:
+            raise UserError(f"run directory {out} exists; {resume_hint}")
+        if found == kind:
+            raise UserError(f"output folder {out} is not empty; pass --force to replace it")
+        raise UserError(
+            f"output folder {out} is not empty, and --force replaces only a {kind} folder hm3 wrote; "
+            "choose another output folder"
+        )
+    if found is None:
+        raise UserError(
+            f"--force replaces only folders hm3 wrote, and {out} is not one (no {MARKER}); "
+            "remove it yourself or choose another output folder"
+        )
+    if found != kind:
+        raise UserError(
+            f"{out} is a {found} folder hm3 wrote, not a {kind} folder; --force replaces a {kind} only "
+            f"with a {kind}: choose another output folder"
+        )
+    return f"the {kind} folder {out} (written by hm3)"
+
+
+def announce_replacement(description: str | None) -> None:
+    """Tell the user (on stderr) what ``--force`` is replacing."""
+    if description:
+        print(f"hm3: --force: replacing {description}", file=sys.stderr)
+
+
+def mark(folder: Path, kind: Kind) -> None:
+    """Write :data:`MARKER` into ``folder`` (a folder hm3 is writing)."""
+    (Path(folder) / MARKER).write_text(json.dumps({"written_by": "hm3", "kind": kind}) + "\n")
+
+
+def written_kind(folder: Path) -> Kind | None:
+    """``run`` or ``model`` when hm3 wrote ``folder``, else None."""
+    folder = Path(folder)
+    try:
+        data = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        data = None
+    if isinstance(data, dict) and data.get("written_by") == "hm3" and data.get("kind") in ("run", "model"):
+        return data["kind"]
+    if (folder / "recipe.yaml").is_file() and (folder / "candidates.jsonl").is_file():
+        return "run"  # a run from before the marker
+    if (folder / "hm3_routing.json").is_file():
+        return "model"  # an export from before the marker
+    return None
+
+
+def recipe_inputs(recipe: Recipe) -> list[InputPath]:
+    """Every local path a recipe reads: model folders, task files and their folders of YAMLs, data, heads."""
+    found: list[InputPath] = []
+    for ref in [recipe.base_model, *recipe.models]:
+        if not ref.is_hub:
+            found.append(("input model", ref.path))
+    for objective in recipe.objectives:
+        if objective.task_is_file:
+            found.append(("task file", objective.task))  # type: ignore[arg-type]
+        if objective.include_path:
+            found.append(("task folder", objective.include_path))
+        if objective.dataset is not None and objective.dataset.format != "hf":
+            found.append(("data set", objective.dataset.path))
+        if objective.head not in (None, "zeroshot"):
+            found.append(("classification head", objective.head))  # type: ignore[arg-type]
+    if recipe.himole is not None:
+        for source in recipe.himole.train_data:
+            for attribute in ("path", "zoo"):
+                value = getattr(source, attribute, None)
+                if isinstance(value, str):
+                    found.append(("training data", value))
+    return found
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))

@@ -1,0 +1,435 @@
+"""The CLI used carelessly or with hostile intent: outputs over inputs, edited runs, two processes in one run,
+killed writers. Every refusal exits 2 in one line without a traceback, and no input file changes (each test
+hashes the input trees before and after).
+
+The inputs are a private copy of the micro zoo (two specialists, two tasks), so a zoo rebuilt meanwhile does not
+disturb the comparison; one finished run (a single preference, parameter level only) serves every test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.fixtures_models import run_hm3
+from tests.fixtures_zoo import lm_zoo_micro  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+
+RECIPE = """
+base_model: {{path: {zoo}/base}}
+models:
+  - {{name: addition, path: {zoo}/addition}}
+  - {{name: reversal, path: {zoo}/reversal}}
+objectives:
+  - {{name: addition, task: {zoo}/tasks/toy_addition.yaml, metric: exact_match, limit: 8}}
+  - {{name: reversal, task: {zoo}/tasks/toy_reversal.yaml, metric: exact_match, limit: 8}}
+split: {{search_fraction: 0.7, seed: 0}}
+parameter_level: {{method: task_arithmetic}}
+architecture_level: {{enabled: false}}
+preferences: {{count: 0, include_corners: false}}
+seed: 0
+"""
+
+MERGEKIT = """
+merge_method: task_arithmetic
+base_model: {base}
+models:
+  - {{model: {a}, parameters: {{weight: 0.5}}}}
+  - {{model: {b}, parameters: {{weight: 0.5}}}}
+dtype: float32
+"""
+
+
+@dataclass(frozen=True)
+class Inputs:
+    root: Path
+    zoo: Path
+    recipe: Path
+    mergekit: Path
+    run: Path
+
+    def digest(self) -> dict[str, str]:
+        """sha256 of every input file (models, tasks, data, recipe, mergekit config, the finished run)."""
+        return tree_digest(self.zoo, self.recipe, self.mergekit, self.run)
+
+    def member(self) -> str:
+        return json.loads((self.run / "front.json").read_text())["members"][0]["id"]
+
+
+def tree_digest(*paths: Path) -> dict[str, str]:
+    found = {}
+    for path in paths:
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for file in files:
+            found[str(file)] = hashlib.sha256(file.read_bytes()).hexdigest()
+    return found
+
+
+@pytest.fixture(scope="module")
+def inputs(lm_zoo_micro: Path, tmp_path_factory) -> Inputs:  # noqa: F811
+    root = tmp_path_factory.mktemp("hostile")
+    zoo = root / "zoo"
+    for name in ("base", "addition", "reversal", "data"):
+        shutil.copytree(lm_zoo_micro / name, zoo / name)
+    (zoo / "tasks").mkdir()
+    for name in ("toy_addition", "toy_reversal"):  # the copies read the copied data
+        text = (lm_zoo_micro / "tasks" / f"{name}.yaml").read_text()
+        (zoo / "tasks" / f"{name}.yaml").write_text(text.replace(str(lm_zoo_micro), str(zoo)))
+    recipe = root / "recipe.yaml"
+    recipe.write_text(RECIPE.format(zoo=zoo))
+    mergekit = root / "mergekit.yml"
+    mergekit.write_text(MERGEKIT.format(base=zoo / "base", a=zoo / "addition", b=zoo / "reversal"))
+    run = root / "runs" / "run"
+    done = run_hm3("merge", "--recipe", recipe, "--out", run, "--quiet", timeout=600)
+    assert done.returncode == 0, done.stderr
+    return Inputs(root, zoo, recipe, mergekit, run)
+
+
+def assert_refused(done: subprocess.CompletedProcess[str], *messages: str) -> None:
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    for message in messages:
+        assert message in done.stderr, done.stderr
+
+
+def copy_of_run(inputs: Inputs, tmp_path: Path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(inputs.run, copy)
+    return copy
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+# -- outputs that overlap inputs ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("out", "force", "relation"),
+    [
+        ("{zoo}", True, "contains the input model"),  # the zoo holding the recipe's models
+        ("{zoo}/addition", True, "is the input model"),
+        ("{zoo}/addition/run", False, "lies inside the input model"),
+        ("{zoo}/tasks/toy_addition.yaml", True, "is the task file"),
+        ("{root}", True, "contains the input model"),  # the folder of the recipe itself
+        ("{root}/recipe.yaml", True, "is the recipe"),
+    ],
+)
+def test_a_run_over_an_input_is_refused(inputs: Inputs, out: str, force: bool, relation: str) -> None:
+    before = inputs.digest()
+    target = Path(out.format(zoo=inputs.zoo, root=inputs.root))
+    flags = ["--force"] if force else []
+    done = run_hm3("merge", "--recipe", inputs.recipe, "--out", target, *flags, "--quiet")
+    assert_refused(done, relation, "never writes over its inputs")
+    assert inputs.digest() == before
+    assert not (inputs.zoo / "addition" / "run").exists()
+
+
+def test_a_baseline_over_an_input_is_refused(inputs: Inputs) -> None:
+    before = inputs.digest()
+    done = run_hm3(
+        "baseline", "--recipe", inputs.recipe, "--method", "uniform", "--out", inputs.zoo, "--force"
+    )
+    assert_refused(done, "contains the input model")
+    assert inputs.digest() == before
+
+
+@pytest.mark.parametrize(
+    ("out", "force", "message"),
+    [
+        ("{zoo}/addition", True, "replaces only folders hm3 wrote"),  # an input model: not hm3's
+        ("{zoo}", True, "replaces only folders hm3 wrote"),  # the folder holding every input
+        ("{zoo}/base/merged", False, "lies inside the input model"),
+        ("{run}", True, "is a run folder hm3 wrote, not a model folder"),
+    ],
+)
+def test_a_mergekit_output_over_an_input_is_refused(
+    inputs: Inputs, out: str, force: bool, message: str
+) -> None:
+    before = inputs.digest()
+    target = Path(out.format(zoo=inputs.zoo, run=inputs.run))
+    flags = ["--force"] if force else []
+    done = run_hm3("merge", "--mergekit", inputs.mergekit, "--out", target, *flags, "--quiet")
+    assert_refused(done, message)
+    assert inputs.digest() == before
+    assert not (inputs.zoo / "base" / "merged").exists()
+
+
+def test_a_model_hm3_wrote_is_not_replaced_while_it_is_an_input(inputs: Inputs, tmp_path: Path) -> None:
+    merged = tmp_path / "merged"
+    done = run_hm3("merge", "--mergekit", inputs.mergekit, "--out", merged, "--quiet")
+    assert done.returncode == 0, done.stderr
+    config = tmp_path / "again.yml"
+    config.write_text(MERGEKIT.format(base=inputs.zoo / "base", a=merged, b=inputs.zoo / "reversal"))
+    before = tree_digest(merged)
+    done = run_hm3("merge", "--mergekit", config, "--out", merged, "--force", "--quiet")
+    assert_refused(done, f"is the input model {merged}")
+    assert tree_digest(merged) == before
+
+
+@pytest.mark.parametrize(
+    ("out", "force", "message"),
+    [
+        ("{run}", True, "is the run"),  # the run being exported
+        ("{run}/model", False, "lies inside the run"),
+        ("{zoo}/base", True, "is the input model"),
+    ],
+)
+def test_an_export_over_its_run_or_an_input_is_refused(
+    inputs: Inputs, out: str, force: bool, message: str
+) -> None:
+    before = inputs.digest()
+    target = Path(out.format(zoo=inputs.zoo, run=inputs.run))
+    flags = ["--force"] if force else []
+    done = run_hm3("export", inputs.run, "--member", inputs.member(), "--out", target, *flags)
+    assert_refused(done, message, "never writes over its inputs")
+    assert inputs.digest() == before
+
+
+def test_force_replaces_only_a_folder_hm3_wrote_of_the_same_kind(inputs: Inputs, tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    before = inputs.digest()
+    done = run_hm3("merge", "--recipe", inputs.recipe, "--out", mine, "--force", "--quiet")
+    assert_refused(done, "replaces only folders hm3 wrote")
+    done = run_hm3("export", inputs.run, "--member", inputs.member(), "--out", mine, "--force")
+    assert_refused(done, "replaces only folders hm3 wrote")
+    assert (mine / "notes.txt").read_text() == "mine" and len(list(mine.iterdir())) == 1
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / ".hm3-output.json").write_text('{"written_by": "hm3", "kind": "model"}\n')
+    done = run_hm3("merge", "--recipe", inputs.recipe, "--out", model, "--force", "--quiet")
+    assert_refused(done, "is a model folder hm3 wrote, not a run folder")
+    assert inputs.digest() == before
+
+
+# -- edited run folders ---------------------------------------------------------------------------------
+
+
+def _edit_recipe(run: Path, edit) -> None:
+    data = yaml.safe_load((run / "recipe.yaml").read_text())
+    edit(data)
+    (run / "recipe.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _edit_fingerprint(run: Path, ending: str) -> None:
+    fingerprint = json.loads((run / "fingerprint.json").read_text())
+    [path] = [p for p in fingerprint["files"] if p.endswith(ending)]
+    fingerprint["files"][path] = "sha256:" + "0" * 64  # the run was scored on other contents
+    (run / "fingerprint.json").write_text(json.dumps(fingerprint))
+
+
+EDITS = {
+    "task swapped": (
+        lambda run: _edit_recipe(run, lambda d: d["objectives"][0].update(task=d["objectives"][1]["task"])),
+        "objectives[0].task: ",
+    ),
+    "metric changed": (
+        lambda run: _edit_recipe(run, lambda d: d["objectives"][0].update(metric="acc")),
+        "objectives[0].metric: 'exact_match' -> 'acc'",
+    ),
+    "split changed": (
+        lambda run: _edit_recipe(run, lambda d: d["split"].update(search_fraction=0.5)),
+        "split.search_fraction: 0.7 -> 0.5",
+    ),
+    "iterations raised": (
+        lambda run: _edit_recipe(run, lambda d: d["agent"].update(iterations=d["agent"]["iterations"] * 2)),
+        "agent.iterations: ",
+    ),
+    "preference count raised": (
+        lambda run: _edit_recipe(run, lambda d: d["preferences"].update(count=3)),
+        "preferences.count: 0 -> 3",
+    ),
+    "task file changed": (
+        lambda run: _edit_fingerprint(run, "toy_addition.yaml"),
+        "toy_addition.yaml changed",
+    ),
+    "data changed": (lambda run: _edit_fingerprint(run, "toy_reversal.jsonl"), "toy_reversal.jsonl changed"),
+    "fingerprint damaged": (
+        lambda run: (run / "fingerprint.json").write_text('["not", "a", "fingerprint"]'),
+        "fingerprint.json is damaged",
+    ),
+    "no fingerprint (an older hm3)": (
+        lambda run: (run / "fingerprint.json").unlink(),
+        "has no fingerprint.json",
+    ),
+}
+
+
+@pytest.mark.parametrize("edit", list(EDITS))
+def test_resuming_an_edited_run_is_refused_naming_the_change(
+    inputs: Inputs, tmp_path: Path, edit: str
+) -> None:
+    run = copy_of_run(inputs, tmp_path)
+    change, message = EDITS[edit]
+    change(run)
+    before, run_before = inputs.digest(), tree_digest(run)
+    done = run_hm3("merge", "--resume", run, "--quiet")
+    assert_refused(done, f"cannot resume {run}", message)
+    assert inputs.digest() == before
+    assert tree_digest(run) == run_before
+
+
+def test_the_fingerprint_follows_includes_code_and_data(tmp_path: Path) -> None:
+    from hm3.recipe import recipe_from_dict
+    from hm3.run_fingerprint import fingerprint_changes, input_files, run_fingerprint
+
+    tasks, data = tmp_path / "tasks", tmp_path / "data.jsonl"
+    tasks.mkdir()
+    data.write_text('{"prompt": "1+1=", "target": "2"}\n')
+    (tasks / "common.yaml").write_text("output_type: generate_until\nprocess_docs: !function utils.keep\n")
+    (tasks / "utils.py").write_text("def keep(docs):\n    return docs\n")
+    (tasks / "t.yaml").write_text(
+        f"include: common.yaml\ntask: t\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+    )
+    recipe = recipe_from_dict(
+        {
+            "base_model": "/models/base",
+            "models": ["/models/a"],
+            "objectives": [{"name": "x", "task": str(tasks / "t.yaml")}],
+        }
+    )
+    assert set(input_files(recipe)) == {tasks / "t.yaml", tasks / "common.yaml", tasks / "utils.py", data}
+    then = run_fingerprint(recipe)
+    (tasks / "utils.py").write_text("def keep(docs):\n    return docs[:1]\n")  # the code that shapes the docs
+    now = run_fingerprint(recipe)
+    assert fingerprint_changes(then, now) == [f"{tasks / 'utils.py'} changed"]
+    assert now["scoring"] != then["scoring"]
+
+
+def test_every_logged_score_is_keyed_by_what_decided_it(inputs: Inputs) -> None:
+    from hm3.evaluate.cache import candidate_key
+
+    scoring = json.loads((inputs.run / "fingerprint.json").read_text())["scoring"]
+    records = [json.loads(line) for line in (inputs.run / "candidates.jsonl").read_text().splitlines()]
+    spec = {"finetuned": "addition", "split": "search", "objectives": ["addition", "reversal"]}
+    assert candidate_key({**spec, "scoring": scoring}) in {r["key"] for r in records}
+    assert candidate_key(spec) not in {r["key"] for r in records}
+
+
+# -- one process at a time ------------------------------------------------------------------------------
+
+
+def test_a_second_process_is_refused_and_a_killed_holders_lock_is_taken_over(
+    inputs: Inputs, tmp_path: Path
+) -> None:
+    run = copy_of_run(inputs, tmp_path)
+    before = inputs.digest()
+    command = [sys.executable, "-m", "cli.main", "merge", "--resume", str(run), "--quiet"]
+    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lock = run / ".hm3.lock"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and first.poll() is None:
+            if lock.is_file() and lock.read_text().startswith(f'{{"pid": {first.pid},'):
+                break
+            time.sleep(0.02)
+        assert first.poll() is None, "the first resume ended before it was seen holding the lock"
+        first.send_signal(signal.SIGSTOP)  # it holds the run; it stays there until killed
+        second = run_hm3("merge", "--resume", run, "--quiet")
+        assert_refused(second, f"is in use by process {first.pid}")
+        replace = run_hm3("merge", "--recipe", inputs.recipe, "--out", run, "--force", "--quiet")
+        assert_refused(replace, f"is in use by process {first.pid}")
+    finally:
+        first.kill()
+        first.wait()
+    assert lock.is_file()  # what the killed process left: a file, but no lock
+    records = len((run / "candidates.jsonl").read_text().splitlines())
+    third = run_hm3("merge", "--resume", run, "--quiet")
+    assert third.returncode == 0, third.stderr
+    assert "resuming" in third.stdout
+    assert not lock.exists()
+    assert len((run / "candidates.jsonl").read_text().splitlines()) == records  # nothing scored again
+    assert inputs.digest() == before
+
+
+def test_a_stale_lock_file_is_taken_over_and_a_live_holder_is_named(inputs: Inputs, tmp_path: Path) -> None:
+    from hm3.errors import UserError
+    from hm3.run_lock import LOCK_FILE
+    from hm3.store import RunStore
+
+    run = copy_of_run(inputs, tmp_path)
+    pid = dead_pid()
+    stale = {"pid": pid, "host": "here", "command": "hm3 merge --resume", "since": "then"}
+    (run / LOCK_FILE).write_text(json.dumps(stale))
+    with RunStore.resume(run)[0]:
+        assert json.loads((run / LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert not (run / LOCK_FILE).exists()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from hm3.run_lock import RunLock; RunLock({str(run)!r}).acquire(); input()"],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (run / LOCK_FILE).is_file() or not (run / LOCK_FILE).read_text():
+            assert time.monotonic() < deadline and holder.poll() is None
+            time.sleep(0.02)
+        with pytest.raises(UserError, match=f"in use by process {holder.pid}"):
+            RunStore.resume(run)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# -- failed starts and killed writers -------------------------------------------------------------------
+
+
+def test_a_failed_start_leaves_no_run_and_replaces_nothing(
+    inputs: Inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recipe = tmp_path / "hub.yaml"  # a hub id that is not in the cache, offline: found only when loading
+    recipe.write_text(
+        inputs.recipe.read_text().replace(f"{{path: {inputs.zoo}/base}}", "{path: nobody/nothing}")
+    )
+    run = copy_of_run(inputs, tmp_path)
+    before = tree_digest(run)
+    done = run_hm3("merge", "--recipe", recipe, "--out", run, "--force", "--quiet")
+    assert_refused(done, "nobody/nothing")
+    assert tree_digest(run) == before  # the old run is whole: nothing was replaced before the start failed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hub.yaml", "run"]  # and no new folder is left
+
+
+def test_a_swap_killed_between_its_renames_is_undone_at_the_next_start(tmp_path: Path) -> None:
+    import torch
+
+    from hm3.export import check_output_folder, write_hf_checkpoint
+    from hm3.recipe import recipe_from_dict
+    from hm3.store import RunStore
+
+    out = write_hf_checkpoint({"a": torch.zeros(2)}, {}, tmp_path / "m", tokenizer_from=None)
+    pid = dead_pid()
+    out.rename(tmp_path / f".m.replaced-{pid}-0a0a0a0a")  # killed after moving the old OUT aside...
+    staging = tmp_path / f".m.partial-{pid}-1b1b1b1b"  # ...with the new one complete beside it
+    staging.mkdir()
+    (staging / "model.safetensors").write_bytes(b"\0" * 1024)
+    check_output_folder(out, force=True, expected_bytes=None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # the old OUT is back, the staging gone
+    assert (out / "model.safetensors").is_file()
+    recipe = recipe_from_dict(
+        {"base_model": "/models/base", "models": ["/models/a"], "objectives": [{"name": "x", "task": "sst2"}]}
+    )
+    with RunStore.create(tmp_path / "run", recipe) as store:
+        store.append_candidate({"key": "k", "scores": {"x": 1.0}})
+    (tmp_path / "run").rename(tmp_path / f".run.replaced-{pid}-2c2c2c2c")
+    with RunStore.resume(tmp_path / "run")[0] as resumed:
+        assert [r["key"] for r in resumed.candidates()] == ["k"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "run"]
