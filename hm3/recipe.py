@@ -424,7 +424,16 @@ class Recipe(_Section):
 
     The safety switches (all off by default): ``allow_pickle`` accepts pickle checkpoints (``pytorch_model.bin``)
     and pickled agent policies of older runs; ``trust_remote_code`` accepts models whose config asks for custom
-    code; ``allow_task_code`` accepts lm-eval task YAMLs whose ``!function`` tags run Python files.
+    code; ``allow_task_code`` accepts lm-eval task YAMLs whose ``!function`` tags run Python files;
+    ``allow_code_execution`` accepts lm-eval tasks marked ``unsafe_code`` (humaneval, mbpp), which execute the
+    programs the models write, unsandboxed, on this machine: hm3 passes lm-eval ``confirm_run_unsafe_code=True``
+    and sets ``HF_ALLOW_CODE_EVAL=1`` for the ``code_eval`` metric. Without it such a task is refused by
+    ``hm3 validate`` and ``hm3 merge`` before any model loads::
+
+        objectives:
+          - {name: humaneval, task: humaneval, metric: "pass@1,create_test"}
+          - {name: mbpp, task: mbpp, metric: pass_at_1}
+        allow_code_execution: true      # run the models' programs (use a container or a throwaway machine)
     """
 
     base_model: ModelRef
@@ -444,6 +453,7 @@ class Recipe(_Section):
     allow_pickle: bool = False
     trust_remote_code: bool = False
     allow_task_code: bool = False
+    allow_code_execution: bool = False
     himole: HiMoLEConfig | None = None
 
     @model_validator(mode="after")

@@ -5,7 +5,10 @@ Checked here, cheaply (config files and safetensors headers only):
 * the schema (``hm3.recipe``), including includes;
 * every local model: folder, config, weights, shards, pickle policy, remote-code policy;
 * the pool: same family, layer count, tensor names and shapes as the base (vocabulary rule allowed);
-* every objective's local files: task YAMLs parse, vision data and heads exist.
+* every objective's local files: task YAMLs parse, vision data and heads exist;
+* every lm-eval objective (:mod:`hm3.evaluate.offline_check`): local tasks are loaded as the evaluator loads
+  them; registry names are checked offline against the installed lm-eval's task index (the name, the metric
+  and filter, code execution), and a task whose data is not cached is noted as needing the hub.
 
 Hub ids are checked when the network or the local cache has them; otherwise they are listed as not checked,
 so a recipe for a 7B model validates on a machine that has never seen the model.
@@ -28,8 +31,8 @@ class ValidationReport:
         recipe: The validated recipe.
         family: The pool's architecture family (None when not checked).
         num_layers: Its layer count.
-        not_checked: What could not be checked here (hub ids not cached, lm-eval registry names).
-        notes: Facts worth knowing (vocabulary sizes that differ).
+        not_checked: What could not be checked here (hub ids not cached, Python-class lm-eval tasks).
+        notes: Facts worth knowing (vocabulary sizes that differ, task data that needs the hub).
         runs_code: The ``!function`` tags of the task YAMLs, each naming the Python it runs (allowed by
             ``allow_task_code: true``; without it each is a problem).
     """
@@ -61,7 +64,7 @@ def validate_recipe_file(path: str | Path) -> ValidationReport:
     if not objective_problems:  # files exist: load local lm-eval tasks as the evaluator will (a few seconds)
         from hm3.evaluate.offline_check import language_objective_problems
 
-        problems += language_objective_problems(recipe, report.not_checked, report.runs_code)
+        problems += language_objective_problems(recipe, report.not_checked, report.runs_code, report.notes)
     if problems:
         raise RecipeError(problems, source=str(path))
     return report

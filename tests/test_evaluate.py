@@ -305,7 +305,7 @@ def test_registry_name_found_in_include_path_skips_the_builtin_index(tiny_lm_zoo
     assert "toy_mc" in manager.task_index and "gsm8k" not in manager.task_index
 
 
-def test_hm3_validate_loads_local_tasks_and_lists_registry_names_as_unchecked(tiny_lm_zoo, tmp_path):
+def test_hm3_validate_loads_local_tasks_and_checks_registry_names_offline(tiny_lm_zoo, tmp_path):
     good = STANDARD_OBJECTIVES.format(tasks=tiny_lm_zoo.tasks)
     done = run_hm3("validate", zoo_recipe(tiny_lm_zoo, tmp_path, good))
     assert done.returncode == 0, done.stderr
@@ -316,6 +316,7 @@ def test_hm3_validate_loads_local_tasks_and_lists_registry_names_as_unchecked(ti
     assert done.returncode == 2
     assert "objectives[1].task: task toy_gen has no filter 'flexible'" in done.stderr, done.stderr
     registry = good.replace(f"{tiny_lm_zoo.tasks}/toy_mc.yaml", "sst2")
-    done = run_hm3("validate", zoo_recipe(tiny_lm_zoo, tmp_path, registry, name="registry.yaml"))
+    empty = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_DATASETS_CACHE": str(tmp_path / "datasets")}
+    done = run_hm3("validate", zoo_recipe(tiny_lm_zoo, tmp_path, registry, name="registry.yaml"), env=empty)
     assert done.returncode == 0, done.stderr
-    assert "objectives[0].task (sst2): lm-eval registry names are checked when scoring" in done.stdout
+    assert "note: objectives[0].task (sst2): needs the hub: data set nyu-mll/glue" in done.stdout

@@ -79,7 +79,11 @@ class Evaluator:
         from hm3.evaluate.language import prepare_language_objectives
 
         objectives = prepare_language_objectives(
-            recipe.objectives, recipe.split, quiet=quiet, allow_task_code=recipe.allow_task_code
+            recipe.objectives,
+            recipe.split,
+            quiet=quiet,
+            allow_task_code=recipe.allow_task_code,
+            allow_code_execution=recipe.allow_code_execution,
         )
         return cls(objectives, tokenizer=load_tokenizer(folder, recipe.trust_remote_code), quiet=quiet)
 

@@ -9,10 +9,15 @@ Objective options map to lm-eval's as its CLI would apply them: ``num_fewshot`` 
 0), ``generation_kwargs`` (merged into the task's), ``batch_size``, ``apply_chat_template`` (with few-shot as
 multi-turn, the CLI's default), ``limit`` (the first ``limit`` documents of the split, in file order). Few-shot
 sampling is re-seeded (lm-eval's seed, 1234) before every score, so every candidate sees the same prompts.
+
+Tasks that execute the model's code (lm-eval's ``unsafe_code``: humaneval, mbpp) load only with the recipe's
+``allow_code_execution``; hm3 then passes lm-eval ``confirm_run_unsafe_code=True`` and sets
+``HF_ALLOW_CODE_EVAL=1`` (:mod:`hm3.evaluate.task_facts`).
 """
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +28,15 @@ from hm3.errors import UserError
 from hm3.evaluate.quiet import quiet_libraries
 from hm3.evaluate.split import DocumentSplit, split_documents
 from hm3.evaluate.task_code import check_task_code
+from hm3.evaluate.task_facts import (
+    TaskFacts,
+    check_code_execution,
+    enable_code_eval,
+    filter_names,
+    objective_facts,
+    reported_metrics,
+    resolve_metric_key,
+)
 
 if TYPE_CHECKING:
     from lm_eval.api.task import Task
@@ -56,6 +70,7 @@ class LanguageObjective:
         metric_key: Key of the score in lm-eval's results, ``metric,filter`` (e.g. ``exact_match,none``).
         higher_is_better: Direction of the metric (the recipe's if it sets one, else the task's).
         split: Positions of the task's evaluation documents on each side.
+        allow_code_execution: The recipe's opt-in, passed to lm-eval as ``confirm_run_unsafe_code``.
     """
 
     objective: Objective
@@ -63,6 +78,7 @@ class LanguageObjective:
     metric_key: str
     higher_is_better: bool
     split: DocumentSplit
+    allow_code_execution: bool = False
 
     @property
     def name(self) -> str:
@@ -89,12 +105,17 @@ class LanguageObjective:
                 log_samples=False,
                 apply_chat_template=chat,
                 fewshot_as_multiturn=chat,
+                confirm_run_unsafe_code=self.allow_code_execution,
             )
         return float(results["results"][name][self.metric_key])
 
 
 def prepare_language_objectives(
-    objectives: Sequence[Objective], split: SplitConfig, quiet: bool = True, allow_task_code: bool = False
+    objectives: Sequence[Objective],
+    split: SplitConfig,
+    quiet: bool = True,
+    allow_task_code: bool = False,
+    allow_code_execution: bool = False,
 ) -> list[LanguageObjective]:
     """Resolve, load, configure and split every lm-eval objective (no model is needed).
 
@@ -104,6 +125,8 @@ def prepare_language_objectives(
         quiet: Silence lm-eval's and datasets' logging.
         allow_task_code: Load task YAMLs whose ``!function`` tags run Python (the recipe's
             ``allow_task_code``); without it they are refused before lm-eval reads them.
+        allow_code_execution: Load and score tasks that execute the model's code (the recipe's
+            ``allow_code_execution``); without it they are refused before lm-eval reads them.
 
     Raises:
         UserError: naming the objective, for an unknown task, a task file that does not load or runs code
@@ -112,12 +135,14 @@ def prepare_language_objectives(
     with quiet_libraries(quiet):
         manager = build_task_manager(objectives)
         return [
-            prepare_language_objective(objective, manager, split, allow_task_code) for objective in objectives
+            prepare_language_objective(objective, manager, split, allow_task_code, allow_code_execution)
+            for objective in objectives
         ]
 
 
 def build_task_manager(objectives: Sequence[Objective], allow_defaults: bool = True) -> TaskManager:
-    """One TaskManager for all objectives; lm-eval's own registry is indexed only when a name needs it (~20 s).
+    """One TaskManager for all objectives; lm-eval's own registry is indexed only when a name needs it (~15 s,
+    once per process when no include path is involved: :func:`registry_task_manager`).
 
     Args:
         objectives: The objectives whose task files and include paths are indexed.
@@ -135,14 +160,29 @@ def build_task_manager(objectives: Sequence[Objective], allow_defaults: bool = T
     names = [o.task for o in objectives if not o.task_is_file]
     if not allow_defaults or all(name in local.task_index for name in names):
         return local
-    return TaskManager(include_path=include or None, include_defaults=True)
+    if not include:
+        return registry_task_manager()
+    return TaskManager(include_path=include, include_defaults=True)
+
+
+@functools.cache
+def registry_task_manager() -> TaskManager:
+    """The installed lm-eval's own task index, built once per process (~15 s: it reads every task YAML)."""
+    from lm_eval.tasks import TaskManager
+
+    with quiet_libraries():
+        return TaskManager(include_defaults=True)
 
 
 def prepare_language_objective(
-    objective: Objective, manager: TaskManager, split: SplitConfig, allow_task_code: bool = False
+    objective: Objective,
+    manager: TaskManager,
+    split: SplitConfig,
+    allow_task_code: bool = False,
+    allow_code_execution: bool = False,
 ) -> LanguageObjective:
     """One objective of :func:`prepare_language_objectives`, with a ready ``manager``."""
-    task = _load_task(objective, manager, allow_task_code)
+    task = _load_task(objective, manager, allow_task_code, allow_code_execution)
     _configure(task, objective)
     metric_key = _metric_key(task, objective)
     docs = task.eval_docs
@@ -157,16 +197,20 @@ def prepare_language_objective(
     direction = objective.higher_is_better
     if "higher_is_better" not in objective.model_fields_set:
         direction = bool(task.higher_is_better().get(metric, True))
-    return LanguageObjective(objective, task, metric_key, direction, document_split)
+    return LanguageObjective(objective, task, metric_key, direction, document_split, allow_code_execution)
 
 
-def _load_task(objective: Objective, manager: TaskManager, allow_task_code: bool) -> Task:
+def _load_task(
+    objective: Objective, manager: TaskManager, allow_task_code: bool, allow_code_execution: bool
+) -> Task:
     spec = objective.task
     if not objective.task_is_file and spec not in manager.task_index:
         raise UserError(f"objective {objective.name}: lm-eval has no task named {spec!r}")
     if objective.task_is_file and not Path(spec).is_file():  # type: ignore[arg-type]
         raise UserError(f"objective {objective.name}: task file not found: {spec}")
     check_task_code(objective, manager, allow_task_code)  # before lm-eval imports any !function file
+    if check_code_execution(objective, objective_facts(objective, manager), allow_code_execution):
+        enable_code_eval()  # humaneval's and mbpp's utils run code_eval's self-test on import
     try:
         loaded = manager.load([spec])
     except Exception as error:  # lm-eval raises many kinds (YAML, datasets, templates): all mean "unusable"
@@ -178,6 +222,9 @@ def _load_task(objective: Objective, manager: TaskManager, allow_task_code: bool
         raise UserError(
             f"objective {objective.name}: {spec} is a group of {len(tasks)} tasks; name one task per objective"
         )
+    if getattr(tasks[0], "UNSAFE_CODE", False):  # a Python-class task: its flag was not in YAML
+        check_code_execution(objective, TaskFacts(str(spec), (), (), unsafe_code=True), allow_code_execution)
+        enable_code_eval()
     return tasks[0]
 
 
@@ -193,28 +240,14 @@ def _configure(task: Task, objective: Objective) -> None:
 
 def task_metrics(task: Task) -> tuple[list[str], list[str]]:
     """The metrics a task reports and its filter names (``none`` when it has no filter list)."""
-    metrics = list(task.higher_is_better())
-    filters = [f["name"] for f in task.config.filter_list or []] or ["none"]
-    return metrics, filters
+    metric_list = task.config.metric_list
+    metrics = reported_metrics(metric_list) if metric_list else list(task.higher_is_better())
+    return metrics, filter_names(task.config.filter_list)
 
 
 def _metric_key(task: Task, objective: Objective) -> str:
     metrics, filters = task_metrics(task)
-    if not metrics:
-        raise UserError(f"objective {objective.name}: task {task.task_name} reports no metric")
-    wanted = objective.metric or metrics[0]
-    metric, _, filter_name = wanted.partition(",")
-    if metric not in metrics:
-        raise UserError(
-            f"objective {objective.name}: task {task.task_name} does not report {metric!r} "
-            f"(it reports {', '.join(metrics)})"
-        )
-    if filter_name and filter_name not in filters:
-        raise UserError(
-            f"objective {objective.name}: task {task.task_name} has no filter {filter_name!r} "
-            f"(its filters: {', '.join(filters)})"
-        )
-    return f"{metric},{filter_name or filters[0]}"
+    return resolve_metric_key(objective, task.task_name, metrics, filters)
 
 
 def build_hflm(model: Any, tokenizer: Any) -> HFLM:

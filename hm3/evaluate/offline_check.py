@@ -1,21 +1,26 @@
-"""What ``hm3 validate`` can check about lm-eval objectives without a model and within a few seconds.
+"""What ``hm3 validate`` can check about lm-eval objectives without a model, offline.
 
 Objectives whose task is a local YAML, or a name found in the recipe's include paths, are prepared exactly as
 the evaluator prepares them (task loaded, data read, metric and filter checked, split non-empty): a few seconds,
-mostly lm-eval's import. Names from lm-eval's built-in registry are left to scoring time, because indexing the
-registry takes ~20 s; they are listed as not checked.
+mostly lm-eval's import.
+
+Names from lm-eval's built-in registry are checked from the installed lm-eval's task index (built once per
+process, ~15 s) and the task's YAML, without loading the task or its data: the name exists and is one task, the
+metric key (with its filter) is one the task reports, a task that executes the model's code has the recipe's
+``allow_code_execution``, and a task whose data is not in the local cache is noted as needing the hub.
 """
 
 from __future__ import annotations
 
 from hm3.errors import UserError
-from hm3.recipe import Recipe
-
-_REGISTRY_NOTE = "lm-eval registry names are checked when scoring (indexing the registry takes ~20 s)"
+from hm3.recipe import Objective, Recipe
 
 
 def language_objective_problems(
-    recipe: Recipe, not_checked: list[str], runs_code: list[str] | None = None
+    recipe: Recipe,
+    not_checked: list[str],
+    runs_code: list[str] | None = None,
+    notes: list[str] | None = None,
 ) -> list[tuple[str, str]]:
     """Problems of the recipe's lm-eval objectives, as ``(yaml_path, message)``; unchecked ones go to ``not_checked``.
 
@@ -24,30 +29,75 @@ def language_objective_problems(
         not_checked: Receives one line per objective that could not be checked here.
         runs_code: Receives one line per ``!function`` tag of an objective's task files (allowed or not: a
             task that runs code without ``allow_task_code`` is also a problem, and is not loaded).
+        notes: Receives one line per registry task whose data needs the hub (not in the local cache).
     """
     from hm3.evaluate.language import build_task_manager, prepare_language_objective
     from hm3.evaluate.quiet import quiet_libraries
     from hm3.evaluate.task_code import objective_task_code
 
     objectives = [(i, o) for i, o in enumerate(recipe.objectives) if o.task is not None]
-    if not any(
-        o.task_is_file or o.include_path for _, o in objectives
-    ):  # nothing local: skip lm-eval's import
-        not_checked += [f"objectives[{i}].task ({o.task}): {_REGISTRY_NOTE}" for i, o in objectives]
+    if not objectives:
         return []
     problems: list[tuple[str, str]] = []
     with quiet_libraries():
-        manager = build_task_manager([o for _, o in objectives], allow_defaults=False)
+        local = build_task_manager([o for _, o in objectives], allow_defaults=False)
         for i, objective in objectives:
             where = f"objectives[{i}].task"
-            if not objective.task_is_file and objective.task not in manager.task_index:
-                not_checked.append(f"{where} ({objective.task}): {_REGISTRY_NOTE}")
-                continue
             try:
-                found = objective_task_code(objective, manager)
+                if not objective.task_is_file and objective.task not in local.task_index:
+                    needs_hub, unread = _check_registry_task(objective, recipe.allow_code_execution)
+                    if needs_hub and notes is not None:
+                        notes.append(f"{where} ({objective.task}): {needs_hub}")
+                    if unread:
+                        not_checked.append(f"{where} ({objective.task}): {unread}")
+                    continue
+                found = objective_task_code(objective, local)
                 if runs_code is not None:
                     runs_code += [f"{where} ({objective.name}): {code.describe()}" for code in found]
-                prepare_language_objective(objective, manager, recipe.split, recipe.allow_task_code)
+                prepare_language_objective(
+                    objective, local, recipe.split, recipe.allow_task_code, recipe.allow_code_execution
+                )
             except UserError as error:
                 problems.append((where, str(error).removeprefix(f"objective {objective.name}: ")))
     return problems
+
+
+def _check_registry_task(objective: Objective, allow_code_execution: bool) -> tuple[str | None, str | None]:
+    """Check a registry name from lm-eval's index and its YAML.
+
+    Returns:
+        The "needs the hub" note (data not in the local cache) and the "not checked" line (a task defined by a
+        Python class, whose metrics are not in YAML), each None when it does not apply.
+
+    Raises:
+        UserError: naming the objective: an unknown name, a group or tag, a metric or filter the task does not
+            have, or a task that executes code without ``allow_code_execution``.
+    """
+    import lm_eval
+
+    from hm3.evaluate.language import registry_task_manager
+    from hm3.evaluate.task_code import objective_task_code
+    from hm3.evaluate.task_facts import (
+        check_code_execution,
+        data_is_local,
+        objective_facts,
+        resolve_metric_key,
+    )
+
+    manager = registry_task_manager()
+    if objective.task not in manager.task_index:
+        raise UserError(
+            f"objective {objective.name}: lm-eval {lm_eval.__version__} has no task named {objective.task!r}"
+        )
+    objective_task_code(objective, manager)  # refuses groups and tags
+    facts = objective_facts(objective, manager)
+    if facts is None:
+        return None, "a Python-class lm-eval task: its metric is checked when scoring"
+    check_code_execution(objective, facts, allow_code_execution)
+    resolve_metric_key(objective, facts.name, facts.metrics, facts.filters)
+    if data_is_local(facts):
+        return None, None
+    return (
+        f"needs the hub: data set {facts.dataset_path} is not in the local cache (downloaded when scoring)",
+        None,
+    )

@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 FUNCTION_TAG = "!function"
 
 
+class FunctionReference(str):
+    """A ``!function`` tag's value (``module.function``) in a task config read by :func:`task_config`."""
+
+
 @dataclass(frozen=True)
 class TaskCode:
     """One ``!function`` tag of a task YAML.
@@ -57,6 +61,17 @@ def task_code(yaml_file: Path) -> list[TaskCode]:
             file, not the objective).
     """
     return _scan(Path(yaml_file).expanduser().resolve(), ())[1]
+
+
+def task_config(yaml_file: Path) -> dict[str, Any]:
+    """A task YAML's settings with its includes merged, as lm-eval merges them, and no code run.
+
+    ``!function`` values come back as :class:`FunctionReference` strings.
+
+    Raises:
+        UserError: as :func:`task_code`.
+    """
+    return _scan(Path(yaml_file).expanduser().resolve(), ())[0]
 
 
 def objective_task_code(objective: Objective, manager: TaskManager) -> list[TaskCode]:
@@ -122,6 +137,7 @@ def _scan(file: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], list[Tas
         value = str(loader.construct_scalar(node)) if isinstance(node, yaml.ScalarNode) else ""
         if f"!{suffix}" == FUNCTION_TAG:
             found.append(TaskCode(file, value, _module_of(file.parent, value)))
+            return FunctionReference(value)
         return value
 
     _TagRecorder.add_multi_constructor("!", record)

@@ -81,7 +81,12 @@ def evaluate_adapter(
     objectives = list(recipe.objectives)
     if limit is not None:
         objectives = [o.model_copy(update={"limit": limit}) for o in objectives]
-    prepared = prepare_language_objectives(objectives, recipe.split, allow_task_code=recipe.allow_task_code)
+    prepared = prepare_language_objectives(
+        objectives,
+        recipe.split,
+        allow_task_code=recipe.allow_task_code,
+        allow_code_execution=recipe.allow_code_execution,
+    )
     if adapter is None:
         from transformers import AutoModelForCausalLM
 

@@ -1,0 +1,187 @@
+"""lm-eval objectives checked before any model loads: code-execution tasks need the recipe's opt-in (and then
+reach lm-eval with ``confirm_run_unsafe_code``), registry names, metric keys and cached data are checked offline
+against the installed lm-eval's task index."""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+from pathlib import Path
+
+import pytest
+
+from cli.main import main
+from hm3.errors import UserError
+from tests.fixtures_models import write_recipe
+
+REPO = Path(__file__).parent.parent
+CODE_RECIPES = ("llama2-7b-chat-math-code.yaml", "qwen2.5-1.5b-instruct-math-coder.yaml")
+
+
+def _recipe(tiny_llama, objectives: str, extra: str = "") -> str:
+    ft = tiny_llama.finetunes
+    return (
+        f"base_model: {tiny_llama.base}\nmodels:\n  - {{name: a, path: {ft[0]}}}\n  - {{name: b, path: {ft[1]}}}\n"
+        f"objectives:\n{objectives}{extra}"
+    )
+
+
+def _validate(folder: Path, text: str, capsys) -> tuple[int, list[str]]:
+    code = main(["validate", str(write_recipe(folder, text))])
+    captured = capsys.readouterr()
+    return code, [line for line in (captured.err if code else captured.out).splitlines() if line]
+
+
+@pytest.fixture
+def empty_hf_caches(tmp_path, monkeypatch) -> Path:
+    """Hub and datasets caches that hold nothing, so "needs the hub" does not depend on this machine."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf-cache"
+    (cache / "hub").mkdir(parents=True)
+    (cache / "datasets").mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache / "hub"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache / "datasets"))
+    return cache
+
+
+def test_code_task_without_the_opt_in_is_refused_at_validate_in_one_line(
+    tiny_llama, tmp_path, capsys
+) -> None:
+    objectives = (
+        "  - {name: sst2, task: sst2, metric: acc}\n"
+        "  - {name: code, task: humaneval, metric: 'pass@1,create_test'}\n"
+    )
+    code, lines = _validate(tmp_path, _recipe(tiny_llama, objectives), capsys)
+    assert code == 2
+    assert len(lines) == 1, lines
+    assert "recipe.yaml: objectives[1].task: objective code runs task humaneval" in lines[0]
+    assert "allow_code_execution: true" in lines[0]
+    code, lines = _validate(tmp_path, _recipe(tiny_llama, objectives, "allow_code_execution: true\n"), capsys)
+    assert code == 0, lines
+
+
+def test_unknown_registry_task_and_wrong_metric_key_are_one_line_each(tiny_llama, tmp_path, capsys) -> None:
+    objectives = (
+        "  - {name: sst2, task: sst2, metric: accuracy, model: a}\n"
+        "  - {name: math, task: gsm8k, metric: 'exact_match,loose-extract', model: a}\n"
+        "  - {name: nope, task: no_such_task_hm3, model: b}\n"
+    )
+    code, lines = _validate(tmp_path, _recipe(tiny_llama, objectives), capsys)
+    assert code == 2
+    assert len(lines) == 3, lines
+    assert lines[0].endswith("objectives[0].task: task sst2 does not report 'accuracy' (it reports acc)")
+    assert lines[1].endswith(
+        "objectives[1].task: task gsm8k has no filter 'loose-extract' (its filters: strict-match, flexible-extract)"
+    )
+    assert "objectives[2].task: lm-eval" in lines[2] and "has no task named 'no_such_task_hm3'" in lines[2]
+
+
+def test_registry_data_outside_the_cache_is_a_note_not_an_error(
+    tiny_llama, tmp_path, capsys, empty_hf_caches
+) -> None:
+    text = _recipe(
+        tiny_llama, "  - {name: sst2, task: sst2}\n  - {name: math, task: mathqa, metric: acc_norm}\n"
+    )
+    code, lines = _validate(tmp_path, text, capsys)
+    assert code == 0, lines
+    note = "  note: objectives[0].task (sst2): needs the hub: data set nyu-mll/glue is not in the local cache"
+    assert any(line.startswith(note) for line in lines), lines
+    (empty_hf_caches / "hub" / "datasets--nyu-mll--glue").mkdir()  # as `huggingface-cli download` leaves it
+    (empty_hf_caches / "datasets" / "regisss___math_qa").mkdir()  # as `datasets` prepares it
+    code, lines = _validate(tmp_path, text, capsys)
+    assert code == 0 and not [line for line in lines if "needs the hub" in line], lines
+
+
+@pytest.mark.parametrize("name", CODE_RECIPES)
+def test_shipped_code_recipes_say_they_execute_code(name: str) -> None:
+    from hm3.recipe import load_recipe
+
+    recipe = load_recipe(REPO / "recipes" / name)
+    assert recipe.allow_code_execution
+    assert {"humaneval", "mbpp"} <= {o.task for o in recipe.objectives}
+
+
+def test_metrics_of_lm_evals_code_tasks_are_read_from_yaml_without_running_them() -> None:
+    import lm_eval
+
+    from hm3.evaluate.task_code import task_config
+    from hm3.evaluate.task_facts import facts_from_config
+
+    tasks = Path(lm_eval.__file__).parent / "tasks"
+    humaneval = facts_from_config(task_config(tasks / "humaneval" / "humaneval.yaml"))
+    assert (humaneval.metrics, humaneval.filters, humaneval.unsafe_code) == (
+        ("pass@1",),
+        ("create_test",),
+        True,
+    )
+    mbpp = facts_from_config(task_config(tasks / "mbpp" / "mbpp.yaml"))
+    assert (mbpp.metrics, mbpp.filters, mbpp.unsafe_code) == (("pass_at_1",), ("none",), True)
+    gsm8k = facts_from_config(task_config(tasks / "gsm8k" / "gsm8k.yaml"))
+    assert gsm8k.filters == ("strict-match", "flexible-extract") and not gsm8k.unsafe_code
+
+
+def _unsafe_task(folder: Path) -> Path:
+    """A local multiple-choice task marked ``unsafe_code`` (nothing in it runs: the flag is what is tested)."""
+    data = folder / "unsafe.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{i}?", "label": i % 2}) + "\n" for i in range(10)))
+    path = folder / "unsafe.yaml"
+    path.write_text(
+        f"task: toy_unsafe\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {json.dumps(str(data))}\n"
+        'test_split: test\nunsafe_code: true\noutput_type: multiple_choice\ndoc_to_text: "{{prompt}}"\n'
+        'doc_to_choice: ["0", "1"]\ndoc_to_target: label\n'
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+    )
+    return path
+
+
+def test_opt_in_reaches_lm_eval_as_confirm_run_unsafe_code(tmp_path, monkeypatch) -> None:
+    import lm_eval.evaluator
+
+    from hm3.evaluate.language import prepare_language_objectives
+    from hm3.recipe import Objective, SplitConfig
+
+    monkeypatch.setenv("HF_ALLOW_CODE_EVAL", "0")  # restored after the test
+    objective = Objective(name="code", task=str(_unsafe_task(tmp_path)))
+    with pytest.raises(UserError, match="objective code runs task toy_unsafe, which executes the code"):
+        prepare_language_objectives([objective], SplitConfig())
+    assert os.environ["HF_ALLOW_CODE_EVAL"] == "0"
+    [prepared] = prepare_language_objectives([objective], SplitConfig(), allow_code_execution=True)
+    assert os.environ["HF_ALLOW_CODE_EVAL"] == "1"
+    calls: list[dict] = []
+
+    def evaluate(**kwargs):  # lm-eval's entry point, as hm3 calls it; nothing is generated or executed
+        calls.append(kwargs)
+        return {"results": {"toy_unsafe": {"acc,none": 0.5}}}
+
+    monkeypatch.setattr(lm_eval.evaluator, "evaluate", evaluate)
+    assert prepared.score(types.SimpleNamespace(), "search") == 0.5
+    assert calls[0]["confirm_run_unsafe_code"] is True
+
+
+def test_local_code_task_without_the_opt_in_is_refused_at_validate(tiny_llama, tmp_path, capsys) -> None:
+    task = _unsafe_task(tmp_path)
+    objectives = f"  - {{name: code, task: {task}}}\n  - {{name: code2, task: {task}}}\n"
+    code, lines = _validate(tmp_path, _recipe(tiny_llama, objectives), capsys)
+    assert code == 2 and len(lines) == 2, lines
+    assert "objectives[0].task: objective code runs task toy_unsafe" in lines[0]
+
+
+def test_merge_refuses_a_code_task_before_loading_any_model(
+    tiny_llama, tmp_path, capsys, monkeypatch
+) -> None:
+    import hm3.search.run
+
+    def load_inputs(recipe):
+        raise AssertionError("models loaded before the code task was refused")
+
+    monkeypatch.setattr(hm3.search.run, "load_inputs", load_inputs)
+    objectives = "  - {name: sst2, task: sst2}\n  - {name: code, task: mbpp}\n"
+    recipe = write_recipe(tmp_path, _recipe(tiny_llama, objectives))
+    code = main(["merge", "--recipe", str(recipe), "--out", str(tmp_path / "run")])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert code == 2 and len(lines) == 1, lines
+    assert "objectives[1].task: objective code runs task mbpp" in lines[0]
+    assert not (tmp_path / "run").exists()
