@@ -40,10 +40,11 @@ lint: $(STAMP)
 DEMO_RUN ?= runs/toy-lm
 demo: $(STAMP)
 	$(OFFLINE) $(BIN)/hm3 zoo build --kind lm --size small
-	@# resume an interrupted demo; start afresh when it cannot be resumed (exit 2: e.g. the zoo was rebuilt)
+	@# resume an interrupted demo; start afresh only when its model weights changed (the zoo was rebuilt):
+	@# `hm3 merge --resume` exits 3 for that refusal alone; any other failure (exit 2...) stops here
 	@if [ -f $(DEMO_RUN)/recipe.yaml ]; then \
-		$(OFFLINE) $(BIN)/hm3 merge --resume $(DEMO_RUN) || { status=$$?; [ $$status -eq 2 ] || exit $$status; \
-			echo "make demo: starting $(DEMO_RUN) afresh"; \
+		$(OFFLINE) $(BIN)/hm3 merge --resume $(DEMO_RUN) || { status=$$?; [ $$status -eq 3 ] || exit $$status; \
+			echo "make demo: the models changed since $(DEMO_RUN) started; starting it afresh"; \
 			$(OFFLINE) $(BIN)/hm3 merge --recipe recipes/toy-lm.yaml --out $(DEMO_RUN) --force; }; \
 	else \
 		$(OFFLINE) $(BIN)/hm3 merge --recipe recipes/toy-lm.yaml --out $(DEMO_RUN); \

@@ -1,13 +1,16 @@
 """`hm3 merge`: the HM3 search of a recipe (``--recipe``), or a mergekit configuration (``--mergekit``).
 
 * ``hm3 merge --recipe R [--out RUN] [--force]`` searches and writes a run directory (see :mod:`hm3.store`).
-* ``hm3 merge --resume RUN`` finishes an interrupted run without re-scoring any logged candidate.
+* ``hm3 merge --resume RUN`` finishes an interrupted run without re-scoring any logged candidate (an interrupted
+  search — Ctrl-C — prints that command; a run whose model weights changed is refused with exit code 3).
 * ``hm3 merge --mergekit CONFIG.yml --out DIR`` writes a Hugging Face checkpoint with hm3's merge engine.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,11 +74,19 @@ def _search(args: argparse.Namespace) -> int:
         store, recipe = RunStore.resume(args.resume)
     else:
         store, recipe, inputs = start_search(args.recipe, args.out, force=args.force)
-    with store, SearchProgress(enabled=not args.quiet) as progress:
-        progress.print(f"run directory: {store.directory}")
-        summary = run_search(
-            recipe, store, progress, ray_address=args.ray_address, workers=args.workers, inputs=inputs
+    try:
+        with store, SearchProgress(enabled=not args.quiet) as progress:
+            progress.print(f"run directory: {store.directory}")
+            summary = run_search(
+                recipe, store, progress, ray_address=args.ray_address, workers=args.workers, inputs=inputs
+            )
+    except KeyboardInterrupt:  # the run exists and every scored candidate is in it: say how to go on
+        print(
+            f"hm3 merge: interrupted; the candidates scored so far are kept, continue the search with: "
+            f"hm3 merge --resume {shlex.quote(str(store.directory))}",
+            file=sys.stderr,
         )
+        return 130
     _report(store.directory, summary)
     return 0
 

@@ -1,4 +1,5 @@
-"""`hm3 pareto RUN [--plot FILE] [--split heldout|search]`: the front of a run, its hypervolume, a plot."""
+"""`hm3 pareto RUN [RUN ...] [--plot FILE] [--split heldout|search]`: the fronts of runs, their hypervolumes on
+one normalisation, one plot."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", metavar="RUN", help="run directory written by `hm3 merge` or `hm3 baseline`")
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN",
+        help="run directory written by `hm3 merge` or `hm3 baseline`; several runs (e.g. HM3 and a baseline of "
+        "the same recipe) are shown in one table and one plot, their hypervolumes on one normalisation",
+    )
     parser.add_argument("--plot", metavar="FILE", help="write the plot to FILE (.png or .svg)")
     parser.add_argument(
         "--split",
@@ -17,46 +24,71 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from rich.console import Console
     from rich.table import Table
 
     from hm3.pareto_report import pareto_report
 
-    report = pareto_report(args.run, split=args.split, plot=args.plot)
-    front = report.front
-    table = Table(title=f"Pareto front of {args.run} ({report.split} split)")
+    report = pareto_report(args.runs, split=args.split, plot=args.plot)
+    split, several = report.split, len(report.runs) > 1
+    title = ", ".join(r.label for r in report.runs) if several else str(args.runs[0])
+    table = Table(title=f"Pareto front{'s' if several else ''} of {title} ({split} split)")
+    if several:
+        table.add_column("run", no_wrap=True)
     table.add_column("member", no_wrap=True)
     table.add_column("preference λ", no_wrap=True)
     table.add_column("model", no_wrap=True)
-    for name in front.objectives:
+    for name in report.objectives:
         table.add_column(name, justify="right")
-    for member in front.members:
-        merge = member.merge["method"] if member.merge else "no merge"
-        kind = f"{merge} + path of {len(member.path)} layers" if member.path else f"{merge} merge"
-        table.add_row(
-            member.id[:10],
-            " ".join(f"{p:.2f}" for p in member.preference),
-            kind,
-            *(f"{member.scores[report.split][o]:.3f}" for o in front.objectives),
-        )
-    for reference in front.references:
-        if report.split in reference.scores:
+    for entry in report.runs:
+        for member in entry.front.members:
+            merge = member.merge["method"] if member.merge else "no merge"
+            kind = f"{merge} + path of {len(member.path)} layers" if member.path else f"{merge} merge"
             table.add_row(
-                reference.label,
-                "",
-                reference.kind,
-                *(f"{reference.scores[report.split][o]:.3f}" for o in front.objectives),
-                style="dim",
+                *([entry.label] if several else []),
+                member.id[:10],
+                " ".join(f"{p:.2f}" for p in member.preference),
+                kind,
+                *(f"{member.scores[split][o]:.3f}" for o in report.objectives),
             )
-    import sys
-
+    for label, reference in report.references:
+        table.add_row(
+            *([""] if several else []),
+            label,
+            "",
+            reference.kind,
+            *(f"{reference.scores[split][o]:.3f}" for o in report.objectives),
+            style="dim",
+        )
     console = Console() if sys.stdout.isatty() else Console(width=160)
     console.print(table)
-    hv = report.hypervolumes
-    console.print(f"hypervolume ({report.split}): front {hv['front']:.4f}")
-    for label, value in hv["references"].items():  # type: ignore[union-attr]
-        console.print(f"  {label}: {value:.4f}")
-    console.print(f"normalisation: {hv['normalization']['method']}")  # type: ignore[index]
+    references = report.reference_hypervolumes
+    if several:
+        console.print(f"hypervolume ({split}), one normalisation for all {len(report.runs)} runs:")
+        width = max(len(f"front of {r.label}") for r in report.runs) + 2
+        width = max([width, *(len(label) + 2 for label in references)])
+        for entry in report.runs:
+            console.print(f"  {f'front of {entry.label}':<{width}} {entry.hypervolumes['front']:.4f}")
+    else:
+        console.print(f"hypervolume ({split}): front {report.runs[0].hypervolumes['front']:.4f}")
+        width = 0
+    for label, value in references.items():
+        console.print(f"  {label:<{width}}{' ' if width else ': '}{value:.4f}")
+    if several:
+        norm = report.normalization
+        bounds = ", ".join(
+            f"{name} [{lo:.3f}, {hi:.3f}]"
+            for name, lo, hi in zip(report.objectives, norm.lower, norm.upper, strict=True)
+        )
+        console.print(
+            f"normalisation: min-max over the fronts and references of all {len(report.runs)} runs; "
+            f"reference point at {norm.reference} on each normalised axis"
+        )
+        console.print(f"  bounds (oriented, higher is better): {bounds}")
+    else:
+        console.print(f"normalisation: {report.normalization.to_dict()['method']}")
     if report.plot:
         console.print(f"plot: {report.plot}")
     return 0

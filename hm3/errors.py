@@ -1,4 +1,5 @@
-"""Errors a user can cause: the CLI prints them as one line each and exits with code 2."""
+"""Errors a user can cause: the CLI prints them as one line each and exits with code 2 (3: a run whose model
+weights changed, :class:`ModelsChangedError`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,17 @@ class UserError(Exception):
     def lines(self) -> list[str]:
         """The lines the CLI prints for this error."""
         return [str(self)]
+
+
+class ModelsChangedError(UserError):
+    """A run that cannot be resumed only because its model weights changed since it started (a rebuilt zoo):
+    exit code 3, so that a script can start such a run afresh and stop on any other refusal (``make demo``).
+
+    Every other reason not to resume (an edited recipe, changed task or data files, a damaged or missing
+    fingerprint, another process in the run) is a plain :class:`UserError`, exit code 2.
+    """
+
+    exit_code = 3
 
 
 class RecipeError(UserError):

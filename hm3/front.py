@@ -115,13 +115,29 @@ class ParetoFront:
         return np.array(rows).reshape(-1, len(self.objectives))
 
     def reference_points(self, split: Split) -> dict[str, np.ndarray]:
-        return {r.label: r.vector(self.objectives, split, self.higher_is_better) for r in self.references}
+        """Reference scores on ``split`` by label, higher is better (references not scored on it left out)."""
+        return {
+            r.label: r.vector(self.objectives, split, self.higher_is_better)
+            for r in self.references
+            if split in r.scores
+        }
 
-    def hypervolumes(self, split: Split) -> dict[str, Any]:
-        """Hypervolume of the front and of each reference model alone, on one shared normalisation."""
+    def compared_points(self, split: Split) -> np.ndarray:
+        """Every point this front is compared on: its members and its references, [points, objectives]."""
+        return np.vstack([self.member_points(split), *self.reference_points(split).values()])
+
+    def hypervolumes(self, split: Split, normalization: Normalization | None = None) -> dict[str, Any]:
+        """Hypervolume of the front and of each reference model alone, on one shared normalisation.
+
+        Args:
+            split: The scores to use.
+            normalization: The bounds to use (``hm3 pareto A B``: fitted on every run compared); None: fitted
+                on this front's members and references.
+        """
         front = self.member_points(split)
         references = self.reference_points(split)
-        normalization = Normalization.fit(front, *references.values())
+        if normalization is None:
+            normalization = Normalization.fit(self.compared_points(split))
         return {
             "split": split,
             "front": normalization.hypervolume(front),

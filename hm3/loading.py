@@ -48,7 +48,7 @@ def load_merged(folder: str | Path, *, dtype: Any = None, device: str | None = N
     if record is not None and record.get("alignment") == "stats":
         from safetensors.torch import load_file
 
-        from hm3.routing.alignment import AffineAlignment
+        from hm3.routing.affine import AffineAlignment
         from hm3.routing.builder import layer_modules
 
         file = folder / ALIGNMENT_FILE

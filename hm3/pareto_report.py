@@ -1,26 +1,57 @@
-"""``hm3 pareto RUN``: the front of a finished run as a table, its hypervolume, and a plot."""
+"""``hm3 pareto RUN [RUN ...]``: the fronts of finished runs as one table, their hypervolumes, and one plot.
+
+**One normalisation for all runs.** With several runs (an HM3 run and a baseline run of the same recipe, say),
+each objective is min-max normalised over the union of every run's front members and references on the split
+shown, and the reference point is −0.1 on every normalised axis (:mod:`hm3.moo.hypervolume`). The
+hypervolumes in one report are therefore comparable, and a run's value in ``hm3 pareto A B`` differs from
+``hm3 pareto A`` only through those shared bounds. One run alone is normalised over its own members and
+references, as in its ``summary.json``. Runs must have the same objectives, in the same order, with the same
+directions.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from hm3.errors import UserError
-from hm3.front import ParetoFront, Split
+from hm3.front import ParetoFront, Reference, Split
+from hm3.moo.hypervolume import Normalization
 from hm3.moo.plots import PlotSeries, plot_pareto
 from hm3.store import FRONT_FILE, RunStore
+
+FRONT_COLORS = ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink")
+"""Colour of each run's front in a plot, in the order the runs are given (the first is HM3's usual red)."""
+
+
+@dataclass
+class RunFront:
+    """One run of a report: its label, folder, front, and hypervolumes on the report's normalisation."""
+
+    label: str
+    directory: Path
+    front: ParetoFront
+    hypervolumes: dict[str, object]
 
 
 @dataclass
 class ParetoReport:
-    """What ``hm3 pareto`` shows: the front, the split it is read on, hypervolumes, the plot written."""
+    """What ``hm3 pareto`` shows: the runs, the split, the shared normalisation, the references, the plot."""
 
-    front: ParetoFront
+    runs: list[RunFront]
     split: Split
-    hypervolumes: dict[str, object]
+    normalization: Normalization
+    references: list[tuple[str, Reference]]
+    """Every run's references on ``split`` (one entry for a reference equal in several runs), display label first."""
+    reference_hypervolumes: dict[str, float]
     plot: Path | None
+
+    @property
+    def objectives(self) -> list[str]:
+        return self.runs[0].front.objectives
 
 
 def load_front(run: str | Path) -> ParetoFront:
@@ -33,44 +64,106 @@ def load_front(run: str | Path) -> ParetoFront:
     return ParetoFront.from_json(store.read_json(FRONT_FILE), source=str(store.directory / FRONT_FILE))
 
 
-def pareto_report(run: str | Path, split: Split = "heldout", plot: str | Path | None = None) -> ParetoReport:
-    """Read a run's front, compute hypervolumes on ``split``, and draw it if ``plot`` names a file."""
+def pareto_report(
+    runs: str | Path | Sequence[str | Path], split: Split = "heldout", plot: str | Path | None = None
+) -> ParetoReport:
+    """Read each run's front, compute hypervolumes on ``split`` with one normalisation for all of them, and
+    draw them into one plot if ``plot`` names a file.
+
+    Raises:
+        UserError: a run has no front or an empty one; the runs' objectives differ; ``plot`` is not .png/.svg.
+    """
     if plot is not None and Path(plot).suffix.lower() not in (".png", ".svg"):
         raise UserError(f"--plot {plot}: the file must end in .png or .svg")
-    front = load_front(run)
-    if not front.members:
-        raise UserError(f"{run}: the front is empty")
-    hypervolumes = front.hypervolumes(split)
+    paths = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    fronts = [load_front(run) for run in paths]
+    for run, front in zip(paths, fronts, strict=True):
+        if not front.members:
+            raise UserError(f"{run}: the front is empty")
+    first = fronts[0]
+    for run, front in zip(paths[1:], fronts[1:], strict=True):
+        if (front.objectives, front.higher_is_better) != (first.objectives, first.higher_is_better):
+            raise UserError(
+                f"{run} has objectives {_objectives(front)}, {paths[0]} has {_objectives(first)}: only runs "
+                "of the same objectives (names, order, directions) share one normalisation"
+            )
+    normalization = Normalization.fit(*(front.compared_points(split) for front in fronts))
+    labels = _labels(paths)
+    report_runs = [
+        RunFront(label, Path(run), front, front.hypervolumes(split, normalization))
+        for label, run, front in zip(labels, paths, fronts, strict=True)
+    ]
+    references = _references(report_runs, split)
+    directions = first.higher_is_better
+    reference_hypervolumes = {
+        label: normalization.hypervolume(reference.vector(first.objectives, split, directions)[None, :])
+        for label, reference in references
+    }
     written = None
     if plot is not None:
-        written = plot_pareto(
-            _series(front, Path(run), split),
-            front.objectives,
-            Path(plot),
-            f"{Path(run).name}: Pareto front ({split} split)",
-        )
-    return ParetoReport(front, split, hypervolumes, written)
+        title = " vs ".join(labels) + f": Pareto front{'s' if len(labels) > 1 else ''} ({split} split)"
+        written = plot_pareto(_series(report_runs, references, split), first.objectives, Path(plot), title)
+    return ParetoReport(report_runs, split, normalization, references, reference_hypervolumes, written)
 
 
-def _series(front: ParetoFront, run: Path, split: Split) -> list[PlotSeries]:
+def _objectives(front: ParetoFront) -> str:
+    pairs = zip(front.objectives, front.higher_is_better, strict=True)
+    return "(" + ", ".join(f"{name} {'↑' if up else '↓'}" for name, up in pairs) + ")"
+
+
+def _labels(paths: list[str | Path]) -> list[str]:
+    """Each run's folder name; the path as given where names repeat; a number where paths repeat too."""
+    names = [Path(p).name or str(p) for p in paths]
+    if len(set(names)) < len(names):
+        names = [str(p) for p in paths]
+    return [name if names.count(name) == 1 else f"{name} #{i + 1}" for i, name in enumerate(names)]
+
+
+def _references(runs: list[RunFront], split: Split) -> list[tuple[str, Reference]]:
+    """The runs' references scored on ``split``: one entry for a reference several runs share (same label, same
+    scores); a label whose scores differ between runs is shown once per run, as ``label (run)``."""
+    by_label: dict[str, list[tuple[str, Reference]]] = {}
+    for run in runs:
+        for reference in run.front.references:
+            if split not in reference.scores:
+                continue
+            entries = by_label.setdefault(reference.label, [])
+            if not any(r.scores[split] == reference.scores[split] for _, r in entries):
+                entries.append((run.label, reference))
+    out: list[tuple[str, Reference]] = []
+    for label, entries in by_label.items():
+        if len(entries) == 1:
+            out.append((label, entries[0][1]))
+        else:
+            out += [(f"{label} ({run})", reference) for run, reference in entries]
+    return out
+
+
+def _series(runs: list[RunFront], references: list[tuple[str, Reference]], split: Split) -> list[PlotSeries]:
     """Raw (not oriented) scores for the plot: axes show the metric values the user knows."""
-    names = front.objectives
+    names = runs[0].front.objectives
+    several = len(runs) > 1
     series: list[PlotSeries] = []
-    if split == "search":
-        scored = [
-            c["scores"]
-            for c in RunStore(run).candidates()
-            if isinstance(c, dict) and isinstance(c.get("scores"), dict) and set(names) <= set(c["scores"])
-        ]
-        if scored:
-            series.append(
-                PlotSeries("all candidates", np.array([[s[o] for o in names] for s in scored]), "candidates")
-            )
-    members = np.array([[m.scores[split][o] for o in names] for m in front.members])
-    series.append(PlotSeries(f"HM3 front ({len(front.members)})", members, "front"))
-    for reference in front.references:
-        if split in reference.scores:
-            point = np.array([[reference.scores[split][o] for o in names]])
-            kind = reference.kind if reference.kind in ("finetuned", "merge", "baseline") else "baseline"
-            series.append(PlotSeries(reference.label, point, kind))  # type: ignore[arg-type]
+    for i, run in enumerate(runs):
+        color = FRONT_COLORS[i % len(FRONT_COLORS)] if several else None
+        if split == "search":
+            scored = [
+                c["scores"]
+                for c in RunStore(run.directory).candidates()
+                if isinstance(c, dict)
+                and isinstance(c.get("scores"), dict)
+                and set(names) <= set(c["scores"])
+            ]
+            if scored:
+                label = f"{run.label}: all candidates" if several else "all candidates"
+                points = np.array([[s[o] for o in names] for s in scored])
+                series.append(PlotSeries(label, points, "candidates", color))
+        members = run.front.members
+        label = f"{run.label} front ({len(members)})" if several else f"HM3 front ({len(members)})"
+        points = np.array([[m.scores[split][o] for o in names] for m in members])
+        series.append(PlotSeries(label, points, "front", color))
+    for label, reference in references:
+        point = np.array([[reference.scores[split][o] for o in names]])
+        kind = reference.kind if reference.kind in ("finetuned", "merge", "baseline") else "baseline"
+        series.append(PlotSeries(label, point, kind))  # type: ignore[arg-type]
     return series

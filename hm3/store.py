@@ -23,7 +23,8 @@ only a run folder, and only once the new one is complete (:mod:`hm3.folder_swap`
 or the new one). One process at a time works in a run: :meth:`RunStore.create` and :meth:`RunStore.resume`
 take its lock, and a second process is refused. The logged scores belong to the inputs as they were: a run
 whose recipe, task or data files or model weights changed since it started is not resumed
-(:mod:`hm3.run_fingerprint`), and the change is named.
+(:mod:`hm3.run_fingerprint`), and the change is named; when only the model weights changed the refusal is a
+:class:`~hm3.errors.ModelsChangedError` (exit code 3), which ``make demo`` takes as the sign to start afresh.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from hm3.errors import UserError
+from hm3.errors import ModelsChangedError, UserError
 from hm3.folder_swap import (
     clear_leftovers,
     clear_stale_temporaries,
@@ -162,6 +163,7 @@ class RunStore:
         Raises:
             UserError: no run there, another process works in it, the recipe differs, or what decides its
                 scores changed since it started (the change is named).
+            ModelsChangedError: only the model weights changed since the run started (exit code 3).
         """
         directory = Path(directory)
         clear_leftovers(directory)
@@ -239,7 +241,13 @@ class RunStore:
             )
         changes = fingerprint_changes(then, now)
         if changes or then.get("scoring") != scoring_key(now):
-            raise UserError(
+            only_models = (
+                then["models"] != now["models"]
+                and then["files"] == now["files"]
+                and not data_differences(then["recipe"], now["recipe"])
+            )
+            error = ModelsChangedError if only_models else UserError
+            raise error(
                 f"cannot resume {self.directory}: {_some(changes) or 'its fingerprint changed'} since the run "
                 "started (its logged scores are for the old inputs); start a new run, or replace this one "
                 "with hm3 merge --recipe ... --force"

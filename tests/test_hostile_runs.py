@@ -287,6 +287,67 @@ def test_resuming_an_edited_run_is_refused_naming_the_change(
     assert tree_digest(run) == run_before
 
 
+def _edit_weights(run: Path) -> None:
+    """The run was started on weights of another modification time (what a rebuilt zoo leaves)."""
+    fingerprint = json.loads((run / "fingerprint.json").read_text())
+    files = fingerprint["models"][next(p for p in fingerprint["models"] if p.endswith("addition"))]
+    files[next(iter(files))][1] -= 10**9
+    (run / "fingerprint.json").write_text(json.dumps(fingerprint))
+
+
+def test_a_run_whose_model_weights_changed_is_refused_with_exit_code_3(
+    inputs: Inputs, tmp_path: Path
+) -> None:
+    """Exit 3 for this refusal alone (``make demo`` starts afresh on it); with any other change besides, 2."""
+    run = copy_of_run(inputs, tmp_path)
+    _edit_weights(run)
+    before, run_before = inputs.digest(), tree_digest(run)
+    done = run_hm3("merge", "--resume", run, "--quiet")
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert f"cannot resume {run}: the weights in {inputs.zoo / 'addition'} changed" in done.stderr
+    assert inputs.digest() == before and tree_digest(run) == run_before
+    _edit_fingerprint(run, "toy_reversal.jsonl")  # the weights and a data file: not only the models
+    assert_refused(run_hm3("merge", "--resume", run, "--quiet"), "toy_reversal.jsonl changed")
+
+
+@pytest.mark.parametrize(
+    ("resume_exit", "make_exit", "afresh"),
+    [(0, 0, False), (3, 0, True), (2, 2, False), (1, 1, False)],
+    ids=["resumed", "models-changed", "other-refusal", "crash"],
+)
+def test_make_demo_starts_afresh_only_when_the_models_changed(
+    resume_exit: int, make_exit: int, afresh: bool, tmp_path: Path
+) -> None:
+    """The demo target with a stand-in ``hm3`` whose ``merge --resume`` exits with ``resume_exit``."""
+    bin_folder, run, calls = tmp_path / "bin", tmp_path / "runs" / "toy-lm", tmp_path / "calls.txt"
+    bin_folder.mkdir()
+    hm3 = bin_folder / "hm3"
+    hm3.write_text(
+        f'#!/bin/sh\necho "$*" >> {calls}\n'
+        f'case "$*" in "merge --resume"*) exit {resume_exit};; esac\nexit 0\n'
+    )
+    hm3.chmod(0o755)
+    stamp = tmp_path / "installed"
+    stamp.touch()
+    os.utime(stamp, (time.time() + 3600, time.time() + 3600))  # newer than setup.cfg: no install
+    run.mkdir(parents=True)
+    (run / "recipe.yaml").write_text("{}\n")
+    done = subprocess.run(
+        ["make", "-s", "demo", f"BIN={bin_folder}", f"STAMP={stamp}", f"DEMO_RUN={run}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == (0 if make_exit == 0 else 2), done.stdout + done.stderr  # make: 2 on failure
+    lines = calls.read_text().splitlines()
+    assert lines[1] == f"merge --resume {run}"
+    forced = f"merge --recipe recipes/toy-lm.yaml --out {run} --force"
+    assert (forced in lines) == afresh
+    assert (f"pareto {run} --plot {run}/front.png" in lines) == (make_exit == 0)
+
+
 def test_the_fingerprint_follows_includes_code_and_data(tmp_path: Path) -> None:
     from hm3.recipe import recipe_from_dict
     from hm3.run_fingerprint import fingerprint_changes, input_files, run_fingerprint

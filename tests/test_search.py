@@ -172,6 +172,27 @@ def test_resume_after_sigkill_rescores_nothing_and_finishes_the_same_search(
     assert summary["candidates_scored_this_session"] == len(after) - len(before)
 
 
+def test_ctrl_c_prints_the_command_that_continues_the_search(micro_recipe: Path) -> None:
+    run = micro_recipe.parent / "run-interrupted"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    command = [sys.executable, "-m", "cli.main", "merge", "--recipe", str(micro_recipe), "--out", str(run)]
+    process = subprocess.Popen(
+        [*command, "--quiet"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    log = run / "candidates.jsonl"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and process.poll() is None:  # interrupt once the search has begun
+        if log.is_file() and log.read_bytes().count(b"\n") >= 3:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the search ended before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1].endswith(f"continue the search with: hm3 merge --resume {run}")
+    assert "Traceback" not in stderr and not (run / "front.json").exists()
+
+
 def test_pareto_prints_the_front_and_writes_the_plot(finished_run: Path, tmp_path: Path) -> None:
     plot = tmp_path / "front.png"
     done = run_hm3("pareto", finished_run, "--plot", plot)

@@ -24,7 +24,7 @@ from hm3.errors import UserError
 if TYPE_CHECKING:
     from hm3.recipe import Recipe
     from hm3.search.progress import SearchProgress
-    from hm3.search.run import SearchInputs
+    from hm3.search.session import SearchInputs
     from hm3.store import RunStore
 
 METHODS: dict[str, str] = {
@@ -40,7 +40,7 @@ METHODS: dict[str, str] = {
 
 def hm3_budget(recipe: Recipe) -> int:
     """Distinct search-split candidates HM3 scores on ``recipe``: P × (merges + iterations) per preference."""
-    from hm3.search.run import preferences
+    from hm3.search.session import preferences
 
     merges = recipe.parameter_level.merges_per_preference
     per_preference = merges + (recipe.agent.iterations if recipe.architecture_level.enabled else 0)
@@ -68,7 +68,7 @@ def run_baseline(
 
     from hm3.baselines.budget import BaselineEvaluator, BudgetSpent
     from hm3.search.finish import finish_run
-    from hm3.search.run import open_search, preferences, score_finetuned
+    from hm3.search.session import open_search, preferences, score_finetuned
 
     started = time.perf_counter()
     search = open_search(recipe, store, progress, inputs)
@@ -109,7 +109,7 @@ def _ablation(
             }
         )
         return run_search(changed, store, progress, method=method, details={"budget": budget}, inputs=inputs)
-    from hm3.search.run import preferences
+    from hm3.search.session import preferences
 
     count = len(preferences(recipe))
     iterations = max(1, budget // count - 1)

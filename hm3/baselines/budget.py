@@ -17,7 +17,7 @@ from hm3.routing.path import InferencePath
 
 if TYPE_CHECKING:
     from hm3.merge.spec import MergeSpec
-    from hm3.search.run import Search
+    from hm3.search.session import Search
 
 
 def shares(budget: int, parts: int) -> list[int]:

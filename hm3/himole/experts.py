@@ -13,20 +13,19 @@ the kept weights sum to 1 this is Σ_i G_i · FFN_i(h), and with all LoRA ``B`` 
 FFN exactly. ``pool(h)`` is the mean of the sequence's non-padding FFN inputs up to and including the token
 (a causal mean: teacher-forced training and cached generation route identically).
 
-Experts are evaluated only on the tokens routed to them (sparse dispatch). Everything here is plain torch.
+Experts are evaluated only on the tokens routed to them (sparse dispatch). The blocks of one model share a
+:class:`RoutingContext` (the forward's padding mask and the pooling state between generation steps), which
+:func:`hm3.himole.model.attach_mixture` creates and feeds. Everything here is plain torch.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-
-if TYPE_CHECKING:
-    from hm3.himole.model import RoutingContext
 
 RoutingKind = Literal["hierarchical", "token", "single"]
 """``hierarchical``: sentence ⊙ token router (HiMoLE); ``token``: token router only (MoE-LoRA); ``single``:
@@ -161,6 +160,60 @@ def diversity_loss(group_outputs: torch.Tensor, real: torch.Tensor) -> torch.Ten
     similarity = torch.einsum("ath,bth->abt", unit, unit)
     first, second = torch.triu_indices(groups, groups, offset=1)
     return similarity[first, second].mean()
+
+
+class RoutingContext:
+    """Per-forward state shared by the mixture blocks of one model.
+
+    Attributes:
+        token_mask: 1 for real tokens, 0 for padding, of the tokens in the current forward [B, T] (None: all real).
+        continues: Whether the current forward continues the sequences of the previous one (cached generation).
+        collect_losses: Whether blocks in training mode compute the auxiliary losses.
+        record_routing: Whether blocks keep their last routing decision (tests, analysis).
+    """
+
+    def __init__(self) -> None:
+        self.token_mask: torch.Tensor | None = None
+        self.continues = False
+        self.collect_losses = True
+        self.record_routing = False
+        self._pool_state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def begin(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Read a model forward's inputs: the length of the new tokens and the 2-D attention mask."""
+        tokens = kwargs.get("input_ids", args[0] if args else None)
+        if tokens is None:
+            tokens = kwargs.get("inputs_embeds")
+        mask = kwargs.get("attention_mask")
+        length = None if tokens is None else int(tokens.shape[1])
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))
+        past = 0
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and length is not None:
+            past = int(mask.shape[1]) - length
+            self.token_mask = mask[:, past:]
+        else:
+            self.token_mask = None
+            if cache is not None and hasattr(cache, "get_seq_length"):
+                past = int(cache.get_seq_length())
+        self.continues = past > 0
+        if not self.continues:
+            self._pool_state.clear()
+
+    def mask_for(self, batch: int, length: int, device: torch.device) -> torch.Tensor:
+        """The current forward's token mask, or all ones when the forward gave none."""
+        mask = self.token_mask
+        if mask is None or tuple(mask.shape) != (batch, length):
+            return torch.ones(batch, length, device=device)
+        return mask.to(device)
+
+    def pool(self, layer: int, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The causal mean of block ``layer``'s real FFN inputs up to each position (see ``causal_mean_pool``)."""
+        prior = self._pool_state.get(layer) if self.continues else None
+        if prior is not None and prior[0].shape[0] != x.shape[0]:
+            prior = None
+        pooled, total, count = causal_mean_pool(x, mask, *(prior or (None, None)))
+        self._pool_state[layer] = (total.detach(), count.detach())
+        return pooled
 
 
 class MixtureFFN(nn.Module):

@@ -1,12 +1,12 @@
 """Attaching a mixture of LoRA experts to a causal LM, for training and for (cached) generation.
 
-:func:`attach_mixture` replaces the MLP of every decoder block with a :class:`~hm3.himole.experts.MixtureFFN`
-and freezes the base weights. A forward pre-hook on the model hands each forward's padding mask to the blocks
-through a :class:`RoutingContext`, which also keeps the sentence pooling state between the steps of a cached
-generation: a forward whose attention mask is longer than its input continues the previous sequence, any
-other forward starts new ones. The model stays a ``PreTrainedModel``: ``generate``, lm-eval's ``HFLM`` and
-``model(**batch).loss`` work unchanged (greedy or sampled decoding; beam search reorders sequences and is not
-supported by the pooling state).
+:func:`attach_mixture` replaces the MLP of every decoder block with a :class:`~hm3.himole.experts.MixtureFFN` and
+freezes the base weights. A forward pre-hook on the model hands each forward's padding mask to the blocks through a
+:class:`~hm3.himole.experts.RoutingContext` (the blocks' shared state, kept with them), which also keeps the
+sentence pooling state between the steps of a cached generation: a forward whose attention mask is longer than its
+input continues the previous sequence, any other forward starts new ones. The model stays a ``PreTrainedModel``:
+``generate``, lm-eval's ``HFLM`` and ``model(**batch).loss`` work unchanged (greedy or sampled decoding; beam
+search reorders sequences and is not supported by the pooling state).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from hm3.errors import UserError
-from hm3.himole.experts import MixtureFFN, RoutingKind, lora_parameter_count
+from hm3.himole.experts import MixtureFFN, RoutingContext, RoutingKind, lora_parameter_count
 
 SUPPORTED_FAMILIES = ("llama", "qwen2", "mistral")
 """``config.model_type`` values whose decoder blocks hold a ``gate_proj / up_proj / down_proj`` MLP at
@@ -53,62 +53,6 @@ class AdapterSpec:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class RoutingContext:
-    """Per-forward state shared by the mixture blocks of one model.
-
-    Attributes:
-        token_mask: 1 for real tokens, 0 for padding, of the tokens in the current forward [B, T] (None: all real).
-        continues: Whether the current forward continues the sequences of the previous one (cached generation).
-        collect_losses: Whether blocks in training mode compute the auxiliary losses.
-        record_routing: Whether blocks keep their last routing decision (tests, analysis).
-    """
-
-    def __init__(self) -> None:
-        self.token_mask: torch.Tensor | None = None
-        self.continues = False
-        self.collect_losses = True
-        self.record_routing = False
-        self._pool_state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def begin(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Read a model forward's inputs: the length of the new tokens and the 2-D attention mask."""
-        tokens = kwargs.get("input_ids", args[0] if args else None)
-        if tokens is None:
-            tokens = kwargs.get("inputs_embeds")
-        mask = kwargs.get("attention_mask")
-        length = None if tokens is None else int(tokens.shape[1])
-        cache = kwargs.get("past_key_values", kwargs.get("cache"))
-        past = 0
-        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and length is not None:
-            past = int(mask.shape[1]) - length
-            self.token_mask = mask[:, past:]
-        else:
-            self.token_mask = None
-            if cache is not None and hasattr(cache, "get_seq_length"):
-                past = int(cache.get_seq_length())
-        self.continues = past > 0
-        if not self.continues:
-            self._pool_state.clear()
-
-    def mask_for(self, batch: int, length: int, device: torch.device) -> torch.Tensor:
-        """The current forward's token mask, or all ones when the forward gave none."""
-        mask = self.token_mask
-        if mask is None or tuple(mask.shape) != (batch, length):
-            return torch.ones(batch, length, device=device)
-        return mask.to(device)
-
-    def pool(self, layer: int, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The causal mean of block ``layer``'s real FFN inputs up to each position (see ``causal_mean_pool``)."""
-        from hm3.himole.experts import causal_mean_pool
-
-        prior = self._pool_state.get(layer) if self.continues else None
-        if prior is not None and prior[0].shape[0] != x.shape[0]:
-            prior = None
-        pooled, total, count = causal_mean_pool(x, mask, *(prior or (None, None)))
-        self._pool_state[layer] = (total.detach(), count.detach())
-        return pooled
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:

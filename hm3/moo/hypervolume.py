@@ -2,8 +2,9 @@
 
 **Normalisation and reference point** (used everywhere hm3 reports a hypervolume): each objective is mapped to
 [0, 1] by min-max over *every point being compared* (a front together with the fine-tuned models, the uniform
-merges and any baseline in the same table), and the reference point is −0.1 on every normalised axis, i.e. 10%
-of each objective's range below the worst compared point. Hypervolumes computed with one
+merges and any baseline in the same table; ``hm3 pareto A B``: the union of every run's front and references), and
+the reference point is −0.1 on every normalised axis, i.e. 10% of each objective's range below the worst compared
+point. Hypervolumes computed with one
 :class:`Normalization` are comparable; a set's hypervolume lies in [0, 1.1^K].
 
 The computation is exact: a 2-D sweep, and slicing by the last objective above that (HSO), which is fast for the

@@ -5,7 +5,8 @@
   line per front member and per reference model.
 
 Reference models (the fine-tuned specialists, uniform TA / TIES / DARE-TIES merges, baselines) are drawn with
-their own markers and labelled in the legend.
+their own markers and labelled in the legend. Several runs' fronts (``hm3 pareto A B``) share the axes, each in
+its own colour.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class PlotSeries:
     label: str
     points: np.ndarray
     kind: SeriesKind
+    color: str | None = None
+    """Overrides the kind's colour (``hm3 pareto A B``: one colour per run's front and candidates)."""
 
 
 def plot_pareto(series: list[PlotSeries], objective_names: list[str], out: Path, title: str) -> Path:
@@ -70,6 +73,8 @@ def _style_for(series: PlotSeries, index: int, colors: tuple) -> dict[str, objec
     style = dict(_STYLE[series.kind])
     if series.kind in ("finetuned", "merge", "baseline"):
         style["color"] = colors[index % len(colors)]
+    if series.color is not None:
+        style["color"] = series.color
     return style
 
 
@@ -86,7 +91,8 @@ def _scatter_pair(ax, styled, i: int, j: int, names: list[str], step: bool) -> N
             plane = pts[:, [i, j]]
             plane = plane[non_dominated_mask(plane)]
             plane = plane[np.argsort(-plane[:, 0])]
-            ax.step(plane[:, 0], plane[:, 1], where="post", color="tab:red", lw=1.3, alpha=0.8)
+            color = style.get("color", "tab:red")
+            ax.step(plane[:, 0], plane[:, 1], where="post", color=color, lw=1.3, alpha=0.8)
     ax.set_xlabel(names[i])
     ax.set_ylabel(names[j])
     ax.grid(alpha=0.3)

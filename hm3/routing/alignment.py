@@ -24,14 +24,18 @@ paper learns ``z' = W·(z − μ)/σ + b`` with a Deep-CORAL loss; hm3 offers tw
     own, without the maps) plus ``hm3_routing.json`` and ``hm3_alignment.safetensors`` (keys
     ``step.{t}.scale`` / ``step.{t}.shift``); :func:`hm3.load_merged` loads the checkpoint and re-attaches the
     maps as forward pre-hooks.
+
+The maps themselves (:class:`~hm3.routing.affine.AffineAlignment`) live in :mod:`hm3.routing.affine`, which the
+model builder applies; this module fits them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hm3.errors import UserError
+from hm3.routing.affine import AffineAlignment, affine_hook
+from hm3.routing.builder import build_routed_model, layer_modules
 from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
 
@@ -41,57 +45,6 @@ if TYPE_CHECKING:
 
 ALIGNMENT_MODES = ("none", "stats")
 _EPS = 1e-6
-
-
-@dataclass
-class AffineAlignment:
-    """Per-step affine maps ``z' = scale ⊙ z + shift`` on the hidden state entering a layer.
-
-    Attributes:
-        scales: Step index -> per-channel scale [H].
-        shifts: Step index -> per-channel shift [H].
-    """
-
-    scales: dict[int, torch.Tensor] = field(default_factory=dict)
-    shifts: dict[int, torch.Tensor] = field(default_factory=dict)
-
-    def attach(self, layers: nn.ModuleList) -> list[Any]:
-        """Register a forward pre-hook on each mapped layer; returns the hook handles."""
-        handles = []
-        for step, scale in sorted(self.scales.items()):
-            shift = self.shifts[step]
-            handles.append(
-                layers[step].register_forward_pre_hook(_affine_hook(scale, shift), with_kwargs=True)
-            )
-        return handles
-
-    def to_tensors(self) -> dict[str, torch.Tensor]:
-        """Flat ``step.{t}.scale`` / ``step.{t}.shift`` tensors (for safetensors)."""
-        out = {}
-        for step in sorted(self.scales):
-            out[f"step.{step}.scale"] = self.scales[step].contiguous()
-            out[f"step.{step}.shift"] = self.shifts[step].contiguous()
-        return out
-
-    @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> AffineAlignment:
-        """The inverse of :meth:`to_tensors`."""
-        out = cls()
-        for name, value in tensors.items():
-            _, step, kind = name.split(".")
-            (out.scales if kind == "scale" else out.shifts)[int(step)] = value
-        return out
-
-
-def _affine_hook(scale: torch.Tensor, shift: torch.Tensor):
-    def hook(module, args, kwargs):
-        if args:
-            hidden = args[0]
-            return (hidden * scale.to(hidden.dtype) + shift.to(hidden.dtype), *args[1:]), kwargs
-        hidden = kwargs["hidden_states"]
-        return args, {**kwargs, "hidden_states": hidden * scale.to(hidden.dtype) + shift.to(hidden.dtype)}
-
-    return hook
 
 
 def _channel_stats(hidden: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,8 +74,6 @@ class StatsAligner:
     def source_stats(self) -> dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]]:
         """(model, layer) -> (mean, std) of the hidden state entering that layer in its own model."""
         if self._source is None:
-            from hm3.routing.builder import build_routed_model, layer_modules
-
             stats: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
             for model_index in range(self.pool.num_models):
                 path = InferencePath.identity(model_index, self.pool.num_layers)
@@ -137,8 +88,6 @@ class StatsAligner:
 
     def fit(self, path: InferencePath) -> AffineAlignment:
         """Maps for every step of ``path`` whose input is not native, fitted in path order."""
-        from hm3.routing.builder import build_routed_model, layer_modules
-
         source = self.source_stats()
         alignment = AffineAlignment()
         model = build_routed_model(self.pool, path)
@@ -171,7 +120,7 @@ class StatsAligner:
             scale = std_src / std_in
             alignment.scales[step] = scale
             alignment.shifts[step] = mean_src - scale * mean_in
-            return _affine_hook(alignment.scales[step], alignment.shifts[step])(module, args, kwargs)
+            return affine_hook(alignment.scales[step], alignment.shifts[step])(module, args, kwargs)
 
         return hook
 

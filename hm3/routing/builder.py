@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from hm3.arch import ArchitectureSpec
-    from hm3.routing.alignment import AffineAlignment
+    from hm3.routing.affine import AffineAlignment
 
 
 def source_config(pool: RoutingPool) -> Any:

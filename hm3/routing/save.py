@@ -36,7 +36,7 @@ from hm3.routing.pool import RoutingPool
 if TYPE_CHECKING:
     import torch
 
-    from hm3.routing.alignment import AffineAlignment
+    from hm3.routing.affine import AffineAlignment
 
 ROUTING_FILE = "hm3_routing.json"
 ALIGNMENT_FILE = "hm3_alignment.safetensors"

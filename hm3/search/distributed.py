@@ -1,7 +1,7 @@
 """The preference subproblems of a search as Ray actors (``hm3 merge --ray-address local|auto|HOST:PORT``).
 
 Each actor opens the run on its own — its own copy of the model pool and of the evaluator, on its own device —
-and searches the preferences the driver hands it with :func:`hm3.search.run.run_preference`, the very function
+and searches the preferences the driver hands it with :func:`hm3.search.preference.run_preference`, the very function
 the sequential search calls, with the same per-preference seed. Every candidate an actor scores is appended
 by the actor to the run's ``candidates.jsonl`` (one line per ``write``, ``O_APPEND``, fsynced), so the run
 directory must be on a file system every node sees (always true for ``local``). The driver writes each
@@ -20,9 +20,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hm3.errors import UserError
+from hm3.search.preference import run_preference
+from hm3.search.progress import SearchProgress
+from hm3.search.session import open_search
+from hm3.store import RunStore
 
 if TYPE_CHECKING:
-    from hm3.search.run import Search
+    from hm3.search.session import Search
 
 
 class PreferenceWorker:
@@ -36,10 +40,6 @@ class PreferenceWorker:
         parameter_level: bool,
         agent_folder: str | None,
     ) -> None:
-        from hm3.search.progress import SearchProgress
-        from hm3.search.run import open_search
-        from hm3.store import RunStore
-
         self.search = open_search(recipe, RunStore(Path(run_directory)), SearchProgress(enabled=False))
         self.search.ideal = list(ideal)
         self.parameter_level = parameter_level
@@ -50,8 +50,6 @@ class PreferenceWorker:
             self.agent = PathAgent.load(agent_folder, allow_pickle=recipe.allow_pickle)
 
     def run(self, index: int, preference: list[float]) -> dict:
-        from hm3.search.run import run_preference
-
         return run_preference(self.search, index, np.asarray(preference), self.agent, self.parameter_level)
 
 

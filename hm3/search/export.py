@@ -36,7 +36,7 @@ def export_member(run: str | Path, wanted: str, out: str | Path, force: bool = F
     from hm3.merge.spec import MergeSpec
     from hm3.routing.save import save_routed_model
     from hm3.search.progress import SearchProgress
-    from hm3.search.run import open_search
+    from hm3.search.session import open_search
 
     store, recipe = RunStore.resume(run, lock=False)
     front = ParetoFront.from_json(store.read_json(FRONT_FILE))

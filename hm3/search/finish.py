@@ -23,7 +23,7 @@ from hm3.store import FRONT_FILE, SUMMARY_FILE
 
 if TYPE_CHECKING:
     from hm3.merge.spec import MergeSpec
-    from hm3.search.run import Search
+    from hm3.search.session import Search
 
 UNIFORM_METHODS = ("task_arithmetic", "ties", "dare_ties")
 MERGED_MODELS_DIR = "merged"

@@ -1,0 +1,147 @@
+"""An open search: what it holds (the recipe, the run store, the pool, the scorer, the candidate log), how it is
+opened, and what every strategy does first — score the fine-tuned models, draw the preferences.
+
+The HM3 search (:mod:`hm3.search.run`), its Ray workers (:mod:`hm3.search.distributed`), the end of a run
+(:mod:`hm3.search.finish`), the baselines and ``hm3 export`` all work on a :class:`Search`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hm3.search.log import CandidateLog
+from hm3.search.models import CandidateModels
+from hm3.search.progress import SearchProgress
+
+if TYPE_CHECKING:
+    from hm3.evaluate import Evaluator
+    from hm3.pool import ModelPool
+    from hm3.recipe import Recipe
+    from hm3.routing.scoring import RewardSpec
+    from hm3.store import RunStore
+
+
+@dataclass
+class Search:
+    """Everything one search holds: the recipe, the run store, the models, the scorer, the candidate log."""
+
+    recipe: Recipe
+    store: RunStore
+    pool: ModelPool
+    evaluator: Evaluator
+    log: CandidateLog
+    models: CandidateModels
+    progress: SearchProgress
+    ideal: list[float] = field(default_factory=list)
+    finetuned_scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    scoring: str = ""
+    """What decides a score in this run (:mod:`hm3.run_fingerprint`); part of every candidate key."""
+
+    @property
+    def objectives(self) -> list[str]:
+        return list(self.recipe.objective_names)
+
+    def score_search(self, model: Any) -> dict[str, float]:
+        return self.evaluator.score(model, split="search")
+
+    def rewards(self) -> RewardSpec:
+        from hm3.routing.agent import reward_spec_from_recipe
+
+        return reward_spec_from_recipe(self.recipe, self.ideal)
+
+
+@dataclass
+class SearchInputs:
+    """What a search loads before it touches its run folder: the objectives, the placed pool, the calibration
+    batch. Loading them runs every check that can fail before work starts (no such device, a model that does
+    not load or fit, a task that does not load), so a failed start leaves no run folder behind."""
+
+    evaluator: Evaluator
+    pool: ModelPool
+    calibration: dict[str, Any] | None
+
+
+def load_inputs(recipe: Recipe) -> SearchInputs:
+    """Load and check the objectives and the pool (checked before any model weight is read), then place it."""
+    from hm3.evaluate import Evaluator
+    from hm3.placement import Placement, check_fits, resolve_device
+    from hm3.pool import ModelPool
+    from hm3.search.calibration import calibration_batch
+
+    placement = Placement(resolve_device(recipe.device), recipe.dtype)  # the quick checks first
+    preferences(recipe)  # the preference vectors are drawn here too, so a seed they refuse fails now
+    pool = ModelPool.from_recipe(recipe)
+    check_fits(pool.parameters_per_model, len(pool.models) + 2, placement)
+    evaluator = Evaluator.from_recipe(recipe)
+    pool.place(placement.device, placement.torch_dtype)
+    calibration = None
+    if recipe.architecture_level.enabled and recipe.architecture_level.alignment == "stats":
+        batch = calibration_batch(evaluator, recipe.architecture_level.calibration_samples)
+        calibration = {
+            name: value.to(placement.device, placement.torch_dtype if value.is_floating_point() else None)
+            for name, value in batch.items()
+        }
+    return SearchInputs(evaluator, pool, calibration)
+
+
+def open_search(
+    recipe: Recipe, store: RunStore, progress: SearchProgress, inputs: SearchInputs | None = None
+) -> Search:
+    """The search of ``recipe`` in ``store``: its inputs (loaded now when not given) and the run's log."""
+    loaded = inputs if inputs is not None else load_inputs(recipe)
+    return Search(
+        recipe=recipe,
+        store=store,
+        pool=loaded.pool,
+        evaluator=loaded.evaluator,
+        log=CandidateLog(store),
+        models=CandidateModels(loaded.pool, recipe, loaded.calibration),
+        progress=progress,
+        scoring=store.scoring_key(recipe),
+    )
+
+
+def score_finetuned(search: Search) -> None:
+    """Score the K fine-tuned models on the search split; set the ideal point z*."""
+    from hm3.moo.scalarization import oriented
+
+    names = search.pool.model_names
+    search.progress.stage("fine-tuned models (search split)", len(names))
+    for index, name in enumerate(names):
+        spec = {
+            "finetuned": name,
+            "split": "search",
+            "objectives": search.objectives,
+            "scoring": search.scoring,
+        }
+        search.finetuned_scores[name] = search.log.score_once(
+            spec,
+            lambda index=index: search.score_search(search.models.finetuned(index)),
+            split="search",
+            kind="finetuned",
+            label=name,
+        )
+        search.progress.advance()
+    directions = [o.higher_is_better for o in search.recipe.objectives]
+    search.ideal = [
+        max(oriented(scores[o], up) for scores in search.finetuned_scores.values())
+        for o, up in zip(search.objectives, directions, strict=True)
+    ]
+    search.store.log(f"ideal point z* (search split, oriented): {search.ideal}")
+
+
+def preferences(recipe: Recipe) -> np.ndarray:
+    """The preference vectors of the run, in the order they are searched."""
+    from hm3.moo.preferences import preference_vectors
+
+    config = recipe.preferences
+    return preference_vectors(
+        len(recipe.objectives),
+        config.count,
+        recipe.seed if config.seed is None else config.seed,
+        include_corners=config.include_corners,
+        include_centre=config.include_centre,
+    )

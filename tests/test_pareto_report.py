@@ -1,0 +1,105 @@
+"""`hm3 pareto A B`: several runs in one table and one plot, their hypervolumes on one normalisation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cli.main import main
+from hm3.moo.hypervolume import REFERENCE_OFFSET
+from hm3.pareto_report import pareto_report
+
+REFERENCES = [
+    {"label": "x", "kind": "finetuned", "scores": {"heldout": {"x": 0.4, "y": 0.0}}},
+    {"label": "y", "kind": "finetuned", "scores": {"heldout": {"x": 0.0, "y": 0.4}}},
+]
+
+
+def _run(folder: Path, points: list[tuple[float, float]], objectives=("x", "y")) -> Path:
+    """A run folder whose front has one member per held-out point (the search scores do not matter here)."""
+    members = [
+        {
+            "id": f"{folder.name}{i:04d}",
+            "preference": [0.5, 0.5],
+            "merge": None,
+            "path": None,
+            "alignment": "none",
+            "scores": {split: dict(zip(objectives, p, strict=True)) for split in ("search", "heldout")},
+        }
+        for i, p in enumerate(points)
+    ]
+    front = {
+        "objectives": list(objectives),
+        "higher_is_better": [True, True],
+        "members": members,
+        "references": REFERENCES,
+    }
+    folder.mkdir(parents=True)
+    (folder / "front.json").write_text(json.dumps(front))
+    return folder
+
+
+def _box_union(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """The area two points dominate above the reference point (−0.1, −0.1): two boxes minus their overlap."""
+    r = REFERENCE_OFFSET
+    box = lambda p: (p[0] - r) * (p[1] - r)  # noqa: E731
+    return box(a) + box(b) - box((min(a[0], b[0]), min(a[1], b[1])))
+
+
+def test_two_runs_share_one_normalisation(tmp_path: Path) -> None:
+    a = _run(tmp_path / "a", [(0.4, 0.2), (0.2, 0.4)])
+    b = _run(tmp_path / "b", [(0.8, 0.1), (0.3, 0.3)])
+    alone = pareto_report(a)
+    # alone: x and y both span [0, 0.4] (members and references), so A's members map to (1, .5) and (.5, 1)
+    assert alone.runs[0].hypervolumes["front"] == pytest.approx(_box_union((1.0, 0.5), (0.5, 1.0)))
+    both = pareto_report([a, b])
+    # shared bounds: the union of both fronts and their references, x in [0, 0.8], y in [0, 0.4]
+    assert both.normalization.lower == (0.0, 0.0) and both.normalization.upper == (0.8, 0.4)
+    assert both.runs[0].hypervolumes["front"] == pytest.approx(_box_union((0.5, 0.5), (0.25, 1.0)))
+    assert both.runs[1].hypervolumes["front"] == pytest.approx(_box_union((1.0, 0.25), (0.375, 0.75)))
+    assert both.reference_hypervolumes["x"] == pytest.approx((0.5 + 0.1) * (0.0 + 0.1))
+    assert [label for label, _ in both.references] == ["x", "y"]  # equal in both runs: shown once
+    # the order of the runs changes nothing but the order of the rows
+    swapped = pareto_report([b, a])
+    assert swapped.runs[1].hypervolumes["front"] == pytest.approx(both.runs[0].hypervolumes["front"])
+
+
+def test_two_copies_of_one_run_get_the_hypervolume_it_has_alone(tmp_path: Path) -> None:
+    a = _run(tmp_path / "one" / "run", [(0.4, 0.2), (0.2, 0.4)])
+    copy = tmp_path / "two" / "run"
+    shutil.copytree(a, copy)
+    report = pareto_report([a, copy])
+    # the same folder name: the paths as given tell them apart
+    assert [r.label for r in report.runs] == [str(a), str(copy)]
+    volumes = [r.hypervolumes["front"] for r in report.runs]
+    assert volumes[0] == volumes[1] == pytest.approx(pareto_report(a).runs[0].hypervolumes["front"])
+
+
+def test_cli_prints_both_runs_and_one_plot(tmp_path: Path, capsys) -> None:
+    a = _run(tmp_path / "hm3", [(0.4, 0.2), (0.2, 0.4)])
+    b = _run(tmp_path / "nsga2", [(0.8, 0.1), (0.3, 0.3)])
+    plot = tmp_path / "both.png"
+    assert main(["pareto", str(a), str(b), "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "one normalisation for all 2 runs" in out
+    assert "front of hm3" in out and "front of nsga2" in out
+    assert "x [0.000, 0.800], y [0.000, 0.400]" in out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["pareto", str(a)]) == 0  # one run: today's format
+    out = capsys.readouterr().out
+    assert "hypervolume (heldout): front 0.9600" in out and "normalisation: min-max" in out
+
+
+@pytest.mark.parametrize("objectives", [("y", "x"), ("x", "z")], ids=["order", "names"])
+def test_runs_with_other_objectives_are_refused(objectives, tmp_path: Path, capsys) -> None:
+    a = _run(tmp_path / "a", [(0.4, 0.2)])
+    b = _run(tmp_path / "b", [(0.4, 0.2)], objectives=objectives)
+    front = json.loads((b / "front.json").read_text())
+    front["references"] = []
+    (b / "front.json").write_text(json.dumps(front))
+    assert main(["pareto", str(a), str(b)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "only runs of the same objectives" in err[0] and str(b) in err[0], err
