@@ -3,18 +3,22 @@
 torch picks its CPU kernels by the instructions the CPU has (``ATEN_CPU_CAPABILITY``: ``default``, ``avx2``,
 ``avx512``), and Intel MKL, which does torch's float32 matrix products, picks its own code path the same way.
 Their results differ in the last bits, and the toy training turns last bits into other models: the micro zoo's
-addition specialist scored 0.77 (avx2), 0.84 (default) and 0.54 (default, MKL pinned) on one machine
+addition specialist scored 0.77 (avx2), 0.84 (default) and 0.54 (default, MKL's SSE2 path) on one machine
 (benchmarks/results/zoo_build.md). A build therefore runs in a child process whose environment pins, before
 torch is imported:
 
 * ``ATEN_CPU_CAPABILITY=default``: ATen's portable kernels, which every x86-64 CPU runs alike;
-* ``MKL_CBWR=COMPATIBLE``: MKL's conditional numerical reproducibility, one code path on every x86-64 CPU;
+* ``MKL_CBWR=AVX2``: MKL's conditional numerical reproducibility, its AVX2 code path on every CPU that has
+  AVX2 (every Intel CPU since 2013, every AMD CPU since 2015), AVX-512 ones included. ``COMPATIBLE`` (the SSE2
+  path) would cover older CPUs too, but made the small zoos' builds 3-4x slower;
 * ``OMP_NUM_THREADS=MKL_NUM_THREADS=1``: float sums differ between 1 and 2 threads;
 
-and, inside the child, oneDNN off (:func:`apply_in_child`): the vision zoo's patch convolution then runs
-through ATen and MKL too. The build also seeds every draw and asks torch for deterministic algorithms
+and removes what would override them (``MKL_ENABLE_INSTRUCTIONS``, ``MKL_DEBUG_CPU_TYPE``). Inside the child
+oneDNN is off (:func:`apply_in_child`), so the vision zoo's patch convolution runs through ATen and MKL too.
+The build also seeds every draw and asks torch for deterministic algorithms
 (:func:`hm3.zoo.build.deterministic`). What the child ran with is recorded in ``zoo.json`` (``numerics``).
-Not covered: other architectures (aarch64 kernels may fuse multiply-adds), other torch or MKL versions.
+Not covered: x86-64 CPUs without AVX2, other architectures (aarch64 kernels may fuse multiply-adds), other
+torch or MKL versions.
 """
 
 from __future__ import annotations
@@ -24,16 +28,20 @@ from typing import Any
 
 PORTABLE_ENV: dict[str, str] = {
     "ATEN_CPU_CAPABILITY": "default",
-    "MKL_CBWR": "COMPATIBLE",
+    "MKL_CBWR": "AVX2",
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
 }
 """The environment a zoo build's process starts with (read by torch and MKL when they load)."""
 
+OVERRIDES = ("MKL_ENABLE_INSTRUCTIONS", "MKL_DEBUG_CPU_TYPE")
+"""Variables that would change MKL's code path under :data:`PORTABLE_ENV`; the child starts without them."""
+
 
 def portable_environment() -> dict[str, str]:
     """This process's environment with :data:`PORTABLE_ENV` laid over it, for the build's child process."""
-    return {**os.environ, **PORTABLE_ENV}
+    kept = {key: value for key, value in os.environ.items() if key not in OVERRIDES}
+    return {**kept, **PORTABLE_ENV}
 
 
 def apply_in_child() -> dict[str, Any]:
@@ -45,6 +53,7 @@ def apply_in_child() -> dict[str, Any]:
     import torch
 
     wrong = {key: os.environ.get(key) for key, value in PORTABLE_ENV.items() if os.environ.get(key) != value}
+    wrong.update({key: os.environ[key] for key in OVERRIDES if key in os.environ})
     if wrong:
         raise RuntimeError(f"zoo build process started without the portable environment: {wrong}")
     torch.backends.mkldnn.enabled = False

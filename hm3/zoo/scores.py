@@ -90,8 +90,8 @@ def vit_scores(zoo: Path, models: list[str], tasks: dict[str, dict[str, Any]]) -
 
 
 FINGERPRINT_NOTE = (
-    "a hash of every weight; built with portable CPU numerics, so the same on every x86-64 machine for this "
-    "seed, and listed in the README for the documented zoos"
+    "a hash of every weight; built with portable CPU numerics, so the same on every x86-64 machine with AVX2 "
+    "for this seed; the README lists those of the documented zoos"
 )
 
 
