@@ -66,7 +66,7 @@ def clear_leftovers(out: Path) -> None:
     leftovers = []
     for entry in parent.iterdir():
         match = pattern.match(entry.name)
-        if match and not _alive(int(match.group(2))):
+        if match and not process_alive(int(match.group(2))):
             leftovers.append((match.group(1), entry))
     for tag, entry in sorted(leftovers, key=lambda item: item[0] != REPLACED):
         if tag == REPLACED and not out.exists() and not out.is_symlink():
@@ -82,7 +82,7 @@ def clear_stale_temporaries(folder: Path) -> None:
     for root, folders, files in os.walk(folder):
         for name in [*files, *folders]:
             match = pattern.match(name)
-            if match and not _alive(int(match.group(1))):
+            if match and not process_alive(int(match.group(1))):
                 _remove(Path(root) / name)
 
 
@@ -111,7 +111,8 @@ def fsync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (this process counts as alive)."""
     if pid == os.getpid():
         return True
     try:

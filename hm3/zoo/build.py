@@ -28,6 +28,7 @@ from typing import Any
 from rich.console import Console
 
 from hm3.errors import UserError
+from hm3.folder_swap import process_alive
 from hm3.zoo.fingerprint import short
 from hm3.zoo.numerics import current_numerics, portable_environment
 from hm3.zoo.progress import quiet_libraries
@@ -190,18 +191,8 @@ def _remove_dead_builds(target: Path) -> None:
     """Delete the staging folders of builds whose process is gone (killed before its cleanup could run)."""
     for staging in target.parent.glob(f".{target.name}.building-*"):
         pid = staging.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(staging, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _write_manifest(staging: Path, spec: ZooSpec, contents: dict[str, Any], seconds: float) -> None:
