@@ -61,6 +61,17 @@ def test_nan_tensor_is_refused_naming_model_and_tensor(tiny_llama, tmp_path) -> 
     assert_refused(run_hm3("merge", "--mergekit", config, "--out", out), out, "NaN", name, "poisoned")
 
 
+def test_custom_code_models_are_refused(tiny_llama, tmp_path) -> None:
+    """A model whose config names custom code (auto_map) is not merged into an output that would name it too."""
+    custom = copy_model(tiny_llama.finetunes[0], tmp_path / "custom")
+    config_json = json.loads((custom / "config.json").read_text())
+    config_json["auto_map"] = {"AutoModelForCausalLM": "modeling_custom.CustomForCausalLM"}
+    (custom / "config.json").write_text(json.dumps(config_json))
+    config = ties_config(tmp_path, tiny_llama.base, [custom, tiny_llama.finetunes[1]])
+    out = tmp_path / "out"
+    assert_refused(run_hm3("merge", "--mergekit", config, "--out", out), out, "auto_map", "custom")
+
+
 def test_mismatched_shapes_are_refused(tiny_llama, tmp_path) -> None:
     name = "model.layers.0.mlp.down_proj.weight"
 

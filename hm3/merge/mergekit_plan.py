@@ -89,6 +89,7 @@ def plan_merge(config: MergekitConfig, base_dir: Path | None = None) -> MergePla
     base_index = models.index(config.base_model) if config.base_model else None
     donor_index = base_index if base_index is not None else models.index(slices[0].sources[0].model)
     donor = models.all[donor_index]
+    _refuse_custom_code(models.all)
     spec = detect_family(donor.config, where=f"model {donor.name}")
     vocabulary = None
     if config.tokenizer_source is not None:
@@ -180,6 +181,20 @@ def _resolve(reference: str, base_dir: Path | None) -> Path:
         if candidate.is_dir():
             return candidate.resolve()
     raise UserError(f"model {reference}: folder not found (hub ids are not fetched; give a local folder)")
+
+
+def _refuse_custom_code(checkpoints: list[Checkpoint]) -> None:
+    """Refuse a model whose config names custom code (``auto_map``): its output config would name it too.
+
+    The recipe path refuses such a model unless ``trust_remote_code: true``; a mergekit config has no such
+    switch in hm3, so the merge is refused rather than writing a model that asks its users to run that code.
+    """
+    for checkpoint in checkpoints:
+        if "auto_map" in checkpoint.config:
+            raise UserError(
+                f"model {checkpoint.name}: its config.json asks for custom code (auto_map), which hm3 merge "
+                "--mergekit does not merge or pass on; merge it with a recipe and trust_remote_code: true"
+            )
 
 
 def _as_slices(config: MergekitConfig, models: _Models) -> list[OutputSlice]:
