@@ -10,6 +10,7 @@ with rich; an error or Ctrl-C leaves no output folder behind.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -246,9 +247,7 @@ def output_layout(plan: MergePlan) -> list[TensorLayout]:
         else:
             import torch
 
-            promoted = getattr(torch, TORCH_DTYPES[stored[0]])
-            for other in stored[1:]:
-                promoted = torch.promote_types(promoted, getattr(torch, TORCH_DTYPES[other]))
+            promoted = _promoted([getattr(torch, TORCH_DTYPES[stored_dtype]) for stored_dtype in stored])
             dtype = str(promoted).removeprefix("torch.")
         shape = tuple(info.shape) if tensor.rows is None else (tensor.rows, *info.shape[1:])
         layout.append(TensorLayout(tensor.name, shape, dtype))
@@ -262,14 +261,9 @@ def _merge_one(
     base: torch.Tensor | None,
     dtype: torch.dtype | None,
 ) -> torch.Tensor:
-    import torch
 
     everything = [*tensors, *([base] if base is not None else [])]
-    work = dtype
-    if work is None:
-        work = everything[0].dtype
-        for tensor in everything[1:]:
-            work = torch.promote_types(work, tensor.dtype)
+    work = dtype if dtype is not None else _promoted([t.dtype for t in everything])
     tensors = [t.to(work) for t in tensors]
     if plan.method is None:
         return tensors[0] if planned.scale is None else tensors[0] * planned.scale
@@ -295,17 +289,14 @@ def _aligned(
 ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """The inputs of a vocabulary tensor with their rows re-indexed to ``tokenizer_source``'s vocabulary, in
     the merge's working dtype (as mergekit re-indexes after its loader's dtype conversion)."""
-    import torch
 
     assert planned.vocabulary is not None and plan.vocabulary is not None
     by_model = dict(zip([i for i, _ in planned.inputs], tensors, strict=True))
     if base is not None and planned.base is not None:
         by_model[planned.base[0]] = base
-    work = dtype
-    if work is None:
-        work = tensors[0].dtype
-        for tensor in by_model.values():
-            work = torch.promote_types(work, tensor.dtype)
+    work = (
+        dtype if dtype is not None else _promoted([tensors[0].dtype, *(t.dtype for t in by_model.values())])
+    )
     group = planned.vocabulary
     rows = aligned([by_model[i].to(work) for i in group.models], group, plan.vocabulary)
     result = dict(zip(group.models, rows, strict=True))
@@ -351,3 +342,10 @@ class _Progress:
     def __exit__(self, *exc: object) -> None:
         if self.enabled:
             self.bar.__exit__(*exc)  # type: ignore[arg-type]
+
+
+def _promoted(dtypes: list[torch.dtype]) -> torch.dtype:
+    """The dtype all of ``dtypes`` promote to, by torch's rules (torch imported here: the torch-free path)."""
+    import torch
+
+    return functools.reduce(torch.promote_types, dtypes)
