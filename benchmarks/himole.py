@@ -140,8 +140,8 @@ def main() -> None:
         "the initialisation and the batch order). Scores: exact match (greedy generation, lm-eval through "
         "`hm3 himole eval`, every test document) and the mean cross-entropy per answer token given the "
         "prompt (lower is better); mean ± standard deviation over seeds. 'lora' has a rank matched to "
-        "HiMoLE's trainable parameters; 'moe-lora' routes per token only; 'himole-one-stage' trains experts "
-        "and routers jointly from scratch (no clustering, no stage 1).",
+        "HiMoLE's trainable parameters; 'moe-lora' gates per token only; 'himole-one-stage' trains experts "
+        "and gates jointly from scratch (no clustering, no stage 1).",
         "",
         *summary,
         "",

@@ -10,8 +10,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train = actions.add_parser(
         "train",
         help="train an adapter (two-stage HiMoLE, or a baseline) and save it in one folder",
-        description="Cluster the training data, train stage 1 (one LoRA per cluster) and stage 2 (routers and "
-        "experts jointly), keep the best validation checkpoint, save adapters + routers + centroids.",
+        description="Cluster the training data, train stage 1 (one LoRA per cluster) and stage 2 (gates and "
+        "experts jointly), keep the best validation checkpoint, save experts + gates + centroids.",
     )
     train.add_argument(
         "--recipe", required=True, metavar="RECIPE", help="recipe YAML file with a himole: section"
@@ -23,13 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--variant",
         choices=("himole", "lora", "moe-lora"),
         default="himole",
-        help="himole (default); lora: one LoRA with matched parameters; moe-lora: token-level routing only",
+        help="himole (default); lora: one LoRA with matched parameters; moe-lora: token-level gating only",
     )
     train.add_argument(
         "--no-two-stage",
         dest="two_stage",
         action="store_false",
-        help="HiMoLE ablation: train experts and routers jointly from scratch (no clustering, no stage 1)",
+        help="HiMoLE ablation: train experts and gates jointly from scratch (no clustering, no stage 1)",
     )
     train.add_argument("--seed", type=int, help="override the seed of the recipe")
     evaluate = actions.add_parser(

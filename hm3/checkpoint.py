@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from safetensors import safe_open
+
 from hm3.errors import ModelError, UserError
 
 if TYPE_CHECKING:
@@ -213,6 +215,7 @@ class Checkpoint:
         return tensors
 
     def _index_from_pickles(self, files: list[Path]) -> dict[str, TensorInfo]:
+        # not at the top: a fused mergekit run never imports torch (hm3.merge.mergekit_run)
         import torch
 
         self._pickled = {}
@@ -245,8 +248,6 @@ class Checkpoint:
             return self._pickled[tensor_name]
         handle = self._handles.get(info.file)
         if handle is None:
-            from safetensors import safe_open
-
             handle = self._handles[info.file] = safe_open(str(info.file), framework="pt")
         return handle.get_tensor(tensor_name)
 

@@ -22,6 +22,7 @@ an iterator are written shard by shard: at most one shard is held in memory.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hm3.arch import detect_family
 from hm3.errors import UserError
 from hm3.folder_swap import clear_leftovers, staging_folder, swap_into_place
 from hm3.output_guard import InputPath, announce_replacement, check_no_overlap, check_replaceable, mark
@@ -223,15 +225,11 @@ def fix_config(
     config: dict[str, Any], num_layers: int, layer_origin: Sequence[int] | None = None
 ) -> dict[str, Any]:
     """A copy of ``config`` declaring ``num_layers`` layers, per-layer lists cut or extended to match."""
-    import copy
-
-    from hm3.arch import detect_family
-
-    spec = detect_family(config)
+    backbone = detect_family(config)
     fixed = copy.deepcopy(config)
-    section = spec.backbone_config(fixed)
-    section[spec.num_layers_key] = num_layers
-    for key in spec.per_layer_config_lists:
+    section = backbone.backbone_config(fixed)
+    section[backbone.num_layers_key] = num_layers
+    for key in backbone.per_layer_config_lists:
         values = section.get(key)
         if not isinstance(values, list) or not values:
             continue
@@ -455,6 +453,7 @@ def write_safetensors(tensors: Sequence[tuple[str, torch.Tensor]], path: Path) -
 def _raw_bytes(tensor: torch.Tensor | RawTensor) -> memoryview:
     if isinstance(tensor, RawTensor):
         return memoryview(tensor.data).cast("B") if tensor.data.size else memoryview(b"")
+    # not at the top: a fused mergekit run never imports torch (hm3.merge.mergekit_run)
     import torch
 
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)

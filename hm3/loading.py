@@ -14,7 +14,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import transformers
+from safetensors.torch import load_file
+
+from hm3.arch import detect_family
 from hm3.errors import UserError
+from hm3.routing.affine import AffineAlignment
+from hm3.routing.builder import layer_modules
+from hm3.routing.save import ALIGNMENT_FILE, read_routing_record
 
 
 def load_merged(folder: str | Path, *, dtype: Any = None, device: str | None = None) -> Any:
@@ -28,11 +35,6 @@ def load_merged(folder: str | Path, *, dtype: Any = None, device: str | None = N
     Raises:
         UserError: the folder is not a model hm3 can load.
     """
-    import transformers
-
-    from hm3.arch import detect_family
-    from hm3.routing.save import ALIGNMENT_FILE, read_routing_record
-
     folder = Path(folder)
     config_file = folder / "config.json"
     if not config_file.is_file():
@@ -46,11 +48,6 @@ def load_merged(folder: str | Path, *, dtype: Any = None, device: str | None = N
     model.eval()
     record = read_routing_record(folder)
     if record is not None and record.get("alignment") == "stats":
-        from safetensors.torch import load_file
-
-        from hm3.routing.affine import AffineAlignment
-        from hm3.routing.builder import layer_modules
-
         file = folder / ALIGNMENT_FILE
         if not file.is_file():
             raise UserError(f"{folder}: routed with 'stats' alignment but {ALIGNMENT_FILE} is missing")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from hm3.errors import UserError
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -26,15 +28,11 @@ class Placement:
 
     @property
     def torch_dtype(self):
-        import torch
-
         return getattr(torch, self.dtype)
 
 
 def resolve_device(requested: str) -> str:
     """``auto`` -> ``cuda`` when a CUDA GPU is visible, else ``cpu``; ``cuda`` without a GPU is a user error."""
-    import torch
-
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
@@ -47,8 +45,6 @@ def resolve_device(requested: str) -> str:
 def free_bytes(device: str) -> int | None:
     """Free memory on ``device`` in bytes (None when unknown)."""
     if device.startswith("cuda"):
-        import torch
-
         free, _ = torch.cuda.mem_get_info(torch.device(device))
         return int(free)
     try:

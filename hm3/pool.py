@@ -24,13 +24,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hm3.arch import ArchitectureSpec, detect_family
+import torch
+from huggingface_hub import snapshot_download
+
+from hm3.arch import Backbone, detect_family
 from hm3.checkpoint import Checkpoint
 from hm3.errors import ModelError, UserError
 
 if TYPE_CHECKING:
-    import torch
-
     from hm3.recipe import ModelRef, Recipe
 
 BASE = -1
@@ -62,7 +63,6 @@ def resolve_model_folder(ref: ModelRef) -> Path:
         if not folder.exists():
             raise ModelError(ref.name, f"folder not found: {folder}")
         return folder
-    from huggingface_hub import snapshot_download
 
     try:
         return Path(
@@ -80,7 +80,7 @@ def resolve_model_folder(ref: ModelRef) -> Path:
 
 
 class ModelPool:
-    """The base and the K fine-tuned models, with one backbone spec and per-tensor access.
+    """The base and the K fine-tuned models, with one backbone backbone and per-tensor access.
 
     Args:
         base: The base checkpoint (task vectors are differences from it).
@@ -100,7 +100,7 @@ class ModelPool:
             raise UserError("the pool needs at least one fine-tuned model")
         self.base = base
         self.models = models
-        self.spec: ArchitectureSpec = detect_family(base.config, where=f"base model {base.name}")
+        self.backbone: Backbone = detect_family(base.config, where=f"base model {base.name}")
         self.tokenizer_source = tokenizer_source
         self._check(trust_remote_code)
 
@@ -125,18 +125,18 @@ class ModelPool:
                     "its config asks for custom code (auto_map); "
                     "set 'trust_remote_code: true' in the recipe if you trust it",
                 )
-        base_layers = self.spec.num_layers(self.base.config)
+        base_layers = self.backbone.num_layers(self.base.config)
         names = set(self.tensor_names)
         for model in self.models:
             family = detect_family(model.config, where=f"model {model.name}")
-            if family.family != self.spec.family:
+            if family.family != self.backbone.family:
                 raise ModelError(
-                    model.name, f"architecture {family.family} differs from the base's {self.spec.family}"
+                    model.name, f"architecture {family.family} differs from the base's {self.backbone.family}"
                 )
-            layers = self.spec.num_layers(model.config)
+            layers = self.backbone.num_layers(model.config)
             if layers != base_layers:
                 raise ModelError(model.name, f"{layers} layers, the base has {base_layers}")
-            own = {n for n in model.tensors if self.spec.belongs(n)}
+            own = {n for n in model.tensors if self.backbone.belongs(n)}
             missing, extra = sorted(names - own), sorted(own - names)
             if missing or extra:
                 parts = []
@@ -156,7 +156,7 @@ class ModelPool:
             raise UserError(f"tokenizer_source {self.tokenizer_source!r} is neither 'base' nor a model name")
 
     def _shapes_compatible(self, name: str, shape: tuple[int, ...], base_shape: tuple[int, ...]) -> bool:
-        if name in self.spec.vocab_tensors:
+        if name in self.backbone.vocab_tensors:
             return shape[1:] == base_shape[1:]
         return shape == base_shape
 
@@ -170,20 +170,20 @@ class ModelPool:
     @property
     def num_layers(self) -> int:
         """L, the number of layers of every model in the pool."""
-        return self.spec.num_layers(self.base.config)
+        return self.backbone.num_layers(self.base.config)
 
     @cached_property
     def tensor_names(self) -> list[str]:
         """The backbone's tensors, in the base checkpoint's order."""
-        return [n for n in self.base.tensors if self.spec.belongs(n)]
+        return [n for n in self.base.tensors if self.backbone.belongs(n)]
 
     def layer_tensor_names(self, layer: int) -> list[str]:
         """Tensors of one layer."""
-        return [n for n in self.tensor_names if self.spec.layer_of(n) == layer]
+        return [n for n in self.tensor_names if self.backbone.layer_of(n) == layer]
 
     def shared_tensor_names(self) -> list[str]:
         """Tensors outside the layers: embeddings, final norm, output head."""
-        return [n for n in self.tensor_names if self.spec.layer_of(n) is None]
+        return [n for n in self.tensor_names if self.backbone.layer_of(n) is None]
 
     def checkpoint(self, index: int) -> Checkpoint:
         """Model ``index`` (0..K-1), or the base for :data:`BASE`."""
@@ -192,7 +192,7 @@ class ModelPool:
     @cached_property
     def vocab_size(self) -> int | None:
         """Rows of the merged vocabulary (the ``tokenizer_source`` model's), or None for vision backbones."""
-        vocab = [n for n in self.spec.vocab_tensors if n in self.base.tensors]
+        vocab = [n for n in self.backbone.vocab_tensors if n in self.base.tensors]
         if not vocab:
             return None
         return self._source.tensors[vocab[0]].shape[0]
@@ -208,7 +208,7 @@ class ModelPool:
         """Models whose vocabulary differs from the merged one: name -> their row count."""
         if self.vocab_size is None:
             return {}
-        name = next(n for n in self.spec.vocab_tensors if n in self.base.tensors)
+        name = next(n for n in self.backbone.vocab_tensors if n in self.base.tensors)
         rows = {c.name: c.tensors[name].shape[0] for c in (self.base, *self.models)}
         return {model: count for model, count in rows.items() if count != self.vocab_size}
 
@@ -218,7 +218,7 @@ class ModelPool:
         """Tensor ``name`` of model ``index`` (or :data:`BASE`), with the vocabulary rule applied."""
         value = self.checkpoint(index).load(name)
         if (
-            name in self.spec.vocab_tensors
+            name in self.backbone.vocab_tensors
             and self.vocab_size is not None
             and value.shape[0] != self.vocab_size
         ):
@@ -259,8 +259,6 @@ class ModelPool:
         return total
 
     def _fit_vocab(self, value: torch.Tensor, name: str) -> torch.Tensor:
-        import torch
-
         rows = self.vocab_size
         assert rows is not None
         if value.shape[0] > rows:
@@ -277,7 +275,7 @@ class ModelPool:
     def describe(self) -> dict[str, object]:
         """A summary for ``hm3 pool``: family, layers, sizes, vocabulary."""
         return {
-            "family": self.spec.family,
+            "family": self.backbone.family,
             "layers": self.num_layers,
             "tensors": len(self.tensor_names),
             "layer_tensors": len(self.layer_tensor_names(0)),

@@ -23,13 +23,16 @@ Loading (:func:`load_recipe`) reports every problem at once, one line each, nami
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -128,7 +131,7 @@ def _exists_locally(value: str, info: ValidationInfo) -> bool:
     return (Path(base_dir) / value).exists() if base_dir else Path(value).exists()
 
 
-class DatasetSpec(_Section):
+class ImageDataset(_Section):
     """Evaluation images for a vision objective.
 
     Attributes:
@@ -182,7 +185,7 @@ class Objective(_Section):
 
     name: str = Field(min_length=1, pattern=r"^[\w.\-]+$")
     task: str | None = Field(default=None, min_length=1)
-    dataset: DatasetSpec | None = None
+    dataset: ImageDataset | None = None
     head: str | None = None
     templates: list[str] = Field(default_factory=lambda: ["a photo of a {}."], min_length=1)
     metric: str | None = None
@@ -531,8 +534,6 @@ def load_recipe(path: str | Path) -> Recipe:
 
 def recipe_from_dict(raw: dict[str, Any], base_dir: Path | None = None, source: str | None = None) -> Recipe:
     """Validate an already-read recipe mapping; relative paths resolve against ``base_dir``."""
-    from pydantic import ValidationError
-
     try:
         return Recipe.model_validate(raw, context={"base_dir": base_dir})
     except ValidationError as error:
@@ -540,8 +541,6 @@ def recipe_from_dict(raw: dict[str, Any], base_dir: Path | None = None, source: 
 
 
 def _read_yaml(path: Path, where: str) -> dict[str, Any]:
-    import yaml
-
     if path.is_dir():
         raise RecipeError([(where, f"{path} is a folder, not a recipe file")])
     if not path.is_file():
@@ -708,8 +707,6 @@ def _allowed_keys_hint(loc: tuple[Any, ...]) -> str:
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
-    import typing
-
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in typing.get_args(annotation):

@@ -19,7 +19,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+from huggingface_hub import model_info, try_to_load_from_cache
+from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+from hm3.checkpoint import Checkpoint
 from hm3.errors import ModelError, RecipeError, UserError
+from hm3.evaluate.offline_check import language_objective_problems
+from hm3.himole.checks import himole_problems
+from hm3.pool import ModelPool, hub_is_offline, resolve_model_folder
 from hm3.recipe import ZEROSHOT_HEAD, Recipe, load_recipe
 
 
@@ -58,12 +66,8 @@ def validate_recipe_file(path: str | Path) -> ValidationReport:
     objective_problems = _check_objectives(recipe)
     problems += objective_problems
     if recipe.himole is not None:
-        from hm3.himole.checks import himole_problems
-
         problems += himole_problems(recipe.himole)
     if not objective_problems:  # files exist: load local lm-eval tasks as the evaluator will (a few seconds)
-        from hm3.evaluate.offline_check import language_objective_problems
-
         problems += language_objective_problems(recipe, report.not_checked, report.runs_code, report.notes)
     if problems:
         raise RecipeError(problems, source=str(path))
@@ -71,9 +75,6 @@ def validate_recipe_file(path: str | Path) -> ValidationReport:
 
 
 def _check_models(recipe: Recipe, report: ValidationReport) -> list[tuple[str, str]]:
-    from hm3.checkpoint import Checkpoint
-    from hm3.pool import ModelPool, hub_is_offline, resolve_model_folder
-
     refs = [("base_model", recipe.base_model, "base")] + [
         (f"models[{i}]", ref, ref.name) for i, ref in enumerate(recipe.models)
     ]
@@ -111,7 +112,7 @@ def _check_models(recipe: Recipe, report: ValidationReport) -> list[tuple[str, s
         return [(where_of.get(error.model, "models"), error.detail)]
     except UserError as error:
         return [("models", str(error))]
-    report.family, report.num_layers = pool.spec.family, pool.num_layers
+    report.family, report.num_layers = pool.backbone.family, pool.num_layers
     for name, rows in pool.vocab_mismatches.items():
         report.notes.append(
             f"{where_of[name]}: vocabulary has {rows} rows, the merged model keeps {pool.vocab_size} "
@@ -122,11 +123,6 @@ def _check_models(recipe: Recipe, report: ValidationReport) -> list[tuple[str, s
 
 def _hub_problem(repo_id: str, revision: str | None) -> str | None:
     """Why a hub id is wrong, if the hub can be asked and says so; None when it exists or can't be reached."""
-    try:
-        from huggingface_hub import model_info
-        from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
-    except ImportError:
-        return None
     try:
         model_info(repo_id, revision=revision, timeout=10)
     except RevisionNotFoundError:
@@ -140,8 +136,6 @@ def _hub_problem(repo_id: str, revision: str | None) -> str | None:
 
 def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
     try:
-        from huggingface_hub import try_to_load_from_cache
-
         found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
         return isinstance(found, str)
     except Exception:  # an unusual cache layout means "not cached" here
@@ -168,8 +162,6 @@ def _check_objectives(recipe: Recipe) -> list[tuple[str, str]]:
 
 def _task_yaml_problem(path: Path) -> str | None:
     """Why a local lm-eval task YAML is unusable, or None. lm-eval's ``!function`` tags are accepted."""
-    import yaml
-
     if path.is_dir():
         return f"{path} is a folder, not a task file"
     if not path.is_file():

@@ -1,4 +1,4 @@
-"""HiMoLE: router math, the mixture on llama/qwen2 (padding, cached generation), stage 1, parameter matching,
+"""HiMoLE: gating math, the mixture on llama/qwen2 (padding, cached generation), stage 1, parameter matching,
 save/load, the CLI end to end on the micro zoo, and one-line errors for bad recipe sections."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hm3.himole.experts import causal_mean_pool, diversity_loss, load_balancing_loss, route
+from hm3.himole.experts import causal_mean_pool, diversity_loss, gating_weights, load_balancing_loss
 from tests.fixtures_models import run_hm3, write_recipe
 from tests.fixtures_zoo import lm_zoo_micro  # noqa: F401
 
@@ -23,13 +23,13 @@ def _one_torch_thread():
     torch.set_num_threads(threads)
 
 
-# -- router math ---------------------------------------------------------------------------------------------
+# -- gating math ---------------------------------------------------------------------------------------------
 
 
-def test_route_keeps_top2_of_sentence_times_token_scores_renormalised() -> None:
+def test_gating_keeps_top2_of_sentence_times_token_scores_renormalised() -> None:
     torch.manual_seed(0)
     token, sentence = torch.randn(7, 6), torch.randn(7, 3)  # N = 3 groups, M = 2 experts each
-    weights, experts, probabilities = route(token, sentence, experts_per_group=2, top_k=2)
+    weights, experts, probabilities = gating_weights(token, sentence, experts_per_group=2, top_k=2)
     expected = torch.softmax(token * sentence.repeat_interleave(2, dim=-1), dim=-1)
     assert torch.allclose(probabilities, expected)
     assert torch.allclose(weights.sum(-1), torch.ones(7))
@@ -40,17 +40,17 @@ def test_route_keeps_top2_of_sentence_times_token_scores_renormalised() -> None:
         assert torch.allclose(weights[row], kept / kept.sum())
 
 
-def test_route_sentence_scores_are_shared_within_a_group() -> None:
+def test_gating_sentence_scores_are_shared_within_a_group() -> None:
     token = torch.ones(1, 6)
     sentence = torch.tensor([[0.0, 5.0, 1.0]])
-    _, experts, probabilities = route(token, sentence, experts_per_group=2, top_k=2)
+    _, experts, probabilities = gating_weights(token, sentence, experts_per_group=2, top_k=2)
     assert sorted(experts[0].tolist()) == [2, 3]  # both experts of group 1
     assert torch.allclose(probabilities[0, 2], probabilities[0, 3])
 
 
-def test_route_token_only_ignores_groups() -> None:
+def test_gating_token_only_ignores_groups() -> None:
     token = torch.tensor([[0.0, 3.0, 2.0, -1.0]])
-    weights, experts, _ = route(token, None, experts_per_group=4, top_k=2)
+    weights, experts, _ = gating_weights(token, None, experts_per_group=4, top_k=2)
     assert experts[0].tolist() == [1, 2]
     assert torch.allclose(weights[0], torch.softmax(torch.tensor([3.0, 2.0]), 0))
 
@@ -85,16 +85,16 @@ def test_auxiliary_losses() -> None:
 def _tiny_mixture(tiny_pools, family: str, variant: str = "himole", seed: int = 0):
     from transformers import AutoModelForCausalLM
 
-    from hm3.himole.model import AdapterSpec, attach_mixture
+    from hm3.himole.model import AdapterShape, attach_mixture
 
     model = AutoModelForCausalLM.from_pretrained(tiny_pools[family].base)
     reference = AutoModelForCausalLM.from_pretrained(tiny_pools[family].base).eval()
-    spec = (
-        AdapterSpec(variant, 3, 2, 4, 8.0, 0.0, 2)
+    shape = (
+        AdapterShape(variant, 3, 2, 4, 8.0, 0.0, 2)
         if variant != "lora"
-        else AdapterSpec("lora", 1, 1, 4, 8.0, 0.0, 1)
+        else AdapterShape("lora", 1, 1, 4, 8.0, 0.0, 1)
     )
-    attach_mixture(model, spec, seed=seed)
+    attach_mixture(model, shape, seed=seed)
     return model.eval(), reference
 
 
@@ -121,7 +121,7 @@ def test_fresh_mixture_is_the_base_model_and_padding_is_masked(tiny_pools, famil
         changed = model(input_ids=ids, attention_mask=mask).logits
         assert not torch.allclose(changed, reference(input_ids=ids, attention_mask=mask).logits, atol=1e-3)
         alone = model(input_ids=ids[1:, 2:], attention_mask=mask[1:, 2:]).logits
-    # the left-padded row routes exactly as the same sentence without padding
+    # the left-padded row is gated exactly as the same sentence without padding
     assert torch.allclose(changed[1, 2:], alone[0], atol=1e-5)
 
 
@@ -149,18 +149,18 @@ def test_cached_generation_matches_full_forward(tiny_pools, family) -> None:
         assert torch.allclose(logits, full[:, 3 + step], atol=1e-4), step
 
 
-def test_routing_weights_sum_to_one_over_the_kept_experts(tiny_pools) -> None:
+def test_gating_weights_sum_to_one_over_the_kept_experts(tiny_pools) -> None:
     model, _ = _tiny_mixture(tiny_pools, "llama")
-    model.himole_context.record_routing = True
+    model.himole_context.record_gating = True
     from hm3.himole.model import mixture_blocks
 
     with torch.no_grad():
         model(input_ids=torch.tensor([[3, 4, 5, 6]]), attention_mask=torch.ones(1, 4, dtype=torch.long))
     for block in mixture_blocks(model):
-        routing = block.last_routing
-        assert routing["experts"].shape == (4, 2)
-        assert torch.allclose(routing["weights"].sum(-1), torch.ones(4))
-        assert (routing["experts"][:, 0] != routing["experts"][:, 1]).all()
+        gating = block.last_gating
+        assert gating["experts"].shape == (4, 2)
+        assert torch.allclose(gating["weights"].sum(-1), torch.ones(4))
+        assert (gating["experts"][:, 0] != gating["experts"][:, 1]).all()
 
 
 def test_lora_variant_matches_the_trainable_parameters(tiny_pools) -> None:
@@ -168,7 +168,7 @@ def test_lora_variant_matches_the_trainable_parameters(tiny_pools) -> None:
 
     from hm3.himole.config import HiMoLEConfig
     from hm3.himole.model import trainable_parameter_count
-    from hm3.himole.pipeline import adapter_spec
+    from hm3.himole.pipeline import adapter_shape
 
     config = AutoConfig.from_pretrained(tiny_pools["llama"].base)
     section = HiMoLEConfig(train_data=[{"path": "/x.jsonl"}], clusters=3, experts_per_group=4, rank=8)
@@ -179,36 +179,36 @@ def test_lora_variant_matches_the_trainable_parameters(tiny_pools) -> None:
         from hm3.himole.model import attach_mixture
 
         model = AutoModelForCausalLM.from_pretrained(tiny_pools["llama"].base)
-        spec = adapter_spec(section, variant, config)
-        attach_mixture(model, spec)
+        shape = adapter_shape(section, variant, config)
+        attach_mixture(model, shape)
         counts[variant] = trainable_parameter_count(model)
         assert all(
             not p.requires_grad
             for n, p in model.named_parameters()
-            if ".experts." not in n and "_router" not in n
+            if ".experts." not in n and "_gate." not in n
         )
     per_rank = 2 * 3 * (config.hidden_size + config.intermediate_size)  # one rank step, in every block
     assert abs(counts["lora"] - counts["himole"]) <= per_rank / 2
-    assert counts["moe-lora"] < counts["himole"]  # no sentence router
+    assert counts["moe-lora"] < counts["himole"]  # no sentence gate
 
 
 def test_save_load_round_trip_gives_identical_logits(tiny_pools, tmp_path) -> None:
-    from hm3.himole.model import AdapterSpec
+    from hm3.himole.model import AdapterShape
     from hm3.himole.storage import load_adapter, load_centroids, save_adapter
 
     model, _ = _tiny_mixture(tiny_pools, "qwen2")
     _randomise_experts(model)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if "_router" in name:
+            if "_gate." in name:
                 parameter.add_(torch.randn_like(parameter))
     centroids = torch.randn(3, 5).numpy()
-    spec = AdapterSpec("himole", 3, 2, 4, 8.0, 0.0, 2)
+    shape = AdapterShape("himole", 3, 2, 4, 8.0, 0.0, 2)
     folder = tmp_path / "adapter"
     save_adapter(
         folder,
         model,
-        {"variant": "himole", "adapter": spec.to_json(), "base_model": str(tiny_pools["qwen2"].base)},
+        {"variant": "himole", "adapter": shape.to_json(), "base_model": str(tiny_pools["qwen2"].base)},
         centroids,
     )
     assert sorted(p.name for p in folder.iterdir()) == [
@@ -227,6 +227,43 @@ def test_save_load_round_trip_gives_identical_logits(tiny_pools, tmp_path) -> No
         )
     assert manifest["variant"] == "himole"
     assert (load_centroids(folder) == centroids).all()
+
+
+def test_an_adapter_saved_with_the_old_router_names_still_loads(tiny_pools, tmp_path) -> None:
+    """Format 1 named the gates ``token_router`` / ``sentence_router``; such folders load as they are."""
+    from safetensors.torch import load_file, save_file
+
+    from hm3.himole.model import AdapterShape
+    from hm3.himole.storage import FORMAT, UserError, load_adapter, read_manifest, save_adapter
+
+    model, _ = _tiny_mixture(tiny_pools, "qwen2")
+    _randomise_experts(model)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "_gate." in name:
+                parameter.add_(torch.randn_like(parameter))
+    shape = AdapterShape("himole", 3, 2, 4, 8.0, 0.0, 2)
+    folder = tmp_path / "adapter"
+    base = str(tiny_pools["qwen2"].base)
+    save_adapter(folder, model, {"variant": "himole", "adapter": shape.to_json(), "base_model": base})
+    manifest = json.loads((folder / "himole.json").read_text())
+    assert manifest["format"] == FORMAT == 2
+    weights = folder / "adapter.safetensors"
+    old = {name.replace("_gate.", "_router."): t for name, t in load_file(str(weights)).items()}
+    assert sum(".token_router." in n for n in old) == sum(".sentence_router." in n for n in old) > 0
+    save_file(old, str(weights), metadata={"format": "pt"})
+    (folder / "himole.json").write_text(json.dumps({**manifest, "format": 1}))
+    loaded, _, _ = load_adapter(folder)
+    ids = torch.tensor([[1, 2, 3, 4, 5], [0, 6, 7, 8, 9]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        assert torch.equal(
+            model(input_ids=ids, attention_mask=mask).logits,
+            loaded(input_ids=ids, attention_mask=mask).logits,
+        )
+    (folder / "himole.json").write_text(json.dumps({**manifest, "format": 3}))
+    with pytest.raises(UserError, match="adapter format 3, this hm3 reads 1 or 2"):
+        read_manifest(folder)
 
 
 def test_stage1_trains_one_distinct_adapter_per_cluster_and_copies_it(tiny_pools) -> None:
@@ -379,7 +416,7 @@ def test_cli_lora_variant_and_errors(lm_zoo_micro, tmp_path, capsys) -> None:  #
 @pytest.mark.parametrize(
     ("extra", "field"),
     [
-        ("  routers: 3\n", "himole.routers: unknown key"),
+        ("  gates: 3\n", "himole.gates: unknown key"),
         ("  top_k: 9\n", "himole: top_k: 9 is more than the 4 experts"),
         ("  clusters: 0\n", "himole.clusters:"),
         ("  stage1: {lr: -1, steps: 4}\n", "himole.stage1.lr:"),
@@ -439,25 +476,25 @@ def test_toy_recipe_validates_against_the_schema() -> None:
 
 def test_interrupted_save_keeps_the_previous_adapter(tiny_pools, tmp_path, monkeypatch) -> None:
     from hm3.himole import storage
-    from hm3.himole.model import AdapterSpec
+    from hm3.himole.model import AdapterShape
 
     model, _ = _tiny_mixture(tiny_pools, "llama")
-    spec = AdapterSpec("himole", 3, 2, 4, 8.0, 0.0, 2)
+    shape = AdapterShape("himole", 3, 2, 4, 8.0, 0.0, 2)
     folder = tmp_path / "adapter"
-    storage.save_adapter(folder, model, {"variant": "first", "adapter": spec.to_json()})
+    storage.save_adapter(folder, model, {"variant": "first", "adapter": shape.to_json()})
 
     def interrupted(staging: Path, target: Path) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(storage, "move_into_place", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        storage.save_adapter(folder, model, {"variant": "second", "adapter": spec.to_json()})
+        storage.save_adapter(folder, model, {"variant": "second", "adapter": shape.to_json()})
     assert storage.read_manifest(folder)["variant"] == "first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no staging folder left
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(storage.UserError, match="not a HiMoLE adapter folder"):
-        storage.save_adapter(tmp_path / "other", model, {"variant": "x", "adapter": spec.to_json()})
+        storage.save_adapter(tmp_path / "other", model, {"variant": "x", "adapter": shape.to_json()})
 
 
 def test_an_included_himole_recipe_keeps_its_relative_paths(tmp_path) -> None:

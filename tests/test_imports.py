@@ -118,11 +118,15 @@ def test_no_import_cycles_between_hm3_modules() -> None:
     assert not problems, "import cycles:\n" + "\n".join(problems)
 
 
-# Imports each module in a child forked from a parent that has imported numpy and torch (the slow third-party
-# imports, ~7 s each time on a busy CPU) but no hm3 module: each child starts with no hm3 module loaded.
+# Imports each module in a child forked from a parent that has imported the slow third-party libraries (torch,
+# transformers' model code, lm-eval, ...: ~7 s or more each time on a busy CPU; hm3's library modules import
+# them at the top) but no hm3 module: each child starts with no hm3 module loaded.
 IMPORT_EACH = r"""
 import importlib, json, os, sys, time, traceback
 import numpy, torch
+import transformers.modeling_utils, transformers.processing_utils
+import lm_eval.evaluator, lm_eval.tasks, lm_eval.models.huggingface
+import datasets, sklearn.datasets, stable_baselines3, matplotlib.pyplot, numba, peft, accelerate
 
 modules, parallel = json.loads(sys.argv[1]), int(sys.argv[2])
 running, failures, slowest = {}, {}, (0.0, "")
@@ -164,8 +168,30 @@ def test_every_hm3_module_imports_on_its_own() -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert not result["failures"], "\n\n".join(f"{n}:\n{e}" for n, e in result["failures"].items())
+
+
+# `hm3 --help` (the console script runs cli.main:main) in a fresh interpreter: which heavy libraries it loaded.
+HELP_IMPORTS = r"""
+import json, sys
+import cli.main
+try:
+    cli.main.main(["--help"])
+except SystemExit:
+    pass
+print(json.dumps(sorted(m for m in ("torch", "lm_eval", "transformers") if m in sys.modules)))
+"""
+
+
+def test_cli_main_and_help_import_no_heavy_library() -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", HELP_IMPORTS], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "usage: hm3" in done.stdout
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []

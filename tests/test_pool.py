@@ -19,7 +19,7 @@ def _pool(tiny) -> ModelPool:
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "clip_vision"])
 def test_pool_splits_layer_and_shared_tensors(tiny_pools, family) -> None:
     pool = _pool(tiny_pools[family])
-    assert pool.spec.family == family and pool.num_layers == 2
+    assert pool.backbone.family == family and pool.num_layers == 2
     layer0, layer1, shared = (
         pool.layer_tensor_names(0),
         pool.layer_tensor_names(1),
@@ -27,18 +27,18 @@ def test_pool_splits_layer_and_shared_tensors(tiny_pools, family) -> None:
     )
     assert layer0 and len(layer0) == len(layer1)
     assert sorted(layer0 + layer1 + shared) == sorted(pool.tensor_names)
-    renamed = [pool.spec.layer_tensor_name(n, 1) for n in layer0]
+    renamed = [pool.backbone.layer_tensor_name(n, 1) for n in layer0]
     assert renamed == layer1
 
 
 def test_layer_of_handles_full_clip_prefix() -> None:
-    spec = next(s for s in FAMILIES if s.family == "clip_vision")
-    assert spec.layer_of("vision_model.encoder.layers.11.mlp.fc1.weight") == 11
-    assert spec.layer_of("encoder.layers.3.self_attn.q_proj.bias") == 3
-    assert spec.layer_tensor_name("vision_model.encoder.layers.11.mlp.fc1.weight", 2) == (
+    backbone = next(s for s in FAMILIES if s.family == "clip_vision")
+    assert backbone.layer_of("vision_model.encoder.layers.11.mlp.fc1.weight") == 11
+    assert backbone.layer_of("encoder.layers.3.self_attn.q_proj.bias") == 3
+    assert backbone.layer_tensor_name("vision_model.encoder.layers.11.mlp.fc1.weight", 2) == (
         "vision_model.encoder.layers.2.mlp.fc1.weight"
     )
-    assert not spec.belongs("text_model.encoder.layers.0.mlp.fc1.weight")
+    assert not backbone.belongs("text_model.encoder.layers.0.mlp.fc1.weight")
 
 
 def test_unsupported_model_type() -> None:

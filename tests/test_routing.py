@@ -140,7 +140,7 @@ def test_routed_model_shares_the_pools_storage(family, routing_pools):
     layers = model.model.layers if family != "clip_vision" else model.encoder.layers
     first, third = (dict(layers[i].named_parameters()) for i in (0, 2))
     assert all(first[n].untyped_storage().data_ptr() == third[n].untyped_storage().data_ptr() for n in first)
-    prefix = pool.spec.layer_prefix.format(index=0)
+    prefix = pool.backbone.layer_prefix.format(index=0)
     assert all(first[n].data_ptr() == pool.state_dicts[0][prefix + n].data_ptr() for n in first)
 
 
@@ -240,7 +240,7 @@ def test_stats_alignment_matches_source_statistics_and_round_trips(family, routi
     assert sorted(alignment.scales) == [1, 2, 3]
     model = build_routed_model(pool, path, alignment=alignment)
     seen = {}
-    for step, layer in enumerate(layer_modules(model, pool.spec)):
+    for step, layer in enumerate(layer_modules(model, pool.backbone)):
         layer.register_forward_pre_hook(
             lambda module, args, kwargs, step=step: seen.__setitem__(
                 step, args[0] if args else kwargs["hidden_states"]

@@ -1,8 +1,8 @@
 """Backbone families as data: which tensors belong to layer i, which are shared, which carry the vocabulary.
 
-Adding a family is one :class:`ArchitectureSpec` row in :data:`FAMILIES` (and a tiny model in the tests)::
+Adding a family is one :class:`Backbone` row in :data:`FAMILIES` (and a tiny model in the tests)::
 
-    ArchitectureSpec(
+    Backbone(
         family="mistral",
         model_types=("mistral",),
         kind="causal_lm",
@@ -24,7 +24,7 @@ from hm3.errors import UserError
 
 
 @dataclass(frozen=True)
-class ArchitectureSpec:
+class Backbone:
     """What hm3 needs to know about one backbone family, as data.
 
     Attributes:
@@ -93,11 +93,11 @@ _DECODER = dict(
     per_layer_config_lists=("layer_types",),
 )
 
-FAMILIES: tuple[ArchitectureSpec, ...] = (
-    ArchitectureSpec(family="llama", model_types=("llama",), **_DECODER),
-    ArchitectureSpec(family="qwen2", model_types=("qwen2",), **_DECODER),
-    ArchitectureSpec(family="mistral", model_types=("mistral",), **_DECODER),
-    ArchitectureSpec(
+FAMILIES: tuple[Backbone, ...] = (
+    Backbone(family="llama", model_types=("llama",), **_DECODER),
+    Backbone(family="qwen2", model_types=("qwen2",), **_DECODER),
+    Backbone(family="mistral", model_types=("mistral",), **_DECODER),
+    Backbone(
         family="clip_vision",
         model_types=("clip_vision_model", "clip"),
         kind="vision",
@@ -114,26 +114,26 @@ FAMILIES: tuple[ArchitectureSpec, ...] = (
 
 def family_names() -> list[str]:
     """Names of every supported family."""
-    return [spec.family for spec in FAMILIES]
+    return [backbone.family for backbone in FAMILIES]
 
 
-def detect_family(config: dict[str, Any], where: str = "model") -> ArchitectureSpec:
+def detect_family(config: dict[str, Any], where: str = "model") -> Backbone:
     """The family of a model from its ``config.json`` contents.
 
     Raises:
         UserError: the model type is not one hm3 supports.
     """
     model_type = config.get("model_type")
-    for spec in FAMILIES:
-        if model_type in spec.model_types:
-            return spec
-    supported = ", ".join(t for spec in FAMILIES for t in spec.model_types)
+    for backbone in FAMILIES:
+        if model_type in backbone.model_types:
+            return backbone
+    supported = ", ".join(t for backbone in FAMILIES for t in backbone.model_types)
     raise UserError(f"{where}: model_type {model_type!r} is not supported (supported: {supported})")
 
 
-def get_family(name: str) -> ArchitectureSpec:
-    """The spec of a family by its name."""
-    for spec in FAMILIES:
-        if spec.family == name:
-            return spec
+def get_family(name: str) -> Backbone:
+    """The backbone of a family by its name."""
+    for backbone in FAMILIES:
+        if backbone.family == name:
+            return backbone
     raise UserError(f"unknown backbone family {name!r} (known: {', '.join(family_names())})")

@@ -1,7 +1,7 @@
 """Scoring candidates: the search / held-out split, lm-eval and vision backends, and the score cache.
 
 The front door is :class:`Evaluator` (see :mod:`hm3.evaluate.evaluator` for an example); a resumed search asks
-:class:`ScoreCache` first, keyed by :func:`candidate_key`. Heavy libraries load only when something is scored.
+:class:`ScoreCache` first, keyed by :func:`candidate_key`.
 """
 
 from hm3.evaluate.cache import ScoreCache, candidate_key

@@ -18,16 +18,21 @@ written per call; the language backend keeps one ``HFLM`` and swaps its model.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from transformers import AutoTokenizer
+
 from hm3.errors import UserError
+from hm3.evaluate.language import build_hflm, prepare_language_objectives, swap_model
 from hm3.evaluate.quiet import quiet_libraries
 from hm3.evaluate.split import SPLIT_NAMES
+from hm3.evaluate.vision import VisionObjective, prepare_vision_objectives
+from hm3.pool import resolve_model_folder
 
 if TYPE_CHECKING:
     from hm3.evaluate.language import LanguageObjective
-    from hm3.evaluate.vision import VisionObjective
     from hm3.recipe import Recipe
 
 
@@ -61,22 +66,15 @@ class Evaluator:
             UserError: naming the objective at fault (unknown task, unloadable task file, missing metric, an
                 empty split, bad vision data or head), or a tokenizer that cannot be loaded.
         """
-        from hm3.pool import resolve_model_folder
-
         source = recipe.base_model if recipe.tokenizer_source == "base" else None
         source = source or next(m for m in recipe.models if m.name == recipe.tokenizer_source)
         folder = resolve_model_folder(source)
         if recipe.objectives[0].is_vision:
-            import json
-
-            from hm3.evaluate.vision import prepare_vision_objectives
-
             config = json.loads((folder / "config.json").read_text())
             hidden = int(config.get("vision_config", config)["hidden_size"])
             return cls(
                 prepare_vision_objectives(recipe.objectives, recipe.split, folder, hidden), quiet=quiet
             )
-        from hm3.evaluate.language import prepare_language_objectives
 
         objectives = prepare_language_objectives(
             recipe.objectives,
@@ -104,8 +102,6 @@ class Evaluator:
 
     @property
     def is_vision(self) -> bool:
-        from hm3.evaluate.vision import VisionObjective
-
         return isinstance(self.objectives[0], VisionObjective)
 
     def document_count(self, split: str = "search") -> dict[str, int]:
@@ -134,8 +130,6 @@ class Evaluator:
 
     def _lm_for(self, model: Any, tokenizer: Any) -> Any:
         """The ``HFLM`` of ``tokenizer``, pointed at ``model`` (built once per tokenizer, then swapped)."""
-        from hm3.evaluate.language import build_hflm, swap_model
-
         if tokenizer is None:
             raise UserError("language objectives need a tokenizer")
         lm = self._lms.get(id(tokenizer))
@@ -152,8 +146,6 @@ def load_tokenizer(folder: str | Path, trust_remote_code: bool = False) -> Any:
     Raises:
         UserError: the folder has no loadable tokenizer.
     """
-    from transformers import AutoTokenizer
-
     try:
         with quiet_libraries():
             return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)

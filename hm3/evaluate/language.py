@@ -24,6 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import lm_eval.evaluator
+import numpy as np
+import torch
+from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import TaskManager
+
 from hm3.errors import UserError
 from hm3.evaluate.quiet import quiet_libraries
 from hm3.evaluate.split import DocumentSplit, split_documents
@@ -40,8 +46,6 @@ from hm3.evaluate.task_facts import (
 
 if TYPE_CHECKING:
     from lm_eval.api.task import Task
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
     from hm3.recipe import Objective, SplitConfig
 
@@ -90,14 +94,12 @@ class LanguageObjective:
 
     def score(self, lm: HFLM, split: str) -> float:
         """The objective's metric for the model inside ``lm``, on ``split``'s documents."""
-        from lm_eval.evaluator import evaluate
-
         name = self.task.task_name
         self.task.set_fewshot_seed(seed=FEWSHOT_SEED)
         lm.batch_size_per_gpu = self.objective.batch_size
         chat = self.objective.apply_chat_template
         with _seeded(FEWSHOT_SEED):
-            results = evaluate(
+            results = lm_eval.evaluator.evaluate(
                 lm=lm,
                 task_dict={"tasks": {name: self.task}, "groups": {}, "group_map": {}},
                 samples={name: _IndexList(self.indices(split))},
@@ -148,8 +150,6 @@ def build_task_manager(objectives: Sequence[Objective], allow_defaults: bool = T
         objectives: The objectives whose task files and include paths are indexed.
         allow_defaults: False never indexes lm-eval's built-in tasks (names found nowhere else stay unknown).
     """
-    from lm_eval.tasks import TaskManager
-
     include: list[str] = []
     for objective in objectives:
         folders = [objective.include_path]
@@ -168,8 +168,6 @@ def build_task_manager(objectives: Sequence[Objective], allow_defaults: bool = T
 @functools.cache
 def registry_task_manager() -> TaskManager:
     """The installed lm-eval's own task index, built once per process (~15 s: it reads every task YAML)."""
-    from lm_eval.tasks import TaskManager
-
     with quiet_libraries():
         return TaskManager(include_defaults=True)
 
@@ -252,8 +250,6 @@ def _metric_key(task: Task, objective: Objective) -> str:
 
 def build_hflm(model: Any, tokenizer: Any) -> HFLM:
     """lm-eval's ``HFLM`` around a live model and its tokenizer (cheap: no loading, no copying)."""
-    from lm_eval.models.huggingface import HFLM
-
     with quiet_libraries():
         return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1)
 
@@ -273,18 +269,12 @@ class _seeded:
         self.seed = seed
 
     def __enter__(self) -> None:
-        import numpy as np
-        import torch
-
         self._states = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
         random.seed(self.seed)
         np.random.seed(self.seed)
         torch.manual_seed(self.seed)
 
     def __exit__(self, *exc: object) -> None:
-        import numpy as np
-        import torch
-
         python_state, numpy_state, torch_state = self._states
         random.setstate(python_state)
         np.random.set_state(numpy_state)

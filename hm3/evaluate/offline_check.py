@@ -12,7 +12,13 @@ metric key (with its filter) is one the task reports, a task that executes the m
 
 from __future__ import annotations
 
+import lm_eval
+
 from hm3.errors import UserError
+from hm3.evaluate.language import build_task_manager, prepare_language_objective, registry_task_manager
+from hm3.evaluate.quiet import quiet_libraries
+from hm3.evaluate.task_code import objective_task_code
+from hm3.evaluate.task_facts import check_code_execution, data_is_local, objective_facts, resolve_metric_key
 from hm3.recipe import Objective, Recipe
 
 
@@ -31,10 +37,6 @@ def language_objective_problems(
             task that runs code without ``allow_task_code`` is also a problem, and is not loaded).
         notes: Receives one line per registry task whose data needs the hub (not in the local cache).
     """
-    from hm3.evaluate.language import build_task_manager, prepare_language_objective
-    from hm3.evaluate.quiet import quiet_libraries
-    from hm3.evaluate.task_code import objective_task_code
-
     objectives = [(i, o) for i, o in enumerate(recipe.objectives) if o.task is not None]
     if not objectives:
         return []
@@ -73,17 +75,6 @@ def _check_registry_task(objective: Objective, allow_code_execution: bool) -> tu
         UserError: naming the objective: an unknown name, a group or tag, a metric or filter the task does not
             have, or a task that executes code without ``allow_code_execution``.
     """
-    import lm_eval
-
-    from hm3.evaluate.language import registry_task_manager
-    from hm3.evaluate.task_code import objective_task_code
-    from hm3.evaluate.task_facts import (
-        check_code_execution,
-        data_is_local,
-        objective_facts,
-        resolve_metric_key,
-    )
-
     manager = registry_task_manager()
     if objective.task not in manager.task_index:
         raise UserError(

@@ -5,10 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+import transformers
+
 from hm3.checkpoint import Checkpoint
 from hm3.errors import UserError
 from hm3.evaluate.evaluator import Evaluator, load_tokenizer
+from hm3.evaluate.quiet import quiet_libraries
 from hm3.evaluate.split import SPLIT_NAMES
+from hm3.recipe import load_recipe
 
 
 @dataclass
@@ -42,8 +47,6 @@ def score_saved_models(
     Raises:
         UserError: a bad recipe, objective or folder (naming it).
     """
-    from hm3.recipe import load_recipe
-
     recipe = load_recipe(recipe_path)
     paths = [Path(f).expanduser().resolve() for f in folders]
     for path in paths:
@@ -79,11 +82,6 @@ def load_saved_model(
 ):
     """A saved causal LM (or CLIP vision tower), on the CPU, in ``dtype``, in eval mode; safetensors weights
     only unless ``allow_pickle``."""
-    import torch
-    import transformers
-
-    from hm3.evaluate.quiet import quiet_libraries
-
     model_class = transformers.CLIPVisionModel if vision else transformers.AutoModelForCausalLM
     try:
         with quiet_libraries():

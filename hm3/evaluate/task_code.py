@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import lm_eval
+import yaml
+
 from hm3.errors import UserError
 
 if TYPE_CHECKING:
@@ -121,8 +124,6 @@ def check_task_code(objective: Objective, manager: TaskManager, allow: bool) -> 
 
 def _scan(file: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], list[TaskCode]]:
     """The YAML's mapping with includes merged (as lm-eval merges them) and the tags found on the way."""
-    import yaml
-
     if file in chain:
         raise UserError(f"{chain[-1].name}: include cycle through {file}")
     if not file.is_file():
@@ -174,7 +175,5 @@ def _module_of(folder: Path, reference: str) -> str:
 
 
 def _inside_lm_eval(path: Path) -> bool:
-    import lm_eval
-
     package = Path(lm_eval.__file__).resolve().parent
     return path.resolve().is_relative_to(package)

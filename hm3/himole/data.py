@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from hm3.errors import UserError
+from hm3.zoo.lm_build import held_out_prompts
+from hm3.zoo.lm_tasks import TASKS, TaskSizes, make_test_set, task_name
 
 if TYPE_CHECKING:
-    import torch
-
     from hm3.himole.config import HiMoLEConfig, TrainSource
 
 
@@ -74,9 +76,7 @@ def _from_jsonl(source: TrainSource, where: str) -> list[Pair]:
 
 def _from_zoo(source: TrainSource, seed: int, where: str) -> list[Pair]:
     """``count`` distinct draws of a zoo task's generator, never one of the zoo's test prompts."""
-    from hm3.zoo.lm_build import held_out_prompts
-    from hm3.zoo.lm_tasks import TASKS, TaskSizes
-    from hm3.zoo.spec import LM_PRESETS, ZooSpec, read_manifest
+    from hm3.zoo.config import LM_PRESETS, ZooConfig, read_manifest
 
     folder = Path(source.zoo)  # type: ignore[arg-type]
     manifest = read_manifest(folder)
@@ -86,7 +86,7 @@ def _from_zoo(source: TrainSource, seed: int, where: str) -> list[Pair]:
         )
     if source.task not in TASKS:
         raise UserError(f"{where}.task: {source.task!r} is not a zoo task ({', '.join(TASKS)})")
-    spec = ZooSpec(manifest["kind"], manifest["family"], manifest["size"], int(manifest["seed"]))
+    spec = ZooConfig(manifest["kind"], manifest["family"], manifest["size"], int(manifest["seed"]))
     preset = LM_PRESETS[spec.size]
     sizes = TaskSizes(preset.max_digits, preset.max_length)
     _check_zoo_matches_generator(folder, spec, source.task, sizes, preset.test_docs, where)  # type: ignore[arg-type]
@@ -108,8 +108,6 @@ def _check_zoo_matches_generator(
     folder: Path, spec: Any, task: str, sizes: Any, docs: int, where: str
 ) -> None:
     """Refuse a zoo whose test set this code's generator would not produce (built by an older zoo builder)."""
-    from hm3.zoo.lm_tasks import make_test_set, task_name
-
     path = folder / "data" / f"{task_name(task, False)}.jsonl"
     expected = make_test_set(task, sizes, False, docs, spec.seed)[:20]
     try:
@@ -138,8 +136,6 @@ def split_validation(count: int, fraction: float, seed: int) -> tuple[list[int],
 
 def collate(tokenizer: Any, pairs: list[Pair], answer_suffix: str) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 on the prompt and padding)."""
-    import torch
-
     prompts = tokenizer([p.prompt for p in pairs], add_special_tokens=False)["input_ids"]
     answers = tokenizer([p.target + answer_suffix for p in pairs], add_special_tokens=False)["input_ids"]
     length = max(len(p) + len(a) for p, a in zip(prompts, answers, strict=True))

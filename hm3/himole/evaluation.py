@@ -11,6 +11,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from transformers import AutoModelForCausalLM
+
+from hm3.evaluate import Evaluator
+from hm3.evaluate.evaluator import load_tokenizer
+from hm3.evaluate.language import prepare_language_objectives
+from hm3.evaluate.quiet import quiet_libraries
+from hm3.himole.data import Pair
+from hm3.himole.model import trainable_parameter_count
+from hm3.himole.pipeline import require_section
+from hm3.himole.storage import load_adapter
+from hm3.himole.training import validation_loss
+from hm3.merge.runtime import use_idle_cores
+from hm3.placement import resolve_device
+from hm3.pool import resolve_model_folder
+
 if TYPE_CHECKING:
     from hm3.recipe import Recipe
 
@@ -65,15 +80,6 @@ def evaluate_adapter(
         split: ``all`` (every test document), ``search`` or ``heldout``.
         limit: At most this many documents per objective (overrides the objectives' ``limit``).
     """
-    from hm3.evaluate import Evaluator
-    from hm3.evaluate.evaluator import load_tokenizer
-    from hm3.evaluate.language import prepare_language_objectives
-    from hm3.himole.model import trainable_parameter_count
-    from hm3.himole.pipeline import require_section
-    from hm3.merge.runtime import use_idle_cores
-    from hm3.placement import resolve_device
-    from hm3.pool import resolve_model_folder
-
     config = require_section(recipe)
     use_idle_cores()
     base = resolve_model_folder(recipe.base_model)
@@ -88,16 +94,10 @@ def evaluate_adapter(
         allow_code_execution=recipe.allow_code_execution,
     )
     if adapter is None:
-        from transformers import AutoModelForCausalLM
-
-        from hm3.evaluate.quiet import quiet_libraries
-
         with quiet_libraries():
             model = AutoModelForCausalLM.from_pretrained(base, dtype="float32").to(device).eval()
         tokenizer, label, parameters = load_tokenizer(base, recipe.trust_remote_code), "base", 0
     else:
-        from hm3.himole.storage import load_adapter
-
         model, tokenizer, manifest = load_adapter(adapter, str(base), device)
         label = manifest["variant"] + ("" if manifest.get("two_stage", True) else " (one stage)")
         parameters = trainable_parameter_count(model)
@@ -109,9 +109,6 @@ def evaluate_adapter(
 
 def answer_loss(model: Any, tokenizer: Any, objective: Any, split: str, answer_suffix: str) -> float:
     """Mean answer-token cross-entropy of a prepared lm-eval objective's documents on ``split``."""
-    from hm3.himole.data import Pair
-    from hm3.himole.training import validation_loss
-
     task = objective.task
     docs = task.eval_docs
     pairs = [

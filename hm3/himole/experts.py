@@ -1,4 +1,8 @@
-"""The mixture's math: LoRA experts on an FFN block, the two-level router, the auxiliary losses.
+"""The mixture's math: LoRA experts on an FFN block, the two-level gate, the auxiliary losses.
+
+The *gate* (the paper's "router") scores a block's experts for each token and keeps the top-k; *gating* is
+that choice. Not to be confused with the FFN's ``gate_proj``, a projection of the base model that every expert
+adapts, nor with :mod:`hm3.routing`, the inference-path search.
 
 For a token with hidden state ``h`` (the FFN input) in a block with N groups of M experts::
 
@@ -11,10 +15,10 @@ For a token with hidden state ``h`` (the FFN input) in a block with N groups of 
 where ``FFN_i`` is the block's FFN with expert i's LoRA updates on its gate, up and down projections. Because
 the kept weights sum to 1 this is Σ_i G_i · FFN_i(h), and with all LoRA ``B`` matrices at zero it is the base
 FFN exactly. ``pool(h)`` is the mean of the sequence's non-padding FFN inputs up to and including the token
-(a causal mean: teacher-forced training and cached generation route identically).
+(a causal mean: teacher-forced training and cached generation gate identically).
 
-Experts are evaluated only on the tokens routed to them (sparse dispatch). The blocks of one model share a
-:class:`RoutingContext` (the forward's padding mask and the pooling state between generation steps), which
+Each expert runs only on the tokens that kept it (sparse dispatch). The blocks of one model share a
+:class:`GatingContext` (the forward's padding mask and the pooling state between generation steps), which
 :func:`hm3.himole.model.attach_mixture` creates and feeds. Everything here is plain torch.
 """
 
@@ -27,13 +31,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-RoutingKind = Literal["hierarchical", "token", "single"]
-"""``hierarchical``: sentence ⊙ token router (HiMoLE); ``token``: token router only (MoE-LoRA); ``single``:
-one expert, no router (LoRA)."""
+GatingKind = Literal["hierarchical", "token", "single"]
+"""``hierarchical``: sentence ⊙ token gate (HiMoLE); ``token``: token gate only (MoE-LoRA); ``single``:
+one expert, no gate (LoRA)."""
 
 
 class LoRAExpert(nn.Module):
-    """LoRA updates ``scale · B·A·dropout(x)`` of an FFN's gate, up and down projections.
+    """LoRA updates ``scale · B·A·dropout(x)`` of an FFN's ``gate_proj``, ``up_proj`` and ``down_proj``.
 
     ``A`` starts Kaiming-uniform and ``B`` at zero (as peft does), so a fresh expert changes nothing.
 
@@ -73,13 +77,13 @@ class LoRAExpert(nn.Module):
         return (self.dropout(x) @ a.t()) @ b.t() * self.scale
 
 
-def route(
+def gating_weights(
     token_logits: torch.Tensor,
     sentence_logits: torch.Tensor | None,
     experts_per_group: int,
     top_k: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Routing weights of each token.
+    """Gating weights of each token.
 
     Args:
         token_logits: ``G_tok`` [T, N·M].
@@ -131,10 +135,10 @@ def causal_mean_pool(
 def load_balancing_loss(
     probabilities: torch.Tensor, experts: torch.Tensor, real: torch.Tensor
 ) -> torch.Tensor:
-    """Switch-style ``E · Σ_i F_i · P_i`` over the real tokens (1 when routing is perfectly balanced).
+    """Switch-style ``E · Σ_i F_i · P_i`` over the real tokens (1 when the gating is perfectly balanced).
 
     Args:
-        probabilities: Router softmax [T, E].
+        probabilities: The gate's softmax [T, E].
         experts: Kept experts [T, k].
         real: Boolean mask of non-padding tokens [T].
     """
@@ -162,21 +166,21 @@ def diversity_loss(group_outputs: torch.Tensor, real: torch.Tensor) -> torch.Ten
     return similarity[first, second].mean()
 
 
-class RoutingContext:
+class GatingContext:
     """Per-forward state shared by the mixture blocks of one model.
 
     Attributes:
         token_mask: 1 for real tokens, 0 for padding, of the tokens in the current forward [B, T] (None: all real).
         continues: Whether the current forward continues the sequences of the previous one (cached generation).
         collect_losses: Whether blocks in training mode compute the auxiliary losses.
-        record_routing: Whether blocks keep their last routing decision (tests, analysis).
+        record_gating: Whether blocks keep their last gating decision (tests, analysis).
     """
 
     def __init__(self) -> None:
         self.token_mask: torch.Tensor | None = None
         self.continues = False
         self.collect_losses = True
-        self.record_routing = False
+        self.record_gating = False
         self._pool_state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def begin(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -219,7 +223,7 @@ class RoutingContext:
 class MixtureFFN(nn.Module):
     """An FFN block (llama / qwen2 MLP: ``down(act(gate(x)) · up(x))``) with a mixture of LoRA experts.
 
-    The base FFN is kept as it is (frozen by the caller); the experts and routers are the trainable part.
+    The base FFN is kept as it is (frozen by the caller); the experts and gates are the trainable part.
 
     Args:
         base: The block's original MLP module.
@@ -227,7 +231,7 @@ class MixtureFFN(nn.Module):
         experts_per_group: M.
         rank, alpha, dropout: LoRA settings of every expert.
         top_k: Experts kept per token.
-        routing: See :data:`RoutingKind`.
+        gating: See :data:`GatingKind`.
         context: Shared per-forward state (padding mask, pooling state) set by the model's hook.
         layer: Index of the block (the key of its pooling state).
     """
@@ -242,58 +246,65 @@ class MixtureFFN(nn.Module):
         alpha: float,
         dropout: float,
         top_k: int,
-        routing: RoutingKind,
-        context: RoutingContext,
+        gating: GatingKind,
+        context: GatingContext,
         layer: int,
     ) -> None:
         super().__init__()
         self.base = base
         hidden, intermediate = base.gate_proj.in_features, base.gate_proj.out_features
-        count = 1 if routing == "single" else groups * experts_per_group
+        count = 1 if gating == "single" else groups * experts_per_group
         self.experts = nn.ModuleList(
             LoRAExpert(hidden, intermediate, rank, alpha, dropout) for _ in range(count)
         )
-        self.groups = 1 if routing == "single" else groups
+        self.groups = 1 if gating == "single" else groups
         self.experts_per_group = count // self.groups
         self.top_k = min(top_k, count)
-        self.routing = routing
-        self.token_router = nn.Linear(hidden, count, bias=False) if routing != "single" else None
-        self.sentence_router = nn.Linear(hidden, groups, bias=False) if routing == "hierarchical" else None
+        self.gating = gating
+        self.token_gate = nn.Linear(hidden, count, bias=False) if gating != "single" else None
+        self.sentence_gate = nn.Linear(hidden, groups, bias=False) if gating == "hierarchical" else None
         self.context = [context]  # a list: not a submodule, not in the state dict
         self.layer = layer
         self.forced_expert: int | None = None
         self.last_aux: torch.Tensor | None = None
         self.last_diversity: torch.Tensor | None = None
-        self.last_routing: dict[str, torch.Tensor] | None = None
+        self.last_gating: dict[str, torch.Tensor] | None = None
 
-    def routers(self) -> list[nn.Module]:
-        """The block's routers (none for ``single``)."""
-        return [r for r in (self.token_router, self.sentence_router) if r is not None]
+    def gates(self) -> list[nn.Module]:
+        """The block's gates (none for ``single``)."""
+        return [g for g in (self.token_gate, self.sentence_gate) if g is not None]
 
     def expert_delta(
-        self, index: int, x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, base_out: torch.Tensor
+        self,
+        index: int,
+        x: torch.Tensor,
+        gate_out: torch.Tensor,
+        up_out: torch.Tensor,
+        base_out: torch.Tensor,
     ) -> torch.Tensor:
-        """``FFN_i(x) − FFN(x)`` for expert ``index``, given the base gate/up projections and output of ``x``."""
+        """``FFN_i(x) − FFN(x)`` for expert ``index``, given the base ``gate_proj`` / ``up_proj`` outputs and the
+        base FFN output of ``x``."""
         expert, act = self.experts[index], self.base.act_fn
-        hidden = act(gate + expert.update("gate", x)) * (up + expert.update("up", x))
+        hidden = act(gate_out + expert.update("gate", x)) * (up_out + expert.update("up", x))
         return self.base.down_proj(hidden) + expert.update("down", hidden) - base_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
         flat = x.reshape(-1, width)
-        gate, up = self.base.gate_proj(flat), self.base.up_proj(flat)
-        base_out = self.base.down_proj(self.base.act_fn(gate) * up)
-        if self.routing == "single" or self.forced_expert is not None:
+        gate_out, up_out = self.base.gate_proj(flat), self.base.up_proj(flat)
+        base_out = self.base.down_proj(self.base.act_fn(gate_out) * up_out)
+        if self.gating == "single" or self.forced_expert is not None:
             index = self.forced_expert or 0
-            return (base_out + self.expert_delta(index, flat, gate, up, base_out)).view(batch, length, width)
+            delta = self.expert_delta(index, flat, gate_out, up_out, base_out)
+            return (base_out + delta).view(batch, length, width)
         context = self.context[0]
         mask = context.mask_for(batch, length, x.device)
         sentence_logits = None
-        if self.sentence_router is not None:
+        if self.sentence_gate is not None:
             pooled = context.pool(self.layer, x, mask)
-            sentence_logits = self.sentence_router(pooled).reshape(-1, self.groups)
-        weights, chosen, probabilities = route(
-            self.token_router(flat),
+            sentence_logits = self.sentence_gate(pooled).reshape(-1, self.groups)
+        weights, chosen, probabilities = gating_weights(
+            self.token_gate(flat),
             sentence_logits,
             self.experts_per_group,
             self.top_k,  # type: ignore[misc]
@@ -305,7 +316,7 @@ class MixtureFFN(nn.Module):
             rows, slot = (chosen == index).nonzero(as_tuple=True)
             if rows.numel() == 0:
                 continue
-            delta = self.expert_delta(index, flat[rows], gate[rows], up[rows], base_out[rows])
+            delta = self.expert_delta(index, flat[rows], gate_out[rows], up_out[rows], base_out[rows])
             weighted = delta * weights[rows, slot].unsqueeze(-1)
             mixed = mixed.index_add(0, rows, weighted)
             if collect:
@@ -315,14 +326,12 @@ class MixtureFFN(nn.Module):
         if collect:
             self.last_aux = load_balancing_loss(probabilities, chosen, real)
             self.last_diversity = diversity_loss(torch.stack(group_outputs), real)
-        if context.record_routing:
-            self.last_routing = {"weights": weights.detach(), "experts": chosen.detach(), "real": real}
+        if context.record_gating:
+            self.last_gating = {"weights": weights.detach(), "experts": chosen.detach(), "real": real}
         return (base_out + mixed).view(batch, length, width)
 
     def extra_repr(self) -> str:
-        return (
-            f"routing={self.routing}, experts={len(self.experts)}, groups={self.groups}, top_k={self.top_k}"
-        )
+        return f"gating={self.gating}, experts={len(self.experts)}, groups={self.groups}, top_k={self.top_k}"
 
 
 def lora_parameter_count(hidden: int, intermediate: int, rank: int) -> int:

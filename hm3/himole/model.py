@@ -2,7 +2,7 @@
 
 :func:`attach_mixture` replaces the MLP of every decoder block with a :class:`~hm3.himole.experts.MixtureFFN` and
 freezes the base weights. A forward pre-hook on the model hands each forward's padding mask to the blocks through a
-:class:`~hm3.himole.experts.RoutingContext` (the blocks' shared state, kept with them), which also keeps the
+:class:`~hm3.himole.experts.GatingContext` (the blocks' shared state, kept with them), which also keeps the
 sentence pooling state between the steps of a cached generation: a forward whose attention mask is longer than its
 input continues the previous sequence, any other forward starts new ones. The model stays a ``PreTrainedModel``:
 ``generate``, lm-eval's ``HFLM`` and ``model(**batch).loss`` work unchanged (greedy or sampled decoding; beam
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from hm3.errors import UserError
-from hm3.himole.experts import MixtureFFN, RoutingContext, RoutingKind, lora_parameter_count
+from hm3.himole.experts import GatingContext, GatingKind, MixtureFFN, lora_parameter_count
 
 SUPPORTED_FAMILIES = ("llama", "qwen2", "mistral")
 """``config.model_type`` values whose decoder blocks hold a ``gate_proj / up_proj / down_proj`` MLP at
@@ -26,13 +26,13 @@ SUPPORTED_FAMILIES = ("llama", "qwen2", "mistral")
 
 
 @dataclass(frozen=True)
-class AdapterSpec:
+class AdapterShape:
     """The shape of an adapter: which variant, how many experts, LoRA settings.
 
     Attributes:
         variant: ``himole``, ``moe-lora`` or ``lora``.
         groups: N (1 for ``lora``).
-        experts_per_group: M (1 for ``lora``; for ``moe-lora`` the N·M experts form one routing group).
+        experts_per_group: M (1 for ``lora``; for ``moe-lora`` the N·M experts share one gate).
         rank: LoRA rank of each expert.
         alpha: LoRA alpha.
         dropout: LoRA dropout.
@@ -48,7 +48,7 @@ class AdapterSpec:
     top_k: int
 
     @property
-    def routing(self) -> RoutingKind:
+    def gating(self) -> GatingKind:
         return {"himole": "hierarchical", "moe-lora": "token", "lora": "single"}[self.variant]  # type: ignore[return-value]
 
     def to_json(self) -> dict[str, Any]:
@@ -72,21 +72,21 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return list(layers)
 
 
-def attach_mixture(model: nn.Module, spec: AdapterSpec, seed: int = 0) -> RoutingContext:
-    """Freeze ``model`` and give every decoder block a mixture FFN of ``spec``'s shape (in place).
+def attach_mixture(model: nn.Module, shape: AdapterShape, seed: int = 0) -> GatingContext:
+    """Freeze ``model`` and give every decoder block a mixture FFN of that ``shape`` (in place).
 
-    Experts start as fresh LoRAs (B = 0, so the model's outputs are unchanged) and routers at PyTorch's default
+    Experts start as fresh LoRAs (B = 0, so the model's outputs are unchanged) and gates at PyTorch's default
     initialisation; both are drawn from ``seed``.
 
     Returns:
-        The model's routing context (also at ``model.himole_context``).
+        The model's gating context (also at ``model.himole_context``).
     """
     if getattr(model, "himole_context", None) is not None:
         raise ValueError("this model already carries a mixture")
     layers = decoder_layers(model)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    context = RoutingContext()
+    context = GatingContext()
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -94,13 +94,13 @@ def attach_mixture(model: nn.Module, spec: AdapterSpec, seed: int = 0) -> Routin
             reference = layer.mlp.gate_proj.weight
             mixture = MixtureFFN(
                 layer.mlp,
-                groups=spec.groups,
-                experts_per_group=spec.experts_per_group,
-                rank=spec.rank,
-                alpha=spec.alpha,
-                dropout=spec.dropout,
-                top_k=spec.top_k,
-                routing=spec.routing,
+                groups=shape.groups,
+                experts_per_group=shape.experts_per_group,
+                rank=shape.rank,
+                alpha=shape.alpha,
+                dropout=shape.dropout,
+                top_k=shape.top_k,
+                gating=shape.gating,
                 context=context,
                 layer=index,
             )
@@ -109,7 +109,7 @@ def attach_mixture(model: nn.Module, spec: AdapterSpec, seed: int = 0) -> Routin
         torch.random.set_rng_state(generator_state)
     model.register_forward_pre_hook(lambda _, args, kwargs: context.begin(args, kwargs), with_kwargs=True)
     model.himole_context = context
-    model.himole_spec = spec
+    model.himole_shape = shape
     return context
 
 
@@ -118,9 +118,13 @@ def mixture_blocks(model: nn.Module) -> list[MixtureFFN]:
     return [m for m in model.modules() if isinstance(m, MixtureFFN)]
 
 
+ADAPTER_MODULES = (".experts.", ".token_gate.", ".sentence_gate.")
+"""What the name of an adapter tensor holds (the mixture blocks' submodules other than ``base``)."""
+
+
 def adapter_parameter_names(model: nn.Module) -> list[str]:
-    """Names (as in ``model.state_dict()``) of the adapter's tensors: every expert and router."""
-    return [name for name, _ in model.named_parameters() if ".experts." in name or "_router." in name]
+    """Names (as in ``model.state_dict()``) of the adapter's tensors: every expert and gate."""
+    return [name for name, _ in model.named_parameters() if any(part in name for part in ADAPTER_MODULES)]
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -130,7 +134,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def trainable_parameter_count(model: nn.Module) -> int:
-    """Number of adapter parameters (experts and routers)."""
+    """Number of adapter parameters (experts and gates)."""
     names = set(adapter_parameter_names(model))
     return sum(p.numel() for name, p in model.named_parameters() if name in names)
 
@@ -148,7 +152,7 @@ def auxiliary_losses(model: nn.Module) -> tuple[torch.Tensor | None, torch.Tenso
 
 
 def matched_lora_rank(config: Any, groups: int, experts_per_group: int, rank: int) -> int:
-    """The rank of one LoRA whose trainable parameters match a HiMoLE adapter's (experts and both routers).
+    """The rank of one LoRA whose trainable parameters match a HiMoLE adapter's (experts and both gates).
 
     Args:
         config: The base model's transformers config (``hidden_size``, ``intermediate_size``).

@@ -3,10 +3,10 @@
 Variants (``--variant`` / ``--no-two-stage``):
 
 * ``himole`` (two-stage): K-means clusters; stage 1 trains one LoRA per cluster on its pairs and copies it into
-  the group's M experts; stage 2 trains fresh routers and every expert jointly (load-balancing and diversity
+  the group's M experts; stage 2 trains fresh gates and every expert jointly (load-balancing and diversity
   losses).
-* ``himole`` without two-stage training: the same mixture, experts and routers trained jointly from scratch.
-* ``moe-lora``: N·M experts behind a token-level router only, trained jointly (MixLoRA-style).
+* ``himole`` without two-stage training: the same mixture, experts and gates trained jointly from scratch.
+* ``moe-lora``: N·M experts behind a token-level gate only, trained jointly (MixLoRA-style).
 * ``lora``: one LoRA whose rank matches HiMoLE's trainable parameters.
 
 The phases are in :mod:`hm3.himole.stages`. The single-phase runs train at stage 1's learning rate for as many
@@ -20,13 +20,23 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from rich.console import Console
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hm3.errors import UserError
+from hm3.evaluate.quiet import quiet_libraries
+from hm3.himole.clustering import Clustering, cluster_texts, composition
 from hm3.himole.config import VARIANTS, HiMoLEConfig, describe
+from hm3.himole.data import Pair, load_pairs, source_counts, split_validation
+from hm3.himole.model import AdapterShape, attach_mixture, matched_lora_rank, trainable_parameter_count
+from hm3.himole.stages import Schedule
+from hm3.himole.storage import save_adapter
+from hm3.merge.runtime import use_idle_cores
+from hm3.placement import resolve_device
+from hm3.pool import resolve_model_folder
 
 if TYPE_CHECKING:
-    from hm3.himole.model import AdapterSpec
     from hm3.recipe import Recipe
 
 
@@ -64,18 +74,6 @@ def train_himole(recipe: Recipe, request: TrainRequest, console: Console | None 
         raise UserError(f"--variant must be one of {', '.join(VARIANTS)}, not {request.variant!r}")
     if request.variant != "himole" and not request.two_stage:
         raise UserError("--no-two-stage applies to --variant himole only")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from hm3.evaluate.quiet import quiet_libraries
-    from hm3.himole.data import load_pairs, source_counts, split_validation
-    from hm3.himole.model import attach_mixture, trainable_parameter_count
-    from hm3.himole.stages import Schedule
-    from hm3.himole.storage import save_adapter
-    from hm3.merge.runtime import use_idle_cores
-    from hm3.placement import resolve_device
-    from hm3.pool import resolve_model_folder
-
     config = require_section(recipe)
     console = console or Console(stderr=True)
     use_idle_cores()  # tiny models: one thread beats two busy ones (OpenMP spin-waits)
@@ -93,8 +91,6 @@ def train_himole(recipe: Recipe, request: TrainRequest, console: Console | None 
     torch.manual_seed(seed)
     clustering = None
     if request.variant == "himole" and request.two_stage:
-        from hm3.himole.clustering import cluster_texts, composition
-
         texts = [p.prompt if config.cluster_on == "prompt" else p.prompt + p.target for p in pairs]
         with console.status(
             f"embedding {len(texts)} training texts and clustering them into {config.clusters}"
@@ -105,9 +101,9 @@ def train_himole(recipe: Recipe, request: TrainRequest, console: Console | None 
             f"clusters: purity {mix['purity']:.3f} "
             + "; ".join(f"{c}: {n}" for c, n in mix["clusters"].items())
         )
-    spec = adapter_spec(config, request.variant, model.config)
-    attach_mixture(model, spec, seed=seed)
-    schedule = Schedule(model, tokenizer, config, spec, seed, console)
+    shape = adapter_shape(config, request.variant, model.config)
+    attach_mixture(model, shape, seed=seed)
+    schedule = Schedule(model, tokenizer, config, shape, seed, console)
     if clustering is None:
         phases = schedule.single_phase([pairs[i] for i in train_rows], [pairs[i] for i in validation_rows])
     else:
@@ -115,7 +111,7 @@ def train_himole(recipe: Recipe, request: TrainRequest, console: Console | None 
     manifest = {
         "variant": request.variant,
         "two_stage": request.two_stage,
-        "adapter": spec.to_json(),
+        "adapter": shape.to_json(),
         "base_model": str(base),
         "family": model.config.model_type,
         "seed": seed,
@@ -134,10 +130,8 @@ def train_himole(recipe: Recipe, request: TrainRequest, console: Console | None 
     return manifest
 
 
-def adapter_spec(config: HiMoLEConfig, variant: str, model_config: Any) -> AdapterSpec:
+def adapter_shape(config: HiMoLEConfig, variant: str, model_config: Any) -> AdapterShape:
     """The adapter shape of a variant (``lora``'s rank matched to HiMoLE's parameter count unless given)."""
-    from hm3.himole.model import AdapterSpec, matched_lora_rank
-
     settings = {"alpha": config.alpha, "dropout": config.dropout, "top_k": config.top_k}
     if variant == "lora":
         rank = config.lora_rank or matched_lora_rank(
@@ -146,11 +140,9 @@ def adapter_spec(config: HiMoLEConfig, variant: str, model_config: Any) -> Adapt
         alpha = (
             config.alpha * rank / config.rank
         )  # same alpha / rank scale (rank 80: alpha 160, as the paper)
-        return AdapterSpec("lora", 1, 1, rank, alpha, config.dropout, 1)
-    return AdapterSpec(variant, config.clusters, config.experts_per_group, config.rank, **settings)
+        return AdapterShape("lora", 1, 1, rank, alpha, config.dropout, 1)
+    return AdapterShape(variant, config.clusters, config.experts_per_group, config.rank, **settings)
 
 
-def _cluster_summary(clustering: Any, pairs: list[Any]) -> dict[str, Any]:
-    from hm3.himole.clustering import composition
-
+def _cluster_summary(clustering: Clustering, pairs: list[Pair]) -> dict[str, Any]:
     return composition(clustering.labels, [p.source for p in pairs])

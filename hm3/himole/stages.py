@@ -1,8 +1,8 @@
 """HiMoLE's training schedule (Algorithm 1) and the single-phase schedule of the baselines, over phases.
 
 * :meth:`Schedule.two_stage`: stage 1 trains expert ``g·M`` of every block on cluster g's pairs alone (the
-  blocks forced to that expert, routers unused) and copies it into the group's other experts; stage 2 trains
-  every expert and the routers (still at their fresh initialisation) on all pairs with the auxiliary losses.
+  blocks forced to that expert, gates unused) and copies it into the group's other experts; stage 2 trains
+  every expert and the gates (still at their fresh initialisation) on all pairs with the auxiliary losses.
 * :meth:`Schedule.single_phase`: ``lora``, ``moe-lora`` and ``--no-two-stage`` train everything at once, at
   stage 1's learning rate, for N × stage-1 steps + stage-2 steps (the batches HiMoLE sees in both stages).
 """
@@ -24,15 +24,16 @@ from hm3.himole.training import (
     enable_grads,
     expert_parameters,
     force_expert,
-    router_parameters,
+    gate_parameters,
     train_phase,
 )
+from hm3.zoo.progress import training_bar
 
 if TYPE_CHECKING:
     from torch import nn
 
     from hm3.himole.clustering import Clustering
-    from hm3.himole.model import AdapterSpec
+    from hm3.himole.model import AdapterShape
 
 
 @dataclass
@@ -43,7 +44,7 @@ class Schedule:
         model: The model (its mixture attached).
         tokenizer: Its tokenizer.
         config: The recipe's ``himole:`` section.
-        spec: The adapter's shape.
+        shape: The adapter's shape.
         seed: Seed of the batch order.
         console: Where progress bars go.
     """
@@ -51,7 +52,7 @@ class Schedule:
     model: nn.Module
     tokenizer: Any
     config: HiMoLEConfig
-    spec: AdapterSpec
+    shape: AdapterShape
     seed: int
     console: Console
 
@@ -66,7 +67,7 @@ class Schedule:
             patience=config.patience,
             aux_weight=config.aux_loss_weight if auxiliary else 0.0,
             diversity_weight=config.diversity_loss_weight
-            if auxiliary and self.spec.variant == "himole"
+            if auxiliary and self.shape.variant == "himole"
             else 0.0,
             answer_suffix=config.answer_suffix,
             seed=self.seed,
@@ -81,9 +82,7 @@ class Schedule:
         settings: PhaseSettings,
     ) -> PhaseResult:
         """Train only ``parameters`` (every other adapter tensor frozen), with a progress bar."""
-        from hm3.zoo.progress import training_bar
-
-        for parameter in expert_parameters(self.model) + router_parameters(self.model):
+        for parameter in expert_parameters(self.model) + gate_parameters(self.model):
             parameter.requires_grad_(False)
         with training_bar(self.console, name, settings.steps) as on_step:
             return train_phase(
@@ -98,11 +97,11 @@ class Schedule:
             )
 
     def single_phase(self, train: list[Pair], validation: list[Pair]) -> list[PhaseResult]:
-        """Every expert and router at once (``lora``, ``moe-lora``, HiMoLE without two-stage training)."""
+        """Every expert and gate at once (``lora``, ``moe-lora``, HiMoLE without two-stage training)."""
         config = self.config
         steps = config.stage1.steps * config.clusters + config.stage2.steps
-        label = {"lora": "lora", "moe-lora": "moe-lora", "himole": "himole (one stage)"}[self.spec.variant]
-        everything = expert_parameters(self.model) + router_parameters(self.model)
+        label = {"lora": "lora", "moe-lora": "moe-lora", "himole": "himole (one stage)"}[self.shape.variant]
+        everything = expert_parameters(self.model) + gate_parameters(self.model)
         return [
             self.phase(label, everything, train, validation, self.settings(config.stage1.lr, steps, True))
         ]
@@ -111,7 +110,7 @@ class Schedule:
         self, pairs: list[Pair], train_rows: list[int], validation_rows: list[int], clustering: Clustering
     ) -> list[PhaseResult]:
         """Stage 1 per cluster, the copies into each group, then stage 2."""
-        config, per_group = self.config, self.spec.experts_per_group
+        config, per_group = self.config, self.shape.experts_per_group
         results: list[PhaseResult] = []
         stage1 = self.settings(config.stage1.lr, config.stage1.steps, False)
         validation = [pairs[i] for i in validation_rows]
@@ -131,7 +130,7 @@ class Schedule:
             )
             copy_into_group(self.model, group, per_group)
         force_expert(self.model, None)
-        everything = expert_parameters(self.model) + router_parameters(self.model)
+        everything = expert_parameters(self.model) + gate_parameters(self.model)
         stage2 = self.settings(config.stage2.lr, config.stage2.steps, True)
         train = [pairs[i] for i in train_rows]
         results.append(self.phase("stage 2", everything, train, validation, stage2))

@@ -1,14 +1,15 @@
-"""One folder per trained adapter: experts, routers, cluster centroids and a manifest, written atomically.
+"""One folder per trained adapter: experts, gates, cluster centroids and a manifest, written atomically.
 
 Layout::
 
     adapter/
-      himole.json            format, adapter shape (AdapterSpec), base model, recipe section, training summary
-      adapter.safetensors    every expert's LoRA A/B and every router, keyed as in the model's state dict
+      himole.json            format, adapter shape (AdapterShape), base model, recipe section, training summary
+      adapter.safetensors    every expert's LoRA A/B and every gate, keyed as in the model's state dict
       centroids.safetensors  K-means centroids [N, D] in the encoder's space (HiMoLE with stage 1 only)
 
 The folder is built next to its destination and renamed into place, so an interruption leaves either the
-previous adapter or the new one, never half of one.
+previous adapter or the new one, never half of one. Format 1 folders (whose gates were saved under the paper's
+name, ``token_router`` / ``sentence_router``) still load: their tensors are renamed on reading.
 """
 
 from __future__ import annotations
@@ -19,13 +20,25 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from safetensors.numpy import load_file as load_numpy_file
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from hm3.errors import UserError
+from hm3.evaluate.quiet import quiet_libraries
 from hm3.export import move_into_place
+from hm3.himole.model import AdapterShape, adapter_parameter_names, adapter_state_dict, attach_mixture
 
 MANIFEST = "himole.json"
 WEIGHTS = "adapter.safetensors"
 CENTROIDS = "centroids.safetensors"
-FORMAT = 1
+FORMAT = 2
+"""The format written: 2 names the gates ``token_gate`` / ``sentence_gate``; 1 named them ``*_router``."""
+READABLE_FORMATS = (1, 2)
+FORMAT_1_NAMES = {".token_router.": ".token_gate.", ".sentence_router.": ".sentence_gate."}
+"""Format 1's tensor name parts and what they are called now."""
 
 
 def save_adapter(folder: Path, model: Any, manifest: dict[str, Any], centroids: Any = None) -> Path:
@@ -34,10 +47,6 @@ def save_adapter(folder: Path, model: Any, manifest: dict[str, Any], centroids: 
     Raises:
         UserError: ``folder`` exists and is neither empty nor an adapter folder.
     """
-    from safetensors.torch import save_file
-
-    from hm3.himole.model import adapter_state_dict
-
     folder = Path(folder)
     if folder.exists() and (
         not folder.is_dir() or (any(folder.iterdir()) and not (folder / MANIFEST).is_file())
@@ -51,8 +60,6 @@ def save_adapter(folder: Path, model: Any, manifest: dict[str, Any], centroids: 
         tensors = {name: t.contiguous().cpu() for name, t in adapter_state_dict(model).items()}
         save_file(tensors, str(staging / WEIGHTS), metadata={"format": "pt"})
         if centroids is not None:
-            import torch
-
             save_file(
                 {"centroids": torch.as_tensor(centroids).float().contiguous()}, str(staging / CENTROIDS)
             )
@@ -74,11 +81,24 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"--adapter {folder}: no HiMoLE adapter there (no {MANIFEST})")
     manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
+    if manifest.get("format") not in READABLE_FORMATS:
         raise UserError(
-            f"--adapter {folder}: adapter format {manifest.get('format')!r}, this hm3 reads {FORMAT}"
+            f"--adapter {folder}: adapter format {manifest.get('format')!r}, this hm3 reads "
+            + " or ".join(str(f) for f in READABLE_FORMATS)
         )
     return manifest
+
+
+def current_tensor_names(tensors: dict[str, torch.Tensor], version: int) -> dict[str, torch.Tensor]:
+    """The tensors of a format-``version`` adapter keyed by today's names (format 1 saved the gates as routers)."""
+    if version != 1:
+        return tensors
+    renamed = {}
+    for name, tensor in tensors.items():
+        for old, new in FORMAT_1_NAMES.items():
+            name = name.replace(old, new)
+        renamed[name] = tensor
+    return renamed
 
 
 def load_adapter(
@@ -94,19 +114,13 @@ def load_adapter(
     Raises:
         UserError: no adapter, or an adapter whose tensors do not fit the base model.
     """
-    from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from hm3.evaluate.quiet import quiet_libraries
-    from hm3.himole.model import AdapterSpec, adapter_parameter_names, attach_mixture
-
     manifest = read_manifest(Path(folder))
     base = base_model or manifest["base_model"]
     with quiet_libraries():
         model = AutoModelForCausalLM.from_pretrained(base, dtype="float32")
         tokenizer = AutoTokenizer.from_pretrained(base)
-    attach_mixture(model, AdapterSpec(**manifest["adapter"]))
-    tensors = load_file(str(Path(folder) / WEIGHTS))
+    attach_mixture(model, AdapterShape(**manifest["adapter"]))
+    tensors = current_tensor_names(load_file(str(Path(folder) / WEIGHTS)), manifest["format"])
     expected = set(adapter_parameter_names(model))
     if set(tensors) != expected:
         missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
@@ -123,11 +137,9 @@ def load_adapter(
     return model.to(device).eval(), tokenizer, manifest
 
 
-def load_centroids(folder: Path) -> Any:
+def load_centroids(folder: Path) -> np.ndarray | None:
     """The saved K-means centroids [N, D] as a numpy array, or None when the adapter has none."""
     path = Path(folder) / CENTROIDS
     if not path.is_file():
         return None
-    from safetensors.numpy import load_file
-
-    return load_file(str(path))["centroids"]
+    return load_numpy_file(str(path))["centroids"]

@@ -2,7 +2,7 @@
 
 A *phase* trains a chosen set of adapter parameters with AdamW on a set of pairs. HiMoLE runs N + 1 phases:
 stage 1 trains one expert per cluster on that cluster's pairs (the blocks forced to that expert) and copies it
-into the group's other M − 1 experts; stage 2 trains every expert and the fresh routers jointly on all pairs
+into the group's other M − 1 experts; stage 2 trains every expert and the fresh gates jointly on all pairs
 with ``L_task + α·L_aux + β·L_diverse``. The baselines and the ``--no-two-stage`` ablation are one joint phase.
 """
 
@@ -169,9 +169,9 @@ def expert_parameters(model: nn.Module, index: int | None = None) -> list[nn.Par
     return chosen
 
 
-def router_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Every router's parameters."""
-    return [p for block in mixture_blocks(model) for router in block.routers() for p in router.parameters()]
+def gate_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every gate's parameters."""
+    return [p for block in mixture_blocks(model) for gate in block.gates() for p in gate.parameters()]
 
 
 def enable_grads(parameters: list[nn.Parameter]) -> list[nn.Parameter]:
@@ -182,7 +182,7 @@ def enable_grads(parameters: list[nn.Parameter]) -> list[nn.Parameter]:
 
 
 def force_expert(model: nn.Module, index: int | None) -> None:
-    """Make every block use only expert ``index`` with weight 1 (stage 1), or route again (None)."""
+    """Make every block use only expert ``index`` with weight 1 (stage 1), or gate again (None)."""
     for block in mixture_blocks(model):
         block.forced_expert = index
 

@@ -14,26 +14,28 @@ breadcrumbs, della; each gives what mergekit gives for the same config.
 
 from __future__ import annotations
 
+from hm3.merge.mergekit_export import to_mergekit_config, to_mergekit_yaml
+from hm3.merge.mergekit_run import run_mergekit_config
 from hm3.merge.registry import METHODS, MergeMethod, get_method
+from hm3.merge.spec import MergeSpec
 
-__all__ = ["METHODS", "MergeMethod", "MergeSpec", "get_method", "merge_state_dict", "to_mergekit_config"]
+__all__ = [
+    "METHODS",
+    "MergeMethod",
+    "MergeSpec",
+    "get_method",
+    "merge_state_dict",
+    "run_mergekit_config",
+    "to_mergekit_config",
+    "to_mergekit_yaml",
+]
 
 
 def __getattr__(name: str):
-    if name == "MergeSpec":  # lazy: pydantic is not needed to run a mergekit config
-        from hm3.merge.spec import MergeSpec
-
-        return MergeSpec
     if name in ("merge_state_dict", "iter_merged_tensors", "export_merge"):
+        # not at the top: hm3.merge.engine imports torch, and every hm3.merge module imports this package,
+        # the fused mergekit run's too, which never imports torch (hm3.merge.mergekit_run)
         from hm3.merge import engine
 
         return getattr(engine, name)
-    if name in ("to_mergekit_config", "to_mergekit_yaml"):
-        from hm3.merge import mergekit_export
-
-        return getattr(mergekit_export, name)
-    if name == "run_mergekit_config":
-        from hm3.merge.mergekit_run import run_mergekit_config
-
-        return run_mergekit_config
     raise AttributeError(name)

@@ -1,4 +1,4 @@
-"""The numba kernels behind :mod:`hm3.merge.fused` (imported only when a fused merge runs: numba is heavy).
+"""The numba kernels behind :mod:`hm3.merge.fused` (compiled on first call, cached on disk).
 
 Arrays are flat: bfloat16 tensors arrive as their uint16 bit patterns, float32 tensors as float32. Values
 are computed in float32 and rounded to the storage dtype after every step (:func:`rounded`), as torch's

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import torch
+import torch
 
 
 def elect_and_merge(
@@ -26,8 +23,6 @@ def elect_and_merge(
         ``(mixed, divisor)``: the sum of the agreeing deltas, and the sum of their weights (1 where none
         agree; None without ``with_divisor``), both in the input dtype.
     """
-    import torch
-
     dtype = weighted.dtype
     accumulate = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
     majority = (weighted.sum(dim=0) >= 0).to(dtype).mul_(2).sub_(1)

@@ -10,16 +10,17 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import torch
 
 from hm3.errors import UserError
+from hm3.export import write_hf_checkpoint
 from hm3.merge.gradient import layer_position
+from hm3.merge.mergekit_export import model_card, to_mergekit_yaml
+from hm3.merge.runtime import reuse_freed_memory
 from hm3.merge.spec import MergeSpec
 from hm3.merge.tensor_merge import TensorParameters, check_finite, merge_tensor
 from hm3.pool import BASE, ModelPool
-
-if TYPE_CHECKING:
-    import torch
 
 _CHECKED: weakref.WeakKeyDictionary[ModelPool, set[tuple[int, str]]] = weakref.WeakKeyDictionary()
 """Inputs already checked finite, per pool (the search merges the same inputs hundreds of times)."""
@@ -47,10 +48,6 @@ def iter_merged_tensors(
     pool: ModelPool, spec: MergeSpec, *, cached: bool | None = None
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, merged tensor)`` for every backbone tensor, one at a time (see :func:`merge_state_dict`)."""
-    import torch
-
-    from hm3.merge.runtime import reuse_freed_memory
-
     reuse_freed_memory()
     method = spec.row
     count = len(pool.models)
@@ -63,7 +60,7 @@ def iter_merged_tensors(
     by_position: dict[float, TensorParameters] = {}
     model_indices = list(range(count))
     for name in pool.tensor_names:
-        t = layer_position(pool.spec.layer_of(name), layers)
+        t = layer_position(pool.backbone.layer_of(name), layers)
         params = by_position.get(t)
         if params is None:
             params = by_position[t] = _parameters(spec, t)
@@ -92,8 +89,6 @@ def _parameters(spec: MergeSpec, t: float) -> TensorParameters:
 
 
 def _promoted(tensors: list[torch.Tensor]) -> torch.dtype:
-    import torch
-
     dtype = tensors[0].dtype
     for tensor in tensors[1:]:
         dtype = torch.promote_types(dtype, tensor.dtype)
@@ -127,9 +122,6 @@ def export_merge(
 ) -> Path:
     """Write a merge of the pool as a Hugging Face checkpoint (streamed), with a model card and the
     mergekit YAML that reproduces it (``mergekit_config.yml``)."""
-    from hm3.export import write_hf_checkpoint
-    from hm3.merge.mergekit_export import model_card, to_mergekit_yaml
-
     paths = [m.folder for m in pool.models]
     yaml_text = to_mergekit_yaml(spec, paths, pool.base.folder)
     config = dict(pool.base.config)

@@ -22,12 +22,15 @@ once on worker threads (:mod:`hm3.merge.runtime`). Compiled code is cached next 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from hm3.merge import _fused_kernels as kernels
+from hm3.merge.trim_params import RESCALE_EPS, keep_threshold, mask_keys
+
 if TYPE_CHECKING:
-    import numpy as np
     import torch
 
 NO_TRIM, MAGNITUDE, RANDOM = 0, 1, 2
@@ -40,28 +43,19 @@ SUPPORTED_DTYPES = ("bfloat16", "float32")
 
 
 def supports(tensors: Sequence[torch.Tensor]) -> bool:
-    """Whether the fused kernels can merge these tensors: CPU, contiguous, one dtype the kernels know, and
-    numba importable (else the torch kernel merges them)."""
+    """Whether the fused kernels can merge these tensors: CPU, contiguous, one dtype the kernels know (else
+    the torch kernel merges them)."""
     first = tensors[0]
     name = str(first.dtype).removeprefix("torch.")
     suitable = name in SUPPORTED_DTYPES and all(
         t.device.type == "cpu" and t.is_contiguous() and t.dtype == first.dtype for t in tensors
     )
-    return suitable and _numba_available()
-
-
-@functools.cache
-def _numba_available() -> bool:
-    try:
-        import numba  # noqa: F401
-    except ImportError:  # a platform without numba wheels: the torch kernel gives the same bits, slower
-        return False
-    return True
+    return suitable
 
 
 def supports_dtype(name: str) -> bool:
     """Whether the fused kernels merge tensors stored in this dtype (torch's name, e.g. ``bfloat16``)."""
-    return name in SUPPORTED_DTYPES and _numba_available()
+    return name in SUPPORTED_DTYPES
 
 
 def merge(
@@ -73,6 +67,7 @@ def merge(
     """:func:`merge_arrays` on torch tensors (see :func:`supports`); returns ``(merged, finite)``, with
     ``merged`` None when an input holds NaN or Inf (the caller names it, see
     :func:`hm3.merge.tensor_merge.check_finite`)."""
+    # not at the top: a fused mergekit run never imports torch (hm3.merge.mergekit_run)
     import torch
 
     half = base.dtype == torch.bfloat16
@@ -116,10 +111,6 @@ def merge_arrays(
     Returns:
         Whether every task vector was finite (``out`` is then the merge; else it is undefined).
     """
-    import numpy as np
-
-    from hm3.merge import _fused_kernels as kernels
-
     half = base.dtype == np.uint16
     count = len(tensors)
     inputs = tuple(tensors)
@@ -127,8 +118,6 @@ def merge_arrays(
     thresholds = np.zeros(count, dtype=np.uint64)  # magnitude: bit pattern of the k-th largest; random: keep
     tie_cuts = np.full(count, -1, dtype=np.int64)  # magnitude: last index whose tie at the threshold is kept
     if mode == RANDOM:
-        from hm3.merge.sparsify import keep_threshold
-
         for k, density in enumerate(densities):
             thresholds[k] = keep_threshold(density) if trimmed[k] else 1 << 16
     keys = _keys(seeds, count)
@@ -190,8 +179,6 @@ def merge_arrays(
 def rounded(values: Sequence[float], half: bool) -> np.ndarray:
     """``values`` rounded as torch rounds Python floats into a tensor: to float32, then (``half``) to
     bfloat16 (nearest, ties to even); returned as float32."""
-    import numpy as np
-
     single = np.asarray(values, dtype=np.float64).astype(np.float32)
     if not half:
         return single
@@ -206,8 +193,6 @@ def _magnitude_threshold(
     """TIES trim of one task vector: ``(keeps anything, threshold bit pattern, tie cut)``, where the tie cut
     is the last index whose magnitude ties at the threshold and is kept (ties kept lowest index first, as
     :func:`hm3.merge.sparsify.magnitude`)."""
-    from hm3.merge import _fused_kernels as kernels
-
     numel = base.size
     if density <= 0 or numel == 0:
         return False, 0, -1
@@ -226,6 +211,7 @@ def _magnitude_threshold(
 
 def _as_numpy(tensor: torch.Tensor, half: bool) -> np.ndarray:
     """A flat numpy view of the tensor's memory: uint16 bit patterns for bfloat16, float32 otherwise."""
+    # not at the top: a fused mergekit run never imports torch (hm3.merge.mergekit_run)
     import torch
 
     flat = tensor.reshape(-1)
@@ -236,8 +222,6 @@ def _magnitude_limits(patterns: np.ndarray, trimmed: np.ndarray, keep: np.ndarra
     """Per model, the float32 magnitudes from which entries are kept before and after the tie cut: the
     threshold itself, and the next float32 above it (no entry lies in between: the entries are on the
     dtype's grid); +inf for a model that keeps nothing, 0 for one not trimmed."""
-    import numpy as np
-
     bits = patterns.astype(np.uint32) << (16 if half else 0)
     at = bits.view(np.float32).copy()
     limits = np.stack([at, np.nextafter(at, np.float32(np.inf))], axis=1).astype(np.float32)
@@ -247,10 +231,6 @@ def _magnitude_limits(patterns: np.ndarray, trimmed: np.ndarray, keep: np.ndarra
 
 
 def _keys(seeds: Sequence[int], count: int) -> np.ndarray:
-    import numpy as np
-
-    from hm3.merge.sparsify import mask_keys
-
     keys = np.zeros((count, 2), dtype=np.uint64)
     for k in range(count):
         keys[k] = mask_keys(seeds[k] if k < len(seeds) else 0)
@@ -259,8 +239,6 @@ def _keys(seeds: Sequence[int], count: int) -> np.ndarray:
 
 def _bucket_of_kth(counts: np.ndarray, k: int) -> tuple[int, int, int]:
     """The bucket holding the k-th largest value, how many values are in higher buckets, how many in it."""
-    import numpy as np
-
     at_least = np.cumsum(counts[::-1])[::-1]
     bucket = int(np.flatnonzero(at_least >= k)[-1])
     tied = int(counts[bucket])
@@ -270,8 +248,6 @@ def _bucket_of_kth(counts: np.ndarray, k: int) -> tuple[int, int, int]:
 def _rescale_factor(before: float, after: float, half: bool) -> float:
     """The L1 rescale factor as :func:`hm3.merge.sparsify.rescale_l1` rounds it: both norms rounded to the
     dtype, compared with the threshold in the dtype, divided in float32, the quotient rounded."""
-    from hm3.merge.sparsify import RESCALE_EPS
-
     norm_before, norm_after, eps = rounded([before, after, RESCALE_EPS], half)
     if norm_before < eps or norm_after < eps:
         return 1.0

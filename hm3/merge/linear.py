@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import torch
+import torch
 
 
 def linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool = True) -> torch.Tensor:
@@ -17,8 +15,6 @@ def linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], normalize:
         weights: One weight per tensor.
         normalize: Divide by the sum of the weights.
     """
-    import torch
-
     first = tensors[0]
     work = torch.float64 if first.dtype == torch.float64 else torch.float32
     coefficients = torch.tensor(list(weights), dtype=work)

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from hm3.merge.mergekit_parameters import rules_for
 from hm3.merge.spec import MergeSpec
 
@@ -71,8 +73,6 @@ def to_mergekit_config(
 
 def to_mergekit_yaml(spec: MergeSpec, model_paths: Sequence[str | Path], base_path: str | Path) -> str:
     """:func:`to_mergekit_config` as YAML text."""
-    import yaml
-
     return yaml.safe_dump(to_mergekit_config(spec, model_paths, base_path), sort_keys=False)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hm3.arch import ArchitectureSpec, detect_family
+from hm3.arch import Backbone, detect_family
 from hm3.checkpoint import Checkpoint
 from hm3.errors import UserError
 from hm3.merge.gradient import evaluate_setting, layer_position
@@ -63,7 +63,7 @@ class MergePlan:
     num_layers: int
     layer_origin: tuple[int, ...]
     donor: Checkpoint
-    spec: ArchitectureSpec
+    backbone: Backbone
     dtype: str | None
     out_dtype: str | None
     vocabulary: Vocabulary | None = None
@@ -90,15 +90,15 @@ def plan_merge(config: MergekitConfig, base_dir: Path | None = None) -> MergePla
     donor_index = base_index if base_index is not None else models.index(slices[0].sources[0].model)
     donor = models.all[donor_index]
     _refuse_custom_code(models.all)
-    spec = detect_family(donor.config, where=f"model {donor.name}")
+    backbone = detect_family(donor.config, where=f"model {donor.name}")
     vocabulary = None
     if config.tokenizer_source is not None:
         referenced = sorted({models.index(s.model) for out_slice in slices for s in out_slice.sources})
         source = config.tokenizer_source
         folder = donor.folder if source == "base" else Path(models.key(source))
         vocabulary = read_vocabulary(source, base_index, referenced, models.all, folder)
-    planner = _Planner(config, method, models, spec, vocabulary)
-    shared = [n for n in donor.tensors if spec.layer_of(n) is None and spec.belongs(n)]
+    planner = _Planner(config, method, models, backbone, vocabulary)
+    shared = [n for n in donor.tensors if backbone.layer_of(n) is None and backbone.belongs(n)]
     pre = [n for n in shared if any(m in n for m in _PRE_MARKERS)]
     post = [n for n in shared if n not in pre]
     tensors = [planner.tensor(slices[0], n, None, 0.0) for n in pre]
@@ -108,9 +108,9 @@ def plan_merge(config: MergekitConfig, base_dir: Path | None = None) -> MergePla
         for offset in range(end - start):
             t = layer_position(offset, end - start)
             first = models.all[models.index(out_slice.sources[0].model)]
-            for name in _layer_names(first, spec, start + offset):
+            for name in _layer_names(first, backbone, start + offset):
                 tensors.append(
-                    planner.tensor(out_slice, spec.layer_tensor_name(name, len(origin)), offset, t)
+                    planner.tensor(out_slice, backbone.layer_tensor_name(name, len(origin)), offset, t)
                 )
             origin.append(start + offset)
     tensors += [planner.tensor(slices[-1], n, None, 0.0) for n in post]
@@ -130,7 +130,7 @@ def plan_merge(config: MergekitConfig, base_dir: Path | None = None) -> MergePla
         num_layers=len(origin),
         layer_origin=tuple(origin),
         donor=donor,
-        spec=spec,
+        backbone=backbone,
         dtype=config.dtype,
         out_dtype=config.out_dtype,
         vocabulary=vocabulary,
@@ -229,8 +229,8 @@ def _check_distinct_sources(slices: list[OutputSlice], models: _Models) -> None:
                 )
 
 
-def _layer_names(checkpoint: Checkpoint, spec: ArchitectureSpec, layer: int) -> list[str]:
-    names = [n for n in checkpoint.tensors if spec.layer_of(n) == layer and spec.belongs(n)]
+def _layer_names(checkpoint: Checkpoint, backbone: Backbone, layer: int) -> list[str]:
+    names = [n for n in checkpoint.tensors if backbone.layer_of(n) == layer and backbone.belongs(n)]
     if not names:
         raise UserError(f"model {checkpoint.name}: has no layer {layer}")
     return names
@@ -244,13 +244,13 @@ class _Planner:
         config: MergekitConfig,
         method: MergeMethod | None,
         models: _Models,
-        spec: ArchitectureSpec,
+        backbone: Backbone,
         vocabulary: Vocabulary | None,
     ):
         self.config = config
         self.method = method
         self.models = models
-        self.spec = spec
+        self.backbone = backbone
         self.vocabulary = vocabulary
         self.rules = rules_for(method.name if method is not None else PASSTHROUGH)
 
@@ -267,7 +267,7 @@ class _Planner:
             name = (
                 out_name
                 if offset is None
-                else self.spec.layer_tensor_name(out_name, source.layer_range[0] + offset)
+                else self.backbone.layer_tensor_name(out_name, source.layer_range[0] + offset)
             )
             name = self._present(index, name)
             if name is None:
@@ -336,7 +336,7 @@ class _Planner:
         self, out_name: str, group: list, base_key: str | None
     ) -> tuple[VocabularyGroup | None, int | None]:
         """The inputs of a vocabulary tensor that ``tokenizer_source`` re-indexes (None: nothing to do)."""
-        if self.vocabulary is None or out_name not in self.spec.vocab_tensors:
+        if self.vocabulary is None or out_name not in self.backbone.vocab_tensors:
             return None, None
         stored = []
         for index, name, _ in group:
@@ -353,8 +353,8 @@ class _Planner:
         checkpoint = self.models.all[index]
         if name in checkpoint.tensors:
             return name
-        tied = self.spec.vocab_tensors[0] if self.spec.vocab_tensors else None
-        if tied and name in self.spec.vocab_tensors[1:] and tied in checkpoint.tensors:
+        tied = self.backbone.vocab_tensors[0] if self.backbone.vocab_tensors else None
+        if tied and name in self.backbone.vocab_tensors[1:] and tied in checkpoint.tensors:
             if checkpoint.config.get("tie_word_embeddings", False):
                 return None  # tied head: not written, like mergekit
             return tied
@@ -377,7 +377,7 @@ class _Planner:
             shape = self.models.all[index].tensors[name].shape
             if shape[skip:] != first[skip:]:
                 hint = ""
-                if self.vocabulary is None and out_name in self.spec.vocab_tensors:
+                if self.vocabulary is None and out_name in self.backbone.vocab_tensors:
                     hint = " (tokenizer_source aligns vocabularies)"
                 raise UserError(
                     f"tensor {out_name}: shape {list(shape)} of {name} in model {self.models.all[index].name} "

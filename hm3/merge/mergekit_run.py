@@ -15,6 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+from hm3.export import RawTensor, TensorLayout, check_output_folder, write_hf_checkpoint
+from hm3.merge import fused
+from hm3.merge.mergekit_export import model_card
 from hm3.merge.mergekit_plan import MergePlan, PlannedTensor, plan_merge
 from hm3.merge.mergekit_schema import load_mergekit_config
 from hm3.merge.mergekit_vocab import aligned
@@ -22,12 +28,10 @@ from hm3.merge.runtime import collection_paused, merge_workers, reuse_freed_memo
 from hm3.merge.streaming import Buffers, Readers, stream
 from hm3.merge.tensor_merge import check_finite, check_finite_array, fusable, mask_seed, merge_tensor
 from hm3.merge.tensor_reader import TORCH_DTYPES
+from hm3.output_guard import check_no_overlap
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
-
-    from hm3.export import RawTensor, TensorLayout
 
 
 def run_mergekit_config(
@@ -49,10 +53,6 @@ def run_mergekit_config(
 
 
 def _run(config_path: Path, out: Path, shard_size: str | int, force: bool, show_progress: bool) -> Path:
-    from hm3.export import check_output_folder, write_hf_checkpoint
-    from hm3.merge.mergekit_export import model_card
-    from hm3.output_guard import check_no_overlap
-
     config = load_mergekit_config(config_path)
     reuse_freed_memory()
     out = Path(out).resolve()
@@ -99,6 +99,7 @@ def merged_tensors(
     the rest a bounded distance ahead of the consumer (:mod:`hm3.merge.streaming`). The tensors are
     bit-identical for every ``workers``.
     """
+    # not at the top: a fused mergekit run never imports torch (hm3.merge.mergekit_run)
     import torch
 
     dtype = getattr(torch, plan.dtype) if plan.dtype else None
@@ -130,8 +131,6 @@ def merged_arrays(
     asked for (the consumer must be done with each tensor by then, as the checkpoint writer is): fresh
     memory costs the kernel a page zeroing on first touch, about a tenth of a merge's CPU time.
     """
-    from hm3.export import RawTensor
-
     buffers = Buffers()
 
     def merge(readers: Readers, planned: PlannedTensor) -> RawTensor | torch.Tensor:
@@ -147,8 +146,6 @@ def merged_arrays(
 def without_torch(plan: MergePlan) -> bool:
     """Whether every output tensor is a fused-kernel merge or a plain copy, in the dtype its inputs are
     stored in (bfloat16 or float32), read from safetensors files: then no tensor needs torch."""
-    from hm3.merge import fused
-
     method = plan.method
     if method is not None and (
         method.kernel != "task_arithmetic" or method.sparsification not in fused.TRIM_MODES
@@ -180,11 +177,6 @@ def _merged_array(
     arrays: list[tuple[np.ndarray, str, tuple[int, ...]]],
     buffers: Buffers | None = None,
 ) -> RawTensor | torch.Tensor:
-    import numpy as np
-
-    from hm3.export import RawTensor
-    from hm3.merge import fused
-
     values = [array for array, _, _ in arrays]
     _, stored, shape = arrays[0]
     dtype = TORCH_DTYPES[stored]
@@ -213,7 +205,7 @@ def _merged_array(
     for array, model in zip(values, models, strict=True):
         check_finite_array(array, model, planned.name)
     # every input is finite but a task vector overflowed: the torch kernel merges this tensor, as it would
-    import torch
+    import torch  # not at the top: a fused mergekit run never imports torch (this module's docstring)
 
     kind = getattr(torch, dtype)
     tensors = [
@@ -230,8 +222,6 @@ def _sources(planned: PlannedTensor) -> list[tuple[int, str]]:
 
 def output_layout(plan: MergePlan) -> list[TensorLayout]:
     """Name, shape and dtype of every output tensor, in order (lets the writer stream without buffering)."""
-    from hm3.export import TensorLayout
-
     layout = []
     for tensor in plan.tensors:
         index, name = tensor.inputs[0]
@@ -245,6 +235,7 @@ def output_layout(plan: MergePlan) -> list[TensorLayout]:
         elif len(set(stored)) == 1:
             dtype = TORCH_DTYPES[stored[0]]
         else:
+            # not at the top: a fused mergekit run never imports torch (hm3.merge.mergekit_run)
             import torch
 
             promoted = _promoted([getattr(torch, TORCH_DTYPES[stored_dtype]) for stored_dtype in stored])
@@ -315,14 +306,6 @@ class _Progress:
 
     def __enter__(self) -> _Progress:
         if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-
             self.bar = Progress(
                 "[progress.description]{task.description}",
                 BarColumn(),
@@ -346,6 +329,7 @@ class _Progress:
 
 def _promoted(dtypes: list[torch.dtype]) -> torch.dtype:
     """The dtype all of ``dtypes`` promote to, by torch's rules (torch imported here: the torch-free path)."""
+    # not at the top: a fused mergekit run never imports torch (hm3.merge.mergekit_run)
     import torch
 
     return functools.reduce(torch.promote_types, dtypes)

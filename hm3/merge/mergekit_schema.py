@@ -21,7 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hm3.errors import UserError
 
@@ -115,9 +116,6 @@ def load_mergekit_config(path: str | Path) -> MergekitConfig:
     Raises:
         UserError: unreadable, not YAML, or outside the supported subset (one line naming the field).
     """
-    import yaml
-    from pydantic import ValidationError
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"mergekit config not found: {path}")

@@ -126,7 +126,9 @@ def _tokens(checkpoint: Checkpoint) -> dict[str, int]:
 
 def _tokens_of_folder(folder: Path, name: str) -> dict[str, int]:
     """Token text -> id of the tokenizer in ``folder``, loaded as mergekit loads it (a fast tokenizer)."""
-    import transformers  # only when a config asks for tokenizer_source (a seconds-long import)
+    # not at the top: only a config with tokenizer_source needs it (a seconds-long import, torch included),
+    # and a fused mergekit run never imports torch (hm3.merge.mergekit_run)
+    import transformers
 
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), use_fast=True)
@@ -164,6 +166,7 @@ def aligned(
 ) -> list[torch.Tensor]:
     """Each of ``tensors`` (one per model of ``group``, same dtype) with its rows at the output token ids,
     the rows a model lacks filled as the module docstring says (mergekit's ``PermutedVocabulary``)."""
+    # not at the top: a fused mergekit run never imports torch (hm3.merge.mergekit_run)
     import torch
 
     positions = [torch.from_numpy(vocabulary.rows[index]) for index in group.models]  # type: ignore[arg-type]

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from hm3.errors import UserError
+
 Sparsification = Literal["magnitude", "random", "magnitude_outliers", "della_magprune"]
 
 
@@ -89,8 +91,6 @@ def get_method(name: str) -> MergeMethod:
     Raises:
         UserError: no such method.
     """
-    from hm3.errors import UserError
-
     try:
         return METHODS[name]
     except KeyError:

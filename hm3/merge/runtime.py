@@ -16,6 +16,8 @@ one-thread merge, whatever the worker count and the machine's load.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import gc
 import os
 from collections.abc import Iterator
@@ -35,6 +37,7 @@ def merge_workers(uses_torch: bool = True) -> int:
     explicit = os.environ.get("HM3_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
     workers = max(1, int(explicit)) if explicit else min(os.cpu_count() or 1, MAX_MERGE_WORKERS)
     if uses_torch:
+        # not at the top: a fused mergekit run never imports torch (hm3.merge.mergekit_run)
         import torch
 
         if torch.get_num_threads() != 1:
@@ -49,6 +52,7 @@ def use_idle_cores() -> int:
     of reductions then depend on the machine's load (see the module docstring); merges use
     :func:`merge_workers` instead.
     """
+    # not at the top: a fused mergekit run never imports torch (hm3.merge.mergekit_run)
     import torch
 
     explicit = os.environ.get("HM3_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
@@ -76,8 +80,6 @@ def reuse_freed_memory() -> None:
     if "malloc" in _DONE:
         return
     _DONE.add("malloc")
-    import ctypes
-    import ctypes.util
 
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

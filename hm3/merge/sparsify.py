@@ -17,12 +17,12 @@ input. They follow ``mergekit.sparsify`` exactly (same keep rules, same L1 resca
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
 
-if TYPE_CHECKING:
-    import torch
+import numpy as np
+import torch
 
-RESCALE_EPS = 1e-7
+from hm3.merge.trim_params import RESCALE_EPS, keep_threshold, mask_keys
 
 
 def rescale_l1(delta: torch.Tensor, masked: torch.Tensor, eps: float = RESCALE_EPS) -> torch.Tensor:
@@ -45,8 +45,6 @@ def magnitude(
 
     ``inplace`` overwrites ``delta`` (saves a buffer); the result is the same.
     """
-    import torch
-
     if density >= 1:
         return delta
     if density <= 0 or delta.numel() == 0:
@@ -71,8 +69,6 @@ def magnitude(
 def _index_of_nth_true(flags: torch.Tensor, n: int) -> int:
     """Index of the ``n``-th (1-based) True in a flat bool tensor (numpy's nonzero on CPU: ~4x torch's)."""
     if flags.device.type == "cpu":
-        import numpy as np
-
         return int(np.flatnonzero(flags.numpy())[n - 1])
     return int(flags.nonzero()[n - 1])
 
@@ -87,8 +83,6 @@ def keep_only(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     ``values * keep`` except that a dropped negative entry becomes +0.0 instead of -0.0 (equal as numbers),
     and 4-10x faster on CPU than a float multiply by a bool mask (which converts the mask) or ``masked_fill_``.
     """
-    import torch
-
     width = _SAME_WIDTH_INT.get(values.element_size())
     if width is None or not values.is_contiguous():
         return values.mul_(keep)
@@ -111,8 +105,6 @@ def kth_largest(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
 
 def _kth_largest_counted(magnitudes: torch.Tensor, k: int) -> tuple[torch.Tensor, int, int]:
     """:func:`kth_largest`, with how many entries are above it and how many equal it."""
-    import torch
-
     name = str(magnitudes.dtype).removeprefix("torch.")
     if name not in _SIGNED_BITS or magnitudes.device.type != "cpu":
         ranked = magnitudes.float() if name in ("bfloat16", "float16") else magnitudes
@@ -135,8 +127,6 @@ def _kth_largest_counted(magnitudes: torch.Tensor, k: int) -> tuple[torch.Tensor
 def _bucket_of_kth(values: torch.Tensor, k: int, buckets: int) -> tuple[int, int, int]:
     """The value v holding the k-th largest of non-negative integer ``values``, how many exceed v, and how
     many equal it."""
-    import torch
-
     counts = torch.bincount(values, minlength=buckets)
     at_least = counts.flip(0).cumsum(0).flip(0)  # at_least[v] = how many values are >= v
     bucket = int((at_least >= k).nonzero()[-1])
@@ -156,8 +146,6 @@ def magnitude_outliers(
 ) -> torch.Tensor:
     """Breadcrumbs trim: drop the ``gamma`` fraction of largest magnitudes, then the smallest, keeping
     ``density`` of the entries."""
-    import torch
-
     if density >= 1:
         return delta
     count = delta.numel()
@@ -172,22 +160,10 @@ def magnitude_outliers(
 
 
 def _work_dtype(delta: torch.Tensor) -> torch.dtype:
-    import torch
-
     # torch.bernoulli has no float16 kernel on CPU: mergekit upcasts everything but bfloat16 to float32.
     if delta.device.type != "cpu" or delta.dtype == torch.bfloat16:
         return delta.dtype
     return torch.float32
-
-
-def keep_threshold(density: float) -> int:
-    """Keep-probability of a random mask in units of 2^-16: entries whose 16-bit draw is below it are kept."""
-    return max(0, min(round(density * 65536), 65535))
-
-
-def mask_keys(seed: int) -> tuple[int, int]:
-    """The two 32-bit keys of a mask seed (its low and high 32 bits)."""
-    return seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF
 
 
 _MIX = (0x7FEB352D, 0x846CA68B)
@@ -215,8 +191,6 @@ def mask_draws(count: int, seed: int, device: torch.device | str = "cpu") -> tor
     (Wellons' lowbias32, keys from :func:`mask_keys`), so a mask is a pure function of the seed and the
     entry's index, the same on every device and in the fused kernels (``hm3.merge._fused_kernels.fill_draws``).
     """
-    import torch
-
     key_low, key_high = mask_keys(seed)
     words = _mix32(
         _mix32(torch.arange((count + 1) // 2, dtype=torch.int64, device=device) ^ key_low) ^ key_high
@@ -236,8 +210,6 @@ def random_keep(
     the same seed gives the same mask on any device and in the fused CPU kernels); the keep probability is
     ``density`` rounded to a multiple of 2^-16 (below 1 - 2^-16).
     """
-    import math
-
     draws = mask_draws(math.prod(shape), seed, device)
     return (draws < keep_threshold(density)).reshape(shape)
 
@@ -277,8 +249,6 @@ def della_magprune(
 ) -> torch.Tensor:
     """DELLA: keep probability rising linearly with magnitude rank within each row, from density - epsilon
     to density + epsilon."""
-    import torch
-
     if density >= 1:
         return delta
     if density <= 0:

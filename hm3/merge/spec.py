@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hm3.errors import UserError
+from hm3.merge.gradient import evaluate_setting
 from hm3.merge.registry import METHODS, MergeMethod
 from hm3.recipe import MergeMethodName
 
@@ -131,14 +132,10 @@ class MergeSpec(BaseModel):
 
     def weights_at(self, t: float) -> list[float]:
         """The per-model weights at layer position ``t`` (gradients interpolated)."""
-        from hm3.merge.gradient import evaluate_setting
-
         return [evaluate_setting(list(w) if isinstance(w, tuple) else w, t) for w in self.weights]
 
     def density_at(self, t: float) -> list[float]:
         """The per-model densities at layer position ``t``."""
-        from hm3.merge.gradient import evaluate_setting
-
         assert self.density is not None
         return [evaluate_setting(list(d) if isinstance(d, tuple) else d, t) for d in self.density]
 

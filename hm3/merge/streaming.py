@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from hm3.errors import UserError
 from hm3.merge.mergekit_plan import MergePlan, PlannedTensor
 from hm3.merge.tensor_reader import TensorReader
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
 
 LOOKAHEAD_ENTRIES = 32 * 2**20
@@ -53,8 +55,6 @@ def stream(
     """``merge(readers, planned)`` for every planned tensor, ``workers`` at a time (see
     the module docstring for the order and the lookahead); yielded in plan order, or with
     ``ordered=False`` as they are done (no worker then waits for a slow tensor ahead of its own)."""
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
     merge = _reported(merge)
     readers = Readers(plan)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hm3-merge") if workers > 1 else None
@@ -141,8 +141,6 @@ class Buffers:
 
     def take(self, like: np.ndarray) -> np.ndarray:
         """An uninitialised array shaped and typed like ``like``."""
-        import numpy as np
-
         with self.lock:
             spare = self.free.get(like.nbytes)
             raw = spare.pop() if spare else None
@@ -152,8 +150,6 @@ class Buffers:
 
     def give_back(self, array: np.ndarray) -> None:
         """Keep the buffer under ``array`` (one :meth:`take` made) for a later :meth:`take`."""
-        import numpy as np
-
         raw = array.base
         if isinstance(raw, np.ndarray) and raw.dtype == np.uint8 and raw.ndim == 1:
             with self.lock:

@@ -15,10 +15,10 @@ passes over memory; this kernel merges everything else (GPUs, float16, breadcrum
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import torch
+import torch
+
+from hm3.merge.consensus import elect_and_merge
 
 Trim = Callable[["torch.Tensor", int], "torch.Tensor"]
 """``(delta, model_index) -> trimmed delta``: a sparsifier with its density, seed and options bound; it may
@@ -49,15 +49,11 @@ def task_arithmetic(
     Returns:
         The merged tensor, in ``base``'s dtype.
     """
-    import torch
-
     if not tensors:
         return base
     dtype = base.dtype
     coefficients = torch.tensor(list(weights), dtype=dtype, device=base.device)
     if consensus:
-        from hm3.merge.consensus import elect_and_merge
-
         stacked = base.new_empty((len(tensors), *base.shape))
         for index, tensor in enumerate(tensors):
             delta = torch.sub(tensor, base, out=stacked[index])

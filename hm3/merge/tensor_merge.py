@@ -11,12 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from hm3.errors import UserError
 from hm3.merge import fused
 from hm3.merge.registry import MergeMethod
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
 
 
@@ -85,10 +86,12 @@ def merge_tensor(
         UserError: an input holds NaN or Inf (with ``check_inputs``), or a task-vector method has no base.
     """
     if method.kernel == "linear":
+        # not at the top: a fused mergekit run never imports torch (hm3.merge.mergekit_run)
         from hm3.merge.linear import linear
 
         _check_all(tensors, None, check_inputs, tensor_name)
         return linear(tensors, params.weights, normalize=params.normalize)
+    # not at the top: a fused mergekit run never imports torch (hm3.merge.mergekit_run)
     from hm3.merge.task_arithmetic import task_arithmetic
 
     if base is None:
@@ -150,6 +153,7 @@ def _fused_merge(
 
 
 def _trim(method: MergeMethod, params: TensorParameters, seed: int, tensor_name: str, ids: list[int | str]):
+    # not at the top: a fused mergekit run never imports torch (hm3.merge.mergekit_run)
     from hm3.merge import sparsify
 
     kind = method.sparsification
@@ -157,6 +161,7 @@ def _trim(method: MergeMethod, params: TensorParameters, seed: int, tensor_name:
         return None
 
     def generator(index: int):
+        # not at the top: a fused mergekit run never imports torch (hm3.merge.mergekit_run)
         import torch
 
         return torch.Generator().manual_seed(mask_seed(seed, ids[index], tensor_name))
@@ -193,6 +198,7 @@ def check_finite(tensor: torch.Tensor, model: str, tensor_name: str) -> None:
     Raises:
         UserError: the tensor is not finite.
     """
+    # not at the top: a fused mergekit run never imports torch (hm3.merge.mergekit_run)
     import torch
 
     if not tensor.is_floating_point() or bool(torch.isfinite(tensor.sum())):
@@ -207,8 +213,6 @@ def check_finite_array(values: np.ndarray, model: str, tensor_name: str) -> None
     Raises:
         UserError: the array is not finite.
     """
-    import numpy as np
-
     if values.dtype == np.uint16:
         special = (values & 0x7F80) == 0x7F80  # exponent all ones: Inf or NaN
         if special.any():

@@ -9,16 +9,18 @@ at one tensor's inputs, and reading costs no copy (the tensor's pages are the pa
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from hm3.checkpoint import Checkpoint
 from hm3.errors import ModelError
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
 
 TORCH_DTYPES = {
@@ -74,6 +76,7 @@ class TensorReader:
 
     def load(self, name: str) -> torch.Tensor:
         """Tensor ``name``, backed by a private memory map of its bytes (freed with the tensor)."""
+        # not at the top: a fused mergekit run never imports torch (hm3.merge.mergekit_run)
         import torch
 
         if self.checkpoint._pickled is not None:
@@ -86,8 +89,6 @@ class TensorReader:
         """Tensor ``name`` as a flat numpy array over a private memory map of its bytes (freed with the
         array), with its safetensors dtype and shape; bfloat16 arrives as its ``uint16`` bit patterns.
         For the dtypes of :data:`NUMPY_DTYPES`; no torch needed."""
-        import numpy as np
-
         kind = np.dtype(NUMPY_DTYPES[self._locate(name)[3]])
         raw, dtype, shape = self._bytes(name, kind.itemsize)
         return raw.view(kind), dtype, shape
@@ -95,8 +96,6 @@ class TensorReader:
     def _bytes(self, name: str, itemsize: int) -> tuple[np.ndarray, str, tuple[int, ...]]:
         """The bytes of tensor ``name`` (uint8, over a private memory map; copied when they are not aligned
         to ``itemsize``: safetensors does not promise alignment), its safetensors dtype and its shape."""
-        import numpy as np
-
         file, offset, size, dtype, shape = self._locate(name)
         mapped, start = self._map(file, offset, size, name)
         if mapped is None:
@@ -107,8 +106,6 @@ class TensorReader:
     def _map(self, file: Path, offset: int, size: int, name: str):
         """A private (copy-on-write) memory map covering ``size`` bytes at ``offset`` of ``file``, and the
         file offset it starts at (a multiple of the allocation granularity); ``(None, 0)`` when empty."""
-        import mmap
-
         if size == 0:
             return None, 0
         handle = self._files.get(file)

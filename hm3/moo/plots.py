@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 from hm3.moo.pareto import non_dominated_mask
@@ -44,11 +46,7 @@ class PlotSeries:
 
 def plot_pareto(series: list[PlotSeries], objective_names: list[str], out: Path, title: str) -> Path:
     """Draw the front and the reference models into ``out`` (.png or .svg); returns ``out``."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     k = len(objective_names)
     colors = tuple(
         c for i, c in enumerate(plt.get_cmap("tab10").colors) if i not in (3, 7)
@@ -59,7 +57,7 @@ def plot_pareto(series: list[PlotSeries], objective_names: list[str], out: Path,
         _scatter_pair(ax, styled, 0, 1, objective_names, step=True)
         ax.legend(loc="best", fontsize=8, framealpha=0.9)
     else:
-        fig = _grid_and_parallel(plt, styled, objective_names)
+        fig = _grid_and_parallel(styled, objective_names)
     fig.suptitle(title, fontsize=12)
     fig.tight_layout(rect=(0, 0.03 if k > 2 else 0, 1, 0.96))
     out = Path(out)
@@ -98,7 +96,7 @@ def _scatter_pair(ax, styled, i: int, j: int, names: list[str], step: bool) -> N
     ax.grid(alpha=0.3)
 
 
-def _grid_and_parallel(plt, styled, names: list[str]):
+def _grid_and_parallel(styled, names: list[str]):
     k = len(names)
     pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
     cols = min(3, len(pairs))

@@ -8,7 +8,7 @@
   environment, the Wolpertinger wrapper and the PPO agent (:func:`search_path`, :func:`rollout`);
 * :mod:`~hm3.routing.save` — routed checkpoints (Hugging Face folder, mergekit ``passthrough`` YAML).
 
-Heavy libraries (torch, transformers, stable-baselines3) load only when a function needs them.
+The package itself imports only the path and the pool; each module imports what it uses at its top.
 """
 
 from hm3.routing.path import InferencePath

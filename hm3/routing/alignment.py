@@ -33,6 +33,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
+
 from hm3.errors import UserError
 from hm3.routing.affine import AffineAlignment, affine_hook
 from hm3.routing.builder import build_routed_model, layer_modules
@@ -40,7 +42,6 @@ from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
 ALIGNMENT_MODES = ("none", "stats")
@@ -78,7 +79,7 @@ class StatsAligner:
             for model_index in range(self.pool.num_models):
                 path = InferencePath.identity(model_index, self.pool.num_layers)
                 model = build_routed_model(self.pool, path, shared_source=model_index)
-                for layer, module in enumerate(layer_modules(model, self.pool.spec)):
+                for layer, module in enumerate(layer_modules(model, self.pool.backbone)):
                     module.register_forward_pre_hook(
                         self._recorder(stats, (model_index, layer)), with_kwargs=True
                     )
@@ -91,7 +92,7 @@ class StatsAligner:
         source = self.source_stats()
         alignment = AffineAlignment()
         model = build_routed_model(self.pool, path)
-        for step, module in enumerate(layer_modules(model, self.pool.spec)):
+        for step, module in enumerate(layer_modules(model, self.pool.backbone)):
             if not path.is_native_input(step, self.pool.shared_source):
                 module.register_forward_pre_hook(
                     self._fitter(alignment, step, source[path.steps[step]]), with_kwargs=True
@@ -100,8 +101,6 @@ class StatsAligner:
         return alignment
 
     def _run(self, model: nn.Module) -> None:
-        import torch
-
         with torch.no_grad():
             model(**self.calibration)
 

@@ -15,15 +15,19 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Any
 
+import torch
+import transformers
+from accelerate import init_empty_weights
+from transformers.initialization import no_init_weights
+
 from hm3.errors import UserError
 from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
-    from hm3.arch import ArchitectureSpec
+    from hm3.arch import Backbone
     from hm3.routing.affine import AffineAlignment
 
 
@@ -32,10 +36,9 @@ def source_config(pool: RoutingPool) -> Any:
     cached = pool.__dict__.get("_source_config")
     if cached is not None:
         return cached
-    import transformers
 
-    raw = dict(pool.spec.backbone_config(pool.config))
-    if pool.spec.kind == "vision":
+    raw = dict(pool.backbone.backbone_config(pool.config))
+    if pool.backbone.kind == "vision":
         raw.pop("model_type", None)
         config = transformers.CLIPVisionConfig(**raw)
     else:
@@ -50,11 +53,11 @@ def source_config(pool: RoutingPool) -> Any:
 def routed_config(pool: RoutingPool, path: InferencePath) -> Any:
     """The source config with ``num_hidden_layers = len(path)`` and per-layer lists in path order."""
     config = copy.deepcopy(source_config(pool))
-    for key in pool.spec.per_layer_config_lists:
+    for key in pool.backbone.per_layer_config_lists:
         values = getattr(config, key, None)
         if isinstance(values, list) and len(values) == pool.num_layers:
             setattr(config, key, [values[layer] for layer in path.layers])
-    setattr(config, pool.spec.num_layers_key, len(path))
+    setattr(config, pool.backbone.num_layers_key, len(path))
     return config
 
 
@@ -74,7 +77,7 @@ def routed_tensors(
     if not 0 <= source < pool.num_models:
         raise UserError(f"shared_source {source} is not a model of the pool (0..{pool.num_models - 1})")
     out = {name: pool.state_dicts[source][name] for name in pool.shared_tensor_names}
-    rename = pool.spec.layer_tensor_name
+    rename = pool.backbone.layer_tensor_name
     for position, (model, layer) in enumerate(path.steps):
         state = pool.state_dicts[model]
         for name in pool.layer_tensor_names(layer):
@@ -82,10 +85,10 @@ def routed_tensors(
     return out
 
 
-def layer_modules(model: nn.Module, spec: ArchitectureSpec) -> nn.ModuleList:
+def layer_modules(model: nn.Module, backbone: Backbone) -> nn.ModuleList:
     """The model's list of layers (``model.layers`` of a causal LM, ``encoder.layers`` of CLIP)."""
-    before = spec.layer_prefix.split("{index}")[0].rstrip(".")
-    candidates = [before, spec.optional_prefix + before] if spec.optional_prefix else [before]
+    before = backbone.layer_prefix.split("{index}")[0].rstrip(".")
+    candidates = [before, backbone.optional_prefix + before] if backbone.optional_prefix else [before]
     for name in candidates:
         try:
             return model.get_submodule(name)  # type: ignore[return-value]
@@ -112,10 +115,6 @@ def build_routed_model(
     Returns:
         The model in eval mode (a ``*ForCausalLM`` or a ``CLIPVisionModel``).
     """
-    import torch
-    from accelerate import init_empty_weights
-    from transformers.initialization import no_init_weights
-
     config = routed_config(pool, path)
     tensors = routed_tensors(pool, path, shared_source)
     model_class = _model_class(pool)
@@ -124,7 +123,7 @@ def build_routed_model(
             model_class._from_config(config) if hasattr(model_class, "_from_config") else model_class(config)
         )
     keys = set(model.state_dict())
-    prefix = pool.spec.optional_prefix
+    prefix = pool.backbone.optional_prefix
     if prefix:
         tensors = {
             (n.removeprefix(prefix) if n not in keys and n.removeprefix(prefix) in keys else n): t
@@ -135,7 +134,7 @@ def build_routed_model(
     missing = [k for k in result.missing_keys if not _is_tied(model, k)]
     if missing or result.unexpected_keys:
         raise UserError(
-            f"routed {pool.spec.family} model: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}"
+            f"routed {pool.backbone.family} model: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}"
         )
     if result.missing_keys:
         model.tie_weights()
@@ -145,14 +144,12 @@ def build_routed_model(
     model.config.dtype = dtype if isinstance(dtype, torch.dtype) else None
     model.eval()
     if alignment is not None:
-        alignment.attach(layer_modules(model, pool.spec))
+        alignment.attach(layer_modules(model, pool.backbone))
     return model
 
 
 def _model_class(pool: RoutingPool) -> Any:
-    import transformers
-
-    if pool.spec.kind == "vision":
+    if pool.backbone.kind == "vision":
         return transformers.CLIPVisionModel
     return transformers.AutoModelForCausalLM._model_mapping[type(source_config(pool))]
 

@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hm3.arch import ArchitectureSpec
+from hm3.arch import Backbone
 from hm3.errors import UserError
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ class RoutingPool:
     """K fine-tuned state dicts plus the merged one, with the facts a routed model needs.
 
     Attributes:
-        spec: The backbone family.
+        backbone: The backbone family.
         config: The base model's ``config.json`` contents.
         state_dicts: K + 1 state dicts; index K is the merged model.
         names: A name per model (the merged one is ``merged``).
@@ -41,7 +41,7 @@ class RoutingPool:
         shared_source: The model whose non-layer tensors routed models use (default: K, the merged model).
     """
 
-    spec: ArchitectureSpec
+    backbone: Backbone
     config: dict[str, Any]
     state_dicts: list[dict[str, torch.Tensor]]
     names: list[str]
@@ -81,7 +81,7 @@ class RoutingPool:
             raise UserError(f"merged model lacks {missing[:3]}")
         merged = {name: merged[name] for name in states[0]}
         return cls(
-            spec=pool.spec,
+            backbone=pool.backbone,
             config=pool.base.config,
             state_dicts=[*states, merged],
             names=[*pool.model_names, "merged"],
@@ -102,18 +102,18 @@ class RoutingPool:
     @cached_property
     def num_layers(self) -> int:
         """L, the layers of each model."""
-        return self.spec.num_layers(self.config)
+        return self.backbone.num_layers(self.config)
 
     @cached_property
     def shared_tensor_names(self) -> list[str]:
         """Tensors outside the layers."""
-        return [n for n in self.state_dicts[0] if self.spec.layer_of(n) is None]
+        return [n for n in self.state_dicts[0] if self.backbone.layer_of(n) is None]
 
     def layer_tensor_names(self, layer: int) -> list[str]:
         """Tensor names of layer ``layer`` (identical in every model)."""
         if not self._layer_names:
             for name in self.state_dicts[0]:
-                index = self.spec.layer_of(name)
+                index = self.backbone.layer_of(name)
                 if index is not None:
                     self._layer_names.setdefault(index, []).append(name)
         return self._layer_names[layer]

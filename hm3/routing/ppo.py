@@ -21,18 +21,21 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from stable_baselines3 import PPO
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from hm3.errors import UserError
 from hm3.recipe import AgentConfig
+from hm3.routing.buffer import SpreadRewardRolloutBuffer
 from hm3.routing.env import InferencePathEnv
+from hm3.routing.policy import TrajectoryEncoder
 from hm3.routing.wolpertinger import INITIAL_STD, WolpertingerWrapper
-
-if TYPE_CHECKING:
-    from stable_baselines3 import PPO
 
 POLICY_FILE = "policy.safetensors"
 LEGACY_POLICY_FILE = "policy.zip"
@@ -46,12 +49,6 @@ SETTINGS = ("max_length", "num_objectives", "neighbours", "stop_threshold")
 
 def build_ppo(env: WolpertingerWrapper, config: AgentConfig, seed: int) -> PPO:
     """The PPO of ``config`` on ``env`` (rewards normalised), its networks freshly initialised from ``seed``."""
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
-
-    from hm3.routing.buffer import SpreadRewardRolloutBuffer
-    from hm3.routing.policy import TrajectoryEncoder
-
     vec_env = VecNormalize(DummyVecEnv([lambda: env]), norm_obs=False, norm_reward=True, gamma=config.gamma)
     return PPO(
         "MultiInputPolicy",
@@ -99,8 +96,6 @@ def save_policy(
     folder: Path, model: PPO, summaries: np.ndarray, settings: dict[str, Any], config: AgentConfig
 ) -> Path:
     """Write ``policy.safetensors``, ``agent.json`` and ``summaries.npy`` into ``folder`` (no pickle)."""
-    from safetensors.torch import save_file
-
     folder.mkdir(parents=True, exist_ok=True)
     # SB3 shares the features extractor between actor and critic: one tensor under several names, which
     # safetensors stores as separate copies
@@ -151,8 +146,6 @@ def load_policy(folder: Path, allow_pickle: bool = False) -> SavedPolicy:
 
 
 def _load_legacy(folder: Path, allow_pickle: bool) -> SavedPolicy:
-    from stable_baselines3 import PPO
-
     if not allow_pickle:
         raise UserError(
             f"{folder / LEGACY_POLICY_FILE} is an agent in stable-baselines3's pickle format, which can run "
@@ -202,9 +195,6 @@ def _agent_config(data: Any) -> AgentConfig:
 def _restore_networks(model: PPO, file: Path) -> None:
     """Put the saved policy and value networks into ``model`` with SB3's ``set_parameters``; the names and
     shapes must be exactly those of the rebuilt networks."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         saved = load_file(file, device="cpu")
     except (OSError, SafetensorError) as error:

@@ -29,7 +29,13 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+from safetensors.torch import save_file
+
 from hm3.errors import UserError
+from hm3.export import check_output_folder, fix_config, move_into_place, write_hf_checkpoint
+from hm3.folder_swap import staging_folder
+from hm3.routing.builder import routed_tensors
 from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
 
@@ -76,8 +82,6 @@ def passthrough_config(
 
 def passthrough_yaml(pool: RoutingPool, path: InferencePath, shared_source: int | None = None) -> str:
     """:func:`passthrough_config` as YAML text (absolute source paths)."""
-    import yaml
-
     dtype = str(next(iter(pool.state_dicts[0].values())).dtype).removeprefix("torch.")
     header = f"# hm3 routed model: path {path}\n"
     return header + yaml.safe_dump(
@@ -88,8 +92,6 @@ def passthrough_yaml(pool: RoutingPool, path: InferencePath, shared_source: int 
 def ensure_merged_on_disk(pool: RoutingPool, folder: str | Path, force: bool = False) -> Path:
     """Write the merged model (index K) as a checkpoint at ``folder`` unless the pool already has it on disk;
     records the folder in the pool."""
-    from hm3.export import write_hf_checkpoint
-
     existing = pool.folders[pool.merged_index]
     if existing is not None and Path(existing).is_dir():
         return Path(existing)
@@ -127,10 +129,6 @@ def save_routed_model(
     Returns:
         ``out``.
     """
-    from hm3.export import check_output_folder, move_into_place, write_hf_checkpoint
-    from hm3.folder_swap import staging_folder
-    from hm3.routing.builder import routed_tensors
-
     out = Path(out)
     source = pool.shared_source if shared_source is None else shared_source
     check_output_folder(out, force=force, expected_bytes=None)
@@ -162,8 +160,6 @@ def save_routed_model(
             extra_files=extra,
         )
         if alignment is not None:
-            from safetensors.torch import save_file
-
             save_file(alignment.to_tensors(), str(folder / ALIGNMENT_FILE))
         move_into_place(folder, out)
     finally:
@@ -179,14 +175,12 @@ def _checkpoint_parts(
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The config and tensors of a checkpoint of the pool's backbone with ``num_layers`` layers (a vision
     tower of a full CLIP checkpoint is saved as a standalone ``CLIPVisionModel``)."""
-    from hm3.export import fix_config
-
     config = dict(pool.config)
-    spec = pool.spec
-    if spec.kind == "vision" and spec.config_section and spec.config_section in config:
-        config = {**config[spec.config_section], "model_type": "clip_vision_model"}
+    backbone = pool.backbone
+    if backbone.kind == "vision" and backbone.config_section and backbone.config_section in config:
+        config = {**config[backbone.config_section], "model_type": "clip_vision_model"}
         config["architectures"] = ["CLIPVisionModel"]
-        tensors = {name.removeprefix(spec.optional_prefix): t for name, t in tensors.items()}
+        tensors = {name.removeprefix(backbone.optional_prefix): t for name, t in tensors.items()}
     fixed = fix_config(config, num_layers, layer_origin)
     fixed["dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
     # a repeated layer is the same storage under two names: the writer streams each tensor's own bytes

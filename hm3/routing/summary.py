@@ -16,6 +16,7 @@ whatever the model size.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from hm3.routing.pool import RoutingPool
 
@@ -28,7 +29,6 @@ def layer_summaries(pool: RoutingPool) -> np.ndarray:
     cached = pool.__dict__.get("_layer_summaries")
     if cached is not None:
         return cached
-    import torch
 
     count, layers = pool.num_models, pool.num_layers
     raw = np.zeros((count, layers, SUMMARY_SIZE), dtype=np.float64)
@@ -57,6 +57,4 @@ def layer_summaries(pool: RoutingPool) -> np.ndarray:
 
 
 def _log_rms(values) -> float:
-    import torch
-
     return float(torch.log(values.pow(2).mean().sqrt() + 1e-12))

@@ -19,6 +19,6 @@ seconds (``micro``) or minutes (``small``) and writes::
 from __future__ import annotations
 
 from hm3.zoo.build import build_zoo, ensure_zoo
-from hm3.zoo.spec import ZooSpec, read_manifest
+from hm3.zoo.config import ZooConfig, read_manifest
 
-__all__ = ["ZooSpec", "build_zoo", "ensure_zoo", "read_manifest"]
+__all__ = ["ZooConfig", "build_zoo", "ensure_zoo", "read_manifest"]

@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -25,14 +26,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from rich.console import Console
 
 from hm3.errors import UserError
 from hm3.folder_swap import process_alive
+from hm3.zoo.config import MANIFEST, ZooConfig, build_identity, is_current, manifest_matches, read_manifest
 from hm3.zoo.fingerprint import short
+from hm3.zoo.lm_build import build_lm_zoo
 from hm3.zoo.numerics import current_numerics, portable_environment
 from hm3.zoo.progress import quiet_libraries
-from hm3.zoo.spec import MANIFEST, ZooSpec, build_identity, is_current, manifest_matches, read_manifest
+from hm3.zoo.vit_build import build_vit_zoo
 
 CHILD_ERROR = ".build-error"
 """File in the staging folder where the build's child process leaves a user error for its parent."""
@@ -45,9 +50,6 @@ machine are up to 40x slower (OpenMP spin-waiting); results are bit-identical fo
 @contextlib.contextmanager
 def deterministic(seed: int) -> Iterator[None]:
     """Seed python, numpy and torch, force deterministic algorithms and a fixed thread count; restore after."""
-    import numpy as np
-    import torch
-
     previous = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
     random.seed(seed)
     np.random.seed(seed)
@@ -95,32 +97,32 @@ def build_zoo(
             this process's CPU kernels (for tests of the build's bookkeeping, and the child itself).
 
     Raises:
-        UserError: Bad kind/family/size, an unwritable target, or a finished zoo of another spec at ``out``.
+        UserError: Bad kind/family/size, an unwritable target, or a finished zoo of another kind, family, size or seed at ``out``.
     """
     if kind == "vit" and family == "llama":
         family = None
-    spec = ZooSpec.checked(kind, family, size, seed)
-    target = Path(out) if out is not None else spec.default_dir()
+    zoo = ZooConfig.checked(kind, family, size, seed)
+    target = Path(out) if out is not None else zoo.default_dir()
     console = console or Console(stderr=True)
     _remove_dead_builds(target)
     manifest = read_manifest(target)
     if (
         manifest is not None
         and not force
-        and manifest_matches(manifest, spec)
-        and not is_current(manifest, spec)
+        and manifest_matches(manifest, zoo)
+        and not is_current(manifest, zoo)
     ):
         console.print(
-            f"zoo {spec.name} at {target} was built by another builder version or preset; rebuilding it"
+            f"zoo {zoo.name} at {target} was built by another builder version or preset; rebuilding it"
         )
         force = True
     if manifest is not None and not force:
-        if not manifest_matches(manifest, spec):
+        if not manifest_matches(manifest, zoo):
             raise UserError(
                 f"{target} holds a zoo built as {manifest.get('kind')}-{manifest.get('family')}-"
                 f"{manifest.get('size')} seed {manifest.get('seed')}; pass --force to replace it or --out elsewhere"
             )
-        console.print(f"zoo {spec.name} (seed {seed}) already built at {target}")
+        console.print(f"zoo {zoo.name} (seed {seed}) already built at {target}")
         return target
     _writable_parent(target)
     staging = target.parent / f".{target.name}.building-{os.getpid()}"
@@ -129,43 +131,39 @@ def build_zoo(
     started = time.perf_counter()
     try:
         if in_process:
-            build_into(spec, staging, target, console)
+            build_into(zoo, staging, target, console)
         else:
-            _build_in_child(spec, staging, target, quiet=console.quiet)
+            _build_in_child(zoo, staging, target, quiet=console.quiet)
         _move_into_place(staging, target, force)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     fingerprint = short(read_manifest(target)["fingerprint"])
     console.print(
-        f"zoo {spec.name} built at {target} in {time.perf_counter() - started:.0f} s (weights {fingerprint})"
+        f"zoo {zoo.name} built at {target} in {time.perf_counter() - started:.0f} s (weights {fingerprint})"
     )
     return target
 
 
-def build_into(spec: ZooSpec, staging: Path, target: Path, console: Console) -> None:
-    """Train and score every model of ``spec`` into ``staging`` and write its manifest, in this process."""
+def build_into(zoo: ZooConfig, staging: Path, target: Path, console: Console) -> None:
+    """Train and score every model of ``zoo`` into ``staging`` and write its manifest, in this process."""
     started = time.perf_counter()
-    with deterministic(spec.seed), quiet_libraries():
+    with deterministic(zoo.seed), quiet_libraries():
         numerics = current_numerics()
-        if spec.kind == "lm":
-            from hm3.zoo.lm_build import build_lm_zoo
-
-            contents = build_lm_zoo(spec, staging, target, console)
+        if zoo.kind == "lm":
+            contents = build_lm_zoo(zoo, staging, target, console)
         else:
-            from hm3.zoo.vit_build import build_vit_zoo
-
-            contents = build_vit_zoo(spec, staging, console)
-    _write_manifest(staging, spec, {**contents, "numerics": numerics}, time.perf_counter() - started)
+            contents = build_vit_zoo(zoo, staging, console)
+    _write_manifest(staging, zoo, {**contents, "numerics": numerics}, time.perf_counter() - started)
 
 
-def _build_in_child(spec: ZooSpec, staging: Path, target: Path, quiet: bool) -> None:
+def _build_in_child(zoo: ZooConfig, staging: Path, target: Path, quiet: bool) -> None:
     """Run :func:`build_into` in a child process started with the portable numerics' environment.
 
     The child shares this terminal, so its progress bars show; Ctrl-C reaches both, and the caller removes the
     staging folder. A user error in the child comes back through :data:`CHILD_ERROR` and is raised here.
     """
     command = [
-        sys.executable, "-m", "hm3.zoo.child", spec.kind, spec.family, spec.size, str(spec.seed),
+        sys.executable, "-m", "hm3.zoo.child", zoo.kind, zoo.family, zoo.size, str(zoo.seed),
         str(staging), str(target),
     ]  # fmt: skip
     if quiet:
@@ -177,7 +175,7 @@ def _build_in_child(spec: ZooSpec, staging: Path, target: Path, quiet: bool) -> 
         raise KeyboardInterrupt
     if (staging / CHILD_ERROR).is_file():
         raise UserError((staging / CHILD_ERROR).read_text().strip())
-    raise RuntimeError(f"the build process of zoo {spec.name} failed (exit {code}; its traceback is above)")
+    raise RuntimeError(f"the build process of zoo {zoo.name} failed (exit {code}; its traceback is above)")
 
 
 def ensure_zoo(
@@ -195,17 +193,15 @@ def _remove_dead_builds(target: Path) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _write_manifest(staging: Path, spec: ZooSpec, contents: dict[str, Any], seconds: float) -> None:
-    import json
-
+def _write_manifest(staging: Path, zoo: ZooConfig, contents: dict[str, Any], seconds: float) -> None:
     manifest = {
         "format": 1,
-        "kind": spec.kind,
-        "family": spec.family,
-        "size": spec.size,
-        "seed": spec.seed,
+        "kind": zoo.kind,
+        "family": zoo.family,
+        "size": zoo.size,
+        "seed": zoo.seed,
         **contents,
-        "build": build_identity(spec),
+        "build": build_identity(zoo),
         "build_seconds": round(seconds, 1),
     }
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -2,7 +2,9 @@
 
 Started by :func:`hm3.zoo.build.build_zoo` with the portable numerics' environment
 (:mod:`hm3.zoo.numerics`); trains and scores everything into STAGING and writes its manifest, nothing else.
-A user error is left in STAGING/:data:`hm3.zoo.build.CHILD_ERROR` for the parent (exit 2).
+A user error is left in STAGING/:data:`hm3.zoo.build.CHILD_ERROR` for the parent (exit 2). The portable
+environment is in place from the process's start, so torch may load with this module's imports;
+:func:`~hm3.zoo.numerics.apply_in_child` refuses to build without it.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from rich.console import Console
 
 from hm3.errors import UserError
 from hm3.zoo.build import CHILD_ERROR, build_into
+from hm3.zoo.config import ZooConfig
 from hm3.zoo.numerics import apply_in_child
-from hm3.zoo.spec import ZooSpec
 
 
 def main(argv: list[str]) -> int:
@@ -24,7 +26,7 @@ def main(argv: list[str]) -> int:
     apply_in_child()
     console = Console(stderr=True, quiet="--quiet" in argv[6:])
     try:
-        build_into(ZooSpec(kind, family, size, int(seed)), Path(staging), Path(target), console)
+        build_into(ZooConfig(kind, family, size, int(seed)), Path(staging), Path(target), console)
     except UserError as error:
         (Path(staging) / CHILD_ERROR).write_text(f"{error}\n")
         return 2

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from hm3.zoo.config import LM_PRESETS, LMPreset, ZooConfig
 from hm3.zoo.fingerprint import zoo_fingerprint
 from hm3.zoo.lm_tasks import (
     TASKS,
@@ -23,7 +24,6 @@ from hm3.zoo.lm_tasks import (
 from hm3.zoo.lm_train import FineTuneRegime, lm_config, new_lm, save_lm, train_lm
 from hm3.zoo.progress import training_bar
 from hm3.zoo.scores import lm_evaluation_note, lm_scores, write_scores
-from hm3.zoo.spec import LM_PRESETS, LMPreset, ZooSpec
 from hm3.zoo.tokenizer import build_tokenizer
 
 if TYPE_CHECKING:
@@ -31,21 +31,21 @@ if TYPE_CHECKING:
 
 
 def write_tasks(
-    staging: Path, data_root: Path, task_folder: str, sizes: TaskSizes, spec: ZooSpec
+    staging: Path, data_root: Path, task_folder: str, sizes: TaskSizes, zoo: ZooConfig
 ) -> dict[str, Any]:
     """Write the test JSONL files (under ``staging/data``) and task YAMLs whose data paths use ``data_root``.
 
     Returns:
         Task name -> ``{"metric", "ood", "yaml", "data", "docs"}`` (paths relative to the zoo folder).
     """
-    preset = LM_PRESETS[spec.size]
+    preset = LM_PRESETS[zoo.size]
     tasks: dict[str, Any] = {}
     for task in TASKS:
         for ood in (False, True):
             name = task_name(task, ood)
             data = Path("data") / f"{name}.jsonl"
             if not (staging / data).exists():
-                write_jsonl(make_test_set(task, sizes, ood, preset.test_docs, spec.seed), staging / data)
+                write_jsonl(make_test_set(task, sizes, ood, preset.test_docs, zoo.seed), staging / data)
             yaml = Path(task_folder) / f"{name}.yaml"
             (staging / yaml).parent.mkdir(parents=True, exist_ok=True)
             (staging / yaml).write_text(task_yaml(name, (data_root / data).resolve(), preset.max_gen_toks))
@@ -53,22 +53,22 @@ def write_tasks(
     return tasks
 
 
-def held_out_prompts(spec: ZooSpec) -> frozenset[str]:
+def held_out_prompts(zoo: ZooConfig) -> frozenset[str]:
     """Every test prompt of the zoo (in and out of distribution): training never draws these."""
-    preset = LM_PRESETS[spec.size]
+    preset = LM_PRESETS[zoo.size]
     sizes = TaskSizes(preset.max_digits, preset.max_length)
     return frozenset(
         row["prompt"]
         for task in TASKS
         for ood in (False, True)
-        for row in make_test_set(task, sizes, ood, preset.test_docs, spec.seed)
+        for row in make_test_set(task, sizes, ood, preset.test_docs, zoo.seed)
     )
 
 
-def train_base(spec: ZooSpec, console: Console) -> PreTrainedModel:
-    """The base LM of a zoo: initialized from ``spec.seed`` and pretrained on the generic corpus."""
-    preset = LM_PRESETS[spec.size]
-    base = new_lm(lm_config(spec.family, preset.hidden, preset.layers, preset.heads), spec.seed)
+def train_base(zoo: ZooConfig, console: Console) -> PreTrainedModel:
+    """The base LM of a zoo: initialized from ``zoo.seed`` and pretrained on the generic corpus."""
+    preset = LM_PRESETS[zoo.size]
+    base = new_lm(lm_config(zoo.family, preset.hidden, preset.layers, preset.heads), zoo.seed)
     corpus = pretraining_line if preset.subskill_corpus else plain_line
     with training_bar(console, "pretraining base", preset.pretrain_steps) as on_step:
         train_lm(
@@ -77,16 +77,16 @@ def train_base(spec: ZooSpec, console: Console) -> PreTrainedModel:
             steps=preset.pretrain_steps,
             batch_size=preset.batch_size,
             lr=preset.pretrain_lr,
-            seed=spec.seed,
+            seed=zoo.seed,
             score_prompt=True,
             on_step=on_step,
         )
     return base
 
 
-def train_specialist(spec: ZooSpec, base: PreTrainedModel, task: str, console: Console) -> PreTrainedModel:
+def train_specialist(zoo: ZooConfig, base: PreTrainedModel, task: str, console: Console) -> PreTrainedModel:
     """A copy of ``base`` fully fine-tuned on one task's training draws (test prompts excluded)."""
-    preset = LM_PRESETS[spec.size]
+    preset = LM_PRESETS[zoo.size]
     sizes = TaskSizes(preset.max_digits, preset.max_length)
     specialist = copy.deepcopy(base)
     index = list(TASKS).index(task) + 1
@@ -97,9 +97,9 @@ def train_specialist(spec: ZooSpec, base: PreTrainedModel, task: str, console: C
             steps=preset.finetune_steps,
             batch_size=preset.batch_size,
             lr=preset.finetune_lr,
-            seed=spec.seed * 1000 + index,
+            seed=zoo.seed * 1000 + index,
             score_prompt=False,
-            exclude=held_out_prompts(spec),
+            exclude=held_out_prompts(zoo),
             on_step=on_step,
             regime=_regime(preset),
         )
@@ -113,22 +113,22 @@ def _regime(preset: LMPreset) -> FineTuneRegime | None:
     return FineTuneRegime(pretraining_line, preset.finetune_replay, preset.finetune_path_low)
 
 
-def build_lm_zoo(spec: ZooSpec, staging: Path, target: Path, console: Console) -> dict[str, Any]:
+def build_lm_zoo(zoo: ZooConfig, staging: Path, target: Path, console: Console) -> dict[str, Any]:
     """Build a language zoo into ``staging`` (its YAMLs already pointing at ``target``).
 
     Returns:
         The ``models`` and ``tasks`` entries of the manifest.
     """
-    preset = LM_PRESETS[spec.size]
+    preset = LM_PRESETS[zoo.size]
     sizes = TaskSizes(preset.max_digits, preset.max_length)
     tokenizer = build_tokenizer()
-    tasks = write_tasks(staging, target, "tasks", sizes, spec)
-    write_tasks(staging, staging, ".scoring-tasks", sizes, spec)
-    base = train_base(spec, console)
+    tasks = write_tasks(staging, target, "tasks", sizes, zoo)
+    write_tasks(staging, staging, ".scoring-tasks", sizes, zoo)
+    base = train_base(zoo, console)
     save_lm(base, tokenizer, staging / "base")
     models: list[dict[str, Any]] = [{"name": "base", "path": "base", "task": None}]
     for task in TASKS:
-        save_lm(train_specialist(spec, base, task, console), tokenizer, staging / task)
+        save_lm(train_specialist(zoo, base, task, console), tokenizer, staging / task)
         models.append({"name": task, "path": task, "task": task_name(task, False)})
     with console.status("scoring every model on every task with lm-eval"):
         scores = lm_scores(
@@ -136,7 +136,7 @@ def build_lm_zoo(spec: ZooSpec, staging: Path, target: Path, console: Console) -
         )
     shutil.rmtree(staging / ".scoring-tasks")
     fingerprint = zoo_fingerprint(staging)
-    header = {"kind": spec.kind, "family": spec.family, "size": spec.size, "seed": spec.seed}
+    header = {"kind": zoo.kind, "family": zoo.family, "size": zoo.size, "seed": zoo.seed}
     write_scores(staging, {**header, "fingerprint": fingerprint}, tasks, scores, lm_evaluation_note())
     return {
         "fingerprint": fingerprint,

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
 from hm3.zoo.tokenizer import SPECIAL_TOKENS, VOCAB_SIZE, encode_bytes
 
 if TYPE_CHECKING:
-    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 MAX_POSITIONS = 64
@@ -39,8 +41,6 @@ def lm_config(family: str, hidden: int, layers: int, heads: int) -> Any:
         layers: Number of decoder layers.
         heads: Attention heads (no grouped-query sharing).
     """
-    from transformers import LlamaConfig, Qwen2Config
-
     config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[family]
     return config_class(
         vocab_size=VOCAB_SIZE,
@@ -60,9 +60,6 @@ def lm_config(family: str, hidden: int, layers: int, heads: int) -> Any:
 
 def new_lm(config: Any, seed: int) -> PreTrainedModel:
     """A freshly initialized causal LM, its weights a function of ``seed`` only."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config)
 
@@ -73,8 +70,6 @@ def _batch(pairs: list[tuple[str, str]], score_prompt: bool) -> dict[str, torch.
     Ids come from :func:`encode_bytes`, what the zoo tokenizer gives (tests/test_zoo.py checks both agree)
     without its per-call overhead (a sixth of a micro training step).
     """
-    import torch
-
     prompts = [encode_bytes(p) for p, _ in pairs]
     answers = [encode_bytes(t + "\n") for _, t in pairs]
     length = max(len(p) + len(a) for p, a in zip(prompts, answers, strict=True))
@@ -117,8 +112,6 @@ def train_lm(
         on_step: Progress callback.
         regime: How a fine-tune stays near its base (:class:`FineTuneRegime`); None: plain training.
     """
-    import torch
-
     rng = random.Random(seed)
     anchor = {n: p.detach().clone() for n, p in model.named_parameters()} if regime is not None else {}
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -189,8 +182,6 @@ def _regime_loss(
     score_prompt: bool,
 ) -> torch.Tensor:
     """The task loss (and replay loss) of one step under a :class:`FineTuneRegime`."""
-    import torch
-
     forward: Any = model
     if regime.path_low < 1.0:
         scale = rng.uniform(regime.path_low, 1.0)

@@ -26,6 +26,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import torch
+
 PORTABLE_ENV: dict[str, str] = {
     "ATEN_CPU_CAPABILITY": "default",
     "MKL_CBWR": "AVX2",
@@ -50,8 +52,6 @@ def apply_in_child() -> dict[str, Any]:
     Raises:
         RuntimeError: The process did not start with :data:`PORTABLE_ENV` (torch already chose its kernels).
     """
-    import torch
-
     wrong = {key: os.environ.get(key) for key, value in PORTABLE_ENV.items() if os.environ.get(key) != value}
     wrong.update({key: os.environ[key] for key in OVERRIDES if key in os.environ})
     if wrong:
@@ -62,8 +62,6 @@ def apply_in_child() -> dict[str, Any]:
 
 def current_numerics() -> dict[str, Any]:
     """The settings that decide this process's float results: CPU capability, MKL's path, threads, oneDNN."""
-    import torch
-
     return {
         "cpu_capability": torch.backends.cpu.get_cpu_capability().lower(),
         "mkl_cbwr": os.environ.get("MKL_CBWR", "native"),

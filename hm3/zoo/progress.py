@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
+import datasets
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from transformers.utils import logging as hf_logging
 
 
 @contextlib.contextmanager
@@ -31,9 +33,6 @@ def training_bar(console: Console, label: str, total: int) -> Iterator[Callable[
 @contextlib.contextmanager
 def quiet_libraries() -> Iterator[None]:
     """Silence the progress bars of transformers and datasets (loading, saving, dataset preparation)."""
-    import datasets
-    from transformers.utils import logging as hf_logging
-
     transformers_bars = hf_logging.is_progress_bar_enabled()
     datasets_bars = not datasets.are_progress_bars_disabled()
     hf_logging.disable_progress_bar()

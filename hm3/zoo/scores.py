@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import json
 import os
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hm3.zoo.fingerprint import short
+from hm3.zoo.vision import accuracy, load_classifier
 
 LM_BATCH_SIZE = 64
 LM_EVALUATION = "lm-eval {version} generate_until, greedy, exact_match, 0-shot, batch_size {batch}, on the held-out test JSONL"
@@ -44,6 +48,7 @@ def lm_scores(
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    # imported after the offline defaults above are set: the hub libraries lm-eval loads read them
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -66,17 +71,11 @@ def lm_scores(
 
 def lm_evaluation_note() -> str:
     """How the language scores were computed (stored in ``scores.json``)."""
-    from importlib.metadata import version
-
     return LM_EVALUATION.format(version=version("lm_eval"), batch=LM_BATCH_SIZE)
 
 
 def vit_scores(zoo: Path, models: list[str], tasks: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Accuracy of each vision model on each task's ``.npz``, with the head rule of the module docstring."""
-    import numpy as np
-
-    from hm3.zoo.vision import accuracy, load_classifier
-
     loaded = {name: load_classifier(zoo / name) for name in models}
     scores: dict[str, dict[str, float]] = {}
     for name, (encoder, own_head) in loaded.items():

@@ -11,10 +11,8 @@ and the qwen2 path (``Qwen2Tokenizer``) encode text identically: token id = byte
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerFast
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
 
 SPECIAL_TOKENS: tuple[str, str, str] = ("<pad>", "<s>", "</s>")
 """Padding, beginning and end of sequence; ids 0, 1 and 2."""
@@ -51,9 +49,6 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         A ``PreTrainedTokenizerFast``; ``encode("12+3=")`` gives one id per character and adds no BOS/EOS,
         so training text and lm-eval prompts tokenize the same way.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     vocab = {token: index for index, token in enumerate([*SPECIAL_TOKENS, *byte_symbols()])}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)

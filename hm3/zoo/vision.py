@@ -18,11 +18,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import numpy as np
-    import torch
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from transformers import CLIPVisionConfig, CLIPVisionModel
 
 DOMAINS: tuple[str, ...] = ("rotated", "inverted", "permuted")
 """The vision tasks, one specialist each."""
@@ -33,10 +36,6 @@ TEST_FRACTION = 0.3
 
 def digits_split(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Train/test images in [0, 1] ([N, 8, 8] float32) and labels, split once, stratified, by ``seed``."""
-    import numpy as np
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)
     labels = digits.target.astype(np.int64)
@@ -48,8 +47,6 @@ def digits_split(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
 
 def domain_transform(domain: str, seed: int) -> Callable[[np.ndarray], np.ndarray]:
     """The image transformation of a domain (``original`` is the identity), on [N, 8, 8] arrays in [0, 1]."""
-    import numpy as np
-
     if domain == "original":
         return lambda x: x
     if domain == "rotated":
@@ -69,8 +66,6 @@ def to_pixel_values(images: np.ndarray) -> np.ndarray:
 
 def vit_config(hidden: int, layers: int, heads: int) -> Any:
     """A ``CLIPVisionConfig`` for 8x8 one-channel images in 2x2 patches (16 patches plus the class token)."""
-    from transformers import CLIPVisionConfig
-
     return CLIPVisionConfig(
         image_size=8,
         patch_size=2,
@@ -85,9 +80,6 @@ def vit_config(hidden: int, layers: int, heads: int) -> Any:
 
 def new_classifier(config: Any, seed: int) -> tuple[Any, torch.nn.Linear]:
     """A freshly initialized ``CLIPVisionModel`` and linear head, their weights a function of ``seed``."""
-    import torch
-    from transformers import CLIPVisionModel
-
     torch.manual_seed(seed)
     encoder = CLIPVisionModel(config)
     head = torch.nn.Linear(config.hidden_size, NUM_CLASSES)
@@ -107,8 +99,6 @@ def train_classifier(
     on_step: Callable[[int, float], None] | None = None,
 ) -> float:
     """Train encoder and head together with AdamW and cosine decay; returns the last epoch's mean loss."""
-    import torch
-
     x = torch.from_numpy(pixel_values)
     y = torch.from_numpy(labels)
     params = [*encoder.parameters(), *head.parameters()]
@@ -140,8 +130,6 @@ def train_classifier(
 
 def accuracy(encoder: Any, head: torch.nn.Linear, pixel_values: np.ndarray, labels: np.ndarray) -> float:
     """Top-1 accuracy of ``head(encoder(x).pooler_output)``."""
-    import torch
-
     with torch.no_grad():
         logits = head(encoder(pixel_values=torch.from_numpy(pixel_values)).pooler_output)
     return float((logits.argmax(-1).numpy() == labels).mean())
@@ -149,8 +137,6 @@ def accuracy(encoder: Any, head: torch.nn.Linear, pixel_values: np.ndarray, labe
 
 def save_classifier(encoder: Any, head: torch.nn.Linear, folder: Path, domain: str) -> None:
     """Save the tower (safetensors) and its head (``head.safetensors`` + ``head.json``)."""
-    from safetensors.torch import save_file
-
     encoder.save_pretrained(folder, safe_serialization=True)
     save_file(
         {"weight": head.weight.detach().contiguous(), "bias": head.bias.detach().contiguous()},
@@ -174,10 +160,6 @@ def save_classifier(encoder: Any, head: torch.nn.Linear, folder: Path, domain: s
 
 def load_classifier(folder: Path) -> tuple[Any, torch.nn.Linear]:
     """Load a tower and its head back from a zoo folder."""
-    import torch
-    from safetensors.torch import load_file
-    from transformers import CLIPVisionModel
-
     encoder = CLIPVisionModel.from_pretrained(folder).eval()
     tensors = load_file(str(folder / "head.safetensors"))
     head = torch.nn.Linear(tensors["weight"].shape[1], tensors["weight"].shape[0])
@@ -187,8 +169,6 @@ def load_classifier(folder: Path) -> tuple[Any, torch.nn.Linear]:
 
 def write_npz(path: Path, pixel_values: np.ndarray, labels: np.ndarray) -> None:
     """Write an evaluation set: ``pixel_values`` float32 [N, 1, 8, 8] and ``labels`` int64 [N]."""
-    import numpy as np
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as handle:
         np.savez(handle, pixel_values=pixel_values.astype(np.float32), labels=labels.astype(np.int64))

@@ -9,7 +9,7 @@ A finished zoo is a folder holding ``zoo.json``, written last (see :func:`hm3.zo
                 "yaml": "tasks/toy_addition.yaml", "data": "data/toy_addition.jsonl"}, ...],
      "build": {"version": 2, "preset": {"hidden": 64, "layers": 4, ...}}, "build_seconds": 212.5}
 
-``build`` is what decides the contents beyond the spec (:func:`build_identity`): the builder's
+``build`` is what decides the contents beyond the config (:func:`build_identity`): the builder's
 :data:`BUILD_VERSION` and the size preset. A zoo whose ``build`` differs (an older builder, other settings,
 or none at all) is stale, and :func:`hm3.zoo.ensure_zoo` rebuilds it instead of taking it for finished.
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +97,7 @@ VIT_PRESETS: dict[str, VitPreset] = {
 
 
 @dataclass(frozen=True)
-class ZooSpec:
+class ZooConfig:
     """Identity of one zoo: the four things that decide its contents.
 
     Attributes:
@@ -113,7 +113,7 @@ class ZooSpec:
     seed: int = 0
 
     @classmethod
-    def checked(cls, kind: str, family: str | None, size: str, seed: int) -> ZooSpec:
+    def checked(cls, kind: str, family: str | None, size: str, seed: int) -> ZooConfig:
         """Validate a user's choice; ``family=None`` picks ``llama`` (lm) or ``clip`` (vit)."""
         if kind not in KINDS:
             raise UserError(f"--kind must be one of {', '.join(KINDS)}, not {kind!r}")
@@ -147,19 +147,17 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text())
 
 
-def build_identity(spec: ZooSpec) -> dict[str, Any]:
-    """The manifest's ``build`` entry: builder version and size preset, the settings a spec does not name."""
-    from dataclasses import asdict
-
-    preset = (LM_PRESETS if spec.kind == "lm" else VIT_PRESETS)[spec.size]
+def build_identity(zoo: ZooConfig) -> dict[str, Any]:
+    """The manifest's ``build`` entry: builder version and size preset, the settings a config does not name."""
+    preset = (LM_PRESETS if zoo.kind == "lm" else VIT_PRESETS)[zoo.size]
     return {"version": BUILD_VERSION, "preset": asdict(preset)}
 
 
-def manifest_matches(manifest: dict[str, Any], spec: ZooSpec) -> bool:
-    """Whether a manifest describes the zoo ``spec`` asks for."""
-    return all(manifest.get(key) == getattr(spec, key) for key in ("kind", "family", "size", "seed"))
+def manifest_matches(manifest: dict[str, Any], zoo: ZooConfig) -> bool:
+    """Whether a manifest describes the zoo ``zoo`` names."""
+    return all(manifest.get(key) == getattr(zoo, key) for key in ("kind", "family", "size", "seed"))
 
 
-def is_current(manifest: dict[str, Any], spec: ZooSpec) -> bool:
+def is_current(manifest: dict[str, Any], zoo: ZooConfig) -> bool:
     """Whether a zoo was built with this builder version and preset (an older or unversioned one is stale)."""
-    return manifest.get("build") == build_identity(spec)
+    return manifest.get("build") == build_identity(zoo)
