@@ -40,11 +40,12 @@ lint: $(STAMP)
 DEMO_RUN ?= runs/toy-lm
 demo: $(STAMP)
 	$(OFFLINE) $(BIN)/hm3 zoo build --kind lm --size small
-	@# resume an interrupted demo; start afresh only when its model weights changed (the zoo was rebuilt):
-	@# `hm3 merge --resume` exits 3 for that refusal alone; any other failure (exit 2...) stops here
+	@# resume an interrupted demo; start afresh only when what it was scored with is gone (the zoo was rebuilt,
+	@# or an older hm3 wrote its log): `hm3 merge --resume` exits 3 for that refusal alone; any other failure
+	@# (exit 2...) stops here
 	@if [ -f $(DEMO_RUN)/recipe.yaml ]; then \
 		$(OFFLINE) $(BIN)/hm3 merge --resume $(DEMO_RUN) || { status=$$?; [ $$status -eq 3 ] || exit $$status; \
-			echo "make demo: the models changed since $(DEMO_RUN) started; starting it afresh"; \
+			echo "make demo: $(DEMO_RUN) cannot be resumed (its models or log format changed); starting it afresh"; \
 			$(OFFLINE) $(BIN)/hm3 merge --recipe recipes/toy-lm.yaml --out $(DEMO_RUN) --force; }; \
 	else \
 		$(OFFLINE) $(BIN)/hm3 merge --recipe recipes/toy-lm.yaml --out $(DEMO_RUN); \

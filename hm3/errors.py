@@ -18,15 +18,20 @@ class UserError(Exception):
         return [str(self)]
 
 
-class ModelsChangedError(UserError):
-    """A run that cannot be resumed only because its model weights changed since it started (a rebuilt zoo):
-    exit code 3, so that a script can start such a run afresh and stop on any other refusal (``make demo``).
+class StaleRunError(UserError):
+    """A run hm3 wrote that cannot be resumed only because what it was scored with is gone — its model weights
+    changed since it started (a rebuilt zoo), or an older hm3 wrote its log in another format: exit code 3, so
+    that a script can start such a run afresh and stop on any other refusal (``make demo``).
 
     Every other reason not to resume (an edited recipe, changed task or data files, a damaged or missing
     fingerprint, another process in the run) is a plain :class:`UserError`, exit code 2.
     """
 
     exit_code = 3
+
+
+class ModelsChangedError(StaleRunError):
+    """A run that cannot be resumed only because its model weights changed since it started."""
 
 
 class RecipeError(UserError):

@@ -2,7 +2,7 @@
 
 ``RUN/fingerprint.json``::
 
-    {"format": 1,
+    {"format": 2,
      "recipe": {...},                       # the resolved recipe (all but output: and distributed:)
      "files": {"/zoo/tasks/toy_addition.yaml": "sha256:9c1e...",   # task files, the YAMLs they include,
                "/zoo/tasks/toy_addition.jsonl": "sha256:52aa..."},  # the code and data they name, heads
@@ -26,11 +26,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 if TYPE_CHECKING:
     from hm3.recipe import Objective, Recipe
 
 FINGERPRINT_FILE = "fingerprint.json"
-FORMAT = 1
+FORMAT = 2
+"""2: candidate log records keyed by :class:`hm3.search.candidate.Candidate` with a ``level`` (1: ``kind``)."""
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 UNSCORED_SECTIONS = ("output", "distributed")
 """Recipe sections that decide where a run is written and how it is spread, never a score."""
@@ -205,7 +208,6 @@ def _task_files(path: Path, seen: set[Path]) -> Iterator[Path]:
 
 def _load_task_yaml(text: str) -> Any:
     """lm-eval task YAML as data; tags such as ``!function utils.f`` become the string ``"!function utils.f"``."""
-    import yaml
 
     class Loader(yaml.SafeLoader):
         pass

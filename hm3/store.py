@@ -38,7 +38,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from hm3.errors import ModelsChangedError, UserError
+import yaml
+
+from hm3.errors import ModelsChangedError, StaleRunError, UserError
 from hm3.folder_swap import (
     clear_leftovers,
     clear_stale_temporaries,
@@ -54,7 +56,7 @@ from hm3.output_guard import (
     mark,
     recipe_inputs,
 )
-from hm3.recipe import Recipe
+from hm3.recipe import Recipe, recipe_from_dict
 from hm3.run_fingerprint import (
     FINGERPRINT_FILE,
     data_differences,
@@ -170,9 +172,6 @@ class RunStore:
         stored_file = directory / RECIPE_FILE
         if not stored_file.is_file():
             raise UserError(f"{directory} is not a run directory (no {RECIPE_FILE})")
-        import yaml
-
-        from hm3.recipe import recipe_from_dict
 
         stored = recipe_from_dict(yaml.safe_load(stored_file.read_text()), source=str(stored_file))
         if recipe is not None:
@@ -235,9 +234,10 @@ class RunStore:
             )
         now = run_fingerprint(recipe)
         if then.get("format") != now["format"]:
-            raise UserError(
+            raise StaleRunError(
                 f"cannot resume {self.directory}: {FINGERPRINT_FILE} has format {then.get('format')!r}, this "
-                f"hm3 writes {now['format']}; start it afresh with --force"
+                f"hm3 writes {now['format']} (its candidate log cannot be read the same way); start it afresh with "
+                "--force"
             )
         changes = fingerprint_changes(then, now)
         if changes or then.get("scoring") != scoring_key(now):
@@ -337,8 +337,6 @@ class RunStore:
 
 def recipe_to_yaml(recipe: Recipe) -> str:
     """The resolved recipe as YAML (absolute paths, every default spelled out)."""
-    import yaml
-
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
 
 

@@ -139,14 +139,14 @@ def test_agent_beats_the_best_single_model_and_as_many_random_paths(micro):
     from hm3.routing.agent import (
         max_path_length,
         path_scorer_from_recipe,
-        reward_spec_from_recipe,
+        reward_from_recipe,
         search_path,
     )
     from hm3.routing.builder import build_routed_model
     from hm3.routing.scoring import random_paths
 
     recipe, evaluator, routing = micro
-    rewards = reward_spec_from_recipe(recipe)
+    rewards = reward_from_recipe(recipe)
 
     def reward(path: InferencePath, scores: dict[str, float]) -> float:
         return rewards.reward(scores, PREFERENCE, len(path))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.fixtures_models import run_hm3
@@ -23,7 +24,7 @@ def micro_recipe(lm_zoo_micro: Path, tmp_path_factory) -> Path:  # noqa: F811
 
 def _search_records(run: Path) -> list[dict]:
     lines = (run / "candidates.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["kind"] == "path" and r["split"] == "search"]
+    return [r for r in map(json.loads, lines) if r["level"] in ("merge", "path") and r["split"] == "search"]
 
 
 @pytest.mark.slow
@@ -117,12 +118,17 @@ def test_scale_search_keeps_the_best_scale_per_preference_and_counts_in_the_budg
     assert hm3_budget(recipe) == 4 * 3 == summary["evaluations_used"]
     records = _search_records(store.directory)
     assert {r["merge"]["scale"] for r in records} == {0.5, 1.0, 2.0}
+    # the reward weighs the objectives normalised by the fine-tuned models' ideal and nadir
+    ideal, nadir = np.array(summary["ideal_point_search"]), np.array(summary["nadir_point_search"])
     for file in sorted((store.directory / "preferences").glob("p*.json")):
         chosen = json.loads(file.read_text())
         lam = chosen["preference"]
         rewards = {
-            r["merge"]["scale"]: sum(w * s for w, s in zip(lam, r["scores"].values(), strict=True))
+            r["merge"]["scale"]: float(
+                np.dot(lam, (np.array(list(r["scores"].values())) - nadir) / (ideal - nadir))
+            )
             for r in records
-            if r["preference"] == chosen["index"]
+            if r["preference_index"] == chosen["index"]
         }
+        assert len(rewards) == 3
         assert chosen["merge"]["scale"] == max(rewards, key=rewards.get), (lam, rewards)

@@ -472,7 +472,9 @@ def test_a_damaged_line_in_the_middle_of_candidates_jsonl_is_named(tmp_path, cap
     [
         ("[1, 2]", "a JSON list, not a record object"),
         ('{"scores": {"x": 1}}', "no 'key' string"),
-        ('{"key": "k", "scores": {"x": "high"}}', "'scores' is not a mapping"),
+        ('{"key": "k", "level": "merge", "scores": {"x": "high"}}', "'scores' is not a mapping"),
+        ('{"key": "k", "level": "best", "scores": {"x": 1}}', "'level' is not one of"),
+        ('{"key": "k", "level": "path", "path": [[0]], "scores": {"x": 1}}', "'path' is not null or a list"),
     ],
 )
 def test_a_wrongly_shaped_candidate_record_stops_the_resume_with_its_number(line, expected, tmp_path) -> None:
@@ -480,7 +482,7 @@ def test_a_wrongly_shaped_candidate_record_stops_the_resume_with_its_number(line
     from hm3.search.log import CandidateLog
     from hm3.store import RunStore
 
-    good = json.dumps({"key": "k1", "scores": {"x": 0.5}})
+    good = json.dumps({"key": "k1", "level": "path", "path": [[0, 1]], "scores": {"x": 0.5}})
     (tmp_path / "candidates.jsonl").write_text(f"{good}\n{line}\n{good}\n")
     before = _snapshot(tmp_path)
     with pytest.raises(UserError, match="record 2") as refused:

@@ -8,6 +8,7 @@ import pytest
 from hm3.moo import Normalization, dominates, hypervolume, non_dominated_mask, preference_vectors, scalarize
 from hm3.moo.plots import PlotSeries, plot_pareto
 from hm3.moo.preferences import parse_preference
+from hm3.moo.scalarization import ObjectiveScale
 
 
 @pytest.mark.parametrize("dims,count", [(2, 15), (3, 25), (4, 20), (5, 12)])
@@ -67,7 +68,8 @@ def test_parse_preference() -> None:
 def test_scalarizations() -> None:
     scores, pref = np.array([0.8, 0.2]), np.array([0.5, 0.5])
     assert scalarize(scores, pref) == pytest.approx(0.5)
-    assert scalarize(scores, pref, "tchebycheff", ideal=[0.9, 0.9]) == pytest.approx(-0.35)
+    # the shortfall from the utopia point z* + 0.01: max(0.5 * 0.11, 0.5 * 0.71)
+    assert scalarize(scores, pref, "tchebycheff", ideal=[0.9, 0.9]) == pytest.approx(-0.355)
     with pytest.raises(ValueError):
         scalarize(scores, pref, "tchebycheff")
     # Tchebycheff prefers the balanced point under a balanced preference; the weighted sum is indifferent
@@ -75,6 +77,31 @@ def test_scalarizations() -> None:
     assert scalarize(balanced, pref, "tchebycheff", ideal=[0.9, 0.9]) > scalarize(
         lopsided, pref, "tchebycheff", ideal=[0.9, 0.9]
     )
+
+
+def test_tchebycheff_never_scores_a_candidate_above_the_ideal_below_one_beneath_it() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        k = int(rng.integers(2, 5))
+        ideal = rng.uniform(-1, 1, k)
+        lam = rng.dirichlet(np.ones(k))
+        above = ideal + rng.uniform(0, 0.5, k)  # at least the best specialist on every objective
+        beneath = ideal - rng.uniform(0, 0.5, k)  # at most
+        assert scalarize(above, lam, "tchebycheff", ideal) >= scalarize(beneath, lam, "tchebycheff", ideal)
+    # and exceeding the ideal point counts as better, not as a distance from it
+    assert scalarize([1.2, 1.1], [0.5, 0.5], "tchebycheff", [1.0, 1.0]) > scalarize(
+        [1.0, 1.0], [0.5, 0.5], "tchebycheff", [1.0, 1.0]
+    )
+
+
+def test_objective_scale_maps_the_finetuned_models_onto_the_unit_range() -> None:
+    scale = ObjectiveScale.from_points([[0.9, 10.0, 0.5], [0.3, 70.0, 0.5]])
+    assert scale.ideal == (0.9, 70.0, 0.5) and scale.nadir == (0.3, 10.0, 0.5)
+    assert np.allclose(scale.normalise([0.9, 10.0, 0.5]), [1.0, 0.0, 0.0])
+    assert np.allclose(scale.normalise([0.6, 40.0, 1.5]), [0.5, 0.5, 1.0])  # no range: measured in units of 1
+    # a metric's unit does not change a normalised value
+    hundred = ObjectiveScale.from_points([[90.0, 10.0, 0.5], [30.0, 70.0, 0.5]])
+    assert np.array_equal(hundred.normalise([60.0, 40.0, 1.5]), scale.normalise([0.6, 40.0, 1.5]))
 
 
 @pytest.mark.parametrize("k", [2, 3])

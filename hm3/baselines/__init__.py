@@ -17,34 +17,36 @@ is what HM3 spends on the recipe: P preferences × (``agent.iterations`` + 1).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
+import numpy as np
+
+from hm3.baselines.budget import BaselineScoring
+from hm3.baselines.evo_path import evo_path
+from hm3.baselines.weights import cmaes, grid, nsga2, uniform
 from hm3.errors import UserError
+from hm3.recipe import Recipe
+from hm3.search.budget import BudgetedEvaluator, BudgetSpent
+from hm3.search.finish import finish_run
+from hm3.search.progress import SearchProgress
+from hm3.search.references import score_finetuned
+from hm3.search.run import hm3_budget, run_search
+from hm3.search.session import SearchInputs, open_search, preferences
+from hm3.store import RunStore
 
-if TYPE_CHECKING:
-    from hm3.recipe import Recipe
-    from hm3.search.progress import SearchProgress
-    from hm3.search.session import SearchInputs
-    from hm3.store import RunStore
-
-METHODS: dict[str, str] = {
-    "uniform": "hm3.baselines.weights:uniform",
-    "grid": "hm3.baselines.weights:grid",
-    "nsga2": "hm3.baselines.weights:nsga2",
-    "cmaes": "hm3.baselines.weights:cmaes",
-    "evo_path": "hm3.baselines.evo_path:evo_path",
-    "param_only": "",
-    "arch_only": "",
+Baseline = Callable[[BaselineScoring, np.ndarray, int], None]
+SEARCHES: dict[str, Baseline] = {
+    "uniform": uniform,
+    "grid": grid,
+    "nsga2": nsga2,
+    "cmaes": cmaes,
+    "evo_path": evo_path,
 }
+ABLATIONS = ("param_only", "arch_only")
+METHODS = (*SEARCHES, *ABLATIONS)
 
-
-def hm3_budget(recipe: Recipe) -> int:
-    """Distinct search-split candidates HM3 scores on ``recipe``: P × (merges + iterations) per preference."""
-    from hm3.search.session import preferences
-
-    merges = recipe.parameter_level.merges_per_preference
-    per_preference = merges + (recipe.agent.iterations if recipe.architecture_level.enabled else 0)
-    return len(preferences(recipe)) * per_preference
+__all__ = ["METHODS", "hm3_budget", "run_baseline"]
 
 
 def run_baseline(
@@ -62,28 +64,24 @@ def run_baseline(
     budget = hm3_budget(recipe) if budget is None else budget
     if budget < 1:
         raise UserError(f"--budget must be at least 1, not {budget}")
-    if method in ("param_only", "arch_only"):
+    if method in ABLATIONS:
         return _ablation(recipe, store, method, budget, progress, inputs)
-    import importlib
-
-    from hm3.baselines.budget import BaselineEvaluator, BudgetSpent
-    from hm3.search.finish import finish_run
-    from hm3.search.session import open_search, preferences, score_finetuned
-
     started = time.perf_counter()
     search = open_search(recipe, store, progress, inputs)
     score_finetuned(search)
-    evaluator = BaselineEvaluator(search, budget)
-    module, name = METHODS[method].split(":")
-    function = getattr(importlib.import_module(module), name)
+    evaluations = BudgetedEvaluator(search, method, budget)
     progress.stage(f"{method}: candidates", budget)
     try:
-        function(evaluator, preferences(recipe), recipe.seed)
+        SEARCHES[method](BaselineScoring(search, evaluations), preferences(recipe), recipe.seed)
     except BudgetSpent:
         pass
-    store.log(f"{method}: {evaluator.used} of {budget} evaluations")
-    details = {"budget": budget, "evaluations_used": evaluator.used}
-    return finish_run(search, evaluator.scored, time.perf_counter() - started, method, details)
+    store.log(f"{method}: {evaluations.used} of {budget} evaluations")
+    details = {
+        "budget": budget,
+        "evaluations_used": evaluations.used,
+        "ledgers": [evaluations.ledger.to_json()],
+    }
+    return finish_run(search, time.perf_counter() - started, method, details)
 
 
 def _ablation(
@@ -95,8 +93,6 @@ def _ablation(
     inputs: SearchInputs | None = None,
 ) -> dict[str, Any]:
     """HM3 with one level switched off, its preferences or iterations set so it spends ``budget``."""
-    from hm3.search.run import run_search
-
     k = len(recipe.objectives)
     fixed = (k if recipe.preferences.include_corners else 0) + (1 if recipe.preferences.include_centre else 0)
     if method == "param_only":
@@ -109,8 +105,6 @@ def _ablation(
             }
         )
         return run_search(changed, store, progress, method=method, details={"budget": budget}, inputs=inputs)
-    from hm3.search.session import preferences
-
     count = len(preferences(recipe))
     iterations = max(1, budget // count - 1)
     changed = recipe.model_copy(update={"agent": recipe.agent.model_copy(update={"iterations": iterations})})

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from hm3.baselines.budget import BaselineEvaluator, BudgetSpent, shares
+from hm3.baselines.budget import BaselineScoring, shares
+from hm3.routing.agent import max_path_length
 from hm3.routing.path import InferencePath
+from hm3.search.budget import BudgetSpent
 
 PARENTS = 4
 CHILDREN = 4
@@ -38,19 +40,17 @@ def mutate_path(steps: list[tuple[int, int]], num_models: int, num_layers: int, 
     return steps
 
 
-def evo_path(evaluator: BaselineEvaluator, preferences: np.ndarray, seed: int) -> None:
+def evo_path(scoring: BaselineScoring, preferences: np.ndarray, seed: int) -> None:
     """Evolve (weights, path) per preference on the weighted-sum reward."""
-    from hm3.routing.agent import max_path_length
-
-    search = evaluator.search
+    search = scoring.search
     for index, (preference, share) in enumerate(
-        zip(preferences, shares(evaluator.budget, len(preferences)), strict=True)
+        zip(preferences, shares(scoring.budget, len(preferences)), strict=True)
     ):
         if share == 0:
             continue
         rng = np.random.default_rng(seed + 7919 * (index + 1))
         weights = np.array(search.recipe.model_weights(list(preference)), dtype=float)
-        spec = evaluator.merge_spec(weights)
+        spec = scoring.merge_spec(weights)
         routing = search.models.routing_pool(spec)
         t_max = max_path_length(routing, search.recipe)
         identity = InferencePath.identity(routing.merged_index, routing.num_layers)
@@ -59,10 +59,10 @@ def evo_path(evaluator: BaselineEvaluator, preferences: np.ndarray, seed: int) -
         def fitness(weights: np.ndarray, steps: list, preference=preference, identity=identity) -> float:
             nonlocal spent
             spent += 1
-            spec = evaluator.merge_spec([round(float(w), 6) for w in weights])
+            spec = scoring.merge_spec([round(float(w), 6) for w in weights])
             path = InferencePath(tuple(steps))
-            scores = evaluator.score(spec, None if path == identity else path, preference=preference)
-            return evaluator.reward(scores, preference, len(path))
+            scores = scoring.score(spec, None if path == identity else path, preference=preference)
+            return scoring.reward(scores, preference, len(path))
 
         population = [(fitness(weights, list(identity.steps)), weights, list(identity.steps))]
         while spent < share:
@@ -79,5 +79,5 @@ def evo_path(evaluator: BaselineEvaluator, preferences: np.ndarray, seed: int) -
                 child_steps = mutate_path(parent_steps, routing.num_models, routing.num_layers, t_max, rng)
                 children.append((fitness(child_weights, child_steps), child_weights, child_steps))
             population = sorted(population + children, key=lambda item: -item[0])[:PARENTS]
-        if evaluator.left <= 0:
+        if scoring.left <= 0:
             raise BudgetSpent

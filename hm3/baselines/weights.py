@@ -13,23 +13,30 @@ from __future__ import annotations
 
 import itertools
 
+import cma
 import numpy as np
+from pymoo.algorithms.moo.nsga2 import NSGA2
+from pymoo.core.evaluator import Evaluator
+from pymoo.core.problem import Problem
+from pymoo.core.termination import NoTermination
+from pymoo.problems.static import StaticProblem
 
-from hm3.baselines.budget import BaselineEvaluator, BudgetSpent, shares
+from hm3.baselines.budget import BaselineScoring, shares
+from hm3.search.budget import BudgetSpent
+from hm3.search.references import UNIFORM_METHODS
 
-UNIFORM_METHODS = ("task_arithmetic", "ties", "dare_ties")
 DENSITY_RANGE = (0.1, 1.0)
 
 
-def _sparsifies(evaluator: BaselineEvaluator) -> bool:
-    return evaluator.merge_spec([1.0] * len(evaluator.search.pool.models)).row.sparsification is not None
+def _sparsifies(scoring: BaselineScoring) -> bool:
+    return scoring.merge_spec([1.0] * len(scoring.search.pool.models)).row.sparsification is not None
 
 
-def uniform(evaluator: BaselineEvaluator, preferences: np.ndarray, seed: int) -> None:
+def uniform(scoring: BaselineScoring, preferences: np.ndarray, seed: int) -> None:
     """Equal-weight TA, TIES and DARE-TIES (3 candidates, whatever the budget)."""
-    k = len(evaluator.search.pool.models)
+    k = len(scoring.search.pool.models)
     for method in UNIFORM_METHODS:
-        evaluator.score(evaluator.merge_spec([1.0 / k] * k, method=method))
+        scoring.score(scoring.merge_spec([1.0 / k] * k, method=method))
 
 
 def grid_points(k: int, budget: int) -> list[tuple[float, ...]]:
@@ -47,60 +54,52 @@ def grid_points(k: int, budget: int) -> list[tuple[float, ...]]:
     return points
 
 
-def grid(evaluator: BaselineEvaluator, preferences: np.ndarray, seed: int) -> None:
+def grid(scoring: BaselineScoring, preferences: np.ndarray, seed: int) -> None:
     """A grid over the per-model weights of the recipe's method, until the budget is spent."""
-    for point in grid_points(len(evaluator.search.pool.models), evaluator.budget):
-        evaluator.score(evaluator.merge_spec(point))
+    for point in grid_points(len(scoring.search.pool.models), scoring.budget):
+        scoring.score(scoring.merge_spec(point))
 
 
-def _decode(evaluator: BaselineEvaluator, x: np.ndarray, sparse: bool):
-    k = len(evaluator.search.pool.models)
+def _decode(scoring: BaselineScoring, x: np.ndarray, sparse: bool):
+    k = len(scoring.search.pool.models)
     weights = np.clip(x[:k], 0.0, 1.0)
     if not weights.any():
         weights = np.full(k, 1.0 / k)
     density = float(np.clip(x[k], *DENSITY_RANGE)) if sparse else None
-    return evaluator.merge_spec([round(float(w), 6) for w in weights], density=density)
+    return scoring.merge_spec([round(float(w), 6) for w in weights], density=density)
 
 
-def nsga2(evaluator: BaselineEvaluator, preferences: np.ndarray, seed: int) -> None:
+def nsga2(scoring: BaselineScoring, preferences: np.ndarray, seed: int) -> None:
     """NSGA-II (pymoo, ask/tell) over weights (+ density), minimising the negated oriented scores."""
-    from pymoo.algorithms.moo.nsga2 import NSGA2
-    from pymoo.core.evaluator import Evaluator
-    from pymoo.core.problem import Problem
-    from pymoo.core.termination import NoTermination
-    from pymoo.problems.static import StaticProblem
 
-    k = len(evaluator.search.pool.models)
-    sparse = _sparsifies(evaluator)
+    k = len(scoring.search.pool.models)
+    sparse = _sparsifies(scoring)
     low = np.array([0.0] * k + ([DENSITY_RANGE[0]] if sparse else []))
     high = np.array([1.0] * k + ([DENSITY_RANGE[1]] if sparse else []))
-    objectives = len(evaluator.search.objectives)
+    objectives = len(scoring.search.objectives)
     problem = Problem(n_var=len(low), n_obj=objectives, xl=low, xu=high)
-    population = int(min(max(4, evaluator.budget // 4), 20))
+    population = int(min(max(4, scoring.budget // 4), 20))
     algorithm = NSGA2(pop_size=population)
     algorithm.setup(problem, termination=NoTermination(), seed=seed, verbose=False)
-    while evaluator.left > 0:
+    while scoring.left > 0:
         offspring = algorithm.ask()
-        values = [
-            -evaluator.oriented(evaluator.score(_decode(evaluator, x, sparse))) for x in offspring.get("X")
-        ]
+        values = [-scoring.oriented(scoring.score(_decode(scoring, x, sparse))) for x in offspring.get("X")]
         Evaluator().eval(StaticProblem(problem, F=np.array(values)), offspring)
         algorithm.tell(infills=offspring)
 
 
-def cmaes(evaluator: BaselineEvaluator, preferences: np.ndarray, seed: int) -> None:
+def cmaes(scoring: BaselineScoring, preferences: np.ndarray, seed: int) -> None:
     """One CMA-ES per preference on −R(λ) over weights (+ density), each with budget / P evaluations."""
-    import cma
 
-    k = len(evaluator.search.pool.models)
-    sparse = _sparsifies(evaluator)
-    length = evaluator.search.pool.num_layers
+    k = len(scoring.search.pool.models)
+    sparse = _sparsifies(scoring)
+    length = scoring.search.pool.num_layers
     for index, (preference, share) in enumerate(
-        zip(preferences, shares(evaluator.budget, len(preferences)), strict=True)
+        zip(preferences, shares(scoring.budget, len(preferences)), strict=True)
     ):
         if share == 0:
             continue
-        weights = evaluator.search.recipe.model_weights(list(preference))
+        weights = scoring.search.recipe.model_weights(list(preference))
         start = list(weights) + ([0.5] if sparse else [])
         bounds = [
             [0.0] * k + ([DENSITY_RANGE[0]] if sparse else []),
@@ -116,10 +115,10 @@ def cmaes(evaluator: BaselineEvaluator, preferences: np.ndarray, seed: int) -> N
                 if spent >= share:  # the share ends mid-generation: the rest rank last
                     values.append(None)
                     continue
-                scores = evaluator.score(_decode(evaluator, np.asarray(x), sparse), preference=preference)
-                values.append(-evaluator.reward(scores, preference, length))
+                scores = scoring.score(_decode(scoring, np.asarray(x), sparse), preference=preference)
+                values.append(-scoring.reward(scores, preference, length))
                 spent += 1
             worst = max(v for v in values if v is not None) + 1.0
             strategy.tell(solutions, [worst if v is None else v for v in values])
-        if evaluator.left <= 0:
+        if scoring.left <= 0:
             raise BudgetSpent

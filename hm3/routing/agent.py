@@ -41,13 +41,14 @@ from hm3.routing.env import InferencePathEnv
 from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
 from hm3.routing.ppo import build_ppo, load_policy, policy_saved_in, save_policy
-from hm3.routing.scoring import CandidateCallback, PathScorer, RewardSpec, Scorer
+from hm3.routing.scoring import PathEvaluation, PathScorer, Reward, Scorer
 from hm3.routing.summary import layer_summaries
 from hm3.routing.wolpertinger import WolpertingerWrapper
 
 if TYPE_CHECKING:
     from stable_baselines3 import PPO
 
+    from hm3.moo.scalarization import ObjectiveScale
     from hm3.recipe import AgentConfig, Recipe
 
 MAX_EPISODES_PER_CANDIDATE = 10
@@ -189,8 +190,9 @@ def train_agent(
     env.critic = agent.critic
     episodes = MAX_EPISODES_PER_CANDIDATE * candidates
     budget = episodes * (path_env.max_length + 1) + config.n_steps
-    callback = _candidate_budget(candidates, scored, episodes)
-    model.learn(total_timesteps=budget, callback=callback, progress_bar=progress)
+    if candidates > 0:  # no candidate to spend: the untrained policy (its prior) is the agent
+        callback = _candidate_budget(candidates, scored, episodes)
+        model.learn(total_timesteps=budget, callback=callback, progress_bar=progress)
     return agent
 
 
@@ -220,6 +222,7 @@ class PathSearchResult:
         best_scores: Its scores.
         best_reward: Its reward R.
         rollout_path: The agent's greedy path for λ after training.
+        rollout_reward: Its reward R (None if the budget left no room to score it).
         candidates: Every path scored, with its scores and reward under λ, in scoring order.
         agent: The trained agent.
     """
@@ -229,32 +232,29 @@ class PathSearchResult:
     best_scores: dict[str, float]
     best_reward: float
     rollout_path: InferencePath
+    rollout_reward: float | None
     candidates: list[tuple[InferencePath, dict[str, float], float]] = field(default_factory=list)
     agent: PathAgent | None = None
 
 
-def reward_spec_from_recipe(recipe: Recipe, ideal: Sequence[float] | None = None) -> RewardSpec:
-    """The reward settings of a recipe (objective order and directions, scalarization, β1, z*)."""
-    scalarization = recipe.preferences.scalarization
-    if scalarization == "tchebycheff" and ideal is None:
-        raise UserError("the tchebycheff scalarization needs the ideal point z* (the best fine-tuned scores)")
-    return RewardSpec(
+def reward_from_recipe(recipe: Recipe, scale: ObjectiveScale | None = None) -> Reward:
+    """The reward of a recipe (objective order and directions, scalarization, β1) on ``scale`` — the
+    fine-tuned models' ideal and nadir, which a search always has (:func:`hm3.search.session.score_finetuned`)."""
+    return Reward(
         objectives=tuple(recipe.objective_names),
-        scalarization=scalarization,
+        scalarization=recipe.preferences.scalarization,
         length_penalty=recipe.architecture_level.length_penalty,
-        ideal=None if ideal is None else tuple(float(v) for v in ideal),
+        scale=scale,
         higher_is_better=tuple(o.higher_is_better for o in recipe.objectives),
     )
 
 
 def path_scorer_from_recipe(
     pool: RoutingPool,
-    scorer: Scorer,
+    scorer: Scorer | None,
     recipe: Recipe,
     calibration: dict[str, Any] | None = None,
-    on_candidate: CandidateCallback | None = None,
-    cache: Any = None,
-    cache_spec: dict[str, Any] | None = None,
+    evaluate: PathEvaluation | None = None,
 ) -> PathScorer:
     """A :class:`PathScorer` with the recipe's alignment mode (``stats`` needs ``calibration``)."""
     from hm3.routing.alignment import make_aligner
@@ -263,14 +263,11 @@ def path_scorer_from_recipe(
         pool=pool,
         scorer=scorer,
         aligner=make_aligner(recipe.architecture_level.alignment, pool, calibration),
-        on_candidate=on_candidate,
-        cache=cache,
-        cache_spec=dict(cache_spec or {}),
-        objectives=tuple(recipe.objective_names),
+        evaluate=evaluate,
     )
 
 
-def training_reward(pool: RoutingPool, path_scorer: PathScorer, rewards: RewardSpec):
+def training_reward(pool: RoutingPool, path_scorer: PathScorer, rewards: Reward):
     """The reward the agent trains on: R(path) − R(merged model's identity path), under the episode's λ.
 
     Scores of different paths differ by little next to their common level (accuracies near 0.6 that differ in
@@ -300,24 +297,28 @@ def search_path(
     preference: Sequence[float],
     recipe: Recipe,
     seed: int | None = None,
-    on_candidate: CandidateCallback | None = None,
-    ideal: Sequence[float] | None = None,
+    scale: ObjectiveScale | None = None,
     agent: PathAgent | None = None,
     calibration: dict[str, Any] | None = None,
+    candidates: int | None = None,
+    spent: Callable[[], int] | None = None,
 ) -> PathSearchResult:
     """Search the inference path for one preference (the lower level of HM3).
 
     Args:
         pool: The K fine-tuned models and the merged one.
-        scorer: ``score(model) -> {objective: value}``, or a ready :class:`PathScorer` (to share its cache
-            between preferences).
+        scorer: ``score(model) -> {objective: value}``, or a ready :class:`PathScorer` (a search's, which
+            logs and budgets every new path).
         preference: λ, one weight per objective.
         recipe: Supplies ``agent``, ``architecture_level`` and ``preferences.scalarization``.
         seed: Seeds the agent (default: the recipe's seed).
-        on_candidate: Called with ``(path, scores)`` for every newly scored path.
-        ideal: z* for the Tchebycheff scalarization.
+        scale: The fine-tuned models' ideal and nadir (the reward's normalisation; needed by ``tchebycheff``).
         agent: A trained preference-conditioned agent: no training, its greedy rollout is scored.
         calibration: The calibration batch of ``stats`` alignment.
+        candidates: New paths the search may score, the greedy rollout included (default
+            ``agent.iterations``): training stops one short of it, so that the rollout always fits.
+        spent: How many candidates have been charged so far (a search's budget; default: the paths this
+            path scorer has scored).
 
     Returns:
         The best path scored (over this search's candidates and any the scorer already knew) and the agent.
@@ -327,13 +328,14 @@ def search_path(
     seed = recipe.seed if seed is None else seed
     if isinstance(scorer, PathScorer):
         path_scorer = scorer
-        if on_candidate is not None:
-            path_scorer.on_candidate = on_candidate
     else:
-        path_scorer = path_scorer_from_recipe(pool, scorer, recipe, calibration, on_candidate)
-    rewards = reward_spec_from_recipe(recipe, ideal)
+        path_scorer = path_scorer_from_recipe(pool, scorer, recipe, calibration)
+    rewards = reward_from_recipe(recipe, scale)
     lam = np.asarray(preference, dtype=np.float32)
     t_max = max_path_length(pool, recipe)
+    allowed = recipe.agent.iterations if candidates is None else candidates
+    counter = spent or (lambda: len(path_scorer.scored))
+    start = counter()
 
     if agent is None:
         reward_fn = training_reward(pool, path_scorer, rewards)
@@ -346,18 +348,21 @@ def search_path(
             reward_fn=reward_fn,
             preference=None if conditioned else lam,
         )
-        agent = train_agent(env, recipe.agent, recipe.agent.iterations, seed, lambda: len(path_scorer.scored))
+        agent = train_agent(env, recipe.agent, allowed - 1 - (counter() - start), seed, counter)
     greedy = rollout(agent, lam)
-    path_scorer.score(greedy)
-    candidates = [(p, s, rewards.reward(s, lam, len(p))) for p, s in path_scorer.scored.items()]
-    best_path, best_scores, best_reward = max(candidates, key=lambda c: c[2])
+    if greedy in path_scorer.scored or counter() - start < allowed:
+        path_scorer.score(greedy)
+    known = path_scorer.scored.get(greedy)
+    scored = [(p, s, rewards.reward(s, lam, len(p))) for p, s in path_scorer.scored.items()]
+    best_path, best_scores, best_reward = max(scored, key=lambda c: c[2])
     return PathSearchResult(
         preference=tuple(float(v) for v in lam),
         best_path=best_path,
         best_scores=best_scores,
         best_reward=best_reward,
         rollout_path=greedy,
-        candidates=candidates,
+        rollout_reward=None if known is None else rewards.reward(known, lam, len(greedy)),
+        candidates=scored,
         agent=agent,
     )
 
@@ -367,21 +372,24 @@ def train_conditioned_agent(
     scorer: Scorer | PathScorer,
     recipe: Recipe,
     seed: int | None = None,
-    ideal: Sequence[float] | None = None,
+    scale: ObjectiveScale | None = None,
     calibration: dict[str, Any] | None = None,
+    spent: Callable[[], int] | None = None,
 ) -> PathAgent:
-    """Train one preference-conditioned agent over λ ~ Dirichlet(1, …, 1) for ``agent.iterations`` episodes."""
+    """Train one preference-conditioned agent over λ ~ Dirichlet(1, …, 1) until ``agent.iterations`` new
+    paths are scored (counted by ``spent``, default: the paths the path scorer has scored)."""
     seed = recipe.seed if seed is None else seed
     path_scorer = (
         scorer
         if isinstance(scorer, PathScorer)
         else path_scorer_from_recipe(pool, scorer, recipe, calibration)
     )
-    rewards = reward_spec_from_recipe(recipe, ideal)
+    rewards = reward_from_recipe(recipe, scale)
 
     reward_fn = training_reward(pool, path_scorer, rewards)
 
     env = make_env(
         layer_summaries(pool), max_path_length(pool, recipe), len(recipe.objectives), recipe.agent, reward_fn
     )
-    return train_agent(env, recipe.agent, recipe.agent.iterations, seed, lambda: len(path_scorer.scored))
+    counter = spent or (lambda: len(path_scorer.scored))
+    return train_agent(env, recipe.agent, recipe.agent.iterations, seed, counter)

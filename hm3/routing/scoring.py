@@ -1,20 +1,21 @@
-"""Scoring inference paths: build the routed model, align it, score it, cache the scores, compute the reward.
+"""Scoring inference paths: build the routed model, align it, score it once, and the reward of a score.
 
-The scorer is any callable ``score(model) -> dict[str, float]`` (one higher-is-better value per objective;
-:meth:`hm3.evaluate.Evaluator.score` with ``split="search"`` fits). Scores are cached per path in memory and,
-when a :class:`hm3.evaluate.cache.ScoreCache` is given, on disk under
-``candidate_key({**cache_spec, "path": ..., "alignment": ..., "split": "search", "objectives": ...})`` —
-``cache_spec`` carries the rest of the candidate (the merge spec), so a resumed search never re-scores.
+:class:`PathScorer` scores the paths of one routing pool, each once (a per-scorer memo). How a *new* path gets
+its scores is pluggable: by default the routed model is built and handed to ``scorer``; a search passes
+``evaluate``, which answers from the run's log, charges its budget and logs what is new
+(:class:`hm3.search.budget.BudgetedEvaluator`) — the path scorer itself knows nothing of logs or budgets.
 
-Reward of a path of length T under preference λ (``recipe.preferences.scalarization``):
+Reward of a path of length T under preference λ (:class:`Reward`, ``recipe.preferences.scalarization``), on
+objectives normalised by the fine-tuned models' ideal and nadir (:class:`hm3.moo.scalarization.ObjectiveScale`):
 
-* ``weighted_sum``: R = Σ_k λ_k f_k − β1·T
-* ``tchebycheff``: R = −max_k λ_k |f_k − z*_k| − β1·T (z* the ideal point; the length penalty is kept so
-  that both forms prefer the shorter of two equally good paths)
+* ``weighted_sum``: R = Σ_k λ_k f̂_k − β1·T
+* ``tchebycheff``: R = −max_k λ_k (1 + ε − f̂_k) − β1·T (the shortfall from the utopia point; the length
+  penalty is kept so that both forms prefer the shorter of two equally good paths)
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hm3.errors import UserError
+from hm3.moo.scalarization import ObjectiveScale, scalarize
+from hm3.routing.builder import build_routed_model
 from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
 
@@ -31,26 +34,35 @@ if TYPE_CHECKING:
     from hm3.routing.alignment import StatsAligner
 
 Scorer = Callable[[Any], Mapping[str, float]]
-CandidateCallback = Callable[[InferencePath, dict[str, float]], None]
+PathEvaluation = Callable[[InferencePath, Callable[[], Any]], Mapping[str, float]]
+"""``evaluate(path, build) -> scores``: the scores of a path not scored by this scorer yet (``build()`` makes
+its model)."""
 
 
 @dataclass(frozen=True)
-class RewardSpec:
+class Reward:
     """How a score vector and a path length become a reward.
 
     Attributes:
         objectives: Objective names, the order of preference vectors.
         scalarization: ``weighted_sum`` or ``tchebycheff``.
-        length_penalty: β1, per layer.
-        ideal: z*, needed by ``tchebycheff`` (oriented: higher is better).
+        length_penalty: β1, per layer, on the normalised scale.
+        scale: The fine-tuned models' ideal and nadir (oriented); None only outside a search (scores are then
+            used as they come, and ``tchebycheff`` needs ``scale``).
         higher_is_better: Direction of each objective's metric; lower-is-better scores are negated.
     """
 
     objectives: tuple[str, ...]
     scalarization: str = "weighted_sum"
     length_penalty: float = 0.0
-    ideal: tuple[float, ...] | None = None
+    scale: ObjectiveScale | None = None
     higher_is_better: tuple[bool, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.scalarization == "tchebycheff" and self.scale is None:
+            raise UserError(
+                "the tchebycheff scalarization needs the ideal point z* (the best fine-tuned scores)"
+            )
 
     def oriented(self, scores: Mapping[str, float]) -> list[float]:
         """The scores in objective order, each turned so that higher is better."""
@@ -63,14 +75,19 @@ class RewardSpec:
             for n, up in zip(self.objectives, directions, strict=True)
         ]
 
+    def normalised(self, scores: Mapping[str, float]) -> np.ndarray:
+        """The oriented scores on the fine-tuned models' scale (as they come without a scale)."""
+        values = np.asarray(self.oriented(scores), dtype=np.float64)
+        return values if self.scale is None else self.scale.normalise(values)
+
+    def utility(self, scores: Mapping[str, float], preference: Sequence[float]) -> float:
+        """The scalarized normalised scores, without the length penalty."""
+        ideal = None if self.scale is None else np.ones(len(self.objectives))
+        return scalarize(self.normalised(scores), preference, self.scalarization, ideal)
+
     def reward(self, scores: Mapping[str, float], preference: Sequence[float], length: int) -> float:
         """R for ``scores`` of a path of ``length`` layers under ``preference``."""
-        from hm3.moo.scalarization import scalarize
-
-        return (
-            scalarize(self.oriented(scores), preference, self.scalarization, self.ideal)
-            - self.length_penalty * length
-        )
+        return self.utility(scores, preference) - self.length_penalty * length
 
 
 @dataclass
@@ -79,21 +96,17 @@ class PathScorer:
 
     Attributes:
         pool: The routing pool.
-        scorer: ``score(model) -> {objective: value}``.
+        scorer: ``score(model) -> {objective: value}`` (used when ``evaluate`` is None).
         aligner: A fitted-per-path alignment (``stats``) or None (``none``).
-        on_candidate: Called with ``(path, scores)`` the first time a path is scored.
-        cache: Optional persistent :class:`~hm3.evaluate.cache.ScoreCache`.
-        cache_spec: The rest of the candidate spec (merge method and weights) for the cache key.
-        objectives: Objective names (part of the cache key).
+        evaluate: How a new path gets its scores (a search's budgeted, logged evaluation); None: build it and
+            call ``scorer``.
+        scored: Every path scored by this scorer, in order, with its scores.
     """
 
     pool: RoutingPool
-    scorer: Scorer
+    scorer: Scorer | None = None
     aligner: StatsAligner | None = None
-    on_candidate: CandidateCallback | None = None
-    cache: Any = None
-    cache_spec: dict[str, Any] = field(default_factory=dict)
-    objectives: tuple[str, ...] = ()
+    evaluate: PathEvaluation | None = None
     scored: dict[InferencePath, dict[str, float]] = field(default_factory=dict)
     build_seconds: list[float] = field(default_factory=list)
     score_seconds: list[float] = field(default_factory=list)
@@ -102,52 +115,38 @@ class PathScorer:
     def alignment_mode(self) -> str:
         return "none" if self.aligner is None else "stats"
 
+    @property
+    def identity(self) -> InferencePath:
+        """The merged model itself (slot K, every layer in order)."""
+        return InferencePath.identity(self.pool.merged_index, self.pool.num_layers)
+
     def build(self, path: InferencePath) -> torch.nn.Module:
-        """The routed (and aligned) model of ``path``."""
-        from hm3.routing.builder import build_routed_model
-
-        alignment = self.aligner.fit(path) if self.aligner is not None else None
-        return build_routed_model(self.pool, path, alignment=alignment)
-
-    def key_of(self, path: InferencePath) -> str:
-        """The cache key of ``path``'s search-split scores (merge spec, path, alignment, split, objectives)."""
-        from hm3.evaluate.cache import candidate_key
-
-        return candidate_key(
-            {
-                **self.cache_spec,
-                "path": path.to_data(),
-                "alignment": self.alignment_mode,
-                "split": "search",
-                "objectives": list(self.objectives),
-            }
-        )
+        """The routed (and, off the identity path, aligned) model of ``path``."""
+        if self.aligner is None or path == self.identity:
+            return build_routed_model(self.pool, path)
+        return build_routed_model(self.pool, path, alignment=self.aligner.fit(path))
 
     def score(self, path: InferencePath) -> dict[str, float]:
-        """Scores of ``path`` (computed once, then cached)."""
-        import time
-
+        """Scores of ``path`` (computed once, then remembered)."""
         known = self.scored.get(path)
         if known is not None:
             return known
-        key = None
-        if self.cache is not None:
-            key = self.key_of(path)
-            cached = self.cache.get(key)
-            if cached is not None:
-                self.scored[path] = dict(cached)
-                return self.scored[path]
+        if self.evaluate is not None:
+            scores = dict(self.evaluate(path, lambda: self.build(path)))
+        else:
+            scores = self._score_here(path)
+        self.scored[path] = {name: float(value) for name, value in scores.items()}
+        return self.scored[path]
+
+    def _score_here(self, path: InferencePath) -> dict[str, float]:
+        if self.scorer is None:
+            raise ValueError("a PathScorer needs a scorer or an evaluate function")
         start = time.perf_counter()
         model = self.build(path)
         built = time.perf_counter()
         scores = {name: float(value) for name, value in self.scorer(model).items()}
         self.build_seconds.append(built - start)
         self.score_seconds.append(time.perf_counter() - built)
-        if key is not None:
-            self.cache.put(key, scores)
-        self.scored[path] = scores
-        if self.on_candidate is not None:
-            self.on_candidate(path, scores)
         return scores
 
 

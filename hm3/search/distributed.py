@@ -15,18 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from hm3.errors import UserError
+from hm3.routing.agent import PathAgent
 from hm3.search.preference import run_preference
 from hm3.search.progress import SearchProgress
-from hm3.search.session import open_search
+from hm3.search.session import Search, open_search
 from hm3.store import RunStore
-
-if TYPE_CHECKING:
-    from hm3.search.session import Search
 
 
 class PreferenceWorker:
@@ -36,17 +34,15 @@ class PreferenceWorker:
         self,
         recipe: Any,
         run_directory: str,
-        ideal: list[float],
+        scale: tuple[list[float], list[float]],
         parameter_level: bool,
         agent_folder: str | None,
     ) -> None:
         self.search = open_search(recipe, RunStore(Path(run_directory)), SearchProgress(enabled=False))
-        self.search.ideal = list(ideal)
+        self.search.ideal, self.search.nadir = list(scale[0]), list(scale[1])
         self.parameter_level = parameter_level
         self.agent = None
         if agent_folder is not None:
-            from hm3.routing.agent import PathAgent
-
             self.agent = PathAgent.load(agent_folder, allow_pickle=recipe.allow_pickle)
 
     def run(self, index: int, preference: list[float]) -> dict:
@@ -114,7 +110,7 @@ def run_preferences_on_ray(
         worker_class.remote(
             recipe,
             str(search.store.directory.resolve()),
-            search.ideal,
+            (search.ideal, search.nadir),
             parameter_level,
             None if agent_folder is None else str(agent_folder),
         )

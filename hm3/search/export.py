@@ -17,7 +17,10 @@ from hm3.errors import UserError
 from hm3.export import check_output_folder
 from hm3.front import FrontMember, ParetoFront
 from hm3.output_guard import announce_replacement, recipe_inputs
-from hm3.routing.path import InferencePath
+from hm3.routing.save import save_routed_model
+from hm3.search.finish import member_candidate
+from hm3.search.progress import SearchProgress
+from hm3.search.session import open_search
 from hm3.store import FRONT_FILE, RunStore
 
 
@@ -33,11 +36,6 @@ def find_member(front: ParetoFront, wanted: str) -> FrontMember:
 
 def export_member(run: str | Path, wanted: str, out: str | Path, force: bool = False) -> Path:
     """Write front member ``wanted`` of ``run`` to ``out``; returns ``out``."""
-    from hm3.merge.spec import MergeSpec
-    from hm3.routing.save import save_routed_model
-    from hm3.search.progress import SearchProgress
-    from hm3.search.session import open_search
-
     store, recipe = RunStore.resume(run, lock=False)
     front = ParetoFront.from_json(store.read_json(FRONT_FILE))
     member = find_member(front, wanted)
@@ -45,16 +43,16 @@ def export_member(run: str | Path, wanted: str, out: str | Path, force: bool = F
     inputs = [("run", run), *recipe_inputs(recipe)]
     announce_replacement(check_output_folder(out, force=force, expected_bytes=None, inputs=inputs))
     search = open_search(recipe, store, SearchProgress(enabled=False))
-    spec = None if member.merge is None else MergeSpec.from_record(member.merge, f"front member {member.id}")
-    routing = search.models.routing_pool(spec)
-    path = (
-        InferencePath.from_data(member.path)
-        if member.path is not None
-        else InferencePath.identity(routing.merged_index, routing.num_layers)
-    )
+    candidate = member_candidate(member)
+    if candidate.content_key()[:12] != member.id:
+        raise UserError(f"front member {member.id}: its merge, path or alignment was edited in {FRONT_FILE}")
+    routing = search.models.routing_pool(candidate.merge_spec())
+    path = candidate.inference_path(routing)
     alignment = None
-    if member.alignment != "none":
-        alignment = search.models.path_scorer(routing, scorer=None).aligner.fit(path)
+    if not candidate.is_plain and candidate.alignment != "none":
+        aligner = search.models.path_scorer(routing).aligner
+        assert aligner is not None
+        alignment = aligner.fit(path)
     card = "\n".join(
         [
             f"# hm3 front member {member.id}",

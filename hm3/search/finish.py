@@ -1,12 +1,16 @@
-"""The end of a search: the front, its held-out scores, the references, ``summary.json`` and mergekit files.
+"""The end of a search: the front from the whole log, its held-out scores, the references, ``summary.json``
+and mergekit files.
 
-* **Front.** Every candidate of every preference, kept if no other candidate is at least as good on every
-  objective and better on one — decided on the search split, the only data the search saw.
-* **Held-out.** Each member is built again from its data (merge spec + path) and scored on the held-out split.
-* **References**, scored on both splits: the K fine-tuned models, and uniform-weight merges (weights 1/K) with
-  ``task_arithmetic``, ``ties`` and ``dare_ties`` at the recipe's density.
+* **Front.** Every candidate the run scored on the search split at a searched level (``merge``, ``path``) —
+  whatever produced it: a method's candidates, the settings ``density_search`` / ``scale_search`` did not keep,
+  the conditioned agent's training paths — kept if no other is at least as good on every objective and
+  better on one, decided on the search split, the only data the search saw.
+* **Held-out.** Each member is built again from its data (:class:`~hm3.search.candidate.Candidate`) and scored
+  on the held-out split.
+* **References** (:mod:`hm3.search.references`), scored on both splits.
 * **Summary.** Hypervolume of the front and of each reference alone, on both splits, with one normalisation
-  per split shared by everything compared (:mod:`hm3.moo.hypervolume`), and the front's margin over each.
+  per split shared by everything compared (:mod:`hm3.moo.hypervolume`), the front's margin over each, and the
+  budget's ledger.
 * **mergekit.** ``mergekit/<id>.yml`` per member: the parameter merge itself, or — for a routed member — a
   ``passthrough`` config over the K models and the merged one, which ``mergekit/<id>.merge.yml`` writes first
   (the path in the passthrough file). Members with ``stats`` alignment have no mergekit form.
@@ -14,173 +18,68 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from hm3.front import FrontMember, ParetoFront, Reference, select_front
+from hm3.front import FrontMember, ParetoFront, select_front
+from hm3.merge.mergekit_export import to_mergekit_yaml
 from hm3.routing.path import InferencePath
+from hm3.routing.save import passthrough_yaml
+from hm3.search.budget import BudgetedEvaluator, Ledger
+from hm3.search.candidate import SEARCHED_LEVELS, Candidate
+from hm3.search.references import REFERENCES, UNIFORM_METHODS, references
+from hm3.search.session import Search
 from hm3.store import FRONT_FILE, SUMMARY_FILE
 
-if TYPE_CHECKING:
-    from hm3.merge.spec import MergeSpec
-    from hm3.search.session import Search
-
-UNIFORM_METHODS = ("task_arithmetic", "ties", "dare_ties")
 MERGED_MODELS_DIR = "merged"
 
 
-def flatten(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The candidates of per-preference results as one list of ``{preference, merge, path, alignment, scores}``
-    (``path`` None: the plain parameter merge)."""
-    out = []
-    for result in results:
-        for candidate in result["candidates"]:
-            plain = candidate["path"] == result["merged_path"]
-            out.append(
-                {
-                    "preference": result["preference"],
-                    "merge": result["merge"],
-                    "path": None if plain else candidate["path"],
-                    "alignment": "none" if plain else result["alignment"],
-                    "scores": candidate["scores"],
-                }
-            )
-    return out
+def logged_candidates(search: Search) -> list[Mapping[str, Any]]:
+    """Every search-split record of the run's log at a searched level, in the order they were scored."""
+    return [
+        record
+        for record in search.log.records
+        if record.get("split") == "search" and record.get("level") in SEARCHED_LEVELS
+    ]
 
 
-def front_candidates(candidates: list[dict[str, Any]]) -> list[FrontMember]:
-    """Candidates as front members; duplicates by content (merge, path, alignment) collapse to the first.
+def front_candidates(records: list[Mapping[str, Any]]) -> list[FrontMember]:
+    """Log records as front members; one per candidate (the first record of it), its id the candidate's
+    content hash.
 
     A candidate with ``merge`` None runs ``path`` over the K fine-tuned models and the base model (slot K), with
     the base's embeddings and head — the architecture-only ablation.
     """
-    from hm3.evaluate.cache import candidate_key
-
     members: dict[str, FrontMember] = {}
-    for candidate in candidates:
-        key = candidate_key(
-            {"merge": candidate["merge"], "path": candidate["path"], "alignment": candidate["alignment"]}
-        )
+    for record in records:
+        candidate = Candidate.from_record(record)
+        key = candidate.content_key()
         if key not in members:
+            data = candidate.data()
             members[key] = FrontMember(
                 id=key[:12],
-                preference=list(candidate.get("preference") or []),
-                merge=candidate["merge"],
-                path=candidate["path"],
-                alignment=candidate["alignment"],
-                scores={"search": dict(candidate["scores"])},
+                preference=list(record.get("preference") or []),
+                merge=data["merge"],
+                path=data["path"],
+                alignment=data["alignment"],
+                scores={"search": dict(record["scores"])},
             )
     return list(members.values())
 
 
-def _spec(data: dict[str, Any]) -> MergeSpec:
-    from hm3.merge.spec import MergeSpec
-
-    return MergeSpec.from_record(data, "a merge in the run's candidates.jsonl or front.json")
-
-
-def score_heldout(search: Search, member: FrontMember) -> dict[str, float]:
-    """The member's held-out scores (from the log, or built and scored once)."""
-    spec = None if member.merge is None else _spec(member.merge)
-    routing = search.models.routing_pool(spec)
-    path = (
-        InferencePath.from_data(member.path)
-        if member.path is not None
-        else InferencePath.identity(routing.merged_index, routing.num_layers)
-    )
-    alignment = member.alignment
-
-    def compute() -> dict[str, float]:
-        return search.evaluator.score(search.models.candidate(spec, path, alignment), split="heldout")
-
-    return search.log.score_once(
-        {
-            "merge": member.merge,
-            "path": path.to_data(),
-            "alignment": alignment,
-            "split": "heldout",
-            "objectives": search.objectives,
-            "scoring": search.scoring,
-        },
-        compute,
-        split="heldout",
-        kind="path",
-        merge=member.merge,
-        path=path.to_data(),
-        alignment=alignment,
-    )
-
-
-def references(search: Search) -> list[Reference]:
-    """The fine-tuned models and the uniform merges, scored on both splits."""
-    from hm3.merge.spec import MergeSpec
-
-    out: list[Reference] = []
-    names = search.pool.model_names
-    for index, name in enumerate(names):
-        scores = {"search": search.finetuned_scores[name]}
-        scores["heldout"] = search.log.score_once(
-            {
-                "finetuned": name,
-                "split": "heldout",
-                "objectives": search.objectives,
-                "scoring": search.scoring,
-            },
-            lambda index=index: search.evaluator.score(search.models.finetuned(index), split="heldout"),
-            split="heldout",
-            kind="finetuned",
-            label=name,
-        )
-        out.append(Reference(label=name, kind="finetuned", scores=scores))
-    level = search.recipe.parameter_level
-    uniform = [1.0 / len(names)] * len(names)
-    for method in UNIFORM_METHODS:
-        spec = MergeSpec.from_recipe(
-            level.model_copy(
-                update={"method": method, "density": level.effective_density, "drop_rate": None}
-            ),
-            uniform,
-            search.recipe.seed,
-        )
-        label = f"uniform {method}"
-        data = spec.model_dump(mode="json")
-        scores = {}
-        for split in ("search", "heldout"):
-
-            def compute(split: str = split, spec: MergeSpec = spec) -> dict[str, float]:
-                from hm3.routing.builder import build_routed_model
-
-                routing = search.models.routing_pool(spec)
-                path = InferencePath.identity(routing.merged_index, routing.num_layers)
-                return search.evaluator.score(build_routed_model(routing, path), split=split)
-
-            scores[split] = search.log.score_once(
-                {
-                    "reference": label,
-                    "merge": data,
-                    "split": split,
-                    "objectives": search.objectives,
-                    "scoring": search.scoring,
-                },
-                compute,
-                split=split,
-                kind="reference",
-                label=label,
-                merge=data,
-            )
-            search.progress.advance()
-        out.append(Reference(label=label, kind="merge", scores=scores, merge=data))
-    return out
+def member_candidate(member: FrontMember) -> Candidate:
+    """The candidate a front member is (built again from its data)."""
+    return Candidate.from_record({"merge": member.merge, "path": member.path, "alignment": member.alignment})
 
 
 def write_mergekit_files(search: Search, member: FrontMember) -> str | None:
     """``mergekit/<id>.yml`` for one member (None when its alignment has no mergekit form)."""
-    from hm3.merge.mergekit_export import to_mergekit_yaml
-
     if member.alignment != "none" or member.merge is None:
         return None
     folder = search.store.subdirectory("mergekit")
-    spec = _spec(member.merge)  # type: ignore[arg-type]
+    spec = member_candidate(member).merge_spec()
+    assert spec is not None
     model_paths = [m.folder for m in search.pool.models]
     merge_yaml = to_mergekit_yaml(spec, model_paths, search.pool.base.folder)
     if member.path is None:
@@ -188,7 +87,6 @@ def write_mergekit_files(search: Search, member: FrontMember) -> str | None:
             f"# hm3 front member {member.id}: parameter merge, preference {member.preference}\n" + merge_yaml
         )
         return f"mergekit/{member.id}.yml"
-    from hm3.routing.save import passthrough_yaml
 
     merged_folder = (search.store.directory / MERGED_MODELS_DIR / member.id).resolve()
     (folder / f"{member.id}.merge.yml").write_text(
@@ -211,36 +109,38 @@ def write_mergekit_files(search: Search, member: FrontMember) -> str | None:
 
 def finish_run(
     search: Search,
-    scored: list[dict[str, Any]],
     seconds: float,
     method: str = "hm3",
     details: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Select the front among ``scored`` candidates, score it and the references on the held-out split, write
-    front.json and summary.json; returns the summary.
+    """Select the front among every candidate in the run's log, score it and the references on the held-out
+    split, write front.json and summary.json; returns the summary.
 
     Args:
         search: The open search.
-        scored: Every candidate the method produced (see :func:`front_candidates`).
         seconds: Wall time of this session.
         method: ``hm3`` or a baseline's name (recorded in the summary).
-        details: Method-specific facts for the summary (preferences, budget, wall time per part).
+        details: Method-specific facts for the summary (preferences, budget, ledger, wall time per part).
     """
     recipe = search.recipe
     directions = [o.higher_is_better for o in recipe.objectives]
-    candidates = front_candidates(scored)
+    candidates = front_candidates(logged_candidates(search))
     members = select_front(candidates, search.objectives, directions)
+    evaluations = BudgetedEvaluator(search, REFERENCES)
     search.progress.stage("held-out scores of the front", len(members))
     for member in members:
-        member.scores["heldout"] = score_heldout(search, member)
+        member.scores["heldout"] = evaluations.score(
+            member_candidate(member), level="path" if member.path else "merge", split="heldout"
+        )
         search.progress.advance()
     search.progress.stage("references (fine-tuned, uniform merges)", 2 * len(UNIFORM_METHODS))
-    refs = references(search)
+    refs = references(search, evaluations)
     for member in members:
         member.mergekit = write_mergekit_files(search, member)
     front = ParetoFront(search.objectives, directions, members, refs)
     search.store.write_json(FRONT_FILE, front.to_json())
     summary = summarize(search, front, len(candidates), seconds, method, details or {})
+    summary["ledger"]["finish"] = evaluations.ledger.to_json()
     search.store.write_json(SUMMARY_FILE, summary)
     search.store.log(
         f"finished: {len(members)} front members, held-out hypervolume {summary['heldout']['front']:.4f}"
@@ -251,7 +151,8 @@ def finish_run(
 def summarize(
     search: Search, front: ParetoFront, distinct: int, seconds: float, method: str, details: dict[str, Any]
 ) -> dict[str, Any]:
-    """``summary.json``: hypervolumes with their normalisation, margins, counts, wall time, reference scores."""
+    """``summary.json``: hypervolumes with their normalisation, margins, counts, budget and ledger, wall time,
+    reference scores."""
     per_split = {}
     for split in ("heldout", "search"):
         volumes = front.hypervolumes(split)  # type: ignore[arg-type]
@@ -260,6 +161,8 @@ def summarize(
         }
         per_split[split] = volumes
     search_records = [r for r in search.log.records if r.get("split") == "search"]
+    details = dict(details)
+    ledger = {"method": Ledger.combine(details.pop("ledgers", []))}
     return {
         "objectives": front.objectives,
         "higher_is_better": front.higher_is_better,
@@ -272,10 +175,17 @@ def summarize(
         "front_members": len(front.members),
         "method": method,
         **details,
+        "ledger": ledger,
         "distinct_candidates": distinct,
         "candidates_scored_search_split": len(search_records),
         "candidates_scored_this_session": search.log.new,
         "ideal_point_search": search.ideal,
+        "nadir_point_search": search.nadir,
+        "objective_normalisation": (
+            "rewards and scalarizations use each objective mapped to [0, 1] = [nadir, ideal] of the "
+            "fine-tuned models on the search split (oriented); Tchebycheff measures the shortfall from "
+            "ideal + 0.01"
+        ),
         "wall_seconds_this_session": round(seconds, 3),
         "references": {r.label: r.scores for r in front.references},
     }

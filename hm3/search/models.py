@@ -1,7 +1,7 @@
 """Candidates as runnable models: the merged state dicts and routing pools a search needs, built on demand.
 
-A candidate is data — a parameter merge spec (or none), an inference path over models 0..K (K = the merged
-model), an alignment mode — and becomes a model only in memory, sharing the pool's tensors. The K fine-tuned
+A candidate is data (:class:`hm3.search.candidate.Candidate`) and becomes a model only in memory
+(:meth:`CandidateModels.build`), sharing the pool's tensors. The K fine-tuned
 models are the identity paths of models 0..K−1 over a pool whose shared tensors come from each model itself.
 """
 
@@ -10,16 +10,20 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from hm3.merge.engine import merge_state_dict
+from hm3.pool import BASE, ModelPool
+from hm3.routing.agent import path_scorer_from_recipe
+from hm3.routing.builder import build_routed_model
 from hm3.routing.path import InferencePath
+from hm3.routing.pool import RoutingPool
+from hm3.routing.scoring import PathEvaluation, PathScorer
+from hm3.search.candidate import Candidate
 
 if TYPE_CHECKING:
     import torch
 
     from hm3.merge.spec import MergeSpec
-    from hm3.pool import ModelPool
     from hm3.recipe import Recipe
-    from hm3.routing.pool import RoutingPool
-    from hm3.routing.scoring import PathScorer
 
 
 class CandidateModels:
@@ -50,9 +54,6 @@ class CandidateModels:
             return self.base_pool()
         key = self.merge_key(spec)
         if key != self._merged_key:
-            from hm3.merge.engine import merge_state_dict
-            from hm3.routing.pool import RoutingPool
-
             self._routing = None  # free the previous merge first
             merged = merge_state_dict(self.pool, spec, cached=True)
             self._routing = RoutingPool.from_model_pool(self.pool, merged)
@@ -60,37 +61,30 @@ class CandidateModels:
         assert self._routing is not None
         return self._routing
 
-    def path_scorer(self, routing: RoutingPool, scorer, **kwargs: Any) -> PathScorer:
-        """A :class:`PathScorer` with the recipe's alignment over ``routing``."""
-        from hm3.routing.agent import path_scorer_from_recipe
-
-        return path_scorer_from_recipe(routing, scorer, self.recipe, self.calibration, **kwargs)
+    def path_scorer(self, routing: RoutingPool, evaluate: PathEvaluation | None = None) -> PathScorer:
+        """A :class:`PathScorer` with the recipe's alignment over ``routing`` (``evaluate``: how a new path
+        is scored — a search's budgeted evaluation)."""
+        return path_scorer_from_recipe(routing, None, self.recipe, self.calibration, evaluate=evaluate)
 
     def base_pool(self) -> RoutingPool:
         """The K fine-tuned models plus the base model in slot K (tensors shared with the model pool)."""
-        from hm3.pool import BASE
-        from hm3.routing.pool import RoutingPool
-
         if self._finetuned is None:
             self._finetuned = RoutingPool.from_model_pool(self.pool, self.pool.state_dict(BASE))
         return self._finetuned
 
-    def candidate(
-        self, spec: MergeSpec | None, path: InferencePath, alignment: str = "none"
-    ) -> torch.nn.Module:
-        """The routed model of ``path`` over ``spec``'s merge (aligned with the recipe's mode unless
-        ``alignment`` is ``none``)."""
-        from hm3.routing.builder import build_routed_model
-
-        routing = self.routing_pool(spec)
-        if alignment == "none":
+    def build(self, candidate: Candidate) -> torch.nn.Module:
+        """The model of ``candidate``: a fine-tuned model exactly, or its path over its merge's pool (aligned
+        with the recipe's mode when ``candidate.alignment`` is ``stats``)."""
+        if candidate.finetuned is not None:
+            return self.finetuned(self.pool.model_names.index(candidate.finetuned))
+        routing = self.routing_pool(candidate.merge_spec())
+        path = candidate.inference_path(routing)
+        if candidate.alignment == "none" or candidate.is_plain:
             return build_routed_model(routing, path)
-        return self.path_scorer(routing, scorer=None).build(path)
+        return self.path_scorer(routing).build(path)
 
     def finetuned(self, index: int) -> torch.nn.Module:
         """Fine-tuned model ``index`` exactly (its own layers, embeddings, norm and head; tensors shared)."""
-        from hm3.routing.builder import build_routed_model
-
         routing = self.base_pool()
         path = InferencePath.identity(index, routing.num_layers)
         return build_routed_model(routing, path, shared_source=index)

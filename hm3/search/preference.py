@@ -1,36 +1,56 @@
 """One preference λ of the HM3 search: the upper-level merge, then the lower-level path search over it.
 
 :func:`run_preference` is what the sequential search (:mod:`hm3.search.run`) and each Ray worker
-(:mod:`hm3.search.distributed`) call for a preference, with the same per-preference seed; every candidate it
-scores is appended to the run's log as it is scored. :func:`conditioned_agent` is the one preference-conditioned
-agent of ``agent.mode: conditioned``.
+(:mod:`hm3.search.distributed`) call for a preference, with the same per-preference seed; it spends through
+its own :class:`~hm3.search.budget.BudgetedEvaluator` with the preference's share of the budget
+(:func:`preference_budget`), so every candidate is logged as it is scored and none past the share.
+:func:`conditioned_agent` is the one preference-conditioned agent of ``agent.mode: conditioned``, trained with
+a budget of its own (``agent.iterations``).
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from hm3.folder_swap import fsync_tree
+from hm3.merge.spec import MergeSpec
+from hm3.recipe import Recipe
+from hm3.routing.agent import PathAgent, search_path, train_conditioned_agent
 from hm3.routing.path import InferencePath
+from hm3.routing.pool import RoutingPool
+from hm3.routing.scoring import PathScorer
+from hm3.search.budget import BudgetedEvaluator
+from hm3.search.candidate import Candidate
 from hm3.search.session import Search
-
-if TYPE_CHECKING:
-    from hm3.merge.spec import MergeSpec
-    from hm3.routing.agent import PathAgent
 
 POLICY_DIR = "policy"
 CONDITIONED_POLICY = "conditioned"
+HM3 = "hm3"
+
+
+def preference_budget(recipe: Recipe) -> int:
+    """New search-split candidates one preference may score: its merges, plus ``agent.iterations`` paths
+    (``per_preference``: the agent's training and its greedy rollout) or one path (``conditioned``: the shared
+    agent's rollout)."""
+    merges = recipe.parameter_level.merges_per_preference
+    if not recipe.architecture_level.enabled:
+        return merges
+    return merges + (1 if recipe.agent.mode == "conditioned" else recipe.agent.iterations)
+
+
+def conditioned_budget(recipe: Recipe) -> int:
+    """New candidates the shared conditioned agent's training may score (0 without one)."""
+    conditioned = recipe.architecture_level.enabled and recipe.agent.mode == "conditioned"
+    return recipe.agent.iterations if conditioned else 0
 
 
 def merge_for(
     search: Search, preference: np.ndarray, density: float | None = None, scale: float = 1.0
 ) -> MergeSpec:
     """The parameter-level merge of preference λ (weights mapped from objectives to models)."""
-    from hm3.merge.spec import MergeSpec
-
     recipe = search.recipe
     return MergeSpec.from_recipe(
         recipe.parameter_level,
@@ -41,36 +61,20 @@ def merge_for(
     )
 
 
-def logged_scorer(search: Search, spec: MergeSpec | None, preference, index: int | None):
-    """The routing pool of ``spec``'s merge and a path scorer over it that answers from the run's log and
-    appends every new candidate to it (and to the live display) as it is scored."""
-    recipe = search.recipe
-    rewards = search.rewards()
-    lam = [float(v) for v in preference]
-    merge = None if spec is None else spec.model_dump(mode="json")
-
-    def on_candidate(path: InferencePath, scores: dict[str, float]) -> None:
-        search.log.record(
-            scorer.key_of(path),
-            scores,
-            split="search",
-            kind="path",
-            preference=index,
-            merge=merge,
-            path=path.to_data(),
-            alignment=recipe.architecture_level.alignment,
-        )
-        search.progress.candidate(rewards.reward(scores, lam, len(path)))
-
+def budgeted_path_scorer(
+    search: Search, spec: MergeSpec | None, evaluations: BudgetedEvaluator
+) -> tuple[RoutingPool, PathScorer]:
+    """The routing pool of ``spec``'s merge and a path scorer over it that spends through ``evaluations``
+    (the identity path is the plain merge, charged as the upper level's; any other path as the lower's)."""
+    alignment = search.recipe.architecture_level.alignment
     routing = search.models.routing_pool(spec)
-    scorer = search.models.path_scorer(
-        routing,
-        search.score_search,
-        on_candidate=on_candidate,
-        cache=search.log,
-        cache_spec={"merge": merge, "scoring": search.scoring},
-    )
-    return routing, scorer
+
+    def evaluate(path: InferencePath, build) -> dict[str, float]:
+        candidate = Candidate.routed(spec, path, alignment, routing)
+        level = "merge" if candidate.is_plain else "path"
+        return evaluations.score(candidate, level=level, build=build)
+
+    return routing, search.models.path_scorer(routing, evaluate)
 
 
 def run_preference(
@@ -81,31 +85,42 @@ def run_preference(
     With ``parameter_level`` False (the architecture-only ablation) there is no merge: slot K of the pool holds
     the base model, whose embeddings and head the paths use.
     """
-    from hm3.routing.agent import search_path
-
     recipe = search.recipe
     rewards = search.rewards()
     started = time.perf_counter()
     lam = [float(v) for v in preference]
+    evaluations = BudgetedEvaluator(search, HM3, preference_budget(recipe), lam, index)
+    evaluations.on_new = lambda candidate, scores: search.progress.candidate(
+        rewards.reward(scores, lam, len(candidate.path or ()) or search.pool.num_layers)
+    )
 
     level = recipe.parameter_level
     settings = itertools.product(level.density_search or [None], level.scale_search or [1.0])
     best: tuple[float, MergeSpec | None] | None = None
     for density, scale in settings if parameter_level else []:
         spec = merge_for(search, preference, density, scale)
-        routing, scorer = logged_scorer(search, spec, lam, index)
-        identity = InferencePath.identity(routing.merged_index, routing.num_layers)
-        reward = rewards.reward(scorer.score(identity), lam, len(identity))
+        scores = evaluations.score(Candidate.of_merge(spec), level="merge")
+        reward = rewards.reward(scores, lam, search.pool.num_layers)
         if best is None or reward > best[0]:
             best = (reward, spec)
     spec = best[1] if best is not None else None
-    routing, scorer = logged_scorer(search, spec, lam, index)
-    identity = InferencePath.identity(routing.merged_index, routing.num_layers)
+    routing, scorer = budgeted_path_scorer(search, spec, evaluations)
+    identity = scorer.identity
+    rollout: dict | None = None
     if recipe.architecture_level.enabled:
         result = search_path(
-            routing, scorer, lam, recipe, seed=recipe.seed + index, ideal=search.ideal, agent=agent
+            routing,
+            scorer,
+            lam,
+            recipe,
+            seed=recipe.seed + index,
+            scale=search.scale,
+            agent=agent,
+            candidates=evaluations.left,
+            spent=lambda: evaluations.used,
         )
         candidates = result.candidates
+        rollout = {"path": result.rollout_path.to_data(), "reward": result.rollout_reward}
         if agent is None and result.agent is not None:
             result.agent.save(search.store.subdirectory(f"{POLICY_DIR}/p{index:03d}"))
     else:
@@ -121,29 +136,40 @@ def run_preference(
             {"path": path.to_data(), "scores": scores, "reward": reward}
             for path, scores, reward in candidates
         ],
+        "greedy_rollout": rollout,
+        "budget": evaluations.budget,
+        "ledger": evaluations.ledger.to_json(),
         "seconds": round(time.perf_counter() - started, 3),
     }
 
 
-def conditioned_agent(search: Search, vectors: np.ndarray) -> PathAgent:
+def conditioned_agent(search: Search) -> PathAgent:
     """The shared preference-conditioned agent: loaded from ``policy/conditioned``, or trained on the centre
-    preference's merge (its candidates are logged like any other) and saved there."""
-    from hm3.folder_swap import fsync_tree
-    from hm3.routing.agent import PathAgent, train_conditioned_agent
-
+    preference's merge within :func:`conditioned_budget` (its candidates are logged like any other, and are
+    eligible for the front) and saved there."""
     folder = search.store.directory / POLICY_DIR / CONDITIONED_POLICY
     if PathAgent.saved_in(folder):
         return PathAgent.load(folder, allow_pickle=search.recipe.allow_pickle)
     centre = np.full(len(search.objectives), 1.0 / len(search.objectives))
-    spec = merge_for(search, centre)
-    routing, scorer = logged_scorer(search, spec, centre, None)
+    evaluations = BudgetedEvaluator(
+        search, HM3, conditioned_budget(search.recipe), [float(v) for v in centre]
+    )
+    routing, scorer = budgeted_path_scorer(search, merge_for(search, centre), evaluations)
     search.progress.start_preference(0, 1, centre, search.recipe.agent.iterations)
     search.progress.print("training the preference-conditioned agent on the centre merge")
     agent = train_conditioned_agent(
-        routing, scorer, search.recipe, seed=search.recipe.seed, ideal=search.ideal
+        routing,
+        scorer,
+        search.recipe,
+        seed=search.recipe.seed,
+        scale=search.scale,
+        spent=lambda: evaluations.used,
     )
     staging = search.store.subdirectory(f"{POLICY_DIR}/.{CONDITIONED_POLICY}.tmp")
     agent.save(staging)
+    search.store.write_json(
+        f"{POLICY_DIR}/.{CONDITIONED_POLICY}.tmp/ledger.json", evaluations.ledger.to_json()
+    )
     fsync_tree(staging)  # durable before it is published
     staging.rename(folder)
     return agent

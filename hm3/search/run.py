@@ -9,11 +9,14 @@
    density × scale is merged and the best scalarized one kept), and the lower level searches an inference path over
    the K fine-tuned models plus that merged model with the PPO/Wolpertinger agent (``agent.mode: per_preference``:
    one agent per λ, ``agent.iterations`` new candidates each; ``conditioned``: one preference-conditioned agent
-   trained on the centre merge, rolled out for every λ). Every scored candidate is appended to ``candidates.jsonl``
-   at once. A finished preference is written to ``preferences/pNNN.json`` (atomically) with its agent in
-   ``policy/pNNN/``.
-4. **The front** (:mod:`hm3.search.finish`): the non-dominated candidates on the search split, scored on the
-   held-out split with the references (the fine-tuned models and uniform TA / TIES / DARE-TIES merges).
+   trained on the centre merge, rolled out for every λ). Each preference spends through its own budgeted
+   evaluator (:mod:`hm3.search.budget`: its merges plus ``agent.iterations`` paths, or one rollout in
+   ``conditioned`` mode, whose shared agent has ``agent.iterations`` of its own), and every scored candidate is
+   appended to ``candidates.jsonl`` at once. A finished preference is written to ``preferences/pNNN.json``
+   (atomically, with its ledger and greedy rollout) with its agent in ``policy/pNNN/``.
+4. **The front** (:mod:`hm3.search.finish`): the non-dominated candidates of the whole log on the search split,
+   scored on the held-out split with the references (the fine-tuned models and uniform TA / TIES / DARE-TIES
+   merges).
 
 **Resume.** Everything is deterministic given the recipe's seed, so a resumed run redoes the interrupted
 preference exactly as the first attempt would have, answering every candidate already in
@@ -31,11 +34,19 @@ from typing import TYPE_CHECKING, Any
 
 from hm3.recipe import Recipe, load_recipe
 from hm3.search.distributed import run_preferences_on_ray
-from hm3.search.finish import finish_run, flatten, run_folder
+from hm3.search.finish import finish_run, logged_candidates, run_folder
 from hm3.search.log import CandidateLog
-from hm3.search.preference import CONDITIONED_POLICY, POLICY_DIR, conditioned_agent, run_preference
+from hm3.search.preference import (
+    CONDITIONED_POLICY,
+    POLICY_DIR,
+    conditioned_agent,
+    conditioned_budget,
+    preference_budget,
+    run_preference,
+)
 from hm3.search.progress import SearchProgress
-from hm3.search.session import SearchInputs, load_inputs, open_search, preferences, score_finetuned
+from hm3.search.references import score_finetuned
+from hm3.search.session import SearchInputs, load_inputs, open_search, preferences
 from hm3.store import RunStore
 from hm3.validation import validate_recipe_file
 
@@ -116,7 +127,7 @@ def run_search(
     agent = None
     needs_agent = recipe.architecture_level.enabled and recipe.agent.mode == "conditioned"
     if needs_agent and not all(f.is_file() for f in done):
-        agent = conditioned_agent(search, vectors)
+        agent = conditioned_agent(search)
 
     def save(record: dict) -> None:
         store.write_json(f"{PREFERENCES_DIR}/p{record['index']:03d}.json", record)
@@ -147,12 +158,22 @@ def run_search(
         progress.start_preference(index, len(vectors), preference, recipe.agent.iterations)
         save(run_preference(search, index, preference, agent, parameter_level))
     results = [store.read_json(f"{PREFERENCES_DIR}/{file.name}") for file in done]
+    ledgers = [r.get("ledger", {}) for r in results]
+    conditioned_ledger = store.directory / POLICY_DIR / CONDITIONED_POLICY / "ledger.json"
+    if needs_agent and conditioned_ledger.is_file():
+        ledgers.append(store.read_json(f"{POLICY_DIR}/{CONDITIONED_POLICY}/ledger.json"))
     summary_details = {
+        "budget": hm3_budget(recipe),
         **(details or {}),
         "preferences": len(results),
-        "evaluations_used": len(
-            {c["key"] for c in search.log.records if c.get("kind") == "path" and c.get("split") == "search"}
-        ),
+        "evaluations_used": len({r["key"] for r in logged_candidates(search)}),
+        "ledgers": ledgers,
         "search_seconds_per_preference": [r["seconds"] for r in results],
     }
-    return finish_run(search, flatten(results), time.perf_counter() - started, method, summary_details)
+    return finish_run(search, time.perf_counter() - started, method, summary_details)
+
+
+def hm3_budget(recipe: Recipe) -> int:
+    """New search-split candidates HM3 may score on ``recipe``: P × the preference's share
+    (:func:`~hm3.search.preference.preference_budget`) plus the conditioned agent's training."""
+    return len(preferences(recipe)) * preference_budget(recipe) + conditioned_budget(recipe)

@@ -1,5 +1,5 @@
-"""An open search: what it holds (the recipe, the run store, the pool, the scorer, the candidate log), how it is
-opened, and what every strategy does first — score the fine-tuned models, draw the preferences.
+"""An open search: what it holds (the recipe, the run store, the pool, the scorer, the candidate log, the
+objectives' normalisation), how it is opened, and the preferences it searches.
 
 The HM3 search (:mod:`hm3.search.run`), its Ray workers (:mod:`hm3.search.distributed`), the end of a run
 (:mod:`hm3.search.finish`), the baselines and ``hm3 export`` all work on a :class:`Search`.
@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hm3.moo.scalarization import ObjectiveScale
+from hm3.routing.agent import reward_from_recipe
 from hm3.search.log import CandidateLog
 from hm3.search.models import CandidateModels
 from hm3.search.progress import SearchProgress
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
     from hm3.evaluate import Evaluator
     from hm3.pool import ModelPool
     from hm3.recipe import Recipe
-    from hm3.routing.scoring import RewardSpec
+    from hm3.routing.scoring import Reward
     from hm3.store import RunStore
 
 
@@ -36,6 +38,9 @@ class Search:
     models: CandidateModels
     progress: SearchProgress
     ideal: list[float] = field(default_factory=list)
+    """z*: the best fine-tuned score per objective on the search split (oriented: higher is better)."""
+    nadir: list[float] = field(default_factory=list)
+    """The worst fine-tuned score per objective (oriented); with ``ideal``, the objectives' normalisation."""
     finetuned_scores: dict[str, dict[str, float]] = field(default_factory=dict)
     scoring: str = ""
     """What decides a score in this run (:mod:`hm3.run_fingerprint`); part of every candidate key."""
@@ -44,13 +49,20 @@ class Search:
     def objectives(self) -> list[str]:
         return list(self.recipe.objective_names)
 
-    def score_search(self, model: Any) -> dict[str, float]:
-        return self.evaluator.score(model, split="search")
+    @property
+    def scale(self) -> ObjectiveScale | None:
+        """The objectives' normalisation (None before the fine-tuned models are scored)."""
+        if not self.ideal:
+            return None
+        return ObjectiveScale(tuple(self.ideal), tuple(self.nadir))
 
-    def rewards(self) -> RewardSpec:
-        from hm3.routing.agent import reward_spec_from_recipe
+    def rewards(self) -> Reward:
+        """The recipe's reward on the normalised objectives."""
+        return reward_from_recipe(self.recipe, self.scale)
 
-        return reward_spec_from_recipe(self.recipe, self.ideal)
+    def documents(self, split: str) -> int:
+        """Documents (or images) one full scoring covers on ``split``, all objectives together."""
+        return sum(self.evaluator.document_count(split).values())
 
 
 @dataclass
@@ -102,35 +114,6 @@ def open_search(
         progress=progress,
         scoring=store.scoring_key(recipe),
     )
-
-
-def score_finetuned(search: Search) -> None:
-    """Score the K fine-tuned models on the search split; set the ideal point z*."""
-    from hm3.moo.scalarization import oriented
-
-    names = search.pool.model_names
-    search.progress.stage("fine-tuned models (search split)", len(names))
-    for index, name in enumerate(names):
-        spec = {
-            "finetuned": name,
-            "split": "search",
-            "objectives": search.objectives,
-            "scoring": search.scoring,
-        }
-        search.finetuned_scores[name] = search.log.score_once(
-            spec,
-            lambda index=index: search.score_search(search.models.finetuned(index)),
-            split="search",
-            kind="finetuned",
-            label=name,
-        )
-        search.progress.advance()
-    directions = [o.higher_is_better for o in search.recipe.objectives]
-    search.ideal = [
-        max(oriented(scores[o], up) for scores in search.finetuned_scores.values())
-        for o, up in zip(search.objectives, directions, strict=True)
-    ]
-    search.store.log(f"ideal point z* (search split, oriented): {search.ideal}")
 
 
 def preferences(recipe: Recipe) -> np.ndarray:

@@ -1,0 +1,175 @@
+"""The one way any method scores a candidate: answered from the run's log, else scored, logged and charged.
+
+Every method — HM3's two levels, its ablations, the baselines — and the end of a run spend through a
+:class:`BudgetedEvaluator`::
+
+    evaluations = BudgetedEvaluator(search, method="grid", budget=112)
+    scores = evaluations.score(Candidate.of_merge(spec), level="merge")     # BudgetSpent past the budget
+
+* **The log first.** A candidate whose key is in ``candidates.jsonl`` is answered from it (a resumed run
+  replays its method deterministically and scores nothing twice).
+* **The budget** counts the distinct candidates a method asks for on the search split at the levels it
+  searches (``merge``, ``path``), whether scored now or answered from the log, so that a resumed run spends
+  exactly what an uninterrupted one does. A new candidate past the budget raises :class:`BudgetSpent` before
+  anything is built. The fine-tuned models and the references (``finetuned``, ``reference``) and every
+  held-out score are scored for every method alike and never charged.
+* **The ledger** counts, per level, the candidates charged, the documents their scores cover (partial scoring
+  on a subset is counted by its documents), and how many of them were scored in this session; the summary
+  reports it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from hm3.search.candidate import LEVELS, SEARCHED_LEVELS, Candidate
+
+if TYPE_CHECKING:
+    from hm3.search.session import Search
+
+
+class BudgetSpent(Exception):
+    """A method asked for one new candidate more than its budget."""
+
+
+@dataclass
+class LedgerLine:
+    """What one level spent: distinct candidates, the documents their scores cover, and the new ones."""
+
+    candidates: int = 0
+    documents: int = 0
+    scored_now: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return {"candidates": self.candidates, "documents": self.documents, "scored_now": self.scored_now}
+
+
+@dataclass
+class Ledger:
+    """Candidates and documents per level (``finetuned``, ``reference``, ``merge``, ``path``, ``heldout``)."""
+
+    lines: dict[str, LedgerLine] = field(default_factory=dict)
+
+    def add(self, level: str, documents: int, new: bool) -> None:
+        line = self.lines.setdefault(level, LedgerLine())
+        line.candidates += 1
+        line.documents += documents
+        line.scored_now += int(new)
+
+    def to_json(self) -> dict[str, dict[str, int]]:
+        return {level: line.to_json() for level, line in sorted(self.lines.items())}
+
+    @staticmethod
+    def combine(ledgers: Sequence[Mapping[str, Mapping[str, int]]]) -> dict[str, dict[str, int]]:
+        """The sum of several ledgers' JSON (one per preference)."""
+        total: dict[str, dict[str, int]] = {}
+        for ledger in ledgers:
+            for level, counts in ledger.items():
+                line = total.setdefault(level, {"candidates": 0, "documents": 0, "scored_now": 0})
+                for name in line:
+                    line[name] += int(counts.get(name, 0))
+        return dict(sorted(total.items()))
+
+
+@dataclass
+class BudgetedEvaluator:
+    """Scores candidates for one method (or one preference of it) within a budget, through the run's log.
+
+    Attributes:
+        search: The open search (models, evaluator, log).
+        method: Who spends (``hm3``, ``grid``, ...), recorded with every new candidate.
+        budget: Distinct search-split candidates at the searched levels this evaluator may charge; None:
+            unlimited (the end of a run).
+        preference: λ the candidates are scored for (recorded), or None.
+        preference_index: Its index in the run (recorded), or None.
+        on_new: Called with ``(candidate, scores)`` after each candidate scored in this session.
+    """
+
+    search: Search
+    method: str
+    budget: int | None = None
+    preference: Sequence[float] | None = None
+    preference_index: int | None = None
+    on_new: Callable[[Candidate, dict[str, float]], None] | None = None
+    ledger: Ledger = field(default_factory=Ledger)
+    charged: dict[str, dict[str, float]] = field(default_factory=dict)
+    _counted: set[tuple[str, str]] = field(default_factory=set)
+
+    @property
+    def used(self) -> int:
+        """Distinct candidates charged to the budget so far."""
+        return len(self.charged)
+
+    @property
+    def left(self) -> int | None:
+        return None if self.budget is None else self.budget - self.used
+
+    def score(
+        self,
+        candidate: Candidate,
+        *,
+        level: str,
+        split: str = "search",
+        build: Callable[[], Any] | None = None,
+        label: str | None = None,
+    ) -> dict[str, float]:
+        """The scores of ``candidate`` on ``split``: from the log, or built (``build()``, default: from the
+        search's models), scored, appended to the log and counted.
+
+        Args:
+            candidate: What to score.
+            level: ``finetuned``, ``reference``, ``merge`` or ``path`` (the last two are charged on the search
+                split).
+            split: ``search`` or ``heldout``.
+            build: Makes the candidate's model (a path scorer's, with its alignment); None: the search's
+                :meth:`~hm3.search.models.CandidateModels.build`.
+            label: A name for the record (fine-tuned models and references).
+
+        Raises:
+            BudgetSpent: a new charged candidate past the budget.
+        """
+        if level not in LEVELS:
+            raise ValueError(f"unknown level {level!r}")
+        search = self.search
+        key = candidate.key(split, search.objectives, search.scoring)
+        charged = split == "search" and level in SEARCHED_LEVELS
+        if charged and key in self.charged:
+            return dict(self.charged[key])
+        if charged and self.budget is not None and self.used >= self.budget:
+            raise BudgetSpent(f"{self.method}: budget of {self.budget} candidates spent")
+        known = search.log.get(key)
+        new = known is None
+        if new:
+            start = time.perf_counter()
+            model = build() if build is not None else search.models.build(candidate)
+            scores = {
+                name: float(value) for name, value in search.evaluator.score(model, split=split).items()
+            }
+            documents = search.documents(split)
+            search.log.record(
+                key,
+                scores,
+                split=split,
+                level=level,
+                method=self.method,
+                preference=None if self.preference is None else [float(v) for v in self.preference],
+                preference_index=self.preference_index,
+                label=label,
+                documents=documents,
+                seconds=round(time.perf_counter() - start, 4),
+                **candidate.data(),
+            )
+        else:
+            scores = known
+            documents = search.log.documents(key, search.documents(split))
+        if charged:
+            self.charged[key] = dict(scores)
+        if (key, level) not in self._counted:
+            self._counted.add((key, level))
+            self.ledger.add(level if split == "search" else split, documents, new)
+        if new and self.on_new is not None:
+            self.on_new(candidate, scores)
+        return dict(scores)

@@ -1,0 +1,175 @@
+"""The search core every method shares: one candidate and its key, one budgeted evaluator, the front from the
+whole log, and objectives normalised so that a metric's unit changes nothing."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hm3.front import FrontMember
+from hm3.merge.spec import MergeSpec
+from hm3.moo.pareto import non_dominated_mask
+from hm3.recipe import Recipe, load_recipe
+from hm3.routing.path import InferencePath
+from hm3.search.candidate import Candidate
+from hm3.search.finish import member_candidate
+from tests.fixtures_zoo import lm_zoo_micro  # noqa: F401
+from tests.test_search import MICRO_SEARCH
+
+
+@dataclass
+class FakePool:
+    merged_index: int = 3
+    num_layers: int = 2
+
+
+SPEC = MergeSpec(method="task_arithmetic", weights=(0.5, 0.25, 0.25))
+
+
+def test_a_candidate_has_one_key_however_it_is_built() -> None:
+    pool = FakePool()
+    identity = InferencePath.identity(3, 2)
+    plain = Candidate.of_merge(SPEC)
+    # the identity path over the merge is the plain merge, whatever alignment the builder uses
+    assert Candidate.routed(SPEC, identity, "stats", pool) == plain
+    assert Candidate.routed(SPEC.model_dump(mode="json"), None, "none", pool) == plain
+    assert Candidate.routed(SPEC, [[3, 0], [3, 1]], "stats", pool).key("search", ["a"], "s") == plain.key(
+        "search", ["a"], "s"
+    )
+    routed = Candidate.routed(SPEC, InferencePath(((3, 0), (0, 1))), "stats", pool)
+    # a log record and a front member of it give the same candidate back
+    record = {"key": "x", "level": "path", "scores": {"a": 1.0}, **routed.data()}
+    assert Candidate.from_record(record) == routed
+    data = routed.data()
+    member = FrontMember(routed.content_key()[:12], [], data["merge"], data["path"], data["alignment"], {})
+    assert member_candidate(member).key("heldout", ["a"], "s") == routed.key("heldout", ["a"], "s")
+    # the key holds the split, the objectives and the run's scoring fingerprint; the id does not
+    keys = {routed.key(split, objectives, scoring) for split in ("search", "heldout") for objectives in (["a"], ["a", "b"]) for scoring in ("s", "t")}  # fmt: skip
+    assert len(keys) == 8
+    assert Candidate.finetuned_model("a") != Candidate.of_merge(None)
+
+
+def _recipe(zoo: Path, folder: Path, **changes: dict) -> Recipe:
+    file = folder / "micro.yaml"
+    file.write_text(MICRO_SEARCH.format(zoo=zoo))
+    recipe = load_recipe(file)
+    updates = {name: getattr(recipe, name).model_copy(update=value) for name, value in changes.items()}
+    return recipe.model_copy(update=updates)
+
+
+def _run(recipe: Recipe, folder: Path) -> dict:
+    from hm3.search.progress import SearchProgress
+    from hm3.search.run import run_search
+    from hm3.store import RunStore
+
+    store = RunStore.create(folder, recipe)
+    try:
+        return run_search(recipe, store, SearchProgress(enabled=False))
+    finally:
+        store.close()
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "candidates.jsonl").read_text().splitlines()]
+
+
+def _searched(run: Path) -> list[dict]:
+    return [r for r in _records(run) if r["split"] == "search" and r["level"] in ("merge", "path")]
+
+
+@pytest.mark.slow
+def test_front_is_the_non_dominated_set_of_the_whole_log_with_density_and_scale_search(
+    lm_zoo_micro: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The settings the upper level did not keep are logged, counted and eligible for the front."""
+    from hm3.search.run import hm3_budget
+
+    recipe = _recipe(
+        lm_zoo_micro,
+        tmp_path,
+        parameter_level={"method": "ties", "density_search": [0.5, 1.0], "scale_search": [0.5, 1.0]},
+        agent={"iterations": 3},
+    )
+    summary = _run(recipe, tmp_path / "run")
+    records = _searched(tmp_path / "run")
+    budget = hm3_budget(recipe)
+    assert budget == 4 * (4 + 3)
+    assert summary["evaluations_used"] == len({r["key"] for r in records}) <= budget
+    settings = {
+        (json.dumps(r["merge"]["density"]), r["merge"]["scale"]) for r in records if r["path"] is None
+    }
+    assert len(settings) == 4  # every density x scale was merged and logged, the kept one and the others
+    names = recipe.objective_names
+    points = np.array([[r["scores"][o] for o in names] for r in records])
+    expected = {Candidate.from_record(r).content_key()[:12] for r, keep in zip(records, non_dominated_mask(points), strict=True) if keep}  # fmt: skip
+    front = json.loads((tmp_path / "run" / "front.json").read_text())
+    assert {m["id"] for m in front["members"]} == expected
+
+
+@pytest.mark.slow
+def test_conditioned_mode_spends_at_most_its_budget_and_its_training_paths_reach_the_log(
+    lm_zoo_micro: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from hm3.baselines import hm3_budget
+
+    recipe = _recipe(lm_zoo_micro, tmp_path, agent={"iterations": 6, "mode": "conditioned"})
+    budget = hm3_budget(recipe)
+    assert budget == 6 + 4 * (1 + 1)  # the shared agent's training, then one merge and one rollout each
+    summary = _run(recipe, tmp_path / "run")
+    records = _searched(tmp_path / "run")
+    assert summary["budget"] == budget
+    assert summary["evaluations_used"] == len({r["key"] for r in records}) <= budget
+    charged = sum(line["candidates"] for line in summary["ledger"]["method"].values())
+    assert charged <= budget
+    training = [r for r in records if r["preference_index"] is None and r["level"] == "path"]
+    assert training, "the conditioned agent's training paths are logged (and so eligible for the front)"
+
+    # the same merges built by a baseline have the keys HM3's run gave them (as references, and the centre
+    # preference's merge, which is the uniform task-arithmetic merge: logged once)
+    from hm3.baselines import run_baseline
+    from hm3.search.progress import SearchProgress
+    from hm3.store import RunStore
+
+    store = RunStore.create(tmp_path / "uniform", recipe)
+    run_baseline(recipe, store, "uniform", 3, SearchProgress(enabled=False))
+    store.close()
+    uniform = {r["key"] for r in _searched(tmp_path / "uniform")}
+    hm3_keys = [r["key"] for r in _records(tmp_path / "run")]
+    assert len(uniform) == 3 and uniform <= set(hm3_keys)
+    assert len(hm3_keys) == len(set(hm3_keys))
+
+
+@pytest.mark.slow
+def test_scaling_an_objective_by_100_changes_neither_the_trajectory_nor_the_front(
+    lm_zoo_micro: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A metric reported in percent (0-100) next to fractions: the search sees the same normalised objectives,
+    so it scores the same candidates in the same order and keeps the same front."""
+    from hm3.evaluate import Evaluator
+
+    recipe = _recipe(lm_zoo_micro, tmp_path, agent={"iterations": 5})
+    _run(recipe, tmp_path / "fractions")
+    score = Evaluator.score
+
+    def in_percent(self, model, split="search", tokenizer=None):
+        scores = score(self, model, split, tokenizer)
+        return {**scores, "reversal": 100.0 * scores["reversal"]}
+
+    monkeypatch.setattr(Evaluator, "score", in_percent)
+    _run(recipe, tmp_path / "percent")
+    first, second = _records(tmp_path / "fractions"), _records(tmp_path / "percent")
+    assert [(r["key"], r["level"]) for r in first] == [(r["key"], r["level"]) for r in second]
+    assert all(
+        b["scores"]["reversal"] == pytest.approx(100 * a["scores"]["reversal"])
+        for a, b in zip(first, second, strict=True)
+    )
+    fronts = [json.loads((tmp_path / run / "front.json").read_text()) for run in ("fractions", "percent")]
+    assert [m["id"] for m in fronts[0]["members"]] == [m["id"] for m in fronts[1]["members"]]
