@@ -24,7 +24,7 @@ Membership is decided on the search split (the only scores the search saw); the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -100,8 +100,6 @@ class ParetoFront:
         raise UserError(f"{source}: not an hm3 front ({problem})")
 
     def to_json(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return {
             "objectives": self.objectives,
             "higher_is_better": self.higher_is_better,

@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 from hm3.himole.config import DEFAULT_ENCODER, HiMoLEConfig
+from hm3.zoo.config import read_manifest
 from hm3.zoo.lm_tasks import TASKS
 
 
@@ -17,8 +18,6 @@ def himole_problems(config: HiMoLEConfig) -> list[tuple[str, str]]:
         if source.path is not None and not Path(source.path).is_file():
             problems.append((f"{where}.path", f"file not found: {source.path}"))
         if source.zoo is not None:
-            from hm3.zoo.config import read_manifest
-
             manifest = read_manifest(Path(source.zoo))
             if manifest is None or manifest.get("kind") != "lm":
                 problems.append(

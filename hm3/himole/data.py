@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from hm3.errors import UserError
+from hm3.zoo.config import LM_PRESETS, ZooConfig, read_manifest
 from hm3.zoo.lm_build import held_out_prompts
 from hm3.zoo.lm_tasks import TASKS, TaskSizes, make_test_set, task_name
 
@@ -76,8 +77,6 @@ def _from_jsonl(source: TrainSource, where: str) -> list[Pair]:
 
 def _from_zoo(source: TrainSource, seed: int, where: str) -> list[Pair]:
     """``count`` distinct draws of a zoo task's generator, never one of the zoo's test prompts."""
-    from hm3.zoo.config import LM_PRESETS, ZooConfig, read_manifest
-
     folder = Path(source.zoo)  # type: ignore[arg-type]
     manifest = read_manifest(folder)
     if manifest is None or manifest.get("kind") != "lm":

@@ -32,11 +32,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
 
 from hm3.errors import UserError
+from hm3.moo.scalarization import ObjectiveScale
+from hm3.recipe import AgentConfig, Recipe
+from hm3.routing.alignment import make_aligner
 from hm3.routing.env import InferencePathEnv
 from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
@@ -44,12 +50,6 @@ from hm3.routing.ppo import build_ppo, load_policy, policy_saved_in, save_policy
 from hm3.routing.scoring import PathEvaluation, PathScorer, Reward, Scorer
 from hm3.routing.summary import layer_summaries
 from hm3.routing.wolpertinger import WolpertingerWrapper
-
-if TYPE_CHECKING:
-    from stable_baselines3 import PPO
-
-    from hm3.moo.scalarization import ObjectiveScale
-    from hm3.recipe import AgentConfig, Recipe
 
 MAX_EPISODES_PER_CANDIDATE = 10
 """Training also stops after this many episodes per requested candidate (a converged policy repeats itself)."""
@@ -79,8 +79,6 @@ class PathAgent:
 
     def critic(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """V(s) for a batch of observations (the Wolpertinger ranking)."""
-        import torch
-
         policy = self.model.policy
         obs, _ = policy.obs_to_tensor(batch)
         with torch.no_grad():
@@ -115,8 +113,6 @@ class PathAgent:
 
 
 def _candidate_budget(candidates: int, scored: Callable[[], int], max_episodes: int):
-    from stable_baselines3.common.callbacks import BaseCallback
-
     class CandidateBudget(BaseCallback):
         """Stops PPO's learn() once ``candidates`` new paths have been scored (repeats are free: the scores
         are cached), or after ``max_episodes`` episodes."""
@@ -172,8 +168,6 @@ def train_agent(
         progress: Show SB3's progress bar.
     """
     model = build_ppo(env, config, seed)
-    import torch
-
     with torch.no_grad():  # an untrained critic ties every candidate: the nearest one wins (see wolpertinger)
         model.policy.value_net.weight.zero_()
         model.policy.value_net.bias.zero_()
@@ -257,8 +251,6 @@ def path_scorer_from_recipe(
     evaluate: PathEvaluation | None = None,
 ) -> PathScorer:
     """A :class:`PathScorer` with the recipe's alignment mode (``stats`` needs ``calibration``)."""
-    from hm3.routing.alignment import make_aligner
-
     return PathScorer(
         pool=pool,
         scorer=scorer,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from hm3.evaluate import Evaluator
+import torch
+
+from hm3.evaluate import Evaluator
 
 
 def calibration_batch(evaluator: Evaluator, samples: int) -> dict[str, Any]:
@@ -18,8 +19,6 @@ def calibration_batch(evaluator: Evaluator, samples: int) -> dict[str, Any]:
         evaluator: The prepared objectives.
         samples: Documents (or images) per objective (``architecture_level.calibration_samples``).
     """
-    import torch
-
     if evaluator.is_vision:
         images = [o.pixel_values[o.indices("search")[:samples]] for o in evaluator.objectives]
         return {"pixel_values": torch.cat(images)}

@@ -5,6 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
 
 class SearchProgress:
     """Two rich progress bars (preferences; candidates of the current preference), or nothing when quiet.
@@ -22,15 +31,6 @@ class SearchProgress:
 
     def __enter__(self) -> SearchProgress:
         if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
             self._progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),

@@ -8,22 +8,23 @@ The HM3 search (:mod:`hm3.search.run`), its Ray workers (:mod:`hm3.search.distri
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from hm3.evaluate import Evaluator
+from hm3.moo.preferences import preference_vectors
 from hm3.moo.scalarization import ObjectiveScale
+from hm3.placement import Placement, check_fits, resolve_device
+from hm3.pool import ModelPool
+from hm3.recipe import Recipe
 from hm3.routing.agent import reward_from_recipe
+from hm3.routing.scoring import Reward
+from hm3.search.calibration import calibration_batch
 from hm3.search.log import CandidateLog
 from hm3.search.models import CandidateModels
 from hm3.search.progress import SearchProgress
-
-if TYPE_CHECKING:
-    from hm3.evaluate import Evaluator
-    from hm3.pool import ModelPool
-    from hm3.recipe import Recipe
-    from hm3.routing.scoring import Reward
-    from hm3.store import RunStore
+from hm3.store import RunStore
 
 
 @dataclass
@@ -78,11 +79,6 @@ class SearchInputs:
 
 def load_inputs(recipe: Recipe) -> SearchInputs:
     """Load and check the objectives and the pool (checked before any model weight is read), then place it."""
-    from hm3.evaluate import Evaluator
-    from hm3.placement import Placement, check_fits, resolve_device
-    from hm3.pool import ModelPool
-    from hm3.search.calibration import calibration_batch
-
     placement = Placement(resolve_device(recipe.device), recipe.dtype)  # the quick checks first
     preferences(recipe)  # the preference vectors are drawn here too, so a seed they refuse fails now
     pool = ModelPool.from_recipe(recipe)
@@ -118,8 +114,6 @@ def open_search(
 
 def preferences(recipe: Recipe) -> np.ndarray:
     """The preference vectors of the run, in the order they are searched."""
-    from hm3.moo.preferences import preference_vectors
-
     config = recipe.preferences
     return preference_vectors(
         len(recipe.objectives),
