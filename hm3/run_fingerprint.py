@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 FINGERPRINT_FILE = "fingerprint.json"
 FORMAT = 2
-"""2: candidate log records keyed by :class:`hm3.search.candidate.Candidate` with a ``level`` (1: ``kind``)."""
+"""2: candidate log records keyed by :class:`hm3.search.candidate.Candidate` with a ``level`` (1: ``kind``), and
+CPU scoring on one intra-op thread (:mod:`hm3.evaluate.threads`)."""
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 UNSCORED_SECTIONS = ("output", "distributed")
 """Recipe sections that decide where a run is written and how it is spread, never a score."""

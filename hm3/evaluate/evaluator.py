@@ -28,6 +28,7 @@ from hm3.errors import UserError
 from hm3.evaluate.language import build_hflm, prepare_language_objectives, swap_model
 from hm3.evaluate.quiet import quiet_libraries
 from hm3.evaluate.split import SPLIT_NAMES
+from hm3.evaluate.threads import scoring_threads
 from hm3.evaluate.vision import VisionObjective, prepare_vision_objectives
 from hm3.pool import resolve_model_folder
 
@@ -118,15 +119,17 @@ class Evaluator:
             tokenizer: Another tokenizer than the recipe's (e.g. a saved model's own); language only.
 
         Returns:
-            Objective name -> raw metric value, in recipe order.
+            Objective name -> raw metric value, in recipe order. On the CPU the model runs on one intra-op
+            thread, whatever the machine's load (:mod:`hm3.evaluate.threads`).
         """
         if split not in SPLIT_NAMES:
             raise UserError(f"unknown split {split!r}; use one of {', '.join(SPLIT_NAMES)}")
-        if self.is_vision:
-            return {o.name: o.score(model, split) for o in self.objectives}  # type: ignore[union-attr]
-        lm = self._lm_for(model, tokenizer or self.tokenizer)
-        with quiet_libraries(self.quiet):
-            return {o.name: o.score(lm, split) for o in self.objectives}  # type: ignore[arg-type]
+        with scoring_threads(model):
+            if self.is_vision:
+                return {o.name: o.score(model, split) for o in self.objectives}  # type: ignore[union-attr]
+            lm = self._lm_for(model, tokenizer or self.tokenizer)
+            with quiet_libraries(self.quiet):
+                return {o.name: o.score(lm, split) for o in self.objectives}  # type: ignore[arg-type]
 
     def _lm_for(self, model: Any, tokenizer: Any) -> Any:
         """The ``HFLM`` of ``tokenizer``, pointed at ``model`` (built once per tokenizer, then swapped)."""
