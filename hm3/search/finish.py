@@ -36,12 +36,15 @@ MERGED_MODELS_DIR = "merged"
 
 
 def logged_candidates(search: Search) -> list[Mapping[str, Any]]:
-    """Every search-split record of the run's log at a searched level, in the order they were scored."""
-    return [
+    """Every search-split record of the run's log at a searched level: by preference (records of none
+    first), each preference's in the order they were scored — the same order whether the preferences ran one
+    after another or on Ray workers that finished in another order."""
+    records = [
         record
         for record in search.log.records
         if record.get("split") == "search" and record.get("level") in SEARCHED_LEVELS
     ]
+    return sorted(records, key=lambda r: -1 if r.get("preference_index") is None else r["preference_index"])
 
 
 def front_candidates(records: list[Mapping[str, Any]]) -> list[FrontMember]:
