@@ -10,8 +10,10 @@
 ``arch_only``  HM3 without the parameter level: the agent routes over the fine-tuned models and the base
 =============  ==========================================================================================
 
-The budget counts distinct candidates scored on the search split (:mod:`hm3.baselines.budget`). Its default
-is what HM3 spends on the recipe: P preferences × (``agent.iterations`` + 1).
+The budget counts distinct candidates scored on the search split, spent through the run's one budgeted
+evaluator (:mod:`hm3.search.budget`). Its default is what HM3 may spend on the recipe
+(:func:`hm3.search.run.hm3_budget`): P preferences × (merges + ``agent.iterations``), or in ``conditioned``
+mode ``agent.iterations`` + P × (merges + 1).
 """
 
 from __future__ import annotations
