@@ -36,6 +36,8 @@ from _bench import REPO, kept_notes, offline, zoo_digest
 
 offline()
 
+from hm3.run_fingerprint import FORMAT as RUN_FORMAT  # noqa: E402
+
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 SEEDS = [0] if QUICK else [0, 1, 2]
 PREFERENCE_SAMPLES = 0 if QUICK else 3  # + K corners + centre
@@ -88,7 +90,8 @@ def selected(name: str, default: list) -> list:
 
 
 def run_one(kind: str, seed: int, method: str, budget: int) -> dict:
-    """One run (reused when its summary exists); returns summary + front + wall time."""
+    """One run (reused when it finished on this zoo build and run format); returns summary + front + wall
+    time."""
     from hm3.baselines import run_baseline
     from hm3.search.progress import SearchProgress
     from hm3.search.run import run_search
@@ -97,8 +100,12 @@ def run_one(kind: str, seed: int, method: str, budget: int) -> dict:
     folder = SCRATCH / kind / f"seed{seed}" / method
     zoo = zoo_fingerprint(kind)
     wait_for_other_process(folder)
-    finished = (folder / "summary.json").is_file() and (folder / "wall.json").is_file()
-    if not finished or json.loads((folder / "wall.json").read_text()).get("zoo") != zoo:
+    finished = all((folder / name).is_file() for name in ("summary.json", "wall.json", "fingerprint.json"))
+    current = finished and (
+        json.loads((folder / "wall.json").read_text()).get("zoo") == zoo
+        and json.loads((folder / "fingerprint.json").read_text()).get("format") == RUN_FORMAT
+    )  # a run of an older zoo, or one an older hm3 wrote (another run format), is done again
+    if not current:
         folder.parent.mkdir(parents=True, exist_ok=True)
         claim = folder.with_name(f".{method}.running")
         claim.write_text(str(os.getpid()))
