@@ -54,11 +54,6 @@ class TensorInfo:
     file: Path
 
     @property
-    def pickled(self) -> bool:
-        """Whether the weights are ``pytorch_model*.bin`` pickles (loaded with torch), not safetensors."""
-        return self._pickled is not None
-
-    @property
     def nbytes(self) -> int:
         """Size of the tensor's data in its stored dtype."""
         count = 1
