@@ -192,16 +192,22 @@ def test_lora_variant_matches_the_trainable_parameters(tiny_pools) -> None:
     assert counts["moe-lora"] < counts["himole"]  # no sentence gate
 
 
-def test_save_load_round_trip_gives_identical_logits(tiny_pools, tmp_path) -> None:
-    from hm3.himole.model import AdapterShape
-    from hm3.himole.storage import load_adapter, load_centroids, save_adapter
-
+def _randomised_mixture(tiny_pools):
+    """A tiny qwen2 mixture whose experts and gates are all non-trivial (a round trip has something to keep)."""
     model, _ = _tiny_mixture(tiny_pools, "qwen2")
     _randomise_experts(model)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "_gate." in name:
                 parameter.add_(torch.randn_like(parameter))
+    return model
+
+
+def test_save_load_round_trip_gives_identical_logits(tiny_pools, tmp_path) -> None:
+    from hm3.himole.model import AdapterShape
+    from hm3.himole.storage import load_adapter, load_centroids, save_adapter
+
+    model = _randomised_mixture(tiny_pools)
     centroids = torch.randn(3, 5).numpy()
     shape = AdapterShape("himole", 3, 2, 4, 8.0, 0.0, 2)
     folder = tmp_path / "adapter"
@@ -236,12 +242,7 @@ def test_an_adapter_saved_with_the_old_router_names_still_loads(tiny_pools, tmp_
     from hm3.himole.model import AdapterShape
     from hm3.himole.storage import FORMAT, UserError, load_adapter, read_manifest, save_adapter
 
-    model, _ = _tiny_mixture(tiny_pools, "qwen2")
-    _randomise_experts(model)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "_gate." in name:
-                parameter.add_(torch.randn_like(parameter))
+    model = _randomised_mixture(tiny_pools)
     shape = AdapterShape("himole", 3, 2, 4, 8.0, 0.0, 2)
     folder = tmp_path / "adapter"
     base = str(tiny_pools["qwen2"].base)
