@@ -203,6 +203,16 @@ def _randomised_mixture(tiny_pools):
     return model
 
 
+def _assert_same_logits(model, loaded) -> None:
+    ids = torch.tensor([[1, 2, 3, 4, 5], [0, 6, 7, 8, 9]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        assert torch.equal(
+            model(input_ids=ids, attention_mask=mask).logits,
+            loaded(input_ids=ids, attention_mask=mask).logits,
+        )
+
+
 def test_save_load_round_trip_gives_identical_logits(tiny_pools, tmp_path) -> None:
     from hm3.himole.model import AdapterShape
     from hm3.himole.storage import load_adapter, load_centroids, save_adapter
@@ -224,13 +234,7 @@ def test_save_load_round_trip_gives_identical_logits(tiny_pools, tmp_path) -> No
     ]
     assert not list(tmp_path.glob(".adapter*"))  # no staging left behind
     loaded, _, manifest = load_adapter(folder)
-    ids = torch.tensor([[1, 2, 3, 4, 5], [0, 6, 7, 8, 9]])
-    mask = (ids != 0).long()
-    with torch.no_grad():
-        assert torch.equal(
-            model(input_ids=ids, attention_mask=mask).logits,
-            loaded(input_ids=ids, attention_mask=mask).logits,
-        )
+    _assert_same_logits(model, loaded)
     assert manifest["variant"] == "himole"
     assert (load_centroids(folder) == centroids).all()
 
@@ -255,13 +259,7 @@ def test_an_adapter_saved_with_the_old_router_names_still_loads(tiny_pools, tmp_
     save_file(old, str(weights), metadata={"format": "pt"})
     (folder / "himole.json").write_text(json.dumps({**manifest, "format": 1}))
     loaded, _, _ = load_adapter(folder)
-    ids = torch.tensor([[1, 2, 3, 4, 5], [0, 6, 7, 8, 9]])
-    mask = (ids != 0).long()
-    with torch.no_grad():
-        assert torch.equal(
-            model(input_ids=ids, attention_mask=mask).logits,
-            loaded(input_ids=ids, attention_mask=mask).logits,
-        )
+    _assert_same_logits(model, loaded)
     (folder / "himole.json").write_text(json.dumps({**manifest, "format": 3}))
     with pytest.raises(UserError, match="adapter format 3, this hm3 reads 1 or 2"):
         read_manifest(folder)
