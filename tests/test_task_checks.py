@@ -157,8 +157,12 @@ def test_opt_in_reaches_lm_eval_as_confirm_run_unsafe_code(tmp_path, monkeypatch
         return {"results": {"toy_unsafe": {"acc,none": 0.5}}}
 
     monkeypatch.setattr(lm_eval.evaluator, "evaluate", evaluate)
-    assert prepared.score(types.SimpleNamespace(), "search") == 0.5
+    assert prepared.score_with_lm_eval(types.SimpleNamespace(), "search") == 0.5
     assert calls[0]["confirm_run_unsafe_code"] is True
+    # hm3's own replay of lm-eval's steps keeps lm-eval's refusal: no opt-in, no scoring
+    prepared.allow_code_execution = False
+    with pytest.raises(UserError, match="executes the model's code"):
+        prepared.score(types.SimpleNamespace(), "search")
 
 
 def test_local_code_task_without_the_opt_in_is_refused_at_validate(tiny_llama, tmp_path, capsys) -> None:

@@ -1,9 +1,12 @@
 """The language backend: lm-evaluation-harness tasks scored on a model that lives in memory.
 
 Tasks are resolved once, through lm-eval's ``TaskManager`` (registry names and local task YAMLs alike), their
-documents are loaded once and split once (:mod:`hm3.evaluate.split`). Scoring a model then runs lm-eval's own
-``evaluate`` on the same task objects, restricted to the split's documents with lm-eval's ``samples`` argument,
-through one ``HFLM`` whose model is swapped for each candidate. Nothing is re-read, nothing is written.
+documents are loaded once and split once (:mod:`hm3.evaluate.split`), and each split's requests are built once
+(:mod:`hm3.evaluate.prepared`, as lm-eval's ``evaluate`` builds them with its ``samples`` argument). Scoring a
+model replays ``evaluate``'s steps on them through one ``HFLM`` whose model is swapped for each candidate —
+with plain greedy generation decided by teacher-forced passes where the result is provably lm-eval's
+(:mod:`hm3.evaluate.greedy`). The scores are ``evaluate``'s (``LanguageObjective.score_with_lm_eval`` runs it;
+``tests/test_fast_scoring.py`` compares them). Nothing is re-read, nothing is written.
 
 Objective options map to lm-eval's as its CLI would apply them: ``num_fewshot`` (a task whose YAML fixes 0 keeps
 0), ``generation_kwargs`` (merged into the task's), ``batch_size``, ``apply_chat_template`` (with few-shot as
@@ -20,7 +23,7 @@ from __future__ import annotations
 import functools
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +34,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
 from hm3.errors import UserError
+from hm3.evaluate.prepared import PreparedSplit
 from hm3.evaluate.quiet import quiet_libraries
 from hm3.evaluate.split import DocumentSplit, split_documents
 from hm3.evaluate.task_code import check_task_code
@@ -75,6 +79,8 @@ class LanguageObjective:
         higher_is_better: Direction of the metric (the recipe's if it sets one, else the task's).
         split: Positions of the task's evaluation documents on each side.
         allow_code_execution: The recipe's opt-in, passed to lm-eval as ``confirm_run_unsafe_code``.
+        shortcut: Let plain greedy tasks skip token-by-token decoding where the result is provably lm-eval's
+            (:mod:`hm3.evaluate.greedy`); False replays lm-eval's decoding for every scoring.
     """
 
     objective: Objective
@@ -83,6 +89,8 @@ class LanguageObjective:
     higher_is_better: bool
     split: DocumentSplit
     allow_code_execution: bool = False
+    shortcut: bool = True
+    _prepared: dict[tuple[str, int], tuple[HFLM, PreparedSplit]] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -93,7 +101,37 @@ class LanguageObjective:
         return self.split.limited(split, self.objective.limit)
 
     def score(self, lm: HFLM, split: str) -> float:
-        """The objective's metric for the model inside ``lm``, on ``split``'s documents."""
+        """The objective's metric for the model inside ``lm``, on ``split``'s documents.
+
+        The split's requests are built once per ``HFLM`` (:class:`~hm3.evaluate.prepared.PreparedSplit`) and
+        replayed through lm-eval's own steps; the score equals :meth:`score_with_lm_eval`'s.
+        """
+        if getattr(self.task, "UNSAFE_CODE", False) and not self.allow_code_execution:
+            raise UserError(
+                f"objective {self.name}: task {self.task.task_name} executes the model's code; "
+                "set allow_code_execution: true in the recipe to score it"
+            )
+        lm.batch_size_per_gpu = self.objective.batch_size
+        with _seeded(FEWSHOT_SEED):
+            return self.prepared(lm, split).score(lm)
+
+    def prepared(self, lm: HFLM, split: str) -> PreparedSplit:
+        """The split's requests for ``lm``'s tokenizer, built on first use."""
+        key = (split, id(lm))  # the entry holds ``lm`` itself, so the id cannot be reused by another HFLM
+        prepared = self._prepared.get(key, (None, None))[1]
+        if prepared is None:
+            self.task.set_fewshot_seed(seed=FEWSHOT_SEED)
+            chat = self.objective.apply_chat_template
+            with _seeded(FEWSHOT_SEED):
+                prepared = PreparedSplit.build(
+                    self.task, _IndexList(self.indices(split)), lm, self.metric_key, chat, self.shortcut
+                )
+            self._prepared[key] = (lm, prepared)
+        return prepared
+
+    def score_with_lm_eval(self, lm: HFLM, split: str) -> float:
+        """The same score through one ``lm_eval.evaluator.evaluate`` call (requests rebuilt, every document
+        decoded token by token): the reference the parity tests and the benchmark compare against."""
         name = self.task.task_name
         self.task.set_fewshot_seed(seed=FEWSHOT_SEED)
         lm.batch_size_per_gpu = self.objective.batch_size
