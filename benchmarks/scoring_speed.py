@@ -37,6 +37,7 @@ offline()
 import torch  # noqa: E402
 from eval_profile import busy_loops  # noqa: E402
 
+from hm3.evaluate.quiet import quiet_libraries  # noqa: E402
 from hm3.evaluate.threads import scoring_threads  # noqa: E402
 from hm3.merge.spec import MergeSpec  # noqa: E402
 from hm3.recipe import load_recipe  # noqa: E402
@@ -90,7 +91,7 @@ def score_before(evaluator, model) -> dict[str, float]:
     if evaluator.is_vision:
         return evaluator.score(model, split="search")
     lm = evaluator._lm_for(model, evaluator.tokenizer)
-    with scoring_threads(model):
+    with scoring_threads(model), quiet_libraries():  # as Evaluator.score ran it
         return {o.name: o.score_with_lm_eval(lm, "search") for o in evaluator.objectives}
 
 

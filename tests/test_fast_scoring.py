@@ -91,6 +91,35 @@ def test_every_zoo_task_scores_exactly_as_lm_eval_evaluate_on_good_and_broken_mo
     assert shortcut_documents > 0  # the shortcut was taken, not only lm-eval's decoding
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("margin", [0.5, float("inf")])
+def test_choices_too_close_to_call_take_lm_evals_own_batches_and_keep_the_score(
+    lm_zoo_micro,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    margin,
+):
+    """A wide margin makes many (0.5) or all (inf) greedy choices too close to call: the documents go through
+    lm-eval's decoding batch by batch, mixed with the shortcut's, and the scores stay lm-eval's."""
+    import hm3.evaluate.greedy as greedy
+    from hm3.evaluate import Evaluator
+    from hm3.evaluate.threads import scoring_threads
+    from hm3.recipe import load_recipe
+
+    monkeypatch.setattr(greedy, "DECISION_MARGIN", margin)
+    evaluator = Evaluator.from_recipe(load_recipe(_recipe(lm_zoo_micro, tmp_path)))
+    candidates = _candidates(lm_zoo_micro)
+    lm_eval_documents = 0
+    for name in ("addition", "noisy"):
+        model = candidates[name]
+        lm = evaluator._lm_for(model, evaluator.tokenizer)
+        with scoring_threads(model):
+            for objective in evaluator.objectives:
+                assert objective.score(lm, "search") == objective.score_with_lm_eval(lm, "search"), name
+                lm_eval_documents += objective.prepared(lm, "search").use.lm_eval
+    assert lm_eval_documents > 0
+
+
 def test_a_generation_config_that_changes_greedy_decoding_keeps_lm_eval_decoding(lm_zoo_micro, tmp_path):  # noqa: F811
     from transformers import AutoModelForCausalLM
 

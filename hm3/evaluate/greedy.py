@@ -104,6 +104,8 @@ def greedy_requests(lm: Any, instances: Sequence[Any], targets: Sequence[str]) -
         return None
     if getattr(lm, "think_end_token", None) is not None or getattr(lm, "mixed_precision_dtype", None):
         return None
+    if getattr(lm.tokenizer, "clean_up_tokenization_spaces", False):
+        return None  # decoding more tokens may rewrite text already decoded (" ." -> ".")
     settings = [instance.args[1] for instance in instances]
     if any(setting != settings[0] for setting in settings) or any(i.repeats != 1 for i in instances):
         return None
@@ -183,34 +185,52 @@ class _Decider:
     def __call__(self, row: _Row, tokens: list[int]) -> str | None:
         """The final text of ``row`` if its greedy tokens start with ``tokens``, else ``None`` while open."""
         text = self.lm.tok_decode(tokens)
-        if tokens and tokens[-1] in self.eos_ids:  # generate pads the row after it: nothing follows
-            return postprocess_generated_text(text, self.requests.stops, None)
-        if "\ufffd" in text:
-            return None  # an incomplete character: later tokens may complete it
-        if len(tokens) >= self.requests.max_gen_toks:
-            return postprocess_generated_text(text, self.requests.stops, None)
-        decided = decided_text(text, self.requests.stops)
-        if decided is None and row.gold is not None and not could_become(text, row.gold, self.requests.stops):
+        if (tokens and tokens[-1] in self.eos_ids) or len(tokens) >= self.requests.max_gen_toks:
+            return postprocess_generated_text(text, self.requests.stops, None)  # nothing follows
+        stable = _stable(text)
+        decided = decided_text(stable, self.requests.stops)
+        if (
+            decided is None
+            and row.gold is not None
+            and not could_become(stable, row.gold, self.requests.stops)
+        ):
             return text  # differs from the reference, as every later text would
         return decided
 
-    def take(self, row: _Row, token: int, confident: bool) -> None:
-        """Append one greedy choice to ``row`` (a choice too close to call leaves the row to lm-eval)."""
-        if not confident:
+    def take(self, row: _Row, token: int, ties: list[int] | None) -> None:
+        """Append one greedy choice to ``row``.
+
+        Args:
+            ties: ``None`` for a clear choice; else every token within :data:`DECISION_MARGIN` of the best —
+                any of them could be lm-eval's choice. The row is then left to lm-eval, unless (plain exact
+                match) none of them lets the text still become the reference: its score is 0 whichever it is.
+        """
+        if ties is not None and not self._all_wrong(row, ties):
             row.unsure = True
             return
         row.tokens.append(token)
         row.text = self(row, row.tokens)
+        if ties is not None and row.text is None:
+            row.text = self.lm.tok_decode(row.tokens)  # wrong whichever tie wins, and so every later text
+
+    def _all_wrong(self, row: _Row, ties: list[int]) -> bool:
+        if row.gold is None:
+            return False
+        for token in ties:
+            if could_become(_stable(self.lm.tok_decode(row.tokens + [token])), row.gold, self.requests.stops):
+                return False
+        return True
 
 
 def _follow_drafts(model: Any, requests: GreedyRequests, rows: list[_Row], decide: _Decider) -> None:
     """Phase 1: one teacher-forced pass over ``context + draft`` per row; keep the greedy tokens it proves."""
     logits = _forward(model, [row.context + row.draft for row in rows], requests.pad_id)
+    choices = _Choices(logits)
     for position, row in enumerate(rows):
         start = len(row.context) - 1
-        chosen, confident = _choices(logits[position, start : start + len(row.draft) + 1])
-        for step, token in enumerate(chosen[: requests.max_gen_toks]):
-            decide.take(row, token, confident[step])
+        for step in range(min(len(row.draft) + 1, requests.max_gen_toks)):
+            token, ties = choices(position, start + step)
+            decide.take(row, token, ties)
             if not row.open or step >= len(row.draft) or token != row.draft[step]:
                 break
 
@@ -236,13 +256,12 @@ def _decode(model: Any, requests: GreedyRequests, rows: list[_Row], decide: _Dec
         return_dict_in_generate=True,
         stopping_criteria=[_DecidedRows(rows, width, decide)],
     )
-    steps = torch.stack(generated.logits, dim=1).float().cpu()  # rows x steps x vocabulary
+    choices = _Choices(torch.stack(generated.logits, dim=1).float().cpu())  # rows x steps x vocabulary
     for position, row in enumerate(rows):
-        chosen, confident = _choices(steps[position])
-        for step, token in enumerate(chosen):
+        for step in range(len(generated.logits)):
             if not row.open:
                 break
-            decide.take(row, token, confident[step])
+            decide.take(row, *choices(position, step))
         if row.open:
             row.unsure = True  # generate stopped before the row was decided: never guessed
 
@@ -301,11 +320,22 @@ def could_become(text: str, gold: str, stops: Sequence[str]) -> bool:
     return any(stop and (stop.startswith(rest) or rest.startswith(stop)) for stop in stops)
 
 
-def _choices(logits: torch.Tensor) -> tuple[list[int], list[bool]]:
-    """Each position's argmax and whether its lead over the runner-up is at least :data:`DECISION_MARGIN`."""
-    top = torch.topk(logits.float(), k=2, dim=-1)
-    confident = (top.values[:, 0] - top.values[:, 1]) >= DECISION_MARGIN
-    return top.indices[:, 0].tolist(), confident.tolist()
+class _Choices:
+    """The greedy choice at each position of a ``rows x positions x vocabulary`` logits tensor, and the tokens
+    tied with it within :data:`DECISION_MARGIN` where the choice is not clear."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits
+        top = torch.topk(logits, k=2, dim=-1)
+        self.best = top.indices[..., 0].tolist()
+        self.clear = ((top.values[..., 0] - top.values[..., 1]) >= DECISION_MARGIN).tolist()
+
+    def __call__(self, row: int, position: int) -> tuple[int, list[int] | None]:
+        if self.clear[row][position]:
+            return self.best[row][position], None
+        values = self.logits[row, position]
+        ties = torch.nonzero(values >= values.max() - DECISION_MARGIN).flatten().tolist()
+        return self.best[row][position], ties
 
 
 def _forward(model: Any, sequences: list[list[int]], pad_id: int) -> torch.Tensor:
@@ -341,6 +371,12 @@ def _eos_ids(model: Any) -> frozenset[int]:
     if eos is None:
         return frozenset()
     return frozenset([eos] if isinstance(eos, int) else eos)
+
+
+def _stable(text: str) -> str:
+    """The part of a decoded text no later token can change: all but a trailing run of replacement characters
+    (bytes of a character not complete yet; the ones before a complete character are final)."""
+    return text.rstrip("\ufffd")
 
 
 def _starts_with(text: str, prefix: str | None) -> bool:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hm3.recipe import Recipe, load_recipe
+from hm3.routing.agent import MAX_EPISODES_PER_CANDIDATE
 from hm3.search.distributed import run_preferences_on_ray
 from hm3.search.finish import finish_run, logged_candidates, run_folder
 from hm3.search.log import CandidateLog
@@ -121,6 +122,7 @@ def run_search(
     store.log(f"search started ({search.log.loaded} candidates in the log)")
     score_finetuned(search)
     vectors = preferences(recipe)
+    progress.print(budget_line(recipe, len(vectors)))
     folder = store.subdirectory(PREFERENCES_DIR)
     done = [folder / f"p{i:03d}.json" for i in range(len(vectors))]
     progress.start_preferences(len(vectors), sum(f.is_file() for f in done))
@@ -171,6 +173,20 @@ def run_search(
         "search_seconds_per_preference": [r["seconds"] for r in results],
     }
     return finish_run(search, time.perf_counter() - started, method, summary_details)
+
+
+def budget_line(recipe: Recipe, preference_count: int) -> str:
+    """What the search will run, in one line (``make demo`` prints it first)."""
+    merges = recipe.parameter_level.merges_per_preference
+    share = f"{merges} merge{'s' * (merges != 1)}"
+    if recipe.architecture_level.enabled and recipe.agent.mode == "conditioned":
+        share += f" + 1 rollout of a conditioned agent trained on {recipe.agent.iterations} paths"
+    elif recipe.architecture_level.enabled:
+        share += f" + up to {recipe.agent.iterations} agent paths"
+    return (
+        f"budget: {hm3_budget(recipe)} new candidates, {preference_count} preferences x ({share}); a path the "
+        f"agent revisits is not scored again, and it stops after {MAX_EPISODES_PER_CANDIDATE} episodes per path"
+    )
 
 
 def hm3_budget(recipe: Recipe) -> int:
