@@ -184,8 +184,9 @@ def budget_line(recipe: Recipe, preference_count: int) -> str:
     elif recipe.architecture_level.enabled:
         share += f" + up to {recipe.agent.iterations} agent paths"
     return (
-        f"budget: {hm3_budget(recipe)} new candidates, {preference_count} preferences x ({share}); a path the "
-        f"agent revisits is not scored again, and it stops after {MAX_EPISODES_PER_CANDIDATE} episodes per path"
+        f"budget: {hm3_budget(recipe)} new candidates, {preference_count} preferences x ({share}); a path an "
+        f"agent revisits is free, and its training ends after {MAX_EPISODES_PER_CANDIDATE} episodes per path of "
+        "its budget"
     )
 
 
