@@ -24,6 +24,7 @@ Several processes may share the work: ``BENCH_SEEDS=2 BENCH_METHODS=cmaes,evo_pa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -42,7 +43,10 @@ QUICK = os.environ.get("BENCH_QUICK") == "1"
 SEEDS = [0] if QUICK else [0, 1, 2]
 PREFERENCE_SAMPLES = 0 if QUICK else 3  # + K corners + centre
 ITERATIONS = 8 if QUICK else 15
-METHODS = ["hm3", "uniform", "grid", "nsga2", "cmaes", "evo_path", "param_only", "arch_only"]
+METHODS = ["hm3", "hm3_paper", "uniform", "grid", "nsga2", "cmaes", "evo_path", "param_only", "arch_only"]
+UPPER_SHARE = 0.5
+"""``hm3``'s share of the budget for its optimised upper level; the paths get the rest, split over the
+preferences. ``hm3_paper`` is the paper's weights = λ (its P × (1 + iterations) defines the budget)."""
 ZOOS = {"lm": "recipes/toy-lm.yaml", "vit": "recipes/toy-vit.yaml"}
 SCRATCH = REPO / "benchmarks" / "scratch" / "search_quality" / ("quick" if QUICK else "full")
 RESULTS = REPO / "benchmarks" / "results"
@@ -59,6 +63,28 @@ def recipe_for(kind: str, seed: int):
             "agent": recipe.agent.model_copy(update={"iterations": ITERATIONS}),
         }
     )
+
+
+def optimised(recipe, budget: int):
+    """``hm3``'s recipe: the optimised upper level with ``UPPER_SHARE`` of ``budget``, the paths the rest."""
+    from hm3.search.session import preferences
+
+    upper = int(budget * UPPER_SHARE)
+    iterations = max(1, (budget - upper) // len(preferences(recipe)))
+    return recipe.model_copy(
+        update={
+            "parameter_level": recipe.parameter_level.model_copy(
+                update={"weights": "optimised", "budget": upper}
+            ),
+            "agent": recipe.agent.model_copy(update={"iterations": iterations}),
+        }
+    )
+
+
+def run_recipe(kind: str, seed: int, method: str, budget: int):
+    """The recipe a method runs: ``hm3`` and its ``param_only`` ablation with the optimised upper level."""
+    recipe = recipe_for(kind, seed)
+    return optimised(recipe, budget) if method in ("hm3", "param_only") else recipe
 
 
 def zoo_fingerprint(kind: str) -> str:
@@ -100,24 +126,31 @@ def run_one(kind: str, seed: int, method: str, budget: int) -> dict:
     folder = SCRATCH / kind / f"seed{seed}" / method
     zoo = zoo_fingerprint(kind)
     wait_for_other_process(folder)
+    recipe = run_recipe(kind, seed, method, budget)
+    settings = hashlib.sha256(recipe.model_dump_json().encode()).hexdigest()[:16]
     finished = all((folder / name).is_file() for name in ("summary.json", "wall.json", "fingerprint.json"))
-    current = finished and (
-        json.loads((folder / "wall.json").read_text()).get("zoo") == zoo
-        and json.loads((folder / "fingerprint.json").read_text()).get("format") == RUN_FORMAT
-    )  # a run of an older zoo, or one an older hm3 wrote (another run format), is done again
+    wall = json.loads((folder / "wall.json").read_text()) if finished else {}
+    current = (
+        finished
+        and (
+            wall.get("zoo") == zoo
+            and wall.get("recipe") == settings
+            and json.loads((folder / "fingerprint.json").read_text()).get("format") == RUN_FORMAT
+        )
+    )  # a run of an older zoo or other settings, or one an older hm3 wrote (another run format), is done again
     if not current:
         folder.parent.mkdir(parents=True, exist_ok=True)
         claim = folder.with_name(f".{method}.running")
         claim.write_text(str(os.getpid()))
-        recipe = recipe_for(kind, seed)
         store = RunStore.create(folder, recipe, force=True)
         started = time.perf_counter()
         with SearchProgress(enabled=sys.stdout.isatty()) as progress:
-            if method == "hm3":
-                run_search(recipe, store, progress)
+            if method in ("hm3", "hm3_paper"):
+                run_search(recipe, store, progress, method=method)
             else:
                 run_baseline(recipe, store, method, budget, progress)
-        (folder / "wall.json").write_text(json.dumps({"seconds": time.perf_counter() - started, "zoo": zoo}))
+        wall = {"seconds": time.perf_counter() - started, "zoo": zoo, "recipe": settings}
+        (folder / "wall.json").write_text(json.dumps(wall))
         claim.unlink(missing_ok=True)
     return {
         "summary": json.loads((folder / "summary.json").read_text()),

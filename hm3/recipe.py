@@ -240,9 +240,17 @@ class SplitConfig(_Section):
 
 
 class ParameterLevel(_Section):
-    """The upper level: a parameter-space merge whose per-model weights are the preference vector.
+    """The upper level: the parameter-space merge each preference's path search starts from.
 
     Attributes:
+        weights: ``preference`` (the HM3 paper's shortcut: a preference's merge weights are λ, on the simplex)
+            or ``optimised`` (the paper's formulation: a multi-objective optimiser searches per-model
+            coefficients in [0, ``w_max``] — and the density, for methods that sparsify — once for the run, and
+            each preference starts from the merge its scalarization ranks best; :mod:`hm3.search.upper_level`).
+        w_max: Largest per-model coefficient the optimised upper level tries, in (0, 10].
+        budget: Merges the optimised upper level scores (None: 8 per searched dimension), at most 100,000.
+        optimiser: The optimised upper level's optimiser: ``nsga2`` (pymoo's NSGA-II on the normalised
+            objectives).
         method: Merge method (see ``hm3.merge``).
         density: Fraction of each task vector kept (TIES trim; DARE random keep). Paper: not given.
         drop_rate: DARE drop rate p; the same knob as ``1 - density`` (give one or the other, or equal ones).
@@ -255,10 +263,13 @@ class ParameterLevel(_Section):
             of each.
         seed: Seed of DARE's random masks, in [0, 2^31) (None: the recipe's ``seed``).
 
-    The merge weights are the preference λ (on the simplex, so each in [0, 1]); every number here must be
-    finite.
+    Every number here must be finite.
     """
 
+    weights: Literal["preference", "optimised"] = "preference"
+    w_max: float = Field(default=1.0, gt=0, le=10)
+    budget: int | None = Field(default=None, gt=0, le=100_000)
+    optimiser: Literal["nsga2"] = "nsga2"
     method: MergeMethodName = "dare_ties"
     density: float | None = Field(default=None, gt=0, le=1)
     drop_rate: float | None = Field(default=None, ge=0, lt=1)
@@ -280,11 +291,26 @@ class ParameterLevel(_Section):
                 )
         if self.drop_rate is not None and not self.method.startswith(("dare", "della")):
             raise ValueError(f"drop_rate applies to DARE methods only, not {self.method!r}; use density")
+        if self.weights == "optimised" and (self.density_search or self.scale_search):
+            raise ValueError(
+                "density_search and scale_search apply to weights: preference; the optimised upper level "
+                "searches coefficients up to w_max (and the density) itself"
+            )
+        unused = {"w_max", "budget", "optimiser"} & self.model_fields_set
+        if self.weights == "preference" and unused:
+            raise ValueError(f"{', '.join(sorted(unused))} apply to weights: optimised only")
         return self
 
     @property
+    def optimised(self) -> bool:
+        return self.weights == "optimised"
+
+    @property
     def merges_per_preference(self) -> int:
-        """Merges the upper level scores per preference: every density × every scale it searches."""
+        """Merges the upper level scores per preference: every density × every scale it searches (none with
+        ``weights: optimised``, whose merges are searched once for the run)."""
+        if self.optimised:
+            return 0
         return len(self.density_search or [None]) * len(self.scale_search or [None])
 
     @property

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import time
 import warnings
 
 import numpy as np
@@ -111,27 +110,17 @@ def micro(lm_zoo_micro, tmp_path_factory):  # noqa: F811
     return recipe, Evaluator.from_recipe(recipe), routing
 
 
-def test_building_a_candidate_copies_nothing_and_costs_under_5_percent_of_scoring_it(micro):
+def test_building_a_candidate_copies_nothing(micro):
+    """A routed candidate's parameters are the pool's own tensors (its cost against scoring is measured in
+    ``benchmarks/results/eval_overhead.md``, not timed here)."""
     from hm3.routing.builder import build_routed_model
 
     _, evaluator, routing = micro
     path = InferencePath(((routing.merged_index, 0), (0, 1), (2, 1), (1, 0)))
     pool_storage = {t.untyped_storage().data_ptr() for state in routing.state_dicts for t in state.values()}
-    builds = []
-    for _ in range(10):
-        start = time.perf_counter()
-        model = build_routed_model(routing, path)
-        builds.append(time.perf_counter() - start)
+    model = build_routed_model(routing, path)
     assert all(p.untyped_storage().data_ptr() in pool_storage for p in model.parameters())
-    scores = []
-    for _ in range(3):
-        start = time.perf_counter()
-        evaluator.score(model, split="search")
-        scores.append(time.perf_counter() - start)
-    # minima: the least disturbed run of each on a shared machine
-    ratio = min(builds) / min(scores)
-    print(f"build {min(builds) * 1e3:.1f} ms, score {min(scores) * 1e3:.0f} ms, ratio {ratio:.3f}")
-    assert ratio < 0.05
+    assert set(evaluator.score(model, split="search")) == set(evaluator.names)
 
 
 @pytest.mark.slow

@@ -97,6 +97,14 @@ def _ablation(
     """HM3 with one level switched off, its preferences or iterations set so it spends ``budget``."""
     k = len(recipe.objectives)
     fixed = (k if recipe.preferences.include_corners else 0) + (1 if recipe.preferences.include_centre else 0)
+    if method == "param_only" and recipe.parameter_level.optimised:  # the upper level alone, with the budget
+        changed = recipe.model_copy(
+            update={
+                "architecture_level": recipe.architecture_level.model_copy(update={"enabled": False}),
+                "parameter_level": recipe.parameter_level.model_copy(update={"budget": budget}),
+            }
+        )
+        return run_search(changed, store, progress, method=method, details={"budget": budget}, inputs=inputs)
     if method == "param_only":
         changed = recipe.model_copy(
             update={

@@ -15,17 +15,12 @@ import itertools
 
 import cma
 import numpy as np
-from pymoo.algorithms.moo.nsga2 import NSGA2
-from pymoo.core.evaluator import Evaluator
-from pymoo.core.problem import Problem
-from pymoo.core.termination import NoTermination
-from pymoo.problems.static import StaticProblem
 
 from hm3.baselines.budget import BaselineScoring, shares
+from hm3.moo.nsga2 import nsga2_minimise
 from hm3.search.budget import BudgetSpent
 from hm3.search.references import UNIFORM_METHODS
-
-DENSITY_RANGE = (0.1, 1.0)
+from hm3.search.upper_level import DENSITY_RANGE
 
 
 def _sparsifies(scoring: BaselineScoring) -> bool:
@@ -74,18 +69,17 @@ def nsga2(scoring: BaselineScoring, preferences: np.ndarray, seed: int) -> None:
 
     k = len(scoring.search.pool.models)
     sparse = _sparsifies(scoring)
-    low = np.array([0.0] * k + ([DENSITY_RANGE[0]] if sparse else []))
-    high = np.array([1.0] * k + ([DENSITY_RANGE[1]] if sparse else []))
-    objectives = len(scoring.search.objectives)
-    problem = Problem(n_var=len(low), n_obj=objectives, xl=low, xu=high)
-    population = int(min(max(4, scoring.budget // 4), 20))
-    algorithm = NSGA2(pop_size=population)
-    algorithm.setup(problem, termination=NoTermination(), seed=seed, verbose=False)
-    while scoring.left > 0:
-        offspring = algorithm.ask()
-        values = [-scoring.oriented(scoring.score(_decode(scoring, x, sparse))) for x in offspring.get("X")]
-        Evaluator().eval(StaticProblem(problem, F=np.array(values)), offspring)
-        algorithm.tell(infills=offspring)
+    low = [0.0] * k + ([DENSITY_RANGE[0]] if sparse else [])
+    high = [1.0] * k + ([DENSITY_RANGE[1]] if sparse else [])
+    nsga2_minimise(
+        lambda x: -scoring.oriented(scoring.score(_decode(scoring, x, sparse))),
+        low,
+        high,
+        objectives=len(scoring.search.objectives),
+        population=int(min(max(4, scoring.budget // 4), 20)),
+        seed=seed,
+        more=lambda: scoring.left > 0,
+    )
 
 
 def cmaes(scoring: BaselineScoring, preferences: np.ndarray, seed: int) -> None:

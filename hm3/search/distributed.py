@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from hm3.errors import UserError
+from hm3.merge.spec import MergeSpec
 from hm3.routing.agent import PathAgent
 from hm3.search.preference import run_preference
 from hm3.search.progress import SearchProgress
@@ -45,8 +46,11 @@ class PreferenceWorker:
         if agent_folder is not None:
             self.agent = PathAgent.load(agent_folder, allow_pickle=recipe.allow_pickle)
 
-    def run(self, index: int, preference: list[float]) -> dict:
-        return run_preference(self.search, index, np.asarray(preference), self.agent, self.parameter_level)
+    def run(self, index: int, preference: list[float], merge: dict | None = None) -> dict:
+        spec = None if merge is None else MergeSpec.model_validate(merge)
+        return run_preference(
+            self.search, index, np.asarray(preference), self.agent, self.parameter_level, spec
+        )
 
 
 def connect(address: str, workers: int | None) -> int:
@@ -94,8 +98,10 @@ def run_preferences_on_ray(
     address: str,
     workers: int | None,
     on_result: Callable[[dict], None],
+    merges: dict[int, MergeSpec] | None = None,
 ) -> None:
-    """Search the ``pending`` (index, λ) preferences on Ray actors; ``on_result`` gets each record as it lands."""
+    """Search the ``pending`` (index, λ) preferences on Ray actors; ``on_result`` gets each record as it lands
+    (``merges``: the optimised upper level's merge of each preference)."""
     import ray
 
     count = min(connect(address, workers), len(pending))
@@ -122,7 +128,7 @@ def run_preferences_on_ray(
     for actor in actors:
         if queue:
             index, preference = queue.pop(0)
-            running[actor.run.remote(index, [float(v) for v in preference])] = actor
+            running[actor.run.remote(*_task(index, preference, merges))] = actor
     try:
         while running:
             done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
@@ -132,10 +138,15 @@ def run_preferences_on_ray(
                 on_result(ray.get(reference))
                 if queue:
                     index, preference = queue.pop(0)
-                    running[actor.run.remote(index, [float(v) for v in preference])] = actor
+                    running[actor.run.remote(*_task(index, preference, merges))] = actor
     finally:
         for actor in actors:
             ray.kill(actor)
+
+
+def _task(index: int, preference: np.ndarray, merges: dict[int, MergeSpec] | None) -> tuple:
+    merge = (merges or {}).get(index)
+    return index, [float(v) for v in preference], None if merge is None else merge.model_dump(mode="json")
 
 
 def _logged_lines(search: Search) -> int:

@@ -36,6 +36,8 @@ def preference_budget(recipe: Recipe) -> int:
     (``per_preference``: the agent's training and its greedy rollout) or one path (``conditioned``: the shared
     agent's rollout)."""
     merges = recipe.parameter_level.merges_per_preference
+    if recipe.parameter_level.optimised:
+        merges = 1  # the upper level's merge it starts from: scored already, a log answer, never a new one
     if not recipe.architecture_level.enabled:
         return merges
     return merges + (1 if recipe.agent.mode == "conditioned" else recipe.agent.iterations)
@@ -78,12 +80,18 @@ def budgeted_path_scorer(
 
 
 def run_preference(
-    search: Search, index: int, preference: np.ndarray, agent: PathAgent | None, parameter_level: bool = True
+    search: Search,
+    index: int,
+    preference: np.ndarray,
+    agent: PathAgent | None,
+    parameter_level: bool = True,
+    merge: MergeSpec | None = None,
 ) -> dict:
     """Search one preference: the upper-level merge, then the lower-level path search. Returns its record.
 
     With ``parameter_level`` False (the architecture-only ablation) there is no merge: slot K of the pool holds
-    the base model, whose embeddings and head the paths use.
+    the base model, whose embeddings and head the paths use. ``merge``: the optimised upper level's choice for
+    this preference (:mod:`hm3.search.upper_level`), which replaces the merges of ``weights: preference``.
     """
     recipe = search.recipe
     rewards = search.rewards()
@@ -97,6 +105,10 @@ def run_preference(
     level = recipe.parameter_level
     settings = itertools.product(level.density_search or [None], level.scale_search or [1.0])
     best: tuple[float, MergeSpec | None] | None = None
+    if merge is not None:  # charged to this preference too, so that the paths get exactly what is left
+        evaluations.score(Candidate.of_merge(merge), level="merge")
+        best = (0.0, merge)
+        settings = iter(())
     for density, scale in settings if parameter_level else []:
         spec = merge_for(search, preference, density, scale)
         scores = evaluations.score(Candidate.of_merge(spec), level="merge")
@@ -143,7 +155,7 @@ def run_preference(
     }
 
 
-def conditioned_agent(search: Search) -> PathAgent:
+def conditioned_agent(search: Search, merge: MergeSpec | None = None) -> PathAgent:
     """The shared preference-conditioned agent: loaded from ``policy/conditioned``, or trained on the centre
     preference's merge within :func:`conditioned_budget` (its candidates are logged like any other, and are
     eligible for the front) and saved there."""
@@ -154,7 +166,7 @@ def conditioned_agent(search: Search) -> PathAgent:
     evaluations = BudgetedEvaluator(
         search, HM3, conditioned_budget(search.recipe), [float(v) for v in centre]
     )
-    routing, scorer = budgeted_path_scorer(search, merge_for(search, centre), evaluations)
+    routing, scorer = budgeted_path_scorer(search, merge or merge_for(search, centre), evaluations)
     search.progress.start_preference(0, 1, centre, search.recipe.agent.iterations)
     search.progress.print("training the preference-conditioned agent on the centre merge")
     agent = train_conditioned_agent(

@@ -32,6 +32,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from hm3.merge.spec import MergeSpec
 from hm3.recipe import Recipe, load_recipe
 from hm3.routing.agent import MAX_EPISODES_PER_CANDIDATE
 from hm3.search.distributed import run_preferences_on_ray
@@ -48,6 +51,7 @@ from hm3.search.preference import (
 from hm3.search.progress import SearchProgress
 from hm3.search.references import score_finetuned
 from hm3.search.session import SearchInputs, load_inputs, open_search, preferences
+from hm3.search.upper_level import merge_for_preference, optimise_merges, upper_level_budget
 from hm3.store import RunStore
 from hm3.validation import validate_recipe_file
 
@@ -125,11 +129,20 @@ def run_search(
     progress.print(budget_line(recipe, len(vectors)))
     folder = store.subdirectory(PREFERENCES_DIR)
     done = [folder / f"p{i:03d}.json" for i in range(len(vectors))]
+    merges: dict[int, MergeSpec] = {}
+    if parameter_level and recipe.parameter_level.optimised and not all(f.is_file() for f in done):
+        archive = optimise_merges(search, method)
+        merges = {i: merge_for_preference(search, archive, v) for i, v in enumerate(vectors)}
     progress.start_preferences(len(vectors), sum(f.is_file() for f in done))
     agent = None
     needs_agent = recipe.architecture_level.enabled and recipe.agent.mode == "conditioned"
     if needs_agent and not all(f.is_file() for f in done):
-        agent = conditioned_agent(search)
+        centre = (
+            merge_for_preference(search, archive, np.full(len(vectors[0]), 1 / len(vectors[0])))
+            if merges
+            else None
+        )
+        agent = conditioned_agent(search, centre)
 
     def save(record: dict) -> None:
         store.write_json(f"{PREFERENCES_DIR}/p{record['index']:03d}.json", record)
@@ -153,12 +166,13 @@ def run_search(
             address,
             workers or recipe.distributed.workers,
             save,
+            merges,
         )
         search.log = CandidateLog(store)  # the workers appended their candidates to the file
         search.log.new, search.log.loaded = search.log.loaded - initial, initial
     for index, preference in pending if not address else []:
         progress.start_preference(index, len(vectors), preference, recipe.agent.iterations)
-        save(run_preference(search, index, preference, agent, parameter_level))
+        save(run_preference(search, index, preference, agent, parameter_level, merges.get(index)))
     results = [store.read_json(f"{PREFERENCES_DIR}/{file.name}") for file in done]
     ledgers = [r.get("ledger", {}) for r in results]
     conditioned_ledger = store.directory / POLICY_DIR / CONDITIONED_POLICY / "ledger.json"
@@ -179,12 +193,16 @@ def budget_line(recipe: Recipe, preference_count: int) -> str:
     """What the search will run, in one line (``make demo`` prints it first)."""
     merges = recipe.parameter_level.merges_per_preference
     share = f"{merges} merge{'s' * (merges != 1)}"
+    upper = ""
+    if recipe.parameter_level.optimised:
+        share = "the upper level's best merge for it"
+        upper = f"{upper_level_budget(recipe)} merges searched by the upper level ({recipe.parameter_level.optimiser}), "
     if recipe.architecture_level.enabled and recipe.agent.mode == "conditioned":
         share += f" + 1 rollout of a conditioned agent trained on {recipe.agent.iterations} paths"
     elif recipe.architecture_level.enabled:
         share += f" + up to {recipe.agent.iterations} agent paths"
     return (
-        f"budget: {hm3_budget(recipe)} new candidates, {preference_count} preferences x ({share}); a path an "
+        f"budget: {hm3_budget(recipe)} new candidates: {upper}{preference_count} preferences x ({share}); a path an "
         f"agent revisits is free, and its training ends after {MAX_EPISODES_PER_CANDIDATE} episodes per path of "
         "its budget"
     )
@@ -193,4 +211,11 @@ def budget_line(recipe: Recipe, preference_count: int) -> str:
 def hm3_budget(recipe: Recipe) -> int:
     """New search-split candidates HM3 may score on ``recipe``: P × the preference's share
     (:func:`~hm3.search.preference.preference_budget`) plus the conditioned agent's training."""
+    if recipe.parameter_level.optimised:  # each preference's merge is one of the upper level's
+        per_preference = preference_budget(recipe) - 1
+        return (
+            upper_level_budget(recipe)
+            + len(preferences(recipe)) * per_preference
+            + conditioned_budget(recipe)
+        )
     return len(preferences(recipe)) * preference_budget(recipe) + conditioned_budget(recipe)
