@@ -96,9 +96,10 @@ class PreparedSplit:
         golds = _exact_match_golds(task, metric, documents) if shortcut else None
         greedy = None
         if shortcut and task.OUTPUT_TYPE == "generate_until":
-            targets = [task.doc_to_target(doc) for doc, _ in documents]
-            if len(instances) == len(documents):
-                greedy = greedy_requests(lm, instances, targets)
+            firsts = [group[0] for _, group in documents]
+            if len(firsts) == len(instances) and all(a is b for a, b in zip(firsts, instances, strict=True)):
+                # one request per document, in document order: drafts and references line up with the rows
+                greedy = greedy_requests(lm, instances, [task.doc_to_target(doc) for doc, _ in documents])
         return cls(task, metric, filter_key, instances, documents, greedy, golds)
 
     def score(self, lm: Any) -> float:
