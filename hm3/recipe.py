@@ -296,9 +296,6 @@ class ParameterLevel(_Section):
                 "density_search and scale_search apply to weights: preference; the optimised upper level "
                 "searches coefficients up to w_max (and the density) itself"
             )
-        unused = {"w_max", "budget", "optimiser"} & self.model_fields_set
-        if self.weights == "preference" and unused:
-            raise ValueError(f"{', '.join(sorted(unused))} apply to weights: optimised only")
         return self
 
     @property

@@ -135,7 +135,6 @@ def test_weights_preference_keeps_the_papers_merge_lambda(lm_zoo_micro, tmp_path
         ("{weights: optimised, optimiser: bayes}", "parameter_level.optimiser"),
         ("{weights: optimal}", "parameter_level.weights"),
         ("{weights: optimised, scale_search: [1.0, 2.0]}", "parameter_level"),
-        ("{w_max: 2.0}", "parameter_level"),
     ],
 )
 def test_a_bad_upper_level_setting_is_one_line_naming_the_field(
