@@ -116,3 +116,18 @@ def run_hm3(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def kill_once_logged(process: subprocess.Popen, log: Path, lines: int, timeout: float = 900) -> None:
+    """SIGKILL ``process`` once its run log holds ``lines`` lines (it must still be running then)."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if log.is_file() and len(log.read_bytes().splitlines()) >= lines:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the search ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()

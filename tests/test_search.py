@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_models import run_hm3
+from tests.fixtures_models import kill_once_logged, run_hm3
 from tests.fixtures_zoo import lm_zoo_micro  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,16 +147,8 @@ def test_resume_after_sigkill_rescores_nothing_and_finishes_the_same_search(
         "--quiet",
     ]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    log = run / "candidates.jsonl"
-    deadline = time.monotonic() + 900
     # kill in the middle of the second preference: fine-tuned (3) + first preference's candidates are logged
-    while time.monotonic() < deadline and process.poll() is None:
-        if log.is_file() and len(log.read_bytes().splitlines()) >= 3 + 12:
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, "the search ended before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_once_logged(process, run / "candidates.jsonl", 3 + 12)
     before = _keys(run)
     assert not (run / "front.json").exists()
 

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from hm3.merge.spec import MergeSpec
 from hm3.recipe import load_recipe
-from tests.fixtures_models import run_hm3
+from tests.fixtures_models import kill_once_logged, run_hm3
 from tests.fixtures_zoo import lm_zoo_micro  # noqa: F401
 from tests.test_search import MICRO_SEARCH
 
@@ -94,15 +92,7 @@ def test_sigkill_in_the_upper_level_then_resume_loses_nothing_and_scores_nothing
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    log = run / "candidates.jsonl"
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline and process.poll() is None:  # fine-tuned (3) + a few upper-level merges
-        if log.is_file() and len(log.read_bytes().splitlines()) >= 3 + 4:
-            break
-        time.sleep(0.02)
-    assert process.poll() is None, "the search ended before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_once_logged(process, run / "candidates.jsonl", 3 + 4)  # fine-tuned (3) + a few upper-level merges
     before = _keys(run)
     assert len(before) < len(_keys(reference / "run"))
     done = run_hm3("merge", "--resume", run, "--quiet", timeout=900)
