@@ -53,38 +53,52 @@ RESULTS = REPO / "benchmarks" / "results"
 
 
 def recipe_for(kind: str, seed: int):
+    """The paper's configuration on the zoo's recipe: weights = λ, the K corners + the centre + the samples,
+    every path of ``ITERATIONS`` (no patience). It defines the budget (P × (1 + iterations)); ``hm3_paper``,
+    ``arch_only`` and the baselines run it (the baselines as before: ``cmaes`` starts from each λ, corners
+    included)."""
     from hm3.recipe import load_recipe
 
     recipe = load_recipe(REPO / ZOOS[kind])
     return recipe.model_copy(
         update={
             "seed": seed,
-            "preferences": recipe.preferences.model_copy(update={"count": PREFERENCE_SAMPLES}),
-            "agent": recipe.agent.model_copy(update={"iterations": ITERATIONS}),
+            "parameter_level": recipe.parameter_level.model_copy(update={"weights": "preference"}),
+            "preferences": recipe.preferences.model_copy(
+                update={"count": PREFERENCE_SAMPLES, "include_corners": True}
+            ),
+            "agent": recipe.agent.model_copy(update={"iterations": ITERATIONS, "patience": None}),
         }
     )
 
 
-def optimised(recipe, budget: int):
-    """``hm3``'s recipe: the optimised upper level with ``UPPER_SHARE`` of ``budget``, the paths the rest."""
+def optimised(kind: str, seed: int, budget: int):
+    """``hm3``'s recipe: the zoo recipe's defaults (the optimised upper level, no corners, patience) with
+    ``UPPER_SHARE`` of ``budget`` for the upper level's first round and the rest split over the preferences'
+    paths (what they do not spend goes back to the upper level)."""
+    from hm3.recipe import load_recipe
     from hm3.search.session import preferences
 
+    recipe = load_recipe(REPO / ZOOS[kind])
+    recipe = recipe.model_copy(
+        update={
+            "seed": seed,
+            "preferences": recipe.preferences.model_copy(update={"count": PREFERENCE_SAMPLES}),
+        }
+    )
     upper = int(budget * UPPER_SHARE)
     iterations = max(1, (budget - upper) // len(preferences(recipe)))
     return recipe.model_copy(
         update={
-            "parameter_level": recipe.parameter_level.model_copy(
-                update={"weights": "optimised", "budget": upper}
-            ),
+            "parameter_level": recipe.parameter_level.model_copy(update={"budget": upper}),
             "agent": recipe.agent.model_copy(update={"iterations": iterations}),
         }
     )
 
 
 def run_recipe(kind: str, seed: int, method: str, budget: int):
-    """The recipe a method runs: ``hm3`` and its ``param_only`` ablation with the optimised upper level."""
-    recipe = recipe_for(kind, seed)
-    return optimised(recipe, budget) if method in ("hm3", "param_only") else recipe
+    """The recipe a method runs: ``hm3`` and its ``param_only`` ablation with the recipe's defaults."""
+    return optimised(kind, seed, budget) if method in ("hm3", "param_only") else recipe_for(kind, seed)
 
 
 def zoo_fingerprint(kind: str) -> str:
@@ -180,11 +194,13 @@ def analyse(kind: str, runs: dict) -> tuple[list[str], dict]:
     ]
     normalization = Normalization.fit(*[heldout_points(f) for f in fronts.values()], *references)
     rows = []
+    mean_volumes: dict[str, float] = {}
     for method in METHODS:
         keys = [(method, seed) for seed in SEEDS if (method, seed) in runs]
         if not keys:
             continue
         volumes = [normalization.hypervolume(heldout_points(fronts[k])) for k in keys]
+        mean_volumes[method] = float(np.mean(volumes))
         best_task = np.mean([heldout_points(fronts[k]).max(axis=0) * signs for k in keys], axis=0)
         dominating = []
         for method_key in keys:
@@ -214,7 +230,79 @@ def analyse(kind: str, runs: dict) -> tuple[list[str], dict]:
         + " | HM3 members dominating its best | evaluations | wall s |",
         "|---|---:|" + "---:|" * len(names) + "---:|---:|---:|",
     ]
-    return header + rows + [""], {"names": names, "fronts": fronts}
+    return header + rows + [""], {"names": names, "fronts": fronts, "volumes": mean_volumes}
+
+
+ANYTIME_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+
+
+def search_curve(folder: Path, names: list[str], signs: np.ndarray) -> np.ndarray:
+    """A run's search-split scores (oriented), one row per distinct searched candidate, in the order scored."""
+    seen, rows = set(), []
+    for line in (folder / "candidates.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record.get("split") != "search" or record.get("level") not in ("merge", "path"):
+            continue
+        if record["key"] not in seen:
+            seen.add(record["key"])
+            rows.append([record["scores"][o] for o in names])
+    return np.array(rows, dtype=float).reshape(-1, len(names)) * signs
+
+
+def anytime(kind: str, runs: dict, volumes: dict[str, float], budget: int, out: Path) -> list[str]:
+    """Search-split hypervolume after each candidate for ``hm3`` and the two best other methods (by held-out
+    HV), mean over seeds, one normalisation over every point compared; a table at fractions of the budget and
+    a plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hm3.moo.hypervolume import Normalization
+
+    best = [m for m in sorted(volumes, key=volumes.get, reverse=True) if m not in ("hm3", "uniform")][:2]
+    methods = ["hm3", *best]
+    any_front = next(iter(runs.values()))["front"]
+    names = any_front["objectives"]
+    signs = np.array([1.0 if up else -1.0 for up in any_front["higher_is_better"]])
+    curves = {
+        (m, seed): search_curve(SCRATCH / kind / f"seed{seed}" / m, names, signs)
+        for m in methods
+        for seed in SEEDS
+        if (m, seed) in runs
+    }
+    references = [
+        np.array([r["scores"]["search"][o] for o in names]) * signs for r in any_front["references"]
+    ]
+    normalization = Normalization.fit(*curves.values(), *references)
+    rows = [
+        f"Anytime ({kind}): search-split hypervolume of the candidates scored so far, mean over seeds (one "
+        "normalisation over every point below), at fractions of the budget:",
+        "",
+        "| method | " + " | ".join(f"{f:.0%} ({int(f * budget)})" for f in ANYTIME_FRACTIONS) + " |",
+        "|---|" + "---:|" * len(ANYTIME_FRACTIONS),
+    ]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for method in methods:
+        seeds = [seed for seed in SEEDS if (method, seed) in curves]
+        steps = range(1, budget + 1)
+        series = np.array(
+            [[normalization.hypervolume(curves[(method, s)][:n]) for n in steps] for s in seeds]
+        ).mean(axis=0)
+        axis.plot(list(steps), series, label=method)
+        rows.append(
+            f"| {method} | "
+            + " | ".join(f"{series[max(0, int(f * budget) - 1)]:.4f}" for f in ANYTIME_FRACTIONS)
+            + " |"
+        )
+    axis.set_xlabel("candidates scored (search split)")
+    axis.set_ylabel("search-split hypervolume")
+    axis.set_title(f"{kind} toy zoo: hypervolume against budget (mean of {len(SEEDS)} seeds)")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(out, dpi=120)
+    plt.close(figure)
+    return [*rows, "", f"Plot: `{out.name}`.", ""]
 
 
 def plot(kind: str, data: dict, out: Path) -> None:
@@ -260,6 +348,14 @@ def main() -> None:
         sections += rows
         suffix = "" if kind == "lm" else "_vit"
         plot(kind, data, RESULTS / f"search_quality{'_quick' if QUICK else ''}{suffix}.png")
+        budget = hm3_budget(recipe_for(kind, SEEDS[0]))
+        sections += anytime(
+            kind,
+            runs,
+            data["volumes"],
+            budget,
+            RESULTS / f"search_quality{'_quick' if QUICK else ''}_anytime{suffix}.png",
+        )
     if not sections:
         return
     name = "search_quality_quick.md" if QUICK else "search_quality.md"
@@ -270,9 +366,11 @@ def main() -> None:
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
         f"date {time.strftime('%Y-%m-%d %H:%M')}; wall time of this invocation {time.perf_counter() - started:.0f} s "
         "(runs reused from benchmarks/scratch are not re-timed: each run's own wall time is in the tables)  ",
-        f"Seeds {SEEDS}; preferences: K corners + centre + {PREFERENCE_SAMPLES} Dirichlet samples; "
-        f"HM3 {ITERATIONS} new candidates per preference; every method gets HM3's budget "
-        "(distinct candidates scored on the search split).",
+        f"Seeds {SEEDS}; the budget is the paper's configuration's (`hm3_paper`: K corners + centre + "
+        f"{PREFERENCE_SAMPLES} Dirichlet samples, 1 merge + {ITERATIONS} paths each); every method gets it "
+        "(distinct candidates scored on the search split, each on the whole split). `hm3` runs the recipe's "
+        f"defaults: centre + {PREFERENCE_SAMPLES} samples, {UPPER_SHARE:.0%} of the budget for the upper level's "
+        "first round, the rest for paths, and what the paths do not spend back to the upper level.",
         "",
         "Hypervolume: held-out scores, each objective min-max normalised over every front member of every method "
         "and seed and every reference model of that zoo, reference point -0.1 on each normalised axis (one "

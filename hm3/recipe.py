@@ -243,14 +243,18 @@ class ParameterLevel(_Section):
     """The upper level: the parameter-space merge each preference's path search starts from.
 
     Attributes:
-        weights: ``preference`` (the HM3 paper's shortcut: a preference's merge weights are λ, on the simplex)
-            or ``optimised`` (the paper's formulation: a multi-objective optimiser searches per-model
+        weights: ``optimised`` (the default; the paper's formulation: a multi-objective optimiser searches per-model
             coefficients in [0, ``w_max``] — and the density, for methods that sparsify — once for the run, and
-            each preference starts from the merge its scalarization ranks best; :mod:`hm3.search.upper_level`).
+            each preference starts from the merge its scalarization ranks best; :mod:`hm3.search.upper_level`)
+            or ``preference`` (the HM3 paper's shortcut, its exact ablation: a preference's merge weights are λ,
+            on the simplex; ``density_search`` / ``scale_search`` apply to it).
         w_max: Largest per-model coefficient the optimised upper level tries, in (0, 10].
         budget: Merges the optimised upper level scores (None: 8 per searched dimension), at most 100,000.
-        optimiser: The optimised upper level's optimiser: ``nsga2`` (pymoo's NSGA-II on the normalised
-            objectives).
+        optimiser: The optimised upper level's optimiser: ``gp`` (Optuna's Gaussian-process sampler, expected
+            hypervolume improvement) or ``nsga2`` (pymoo's NSGA-II), on the normalised objectives.
+        granularity: What the optimised upper level gives a coefficient: ``model`` (one per model) or
+            ``block:N`` (N per model, 2 ≤ N ≤ 16, at N evenly spaced depths; the layers between take the linear
+            interpolation — mergekit's gradient, so the merge exports to mergekit as it is).
         method: Merge method (see ``hm3.merge``).
         density: Fraction of each task vector kept (TIES trim; DARE random keep). Paper: not given.
         drop_rate: DARE drop rate p; the same knob as ``1 - density`` (give one or the other, or equal ones).
@@ -266,10 +270,11 @@ class ParameterLevel(_Section):
     Every number here must be finite.
     """
 
-    weights: Literal["preference", "optimised"] = "preference"
+    weights: Literal["preference", "optimised"] = "optimised"
     w_max: float = Field(default=1.0, gt=0, le=10)
     budget: int | None = Field(default=None, gt=0, le=100_000)
-    optimiser: Literal["nsga2"] = "nsga2"
+    optimiser: Literal["gp", "nsga2"] = "gp"
+    granularity: Annotated[str, Field(pattern=r"^(model|block:([2-9]|1[0-6]))$")] = "model"
     method: MergeMethodName = "dare_ties"
     density: float | None = Field(default=None, gt=0, le=1)
     drop_rate: float | None = Field(default=None, ge=0, lt=1)
@@ -291,16 +296,26 @@ class ParameterLevel(_Section):
                 )
         if self.drop_rate is not None and not self.method.startswith(("dare", "della")):
             raise ValueError(f"drop_rate applies to DARE methods only, not {self.method!r}; use density")
+        if self.weights == "preference" and self.granularity != "model":
+            raise ValueError(
+                f"granularity {self.granularity!r} applies to weights: optimised (with weights: preference the "
+                "merge weights are λ, one per model)"
+            )
         if self.weights == "optimised" and (self.density_search or self.scale_search):
             raise ValueError(
-                "density_search and scale_search apply to weights: preference; the optimised upper level "
-                "searches coefficients up to w_max (and the density) itself"
+                "density_search and scale_search apply to weights: preference (set it); the optimised upper "
+                "level, the default, searches coefficients up to w_max (and the density) itself"
             )
         return self
 
     @property
     def optimised(self) -> bool:
         return self.weights == "optimised"
+
+    @property
+    def blocks(self) -> int:
+        """Coefficients per model of the optimised upper level (``granularity``)."""
+        return 1 if self.granularity == "model" else int(self.granularity.split(":")[1])
 
     @property
     def merges_per_preference(self) -> int:
@@ -357,6 +372,10 @@ class AgentConfig(_Section):
         hidden_size: Width of the GRU trajectory encoder and the heads.
         wolpertinger_neighbours: M', the discrete actions nearest the proto-action that the critic ranks.
         wolpertinger_epsilon: Probability of a uniform pick among the M' neighbours instead of the critic's.
+        patience: A preference's path search stops once its last ⌈patience × iterations⌉ new paths (at least
+            3) did not improve its best reward — the merge it starts from included —, in (0, 1]; with
+            ``parameter_level.weights: optimised`` what it did not spend goes back to the upper level. None:
+            every preference spends all its iterations (the paper's Algorithm 1).
     """
 
     mode: Literal["per_preference", "conditioned"] = "per_preference"
@@ -373,6 +392,7 @@ class AgentConfig(_Section):
     hidden_size: int = Field(default=64, gt=0)
     wolpertinger_neighbours: int = Field(default=8, gt=0)
     wolpertinger_epsilon: float = Field(default=0.1, ge=0, le=1)
+    patience: float | None = Field(default=0.25, gt=0, le=1)
 
     @field_validator("gamma")
     @classmethod
@@ -386,18 +406,19 @@ class PreferenceConfig(_Section):
     """Which preference vectors λ over the objectives the search covers.
 
     Attributes:
-        count: N samples from Dirichlet(1, ..., 1), at most 10,000; the K simplex corners and the centre are
-            added. There must be at least one preference in all.
+        count: N samples from Dirichlet(1, ..., 1), at most 10,000; the centre (``include_centre``) and the K
+            simplex corners (``include_corners``) are added. There must be at least one preference in all.
         scalarization: ``weighted_sum`` Σ λ_k f_k (the paper's RL reward) or ``tchebycheff``
             max_k λ_k |f_k − z*_k| (the paper's main text), z* the best fine-tuned score per task.
-        include_corners: Add the K one-hot preferences.
+        include_corners: Add the K one-hot preferences (default: no — the fine-tuned models, scored for every
+            run, are those corners' references; a corner searched is a budget spent re-finding a specialist).
         include_centre: Add the uniform preference.
         seed: Seed of the Dirichlet samples, in [0, 2^31) (None: the recipe's ``seed``).
     """
 
     count: int = Field(default=10, ge=0, le=MAX_PREFERENCES)
     scalarization: Literal["weighted_sum", "tchebycheff"] = "weighted_sum"
-    include_corners: bool = True
+    include_corners: bool = False
     include_centre: bool = True
     seed: Seed | None = None
 

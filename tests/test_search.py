@@ -30,11 +30,14 @@ objectives:
   - {{name: reversal, task: {zoo}/tasks/toy_reversal.yaml, metric: exact_match}}
   - {{name: sorting, task: {zoo}/tasks/toy_sorting.yaml, metric: exact_match}}
 split: {{search_fraction: 0.7, seed: 0}}
-parameter_level: {{method: task_arithmetic}}
-preferences: {{count: 0}}
-agent: {{iterations: 8, n_steps: 16, batch_size: 8, n_epochs: 1}}
+parameter_level: {{method: task_arithmetic, weights: preference}}
+preferences: {{count: 0, include_corners: true}}
+agent: {{iterations: 8, n_steps: 16, batch_size: 8, n_epochs: 1, patience: null}}
 seed: 0
 """
+"""The paper's Algorithm 1 on the micro zoo (weights = λ, the 3 corners and the centre, every path of the
+budget): the plumbing tests' fixed budget. ``tests/test_upper_level.py`` runs the defaults (the optimised upper
+level, no corners, patience)."""
 
 
 @pytest.fixture(scope="module")

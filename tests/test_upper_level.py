@@ -18,13 +18,25 @@ from tests.fixtures_zoo import lm_zoo_micro  # noqa: F401
 from tests.test_search import MICRO_SEARCH
 
 REPO = Path(__file__).resolve().parents[1]
-OPTIMISED = "parameter_level: {method: task_arithmetic, weights: optimised, w_max: 2.0, budget: 10}"
+OPTIMISED = "parameter_level: {method: task_arithmetic, w_max: 2.0, budget: 10}"
+"""The defaults (optimised weights, GP), a small box and budget."""
+PAPER = "parameter_level: {method: task_arithmetic, weights: preference}"
+DEFAULT_AGENT = "agent: {iterations: 8, n_steps: 16, batch_size: 8, n_epochs: 1}"
+"""The default patience (0.25: a window of 3 of the 8 paths)."""
+DEFAULT_PREFERENCES = "preferences: {count: 2}"
+"""The defaults: the centre and 2 Dirichlet samples, no corners."""
 
 
-def _recipe_file(zoo: Path, folder: Path, parameter_level: str = OPTIMISED, agent: str | None = None) -> Path:
-    text = MICRO_SEARCH.format(zoo=zoo).replace("parameter_level: {method: task_arithmetic}", parameter_level)
-    if agent is not None:
-        text = text.replace("agent: {iterations: 8, n_steps: 16, batch_size: 8, n_epochs: 1}", agent)
+def _recipe_file(
+    zoo: Path, folder: Path, parameter_level: str = OPTIMISED, agent: str = DEFAULT_AGENT
+) -> Path:
+    text = (
+        MICRO_SEARCH.format(zoo=zoo)
+        .replace("parameter_level: {method: task_arithmetic, weights: preference}", parameter_level)
+        .replace("agent: {iterations: 8, n_steps: 16, batch_size: 8, n_epochs: 1, patience: null}", agent)
+        .replace("preferences: {count: 0, include_corners: true}", DEFAULT_PREFERENCES)
+    )
+    assert parameter_level in text and agent in text and DEFAULT_PREFERENCES in text
     folder.mkdir(parents=True, exist_ok=True)
     file = folder / "micro.yaml"
     file.write_text(text)
@@ -59,28 +71,40 @@ def test_the_upper_level_spends_its_budget_in_the_box_and_the_same_seed_gives_th
     recipe = load_recipe(first / "micro.yaml")
     records = _records(first / "run")
     upper = [r for r in records if r.get("label") == "upper_level"]
-    assert 0 < len({r["key"] for r in upper}) <= 10
+    assert 10 <= len({r["key"] for r in upper}) <= 10 + 10  # the first round, then what the paths gave back
     weights = [w for r in upper for w in r["merge"]["weights"]]
     assert all(0.0 <= w <= 2.0 for w in weights) and sum(weights) / len(upper) > 1.0  # not the simplex
     searched = {r["key"] for r in records if r["split"] == "search" and r["level"] in ("merge", "path")}
     assert (
-        len(searched) <= hm3_budget(recipe) == 10 + 4 * 8
-    )  # 4 preferences (3 corners + centre), 8 paths each
-    # each preference starts from one of the upper level's merges: the best by its scalarization
-    upper_merges = {json.dumps(r["merge"], sort_keys=True) for r in upper}
-    for record in sorted((first / "run" / "preferences").glob("p*.json")):
-        assert json.dumps(json.loads(record.read_text())["merge"], sort_keys=True) in upper_merges
+        len(searched) <= hm3_budget(recipe) == 10 + 3 * 8
+    )  # the centre + 2 samples, no corners, 8 paths each
+    # each preference starts from one of the first round's merges: the best by its scalarization
+    first_round = {json.dumps(r["merge"], sort_keys=True) for r in upper[:10]}
+    preferences = sorted((first / "run" / "preferences").glob("p*.json"))
+    assert len(preferences) == 3
+    for record in preferences:
+        assert json.dumps(json.loads(record.read_text())["merge"], sort_keys=True) in first_round
+    # what the path level did not spend went back to the upper level: its second round, all new merges
+    allocation = json.loads((first / "run" / "summary.json").read_text())["allocation"]
+    paths = allocation["paths_per_preference"]
+    assert allocation["given_back"] == min(3 * 8 - sum(paths), 10)
+    assert len({r["key"] for r in upper}) == 10 + allocation["given_back"]
     assert _keys(first / "run") == _keys(second / "run")
     assert (first / "run" / "front.json").read_text() == (second / "run" / "front.json").read_text()
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("round_killed", [1, 2])
 def test_sigkill_in_the_upper_level_then_resume_loses_nothing_and_scores_nothing_twice(
     lm_zoo_micro,  # noqa: F811
     tmp_path,
+    round_killed,
 ):
     reference = tmp_path / "whole"
     assert _merge(lm_zoo_micro, reference).returncode == 0
+    upper = [i for i, r in enumerate(_records(reference / "run")) if r.get("label") == "upper_level"]
+    assert len(upper) > 12, "the path level gave nothing back: no second round to kill"
+    lines = 3 + 4 if round_killed == 1 else upper[11] + 1  # a few merges of the first or the second round
     folder = tmp_path / "killed"
     run = folder / "run"
     command = [sys.executable, "-m", "cli.main", "merge", "--recipe", str(_recipe_file(lm_zoo_micro, folder))]
@@ -92,7 +116,7 @@ def test_sigkill_in_the_upper_level_then_resume_loses_nothing_and_scores_nothing
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    kill_once_logged(process, run / "candidates.jsonl", 3 + 4)  # fine-tuned (3) + a few upper-level merges
+    kill_once_logged(process, run / "candidates.jsonl", lines)
     before = _keys(run)
     assert len(before) < len(_keys(reference / "run"))
     done = run_hm3("merge", "--resume", run, "--quiet", timeout=900)
@@ -107,10 +131,10 @@ def test_weights_preference_keeps_the_papers_merge_lambda(lm_zoo_micro, tmp_path
     from hm3.search.preference import preference_budget
     from hm3.search.run import hm3_budget
 
-    recipe = load_recipe(_recipe_file(lm_zoo_micro, tmp_path, "parameter_level: {method: task_arithmetic}"))
+    recipe = load_recipe(_recipe_file(lm_zoo_micro, tmp_path, PAPER))
     assert recipe.parameter_level.weights == "preference"
     assert recipe.parameter_level.merges_per_preference == 1
-    assert preference_budget(recipe) == 1 + 8 and hm3_budget(recipe) == 4 * 9
+    assert preference_budget(recipe) == 1 + 8 and hm3_budget(recipe) == 3 * 9
     spec = MergeSpec.from_recipe(recipe.parameter_level, recipe.model_weights([0.2, 0.3, 0.5]), recipe.seed)
     assert spec.weights == (0.2, 0.3, 0.5)
 
@@ -123,6 +147,11 @@ def test_weights_preference_keeps_the_papers_merge_lambda(lm_zoo_micro, tmp_path
         ("{weights: optimised, w_max: .nan}", "parameter_level.w_max"),
         ("{weights: optimised, budget: 0}", "parameter_level.budget"),
         ("{weights: optimised, optimiser: bayes}", "parameter_level.optimiser"),
+        ("{scale_search: [1.0, 2.0]}", "parameter_level"),  # the default is optimised
+        ("{granularity: block:1}", "parameter_level.granularity"),
+        ("{granularity: blocks:4}", "parameter_level.granularity"),
+        ("{granularity: block:17}", "parameter_level.granularity"),
+        ("{weights: preference, granularity: block:2}", "parameter_level"),
         ("{weights: optimal}", "parameter_level.weights"),
         ("{weights: optimised, scale_search: [1.0, 2.0]}", "parameter_level"),
     ],
@@ -145,3 +174,22 @@ def test_hm3_validate_refuses_a_bad_w_max_in_one_line_exit_2(lm_zoo_micro, tmp_p
     done = run_hm3("validate", recipe, timeout=300)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "parameter_level.w_max" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_block_granularity_searches_a_gradient_per_model_that_exports_to_mergekit(lm_zoo_micro, tmp_path):  # noqa: F811
+    import yaml
+
+    parameter_level = "parameter_level: {method: task_arithmetic, granularity: block:2, budget: 5}"
+    recipe_file = _recipe_file(
+        lm_zoo_micro, tmp_path, parameter_level, "architecture_level: {enabled: false}"
+    )
+    done = run_hm3("merge", "--recipe", recipe_file, "--out", tmp_path / "run", "--quiet", timeout=900)
+    assert done.returncode == 0, done.stderr
+    upper = [r for r in _records(tmp_path / "run") if r.get("label") == "upper_level"]
+    assert len(upper) == 5
+    assert all(len(w) == 2 for r in upper for w in r["merge"]["weights"])  # two depths per model
+    exported = sorted((tmp_path / "run" / "mergekit").glob("*.yml"))
+    assert exported
+    config = yaml.safe_load(exported[0].read_text())
+    weights = [entry["parameters"]["weight"] for entry in config["models"] if "parameters" in entry]
+    assert weights and all(isinstance(w, list) and len(w) == 2 for w in weights)

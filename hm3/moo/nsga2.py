@@ -13,6 +13,36 @@ from pymoo.core.termination import NoTermination
 from pymoo.problems.static import StaticProblem
 
 
+class NSGA2Search:
+    """NSGA-II over a box that can be continued: :meth:`run` evaluates generations until told to stop, and a
+    later :meth:`run` goes on from there — the same points as one longer run (a generation cut short by an
+    exception is finished first)."""
+
+    def __init__(
+        self, low: Sequence[float], high: Sequence[float], objectives: int, population: int, seed: int
+    ) -> None:
+        self.problem = Problem(n_var=len(low), n_obj=objectives, xl=np.asarray(low), xu=np.asarray(high))
+        self.algorithm = NSGA2(pop_size=population)
+        self.algorithm.setup(self.problem, termination=NoTermination(), seed=seed, verbose=False)
+        self._offspring = None
+        self._values: list[list[float]] = []
+
+    def run(self, evaluate: Callable[[np.ndarray], Sequence[float]], more: Callable[[], bool]) -> None:
+        """Evaluate generations while ``more()`` holds (checked between generations); ``evaluate``: a point ->
+        the values to minimise. An exception from ``evaluate`` ends the run mid-generation."""
+        while self._offspring is not None or more():
+            if self._offspring is None:
+                self._offspring, self._values = self.algorithm.ask(), []
+            points = self._offspring.get("X")
+            while len(self._values) < len(points):
+                self._values.append(list(evaluate(points[len(self._values)])))
+            Evaluator().eval(
+                StaticProblem(self.problem, F=np.array(self._values, dtype=float)), self._offspring
+            )
+            self.algorithm.tell(infills=self._offspring)
+            self._offspring = None
+
+
 def nsga2_minimise(
     evaluate: Callable[[np.ndarray], Sequence[float]],
     low: Sequence[float],
@@ -27,11 +57,4 @@ def nsga2_minimise(
     Deterministic for a seed: the same answers give the same points asked, so a resumed search whose answers
     come from its log retraces the interrupted one. ``evaluate`` may raise to end the search early (a budget).
     """
-    problem = Problem(n_var=len(low), n_obj=objectives, xl=np.asarray(low), xu=np.asarray(high))
-    algorithm = NSGA2(pop_size=population)
-    algorithm.setup(problem, termination=NoTermination(), seed=seed, verbose=False)
-    while more():
-        offspring = algorithm.ask()
-        values = [list(evaluate(x)) for x in offspring.get("X")]
-        Evaluator().eval(StaticProblem(problem, F=np.array(values, dtype=float)), offspring)
-        algorithm.tell(infills=offspring)
+    NSGA2Search(low, high, objectives, population, seed).run(evaluate, more)

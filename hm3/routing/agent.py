@@ -112,10 +112,13 @@ class PathAgent:
         return cls(model=saved.model, summaries=saved.summaries, config=saved.config, **saved.settings)
 
 
-def _candidate_budget(candidates: int, scored: Callable[[], int], max_episodes: int):
+def _candidate_budget(
+    candidates: int, scored: Callable[[], int], max_episodes: int, stop: Callable[[], bool] | None = None
+):
     class CandidateBudget(BaseCallback):
         """Stops PPO's learn() once ``candidates`` new paths have been scored (repeats are free: the scores
-        are cached), or after ``max_episodes`` episodes."""
+        are cached), after ``max_episodes`` episodes, or once ``stop()`` holds (a search that stopped
+        improving)."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -124,6 +127,8 @@ def _candidate_budget(candidates: int, scored: Callable[[], int], max_episodes: 
 
         def _on_step(self) -> bool:
             self.episodes += int(np.sum(self.locals["dones"]))
+            if stop is not None and stop():
+                return False
             return scored() - self.start < candidates and self.episodes < max_episodes
 
     return CandidateBudget()
@@ -155,6 +160,7 @@ def train_agent(
     seed: int,
     scored: Callable[[], int],
     progress: bool = False,
+    stop: Callable[[], bool] | None = None,
 ) -> PathAgent:
     """Train a fresh PPO agent on ``env`` until ``candidates`` new paths are scored.
 
@@ -166,6 +172,7 @@ def train_agent(
         scored: How many paths are scored so far (``len(path_scorer.scored)``).
         seed: Seeds PPO, the environment and the Wolpertinger ε draws.
         progress: Show SB3's progress bar.
+        stop: Ends training early when it returns True (checked at every step).
     """
     model = build_ppo(env, config, seed)
     with torch.no_grad():  # an untrained critic ties every candidate: the nearest one wins (see wolpertinger)
@@ -185,7 +192,7 @@ def train_agent(
     episodes = MAX_EPISODES_PER_CANDIDATE * candidates
     budget = episodes * (path_env.max_length + 1) + config.n_steps
     if candidates > 0:  # no candidate to spend: the untrained policy (its prior) is the agent
-        callback = _candidate_budget(candidates, scored, episodes)
+        callback = _candidate_budget(candidates, scored, episodes, stop)
         model.learn(total_timesteps=budget, callback=callback, progress_bar=progress)
     return agent
 
@@ -294,6 +301,7 @@ def search_path(
     calibration: dict[str, Any] | None = None,
     candidates: int | None = None,
     spent: Callable[[], int] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> PathSearchResult:
     """Search the inference path for one preference (the lower level of HM3).
 
@@ -311,6 +319,8 @@ def search_path(
             ``agent.iterations``): training stops one short of it, so that the rollout always fits.
         spent: How many candidates have been charged so far (a search's budget; default: the paths this
             path scorer has scored).
+        stop: Ends the training early when it returns True (a search that stopped improving:
+            :class:`hm3.search.allocation.Patience`); the greedy rollout is scored all the same.
 
     Returns:
         The best path scored (over this search's candidates and any the scorer already knew) and the agent.
@@ -340,7 +350,7 @@ def search_path(
             reward_fn=reward_fn,
             preference=None if conditioned else lam,
         )
-        agent = train_agent(env, recipe.agent, allowed - 1 - (counter() - start), seed, counter)
+        agent = train_agent(env, recipe.agent, allowed - 1 - (counter() - start), seed, counter, stop=stop)
     greedy = rollout(agent, lam)
     if greedy in path_scorer.scored or counter() - start < allowed:
         path_scorer.score(greedy)

@@ -86,6 +86,8 @@ class BudgetedEvaluator:
         preference: λ the candidates are scored for (recorded), or None.
         preference_index: Its index in the run (recorded), or None.
         on_new: Called with ``(candidate, scores)`` after each candidate scored in this session.
+        on_charge: Called with ``(candidate, scores)`` the first time a candidate is charged, scored now or
+            answered from the log (a resumed run sees the same calls as an uninterrupted one).
     """
 
     search: Search
@@ -94,6 +96,7 @@ class BudgetedEvaluator:
     preference: Sequence[float] | None = None
     preference_index: int | None = None
     on_new: Callable[[Candidate, dict[str, float]], None] | None = None
+    on_charge: Callable[[Candidate, dict[str, float]], None] | None = None
     ledger: Ledger = field(default_factory=Ledger)
     charged: dict[str, dict[str, float]] = field(default_factory=dict)
     _counted: set[tuple[str, str]] = field(default_factory=set)
@@ -167,6 +170,8 @@ class BudgetedEvaluator:
             documents = search.log.documents(key, search.documents(split))
         if charged:
             self.charged[key] = dict(scores)
+            if self.on_charge is not None:
+                self.on_charge(candidate, dict(scores))
         if (key, level) not in self._counted:
             self._counted.add((key, level))
             self.ledger.add(level if split == "search" else split, documents, new)

@@ -105,11 +105,13 @@ class Candidate:
         return MergeSpec.from_record(dict(self.merge), "a merge in the run's candidates.jsonl or front.json")
 
     def data(self) -> dict[str, Any]:
-        """The candidate as JSON data (what its hashes are taken over, and what the log records)."""
+        """The candidate as JSON data (what its hashes are taken over, and what the log records); the merge's
+        keys in sorted order, so that a candidate built now and one read back from the log write the same
+        front."""
         if self.finetuned is not None:
             return {"finetuned": self.finetuned}
         return {
-            "merge": None if self.merge is None else dict(self.merge),
+            "merge": None if self.merge is None else dict(sorted(self.merge.items())),
             "path": None if self.path is None else [list(step) for step in self.path],
             "alignment": self.alignment,
         }

@@ -22,6 +22,7 @@ from hm3.routing.agent import PathAgent, search_path, train_conditioned_agent
 from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
 from hm3.routing.scoring import PathScorer
+from hm3.search.allocation import Patience
 from hm3.search.budget import BudgetedEvaluator
 from hm3.search.candidate import Candidate
 from hm3.search.session import Search
@@ -101,6 +102,10 @@ def run_preference(
     evaluations.on_new = lambda candidate, scores: search.progress.candidate(
         rewards.reward(scores, lam, len(candidate.path or ()) or search.pool.num_layers)
     )
+    patience = Patience.from_recipe(recipe, recipe.agent.iterations if agent is None else 0)
+    evaluations.on_charge = lambda candidate, scores: patience.see(
+        rewards.reward(scores, lam, len(candidate.path or ()) or search.pool.num_layers)
+    )
 
     level = recipe.parameter_level
     settings = itertools.product(level.density_search or [None], level.scale_search or [1.0])
@@ -130,6 +135,7 @@ def run_preference(
             agent=agent,
             candidates=evaluations.left,
             spent=lambda: evaluations.used,
+            stop=patience.stalled,
         )
         candidates = result.candidates
         rollout = {"path": result.rollout_path.to_data(), "reward": result.rollout_reward}
@@ -150,6 +156,8 @@ def run_preference(
         ],
         "greedy_rollout": rollout,
         "budget": evaluations.budget,
+        "used": evaluations.used,
+        "stopped_early": patience.stalled() and evaluations.used < (evaluations.budget or 0),
         "ledger": evaluations.ledger.to_json(),
         "seconds": round(time.perf_counter() - started, 3),
     }

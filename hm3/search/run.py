@@ -37,6 +37,7 @@ import numpy as np
 from hm3.merge.spec import MergeSpec
 from hm3.recipe import Recipe, load_recipe
 from hm3.routing.agent import MAX_EPISODES_PER_CANDIDATE
+from hm3.search.allocation import Patience
 from hm3.search.distributed import run_preferences_on_ray
 from hm3.search.finish import finish_run, logged_candidates, run_folder
 from hm3.search.log import CandidateLog
@@ -51,7 +52,7 @@ from hm3.search.preference import (
 from hm3.search.progress import SearchProgress
 from hm3.search.references import score_finetuned
 from hm3.search.session import SearchInputs, load_inputs, open_search, preferences
-from hm3.search.upper_level import merge_for_preference, optimise_merges, upper_level_budget
+from hm3.search.upper_level import UpperLevel, merge_for_preference, upper_level_budget
 from hm3.store import RunStore
 from hm3.validation import validate_recipe_file
 
@@ -130,8 +131,9 @@ def run_search(
     folder = store.subdirectory(PREFERENCES_DIR)
     done = [folder / f"p{i:03d}.json" for i in range(len(vectors))]
     merges: dict[int, MergeSpec] = {}
-    if parameter_level and recipe.parameter_level.optimised and not all(f.is_file() for f in done):
-        archive = optimise_merges(search, method)
+    upper = UpperLevel(search, method) if parameter_level and recipe.parameter_level.optimised else None
+    if upper is not None and not all(f.is_file() for f in done):
+        archive = upper.run()
         merges = {i: merge_for_preference(search, archive, v) for i, v in enumerate(vectors)}
     progress.start_preferences(len(vectors), sum(f.is_file() for f in done))
     agent = None
@@ -174,6 +176,9 @@ def run_search(
         progress.start_preference(index, len(vectors), preference, recipe.agent.iterations)
         save(run_preference(search, index, preference, agent, parameter_level, merges.get(index)))
     results = [store.read_json(f"{PREFERENCES_DIR}/{file.name}") for file in done]
+    allocation = budget_allocation(recipe, results) if parameter_level else None
+    if upper is not None and allocation is not None and allocation["given_back"] > 0:
+        upper.run(upper.first_round + allocation["given_back"])  # continues the first round's optimiser
     ledgers = [r.get("ledger", {}) for r in results]
     conditioned_ledger = store.directory / POLICY_DIR / CONDITIONED_POLICY / "ledger.json"
     if needs_agent and conditioned_ledger.is_file():
@@ -183,10 +188,34 @@ def run_search(
         **(details or {}),
         "preferences": len(results),
         "evaluations_used": len({r["key"] for r in logged_candidates(search)}),
+        **({"allocation": allocation} if allocation is not None else {}),
         "ledgers": ledgers,
         "search_seconds_per_preference": [r["seconds"] for r in results],
     }
     return finish_run(search, time.perf_counter() - started, method, summary_details)
+
+
+def budget_allocation(recipe: Recipe, results: list[dict]) -> dict[str, Any] | None:
+    """How the optimised upper level and the path level split the budget (:mod:`hm3.search.allocation`):
+    the upper level's first round, the paths each preference scored (it stops when they stop paying), and
+    what the preferences left unspent — given back to the upper level, at most its first round's size again
+    (an agent that converged leaves most of a large ``iterations`` unspent; the upper level at most doubles).
+    None without the optimised level or without a path level."""
+    if not (recipe.parameter_level.optimised and recipe.architecture_level.enabled):
+        return None
+    if recipe.agent.mode == "conditioned":
+        return None  # one rollout per preference: nothing to give back
+    paths = [max(0, int(r.get("used", r["budget"])) - 1) for r in results]  # - the upper level's merge
+    budgeted = len(results) * recipe.agent.iterations
+    first_round = upper_level_budget(recipe)
+    return {
+        "upper_level_first_round": first_round,
+        "path_budget": budgeted,
+        "paths_per_preference": paths,
+        "stopped_early": [bool(r.get("stopped_early")) for r in results],
+        "unspent": budgeted - sum(paths),
+        "given_back": min(budgeted - sum(paths), first_round),
+    }
 
 
 def budget_line(recipe: Recipe, preference_count: int) -> str:
@@ -201,6 +230,10 @@ def budget_line(recipe: Recipe, preference_count: int) -> str:
         share += f" + 1 rollout of a conditioned agent trained on {recipe.agent.iterations} paths"
     elif recipe.architecture_level.enabled:
         share += f" + up to {recipe.agent.iterations} agent paths"
+        window = Patience.from_recipe(recipe, recipe.agent.iterations).window
+        if window is not None:
+            back = ", given back to the upper level" if recipe.parameter_level.optimised else ""
+            share += f", fewer if {window} in a row do not improve it{back}"
     return (
         f"budget: {hm3_budget(recipe)} new candidates: {upper}{preference_count} preferences x ({share}); a path an "
         f"agent revisits is free, and its training ends after {MAX_EPISODES_PER_CANDIDATE} episodes per path of "

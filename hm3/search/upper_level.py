@@ -5,9 +5,10 @@ The HM3 paper's upper level solves Θ^(i) = argmin_Θ max_k λ_k |F_k(Θ) − z*
 "weights = λ" is its shortcut (``weights: preference``). Here the merge's per-model coefficients live in the
 box [0, ``w_max``]^K — amplifying task vectors (coefficients summing past 1) is where the best weight merges
 lie (``benchmarks/results/search_quality.md``, ``../shared/reference/search-anchors.md``) — plus the density for
-methods that sparsify, and NSGA-II (:mod:`hm3.moo.nsga2`) searches it on the normalised objectives with
+methods that sparsify, and the recipe's optimiser — Gaussian-process Bayesian optimisation (:mod:`hm3.moo.bayesian`,
+``gp``) or NSGA-II (:mod:`hm3.moo.nsga2`) — searches it on the normalised objectives with
 ``parameter_level.budget`` merges, every one through the run's budgeted evaluator (logged, resumable: a
-resumed run's NSGA-II asks the same points again and the log answers them). A preference λ then starts its
+resumed run's optimiser asks the same points again and the log answers them). A preference λ then starts its
 path search from the scored merge its scalarization ranks best (:func:`merge_for_preference`): the
 preferences choose *which* merges matter, they are not the weights.
 """
@@ -20,7 +21,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hm3.merge.spec import MergeSpec
-from hm3.moo.nsga2 import nsga2_minimise
+from hm3.moo.bayesian import GPSearch
+from hm3.moo.nsga2 import NSGA2Search
 from hm3.search.budget import BudgetedEvaluator, BudgetSpent
 from hm3.search.candidate import Candidate
 
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 
 DENSITY_RANGE = (0.1, 1.0)
 """Densities a weight search tries, for methods that sparsify."""
+OPTIMISER_NAMES = {"gp": "Gaussian-process BO", "nsga2": "NSGA-II"}
 UPPER_LEVEL = "upper_level"
 """The label of the optimised upper level's candidates in the log."""
 
@@ -41,58 +44,89 @@ def sparsifies(recipe: Recipe) -> bool:
 
 
 def upper_level_budget(recipe: Recipe) -> int:
-    """Merges the optimised upper level scores: ``parameter_level.budget``, else 8 per searched dimension."""
+    """Merges the optimised upper level's first round scores: ``parameter_level.budget``, else 8 per searched
+    dimension."""
     level = recipe.parameter_level
     if level.budget is not None:
         return level.budget
-    return 8 * (len(recipe.models) + int(sparsifies(recipe)))
+    return 8 * (len(recipe.models) * level.blocks + int(sparsifies(recipe)))
 
 
 def coefficients_merge(recipe: Recipe, x: Sequence[float], sparse: bool) -> MergeSpec:
-    """The merge of a point of the box: per-model coefficients (all zero: equal ones), then the density."""
+    """The merge of a point of the box: per-model coefficients — ``blocks`` per model, model after model, a
+    mergekit gradient when there are several (all zero: equal ones) —, then the density."""
     k = len(recipe.models)
     level = recipe.parameter_level
-    weights = np.clip(np.asarray(x[:k], dtype=float), 0.0, level.w_max)
+    blocks = level.blocks
+    weights = np.clip(np.asarray(x[: k * blocks], dtype=float), 0.0, level.w_max)
     if not weights.any():
-        weights = np.full(k, 1.0 / k)
-    density = float(np.clip(x[k], *DENSITY_RANGE)) if sparse else None
-    return MergeSpec.from_recipe(level, [round(float(w), 6) for w in weights], recipe.seed, density=density)
+        weights = np.full(k * blocks, 1.0 / k)
+    rounded = [round(float(w), 6) for w in weights]
+    per_model: list[float] | list[tuple[float, ...]] = (
+        rounded if blocks == 1 else [tuple(rounded[i * blocks : (i + 1) * blocks]) for i in range(k)]
+    )
+    density = float(np.clip(x[k * blocks], *DENSITY_RANGE)) if sparse else None
+    return MergeSpec.from_recipe(level, per_model, recipe.seed, density=density)
 
 
-def optimise_merges(search: Search, method: str) -> list[tuple[MergeSpec, dict[str, float]]]:
-    """Run the upper level's weight search; every merge it scored, with its search-split scores, in order."""
-    recipe = search.recipe
-    budget = upper_level_budget(recipe)
-    sparse = sparsifies(recipe)
-    k = len(recipe.models)
-    evaluations = BudgetedEvaluator(search, method, budget)
-    rewards = search.rewards()
-    archive: list[tuple[MergeSpec, dict[str, float]]] = []
-    search.progress.stage("upper level: merges (NSGA-II)", budget)
+class UpperLevel:
+    """The optimised upper level of one run: the optimiser, every merge it scored, and its budgeted evaluator.
 
-    def evaluate(x: np.ndarray) -> list[float]:
-        spec = coefficients_merge(recipe, x, sparse)
-        used = evaluations.used
-        scores = evaluations.score(Candidate.of_merge(spec), level="merge", label=UPPER_LEVEL)
-        if evaluations.used > used:
-            search.progress.advance()
-        archive.append((spec, scores))
-        return [-value for value in rewards.normalised(scores)]
+    :meth:`run` searches until the upper level has ``budget`` merges; a later call with a larger budget
+    continues the same optimiser (the budget the path level gave back). A resumed run builds a fresh one and
+    asks the same points again: the log answers them, so nothing is scored twice.
+    """
 
-    try:
-        nsga2_minimise(
-            evaluate,
-            [0.0] * k + ([DENSITY_RANGE[0]] if sparse else []),
-            [recipe.parameter_level.w_max] * k + ([DENSITY_RANGE[1]] if sparse else []),
-            objectives=len(recipe.objectives),
-            population=int(min(max(4, budget // 4), 20)),
-            seed=recipe.seed,
-            more=lambda: evaluations.used < budget,
+    def __init__(self, search: Search, method: str) -> None:
+        recipe = search.recipe
+        self.search, self.recipe = search, recipe
+        self.first_round = upper_level_budget(recipe)
+        self.sparse = sparsifies(recipe)
+        k = len(recipe.models) * recipe.parameter_level.blocks
+        low = [0.0] * k + ([DENSITY_RANGE[0]] if self.sparse else [])
+        high = [recipe.parameter_level.w_max] * k + ([DENSITY_RANGE[1]] if self.sparse else [])
+        objectives = len(recipe.objectives)
+        self.optimiser: GPSearch | NSGA2Search
+        if recipe.parameter_level.optimiser == "gp":
+            self.optimiser = GPSearch(low, high, objectives, recipe.seed)
+        else:
+            population = int(min(max(4, self.first_round // 4), 20))
+            self.optimiser = NSGA2Search(low, high, objectives, population, recipe.seed)
+        self.evaluations = BudgetedEvaluator(search, method, self.first_round)
+        self.archive: list[tuple[MergeSpec, dict[str, float]]] = []
+        self._rewards = search.rewards()
+
+    def _evaluate(self, x: np.ndarray) -> list[float]:
+        spec = coefficients_merge(self.recipe, x, self.sparse)
+        used = self.evaluations.used
+        scores = self.evaluations.score(Candidate.of_merge(spec), level="merge", label=UPPER_LEVEL)
+        if self.evaluations.used > used:
+            self.search.progress.advance()
+        self.archive.append((spec, scores))
+        return list(self._rewards.normalised(scores))
+
+    def run(self, budget: int | None = None) -> list[tuple[MergeSpec, dict[str, float]]]:
+        """Search until ``budget`` merges (default: the first round's); every merge scored, in order."""
+        budget = self.first_round if budget is None else budget
+        self.evaluations.budget = budget
+        optimiser = self.recipe.parameter_level.optimiser
+        extra = (
+            f" ({budget - self.first_round} given back by the path level)"
+            if budget > self.first_round
+            else ""
         )
-    except BudgetSpent:
-        pass
-    search.store.log(f"upper level: {evaluations.used} of {budget} merges")
-    return archive
+        self.search.progress.stage(f"upper level: merges ({OPTIMISER_NAMES[optimiser]}){extra}", budget)
+        self.search.progress.advance(self.evaluations.used)
+        more = lambda: self.evaluations.used < budget  # noqa: E731
+        try:
+            if isinstance(self.optimiser, GPSearch):
+                self.optimiser.run(self._evaluate, more)
+            else:
+                self.optimiser.run(lambda x: [-v for v in self._evaluate(x)], more)
+        except BudgetSpent:
+            pass
+        self.search.store.log(f"upper level: {self.evaluations.used} of {budget} merges")
+        return self.archive
 
 
 def merge_for_preference(

@@ -1,0 +1,125 @@
+"""How HM3 splits its budget between the levels: patience, the give-back, and the GP optimiser's contract."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hm3.moo.bayesian import gp_maximise
+from hm3.recipe import Recipe
+from hm3.search.allocation import MIN_PATIENCE, Patience
+from hm3.search.run import budget_allocation
+
+
+def _recipe(**agent) -> Recipe:
+    return Recipe.model_validate(
+        {
+            "base_model": {"path": "/models/base"},
+            "models": [{"name": "a", "path": "/models/a"}, {"name": "b", "path": "/models/b"}],
+            "objectives": [
+                {"name": "a", "task": "arc_easy", "metric": "acc"},
+                {"name": "b", "task": "arc_challenge", "metric": "acc"},
+            ],
+            "parameter_level": {"method": "task_arithmetic", "budget": 6},
+            "agent": {"iterations": 20, **agent},
+        }
+    )
+
+
+def test_patience_stops_after_its_window_of_non_improving_candidates_and_counts_float_noise_as_none():
+    patience = Patience(window=3)
+    for reward in (0.5, 0.4, 0.5 + 1e-12, 0.3):  # the start, then three that do not beat it
+        assert not patience.stalled()
+        patience.see(reward)
+    assert patience.stalled() and patience.best == 0.5
+    patience.see(0.6)  # an improvement resets the window
+    assert not patience.stalled() and patience.since_best == 0
+
+
+def test_patience_window_from_the_recipe_and_none_never_stops():
+    assert Patience.from_recipe(_recipe(), 20).window == 5  # ceil(0.25 x 20)
+    assert Patience.from_recipe(_recipe(patience=0.01), 20).window == MIN_PATIENCE
+    never = Patience.from_recipe(_recipe(patience=None), 20)
+    for _ in range(100):
+        never.see(0.0)
+    assert not never.stalled()
+
+
+def test_the_unspent_path_budget_goes_back_to_the_upper_level_at_most_once_its_size():
+    recipe = _recipe()
+    results = [{"budget": 21, "used": 21}, {"budget": 21, "used": 8, "stopped_early": True}]
+    allocation = budget_allocation(recipe, results)
+    assert allocation["paths_per_preference"] == [20, 7]
+    assert allocation["unspent"] == 13 and allocation["given_back"] == 6  # capped at the first round's 6
+    assert allocation["stopped_early"] == [False, True]
+    paper = recipe.model_copy(
+        update={"parameter_level": recipe.parameter_level.model_copy(update={"weights": "preference"})}
+    )
+    assert budget_allocation(paper, results) is None  # nothing to give it back to
+
+
+def _toy(x: np.ndarray) -> list[float]:
+    return [-float((x[0] - 0.3) ** 2 + x[1]), -float((x[1] - 0.7) ** 2 + x[0])]
+
+
+def test_the_gp_optimiser_stays_in_its_box_within_its_budget_and_repeats_itself_for_a_seed():
+    def run(seed: int) -> np.ndarray:
+        asked: list[np.ndarray] = []
+
+        def evaluate(x: np.ndarray) -> list[float]:
+            asked.append(x.copy())
+            return _toy(x)
+
+        gp_maximise(evaluate, [0.0, 0.0], [2.0, 1.0], 2, seed=seed, more=lambda: len(asked) < 14)
+        return np.array(asked)
+
+    first, again, other = run(0), run(0), run(1)
+    assert first.shape == (14, 2)
+    assert (first >= 0).all() and (first[:, 0] <= 2).all() and (first[:, 1] <= 1).all()
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
+
+
+def test_the_gp_optimiser_asks_the_first_points_first_and_an_error_ends_it():
+    asked: list[np.ndarray] = []
+
+    def evaluate(x: np.ndarray) -> list[float]:
+        asked.append(x.copy())
+        if len(asked) == 3:
+            raise RuntimeError("budget")
+        return _toy(x)
+
+    with pytest.raises(RuntimeError):
+        gp_maximise(evaluate, [0.0, 0.0], [1.0, 1.0], 2, seed=0, more=lambda: True, first=[[0.5, 0.5]])
+    assert asked[0].tolist() == [0.5, 0.5] and len(asked) == 3
+
+
+@pytest.mark.parametrize("optimiser", ["gp", "nsga2"])
+def test_a_continued_search_asks_the_points_of_one_longer_search(optimiser):
+    from hm3.moo.bayesian import GPSearch
+    from hm3.moo.nsga2 import NSGA2Search
+
+    class Spent(Exception):
+        pass
+
+    def search(rounds: list[int]) -> list[list[float]]:
+        if optimiser == "gp":
+            engine = GPSearch([0.0, 0.0], [1.0, 1.0], 2, seed=3)
+        else:
+            engine = NSGA2Search([0.0, 0.0], [1.0, 1.0], 2, population=4, seed=3)
+        asked: list[list[float]] = []
+
+        def evaluate(x: np.ndarray) -> list[float]:
+            if len(asked) >= budget:
+                raise Spent  # mid-generation for NSGA-II: the generation is finished by the next round
+            asked.append(x.tolist())
+            values = _toy(x)
+            return values if optimiser == "gp" else [-v for v in values]
+
+        for budget in rounds:
+            try:
+                engine.run(evaluate, lambda: len(asked) < budget)  # noqa: B023
+            except Spent:
+                pass
+        return asked
+
+    assert search([7, 13]) == search([13])
