@@ -33,6 +33,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "Show a run's Pareto front: a table, hypervolumes, a plot (--plot FILE.png|.svg).",
     ),
     "export": ("cli.export", "Write a front member of a run as a model folder (Hugging Face checkpoint)."),
+    "select": (
+        "cli.select",
+        "Serve a preference after the search: the best front member for it, or a conditioned policy's rollout.",
+    ),
     "eval": (
         "cli.eval",
         "Score saved models on a recipe's objectives (search, held-out or all of each task's data).",

@@ -78,11 +78,26 @@ def scoring_key(fingerprint: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def added_fields(old: Any, new: Any, path: str = "") -> list[str]:
+    """Dotted paths of the settings ``new`` has and ``old`` lacks: fields a later hm3 added to the recipe
+    format (a run's recipe.yaml holds every field of its hm3, so a missing one is not an edit)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return []
+    out: list[str] = []
+    for key in sorted(new):
+        dotted = f"{path}.{key}" if path else key
+        out += [dotted] if key not in old else added_fields(old[key], new[key], dotted)
+    return out
+
+
 def fingerprint_changes(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """What differs between a run's recorded fingerprint and today's, one short phrase each."""
+    """What differs between a run's recorded fingerprint and today's, one short phrase each (fields a later
+    hm3 added: :func:`added_fields`, not listed here)."""
+    added = added_fields(then.get("recipe", {}), now["recipe"])
     changes = [
         f"recipe.yaml was edited ({difference})"
         for difference in data_differences(then.get("recipe", {}), now["recipe"])
+        if difference.split(":", 1)[0] not in added
     ]
     old_files, new_files = then.get("files", {}), now["files"]
     for path in sorted(set(old_files) | set(new_files)):

@@ -59,6 +59,7 @@ from hm3.output_guard import (
 from hm3.recipe import Recipe, recipe_from_dict
 from hm3.run_fingerprint import (
     FINGERPRINT_FILE,
+    added_fields,
     data_differences,
     fingerprint_changes,
     model_files,
@@ -182,7 +183,7 @@ class RunStore:
         try:
             if lock:
                 store._hold(RunLock(directory).acquire())
-            store._check_fingerprint(stored)
+            store._check_fingerprint(stored, writing=lock)
             if lock:
                 store._repair_torn_tail()
                 clear_stale_temporaries(directory)
@@ -214,8 +215,12 @@ class RunStore:
             return str(json.loads(file.read_text())["scoring"])
         return run_fingerprint(recipe)["scoring"]
 
-    def _check_fingerprint(self, recipe: Recipe) -> None:
-        """Refuse to resume when anything that decides the run's scores changed since it started."""
+    def _check_fingerprint(self, recipe: Recipe, writing: bool = True) -> None:
+        """Refuse to resume when anything that decides the run's scores changed since it started.
+
+        A run an older hm3 started lacks the recipe fields added since (their defaults fill them in today):
+        readers (``writing`` False: export, select) go on — a candidate is rebuilt from its own data —, but
+        the search cannot be continued the same way, so a writer gets :class:`StaleRunError` (exit 3)."""
         file = self.directory / FINGERPRINT_FILE
         if not file.is_file():
             raise UserError(
@@ -240,7 +245,14 @@ class RunStore:
                 "--force"
             )
         changes = fingerprint_changes(then, now)
-        if changes or then.get("scoring") != scoring_key(now):
+        added = added_fields(then["recipe"], now["recipe"])
+        if added and not changes and writing:
+            raise StaleRunError(
+                f"cannot resume {self.directory}: an older hm3 started it, without the recipe settings "
+                f"{_some(added)} that this one has; its search cannot be continued the same way; start it "
+                "afresh with --force"
+            )
+        if changes or (then.get("scoring") != scoring_key(now) and not added):
             only_models = (
                 then["models"] != now["models"]
                 and then["files"] == now["files"]

@@ -11,17 +11,24 @@ locking it (nothing is written there), after checking that its inputs are still 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from hm3.errors import UserError
 from hm3.export import check_output_folder
 from hm3.front import FrontMember, ParetoFront
 from hm3.output_guard import announce_replacement, recipe_inputs
 from hm3.routing.save import save_routed_model
+from hm3.search.candidate import Candidate
 from hm3.search.finish import member_candidate
 from hm3.search.progress import SearchProgress
 from hm3.search.session import open_search
 from hm3.store import FRONT_FILE, RunStore
+
+if TYPE_CHECKING:
+    from hm3.recipe import Recipe
+    from hm3.search.session import Search
 
 
 def find_member(front: ParetoFront, wanted: str) -> FrontMember:
@@ -39,13 +46,33 @@ def export_member(run: str | Path, wanted: str, out: str | Path, force: bool = F
     store, recipe = RunStore.resume(run, lock=False)
     front = ParetoFront.from_json(store.read_json(FRONT_FILE))
     member = find_member(front, wanted)
-    out = Path(out)
-    inputs = [("run", run), *recipe_inputs(recipe)]
-    announce_replacement(check_output_folder(out, force=force, expected_bytes=None, inputs=inputs))
+    check_export_folder(run, recipe, out, force)
     search = open_search(recipe, store, SearchProgress(enabled=False))
     candidate = member_candidate(member)
     if candidate.content_key()[:12] != member.id:
         raise UserError(f"front member {member.id}: its merge, path or alignment was edited in {FRONT_FILE}")
+    title = f"hm3 front member {member.id}"
+    return export_candidate(search, run, candidate, out, force, title, member.preference, member.scores)
+
+
+def check_export_folder(run: str | Path, recipe: Recipe, out: str | Path, force: bool) -> None:
+    """Refuse an output folder that is, holds or lies inside the run or an input (before anything loads)."""
+    inputs = [("run", run), *recipe_inputs(recipe)]
+    announce_replacement(check_output_folder(Path(out), force=force, expected_bytes=None, inputs=inputs))
+
+
+def export_candidate(
+    search: Search,
+    run: str | Path,
+    candidate: Candidate,
+    out: str | Path,
+    force: bool,
+    title: str,
+    preference: Sequence[float],
+    scores: Mapping[str, Any],
+) -> Path:
+    """Build ``candidate`` of ``search`` again and save it to ``out`` with a model card; returns ``out``."""
+    recipe = search.recipe
     routing = search.models.routing_pool(candidate.merge_spec())
     path = candidate.inference_path(routing)
     alignment = None
@@ -55,21 +82,21 @@ def export_member(run: str | Path, wanted: str, out: str | Path, force: bool = F
         alignment = aligner.fit(path)
     card = "\n".join(
         [
-            f"# hm3 front member {member.id}",
+            f"# {title}",
             "",
-            f"From run `{Path(run).resolve()}`, preference λ = {member.preference}.",
+            f"From run `{Path(run).resolve()}`, preference λ = {list(preference)}.",
             "",
-            f"- parameter merge: `{json.dumps(member.merge)}`",
-            f"- inference path: {'the merged model itself' if member.path is None else path}",
-            f"- alignment: {member.alignment}",
-            f"- scores: `{json.dumps(member.scores)}`",
+            f"- parameter merge: `{json.dumps(candidate.merge)}`",
+            f"- inference path: {'the merged model itself' if candidate.is_plain else path}",
+            f"- alignment: {candidate.alignment}",
+            f"- scores: `{json.dumps(scores)}`",
             "",
         ]
     )
     return save_routed_model(
         routing,
         path,
-        out,
+        Path(out),
         alignment=alignment,
         shard_size=recipe.output.shard_size,
         force=force,

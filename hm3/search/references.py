@@ -32,6 +32,11 @@ def score_finetuned(search: Search) -> None:
             Candidate.finetuned_model(name), level="finetuned", label=name
         )
         search.progress.advance()
+    set_scale(search)
+
+
+def set_scale(search: Search) -> None:
+    """The ideal point z* and the nadir from the fine-tuned models' search-split scores."""
     directions = [o.higher_is_better for o in search.recipe.objectives]
     points = [
         [oriented(scores[o], up) for o, up in zip(search.objectives, directions, strict=True)]

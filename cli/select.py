@@ -1,0 +1,47 @@
+"""`hm3 select RUN --preference 0.5,0.3,0.2 [--rollout] [--export DIR]`: serve a preference after the search."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", metavar="RUN", help="a run directory of `hm3 merge`")
+    parser.add_argument(
+        "--preference",
+        required=True,
+        metavar="λ",
+        help="comma-separated weights, one per objective in the recipe's order (normalised to sum to 1)",
+    )
+    parser.add_argument(
+        "--rollout",
+        action="store_true",
+        help="a fresh path from the run's preference-conditioned policy (agent.mode: conditioned), scored "
+        "and logged in the run, instead of the best front member",
+    )
+    parser.add_argument("--export", metavar="DIR", help="also write the selection as a model folder")
+    parser.add_argument(
+        "--force", action="store_true", help="replace a model folder hm3 wrote at --export (never an input)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from hm3.search.select import select
+
+    chosen = select(args.run, args.preference, roll_out=args.rollout, export=args.export, force=args.force)
+    lam = ", ".join(f"{v:.3f}" for v in chosen.preference)
+    what = f"front member {chosen.member_id}" if chosen.member_id else "rollout of the conditioned policy"
+    path = chosen.candidate.path
+    shape = "the merged model" if path is None else f"a path of {len(path)} layers over the merge"
+    scores = ", ".join(f"{name} {value:.4g}" for name, value in chosen.scores.get("search", {}).items())
+    held = chosen.scores.get("heldout")
+    held_text = "" if not held else "; held out: " + ", ".join(f"{n} {v:.4g}" for n, v in held.items())
+    print(
+        f"λ = ({lam}): {what}, candidate {chosen.candidate.content_key()[:12]}, {shape}, reward {chosen.reward:+.4f}"
+    )
+    print(f"  search split: {scores}{held_text}")
+    if chosen.exported is not None:
+        print(f"  written to {chosen.exported}")
+    elif chosen.member_id:
+        print(f"  export it: hm3 export {args.run} --member {chosen.member_id} --out DIR")
+    return 0

@@ -1,0 +1,148 @@
+"""`hm3 select`: the best front member for a preference, a conditioned policy's rollout for an unseen one, and
+what an older run can still be used for."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.fixtures_models import run_hm3
+from tests.fixtures_zoo import lm_zoo_micro  # noqa: F401
+from tests.test_search import MICRO_SEARCH
+
+
+@pytest.fixture(scope="module")
+def conditioned_run(lm_zoo_micro: Path, tmp_path_factory) -> Path:  # noqa: F811
+    """A finished micro run with the defaults (optimised upper level) and a preference-conditioned policy."""
+    folder = tmp_path_factory.mktemp("select")
+    recipe = folder / "micro.yaml"
+    recipe.write_text(
+        MICRO_SEARCH.format(zoo=lm_zoo_micro)
+        .replace("parameter_level: {method: task_arithmetic, weights: preference}", "parameter_level: {method: task_arithmetic, budget: 6}")
+        .replace("patience: null}", "patience: null, mode: conditioned}")
+        .replace("preferences: {count: 0, include_corners: true}", "preferences: {count: 1}")
+    )  # fmt: skip
+    done = run_hm3("merge", "--recipe", recipe, "--out", folder / "run", "--quiet", timeout=900)
+    assert done.returncode == 0, done.stderr
+    return folder / "run"
+
+
+def _reward(run: Path, scores: dict, lam: list[float], length: int) -> float:
+    """The run's weighted-sum reward, computed here from the fine-tuned models' scores in its log."""
+    records = [json.loads(line) for line in (run / "candidates.jsonl").read_text().splitlines()]
+    finetuned = [r["scores"] for r in records if r["level"] == "finetuned" and r["split"] == "search"]
+    names = list(scores)
+    ideal = {n: max(s[n] for s in finetuned) for n in names}
+    nadir = {n: min(s[n] for s in finetuned) for n in names}
+    normalised = [(scores[n] - nadir[n]) / ((ideal[n] - nadir[n]) or 1.0) for n in names]
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    beta = recipe["architecture_level"]["length_penalty"]
+    return sum(w * f for w, f in zip(lam, normalised, strict=True)) - beta * length
+
+
+def test_select_picks_the_front_member_the_runs_reward_ranks_best(conditioned_run: Path) -> None:
+    front = json.loads((conditioned_run / "front.json").read_text())["members"]
+    base = yaml.safe_load((conditioned_run / "recipe.yaml").read_text())["base_model"]["path"]
+    layers = json.loads((Path(base) / "config.json").read_text())["num_hidden_layers"]
+    for text, lam in (
+        ("1,0,0", [1.0, 0.0, 0.0]),
+        ("0,2,2", [0.0, 0.5, 0.5]),
+        ("0.2,0.3,0.5", [0.2, 0.3, 0.5]),
+    ):
+        done = run_hm3("select", conditioned_run, "--preference", text, timeout=300)
+        assert done.returncode == 0, done.stderr
+        rewards = {
+            m["id"]: _reward(conditioned_run, m["scores"]["search"], lam, len(m["path"] or [None] * layers))
+            for m in front
+        }
+        best = max(rewards, key=rewards.get)
+        assert f"front member {best}" in done.stdout, (text, rewards, done.stdout)
+        assert f"reward {rewards[best]:+.4f}" in done.stdout
+
+
+def test_select_exports_its_choice_as_a_model_folder(conditioned_run: Path, tmp_path: Path) -> None:
+    done = run_hm3(
+        "select", conditioned_run, "--preference", "1,1,1", "--export", tmp_path / "chosen", timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "chosen" / "config.json").is_file() and "written to" in done.stdout
+
+
+def test_a_rollout_serves_an_unseen_preference_scored_and_logged(conditioned_run: Path) -> None:
+    log = conditioned_run / "candidates.jsonl"
+    before = log.read_text().splitlines()
+    outputs = []
+    for text in ("0.7,0.2,0.1", "0.1,0.1,0.8"):
+        done = run_hm3("select", conditioned_run, "--preference", text, "--rollout", timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert "rollout of the conditioned policy" in done.stdout
+        outputs.append(done.stdout)
+    after = log.read_text().splitlines()
+    assert after[: len(before)] == before  # appended to; a candidate the run had scored is answered instead
+    new = [json.loads(line) for line in after[len(before) :]]
+    assert len(new) <= 2 and all(r["method"] == "select" and r["split"] == "search" for r in new)
+    chosen = [line.split("candidate ")[1].split(",")[0] for line in outputs]
+    assert chosen[0] != chosen[1], outputs  # another preference, another candidate
+    again = run_hm3("select", conditioned_run, "--preference", "0.7,0.2,0.1", "--rollout", timeout=300)
+    assert again.returncode == 0 and again.stdout == outputs[0]  # the same rollout, answered from the log
+    assert log.read_text().splitlines() == after
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--preference", "1,2"], "2 values for 3 objectives"),
+        (["--preference", "1,-1,1"], "non-negative"),
+        (["--preference", "0,0,0"], "not all zero"),
+        (["--preference", "a,b,c"], "comma-separated numbers"),
+    ],
+)
+def test_a_bad_preference_is_one_line_exit_2(
+    conditioned_run: Path, arguments: list[str], message: str
+) -> None:
+    done = run_hm3("select", conditioned_run, *arguments, timeout=300)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_select_refuses_an_unknown_run_and_a_rollout_without_a_policy(
+    conditioned_run: Path, tmp_path: Path
+) -> None:
+    done = run_hm3("select", tmp_path / "nothing", "--preference", "1,1,1", timeout=300)
+    assert done.returncode == 2 and "not a run directory" in done.stderr
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in ("recipe.yaml", "fingerprint.json", "candidates.jsonl", "front.json"):
+        (plain / name).write_bytes((conditioned_run / name).read_bytes())
+    done = run_hm3("select", plain, "--preference", "1,1,1", "--rollout", timeout=300)
+    assert done.returncode == 2 and "no preference-conditioned policy" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_run_of_an_older_hm3_can_be_read_and_exported_but_not_continued(
+    conditioned_run: Path, tmp_path: Path
+) -> None:
+    """A run whose recipe lacks a field this hm3 added (as an older hm3 wrote it)."""
+    old = tmp_path / "old"
+    for file in conditioned_run.rglob("*"):
+        if file.is_file() and ".lock" not in file.name:
+            target = old / file.relative_to(conditioned_run)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(file.read_bytes())
+    recipe = yaml.safe_load((old / "recipe.yaml").read_text())
+    del recipe["parameter_level"]["granularity"]
+    (old / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    fingerprint = json.loads((old / "fingerprint.json").read_text())
+    del fingerprint["recipe"]["parameter_level"]["granularity"]
+    (old / "fingerprint.json").write_text(json.dumps(fingerprint))
+    member = json.loads((old / "front.json").read_text())["members"][0]["id"]
+    done = run_hm3("export", old, "--member", member, "--out", tmp_path / "model", timeout=300)
+    assert done.returncode == 0, done.stderr
+    done = run_hm3("select", old, "--preference", "1,1,1", timeout=300)
+    assert done.returncode == 0, done.stderr
+    done = run_hm3("merge", "--resume", old, timeout=300)
+    assert done.returncode == 3, done.stderr  # make demo starts such a run afresh
+    assert "older hm3" in done.stderr and "parameter_level.granularity" in done.stderr
