@@ -235,7 +235,7 @@ def budget_line(recipe: Recipe, preference_count: int) -> str:
             back = ", given back to the upper level" if recipe.parameter_level.optimised else ""
             share += f", fewer if {window} in a row do not improve it{back}"
     return (
-        f"budget: {hm3_budget(recipe)} new candidates: {upper}{preference_count} preferences x ({share}); a path an "
+        f"budget: {hm3_budget(recipe)} new candidates: {upper}{preference_count} preference{'s' * (preference_count != 1)} x ({share}); a path an "
         f"agent revisits is free, and its training ends after {MAX_EPISODES_PER_CANDIDATE} episodes per path of "
         "its budget"
     )

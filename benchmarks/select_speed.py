@@ -1,0 +1,178 @@
+"""Serving a preference the search never saw: `hm3 select --rollout` against a fresh search for it.
+
+On the small toy LM zoo (built if missing), one run of ``recipes/toy-lm.yaml`` with ``agent.mode: conditioned``
+(every other setting the recipe's default: the optimised upper level, the centre + 3 Dirichlet samples, up to
+1000 paths with patience). Then, for each of 5 unseen preferences — Dirichlet samples of other seeds, none of
+them a preference the conditioned run searched:
+
+* **rollout**: ``hm3 select RUN --preference λ --rollout`` end to end, as a user runs it (opening the run,
+  loading the models, one greedy rollout of the run's policy, scored on the search split and logged);
+* **fresh search**: a new run of the recipe's defaults (``agent.mode: per_preference``) whose only preference
+  is λ (``preferences: {count: 1, include_centre: false, seed: S}``, S chosen so that its one sample is λ), end
+  to end (references, upper level, path search), then ``hm3 select`` of its best front member for λ;
+* **best member**: ``hm3 select`` (no rollout) on the conditioned run: what it already holds for λ.
+
+The reward is the run's own R for λ on the search split (same zoo, split and normalisation for every run).
+Writes ``benchmarks/results/select.md``; the runs live in ``benchmarks/scratch/select`` and a finished run and
+its measurements are reused (a rollout repeated on the same run would be answered from its log, so the first
+measurement is kept).
+
+    .venv/bin/python benchmarks/select_speed.py
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from _bench import REPO, kept_notes, offline, zoo_digest
+
+offline()
+
+RECIPE = REPO / "recipes" / "toy-lm.yaml"
+UNSEEN_SEEDS = [101, 102, 103, 104, 105]
+"""Sampling seeds of the unseen preferences (the conditioned run samples with the recipe's seed, 0)."""
+SCRATCH = REPO / "benchmarks" / "scratch" / "select"
+RESULTS = REPO / "benchmarks" / "results" / "select.md"
+
+
+def base_recipe():
+    from hm3.recipe import load_recipe
+
+    return load_recipe(RECIPE)
+
+
+def conditioned_recipe():
+    recipe = base_recipe()
+    return recipe.model_copy(update={"agent": recipe.agent.model_copy(update={"mode": "conditioned"})})
+
+
+def fresh_recipe(seed: int):
+    recipe = base_recipe()
+    preferences = recipe.preferences.model_copy(update={"count": 1, "include_centre": False, "seed": seed})
+    return recipe.model_copy(update={"preferences": preferences})
+
+
+def finished_run(folder: Path, recipe, zoo: str) -> float:
+    """Run ``recipe`` into ``folder`` unless a finished run of it on this zoo is there; its wall seconds."""
+    from hm3.search.progress import SearchProgress
+    from hm3.search.run import run_search
+    from hm3.store import RunStore
+
+    stamp = folder / "wall.json"
+    settings = recipe.model_dump_json()
+    if stamp.is_file():
+        wall = json.loads(stamp.read_text())
+        if wall.get("zoo") == zoo and wall.get("recipe") == settings and (folder / "summary.json").is_file():
+            return float(wall["seconds"])
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    store = RunStore.create(folder, recipe, force=True)
+    try:
+        with SearchProgress(enabled=sys.stdout.isatty()) as progress:
+            run_search(recipe, store, progress)
+    finally:
+        store.close()
+    seconds = time.perf_counter() - started
+    stamp.write_text(json.dumps({"seconds": seconds, "zoo": zoo, "recipe": settings}))
+    return seconds
+
+
+def log_length(folder: Path) -> int:
+    """Candidates in the run's log."""
+    from hm3.store import CANDIDATES_FILE
+
+    with open(folder / CANDIDATES_FILE, encoding="utf-8") as handle:
+        return sum(1 for _ in handle)
+
+
+def measure(conditioned: Path, seed: int, zoo: str) -> dict:
+    """The rollout, the fresh search and the best member for the one preference of ``fresh_recipe(seed)``."""
+    from hm3.search.select import select
+    from hm3.search.session import preferences
+
+    cache = SCRATCH / f"unseen{seed}.json"
+    if cache.is_file():
+        known = json.loads(cache.read_text())
+        if known.get("zoo") == zoo:
+            return known
+    recipe = fresh_recipe(seed)
+    lam = [float(v) for v in preferences(recipe)[0]]
+    text = ",".join(repr(v) for v in lam)
+
+    before = log_length(conditioned)
+    started = time.perf_counter()
+    rolled = select(conditioned, text, roll_out=True)
+    rollout_seconds = time.perf_counter() - started
+    new_candidates = log_length(conditioned) - before
+
+    member = select(conditioned, text)
+    fresh_folder = SCRATCH / f"fresh{seed}"
+    fresh_seconds = finished_run(fresh_folder, recipe, zoo)
+    fresh = select(fresh_folder, text)
+    result = {
+        "zoo": zoo,
+        "preference": lam,
+        "rollout_seconds": rollout_seconds,
+        "rollout_reward": rolled.reward,
+        "rollout_logged": new_candidates,
+        "rollout_path": None if rolled.candidate.path is None else rolled.candidate.path.to_data(),
+        "member_reward": member.reward,
+        "fresh_seconds": fresh_seconds,
+        "fresh_reward": fresh.reward,
+        "fresh_candidates": log_length(fresh_folder),
+    }
+    cache.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def main() -> None:
+    recipe = conditioned_recipe()
+    zoo = zoo_digest(recipe)
+    run_started = time.perf_counter()
+    conditioned = SCRATCH / "conditioned"
+    conditioned_seconds = finished_run(conditioned, recipe, zoo)
+    rows = [measure(conditioned, seed, zoo) for seed in UNSEEN_SEEDS]
+
+    ratio = [r["fresh_seconds"] / r["rollout_seconds"] for r in rows]
+    lines = [
+        "# Serving an unseen preference: `hm3 select --rollout` vs a fresh search",
+        "",
+        "Command: `.venv/bin/python benchmarks/select_speed.py`  ",
+        f"Machine: {platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores; date "
+        f"{time.strftime('%Y-%m-%d %H:%M')}; wall time of this invocation {time.perf_counter() - run_started:.0f} s "
+        "(runs and measurements reused from benchmarks/scratch/select are not re-timed)  ",
+        f"Zoo: small toy LM (`{RECIPE.relative_to(REPO)}`); the conditioned run (`agent.mode: conditioned`, the "
+        f"recipe's other defaults) took {conditioned_seconds:.0f} s. Each unseen λ is the one Dirichlet sample of "
+        "seed S; the fresh search is a new run of the recipe's defaults with that λ as its only preference. "
+        "R: the run's reward for λ on the search split (weighted sum of the normalised scores − β1·T).",
+        "",
+        "| unseen λ (seed) | rollout s | fresh search s | fresh / rollout | R rollout | R fresh search "
+        "| R best member of the conditioned run | rollout new candidates | fresh search candidates |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for seed, row, speedup in zip(UNSEEN_SEEDS, rows, ratio, strict=True):
+        lam = ", ".join(f"{v:.2f}" for v in row["preference"])
+        lines.append(
+            f"| ({lam}) ({seed}) | {row['rollout_seconds']:.1f} | {row['fresh_seconds']:.0f} | {speedup:.0f}x "
+            f"| {row['rollout_reward']:+.4f} | {row['fresh_reward']:+.4f} | {row['member_reward']:+.4f} "
+            f"| {row['rollout_logged']} | {row['fresh_candidates']} |"
+        )
+    lines += [
+        "",
+        f"Median speed-up {np.median(ratio):.0f}x (min {min(ratio):.0f}x); mean R: rollout "
+        f"{np.mean([r['rollout_reward'] for r in rows]):+.4f}, fresh search "
+        f"{np.mean([r['fresh_reward'] for r in rows]):+.4f}, best member "
+        f"{np.mean([r['member_reward'] for r in rows]):+.4f}.",
+        *kept_notes(RESULTS),
+    ]
+    RESULTS.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
