@@ -58,6 +58,18 @@ def test_the_unspent_path_budget_goes_back_to_the_upper_level_at_most_once_its_s
     assert budget_allocation(paper, results) is None  # nothing to give it back to
 
 
+def test_a_conditioned_agents_unspent_training_budget_goes_back_to_the_upper_level_too():
+    recipe = _recipe(mode="conditioned")  # its training may score 20 paths; the rollouts are the preferences'
+    rollouts = [{"budget": 2, "used": 2}, {"budget": 2, "used": 2}]
+    converged = budget_allocation(recipe, rollouts, conditioned_paths=17)
+    assert converged["conditioned_training_paths"] == 17 and converged["stopped_early"]
+    assert converged["unspent"] == 3 and converged["given_back"] == 3
+    assert (
+        budget_allocation(recipe, rollouts, conditioned_paths=2)["given_back"] == 6
+    )  # capped at the first round
+    assert budget_allocation(recipe, rollouts, conditioned_paths=20)["given_back"] == 0
+
+
 def _toy(x: np.ndarray) -> list[float]:
     return [-float((x[0] - 0.3) ** 2 + x[1]), -float((x[1] - 0.7) ** 2 + x[0])]
 

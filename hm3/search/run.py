@@ -176,13 +176,14 @@ def run_search(
         progress.start_preference(index, len(vectors), preference, recipe.agent.iterations)
         save(run_preference(search, index, preference, agent, parameter_level, merges.get(index)))
     results = [store.read_json(f"{PREFERENCES_DIR}/{file.name}") for file in done]
-    allocation = budget_allocation(recipe, results) if parameter_level else None
+    ledgers = [r.get("ledger", {}) for r in results]
+    training: int | None = None  # paths the conditioned agent's training scored
+    if needs_agent and (store.directory / POLICY_DIR / CONDITIONED_POLICY / "ledger.json").is_file():
+        ledgers.append(store.read_json(f"{POLICY_DIR}/{CONDITIONED_POLICY}/ledger.json"))
+        training = int(ledgers[-1].get("path", {}).get("candidates", 0))
+    allocation = budget_allocation(recipe, results, training) if parameter_level else None
     if upper is not None and allocation is not None and allocation["given_back"] > 0:
         upper.run(upper.first_round + allocation["given_back"])  # continues the first round's optimiser
-    ledgers = [r.get("ledger", {}) for r in results]
-    conditioned_ledger = store.directory / POLICY_DIR / CONDITIONED_POLICY / "ledger.json"
-    if needs_agent and conditioned_ledger.is_file():
-        ledgers.append(store.read_json(f"{POLICY_DIR}/{CONDITIONED_POLICY}/ledger.json"))
     summary_details = {
         "budget": hm3_budget(recipe),
         **(details or {}),
@@ -195,24 +196,37 @@ def run_search(
     return finish_run(search, time.perf_counter() - started, method, summary_details)
 
 
-def budget_allocation(recipe: Recipe, results: list[dict]) -> dict[str, Any] | None:
+def budget_allocation(
+    recipe: Recipe, results: list[dict], conditioned_paths: int | None = None
+) -> dict[str, Any] | None:
     """How the optimised upper level and the path level split the budget (:mod:`hm3.search.allocation`):
-    the upper level's first round, the paths each preference scored (it stops when they stop paying), and
-    what the preferences left unspent — given back to the upper level, at most its first round's size again
-    (an agent that converged leaves most of a large ``iterations`` unspent; the upper level at most doubles).
-    None without the optimised level or without a path level."""
+    the upper level's first round, the paths the path level scored (a preference's search stops when its paths
+    stop paying; the conditioned agent's training when its policy has converged), and what they left unspent —
+    given back to the upper level, at most its first round's size again (an agent that converged leaves most
+    of a large ``iterations`` unspent; the upper level at most doubles). None without the optimised level or
+    without a path level.
+
+    Args:
+        conditioned_paths: With ``agent.mode: conditioned``, the paths its agent's training scored (its
+            rollouts, one per preference, are the preferences' own budget).
+    """
     if not (recipe.parameter_level.optimised and recipe.architecture_level.enabled):
         return None
-    if recipe.agent.mode == "conditioned":
-        return None  # one rollout per preference: nothing to give back
-    paths = [max(0, int(r.get("used", r["budget"])) - 1) for r in results]  # - the upper level's merge
-    budgeted = len(results) * recipe.agent.iterations
     first_round = upper_level_budget(recipe)
+    if recipe.agent.mode == "conditioned":
+        budgeted, paths = conditioned_budget(recipe), [conditioned_paths or 0]
+        split = {"conditioned_training_paths": paths[0], "stopped_early": paths[0] < budgeted}
+    else:
+        paths = [max(0, int(r.get("used", r["budget"])) - 1) for r in results]  # - the upper level's merge
+        budgeted = len(results) * recipe.agent.iterations
+        split = {
+            "paths_per_preference": paths,
+            "stopped_early": [bool(r.get("stopped_early")) for r in results],
+        }
     return {
         "upper_level_first_round": first_round,
         "path_budget": budgeted,
-        "paths_per_preference": paths,
-        "stopped_early": [bool(r.get("stopped_early")) for r in results],
+        **split,
         "unspent": budgeted - sum(paths),
         "given_back": min(budgeted - sum(paths), first_round),
     }
@@ -227,7 +241,9 @@ def budget_line(recipe: Recipe, preference_count: int) -> str:
         share = "the upper level's best merge for it"
         upper = f"{upper_level_budget(recipe)} merges searched by the upper level ({recipe.parameter_level.optimiser}), "
     if recipe.architecture_level.enabled and recipe.agent.mode == "conditioned":
-        share += f" + 1 rollout of a conditioned agent trained on {recipe.agent.iterations} paths"
+        share += f" + 1 rollout of a conditioned agent trained on up to {recipe.agent.iterations} paths"
+        if recipe.parameter_level.optimised:
+            share += ", what its training leaves unspent given back to the upper level"
     elif recipe.architecture_level.enabled:
         share += f" + up to {recipe.agent.iterations} agent paths"
         window = Patience.from_recipe(recipe, recipe.agent.iterations).window
