@@ -172,7 +172,15 @@ def test_ctrl_c_prints_the_command_that_continues_the_search(micro_recipe: Path)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     command = [sys.executable, "-m", "cli.main", "merge", "--recipe", str(micro_recipe), "--out", str(run)]
     process = subprocess.Popen(
-        [*command, "--quiet"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        [*command, "--quiet"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        # as at a terminal: a suite started in the background (`cmd &`) inherits SIGINT ignored, and Python
+        # keeps an ignored SIGINT ignored instead of raising KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     log = run / "candidates.jsonl"
     deadline = time.monotonic() + 600
