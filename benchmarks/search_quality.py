@@ -44,6 +44,8 @@ SEEDS = [0] if QUICK else [0, 1, 2]
 PREFERENCE_SAMPLES = 0 if QUICK else 3  # + K corners + centre
 ITERATIONS = 8 if QUICK else 15
 METHODS = ["hm3", "hm3_paper", "uniform", "grid", "nsga2", "cmaes", "evo_path", "param_only", "arch_only"]
+HM3_VARIANTS = ["hm3", "hm3_paper", "param_only", "arch_only"]
+"""HM3 and its ablations; the other methods (but ``uniform``, three fixed merges) are the baselines."""
 UPPER_SHARE = 0.5
 """``hm3``'s share of the budget for its optimised upper level; the paths get the rest, split over the
 preferences. ``hm3_paper`` is the paper's weights = λ (its P × (1 + iterations) defines the budget)."""
@@ -250,9 +252,9 @@ def search_curve(folder: Path, names: list[str], signs: np.ndarray) -> np.ndarra
 
 
 def anytime(kind: str, runs: dict, volumes: dict[str, float], budget: int, out: Path) -> list[str]:
-    """Search-split hypervolume after each candidate for ``hm3`` and the two best other methods (by held-out
-    HV), mean over seeds, one normalisation over every point compared; a table at fractions of the budget and
-    a plot."""
+    """Search-split hypervolume after each candidate for ``hm3``, its ``param_only`` ablation and the two best
+    baselines (by held-out HV), mean over seeds, one normalisation over every point compared; a table at
+    fractions of the budget and a plot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -260,8 +262,10 @@ def anytime(kind: str, runs: dict, volumes: dict[str, float], budget: int, out: 
 
     from hm3.moo.hypervolume import Normalization
 
-    best = [m for m in sorted(volumes, key=volumes.get, reverse=True) if m not in ("hm3", "uniform")][:2]
-    methods = ["hm3", *best]
+    baselines = [
+        m for m in sorted(volumes, key=volumes.get, reverse=True) if m not in HM3_VARIANTS + ["uniform"]
+    ]
+    methods = ["hm3", *(["param_only"] if "param_only" in volumes else []), *baselines[:2]]
     any_front = next(iter(runs.values()))["front"]
     names = any_front["objectives"]
     signs = np.array([1.0 if up else -1.0 for up in any_front["higher_is_better"]])
