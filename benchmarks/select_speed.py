@@ -23,6 +23,7 @@ measurement is kept).
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import time
@@ -143,7 +144,7 @@ def main() -> None:
         "# Serving an unseen preference: `hm3 select --rollout` vs a fresh search",
         "",
         "Command: `.venv/bin/python benchmarks/select_speed.py`  ",
-        f"Machine: {platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores; date "
+        f"Machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores; date "
         f"{time.strftime('%Y-%m-%d %H:%M')}; wall time of this invocation {time.perf_counter() - run_started:.0f} s "
         "(runs and measurements reused from benchmarks/scratch/select are not re-timed)  ",
         f"Zoo: small toy LM (`{RECIPE.relative_to(REPO)}`); the conditioned run (`agent.mode: conditioned`, the "
