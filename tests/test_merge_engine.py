@@ -215,3 +215,15 @@ def test_outsized_tensors_are_merged_first_and_the_lookahead_never_blocks_the_wr
     assert sorted(name for name, _ in unordered) == sorted(name for name, _ in one)
     expected = dict(one)
     assert all(torch.equal(tensor, expected[name]) for name, tensor in unordered)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_sign_consensus_stays_on_the_task_vectors_device(normalize: bool) -> None:
+    """The consensus merge makes its accumulators where the task vectors are (a GPU search: ``device: cuda``
+    once died here with its sums on the CPU); ``meta`` stands in for a device other than the CPU."""
+    from hm3.merge.consensus import elect_and_merge
+
+    weighted = torch.empty((3, 4, 5), device="meta")
+    mixed, divisor = elect_and_merge(weighted, torch.tensor([0.5, 0.3, 0.2]), with_divisor=normalize)
+    assert mixed.device.type == "meta" and mixed.shape == (4, 5)
+    assert divisor is None if not normalize else divisor.device.type == "meta"

@@ -26,8 +26,10 @@ def elect_and_merge(
     dtype = weighted.dtype
     accumulate = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
     majority = (weighted.sum(dim=0) >= 0).to(dtype).mul_(2).sub_(1)
-    mixed = torch.zeros(weighted.shape[1:], dtype=accumulate)
-    divisor = torch.zeros(weighted.shape[1:], dtype=accumulate) if with_divisor else None
+    mixed = torch.zeros(weighted.shape[1:], dtype=accumulate, device=weighted.device)
+    divisor = (
+        torch.zeros(weighted.shape[1:], dtype=accumulate, device=weighted.device) if with_divisor else None
+    )
     for delta, weight in zip(weighted, weights.tolist(), strict=True):
         agreeing = delta.mul_(majority).clamp_(min=0)
         if divisor is not None:
