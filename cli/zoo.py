@@ -25,7 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="architecture: llama or qwen2 for lm (default llama), clip for vit (the default)",
     )
     build.add_argument(
-        "--size", choices=["micro", "small"], default="small", help="micro: tests; small: demo"
+        "--size",
+        choices=["micro", "small", "deep"],
+        default="small",
+        help="micro: tests; small: demo; deep (lm only): the small zoo 12 layers deep, for the path level",
     )
     build.add_argument("--out", default=None, help="target folder (default zoo/<kind>-<family>-<size>)")
     build.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")

@@ -63,6 +63,40 @@ def deterministic(seed: int) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous[1])
 
 
+BUILD_ENTRIES = frozenset({MANIFEST, "scores.md", "scores.json", "tasks", "data"})
+"""What a build writes into a zoo folder besides its models' folders (named in the manifest)."""
+
+
+def _check_replaceable(target: Path, manifest: dict | None) -> None:
+    """Refuse, before any training, a ``target`` whose contents hm3 did not write: a build replaces only an
+    empty folder or a zoo of its own (``--force`` or not), never a user's folder or files put into a zoo.
+
+    Raises:
+        UserError: ``target`` is a file, a non-empty folder without a zoo manifest, or a zoo holding entries
+            the build did not write.
+    """
+    if not target.exists() and not target.is_symlink():
+        return
+    if not target.is_dir():
+        raise UserError(f"{target} exists and is not a folder; pass --out elsewhere")
+    entries = {entry.name for entry in target.iterdir()}
+    if not entries:
+        return
+    if manifest is None:
+        raise UserError(
+            f"{target} is not empty and holds no zoo hm3 built (no {MANIFEST}); hm3 never replaces it, "
+            "--force or not: pass --out elsewhere"
+        )
+    written = BUILD_ENTRIES | {str(model.get("path")) for model in manifest.get("models", [])}
+    foreign = sorted(entries - written)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" (and {len(foreign) - 3} more)" if len(foreign) > 3 else "")
+        raise UserError(
+            f"{target} holds what the zoo build did not write ({shown}); hm3 will not replace it: move them "
+            "out, or pass --out elsewhere"
+        )
+
+
 def _writable_parent(out: Path) -> None:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +122,7 @@ def build_zoo(
         kind: ``lm`` or ``vit``.
         family: ``llama`` or ``qwen2`` for ``lm`` (``None``: llama). A vision zoo is always ``clip``; the
             default ``llama`` (or ``None``) is read as ``clip`` there, anything else is an error.
-        size: ``micro`` or ``small``.
+        size: ``micro``, ``small`` or ``deep`` (language only).
         out: Target folder; default ``$HM3_ZOO_DIR/<kind>-<family>-<size>`` or ``./zoo/...``.
         seed: Seed of the whole build.
         force: Rebuild even when a finished zoo is already there.
@@ -124,6 +158,7 @@ def build_zoo(
             )
         console.print(f"zoo {zoo.name} (seed {seed}) already built at {target}")
         return target
+    _check_replaceable(target, manifest)
     _writable_parent(target)
     staging = target.parent / f".{target.name}.building-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -208,8 +243,11 @@ def _write_manifest(staging: Path, zoo: ZooConfig, contents: dict[str, Any], sec
 
 
 def _move_into_place(staging: Path, target: Path, force: bool) -> None:
-    """Rename the finished build onto ``target``; an unfinished leftover (no manifest) is replaced."""
+    """Rename the finished build onto ``target``, replacing an empty folder or (``force``) a zoo that
+    :func:`_check_replaceable` lets the build replace — checked again: the folder may have changed meanwhile.
+    A zoo another build finished meanwhile is kept."""
     if target.exists() and (force or read_manifest(target) is None):
+        _check_replaceable(target, read_manifest(target))
         shutil.rmtree(target)
     try:
         staging.rename(target)

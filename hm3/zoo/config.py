@@ -30,7 +30,9 @@ from hm3.errors import UserError
 KINDS = ("lm", "vit")
 LM_FAMILIES = ("llama", "qwen2")
 VIT_FAMILIES = ("clip",)
-SIZES = ("micro", "small")
+SIZES = ("micro", "small", "deep")
+LM_ONLY_SIZES = ("deep",)
+"""Sizes only the language zoo has: the deep zoo is there for the path level (layers to exchange)."""
 MANIFEST = "zoo.json"
 ZOO_DIR_ENV = "HM3_ZOO_DIR"
 
@@ -87,8 +89,12 @@ fine-tune at 2e-3 (was 1e-3, where the reversal specialist sat on its learning t
 kernels; at 2e-3 it scores 0.86-0.87 under two kernel choices, benchmarks/results/zoo_build.md)."""
 
 LM_PRESETS: dict[str, LMPreset] = {
-    "micro": LMPreset(64, 2, 4, 100, 500, 64, 3e-3, 1e-2, 2, 5, 100, 8, subskill_corpus=False),
+    # micro specialists fine-tune 1000 steps: at 500 the addition specialist sat on its learning transition
+    # (0.20-0.51 under four CPU numerics on one machine; 0.90-1.00 at 1000, benchmarks/results/zoo_build.md)
+    "micro": LMPreset(64, 2, 4, 100, 1000, 64, 3e-3, 1e-2, 2, 5, 100, 8, subskill_corpus=False),
     "small": LMPreset(64, 4, 4, 1500, 600, 64, 3e-3, 2e-3, 2, 7, 200, 12, 0.25, 0.3),
+    # the small zoo 12 layers deep: same width, tasks, data, steps and fine-tuning regime
+    "deep": LMPreset(64, 12, 4, 1500, 600, 64, 3e-3, 2e-3, 2, 7, 200, 12, 0.25, 0.3),
 }
 VIT_PRESETS: dict[str, VitPreset] = {
     "micro": VitPreset(32, 2, 2, 12, 8, 3e-3, 2e-3),
@@ -103,7 +109,8 @@ class ZooConfig:
     Attributes:
         kind: ``lm`` (causal language models scored with lm-eval) or ``vit`` (CLIP vision towers).
         family: ``llama`` or ``qwen2`` for ``lm``; ``clip`` for ``vit``.
-        size: ``micro`` (tests, under a minute) or ``small`` (demo and benchmarks, a few minutes).
+        size: ``micro`` (tests, under a minute), ``small`` (demo and benchmarks, a few minutes) or ``deep``
+            (language only: the small zoo 12 layers deep, for the path level; about 15 minutes).
         seed: Seed of every random draw of the build.
     """
 
@@ -125,6 +132,8 @@ class ZooConfig:
             )
         if size not in SIZES:
             raise UserError(f"--size must be one of {', '.join(SIZES)}, not {size!r}")
+        if size in LM_ONLY_SIZES and kind != "lm":
+            raise UserError(f"--size {size} exists for --kind lm only; the {kind} zoo is micro or small")
         if seed < 0:
             raise UserError(f"--seed must be a non-negative integer, not {seed}")
         return cls(kind, family, size, seed)

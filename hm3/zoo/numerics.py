@@ -1,4 +1,4 @@
-"""Portable CPU numerics for zoo builds: for a seed, the same weights on every x86-64 machine.
+"""Pinned CPU numerics for zoo builds: for a seed, the same weights on every Intel x86-64 CPU with AVX2.
 
 torch picks its CPU kernels by the instructions the CPU has (``ATEN_CPU_CAPABILITY``: ``default``, ``avx2``,
 ``avx512``), and Intel MKL, which does torch's float32 matrix products, picks its own code path the same way.
@@ -8,9 +8,11 @@ addition specialist scored 0.77 (avx2), 0.84 (default) and 0.54 (default, MKL's 
 torch is imported:
 
 * ``ATEN_CPU_CAPABILITY=default``: ATen's portable kernels, which every x86-64 CPU runs alike;
-* ``MKL_CBWR=AVX2``: MKL's conditional numerical reproducibility, its AVX2 code path on every CPU that has
-  AVX2 (every Intel CPU since 2013, every AMD CPU since 2015), AVX-512 ones included. ``COMPATIBLE`` (the SSE2
-  path) would cover older CPUs too, but made the small zoos' builds 3-4x slower;
+* ``MKL_CBWR=AVX2``: MKL's conditional numerical reproducibility, its AVX2 code path on every Intel CPU that
+  has AVX2 (since 2013), AVX-512 ones included. MKL applies it to Intel CPUs only: on AMD CPUs it takes its
+  AUTO branch, and an AMD EPYC built other weights than an Intel Xeon (benchmarks/results/zoo_build.md).
+  ``COMPATIBLE`` (the SSE2 path, which MKL documents for "Intel and compatible" CPUs) made the small zoos'
+  builds 3-4x slower and is not verified across vendors;
 * ``OMP_NUM_THREADS=MKL_NUM_THREADS=1``: float sums differ between 1 and 2 threads;
 
 and removes what would override them (``MKL_ENABLE_INSTRUCTIONS``, ``MKL_DEBUG_CPU_TYPE``). Inside the child
