@@ -380,6 +380,36 @@ def test_cli_train_and_eval_on_the_micro_zoo(lm_zoo_micro, tmp_path, capsys) -> 
     assert "OOD mean" in stdout
 
 
+def test_the_recipe_dtype_is_honoured_and_threads_are_fixed(lm_zoo_micro, tmp_path, capsys, monkeypatch) -> None:  # noqa: F811
+    """``dtype: bfloat16`` trains and evaluates in bfloat16 (it was ignored: float32 always), the adapter is
+    saved in it and the manifest says so; the CPU thread count is the fixed one, whatever the load average."""
+    from safetensors.torch import load_file
+
+    from hm3.evaluate.threads import SCORING_THREADS
+    from hm3.himole import pipeline
+
+    monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))  # an idle machine: no longer consulted
+    seen = []
+    schedule = pipeline.Schedule
+
+    def recording(model, *args, **kwargs):
+        seen.append((next(model.parameters()).dtype, torch.get_num_threads()))
+        return schedule(model, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "Schedule", recording)
+    torch.set_num_threads(2)
+    recipe = _micro_recipe(tmp_path, lm_zoo_micro)
+    recipe.write_text(recipe.read_text().replace("device: cpu\n", "device: cpu\ndtype: bfloat16\n"))
+    out = tmp_path / "adapter"
+    code, _, stderr = _hm3(capsys, "himole", "train", "--recipe", recipe, "--out", out, "--variant", "lora")
+    assert code == 0, stderr
+    assert seen == [(torch.bfloat16, SCORING_THREADS)]
+    assert json.loads((out / "himole.json").read_text())["dtype"] == "bfloat16"
+    assert {t.dtype for t in load_file(str(out / "adapter.safetensors")).values()} == {torch.bfloat16}
+    code, _, stderr = _hm3(capsys, "himole", "eval", "--recipe", recipe, "--adapter", out, "--limit", "4")
+    assert code == 0, stderr
+
+
 def test_cli_lora_variant_and_errors(lm_zoo_micro, tmp_path, capsys) -> None:  # noqa: F811
     recipe = _micro_recipe(tmp_path, lm_zoo_micro)
     out = tmp_path / "lora"
@@ -494,6 +524,12 @@ def test_interrupted_save_keeps_the_previous_adapter(tiny_pools, tmp_path, monke
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(storage.UserError, match="not a HiMoLE adapter folder"):
         storage.save_adapter(tmp_path / "other", model, {"variant": "x", "adapter": shape.to_json()})
+    (folder / "my-notes.txt").write_text("mine")  # an adapter folder a user put a file into is not replaced
+    with pytest.raises(storage.UserError, match="not a HiMoLE adapter folder"):
+        storage.save_adapter(folder, model, {"variant": "third", "adapter": shape.to_json()})
+    assert (folder / "my-notes.txt").read_text() == "mine"
+    with pytest.raises(storage.UserError, match="hm3 never writes over its inputs"):
+        storage.check_adapter_target(tmp_path / "other" / "adapter", [("base model", tmp_path / "other")])
 
 
 def test_an_included_himole_recipe_keeps_its_relative_paths(tmp_path) -> None:

@@ -30,7 +30,15 @@ def on_cpu(model: Any) -> bool:
 @contextmanager
 def scoring_threads(model: Any) -> Iterator[None]:
     """Run the block with :data:`SCORING_THREADS` intra-op threads when ``model`` is on the CPU."""
-    if not on_cpu(model):
+    with pinned_threads(on_cpu(model)):
+        yield
+
+
+@contextmanager
+def pinned_threads(cpu: bool) -> Iterator[None]:
+    """Run the block with :data:`SCORING_THREADS` intra-op threads when its work is on the CPU (``cpu``); the
+    count is restored after. HiMoLE's training and evaluation of toy-sized models use it too."""
+    if not cpu:
         yield
         return
     previous = torch.get_num_threads()

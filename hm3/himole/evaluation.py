@@ -17,12 +17,12 @@ from hm3.evaluate import Evaluator
 from hm3.evaluate.evaluator import load_tokenizer
 from hm3.evaluate.language import prepare_language_objectives
 from hm3.evaluate.quiet import quiet_libraries
+from hm3.evaluate.threads import pinned_threads
 from hm3.himole.data import Pair
 from hm3.himole.model import trainable_parameter_count
 from hm3.himole.pipeline import require_section
 from hm3.himole.storage import load_adapter
 from hm3.himole.training import validation_loss
-from hm3.merge.runtime import use_idle_cores
 from hm3.placement import resolve_device
 from hm3.pool import resolve_model_folder
 
@@ -80,8 +80,12 @@ def evaluate_adapter(
         split: ``all`` (every test document), ``search`` or ``heldout``.
         limit: At most this many documents per objective (overrides the objectives' ``limit``).
     """
+    with pinned_threads(resolve_device(recipe.device) == "cpu"):
+        return _evaluate(recipe, adapter, split, limit)
+
+
+def _evaluate(recipe: Recipe, adapter: Path | None, split: str, limit: int | None) -> EvalReport:
     config = require_section(recipe)
-    use_idle_cores()
     base = resolve_model_folder(recipe.base_model)
     device = resolve_device(recipe.device)
     objectives = list(recipe.objectives)
@@ -95,10 +99,10 @@ def evaluate_adapter(
     )
     if adapter is None:
         with quiet_libraries():
-            model = AutoModelForCausalLM.from_pretrained(base, dtype="float32").to(device).eval()
+            model = AutoModelForCausalLM.from_pretrained(base, dtype=recipe.dtype).to(device).eval()
         tokenizer, label, parameters = load_tokenizer(base, recipe.trust_remote_code), "base", 0
     else:
-        model, tokenizer, manifest = load_adapter(adapter, str(base), device)
+        model, tokenizer, manifest = load_adapter(adapter, str(base), device, dtype=recipe.dtype)
         label = manifest["variant"] + ("" if manifest.get("two_stage", True) else " (one stage)")
         parameters = trainable_parameter_count(model)
     evaluator = Evaluator(prepared, tokenizer=tokenizer)

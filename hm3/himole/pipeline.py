@@ -26,13 +26,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hm3.errors import UserError
 from hm3.evaluate.quiet import quiet_libraries
+from hm3.evaluate.threads import pinned_threads
 from hm3.himole.clustering import Clustering, cluster_texts, composition
 from hm3.himole.config import VARIANTS, HiMoLEConfig, describe
 from hm3.himole.data import Pair, load_pairs, source_counts, split_validation
 from hm3.himole.model import AdapterShape, attach_mixture, matched_lora_rank, trainable_parameter_count
 from hm3.himole.stages import Schedule
-from hm3.himole.storage import save_adapter
-from hm3.merge.runtime import use_idle_cores
+from hm3.himole.storage import check_adapter_target, save_adapter
 from hm3.placement import resolve_device
 from hm3.pool import resolve_model_folder
 
@@ -69,23 +69,32 @@ def require_section(recipe: Recipe) -> HiMoLEConfig:
 
 
 def train_himole(recipe: Recipe, request: TrainRequest, console: Console | None = None) -> dict[str, Any]:
-    """Train the requested variant on the recipe and save it to ``request.out``; returns the manifest."""
+    """Train the requested variant on the recipe and save it to ``request.out``; returns the manifest.
+
+    The base model is loaded in the recipe's ``dtype`` (the adapters follow it); on the CPU the training runs
+    on a fixed thread count (:func:`hm3.evaluate.threads.pinned_threads`), never one read from the load.
+    """
+    with pinned_threads(resolve_device(recipe.device) == "cpu"):
+        return _train(recipe, request, console)
+
+
+def _train(recipe: Recipe, request: TrainRequest, console: Console | None) -> dict[str, Any]:
     if request.variant not in VARIANTS:
         raise UserError(f"--variant must be one of {', '.join(VARIANTS)}, not {request.variant!r}")
     if request.variant != "himole" and not request.two_stage:
         raise UserError("--no-two-stage applies to --variant himole only")
     config = require_section(recipe)
     console = console or Console(stderr=True)
-    use_idle_cores()  # tiny models: one thread beats two busy ones (OpenMP spin-waits)
     seed = request.seed if request.seed is not None else config.resolved_seed(recipe.seed)
     started = time.monotonic()
     pairs = load_pairs(config, seed)
     train_rows, validation_rows = split_validation(len(pairs), config.validation_fraction, seed)
     base = resolve_model_folder(recipe.base_model)
+    check_adapter_target(request.out, [("base model", base)])  # before any training, not after it
     device = resolve_device(recipe.device)
     with quiet_libraries():
         tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=recipe.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(base, dtype="float32").to(device)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=recipe.dtype).to(device)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     torch.manual_seed(seed)
@@ -114,6 +123,7 @@ def train_himole(recipe: Recipe, request: TrainRequest, console: Console | None 
         "adapter": shape.to_json(),
         "base_model": str(base),
         "family": model.config.model_type,
+        "dtype": recipe.dtype,
         "seed": seed,
         "trainable_parameters": trainable_parameter_count(model),
         "training_rows": len(train_rows),

@@ -30,6 +30,7 @@ from hm3.errors import UserError
 from hm3.evaluate.quiet import quiet_libraries
 from hm3.export import move_into_place
 from hm3.himole.model import AdapterShape, adapter_parameter_names, adapter_state_dict, attach_mixture
+from hm3.output_guard import check_no_overlap
 
 MANIFEST = "himole.json"
 WEIGHTS = "adapter.safetensors"
@@ -41,6 +42,27 @@ FORMAT_1_NAMES = {".token_router.": ".token_gate.", ".sentence_router.": ".sente
 """Format 1's tensor name parts and what they are called now."""
 
 
+ADAPTER_ENTRIES = frozenset({WEIGHTS, CENTROIDS, MANIFEST})
+"""Everything :func:`save_adapter` writes into an adapter folder."""
+
+
+def check_adapter_target(folder: Path, inputs: list[tuple[str, Path]] | None = None) -> None:
+    """Refuse an adapter folder hm3 may not write: an input (the base model) or a folder holding one, a file,
+    or a folder holding anything but an adapter hm3 wrote (which it replaces). Called before training starts,
+    and again when saving.
+
+    Raises:
+        UserError: naming the folder and what is in the way.
+    """
+    folder = Path(folder)
+    check_no_overlap(folder, inputs or [])
+    if not folder.exists():
+        return
+    entries = {entry.name for entry in folder.iterdir()} if folder.is_dir() else None
+    if entries is None or (entries and (MANIFEST not in entries or entries - ADAPTER_ENTRIES)):
+        raise UserError(f"--out {folder} exists and is not a HiMoLE adapter folder; choose another path")
+
+
 def save_adapter(folder: Path, model: Any, manifest: dict[str, Any], centroids: Any = None) -> Path:
     """Write ``model``'s adapter, the manifest and the centroids into ``folder`` (replacing an older adapter).
 
@@ -48,10 +70,7 @@ def save_adapter(folder: Path, model: Any, manifest: dict[str, Any], centroids: 
         UserError: ``folder`` exists and is neither empty nor an adapter folder.
     """
     folder = Path(folder)
-    if folder.exists() and (
-        not folder.is_dir() or (any(folder.iterdir()) and not (folder / MANIFEST).is_file())
-    ):
-        raise UserError(f"--out {folder} exists and is not a HiMoLE adapter folder; choose another path")
+    check_adapter_target(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -102,7 +121,7 @@ def current_tensor_names(tensors: dict[str, torch.Tensor], version: int) -> dict
 
 
 def load_adapter(
-    folder: Path, base_model: str | None = None, device: str = "cpu"
+    folder: Path, base_model: str | None = None, device: str = "cpu", dtype: str | None = None
 ) -> tuple[Any, Any, dict[str, Any]]:
     """The base model with the saved mixture attached and loaded, its tokenizer, and the manifest.
 
@@ -110,6 +129,7 @@ def load_adapter(
         folder: An adapter folder written by :func:`save_adapter`.
         base_model: Base model folder (None: the one the manifest names).
         device: Where to put the model.
+        dtype: The model's dtype (the recipe's; None: the one it was trained in, float32 for older adapters).
 
     Raises:
         UserError: no adapter, or an adapter whose tensors do not fit the base model.
@@ -117,7 +137,7 @@ def load_adapter(
     manifest = read_manifest(Path(folder))
     base = base_model or manifest["base_model"]
     with quiet_libraries():
-        model = AutoModelForCausalLM.from_pretrained(base, dtype="float32")
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype or manifest.get("dtype", "float32"))
         tokenizer = AutoTokenizer.from_pretrained(base)
     attach_mixture(model, AdapterShape(**manifest["adapter"]))
     tensors = current_tensor_names(load_file(str(Path(folder) / WEIGHTS)), manifest["format"])

@@ -45,31 +45,6 @@ def merge_workers(uses_torch: bool = True) -> int:
     return workers
 
 
-def use_idle_cores() -> int:
-    """Set torch's intra-op threads to the cores not busy with other work (by the 1-minute load average).
-
-    Returns the thread count in use. An explicit ``OMP_NUM_THREADS`` (or ``HM3_NUM_THREADS``) wins. Results
-    of reductions then depend on the machine's load (see the module docstring); merges use
-    :func:`merge_workers` instead.
-    """
-    # not at the top: a fused mergekit run never imports torch (hm3.merge.mergekit_run)
-    import torch
-
-    explicit = os.environ.get("HM3_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
-    if explicit:
-        threads = max(1, int(explicit))
-    else:
-        cores = os.cpu_count() or 1
-        try:
-            busy = os.getloadavg()[0]
-        except OSError:
-            busy = 0.0
-        threads = max(1, min(torch.get_num_threads(), int(cores - busy + 0.5)))
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-    return threads
-
-
 def reuse_freed_memory() -> None:
     """Let glibc keep freed blocks for reuse instead of returning them to the system (once per process).
 
