@@ -1,6 +1,6 @@
 """Is HM3 better than what a user already has, for the same compute? HM3 vs every baseline, equal budgets.
 
-On the small toy LM zoo and the small toy vision zoo (built if missing), for each seed, HM3 and each baseline
+On the small toy LM zoo, the small toy vision zoo and the deep (12-layer) toy LM zoo (built if missing), for each seed, HM3 and each baseline
 (`hm3 baseline`) run on the zoo's recipe with the same search split and the same budget — the number of
 distinct candidates scored on the search split, HM3's own P × (iterations + 1). Then, per zoo, one
 normalisation of the held-out scores over every point of every method, seed and reference, and:
@@ -11,12 +11,13 @@ normalisation of the held-out scores over every point of every method, seed and 
 * evaluations used and wall time.
 
 Writes ``benchmarks/results/search_quality.md`` (``search_quality_quick.md`` with ``BENCH_QUICK=1``) and the
-fronts overlaid in ``search_quality.png`` (LM) and ``search_quality_vit.png``. Each run lives in
+fronts overlaid in ``search_quality.png`` (LM), ``search_quality_vit.png`` and ``search_quality_deep.png``. Each run lives in
 ``benchmarks/scratch/search_quality/...``; a finished run is reused, so an interrupted benchmark continues.
 
     .venv/bin/python benchmarks/search_quality.py              # 3 seeds, 7 preferences x 16 candidates
     BENCH_QUICK=1 .venv/bin/python benchmarks/search_quality.py   # 1 seed, 4 preferences x 9, for a first look
-    BENCH_ZOOS=vit .venv/bin/python benchmarks/search_quality.py  # one zoo only (lm, vit); the table lists it alone
+    BENCH_ZOOS=deep .venv/bin/python benchmarks/search_quality.py  # some zoos (lm, vit, deep): their sections are
+                                                                    # rewritten, the others' kept as measured
 
 Several processes may share the work: ``BENCH_SEEDS=2 BENCH_METHODS=cmaes,evo_path`` runs only those runs
 (and writes no table); a run another live process is doing is waited for, not redone.
@@ -49,7 +50,9 @@ HM3_VARIANTS = ["hm3", "hm3_paper", "param_only", "arch_only"]
 UPPER_SHARE = 0.5
 """``hm3``'s share of the budget for its optimised upper level; the paths get the rest, split over the
 preferences. ``hm3_paper`` is the paper's weights = λ (its P × (1 + iterations) defines the budget)."""
-ZOOS = {"lm": "recipes/toy-lm.yaml", "vit": "recipes/toy-vit.yaml"}
+ZOOS = {"lm": "recipes/toy-lm.yaml", "vit": "recipes/toy-vit.yaml", "deep": "recipes/toy-lm-deep.yaml"}
+ZOO_BUILDS = {"lm": ("lm", "small"), "vit": ("vit", "small"), "deep": ("lm", "deep")}
+"""What ``hm3 zoo build`` makes each zoo: (kind, size)."""
 SCRATCH = REPO / "benchmarks" / "scratch" / "search_quality" / ("quick" if QUICK else "full")
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -309,6 +312,23 @@ def anytime(kind: str, runs: dict, volumes: dict[str, float], budget: int, out: 
     return [*rows, "", f"Plot: `{out.name}`.", ""]
 
 
+def zoo_marker(kind: str, end: str) -> str:
+    return f"<!-- zoo {kind}: {end} -->"
+
+
+def kept_zoo_sections(results: Path) -> dict[str, list[str]]:
+    """Each zoo's section (tables, anytime curves) of an earlier results file, between its markers."""
+    if not results.is_file():
+        return {}
+    text = results.read_text()
+    kept = {}
+    for kind in ZOOS:
+        start, end = zoo_marker(kind, "start"), zoo_marker(kind, "end")
+        if start in text and end in text:
+            kept[kind] = text[text.index(start) : text.index(end) + len(end)].splitlines()
+    return kept
+
+
 def plot(kind: str, data: dict, out: Path) -> None:
     from hm3.moo.plots import PlotSeries, plot_pareto
 
@@ -334,9 +354,9 @@ def main() -> None:
     from hm3.zoo import ensure_zoo
 
     started = time.perf_counter()
-    sections = []
+    sections: dict[str, list[str]] = {}
     for kind in selected("BENCH_ZOOS", list(ZOOS)):
-        ensure_zoo(kind, size="small")
+        ensure_zoo(ZOO_BUILDS[kind][0], size=ZOO_BUILDS[kind][1])
         runs = {}
         for seed in selected("BENCH_SEEDS", SEEDS):
             budget = hm3_budget(recipe_for(kind, seed))
@@ -349,20 +369,22 @@ def main() -> None:
             print(f"{kind}: a share of the runs only (BENCH_SEEDS/BENCH_METHODS); no table written")
             continue
         rows, data = analyse(kind, runs)
-        sections += rows
-        suffix = "" if kind == "lm" else "_vit"
+        suffix = "" if kind == "lm" else f"_{kind}"
         plot(kind, data, RESULTS / f"search_quality{'_quick' if QUICK else ''}{suffix}.png")
         budget = hm3_budget(recipe_for(kind, SEEDS[0]))
-        sections += anytime(
+        rows += anytime(
             kind,
             runs,
             data["volumes"],
             budget,
             RESULTS / f"search_quality{'_quick' if QUICK else ''}_anytime{suffix}.png",
         )
+        sections[kind] = [zoo_marker(kind, "start"), *rows, zoo_marker(kind, "end")]
     if not sections:
         return
     name = "search_quality_quick.md" if QUICK else "search_quality.md"
+    kept = kept_zoo_sections(RESULTS / name)  # a run of some zoos keeps the others' tables as measured
+    ordered = [line for kind in ZOOS for line in sections.get(kind, kept.get(kind, []))]
     lines = [
         "# Search quality: HM3 vs baselines at equal budgets",
         "",
@@ -382,12 +404,14 @@ def main() -> None:
         "mean over seeds. 'HM3 members dominating its best': HM3 front members (same seed) that dominate the "
         "baseline member with the best mean held-out score.",
         "",
-        *sections,
+        *ordered,
         "Plots: `search_quality"
         + ("_quick" if QUICK else "")
-        + ".png` (LM) and `search_quality"
+        + ".png` (LM), `search_quality"
         + ("_quick" if QUICK else "")
-        + "_vit.png`: the fronts of seed "
+        + "_vit.png` and `search_quality"
+        + ("_quick" if QUICK else "")
+        + "_deep.png`: the fronts of seed "
         f"{SEEDS[0]} overlaid.",
     ]
     RESULTS.mkdir(parents=True, exist_ok=True)

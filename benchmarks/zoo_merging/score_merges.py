@@ -1,10 +1,10 @@
 """Score task-arithmetic merges of a toy zoo's specialists on the recipe's search split (issue 4 follow-up).
 
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 .venv/bin/python benchmarks/zoo_merging/score_merges.py \\
-        recipes/toy-lm.yaml [--corners]
+        recipes/toy-lm.yaml [--corners] [--scaled]
 
 Prints one line per merge: the centre of the simplex, the three pairs, and with ``--corners`` the specialists
-themselves (weights in pool order; ``normalize: false``, as the HM3 search merges). Results:
+themselves, with ``--scaled`` each specialist's task vector at 1/2 and the plain sum (weights in pool order; ``normalize: false``, as the HM3 search merges). Results:
 benchmarks/results/zoo_merging.md.
 """
 
@@ -30,13 +30,24 @@ MERGES = {
     "pair 2+3 (0,1/2,1/2)": (0.0, 0.5, 0.5),
 }
 CORNERS = {"corner 1": (1.0, 0.0, 0.0), "corner 2": (0.0, 1.0, 0.0), "corner 3": (0.0, 0.0, 1.0)}
+SCALED = {
+    "single 1 at 1/2": (0.5, 0.0, 0.0),
+    "single 2 at 1/2": (0.0, 0.5, 0.0),
+    "single 3 at 1/2": (0.0, 0.0, 0.5),
+    "sum (1,1,1)": (1.0, 1.0, 1.0),
+}
+"""How far each task vector scales down alone, and the plain sum (weights summing to 3)."""
 
 
 def main() -> None:
     recipe = load_recipe(sys.argv[1])
     pool = ModelPool.from_recipe(recipe)
     evaluator = Evaluator.from_recipe(recipe)
-    merges = {**MERGES, **(CORNERS if "--corners" in sys.argv else {})}
+    merges = {
+        **MERGES,
+        **(CORNERS if "--corners" in sys.argv else {}),
+        **(SCALED if "--scaled" in sys.argv else {}),
+    }
     for name, weights in merges.items():
         started = time.perf_counter()
         spec = MergeSpec(

@@ -1,0 +1,251 @@
+"""Does the path agent learn? PPO vs the same agent untrained vs random local search vs evolution, equal budgets.
+
+On the deep (12-layer) toy LM zoo, for each seed and each of three preferences, one merge — the recipe's
+task-arithmetic merge with weights λ, the merge the path level starts from — and four path searches over the
+K fine-tuned models plus that merge, each scoring the same number of new paths on the search split:
+
+* ``ppo``: HM3's agent as the recipe configures it (PPO actor-critic, Wolpertinger, every iteration spent);
+* ``ppo_lr0``: the same agent with learning rate 0 — its prior alone (what the untrained policy samples);
+* ``local``: random local search around the identity path — one random edit (``evo_path.mutate_path``) of the
+  best path so far, kept when it is at least as good;
+* ``evolution``: ``evo_path``'s (μ + λ) path evolution at the same fixed merge (the path half of the baseline).
+
+Reward: HM3's weighted-sum reward R(λ) (length penalty included), reported as the improvement over the merge's
+own identity path (0 = the path level found nothing better than its starting merge). Per budget checkpoint the
+best improvement so far; for the two PPO variants also the greedy rollout of the policy at the end (scored
+outside the budget). Writes ``benchmarks/results/agent_learning.md`` and ``agent_learning.png``; each search's
+record lives in ``benchmarks/scratch/agent_learning/`` and is reused, so an interrupted run continues.
+
+    .venv/bin/python benchmarks/agent_learning.py               # 3 seeds, 3 preferences, 200 paths each
+    BENCH_BUDGET=60 BENCH_SEEDS=0 .venv/bin/python benchmarks/agent_learning.py   # a first look
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+
+import numpy as np
+from _bench import REPO, kept_notes, offline, zoo_digest
+
+offline()
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from hm3.baselines.evo_path import CHILDREN, PARENTS, mutate_path  # noqa: E402
+from hm3.evaluate.quiet import quiet_libraries  # noqa: E402
+from hm3.merge.spec import MergeSpec  # noqa: E402
+from hm3.recipe import load_recipe  # noqa: E402
+from hm3.routing.agent import max_path_length, path_scorer_from_recipe, reward_from_recipe, search_path  # noqa: E402
+from hm3.routing.path import InferencePath  # noqa: E402
+from hm3.search.models import CandidateModels  # noqa: E402
+from hm3.search.session import load_inputs  # noqa: E402
+from hm3.zoo import ensure_zoo  # noqa: E402
+
+RECIPE = REPO / "recipes" / "toy-lm-deep.yaml"
+RESULTS = REPO / "benchmarks" / "results"
+SCRATCH = REPO / "benchmarks" / "scratch" / "agent_learning"
+SEEDS = [int(s) for s in os.environ.get("BENCH_SEEDS", "0,1,2").split(",")]
+BUDGET = int(os.environ.get("BENCH_BUDGET", "200"))
+PREFERENCES = [(0.6, 0.2, 0.2), (0.2, 0.6, 0.2), (0.2, 0.2, 0.6)]
+METHODS = ["ppo", "ppo_lr0", "local", "evolution"]
+CHECKPOINTS = [c for c in (10, 25, 50, 100, 200, 400, 1000) if c < BUDGET] + [BUDGET]
+FORMAT = 1
+"""Version of a scratch record; bump it when what a method does changes, so older records are redone."""
+
+
+class PathSearch:
+    """One preference's budgeted path search over a fixed merge: scores paths once each, counts new ones."""
+
+    def __init__(self, models: CandidateModels, evaluator, recipe, preference) -> None:
+        self.recipe = recipe
+        self.preference = np.asarray(preference, dtype=np.float32)
+        spec = MergeSpec.from_recipe(
+            recipe.parameter_level, recipe.model_weights(list(preference)), recipe.seed
+        )
+        self.pool = models.routing_pool(spec)
+        self.scorer = path_scorer_from_recipe(
+            self.pool, lambda model: evaluator.score(model, split="search"), recipe, models.calibration
+        )
+        self.rewards = reward_from_recipe(recipe)
+        self.identity = InferencePath.identity(self.pool.merged_index, self.pool.num_layers)
+        self.t_max = max_path_length(self.pool, recipe)
+        self.base = self.reward(self.identity)  # the starting merge: scored before every method, not counted
+        self.curve: list[float] = []  # best improvement after each new path
+
+    def reward(self, path: InferencePath) -> float:
+        return float(self.rewards.reward(self.scorer.score(path), self.preference, len(path)))
+
+    def new_paths(self) -> int:
+        return len(self.scorer.scored) - 1
+
+    def record_curve(self) -> None:
+        best = max(
+            float(self.rewards.reward(scores, self.preference, len(path)))
+            for path, scores in self.scorer.scored.items()
+        )
+        best -= self.base
+        while len(self.curve) < self.new_paths():
+            self.curve.append(best)
+
+
+def run_ppo(search: PathSearch, seed: int, learning_rate: float | None) -> float:
+    """HM3's agent (``learning_rate`` 0: untrained), every iteration spent; returns its greedy rollout's gain."""
+    agent = search.recipe.agent.model_copy(update={"patience": None, "iterations": BUDGET + 1})
+    if learning_rate is not None:
+        agent = agent.model_copy(update={"learning_rate": learning_rate})
+    recipe = search.recipe.model_copy(update={"agent": agent})
+    original = search.scorer.score
+
+    def counted(path: InferencePath) -> dict[str, float]:  # the curve, one point per new path
+        scores = original(path)
+        search.record_curve()
+        return scores
+
+    search.scorer.score = counted  # type: ignore[method-assign]
+    result = search_path(
+        search.pool, search.scorer, search.preference, recipe, seed=seed, candidates=BUDGET + 1
+    )
+    search.scorer.score = original  # type: ignore[method-assign]
+    return float(search.reward(result.rollout_path) - search.base)
+
+
+def run_local(search: PathSearch, seed: int) -> None:
+    """Random local search: one random edit of the best path so far, kept when not worse."""
+    rng = np.random.default_rng(seed)
+    best, best_reward = search.identity, search.base
+    while search.new_paths() < BUDGET:
+        steps = mutate_path(
+            list(best.steps), search.pool.num_models, search.pool.num_layers, search.t_max, rng
+        )
+        path = InferencePath(tuple(steps))
+        reward = search.reward(path)
+        search.record_curve()
+        if reward >= best_reward:
+            best, best_reward = path, reward
+
+
+def run_evolution(search: PathSearch, seed: int) -> None:
+    """``evo_path``'s (μ + λ) evolution of the path at the fixed merge."""
+    rng = np.random.default_rng(seed)
+    population = [(search.base, list(search.identity.steps))]
+    while search.new_paths() < BUDGET:
+        children = []
+        for _ in range(CHILDREN):
+            _, parent = population[int(rng.integers(len(population)))]
+            steps = mutate_path(parent, search.pool.num_models, search.pool.num_layers, search.t_max, rng)
+            children.append((search.reward(InferencePath(tuple(steps))), steps))
+            search.record_curve()
+            if search.new_paths() >= BUDGET:
+                break
+        population = sorted(population + children, key=lambda item: -item[0])[:PARENTS]
+
+
+def run_one(context, seed: int, index: int, method: str, digest: str) -> dict:
+    """One search, reused from the scratch folder when it was made on this zoo build and format."""
+    file = SCRATCH / f"seed{seed}-pref{index}-{method}-budget{BUDGET}.json"
+    if file.is_file():
+        record = json.loads(file.read_text())
+        if record.get("zoo") == digest and record.get("format") == FORMAT:
+            return record
+    recipe, models, evaluator = context
+    started = time.perf_counter()
+    search = PathSearch(models, evaluator, recipe.model_copy(update={"seed": seed}), PREFERENCES[index])
+    rollout = None
+    with quiet_libraries():
+        if method == "ppo":
+            rollout = run_ppo(search, seed, None)
+        elif method == "ppo_lr0":
+            rollout = run_ppo(search, seed, 0.0)
+        elif method == "local":
+            run_local(search, seed)
+        else:
+            run_evolution(search, seed)
+    search.record_curve()
+    record = {
+        "format": FORMAT,
+        "zoo": digest,
+        "curve": search.curve[:BUDGET],
+        "rollout": rollout,
+        "base": search.base,
+        "distinct": search.new_paths(),
+        "seconds": time.perf_counter() - started,
+    }
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    partial = file.with_suffix(".partial")
+    partial.write_text(json.dumps(record))
+    partial.replace(file)  # a kill never leaves half a record
+    return record
+
+
+def main() -> None:
+    ensure_zoo("lm", size="deep")
+    recipe = load_recipe(RECIPE)
+    digest = zoo_digest(recipe)
+    inputs = load_inputs(recipe)
+    context = (recipe, CandidateModels(inputs.pool, recipe, inputs.calibration), inputs.evaluator)
+    started = time.perf_counter()
+    records: dict[str, list[dict]] = {m: [] for m in METHODS}
+    for seed in SEEDS:
+        for index in range(len(PREFERENCES)):
+            for method in METHODS:
+                print(
+                    f"[{time.perf_counter() - started:6.0f} s] seed {seed} preference {index} {method}",
+                    flush=True,
+                )
+                records[method].append(run_one(context, seed, index, method, digest))
+    rows = []
+    for method in METHODS:
+        curves = np.array(
+            [r["curve"] + [r["curve"][-1]] * (BUDGET - len(r["curve"])) for r in records[method]]
+        )
+        cells = [f"{curves[:, c - 1].mean():+.4f} ± {curves[:, c - 1].std():.4f}" for c in CHECKPOINTS]
+        rollouts = [r["rollout"] for r in records[method] if r["rollout"] is not None]
+        rollout = f"{np.mean(rollouts):+.4f} ± {np.std(rollouts):.4f}" if rollouts else "—"
+        improved = sum(r["curve"][-1] > 0 for r in records[method])
+        seconds = np.mean([r["seconds"] for r in records[method]])
+        rows.append(
+            f"| {method} | "
+            + " | ".join(cells)
+            + f" | {rollout} | {improved}/{len(records[method])} | {seconds:.0f} |"
+        )
+        plt.plot(range(1, BUDGET + 1), curves.mean(axis=0), label=method)
+    plt.xlabel("new paths scored")
+    plt.ylabel("best R(λ) − R(merge), mean over seeds × preferences")
+    plt.title(f"deep toy LM zoo: path search, {len(SEEDS)} seeds × {len(PREFERENCES)} preferences")
+    plt.legend()
+    plt.grid(alpha=0.3)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    plt.savefig(RESULTS / "agent_learning.png", dpi=120, bbox_inches="tight")
+    lines = [
+        "# Does the path agent learn? (issue 21)",
+        "",
+        f"Command: `.venv/bin/python benchmarks/agent_learning.py` (budget {BUDGET} new paths per search, seeds "
+        f"{SEEDS}, preferences {PREFERENCES})  ",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}",
+        "",
+        "Deep toy LM zoo (`recipes/toy-lm-deep.yaml`), the merge fixed at task arithmetic with weights λ; each "
+        "cell is the best reward improvement over that merge's identity path after that many new paths, mean ± "
+        "std over seeds × preferences (0: nothing better than the merge found). 'Greedy rollout': the trained "
+        "policy's deterministic path at the end, its improvement. 'Improved': searches whose best beats the merge.",
+        "",
+        "| method | "
+        + " | ".join(f"{c} paths" for c in CHECKPOINTS)
+        + " | greedy rollout | improved | s per search |",
+        "|---|" + "---:|" * (len(CHECKPOINTS) + 3),
+        *rows,
+        "",
+        "Plot: `agent_learning.png` (mean best-so-far improvement against paths scored).",
+    ]
+    lines += kept_notes(RESULTS / "agent_learning.md")
+    (RESULTS / "agent_learning.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
