@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
+    from hm3.interrupts import remembered_interrupts
     from hm3.search.progress import SearchProgress
     from hm3.search.run import run_search, start_search
     from hm3.store import RunStore
@@ -75,7 +76,7 @@ def _search(args: argparse.Namespace) -> int:
     else:
         store, recipe, inputs = start_search(args.recipe, args.out, force=args.force)
     try:
-        with store, SearchProgress(enabled=not args.quiet) as progress:
+        with store, SearchProgress(enabled=not args.quiet) as progress, remembered_interrupts():
             progress.print(f"run directory: {store.directory}")
             summary = run_search(
                 recipe, store, progress, ray_address=args.ray_address, workers=args.workers, inputs=inputs

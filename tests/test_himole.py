@@ -381,8 +381,11 @@ def test_cli_train_and_eval_on_the_micro_zoo(lm_zoo_micro, tmp_path, capsys) -> 
 
 
 def test_the_recipe_dtype_is_honoured_and_threads_are_fixed(
-    lm_zoo_micro, tmp_path, capsys, monkeypatch
-) -> None:  # noqa: F811
+    lm_zoo_micro,  # noqa: F811
+    tmp_path,
+    capsys,
+    monkeypatch,
+) -> None:
     """``dtype: bfloat16`` trains and evaluates in bfloat16 (it was ignored: float32 always), the adapter is
     saved in it and the manifest says so; the CPU thread count is the fixed one, whatever the load average."""
     from safetensors.torch import load_file

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from hm3.interrupts import raise_if_interrupted
 from hm3.search.candidate import LEVELS, SEARCHED_LEVELS, Candidate
 
 if TYPE_CHECKING:
@@ -136,6 +137,7 @@ class BudgetedEvaluator:
         """
         if level not in LEVELS:
             raise ValueError(f"unknown level {level!r}")
+        raise_if_interrupted()  # a Ctrl-C a compiler's callback swallowed stops the search here
         search = self.search
         key = candidate.key(split, search.objectives, search.scoring)
         charged = split == "search" and level in SEARCHED_LEVELS

@@ -1,0 +1,52 @@
+"""Ctrl-C that is never lost: an interrupt swallowed where it arrived is raised again before the next candidate.
+
+Python raises ``KeyboardInterrupt`` wherever the main thread is when SIGINT arrives. Inside a ctypes callback
+it cannot propagate: ctypes prints "Exception ignored on calling ctypes callback function" and carries on — and
+numba's compiler (llvmlite) calls back into Python while it compiles the merge kernels at a search's first
+merge. A Ctrl-C in those seconds was dropped and the search ran to its end (seen in the test suite, on a CPU
+whose compile the interrupt happened to hit). :func:`remembered_interrupts` installs a SIGINT handler that
+remembers the interrupt as well as raising it, and :func:`raise_if_interrupted`, called before every candidate
+is scored, raises it again if it was swallowed.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+_pending = False
+
+
+def _remember_and_raise(signum: int, frame: FrameType | None) -> None:
+    global _pending
+    _pending = True
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def remembered_interrupts() -> Iterator[None]:
+    """Run the block with the remembering SIGINT handler (main thread only; an ignored SIGINT stays ignored,
+    as for a process started in the background); the previous handler is restored after."""
+    global _pending
+    previous = signal.getsignal(signal.SIGINT)
+    install = threading.current_thread() is threading.main_thread() and previous is not signal.SIG_IGN
+    _pending = False
+    if install:
+        signal.signal(signal.SIGINT, _remember_and_raise)
+    try:
+        yield
+    finally:
+        if install:
+            signal.signal(signal.SIGINT, previous)
+        _pending = False
+
+
+def raise_if_interrupted() -> None:
+    """Raise ``KeyboardInterrupt`` if an interrupt arrived and was swallowed before it could stop the work."""
+    global _pending
+    if _pending:
+        _pending = False
+        raise KeyboardInterrupt

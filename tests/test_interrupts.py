@@ -1,0 +1,56 @@
+"""A Ctrl-C swallowed where it arrived (a ctypes callback, as numba's compiler makes) still stops the search."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+
+import pytest
+
+from hm3.interrupts import raise_if_interrupted, remembered_interrupts
+
+# ctypes reports the exception it swallows as "unraisable": that report is what these tests provoke
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+def _interrupt_inside_a_ctypes_callback() -> None:
+    """SIGINT arriving while Python runs inside a ctypes callback: ctypes prints and drops the exception."""
+
+    def callback() -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)  # the handler runs here and raises KeyboardInterrupt, which ctypes swallows
+
+    ctypes.CFUNCTYPE(None)(callback)()
+
+
+def test_an_interrupt_a_ctypes_callback_swallowed_is_raised_at_the_next_check() -> None:
+    with remembered_interrupts():
+        _interrupt_inside_a_ctypes_callback()  # returns: the interrupt was swallowed
+        with pytest.raises(KeyboardInterrupt):
+            raise_if_interrupted()
+        raise_if_interrupted()  # raised once, then forgotten
+
+
+def test_without_an_interrupt_nothing_is_raised_and_the_handler_is_restored() -> None:
+    before = signal.getsignal(signal.SIGINT)
+    with remembered_interrupts():
+        raise_if_interrupted()
+    assert signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(KeyboardInterrupt):  # a plain interrupt still raises where it arrives
+        with remembered_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+    raise_if_interrupted()  # leaving the block forgets it
+
+
+def test_the_search_checks_before_every_candidate() -> None:
+    """Every candidate goes through ``BudgetedEvaluator.score``, which raises a swallowed interrupt first."""
+    from hm3.search.budget import BudgetedEvaluator
+
+    evaluator = BudgetedEvaluator(search=None, method="hm3")  # type: ignore[arg-type]  # never reached
+    with remembered_interrupts():
+        _interrupt_inside_a_ctypes_callback()
+        with pytest.raises(KeyboardInterrupt):
+            evaluator.score(None, level="merge")  # type: ignore[arg-type]
