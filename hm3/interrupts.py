@@ -6,12 +6,14 @@ numba's compiler (llvmlite) calls back into Python while it compiles the merge k
 merge. A Ctrl-C in those seconds was dropped and the search ran to its end (seen in the test suite, on a CPU
 whose compile the interrupt happened to hit). :func:`remembered_interrupts` installs a SIGINT handler that
 remembers the interrupt as well as raising it, and :func:`raise_if_interrupted`, called before every candidate
-is scored, raises it again if it was swallowed.
+is scored, raises it again if it was swallowed; the traceback ctypes would print for the swallowed one (through
+``sys.unraisablehook``) is not shown, since the interrupt is not lost.
 """
 
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,14 +35,22 @@ def remembered_interrupts() -> Iterator[None]:
     global _pending
     previous = signal.getsignal(signal.SIGINT)
     install = threading.current_thread() is threading.main_thread() and previous is not signal.SIG_IGN
+    report = sys.unraisablehook
+
+    def quiet_when_remembered(unraisable) -> None:  # ctypes' report of the interrupt it swallowed
+        if not (_pending and isinstance(unraisable.exc_value, KeyboardInterrupt)):
+            report(unraisable)
+
     _pending = False
     if install:
         signal.signal(signal.SIGINT, _remember_and_raise)
+        sys.unraisablehook = quiet_when_remembered
     try:
         yield
     finally:
         if install:
             signal.signal(signal.SIGINT, previous)
+            sys.unraisablehook = report
         _pending = False
 
 
