@@ -6,6 +6,8 @@ K fine-tuned models plus that merge, each scoring the same number of new paths o
 
 * ``ppo``: HM3's agent as the recipe configures it (PPO actor-critic, Wolpertinger, every iteration spent);
 * ``ppo_lr0``: the same agent with learning rate 0 — its prior alone (what the untrained policy samples);
+* ``ppo_critic``: the agent with the critic ranking M' = 8 Wolpertinger neighbours (the default before
+  stop 30 ranks none: M' = 1);
 * ``local``: random local search around the identity path — one random edit (``evo_path.mutate_path``) of the
   best path so far, kept when it is at least as good;
 * ``evolution``: ``evo_path``'s (μ + λ) path evolution at the same fixed merge (the path half of the baseline).
@@ -13,7 +15,8 @@ K fine-tuned models plus that merge, each scoring the same number of new paths o
 Reward: HM3's weighted-sum reward R(λ) (length penalty included), reported as the improvement over the merge's
 own identity path (0 = the path level found nothing better than its starting merge). Per budget checkpoint the
 best improvement so far; for the two PPO variants also the greedy rollout of the policy at the end (scored
-outside the budget). Writes ``benchmarks/results/agent_learning.md`` and ``agent_learning.png``; each search's
+outside the budget), and for every method the mean edit distance of its new paths from the best path at the
+time (how many edits of the incumbent it tries). Writes ``benchmarks/results/agent_learning.md`` and ``agent_learning.png``; each search's
 record lives in ``benchmarks/scratch/agent_learning/`` and is reused, so an interrupted run continues.
 
     .venv/bin/python benchmarks/agent_learning.py               # 3 seeds, 3 preferences, 200 paths each
@@ -53,10 +56,12 @@ SCRATCH = REPO / "benchmarks" / "scratch" / "agent_learning"
 SEEDS = [int(s) for s in os.environ.get("BENCH_SEEDS", "0,1,2").split(",")]
 BUDGET = int(os.environ.get("BENCH_BUDGET", "200"))
 PREFERENCES = [(0.6, 0.2, 0.2), (0.2, 0.6, 0.2), (0.2, 0.2, 0.6)]
-METHODS = ["ppo", "ppo_lr0", "local", "evolution"]
+METHODS = ["ppo", "ppo_lr0", "ppo_critic", "local", "evolution"]
 CHECKPOINTS = [c for c in (10, 25, 50, 100, 200, 400, 1000) if c < BUDGET] + [BUDGET]
-FORMAT = 1
-"""Version of a scratch record; bump it when what a method does changes, so older records are redone."""
+FORMAT = {"ppo": 2, "ppo_lr0": 2, "ppo_critic": 2, "local": 1, "evolution": 1}
+"""Version of a method's scratch records; bump it when what the method does changes, so older ones are redone
+(2: the agent edits the incumbent, is paid its gain, and updates 8 times per search; stop 30)."""
+CRITIC_NEIGHBOURS = 8
 
 
 class PathSearch:
@@ -78,6 +83,16 @@ class PathSearch:
         self.base = self.reward(self.identity)  # the starting merge: scored before every method, not counted
         self.curve: list[float] = []  # best improvement after each new path
 
+    def edits(self) -> float:
+        """Mean edit distance of each new path from the best path scored before it."""
+        best, best_reward, distances = self.identity, self.base, []
+        for path in list(self.scorer.scored)[1:]:
+            distances.append(path.edit_distance(best))
+            reward = self.reward(path)
+            if reward > best_reward:
+                best, best_reward = path, reward
+        return float(np.mean(distances)) if distances else 0.0
+
     def reward(self, path: InferencePath) -> float:
         return float(self.rewards.reward(self.scorer.score(path), self.preference, len(path)))
 
@@ -94,11 +109,9 @@ class PathSearch:
             self.curve.append(best)
 
 
-def run_ppo(search: PathSearch, seed: int, learning_rate: float | None) -> float:
-    """HM3's agent (``learning_rate`` 0: untrained), every iteration spent; returns its greedy rollout's gain."""
-    agent = search.recipe.agent.model_copy(update={"patience": None, "iterations": BUDGET + 1})
-    if learning_rate is not None:
-        agent = agent.model_copy(update={"learning_rate": learning_rate})
+def run_ppo(search: PathSearch, seed: int, update: dict) -> float:
+    """HM3's agent with ``update`` to its settings, every iteration spent; returns its greedy rollout's gain."""
+    agent = search.recipe.agent.model_copy(update={"patience": None, "iterations": BUDGET + 1, **update})
     recipe = search.recipe.model_copy(update={"agent": agent})
     original = search.scorer.score
 
@@ -151,7 +164,7 @@ def run_one(context, seed: int, index: int, method: str, digest: str) -> dict:
     file = SCRATCH / f"seed{seed}-pref{index}-{method}-budget{BUDGET}.json"
     if file.is_file():
         record = json.loads(file.read_text())
-        if record.get("zoo") == digest and record.get("format") == FORMAT:
+        if record.get("zoo") == digest and record.get("format") == FORMAT[method]:
             return record
     recipe, models, evaluator = context
     started = time.perf_counter()
@@ -159,18 +172,21 @@ def run_one(context, seed: int, index: int, method: str, digest: str) -> dict:
     rollout = None
     with quiet_libraries():
         if method == "ppo":
-            rollout = run_ppo(search, seed, None)
+            rollout = run_ppo(search, seed, {})
         elif method == "ppo_lr0":
-            rollout = run_ppo(search, seed, 0.0)
+            rollout = run_ppo(search, seed, {"learning_rate": 0.0})
+        elif method == "ppo_critic":
+            rollout = run_ppo(search, seed, {"wolpertinger_neighbours": CRITIC_NEIGHBOURS})
         elif method == "local":
             run_local(search, seed)
         else:
             run_evolution(search, seed)
     search.record_curve()
     record = {
-        "format": FORMAT,
+        "format": FORMAT[method],
         "zoo": digest,
         "curve": search.curve[:BUDGET],
+        "edits": search.edits(),
         "rollout": rollout,
         "base": search.base,
         "distinct": search.new_paths(),
@@ -209,10 +225,16 @@ def main() -> None:
         rollout = f"{np.mean(rollouts):+.4f} ± {np.std(rollouts):.4f}" if rollouts else "—"
         improved = sum(r["curve"][-1] > 0 for r in records[method])
         seconds = np.mean([r["seconds"] for r in records[method]])
+        firsts = [next((i + 1 for i, v in enumerate(r["curve"]) if v > 0), None) for r in records[method]]
+        ranked = sorted(np.inf if f is None else f for f in firsts)  # never found: last
+        median = ranked[(len(ranked) - 1) // 2]
+        first_cell = "—" if np.isinf(median) else f"{int(median)}"
+        edits = [r["edits"] for r in records[method] if "edits" in r]
+        edit_cell = f"{np.mean(edits):.2f}" if edits else "—"
         rows.append(
             f"| {method} | "
             + " | ".join(cells)
-            + f" | {rollout} | {improved}/{len(records[method])} | {seconds:.0f} |"
+            + f" | {rollout} | {improved}/{len(records[method])} | {first_cell} | {edit_cell} | {seconds:.0f} |"
         )
         plt.plot(range(1, BUDGET + 1), curves.mean(axis=0), label=method)
     plt.xlabel("new paths scored")
@@ -232,12 +254,14 @@ def main() -> None:
         "Deep toy LM zoo (`recipes/toy-lm-deep.yaml`), the merge fixed at task arithmetic with weights λ; each "
         "cell is the best reward improvement over that merge's identity path after that many new paths, mean ± "
         "std over seeds × preferences (0: nothing better than the merge found). 'Greedy rollout': the trained "
-        "policy's deterministic path at the end, its improvement. 'Improved': searches whose best beats the merge.",
+        "policy's deterministic path at the end, its improvement. 'Improved': searches whose best beats the merge. "
+        "'First better': median number of new paths until the first one better than the merge (— when fewer than "
+        "half the searches found one). 'Edits': mean edit distance of a new path from the best path at the time.",
         "",
         "| method | "
         + " | ".join(f"{c} paths" for c in CHECKPOINTS)
-        + " | greedy rollout | improved | s per search |",
-        "|---|" + "---:|" * (len(CHECKPOINTS) + 3),
+        + " | greedy rollout | improved | first better | edits | s per search |",
+        "|---|" + "---:|" * (len(CHECKPOINTS) + 5),
         *rows,
         "",
         "Plot: `agent_learning.png` (mean best-so-far improvement against paths scored).",

@@ -38,6 +38,7 @@ from _bench import REPO, kept_notes, offline, zoo_digest
 
 offline()
 
+from hm3.recipe import AgentConfig  # noqa: E402
 from hm3.run_fingerprint import FORMAT as RUN_FORMAT  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
@@ -50,6 +51,10 @@ HM3_VARIANTS = ["hm3", "hm3_paper", "param_only", "arch_only"]
 UPPER_SHARE = 0.5
 """``hm3``'s share of the budget for its optimised upper level; the paths get the rest, split over the
 preferences. ``hm3_paper`` is the paper's weights = λ (its P × (1 + iterations) defines the budget)."""
+AGENT_METHODS = ("hm3", "hm3_paper", "arch_only")
+"""The methods that train the path agent; the others use only ``agent.iterations`` (their budget's size)."""
+PPO_SETTINGS = frozenset(AgentConfig.model_fields) - {"iterations", "mode", "patience"}
+"""The agent's training settings: a run of a method that trains no agent does not depend on them."""
 ZOOS = {"lm": "recipes/toy-lm.yaml", "vit": "recipes/toy-vit.yaml", "deep": "recipes/toy-lm-deep.yaml"}
 ZOO_BUILDS = {"lm": ("lm", "small"), "vit": ("vit", "small"), "deep": ("lm", "deep")}
 """What ``hm3 zoo build`` makes each zoo: (kind, size)."""
@@ -134,6 +139,13 @@ def selected(name: str, default: list) -> list:
     return [known[v] for v in chosen.split(",") if v in known]
 
 
+def run_settings(recipe, method: str) -> str:
+    """The digest of what a run depends on: the recipe, less the agent's training settings for a method that
+    trains no agent (so changing PPO's defaults re-runs only the methods that use it)."""
+    exclude = None if method in AGENT_METHODS else {"agent": set(PPO_SETTINGS)}
+    return hashlib.sha256(recipe.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
+
+
 def run_one(kind: str, seed: int, method: str, budget: int) -> dict:
     """One run (reused when it finished on this zoo build and run format); returns summary + front + wall
     time."""
@@ -146,7 +158,7 @@ def run_one(kind: str, seed: int, method: str, budget: int) -> dict:
     zoo = zoo_fingerprint(kind)
     wait_for_other_process(folder)
     recipe = run_recipe(kind, seed, method, budget)
-    settings = hashlib.sha256(recipe.model_dump_json().encode()).hexdigest()[:16]
+    settings = run_settings(recipe, method)
     finished = all((folder / name).is_file() for name in ("summary.json", "wall.json", "fingerprint.json"))
     wall = json.loads((folder / "wall.json").read_text()) if finished else {}
     current = (

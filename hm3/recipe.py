@@ -362,16 +362,21 @@ class AgentConfig(_Section):
         iterations: Episodes per preference, i.e. candidate paths scored (paper: Max_iter = 1000; at most
             100,000).
         learning_rate: Adam learning rate of actor and critic.
-        n_steps: Environment steps per PPO rollout.
-        batch_size: PPO minibatch size.
+        n_steps: Environment steps per PPO rollout; None (default) scales it to the budget, so that even a
+            search of a few paths makes several PPO updates (:func:`hm3.routing.agent.scaled_to_budget`).
+        batch_size: PPO minibatch size; None (default) is the whole rollout (one gradient step per epoch).
         n_epochs: PPO epochs per rollout.
         gae_lambda: GAE λ.
         clip_range: PPO clip ε.
         ent_coef: Entropy coefficient c2.
         vf_coef: Value-loss coefficient c1.
         hidden_size: Width of the GRU trajectory encoder and the heads.
-        wolpertinger_neighbours: M', the discrete actions nearest the proto-action that the critic ranks.
-        wolpertinger_epsilon: Probability of a uniform pick among the M' neighbours instead of the critic's.
+        wolpertinger_neighbours: M', the discrete actions nearest the proto-action that the critic ranks
+            (default 1: the nearest, unranked — at the budgets of a search, a few hundred episodes, the critic's
+            ranking of unvisited successors is noise and turned every path into many edits:
+            ``benchmarks/results/agent_learning.md``).
+        wolpertinger_epsilon: Probability of a uniform pick among the M' neighbours instead of the critic's
+            (default 0: the actor's Gaussian explores, about one edit per path; each ε pick is an edit more).
         patience: A preference's path search stops once its last ⌈patience × iterations⌉ new paths (at least
             3) did not improve its best reward — the merge it starts from included —, in (0, 1]; with
             ``parameter_level.weights: optimised`` what it did not spend goes back to the upper level. None:
@@ -382,16 +387,16 @@ class AgentConfig(_Section):
     gamma: float = 0.99
     iterations: int = Field(default=1000, gt=0, le=MAX_ITERATIONS)
     learning_rate: float = Field(default=3e-4, gt=0)
-    n_steps: int = Field(default=64, gt=1)
-    batch_size: int = Field(default=32, gt=1)
+    n_steps: int | None = Field(default=None, gt=1)
+    batch_size: int | None = Field(default=None, gt=1)
     n_epochs: int = Field(default=4, gt=0)
     gae_lambda: float = Field(default=0.95, ge=0, le=1)
     clip_range: float = Field(default=0.2, gt=0)
     ent_coef: float = Field(default=0.01, ge=0)
     vf_coef: float = Field(default=0.5, ge=0)
     hidden_size: int = Field(default=64, gt=0)
-    wolpertinger_neighbours: int = Field(default=8, gt=0)
-    wolpertinger_epsilon: float = Field(default=0.1, ge=0, le=1)
+    wolpertinger_neighbours: int = Field(default=1, gt=0)
+    wolpertinger_epsilon: float = Field(default=0.0, ge=0, le=1)
     patience: float | None = Field(default=0.25, gt=0, le=1)
 
     @field_validator("gamma")

@@ -191,3 +191,35 @@ def test_conditioned_agent_saves_reloads_and_answers_a_new_preference_without_tr
     path.check(routing.num_models, routing.num_layers, agent.max_length)
     result = search_path(routing, _synthetic_scores, preference, recipe, agent=loaded)
     assert result.agent is loaded and result.rollout_path == path and len(result.candidates) >= 1
+    assert loaded.anchor == agent.anchor == "incumbent"
+
+
+def test_an_agent_saved_before_the_incumbent_is_reloaded_with_its_own_anchor_rule(micro, tmp_path):
+    import json
+
+    from hm3.routing.agent import PathAgent, rollout, train_conditioned_agent
+
+    recipe, _, routing = micro
+    recipe = recipe.model_copy(
+        update={"agent": recipe.agent.model_copy(update={"mode": "conditioned", "iterations": 4})}
+    )
+    train_conditioned_agent(routing, _synthetic_scores, recipe, seed=1).save(tmp_path / "policy")
+    settings = json.loads((tmp_path / "policy" / "agent.json").read_text())
+    del settings["anchor"]  # what hm3 wrote before stop 30
+    (tmp_path / "policy" / "agent.json").write_text(json.dumps(settings))
+    legacy = PathAgent.load(tmp_path / "policy")
+    assert legacy.anchor == "last_step"
+    rollout(legacy, (0.2, 0.5, 0.3)).check(routing.num_models, routing.num_layers, legacy.max_length)
+
+
+def test_a_path_search_spends_its_whole_budget_when_the_greedy_rollout_is_a_known_path(micro):
+    from hm3.routing.agent import path_scorer_from_recipe, search_path
+
+    recipe, _, routing = micro
+    recipe = recipe.model_copy(update={"agent": recipe.agent.model_copy(update={"patience": None})})
+    scorer = path_scorer_from_recipe(routing, _synthetic_scores, recipe)
+    result = search_path(routing, scorer, (0.2, 0.5, 0.3), recipe, seed=0, candidates=12)
+    # the merge's identity path and 11 more; the rollout (re-building the best path) did not waste a slot
+    assert len(scorer.scored) == 12
+    assert result.rollout_path in scorer.scored and result.rollout_reward is not None
+    assert result.best_reward == max(reward for _, _, reward in result.candidates)

@@ -6,8 +6,10 @@
   them, the nearest one under a tied critic, the stop rule, and ε = 1's uniform draw among the neighbours;
 * the GRU trajectory encoder (:mod:`hm3.routing.policy`): padding is masked, real steps are not, and a row's
   features do not depend on the other rows of its batch;
-* the training reward (:func:`hm3.routing.agent.training_reward`): scores each path once and equals
-  R(path) − R(merged identity path) with the length penalty.
+* the incumbent (:mod:`hm3.routing.env`): the anchor follows the best path so far, a deviation rejoins it, a
+  deeper layer skips and a shallower one inserts; the untrained agent's σ and τ make about one edit per path;
+* the training reward (:func:`hm3.routing.agent.training_reward`): scores each path once and pays a path's
+  gain over the best path scored so far under the episode's λ (length penalty included), nothing otherwise.
 """
 
 from __future__ import annotations
@@ -21,13 +23,20 @@ import numpy as np
 import pytest
 import torch
 
-from hm3.routing.agent import training_reward
+from hm3.recipe import AgentConfig
+from hm3.routing.agent import BestPaths, scaled_to_budget, training_reward
 from hm3.routing.buffer import SpreadRewardRolloutBuffer, spread_rewards
 from hm3.routing.env import InferencePathEnv
 from hm3.routing.path import InferencePath
 from hm3.routing.policy import TrajectoryEncoder
 from hm3.routing.scoring import PathScorer, Reward
-from hm3.routing.wolpertinger import INITIAL_STD, WolpertingerWrapper, action_embeddings, embed
+from hm3.routing.wolpertinger import (
+    WolpertingerWrapper,
+    action_embeddings,
+    deviation_probability,
+    embed,
+    exploration_std,
+)
 
 MODELS, LAYERS, SUMMARY, T_MAX = 3, 4, 5, 6  # K + 1 = 3 models (index 2 is the merged one) of 4 layers
 
@@ -248,14 +257,66 @@ def test_neighbour_count_is_clamped_to_the_number_of_layer_actions() -> None:
     assert WolpertingerWrapper(_env(), neighbours=0).neighbours == 1
 
 
-def test_the_anchor_is_layer_0_of_the_merged_model_then_the_next_layer_of_the_last_step() -> None:
+def test_the_anchor_follows_the_incumbent_and_a_deviation_rejoins_it() -> None:
     wrapper = WolpertingerWrapper(_env(), neighbours=4, epsilon=0.0)
+    wrapper.reset(seed=0)  # no start function: the incumbent is the merged model's identity path
+    env = wrapper.path_env
+    assert env.incumbent == InferencePath.identity(MODELS - 1, LAYERS)
+    anchor, at_end = wrapper.anchor()
+    np.testing.assert_array_equal(anchor, embed(MODELS - 1, 0, MODELS))
+    assert not at_end
+    assert wrapper.discrete_action(_proto()) == env.encode(MODELS - 1, 0)  # Δ = 0: the natural continuation
+    env.step(env.encode(0, 0))  # another model's layer 0 replaces the merged one's
+    np.testing.assert_array_equal(wrapper.anchor()[0], embed(MODELS - 1, 1, MODELS))  # rejoined
+    env.step(env.encode(MODELS - 1, 3))  # a deeper layer: layers 1-2 are skipped (deleted)
+    anchor, at_end = wrapper.anchor()
+    np.testing.assert_array_equal(anchor, embed(MODELS - 1, LAYERS, MODELS))
+    assert at_end  # the incumbent is rebuilt: stopping is the natural continuation
+
+
+def test_a_shallower_layer_is_an_insertion_and_the_incumbent_continues_where_it_was() -> None:
+    env = _env()
+    incumbent = InferencePath(((2, 0), (1, 1), (2, 2), (2, 3)))
+    env.reset(seed=0, options={"incumbent": incumbent})
+    assert env.anchor_step() == (2, 0)
+    env.step(env.encode(2, 0))
+    env.step(env.encode(1, 1))
+    assert env.anchor_step() == (2, 2)
+    env.step(env.encode(0, 1))  # a repeat of layer 1 from model 0: inserted, the pointer stays
+    assert env.anchor_step() == (2, 2)
+    for step in ((2, 2), (2, 3)):
+        env.step(env.encode(*step))
+    assert env.anchor_step() is None
+    assert env.steps == [(2, 0), (1, 1), (0, 1), (2, 2), (2, 3)]
+
+
+def test_the_incumbent_comes_from_the_start_function_under_the_episode_preference() -> None:
+    seen: list[np.ndarray] = []
+    best = InferencePath(((1, 0), (2, 1), (2, 2), (2, 3)))
+
+    def start(weights: np.ndarray) -> InferencePath:
+        seen.append(weights)
+        return best
+
+    summaries = np.zeros((MODELS, LAYERS, SUMMARY), np.float32)
+    env = InferencePathEnv(summaries, T_MAX, 2, start=start)  # λ drawn at each reset
+    wrapper = WolpertingerWrapper(env, neighbours=4, epsilon=0.0)
+    obs, _ = wrapper.reset(seed=3)
+    np.testing.assert_array_equal(seen[-1], obs["preference"])
+    for _ in range(LAYERS):
+        _, _, terminated, _, _ = wrapper.step(_proto())  # Δ = 0 all along: the incumbent is rebuilt
+        assert not terminated
+    _, _, terminated, _, info = wrapper.step(_proto(stop=0.0))  # at the end, s = 0 > −τ stops
+    assert terminated and info["path"] == best
+
+
+def test_the_legacy_anchor_is_the_next_layer_of_the_last_steps_model() -> None:
+    wrapper = WolpertingerWrapper(_env(), neighbours=4, epsilon=0.0, anchor="last_step")
     wrapper.reset(seed=0)
     anchor, at_end = wrapper.anchor()
     np.testing.assert_array_equal(anchor, embed(MODELS - 1, 0, MODELS))
     assert not at_end
     env = wrapper.path_env
-    assert wrapper.discrete_action(_proto()) == env.encode(MODELS - 1, 0)  # Δ = 0: the natural continuation
     env.step(env.encode(0, 1))
     anchor, at_end = wrapper.anchor()
     np.testing.assert_array_equal(anchor, embed(0, 2, MODELS))
@@ -263,6 +324,8 @@ def test_the_anchor_is_layer_0_of_the_merged_model_then_the_next_layer_of_the_la
     assert wrapper.discrete_action(_proto()) == env.encode(0, 2)
     env.step(env.encode(1, LAYERS - 1))
     assert wrapper.anchor()[1]  # a model's final layer
+    with pytest.raises(ValueError, match="anchor"):
+        WolpertingerWrapper(_env(), anchor="nearest")
 
 
 def test_greedy_pick_is_the_critics_best_among_the_neighbours() -> None:
@@ -285,7 +348,9 @@ def test_greedy_pick_is_the_critics_best_among_the_neighbours() -> None:
 
 def test_greedy_pick_after_a_step_ranks_the_successors_of_the_current_path() -> None:
     env = _env()
-    wrapper = WolpertingerWrapper(env, neighbours=3, epsilon=0.0, critic=_preferring((0, 3)))
+    wrapper = WolpertingerWrapper(
+        env, neighbours=3, epsilon=0.0, critic=_preferring((0, 3)), anchor="last_step"
+    )
     wrapper.reset(seed=0)
     env.step(env.encode(0, 0))
     env.step(env.encode(0, 1))
@@ -313,16 +378,36 @@ def test_an_untrained_or_tied_critic_takes_the_nearest_action(critic) -> None:
         assert wrapper.discrete_action(_proto(delta.tolist())) == nearest
 
 
-def test_default_stop_threshold_stops_an_untrained_actor_with_probability_1_over_l() -> None:
-    wrapper = WolpertingerWrapper(_env())
+@pytest.mark.parametrize("models, layers", [(3, 4), (4, 12), (4, 32)])
+def test_the_untrained_agent_edits_about_one_step_per_path(models, layers) -> None:
+    std = exploration_std(models, layers)
+    assert deviation_probability(std, models, layers) == pytest.approx(1 / layers, abs=0.01)
+    assert deviation_probability(2 * std, models, layers) > 2 / layers  # σ is not trivially small
+    env = InferencePathEnv(np.zeros((models, layers, SUMMARY), np.float32), 2 * layers, 2)
+    wrapper = WolpertingerWrapper(env, neighbours=8, epsilon=0.0)
+    assert wrapper.initial_std == std
     tau = wrapper.stop_threshold
-    assert tau == pytest.approx(INITIAL_STD * NormalDist().inv_cdf(1 - 1 / LAYERS))
-    score = NormalDist(0.0, INITIAL_STD)  # the untrained actor's stop score
-    assert 1 - score.cdf(tau) == pytest.approx(1 / LAYERS)  # mid-model
-    assert 1 - score.cdf(-tau) == pytest.approx(1 - 1 / LAYERS)  # at a model's final layer
+    score = NormalDist(0.0, std)  # the untrained actor's stop score
+    assert 1 - score.cdf(tau) == pytest.approx(1 / layers**2)  # an early stop, per step
+    assert score.cdf(-tau) == pytest.approx(1 / layers**2)  # a step past the incumbent's end
+    # sampled: paths of the untrained actor against the identity incumbent
+    rng = np.random.default_rng(0)
+    identity = InferencePath.identity(models - 1, layers)
+    edits = []
+    for episode in range(300):
+        wrapper.reset(seed=episode)
+        while True:
+            proto = rng.normal(0.0, std, size=wrapper.action_space.shape).astype(np.float32)
+            _, _, terminated, _, info = wrapper.step(proto)
+            if terminated:
+                break
+        path = info["path"]
+        edits.append(path.edit_distance(identity))
+    assert 0.5 < np.mean(edits) < 2.5, np.mean(edits)
+    assert np.mean([e == 0 for e in edits]) > 0.2  # the incumbent itself is common
 
 
-def test_stop_rule_uses_tau_mid_model_and_minus_tau_at_a_models_final_layer() -> None:
+def test_stop_rule_uses_tau_before_the_incumbents_end_and_minus_tau_after_it() -> None:
     env = _env()
     calls: list[int] = []
     wrapper = WolpertingerWrapper(
@@ -333,10 +418,10 @@ def test_stop_rule_uses_tau_mid_model_and_minus_tau_at_a_models_final_layer() ->
     assert wrapper.discrete_action(_proto(stop=0.41)) == stop
     assert wrapper.discrete_action(_proto(stop=0.39)) != stop
     assert wrapper.discrete_action(_proto(stop=-0.39)) != stop
-    env.step(env.encode(1, 1))  # mid-model
+    env.step(env.encode(1, 1))  # mid-path
     assert wrapper.discrete_action(_proto(stop=0.41)) == stop
     assert wrapper.discrete_action(_proto(stop=-0.39)) != stop
-    env.step(env.encode(1, LAYERS - 1))  # a model's final layer: stopping is the natural continuation
+    env.step(env.encode(1, LAYERS - 1))  # the incumbent's last layer: stopping is the natural continuation
     assert wrapper.discrete_action(_proto(stop=-0.39)) == stop
     assert wrapper.discrete_action(_proto(stop=-0.41)) != stop
     calls.clear()
@@ -487,55 +572,78 @@ TABLE = {
 REWARD = Reward(objectives=("acc", "loss"), length_penalty=0.01, higher_is_better=(True, False))
 
 
-def test_training_reward_is_r_of_the_path_minus_r_of_the_merged_identity_path_with_length_penalty() -> None:
+def _reward_fn(path_scorer: PathScorer):
+    best_paths = BestPaths(path_scorer, REWARD, REFERENCE)
+    return training_reward(best_paths), best_paths
+
+
+def test_training_reward_is_the_gain_over_the_best_path_so_far_with_length_penalty() -> None:
     path_scorer, _ = _scored(TABLE)
-    reward_fn = training_reward(
-        SimpleNamespace(merged_index=MODELS - 1, num_layers=LAYERS), path_scorer, REWARD
-    )
-    lam = np.array([0.7, 0.3], np.float32)
+    reward_fn, best_paths = _reward_fn(path_scorer)
+    lam = np.array([0.3, 0.7], np.float32)  # loss matters most: SHORT beats the reference, LONG does not
+    # by hand: oriented scores (acc, −loss), λ·f − β1·T
+    reference = 0.3 * 0.50 - 0.7 * 2.0 - 0.01 * LAYERS
+    short = 0.3 * 0.40 - 0.7 * 1.0 - 0.01 * 2
+    long = 0.3 * 0.70 - 0.7 * 3.0 - 0.01 * 6
+    assert reward_fn(LONG, lam)[0] == 0.0  # worse than the reference: no gain
     reward, scores = reward_fn(SHORT, lam)
     assert scores == TABLE[SHORT]
-    # by hand: oriented scores (acc, −loss), λ·f − β1·T
-    by_hand = (0.7 * 0.40 - 0.3 * 1.0 - 0.01 * 2) - (0.7 * 0.50 - 0.3 * 2.0 - 0.01 * LAYERS)
-    assert reward == pytest.approx(by_hand, abs=1e-6)
+    assert reward == pytest.approx(short - reference, abs=1e-6)
     assert reward == pytest.approx(
         REWARD.reward(TABLE[SHORT], lam, len(SHORT)) - REWARD.reward(TABLE[REFERENCE], lam, LAYERS), abs=1e-9
     )
-    long_reward, _ = reward_fn(LONG, lam)
-    assert long_reward == pytest.approx(
-        (0.7 * 0.70 - 0.3 * 3.0 - 0.01 * 6) - (0.7 * 0.50 - 0.3 * 2.0 - 0.01 * LAYERS), abs=1e-6
-    )
-    assert reward_fn(REFERENCE, lam)[0] == pytest.approx(0.0, abs=1e-12)
+    assert best_paths.best(lam) == (SHORT, pytest.approx(short, abs=1e-6))
+    assert reward_fn(SHORT, lam)[0] == 0.0  # a revisit earns nothing: SHORT is the best now
+    assert reward_fn(REFERENCE, lam)[0] == 0.0
+    assert long < reference
+
+
+def test_training_rewards_of_a_search_sum_to_its_result() -> None:
+    path_scorer, _ = _scored(TABLE)
+    reward_fn, best_paths = _reward_fn(path_scorer)
+    lam = np.array([0.9, 0.1], np.float32)  # acc matters most: LONG > REFERENCE > SHORT
+    total = sum(reward_fn(path, lam)[0] for path in (SHORT, REFERENCE, LONG, SHORT, LONG))
+    plain = {p: REWARD.reward(TABLE[p], lam, len(p)) for p in TABLE}
+    assert total == pytest.approx(max(plain.values()) - plain[REFERENCE], abs=1e-6)
+    assert best_paths.best(lam)[0] == LONG
 
 
 def test_training_reward_scores_each_path_once() -> None:
     path_scorer, calls = _scored(TABLE)
-    reward_fn = training_reward(
-        SimpleNamespace(merged_index=MODELS - 1, num_layers=LAYERS), path_scorer, REWARD
-    )
+    reward_fn, _ = _reward_fn(path_scorer)
     lam = np.array([0.5, 0.5], np.float32)
-    first = reward_fn(SHORT, lam)
-    again = reward_fn(SHORT, lam)
+    reward_fn(SHORT, lam)
+    reward_fn(SHORT, lam)
     reward_fn(LONG, lam)
     reward_fn(SHORT, np.array([0.9, 0.1], np.float32))
     reward_fn(REFERENCE, lam)
-    assert first == again
     assert calls == Counter({SHORT: 1, LONG: 1, REFERENCE: 1})
     assert set(path_scorer.scored) == {SHORT, LONG, REFERENCE}
 
 
-def test_training_reward_follows_the_episode_preference_and_keeps_the_ranking_of_paths() -> None:
+def test_the_best_path_follows_the_episode_preference() -> None:
     path_scorer, _ = _scored(TABLE)
-    reward_fn = training_reward(
-        SimpleNamespace(merged_index=MODELS - 1, num_layers=LAYERS), path_scorer, REWARD
-    )
+    reward_fn, best_paths = _reward_fn(path_scorer)
+    for path in TABLE:
+        reward_fn(path, np.array([0.5, 0.5], np.float32))
     for weights in ([1.0, 0.0], [0.0, 1.0], [0.3, 0.7]):
         lam = np.array(weights, np.float32)
-        trained = {p: reward_fn(p, lam)[0] for p in (SHORT, LONG, REFERENCE)}
-        plain = {p: REWARD.reward(TABLE[p], lam, len(p)) for p in (SHORT, LONG, REFERENCE)}
-        assert sorted(trained, key=trained.get) == sorted(plain, key=plain.get)
-        offsets = {round(plain[p] - trained[p], 9) for p in trained}
-        assert len(offsets) == 1  # the same constant for every path under one λ
-    # acc-only prefers LONG, loss-only prefers SHORT: the λ given to reward_fn is the one used
-    assert reward_fn(LONG, np.array([1.0, 0.0]))[0] > reward_fn(SHORT, np.array([1.0, 0.0]))[0]
-    assert reward_fn(SHORT, np.array([0.0, 1.0]))[0] > reward_fn(LONG, np.array([0.0, 1.0]))[0]
+        plain = {p: REWARD.reward(TABLE[p], lam, len(p)) for p in TABLE}
+        assert best_paths.best(lam)[0] == max(plain, key=plain.get)
+    assert best_paths.best(np.array([1.0, 0.0]))[0] == LONG  # acc-only
+    assert best_paths.best(np.array([0.0, 1.0]))[0] == SHORT  # loss-only
+
+
+# -- PPO's rollout scaled to the budget ------------------------------------------------------------------
+
+
+def test_ppo_rollout_is_scaled_to_the_budget_unless_the_recipe_sets_it() -> None:
+    config = AgentConfig()
+    small = scaled_to_budget(config, candidates=14, episode_length=13)
+    assert small.n_steps == 22 and small.batch_size == 22  # 182 expected steps: 8 full-batch updates
+    assert scaled_to_budget(config, 200, 13).n_steps == 325
+    assert scaled_to_budget(config, 2, 13).n_steps == 16  # never below the floor
+    assert scaled_to_budget(config, 1000, 13).n_steps == 1024  # large budgets update more often than 8 times
+    fixed = AgentConfig(n_steps=128, batch_size=32)
+    assert (scaled_to_budget(fixed, 14, 13).n_steps, scaled_to_budget(fixed, 14, 13).batch_size) == (128, 32)
+    assert scaled_to_budget(AgentConfig(batch_size=64), 14, 13).batch_size == 22  # at most one rollout

@@ -268,3 +268,14 @@ def test_stats_alignment_needs_calibration(routing_pools):
     assert make_aligner("none", routing_pools["llama"], None) is None
     with pytest.raises(UserError, match="calibration"):
         make_aligner("stats", routing_pools["llama"], None)
+
+
+def test_edit_distance_counts_replacements_insertions_and_deletions() -> None:
+    path = InferencePath(((3, 0), (3, 1), (3, 2), (3, 3)))
+    assert path.edit_distance(path) == 0
+    assert path.edit_distance(InferencePath(((3, 0), (0, 1), (3, 2), (3, 3)))) == 1  # replaced
+    assert path.edit_distance(InferencePath(((3, 0), (3, 1), (3, 1), (3, 2), (3, 3)))) == 1  # repeated
+    assert path.edit_distance(InferencePath(((3, 0), (3, 2), (3, 3)))) == 1  # deleted
+    assert path.edit_distance(InferencePath(((0, 0),))) == 4
+    other = InferencePath(((1, 1), (3, 2)))
+    assert path.edit_distance(other) == other.edit_distance(path) == 3

@@ -4,9 +4,14 @@ Pieces, each at one of SB3's own hooks:
 
 * :class:`~hm3.routing.policy.TrajectoryEncoder` — the features extractor (GRU over the trajectory);
 * :class:`~hm3.routing.wolpertinger.WolpertingerWrapper` — the environment wrapper mapping the actor's
-  Gaussian proto-action to a discrete layer action, ranked by the critic;
+  Gaussian proto-action, an offset from the incumbent's next step, to a discrete layer action (the critic
+  ranks the M' nearest when ``agent.wolpertinger_neighbours`` > 1);
 * :class:`~hm3.routing.buffer.SpreadRewardRolloutBuffer` — the rollout buffer (``rollout_buffer_class``) that spreads each
   episode's reward R evenly over its steps before GAE (see :mod:`hm3.routing.env`).
+
+What the agent learns: every episode edits the best path scored so far for its λ (:class:`BestPaths`; see
+:mod:`hm3.routing.env`), and is paid the gain over it (:func:`training_reward`). PPO's rollout is scaled to the
+budget (:func:`scaled_to_budget`).
 
 Two modes (``recipe.agent.mode``):
 
@@ -29,6 +34,8 @@ Saved agents hold no pickle: see :mod:`hm3.routing.ppo` for the folder format.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +74,7 @@ class PathAgent:
         neighbours: Wolpertinger M'.
         stop_threshold: The wrapper's stop threshold.
         config: The ``agent`` settings the PPO was built with (None only for a legacy ``policy.zip``).
+        anchor: The Wolpertinger anchor rule it was trained with (:data:`~hm3.routing.wolpertinger.ANCHORS`).
     """
 
     model: PPO
@@ -76,6 +84,7 @@ class PathAgent:
     neighbours: int
     stop_threshold: float
     config: AgentConfig | None = None
+    anchor: str = "incumbent"
 
     def critic(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """V(s) for a batch of observations (the Wolpertinger ranking)."""
@@ -93,6 +102,7 @@ class PathAgent:
             "num_objectives": self.num_objectives,
             "neighbours": self.neighbours,
             "stop_threshold": self.stop_threshold,
+            "anchor": self.anchor,
         }
         return save_policy(Path(folder), self.model, self.summaries, settings, self.config)
 
@@ -141,16 +151,46 @@ def make_env(
     config: AgentConfig,
     reward_fn=None,
     preference: Sequence[float] | None = None,
+    start: Callable[[np.ndarray], InferencePath] | None = None,
 ) -> WolpertingerWrapper:
-    """The Wolpertinger-wrapped path environment."""
+    """The Wolpertinger-wrapped path environment (``start``: the incumbent of an episode's λ)."""
     env = InferencePathEnv(
         pool_summaries,
         max_length,
         num_objectives,
         reward_fn=reward_fn,
         preference=None if preference is None else np.asarray(preference, np.float32),
+        start=start,
     )
     return WolpertingerWrapper(env, config.wolpertinger_neighbours, config.wolpertinger_epsilon)
+
+
+UPDATES = 8
+"""PPO updates a search makes when ``agent.n_steps`` is left to the budget (:func:`scaled_to_budget`)."""
+MIN_ROLLOUT = 16
+MAX_ROLLOUT = 1024
+"""Bounds on the scaled rollout (environment steps): a tiny search still updates on a few episodes; a large one
+(1000 paths) updates more often than :data:`UPDATES` times."""
+
+
+def scaled_to_budget(config: AgentConfig, candidates: int, episode_length: int) -> AgentConfig:
+    """``config`` with PPO's rollout scaled to the budget: ``agent.n_steps`` when set; otherwise the expected
+    steps of ``candidates`` episodes of ``episode_length`` decisions divided into :data:`UPDATES` rollouts, within
+    [:data:`MIN_ROLLOUT`, :data:`MAX_ROLLOUT`]. The minibatch (``agent.batch_size``, default: the whole
+    rollout) is at most one rollout.
+
+    Why few, large updates: the reward is sparse (most paths improve nothing), and a PPO update on a handful of
+    episodes is mostly noise; with SB3's usual 64-step rollouts and minibatches of 32 (320 Adam steps over 200
+    paths) the actor's mean drifted by a random walk until the agent made 4-5 edits per path instead of one, and
+    found less than its untrained prior (``benchmarks/results/agent_learning.md``). At 200 paths on a 12-layer
+    pool this gives 8 updates of ~25 episodes, one gradient step per epoch; at 14 paths, 8 updates of ~2.
+    """
+    n_steps = config.n_steps
+    if n_steps is None:
+        expected = max(candidates, 1) * episode_length
+        n_steps = min(MAX_ROLLOUT, max(MIN_ROLLOUT, expected // UPDATES))
+    batch_size = min(config.batch_size or n_steps, n_steps)
+    return config.model_copy(update={"n_steps": n_steps, "batch_size": batch_size})
 
 
 def train_agent(
@@ -174,11 +214,12 @@ def train_agent(
         progress: Show SB3's progress bar.
         stop: Ends training early when it returns True (checked at every step).
     """
+    path_env = env.path_env
+    config = scaled_to_budget(config, candidates, len(path_env.incumbent) + 1)
     model = build_ppo(env, config, seed)
     with torch.no_grad():  # an untrained critic ties every candidate: the nearest one wins (see wolpertinger)
         model.policy.value_net.weight.zero_()
         model.policy.value_net.bias.zero_()
-    path_env = env.path_env
     agent = PathAgent(
         model=model,
         summaries=path_env.summaries,
@@ -187,23 +228,44 @@ def train_agent(
         neighbours=env.neighbours,
         stop_threshold=env.stop_threshold,
         config=config,
+        anchor=env.anchor_rule,
     )
     env.critic = agent.critic
-    episodes = MAX_EPISODES_PER_CANDIDATE * candidates
-    budget = episodes * (path_env.max_length + 1) + config.n_steps
-    if candidates > 0:  # no candidate to spend: the untrained policy (its prior) is the agent
-        callback = _candidate_budget(candidates, scored, episodes, stop)
-        model.learn(total_timesteps=budget, callback=callback, progress_bar=progress)
+    keep_training(agent, candidates, scored, progress, stop)  # none to spend: the prior is the agent
     return agent
 
 
-def rollout(agent: PathAgent, preference: Sequence[float]) -> InferencePath:
-    """The agent's greedy path for ``preference``: mean proto-actions, the critic's pick, no ε."""
+def keep_training(
+    agent: PathAgent,
+    candidates: int,
+    scored: Callable[[], int],
+    progress: bool = False,
+    stop: Callable[[], bool] | None = None,
+) -> None:
+    """Train ``agent`` (on the environment it was built with) until ``candidates`` more new paths are scored,
+    at most ``MAX_EPISODES_PER_CANDIDATE × candidates`` episodes, or ``stop()``; PPO continues where it was."""
+    if candidates <= 0:
+        return
+    episodes = MAX_EPISODES_PER_CANDIDATE * candidates
+    steps = episodes * (agent.max_length + 1) + agent.model.n_steps
+    callback = _candidate_budget(candidates, scored, episodes, stop)
+    agent.model.learn(
+        total_timesteps=steps, callback=callback, progress_bar=progress, reset_num_timesteps=False
+    )
+
+
+def rollout(
+    agent: PathAgent, preference: Sequence[float], incumbent: InferencePath | None = None
+) -> InferencePath:
+    """The agent's greedy path for ``preference``: mean proto-actions, the critic's pick, no ε; it edits
+    ``incumbent`` (default: the merged model's identity path)."""
     env = InferencePathEnv(
         agent.summaries, agent.max_length, agent.num_objectives, preference=np.asarray(preference, np.float32)
     )
-    wrapper = WolpertingerWrapper(env, agent.neighbours, 0.0, agent.stop_threshold, critic=agent.critic)
-    obs, _ = wrapper.reset(seed=0)
+    wrapper = WolpertingerWrapper(
+        env, agent.neighbours, 0.0, agent.stop_threshold, critic=agent.critic, anchor=agent.anchor
+    )
+    obs, _ = wrapper.reset(seed=0, options=None if incumbent is None else {"incumbent": incumbent})
     while True:
         proto, _ = agent.model.predict(obs, deterministic=True)
         low, high = wrapper.action_space.low, wrapper.action_space.high
@@ -266,21 +328,53 @@ def path_scorer_from_recipe(
     )
 
 
-def training_reward(pool: RoutingPool, path_scorer: PathScorer, rewards: Reward):
-    """The reward the agent trains on: R(path) − R(merged model's identity path), under the episode's λ.
+class BestPaths:
+    """The best path scored so far under a preference, kept up to date incrementally as paths are scored.
 
-    Scores of different paths differ by little next to their common level (accuracies near 0.6 that differ in
-    the second decimal), and spread over the steps that common level would dominate what the critic learns
-    (mostly "how many steps are left"). Subtracting the merged model's reward — a constant per preference,
-    so the best path stays the best — makes R the improvement over the parameter-level merge alone; SB3's
-    ``VecNormalize`` then scales it. Candidates are still reported and ranked by the plain R.
+    Args:
+        path_scorer: Whose ``scored`` paths count (insertion-ordered: new paths are appended).
+        rewards: The reward R(λ).
+        reference: Scored first, so that there is always a best (the merged model's identity path).
     """
-    reference = InferencePath.identity(pool.merged_index, pool.num_layers)
+
+    def __init__(self, path_scorer: PathScorer, rewards: Reward, reference: InferencePath) -> None:
+        self.path_scorer = path_scorer
+        self.rewards = rewards
+        self.reference = reference
+        self._best: dict[bytes, tuple[int, InferencePath, float]] = {}
+
+    def best(self, weights: np.ndarray) -> tuple[InferencePath, float]:
+        """The highest-reward path scored so far under ``weights`` (ties: the first scored), and its reward."""
+        self.path_scorer.score(self.reference)
+        key = np.asarray(weights, np.float64).tobytes()
+        seen, path, reward = self._best.get(key, (0, self.reference, -math.inf))
+        scored = self.path_scorer.scored
+        for candidate, scores in itertools.islice(scored.items(), seen, None):
+            value = self.rewards.reward(scores, weights, len(candidate))
+            if value > reward:
+                path, reward = candidate, value
+        self._best[key] = (len(scored), path, reward)
+        return path, reward
+
+
+def training_reward(best_paths: BestPaths):
+    """The reward the agent trains on: how much a path raises the best reward scored so far under the episode's
+    λ — ``max(0, R(path) − R(best))``, 0 for a path scored before.
+
+    Summed over the episodes of a search, these rewards are the search's own result: the best path's reward
+    minus the reward of the merge it started from. So the agent is paid for exactly what the search is for,
+    and nothing else: a revisit (free, since scores are cached) or a step back earns nothing, and an edit that
+    finds a better path earns its gain. The earlier form, R(path) − R(merge), paid the incumbent's revisit 0 and
+    nearly every edit less: PPO learnt to return to the merge, and on the deep zoo found nothing better in 9
+    of 9 searches (``benchmarks/results/agent_learning.md``). SB3's ``VecNormalize`` scales the reward;
+    candidates are still reported and ranked by the plain R.
+    """
 
     def reward_fn(path: InferencePath, weights: np.ndarray) -> tuple[float, dict[str, float]]:
-        scores = path_scorer.score(path)
-        baseline = rewards.reward(path_scorer.score(reference), weights, len(reference))
-        return rewards.reward(scores, weights, len(path)) - baseline, scores
+        _, best = best_paths.best(weights)
+        scores = best_paths.path_scorer.score(path)
+        gain = best_paths.rewards.reward(scores, weights, len(path)) - best
+        return max(gain, 0.0), scores
 
     return reward_fn
 
@@ -316,7 +410,9 @@ def search_path(
         agent: A trained preference-conditioned agent: no training, its greedy rollout is scored.
         calibration: The calibration batch of ``stats`` alignment.
         candidates: New paths the search may score, the greedy rollout included (default
-            ``agent.iterations``): training stops one short of it, so that the rollout always fits.
+            ``agent.iterations``): training stops one short of it, so that the rollout always fits; a rollout
+            that is a path already scored leaves that slot to more training (the greedy rollout reported is
+            the policy's before it).
         spent: How many candidates have been charged so far (a search's budget; default: the paths this
             path scorer has scored).
         stop: Ends the training early when it returns True (a search that stopped improving:
@@ -339,19 +435,25 @@ def search_path(
     counter = spent or (lambda: len(path_scorer.scored))
     start = counter()
 
+    best_paths = BestPaths(path_scorer, rewards, InferencePath.identity(pool.merged_index, pool.num_layers))
     if agent is None:
-        reward_fn = training_reward(pool, path_scorer, rewards)
         conditioned = recipe.agent.mode == "conditioned"
         env = make_env(
             layer_summaries(pool),
             t_max,
             len(lam),
             recipe.agent,
-            reward_fn=reward_fn,
+            reward_fn=training_reward(best_paths),
             preference=None if conditioned else lam,
+            start=lambda weights: best_paths.best(weights)[0],
         )
         agent = train_agent(env, recipe.agent, allowed - 1 - (counter() - start), seed, counter, stop=stop)
-    greedy = rollout(agent, lam)
+        greedy = rollout(agent, lam, best_paths.best(lam)[0])
+        if greedy in path_scorer.scored and not (stop is not None and stop()):
+            # the slot kept for the rollout is free (its path is known, usually the best one): train on
+            keep_training(agent, allowed - (counter() - start), counter, stop=stop)
+    else:
+        greedy = rollout(agent, lam, best_paths.best(lam)[0])
     if greedy in path_scorer.scored or counter() - start < allowed:
         path_scorer.score(greedy)
     known = path_scorer.scored.get(greedy)
@@ -387,11 +489,14 @@ def train_conditioned_agent(
         else path_scorer_from_recipe(pool, scorer, recipe, calibration)
     )
     rewards = reward_from_recipe(recipe, scale)
-
-    reward_fn = training_reward(pool, path_scorer, rewards)
-
+    best_paths = BestPaths(path_scorer, rewards, InferencePath.identity(pool.merged_index, pool.num_layers))
     env = make_env(
-        layer_summaries(pool), max_path_length(pool, recipe), len(recipe.objectives), recipe.agent, reward_fn
+        layer_summaries(pool),
+        max_path_length(pool, recipe),
+        len(recipe.objectives),
+        recipe.agent,
+        reward_fn=training_reward(best_paths),
+        start=lambda weights: best_paths.best(weights)[0],
     )
     counter = spent or (lambda: len(path_scorer.scored))
     return train_agent(env, recipe.agent, recipe.agent.iterations, seed, counter)

@@ -4,6 +4,16 @@ Actions (``Discrete((K+1)·L + 1)``): ``a < (K+1)·L`` appends layer ``a % L`` o
 action stops. The episode ends at stop or when the path reaches T_max layers. Stopping on an empty path
 means "keep the merged model as it is" (its identity path): routing is allowed to change nothing.
 
+The incumbent. Each episode edits a path known to be good: the *incumbent* (``start(λ)`` at reset: the best
+path scored so far for the episode's λ; without ``start``, the merged model's identity path). The environment
+keeps a pointer into it: the incumbent's step at the pointer is the *anchor*, the natural next step
+(:meth:`InferencePathEnv.anchor_step`). Appending a step of layer ``l`` moves the pointer past the incumbent's
+next step of layer ``l`` at or after it — following the anchor, or replacing it by another model's same layer,
+advances by one; a deeper layer skips the steps between (a deletion); a shallower one leaves the pointer
+where it was (an insertion or repeat). So a path that deviates at one step rejoins the incumbent at the next,
+and an agent that follows its anchors rebuilds the incumbent: the episodes are edits of the best path, the
+structure under which random local search improves on a merge (``benchmarks/results/agent_learning.md``).
+
 Observation (a ``Dict``), padded to T_max:
 
 * ``models`` / ``layers``: model index + 1 and layer index + 1 of each step (0 = padding),
@@ -47,6 +57,7 @@ class InferencePathEnv(gym.Env):
         num_objectives: Length of preference vectors.
         reward_fn: ``(path, preference) -> (R, scores)``; None gives R = 0 (greedy rollouts).
         preference: A fixed λ, or None to draw one from Dirichlet(1, …, 1) at each reset.
+        start: ``λ -> incumbent`` at each reset (default: the merged model's identity path).
     """
 
     metadata = {"render_modes": []}
@@ -58,6 +69,7 @@ class InferencePathEnv(gym.Env):
         num_objectives: int,
         reward_fn: RewardFunction | None = None,
         preference: np.ndarray | None = None,
+        start: Callable[[np.ndarray], InferencePath] | None = None,
     ) -> None:
         self.summaries = np.asarray(summaries, dtype=np.float32)
         self.num_models, self.num_layers, summary_size = self.summaries.shape
@@ -77,9 +89,12 @@ class InferencePathEnv(gym.Env):
                 "preference": spaces.Box(0, 1, (self.num_objectives,), np.float32),
             }
         )
+        self.start = start
         self.steps: list[tuple[int, int]] = []
         self.preference = self._uniform()
         self.decisions = 0
+        self.incumbent = self.identity()
+        self.pointer = 0
 
     def _uniform(self) -> np.ndarray:
         return np.full(self.num_objectives, 1.0 / self.num_objectives, dtype=np.float32)
@@ -96,6 +111,11 @@ class InferencePathEnv(gym.Env):
             self.preference = self.fixed_preference
         else:
             self.preference = self.np_random.dirichlet(np.ones(self.num_objectives)).astype(np.float32)
+        if options and "incumbent" in options:
+            self.incumbent = options["incumbent"]
+        else:
+            self.incumbent = self.identity() if self.start is None else self.start(self.preference)
+        self.pointer = 0
         return self.observation(self.steps), {}
 
     def step(self, action: int):
@@ -104,7 +124,9 @@ class InferencePathEnv(gym.Env):
             raise ValueError(f"action {action} outside {self.action_space}")
         self.decisions += 1
         if action != self.stop_action:
-            self.steps.append(self.decode(action))
+            step = self.decode(action)
+            self.steps.append(step)
+            self.pointer = self.rejoin(step[1])
         done = action == self.stop_action or len(self.steps) >= self.max_length
         if not done:
             return self.observation(self.steps), 0.0, False, False, {}
@@ -114,6 +136,25 @@ class InferencePathEnv(gym.Env):
         return self.observation(self.steps), float(reward), True, False, info
 
     # -- helpers ---------------------------------------------------------------------------------------------
+
+    def identity(self) -> InferencePath:
+        """The merged model's identity path."""
+        return InferencePath.identity(self.num_models - 1, self.num_layers)
+
+    def anchor_step(self) -> tuple[int, int] | None:
+        """The incumbent's step at the pointer (the natural next step); None once the incumbent is rebuilt."""
+        if self.pointer < len(self.incumbent):
+            return self.incumbent.steps[self.pointer]
+        return None
+
+    def rejoin(self, layer: int) -> int:
+        """The pointer after appending a step of ``layer``: just past the incumbent's first step of that layer
+        at or after the pointer; where there is none (a shallower layer: an insertion), unchanged."""
+        steps = self.incumbent.steps
+        for position in range(self.pointer, len(steps)):
+            if steps[position][1] == layer:
+                return position + 1
+        return self.pointer
 
     def decode(self, action: int) -> tuple[int, int]:
         """The ``(model, layer)`` of a non-stop action."""
@@ -126,7 +167,7 @@ class InferencePathEnv(gym.Env):
     def final_path(self) -> InferencePath:
         """The path built so far; an empty one means the merged model's identity path."""
         if not self.steps:
-            return InferencePath.identity(self.num_models - 1, self.num_layers)
+            return self.identity()
         return InferencePath(tuple(self.steps))
 
     def observation(self, steps: list[tuple[int, int]]) -> dict[str, np.ndarray]:

@@ -97,6 +97,15 @@ class InferencePath:
             return layer == 0 and m == shared_source
         return self.steps[step - 1] == (m, layer - 1)
 
+    def edit_distance(self, other: InferencePath) -> int:
+        """The fewest step replacements, insertions and deletions that turn this path into ``other``."""
+        row = list(range(len(other) + 1))
+        for i, step in enumerate(self.steps, 1):
+            diagonal, row[0] = row[0], i
+            for j, target in enumerate(other.steps, 1):
+                diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (step != target))
+        return row[-1]
+
     def to_json(self) -> str:
         """A compact JSON form: ``[[m, l], ...]``."""
         return json.dumps([list(s) for s in self.steps])

@@ -6,7 +6,7 @@ runs code. A saved agent here is a folder of plain data instead::
     policy/conditioned/
       policy.safetensors   the policy and value networks: SB3's get_parameters()["policy"]
       agent.json           {"format": "hm3-agent/1", "max_length", "num_objectives", "neighbours",
-                            "stop_threshold", "agent": {the recipe's agent section}}
+                            "stop_threshold", "anchor", "agent": {the recipe's agent section}}
       summaries.npy        the pool's [K+1, L, S] layer summaries (read with allow_pickle=False)
 
 Loading rebuilds the same PPO from the JSON (checked by the recipe's ``AgentConfig``), then restores the
@@ -35,7 +35,7 @@ from hm3.recipe import AgentConfig
 from hm3.routing.buffer import SpreadRewardRolloutBuffer
 from hm3.routing.env import InferencePathEnv
 from hm3.routing.policy import TrajectoryEncoder
-from hm3.routing.wolpertinger import INITIAL_STD, WolpertingerWrapper
+from hm3.routing.wolpertinger import WolpertingerWrapper
 
 POLICY_FILE = "policy.safetensors"
 LEGACY_POLICY_FILE = "policy.zip"
@@ -43,8 +43,12 @@ LEGACY_POLICY_FILE = "policy.zip"
 AGENT_FILE = "agent.json"
 AGENT_FORMAT = "hm3-agent/1"
 SUMMARIES_FILE = "summaries.npy"
-SETTINGS = ("max_length", "num_objectives", "neighbours", "stop_threshold")
+SETTINGS = ("max_length", "num_objectives", "neighbours", "stop_threshold", "anchor")
 """What ``agent.json`` holds besides the agent section: the environment the policy acts in."""
+LEGACY_ANCHOR = "last_step"
+"""The anchor rule of agents saved without an ``anchor`` setting (hm3 before the incumbent)."""
+DEFAULT_ROLLOUT = 64
+"""PPO's rollout length (environment steps) of an agent built without the budget's scaling (a reloaded one)."""
 
 
 def build_ppo(env: WolpertingerWrapper, config: AgentConfig, seed: int) -> PPO:
@@ -54,8 +58,8 @@ def build_ppo(env: WolpertingerWrapper, config: AgentConfig, seed: int) -> PPO:
         "MultiInputPolicy",
         vec_env,
         learning_rate=config.learning_rate,
-        n_steps=config.n_steps,
-        batch_size=config.batch_size,
+        n_steps=config.n_steps or DEFAULT_ROLLOUT,
+        batch_size=min(config.batch_size or DEFAULT_ROLLOUT, config.n_steps or DEFAULT_ROLLOUT),
         n_epochs=config.n_epochs,
         gamma=config.gamma,
         gae_lambda=config.gae_lambda,
@@ -67,7 +71,7 @@ def build_ppo(env: WolpertingerWrapper, config: AgentConfig, seed: int) -> PPO:
             "features_extractor_class": TrajectoryEncoder,
             "features_extractor_kwargs": {"hidden_size": config.hidden_size},
             "net_arch": {"pi": [config.hidden_size], "vf": [config.hidden_size]},
-            "log_std_init": math.log(INITIAL_STD),
+            "log_std_init": math.log(env.initial_std),
         },
         seed=seed,
         device="cpu",
@@ -82,7 +86,7 @@ class SavedPolicy:
     Attributes:
         model: The PPO, networks restored.
         summaries: The layer summaries.
-        settings: ``max_length``, ``num_objectives``, ``neighbours``, ``stop_threshold``.
+        settings: ``max_length``, ``num_objectives``, ``neighbours``, ``stop_threshold``, ``anchor``.
         config: The agent section it was built with (None for a legacy ``policy.zip``).
     """
 
@@ -131,7 +135,8 @@ def load_policy(folder: Path, allow_pickle: bool = False) -> SavedPolicy:
     try:
         config = _agent_config(meta["agent"])
         env = InferencePathEnv(summaries, meta["max_length"], meta["num_objectives"])
-        wrapper = WolpertingerWrapper(env, meta["neighbours"], 0.0, meta["stop_threshold"])
+        anchor = meta.get("anchor", LEGACY_ANCHOR)
+        wrapper = WolpertingerWrapper(env, meta["neighbours"], 0.0, meta["stop_threshold"], anchor=anchor)
     except (KeyError, TypeError, ValueError) as error:
         raise UserError(f"{folder / AGENT_FILE}: the settings do not describe an agent ({error})") from None
     model = build_ppo(wrapper, config, seed=0)
@@ -141,6 +146,7 @@ def load_policy(folder: Path, allow_pickle: bool = False) -> SavedPolicy:
         "num_objectives": env.num_objectives,
         "neighbours": wrapper.neighbours,
         "stop_threshold": wrapper.stop_threshold,
+        "anchor": wrapper.anchor_rule,
     }
     return SavedPolicy(model, summaries, settings, config)
 
@@ -155,7 +161,7 @@ def _load_legacy(folder: Path, allow_pickle: bool) -> SavedPolicy:
     meta = _read_agent_json(folder / AGENT_FILE)
     summaries = _read_summaries(folder / SUMMARIES_FILE)
     try:
-        settings = {k: meta[k] for k in SETTINGS}
+        settings = {k: meta[k] for k in SETTINGS if k != "anchor"} | {"anchor": LEGACY_ANCHOR}
     except KeyError as error:
         raise UserError(f"{folder / AGENT_FILE}: no {error} setting") from None
     return SavedPolicy(PPO.load(folder / LEGACY_POLICY_FILE, device="cpu"), summaries, settings, None)

@@ -5,8 +5,9 @@
 * **Roll out** (``--rollout``): a run with a preference-conditioned policy (``agent.mode: conditioned``,
   saved in ``policy/conditioned``) gives a fresh path for a λ the search never saw: the policy's greedy
   rollout for λ over the merge λ starts from (the optimised upper level's best for λ, else the merge with
-  weights λ), scored on the search split and appended to the run's log like any candidate — one candidate,
-  seconds instead of a search.
+  weights λ), editing the best path the run scored over that merge for λ (else the merge itself), scored on
+  the search split and appended to the run's log like any candidate — one candidate, seconds instead of a
+  search.
 
 Either can be written as a model folder (``--export DIR``, as ``hm3 export`` does).
 """
@@ -24,8 +25,10 @@ from hm3.front import ParetoFront
 from hm3.merge.spec import MergeSpec
 from hm3.moo.preferences import parse_preference
 from hm3.routing.agent import PathAgent, rollout
+from hm3.routing.path import InferencePath
+from hm3.routing.pool import RoutingPool
 from hm3.search.budget import BudgetedEvaluator
-from hm3.search.candidate import Candidate
+from hm3.search.candidate import SEARCHED_LEVELS, Candidate
 from hm3.search.export import check_export_folder, export_candidate
 from hm3.search.finish import member_candidate
 from hm3.search.preference import CONDITIONED_POLICY, POLICY_DIR, budgeted_path_scorer, merge_for
@@ -140,12 +143,30 @@ def _merge_for(search: Search, lam: np.ndarray) -> MergeSpec:
     return merge_for(search, lam)
 
 
+def _incumbent(search: Search, spec: MergeSpec, routing: RoutingPool, lam: list[float]) -> InferencePath:
+    """The best path the run scored over ``spec``'s merge for λ (search split; the first of equals), else the
+    merge's identity path: where the rollout starts."""
+    rewards = search.rewards()
+    best: tuple[float, InferencePath] | None = None
+    for record in search.log.records:
+        if record.get("split") != "search" or record.get("level") not in SEARCHED_LEVELS:
+            continue
+        candidate = Candidate.from_record(record)
+        if candidate.merge_spec() != spec:
+            continue
+        path = candidate.inference_path(routing)
+        reward = rewards.reward(record["scores"], lam, len(path))
+        if best is None or reward > best[0]:
+            best = (reward, path)
+    return InferencePath.identity(routing.merged_index, routing.num_layers) if best is None else best[1]
+
+
 def _rolled_out(search: Search, lam: np.ndarray, agent: PathAgent) -> Selection:
     weights = [float(v) for v in lam]
     spec = _merge_for(search, lam)
     evaluations = BudgetedEvaluator(search, SELECT, None, weights)
     routing, scorer = budgeted_path_scorer(search, spec, evaluations)
-    path = rollout(agent, weights)
+    path = rollout(agent, weights, _incumbent(search, spec, routing, weights))
     scores = scorer.score(path)
     candidate = Candidate.routed(spec, path, search.recipe.architecture_level.alignment, routing)
     reward = search.rewards().reward(scores, weights, len(path))
