@@ -42,6 +42,7 @@ discrete action is part of the environment from PPO's point of view.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from statistics import NormalDist
 
@@ -85,9 +86,11 @@ def deviation_probability(std: float, num_models: int, num_layers: int) -> float
     return float((distances.argmin(axis=1) != anchor_index).mean())
 
 
+@functools.lru_cache(maxsize=64)
 def exploration_std(num_models: int, num_layers: int) -> float:
     """σ at which the untrained agent leaves the anchor with probability ``EDITS_PER_PATH / L`` per step
-    (bisection on :func:`deviation_probability`, which grows with σ)."""
+    (bisection on :func:`deviation_probability`, which grows with σ; computed once per pool shape: every
+    wrapper — each rollout, each reloaded agent — asks for it)."""
     if num_models * num_layers < 2:
         return 0.5
     target = min(0.5, EDITS_PER_PATH / max(num_layers, 2))
