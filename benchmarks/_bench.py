@@ -43,3 +43,21 @@ def zoo_digest(recipe, *extra: Path) -> str:
     for file in extra:
         digest.update(file.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def write_results(out: Path, lines: list[str]) -> None:
+    """Write a results file (the lines, then a newline), print it and where it went."""
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {out}")
+
+
+def exit_with(main, script: str) -> None:
+    """Exit with ``main()``'s code; a user error (no GPU asked for, a bad setting) is one line and exit 2."""
+    from hm3.errors import UserError
+
+    try:
+        sys.exit(main())
+    except UserError as error:
+        print(f"{script}: {error}")
+        sys.exit(2)

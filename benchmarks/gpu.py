@@ -35,13 +35,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from _bench import REPO, offline
+from _bench import REPO, exit_with, offline, write_results
 
 offline()
 
 import torch  # noqa: E402
 
-from hm3.errors import UserError  # noqa: E402
 from hm3.recipe import load_recipe  # noqa: E402
 from hm3.routing.path import InferencePath  # noqa: E402
 from hm3.search.candidate import Candidate  # noqa: E402
@@ -282,15 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if search["rc"] != 0:
             lines += ["", "```", search["tail"], "```"]
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"wrote {args.out}")
+    write_results(args.out, lines)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as error:
-        print(f"benchmarks/gpu.py: {error}")
-        sys.exit(2)
+    exit_with(main, "benchmarks/gpu.py")

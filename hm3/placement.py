@@ -1,18 +1,31 @@
-"""Where the search's tensors live: the recipe's ``device`` and ``dtype``, checked against free memory up front.
+"""Where the search's tensors live: the recipe's ``device``, ``dtype`` and ``device_memory``, checked against
+free memory up front.
 
-The search keeps K + 2 models in memory at once — the base, the K fine-tuned models and one merged model —
-plus the routed candidate, which shares their tensors. :func:`check_fits` refuses, in one line, a pool that
-cannot fit on the chosen device before any weight is read (GPU: ``torch.cuda.mem_get_info``; CPU: the
-kernel's ``MemAvailable``).
+Resident, the search keeps K + 2 models on the device at once — the base, the K fine-tuned models and one
+merged model — plus the routed candidate, which shares their tensors. Offloaded
+(:mod:`hm3.routing.residency`), the models stay in host memory and the device holds a bounded cache of layers:
+one candidate needs its shared tensors plus its distinct layers (at most T_max) at once.
+
+:func:`plan_memory` decides before any weight is read (GPU: ``torch.cuda.mem_get_info``; CPU: the kernel's
+``MemAvailable``): ``device_memory`` set — offload with that bound; unset — resident when the K + 2 models fit,
+else offload with what is free; a bound that cannot hold one candidate is refused in one line.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from hm3.errors import UserError
+from hm3.routing.pool import default_max_length
+
+if TYPE_CHECKING:
+    from hm3.pool import ModelPool
+    from hm3.recipe import Recipe
+
+GIB = 1024**3
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 HEADROOM = 1.15
@@ -57,18 +70,144 @@ def free_bytes(device: str) -> int | None:
     return None
 
 
-def check_fits(parameters_per_model: int, models: int, placement: Placement) -> None:
-    """Refuse a pool of ``models`` models of ``parameters_per_model`` parameters that cannot fit.
+@dataclass(frozen=True)
+class PoolSizes:
+    """Bytes of the pool's parts in the run's dtype, from the safetensors headers (nothing is read).
+
+    Attributes:
+        model: One model's backbone tensors.
+        layer: One layer of one model.
+        shared: One model's tensors outside the layers (embeddings, final norm, head).
+        models: Models a resident search holds (K + 2).
+        members: Models paths choose from (K + 1).
+        layers: L.
+    """
+
+    model: int
+    layer: int
+    shared: int
+    models: int
+    members: int
+    layers: int
+
+    @classmethod
+    def of(cls, pool: ModelPool, dtype: str) -> PoolSizes:
+        size = DTYPE_BYTES[dtype]
+        layer = sum(_elements(pool.base.tensors[n].shape) for n in pool.layer_tensor_names(0))
+        shared = sum(_elements(pool.base.tensors[n].shape) for n in pool.shared_tensor_names())
+        return cls(
+            model=pool.parameters_per_model * size,
+            layer=layer * size,
+            shared=shared * size,
+            models=len(pool.models) + 2,
+            members=len(pool.models) + 1,
+            layers=pool.num_layers,
+        )
+
+    def candidate(self, max_length: int) -> int:
+        """Bytes one candidate needs on the device at once: shared tensors and its distinct layers."""
+        return self.shared + min(max_length, self.members * self.layers) * self.layer
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What the device will hold.
+
+    Attributes:
+        device_memory: The layer cache's bound in bytes when offloaded; None: every model resident.
+        line: One line saying so (printed when the search offloads).
+    """
+
+    device_memory: int | None
+    line: str
+
+    @property
+    def offload(self) -> bool:
+        return self.device_memory is not None
+
+
+def plan_memory(
+    sizes: PoolSizes,
+    max_length: int,
+    placement: Placement,
+    device_memory: int | None,
+    free: int | None,
+) -> MemoryPlan:
+    """Resident or offloaded, and with what bound (see the module's text).
+
+    Args:
+        sizes: The pool's sizes in the run's dtype.
+        max_length: The most layers a candidate runs (T_max).
+        placement: The device and dtype.
+        device_memory: The recipe's bound, or None.
+        free: Free bytes on the device (:func:`free_bytes`); None: unknown (``hm3 validate`` leaves out what
+            depends on this machine).
 
     Raises:
-        UserError: naming the bytes needed and free, and what to change.
+        UserError: nothing fits: the bound (asked for, or what is free) cannot hold one candidate.
     """
-    needed = int(parameters_per_model * DTYPE_BYTES[placement.dtype] * models * HEADROOM)
-    free = free_bytes(placement.device)
-    if free is not None and needed > free:
-        gib = 1024**3
-        raise UserError(
-            f"the search keeps {models} models in memory: about {needed / gib:.1f} GiB on {placement.device} "
-            f"in {placement.dtype}, but {free / gib:.1f} GiB are free; use dtype: bfloat16, fewer models, "
-            "or another device"
+    resident = int(sizes.model * sizes.models * HEADROOM)
+    one = sizes.candidate(max_length)
+    host_is_device = placement.device == "cpu"
+    # offloaded on a CPU, the merged model's host copy shares the RAM with the cache
+    host_share = int(sizes.model * HEADROOM) if host_is_device else 0
+    where = f"{placement.device} in {placement.dtype}"
+    if device_memory is None:
+        if free is None or resident <= free:
+            return MemoryPlan(
+                None, f"resident: {sizes.models} models, about {resident / GIB:.1f} GiB on {where}"
+            )
+        bound = int((free - host_share) / HEADROOM)
+        if bound < one:
+            raise UserError(
+                f"the search keeps {sizes.models} models in memory: about {resident / GIB:.1f} GiB on {where}, but "
+                f"{free / GIB:.1f} GiB are free, and offloading needs {one * HEADROOM / GIB:.1f} GiB for one "
+                f"candidate of up to {max_length} layers; use dtype: bfloat16, fewer models, "
+                "a shorter architecture_level.max_path_length, or another device"
+            )
+        return _offload_plan(
+            sizes,
+            bound,
+            max_length,
+            where,
+            f"the {sizes.models} models ({resident / GIB:.1f} GiB) "
+            f"do not fit the {free / GIB:.1f} GiB free, so ",
         )
+    if device_memory < one:
+        raise UserError(
+            f"device_memory: {device_memory / GIB:.2f} GiB cannot hold one candidate: its shared tensors and up "
+            f"to {max_length} distinct layers take {one / GIB:.2f} GiB in {placement.dtype}; raise it or lower "
+            "architecture_level.max_path_length"
+        )
+    if free is not None and int(device_memory * HEADROOM) + host_share > free:
+        raise UserError(
+            f"device_memory: {device_memory / GIB:.2f} GiB (plus {HEADROOM - 1:.0%} for activations) is more "
+            f"than the {free / GIB:.1f} GiB free on {placement.device}; lower it"
+        )
+    return _offload_plan(sizes, device_memory, max_length, where, "")
+
+
+def _offload_plan(sizes: PoolSizes, bound: int, max_length: int, where: str, why: str) -> MemoryPlan:
+    cached = (bound - sizes.shared) // sizes.layer if sizes.layer else 0
+    pool_layers = sizes.members * sizes.layers
+    return MemoryPlan(
+        bound,
+        f"offload: {why}the models stay in host memory and the device holds at most {bound / GIB:.2f} GiB of "
+        f"layers ({min(cached, pool_layers)} of the pool's {pool_layers}, a candidate uses up to "
+        f"{min(max_length, pool_layers)}) on {where}",
+    )
+
+
+def candidate_length(recipe: Recipe, num_layers: int) -> int:
+    """The most layers a candidate of the run runs: T_max (1.5 × L unless set) with the path level, else L."""
+    level = recipe.architecture_level
+    if not level.enabled:
+        return num_layers
+    return level.max_path_length or default_max_length(num_layers)
+
+
+def _elements(shape: tuple[int, ...]) -> int:
+    count = 1
+    for size in shape:
+        count *= int(size)
+    return count

@@ -214,9 +214,11 @@ class ModelPool:
 
     # -- tensors ------------------------------------------------------------------------------------------
 
-    def tensor(self, index: int, name: str) -> torch.Tensor:
-        """Tensor ``name`` of model ``index`` (or :data:`BASE`), with the vocabulary rule applied."""
-        value = self.checkpoint(index).load(name)
+    def tensor(self, index: int, name: str, mapped: bool = False) -> torch.Tensor:
+        """Tensor ``name`` of model ``index`` (or :data:`BASE`), with the vocabulary rule applied (``mapped``:
+        backed by a private memory map of its bytes in the file, :class:`hm3.merge.tensor_reader.TensorReader`,
+        where the rule leaves it as stored: pages the kernel may drop again)."""
+        value = self._mapped_reader(index).load(name) if mapped else self.checkpoint(index).load(name)
         if (
             name in self.backbone.vocab_tensors
             and self.vocab_size is not None
@@ -224,6 +226,14 @@ class ModelPool:
         ):
             value = self._fit_vocab(value, name)
         return value
+
+    def _mapped_reader(self, index: int):
+        from hm3.merge.tensor_reader import TensorReader  # hm3.merge imports this module
+
+        readers = self.__dict__.setdefault("_readers", {})
+        if index not in readers:
+            readers[index] = TensorReader(self.checkpoint(index))
+        return readers[index]
 
     def state_dict(self, index: int) -> dict[str, torch.Tensor]:
         """Every backbone tensor of model ``index`` (or :data:`BASE`), vocabulary rule applied; loaded once
@@ -233,6 +243,8 @@ class ModelPool:
             placement = self.__dict__.get("_placement")
             if placement is None:
                 cache[index] = {name: self.tensor(index, name) for name in self.tensor_names}
+            elif self.offloaded:  # host memory, as stored: memory-mapped (the move to the device casts)
+                cache[index] = {name: self.tensor(index, name, mapped=True) for name in self.tensor_names}
             else:
                 device, dtype = placement
                 cache[index] = {
@@ -241,11 +253,37 @@ class ModelPool:
                 }
         return cache[index]
 
-    def place(self, device: str, dtype: torch.dtype | None) -> None:
-        """Keep the tensors :meth:`state_dict` returns on ``device`` in ``dtype`` (None: the stored dtype).
-        Call before the first :meth:`state_dict`."""
+    def place(self, device: str, dtype: torch.dtype | None, device_memory: int | None = None) -> None:
+        """Keep the tensors :meth:`state_dict` returns on ``device`` in ``dtype`` (None: the stored dtype) — or,
+        with ``device_memory`` (bytes), in host memory as stored (memory-mapped from safetensors files), for a
+        :class:`~hm3.routing.residency.DeviceLayerCache` of that bound to move to ``device`` in ``dtype`` as
+        candidates need them (and merges to read one tensor at a time). Call before the first
+        :meth:`state_dict`."""
         self.__dict__.pop("_state_dicts", None)
         self._placement = (device, dtype)
+        self._device_memory = device_memory
+
+    @property
+    def device_memory(self) -> int | None:
+        """The device cache's bound when the pool is offloaded (:meth:`place`), else None."""
+        return self.__dict__.get("_device_memory")
+
+    @property
+    def offloaded(self) -> bool:
+        """Whether :meth:`state_dict` holds host tensors for a device cache (:meth:`place` with a bound)."""
+        return self.device_memory is not None
+
+    @property
+    def compute_dtype(self) -> torch.dtype | None:
+        """The dtype candidates and merges run in (:meth:`place`; None: the stored one)."""
+        placement = self.__dict__.get("_placement")
+        return placement[1] if placement else None
+
+    @property
+    def compute_device(self) -> str:
+        """The device candidates and merges run on (the placed device; ``cpu`` before :meth:`place`)."""
+        placement = self.__dict__.get("_placement")
+        return str(placement[0]) if placement else "cpu"
 
     @property
     def parameters_per_model(self) -> int:
@@ -270,6 +308,8 @@ class ModelPool:
         """Release file handles of every checkpoint."""
         for checkpoint in (self.base, *self.models):
             checkpoint.close()
+        for reader in self.__dict__.pop("_readers", {}).values():
+            reader.close()
         self.__dict__.pop("_state_dicts", None)
 
     def describe(self) -> dict[str, object]:

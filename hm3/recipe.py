@@ -30,6 +30,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    ByteSize,
     ConfigDict,
     Field,
     ValidationError,
@@ -486,6 +487,16 @@ class Recipe(_Section):
           - {name: humaneval, task: humaneval, metric: "pass@1,create_test"}
           - {name: mbpp, task: mbpp, metric: pass_at_1}
         allow_code_execution: true      # run the models' programs (use a container or a throwaway machine)
+
+    ``device_memory`` (``24GiB``, ``40GB``, bytes) bounds what the search keeps on the device: the models stay in
+    host memory (memory-mapped where stored in the run's ``dtype``) and candidates' layers move to the device as
+    their paths need them, through a cache of recently used layers (:mod:`hm3.routing.residency`); scores are
+    the same as with every model resident. Unset: every model resident when the K + 2 models fit the free
+    memory, else offloaded with what is free (``hm3 merge`` says which)::
+
+        device: cuda
+        dtype: bfloat16
+        device_memory: 20GiB            # LLaMA-2-7B x 3 (+ base + merge, ~67 GB resident) on one 24 GB GPU
     """
 
     base_model: ModelRef
@@ -501,6 +512,7 @@ class Recipe(_Section):
     tokenizer_source: str = Field(default="base", min_length=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device_memory: ByteSize | None = Field(default=None, gt=0)
     seed: Seed = 0
     allow_pickle: bool = False
     trust_remote_code: bool = False

@@ -36,8 +36,9 @@ FORMAT = 2
 """2: candidate log records keyed by :class:`hm3.search.candidate.Candidate` with a ``level`` (1: ``kind``), and
 CPU scoring on one intra-op thread (:mod:`hm3.evaluate.threads`)."""
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-UNSCORED_SECTIONS = ("output", "distributed")
-"""Recipe sections that decide where a run is written and how it is spread, never a score."""
+UNSCORED_SECTIONS = ("output", "distributed", "device_memory")
+"""Recipe sections that decide where a run is written, how it is spread and what stays on the device (offloaded
+scores are bit for bit the resident ones), never a score."""
 SCORING_SECTIONS = (
     "base_model",
     "models",

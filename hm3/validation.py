@@ -4,7 +4,8 @@ Checked here, cheaply (config files and safetensors headers only):
 
 * the schema (``hm3.recipe``), including includes;
 * every local model: folder, config, weights, shards, pickle policy, remote-code policy;
-* the pool: same family, layer count, tensor names and shapes as the base (vocabulary rule allowed);
+* the pool: same family, layer count, tensor names and shapes as the base (vocabulary rule allowed), and a
+  ``device_memory`` bound that holds one candidate (what fits this machine's free memory is checked at start);
 * every objective's local files: task YAMLs parse, vision data and heads exist;
 * every lm-eval objective (:mod:`hm3.evaluate.offline_check`): local tasks are loaded as the evaluator loads
   them; registry names are checked offline against the installed lm-eval's task index (the name, the metric
@@ -27,6 +28,7 @@ from hm3.checkpoint import Checkpoint
 from hm3.errors import ModelError, RecipeError, UserError
 from hm3.evaluate.offline_check import language_objective_problems
 from hm3.himole.checks import himole_problems
+from hm3.placement import Placement, PoolSizes, candidate_length, plan_memory
 from hm3.pool import ModelPool, hub_is_offline, resolve_model_folder
 from hm3.recipe import ZEROSHOT_HEAD, Recipe, load_recipe
 
@@ -113,6 +115,20 @@ def _check_models(recipe: Recipe, report: ValidationReport) -> list[tuple[str, s
     except UserError as error:
         return [("models", str(error))]
     report.family, report.num_layers = pool.backbone.family, pool.num_layers
+    sizes = PoolSizes.of(pool, recipe.dtype)
+    device = recipe.device if recipe.device != "auto" else "cuda or cpu"
+    try:
+        plan = plan_memory(
+            sizes,
+            candidate_length(recipe, pool.num_layers),
+            Placement(device, recipe.dtype),
+            recipe.device_memory,
+            free=None,
+        )
+    except UserError as error:
+        return [("device_memory", str(error).removeprefix("device_memory: "))]
+    if plan.offload:
+        report.notes.append(plan.line)
     for name, rows in pool.vocab_mismatches.items():
         report.notes.append(
             f"{where_of[name]}: vocabulary has {rows} rows, the merged model keeps {pool.vocab_size} "

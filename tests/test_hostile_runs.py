@@ -287,6 +287,19 @@ def test_resuming_an_edited_run_is_refused_naming_the_change(
     assert tree_digest(run) == run_before
 
 
+def test_resuming_with_device_memory_added_offloads_without_touching_the_scores(
+    inputs: Inputs, tmp_path: Path
+) -> None:
+    run = copy_of_run(inputs, tmp_path)
+    log = (run / "candidates.jsonl").read_text()
+    with (run / "recipe.yaml").open("a") as recipe:
+        recipe.write("device_memory: 64MiB\n")  # where tensors live is not part of the run's fingerprint
+    done = run_hm3("merge", "--resume", run)
+    assert done.returncode == 0, done.stderr
+    assert "offload: the models stay in host memory" in done.stdout + done.stderr
+    assert (run / "candidates.jsonl").read_text().startswith(log)
+
+
 def _edit_weights(run: Path) -> None:
     """The run was started on weights of another modification time (what a rebuilt zoo leaves)."""
     fingerprint = json.loads((run / "fingerprint.json").read_text())

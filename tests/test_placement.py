@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hm3.errors import UserError
-from hm3.placement import Placement, check_fits, resolve_device
+from hm3.placement import Placement, PoolSizes, plan_memory, resolve_device
 
 
 def test_auto_resolves_to_what_is_visible() -> None:
@@ -24,11 +24,19 @@ def test_cuda_without_a_gpu_is_a_user_error() -> None:
         resolve_device("cuda")
 
 
-def test_a_pool_that_does_not_fit_is_refused_before_loading(monkeypatch) -> None:
-    monkeypatch.setattr("hm3.placement.free_bytes", lambda device: 10 * 1024**3)
-    check_fits(1_000_000_000, 2, Placement("cpu", "bfloat16"))  # 2 x 2 GB x 1.15 fits in 10 GiB
+def test_a_pool_that_does_not_fit_is_refused_before_loading() -> None:
+    free = 10 * 1024**3
+    small = PoolSizes(
+        model=2_000_000_000, layer=50_000_000, shared=200_000_000, models=2, members=1, layers=32
+    )
+    assert not plan_memory(
+        small, 48, Placement("cpu", "bfloat16"), None, free
+    ).offload  # 2 x 2 GB x 1.15 fits in 10 GiB
+    large = PoolSizes(
+        model=5_400_000_000, layer=10_000_000_000, shared=400_000_000, models=5, members=4, layers=1
+    )
     with pytest.raises(UserError, match=r"about 28\.9 GiB on cuda in float32, but 10\.0 GiB are free"):
-        check_fits(1_350_000_000, 5, Placement("cuda", "float32"))
+        plan_memory(large, 1, Placement("cuda", "float32"), None, free)
 
 
 def test_pool_places_tensors_in_the_recipe_dtype(tiny_pools) -> None:

@@ -281,6 +281,16 @@ def test_remote_code_needs_opt_in(tmp_path, good_recipe_text, tiny_llama, capsys
     assert _validate(tmp_path, "trust_remote_code: true\n" + text, capsys)[0] == 0
 
 
+def test_device_memory_that_cannot_hold_one_candidate_is_refused(tmp_path, good_recipe_text, capsys) -> None:
+    code, lines = _validate(tmp_path, good_recipe_text + "device_memory: 1KiB\n", capsys)
+    assert code == 2
+    assert any(
+        ": device_memory: 0.00 GiB cannot hold one candidate: its shared tensors" in line for line in lines
+    )
+    code, lines = _validate(tmp_path, good_recipe_text + "device_memory: 1GiB\n", capsys)
+    assert code == 0 and any("offload: the models stay in host memory" in line for line in lines)
+
+
 def test_missing_task_yaml(tmp_path, good_recipe_text, capsys) -> None:
     text = good_recipe_text.replace("task: sst2,", "task: tasks/none.yaml,")
     code, lines = _validate(tmp_path, text, capsys)

@@ -2,7 +2,9 @@
 
 Peak memory is the merged model plus one tensor's inputs: inputs are read one tensor at a time through
 ``pool.tensor`` (memory-mapped), or taken from ``pool.state_dict(i)`` when the search already holds whole
-models in memory. ``iter_merged_tensors`` yields the same tensors one by one, for streaming to disk.
+models in memory. An offloaded pool (:meth:`hm3.pool.ModelPool.place` with ``device_memory``) is merged
+streamed: each tensor's inputs move from host memory (as stored) to the device in the run's dtype, are merged
+there, and the merged tensor goes back to host memory. ``iter_merged_tensors`` yields the same tensors one by one, for streaming to disk.
 """
 
 from __future__ import annotations
@@ -59,13 +61,14 @@ def iter_merged_tensors(
     out_dtype = getattr(torch, spec.out_dtype) if spec.out_dtype else None
     by_position: dict[float, TensorParameters] = {}
     model_indices = list(range(count))
+    device = pool.compute_device if pool.offloaded else None  # streamed: host -> device -> merged -> host
     for name in pool.tensor_names:
         t = layer_position(pool.backbone.layer_of(name), layers)
         params = by_position.get(t)
         if params is None:
             params = by_position[t] = _parameters(spec, t)
-        inputs = [read(index, name) for index in model_indices]
-        base = read(BASE, name) if method.uses_base else None
+        inputs = [read(index, name, device) for index in model_indices]
+        base = read(BASE, name, device) if method.uses_base else None
         work = dtype or _promoted([*inputs, *([base] if base is not None else [])])
         inputs = [tensor.to(work) for tensor in inputs]
         if base is not None:
@@ -73,7 +76,8 @@ def iter_merged_tensors(
         merged = merge_tensor(
             method, base, inputs, params, seed=spec.seed, tensor_name=name, model_ids=model_indices
         )
-        yield name, merged.to(out_dtype) if out_dtype is not None else merged
+        merged = merged.to(out_dtype) if out_dtype is not None else merged
+        yield name, merged if device is None else merged.to("cpu")
 
 
 def _parameters(spec: MergeSpec, t: float) -> TensorParameters:
@@ -99,7 +103,7 @@ def _reader(pool: ModelPool, cached: bool | None) -> Callable[[int, str], torch.
     checked = _CHECKED.setdefault(pool, set())
     held: dict[int, dict[str, torch.Tensor]] = pool.__dict__.get("_state_dicts", {})
 
-    def read(index: int, name: str) -> torch.Tensor:
+    def read(index: int, name: str, device: str | None = None) -> torch.Tensor:
         if cached or (cached is None and index in held):
             tensor = pool.state_dict(index)[name]
         else:
@@ -107,7 +111,7 @@ def _reader(pool: ModelPool, cached: bool | None) -> Callable[[int, str], torch.
         if (index, name) not in checked:
             check_finite(tensor, pool.checkpoint(index).name, name)
             checked.add((index, name))
-        return tensor
+        return tensor if device is None else tensor.to(device=device, dtype=pool.compute_dtype)
 
     return read
 

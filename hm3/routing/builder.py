@@ -65,7 +65,8 @@ def routed_tensors(
     pool: RoutingPool, path: InferencePath, shared_source: int | None = None
 ) -> dict[str, torch.Tensor]:
     """The routed model's state dict, under the pool's tensor names with layer indices renumbered to path
-    positions. Values are the pool's own tensors (no copies); a repeated layer appears under two names.
+    positions. Values are the pool's own tensors (no copies; with offload, the device cache's copies); a repeated
+    layer appears under two names.
 
     Args:
         pool: The routing pool.
@@ -76,12 +77,11 @@ def routed_tensors(
     source = pool.shared_source if shared_source is None else shared_source
     if not 0 <= source < pool.num_models:
         raise UserError(f"shared_source {source} is not a model of the pool (0..{pool.num_models - 1})")
-    out = {name: pool.state_dicts[source][name] for name in pool.shared_tensor_names}
+    out, layers = pool.device_groups(source, path.steps)
     rename = pool.backbone.layer_tensor_name
-    for position, (model, layer) in enumerate(path.steps):
-        state = pool.state_dicts[model]
-        for name in pool.layer_tensor_names(layer):
-            out[rename(name, position)] = state[name]
+    for position, step in enumerate(path.steps):
+        for name, tensor in zip(pool.layer_tensor_names(step[1]), layers[step], strict=True):
+            out[rename(name, position)] = tensor
     return out
 
 

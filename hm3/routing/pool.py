@@ -9,10 +9,16 @@ embeddings and pre/post layer norms) come from one model, :attr:`RoutingPool.sha
 by default: it is the pool member that is a compromise between all skills, and a path mostly of one
 fine-tuned model still reads and writes the merged vocabulary. A builder call may override it (the identity
 path of model ``i`` with ``shared_source=i`` is model ``i`` exactly).
+
+**Offload.** With a :class:`~hm3.routing.residency.DeviceLayerCache` (``cache``), the state dicts are host
+tensors and a routed model gets device copies of the groups its path uses (:meth:`RoutingPool.device_groups`);
+``members`` names each model for the cache, so that two pools of one search (the merge's and the
+architecture-only one) share the fine-tuned models' cached layers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -25,6 +31,10 @@ if TYPE_CHECKING:
     import torch
 
     from hm3.pool import ModelPool
+    from hm3.routing.residency import DeviceLayerCache
+
+SHARED = "shared"
+"""The cache key's second part for a model's shared (non-layer) tensors."""
 
 
 @dataclass(eq=False)
@@ -39,6 +49,11 @@ class RoutingPool:
         folders: Each model's folder on disk, or None (an in-memory merged model); mergekit exports need them.
         tokenizer_folder: Where the tokenizer of saved models comes from.
         shared_source: The model whose non-layer tensors routed models use (default: K, the merged model).
+        cache: The device cache of an offloaded search (None: the state dicts are on the device already).
+        casts: With ``cache``, the dtype each model's floating tensors take on the device (None: as held); the
+            fine-tuned models and the base are held as stored, the merged model as merged.
+        members: Each model's name in ``cache`` (default: ``names``; from a model pool: the fine-tuned models'
+            indices and ``merged_member``).
     """
 
     backbone: Backbone
@@ -48,6 +63,9 @@ class RoutingPool:
     folders: list[Path | None]
     tokenizer_folder: Path | None = None
     shared_source: int = -1
+    cache: DeviceLayerCache | None = None
+    casts: list[torch.dtype | None] = field(default_factory=list)
+    members: list[Hashable] = field(default_factory=list)
     _layer_names: dict[int, list[str]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -55,6 +73,10 @@ class RoutingPool:
             raise UserError("a routing pool needs at least one fine-tuned model and the merged model")
         if self.shared_source < 0:
             self.shared_source = self.merged_index
+        if not self.members:
+            self.members = list(self.names)
+        if not self.casts:
+            self.casts = [None] * len(self.state_dicts)
         reference = self.state_dicts[0]
         for index, state in enumerate(self.state_dicts[1:], start=1):
             if set(state) != set(reference):
@@ -67,6 +89,9 @@ class RoutingPool:
         pool: ModelPool,
         merged: dict[str, torch.Tensor],
         merged_folder: str | Path | None = None,
+        cache: DeviceLayerCache | None = None,
+        merged_member: Hashable = "merged",
+        stored_slot: bool = False,
     ) -> RoutingPool:
         """The routing pool of a model pool and its parameter-merged state dict.
 
@@ -74,6 +99,11 @@ class RoutingPool:
             pool: The base and K fine-tuned models.
             merged: The merged model's tensors (same names as the pool's).
             merged_folder: Where the merged model is saved, if it is (for mergekit exports).
+            cache: The search's device cache when the pool is offloaded (host tensors as stored, cast to the
+                pool's compute dtype on the move; ``merged`` as it is).
+            merged_member: The merged slot's name in ``cache``.
+            stored_slot: Slot K holds a checkpoint as stored (the base model of the architecture-only pool):
+                cast like the fine-tuned models on the move.
         """
         states = [pool.state_dict(i) for i in range(len(pool.models))]
         missing = sorted(set(states[0]) - set(merged))
@@ -87,6 +117,12 @@ class RoutingPool:
             names=[*pool.model_names, "merged"],
             folders=[*(m.folder for m in pool.models), Path(merged_folder) if merged_folder else None],
             tokenizer_folder=pool.base.folder,
+            cache=cache,
+            casts=[
+                *(pool.compute_dtype for _ in pool.models),
+                pool.compute_dtype if stored_slot else None,
+            ],
+            members=[*range(len(pool.models)), merged_member],
         )
 
     @property
@@ -123,6 +159,30 @@ class RoutingPool:
         state = self.state_dicts[model]
         return [state[name] for name in self.layer_tensor_names(layer)]
 
+    def device_groups(
+        self, source: int, steps: Iterable[tuple[int, int]]
+    ) -> tuple[dict[str, torch.Tensor], dict[tuple[int, int], list[torch.Tensor]]]:
+        """The tensors a routed model of ``steps`` runs on: ``source``'s shared tensors by name, and each distinct
+        ``(model, layer)``'s tensors in :meth:`layer_tensor_names` order — the state dicts' own tensors, or their
+        device copies through ``cache`` (moved now where missing)."""
+        distinct = list(dict.fromkeys(steps))
+        if self.cache is None:
+            shared = {n: self.state_dicts[source][n] for n in self.shared_tensor_names}
+            return shared, {step: self.layer_tensors(*step) for step in distinct}
+        shared_host = [self.state_dicts[source][n] for n in self.shared_tensor_names]
+        groups = [((self.members[source], SHARED), shared_host, self.casts[source])]
+        groups += [
+            ((self.members[m], layer), self.layer_tensors(m, layer), self.casts[m]) for m, layer in distinct
+        ]
+        fetched = list(self.cache.fetch(groups).values())
+        shared = dict(zip(self.shared_tensor_names, fetched[0], strict=True))
+        return shared, dict(zip(distinct, fetched[1:], strict=True))
+
     def default_max_length(self) -> int:
-        """T_max when the recipe leaves it unset: 1.5 × L (rounded down, at least L)."""
-        return max(self.num_layers, (3 * self.num_layers) // 2)
+        """T_max when the recipe leaves it unset: :func:`default_max_length` of L."""
+        return default_max_length(self.num_layers)
+
+
+def default_max_length(num_layers: int) -> int:
+    """T_max when the recipe leaves it unset: 1.5 × L (rounded down, at least L)."""
+    return max(num_layers, (3 * num_layers) // 2)

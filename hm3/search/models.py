@@ -16,6 +16,7 @@ from hm3.routing.agent import path_scorer_from_recipe
 from hm3.routing.builder import build_routed_model
 from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
+from hm3.routing.residency import DeviceLayerCache
 from hm3.routing.scoring import PathEvaluation, PathScorer
 from hm3.search.candidate import Candidate
 
@@ -24,6 +25,12 @@ if TYPE_CHECKING:
 
     from hm3.merge.spec import MergeSpec
     from hm3.recipe import Recipe
+
+
+MERGED = "merged"
+"""The merged slot's name in the device cache (its layers are dropped when the next merge replaces it)."""
+BASE_MEMBER = "base"
+"""The base model's name in the device cache (slot K of the architecture-only pool)."""
 
 
 class CandidateModels:
@@ -42,6 +49,12 @@ class CandidateModels:
         self._merged_key: str | None = None
         self._routing: RoutingPool | None = None
         self._finetuned: RoutingPool | None = None
+        self.cache = (
+            DeviceLayerCache(pool.compute_device, pool.device_memory)
+            if pool.device_memory is not None
+            else None
+        )
+        """The device cache of an offloaded pool (one per search: both routing pools share it)."""
 
     @staticmethod
     def merge_key(spec: MergeSpec) -> str:
@@ -55,8 +68,12 @@ class CandidateModels:
         key = self.merge_key(spec)
         if key != self._merged_key:
             self._routing = None  # free the previous merge first
+            if self.cache is not None:
+                self.cache.forget(MERGED)
             merged = merge_state_dict(self.pool, spec, cached=True)
-            self._routing = RoutingPool.from_model_pool(self.pool, merged)
+            self._routing = RoutingPool.from_model_pool(
+                self.pool, merged, cache=self.cache, merged_member=MERGED
+            )
             self._merged_key = key
         assert self._routing is not None
         return self._routing
@@ -69,7 +86,13 @@ class CandidateModels:
     def base_pool(self) -> RoutingPool:
         """The K fine-tuned models plus the base model in slot K (tensors shared with the model pool)."""
         if self._finetuned is None:
-            self._finetuned = RoutingPool.from_model_pool(self.pool, self.pool.state_dict(BASE))
+            self._finetuned = RoutingPool.from_model_pool(
+                self.pool,
+                self.pool.state_dict(BASE),
+                cache=self.cache,
+                merged_member=BASE_MEMBER,
+                stored_slot=True,
+            )
         return self._finetuned
 
     def build(self, candidate: Candidate) -> torch.nn.Module:

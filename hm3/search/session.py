@@ -15,7 +15,15 @@ import numpy as np
 from hm3.evaluate import Evaluator
 from hm3.moo.preferences import preference_vectors
 from hm3.moo.scalarization import ObjectiveScale
-from hm3.placement import Placement, check_fits, resolve_device
+from hm3.placement import (
+    MemoryPlan,
+    Placement,
+    PoolSizes,
+    candidate_length,
+    free_bytes,
+    plan_memory,
+    resolve_device,
+)
 from hm3.pool import ModelPool
 from hm3.recipe import Recipe
 from hm3.routing.agent import reward_from_recipe
@@ -75,16 +83,25 @@ class SearchInputs:
     evaluator: Evaluator
     pool: ModelPool
     calibration: dict[str, Any] | None
+    memory: MemoryPlan | None = None
+    """Resident or offloaded (:func:`hm3.placement.plan_memory`)."""
 
 
 def load_inputs(recipe: Recipe) -> SearchInputs:
-    """Load and check the objectives and the pool (checked before any model weight is read), then place it."""
+    """Load and check the objectives and the pool (checked before any model weight is read), then place it:
+    resident, or offloaded with a device cache (:func:`hm3.placement.plan_memory`)."""
     placement = Placement(resolve_device(recipe.device), recipe.dtype)  # the quick checks first
     preferences(recipe)  # the preference vectors are drawn here too, so a seed they refuse fails now
     pool = ModelPool.from_recipe(recipe)
-    check_fits(pool.parameters_per_model, len(pool.models) + 2, placement)
+    memory = plan_memory(
+        PoolSizes.of(pool, recipe.dtype),
+        candidate_length(recipe, pool.num_layers),
+        placement,
+        recipe.device_memory,
+        free_bytes(placement.device),
+    )
     evaluator = Evaluator.from_recipe(recipe)
-    pool.place(placement.device, placement.torch_dtype)
+    pool.place(placement.device, placement.torch_dtype, memory.device_memory)
     calibration = None
     if recipe.architecture_level.enabled and recipe.architecture_level.alignment == "stats":
         batch = calibration_batch(evaluator, recipe.architecture_level.calibration_samples)
@@ -92,7 +109,7 @@ def load_inputs(recipe: Recipe) -> SearchInputs:
             name: value.to(placement.device, placement.torch_dtype if value.is_floating_point() else None)
             for name, value in batch.items()
         }
-    return SearchInputs(evaluator, pool, calibration)
+    return SearchInputs(evaluator, pool, calibration, memory)
 
 
 def open_search(
@@ -100,6 +117,8 @@ def open_search(
 ) -> Search:
     """The search of ``recipe`` in ``store``: its inputs (loaded now when not given) and the run's log."""
     loaded = inputs if inputs is not None else load_inputs(recipe)
+    if loaded.memory is not None and loaded.memory.offload:
+        progress.print(loaded.memory.line)
     return Search(
         recipe=recipe,
         store=store,
