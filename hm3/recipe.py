@@ -382,6 +382,11 @@ class AgentConfig(_Section):
             3) did not improve its best reward — the merge it starts from included —, in (0, 1]; with
             ``parameter_level.weights: optimised`` what it did not spend goes back to the upper level. None:
             every preference spends all its iterations (the paper's Algorithm 1).
+        unpaid_patience: The window, in paths, of a preference's path search while the path level has not paid:
+            neither in the run's first preference (the probe, searched with the full window) nor yet in this
+            preference's own search (a path that beats its merge gives it the full window). At least 1 (the floor
+            of exploration); None: the full window everywhere. Only with ``patience`` and ``mode:
+            per_preference``.
     """
 
     mode: Literal["per_preference", "conditioned"] = "per_preference"
@@ -399,6 +404,7 @@ class AgentConfig(_Section):
     wolpertinger_neighbours: int = Field(default=1, gt=0)
     wolpertinger_epsilon: float = Field(default=0.0, ge=0, le=1)
     patience: float | None = Field(default=0.25, gt=0, le=1)
+    unpaid_patience: int | None = Field(default=1, gt=0)
 
     @field_validator("gamma")
     @classmethod

@@ -135,3 +135,38 @@ def test_a_continued_search_asks_the_points_of_one_longer_search(optimiser):
         return asked
 
     assert search([7, 13]) == search([13])
+
+
+def test_an_unpaid_path_level_gets_its_small_window_until_a_path_of_its_own_beats_the_merge():
+    recipe = _recipe(unpaid_patience=1)
+    assert Patience.from_recipe(recipe, 20).unpaid_window is None  # the probe paid (or is the probe)
+    unpaid = Patience.from_recipe(recipe, 20, path_level_paid=False)
+    assert (unpaid.window, unpaid.unpaid_window) == (5, 1)
+    unpaid.see(0.5)  # the merge
+    assert not unpaid.stalled()
+    unpaid.see(0.4)  # one path that does not beat it: stop
+    assert unpaid.stalled() and not unpaid.paid
+    paying = Patience.from_recipe(recipe, 20, path_level_paid=False)
+    for reward in (0.5, 0.6, 0.55, 0.55):  # a path beats the merge: the full window from then on
+        paying.see(reward)
+    assert paying.paid and not paying.stalled()
+    for _ in range(3):
+        paying.see(0.1)
+    assert paying.stalled()
+    assert (
+        Patience.from_recipe(_recipe(unpaid_patience=None), 20, path_level_paid=False).unpaid_window is None
+    )
+    assert Patience.from_recipe(_recipe(unpaid_patience=9), 20, path_level_paid=False).unpaid_window == 5
+
+
+def test_the_probe_verdict_is_whether_a_path_beat_the_merge_it_routed_over():
+    from hm3.search.allocation import path_level_paid
+
+    merged = [[2, 0], [2, 1]]
+    record = {
+        "merged_path": merged,
+        "candidates": [{"path": merged, "reward": 0.5}, {"path": [[0, 0]], "reward": 0.4}],
+    }
+    assert not path_level_paid(record)
+    record["candidates"].append({"path": [[1, 0], [2, 1]], "reward": 0.5 + 1e-6})
+    assert path_level_paid(record)

@@ -4,6 +4,11 @@ spend goes back to the optimised upper level.
 * **Patience** (``agent.patience``): a preference's path search stops once its last ⌈patience × iterations⌉
   new paths (at least :data:`MIN_PATIENCE`) did not raise its best reward. The merge the search starts from is
   its first candidate, so a path level that never beats its merge stops after the patience window.
+* **Where it pays** (``agent.unpaid_patience``): the run's first preference is the probe, searched with the full
+  window. If no path beat its merge there, the path level has not paid in this run, and every later preference
+  gets a window of ``unpaid_patience`` paths (default 1) until one of its own paths beats its merge — then the
+  full window. The probe is one fixed preference, not "the preferences so far", so the decision is the same
+  in a process and on Ray (where the probe runs first and the others after it, in parallel).
 * **Giving back** (:func:`hm3.search.run.budget_allocation`): with ``parameter_level.weights: optimised``, the budget the preferences
   left unspent is given to a second round of the upper level, which continues the same optimiser (its first
   round is replayed from the log, scoring nothing twice) with that many more merges.
@@ -27,29 +32,55 @@ IMPROVEMENT = 1e-9
 
 @dataclass
 class Patience:
-    """Tracks a path search's best reward over the candidates charged to it, in order."""
+    """Tracks a path search's best reward over the candidates charged to it, in order (the first is its start:
+    the merge it routes over).
+
+    Attributes:
+        window: Non-improving candidates in a row after which it stops (None: never).
+        unpaid_window: The window until a candidate after the start improves on it (None: ``window``).
+    """
 
     window: int | None
+    unpaid_window: int | None = None
     best: float = -math.inf
     since_best: int = 0
     seen: int = 0
+    paid: bool = False
+    """Whether a candidate after the start beat the best before it."""
 
     @classmethod
-    def from_recipe(cls, recipe: Recipe, paths: int) -> Patience:
-        """The recipe's patience for a search of ``paths`` new paths (no window: it never stops early)."""
+    def from_recipe(cls, recipe: Recipe, paths: int, path_level_paid: bool = True) -> Patience:
+        """The recipe's patience for a search of ``paths`` new paths (no window: it never stops early);
+        ``path_level_paid`` False: the run's probe preference found no path better than its merge, so the
+        window is ``agent.unpaid_patience`` until this search's own paths pay."""
         fraction = recipe.agent.patience
         if fraction is None:
             return cls(window=None)
-        return cls(window=max(MIN_PATIENCE, math.ceil(fraction * paths)))
+        window = max(MIN_PATIENCE, math.ceil(fraction * paths))
+        unpaid = None if path_level_paid else recipe.agent.unpaid_patience
+        return cls(window=window, unpaid_window=None if unpaid is None else min(unpaid, window))
 
     def see(self, reward: float) -> None:
         """Count one more charged candidate with ``reward``."""
         self.seen += 1
         if reward > self.best + IMPROVEMENT:
+            self.paid = self.paid or self.seen > 1
             self.best, self.since_best = reward, 0
         else:
             self.since_best += 1
 
     def stalled(self) -> bool:
-        """Whether the last ``window`` candidates did not improve the best."""
-        return self.window is not None and self.since_best >= self.window
+        """Whether the last ``window`` candidates (``unpaid_window`` while nothing paid) did not improve the best."""
+        if self.window is None:
+            return False
+        limit = self.window if self.paid or self.unpaid_window is None else self.unpaid_window
+        return self.since_best >= limit
+
+
+def path_level_paid(record: dict) -> bool:
+    """Whether a preference's record holds a path that beat the merge it routed over (its probe verdict)."""
+    merged = [c["reward"] for c in record["candidates"] if c["path"] == record["merged_path"]]
+    start = merged[0] if merged else -math.inf
+    return any(
+        c["reward"] > start + IMPROVEMENT for c in record["candidates"] if c["path"] != record["merged_path"]
+    )

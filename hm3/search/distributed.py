@@ -22,6 +22,7 @@ import numpy as np
 from hm3.errors import UserError
 from hm3.merge.spec import MergeSpec
 from hm3.routing.agent import PathAgent
+from hm3.search.log import CandidateLog
 from hm3.search.preference import run_preference
 from hm3.search.progress import SearchProgress
 from hm3.search.session import Search, open_search
@@ -46,10 +47,20 @@ class PreferenceWorker:
         if agent_folder is not None:
             self.agent = PathAgent.load(agent_folder, allow_pickle=recipe.allow_pickle)
 
-    def run(self, index: int, preference: list[float], merge: dict | None = None) -> dict:
+    def run(
+        self, index: int, preference: list[float], merge: dict | None = None, path_level_paid: bool = True
+    ) -> dict:
         spec = None if merge is None else MergeSpec.model_validate(merge)
+        # what other workers logged since (the probe preference's paths above all) is answered, not re-scored
+        self.search.log = CandidateLog(self.search.store)
         return run_preference(
-            self.search, index, np.asarray(preference), self.agent, self.parameter_level, spec
+            self.search,
+            index,
+            np.asarray(preference),
+            self.agent,
+            self.parameter_level,
+            spec,
+            path_level_paid=path_level_paid,
         )
 
 
@@ -99,9 +110,13 @@ def run_preferences_on_ray(
     workers: int | None,
     on_result: Callable[[dict], None],
     merges: dict[int, MergeSpec] | None = None,
+    probe: int | None = None,
+    path_level_paid: Callable[[], bool] = lambda: True,
 ) -> None:
     """Search the ``pending`` (index, λ) preferences on Ray actors; ``on_result`` gets each record as it lands
-    (``merges``: the optimised upper level's merge of each preference)."""
+    (``merges``: the optimised upper level's merge of each preference). ``probe``: a pending preference searched
+    first and alone, after whose record (``on_result``) ``path_level_paid()`` gives every other preference's
+    verdict (:mod:`hm3.search.allocation`)."""
     import ray
 
     count = min(connect(address, workers), len(pending))
@@ -123,12 +138,18 @@ def run_preferences_on_ray(
         for _ in range(count)
     ]
     search.store.log(f"ray: {count} workers at {address}")
-    queue = list(pending)
+    queue = sorted(pending, key=lambda item: item[0] != probe)  # the probe first
+    probing = probe is not None and bool(queue) and queue[0][0] == probe
     running: dict[Any, Any] = {}
-    for actor in actors:
+
+    def dispatch(actor: Any) -> None:
+        index, preference = queue.pop(0)
+        paid = True if index == probe else path_level_paid()
+        running[actor.run.remote(*_task(index, preference, merges), paid)] = actor
+
+    for actor in actors[: 1 if probing else len(actors)]:
         if queue:
-            index, preference = queue.pop(0)
-            running[actor.run.remote(*_task(index, preference, merges))] = actor
+            dispatch(actor)
     try:
         while running:
             done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
@@ -136,9 +157,11 @@ def run_preferences_on_ray(
             for reference in done:
                 actor = running.pop(reference)
                 on_result(ray.get(reference))
-                if queue:
-                    index, preference = queue.pop(0)
-                    running[actor.run.remote(*_task(index, preference, merges))] = actor
+                idle = [actor] + (actors[1:] if probing else [])  # the probe's verdict is in: all hands
+                probing = False
+                for free in idle:
+                    if queue:
+                        dispatch(free)
     finally:
         for actor in actors:
             ray.kill(actor)

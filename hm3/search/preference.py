@@ -87,8 +87,12 @@ def run_preference(
     agent: PathAgent | None,
     parameter_level: bool = True,
     merge: MergeSpec | None = None,
+    path_level_paid: bool = True,
 ) -> dict:
     """Search one preference: the upper-level merge, then the lower-level path search. Returns its record.
+
+    ``path_level_paid`` False: the run's probe preference found no path better than its merge, so this path
+    search has ``agent.unpaid_patience`` until one of its own paths pays (:mod:`hm3.search.allocation`).
 
     With ``parameter_level`` False (the architecture-only ablation) there is no merge: slot K of the pool holds
     the base model, whose embeddings and head the paths use. ``merge``: the optimised upper level's choice for
@@ -102,7 +106,9 @@ def run_preference(
     evaluations.on_new = lambda candidate, scores: search.progress.candidate(
         rewards.reward(scores, lam, len(candidate.path or ()) or search.pool.num_layers)
     )
-    patience = Patience.from_recipe(recipe, recipe.agent.iterations if agent is None else 0)
+    patience = Patience.from_recipe(
+        recipe, recipe.agent.iterations if agent is None else 0, path_level_paid or agent is not None
+    )
     evaluations.on_charge = lambda candidate, scores: patience.see(
         rewards.reward(scores, lam, len(candidate.path or ()) or search.pool.num_layers)
     )
@@ -158,6 +164,9 @@ def run_preference(
         "budget": evaluations.budget,
         "used": evaluations.used,
         "stopped_early": patience.stalled() and evaluations.used < (evaluations.budget or 0),
+        "path_window": patience.window
+        if patience.paid or patience.unpaid_window is None
+        else patience.unpaid_window,
         "ledger": evaluations.ledger.to_json(),
         "seconds": round(time.perf_counter() - started, 3),
     }

@@ -12,8 +12,10 @@
    trained on the centre merge, rolled out for every λ). Each preference spends through its own budgeted
    evaluator (:mod:`hm3.search.budget`: its merges plus ``agent.iterations`` paths, or one rollout in
    ``conditioned`` mode, whose shared agent has ``agent.iterations`` of its own), and every scored candidate is
-   appended to ``candidates.jsonl`` at once. A finished preference is written to ``preferences/pNNN.json``
-   (atomically, with its ledger and greedy rollout) with its agent in ``policy/pNNN/``.
+   appended to ``candidates.jsonl`` at once. The first preference is the probe: where none of its paths beat
+   its merge, the others' path searches get ``agent.unpaid_patience`` paths (:mod:`hm3.search.allocation`).
+   A finished preference is written to ``preferences/pNNN.json`` (atomically, with its ledger and greedy
+   rollout) with its agent in ``policy/pNNN/``.
 4. **The front** (:mod:`hm3.search.finish`): the non-dominated candidates of the whole log on the search split,
    scored on the held-out split with the references (the fine-tuned models and uniform TA / TIES / DARE-TIES
    merges).
@@ -37,7 +39,7 @@ import numpy as np
 from hm3.merge.spec import MergeSpec
 from hm3.recipe import Recipe, load_recipe
 from hm3.routing.agent import MAX_EPISODES_PER_CANDIDATE
-from hm3.search.allocation import Patience
+from hm3.search.allocation import Patience, path_level_paid
 from hm3.search.distributed import run_preferences_on_ray
 from hm3.search.finish import finish_run, logged_candidates, run_folder
 from hm3.search.log import CandidateLog
@@ -156,6 +158,11 @@ def run_search(
         progress.finish_preference()
 
     pending = [(i, v) for i, (v, file) in enumerate(zip(vectors, done, strict=True)) if not file.is_file()]
+    probe = PROBE if adapts_path_budget(recipe) and len(vectors) > 1 else None
+
+    def paid() -> bool:  # the probe preference's verdict (read once it is written)
+        return probe is None or path_level_paid(store.read_json(f"{PREFERENCES_DIR}/p{probe:03d}.json"))
+
     address = ray_address or recipe.distributed.ray_address
     if address and pending:
         initial = search.log.loaded
@@ -169,12 +176,15 @@ def run_search(
             workers or recipe.distributed.workers,
             save,
             merges,
+            probe,
+            paid,
         )
         search.log = CandidateLog(store)  # the workers appended their candidates to the file
         search.log.new, search.log.loaded = search.log.loaded - initial, initial
     for index, preference in pending if not address else []:
         progress.start_preference(index, len(vectors), preference, recipe.agent.iterations)
-        save(run_preference(search, index, preference, agent, parameter_level, merges.get(index)))
+        verdict = True if index == probe else paid()
+        save(run_preference(search, index, preference, agent, parameter_level, merges.get(index), verdict))
     results = [store.read_json(f"{PREFERENCES_DIR}/{file.name}") for file in done]
     ledgers = [r.get("ledger", {}) for r in results]
     training: int | None = None  # paths the conditioned agent's training scored
@@ -194,6 +204,21 @@ def run_search(
         "search_seconds_per_preference": [r["seconds"] for r in results],
     }
     return finish_run(search, time.perf_counter() - started, method, summary_details)
+
+
+PROBE = 0
+"""The preference whose path search decides whether the path level pays in this run (the first searched)."""
+
+
+def adapts_path_budget(recipe: Recipe) -> bool:
+    """Whether later preferences' path windows depend on the probe's verdict (``agent.unpaid_patience``)."""
+    agent = recipe.agent
+    return (
+        recipe.architecture_level.enabled
+        and agent.mode == "per_preference"
+        and agent.patience is not None
+        and agent.unpaid_patience is not None
+    )
 
 
 def budget_allocation(
@@ -250,6 +275,11 @@ def budget_line(recipe: Recipe, preference_count: int) -> str:
         if window is not None:
             back = ", given back to the upper level" if recipe.parameter_level.optimised else ""
             share += f", fewer if {window} in a row do not improve it{back}"
+            if adapts_path_budget(recipe):
+                share += (
+                    f" ({min(recipe.agent.unpaid_patience or window, window)} if no path beat its merge in the "
+                    "first preference)"
+                )
     return (
         f"budget: {hm3_budget(recipe)} new candidates: {upper}{preference_count} preference{'s' * (preference_count != 1)} x ({share}); a path an "
         f"agent revisits is free, and its training ends after {MAX_EPISODES_PER_CANDIDATE} episodes per path of "
