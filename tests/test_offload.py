@@ -92,6 +92,13 @@ def test_offloaded_scores_are_bit_identical_to_resident_ones(lm_zoo_micro, tmp_p
     assert host.dtype == torch.float32 and mapped_from(host).endswith(".safetensors")  # as stored, mapped
     model = models.build(candidates(None, models)[4])  # a routed path over the merge
     assert {p.dtype for p in model.parameters()} == {getattr(torch, dtype)}
+    # what the agent observes and what an export says are the resident ones too
+    from hm3.routing.summary import layer_summaries
+
+    spec = candidates(None, models)[3].merge_spec()
+    ours, theirs = models.routing_pool(spec), resident_models.routing_pool(spec)
+    assert (layer_summaries(ours) == layer_summaries(theirs)).all()
+    assert ours.dtype == theirs.dtype == getattr(torch, dtype)
 
 
 def mapped_from(tensor: torch.Tensor) -> str:

@@ -254,6 +254,30 @@ def test_ray_local_cluster_gives_the_same_front_as_the_sequential_run(
     assert summary["candidates_scored_this_session"] == len(_keys(run))
 
 
+def test_an_offloaded_search_finds_the_same_front_with_the_same_scores(
+    micro_recipe: Path, finished_run: Path
+) -> None:
+    from hm3.placement import PoolSizes
+    from hm3.pool import ModelPool
+    from hm3.recipe import load_recipe
+
+    sizes = PoolSizes.of(ModelPool.from_recipe(load_recipe(micro_recipe)), "float32")
+    bound = sizes.candidate(sizes.layers * 3 // 2) + 2 * sizes.layer  # well under the K + 1 models' layers
+    assert bound < sizes.members * (sizes.shared + sizes.layers * sizes.layer) / 1.5
+    recipe = micro_recipe.parent / "offload.yaml"
+    recipe.write_text(micro_recipe.read_text() + f"device_memory: {bound}\n")
+    run = micro_recipe.parent / "run-offload"
+    done = run_hm3("merge", "--recipe", recipe, "--out", run, "--quiet", timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert _front(run) == _front(finished_run)  # agents saw the same observations and rewards
+    scores = {
+        r["key"]: r["scores"] for r in map(json.loads, (run / "candidates.jsonl").read_text().splitlines())
+    }
+    reference = [json.loads(line) for line in (finished_run / "candidates.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in reference] == _keys(run)
+    assert all(scores[r["key"]] == r["scores"] for r in reference)
+
+
 def test_nothing_imports_ray_without_the_flag() -> None:
     import subprocess
     import sys

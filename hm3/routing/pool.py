@@ -155,7 +155,20 @@ class RoutingPool:
         return self._layer_names[layer]
 
     def layer_tensors(self, model: int, layer: int) -> list[torch.Tensor]:
-        """The tensors of one layer of one model, in :meth:`layer_tensor_names` order."""
+        """The tensors of one layer of one model, in :meth:`layer_tensor_names` order, with the values a
+        candidate runs on (an offloaded pool's host tensors cast to the run's dtype: copies)."""
+        cast = self.casts[model]
+        return [
+            t.to(cast) if cast is not None and t.is_floating_point() else t
+            for t in self._held_layer(model, layer)
+        ]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype candidates run in (the fine-tuned models' tensors as candidates get them)."""
+        return self.casts[0] or next(iter(self.state_dicts[0].values())).dtype
+
+    def _held_layer(self, model: int, layer: int) -> list[torch.Tensor]:
         state = self.state_dicts[model]
         return [state[name] for name in self.layer_tensor_names(layer)]
 
@@ -168,11 +181,11 @@ class RoutingPool:
         distinct = list(dict.fromkeys(steps))
         if self.cache is None:
             shared = {n: self.state_dicts[source][n] for n in self.shared_tensor_names}
-            return shared, {step: self.layer_tensors(*step) for step in distinct}
+            return shared, {step: self._held_layer(*step) for step in distinct}
         shared_host = [self.state_dicts[source][n] for n in self.shared_tensor_names]
         groups = [((self.members[source], SHARED), shared_host, self.casts[source])]
         groups += [
-            ((self.members[m], layer), self.layer_tensors(m, layer), self.casts[m]) for m, layer in distinct
+            ((self.members[m], layer), self._held_layer(m, layer), self.casts[m]) for m, layer in distinct
         ]
         fetched = list(self.cache.fetch(groups).values())
         shared = dict(zip(self.shared_tensor_names, fetched[0], strict=True))

@@ -82,7 +82,7 @@ def passthrough_config(
 
 def passthrough_yaml(pool: RoutingPool, path: InferencePath, shared_source: int | None = None) -> str:
     """:func:`passthrough_config` as YAML text (absolute source paths)."""
-    dtype = str(next(iter(pool.state_dicts[0].values())).dtype).removeprefix("torch.")
+    dtype = str(pool.dtype).removeprefix("torch.")
     header = f"# hm3 routed model: path {path}\n"
     return header + yaml.safe_dump(
         passthrough_config(pool, path, shared_source, dtype), sort_keys=False, default_flow_style=None
