@@ -4,7 +4,8 @@ Peak memory is the merged model plus one tensor's inputs: inputs are read one te
 ``pool.tensor`` (memory-mapped), or taken from ``pool.state_dict(i)`` when the search already holds whole
 models in memory. An offloaded pool (:meth:`hm3.pool.ModelPool.place` with ``device_memory``) is merged
 streamed: each tensor's inputs move from host memory (as stored) to the device in the run's dtype, are merged
-there, and the merged tensor goes back to host memory. ``iter_merged_tensors`` yields the same tensors one by one, for streaming to disk.
+there, and the merged tensor goes back to host memory. ``iter_merged_tensors`` yields the same tensors one by
+one, for streaming to disk.
 """
 
 from __future__ import annotations

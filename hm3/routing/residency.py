@@ -88,7 +88,7 @@ class DeviceLayerCache:
             raise UserError(
                 f"device_memory: a candidate needs {needed / GIB:.2f} GiB of layers and shared tensors on "
                 f"{self.device} at once, but device_memory is {self.limit_bytes / GIB:.2f} GiB; raise it or "
-                "lower architecture_level.max_length"
+                "lower architecture_level.max_path_length"
             )
         missing = [k for k in wanted if k not in self._entries]
         incoming = sum(_nbytes(*wanted[k]) for k in missing)
@@ -110,22 +110,21 @@ class DeviceLayerCache:
     def forget(self, member: Hashable) -> None:
         """Drop every group of one pool member (keys ``(member, ...)``): its host tensors are being replaced."""
         for key in [k for k in self._entries if isinstance(k, tuple) and k and k[0] == member]:
-            del self._entries[key]
-            del self._sizes[key]
-
-    def clear(self) -> None:
-        """Drop everything."""
-        self._entries.clear()
-        self._sizes.clear()
+            self._drop(key)
 
     def _evict(self, room: int, keep) -> None:
         """Evict least recently used groups not in ``keep`` until at most ``room`` bytes are held."""
+        held = self.held_bytes
         for key in list(self._entries):
-            if self.held_bytes <= room:
+            if held <= room:
                 return
             if key not in keep:
-                del self._entries[key]
-                del self._sizes[key]
+                held -= self._sizes[key]
+                self._drop(key)
+
+    def _drop(self, key: Hashable) -> None:
+        del self._entries[key]
+        del self._sizes[key]
 
     def _to_device(self, tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
         # copy=True: on a CPU device too, so that the bound is memory of the cache's own (not file pages)
