@@ -64,7 +64,7 @@ RESULTS = REPO / "benchmarks" / "results"
 
 def recipe_for(kind: str, seed: int):
     """The paper's configuration on the zoo's recipe: weights = λ, the K corners + the centre + the samples,
-    every path of ``ITERATIONS`` (no patience). It defines the budget (P × (1 + iterations)); ``hm3_paper``,
+    every path of ``ITERATIONS`` (no patience), each scored on the whole search split (no screening). It defines the budget (P × (1 + iterations)); ``hm3_paper``,
     ``arch_only`` and the baselines run it (the baselines as before: ``cmaes`` starts from each λ, corners
     included)."""
     from hm3.recipe import load_recipe
@@ -78,6 +78,7 @@ def recipe_for(kind: str, seed: int):
                 update={"count": PREFERENCE_SAMPLES, "include_corners": True}
             ),
             "agent": recipe.agent.model_copy(update={"iterations": ITERATIONS, "patience": None}),
+            "architecture_level": recipe.architecture_level.model_copy(update={"screen_paths": False}),
         }
     )
 
@@ -233,19 +234,21 @@ def analyse(kind: str, runs: dict) -> tuple[list[str], dict]:
             )
             dominating.append(int(sum(((p >= best).all() and (p > best).any()) for p in hm3)))
         used = np.mean([runs[k]["summary"]["evaluations_used"] for k in keys])
+        spent = np.mean([runs[k]["summary"].get("budget_used", used) for k in keys])
         seconds = np.mean([runs[k]["seconds"] for k in keys])
         rows.append(
             f"| {method} | {np.mean(volumes):.4f} ± {np.std(volumes):.4f} | "
             + " | ".join(f"{v:.3f}" for v in best_task)
-            + f" | {'—' if method == 'hm3' else f'{np.mean(dominating):.1f}'} | {used:.0f} | {seconds:.0f} |"
+            + f" | {'—' if method == 'hm3' else f'{np.mean(dominating):.1f}'} | {used:.0f} | {spent:.1f} "
+            + f"| {seconds:.0f} |"
         )
     header = [
         f"### {kind} zoo ({ZOOS[kind]})",
         "",
         "| method | held-out HV (mean ± std) | "
         + " | ".join(f"best {n}" for n in names)
-        + " | HM3 members dominating its best | evaluations | wall s |",
-        "|---|---:|" + "---:|" * len(names) + "---:|---:|---:|",
+        + " | HM3 members dominating its best | evaluations | budget used | wall s |",
+        "|---|---:|" + "---:|" * len(names) + "---:|---:|---:|---:|",
     ]
     return header + rows + [""], {"names": names, "fronts": fronts, "volumes": mean_volumes}
 
@@ -253,17 +256,23 @@ def analyse(kind: str, runs: dict) -> tuple[list[str], dict]:
 ANYTIME_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 
 
-def search_curve(folder: Path, names: list[str], signs: np.ndarray) -> np.ndarray:
-    """A run's search-split scores (oriented), one row per distinct searched candidate, in the order scored."""
-    seen, rows = set(), []
-    for line in (folder / "candidates.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record.get("split") != "search" or record.get("level") not in ("merge", "path"):
+def search_curve(folder: Path, names: list[str], signs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A run's search-split scores (oriented), one row per distinct searched candidate, in the order scored,
+    and the budget spent when each was scored, in full scorings (a path screened first, or screened out,
+    counts the screen's share of the documents)."""
+    records = [json.loads(line) for line in (folder / "candidates.jsonl").read_text().splitlines()]
+    searched = [r for r in records if r.get("level") in ("merge", "path")]
+    full = next((r["documents"] for r in searched if r.get("split") == "search"), 1)
+    seen, rows, spent, total = set(), [], [], 0.0
+    for record in searched:
+        if record.get("split") not in ("search", "screen") or record["key"] in seen:
             continue
-        if record["key"] not in seen:
-            seen.add(record["key"])
+        seen.add(record["key"])
+        total += record.get("documents", full) / full
+        if record["split"] == "search":
             rows.append([record["scores"][o] for o in names])
-    return np.array(rows, dtype=float).reshape(-1, len(names)) * signs
+            spent.append(total)
+    return np.array(rows, dtype=float).reshape(-1, len(names)) * signs, np.array(spent)
 
 
 def anytime(kind: str, runs: dict, volumes: dict[str, float], budget: int, out: Path) -> list[str]:
@@ -293,10 +302,11 @@ def anytime(kind: str, runs: dict, volumes: dict[str, float], budget: int, out: 
     references = [
         np.array([r["scores"]["search"][o] for o in names]) * signs for r in any_front["references"]
     ]
-    normalization = Normalization.fit(*curves.values(), *references)
+    normalization = Normalization.fit(*(points for points, _ in curves.values()), *references)
     rows = [
         f"Anytime ({kind}): search-split hypervolume of the candidates scored so far, mean over seeds (one "
-        "normalisation over every point below), at fractions of the budget:",
+        "normalisation over every point below), at fractions of the budget (spent in full scorings of the search "
+        "split: a screened path counts its screen's share):",
         "",
         "| method | " + " | ".join(f"{f:.0%} ({int(f * budget)})" for f in ANYTIME_FRACTIONS) + " |",
         "|---|" + "---:|" * len(ANYTIME_FRACTIONS),
@@ -306,7 +316,13 @@ def anytime(kind: str, runs: dict, volumes: dict[str, float], budget: int, out: 
         seeds = [seed for seed in SEEDS if (method, seed) in curves]
         steps = range(1, budget + 1)
         series = np.array(
-            [[normalization.hypervolume(curves[(method, s)][:n]) for n in steps] for s in seeds]
+            [
+                [
+                    normalization.hypervolume(curves[(method, s)][0][curves[(method, s)][1] <= n + 1e-9])
+                    for n in steps
+                ]
+                for s in seeds
+            ]
         ).mean(axis=0)
         axis.plot(list(steps), series, label=method)
         rows.append(
@@ -314,7 +330,7 @@ def anytime(kind: str, runs: dict, volumes: dict[str, float], budget: int, out: 
             + " | ".join(f"{series[max(0, int(f * budget) - 1)]:.4f}" for f in ANYTIME_FRACTIONS)
             + " |"
         )
-    axis.set_xlabel("candidates scored (search split)")
+    axis.set_xlabel("budget spent (full scorings of the search split)")
     axis.set_ylabel("search-split hypervolume")
     axis.set_title(f"{kind} toy zoo: hypervolume against budget (mean of {len(SEEDS)} seeds)")
     axis.legend()

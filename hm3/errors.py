@@ -64,3 +64,9 @@ class ModelError(UserError):
         self.model = model
         self.detail = message
         super().__init__(f"model {model}: {message}")
+
+
+class BudgetSpent(Exception):
+    """A method asked for a new candidate its budget cannot pay for (:mod:`hm3.search.budget`); not a user
+    error: each method ends its search on it, and a path search (:mod:`hm3.routing.agent`) pays a path it
+    cannot score fully nothing."""

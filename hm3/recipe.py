@@ -234,10 +234,18 @@ class Objective(_Section):
 
 
 class SplitConfig(_Section):
-    """How each objective's evaluation documents divide into the search and held-out parts."""
+    """How each objective's evaluation documents divide into the search and held-out parts.
+
+    Attributes:
+        search_fraction: The share of each objective's documents the search scores on.
+        seed: Seeds the split (documents are ordered by a hash of the seed and their content).
+        screen_fraction: The share of the search split a path is scored on first
+            (``architecture_level.screen_paths``): a random subset fixed by content and seed, like the split.
+    """
 
     search_fraction: float = Field(default=0.7, gt=0, lt=1)
     seed: Seed = 0
+    screen_fraction: float = Field(default=0.25, gt=0, lt=1)
 
 
 class ParameterLevel(_Section):
@@ -344,6 +352,10 @@ class ArchitectureLevel(_Section):
             different origin, fitted on a calibration sample of the search split).
         length_penalty: β1 in R = Σ λ_k f_k − β1·T (per layer, on the scale of the scores).
         calibration_samples: Documents used to fit ``stats`` alignment.
+        screen_paths: Successive halving for paths: a new path is scored first on ``split.screen_fraction`` of
+            the search split, and on the whole split only if its reward there is at least the best path's on the
+            same documents; a screen costs its share of a full scoring (budgets count documents). False scores
+            every path on the whole split.
     """
 
     enabled: bool = True
@@ -351,6 +363,7 @@ class ArchitectureLevel(_Section):
     alignment: Literal["none", "stats"] = "none"
     length_penalty: float = Field(default=0.001, ge=0)
     calibration_samples: int = Field(default=16, gt=0)
+    screen_paths: bool = True
 
 
 class AgentConfig(_Section):

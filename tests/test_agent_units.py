@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 
+from hm3.errors import BudgetSpent
 from hm3.recipe import AgentConfig
 from hm3.routing.agent import BestPaths, scaled_to_budget, training_reward
 from hm3.routing.buffer import SpreadRewardRolloutBuffer, spread_rewards
@@ -632,6 +633,70 @@ def test_the_best_path_follows_the_episode_preference() -> None:
         assert best_paths.best(lam)[0] == max(plain, key=plain.get)
     assert best_paths.best(np.array([1.0, 0.0]))[0] == LONG  # acc-only
     assert best_paths.best(np.array([0.0, 1.0]))[0] == SHORT  # loss-only
+
+
+# -- successive halving: a path screened on part of the documents first ---------------------------------
+
+
+def _screening(
+    screen_table: dict[InferencePath, dict[str, float]], spend: int | None = None
+) -> tuple[PathScorer, Counter, Counter]:
+    """A path scorer over :data:`TABLE` that screens on ``screen_table``; ``spend``: full scorings the budget
+    pays for (then :class:`BudgetSpent`)."""
+    path_scorer, full = _scored(TABLE)
+    inner = path_scorer.evaluate
+    screens: Counter = Counter()
+
+    def evaluate(path: InferencePath, build: Callable) -> dict[str, float]:
+        if spend is not None and sum(full.values()) >= spend:
+            raise BudgetSpent("spent")
+        return inner(path, build)
+
+    def screen(path: InferencePath, build: Callable) -> dict[str, float]:
+        screens[path] += 1
+        return screen_table[path]
+
+    path_scorer.evaluate, path_scorer.screen_evaluate = evaluate, screen
+    return path_scorer, full, screens
+
+
+def test_a_path_that_loses_on_the_screen_is_never_scored_fully_and_earns_nothing() -> None:
+    lam = np.array([0.9, 0.1], np.float32)  # acc matters most: LONG beats the reference on the full split
+    # on the screen documents LONG looks worse than the reference: it is dropped there, unscored
+    screen_table = {REFERENCE: {"acc": 0.6, "loss": 2.0}, LONG: {"acc": 0.1, "loss": 3.0}}
+    path_scorer, full, screens = _screening(screen_table)
+    reward_fn, best_paths = _reward_fn(path_scorer)
+    assert reward_fn(LONG, lam) == (0.0, screen_table[LONG])
+    assert LONG not in path_scorer.scored and LONG in path_scorer.screened
+    assert best_paths.best(lam)[0] == REFERENCE
+    assert reward_fn(LONG, lam)[0] == 0.0  # a revisit: no second screen
+    assert screens == Counter({LONG: 1, REFERENCE: 1}) and full == Counter({REFERENCE: 1})
+
+
+def test_a_path_at_least_as_good_on_the_screen_is_scored_fully_and_paid_its_full_gain() -> None:
+    lam = np.array([0.9, 0.1], np.float32)
+    screen_table = {REFERENCE: {"acc": 0.6, "loss": 2.0}, LONG: {"acc": 0.65, "loss": 2.0}}
+    path_scorer, full, screens = _screening(screen_table)
+    reward_fn, best_paths = _reward_fn(path_scorer)
+    reward, scores = reward_fn(LONG, lam)
+    assert scores == TABLE[LONG]  # the full split's scores, not the screen's
+    plain = {p: REWARD.reward(TABLE[p], lam, len(p)) for p in TABLE}
+    assert reward == pytest.approx(plain[LONG] - plain[REFERENCE], abs=1e-6)
+    assert best_paths.best(lam)[0] == LONG
+    assert full == Counter({REFERENCE: 1, LONG: 1})
+    # the next path is screened against LONG's screen scores (the best path now), which it is screened for
+    screen_table[SHORT] = {"acc": 0.1, "loss": 1.0}
+    assert reward_fn(SHORT, lam)[0] == 0.0 and SHORT not in path_scorer.scored
+    assert screens == Counter({REFERENCE: 1, LONG: 1, SHORT: 1})
+
+
+def test_a_path_the_budget_cannot_score_fully_earns_nothing_and_ends_nothing() -> None:
+    lam = np.array([0.9, 0.1], np.float32)
+    screen_table = {REFERENCE: {"acc": 0.6, "loss": 2.0}, LONG: {"acc": 0.65, "loss": 2.0}}
+    path_scorer, full, _ = _screening(screen_table, spend=1)  # the reference only
+    reward_fn, best_paths = _reward_fn(path_scorer)
+    assert reward_fn(LONG, lam) == (0.0, {})
+    assert LONG not in path_scorer.scored and best_paths.best(lam)[0] == REFERENCE
 
 
 # -- PPO's rollout scaled to the budget ------------------------------------------------------------------

@@ -36,6 +36,18 @@ def test_patience_stops_after_its_window_of_non_improving_candidates_and_counts_
     assert not patience.stalled() and patience.since_best == 0
 
 
+def test_patience_counts_what_was_spent_and_a_screen_never_raises_the_best():
+    patience = Patience(window=2)
+    patience.see(0.5)  # the start
+    for _ in range(7):  # seven paths screened out at a quarter of a full scoring each: 1.75 spent
+        patience.see(0.9, cost=0.25, screen=True)  # a screen's reward is on other documents: never a best
+    assert not patience.stalled() and patience.best == 0.5 and not patience.paid
+    patience.see(0.4)  # a full scoring that does not improve: 2.75 spent since the best
+    assert patience.stalled()
+    patience.see(0.6)
+    assert patience.paid and patience.since_best == 0 and not patience.stalled()
+
+
 def test_patience_window_from_the_recipe_and_none_never_stops():
     assert Patience.from_recipe(_recipe(), 20).window == 5  # ceil(0.25 x 20)
     assert Patience.from_recipe(_recipe(patience=0.01), 20).window == MIN_PATIENCE

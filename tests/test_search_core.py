@@ -125,10 +125,13 @@ def test_conditioned_mode_spends_at_most_its_budget_and_its_training_paths_reach
     records = _searched(tmp_path / "run")
     assert summary["budget"] == budget
     assert summary["evaluations_used"] == len({r["key"] for r in records}) <= budget
-    charged = sum(line["candidates"] for line in summary["ledger"]["method"].values())
-    assert charged <= budget
-    training = [r for r in records if r["preference_index"] is None and r["level"] == "path"]
-    assert training, "the conditioned agent's training paths are logged (and so eligible for the front)"
+    assert summary["budget_used"] <= budget
+    training = [
+        r for r in _records(tmp_path / "run") if r["preference_index"] is None and r["level"] == "path"
+    ]
+    assert training, (
+        "the conditioned agent's training paths are logged (screened, or scored fully: on the front)"
+    )
 
     # the same merges built by a baseline have the keys HM3's run gave them (as references, and the centre
     # preference's merge, which is the uniform task-arithmetic merge: logged once)
@@ -173,3 +176,44 @@ def test_scaling_an_objective_by_100_changes_neither_the_trajectory_nor_the_fron
     )
     fronts = [json.loads((tmp_path / run / "front.json").read_text()) for run in ("fractions", "percent")]
     assert [m["id"] for m in fronts[0]["members"]] == [m["id"] for m in fronts[1]["members"]]
+
+
+@pytest.mark.slow
+def test_screened_paths_cost_their_share_of_the_documents_and_only_promoted_ones_reach_the_front(
+    lm_zoo_micro: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from hm3.baselines import hm3_budget
+
+    recipe = _recipe(lm_zoo_micro, tmp_path, split={"screen_fraction": 0.25})
+    assert recipe.architecture_level.screen_paths  # the default
+    summary = _run(recipe, tmp_path / "run")
+    records = _records(tmp_path / "run")
+    full = next(r["documents"] for r in records if r["split"] == "search" and r["level"] == "merge")
+    screens = [r for r in records if r["split"] == "screen"]
+    assert screens and {r["level"] for r in screens} <= {"merge", "path"}  # the merge: screened as the bar
+    assert len({r["documents"] for r in screens}) == 1
+    assert 0 < screens[0]["documents"] < full / 3  # ~25% of each objective's search documents
+    # a path scored on the whole split was screened first (the preference's greedy rollout is not: it is the
+    # policy's answer), and the budget paid for both
+    screened = {Candidate.from_record(r).content_key() for r in screens}
+    preferences = [
+        json.loads(p.read_text()) for p in sorted((tmp_path / "run" / "preferences").glob("p*.json"))
+    ]
+    rollouts = {json.dumps(p["greedy_rollout"]["path"]) for p in preferences}
+    for record in _searched(tmp_path / "run"):
+        if record["level"] == "path" and json.dumps(record["path"]) not in rollouts:
+            assert Candidate.from_record(record).content_key() in screened
+    spent = sum(r["documents"] for r in {r["key"]: r for r in _searched(tmp_path / "run") + screens}.values())
+    assert summary["budget_used"] == pytest.approx(spent / full, abs=1e-3)
+    assert summary["budget_used"] <= hm3_budget(recipe)
+    assert summary["ledger"]["method"]["screen"]["documents"] > 0
+    assert all(p["used"] <= p["budget"] for p in preferences)
+    # paths screened out: tried for a quarter of their cost, never scored fully
+    promoted = {Candidate.from_record(r).content_key() for r in _searched(tmp_path / "run")}
+    assert screened - promoted
+    front = json.loads((tmp_path / "run" / "front.json").read_text())
+    assert front["members"]
+    assert not {m["id"] for m in front["members"]} - {
+        Candidate.from_record(r).content_key()[:12] for r in _searched(tmp_path / "run")
+    }  # a screen never reaches the front

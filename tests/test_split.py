@@ -71,3 +71,29 @@ def test_all_is_the_union_and_bad_input_is_refused():
         split.indices("test")
     with pytest.raises(ValueError):
         split_by_keys(["a"], 1.0)
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5])
+def test_the_screen_is_a_fixed_random_share_of_the_search_split(fraction: float) -> None:
+    documents = [{"q": i, "a": str(i * 7)} for i in range(200)]
+    split = split_documents(documents, 0.7, 3, fraction)
+    screen = split.indices("screen")
+    assert set(screen) < set(split.search) and list(screen) == sorted(screen)
+    assert len(screen) == round(fraction * len(split.search))
+    assert screen != split.search[: len(screen)]  # not the first in file order: a random subset
+    shuffled = documents[:]
+    random.Random(1).shuffle(shuffled)
+    again = split_documents(shuffled, 0.7, 3, fraction)  # fixed by content, not by file order
+    assert {json.dumps(shuffled[i], sort_keys=True) for i in again.indices("screen")} == {
+        json.dumps(documents[i], sort_keys=True) for i in screen
+    }
+
+
+def test_the_screen_of_a_limited_objective_is_taken_from_its_limited_search_documents() -> None:
+    split = split_documents([{"q": i} for i in range(100)], 0.7, 0, 0.25)
+    limited = split.limited("search", 12)
+    screen = split.limited("screen", 12)
+    assert set(screen) <= set(limited) and len(screen) == 3
+    assert split.limited("screen", 1) == split.limited("search", 1)  # at least one document
+    with pytest.raises(ValueError, match="screen_fraction"):
+        split_documents([{"q": i} for i in range(10)], 0.7, 0, 1.0)

@@ -222,7 +222,7 @@ def prepare_language_objective(
     _configure(task, objective)
     metric_key = _metric_key(task, objective)
     docs = task.eval_docs
-    document_split = split_documents(docs, split.search_fraction, split.seed)
+    document_split = split_documents(docs, split.search_fraction, split.seed, split.screen_fraction)
     for side in ("search", "heldout"):
         if not document_split.indices(side):
             raise UserError(

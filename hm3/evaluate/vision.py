@@ -123,7 +123,7 @@ def _prepare(objective: Objective, split: SplitConfig, folder: Path, hidden_size
         pixels[i].numpy().tobytes() + int(labels[i]).to_bytes(8, "little", signed=True)
         for i in range(len(labels))
     )
-    document_split = split_documents(keys, split.search_fraction, split.seed)
+    document_split = split_documents(keys, split.search_fraction, split.seed, split.screen_fraction)
     for side in ("search", "heldout"):
         if not document_split.indices(side):
             raise UserError(f"objective {name}: {len(labels)} image(s), none left for the {side} split")

@@ -46,7 +46,7 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 
-from hm3.errors import UserError
+from hm3.errors import BudgetSpent, UserError
 from hm3.moo.scalarization import ObjectiveScale
 from hm3.recipe import AgentConfig, Recipe
 from hm3.routing.alignment import make_aligner
@@ -123,7 +123,7 @@ class PathAgent:
 
 
 def _candidate_budget(
-    candidates: int, scored: Callable[[], int], max_episodes: int, stop: Callable[[], bool] | None = None
+    candidates: float, scored: Callable[[], float], max_episodes: int, stop: Callable[[], bool] | None = None
 ):
     class CandidateBudget(BaseCallback):
         """Stops PPO's learn() once ``candidates`` new paths have been scored (repeats are free: the scores
@@ -173,7 +173,7 @@ MAX_ROLLOUT = 1024
 (1000 paths) updates more often than :data:`UPDATES` times."""
 
 
-def scaled_to_budget(config: AgentConfig, candidates: int, episode_length: int) -> AgentConfig:
+def scaled_to_budget(config: AgentConfig, candidates: float, episode_length: int) -> AgentConfig:
     """``config`` with PPO's rollout scaled to the budget: ``agent.n_steps`` when set; otherwise the expected
     steps of ``candidates`` episodes of ``episode_length`` decisions divided into :data:`UPDATES` rollouts, within
     [:data:`MIN_ROLLOUT`, :data:`MAX_ROLLOUT`]. The minibatch (``agent.batch_size``, default: the whole
@@ -187,7 +187,7 @@ def scaled_to_budget(config: AgentConfig, candidates: int, episode_length: int) 
     """
     n_steps = config.n_steps
     if n_steps is None:
-        expected = max(candidates, 1) * episode_length
+        expected = int(max(candidates, 1) * episode_length)
         n_steps = min(MAX_ROLLOUT, max(MIN_ROLLOUT, expected // UPDATES))
     batch_size = min(config.batch_size or n_steps, n_steps)
     return config.model_copy(update={"n_steps": n_steps, "batch_size": batch_size})
@@ -196,9 +196,9 @@ def scaled_to_budget(config: AgentConfig, candidates: int, episode_length: int) 
 def train_agent(
     env: WolpertingerWrapper,
     config: AgentConfig,
-    candidates: int,
+    candidates: float,
     seed: int,
-    scored: Callable[[], int],
+    scored: Callable[[], float],
     progress: bool = False,
     stop: Callable[[], bool] | None = None,
 ) -> PathAgent:
@@ -209,7 +209,8 @@ def train_agent(
         config: ``recipe.agent``.
         candidates: New paths to score (``agent.iterations``); an episode that revisits a path costs no
             evaluation and does not count. At most ``MAX_EPISODES_PER_CANDIDATE × candidates`` episodes run.
-        scored: How many paths are scored so far (``len(path_scorer.scored)``).
+        scored: What has been spent so far: paths scored (``len(path_scorer.scored)``), or a search's budget
+            used, in full scorings (a screen counts its share).
         seed: Seeds PPO, the environment and the Wolpertinger ε draws.
         progress: Show SB3's progress bar.
         stop: Ends training early when it returns True (checked at every step).
@@ -237,8 +238,8 @@ def train_agent(
 
 def keep_training(
     agent: PathAgent,
-    candidates: int,
-    scored: Callable[[], int],
+    candidates: float,
+    scored: Callable[[], float],
     progress: bool = False,
     stop: Callable[[], bool] | None = None,
 ) -> None:
@@ -246,7 +247,7 @@ def keep_training(
     at most ``MAX_EPISODES_PER_CANDIDATE × candidates`` episodes, or ``stop()``; PPO continues where it was."""
     if candidates <= 0:
         return
-    episodes = MAX_EPISODES_PER_CANDIDATE * candidates
+    episodes = math.ceil(MAX_EPISODES_PER_CANDIDATE * candidates)
     steps = episodes * (agent.max_length + 1) + agent.model.n_steps
     callback = _candidate_budget(candidates, scored, episodes, stop)
     agent.model.learn(
@@ -368,12 +369,26 @@ def training_reward(best_paths: BestPaths):
     nearly every edit less: PPO learnt to return to the merge, and on the deep zoo found nothing better in 9
     of 9 searches (``benchmarks/results/agent_learning.md``). SB3's ``VecNormalize`` scales the reward;
     candidates are still reported and ranked by the plain R.
+
+    **Successive halving** (a path scorer that screens: ``architecture_level.screen_paths``): a new path is
+    scored first on the screen documents, and fully only if its reward there is at least the best path's on the
+    same documents — a path that would lose there pays nothing, like any path that raises nothing, for a share
+    of a full scoring. A path the budget cannot pay for (:class:`~hm3.errors.BudgetSpent`) pays nothing.
     """
 
     def reward_fn(path: InferencePath, weights: np.ndarray) -> tuple[float, dict[str, float]]:
-        _, best = best_paths.best(weights)
-        scores = best_paths.path_scorer.score(path)
-        gain = best_paths.rewards.reward(scores, weights, len(path)) - best
+        best_path, best = best_paths.best(weights)
+        scorer, rewards = best_paths.path_scorer, best_paths.rewards
+        try:
+            if scorer.screens and path not in scorer.scored:
+                screened = scorer.screen(path)
+                bar = rewards.reward(scorer.screen(best_path), weights, len(best_path))
+                if rewards.reward(screened, weights, len(path)) < bar:
+                    return 0.0, screened
+            scores = scorer.score(path)
+        except BudgetSpent:
+            return 0.0, {}
+        gain = rewards.reward(scores, weights, len(path)) - best
         return max(gain, 0.0), scores
 
     return reward_fn
@@ -393,8 +408,8 @@ def search_path(
     scale: ObjectiveScale | None = None,
     agent: PathAgent | None = None,
     calibration: dict[str, Any] | None = None,
-    candidates: int | None = None,
-    spent: Callable[[], int] | None = None,
+    candidates: float | None = None,
+    spent: Callable[[], float] | None = None,
     stop: Callable[[], bool] | None = None,
 ) -> PathSearchResult:
     """Search the inference path for one preference (the lower level of HM3).
@@ -409,11 +424,12 @@ def search_path(
         scale: The fine-tuned models' ideal and nadir (the reward's normalisation; needed by ``tchebycheff``).
         agent: A trained preference-conditioned agent: no training, its greedy rollout is scored.
         calibration: The calibration batch of ``stats`` alignment.
-        candidates: New paths the search may score, the greedy rollout included (default
-            ``agent.iterations``): training stops one short of it, so that the rollout always fits; a rollout
-            that is a path already scored leaves that slot to more training (the greedy rollout reported is
-            the policy's before it).
-        spent: How many candidates have been charged so far (a search's budget; default: the paths this
+        candidates: What the search may spend on new paths, in full scorings (a screen counts its share), the
+            greedy rollout included (default ``agent.iterations``): training stops one short of it, so that the
+            rollout fits (unless the last path promoted from its screen took that room: the rollout is then not
+            scored); a rollout that is a path already scored leaves that slot to more training (the greedy
+            rollout reported is the policy's before it).
+        spent: What has been charged so far, in full scorings (a search's budget; default: the paths this
             path scorer has scored).
         stop: Ends the training early when it returns True (a search that stopped improving:
             :class:`hm3.search.allocation.Patience`); the greedy rollout is scored all the same.
@@ -454,8 +470,13 @@ def search_path(
             keep_training(agent, allowed - (counter() - start), counter, stop=stop)
     else:
         greedy = rollout(agent, lam, best_paths.best(lam)[0])
-    if greedy in path_scorer.scored or counter() - start < allowed:
-        path_scorer.score(greedy)
+    if greedy in path_scorer.scored or counter() - start + 1 <= allowed:
+        try:
+            path_scorer.score(greedy)
+        except (
+            BudgetSpent
+        ):  # a budget shared with others (a search's preference) has less left than this count
+            pass
     known = path_scorer.scored.get(greedy)
     scored = [(p, s, rewards.reward(s, lam, len(p))) for p, s in path_scorer.scored.items()]
     best_path, best_scores, best_reward = max(scored, key=lambda c: c[2])
@@ -478,7 +499,7 @@ def train_conditioned_agent(
     seed: int | None = None,
     scale: ObjectiveScale | None = None,
     calibration: dict[str, Any] | None = None,
-    spent: Callable[[], int] | None = None,
+    spent: Callable[[], float] | None = None,
 ) -> PathAgent:
     """Train one preference-conditioned agent over λ ~ Dirichlet(1, …, 1) until ``agent.iterations`` new
     paths are scored (counted by ``spent``, default: the paths the path scorer has scored)."""

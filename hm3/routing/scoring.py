@@ -4,6 +4,8 @@
 its scores is pluggable: by default the routed model is built and handed to ``scorer``; a search passes
 ``evaluate``, which answers from the run's log, charges its budget and logs what is new
 (:class:`hm3.search.budget.BudgetedEvaluator`) — the path scorer itself knows nothing of logs or budgets.
+``screen_evaluate`` (optional, same form) scores a path on the ``screen`` part of the search split: the first
+round of successive halving (:func:`hm3.routing.agent.training_reward` decides who goes on to a full scoring).
 
 Reward of a path of length T under preference λ (:class:`Reward`, ``recipe.preferences.scalarization``), on
 objectives normalised by the fine-tuned models' ideal and nadir (:class:`hm3.moo.scalarization.ObjectiveScale`):
@@ -100,14 +102,18 @@ class PathScorer:
         aligner: A fitted-per-path alignment (``stats``) or None (``none``).
         evaluate: How a new path gets its scores (a search's budgeted, logged evaluation); None: build it and
             call ``scorer``.
+        screen_evaluate: How a path gets its scores on the ``screen`` documents; None: no screening.
         scored: Every path scored by this scorer, in order, with its scores.
+        screened: Every path screened, in order, with its screen scores.
     """
 
     pool: RoutingPool
     scorer: Scorer | None = None
     aligner: StatsAligner | None = None
     evaluate: PathEvaluation | None = None
+    screen_evaluate: PathEvaluation | None = None
     scored: dict[InferencePath, dict[str, float]] = field(default_factory=dict)
+    screened: dict[InferencePath, dict[str, float]] = field(default_factory=dict)
     build_seconds: list[float] = field(default_factory=list)
     score_seconds: list[float] = field(default_factory=list)
 
@@ -137,6 +143,21 @@ class PathScorer:
             scores = self._score_here(path)
         self.scored[path] = {name: float(value) for name, value in scores.items()}
         return self.scored[path]
+
+    @property
+    def screens(self) -> bool:
+        """Whether new paths are screened first."""
+        return self.screen_evaluate is not None
+
+    def screen(self, path: InferencePath) -> dict[str, float]:
+        """Scores of ``path`` on the screen documents (computed once, then remembered)."""
+        if self.screen_evaluate is None:
+            raise ValueError("this PathScorer does not screen")
+        known = self.screened.get(path)
+        if known is None:
+            scores = self.screen_evaluate(path, lambda: self.build(path))
+            known = self.screened[path] = {name: float(value) for name, value in scores.items()}
+        return known
 
     def _score_here(self, path: InferencePath) -> dict[str, float]:
         if self.scorer is None:

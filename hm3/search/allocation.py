@@ -3,7 +3,9 @@ spend goes back to the optimised upper level.
 
 * **Patience** (``agent.patience``): a preference's path search stops once its last ⌈patience × iterations⌉
   new paths (at least :data:`MIN_PATIENCE`) did not raise its best reward. The merge the search starts from is
-  its first candidate, so a path level that never beats its merge stops after the patience window.
+  its first candidate, so a path level that never beats its merge stops after the patience window. The window
+  counts what was spent, in full scorings: a path screened out (``architecture_level.screen_paths``) counts
+  its screen's share, and a screen never raises the best (its reward is on other documents).
 * **Where it pays** (``agent.unpaid_patience``): the run's first preference is the probe, searched with the full
   window. If no path beat its merge there, the path level has not paid in this run, and every later preference
   gets a window of ``unpaid_patience`` paths (default 1) until one of its own paths beats its merge — then the
@@ -43,7 +45,8 @@ class Patience:
     window: int | None
     unpaid_window: int | None = None
     best: float = -math.inf
-    since_best: int = 0
+    since_best: float = 0.0
+    """Spent since the best was raised, in full scorings."""
     seen: int = 0
     paid: bool = False
     """Whether a candidate after the start beat the best before it."""
@@ -60,21 +63,25 @@ class Patience:
         unpaid = None if path_level_paid else recipe.agent.unpaid_patience
         return cls(window=window, unpaid_window=None if unpaid is None else min(unpaid, window))
 
-    def see(self, reward: float) -> None:
-        """Count one more charged candidate with ``reward``."""
+    def see(self, reward: float, cost: float = 1.0, screen: bool = False) -> None:
+        """Count one more charged candidate with ``reward``, which cost ``cost`` full scorings (``screen``: a
+        screen's reward, which never counts as an improvement)."""
+        if screen:
+            self.since_best += cost
+            return
         self.seen += 1
         if reward > self.best + IMPROVEMENT:
             self.paid = self.paid or self.seen > 1
-            self.best, self.since_best = reward, 0
+            self.best, self.since_best = reward, 0.0
         else:
-            self.since_best += 1
+            self.since_best += cost
 
     def stalled(self) -> bool:
         """Whether the last ``window`` candidates (``unpaid_window`` while nothing paid) did not improve the best."""
         if self.window is None:
             return False
         limit = self.window if self.paid or self.unpaid_window is None else self.unpaid_window
-        return self.since_best >= limit
+        return self.since_best >= limit - IMPROVEMENT
 
 
 def path_level_paid(record: dict) -> bool:

@@ -8,11 +8,13 @@ Every method — HM3's two levels, its ablations, the baselines — and the end 
 
 * **The log first.** A candidate whose key is in ``candidates.jsonl`` is answered from it (a resumed run
   replays its method deterministically and scores nothing twice).
-* **The budget** counts the distinct candidates a method asks for on the search split at the levels it
-  searches (``merge``, ``path``), whether scored now or answered from the log, so that a resumed run spends
-  exactly what an uninterrupted one does. A new candidate past the budget raises :class:`BudgetSpent` before
-  anything is built. The fine-tuned models and the references (``finetuned``, ``reference``) and every
-  held-out score are scored for every method alike and never charged.
+* **The budget** counts the documents a method has scored on the search split at the levels it searches
+  (``merge``, ``path``), in units of one full scoring of the search split: a candidate scored on the whole
+  split costs 1, one screened on the ``screen`` part of it (:mod:`hm3.evaluate.split`) that part's share of the
+  documents. Each distinct (candidate, split) is charged once, whether scored now or answered from the log, so
+  that a resumed run spends exactly what an uninterrupted one does. A new candidate that would pass the budget
+  raises :class:`BudgetSpent` before anything is built. The fine-tuned models and the references
+  (``finetuned``, ``reference``) and every held-out score are scored for every method alike and never charged.
 * **The ledger** counts, per level, the candidates charged, the documents their scores cover (partial scoring
   on a subset is counted by its documents), and how many of them were scored in this session; the summary
   reports it.
@@ -25,15 +27,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from hm3.errors import BudgetSpent
 from hm3.interrupts import raise_if_interrupted
 from hm3.search.candidate import LEVELS, SEARCHED_LEVELS, Candidate
 
 if TYPE_CHECKING:
     from hm3.search.session import Search
 
+__all__ = ["CHARGED_SPLITS", "BudgetSpent", "BudgetedEvaluator", "Ledger", "LedgerLine"]
 
-class BudgetSpent(Exception):
-    """A method asked for one new candidate more than its budget."""
+
+CHARGED_SPLITS = ("search", "screen")
+"""The splits whose scorings at the searched levels are charged."""
 
 
 @dataclass
@@ -82,13 +87,14 @@ class BudgetedEvaluator:
     Attributes:
         search: The open search (models, evaluator, log).
         method: Who spends (``hm3``, ``grid``, ...), recorded with every new candidate.
-        budget: Distinct search-split candidates at the searched levels this evaluator may charge; None:
-            unlimited (the end of a run).
+        budget: Full scorings of the search split this evaluator may charge at the searched levels (a screen
+            costs its share); None: unlimited (the end of a run).
         preference: λ the candidates are scored for (recorded), or None.
         preference_index: Its index in the run (recorded), or None.
-        on_new: Called with ``(candidate, scores)`` after each candidate scored in this session.
-        on_charge: Called with ``(candidate, scores)`` the first time a candidate is charged, scored now or
-            answered from the log (a resumed run sees the same calls as an uninterrupted one).
+        on_new: Called with ``(candidate, scores, split)`` after each candidate scored in this session.
+        on_charge: Called with ``(candidate, scores, split)`` the first time a candidate is charged on a split
+            (``search`` or ``screen``), scored now or answered from the log (a resumed run sees the same calls as
+            an uninterrupted one); :meth:`cost` is what it was charged.
     """
 
     search: Search
@@ -96,20 +102,34 @@ class BudgetedEvaluator:
     budget: int | None = None
     preference: Sequence[float] | None = None
     preference_index: int | None = None
-    on_new: Callable[[Candidate, dict[str, float]], None] | None = None
-    on_charge: Callable[[Candidate, dict[str, float]], None] | None = None
+    on_new: Callable[[Candidate, dict[str, float], str], None] | None = None
+    on_charge: Callable[[Candidate, dict[str, float], str], None] | None = None
     ledger: Ledger = field(default_factory=Ledger)
     charged: dict[str, dict[str, float]] = field(default_factory=dict)
+    charged_documents: int = 0
     _counted: set[tuple[str, str]] = field(default_factory=set)
 
     @property
-    def used(self) -> int:
-        """Distinct candidates charged to the budget so far."""
-        return len(self.charged)
+    def used(self) -> float:
+        """Full search-split scorings charged so far (documents charged / documents of one full scoring); a
+        whole number as an ``int``."""
+        value = self.charged_documents / self.search.documents("search")
+        return int(value) if value.is_integer() else value
 
     @property
-    def left(self) -> int | None:
+    def left(self) -> float | None:
         return None if self.budget is None else self.budget - self.used
+
+    def cost(self, split: str) -> float:
+        """What one candidate scored on ``split`` is charged: its share of a full scoring of the search split."""
+        return self.search.documents(split) / self.search.documents("search")
+
+    def affordable(self, split: str = "search") -> bool:
+        """Whether one more new candidate scored on ``split`` fits the budget."""
+        if self.budget is None:
+            return True
+        full = self.search.documents("search")
+        return self.charged_documents + self.search.documents(split) <= self.budget * full
 
     def score(
         self,
@@ -127,23 +147,23 @@ class BudgetedEvaluator:
             candidate: What to score.
             level: ``finetuned``, ``reference``, ``merge`` or ``path`` (the last two are charged on the search
                 split).
-            split: ``search`` or ``heldout``.
+            split: ``search``, ``screen`` (a part of it: successive halving) or ``heldout``.
             build: Makes the candidate's model (a path scorer's, with its alignment); None: the search's
                 :meth:`~hm3.search.models.CandidateModels.build`.
             label: A name for the record (fine-tuned models and references).
 
         Raises:
-            BudgetSpent: a new charged candidate past the budget.
+            BudgetSpent: a new charged candidate that the budget cannot pay for.
         """
         if level not in LEVELS:
             raise ValueError(f"unknown level {level!r}")
         raise_if_interrupted()  # a Ctrl-C a compiler's callback swallowed stops the search here
         search = self.search
         key = candidate.key(split, search.objectives, search.scoring)
-        charged = split == "search" and level in SEARCHED_LEVELS
+        charged = split in CHARGED_SPLITS and level in SEARCHED_LEVELS
         if charged and key in self.charged:
             return dict(self.charged[key])
-        if charged and self.budget is not None and self.used >= self.budget:
+        if charged and not self.affordable(split):
             raise BudgetSpent(f"{self.method}: budget of {self.budget} candidates spent")
         known = search.log.get(key)
         new = known is None
@@ -172,11 +192,12 @@ class BudgetedEvaluator:
             documents = search.log.documents(key, search.documents(split))
         if charged:
             self.charged[key] = dict(scores)
+            self.charged_documents += search.documents(split)
             if self.on_charge is not None:
-                self.on_charge(candidate, dict(scores))
+                self.on_charge(candidate, dict(scores), split)
         if (key, level) not in self._counted:
             self._counted.add((key, level))
             self.ledger.add(level if split == "search" else split, documents, new)
         if new and self.on_new is not None:
-            self.on_new(candidate, scores)
+            self.on_new(candidate, scores, split)
         return dict(scores)

@@ -26,7 +26,7 @@ from hm3.front import FrontMember, ParetoFront, select_front
 from hm3.merge.mergekit_export import to_mergekit_yaml
 from hm3.routing.path import InferencePath
 from hm3.routing.save import passthrough_yaml
-from hm3.search.budget import BudgetedEvaluator, Ledger
+from hm3.search.budget import CHARGED_SPLITS, BudgetedEvaluator, Ledger
 from hm3.search.candidate import SEARCHED_LEVELS, Candidate
 from hm3.search.references import REFERENCES, UNIFORM_METHODS, references
 from hm3.search.session import Search
@@ -166,6 +166,11 @@ def summarize(
     search_records = [r for r in search.log.records if r.get("split") == "search"]
     details = dict(details)
     ledger = {"method": Ledger.combine(details.pop("ledgers", []))}
+    charged = {  # each candidate once per split, however many budgets were charged for it
+        r["key"]: r.get("documents", search.documents(r["split"]))
+        for r in search.log.records
+        if r.get("split") in CHARGED_SPLITS and r.get("level") in SEARCHED_LEVELS
+    }
     return {
         "objectives": front.objectives,
         "higher_is_better": front.higher_is_better,
@@ -179,6 +184,7 @@ def summarize(
         "method": method,
         **details,
         "ledger": ledger,
+        "budget_used": round(sum(charged.values()) / search.documents("search"), 4),
         "distinct_candidates": distinct,
         "candidates_scored_search_split": len(search_records),
         "candidates_scored_this_session": search.log.new,

@@ -68,16 +68,30 @@ def budgeted_path_scorer(
     search: Search, spec: MergeSpec | None, evaluations: BudgetedEvaluator
 ) -> tuple[RoutingPool, PathScorer]:
     """The routing pool of ``spec``'s merge and a path scorer over it that spends through ``evaluations``
-    (the identity path is the plain merge, charged as the upper level's; any other path as the lower's)."""
+    (the identity path is the plain merge, charged as the upper level's; any other path as the lower's); with
+    ``architecture_level.screen_paths`` (and a screen smaller than the search split) it screens new paths."""
     alignment = search.recipe.architecture_level.alignment
     routing = search.models.routing_pool(spec)
 
-    def evaluate(path: InferencePath, build) -> dict[str, float]:
-        candidate = Candidate.routed(spec, path, alignment, routing)
-        level = "merge" if candidate.is_plain else "path"
-        return evaluations.score(candidate, level=level, build=build)
+    def scoring(split: str):
+        def evaluate(path: InferencePath, build) -> dict[str, float]:
+            candidate = Candidate.routed(spec, path, alignment, routing)
+            level = "merge" if candidate.is_plain else "path"
+            return evaluations.score(candidate, level=level, split=split, build=build)
 
-    return routing, search.models.path_scorer(routing, evaluate)
+        return evaluate
+
+    scorer = search.models.path_scorer(routing, scoring("search"))
+    if screens_paths(search):
+        scorer.screen_evaluate = scoring("screen")
+    return routing, scorer
+
+
+def screens_paths(search: Search) -> bool:
+    """Whether the search screens new paths: ``architecture_level.screen_paths``, and a screen that is smaller
+    than the search split (objectives of a few documents have none)."""
+    screened = search.recipe.architecture_level.screen_paths
+    return screened and search.documents("screen") < search.documents("search")
 
 
 def run_preference(
@@ -103,14 +117,19 @@ def run_preference(
     started = time.perf_counter()
     lam = [float(v) for v in preference]
     evaluations = BudgetedEvaluator(search, HM3, preference_budget(recipe), lam, index)
-    evaluations.on_new = lambda candidate, scores: search.progress.candidate(
-        rewards.reward(scores, lam, len(candidate.path or ()) or search.pool.num_layers)
+    evaluations.on_new = lambda candidate, scores, split: search.progress.candidate(
+        None
+        if split == "screen"
+        else rewards.reward(scores, lam, len(candidate.path or ()) or search.pool.num_layers),
+        evaluations.cost(split),
     )
     patience = Patience.from_recipe(
         recipe, recipe.agent.iterations if agent is None else 0, path_level_paid or agent is not None
     )
-    evaluations.on_charge = lambda candidate, scores: patience.see(
-        rewards.reward(scores, lam, len(candidate.path or ()) or search.pool.num_layers)
+    evaluations.on_charge = lambda candidate, scores, split: patience.see(
+        rewards.reward(scores, lam, len(candidate.path or ()) or search.pool.num_layers),
+        evaluations.cost(split),
+        screen=split == "screen",
     )
 
     level = recipe.parameter_level

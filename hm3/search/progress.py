@@ -76,13 +76,15 @@ class SearchProgress:
         self._label = f"λ {index + 1}/{total} = (" + ", ".join(f"{v:.2f}" for v in preference) + ")"
         self.stage(f"{self._label} candidates", iterations)
 
-    def candidate(self, reward: float) -> None:
-        """One new candidate scored with scalarized reward ``reward``."""
-        self.best = reward if self.best is None else max(self.best, reward)
+    def candidate(self, reward: float | None, cost: float = 1.0) -> None:
+        """One new candidate scored with scalarized reward ``reward`` (None: a screen, whose reward is on other
+        documents than the best's), charged ``cost`` full scorings."""
+        if reward is not None:
+            self.best = reward if self.best is None else max(self.best, reward)
         if self._progress is not None and self._candidates is not None:
             self._progress.update(
                 self._candidates,
-                advance=1,
+                advance=cost,
                 description=f"{self._label} best R {self.best:+.4f}",
             )
 

@@ -30,6 +30,7 @@ candidate key holds the run's scoring fingerprint (:attr:`hm3.search.session.Sea
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -242,7 +243,8 @@ def budget_allocation(
         budgeted, paths = conditioned_budget(recipe), [conditioned_paths or 0]
         split = {"conditioned_training_paths": paths[0], "stopped_early": paths[0] < budgeted}
     else:
-        paths = [max(0, int(r.get("used", r["budget"])) - 1) for r in results]  # - the upper level's merge
+        # - the upper level's merge; a screened path's share rounds up, so what is given back was not spent
+        paths = [max(0, math.ceil(r.get("used", r["budget"]) - 1e-9) - 1) for r in results]
         budgeted = len(results) * recipe.agent.iterations
         split = {
             "paths_per_preference": paths,
@@ -280,8 +282,15 @@ def budget_line(recipe: Recipe, preference_count: int) -> str:
                     f" ({min(recipe.agent.unpaid_patience or window, window)} if no path beat its merge in the "
                     "first preference)"
                 )
+    screened = ""
+    if recipe.architecture_level.enabled and recipe.architecture_level.screen_paths:
+        fraction = recipe.split.screen_fraction
+        screened = (
+            f"; a new path is scored on {fraction:.0%} of the search split first (costing about {fraction:g} of a "
+            "candidate) and on all of it only if it is as good there as the best path"
+        )
     return (
-        f"budget: {hm3_budget(recipe)} new candidates: {upper}{preference_count} preference{'s' * (preference_count != 1)} x ({share}); a path an "
+        f"budget: {hm3_budget(recipe)} new candidates: {upper}{preference_count} preference{'s' * (preference_count != 1)} x ({share}){screened}; a path an "
         f"agent revisits is free, and its training ends after {MAX_EPISODES_PER_CANDIDATE} episodes per path of "
         "its budget"
     )

@@ -53,6 +53,7 @@ class Search:
     finetuned_scores: dict[str, dict[str, float]] = field(default_factory=dict)
     scoring: str = ""
     """What decides a score in this run (:mod:`hm3.run_fingerprint`); part of every candidate key."""
+    _documents: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
     def objectives(self) -> list[str]:
@@ -70,8 +71,12 @@ class Search:
         return reward_from_recipe(self.recipe, self.scale)
 
     def documents(self, split: str) -> int:
-        """Documents (or images) one full scoring covers on ``split``, all objectives together."""
-        return sum(self.evaluator.document_count(split).values())
+        """Documents (or images) one full scoring covers on ``split``, all objectives together (the split is
+        fixed for the search: counted once)."""
+        known = self._documents.get(split)
+        if known is None:
+            known = self._documents[split] = sum(self.evaluator.document_count(split).values())
+        return known
 
 
 @dataclass
