@@ -4,10 +4,15 @@ On the deep (12-layer) toy LM zoo, for each seed and each of three preferences, 
 task-arithmetic merge with weights λ, the merge the path level starts from — and four path searches over the
 K fine-tuned models plus that merge, each scoring the same number of new paths on the search split:
 
-* ``ppo``: HM3's agent as the recipe configures it (PPO actor-critic, Wolpertinger, every iteration spent);
+* ``ppo``: the paper's agent (``agent.actions: path``: PPO actor-critic building a path layer by layer,
+  Wolpertinger), otherwise as the recipe configures it, every iteration spent;
 * ``ppo_lr0``: the same agent with learning rate 0 — its prior alone (what the untrained policy samples);
 * ``ppo_critic``: the agent with the critic ranking M' = 8 Wolpertinger neighbours (the default before
   stop 30 ranks none: M' = 1);
+* ``ppo_edit``: the edit agent (``agent.actions: edit``, :mod:`hm3.routing.edits`): each episode one edit of
+  the best path so far, masked to the valid edits, paid the signed change of reward; ``ppo_edit_lr0`` the
+  same with learning rate 0 — uniform over the valid edits: structured random local search;
+  ``ppo_edit_lr3e-3`` with a learning rate 10x the recipe default (a sensitivity row, not a default);
 * ``local``: random local search around the identity path — one random edit (``evo_path.mutate_path``) of the
   best path so far, kept when it is at least as good;
 * ``evolution``: ``evo_path``'s (μ + λ) path evolution at the same fixed merge (the path half of the baseline).
@@ -56,9 +61,27 @@ SCRATCH = REPO / "benchmarks" / "scratch" / "agent_learning"
 SEEDS = [int(s) for s in os.environ.get("BENCH_SEEDS", "0,1,2").split(",")]
 BUDGET = int(os.environ.get("BENCH_BUDGET", "200"))
 PREFERENCES = [(0.6, 0.2, 0.2), (0.2, 0.6, 0.2), (0.2, 0.2, 0.6)]
-METHODS = ["ppo", "ppo_lr0", "ppo_critic", "local", "evolution"]
+METHODS = [
+    "ppo",
+    "ppo_lr0",
+    "ppo_critic",
+    "ppo_edit",
+    "ppo_edit_lr0",
+    "ppo_edit_lr3e-3",
+    "local",
+    "evolution",
+]
 CHECKPOINTS = [c for c in (10, 25, 50, 100, 200, 400, 1000) if c < BUDGET] + [BUDGET]
-FORMAT = {"ppo": 2, "ppo_lr0": 2, "ppo_critic": 2, "local": 1, "evolution": 1}
+FORMAT = {
+    "ppo": 2,
+    "ppo_lr0": 2,
+    "ppo_critic": 2,
+    "ppo_edit": 2,
+    "ppo_edit_lr0": 2,
+    "ppo_edit_lr3e-3": 2,
+    "local": 1,
+    "evolution": 1,
+}
 """Version of a method's scratch records; bump it when what the method does changes, so older ones are redone
 (2: the agent edits the incumbent, is paid its gain, and updates 8 times per search; stop 30)."""
 CRITIC_NEIGHBOURS = 8
@@ -172,11 +195,17 @@ def run_one(context, seed: int, index: int, method: str, digest: str) -> dict:
     rollout = None
     with quiet_libraries():
         if method == "ppo":
-            rollout = run_ppo(search, seed, {})
+            rollout = run_ppo(search, seed, {"actions": "path"})
         elif method == "ppo_lr0":
-            rollout = run_ppo(search, seed, {"learning_rate": 0.0})
+            rollout = run_ppo(search, seed, {"actions": "path", "learning_rate": 0.0})
         elif method == "ppo_critic":
-            rollout = run_ppo(search, seed, {"wolpertinger_neighbours": CRITIC_NEIGHBOURS})
+            rollout = run_ppo(search, seed, {"actions": "path", "wolpertinger_neighbours": CRITIC_NEIGHBOURS})
+        elif method == "ppo_edit":
+            rollout = run_ppo(search, seed, {"actions": "edit"})
+        elif method == "ppo_edit_lr0":
+            rollout = run_ppo(search, seed, {"actions": "edit", "learning_rate": 0.0})
+        elif method == "ppo_edit_lr3e-3":
+            rollout = run_ppo(search, seed, {"actions": "edit", "learning_rate": 3e-3})
         elif method == "local":
             run_local(search, seed)
         else:

@@ -1,8 +1,9 @@
 """Is HM3 better than what a user already has, for the same compute? HM3 vs every baseline, equal budgets.
 
 On the small toy LM zoo, the small toy vision zoo and the deep (12-layer) toy LM zoo (built if missing), for each seed, HM3 and each baseline
-(`hm3 baseline`) run on the zoo's recipe with the same search split and the same budget — the number of
-distinct candidates scored on the search split, HM3's own P × (iterations + 1). Then, per zoo, one
+(`hm3 baseline`) run on the zoo's recipe with the same search split and the same budget — the documents
+scored on the search split, in units of one full scoring (HM3's paper configuration's P × (iterations + 1)
+candidates; a path screened on a part of the split costs that part's share). Then, per zoo, one
 normalisation of the held-out scores over every point of every method, seed and reference, and:
 
 * held-out hypervolume of each method's front, mean ± std over seeds;
@@ -64,7 +65,8 @@ RESULTS = REPO / "benchmarks" / "results"
 
 def recipe_for(kind: str, seed: int):
     """The paper's configuration on the zoo's recipe: weights = λ, the K corners + the centre + the samples,
-    every path of ``ITERATIONS`` (no patience), each scored on the whole search split (no screening). It defines the budget (P × (1 + iterations)); ``hm3_paper``,
+    every path of ``ITERATIONS`` (no patience), each scored on the whole search split (no screening), by the
+    paper's agent (``agent.actions: path``). It defines the budget (P × (1 + iterations)); ``hm3_paper``,
     ``arch_only`` and the baselines run it (the baselines as before: ``cmaes`` starts from each λ, corners
     included)."""
     from hm3.recipe import load_recipe
@@ -77,8 +79,10 @@ def recipe_for(kind: str, seed: int):
             "preferences": recipe.preferences.model_copy(
                 update={"count": PREFERENCE_SAMPLES, "include_corners": True}
             ),
-            "agent": recipe.agent.model_copy(update={"iterations": ITERATIONS, "patience": None}),
             "architecture_level": recipe.architecture_level.model_copy(update={"screen_paths": False}),
+            "agent": recipe.agent.model_copy(
+                update={"iterations": ITERATIONS, "patience": None, "actions": "path"}
+            ),
         }
     )
 
@@ -144,6 +148,8 @@ def run_settings(recipe, method: str) -> str:
     """The digest of what a run depends on: the recipe, less the agent's training settings for a method that
     trains no agent (so changing PPO's defaults re-runs only the methods that use it)."""
     exclude = None if method in AGENT_METHODS else {"agent": set(PPO_SETTINGS)}
+    if method in AGENT_METHODS and recipe.agent.actions == "path":  # added with the agent it has always had:
+        exclude = {"agent": {"actions"}}  # runs made before the setting existed stay current
     return hashlib.sha256(recipe.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
 
 
@@ -422,9 +428,11 @@ def main() -> None:
         "(runs reused from benchmarks/scratch are not re-timed: each run's own wall time is in the tables)  ",
         f"Seeds {SEEDS}; the budget is the paper's configuration's (`hm3_paper`: K corners + centre + "
         f"{PREFERENCE_SAMPLES} Dirichlet samples, 1 merge + {ITERATIONS} paths each); every method gets it "
-        "(distinct candidates scored on the search split, each on the whole split). `hm3` runs the recipe's "
-        f"defaults: centre + {PREFERENCE_SAMPLES} samples, {UPPER_SHARE:.0%} of the budget for the upper level's "
-        "first round, the rest for paths, and what the paths do not spend back to the upper level.",
+        "counted in documents ('budget used': a candidate scored on the whole search split costs 1, a path "
+        "screened on part of it that part's share; 'evaluations': distinct candidates scored on the whole "
+        "split). `hm3` runs the zoo recipe's settings (the optimised upper level, screened paths, the recipe's "
+        f"`agent.actions`): centre + {PREFERENCE_SAMPLES} samples, {UPPER_SHARE:.0%} of the budget for the upper "
+        "level's first round, the rest for paths, and what the paths do not spend back to the upper level.",
         "",
         "Hypervolume: held-out scores, each objective min-max normalised over every front member of every method "
         "and seed and every reference model of that zoo, reference point -0.1 on each normalised axis (one "

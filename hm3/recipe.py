@@ -372,7 +372,11 @@ class AgentConfig(_Section):
     Attributes:
         mode: ``per_preference`` (the paper's Algorithm 1: a fresh agent per λ) or ``conditioned`` (one policy
             with λ in its observation, trained over sampled λ, reusable for a new λ by a rollout).
-        gamma: Discount γ (paper: 0.99).
+        actions: ``path`` (the paper's agent: a path built one layer at a time, Wolpertinger over the layer
+            actions) or ``edit`` (one edit of the best path so far per episode — replace a layer by another
+            model's, delete or repeat one — masked to the valid edits, paid the signed change of reward:
+            :mod:`hm3.routing.edits`).
+        gamma: Discount γ (paper: 0.99; an edit episode is one decision, where it plays no role).
         iterations: Episodes per preference, i.e. candidate paths scored (paper: Max_iter = 1000; at most
             100,000).
         learning_rate: Adam learning rate of actor and critic.
@@ -403,6 +407,7 @@ class AgentConfig(_Section):
     """
 
     mode: Literal["per_preference", "conditioned"] = "per_preference"
+    actions: Literal["path", "edit"] = "path"
     gamma: float = 0.99
     iterations: int = Field(default=1000, gt=0, le=MAX_ITERATIONS)
     learning_rate: float = Field(default=3e-4, gt=0)

@@ -217,3 +217,35 @@ def test_screened_paths_cost_their_share_of_the_documents_and_only_promoted_ones
     assert not {m["id"] for m in front["members"]} - {
         Candidate.from_record(r).content_key()[:12] for r in _searched(tmp_path / "run")
     }  # a screen never reaches the front
+
+
+@pytest.mark.slow
+def test_an_edit_agent_search_logs_its_edits_and_saves_an_agent_that_reloads(
+    lm_zoo_micro: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from hm3.routing.agent import PathAgent
+
+    recipe = _recipe(lm_zoo_micro, tmp_path, agent={"actions": "edit"})
+    summary = _run(recipe, tmp_path / "run")
+    records = _records(tmp_path / "run")
+    assert any(r["level"] == "path" for r in records)
+    # each path is one edit (edit distance 1) of the merge or of a path scored fully before it for that λ
+    for index in {r["preference_index"] for r in records if r["level"] == "path"}:
+        mine = [r for r in records if r["preference_index"] == index and r["level"] in ("merge", "path")]
+        scored = []
+        for record in mine:
+            path = Candidate.from_record(record).path
+            if path is None:  # the merge: its identity path
+                scored.append(InferencePath.identity(3, 2))
+                continue
+            path = InferencePath(tuple(tuple(step) for step in path))
+            assert min(path.edit_distance(known) for known in scored) == 1
+            if record["split"] == "search":
+                scored.append(path)
+    assert summary["budget_used"] <= summary["budget"]
+    folder = tmp_path / "run" / "policy" / "p000"
+    agent = PathAgent.load(folder)
+    assert agent.config is not None and agent.config.actions == "edit"
+    preference = json.loads((tmp_path / "run" / "preferences" / "p000.json").read_text())
+    assert preference["greedy_rollout"]["path"]

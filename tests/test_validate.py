@@ -67,6 +67,7 @@ SCHEMA_CASES = [
     ("unknown nested key", "{name: a, path:", "{name: a, nme: x, path:", "models[0].nme"),
     ("gamma out of range", "objectives:", "agent: {gamma: 1.5}\nobjectives:", "agent.gamma"),
     ("iterations not a number", "objectives:", "agent: {iterations: many}\nobjectives:", "agent.iterations"),
+    ("unknown agent actions", "objectives:", "agent: {actions: teleport}\nobjectives:", "agent.actions"),
     (
         "unknown merge method",
         "objectives:",
@@ -84,6 +85,18 @@ SCHEMA_CASES = [
         "objectives:",
         "split: {search_fraction: 1.5}\nobjectives:",
         "split.search_fraction",
+    ),
+    (
+        "a screen as large as the search split",
+        "objectives:",
+        "split: {screen_fraction: 1.0}\nobjectives:",
+        "split.screen_fraction",
+    ),
+    (
+        "screening switched with a word",
+        "objectives:",
+        "architecture_level: {screen_paths: sometimes}\nobjectives:",
+        "architecture_level.screen_paths",
     ),
     (
         "unknown scalarization",

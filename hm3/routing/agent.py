@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sb3_contrib import MaskablePPO
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 
@@ -50,6 +51,7 @@ from hm3.errors import BudgetSpent, UserError
 from hm3.moo.scalarization import ObjectiveScale
 from hm3.recipe import AgentConfig, Recipe
 from hm3.routing.alignment import make_aligner
+from hm3.routing.edits import EditEnv, build_edit_ppo, edit_reward, greedy_edit
 from hm3.routing.env import InferencePathEnv
 from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
@@ -67,7 +69,7 @@ class PathAgent:
     """A trained PPO path agent and what it needs to act.
 
     Attributes:
-        model: The SB3 PPO model (policy and value networks).
+        model: The SB3 PPO model (policy and value networks); sb3-contrib's maskable PPO for an edit agent.
         summaries: The pool's ``[K+1, L, S]`` layer summaries (part of every observation).
         max_length: T_max.
         num_objectives: Length of a preference vector.
@@ -77,7 +79,7 @@ class PathAgent:
         anchor: The Wolpertinger anchor rule it was trained with (:data:`~hm3.routing.wolpertinger.ANCHORS`).
     """
 
-    model: PPO
+    model: PPO | MaskablePPO
     summaries: np.ndarray
     max_length: int
     num_objectives: int
@@ -152,16 +154,16 @@ def make_env(
     reward_fn=None,
     preference: Sequence[float] | None = None,
     start: Callable[[np.ndarray], InferencePath] | None = None,
-) -> WolpertingerWrapper:
-    """The Wolpertinger-wrapped path environment (``start``: the incumbent of an episode's λ)."""
-    env = InferencePathEnv(
-        pool_summaries,
-        max_length,
-        num_objectives,
-        reward_fn=reward_fn,
-        preference=None if preference is None else np.asarray(preference, np.float32),
-        start=start,
-    )
+    known: Callable[[InferencePath], bool] | None = None,
+    ranked: Callable[[np.ndarray], Sequence[InferencePath]] | None = None,
+) -> WolpertingerWrapper | EditEnv:
+    """The agent's environment (``start``: the incumbent of an episode's λ): the Wolpertinger-wrapped path
+    environment, or with ``agent.actions: edit`` the edit environment (:mod:`hm3.routing.edits`)."""
+    fixed = None if preference is None else np.asarray(preference, np.float32)
+    arguments = (pool_summaries, max_length, num_objectives)
+    if config.actions == "edit":
+        return EditEnv(*arguments, reward_fn, fixed, start, known=known, ranked=ranked)
+    env = InferencePathEnv(*arguments, reward_fn=reward_fn, preference=fixed, start=start)
     return WolpertingerWrapper(env, config.wolpertinger_neighbours, config.wolpertinger_epsilon)
 
 
@@ -194,7 +196,7 @@ def scaled_to_budget(config: AgentConfig, candidates: float, episode_length: int
 
 
 def train_agent(
-    env: WolpertingerWrapper,
+    env: WolpertingerWrapper | EditEnv,
     config: AgentConfig,
     candidates: float,
     seed: int,
@@ -215,6 +217,19 @@ def train_agent(
         progress: Show SB3's progress bar.
         stop: Ends training early when it returns True (checked at every step).
     """
+    if isinstance(env, EditEnv):  # one decision per episode
+        config = scaled_to_budget(config, candidates, 1)
+        agent = PathAgent(
+            model=build_edit_ppo(env, config, seed),
+            summaries=env.summaries,
+            max_length=env.max_length,
+            num_objectives=env.num_objectives,
+            neighbours=1,
+            stop_threshold=0.0,
+            config=config,
+        )
+        keep_training(agent, candidates, scored, progress, stop)
+        return agent
     path_env = env.path_env
     config = scaled_to_budget(config, candidates, len(path_env.incumbent) + 1)
     model = build_ppo(env, config, seed)
@@ -259,7 +274,11 @@ def rollout(
     agent: PathAgent, preference: Sequence[float], incumbent: InferencePath | None = None
 ) -> InferencePath:
     """The agent's greedy path for ``preference``: mean proto-actions, the critic's pick, no ε; it edits
-    ``incumbent`` (default: the merged model's identity path)."""
+    ``incumbent`` (default: the merged model's identity path). An edit agent's: its most likely edit of
+    ``incumbent``."""
+    if agent.config is not None and agent.config.actions == "edit":
+        env = EditEnv(agent.summaries, agent.max_length, agent.num_objectives)
+        return greedy_edit(agent.model, env, np.asarray(preference, np.float32), incumbent or env.incumbent)
     env = InferencePathEnv(
         agent.summaries, agent.max_length, agent.num_objectives, preference=np.asarray(preference, np.float32)
     )
@@ -357,6 +376,14 @@ class BestPaths:
         self._best[key] = (len(scored), path, reward)
         return path, reward
 
+    def ranked(self, weights: np.ndarray) -> list[InferencePath]:
+        """Every path scored so far, best first under ``weights`` (ties: the first scored)."""
+        self.path_scorer.score(self.reference)
+        scored = list(self.path_scorer.scored.items())
+        rewards = [self.rewards.reward(scores, weights, len(path)) for path, scores in scored]
+        order = sorted(range(len(scored)), key=lambda i: (-rewards[i], i))
+        return [scored[i][0] for i in order]
+
 
 def training_reward(best_paths: BestPaths):
     """The reward the agent trains on: how much a path raises the best reward scored so far under the episode's
@@ -392,6 +419,12 @@ def training_reward(best_paths: BestPaths):
         return max(gain, 0.0), scores
 
     return reward_fn
+
+
+def agent_reward(config: AgentConfig, best_paths: BestPaths):
+    """The reward the agent of ``config`` trains on: :func:`training_reward` for the path agent,
+    :func:`~hm3.routing.edits.edit_reward` for the edit agent."""
+    return edit_reward(best_paths) if config.actions == "edit" else training_reward(best_paths)
 
 
 def max_path_length(pool: RoutingPool, recipe: Recipe) -> int:
@@ -459,9 +492,11 @@ def search_path(
             t_max,
             len(lam),
             recipe.agent,
-            reward_fn=training_reward(best_paths),
+            reward_fn=agent_reward(recipe.agent, best_paths),
             preference=None if conditioned else lam,
             start=lambda weights: best_paths.best(weights)[0],
+            known=path_scorer.knows,
+            ranked=best_paths.ranked,
         )
         agent = train_agent(env, recipe.agent, allowed - 1 - (counter() - start), seed, counter, stop=stop)
         greedy = rollout(agent, lam, best_paths.best(lam)[0])
@@ -516,8 +551,10 @@ def train_conditioned_agent(
         max_path_length(pool, recipe),
         len(recipe.objectives),
         recipe.agent,
-        reward_fn=training_reward(best_paths),
+        reward_fn=agent_reward(recipe.agent, best_paths),
         start=lambda weights: best_paths.best(weights)[0],
+        known=path_scorer.knows,
+        ranked=best_paths.ranked,
     )
     counter = spent or (lambda: len(path_scorer.scored))
     return train_agent(env, recipe.agent, recipe.agent.iterations, seed, counter)

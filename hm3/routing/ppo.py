@@ -27,14 +27,16 @@ import numpy as np
 from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from sb3_contrib import MaskablePPO
 from stable_baselines3 import PPO
-from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from hm3.errors import UserError
 from hm3.recipe import AgentConfig
 from hm3.routing.buffer import SpreadRewardRolloutBuffer
+from hm3.routing.edits import EditEnv, build_edit_ppo
 from hm3.routing.env import InferencePathEnv
 from hm3.routing.policy import TrajectoryEncoder
+from hm3.routing.ppo_arguments import ppo_arguments
 from hm3.routing.wolpertinger import WolpertingerWrapper
 
 POLICY_FILE = "policy.safetensors"
@@ -47,25 +49,12 @@ SETTINGS = ("max_length", "num_objectives", "neighbours", "stop_threshold", "anc
 """What ``agent.json`` holds besides the agent section: the environment the policy acts in."""
 LEGACY_ANCHOR = "last_step"
 """The anchor rule of agents saved without an ``anchor`` setting (hm3 before the incumbent)."""
-DEFAULT_ROLLOUT = 64
-"""PPO's rollout length (environment steps) of an agent built without the budget's scaling (a reloaded one)."""
 
 
 def build_ppo(env: WolpertingerWrapper, config: AgentConfig, seed: int) -> PPO:
     """The PPO of ``config`` on ``env`` (rewards normalised), its networks freshly initialised from ``seed``."""
-    vec_env = VecNormalize(DummyVecEnv([lambda: env]), norm_obs=False, norm_reward=True, gamma=config.gamma)
     return PPO(
         "MultiInputPolicy",
-        vec_env,
-        learning_rate=config.learning_rate,
-        n_steps=config.n_steps or DEFAULT_ROLLOUT,
-        batch_size=min(config.batch_size or DEFAULT_ROLLOUT, config.n_steps or DEFAULT_ROLLOUT),
-        n_epochs=config.n_epochs,
-        gamma=config.gamma,
-        gae_lambda=config.gae_lambda,
-        clip_range=config.clip_range,
-        ent_coef=config.ent_coef,
-        vf_coef=config.vf_coef,
         rollout_buffer_class=SpreadRewardRolloutBuffer,
         policy_kwargs={
             "features_extractor_class": TrajectoryEncoder,
@@ -73,9 +62,7 @@ def build_ppo(env: WolpertingerWrapper, config: AgentConfig, seed: int) -> PPO:
             "net_arch": {"pi": [config.hidden_size], "vf": [config.hidden_size]},
             "log_std_init": math.log(env.initial_std),
         },
-        seed=seed,
-        device="cpu",
-        verbose=0,
+        **ppo_arguments(env, config, seed),
     )
 
 
@@ -90,7 +77,7 @@ class SavedPolicy:
         config: The agent section it was built with (None for a legacy ``policy.zip``).
     """
 
-    model: PPO
+    model: PPO | MaskablePPO
     summaries: np.ndarray
     settings: dict[str, Any]
     config: AgentConfig | None
@@ -134,20 +121,33 @@ def load_policy(folder: Path, allow_pickle: bool = False) -> SavedPolicy:
     summaries = _read_summaries(folder / SUMMARIES_FILE)
     try:
         config = _agent_config(meta["agent"])
-        env = InferencePathEnv(summaries, meta["max_length"], meta["num_objectives"])
-        anchor = meta.get("anchor", LEGACY_ANCHOR)
-        wrapper = WolpertingerWrapper(env, meta["neighbours"], 0.0, meta["stop_threshold"], anchor=anchor)
+        if config.actions == "edit":
+            edits = EditEnv(summaries, meta["max_length"], meta["num_objectives"])
+        else:
+            env = InferencePathEnv(summaries, meta["max_length"], meta["num_objectives"])
+            anchor = meta.get("anchor", LEGACY_ANCHOR)
+            wrapper = WolpertingerWrapper(env, meta["neighbours"], 0.0, meta["stop_threshold"], anchor=anchor)
     except (KeyError, TypeError, ValueError) as error:
         raise UserError(f"{folder / AGENT_FILE}: the settings do not describe an agent ({error})") from None
-    model = build_ppo(wrapper, config, seed=0)
+    if config.actions == "edit":
+        model: PPO | MaskablePPO = build_edit_ppo(edits, config, seed=0)
+        settings = {
+            "max_length": edits.max_length,
+            "num_objectives": edits.num_objectives,
+            "neighbours": 1,
+            "stop_threshold": 0.0,
+            "anchor": "incumbent",
+        }
+    else:
+        model = build_ppo(wrapper, config, seed=0)
+        settings = {
+            "max_length": env.max_length,
+            "num_objectives": env.num_objectives,
+            "neighbours": wrapper.neighbours,
+            "stop_threshold": wrapper.stop_threshold,
+            "anchor": wrapper.anchor_rule,
+        }
     _restore_networks(model, folder / POLICY_FILE)
-    settings = {
-        "max_length": env.max_length,
-        "num_objectives": env.num_objectives,
-        "neighbours": wrapper.neighbours,
-        "stop_threshold": wrapper.stop_threshold,
-        "anchor": wrapper.anchor_rule,
-    }
     return SavedPolicy(model, summaries, settings, config)
 
 
@@ -198,7 +198,7 @@ def _agent_config(data: Any) -> AgentConfig:
         raise ValueError(f"agent: {error.errors(include_url=False)[0]['msg']}") from None
 
 
-def _restore_networks(model: PPO, file: Path) -> None:
+def _restore_networks(model: PPO | MaskablePPO, file: Path) -> None:
     """Put the saved policy and value networks into ``model`` with SB3's ``set_parameters``; the names and
     shapes must be exactly those of the rebuilt networks."""
     try:

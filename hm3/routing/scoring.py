@@ -144,6 +144,10 @@ class PathScorer:
         self.scored[path] = {name: float(value) for name, value in scores.items()}
         return self.scored[path]
 
+    def knows(self, path: InferencePath) -> bool:
+        """Whether ``path`` was scored or screened already (its outcome is known)."""
+        return path in self.scored or path in self.screened
+
     @property
     def screens(self) -> bool:
         """Whether new paths are screened first."""

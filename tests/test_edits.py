@@ -1,0 +1,175 @@
+"""The edit agent (``agent.actions: edit``): its edits, its masks, its untrained prior, its signed reward with
+screening, and a saved agent that acts as it did."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from hm3.errors import BudgetSpent
+from hm3.recipe import AgentConfig
+from hm3.routing.agent import BestPaths, PathAgent, rollout, train_agent
+from hm3.routing.edits import DELETE, REPEAT, EditEnv, EditSpace, build_edit_ppo, edit_reward
+from hm3.routing.path import InferencePath
+from hm3.routing.scoring import PathScorer, Reward
+
+MODELS, LAYERS, T_MAX = 3, 4, 6  # K + 1 = 3 models (index 2 is the merged one) of 4 layers
+IDENTITY = InferencePath.identity(MODELS - 1, LAYERS)
+SUMMARIES = np.random.default_rng(0).standard_normal((MODELS, LAYERS, 5)).astype(np.float32)
+
+
+def test_each_action_is_one_edit_of_the_incumbent_named_by_position_and_operation() -> None:
+    space = EditSpace(MODELS, LAYERS, T_MAX)
+    assert space.ops == MODELS + 2 and space.size == T_MAX * (MODELS + 2)
+    assert space.decode(1 * space.ops + 0) == (1, 0)
+    assert space.decode(2 * space.ops + MODELS) == (2, DELETE)
+    assert space.decode(3 * space.ops + MODELS + 1) == (3, REPEAT)
+    # replace step 1 by model 0's layer at the same depth
+    assert space.apply(IDENTITY, 1 * space.ops + 0).steps == ((2, 0), (0, 1), (2, 2), (2, 3))
+    assert space.apply(IDENTITY, 2 * space.ops + MODELS).steps == ((2, 0), (2, 1), (2, 3))
+    assert space.apply(IDENTITY, 3 * space.ops + MODELS + 1).steps == ((2, 0), (2, 1), (2, 2), (2, 3), (2, 3))
+    # no edit, or a path outside 1..T_max: invalid
+    assert space.apply(IDENTITY, 0 * space.ops + 2) is None  # model 2 already holds step 0
+    assert space.apply(IDENTITY, 4 * space.ops + 0) is None  # no step 4
+    assert space.apply(InferencePath(((0, 1),)), 0 * space.ops + MODELS) is None  # deleting the only step
+    full = InferencePath(((2, 0),) * T_MAX)
+    assert space.apply(full, 0 * space.ops + MODELS + 1) is None  # a seventh step
+
+
+def test_the_mask_is_exactly_the_valid_edits() -> None:
+    space = EditSpace(MODELS, LAYERS, T_MAX)
+    for path in (IDENTITY, InferencePath(((0, 1),)), InferencePath(((1, 0),) * T_MAX)):
+        mask = space.mask(path)
+        assert [space.apply(path, a) is not None for a in range(space.size)] == mask.tolist()
+    # identity of 4 steps: 2 replacements + delete + repeat at each of its 4 positions
+    assert space.mask(IDENTITY).sum() == 4 * (MODELS - 1 + 2)
+
+
+def test_edits_whose_outcome_is_known_are_masked_until_none_is_new() -> None:
+    space = EditSpace(MODELS, LAYERS, T_MAX)
+    delete_first = space.apply(IDENTITY, 0 * space.ops + MODELS)
+    env = EditEnv(SUMMARIES, T_MAX, 2, known=lambda path: path == delete_first)
+    env.reset(seed=0)
+    mask = env.action_masks()
+    assert not mask[0 * space.ops + MODELS] and mask.sum() == space.mask(IDENTITY).sum() - 1
+    env.known = lambda path: True  # every edit known: the valid ones again (a revisit is free)
+    assert (env.action_masks() == space.mask(IDENTITY)).all()
+
+
+def test_the_incumbent_is_the_best_path_with_a_new_edit() -> None:
+    space = EditSpace(MODELS, LAYERS, T_MAX)
+    best = space.apply(IDENTITY, 1 * space.ops + 0)
+    exhausted = {space.apply(best, a) for a in np.flatnonzero(space.mask(best))}
+    env = EditEnv(
+        SUMMARIES, T_MAX, 2, known=lambda path: path in exhausted, ranked=lambda lam: [best, IDENTITY]
+    )
+    env.reset(seed=0)
+    assert env.incumbent == IDENTITY  # every edit of the best is known: the next best is edited
+    exhausted.clear()
+    env.reset(seed=0)
+    assert env.incumbent == best
+
+
+def test_the_untrained_edit_agent_is_uniform_over_the_valid_edits_and_never_picks_an_invalid_one() -> None:
+    env = EditEnv(SUMMARIES, T_MAX, 2, preference=np.array([0.5, 0.5], np.float32))
+    model = build_edit_ppo(env, AgentConfig(actions="edit"), seed=0)
+    observation, _ = env.reset(seed=0)
+    mask = env.action_masks()
+    tensor, _ = model.policy.obs_to_tensor(observation)
+    probabilities = model.policy.get_distribution(tensor, action_masks=mask).distribution.probs
+    probabilities = probabilities.detach().numpy()[0]
+    np.testing.assert_allclose(probabilities[mask], 1 / mask.sum(), rtol=1e-5)
+    assert probabilities[~mask].max() == 0
+    picks = {int(model.predict(observation, action_masks=mask)[0]) for _ in range(200)}
+    assert picks <= set(np.flatnonzero(mask)) and len(picks) > mask.sum() // 2
+
+
+# -- the signed reward, with successive halving ----------------------------------------------------------------
+
+EDITED = InferencePath(((2, 0), (0, 1), (2, 2), (2, 3)))
+SHORT = InferencePath(((2, 0), (2, 1), (2, 3)))
+TABLE = {IDENTITY: {"acc": 0.5}, EDITED: {"acc": 0.7}, SHORT: {"acc": 0.2}}
+REWARD = Reward(objectives=("acc",), length_penalty=0.0)
+
+
+def _best_paths(screen: dict | None = None, spend: int | None = None) -> tuple[BestPaths, Counter]:
+    pool = SimpleNamespace(merged_index=MODELS - 1, num_layers=LAYERS)
+    full: Counter = Counter()
+
+    def evaluate(path: InferencePath, build: Callable) -> dict[str, float]:
+        if spend is not None and sum(full.values()) >= spend:
+            raise BudgetSpent("spent")
+        full[path] += 1
+        return TABLE[path]
+
+    scorer = PathScorer(pool=pool, evaluate=evaluate)
+    if screen is not None:
+        scorer.screen_evaluate = lambda path, build: screen[path]
+    return BestPaths(scorer, REWARD, IDENTITY), full
+
+
+def test_the_edit_reward_is_the_change_from_the_path_it_edits() -> None:
+    best_paths, _ = _best_paths()
+    reward_fn = edit_reward(best_paths)
+    lam = np.array([1.0], np.float32)
+    assert reward_fn(EDITED, lam)[0] == pytest.approx(0.2)  # EDITED is the best now
+    # an edit of the second best (the identity, 0.5) that scores 0.2 is paid -0.3, not -0.5
+    assert reward_fn(SHORT, lam, IDENTITY)[0] == pytest.approx(-0.3)
+
+
+def test_the_edit_reward_is_the_signed_change_and_a_better_path_becomes_the_incumbent() -> None:
+    best_paths, _ = _best_paths()
+    reward_fn = edit_reward(best_paths)
+    lam = np.array([1.0], np.float32)
+    assert reward_fn(SHORT, lam)[0] == pytest.approx(-0.3)  # a loss is paid as a loss, not as 0
+    assert reward_fn(EDITED, lam) == (pytest.approx(0.2), TABLE[EDITED])
+    assert best_paths.best(lam)[0] == EDITED
+    assert reward_fn(SHORT, lam)[0] == pytest.approx(-0.5)  # against the new incumbent
+
+
+def test_a_screened_out_edit_is_paid_its_screen_loss_and_never_scored_fully() -> None:
+    screen = {IDENTITY: {"acc": 0.6}, SHORT: {"acc": 0.1}, EDITED: {"acc": 0.65}}
+    best_paths, full = _best_paths(screen)
+    reward_fn = edit_reward(best_paths)
+    lam = np.array([1.0], np.float32)
+    assert reward_fn(SHORT, lam) == (pytest.approx(-0.5), screen[SHORT])
+    assert reward_fn(EDITED, lam) == (pytest.approx(0.2), TABLE[EDITED])  # promoted: the full change
+    assert full == Counter({IDENTITY: 1, EDITED: 1})
+
+
+def test_an_edit_the_budget_cannot_pay_for_earns_nothing() -> None:
+    best_paths, _ = _best_paths(spend=1)
+    assert edit_reward(best_paths)(EDITED, np.array([1.0], np.float32)) == (0.0, {})
+
+
+# -- training, the greedy rollout, save and reload ---------------------------------------------------------------
+
+
+def test_a_trained_edit_agent_prefers_the_edit_that_pays_and_acts_the_same_after_reload(
+    tmp_path: Path,
+) -> None:
+    """On a toy reward where only replacing a layer by model 0's pays, the trained policy's greedy edit is such a
+    replacement (its prior is uniform over 16 edits, 4 of which are); the reloaded agent picks the same."""
+    lam = np.array([0.5, 0.5], np.float32)
+    episodes = Counter()
+
+    def reward_fn(path: InferencePath, weights: np.ndarray, incumbent) -> tuple[float, dict[str, float]]:
+        episodes["all"] += 1  # counted as spent: training ends after 300 episodes
+        return sum(0.5 if model == 0 else -0.2 for model, _ in path.steps if model != 2) - 0.1 * abs(
+            len(path) - LAYERS
+        ), {}
+
+    env = EditEnv(SUMMARIES, T_MAX, 2, reward_fn=reward_fn, preference=lam)
+    config = AgentConfig(actions="edit", learning_rate=3e-3, n_steps=32, n_epochs=8)
+    agent = train_agent(env, config, candidates=300, seed=0, scored=lambda: float(episodes["all"]))
+    greedy = rollout(agent, lam, IDENTITY)
+    assert greedy != IDENTITY and sum(model == 0 for model, _ in greedy.steps) == 1
+    agent.save(tmp_path / "agent")
+    reloaded = PathAgent.load(tmp_path / "agent")
+    assert reloaded.config is not None and reloaded.config.actions == "edit"
+    assert rollout(reloaded, lam, IDENTITY) == greedy
