@@ -173,3 +173,29 @@ def test_a_trained_edit_agent_prefers_the_edit_that_pays_and_acts_the_same_after
     reloaded = PathAgent.load(tmp_path / "agent")
     assert reloaded.config is not None and reloaded.config.actions == "edit"
     assert rollout(reloaded, lam, IDENTITY) == greedy
+
+
+def test_a_search_with_no_untried_edit_left_ends_its_training() -> None:
+    """Once every edit of every scored path is known the agent could only revisit (free, and teaching nothing):
+    training ends instead of running out its episode cap."""
+    lam = np.array([0.5, 0.5], np.float32)
+    known: set[InferencePath] = set()
+    episodes = Counter()
+
+    def reward_fn(path: InferencePath, weights: np.ndarray, incumbent) -> tuple[float, dict[str, float]]:
+        episodes["all"] += 1
+        known.add(path)
+        return -0.1, {}
+
+    env = EditEnv(
+        SUMMARIES,
+        T_MAX,
+        2,
+        reward_fn=reward_fn,
+        preference=lam,
+        known=known.__contains__,
+        ranked=lambda w: [IDENTITY],
+    )
+    train_agent(env, AgentConfig(actions="edit"), candidates=1000, seed=0, scored=lambda: float(len(known)))
+    edits = int(EditSpace(MODELS, LAYERS, T_MAX).mask(IDENTITY).sum())
+    assert env.exhausted and len(known) == edits and episodes["all"] <= edits + 1

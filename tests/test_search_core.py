@@ -249,3 +249,16 @@ def test_an_edit_agent_search_logs_its_edits_and_saves_an_agent_that_reloads(
     assert agent.config is not None and agent.config.actions == "edit"
     preference = json.loads((tmp_path / "run" / "preferences" / "p000.json").read_text())
     assert preference["greedy_rollout"]["path"]
+
+
+def test_the_progress_bar_counts_a_screen_by_its_cost_and_shows_no_best_before_a_full_score() -> None:
+    from hm3.search.progress import SearchProgress
+
+    with SearchProgress(enabled=True) as progress:
+        progress.start_preference(0, 1, [0.5, 0.5], 4)
+        progress.candidate(None, 0.25)  # a screen first (the preference's merge was answered from the log)
+        assert progress.best is None
+        progress.candidate(0.3)
+        progress.candidate(None, 0.25)
+        task = progress._progress.tasks[progress._candidates]
+        assert task.completed == 1.5 and progress.best == 0.3 and "best R +0.3000" in task.description

@@ -228,7 +228,11 @@ def train_agent(
             stop_threshold=0.0,
             config=config,
         )
-        keep_training(agent, candidates, scored, progress, stop)
+
+        def ended() -> bool:  # stopped by the search, or no untried edit of any scored path is left
+            return env.exhausted or (stop is not None and stop())
+
+        keep_training(agent, candidates, scored, progress, ended)
         return agent
     path_env = env.path_env
     config = scaled_to_budget(config, candidates, len(path_env.incumbent) + 1)
@@ -500,7 +504,8 @@ def search_path(
         )
         agent = train_agent(env, recipe.agent, allowed - 1 - (counter() - start), seed, counter, stop=stop)
         greedy = rollout(agent, lam, best_paths.best(lam)[0])
-        if greedy in path_scorer.scored and not (stop is not None and stop()):
+        exhausted = isinstance(env, EditEnv) and env.exhausted  # no untried edit left: nothing to train on
+        if greedy in path_scorer.scored and not exhausted and not (stop is not None and stop()):
             # the slot kept for the rollout is free (its path is known, usually the best one): train on
             keep_training(agent, allowed - (counter() - start), counter, stop=stop)
     else:

@@ -19,7 +19,8 @@ an action *is* an edit of the incumbent, named relative to it, and the reward is
   layer and weight summary, its length) and λ.
 * **The incumbent** is the best path scored so far whose edits are not all known (``ranked``): once every
   single edit of the best path is scored — a local optimum of this neighbourhood — the search goes on from the
-  next best path, as a beam would, instead of revisiting.
+  next best path, as a beam would, instead of revisiting; once no scored path has an untried edit, the search
+  has nothing new to try and its training ends.
 * **Reward**: R(edited) − R(incumbent), signed, on the documents the edited path was scored on — the screen's
   when it was screened out (``architecture_level.screen_paths``: a new path is scored fully only if it is at
   least as good as the best path there), else the whole search split's (then a better path becomes the best).
@@ -151,6 +152,9 @@ class EditEnv(gym.Env):
         self.reward_fn = reward_fn
         self.known = known
         self.ranked = ranked
+        self.exhausted = False
+        """Whether, at the last reset, every edit of every ranked path was known: nothing new to try (a search
+        ends there: :func:`hm3.routing.agent.train_agent`)."""
         self.preference = self.paths.preference
         self.incumbent = self.paths.identity()
 
@@ -160,7 +164,9 @@ class EditEnv(gym.Env):
         self.preference, self.incumbent = self.paths.preference, self.paths.incumbent
         if self.ranked is not None and not (options and "incumbent" in options):
             paths = self.ranked(self.preference)
-            self.incumbent = next((p for p in paths if self.new_edits(p).any()), paths[0])
+            editable = next((p for p in paths if self.new_edits(p).any()), None)
+            self.exhausted = editable is None
+            self.incumbent = paths[0] if editable is None else editable
         return self.observation(), {}
 
     def new_edits(self, path: InferencePath) -> np.ndarray:

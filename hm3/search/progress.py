@@ -82,11 +82,8 @@ class SearchProgress:
         if reward is not None:
             self.best = reward if self.best is None else max(self.best, reward)
         if self._progress is not None and self._candidates is not None:
-            self._progress.update(
-                self._candidates,
-                advance=cost,
-                description=f"{self._label} best R {self.best:+.4f}",
-            )
+            best = "" if self.best is None else f" best R {self.best:+.4f}"  # a screen first: no best yet
+            self._progress.update(self._candidates, advance=cost, description=f"{self._label}{best}")
 
     def finish_preference(self) -> None:
         if self._progress is not None and self._preferences is not None:
