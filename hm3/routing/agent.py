@@ -380,6 +380,18 @@ class BestPaths:
         self._best[key] = (len(scored), path, reward)
         return path, reward
 
+    def screened_out(self, path: InferencePath, weights: np.ndarray) -> dict[str, float] | None:
+        """Successive halving's verdict on a new ``path``: its screen scores when the path scorer screens and
+        its reward there is below the best path's on the same documents (it is not to be scored fully), else
+        None. A path the budget cannot screen raises :class:`~hm3.errors.BudgetSpent`."""
+        scorer = self.path_scorer
+        if not scorer.screens or path in scorer.scored:
+            return None
+        best_path, _ = self.best(weights)
+        screened = scorer.screen(path)
+        bar = self.rewards.reward(scorer.screen(best_path), weights, len(best_path))
+        return screened if self.rewards.reward(screened, weights, len(path)) < bar else None
+
     def ranked(self, weights: np.ndarray) -> list[InferencePath]:
         """Every path scored so far, best first under ``weights`` (ties: the first scored)."""
         self.path_scorer.score(self.reference)
@@ -408,18 +420,15 @@ def training_reward(best_paths: BestPaths):
     """
 
     def reward_fn(path: InferencePath, weights: np.ndarray) -> tuple[float, dict[str, float]]:
-        best_path, best = best_paths.best(weights)
-        scorer, rewards = best_paths.path_scorer, best_paths.rewards
+        _, best = best_paths.best(weights)
         try:
-            if scorer.screens and path not in scorer.scored:
-                screened = scorer.screen(path)
-                bar = rewards.reward(scorer.screen(best_path), weights, len(best_path))
-                if rewards.reward(screened, weights, len(path)) < bar:
-                    return 0.0, screened
-            scores = scorer.score(path)
+            screened = best_paths.screened_out(path, weights)
+            if screened is not None:
+                return 0.0, screened
+            scores = best_paths.path_scorer.score(path)
         except BudgetSpent:
             return 0.0, {}
-        gain = rewards.reward(scores, weights, len(path)) - best
+        gain = best_paths.rewards.reward(scores, weights, len(path)) - best
         return max(gain, 0.0), scores
 
     return reward_fn
@@ -511,11 +520,9 @@ def search_path(
     else:
         greedy = rollout(agent, lam, best_paths.best(lam)[0])
     if greedy in path_scorer.scored or counter() - start + 1 <= allowed:
-        try:
+        try:  # a budget shared with others (a search's preference) may have less left than this count
             path_scorer.score(greedy)
-        except (
-            BudgetSpent
-        ):  # a budget shared with others (a search's preference) has less left than this count
+        except BudgetSpent:
             pass
     known = path_scorer.scored.get(greedy)
     scored = [(p, s, rewards.reward(s, lam, len(p))) for p, s in path_scorer.scored.items()]

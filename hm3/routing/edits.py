@@ -211,18 +211,15 @@ def edit_reward(best_paths) -> EditReward:
     def reward_fn(
         path: InferencePath, weights: np.ndarray, incumbent: InferencePath | None = None
     ) -> tuple[float, dict[str, float]]:
-        best_path, _ = best_paths.best(weights)
-        incumbent = best_path if incumbent is None else incumbent
+        incumbent = best_paths.best(weights)[0] if incumbent is None else incumbent
         scorer, rewards = best_paths.path_scorer, best_paths.rewards
-
-        def screen_reward(p: InferencePath) -> float:
-            return rewards.reward(scorer.screen(p), weights, len(p))
-
         try:
-            if scorer.screens and path not in scorer.scored:
-                screened = screen_reward(path)
-                if screened < screen_reward(best_path):
-                    return screened - screen_reward(incumbent), scorer.screen(path)
+            screened = best_paths.screened_out(path, weights)
+            if screened is not None:
+                start = scorer.screen(incumbent)
+                return rewards.reward(screened, weights, len(path)) - rewards.reward(
+                    start, weights, len(incumbent)
+                ), screened
             scores = scorer.score(path)
             start = scorer.score(incumbent)
         except BudgetSpent:
