@@ -182,3 +182,15 @@ def test_the_probe_verdict_is_whether_a_path_beat_the_merge_it_routed_over():
     assert not path_level_paid(record)
     record["candidates"].append({"path": [[1, 0], [2, 1]], "reward": 0.5 + 1e-6})
     assert path_level_paid(record)
+
+
+def test_screened_shares_are_given_back_to_the_last_whole_merge_not_rounded_up_per_preference():
+    recipe = _recipe()  # 2 preferences x 21 paths, an upper-level first round of 6
+    results = [{"budget": 21, "used": 3.25}, {"budget": 21, "used": 19.5, "stopped_early": True}]
+    allocation = budget_allocation(recipe, results)
+    assert allocation["paths_per_preference"] == [2.25, 18.5]  # what was spent, screens at their share
+    assert allocation["unspent"] == pytest.approx(40 - 20.75)
+    assert allocation["given_back"] == 6  # capped
+    spent = [{"budget": 21, "used": 20.25}, {"budget": 21, "used": 19.25}]
+    # 40 - 37.5 = 2.5 unspent: two whole merges (rounding each preference's quarter up would leave one)
+    assert budget_allocation(recipe, spent)["given_back"] == 2

@@ -194,16 +194,21 @@ def test_screened_paths_cost_their_share_of_the_documents_and_only_promoted_ones
     assert screens and {r["level"] for r in screens} <= {"merge", "path"}  # the merge: screened as the bar
     assert len({r["documents"] for r in screens}) == 1
     assert 0 < screens[0]["documents"] < full / 3  # ~25% of each objective's search documents
-    # a path scored on the whole split was screened first (the preference's greedy rollout is not: it is the
-    # policy's answer), and the budget paid for both
+    # a path scored on the whole split was screened first (the preference's greedy rollout too), and the budget
+    # paid for both
     screened = {Candidate.from_record(r).content_key() for r in screens}
     preferences = [
         json.loads(p.read_text()) for p in sorted((tmp_path / "run" / "preferences").glob("p*.json"))
     ]
-    rollouts = {json.dumps(p["greedy_rollout"]["path"]) for p in preferences}
     for record in _searched(tmp_path / "run"):
-        if record["level"] == "path" and json.dumps(record["path"]) not in rollouts:
+        if record["level"] == "path":
             assert Candidate.from_record(record).content_key() in screened
+    # the rollout's record says where it was scored; a rollout that lost its screen is no candidate
+    for preference in preferences:
+        rollout = preference["greedy_rollout"]
+        assert rollout["split"] in {"search", "screen", None}
+        scored = [c["path"] for c in preference["candidates"]]
+        assert (rollout["path"] in scored) == (rollout["split"] == "search")
     spent = sum(r["documents"] for r in {r["key"]: r for r in _searched(tmp_path / "run") + screens}.values())
     assert summary["budget_used"] == pytest.approx(spent / full, abs=1e-3)
     assert summary["budget_used"] <= hm3_budget(recipe)

@@ -309,7 +309,10 @@ class PathSearchResult:
         best_scores: Its scores.
         best_reward: Its reward R.
         rollout_path: The agent's greedy path for λ after training.
-        rollout_reward: Its reward R (None if the budget left no room to score it).
+        rollout_reward: Its reward R on ``rollout_split`` (None if the budget left no room to score it).
+        rollout_split: Where the rollout was scored: ``search`` (fully), ``screen`` (successive halving: it lost
+            to the best path on the screen documents, so its reward is on those and it is not a candidate), or
+            None (not scored).
         candidates: Every path scored, with its scores and reward under λ, in scoring order.
         agent: The trained agent.
     """
@@ -320,6 +323,7 @@ class PathSearchResult:
     best_reward: float
     rollout_path: InferencePath
     rollout_reward: float | None
+    rollout_split: str | None = "search"
     candidates: list[tuple[InferencePath, dict[str, float], float]] = field(default_factory=list)
     agent: PathAgent | None = None
 
@@ -473,7 +477,8 @@ def search_path(
         candidates: What the search may spend on new paths, in full scorings (a screen counts its share), the
             greedy rollout included (default ``agent.iterations``): training stops one short of it, so that the
             rollout fits (unless the last path promoted from its screen took that room: the rollout is then not
-            scored); a rollout that is a path already scored leaves that slot to more training (the greedy
+            scored); the rollout is screened like any new path (scored fully only if it is as good as the best
+            path on the screen documents); a rollout that is a path already scored leaves that slot to more training (the greedy
             rollout reported is the policy's before it).
         spent: What has been charged so far, in full scorings (a search's budget; default: the paths this
             path scorer has scored).
@@ -519,12 +524,17 @@ def search_path(
             keep_training(agent, allowed - (counter() - start), counter, stop=stop)
     else:
         greedy = rollout(agent, lam, best_paths.best(lam)[0])
+    screen_scores: dict[str, float] | None = None
     if greedy in path_scorer.scored or counter() - start + 1 <= allowed:
         try:  # a budget shared with others (a search's preference) may have less left than this count
-            path_scorer.score(greedy)
+            screen_scores = best_paths.screened_out(greedy, lam)  # screened like any new path
+            if screen_scores is None:
+                path_scorer.score(greedy)
         except BudgetSpent:
             pass
     known = path_scorer.scored.get(greedy)
+    rollout_split = "search" if known is not None else "screen" if screen_scores is not None else None
+    rollout_scores = known if known is not None else screen_scores
     scored = [(p, s, rewards.reward(s, lam, len(p))) for p, s in path_scorer.scored.items()]
     best_path, best_scores, best_reward = max(scored, key=lambda c: c[2])
     return PathSearchResult(
@@ -533,7 +543,8 @@ def search_path(
         best_scores=best_scores,
         best_reward=best_reward,
         rollout_path=greedy,
-        rollout_reward=None if known is None else rewards.reward(known, lam, len(greedy)),
+        rollout_reward=None if rollout_scores is None else rewards.reward(rollout_scores, lam, len(greedy)),
+        rollout_split=rollout_split,
         candidates=scored,
         agent=agent,
     )

@@ -163,7 +163,11 @@ def run_preference(
             stop=patience.stalled,
         )
         candidates = result.candidates
-        rollout = {"path": result.rollout_path.to_data(), "reward": result.rollout_reward}
+        rollout = {
+            "path": result.rollout_path.to_data(),
+            "reward": result.rollout_reward,
+            "split": result.rollout_split,
+        }
         if agent is None and result.agent is not None:
             result.agent.save(search.store.subdirectory(f"{POLICY_DIR}/p{index:03d}"))
     else:

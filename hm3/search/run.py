@@ -243,8 +243,9 @@ def budget_allocation(
         budgeted, paths = conditioned_budget(recipe), [conditioned_paths or 0]
         split = {"conditioned_training_paths": paths[0], "stopped_early": paths[0] < budgeted}
     else:
-        # - the upper level's merge; a screened path's share rounds up, so what is given back was not spent
-        paths = [max(0, math.ceil(r.get("used", r["budget"]) - 1e-9) - 1) for r in results]
+        # - the upper level's merge; screens count their share, and the total unspent rounds down, so what is
+        # given back was not spent
+        paths = [round(max(0.0, r.get("used", r["budget"]) - 1), 6) for r in results]
         budgeted = len(results) * recipe.agent.iterations
         split = {
             "paths_per_preference": paths,
@@ -254,8 +255,8 @@ def budget_allocation(
         "upper_level_first_round": first_round,
         "path_budget": budgeted,
         **split,
-        "unspent": budgeted - sum(paths),
-        "given_back": min(budgeted - sum(paths), first_round),
+        "unspent": round(budgeted - sum(paths), 6),
+        "given_back": min(math.floor(budgeted - sum(paths) + 1e-9), first_round),
     }
 
 
