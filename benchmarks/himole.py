@@ -1,14 +1,27 @@
-"""HiMoLE against LoRA, MoE-LoRA and one-stage HiMoLE on the toy recipe: ID and OOD scores, several seeds.
+"""HiMoLE against LoRA, MoE-LoRA, HydraLoRA and its ablations, trained to convergence: ID and OOD, several seeds.
 
-For each seed, trains every variant with ``recipes/himole-toy.yaml`` (the same calls as ``hm3 himole train
---variant V [--no-two-stage] --seed S``), scores it with ``hm3 himole eval`` (exact match and answer loss on
-every ID and OOD objective), scores the bare base model once, and writes ``benchmarks/results/himole.md``
-(``himole_quick.md`` with ``BENCH_QUICK=1``: one seed). Runs live in ``benchmarks/scratch/himole/``; a
-finished run (its ``eval.json``) made on the same zoo build and recipe is reused, so an interrupted benchmark
-continues.
+The protocol (issue 23, the paper's): every phase of every run trains until early stopping on its validation
+loss decides (evaluation every ``eval_every`` steps, ``patience`` evaluations, the best state kept) under step
+caps meant never to be reached — the table says, per row, how many runs converged and how many hit a cap. Each
+variant's learning rate is chosen by a small sweep applied to every variant alike: the recipe's rates (both
+stages) scaled by each of ``LR_FACTORS`` on seed ``SWEEP_SEED``, the factor with the lowest validation loss
+kept; its other seeds are then trained at that factor (the sweep's own run is its first seed).
 
-    .venv/bin/python benchmarks/himole.py                 # seeds 0, 1, 2
-    BENCH_QUICK=1 .venv/bin/python benchmarks/himole.py   # seed 0 only
+Rows: ``lora`` (rank matched to HiMoLE's trainable parameters), ``moe-lora`` (token gate only, MixLoRA-style),
+``hydra-lora`` (token gate over B heads sharing one A, HydraLoRA-style), ``himole-one-stage`` (the paper's
+ablation: no clustering, no stage 1), ``himole-no-diversity`` (β = 0) and ``himole``. Each run is the same
+call as ``hm3 himole train --variant V [--no-two-stage] --seed S`` and is scored like ``hm3 himole eval``
+(exact match and answer-token loss on every ID and OOD objective, and the experts' load balance, MaxVio, on the
+ID documents); the bare base model is scored once.
+
+Runs live in ``benchmarks/scratch/himole/<base>-<digest>/``; a finished run (its ``eval.json``) made on the same
+zoo build and recipe is reused, so an interrupted benchmark continues where it stopped. Writes
+``benchmarks/results/himole.md`` (``himole_<base>.md`` for a base other than the default).
+
+    .venv/bin/python benchmarks/himole.py                           # the deep base, seeds 0-2, the sweep
+    BENCH_BASE=small .venv/bin/python benchmarks/himole.py          # the 4-layer base (recipes/himole-toy.yaml)
+    BENCH_SEEDS=0 BENCH_VARIANTS=lora,himole .venv/bin/python ...   # a share of the runs (the sweep always); no
+                                                                    # table written
 """
 
 from __future__ import annotations
@@ -21,20 +34,35 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _bench import REPO, kept_notes, offline, zoo_digest
+from _bench import REPO, exit_with, kept_notes, offline, zoo_digest
 
 offline()
 
-QUICK = os.environ.get("BENCH_QUICK") == "1"
-SEEDS = [0] if QUICK else [0, 1, 2]
-RECIPE = REPO / "recipes" / "himole-toy.yaml"
-VARIANTS = {  # row label -> (variant, two-stage)
-    "lora": ("lora", True),
-    "moe-lora": ("moe-lora", True),
-    "himole-one-stage": ("himole", False),
-    "himole": ("himole", True),
+BASES = {"deep": ("recipes/himole-toy-deep.yaml", "deep"), "small": ("recipes/himole-toy.yaml", "small")}
+"""``BENCH_BASE`` -> (recipe, zoo size)."""
+DEFAULT_BASE = "deep"
+SEEDS = [0, 1, 2]
+SWEEP_SEED = 0
+LR_FACTORS = (1 / 3, 1.0, 3.0)
+"""The sweep: both stages' learning rates scaled by each factor, for every variant alike."""
+VARIANTS = {  # row label -> (variant, two-stage, section overrides)
+    "lora": ("lora", True, {}),
+    "moe-lora": ("moe-lora", True, {}),
+    "hydra-lora": ("hydra-lora", True, {}),
+    "himole-one-stage": ("himole", False, {}),
+    "himole-no-diversity": ("himole", True, {"diversity_loss_weight": 0.0}),
+    "himole": ("himole", True, {}),
 }
 RESULTS = REPO / "benchmarks" / "results"
+
+
+def selected(name: str, default: list) -> list:
+    """The comma-separated values of environment variable ``name`` that are in ``default`` (all when unset)."""
+    chosen = os.environ.get(name)
+    if not chosen:
+        return default
+    wanted = {value.strip() for value in chosen.split(",")}
+    return [value for value in default if str(value) in wanted]
 
 
 def scored(folder: Path, work) -> dict:
@@ -51,6 +79,16 @@ def scored(folder: Path, work) -> dict:
     return json.loads(target.read_text())
 
 
+def variant_recipe(recipe, factor: float, overrides: dict):
+    """``recipe`` with both stages' learning rates scaled by ``factor`` and the section ``overrides``."""
+    section = recipe.himole
+    stages = {
+        name: getattr(section, name).model_copy(update={"lr": getattr(section, name).lr * factor})
+        for name in ("stage1", "stage2")
+    }
+    return recipe.model_copy(update={"himole": section.model_copy(update={**stages, **overrides})})
+
+
 def train_and_score(recipe, folder: Path, variant: str, two_stage: bool, seed: int) -> dict:
     from rich.console import Console
 
@@ -62,44 +100,77 @@ def train_and_score(recipe, folder: Path, variant: str, two_stage: bool, seed: i
         recipe, TrainRequest(adapter, variant, two_stage, seed), Console(stderr=True, quiet=True)
     )
     report = evaluate_adapter(recipe, adapter).to_json()
-    report["train_seconds"] = manifest["train_seconds"]
-    report["validation_loss"] = manifest["validation_loss"]
+    for key in ("train_seconds", "validation_loss", "steps", "converged"):
+        report[key] = manifest[key]
+    report["capped_phases"] = [p["name"] for p in manifest["phases"] if p["stopped_by"] == "cap"]
+    report["lr"] = [recipe.himole.stage1.lr, recipe.himole.stage2.lr]
     return report
 
 
-def _column(reports: list[dict], key: str) -> list[float]:
-    return [report[key] for report in reports]
+def mean_std(values: list[float], digits: int = 3) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
 
 
-def mean_std(values: list[float]) -> str:
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+def factor_label(factor: float) -> str:
+    return {1 / 3: "x1/3", 1.0: "x1", 3.0: "x3"}.get(factor, f"x{factor:g}")
 
 
-def main() -> None:
+def main() -> int:
+    from hm3.errors import UserError
     from hm3.himole.evaluation import evaluate_adapter
     from hm3.recipe import load_recipe
     from hm3.zoo import ensure_zoo
 
+    base_name = os.environ.get("BENCH_BASE", DEFAULT_BASE)
+    if base_name not in BASES:
+        raise UserError(f"BENCH_BASE must be one of {', '.join(BASES)}, not {base_name!r}")
+    recipe_file, size = BASES[base_name]
     started = time.perf_counter()
-    ensure_zoo("lm", size="small")
-    recipe = load_recipe(RECIPE)
-    scratch = REPO / "benchmarks" / "scratch" / "himole" / zoo_digest(recipe, RECIPE)
+    ensure_zoo("lm", size=size)
+    recipe = load_recipe(REPO / recipe_file)
+    scratch = (
+        REPO / "benchmarks" / "scratch" / "himole" / f"{base_name}-{zoo_digest(recipe, REPO / recipe_file)}"
+    )
+    seeds, labels = selected("BENCH_SEEDS", SEEDS), selected("BENCH_VARIANTS", list(VARIANTS))
+    partial = bool(os.environ.get("BENCH_SEEDS") or os.environ.get("BENCH_VARIANTS"))
     base = scored(scratch / "base", lambda: evaluate_adapter(recipe, None).to_json())
-    runs: dict[str, list[dict]] = {label: [] for label in VARIANTS}
-    for seed in SEEDS:
-        for label, (variant, two_stage) in VARIANTS.items():
-            print(f"[{time.perf_counter() - started:6.0f} s] seed {seed}: {label}", flush=True)
-            folder = scratch / f"{label}-s{seed}"
-            work = functools.partial(train_and_score, recipe, folder, variant, two_stage, seed)
-            runs[label].append(scored(folder, work))
+
+    def run(label: str, factor: float, seed: int) -> dict:
+        variant, two_stage, overrides = VARIANTS[label]
+        folder = scratch / f"{label}-{factor_label(factor)}-s{seed}"
+        print(
+            f"[{time.perf_counter() - started:6.0f} s] {label} lr {factor_label(factor)} seed {seed}",
+            flush=True,
+        )
+        tuned = variant_recipe(recipe, factor, overrides)
+        return scored(folder, functools.partial(train_and_score, tuned, folder, variant, two_stage, seed))
+
+    sweeps: dict[str, dict[float, dict]] = {}
+    runs: dict[str, list[dict]] = {}
+    for label in labels:  # the sweep first: every seed of a variant trains at the rate it chooses
+        sweeps[label] = {factor: run(label, factor, SWEEP_SEED) for factor in LR_FACTORS}
+    for label in labels:
+        sweep = sweeps[label]
+        chosen = min(LR_FACTORS, key=lambda f: sweep[f]["validation_loss"])
+        runs[label] = [sweep[chosen] if seed == SWEEP_SEED else run(label, chosen, seed) for seed in seeds]
+    if partial:
+        print("a share of the runs only (BENCH_SEEDS/BENCH_VARIANTS); no table written")
+        return 0
+    write_table(base_name, recipe, recipe_file, scratch, base, sweeps, runs, time.perf_counter() - started)
+    return 0
+
+
+def write_table(base_name, recipe, recipe_file, scratch, base, sweeps, runs, seconds) -> None:
     objectives = list(base["scores"])
     ood = set(base["ood_objectives"])
     summary = [
-        "| variant | seeds | trainable params | ID exact match | OOD exact match | ID answer loss ↓ | "
-        "OOD answer loss ↓ | validation loss ↓ | train s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        f"| base | 1 | 0 | {base['id_mean']:.3f} | {base['ood_mean']:.3f} | {base['id_loss']:.3f} | "
-        f"{base['ood_loss']:.3f} | — | — |",
+        "| variant | seeds | lr (stage 1, 2) | trainable params | ID exact match | OOD exact match | ID answer loss ↓ | "
+        "OOD answer loss ↓ | validation loss ↓ | steps | converged | MaxVio (ID) ↓ | train s |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| base | 1 | — | 0 | {base['id_mean']:.3f} | {base['ood_mean']:.3f} | {base['id_loss']:.3f} | "
+        f"{base['ood_loss']:.3f} | — | — | — | — | — |",
     ]
     per_task = [
         "| variant | " + " | ".join(f"{o}{' (OOD)' if o in ood else ''}" for o in objectives) + " |",
@@ -107,12 +178,22 @@ def main() -> None:
         "| base (exact match) | " + " | ".join(f"{base['scores'][o]:.3f}" for o in objectives) + " |",
         "| base (answer loss) | " + " | ".join(f"{base['losses'][o]:.3f}" for o in objectives) + " |",
     ]
+    sweep_rows = [
+        "| variant | " + " | ".join(f"lr {factor_label(f)}" for f in LR_FACTORS) + " | chosen |",
+        "|---|" + "---:|" * len(LR_FACTORS) + "---|",
+    ]
     for label, reports in runs.items():
+        column = {
+            key: [r[key] for r in reports] for key in reports[0] if not isinstance(reports[0][key], dict)
+        }
+        balance = [v for v in column["max_violation"] if v is not None]
+        lr = reports[0]["lr"]
         summary.append(
-            f"| {label} | {len(reports)} | {reports[0]['trainable_parameters']} | "
-            f"{mean_std(_column(reports, 'id_mean'))} | {mean_std(_column(reports, 'ood_mean'))} | {mean_std(_column(reports, 'id_loss'))} | "
-            f"{mean_std(_column(reports, 'ood_loss'))} | {mean_std(_column(reports, 'validation_loss'))} | "
-            f"{np.mean(_column(reports, 'train_seconds')):.0f} |"
+            f"| {label} | {len(reports)} | {lr[0]:.2g}, {lr[1]:.2g} | {reports[0]['trainable_parameters']} | "
+            f"{mean_std(column['id_mean'])} | {mean_std(column['ood_mean'])} | {mean_std(column['id_loss'])} | "
+            f"{mean_std(column['ood_loss'])} | {mean_std(column['validation_loss'])} | "
+            f"{np.mean(column['steps']):.0f} | {sum(column['converged'])}/{len(reports)} | "
+            f"{mean_std(balance, 2) if balance else '—'} | {np.mean(column['train_seconds']):.0f} |"
         )
         for kind, key in (("exact match", "scores"), ("answer loss", "losses")):
             per_task.append(
@@ -120,6 +201,16 @@ def main() -> None:
                 + " | ".join(mean_std([r[key][o] for r in reports]) for o in objectives)
                 + " |"
             )
+        sweep = sweeps[label]
+        chosen = min(LR_FACTORS, key=lambda f: sweep[f]["validation_loss"])
+        sweep_rows.append(
+            f"| {label} | "
+            + " | ".join(
+                f"{sweep[f]['validation_loss']:.3f}{'' if sweep[f]['converged'] else ' (cap)'}"
+                for f in LR_FACTORS
+            )
+            + f" | {factor_label(chosen)} |"
+        )
     best = {
         kind: min(runs, key=lambda label: np.mean([r[key] for r in runs[label]]))
         for kind, key in (("ID", "id_loss"), ("OOD", "ood_loss"))
@@ -128,20 +219,27 @@ def main() -> None:
         kind: max(runs, key=lambda label: np.mean([r[key] for r in runs[label]]))
         for kind, key in (("ID", "id_mean"), ("OOD", "ood_mean"))
     }
+    capped = sorted(
+        {f"{label} (seed {i})" for label, rs in runs.items() for i, r in enumerate(rs) if not r["converged"]}
+    )
     lines = [
-        "# HiMoLE vs LoRA, MoE-LoRA and one-stage HiMoLE on the toy recipe",
+        f"# HiMoLE vs LoRA, MoE-LoRA, HydraLoRA and its ablations, trained to convergence ({base_name} base)",
         "",
-        f"Command: `{'BENCH_QUICK=1 ' if QUICK else ''}.venv/bin/python benchmarks/himole.py`  ",
+        f"Command: `{'' if base_name == DEFAULT_BASE else f'BENCH_BASE={base_name} '}.venv/bin/python benchmarks/himole.py`  ",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; date "
-        f"{time.strftime('%Y-%m-%d %H:%M')}; total wall time {time.perf_counter() - started:.0f} s "
+        f"{time.strftime('%Y-%m-%d %H:%M')}; total wall time {seconds:.0f} s "
         "(runs reused from benchmarks/scratch are not timed again)  ",
-        f"Recipe `recipes/himole-toy.yaml` on zoo `{Path(recipe.base_model.path).parent.name}` "
-        f"(fingerprint {scratch.name}); seeds {SEEDS} (the seed draws the training data, the validation split, "
-        "the initialisation and the batch order). Scores: exact match (greedy generation, lm-eval through "
-        "`hm3 himole eval`, every test document) and the mean cross-entropy per answer token given the "
-        "prompt (lower is better); mean ± standard deviation over seeds. 'lora' has a rank matched to "
-        "HiMoLE's trainable parameters; 'moe-lora' gates per token only; 'himole-one-stage' trains experts "
-        "and gates jointly from scratch (no clustering, no stage 1).",
+        f"Recipe `{recipe_file}` on zoo `{Path(recipe.base_model.path).parent.name}` (fingerprint "
+        f"{scratch.name}); seeds {SEEDS} (the seed draws the training data, the validation split, the "
+        "initialisation and the batch order). Every phase trains until early stopping on its validation loss "
+        f"(every {recipe.himole.eval_every} steps, patience {recipe.himole.patience}, best state kept) under caps of "
+        f"{recipe.himole.stage1.steps} (stage 1, per cluster) and {recipe.himole.stage2.steps} (stage 2) steps; "
+        "single-phase variants get both stages' caps together. 'converged': runs whose every phase early "
+        "stopping ended. Learning rates: the recipe's scaled by the factor of the sweep below with the lowest "
+        f"validation loss on seed {SWEEP_SEED}, per variant. Scores: exact match (greedy generation, lm-eval "
+        "through `hm3 himole eval`, every test document) and the mean cross-entropy per answer token given the "
+        "prompt; mean ± standard deviation over seeds. MaxVio: (max − mean) / mean of the experts' token "
+        "loads per block on the ID documents, averaged over blocks (0 = balanced).",
         "",
         *summary,
         "",
@@ -149,15 +247,21 @@ def main() -> None:
         "",
         *per_task,
         "",
+        f"Learning-rate sweep (validation loss, seed {SWEEP_SEED}; recipe rates {recipe.himole.stage1.lr:g} / "
+        f"{recipe.himole.stage2.lr:g}):",
+        "",
+        *sweep_rows,
+        "",
         f"Best mean answer loss: ID {best['ID']}, OOD {best['OOD']}. "
         f"Best mean exact match: ID {best_match['ID']}, OOD {best_match['OOD']}. "
-        "The paper's claim is HiMoLE best on both.",
+        "The paper's claim is HiMoLE best on both. "
+        + (f"Runs that hit a step cap: {', '.join(capped)}." if capped else "Every run converged."),
     ]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / ("himole_quick.md" if QUICK else "himole.md")
+    out = RESULTS / ("himole.md" if base_name == DEFAULT_BASE else f"himole_{base_name}.md")
     out.write_text("\n".join(lines + kept_notes(out)) + "\n")
     print(out.read_text())
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main, "himole.py")

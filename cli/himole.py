@@ -21,9 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     train.add_argument(
         "--variant",
-        choices=("himole", "lora", "moe-lora"),
+        choices=("himole", "lora", "moe-lora", "hydra-lora"),
         default="himole",
-        help="himole (default); lora: one LoRA with matched parameters; moe-lora: token-level gating only",
+        help="himole (default); lora: one LoRA with matched parameters; moe-lora: token-level gating only; "
+        "hydra-lora: token-level gating over B heads that share one A (HydraLoRA-style)",
     )
     train.add_argument(
         "--no-two-stage",
@@ -101,7 +102,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         report = evaluate_adapter(recipe, adapter, split=args.split, limit=args.limit)
     table = Table(
         title=f"{report.label}, {args.split} split",
-        caption=f"{report.trainable_parameters} trainable parameters",
+        caption=f"{report.trainable_parameters} trainable parameters"
+        + ("" if report.max_violation is None else f"; expert load MaxVio {report.max_violation:.3f} (ID)"),
     )
     table.add_column("objective")
     table.add_column("kind")

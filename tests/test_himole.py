@@ -98,6 +98,22 @@ def _tiny_mixture(tiny_pools, family: str, variant: str = "himole", seed: int = 
     return model.eval(), reference
 
 
+class CharTokenizer:
+    """One token per character (enough for the tiny models' 64-token vocabularies)."""
+
+    pad_token_id = 0
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [[1 + (ord(c) % 60) for c in text] for text in texts]}
+
+
+def _save_tiny(folder: Path, model, shape, base: Path, centroids=None) -> None:
+    from hm3.himole.storage import save_adapter
+
+    manifest = {"variant": shape.variant, "adapter": shape.to_json(), "base_model": str(base)}
+    save_adapter(folder, model, manifest, centroids)
+
+
 def _randomise_experts(model, seed: int = 1) -> None:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -215,18 +231,13 @@ def _assert_same_logits(model, loaded) -> None:
 
 def test_save_load_round_trip_gives_identical_logits(tiny_pools, tmp_path) -> None:
     from hm3.himole.model import AdapterShape
-    from hm3.himole.storage import load_adapter, load_centroids, save_adapter
+    from hm3.himole.storage import load_adapter, load_centroids
 
     model = _randomised_mixture(tiny_pools)
     centroids = torch.randn(3, 5).numpy()
     shape = AdapterShape("himole", 3, 2, 4, 8.0, 0.0, 2)
     folder = tmp_path / "adapter"
-    save_adapter(
-        folder,
-        model,
-        {"variant": "himole", "adapter": shape.to_json(), "base_model": str(tiny_pools["qwen2"].base)},
-        centroids,
-    )
+    _save_tiny(folder, model, shape, tiny_pools["qwen2"].base, centroids)
     assert sorted(p.name for p in folder.iterdir()) == [
         "adapter.safetensors",
         "centroids.safetensors",
@@ -276,12 +287,6 @@ def test_stage1_trains_one_distinct_adapter_per_cluster_and_copies_it(tiny_pools
         force_expert,
         train_phase,
     )
-
-    class CharTokenizer:
-        pad_token_id = 0
-
-        def __call__(self, texts, add_special_tokens=False):
-            return {"input_ids": [[1 + (ord(c) % 60) for c in text] for text in texts]}
 
     model, _ = _tiny_mixture(tiny_pools, "llama")
     data = {
@@ -378,6 +383,9 @@ def test_cli_train_and_eval_on_the_micro_zoo(lm_zoo_micro, tmp_path, capsys) -> 
     assert report["trainable_parameters"] == manifest["trainable_parameters"] > 0
     assert all(0 < loss < 20 for loss in report["losses"].values())
     assert "OOD mean" in stdout
+    assert 0.0 <= report["max_violation"] <= 2 * 2 - 1 and "MaxVio" in stdout  # 4 experts: at most E − 1
+    assert manifest["steps"] == sum(p["steps"] for p in manifest["phases"])
+    assert manifest["converged"] == all(p["stopped_by"] == "patience" for p in manifest["phases"])
 
 
 def test_the_recipe_dtype_is_honoured_and_threads_are_fixed(
@@ -423,6 +431,21 @@ def test_cli_lora_variant_and_errors(lm_zoo_micro, tmp_path, capsys) -> None:  #
     manifest = json.loads((out / "himole.json").read_text())
     assert manifest["adapter"]["variant"] == "lora" and manifest["clusters"] is None
     assert manifest["phases"][0]["steps"] <= 2 * 4 + 4
+    hydra = tmp_path / "hydra"
+    code, _, stderr = _hm3(
+        capsys, "himole", "train", "--recipe", recipe, "--out", hydra, "--variant", "hydra-lora"
+    )
+    assert code == 0, stderr
+    manifest = json.loads((hydra / "himole.json").read_text())
+    assert manifest["adapter"]["variant"] == "hydra-lora" and [p["name"] for p in manifest["phases"]] == [
+        "hydra-lora"
+    ]
+    scores = tmp_path / "hydra.json"
+    code, _, stderr = _hm3(
+        capsys, "himole", "eval", "--recipe", recipe, "--adapter", hydra, "--limit", "4", "--json", scores
+    )
+    assert code == 0, stderr
+    assert json.loads(scores.read_text())["max_violation"] is not None
     code, _, stderr = _hm3(
         capsys,
         "himole",
@@ -506,6 +529,11 @@ def test_toy_recipe_validates_against_the_schema() -> None:
     assert recipe.models == [] and recipe.himole is not None
     assert set(recipe.himole.ood_objectives) < set(recipe.objective_names)
     assert all(Path(s.zoo).name == "lm-llama-small" for s in recipe.himole.train_data)
+    deep = load_recipe(Path(__file__).parent.parent / "recipes" / "himole-toy-deep.yaml")
+    assert Path(deep.base_model.path).parent.name == "lm-llama-deep"
+    assert all(Path(s.zoo).name == "lm-llama-deep" for s in deep.himole.train_data)
+    assert all(Path(o.task).parent.parent.name == "lm-llama-deep" for o in deep.objectives)
+    assert deep.himole.patience == 10  # the paper's early stopping
 
 
 def test_interrupted_save_keeps_the_previous_adapter(tiny_pools, tmp_path, monkeypatch) -> None:
@@ -551,3 +579,114 @@ def test_an_included_himole_recipe_keeps_its_relative_paths(tmp_path) -> None:
     sources = recipe.himole.train_data
     assert sources[0].path == str(tmp_path / "sub" / "data.jsonl")
     assert sources[1].zoo == str(tmp_path / "zoo")
+
+
+# -- HydraLoRA, load balance, early stopping, the diversity ablation -----------------------------------------
+
+
+def test_hydra_lora_experts_share_one_a_and_differ_by_their_b_heads(tiny_pools, tmp_path) -> None:
+    from transformers import AutoConfig
+
+    from hm3.himole.model import AdapterShape, mixture_blocks, trainable_parameter_count
+    from hm3.himole.storage import load_adapter
+
+    model, reference = _tiny_mixture(tiny_pools, "qwen2", "hydra-lora")
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():  # fresh B heads: the base model exactly
+        assert torch.allclose(model(input_ids=ids).logits, reference(input_ids=ids).logits, atol=1e-5)
+    config = AutoConfig.from_pretrained(tiny_pools["qwen2"].base)
+    hidden, intermediate, experts, rank = config.hidden_size, config.intermediate_size, 6, 4
+    a_matrices = rank * (2 * hidden + intermediate)  # gate_A, up_A: r × H; down_A: r × I
+    b_heads = rank * (2 * intermediate + hidden)
+    per_block = a_matrices + experts * b_heads + hidden * experts  # one A, six B heads, the token gate
+    assert trainable_parameter_count(model) == config.num_hidden_layers * per_block
+    block = mixture_blocks(model)[0]
+    for expert in block.experts[1:]:
+        assert "gate_A" not in dict(expert.named_parameters())  # only its B heads are its own
+        assert expert.down_projection("up") is block.experts[0].up_A
+    # every head's gradient reaches the one shared A
+    _randomise_experts(model)
+    model.train()
+    x = torch.randn(3, hidden)
+    block.experts[4].update("gate", x).sum().backward()
+    assert block.experts[0].gate_A.grad is not None and block.experts[0].gate_A.grad.abs().sum() > 0
+    model.eval()
+    shape = AdapterShape("hydra-lora", 3, 2, 4, 8.0, 0.0, 2)
+    folder = tmp_path / "hydra"
+    _save_tiny(folder, model, shape, tiny_pools["qwen2"].base)
+    loaded, _, _ = load_adapter(folder)
+    _assert_same_logits(model, loaded)
+
+
+def test_max_violation_is_zero_when_balanced_and_e_minus_one_when_one_expert_takes_all(
+    tiny_pools, monkeypatch
+) -> None:
+    from hm3.himole import evaluation
+    from hm3.himole.data import Pair
+    from hm3.himole.evaluation import expert_loads, max_violation
+
+    model, _ = _tiny_mixture(tiny_pools, "llama", "moe-lora")
+    pairs = [Pair("ab>", "ba", "r"), Pair("12+3=", "15", "a"), Pair("4321:", "1234", "s")]
+    loads = expert_loads(model, CharTokenizer(), pairs, "\n")
+    tokens = sum(len(p.prompt) + len(p.target) + 1 for p in pairs)  # padding is not counted
+    assert len(loads) == len(model.model.layers) and all(sum(load) == 2 * tokens for load in loads)
+    assert model.himole_context.record_gating is False  # restored
+    monkeypatch.setattr(evaluation, "expert_loads", lambda *args: [[4, 4, 4, 4], [8, 0, 0, 0]])
+    assert max_violation(model, CharTokenizer(), pairs, "\n") == pytest.approx((0.0 + 3.0) / 2)
+    lora, _ = _tiny_mixture(tiny_pools, "llama", "lora")
+    monkeypatch.undo()
+    assert max_violation(lora, CharTokenizer(), pairs, "\n") is None  # no gate, no balance
+
+
+def test_early_stopping_keeps_the_best_state_and_says_what_ended_the_phase(tiny_pools, monkeypatch) -> None:
+    from dataclasses import replace
+
+    from hm3.himole import training
+    from hm3.himole.data import Pair
+    from hm3.himole.training import PhaseSettings, enable_grads, expert_parameters, train_phase
+
+    model, _ = _tiny_mixture(tiny_pools, "llama", "lora")
+    parameters = enable_grads(expert_parameters(model))
+    losses = iter([5.0, 4.0, 3.0, 3.5, 3.6, 3.7, 3.8])  # the start, then every 2 steps: best at step 4
+    kept = {}
+
+    def scripted(model, tokenizer, pairs, suffix, batch_size=64):
+        loss = next(losses)
+        if loss == 3.0:
+            kept["state"] = [p.detach().clone() for p in parameters]
+        return loss
+
+    monkeypatch.setattr(training, "validation_loss", scripted)
+
+    data = [Pair("ab>", "ba", "r")] * 4
+    settings = PhaseSettings(lr=1e-2, steps=100, batch_size=2, eval_every=2, patience=3)
+    result = train_phase("joint", model, CharTokenizer(), parameters, data, data, settings)
+    assert (result.best_step, result.best_validation_loss, result.steps) == (4, 3.0, 10)
+    assert result.stopped_by == "patience"
+    assert all(
+        torch.equal(p, k) for p, k in zip(parameters, kept["state"], strict=True)
+    )  # the best state back
+    losses = iter([5.0, 4.0, 3.0])
+    capped = train_phase("joint", model, CharTokenizer(), parameters, data, data, replace(settings, steps=4))
+    assert capped.stopped_by == "cap" and capped.steps == 4
+
+
+def test_the_diversity_loss_ablation_switch_reaches_the_phase_settings(tiny_pools) -> None:
+    from rich.console import Console
+
+    from hm3.himole.config import HiMoLEConfig
+    from hm3.himole.model import AdapterShape
+    from hm3.himole.stages import Schedule
+
+    model, _ = _tiny_mixture(tiny_pools, "llama")
+    shape = AdapterShape("himole", 3, 2, 4, 8.0, 0.0, 2)
+    section = {"train_data": [{"path": "/x.jsonl"}], "aux_loss_weight": 0.02}
+    for beta, expected in ((0.05, 0.05), (0.0, 0.0)):
+        config = HiMoLEConfig(**section, diversity_loss_weight=beta)
+        schedule = Schedule(model, None, config, shape, 0, Console(quiet=True))
+        assert schedule.settings(1e-3, 10, auxiliary=True).diversity_weight == expected
+        assert schedule.settings(1e-3, 10, auxiliary=True).aux_weight == 0.02
+    moe = Schedule(
+        model, None, HiMoLEConfig(**section), AdapterShape("moe-lora", 3, 2, 4, 8.0, 0.0, 2), 0, Console()
+    )
+    assert moe.settings(1e-3, 10, auxiliary=True).diversity_weight == 0.0  # HiMoLE's loss only

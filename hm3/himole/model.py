@@ -30,9 +30,10 @@ class AdapterShape:
     """The shape of an adapter: which variant, how many experts, LoRA settings.
 
     Attributes:
-        variant: ``himole``, ``moe-lora`` or ``lora``.
+        variant: ``himole``, ``moe-lora``, ``hydra-lora`` or ``lora``.
         groups: N (1 for ``lora``).
-        experts_per_group: M (1 for ``lora``; for ``moe-lora`` the N·M experts share one gate).
+        experts_per_group: M (1 for ``lora``; for ``moe-lora`` and ``hydra-lora`` the N·M experts share one
+            gate).
         rank: LoRA rank of each expert.
         alpha: LoRA alpha.
         dropout: LoRA dropout.
@@ -49,7 +50,14 @@ class AdapterShape:
 
     @property
     def gating(self) -> GatingKind:
-        return {"himole": "hierarchical", "moe-lora": "token", "lora": "single"}[self.variant]  # type: ignore[return-value]
+        return {"himole": "hierarchical", "moe-lora": "token", "hydra-lora": "token", "lora": "single"}[  # type: ignore[return-value]
+            self.variant
+        ]
+
+    @property
+    def shared_a(self) -> bool:
+        """Whether the experts share one ``A`` per projection (``hydra-lora``)."""
+        return self.variant == "hydra-lora"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,6 +111,7 @@ def attach_mixture(model: nn.Module, shape: AdapterShape, seed: int = 0) -> Gati
                 gating=shape.gating,
                 context=context,
                 layer=index,
+                shared_a=shape.shared_a,
             )
             layer.mlp = mixture.to(device=reference.device, dtype=reference.dtype)
     finally:

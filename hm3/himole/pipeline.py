@@ -7,6 +7,7 @@ Variants (``--variant`` / ``--no-two-stage``):
   losses).
 * ``himole`` without two-stage training: the same mixture, experts and gates trained jointly from scratch.
 * ``moe-lora``: N·M experts behind a token-level gate only, trained jointly (MixLoRA-style).
+* ``hydra-lora``: the same gate over N·M ``B`` heads sharing one ``A`` per projection (HydraLoRA-style).
 * ``lora``: one LoRA whose rank matches HiMoLE's trainable parameters.
 
 The phases are in :mod:`hm3.himole.stages`. The single-phase runs train at stage 1's learning rate for as many
@@ -46,7 +47,7 @@ class TrainRequest:
 
     Attributes:
         out: The adapter folder to write.
-        variant: ``himole``, ``lora`` or ``moe-lora``.
+        variant: ``himole``, ``lora``, ``moe-lora`` or ``hydra-lora``.
         two_stage: HiMoLE's two-stage training (False: the ablation).
         seed: Overrides the section's seed (None: keep it).
     """
@@ -132,6 +133,8 @@ def _train(recipe: Recipe, request: TrainRequest, console: Console | None) -> di
         "encoder": config.encoder if clustering is not None else None,
         "clusters": None if clustering is None else _cluster_summary(clustering, pairs),
         "phases": [asdict(p) for p in phases],
+        "steps": sum(p.steps for p in phases),
+        "converged": all(p.stopped_by == "patience" for p in phases),
         "validation_loss": phases[-1].best_validation_loss,
         "train_seconds": round(time.monotonic() - started, 1),
         "recipe_section": describe(config),

@@ -3,7 +3,7 @@
 * :meth:`Schedule.two_stage`: stage 1 trains expert ``g·M`` of every block on cluster g's pairs alone (the
   blocks forced to that expert, gates unused) and copies it into the group's other experts; stage 2 trains
   every expert and the gates (still at their fresh initialisation) on all pairs with the auxiliary losses.
-* :meth:`Schedule.single_phase`: ``lora``, ``moe-lora`` and ``--no-two-stage`` train everything at once, at
+* :meth:`Schedule.single_phase`: ``lora``, ``moe-lora``, ``hydra-lora`` and ``--no-two-stage`` train everything at once, at
   stage 1's learning rate, for N × stage-1 steps + stage-2 steps (the batches HiMoLE sees in both stages).
 """
 
@@ -97,10 +97,11 @@ class Schedule:
             )
 
     def single_phase(self, train: list[Pair], validation: list[Pair]) -> list[PhaseResult]:
-        """Every expert and gate at once (``lora``, ``moe-lora``, HiMoLE without two-stage training)."""
+        """Every expert and gate at once (``lora``, ``moe-lora``, ``hydra-lora``, HiMoLE without two-stage
+        training)."""
         config = self.config
         steps = config.stage1.steps * config.clusters + config.stage2.steps
-        label = {"lora": "lora", "moe-lora": "moe-lora", "himole": "himole (one stage)"}[self.shape.variant]
+        label = self.shape.variant if self.shape.variant != "himole" else "himole (one stage)"
         everything = expert_parameters(self.model) + gate_parameters(self.model)
         return [
             self.phase(label, everything, train, validation, self.settings(config.stage1.lr, steps, True))

@@ -61,6 +61,8 @@ class PhaseResult:
         best_step: Step of the best validation loss (0: the starting state was best).
         best_validation_loss: The kept state's validation loss.
         history: ``(step, validation loss)`` of every evaluation.
+        stopped_by: ``patience`` (early stopping ended it: converged on the validation loss) or ``cap`` (its
+            ``steps`` ran out first: it may still have been learning).
     """
 
     name: str
@@ -68,6 +70,7 @@ class PhaseResult:
     best_step: int
     best_validation_loss: float
     history: list[tuple[int, float]] = field(default_factory=list)
+    stopped_by: str = "cap"
 
 
 def validation_loss(
@@ -114,7 +117,7 @@ def train_phase(
     best_loss = validation_loss(model, tokenizer, validation, settings.answer_suffix)
     best_state, best_step = [p.detach().clone() for p in parameters], 0
     history = [(0, best_loss)]
-    stale, step = 0, 0
+    stale, step, stopped_by = 0, 0, "cap"
     model.train()
     order: list[int] = []
     while step < settings.steps:
@@ -151,12 +154,13 @@ def train_phase(
             else:
                 stale += 1
                 if stale >= settings.patience:
+                    stopped_by = "patience"
                     break
     with torch.no_grad():
         for parameter, value in zip(parameters, best_state, strict=True):
             parameter.copy_(value)
     model.eval()
-    return PhaseResult(name, step, best_step, best_loss, history)
+    return PhaseResult(name, step, best_step, best_loss, history, stopped_by)
 
 
 def expert_parameters(model: nn.Module, index: int | None = None) -> list[nn.Parameter]:
