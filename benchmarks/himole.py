@@ -120,6 +120,7 @@ def factor_label(factor: float) -> str:
 def main() -> int:
     from hm3.errors import UserError
     from hm3.himole.evaluation import evaluate_adapter
+    from hm3.himole.shifted import write_shifted_tasks
     from hm3.recipe import load_recipe
     from hm3.zoo import ensure_zoo
 
@@ -128,7 +129,7 @@ def main() -> int:
         raise UserError(f"BENCH_BASE must be one of {', '.join(BASES)}, not {base_name!r}")
     recipe_file, size = BASES[base_name]
     started = time.perf_counter()
-    ensure_zoo("lm", size=size)
+    write_shifted_tasks(ensure_zoo("lm", size=size))  # the deep recipe's ID and OOD tests (hm3 himole tasks)
     recipe = load_recipe(REPO / recipe_file)
     scratch = (
         REPO / "benchmarks" / "scratch" / "himole" / f"{base_name}-{zoo_digest(recipe, REPO / recipe_file)}"
@@ -149,8 +150,11 @@ def main() -> int:
 
     sweeps: dict[str, dict[float, dict]] = {}
     runs: dict[str, list[dict]] = {}
-    for label in labels:  # the sweep first: every seed of a variant trains at the rate it chooses
-        sweeps[label] = {factor: run(label, factor, SWEEP_SEED) for factor in LR_FACTORS}
+    # the sweep first (every seed of a variant trains at the rate it chooses), the recipe's rates first of all:
+    # a sweep cut short still leaves every variant compared at one rate
+    for factor in sorted(LR_FACTORS, key=lambda f: f != 1.0):
+        for label in labels:
+            sweeps.setdefault(label, {})[factor] = run(label, factor, SWEEP_SEED)
     for label in labels:
         sweep = sweeps[label]
         chosen = min(LR_FACTORS, key=lambda f: sweep[f]["validation_loss"])
@@ -231,7 +235,14 @@ def write_table(base_name, recipe, recipe_file, scratch, base, sweeps, runs, sec
         "(runs reused from benchmarks/scratch are not timed again)  ",
         f"Recipe `{recipe_file}` on zoo `{Path(recipe.base_model.path).parent.name}` (fingerprint "
         f"{scratch.name}); seeds {SEEDS} (the seed draws the training data, the validation split, the "
-        "initialisation and the batch order). Every phase trains until early stopping on its validation loss "
+        "initialisation and the batch order). "
+        + (
+            "ID and OOD tests: the covariate-shifted ones of `hm3/himole/shifted.py` (each task's symbols drawn "
+            "10% (ID, like the training data) or 70% (OOD) from its rare half; `hm3 himole tasks`). "
+            if "himole_tasks" in str(recipe.objectives[0].task)
+            else "OOD tests: the zoo's OOD variants. "
+        )
+        + "Every phase trains until early stopping on its validation loss "
         f"(every {recipe.himole.eval_every} steps, patience {recipe.himole.patience}, best state kept) under caps of "
         f"{recipe.himole.stage1.steps} (stage 1, per cluster) and {recipe.himole.stage2.steps} (stage 2) steps; "
         "single-phase variants get both stages' caps together. 'converged': runs whose every phase early "

@@ -52,10 +52,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     evaluate.add_argument("--limit", type=int, metavar="N", help="score at most N documents per objective")
     evaluate.add_argument("--json", metavar="FILE", help="also write the scores as JSON to FILE")
+    tasks = actions.add_parser(
+        "tasks",
+        help="write a language zoo's covariate-shifted test sets (ID: common symbols, OOD: rare ones)",
+        description="Write the test sets and lm-eval task YAMLs of hm3.himole.shifted into ZOO/himole_tasks: "
+        "each zoo task with its symbols drawn mostly from a common half (toy_<task>_common, the ID test) or "
+        "mostly from the rare half (toy_<task>_rare, the OOD test).",
+    )
+    tasks.add_argument(
+        "--zoo", required=True, metavar="DIR", help="a language zoo folder (hm3 zoo build --kind lm)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    return _train(args) if args.action == "train" else _evaluate(args)
+    return {"train": _train, "eval": _evaluate, "tasks": _tasks}[args.action](args)
+
+
+def _tasks(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hm3.himole.shifted import write_shifted_tasks
+
+    written = write_shifted_tasks(Path(args.zoo))
+    print(f"wrote {len(written)} task YAMLs and their test sets to {written[0].parent}")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:

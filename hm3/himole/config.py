@@ -60,6 +60,8 @@ class TrainSource(_HiMoLESection):
         zoo: A language zoo folder (holding ``zoo.json``); draws come from its task generator, never its test
             prompts.
         task: The zoo task to draw (``addition``, ``reversal``, ``sorting``); with ``zoo``.
+        distribution: With ``zoo``: ``zoo`` (the zoo's own ID generator) or a covariate-shifted one of
+            :mod:`hm3.himole.shifted` (``common``: symbols mostly from the task's common half; ``rare``).
         count: Rows to take: the first ``count`` of a file, or ``count`` draws from the zoo (required there).
         name: Label of the source in summaries (cluster purity); defaults to the task or file name.
         prompt_key: Field of the prompt in a JSONL row.
@@ -69,6 +71,7 @@ class TrainSource(_HiMoLESection):
     path: str | None = Field(default=None, min_length=1)
     zoo: str | None = Field(default=None, min_length=1)
     task: str | None = Field(default=None, min_length=1)
+    distribution: Literal["zoo", "common", "rare"] = "zoo"
     count: int | None = Field(default=None, gt=0)
     name: str | None = Field(default=None, min_length=1)
     prompt_key: str = "prompt"
@@ -87,6 +90,8 @@ class TrainSource(_HiMoLESection):
             raise ValueError("a zoo source needs 'task' and 'count'")
         if self.path is not None and self.task is not None:
             raise ValueError("'task' goes with 'zoo', not with 'path'")
+        if self.path is not None and self.distribution != "zoo":
+            raise ValueError("'distribution' goes with 'zoo', not with 'path'")
         return self
 
     @property

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from hm3.errors import UserError
-from hm3.zoo.config import LM_PRESETS, ZooConfig, read_manifest
+from hm3.himole.shifted import shifted_pair, shifted_test_prompts, zoo_config, zoo_sizes
 from hm3.zoo.lm_build import held_out_prompts
-from hm3.zoo.lm_tasks import TASKS, TaskSizes, make_test_set, task_name
+from hm3.zoo.lm_tasks import TASKS, make_test_set, task_name
 
 if TYPE_CHECKING:
     from hm3.himole.config import HiMoLEConfig, TrainSource
@@ -78,24 +78,22 @@ def _from_jsonl(source: TrainSource, where: str) -> list[Pair]:
 def _from_zoo(source: TrainSource, seed: int, where: str) -> list[Pair]:
     """``count`` distinct draws of a zoo task's generator, never one of the zoo's test prompts."""
     folder = Path(source.zoo)  # type: ignore[arg-type]
-    manifest = read_manifest(folder)
-    if manifest is None or manifest.get("kind") != "lm":
-        raise UserError(
-            f"{where}.zoo: {folder} is not a language zoo (build it with `hm3 zoo build --kind lm`)"
-        )
+    spec = zoo_config(folder, f"{where}.zoo")
     if source.task not in TASKS:
         raise UserError(f"{where}.task: {source.task!r} is not a zoo task ({', '.join(TASKS)})")
-    spec = ZooConfig(manifest["kind"], manifest["family"], manifest["size"], int(manifest["seed"]))
-    preset = LM_PRESETS[spec.size]
-    sizes = TaskSizes(preset.max_digits, preset.max_length)
-    _check_zoo_matches_generator(folder, spec, source.task, sizes, preset.test_docs, where)  # type: ignore[arg-type]
-    excluded = held_out_prompts(spec)
-    rng = random.Random(f"himole-{seed}-{source.task}")
+    sizes, test_docs = zoo_sizes(spec)
+    _check_zoo_matches_generator(folder, spec, source.task, sizes, test_docs, where)  # type: ignore[arg-type]
+    excluded = held_out_prompts(spec) | shifted_test_prompts(spec)
+    shifted = source.distribution != "zoo"
+    rng = random.Random(f"himole-{seed}-{source.task}" + (f"-{source.distribution}" if shifted else ""))
     rows: dict[str, str] = {}
     attempts = 0
     while len(rows) < source.count and attempts < 50 * source.count:  # type: ignore[operator]
         attempts += 1
-        prompt, target = TASKS[source.task](rng, sizes, False)
+        if shifted:
+            prompt, target = shifted_pair(source.task, rng, sizes, source.distribution)  # type: ignore[arg-type]
+        else:
+            prompt, target = TASKS[source.task](rng, sizes, False)  # type: ignore[index]
         if prompt not in excluded:
             rows.setdefault(prompt, target)
     if len(rows) < source.count:  # type: ignore[operator]
