@@ -126,7 +126,8 @@ class HiMoLEConfig(_HiMoLESection):
         top_k: Experts kept per token (gating weights renormalised over them).
         lora_rank: Rank of the ``lora`` baseline; None: the rank whose trainable parameters match HiMoLE's.
         stage1: Stage 1, one LoRA per cluster on that cluster's data; also the joint phase of the single-stage
-            baselines (``lora``, ``moe-lora``, ``hydra-lora``, ``--no-two-stage``), which get all the steps of both stages.
+            baselines (``lora``, ``moe-lora``, ``hydra-lora``, ``--no-two-stage``), which get all the steps of
+            both stages.
         stage2: Stage 2, fresh gates and all experts trained jointly on all data.
         batch_size: Training pairs per step.
         aux_loss_weight: α, weight of the Switch-style load-balancing loss.

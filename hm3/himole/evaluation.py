@@ -165,7 +165,7 @@ def expert_loads(
 def max_violation(model: Any, tokenizer: Any, pairs: list[Pair], answer_suffix: str) -> float | None:
     """MaxVio (Wang et al. 2024, "Auxiliary-loss-free load balancing"): per block ``(max_i load_i − mean
     load) / mean load`` over the experts' loads (:func:`expert_loads`), averaged over the blocks — 0 when every
-    expert gets the same share, E − 1 when one expert takes every token. None without a gate."""
+    expert gets the same share, E / k − 1 when the same k experts take every token. None without a gate."""
     loads = expert_loads(model, tokenizer, pairs, answer_suffix)
     if not loads:
         return None

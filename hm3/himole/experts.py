@@ -70,9 +70,8 @@ class LoRAExpert(nn.Module):
             "up": (hidden, intermediate),
             "down": (intermediate, hidden),
         }
-        self.shared = (
-            [] if shared is None else [shared]
-        )  # a list: not a submodule, its A not in this state dict
+        # a list: the shared expert is not a submodule of this one, and its A is not in this state dict
+        self.shared = [] if shared is None else [shared]
         for name, (fan_in, fan_out) in shapes.items():
             if shared is None:
                 self.register_parameter(f"{name}_A", nn.Parameter(torch.empty(rank, fan_in)))

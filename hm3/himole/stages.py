@@ -3,8 +3,9 @@
 * :meth:`Schedule.two_stage`: stage 1 trains expert ``g·M`` of every block on cluster g's pairs alone (the
   blocks forced to that expert, gates unused) and copies it into the group's other experts; stage 2 trains
   every expert and the gates (still at their fresh initialisation) on all pairs with the auxiliary losses.
-* :meth:`Schedule.single_phase`: ``lora``, ``moe-lora``, ``hydra-lora`` and ``--no-two-stage`` train everything at once, at
-  stage 1's learning rate, for N × stage-1 steps + stage-2 steps (the batches HiMoLE sees in both stages).
+* :meth:`Schedule.single_phase`: ``lora``, ``moe-lora``, ``hydra-lora`` and ``--no-two-stage`` train everything
+  at once, at stage 1's learning rate, for N × stage-1 steps + stage-2 steps (the batches HiMoLE sees in both
+  stages).
 """
 
 from __future__ import annotations
