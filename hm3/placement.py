@@ -206,6 +206,22 @@ def candidate_length(recipe: Recipe, num_layers: int) -> int:
     return level.max_path_length or default_max_length(num_layers)
 
 
+def check_frame(recipe: Recipe, num_layers: int) -> None:
+    """Refuse fixed first and last layers (``architecture_level.fixed_first`` / ``fixed_last``) that leave no
+    layer of an ``num_layers``-layer pool to edit.
+
+    Raises:
+        UserError: one line naming the fields.
+    """
+    level = recipe.architecture_level
+    first, last = level.frame
+    if level.enabled and first + last >= num_layers:
+        raise UserError(
+            f"architecture_level.fixed_first + fixed_last: {first} + {last} fixes every one of the models' "
+            f"{num_layers} layers; leave at least one to edit"
+        )
+
+
 def _elements(shape: tuple[int, ...]) -> int:
     count = 1
     for size in shape:

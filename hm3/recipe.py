@@ -356,6 +356,10 @@ class ArchitectureLevel(_Section):
             the search split, and on the whole split only if its reward there is at least the best path's on the
             same documents; a screen costs its share of a full scoring (budgets count documents). False scores
             every path on the whole split.
+        fixed_first: The first so many steps of every path are the merged model's own first layers: the edit
+            agent leaves them alone and edits the slots after them (a model's first and last layers are the
+            least exchangeable between fine-tunes). Needs ``agent.actions: edit``.
+        fixed_last: The same for the last steps (the merged model's last layers).
     """
 
     enabled: bool = True
@@ -364,6 +368,13 @@ class ArchitectureLevel(_Section):
     length_penalty: float = Field(default=0.001, ge=0)
     calibration_samples: int = Field(default=16, gt=0)
     screen_paths: bool = True
+    fixed_first: int = Field(default=0, ge=0)
+    fixed_last: int = Field(default=0, ge=0)
+
+    @property
+    def frame(self) -> tuple[int, int]:
+        """``(fixed_first, fixed_last)``: the steps at each end of a path that stay the merged model's."""
+        return self.fixed_first, self.fixed_last
 
 
 class AgentConfig(_Section):
@@ -572,6 +583,12 @@ class Recipe(_Section):
             problems.append(
                 f"objectives: {len(self.objectives)} objectives for {len(self.models)} models: give each objective "
                 "'model' (the model whose skill it measures), so a preference maps to merge weights"
+            )
+        level = self.architecture_level
+        if level.enabled and any(level.frame) and self.agent.actions != "edit":
+            field = "fixed_first" if level.fixed_first else "fixed_last"
+            problems.append(
+                f"architecture_level.{field}: fixed layers are kept by the edit agent; set agent.actions: edit"
             )
         kinds = {o.is_vision for o in self.objectives}
         if len(kinds) > 1:

@@ -28,7 +28,7 @@ from hm3.checkpoint import Checkpoint
 from hm3.errors import ModelError, RecipeError, UserError
 from hm3.evaluate.offline_check import language_objective_problems
 from hm3.himole.checks import himole_problems
-from hm3.placement import Placement, PoolSizes, candidate_length, plan_memory
+from hm3.placement import Placement, PoolSizes, candidate_length, check_frame, plan_memory
 from hm3.pool import ModelPool, hub_is_offline, resolve_model_folder
 from hm3.recipe import ZEROSHOT_HEAD, Recipe, load_recipe
 
@@ -115,6 +115,10 @@ def _check_models(recipe: Recipe, report: ValidationReport) -> list[tuple[str, s
     except UserError as error:
         return [("models", str(error))]
     report.family, report.num_layers = pool.backbone.family, pool.num_layers
+    try:
+        check_frame(recipe, pool.num_layers)
+    except UserError as error:
+        return [("architecture_level", str(error).removeprefix("architecture_level."))]
     sizes = PoolSizes.of(pool, recipe.dtype)
     device = recipe.device if recipe.device != "auto" else "cuda or cpu"
     try:

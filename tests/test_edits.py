@@ -199,3 +199,44 @@ def test_a_search_with_no_untried_edit_left_ends_its_training() -> None:
     train_agent(env, AgentConfig(actions="edit"), candidates=1000, seed=0, scored=lambda: float(len(known)))
     edits = int(EditSpace(MODELS, LAYERS, T_MAX).mask(IDENTITY).sum())
     assert env.exhausted and len(known) == edits and episodes["all"] <= edits + 1
+
+
+# -- a structured path space: the first and last layers fixed ----------------------------------------------------
+
+
+def test_fixed_first_and_last_layers_are_never_edited() -> None:
+    space = EditSpace(MODELS, LAYERS, T_MAX, frame=(1, 1))
+    # identity of 4 steps: positions 1 and 2 are editable (2 replacements + delete + repeat each), and a copy of
+    # the first or the last layer may go next to it (the path still begins and ends with them)
+    assert space.mask(IDENTITY).sum() == 2 * (MODELS - 1 + 2) + 2
+    for action in np.flatnonzero(space.mask(IDENTITY)):
+        edited = space.apply(IDENTITY, int(action))
+        assert edited.steps[0] == (2, 0) and edited.steps[-1] == (2, 3) and len(edited) >= 3
+    assert space.apply(IDENTITY, 0 * space.ops + 0) is None  # replacing the first layer
+    assert space.apply(IDENTITY, 3 * space.ops + MODELS) is None  # deleting the last one
+    assert space.apply(IDENTITY, 3 * space.ops + MODELS + 1).steps[-2:] == ((2, 3), (2, 3))
+    # a middle step repeated is fine; deleting both middle steps would leave the frame alone: at least one stays
+    two = space.apply(IDENTITY, 1 * space.ops + MODELS)
+    assert two is not None and space.apply(two, 1 * space.ops + MODELS) is None
+    assert EditSpace(MODELS, LAYERS, T_MAX).mask(IDENTITY).sum() == 4 * (MODELS - 1 + 2)  # no frame: all
+
+
+def test_an_edit_agent_keeps_its_frame_after_reload(tmp_path: Path) -> None:
+    lam = np.array([0.5, 0.5], np.float32)
+    spent = Counter()
+
+    def reward_fn(path: InferencePath, weights: np.ndarray, incumbent) -> tuple[float, dict[str, float]]:
+        spent["paths"] += 1
+        assert path.steps[0] == (2, 0) and path.steps[-1] == (2, 3)  # never an edit of the frame
+        return float(sum(model == 0 for model, _ in path.steps)), {}
+
+    env = EditEnv(SUMMARIES, T_MAX, 2, reward_fn=reward_fn, preference=lam, frame=(1, 1))
+    agent = train_agent(
+        env, AgentConfig(actions="edit"), candidates=20, seed=0, scored=lambda: spent["paths"]
+    )
+    assert agent.frame == (1, 1)
+    agent.save(tmp_path / "agent")
+    reloaded = PathAgent.load(tmp_path / "agent")
+    assert reloaded.frame == (1, 1)
+    greedy = rollout(reloaded, lam, IDENTITY)
+    assert greedy.steps[0] == (2, 0) and greedy.steps[-1] == (2, 3)

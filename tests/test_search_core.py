@@ -231,10 +231,12 @@ def test_an_edit_agent_search_logs_its_edits_and_saves_an_agent_that_reloads(
 ) -> None:
     from hm3.routing.agent import PathAgent
 
-    recipe = _recipe(lm_zoo_micro, tmp_path, agent={"actions": "edit"})
+    # the first layer fixed (architecture_level.fixed_first): the micro zoo's 2-layer paths edit their second
+    recipe = _recipe(lm_zoo_micro, tmp_path, agent={"actions": "edit"}, architecture_level={"fixed_first": 1})
     summary = _run(recipe, tmp_path / "run")
     records = _records(tmp_path / "run")
     assert any(r["level"] == "path" for r in records)
+    assert all(r["path"][0] == [3, 0] for r in records if r["level"] == "path")  # the merge's first layer
     # each path is one edit (edit distance 1) of the merge or of a path scored fully before it for that λ
     for index in {r["preference_index"] for r in records if r["level"] == "path"}:
         mine = [r for r in records if r["preference_index"] == index and r["level"] in ("merge", "path")]
@@ -251,7 +253,7 @@ def test_an_edit_agent_search_logs_its_edits_and_saves_an_agent_that_reloads(
     assert summary["budget_used"] <= summary["budget"]
     folder = tmp_path / "run" / "policy" / "p000"
     agent = PathAgent.load(folder)
-    assert agent.config is not None and agent.config.actions == "edit"
+    assert agent.config is not None and agent.config.actions == "edit" and agent.frame == (1, 0)
     preference = json.loads((tmp_path / "run" / "preferences" / "p000.json").read_text())
     assert preference["greedy_rollout"]["path"]
 

@@ -74,6 +74,24 @@ SCHEMA_CASES = [
     ("iterations not a number", "objectives:", "agent: {iterations: many}\nobjectives:", "agent.iterations"),
     ("unknown agent actions", "objectives:", "agent: {actions: teleport}\nobjectives:", "agent.actions"),
     (
+        "fixed layers without the edit agent",
+        "objectives:",
+        "architecture_level: {fixed_first: 1}\nobjectives:",
+        "architecture_level.fixed_first",
+    ),
+    (
+        "negative fixed layers",
+        "objectives:",
+        "architecture_level: {fixed_last: -1}\nobjectives:",
+        "architecture_level.fixed_last",
+    ),
+    (
+        "every layer fixed",
+        "objectives:",
+        "architecture_level: {fixed_first: 1, fixed_last: 1}\nagent: {actions: edit}\nobjectives:",
+        "architecture_level",
+    ),
+    (
         "unknown merge method",
         "objectives:",
         "parameter_level: {method: magic}\nobjectives:",

@@ -77,6 +77,7 @@ class PathAgent:
         stop_threshold: The wrapper's stop threshold.
         config: The ``agent`` settings the PPO was built with (None only for a legacy ``policy.zip``).
         anchor: The Wolpertinger anchor rule it was trained with (:data:`~hm3.routing.wolpertinger.ANCHORS`).
+        frame: An edit agent's fixed first and last steps (``architecture_level.fixed_first`` / ``fixed_last``).
     """
 
     model: PPO | MaskablePPO
@@ -87,6 +88,7 @@ class PathAgent:
     stop_threshold: float
     config: AgentConfig | None = None
     anchor: str = "incumbent"
+    frame: tuple[int, int] = (0, 0)
 
     def critic(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """V(s) for a batch of observations (the Wolpertinger ranking)."""
@@ -105,6 +107,7 @@ class PathAgent:
             "neighbours": self.neighbours,
             "stop_threshold": self.stop_threshold,
             "anchor": self.anchor,
+            "frame": list(self.frame),
         }
         return save_policy(Path(folder), self.model, self.summaries, settings, self.config)
 
@@ -156,13 +159,15 @@ def make_env(
     start: Callable[[np.ndarray], InferencePath] | None = None,
     known: Callable[[InferencePath], bool] | None = None,
     ranked: Callable[[np.ndarray], Sequence[InferencePath]] | None = None,
+    frame: tuple[int, int] = (0, 0),
 ) -> WolpertingerWrapper | EditEnv:
     """The agent's environment (``start``: the incumbent of an episode's λ): the Wolpertinger-wrapped path
-    environment, or with ``agent.actions: edit`` the edit environment (:mod:`hm3.routing.edits`)."""
+    environment, or with ``agent.actions: edit`` the edit environment (:mod:`hm3.routing.edits`; ``frame``: its
+    fixed first and last steps)."""
     fixed = None if preference is None else np.asarray(preference, np.float32)
     arguments = (pool_summaries, max_length, num_objectives)
     if config.actions == "edit":
-        return EditEnv(*arguments, reward_fn, fixed, start, known=known, ranked=ranked)
+        return EditEnv(*arguments, reward_fn, fixed, start, known=known, ranked=ranked, frame=frame)
     env = InferencePathEnv(*arguments, reward_fn=reward_fn, preference=fixed, start=start)
     return WolpertingerWrapper(env, config.wolpertinger_neighbours, config.wolpertinger_epsilon)
 
@@ -227,6 +232,7 @@ def train_agent(
             neighbours=1,
             stop_threshold=0.0,
             config=config,
+            frame=env.frame,
         )
 
         def ended() -> bool:  # stopped by the search, or no untried edit of any scored path is left
@@ -281,7 +287,7 @@ def rollout(
     ``incumbent`` (default: the merged model's identity path). An edit agent's: its most likely edit of
     ``incumbent``."""
     if agent.config is not None and agent.config.actions == "edit":
-        env = EditEnv(agent.summaries, agent.max_length, agent.num_objectives)
+        env = EditEnv(agent.summaries, agent.max_length, agent.num_objectives, frame=agent.frame)
         return greedy_edit(agent.model, env, np.asarray(preference, np.float32), incumbent or env.incumbent)
     env = InferencePathEnv(
         agent.summaries, agent.max_length, agent.num_objectives, preference=np.asarray(preference, np.float32)
@@ -515,6 +521,7 @@ def search_path(
             start=lambda weights: best_paths.best(weights)[0],
             known=path_scorer.knows,
             ranked=best_paths.ranked,
+            frame=recipe.architecture_level.frame,
         )
         agent = train_agent(env, recipe.agent, allowed - 1 - (counter() - start), seed, counter, stop=stop)
         greedy = rollout(agent, lam, best_paths.best(lam)[0])
@@ -578,6 +585,7 @@ def train_conditioned_agent(
         start=lambda weights: best_paths.best(weights)[0],
         known=path_scorer.knows,
         ranked=best_paths.ranked,
+        frame=recipe.architecture_level.frame,
     )
     counter = spent or (lambda: len(path_scorer.scored))
     return train_agent(env, recipe.agent, recipe.agent.iterations, seed, counter)

@@ -62,12 +62,29 @@ EditReward = Callable[[InferencePath, np.ndarray, InferencePath], tuple[float, d
 class EditSpace:
     """The edits of a path over ``num_models`` models (the merged one last) of ``num_layers`` layers, paths of at
     most ``max_length`` steps: action ``a`` is position ``a // ops`` and operation ``a % ops``
-    (``0..num_models-1``: replace by that model's same layer; then delete; then repeat)."""
+    (``0..num_models-1``: replace by that model's same layer; then delete; then repeat). ``frame``: the first and
+    last so many steps of every path stay the merged model's own first and last layers (``architecture_level.
+    fixed_first`` / ``fixed_last``): an edit that would change them is no edit."""
 
-    def __init__(self, num_models: int, num_layers: int, max_length: int) -> None:
+    def __init__(
+        self, num_models: int, num_layers: int, max_length: int, frame: tuple[int, int] = (0, 0)
+    ) -> None:
         self.num_models = int(num_models)
         self.num_layers = int(num_layers)
         self.max_length = int(max_length)
+        first, last = (int(v) for v in frame)
+        merged = self.num_models - 1
+        self.prefix = tuple((merged, layer) for layer in range(first))
+        self.suffix = tuple((merged, layer) for layer in range(self.num_layers - last, self.num_layers))
+
+    def keeps_frame(self, steps: Sequence[tuple[int, int]]) -> bool:
+        """Whether ``steps`` begin with the fixed first layers and end with the fixed last ones (apart)."""
+        fixed = len(self.prefix) + len(self.suffix)
+        return (
+            len(steps) > fixed
+            and tuple(steps[: len(self.prefix)]) == self.prefix
+            and tuple(steps[len(steps) - len(self.suffix) :]) == self.suffix
+        )
 
     @property
     def ops(self) -> int:
@@ -103,6 +120,8 @@ class EditSpace:
             if op == model:
                 return None
             steps[position] = (int(op), layer)
+        if (self.prefix or self.suffix) and not self.keeps_frame(steps):
+            return None
         return InferencePath(tuple(steps))
 
     def mask(self, path: InferencePath) -> np.ndarray:
@@ -125,6 +144,7 @@ class EditEnv(gym.Env):
             new edit is left.
         ranked: ``λ -> paths scored so far, best first``: the incumbent is the first with a new edit (default:
             ``start``).
+        frame: ``(fixed first, fixed last)`` steps that stay the merged model's (:class:`EditSpace`).
     """
 
     metadata = {"render_modes": []}
@@ -139,6 +159,7 @@ class EditEnv(gym.Env):
         start: Callable[[np.ndarray], InferencePath] | None = None,
         known: Callable[[InferencePath], bool] | None = None,
         ranked: Callable[[np.ndarray], Sequence[InferencePath]] | None = None,
+        frame: tuple[int, int] = (0, 0),
     ) -> None:
         self.paths = InferencePathEnv(
             summaries, max_length, num_objectives, preference=preference, start=start
@@ -146,7 +167,8 @@ class EditEnv(gym.Env):
         self.summaries = self.paths.summaries
         self.num_models, self.num_layers = self.paths.num_models, self.paths.num_layers
         self.max_length, self.num_objectives = self.paths.max_length, self.paths.num_objectives
-        self.space = EditSpace(self.num_models, self.num_layers, self.max_length)
+        self.space = EditSpace(self.num_models, self.num_layers, self.max_length, frame)
+        self.frame = (int(frame[0]), int(frame[1]))
         self.observation_space = self.paths.observation_space
         self.action_space = spaces.Discrete(self.space.size)
         self.reward_fn = reward_fn

@@ -73,7 +73,8 @@ class SavedPolicy:
     Attributes:
         model: The PPO, networks restored.
         summaries: The layer summaries.
-        settings: ``max_length``, ``num_objectives``, ``neighbours``, ``stop_threshold``, ``anchor``.
+        settings: ``max_length``, ``num_objectives``, ``neighbours``, ``stop_threshold``, ``anchor`` (and an
+            edit agent's ``frame``: its fixed first and last steps).
         config: The agent section it was built with (None for a legacy ``policy.zip``).
     """
 
@@ -96,6 +97,7 @@ def save_policy(
     meta = {
         "format": AGENT_FORMAT,
         **{k: settings[k] for k in SETTINGS},
+        "frame": list(settings.get("frame", (0, 0))),
         "agent": config.model_dump(mode="json"),
     }
     (folder / AGENT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
@@ -122,7 +124,8 @@ def load_policy(folder: Path, allow_pickle: bool = False) -> SavedPolicy:
     try:
         config = _agent_config(meta["agent"])
         if config.actions == "edit":
-            edits = EditEnv(summaries, meta["max_length"], meta["num_objectives"])
+            frame = tuple(int(v) for v in meta.get("frame", (0, 0)))  # saved before fixed layers: none
+            edits = EditEnv(summaries, meta["max_length"], meta["num_objectives"], frame=frame)  # type: ignore[arg-type]
         else:
             env = InferencePathEnv(summaries, meta["max_length"], meta["num_objectives"])
             anchor = meta.get("anchor", LEGACY_ANCHOR)
@@ -137,6 +140,7 @@ def load_policy(folder: Path, allow_pickle: bool = False) -> SavedPolicy:
             "neighbours": 1,
             "stop_threshold": 0.0,
             "anchor": "incumbent",
+            "frame": edits.frame,
         }
     else:
         model = build_ppo(wrapper, config, seed=0)

@@ -20,6 +20,7 @@ from hm3.placement import (
     Placement,
     PoolSizes,
     candidate_length,
+    check_frame,
     free_bytes,
     plan_memory,
     resolve_device,
@@ -98,6 +99,7 @@ def load_inputs(recipe: Recipe) -> SearchInputs:
     placement = Placement(resolve_device(recipe.device), recipe.dtype)  # the quick checks first
     preferences(recipe)  # the preference vectors are drawn here too, so a seed they refuse fails now
     pool = ModelPool.from_recipe(recipe)
+    check_frame(recipe, pool.num_layers)
     memory = plan_memory(
         PoolSizes.of(pool, recipe.dtype),
         candidate_length(recipe, pool.num_layers),
