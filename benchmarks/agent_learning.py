@@ -13,6 +13,8 @@ K fine-tuned models plus that merge, each scoring the same number of new paths o
   the best path so far, masked to the valid edits, paid the signed change of reward; ``ppo_edit_lr0`` the
   same with learning rate 0 — uniform over the valid edits: structured random local search;
   ``ppo_edit_lr3e-3`` with a learning rate 10x the recipe default (a sensitivity row, not a default);
+  ``ppo_edit_frame`` in a structured path space: the first and the last layer fixed (the merge's own:
+  ``architecture_level.fixed_first: 1, fixed_last: 1``), the edits in the 10 slots between;
 * ``local``: random local search around the identity path — one random edit (``evo_path.mutate_path``) of the
   best path so far, kept when it is at least as good;
 * ``evolution``: ``evo_path``'s (μ + λ) path evolution at the same fixed merge (the path half of the baseline).
@@ -68,6 +70,7 @@ METHODS = [
     "ppo_edit",
     "ppo_edit_lr0",
     "ppo_edit_lr3e-3",
+    "ppo_edit_frame",
     "local",
     "evolution",
 ]
@@ -79,6 +82,7 @@ FORMAT = {
     "ppo_edit": 2,
     "ppo_edit_lr0": 2,
     "ppo_edit_lr3e-3": 2,
+    "ppo_edit_frame": 1,
     "local": 1,
     "evolution": 1,
 }
@@ -132,10 +136,12 @@ class PathSearch:
             self.curve.append(best)
 
 
-def run_ppo(search: PathSearch, seed: int, update: dict) -> float:
-    """HM3's agent with ``update`` to its settings, every iteration spent; returns its greedy rollout's gain."""
+def run_ppo(search: PathSearch, seed: int, update: dict, architecture: dict | None = None) -> float:
+    """HM3's agent with ``update`` to its settings (and ``architecture`` to the architecture level's), every
+    iteration spent; returns its greedy rollout's gain."""
     agent = search.recipe.agent.model_copy(update={"patience": None, "iterations": BUDGET + 1, **update})
-    recipe = search.recipe.model_copy(update={"agent": agent})
+    level = search.recipe.architecture_level.model_copy(update=architecture or {})
+    recipe = search.recipe.model_copy(update={"agent": agent, "architecture_level": level})
     original = search.scorer.score
 
     def counted(path: InferencePath) -> dict[str, float]:  # the curve, one point per new path
@@ -206,6 +212,8 @@ def run_one(context, seed: int, index: int, method: str, digest: str) -> dict:
             rollout = run_ppo(search, seed, {"actions": "edit", "learning_rate": 0.0})
         elif method == "ppo_edit_lr3e-3":
             rollout = run_ppo(search, seed, {"actions": "edit", "learning_rate": 3e-3})
+        elif method == "ppo_edit_frame":
+            rollout = run_ppo(search, seed, {"actions": "edit"}, {"fixed_first": 1, "fixed_last": 1})
         elif method == "local":
             run_local(search, seed)
         else:
