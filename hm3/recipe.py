@@ -357,8 +357,9 @@ class ArchitectureLevel(_Section):
             same documents; a screen costs its share of a full scoring (budgets count documents). False scores
             every path on the whole split.
         fixed_first: The first so many steps of every path are the merged model's own first layers: the edit
-            agent leaves them alone and edits the slots after them (a model's first and last layers are the
-            least exchangeable between fine-tunes). Needs ``agent.actions: edit``.
+            agent leaves them alone and edits the slots after them (for pools whose first and last layers are
+            known not to be exchangeable; on the deep toy zoo it did not pay: ``agent_learning.md``). Needs
+            ``agent.actions: edit``.
         fixed_last: The same for the last steps (the merged model's last layers).
     """
 

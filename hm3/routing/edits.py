@@ -78,7 +78,8 @@ class EditSpace:
         self.suffix = tuple((merged, layer) for layer in range(self.num_layers - last, self.num_layers))
 
     def keeps_frame(self, steps: Sequence[tuple[int, int]]) -> bool:
-        """Whether ``steps`` begin with the fixed first layers and end with the fixed last ones (apart)."""
+        """Whether ``steps`` begin with the fixed first layers and end with the fixed last ones, with at least
+        one step between them."""
         fixed = len(self.prefix) + len(self.suffix)
         return (
             len(steps) > fixed
