@@ -72,7 +72,7 @@ class EditSpace:
         self.num_models = int(num_models)
         self.num_layers = int(num_layers)
         self.max_length = int(max_length)
-        first, last = (int(v) for v in frame)
+        first, last = self.frame = (int(frame[0]), int(frame[1]))
         merged = self.num_models - 1
         self.prefix = tuple((merged, layer) for layer in range(first))
         self.suffix = tuple((merged, layer) for layer in range(self.num_layers - last, self.num_layers))
@@ -169,7 +169,6 @@ class EditEnv(gym.Env):
         self.num_models, self.num_layers = self.paths.num_models, self.paths.num_layers
         self.max_length, self.num_objectives = self.paths.max_length, self.paths.num_objectives
         self.space = EditSpace(self.num_models, self.num_layers, self.max_length, frame)
-        self.frame = (int(frame[0]), int(frame[1]))
         self.observation_space = self.paths.observation_space
         self.action_space = spaces.Discrete(self.space.size)
         self.reward_fn = reward_fn
@@ -180,6 +179,11 @@ class EditEnv(gym.Env):
         ends there: :func:`hm3.routing.agent.train_agent`)."""
         self.preference = self.paths.preference
         self.incumbent = self.paths.identity()
+
+    @property
+    def frame(self) -> tuple[int, int]:
+        """The fixed first and last steps of its edit space."""
+        return self.space.frame
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
