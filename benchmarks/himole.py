@@ -15,22 +15,26 @@ call as ``hm3 himole train --variant V [--no-two-stage] --seed S`` and is scored
 ID documents); the bare base model is scored once.
 
 Runs live in ``benchmarks/scratch/himole/<base>-<digest>/``; a finished run (its ``eval.json``) made on the same
-zoo build and recipe is reused, so an interrupted benchmark continues where it stopped. Writes
+zoo build and recipe is reused, so an interrupted benchmark continues where it stopped. Each run trains and
+scores on one thread (``hm3.evaluate.threads``), so ``BENCH_JOBS`` runs (default: one per core) go at once, each
+in its own process; a variant's other seeds start as soon as its sweep is done. Writes
 ``benchmarks/results/himole.md`` (``himole_<base>.md`` for a base other than the default).
 
     .venv/bin/python benchmarks/himole.py                           # the deep base, seeds 0-2, the sweep
     BENCH_BASE=small .venv/bin/python benchmarks/himole.py          # the 4-layer base (recipes/himole-toy.yaml)
     BENCH_SEEDS=0 BENCH_VARIANTS=lora,himole .venv/bin/python ...   # a share of the runs (the sweep always); no
                                                                     # table written
+    BENCH_JOBS=1 .venv/bin/python benchmarks/himole.py              # one run at a time
 """
 
 from __future__ import annotations
 
-import functools
 import json
+import multiprocessing
 import os
 import platform
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +121,27 @@ def factor_label(factor: float) -> str:
     return {1 / 3: "x1/3", 1.0: "x1", 3.0: "x3"}.get(factor, f"x{factor:g}")
 
 
+def run_one(recipe_file: str, scratch: Path, label: str, factor: float, seed: int) -> dict:
+    """One run of the protocol (variant ``label`` at learning-rate ``factor``, ``seed``), in a worker process:
+    its ``eval.json``, trained and scored now unless a finished run is in ``scratch``."""
+    from hm3.recipe import load_recipe
+
+    variant, two_stage, overrides = VARIANTS[label]
+    folder = scratch / f"{label}-{factor_label(factor)}-s{seed}"
+    if not (folder / "eval.json").is_file():
+        print(
+            f"[{time.strftime('%H:%M:%S')}] {label} lr {factor_label(factor)} seed {seed}: training",
+            flush=True,
+        )
+    tuned = variant_recipe(load_recipe(REPO / recipe_file), factor, overrides)
+    return scored(folder, lambda: train_and_score(tuned, folder, variant, two_stage, seed))
+
+
+def chosen_factor(sweep: dict[float, dict]) -> float:
+    """The sweep's learning-rate factor with the lowest validation loss."""
+    return min(LR_FACTORS, key=lambda f: sweep[f]["validation_loss"])
+
+
 def main() -> int:
     from hm3.errors import UserError
     from hm3.himole.evaluation import evaluate_adapter
@@ -127,6 +152,9 @@ def main() -> int:
     base_name = os.environ.get("BENCH_BASE", DEFAULT_BASE)
     if base_name not in BASES:
         raise UserError(f"BENCH_BASE must be one of {', '.join(BASES)}, not {base_name!r}")
+    jobs_text = os.environ.get("BENCH_JOBS", str(os.cpu_count() or 1))
+    if not jobs_text.isdigit() or int(jobs_text) < 1:
+        raise UserError(f"BENCH_JOBS must be a whole number of at least 1, not {jobs_text!r}")
     recipe_file, size = BASES[base_name]
     started = time.perf_counter()
     write_shifted_tasks(ensure_zoo("lm", size=size))  # the deep recipe's ID and OOD tests (hm3 himole tasks)
@@ -138,27 +166,34 @@ def main() -> int:
     partial = bool(os.environ.get("BENCH_SEEDS") or os.environ.get("BENCH_VARIANTS"))
     base = scored(scratch / "base", lambda: evaluate_adapter(recipe, None).to_json())
 
-    def run(label: str, factor: float, seed: int) -> dict:
-        variant, two_stage, overrides = VARIANTS[label]
-        folder = scratch / f"{label}-{factor_label(factor)}-s{seed}"
-        print(
-            f"[{time.perf_counter() - started:6.0f} s] {label} lr {factor_label(factor)} seed {seed}",
-            flush=True,
-        )
-        tuned = variant_recipe(recipe, factor, overrides)
-        return scored(folder, functools.partial(train_and_score, tuned, folder, variant, two_stage, seed))
+    reports: dict[tuple[str, float, int], dict] = {}
+    context = multiprocessing.get_context("spawn")  # workers start clean: no forked torch thread pools
+    with ProcessPoolExecutor(max_workers=int(jobs_text), mp_context=context) as pool:
+        pending: dict[Future, tuple[str, float, int]] = {}
 
-    sweeps: dict[str, dict[float, dict]] = {}
-    runs: dict[str, list[dict]] = {}
-    # the sweep first (every seed of a variant trains at the rate it chooses), the recipe's rates first of all:
-    # a sweep cut short still leaves every variant compared at one rate
-    for factor in sorted(LR_FACTORS, key=lambda f: f != 1.0):
-        for label in labels:
-            sweeps.setdefault(label, {})[factor] = run(label, factor, SWEEP_SEED)
-    for label in labels:
-        sweep = sweeps[label]
-        chosen = min(LR_FACTORS, key=lambda f: sweep[f]["validation_loss"])
-        runs[label] = [sweep[chosen] if seed == SWEEP_SEED else run(label, chosen, seed) for seed in seeds]
+        def submit(label: str, factor: float, seed: int) -> None:
+            pending[pool.submit(run_one, recipe_file, scratch, label, factor, seed)] = (label, factor, seed)
+
+        # the sweep first, the recipe's rates first of all (a sweep cut short still leaves every variant
+        # compared at one rate); a variant's other seeds train at the rate its sweep chooses, once it has
+        for factor in sorted(LR_FACTORS, key=lambda f: f != 1.0):
+            for label in labels:
+                submit(label, factor, SWEEP_SEED)
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                key = pending.pop(future)
+                reports[key] = future.result()
+                label = key[0]
+                if key[2] == SWEEP_SEED and all((label, f, SWEEP_SEED) in reports for f in LR_FACTORS):
+                    factor = chosen_factor({f: reports[(label, f, SWEEP_SEED)] for f in LR_FACTORS})
+                    for seed in seeds:
+                        if seed != SWEEP_SEED:
+                            submit(label, factor, seed)
+    sweeps = {label: {f: reports[(label, f, SWEEP_SEED)] for f in LR_FACTORS} for label in labels}
+    runs = {
+        label: [reports[(label, chosen_factor(sweeps[label]), seed)] for seed in seeds] for label in labels
+    }
     if partial:
         print("a share of the runs only (BENCH_SEEDS/BENCH_VARIANTS); no table written")
         return 0
@@ -206,7 +241,7 @@ def write_table(base_name, recipe, recipe_file, scratch, base, sweeps, runs, sec
                 + " |"
             )
         sweep = sweeps[label]
-        chosen = min(LR_FACTORS, key=lambda f: sweep[f]["validation_loss"])
+        chosen = chosen_factor(sweep)
         sweep_rows.append(
             f"| {label} | "
             + " | ".join(

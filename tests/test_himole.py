@@ -179,6 +179,52 @@ def test_gating_weights_sum_to_one_over_the_kept_experts(tiny_pools) -> None:
         assert (gating["experts"][:, 0] != gating["experts"][:, 1]).all()
 
 
+@pytest.mark.parametrize("variant", ["himole", "hydra-lora"])
+def test_a_block_is_the_gated_sum_of_its_experts_ffns_in_value_gradient_and_group_outputs(
+    tiny_pools, variant
+) -> None:
+    """The batched dispatch against the definition, expert by expert: o = FFN(h) + Σ_i G_i (FFN_i(h) − FFN(h))."""
+    from hm3.himole.model import mixture_blocks
+
+    model, _ = _tiny_mixture(tiny_pools, "llama", variant)
+    _randomise_experts(model)
+    model.train()
+    model.himole_context.record_gating = True
+    block = mixture_blocks(model)[1]
+    x = torch.randn(2, 5, block.base.gate_proj.in_features, generator=torch.Generator().manual_seed(3))
+    model.himole_context.begin((torch.ones(2, 5, dtype=torch.long),), {})
+    out = block(x).reshape(10, -1)
+    chosen, weights = block.last_gating["experts"], block.last_gating["weights"]
+    assert len(set(chosen.flatten().tolist())) > 2  # the tokens do not all keep the same experts
+
+    flat = x.reshape(10, -1)
+    gate_out, up_out = block.base.gate_proj(flat), block.base.up_proj(flat)
+    base_out = block.base.down_proj(block.base.act_fn(gate_out) * up_out)
+    expected, groups = [], torch.zeros(block.groups, 10, flat.shape[1])
+    for token in range(10):
+        row = base_out[token]
+        for slot in range(chosen.shape[1]):
+            index, keep = int(chosen[token, slot]), slice(token, token + 1)
+            delta = block.expert_delta(index, flat[keep], gate_out[keep], up_out[keep], base_out[keep])[0]
+            row = row + weights[token, slot] * delta
+            groups[index // block.experts_per_group, token] += (weights[token, slot] * delta).detach()
+        expected.append(row)
+    expected = torch.stack(expected)
+    assert torch.allclose(out, expected, atol=1e-5)
+    if block.groups > 1:
+        reference = diversity_loss(groups, torch.ones(10, dtype=torch.bool))
+        assert block.last_diversity.item() == pytest.approx(reference.item(), abs=1e-5)
+
+    experts = [p for n, p in block.named_parameters() if n.startswith("experts.")]
+    got = torch.autograd.grad(out.square().sum(), experts, retain_graph=True, allow_unused=True)
+    want = torch.autograd.grad(expected.square().sum(), experts, allow_unused=True)
+    for g, w in zip(got, want, strict=True):
+        if w is None:
+            assert g is None or torch.count_nonzero(g) == 0
+        else:
+            assert torch.allclose(g, w, atol=1e-4, rtol=1e-4)
+
+
 def test_lora_variant_matches_the_trainable_parameters(tiny_pools) -> None:
     from transformers import AutoConfig
 

@@ -19,7 +19,11 @@ the kept weights sum to 1 this is Σ_i G_i · FFN_i(h), and with all LoRA ``B`` 
 FFN exactly. ``pool(h)`` is the mean of the sequence's non-padding FFN inputs up to and including the token
 (a causal mean: teacher-forced training and cached generation gate identically).
 
-Each expert runs only on the tokens that kept it (sparse dispatch). The blocks of one model share a
+Each expert runs only on the tokens that kept it, and all kept (token, expert) pairs run as one batch: the
+experts' LoRA matrices are concatenated along their rank, and each pair's low-rank projection is masked to its
+expert's block before the up-projection, so a block costs a fixed handful of operations whatever its number of
+experts (a loop over the experts costs a few milliseconds of operator overhead per expert on a CPU, most of a
+toy model's training step) and the extra arithmetic is the rank's, E·r instead of r. The blocks of one model share a
 :class:`GatingContext` (the forward's padding mask and the pooling state between generation steps), which
 :func:`hm3.himole.model.attach_mixture` creates and feeds. Everything here is plain torch.
 """
@@ -182,9 +186,9 @@ def diversity_loss(group_outputs: torch.Tensor, real: torch.Tensor) -> torch.Ten
     if groups < 2 or not bool(real.any()):
         return group_outputs.sum() * 0.0
     unit = F.normalize(group_outputs[:, real], dim=-1)
-    similarity = torch.einsum("ath,bth->abt", unit, unit)
     first, second = torch.triu_indices(groups, groups, offset=1)
-    return similarity[first, second].mean()
+    # elementwise, not an einsum: batched over tokens, CPU bmm of N x N products costs per token in backward
+    return (unit[first] * unit[second]).sum(dim=-1).mean()
 
 
 class GatingContext:
@@ -316,6 +320,23 @@ class MixtureFFN(nn.Module):
         hidden = act(gate_out + expert.update("gate", x)) * (up_out + expert.update("up", x))
         return self.base.down_proj(hidden) + expert.update("down", hidden) - base_out
 
+    def rank_mask(self, experts: torch.Tensor) -> torch.Tensor:
+        """For each (token, expert) pair's expert [P], a boolean mask [P, E·r] of that expert's block of the
+        concatenated ranks."""
+        rank = self.experts[0].gate_B.shape[1]
+        return F.one_hot(experts, len(self.experts)).bool().repeat_interleave(rank, dim=1)
+
+    def pair_update(self, name: str, inputs: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+        """The LoRA update of projection ``name`` for each (token, expert) pair: row j of ``inputs`` [P, in]
+        through the expert that ``block`` [P, E·r] (:meth:`rank_mask`) marks — ``scale · B_e·A_e·dropout(x_j)``,
+        computed for every pair at once with the experts' matrices concatenated along the rank (the other
+        experts' projections are zeroed before the up-projection, so they add exact zeros)."""
+        a = torch.cat([expert.down_projection(name) for expert in self.experts])  # [E·r, in]
+        b = torch.cat([getattr(expert, f"{name}_B") for expert in self.experts], dim=1)  # [out, E·r]
+        first = self.experts[0]
+        projected = (first.dropout(inputs) @ a.t()) * block
+        return projected @ b.t() * first.scale
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
         flat = x.reshape(-1, width)
@@ -337,23 +358,23 @@ class MixtureFFN(nn.Module):
             self.experts_per_group,
             self.top_k,  # type: ignore[misc]
         )
-        collect = self.training and context.collect_losses
-        mixed = torch.zeros_like(base_out)
-        group_outputs = [torch.zeros_like(base_out) for _ in range(self.groups)] if collect else []
-        for index in range(len(self.experts)):
-            rows, slot = (chosen == index).nonzero(as_tuple=True)
-            if rows.numel() == 0:
-                continue
-            delta = self.expert_delta(index, flat[rows], gate_out[rows], up_out[rows], base_out[rows])
-            weighted = delta * weights[rows, slot].unsqueeze(-1)
-            mixed = mixed.index_add(0, rows, weighted)
-            if collect:
-                group = index // self.experts_per_group
-                group_outputs[group] = group_outputs[group].index_add(0, rows, weighted)
+        tokens, kept = chosen.shape
+        # pair j is (token j // k, its slot j % k)
+        rows = torch.arange(tokens, device=x.device).repeat_interleave(kept)
+        block = self.rank_mask(chosen.reshape(-1)).to(flat.dtype)
+        pairs = flat[rows]
+        hidden = self.base.act_fn(gate_out[rows] + self.pair_update("gate", pairs, block)) * (
+            up_out[rows] + self.pair_update("up", pairs, block)
+        )
+        delta = self.base.down_proj(hidden) + self.pair_update("down", hidden, block) - base_out[rows]
+        weighted = (delta * weights.reshape(-1, 1)).view(tokens, kept, width)
+        mixed = weighted.sum(dim=1)
         real = mask.reshape(-1).bool()
-        if collect:
+        if self.training and context.collect_losses:
+            group_of = F.one_hot(chosen // self.experts_per_group, self.groups).to(flat.dtype)  # [T, k, N]
+            group_outputs = (group_of.unsqueeze(-1) * weighted.unsqueeze(2)).sum(dim=1).transpose(0, 1)
             self.last_aux = load_balancing_loss(probabilities, chosen, real)
-            self.last_diversity = diversity_loss(torch.stack(group_outputs), real)
+            self.last_diversity = diversity_loss(group_outputs, real)
         if context.record_gating:
             self.last_gating = {"weights": weights.detach(), "experts": chosen.detach(), "real": real}
         return (base_out + mixed).view(batch, length, width)
