@@ -635,6 +635,27 @@ def test_the_best_path_follows_the_episode_preference() -> None:
     assert best_paths.best(np.array([0.0, 1.0]))[0] == SHORT  # loss-only
 
 
+def test_ranked_paths_are_kept_in_order_as_paths_are_scored_and_rerank_under_other_weights() -> None:
+    tie = InferencePath(((0, 0), (1, 1), (2, 2), (2, 3)))  # same scores and length as the reference
+    table = {**TABLE, tie: dict(TABLE[REFERENCE])}
+    path_scorer, _ = _scored(table)
+    _, best_paths = _reward_fn(path_scorer)
+    accuracy, loss = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+
+    def by_hand(lam: np.ndarray) -> list[InferencePath]:
+        scored = list(path_scorer.scored)
+        plain = [REWARD.reward(table[p], lam, len(p)) for p in scored]
+        return [scored[i] for i in sorted(range(len(scored)), key=lambda i: (-plain[i], i))]
+
+    assert best_paths.ranked(accuracy) == [REFERENCE]  # the reference is scored first
+    for path in (SHORT, tie, LONG):
+        path_scorer.score(path)
+        assert best_paths.ranked(accuracy) == by_hand(accuracy)  # the new path inserted in its place
+    assert best_paths.ranked(accuracy) == [LONG, REFERENCE, tie, SHORT]  # a tie: the first scored first
+    assert best_paths.ranked(loss) == by_hand(loss) == [SHORT, REFERENCE, tie, LONG]
+    assert best_paths.ranked(accuracy) == [LONG, REFERENCE, tie, SHORT]
+
+
 # -- successive halving: a path screened on part of the documents first ---------------------------------
 
 

@@ -34,6 +34,7 @@ Saved agents hold no pickle: see :mod:`hm3.routing.ppo` for the folder format.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -376,6 +377,7 @@ class BestPaths:
         self.rewards = rewards
         self.reference = reference
         self._best: dict[bytes, tuple[int, InferencePath, float]] = {}
+        self._ranking: tuple[int, list[tuple[float, int, InferencePath]], bytes] = (0, [], b"")
 
     def best(self, weights: np.ndarray) -> tuple[InferencePath, float]:
         """The highest-reward path scored so far under ``weights`` (ties: the first scored), and its reward."""
@@ -403,12 +405,19 @@ class BestPaths:
         return screened if self.rewards.reward(screened, weights, len(path)) < bar else None
 
     def ranked(self, weights: np.ndarray) -> list[InferencePath]:
-        """Every path scored so far, best first under ``weights`` (ties: the first scored)."""
+        """Every path scored so far, best first under ``weights`` (ties: the first scored).
+
+        The ranking under the last ``weights`` asked for is kept and only the paths scored since are inserted
+        (an edit search asks once per episode under its one λ: re-ranking every path each time made a search
+        quadratic in its paths); other weights rank afresh."""
         self.path_scorer.score(self.reference)
-        scored = list(self.path_scorer.scored.items())
-        rewards = [self.rewards.reward(scores, weights, len(path)) for path, scores in scored]
-        order = sorted(range(len(scored)), key=lambda i: (-rewards[i], i))
-        return [scored[i][0] for i in order]
+        key = np.asarray(weights, np.float64).tobytes()
+        seen, order, _ = self._ranking if self._ranking[2] == key else (0, [], key)
+        scored = self.path_scorer.scored
+        for index, (path, scores) in enumerate(itertools.islice(scored.items(), seen, None), start=seen):
+            bisect.insort(order, (-self.rewards.reward(scores, weights, len(path)), index, path))
+        self._ranking = (len(scored), order, key)
+        return [path for _, _, path in order]
 
 
 def training_reward(best_paths: BestPaths):
