@@ -15,6 +15,9 @@ K fine-tuned models plus that merge, each scoring the same number of new paths o
   ``ppo_edit_lr3e-3`` with a learning rate 10x the recipe default (a sensitivity row, not a default);
   ``ppo_edit_frame`` in a structured path space: the first and the last layer fixed (the merge's own:
   ``architecture_level.fixed_first: 1, fixed_last: 1``), the edits in the 10 slots between;
+  ``ppo_edit_stats`` with a fitted map at every seam (``architecture_level.alignment: stats``: each step whose
+  input comes from another model gets the per-channel scale and shift that give the residual stream the
+  statistics its layer saw in its own model; the literature's "scale correction at the seams");
 * ``local``: random local search around the identity path — one random edit (``evo_path.mutate_path``) of the
   best path so far, kept when it is at least as good;
 * ``evolution``: ``evo_path``'s (μ + λ) path evolution at the same fixed merge (the path half of the baseline).
@@ -53,6 +56,7 @@ from hm3.merge.spec import MergeSpec  # noqa: E402
 from hm3.recipe import load_recipe  # noqa: E402
 from hm3.routing.agent import max_path_length, path_scorer_from_recipe, reward_from_recipe, search_path  # noqa: E402
 from hm3.routing.path import InferencePath  # noqa: E402
+from hm3.search.calibration import calibration_batch  # noqa: E402
 from hm3.search.models import CandidateModels  # noqa: E402
 from hm3.search.session import load_inputs  # noqa: E402
 from hm3.zoo import ensure_zoo  # noqa: E402
@@ -71,6 +75,7 @@ METHODS = [
     "ppo_edit_lr0",
     "ppo_edit_lr3e-3",
     "ppo_edit_frame",
+    "ppo_edit_stats",
     "local",
     "evolution",
 ]
@@ -83,6 +88,7 @@ FORMAT = {
     "ppo_edit_lr0": 2,
     "ppo_edit_lr3e-3": 2,
     "ppo_edit_frame": 1,
+    "ppo_edit_stats": 1,
     "local": 1,
     "evolution": 1,
 }
@@ -94,7 +100,7 @@ CRITIC_NEIGHBOURS = 8
 class PathSearch:
     """One preference's budgeted path search over a fixed merge: scores paths once each, counts new ones."""
 
-    def __init__(self, models: CandidateModels, evaluator, recipe, preference) -> None:
+    def __init__(self, models: CandidateModels, evaluator, recipe, preference, calibration=None) -> None:
         self.recipe = recipe
         self.preference = np.asarray(preference, dtype=np.float32)
         spec = MergeSpec.from_recipe(
@@ -102,7 +108,10 @@ class PathSearch:
         )
         self.pool = models.routing_pool(spec)
         self.scorer = path_scorer_from_recipe(
-            self.pool, lambda model: evaluator.score(model, split="search"), recipe, models.calibration
+            self.pool,
+            lambda model: evaluator.score(model, split="search"),
+            recipe,
+            calibration if calibration is not None else models.calibration,
         )
         self.rewards = reward_from_recipe(recipe)
         self.identity = InferencePath.identity(self.pool.merged_index, self.pool.num_layers)
@@ -197,7 +206,12 @@ def run_one(context, seed: int, index: int, method: str, digest: str) -> dict:
             return record
     recipe, models, evaluator = context
     started = time.perf_counter()
-    search = PathSearch(models, evaluator, recipe.model_copy(update={"seed": seed}), PREFERENCES[index])
+    recipe, calibration = recipe.model_copy(update={"seed": seed}), None
+    if method == "ppo_edit_stats":  # the scorer fits a map at every seam, on the recipe's calibration batch
+        level = recipe.architecture_level.model_copy(update={"alignment": "stats"})
+        recipe = recipe.model_copy(update={"architecture_level": level})
+        calibration = calibration_batch(evaluator, level.calibration_samples)
+    search = PathSearch(models, evaluator, recipe, PREFERENCES[index], calibration)
     rollout = None
     with quiet_libraries():
         if method == "ppo":
@@ -214,6 +228,8 @@ def run_one(context, seed: int, index: int, method: str, digest: str) -> dict:
             rollout = run_ppo(search, seed, {"actions": "edit", "learning_rate": 3e-3})
         elif method == "ppo_edit_frame":
             rollout = run_ppo(search, seed, {"actions": "edit"}, {"fixed_first": 1, "fixed_last": 1})
+        elif method == "ppo_edit_stats":
+            rollout = run_ppo(search, seed, {"actions": "edit"})
         elif method == "local":
             run_local(search, seed)
         else:
