@@ -736,3 +736,41 @@ def test_the_diversity_loss_ablation_switch_reaches_the_phase_settings(tiny_pool
         model, None, HiMoLEConfig(**section), AdapterShape("moe-lora", 3, 2, 4, 8.0, 0.0, 2), 0, Console()
     )
     assert moe.settings(1e-3, 10, auxiliary=True).diversity_weight == 0.0  # HiMoLE's loss only
+
+
+def test_the_warm_up_is_the_recipe_s_fixed_steps_or_five_percent_of_the_cap(tiny_pools, monkeypatch) -> None:
+    from rich.console import Console
+
+    from hm3.himole import training
+    from hm3.himole.config import HiMoLEConfig
+    from hm3.himole.data import Pair
+    from hm3.himole.model import AdapterShape
+    from hm3.himole.stages import Schedule
+    from hm3.himole.training import enable_grads, expert_parameters, train_phase
+    from hm3.recipe import load_recipe
+
+    model, _ = _tiny_mixture(tiny_pools, "llama", "lora")
+    shape = AdapterShape("lora", 1, 1, 4, 8.0, 0.0, 1)
+    section = {"train_data": [{"path": "/x.jsonl"}]}
+    default = Schedule(model, None, HiMoLEConfig(**section), shape, 0, Console(quiet=True))
+    assert default.settings(1e-3, 600, auxiliary=False).warmup_steps == 30  # 5% of the cap
+    assert default.settings(1e-3, 10, auxiliary=False).warmup_steps == 1
+    fixed = Schedule(model, None, HiMoLEConfig(**section, warmup_steps=4), shape, 0, Console(quiet=True))
+    assert [fixed.settings(1e-3, cap, auxiliary=False).warmup_steps for cap in (600, 10_000)] == [4, 4]
+
+    rates = []
+    original = training.torch.optim.AdamW.step
+
+    def recording(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(training.torch.optim.AdamW, "step", recording)
+    monkeypatch.setattr(training, "validation_loss", lambda *args, **kwargs: 1.0)
+    parameters = enable_grads(expert_parameters(model))
+    data = [Pair("ab>", "ba", "r")] * 4
+    settings = fixed.settings(1e-2, 6, auxiliary=False)
+    train_phase("joint", model, CharTokenizer(), parameters, data, data, settings)
+    assert rates == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2, 1e-2])
+    deep = Path(__file__).parent.parent / "recipes" / "himole-toy-deep.yaml"
+    assert load_recipe(deep).himole.warmup_steps == 150

@@ -134,6 +134,9 @@ class HiMoLEConfig(_HiMoLESection):
         diversity_loss_weight: β, weight of the mean pairwise cosine similarity of the group outputs.
         eval_every: Steps between validation evaluations.
         patience: Evaluations without improvement before a phase stops (its best state is kept).
+        warmup_steps: Steps of linear learning-rate warm-up at the start of every phase; None: 5% of the phase's
+            step cap. Set it where caps are generous: a warm-up tied to a cap that early stopping should make
+            irrelevant changes every run whenever the cap is raised.
         seed: Seed of clustering, initialisation and data order, in [0, 2^31) (None: the recipe's ``seed``).
     """
 
@@ -157,6 +160,7 @@ class HiMoLEConfig(_HiMoLESection):
     diversity_loss_weight: float = Field(default=0.01, ge=0)
     eval_every: int = Field(default=50, gt=0)
     patience: int = Field(default=10, gt=0)
+    warmup_steps: int | None = Field(default=None, ge=0)
     seed: int | None = Field(default=None, ge=0, lt=2**31)  # hm3.recipe.SEED_LIMIT
 
     @field_validator("encoder")

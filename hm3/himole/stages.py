@@ -72,6 +72,7 @@ class Schedule:
             else 0.0,
             answer_suffix=config.answer_suffix,
             seed=self.seed,
+            warmup=config.warmup_steps,
         )
 
     def phase(

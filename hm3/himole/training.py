@@ -29,8 +29,9 @@ class PhaseSettings:
     """How one phase trains.
 
     Attributes:
-        lr: AdamW learning rate (constant after a 5% linear warm-up).
+        lr: AdamW learning rate (constant after a linear warm-up).
         steps: Most optimizer steps.
+        warmup: Steps of the warm-up; None: 5% of ``steps``.
         batch_size: Pairs per step.
         eval_every: Steps between validation losses.
         patience: Evaluations without improvement before stopping.
@@ -49,6 +50,12 @@ class PhaseSettings:
     diversity_weight: float = 0.0
     answer_suffix: str = "\n"
     seed: int = 0
+    warmup: int | None = None
+
+    @property
+    def warmup_steps(self) -> int:
+        """Steps until the learning rate reaches ``lr`` (at least 1)."""
+        return max(1, self.steps // 20 if self.warmup is None else self.warmup)
 
 
 @dataclass
@@ -112,7 +119,7 @@ def train_phase(
     device = parameters[0].device
     rng = random.Random(f"himole-phase-{settings.seed}-{name}")
     optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=0.0)
-    warmup = max(1, settings.steps // 20)
+    warmup = settings.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     best_loss = validation_loss(model, tokenizer, validation, settings.answer_suffix)
     best_state, best_step = [p.detach().clone() for p in parameters], 0
