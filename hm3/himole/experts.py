@@ -320,11 +320,11 @@ class MixtureFFN(nn.Module):
         hidden = act(gate_out + expert.update("gate", x)) * (up_out + expert.update("up", x))
         return self.base.down_proj(hidden) + expert.update("down", hidden) - base_out
 
-    def rank_mask(self, experts: torch.Tensor) -> torch.Tensor:
-        """For each (token, expert) pair's expert [P], a boolean mask [P, E·r] of that expert's block of the
+    def rank_mask(self, experts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """For each (token, expert) pair's expert [P], a 0/1 mask [P, E·r] of that expert's block of the
         concatenated ranks."""
         rank = self.experts[0].gate_B.shape[1]
-        return F.one_hot(experts, len(self.experts)).bool().repeat_interleave(rank, dim=1)
+        return F.one_hot(experts, len(self.experts)).to(dtype).repeat_interleave(rank, dim=1)
 
     def pair_update(self, name: str, inputs: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
         """The LoRA update of projection ``name`` for each (token, expert) pair: row j of ``inputs`` [P, in]
@@ -361,7 +361,7 @@ class MixtureFFN(nn.Module):
         tokens, kept = chosen.shape
         # pair j is (token j // k, its slot j % k)
         rows = torch.arange(tokens, device=x.device).repeat_interleave(kept)
-        block = self.rank_mask(chosen.reshape(-1)).to(flat.dtype)
+        block = self.rank_mask(chosen.reshape(-1), flat.dtype)
         pairs = flat[rows]
         hidden = self.base.act_fn(gate_out[rows] + self.pair_update("gate", pairs, block)) * (
             up_out[rows] + self.pair_update("up", pairs, block)
