@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 from _bench import REPO, kept_notes, offline, zoo_digest
+from _hindsight import hindsight_rows
 
 offline()
 
@@ -343,7 +344,13 @@ def anytime(kind: str, runs: dict, volumes: dict[str, float], budget: int, out: 
     figure.tight_layout()
     figure.savefig(out, dpi=120)
     plt.close(figure)
-    return [*rows, "", f"Plot: `{out.name}`.", ""]
+    rows += ["", f"Plot: `{out.name}`.", ""]
+    paired = {
+        s: (SCRATCH / kind / f"seed{s}" / "hm3", SCRATCH / kind / f"seed{s}" / "param_only") for s in SEEDS
+    }
+    if all(("hm3", s) in runs and ("param_only", s) in runs for s in SEEDS):
+        rows += hindsight_rows(kind, paired, names, signs, normalization)
+    return rows
 
 
 def zoo_marker(kind: str, end: str) -> str:

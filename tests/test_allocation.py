@@ -194,3 +194,100 @@ def test_screened_shares_are_given_back_to_the_last_whole_merge_not_rounded_up_p
     spent = [{"budget": 21, "used": 20.25}, {"budget": 21, "used": 19.25}]
     # 40 - 37.5 = 2.5 unspent: two whole merges (rounding each preference's quarter up would leave one)
     assert budget_allocation(recipe, spent)["given_back"] == 2
+
+
+class _FakeLog:
+    """The run log's part the budgeted evaluator uses, in memory."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+        self._scores: dict[str, dict] = {}
+
+    def get(self, key: str):
+        return self._scores.get(key)
+
+    def documents(self, key: str, default: int) -> int:
+        return next((r["documents"] for r in self.records if r["key"] == key), default)
+
+    def record(self, key: str, scores: dict, **fields) -> None:
+        self.records.append({"key": key, **fields, "scores": dict(scores)})
+        self._scores[key] = dict(scores)
+
+
+class _FakeSearch:
+    """A search whose candidates all score 0.5 on one objective; the screen is a quarter of the search split."""
+
+    objectives = ["a"]
+    scoring = "test"
+
+    def __init__(self) -> None:
+        self.log = _FakeLog()
+        self.scored = 0
+
+        class _Evaluator:
+            def score(inner, model, split):  # noqa: N805
+                self.scored += 1
+                return {"a": 0.5}
+
+        class _Models:
+            def build(inner, candidate):  # noqa: N805
+                return None
+
+        self.evaluator, self.models = _Evaluator(), _Models()
+
+    def documents(self, split: str) -> int:
+        return {"search": 100, "screen": 25}[split]
+
+
+def _path(weights: tuple[float, ...], steps: tuple[int, ...]):
+    from hm3.search.candidate import Candidate
+
+    return Candidate(
+        merge={"method": "task_arithmetic", "weights": list(weights)}, path=[[s, 0] for s in steps]
+    )
+
+
+def test_a_later_search_of_the_same_merge_gets_free_what_an_earlier_one_charged():
+    from hm3.search.budget import BudgetedEvaluator, Ledger, shared_keys
+
+    search = _FakeSearch()
+    first = BudgetedEvaluator(search, "hm3", budget=10, preference_index=0)
+    first.score(_path((1, 0), (0, 1)), level="path", split="screen")
+    first.score(_path((1, 0), (0, 1)), level="path")
+    assert first.used == 1.25 and search.scored == 2
+    charges: list[float] = []
+    second = BudgetedEvaluator(search, "hm3", budget=2, preference_index=1)
+    second.prepaid = shared_keys(search.log.records, [0])
+    second.on_charge = lambda candidate, scores, split, cost: charges.append(cost)
+    second.score(_path((1, 0), (0, 1)), level="path", split="screen")  # the first's screen: free
+    second.score(_path((1, 0), (0, 1)), level="path")
+    assert second.used == 0 and search.scored == 2 and charges == [0.0, 0.0]
+    second.score(_path((1, 0), (1, 1)), level="path")  # new: scored and charged
+    assert second.used == 1 and search.scored == 3 and charges[-1] == 1.0
+    assert second.ledger.to_json()["path"] == {
+        "candidates": 1,
+        "documents": 100,
+        "scored_now": 1,
+        "shared": 1,
+    }
+    assert Ledger.combine([first.ledger.to_json(), second.ledger.to_json()])["path"]["candidates"] == 2
+    # another preference's candidates are no one else's: without the shared merge, a log answer is charged
+    third = BudgetedEvaluator(search, "hm3", budget=1, preference_index=2)
+    third.prepaid = shared_keys(search.log.records, [])
+    third.score(_path((1, 0), (0, 1)), level="path")
+    assert third.used == 1 and search.scored == 3
+
+
+def test_preferences_that_start_from_one_merge_run_in_index_order_and_the_others_do_not_wait():
+    from hm3.merge.spec import MergeSpec
+    from hm3.search.distributed import next_ready
+    from hm3.search.preference import merge_groups
+
+    a = MergeSpec(method="task_arithmetic", weights=(1.0, 0.5))
+    b = MergeSpec(method="task_arithmetic", weights=(0.5, 1.0))
+    groups = merge_groups({0: a, 1: b, 2: a.model_copy(), 3: a})
+    assert groups == {0: [], 1: [], 2: [0], 3: [0, 2]}
+    queue = [(2, None), (3, None), (1, None)]
+    assert next_ready(queue, {0, 1, 2, 3}, groups) == 2  # 0 still running: only 1 may start
+    assert next_ready(queue, {2, 3}, groups) == 0  # 0 done: 2, not 3 (it waits for 2 as well)
+    assert next_ready([(3, None)], {2, 3}, groups) is None

@@ -102,6 +102,16 @@ def test_the_upper_level_spends_its_budget_in_the_box_and_the_same_seed_gives_th
             assert record["path_window"] == 1 and record["used"] <= 2  # its merge and one path
         else:
             assert record["path_window"] == 3
+    # what the preferences charged is what they scored: a search of a merge an earlier preference searched
+    # too is not charged again for what that one scored
+    full = next(r["documents"] for r in upper)
+    scored = {
+        r["key"]: r["documents"]
+        for r in records
+        if r.get("preference_index") is not None and r["level"] != "finetuned"
+    }
+    charged = sum(json.loads(record.read_text())["used"] - 1 for record in preferences)  # - its merge
+    assert charged == pytest.approx(sum(scored.values()) / full, abs=1e-6)
     # what the path level did not spend went back to the upper level: its second round, all new merges
     allocation = json.loads((first / "run" / "summary.json").read_text())["allocation"]
     paths = allocation["paths_per_preference"]

@@ -15,6 +15,9 @@ Every method — HM3's two levels, its ablations, the baselines — and the end 
   that a resumed run spends exactly what an uninterrupted one does. A new candidate that would pass the budget
   raises :class:`BudgetSpent` before anything is built. The fine-tuned models and the references
   (``finetuned``, ``reference``) and every held-out score are scored for every method alike and never charged.
+* **Shared, not charged twice.** Preferences whose path searches start from the same merge search one routing
+  pool: a candidate an earlier one of them charged (its ``prepaid`` keys, :func:`shared_keys`) is answered from
+  the log at no cost to a later one — the budget counts documents scored, and those were scored once.
 * **The ledger** counts, per level, the candidates charged, the documents their scores cover (partial scoring
   on a subset is counted by its documents), and how many of them were scored in this session; the summary
   reports it.
@@ -23,7 +26,7 @@ Every method — HM3's two levels, its ablations, the baselines — and the end 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +37,7 @@ from hm3.search.candidate import LEVELS, SEARCHED_LEVELS, Candidate
 if TYPE_CHECKING:
     from hm3.search.session import Search
 
-__all__ = ["CHARGED_SPLITS", "BudgetSpent", "BudgetedEvaluator", "Ledger", "LedgerLine"]
+__all__ = ["CHARGED_SPLITS", "BudgetSpent", "BudgetedEvaluator", "Ledger", "LedgerLine", "shared_keys"]
 
 
 CHARGED_SPLITS = ("search", "screen")
@@ -48,9 +51,16 @@ class LedgerLine:
     candidates: int = 0
     documents: int = 0
     scored_now: int = 0
+    shared: int = 0
+    """Candidates another preference's search of the same merge had charged: answered free, not counted above."""
 
     def to_json(self) -> dict[str, int]:
-        return {"candidates": self.candidates, "documents": self.documents, "scored_now": self.scored_now}
+        return {
+            "candidates": self.candidates,
+            "documents": self.documents,
+            "scored_now": self.scored_now,
+            "shared": self.shared,
+        }
 
 
 @dataclass
@@ -59,8 +69,11 @@ class Ledger:
 
     lines: dict[str, LedgerLine] = field(default_factory=dict)
 
-    def add(self, level: str, documents: int, new: bool) -> None:
+    def add(self, level: str, documents: int, new: bool, shared: bool = False) -> None:
         line = self.lines.setdefault(level, LedgerLine())
+        if shared:
+            line.shared += 1
+            return
         line.candidates += 1
         line.documents += documents
         line.scored_now += int(new)
@@ -74,7 +87,9 @@ class Ledger:
         total: dict[str, dict[str, int]] = {}
         for ledger in ledgers:
             for level, counts in ledger.items():
-                line = total.setdefault(level, {"candidates": 0, "documents": 0, "scored_now": 0})
+                line = total.setdefault(
+                    level, {"candidates": 0, "documents": 0, "scored_now": 0, "shared": 0}
+                )
                 for name in line:
                     line[name] += int(counts.get(name, 0))
         return dict(sorted(total.items()))
@@ -92,9 +107,11 @@ class BudgetedEvaluator:
         preference: λ the candidates are scored for (recorded), or None.
         preference_index: Its index in the run (recorded), or None.
         on_new: Called with ``(candidate, scores, split)`` after each candidate scored in this session.
-        on_charge: Called with ``(candidate, scores, split)`` the first time a candidate is charged on a split
-            (``search`` or ``screen``), scored now or answered from the log (a resumed run sees the same calls as
-            an uninterrupted one); :meth:`cost` is what it was charged.
+        on_charge: Called with ``(candidate, scores, split, cost)`` the first time a candidate is charged on a
+            split (``search`` or ``screen``), scored now or answered from the log (a resumed run sees the same
+            calls as an uninterrupted one); ``cost`` is what it was charged, in full scorings (0 when prepaid).
+        prepaid: Keys of candidates another preference of the run charged already (:func:`shared_keys`):
+            answered from the log and charged nothing.
     """
 
     search: Search
@@ -103,7 +120,8 @@ class BudgetedEvaluator:
     preference: Sequence[float] | None = None
     preference_index: int | None = None
     on_new: Callable[[Candidate, dict[str, float], str], None] | None = None
-    on_charge: Callable[[Candidate, dict[str, float], str], None] | None = None
+    on_charge: Callable[[Candidate, dict[str, float], str, float], None] | None = None
+    prepaid: frozenset[str] = frozenset()
     ledger: Ledger = field(default_factory=Ledger)
     charged: dict[str, dict[str, float]] = field(default_factory=dict)
     charged_documents: int = 0
@@ -163,7 +181,8 @@ class BudgetedEvaluator:
         charged = split in CHARGED_SPLITS and level in SEARCHED_LEVELS
         if charged and key in self.charged:
             return dict(self.charged[key])
-        if charged and not self.affordable(split):
+        prepaid = charged and key in self.prepaid
+        if charged and not prepaid and not self.affordable(split):
             raise BudgetSpent(f"{self.method}: budget of {self.budget} candidates spent")
         known = search.log.get(key)
         new = known is None
@@ -192,12 +211,26 @@ class BudgetedEvaluator:
             documents = search.log.documents(key, search.documents(split))
         if charged:
             self.charged[key] = dict(scores)
-            self.charged_documents += search.documents(split)
+            self.charged_documents += 0 if prepaid else search.documents(split)
             if self.on_charge is not None:
-                self.on_charge(candidate, dict(scores), split)
+                self.on_charge(candidate, dict(scores), split, 0.0 if prepaid else self.cost(split))
         if (key, level) not in self._counted:
             self._counted.add((key, level))
-            self.ledger.add(level if split == "search" else split, documents, new)
+            self.ledger.add(level if split == "search" else split, documents, new, shared=prepaid)
         if new and self.on_new is not None:
             self.on_new(candidate, scores, split)
         return dict(scores)
+
+
+def shared_keys(records: Iterable[Mapping[str, Any]], earlier: Iterable[int]) -> frozenset[str]:
+    """The keys of the candidates that the preferences ``earlier`` (searches of the same merge, finished before
+    this one) charged at the searched levels: a later search of that merge gets them free
+    (:attr:`BudgetedEvaluator.prepaid`)."""
+    indexes = set(earlier)
+    return frozenset(
+        r["key"]
+        for r in records
+        if r.get("preference_index") in indexes
+        and r.get("split") in CHARGED_SPLITS
+        and r.get("level") in SEARCHED_LEVELS
+    )

@@ -48,7 +48,12 @@ class PreferenceWorker:
             self.agent = PathAgent.load(agent_folder, allow_pickle=recipe.allow_pickle)
 
     def run(
-        self, index: int, preference: list[float], merge: dict | None = None, path_level_paid: bool = True
+        self,
+        index: int,
+        preference: list[float],
+        merge: dict | None = None,
+        path_level_paid: bool = True,
+        shares_with: list[int] | None = None,
     ) -> dict:
         spec = None if merge is None else MergeSpec.model_validate(merge)
         # what other workers logged since (the probe preference's paths above all) is answered, not re-scored
@@ -61,6 +66,7 @@ class PreferenceWorker:
             self.parameter_level,
             spec,
             path_level_paid=path_level_paid,
+            shares_with=shares_with or [],
         )
 
 
@@ -112,11 +118,14 @@ def run_preferences_on_ray(
     merges: dict[int, MergeSpec] | None = None,
     probe: int | None = None,
     path_level_paid: Callable[[], bool] = lambda: True,
+    groups: dict[int, list[int]] | None = None,
 ) -> None:
     """Search the ``pending`` (index, λ) preferences on Ray actors; ``on_result`` gets each record as it lands
     (``merges``: the optimised upper level's merge of each preference). ``probe``: a pending preference searched
     first and alone, after whose record (``on_result``) ``path_level_paid()`` gives every other preference's
-    verdict (:mod:`hm3.search.allocation`)."""
+    verdict (:mod:`hm3.search.allocation`). ``groups``: for each preference, the earlier ones that search the
+    same merge (:func:`hm3.search.preference.merge_groups`); it starts only once they are done, as in a
+    sequential run."""
     import ray
 
     count = min(connect(address, workers), len(pending))
@@ -138,33 +147,56 @@ def run_preferences_on_ray(
         for _ in range(count)
     ]
     search.store.log(f"ray: {count} workers at {address}")
+    groups = groups or {}
     queue = sorted(pending, key=lambda item: item[0] != probe)  # the probe first
     probing = probe is not None and bool(queue) and queue[0][0] == probe
-    running: dict[Any, Any] = {}
+    unfinished = {index for index, _ in pending}
+    running: dict[Any, tuple[Any, int]] = {}
+    idle = list(actors)
 
-    def dispatch(actor: Any) -> None:
-        index, preference = queue.pop(0)
+    def start(position: int) -> None:
+        index, preference = queue.pop(position)
         paid = True if index == probe else path_level_paid()
-        running[actor.run.remote(*_task(index, preference, merges), paid)] = actor
+        actor = idle.pop(0)
+        running[actor.run.remote(*_task(index, preference, merges), paid, groups.get(index, []))] = (
+            actor,
+            index,
+        )
 
-    for actor in actors[: 1 if probing else len(actors)]:
-        if queue:
-            dispatch(actor)
+    def dispatch() -> None:
+        while idle and queue:
+            position = next_ready(queue, unfinished, groups)
+            if position is None:
+                return  # every queued preference waits for an earlier search of its merge
+            start(position)
+
+    if probing:
+        start(0)  # the probe alone: its verdict is in before the others start
+    else:
+        dispatch()
     try:
         while running:
             done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
             search.progress.stage_count(_logged_lines(search))
             for reference in done:
-                actor = running.pop(reference)
+                actor, index = running.pop(reference)
                 on_result(ray.get(reference))
-                idle = [actor] + (actors[1:] if probing else [])  # the probe's verdict is in: all hands
-                probing = False
-                for free in idle:
-                    if queue:
-                        dispatch(free)
+                unfinished.discard(index)
+                idle.append(actor)
+            if done:  # (after the probe: its verdict is in)
+                dispatch()
     finally:
         for actor in actors:
             ray.kill(actor)
+
+
+def next_ready(queue: list[tuple[int, Any]], waiting: set[int], groups: dict[int, list[int]]) -> int | None:
+    """The position in ``queue`` of the first preference none of whose earlier searches of the same merge
+    (``groups``) is still ``waiting`` (queued or running), or None."""
+    for position, (index, _) in enumerate(queue):
+        if not waiting.intersection(groups.get(index, [])):
+            return position
+    return None
 
 
 def _task(index: int, preference: np.ndarray, merges: dict[int, MergeSpec] | None) -> tuple:

@@ -11,7 +11,9 @@ a budget of its own (``agent.iterations``).
 from __future__ import annotations
 
 import itertools
+import json
 import time
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -23,7 +25,7 @@ from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
 from hm3.routing.scoring import PathScorer
 from hm3.search.allocation import Patience
-from hm3.search.budget import BudgetedEvaluator
+from hm3.search.budget import BudgetedEvaluator, shared_keys
 from hm3.search.candidate import Candidate
 from hm3.search.session import Search
 
@@ -102,11 +104,14 @@ def run_preference(
     parameter_level: bool = True,
     merge: MergeSpec | None = None,
     path_level_paid: bool = True,
+    shares_with: Sequence[int] = (),
 ) -> dict:
     """Search one preference: the upper-level merge, then the lower-level path search. Returns its record.
 
     ``path_level_paid`` False: the run's probe preference found no path better than its merge, so this path
     search has ``agent.unpaid_patience`` until one of its own paths pays (:mod:`hm3.search.allocation`).
+    ``shares_with``: the preferences searched before this one from the same merge (:func:`merge_groups`); what
+    they charged is free here (:func:`hm3.search.budget.shared_keys`).
 
     With ``parameter_level`` False (the architecture-only ablation) there is no merge: slot K of the pool holds
     the base model, whose embeddings and head the paths use. ``merge``: the optimised upper level's choice for
@@ -117,6 +122,7 @@ def run_preference(
     started = time.perf_counter()
     lam = [float(v) for v in preference]
     evaluations = BudgetedEvaluator(search, HM3, preference_budget(recipe), lam, index)
+    evaluations.prepaid = shared_keys(search.log.records, shares_with)
     evaluations.on_new = lambda candidate, scores, split: search.progress.candidate(
         None
         if split == "screen"
@@ -126,9 +132,9 @@ def run_preference(
     patience = Patience.from_recipe(
         recipe, recipe.agent.iterations if agent is None else 0, path_level_paid or agent is not None
     )
-    evaluations.on_charge = lambda candidate, scores, split: patience.see(
+    evaluations.on_charge = lambda candidate, scores, split, cost: patience.see(
         rewards.reward(scores, lam, len(candidate.path or ()) or search.pool.num_layers),
-        evaluations.cost(split),
+        cost,
         screen=split == "screen",
     )
 
@@ -192,6 +198,19 @@ def run_preference(
         else patience.unpaid_window,
         "ledger": evaluations.ledger.to_json(),
         "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def merge_groups(merges: Mapping[int, MergeSpec]) -> dict[int, list[int]]:
+    """For each preference, the preferences before it (lower index) whose path searches start from the same
+    merge: they search one routing pool, so they run in index order and a later one gets free what an earlier
+    one charged (on Ray too: :func:`hm3.search.distributed.run_preferences_on_ray` waits for them)."""
+    settings = {
+        index: json.dumps(spec.model_dump(mode="json"), sort_keys=True) for index, spec in merges.items()
+    }
+    return {
+        index: [other for other in sorted(settings) if other < index and settings[other] == setting]
+        for index, setting in settings.items()
     }
 
 

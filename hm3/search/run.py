@@ -14,6 +14,8 @@
    ``conditioned`` mode, whose shared agent has ``agent.iterations`` of its own), and every scored candidate is
    appended to ``candidates.jsonl`` at once. The first preference is the probe: where none of its paths beat
    its merge, the others' path searches get ``agent.unpaid_patience`` paths (:mod:`hm3.search.allocation`).
+   Preferences whose searches start from the same merge run in index order, and a later one is not charged
+   for what an earlier one scored (:func:`hm3.search.preference.merge_groups`).
    A finished preference is written to ``preferences/pNNN.json`` (atomically, with its ledger and greedy
    rollout) with its agent in ``policy/pNNN/``.
 4. **The front** (:mod:`hm3.search.finish`): the non-dominated candidates of the whole log on the search split,
@@ -49,6 +51,7 @@ from hm3.search.preference import (
     POLICY_DIR,
     conditioned_agent,
     conditioned_budget,
+    merge_groups,
     preference_budget,
     run_preference,
 )
@@ -159,6 +162,7 @@ def run_search(
         progress.finish_preference()
 
     pending = [(i, v) for i, (v, file) in enumerate(zip(vectors, done, strict=True)) if not file.is_file()]
+    groups = merge_groups(merges)  # preferences that search the same merge: in index order, sharing charges
     probe = PROBE if adapts_path_budget(recipe) and len(vectors) > 1 else None
 
     def paid() -> bool:  # the probe preference's verdict (read once it is written)
@@ -179,13 +183,24 @@ def run_search(
             merges,
             probe,
             paid,
+            groups,
         )
         search.log = CandidateLog(store)  # the workers appended their candidates to the file
         search.log.new, search.log.loaded = search.log.loaded - initial, initial
     for index, preference in pending if not address else []:
         progress.start_preference(index, len(vectors), preference, recipe.agent.iterations)
         verdict = True if index == probe else paid()
-        save(run_preference(search, index, preference, agent, parameter_level, merges.get(index), verdict))
+        record = run_preference(
+            search,
+            index,
+            preference,
+            agent,
+            parameter_level,
+            merges.get(index),
+            verdict,
+            shares_with=groups.get(index, []),
+        )
+        save(record)
     results = [store.read_json(f"{PREFERENCES_DIR}/{file.name}") for file in done]
     ledgers = [r.get("ledger", {}) for r in results]
     training: int | None = None  # paths the conditioned agent's training scored
