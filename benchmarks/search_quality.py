@@ -148,10 +148,13 @@ def selected(name: str, default: list) -> list:
 def run_settings(recipe, method: str) -> str:
     """The digest of what a run depends on: the recipe, less the agent's training settings for a method that
     trains no agent (so changing PPO's defaults re-runs only the methods that use it)."""
-    exclude = None if method in AGENT_METHODS else {"agent": set(PPO_SETTINGS)}
+    exclude: dict[str, set[str]] = {} if method in AGENT_METHODS else {"agent": set(PPO_SETTINGS)}
     if method in AGENT_METHODS and recipe.agent.actions == "path":  # added with the agent it has always had:
         exclude = {"agent": {"actions"}}  # runs made before the setting existed stay current
-    return hashlib.sha256(recipe.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
+    level = recipe.architecture_level
+    if level.fixed_first == level.fixed_last == 0:  # added since, off: runs made before it stay current
+        exclude["architecture_level"] = {"fixed_first", "fixed_last"}
+    return hashlib.sha256(recipe.model_dump_json(exclude=exclude or None).encode()).hexdigest()[:16]
 
 
 def run_one(kind: str, seed: int, method: str, budget: int) -> dict:
