@@ -14,9 +14,10 @@ For each seed, on the search split (what any allocation rule can see), in the an
 * ``hm3``: HM3's own run;
 * ``hm3 replayed``: HM3's own path searches, in full, and ``param_only``'s merges for the rest — a check of the
   model, which should match HM3's own search-split hypervolume;
-* ``best split``: the prefixes (k_1, ..., k_P) whose replay has the highest hypervolume, found by coordinate
-  ascent over each preference's prefix length (every length of every preference, three passes) — an upper bound
-  on what a better allocation rule could have made of *these* path searches, in hindsight.
+* ``best split``: the prefixes (k_1, ..., k_P) whose replay has the highest hypervolume found by coordinate
+  ascent over each preference's prefix length (every length of every preference against the others' best, three
+  passes; not an exhaustive search) — what a better allocation rule could have made of *these* path searches,
+  in hindsight.
 """
 
 from __future__ import annotations
