@@ -11,7 +11,6 @@ a budget of its own (``agent.iterations``).
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from collections.abc import Mapping, Sequence
 
@@ -205,9 +204,7 @@ def merge_groups(merges: Mapping[int, MergeSpec]) -> dict[int, list[int]]:
     """For each preference, the preferences before it (lower index) whose path searches start from the same
     merge: they search one routing pool, so they run in index order and a later one gets free what an earlier
     one charged (on Ray too: :func:`hm3.search.distributed.run_preferences_on_ray` waits for them)."""
-    settings = {
-        index: json.dumps(spec.model_dump(mode="json"), sort_keys=True) for index, spec in merges.items()
-    }
+    settings = {index: Candidate.of_merge(spec).content_key() for index, spec in merges.items()}
     return {
         index: [other for other in sorted(settings) if other < index and settings[other] == setting]
         for index, setting in settings.items()
