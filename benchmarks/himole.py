@@ -14,11 +14,15 @@ call as ``hm3 himole train --variant V [--no-two-stage] --seed S`` and is scored
 (exact match and answer-token loss on every ID and OOD objective, and the experts' load balance, MaxVio, on the
 ID documents); the bare base model is scored once.
 
-Runs live in ``benchmarks/scratch/himole/<base>-<digest>/``; a finished run (its ``eval.json``) made on the same
-zoo build and recipe is reused, so an interrupted benchmark continues where it stopped. Each run trains and
-scores on one thread (``hm3.evaluate.threads``), so ``BENCH_JOBS`` runs (default: one per core) go at once, each
-in its own process; a variant's other seeds start as soon as its sweep is done. Writes
-``benchmarks/results/himole.md`` (``himole_<base>.md`` for a base other than the default).
+The whole protocol takes about a day on 2 cores, more than one session on one machine has, so it continues
+across machines: each finished run's report (scores, steps, wall time, the machine) is kept in
+``benchmarks/results/himole_runs/<base>-<key>/`` and committed (``benchmarks/_records.py``: the key covers the
+zoo's weights by fingerprint, the recipe, the code of ``hm3/himole`` and ``hm3/evaluate``, the library versions
+and the variant table; each report the run's full configuration), and a run with a kept report is not trained
+again. The trained adapters stay in ``benchmarks/scratch/himole/`` (never committed). Each run trains and scores
+on one thread (``hm3.evaluate.threads``), so ``BENCH_JOBS`` runs (default: one per core) go at once, each in its
+own process; a variant's other seeds start as soon as its sweep is done. Writes ``benchmarks/results/himole.md``
+(``himole_<base>.md`` for a base other than the default) once every run has a report.
 
     .venv/bin/python benchmarks/himole.py                           # the deep base, seeds 0-2, the sweep
     BENCH_BASE=small .venv/bin/python benchmarks/himole.py          # the 4-layer base (recipes/himole-toy.yaml)
@@ -32,13 +36,15 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import platform
+import shutil
 import time
+from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
-from _bench import REPO, exit_with, kept_notes, offline, zoo_digest
+from _bench import REPO, exit_with, kept_notes, offline
+from _records import RunRecords
 
 offline()
 
@@ -69,18 +75,24 @@ def selected(name: str, default: list) -> list:
     return [value for value in default if str(value) in wanted]
 
 
-def scored(folder: Path, work) -> dict:
-    """``folder/eval.json``, produced by ``work()`` (returning the report dict) unless already there."""
-    target = folder / "eval.json"
-    if not target.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        report = work()
-        report["seconds"] = time.perf_counter() - started
-        staging = folder / ".eval.json.tmp"
-        staging.write_text(json.dumps(report, indent=2) + "\n")
-        staging.replace(target)
-    return json.loads(target.read_text())
+def run_records(recipe, recipe_file: str, size: str) -> RunRecords:
+    """Where the finished runs of this base are kept (and looked up)."""
+    return RunRecords(
+        "himole",
+        size,
+        Path(recipe.base_model.path).parent,
+        REPO / recipe_file,
+        [REPO / "hm3" / "himole", REPO / "hm3" / "evaluate"],
+        extra={
+            label: [variant, two_stage, overrides]
+            for label, (variant, two_stage, overrides) in VARIANTS.items()
+        },
+    )
+
+
+def run_config(recipe) -> dict:
+    """What decides one run besides the key: its recipe after the variant's overrides and learning rates."""
+    return recipe.model_dump(mode="json")
 
 
 def variant_recipe(recipe, factor: float, overrides: dict):
@@ -121,20 +133,35 @@ def factor_label(factor: float) -> str:
     return {1 / 3: "x1/3", 1.0: "x1", 3.0: "x3"}.get(factor, f"x{factor:g}")
 
 
-def run_one(recipe_file: str, scratch: Path, label: str, factor: float, seed: int) -> dict:
+def is_two_stage_mixture(label: str) -> bool:
+    variant, two_stage, _ = VARIANTS[label]
+    return variant == "himole" and two_stage
+
+
+def run_name(label: str, factor: float, seed: int) -> str:
+    return f"{label}-lr{factor:.4g}-s{seed}"
+
+
+def run_one(recipe_file: str, size: str, scratch: Path, label: str, factor: float, seed: int) -> dict:
     """One run of the protocol (variant ``label`` at learning-rate ``factor``, ``seed``), in a worker process:
-    its ``eval.json``, trained and scored now unless a finished run is in ``scratch``."""
+    its report, kept from an earlier run of the same experiment or trained and scored now."""
     from hm3.recipe import load_recipe
 
     variant, two_stage, overrides = VARIANTS[label]
-    folder = scratch / f"{label}-{factor_label(factor)}-s{seed}"
-    if not (folder / "eval.json").is_file():
+    name = run_name(label, factor, seed)
+    folder = scratch / name
+    recipe = load_recipe(REPO / recipe_file)
+    tuned = variant_recipe(recipe, factor, overrides)
+
+    def work() -> dict:
         print(
             f"[{time.strftime('%H:%M:%S')}] {label} lr {factor_label(factor)} seed {seed}: training",
             flush=True,
         )
-    tuned = variant_recipe(load_recipe(REPO / recipe_file), factor, overrides)
-    return scored(folder, lambda: train_and_score(tuned, folder, variant, two_stage, seed))
+        shutil.rmtree(folder, ignore_errors=True)  # what an interrupted run left
+        return train_and_score(tuned, folder, variant, two_stage, seed)
+
+    return run_records(recipe, recipe_file, size).report(name, run_config(tuned), work)
 
 
 def chosen_factor(sweep: dict[float, dict]) -> float:
@@ -159,12 +186,11 @@ def main() -> int:
     started = time.perf_counter()
     write_shifted_tasks(ensure_zoo("lm", size=size))  # the deep recipe's ID and OOD tests (hm3 himole tasks)
     recipe = load_recipe(REPO / recipe_file)
-    scratch = (
-        REPO / "benchmarks" / "scratch" / "himole" / f"{base_name}-{zoo_digest(recipe, REPO / recipe_file)}"
-    )
+    records = run_records(recipe, recipe_file, size)
+    scratch = REPO / "benchmarks" / "scratch" / "himole" / f"{base_name}-{records.key}"
     seeds, labels = selected("BENCH_SEEDS", SEEDS), selected("BENCH_VARIANTS", list(VARIANTS))
     partial = bool(os.environ.get("BENCH_SEEDS") or os.environ.get("BENCH_VARIANTS"))
-    base = scored(scratch / "base", lambda: evaluate_adapter(recipe, None).to_json())
+    base = records.report("base", run_config(recipe), lambda: evaluate_adapter(recipe, None).to_json())
 
     reports: dict[tuple[str, float, int], dict] = {}
     context = multiprocessing.get_context("spawn")  # workers start clean: no forked torch thread pools
@@ -172,13 +198,17 @@ def main() -> int:
         pending: dict[Future, tuple[str, float, int]] = {}
 
         def submit(label: str, factor: float, seed: int) -> None:
-            pending[pool.submit(run_one, recipe_file, scratch, label, factor, seed)] = (label, factor, seed)
+            future = pool.submit(run_one, recipe_file, size, scratch, label, factor, seed)
+            pending[future] = (label, factor, seed)
 
-        # the sweep first, the recipe's rates first of all (a sweep cut short still leaves every variant
-        # compared at one rate); a variant's other seeds train at the rate its sweep chooses, once it has
-        for factor in sorted(LR_FACTORS, key=lambda f: f != 1.0):
-            for label in labels:
-                submit(label, factor, SWEEP_SEED)
+        # the sweep first, the runs expected to be longest first (two-stage mixtures, then lower rates: more
+        # steps until early stopping), so that the runs a stop interrupts, and must start over, are short ones;
+        # a variant's other seeds train at the rate its sweep chooses, once it has
+        for label, factor in sorted(
+            ((label, factor) for label in labels for factor in LR_FACTORS),
+            key=lambda run: (not is_two_stage_mixture(run[0]), run[1]),
+        ):
+            submit(label, factor, SWEEP_SEED)
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
@@ -197,11 +227,11 @@ def main() -> int:
     if partial:
         print("a share of the runs only (BENCH_SEEDS/BENCH_VARIANTS); no table written")
         return 0
-    write_table(base_name, recipe, recipe_file, scratch, base, sweeps, runs, time.perf_counter() - started)
+    write_table(base_name, recipe, recipe_file, records, base, sweeps, runs, time.perf_counter() - started)
     return 0
 
 
-def write_table(base_name, recipe, recipe_file, scratch, base, sweeps, runs, seconds) -> None:
+def write_table(base_name, recipe, recipe_file, records, base, sweeps, runs, seconds) -> None:
     objectives = list(base["scores"])
     ood = set(base["ood_objectives"])
     summary = [
@@ -261,15 +291,26 @@ def write_table(base_name, recipe, recipe_file, scratch, base, sweeps, runs, sec
     capped = sorted(
         {f"{label} (seed {i})" for label, rs in runs.items() for i, r in enumerate(rs) if not r["converged"]}
     )
+    every = [
+        base,
+        *(r for sweep in sweeps.values() for r in sweep.values()),
+        *(r for rs in runs.values() for r in rs),
+    ]
+    machines = Counter(r["machine"] for r in {id(r): r for r in every}.values())
+    made_on = "; ".join(f"{name} ({count} runs)" for name, count in machines.most_common())
+    zoo_fingerprint = json.loads((Path(recipe.base_model.path).parent / "zoo.json").read_text())[
+        "fingerprint"
+    ]
     lines = [
         f"# HiMoLE vs LoRA, MoE-LoRA, HydraLoRA and its ablations, trained to convergence ({base_name} base)",
         "",
         f"Command: `{'' if base_name == DEFAULT_BASE else f'BENCH_BASE={base_name} '}.venv/bin/python benchmarks/himole.py`  ",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; date "
-        f"{time.strftime('%Y-%m-%d %H:%M')}; total wall time {seconds:.0f} s "
-        "(runs reused from benchmarks/scratch are not timed again)  ",
-        f"Recipe `{recipe_file}` on zoo `{Path(recipe.base_model.path).parent.name}` (fingerprint "
-        f"{scratch.name}); seeds {SEEDS} (the seed draws the training data, the validation split, the "
+        f"Runs made on: {made_on}; 2 runs at a time on 2 cores unless `BENCH_JOBS` said otherwise; table "
+        f"written {time.strftime('%Y-%m-%d %H:%M')} (this invocation {seconds:.0f} s; 'train s' is each run's "
+        "own training wall time)  ",
+        f"Recipe `{recipe_file}` on zoo `{Path(recipe.base_model.path).parent.name}` (weights "
+        f"`{zoo_fingerprint[:16]}`); reports kept in `benchmarks/results/himole_runs/{records.folder.name}/`; "
+        f"seeds {SEEDS} (the seed draws the training data, the validation split, the "
         "initialisation and the batch order). "
         + (
             "ID and OOD tests: the covariate-shifted ones of `hm3/himole/shifted.py` (each task's symbols drawn "

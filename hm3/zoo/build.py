@@ -2,8 +2,8 @@
 
 The build runs in a hidden sibling folder (``.<name>.building-<pid>``) and is renamed into place only once
 ``zoo.json`` is written, so an interrupted build never leaves a folder that looks finished. The training runs
-in a child process with portable CPU numerics (:mod:`hm3.zoo.numerics`), so a seed gives bit-identical
-weights on every x86-64 machine with AVX2; ``zoo.json`` and ``scores.md`` carry their fingerprint
+in a child process with pinned CPU numerics (:mod:`hm3.zoo.numerics`), so a seed gives bit-identical
+weights on every Intel CPU with AVX2 (AMD CPUs build others); ``zoo.json`` and ``scores.md`` carry their fingerprint
 (:mod:`hm3.zoo.fingerprint`).
 
 Example::

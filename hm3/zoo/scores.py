@@ -89,8 +89,8 @@ def vit_scores(zoo: Path, models: list[str], tasks: dict[str, dict[str, Any]]) -
 
 
 FINGERPRINT_NOTE = (
-    "a hash of every weight; built with portable CPU numerics, so the same on every x86-64 machine with AVX2 "
-    "for this seed; the README lists those of the documented zoos"
+    "a hash of every weight; built with pinned CPU numerics, so the same on every Intel CPU with AVX2 for this "
+    "seed (AMD CPUs build other weights: MKL ignores the pin there); the README lists those of the documented zoos"
 )
 
 
