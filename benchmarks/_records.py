@@ -57,7 +57,7 @@ def source_digest(*packages: Path) -> str:
 def library_versions() -> dict[str, str]:
     from importlib.metadata import version
 
-    return {name: version(name.replace("_", "-") if name == "lm_eval" else name) for name in LIBRARIES}
+    return {name: version(name) for name in LIBRARIES}
 
 
 def machine() -> str:
