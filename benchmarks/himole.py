@@ -142,9 +142,14 @@ def run_name(label: str, factor: float, seed: int) -> str:
     return f"{label}-lr{factor:.4g}-s{seed}"
 
 
-def run_one(recipe_file: str, size: str, scratch: Path, label: str, factor: float, seed: int) -> dict:
+def run_one(
+    recipe_file: str, size: str, key: str, scratch: Path, label: str, factor: float, seed: int
+) -> dict:
     """One run of the protocol (variant ``label`` at learning-rate ``factor``, ``seed``), in a worker process:
-    its report, kept from an earlier run of the same experiment or trained and scored now."""
+    its report, kept from an earlier run of the same experiment or trained and scored now. ``key``: the records'
+    key when the benchmark started; a worker that finds another (the code or the zoo changed meanwhile) stops
+    the benchmark rather than mix two experiments in one table."""
+    from hm3.errors import UserError
     from hm3.recipe import load_recipe
 
     variant, two_stage, overrides = VARIANTS[label]
@@ -161,7 +166,13 @@ def run_one(recipe_file: str, size: str, scratch: Path, label: str, factor: floa
         shutil.rmtree(folder, ignore_errors=True)  # what an interrupted run left
         return train_and_score(tuned, folder, variant, two_stage, seed)
 
-    return run_records(recipe, recipe_file, size).report(name, run_config(tuned), work)
+    records = run_records(recipe, recipe_file, size)
+    if records.key != key:
+        raise UserError(
+            "the zoo, the recipe or the code of hm3/himole or hm3/evaluate changed while the benchmark ran; "
+            "start it again (finished runs are kept)"
+        )
+    return records.report(name, run_config(tuned), work)
 
 
 def chosen_factor(sweep: dict[float, dict]) -> float:
@@ -198,7 +209,7 @@ def main() -> int:
         pending: dict[Future, tuple[str, float, int]] = {}
 
         def submit(label: str, factor: float, seed: int) -> None:
-            future = pool.submit(run_one, recipe_file, size, scratch, label, factor, seed)
+            future = pool.submit(run_one, recipe_file, size, records.key, scratch, label, factor, seed)
             pending[future] = (label, factor, seed)
 
         # the sweep first, the runs expected to be longest first (two-stage mixtures, then lower rates: more
