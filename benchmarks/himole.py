@@ -5,7 +5,9 @@ loss decides (evaluation every ``eval_every`` steps, ``patience`` evaluations, t
 caps meant never to be reached — the table says, per row, how many runs converged and how many hit a cap. Each
 variant's learning rate is chosen by a small sweep applied to every variant alike: the recipe's rates (both
 stages) scaled by each of ``LR_FACTORS`` on seed ``SWEEP_SEED``, the factor with the lowest validation loss
-kept; its other seeds are then trained at that factor (the sweep's own run is its first seed).
+kept; where that is the grid's lowest or highest factor, the sweep goes on by another factor of 3 in that direction
+(up to ``EXTENSIONS`` times), so that a kept rate is a minimum of the sweep, not where the grid ended. Its other
+seeds are then trained at that factor (the sweep's own run is its first seed).
 
 Rows: ``lora`` (rank matched to HiMoLE's trainable parameters), ``moe-lora`` (token gate only, MixLoRA-style),
 ``hydra-lora`` (token gate over B heads sharing one A, HydraLoRA-style), ``himole-one-stage`` (the paper's
@@ -54,6 +56,8 @@ DEFAULT_BASE = "deep"
 SEEDS = [0, 1, 2]
 SWEEP_SEED = 0
 LR_FACTORS = (1 / 3, 1.0, 3.0)
+EXTENSIONS = 2
+"""A sweep whose best factor is at its edge goes on by ×3 (or ×1/3) at most this many times: 1/27 to 27."""
 """The sweep: both stages' learning rates scaled by each factor, for every variant alike."""
 VARIANTS = {  # row label -> (variant, two-stage, section overrides)
     "lora": ("lora", True, {}),
@@ -130,7 +134,7 @@ def mean_std(values: list[float], digits: int = 3) -> str:
 
 
 def factor_label(factor: float) -> str:
-    return {1 / 3: "x1/3", 1.0: "x1", 3.0: "x3"}.get(factor, f"x{factor:g}")
+    return f"x1/{round(1 / factor)}" if factor < 1 else f"x{factor:g}"
 
 
 def is_two_stage_mixture(label: str) -> bool:
@@ -175,9 +179,20 @@ def run_one(
     return records.report(name, run_config(tuned), work)
 
 
+def next_factor(sweep: dict[float, dict]) -> float | None:
+    """The sweep's next factor: ×1/3 below its lowest (×3 above its highest) where that one is best and the
+    extensions are not used up; None when the best factor lies inside the sweep."""
+    best, low, high = chosen_factor(sweep), min(sweep), max(sweep)
+    if best == low and low > min(LR_FACTORS) / 3**EXTENSIONS * 1.001:
+        return low / 3
+    if best == high and high < max(LR_FACTORS) * 3**EXTENSIONS / 1.001:
+        return high * 3
+    return None
+
+
 def chosen_factor(sweep: dict[float, dict]) -> float:
     """The sweep's learning-rate factor with the lowest validation loss."""
-    return min(LR_FACTORS, key=lambda f: sweep[f]["validation_loss"])
+    return min(sweep, key=lambda f: sweep[f]["validation_loss"])
 
 
 def main() -> int:
@@ -204,6 +219,7 @@ def main() -> int:
     base = records.report("base", run_config(recipe), lambda: evaluate_adapter(recipe, None).to_json())
 
     reports: dict[tuple[str, float, int], dict] = {}
+    tried = {label: list(LR_FACTORS) for label in labels}  # each variant's sweep so far
     context = multiprocessing.get_context("spawn")  # workers start clean: no forked torch thread pools
     with ProcessPoolExecutor(max_workers=int(jobs_text), mp_context=context) as pool:
         pending: dict[Future, tuple[str, float, int]] = {}
@@ -214,7 +230,8 @@ def main() -> int:
 
         # the sweep first, the runs expected to be longest first (two-stage mixtures, then lower rates: more
         # steps until early stopping), so that the runs a stop interrupts, and must start over, are short ones;
-        # a variant's other seeds train at the rate its sweep chooses, once it has
+        # a sweep whose best factor is at its edge goes on (next_factor); a variant's other seeds train at the
+        # rate its sweep chooses, once it has
         for label, factor in sorted(
             ((label, factor) for label in labels for factor in LR_FACTORS),
             key=lambda run: (not is_two_stage_mixture(run[0]), run[1]),
@@ -226,12 +243,19 @@ def main() -> int:
                 key = pending.pop(future)
                 reports[key] = future.result()
                 label = key[0]
-                if key[2] == SWEEP_SEED and all((label, f, SWEEP_SEED) in reports for f in LR_FACTORS):
-                    factor = chosen_factor({f: reports[(label, f, SWEEP_SEED)] for f in LR_FACTORS})
+                if key[2] != SWEEP_SEED or any((label, f, SWEEP_SEED) not in reports for f in tried[label]):
+                    continue
+                sweep = {f: reports[(label, f, SWEEP_SEED)] for f in tried[label]}
+                extension = next_factor(sweep)
+                if extension is not None:
+                    tried[label].append(extension)
+                    submit(label, extension, SWEEP_SEED)
+                else:
+                    factor = chosen_factor(sweep)
                     for seed in seeds:
                         if seed != SWEEP_SEED:
                             submit(label, factor, seed)
-    sweeps = {label: {f: reports[(label, f, SWEEP_SEED)] for f in LR_FACTORS} for label in labels}
+    sweeps = {label: {f: reports[(label, f, SWEEP_SEED)] for f in tried[label]} for label in labels}
     runs = {
         label: [reports[(label, chosen_factor(sweeps[label]), seed)] for seed in seeds] for label in labels
     }
@@ -258,9 +282,10 @@ def write_table(base_name, recipe, recipe_file, records, base, sweeps, runs, sec
         "| base (exact match) | " + " | ".join(f"{base['scores'][o]:.3f}" for o in objectives) + " |",
         "| base (answer loss) | " + " | ".join(f"{base['losses'][o]:.3f}" for o in objectives) + " |",
     ]
+    factors = sorted({f for sweep in sweeps.values() for f in sweep})
     sweep_rows = [
-        "| variant | " + " | ".join(f"lr {factor_label(f)}" for f in LR_FACTORS) + " | chosen |",
-        "|---|" + "---:|" * len(LR_FACTORS) + "---|",
+        "| variant | " + " | ".join(f"lr {factor_label(f)}" for f in factors) + " | chosen |",
+        "|---|" + "---:|" * len(factors) + "---|",
     ]
     for label, reports in runs.items():
         column = {
@@ -286,8 +311,10 @@ def write_table(base_name, recipe, recipe_file, records, base, sweeps, runs, sec
         sweep_rows.append(
             f"| {label} | "
             + " | ".join(
-                f"{sweep[f]['validation_loss']:.3f}{'' if sweep[f]['converged'] else ' (cap)'}"
-                for f in LR_FACTORS
+                "—"
+                if f not in sweep
+                else f"{sweep[f]['validation_loss']:.3f}{'' if sweep[f]['converged'] else ' (cap)'}"
+                for f in factors
             )
             + f" | {factor_label(chosen)} |"
         )
@@ -334,7 +361,9 @@ def write_table(base_name, recipe, recipe_file, records, base, sweeps, runs, sec
         f"{recipe.himole.stage1.steps} (stage 1, per cluster) and {recipe.himole.stage2.steps} (stage 2) steps; "
         "single-phase variants get both stages' caps together. 'converged': runs whose every phase early "
         "stopping ended. Learning rates: the recipe's scaled by the factor of the sweep below with the lowest "
-        f"validation loss on seed {SWEEP_SEED}, per variant. Scores: exact match (greedy generation, lm-eval "
+        f"validation loss on seed {SWEEP_SEED}, per variant (×1/3, ×1, ×3 for every variant; a variant whose best "
+        f"was at the grid's edge went on by ×3 that way, up to {EXTENSIONS} times, '—' where a factor was not "
+        "tried). Scores: exact match (greedy generation, lm-eval "
         "through `hm3 himole eval`, every test document) and the mean cross-entropy per answer token given the "
         "prompt; mean ± standard deviation over seeds. MaxVio: (max − mean) / mean of the experts' token "
         "loads per block on the ID documents, averaged over blocks (0 = balanced).",
