@@ -221,22 +221,23 @@ def main() -> int:
     reports: dict[tuple[str, float, int], dict] = {}
     tried = {label: list(LR_FACTORS) for label in labels}  # each variant's sweep so far
     context = multiprocessing.get_context("spawn")  # workers start clean: no forked torch thread pools
-    with ProcessPoolExecutor(max_workers=int(jobs_text), mp_context=context) as pool:
+    jobs = int(jobs_text)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         pending: dict[Future, tuple[str, float, int]] = {}
+        waiting = [(label, factor, SWEEP_SEED) for label in labels for factor in LR_FACTORS]
 
-        def submit(label: str, factor: float, seed: int) -> None:
-            future = pool.submit(run_one, recipe_file, size, records.key, scratch, label, factor, seed)
-            pending[future] = (label, factor, seed)
+        def start_next() -> None:
+            # the sweeps before the other seeds (a sweep decides their rate; one whose best factor is at its edge
+            # goes on, next_factor), within each the runs expected to be longest first (two-stage mixtures, then
+            # lower rates: more steps until early stopping), so that the runs a stop interrupts, and must start
+            # over, are short ones; a kept run returns at once
+            waiting.sort(key=lambda run: (run[2] != SWEEP_SEED, not is_two_stage_mixture(run[0]), run[1]))
+            while waiting and len(pending) < jobs:
+                label, factor, seed = waiting.pop(0)
+                future = pool.submit(run_one, recipe_file, size, records.key, scratch, label, factor, seed)
+                pending[future] = (label, factor, seed)
 
-        # the sweep first, the runs expected to be longest first (two-stage mixtures, then lower rates: more
-        # steps until early stopping), so that the runs a stop interrupts, and must start over, are short ones;
-        # a sweep whose best factor is at its edge goes on (next_factor); a variant's other seeds train at the
-        # rate its sweep chooses, once it has
-        for label, factor in sorted(
-            ((label, factor) for label in labels for factor in LR_FACTORS),
-            key=lambda run: (not is_two_stage_mixture(run[0]), run[1]),
-        ):
-            submit(label, factor, SWEEP_SEED)
+        start_next()
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
@@ -249,12 +250,10 @@ def main() -> int:
                 extension = next_factor(sweep)
                 if extension is not None:
                     tried[label].append(extension)
-                    submit(label, extension, SWEEP_SEED)
+                    waiting.append((label, extension, SWEEP_SEED))
                 else:
-                    factor = chosen_factor(sweep)
-                    for seed in seeds:
-                        if seed != SWEEP_SEED:
-                            submit(label, factor, seed)
+                    waiting += [(label, chosen_factor(sweep), seed) for seed in seeds if seed != SWEEP_SEED]
+            start_next()
     sweeps = {label: {f: reports[(label, f, SWEEP_SEED)] for f in tried[label]} for label in labels}
     runs = {
         label: [reports[(label, chosen_factor(sweeps[label]), seed)] for seed in seeds] for label in labels
