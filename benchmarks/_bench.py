@@ -21,6 +21,19 @@ def offline() -> None:
         os.environ.setdefault(name, value)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or what ``platform`` knows of it."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def kept_notes(results: Path, heading: str = "## Analysis") -> list[str]:
     """Lines of the section starting at ``heading`` (to the end) of an earlier ``results`` file, if any.
 

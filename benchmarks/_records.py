@@ -22,12 +22,11 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _bench import REPO
+from _bench import REPO, cpu_name
 
 LIBRARIES = ("torch", "transformers", "lm_eval", "numpy")
 """The libraries whose versions are part of a key."""
@@ -64,14 +63,7 @@ def machine() -> str:
     """The CPU's model name and the kernels torch picked on it (``AMD EPYC, avx512``)."""
     import torch
 
-    name = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    return f"{name}, {torch.backends.cpu.get_cpu_capability().lower()}"
+    return f"{cpu_name()}, {torch.backends.cpu.get_cpu_capability().lower()}"
 
 
 def config_digest(config: dict) -> str:
