@@ -127,10 +127,11 @@ def train_and_score(recipe, folder: Path, variant: str, two_stage: bool, seed: i
     return report
 
 
-def mean_std(values: list[float], digits: int = 3) -> str:
+def mean_std(values: list[float], digits: int = 3, sign: str = "") -> str:
+    """``mean ± std`` of ``values`` (the value alone for one); ``sign="+"`` writes a positive mean's sign too."""
     if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+        return f"{values[0]:{sign}.{digits}f}"
+    return f"{np.mean(values):{sign}.{digits}f} ± {np.std(values):.{digits}f}"
 
 
 def factor_label(factor: float) -> str:
@@ -265,6 +266,39 @@ def main() -> int:
     return 0
 
 
+def paired_rows(runs: dict[str, list[dict]], focus: str) -> list[str]:
+    """``focus`` against every other row, seed by seed (a seed draws the same training data, validation split and
+    test documents for every variant, so the differences are paired): mean ± std of the per-seed differences in
+    ID and OOD exact match and answer loss, and on how many seeds ``focus`` is ahead."""
+    ours = runs[focus]
+    lines = [
+        f"{focus} against each row, seed by seed (its score minus the row's; answer loss: the row's minus "
+        f"{focus}'s, so positive means {focus} is ahead on every column; 'ahead': on how many seeds it is, by "
+        "exact match):",
+        "",
+        "| against | seeds | ID exact match | OOD exact match | ID answer loss | OOD answer loss | ahead ID | "
+        "ahead OOD |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, theirs in runs.items():
+        if label == focus:
+            continue
+        seeds = min(len(ours), len(theirs))
+        gaps = {
+            key: [sign * (ours[i][key] - theirs[i][key]) for i in range(seeds)]
+            for key, sign in (("id_mean", 1), ("ood_mean", 1), ("id_loss", -1), ("ood_loss", -1))
+        }
+        ahead = " | ".join(f"{sum(g > 0 for g in gaps[key])}/{seeds}" for key in ("id_mean", "ood_mean"))
+        lines.append(
+            f"| {label} | {seeds} | "
+            + " | ".join(
+                mean_std(gaps[key], sign="+") for key in ("id_mean", "ood_mean", "id_loss", "ood_loss")
+            )
+            + f" | {ahead} |"
+        )
+    return [*lines, ""]
+
+
 def write_table(base_name, recipe, recipe_file, records, base, sweeps, runs, seconds) -> None:
     objectives = list(base["scores"])
     ood = set(base["ood_objectives"])
@@ -328,6 +362,7 @@ def write_table(base_name, recipe, recipe_file, records, base, sweeps, runs, sec
     capped = sorted(
         {f"{label} (seed {i})" for label, rs in runs.items() for i, r in enumerate(rs) if not r["converged"]}
     )
+    paired = paired_rows(runs, "himole") if "himole" in runs else []
     every = [
         base,
         *(r for sweep in sweeps.values() for r in sweep.values()),
@@ -378,6 +413,7 @@ def write_table(base_name, recipe, recipe_file, records, base, sweeps, runs, sec
         "",
         *sweep_rows,
         "",
+        *paired,
         f"Best mean answer loss: ID {best['ID']}, OOD {best['OOD']}. "
         f"Best mean exact match: ID {best_match['ID']}, OOD {best_match['OOD']}. "
         "The paper's claim is HiMoLE best on both. "
