@@ -370,9 +370,8 @@ def write_table(base_name, recipe, recipe_file, records, base, sweeps, runs, sec
     ]
     machines = Counter(r["machine"] for r in {id(r): r for r in every}.values())
     made_on = "; ".join(f"{name} ({count} runs)" for name, count in machines.most_common())
-    zoo_fingerprint = json.loads((Path(recipe.base_model.path).parent / "zoo.json").read_text())[
-        "fingerprint"
-    ]
+    manifest = json.loads((Path(recipe.base_model.path).parent / "zoo.json").read_text())
+    weights = manifest["fingerprint"].removeprefix("sha256:")[:16]
     lines = [
         f"# HiMoLE vs LoRA, MoE-LoRA, HydraLoRA and its ablations, trained to convergence ({base_name} base)",
         "",
@@ -381,7 +380,7 @@ def write_table(base_name, recipe, recipe_file, records, base, sweeps, runs, sec
         f"written {time.strftime('%Y-%m-%d %H:%M')} (this invocation {seconds:.0f} s; 'train s' is each run's "
         "own training wall time)  ",
         f"Recipe `{recipe_file}` on zoo `{Path(recipe.base_model.path).parent.name}` (weights "
-        f"`{zoo_fingerprint[:16]}`); reports kept in `benchmarks/results/himole_runs/{records.folder.name}/`; "
+        f"`{weights}`); reports kept in `benchmarks/results/himole_runs/{records.folder.name}/`; "
         f"seeds {SEEDS} (the seed draws the training data, the validation split, the "
         "initialisation and the batch order). "
         + (
