@@ -56,9 +56,9 @@ DEFAULT_BASE = "deep"
 SEEDS = [0, 1, 2]
 SWEEP_SEED = 0
 LR_FACTORS = (1 / 3, 1.0, 3.0)
+"""The sweep: both stages' learning rates scaled by each factor, for every variant alike."""
 EXTENSIONS = 2
 """A sweep whose best factor is at its edge goes on by ×3 (or ×1/3) at most this many times: 1/27 to 27."""
-"""The sweep: both stages' learning rates scaled by each factor, for every variant alike."""
 VARIANTS = {  # row label -> (variant, two-stage, section overrides)
     "lora": ("lora", True, {}),
     "moe-lora": ("moe-lora", True, {}),
