@@ -283,14 +283,13 @@ def paired_rows(runs: dict[str, list[dict]], focus: str) -> list[str]:
     for label, theirs in runs.items():
         if label == focus:
             continue
-        seeds = min(len(ours), len(theirs))
         gaps = {
-            key: [sign * (ours[i][key] - theirs[i][key]) for i in range(seeds)]
+            key: [sign * (mine[key] - other[key]) for mine, other in zip(ours, theirs, strict=True)]
             for key, sign in (("id_mean", 1), ("ood_mean", 1), ("id_loss", -1), ("ood_loss", -1))
         }
-        ahead = " | ".join(f"{sum(g > 0 for g in gaps[key])}/{seeds}" for key in ("id_mean", "ood_mean"))
+        ahead = " | ".join(f"{sum(g > 0 for g in gaps[key])}/{len(ours)}" for key in ("id_mean", "ood_mean"))
         lines.append(
-            f"| {label} | {seeds} | "
+            f"| {label} | {len(ours)} | "
             + " | ".join(
                 mean_std(gaps[key], sign="+") for key in ("id_mean", "ood_mean", "id_loss", "ood_loss")
             )
@@ -394,8 +393,8 @@ def write_table(base_name, recipe, recipe_file, records, base, sweeps, runs, sec
         f"{recipe.himole.stage1.steps} (stage 1, per cluster) and {recipe.himole.stage2.steps} (stage 2) steps; "
         "single-phase variants get both stages' caps together. 'converged': runs whose every phase early "
         "stopping ended. Learning rates: the recipe's scaled by the factor of the sweep below with the lowest "
-        f"validation loss on seed {SWEEP_SEED}, per variant (×1/3, ×1, ×3 for every variant; a variant whose best "
-        f"was at the grid's edge went on by ×3 that way, up to {EXTENSIONS} times, '—' where a factor was not "
+        f"validation loss on seed {SWEEP_SEED}, per variant ({', '.join(factor_label(f) for f in LR_FACTORS)} for every "
+        f"variant; a variant whose best was at the grid's edge went on by ×3 that way, up to {EXTENSIONS} times, '—' where a factor was not "
         "tried). Scores: exact match (greedy generation, lm-eval "
         "through `hm3 himole eval`, every test document) and the mean cross-entropy per answer token given the "
         "prompt; mean ± standard deviation over seeds. MaxVio: (max − mean) / mean of the experts' token "
