@@ -10,13 +10,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def offline() -> None:
-    """Import hm3 from this checkout; no hub access, no tokenizer thread pools (as in the tests and the demo)."""
+    """Import hm3 from this checkout; no hub access, no tokenizer thread pools (as in the tests and the demo);
+    the toy zoos in this checkout's ``zoo/``, where the recipes look, whatever folder a script is run from
+    (``hm3 zoo build`` otherwise builds under the current folder), unless ``HM3_ZOO_DIR`` says otherwise."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     for name, value in (
         ("HF_HUB_OFFLINE", "1"),
         ("HF_DATASETS_OFFLINE", "1"),
         ("TOKENIZERS_PARALLELISM", "false"),
+        ("HM3_ZOO_DIR", str(REPO / "zoo")),
     ):
         os.environ.setdefault(name, value)
 

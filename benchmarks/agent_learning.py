@@ -12,7 +12,8 @@ K fine-tuned models plus that merge, each scoring the same number of new paths o
 * ``ppo_edit``: the edit agent (``agent.actions: edit``, :mod:`hm3.routing.edits`): each episode one edit of
   the best path so far, masked to the valid edits, paid the signed change of reward; ``ppo_edit_lr0`` the
   same with learning rate 0 — uniform over the valid edits: structured random local search;
-  ``ppo_edit_lr3e-3`` with a learning rate 10x the recipe default (a sensitivity row, not a default);
+  ``ppo_edit_lr1e-3`` and ``ppo_edit_lr3e-3`` with learning rates ~3x and 10x the recipe default
+  (sensitivity rows, not defaults);
   ``ppo_edit_frame`` in a structured path space: the first and the last layer fixed (the merge's own:
   ``architecture_level.fixed_first: 1, fixed_last: 1``), the edits in the 10 slots between;
   ``ppo_edit_stats`` with a fitted map at every seam (``architecture_level.alignment: stats``: each step whose
@@ -26,22 +27,29 @@ Reward: HM3's weighted-sum reward R(λ) (length penalty included), reported as t
 own identity path (0 = the path level found nothing better than its starting merge). Per budget checkpoint the
 best improvement so far; for the two PPO variants also the greedy rollout of the policy at the end (scored
 outside the budget), and for every method the mean edit distance of its new paths from the best path at the
-time (how many edits of the incumbent it tries). Writes ``benchmarks/results/agent_learning.md`` and ``agent_learning.png``; each search's
-record lives in ``benchmarks/scratch/agent_learning/`` and is reused, so an interrupted run continues.
+time (how many edits of the incumbent it tries).
+
+Writes one section of ``benchmarks/results/agent_learning.md`` per build of the deep zoo (its weights'
+fingerprint: a zoo built on another CPU vendor is another zoo, and a replicate), keeping the sections of the
+other builds as they were measured, and its plot ``agent_learning_<fingerprint>.png``. Each search's record
+lives in ``benchmarks/scratch/agent_learning/`` and is reused, so an interrupted run continues.
 
     .venv/bin/python benchmarks/agent_learning.py               # 3 seeds, 3 preferences, 200 paths each
     BENCH_BUDGET=60 BENCH_SEEDS=0 .venv/bin/python benchmarks/agent_learning.py   # a first look
+    BENCH_METHODS=ppo_edit,ppo_edit_lr0,local .venv/bin/python benchmarks/agent_learning.py   # some rows
+    BENCH_METHODS= .venv/bin/python benchmarks/agent_learning.py   # the table again, from the kept records
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
+import re
 import time
+from pathlib import Path
 
 import numpy as np
-from _bench import REPO, kept_notes, offline, zoo_digest
+from _bench import REPO, cpu_name, exit_with, kept_notes, offline, zoo_digest
 
 offline()
 
@@ -51,6 +59,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from hm3.baselines.evo_path import CHILDREN, PARENTS, mutate_path  # noqa: E402
+from hm3.errors import UserError  # noqa: E402
 from hm3.evaluate.quiet import quiet_libraries  # noqa: E402
 from hm3.merge.spec import MergeSpec  # noqa: E402
 from hm3.recipe import load_recipe  # noqa: E402
@@ -60,6 +69,7 @@ from hm3.search.calibration import calibration_batch  # noqa: E402
 from hm3.search.models import CandidateModels  # noqa: E402
 from hm3.search.session import load_inputs  # noqa: E402
 from hm3.zoo import ensure_zoo  # noqa: E402
+from hm3.zoo.config import read_manifest  # noqa: E402
 
 RECIPE = REPO / "recipes" / "toy-lm-deep.yaml"
 RESULTS = REPO / "benchmarks" / "results"
@@ -73,12 +83,14 @@ METHODS = [
     "ppo_critic",
     "ppo_edit",
     "ppo_edit_lr0",
+    "ppo_edit_lr1e-3",
     "ppo_edit_lr3e-3",
     "ppo_edit_frame",
     "ppo_edit_stats",
     "local",
     "evolution",
 ]
+CHOSEN = [m for m in os.environ.get("BENCH_METHODS", ",".join(METHODS)).split(",") if m]
 CHECKPOINTS = [c for c in (10, 25, 50, 100, 200, 400, 1000) if c < BUDGET] + [BUDGET]
 FORMAT = {
     "ppo": 2,
@@ -86,6 +98,7 @@ FORMAT = {
     "ppo_critic": 2,
     "ppo_edit": 2,
     "ppo_edit_lr0": 2,
+    "ppo_edit_lr1e-3": 2,
     "ppo_edit_lr3e-3": 2,
     "ppo_edit_frame": 1,
     "ppo_edit_stats": 1,
@@ -197,13 +210,26 @@ def run_evolution(search: PathSearch, seed: int) -> None:
         population = sorted(population + children, key=lambda item: -item[0])[:PARENTS]
 
 
-def run_one(context, seed: int, index: int, method: str, digest: str) -> dict:
-    """One search, reused from the scratch folder when it was made on this zoo build and format."""
-    file = SCRATCH / f"seed{seed}-pref{index}-{method}-budget{BUDGET}.json"
+def record_file(seed: int, index: int, method: str) -> Path:
+    return SCRATCH / f"seed{seed}-pref{index}-{method}-budget{BUDGET}.json"
+
+
+def kept_record(seed: int, index: int, method: str, digest: str) -> dict | None:
+    """A search's record from the scratch folder, if it was made on this zoo build and format."""
+    file = record_file(seed, index, method)
     if file.is_file():
         record = json.loads(file.read_text())
         if record.get("zoo") == digest and record.get("format") == FORMAT[method]:
             return record
+    return None
+
+
+def run_one(context, seed: int, index: int, method: str, digest: str) -> dict:
+    """One search, reused from the scratch folder when it was made on this zoo build and format."""
+    kept = kept_record(seed, index, method, digest)
+    if kept is not None:
+        return kept
+    file = record_file(seed, index, method)
     recipe, models, evaluator = context
     started = time.perf_counter()
     recipe, calibration = recipe.model_copy(update={"seed": seed}), None
@@ -224,8 +250,9 @@ def run_one(context, seed: int, index: int, method: str, digest: str) -> dict:
             rollout = run_ppo(search, seed, {"actions": "edit"})
         elif method == "ppo_edit_lr0":
             rollout = run_ppo(search, seed, {"actions": "edit", "learning_rate": 0.0})
-        elif method == "ppo_edit_lr3e-3":
-            rollout = run_ppo(search, seed, {"actions": "edit", "learning_rate": 3e-3})
+        elif method.startswith("ppo_edit_lr") and method != "ppo_edit_lr0":
+            rate = float(method.removeprefix("ppo_edit_lr"))
+            rollout = run_ppo(search, seed, {"actions": "edit", "learning_rate": rate})
         elif method == "ppo_edit_frame":
             rollout = run_ppo(search, seed, {"actions": "edit"}, {"fixed_first": 1, "fixed_last": 1})
         elif method == "ppo_edit_stats":
@@ -252,64 +279,60 @@ def run_one(context, seed: int, index: int, method: str, digest: str) -> dict:
     return record
 
 
-def main() -> None:
-    ensure_zoo("lm", size="deep")
-    recipe = load_recipe(RECIPE)
-    digest = zoo_digest(recipe)
-    inputs = load_inputs(recipe)
-    context = (recipe, CandidateModels(inputs.pool, recipe, inputs.calibration), inputs.evaluator)
-    started = time.perf_counter()
-    records: dict[str, list[dict]] = {m: [] for m in METHODS}
-    for seed in SEEDS:
-        for index in range(len(PREFERENCES)):
-            for method in METHODS:
-                print(
-                    f"[{time.perf_counter() - started:6.0f} s] seed {seed} preference {index} {method}",
-                    flush=True,
-                )
-                records[method].append(run_one(context, seed, index, method, digest))
+def section_marker(build: str, end: str) -> str:
+    return f"<!-- zoo build {build}: {end} -->"
+
+
+def kept_sections(results: Path, build: str) -> tuple[list[str], list[str]]:
+    """The sections of an earlier results file measured on other builds of the zoo, and its analysis."""
+    if not results.is_file():
+        return [], []
+    text = results.read_text()
+    sections = []
+    for match in re.finditer(r"<!-- zoo build (\w+): start -->.*?<!-- zoo build \1: end -->", text, re.S):
+        if match.group(1) != build:
+            sections += ["", *match.group(0).splitlines()]
+    return sections, kept_notes(results)
+
+
+def table(records: dict[str, list[dict]], build: str, digest: str) -> list[str]:
+    """One zoo build's table and plot: a row per method with every search of every seed and preference."""
     rows = []
-    for method in METHODS:
-        curves = np.array(
-            [r["curve"] + [r["curve"][-1]] * (BUDGET - len(r["curve"])) for r in records[method]]
-        )
+    plt.figure()
+    for method, found in records.items():
+        curves = np.array([r["curve"] + [r["curve"][-1]] * (BUDGET - len(r["curve"])) for r in found])
         cells = [f"{curves[:, c - 1].mean():+.4f} ± {curves[:, c - 1].std():.4f}" for c in CHECKPOINTS]
-        rollouts = [r["rollout"] for r in records[method] if r["rollout"] is not None]
+        rollouts = [r["rollout"] for r in found if r["rollout"] is not None]
         rollout = f"{np.mean(rollouts):+.4f} ± {np.std(rollouts):.4f}" if rollouts else "—"
-        improved = sum(r["curve"][-1] > 0 for r in records[method])
-        seconds = np.mean([r["seconds"] for r in records[method]])
-        firsts = [next((i + 1 for i, v in enumerate(r["curve"]) if v > 0), None) for r in records[method]]
+        improved = sum(r["curve"][-1] > 0 for r in found)
+        seconds = np.mean([r["seconds"] for r in found])
+        firsts = [next((i + 1 for i, v in enumerate(r["curve"]) if v > 0), None) for r in found]
         ranked = sorted(np.inf if f is None else f for f in firsts)  # never found: last
         median = ranked[(len(ranked) - 1) // 2]
         first_cell = "—" if np.isinf(median) else f"{int(median)}"
-        edits = [r["edits"] for r in records[method] if "edits" in r]
+        edits = [r["edits"] for r in found if "edits" in r]
         edit_cell = f"{np.mean(edits):.2f}" if edits else "—"
         rows.append(
             f"| {method} | "
             + " | ".join(cells)
-            + f" | {rollout} | {improved}/{len(records[method])} | {first_cell} | {edit_cell} | {seconds:.0f} |"
+            + f" | {rollout} | {improved}/{len(found)} | {first_cell} | {edit_cell} | {seconds:.0f} |"
         )
         plt.plot(range(1, BUDGET + 1), curves.mean(axis=0), label=method)
     plt.xlabel("new paths scored")
     plt.ylabel("best R(λ) − R(merge), mean over seeds × preferences")
-    plt.title(f"deep toy LM zoo: path search, {len(SEEDS)} seeds × {len(PREFERENCES)} preferences")
+    plt.title(f"deep toy LM zoo {build}: path search, {len(SEEDS)} seeds × {len(PREFERENCES)} preferences")
     plt.legend()
     plt.grid(alpha=0.3)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    plt.savefig(RESULTS / "agent_learning.png", dpi=120, bbox_inches="tight")
-    lines = [
-        "# Does the path agent learn? (issue 21)",
+    plot = f"agent_learning_{build}.png"
+    plt.savefig(RESULTS / plot, dpi=120, bbox_inches="tight")
+    plt.close()
+    return [
+        section_marker(build, "start"),
+        f"## Deep zoo `{build}` (built on {cpu_name()})",
         "",
         f"Command: `.venv/bin/python benchmarks/agent_learning.py` (budget {BUDGET} new paths per search, seeds "
         f"{SEEDS}, preferences {PREFERENCES})  ",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}",
-        "",
-        "Deep toy LM zoo (`recipes/toy-lm-deep.yaml`), the merge fixed at task arithmetic with weights λ; each "
-        "cell is the best reward improvement over that merge's identity path after that many new paths, mean ± "
-        "std over seeds × preferences (0: nothing better than the merge found). 'Greedy rollout': the trained "
-        "policy's deterministic path at the end, its improvement. 'Improved': searches whose best beats the merge. "
-        "'First better': median number of new paths until the first one better than the merge (— when fewer than "
-        "half the searches found one). 'Edits': mean edit distance of a new path from the best path at the time.",
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; scratch records `{digest}`",
         "",
         "| method | "
         + " | ".join(f"{c} paths" for c in CHECKPOINTS)
@@ -317,12 +340,56 @@ def main() -> None:
         "|---|" + "---:|" * (len(CHECKPOINTS) + 5),
         *rows,
         "",
-        "Plot: `agent_learning.png` (mean best-so-far improvement against paths scored).",
+        f"Plot: `{plot}` (mean best-so-far improvement against paths scored).",
+        section_marker(build, "end"),
     ]
-    lines += kept_notes(RESULTS / "agent_learning.md")
-    (RESULTS / "agent_learning.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    unknown = [m for m in CHOSEN if m not in METHODS]
+    if unknown:
+        raise UserError(f"BENCH_METHODS: unknown method {unknown[0]!r}; choose among {', '.join(METHODS)}")
+    manifest = read_manifest(ensure_zoo("lm", size="deep"))
+    build = manifest["fingerprint"].removeprefix("sha256:")[:16]
+    recipe = load_recipe(RECIPE)
+    digest = zoo_digest(recipe)
+    inputs = load_inputs(recipe)
+    context = (recipe, CandidateModels(inputs.pool, recipe, inputs.calibration), inputs.evaluator)
+    started = time.perf_counter()
+    for method in CHOSEN:
+        for seed in SEEDS:
+            for index in range(len(PREFERENCES)):
+                print(
+                    f"[{time.perf_counter() - started:6.0f} s] seed {seed} preference {index} {method}",
+                    flush=True,
+                )
+                run_one(context, seed, index, method, digest)
+    records: dict[str, list[dict]] = {}  # every method with all its searches on this build, run now or before
+    for method in METHODS:
+        found = [kept_record(s, i, method, digest) for s in SEEDS for i in range(len(PREFERENCES))]
+        if all(found):
+            records[method] = found
+    results = RESULTS / "agent_learning.md"
+    others, notes = kept_sections(results, build)
+    lines = [
+        "# Does the path agent learn? (issue 21)",
+        "",
+        "Deep toy LM zoo (`recipes/toy-lm-deep.yaml`), the merge fixed at task arithmetic with weights λ; each "
+        "cell is the best reward improvement over that merge's identity path after that many new paths, mean ± "
+        "std over seeds × preferences (0: nothing better than the merge found). 'Greedy rollout': the trained "
+        "policy's deterministic path at the end, its improvement. 'Improved': searches whose best beats the merge. "
+        "'First better': median number of new paths until the first one better than the merge (— when fewer than "
+        "half the searches found one). 'Edits': mean edit distance of a new path from the best path at the time. "
+        "One section per build of the zoo (the fingerprint of its weights: another CPU vendor builds another zoo "
+        "from the same seed, README), each measured on its own build.",
+        "",
+        *table(records, build, digest),
+        *others,
+        *notes,
+    ]
+    results.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main, "agent_learning.py")

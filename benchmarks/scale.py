@@ -29,7 +29,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     from hm3.zoo import ensure_zoo
 
-    ensure_zoo("lm", size="small")
+    ensure_zoo("lm", size="small", out=REPO / "zoo" / "lm-llama-small")  # where the recipe looks
     SCRATCH.mkdir(parents=True, exist_ok=True)
     recipe = SCRATCH / "toy-lm-scale.yaml"
     recipe.write_text(

@@ -11,9 +11,12 @@ normalisation of the held-out scores over every point of every method, seed and 
 * how many HM3 front members dominate each baseline's best member (its best equal-weight held-out mean);
 * evaluations used and wall time.
 
-Writes ``benchmarks/results/search_quality.md`` (``search_quality_quick.md`` with ``BENCH_QUICK=1``) and the
-fronts overlaid in ``search_quality.png`` (LM), ``search_quality_vit.png`` and ``search_quality_deep.png``. Each run lives in
-``benchmarks/scratch/search_quality/...``; a finished run is reused, so an interrupted benchmark continues.
+Writes ``benchmarks/results/search_quality.md`` (``search_quality_quick.md`` with ``BENCH_QUICK=1``): one section
+per zoo and build of it (the fingerprint of its weights: another CPU vendor builds another zoo from the same
+seed), the sections of other builds kept as they were measured; the fronts overlaid in
+``search_quality_<zoo>_<build>.png`` and the anytime curves in ``search_quality_anytime_<zoo>_<build>.png``. Each
+run lives in ``benchmarks/scratch/search_quality/...``; a finished run is reused, so an interrupted benchmark
+continues.
 
     .venv/bin/python benchmarks/search_quality.py              # 3 seeds, 7 preferences x 16 candidates
     BENCH_QUICK=1 .venv/bin/python benchmarks/search_quality.py   # 1 seed, 4 preferences x 9, for a first look
@@ -29,13 +32,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
+import re
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from _bench import REPO, kept_notes, offline, zoo_digest
+from _bench import REPO, cpu_name, kept_notes, offline, zoo_digest
 from _hindsight import hindsight_rows
 
 offline()
@@ -122,6 +125,16 @@ def zoo_fingerprint(kind: str) -> str:
     from hm3.recipe import load_recipe
 
     return zoo_digest(load_recipe(REPO / ZOOS[kind]))
+
+
+def zoo_build(kind: str) -> str:
+    """The first 16 hex digits of the fingerprint of the zoo's weights: each build (another CPU vendor trains
+    other weights from the same seed, README) has its own section of the results."""
+    from hm3.recipe import load_recipe
+    from hm3.zoo.config import read_manifest
+
+    manifest = read_manifest(Path(load_recipe(REPO / ZOOS[kind]).base_model.path).parent) or {}
+    return str(manifest.get("fingerprint", "unknown")).removeprefix("sha256:")[:16]
 
 
 def wait_for_other_process(folder: Path) -> None:
@@ -253,7 +266,10 @@ def analyse(kind: str, runs: dict) -> tuple[list[str], dict]:
             + f"| {seconds:.0f} |"
         )
     header = [
-        f"### {kind} zoo ({ZOOS[kind]})",
+        f"### {kind} zoo ({ZOOS[kind]}), build `{zoo_build(kind)}`",
+        "",
+        f"Measured on {cpu_name()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; fronts of seed "
+        f"{SEEDS[0]} overlaid: `{plot_name(kind)}`.",
         "",
         "| method | held-out HV (mean ± std) | "
         + " | ".join(f"best {n}" for n in names)
@@ -356,21 +372,28 @@ def anytime(kind: str, runs: dict, volumes: dict[str, float], budget: int, out: 
     return rows
 
 
-def zoo_marker(kind: str, end: str) -> str:
-    return f"<!-- zoo {kind}: {end} -->"
+def section_key(kind: str) -> str:
+    return f"{kind} {zoo_build(kind)}"
+
+
+def zoo_marker(key: str, end: str) -> str:
+    return f"<!-- zoo {key}: {end} -->"
 
 
 def kept_zoo_sections(results: Path) -> dict[str, list[str]]:
-    """Each zoo's section (tables, anytime curves) of an earlier results file, between its markers."""
+    """Each section (a zoo build's tables and anytime curves) of an earlier results file, between its
+    markers, by its key (``"<zoo> <build>"``)."""
     if not results.is_file():
         return {}
     text = results.read_text()
-    kept = {}
-    for kind in ZOOS:
-        start, end = zoo_marker(kind, "start"), zoo_marker(kind, "end")
-        if start in text and end in text:
-            kept[kind] = text[text.index(start) : text.index(end) + len(end)].splitlines()
-    return kept
+    pattern = r"<!-- zoo ([^:]+): start -->.*?<!-- zoo \1: end -->"
+    return {match.group(1): match.group(0).splitlines() for match in re.finditer(pattern, text, re.S)}
+
+
+def plot_name(kind: str, anytime: bool = False) -> str:
+    """The file of a zoo build's plot: the fronts overlaid, or (``anytime``) hypervolume against budget."""
+    quick = "_quick" if QUICK else ""
+    return f"search_quality{quick}{'_anytime' if anytime else ''}_{kind}_{zoo_build(kind)}.png"
 
 
 def plot(kind: str, data: dict, out: Path) -> None:
@@ -413,29 +436,26 @@ def main() -> None:
             print(f"{kind}: a share of the runs only (BENCH_SEEDS/BENCH_METHODS); no table written")
             continue
         rows, data = analyse(kind, runs)
-        suffix = "" if kind == "lm" else f"_{kind}"
-        plot(kind, data, RESULTS / f"search_quality{'_quick' if QUICK else ''}{suffix}.png")
+        plot(kind, data, RESULTS / plot_name(kind))
         budget = hm3_budget(recipe_for(kind, SEEDS[0]))
-        rows += anytime(
-            kind,
-            runs,
-            data["volumes"],
-            budget,
-            RESULTS / f"search_quality{'_quick' if QUICK else ''}_anytime{suffix}.png",
-        )
-        sections[kind] = [zoo_marker(kind, "start"), *rows, zoo_marker(kind, "end")]
+        rows += anytime(kind, runs, data["volumes"], budget, RESULTS / plot_name(kind, anytime=True))
+        key = section_key(kind)
+        sections[key] = [zoo_marker(key, "start"), *rows, zoo_marker(key, "end")]
     if not sections:
         return
     name = "search_quality_quick.md" if QUICK else "search_quality.md"
-    kept = kept_zoo_sections(RESULTS / name)  # a run of some zoos keeps the others' tables as measured
-    ordered = [line for kind in ZOOS for line in sections.get(kind, kept.get(kind, []))]
+    # a run of some zoos keeps the other zoos' and the other builds' sections as measured
+    every = {**kept_zoo_sections(RESULTS / name), **sections}
+    ordered = [
+        line for kind in ZOOS for key in sorted(every) if key.split()[0] == kind for line in every[key]
+    ]
     lines = [
         "# Search quality: HM3 vs baselines at equal budgets",
         "",
         f"Command: `{'BENCH_QUICK=1 ' if QUICK else ''}.venv/bin/python benchmarks/search_quality.py`  ",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"date {time.strftime('%Y-%m-%d %H:%M')}; wall time of this invocation {time.perf_counter() - started:.0f} s "
-        "(runs reused from benchmarks/scratch are not re-timed: each run's own wall time is in the tables)  ",
+        f"Last invocation: {cpu_name()}, {os.cpu_count()} cores; date {time.strftime('%Y-%m-%d %H:%M')}; "
+        f"wall time {time.perf_counter() - started:.0f} s (runs reused from benchmarks/scratch are not re-timed: "
+        "each run's own wall time is in the tables)  ",
         f"Seeds {SEEDS}; the budget is the paper's configuration's (`hm3_paper`: K corners + centre + "
         f"{PREFERENCE_SAMPLES} Dirichlet samples, 1 merge + {ITERATIONS} paths each); every method gets it "
         "counted in documents ('budget used': a candidate scored on the whole search split costs 1, a path "
@@ -450,15 +470,10 @@ def main() -> None:
         "mean over seeds. 'HM3 members dominating its best': HM3 front members (same seed) that dominate the "
         "baseline member with the best mean held-out score.",
         "",
+        "One section per zoo and build of it (the fingerprint of its weights: on another CPU vendor the same "
+        "seed builds another zoo, README); each section's plots are named after it.",
+        "",
         *ordered,
-        "Plots: `search_quality"
-        + ("_quick" if QUICK else "")
-        + ".png` (LM), `search_quality"
-        + ("_quick" if QUICK else "")
-        + "_vit.png` and `search_quality"
-        + ("_quick" if QUICK else "")
-        + "_deep.png`: the fronts of seed "
-        f"{SEEDS[0]} overlaid.",
     ]
     RESULTS.mkdir(parents=True, exist_ok=True)
     lines += kept_notes(RESULTS / name)
