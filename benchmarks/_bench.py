@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -48,6 +49,24 @@ def kept_notes(results: Path, heading: str = "## Analysis") -> list[str]:
     text = results.read_text()
     marker = text.find("\n" + heading)
     return ["", *text[marker + 1 :].rstrip().splitlines()] if marker >= 0 else []
+
+
+def marked_sections(results: Path, label: str) -> dict[str, list[str]]:
+    """The sections of an earlier ``results`` file between ``<!-- {label} KEY: start -->`` and
+    ``<!-- {label} KEY: end -->`` markers (markers included), by KEY, in file order."""
+    if not results.is_file():
+        return {}
+    pattern = rf"<!-- {re.escape(label)} ([^:]+): start -->.*?<!-- {re.escape(label)} \1: end -->"
+    return {m.group(1): m.group(0).splitlines() for m in re.finditer(pattern, results.read_text(), re.S)}
+
+
+def zoo_build(zoo: Path) -> str:
+    """The first 16 hex digits of the fingerprint of a zoo's weights (its manifest's): on another CPU vendor
+    the same seed builds other weights (README), so the benchmarks keep one section per build."""
+    from hm3.zoo.config import read_manifest
+
+    manifest = read_manifest(zoo) or {}
+    return str(manifest.get("fingerprint", "unknown")).removeprefix("sha256:")[:16]
 
 
 def zoo_digest(recipe, *extra: Path) -> str:

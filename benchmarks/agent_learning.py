@@ -44,12 +44,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from pathlib import Path
 
 import numpy as np
-from _bench import REPO, cpu_name, exit_with, kept_notes, offline, zoo_digest
+from _bench import REPO, cpu_name, exit_with, kept_notes, marked_sections, offline, zoo_build, zoo_digest
 
 offline()
 
@@ -69,7 +68,6 @@ from hm3.search.calibration import calibration_batch  # noqa: E402
 from hm3.search.models import CandidateModels  # noqa: E402
 from hm3.search.session import load_inputs  # noqa: E402
 from hm3.zoo import ensure_zoo  # noqa: E402
-from hm3.zoo.config import read_manifest  # noqa: E402
 
 RECIPE = REPO / "recipes" / "toy-lm-deep.yaml"
 RESULTS = REPO / "benchmarks" / "results"
@@ -283,18 +281,6 @@ def section_marker(build: str, end: str) -> str:
     return f"<!-- zoo build {build}: {end} -->"
 
 
-def kept_sections(results: Path, build: str) -> tuple[list[str], list[str]]:
-    """The sections of an earlier results file measured on other builds of the zoo, and its analysis."""
-    if not results.is_file():
-        return [], []
-    text = results.read_text()
-    sections = []
-    for match in re.finditer(r"<!-- zoo build (\w+): start -->.*?<!-- zoo build \1: end -->", text, re.S):
-        if match.group(1) != build:
-            sections += ["", *match.group(0).splitlines()]
-    return sections, kept_notes(results)
-
-
 def table(records: dict[str, list[dict]], build: str, digest: str) -> list[str]:
     """One zoo build's table and plot: a row per method with every search of every seed and preference."""
     rows = []
@@ -349,8 +335,7 @@ def main() -> None:
     unknown = [m for m in CHOSEN if m not in METHODS]
     if unknown:
         raise UserError(f"BENCH_METHODS: unknown method {unknown[0]!r}; choose among {', '.join(METHODS)}")
-    manifest = read_manifest(ensure_zoo("lm", size="deep"))
-    build = manifest["fingerprint"].removeprefix("sha256:")[:16]
+    build = zoo_build(ensure_zoo("lm", size="deep"))
     recipe = load_recipe(RECIPE)
     digest = zoo_digest(recipe)
     inputs = load_inputs(recipe)
@@ -370,7 +355,12 @@ def main() -> None:
         if all(found):
             records[method] = found
     results = RESULTS / "agent_learning.md"
-    others, notes = kept_sections(results, build)
+    others = [
+        line
+        for key, lines in marked_sections(results, "zoo build").items()
+        if key != build
+        for line in ["", *lines]
+    ]
     lines = [
         "# Does the path agent learn? (issue 21)",
         "",
@@ -385,7 +375,7 @@ def main() -> None:
         "",
         *table(records, build, digest),
         *others,
-        *notes,
+        *kept_notes(results),
     ]
     results.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

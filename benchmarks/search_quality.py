@@ -32,13 +32,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from _bench import REPO, cpu_name, kept_notes, offline, zoo_digest
+from _bench import REPO, cpu_name, kept_notes, marked_sections, offline, zoo_build, zoo_digest
 from _hindsight import hindsight_rows
 
 offline()
@@ -127,14 +126,11 @@ def zoo_fingerprint(kind: str) -> str:
     return zoo_digest(load_recipe(REPO / ZOOS[kind]))
 
 
-def zoo_build(kind: str) -> str:
-    """The first 16 hex digits of the fingerprint of the zoo's weights: each build (another CPU vendor trains
-    other weights from the same seed, README) has its own section of the results."""
+def recipe_zoo_build(kind: str) -> str:
+    """The build of the zoo a zoo's recipe uses (:func:`_bench.zoo_build`): each has its own section."""
     from hm3.recipe import load_recipe
-    from hm3.zoo.config import read_manifest
 
-    manifest = read_manifest(Path(load_recipe(REPO / ZOOS[kind]).base_model.path).parent) or {}
-    return str(manifest.get("fingerprint", "unknown")).removeprefix("sha256:")[:16]
+    return zoo_build(Path(load_recipe(REPO / ZOOS[kind]).base_model.path).parent)
 
 
 def wait_for_other_process(folder: Path) -> None:
@@ -266,7 +262,7 @@ def analyse(kind: str, runs: dict) -> tuple[list[str], dict]:
             + f"| {seconds:.0f} |"
         )
     header = [
-        f"### {kind} zoo ({ZOOS[kind]}), build `{zoo_build(kind)}`",
+        f"### {kind} zoo ({ZOOS[kind]}), build `{recipe_zoo_build(kind)}`",
         "",
         f"Measured on {cpu_name()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; fronts of seed "
         f"{SEEDS[0]} overlaid: `{plot_name(kind)}`.",
@@ -373,27 +369,17 @@ def anytime(kind: str, runs: dict, volumes: dict[str, float], budget: int, out: 
 
 
 def section_key(kind: str) -> str:
-    return f"{kind} {zoo_build(kind)}"
+    return f"{kind} {recipe_zoo_build(kind)}"
 
 
 def zoo_marker(key: str, end: str) -> str:
     return f"<!-- zoo {key}: {end} -->"
 
 
-def kept_zoo_sections(results: Path) -> dict[str, list[str]]:
-    """Each section (a zoo build's tables and anytime curves) of an earlier results file, between its
-    markers, by its key (``"<zoo> <build>"``)."""
-    if not results.is_file():
-        return {}
-    text = results.read_text()
-    pattern = r"<!-- zoo ([^:]+): start -->.*?<!-- zoo \1: end -->"
-    return {match.group(1): match.group(0).splitlines() for match in re.finditer(pattern, text, re.S)}
-
-
 def plot_name(kind: str, anytime: bool = False) -> str:
     """The file of a zoo build's plot: the fronts overlaid, or (``anytime``) hypervolume against budget."""
     quick = "_quick" if QUICK else ""
-    return f"search_quality{quick}{'_anytime' if anytime else ''}_{kind}_{zoo_build(kind)}.png"
+    return f"search_quality{quick}{'_anytime' if anytime else ''}_{kind}_{recipe_zoo_build(kind)}.png"
 
 
 def plot(kind: str, data: dict, out: Path) -> None:
@@ -445,7 +431,7 @@ def main() -> None:
         return
     name = "search_quality_quick.md" if QUICK else "search_quality.md"
     # a run of some zoos keeps the other zoos' and the other builds' sections as measured
-    every = {**kept_zoo_sections(RESULTS / name), **sections}
+    every = {**marked_sections(RESULTS / name, "zoo"), **sections}
     ordered = [
         line for kind in ZOOS for key in sorted(every) if key.split()[0] == kind for line in every[key]
     ]
