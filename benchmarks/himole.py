@@ -35,7 +35,6 @@ own process; a variant's other seeds start as soon as its sweep is done. Writes 
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import shutil
@@ -45,7 +44,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from pathlib import Path
 
 import numpy as np
-from _bench import REPO, exit_with, kept_notes, offline
+from _bench import REPO, exit_with, kept_notes, offline, zoo_build
 from _records import RunRecords
 
 offline()
@@ -369,8 +368,7 @@ def write_table(base_name, recipe, recipe_file, records, base, sweeps, runs, sec
     ]
     machines = Counter(r["machine"] for r in {id(r): r for r in every}.values())
     made_on = "; ".join(f"{name} ({count} runs)" for name, count in machines.most_common())
-    manifest = json.loads((Path(recipe.base_model.path).parent / "zoo.json").read_text())
-    weights = manifest["fingerprint"].removeprefix("sha256:")[:16]
+    weights = zoo_build(Path(recipe.base_model.path).parent)
     lines = [
         f"# HiMoLE vs LoRA, MoE-LoRA, HydraLoRA and its ablations, trained to convergence ({base_name} base)",
         "",

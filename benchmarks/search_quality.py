@@ -29,6 +29,7 @@ Several processes may share the work: ``BENCH_SEEDS=2 BENCH_METHODS=cmaes,evo_pa
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -126,8 +127,10 @@ def zoo_fingerprint(kind: str) -> str:
     return zoo_digest(load_recipe(REPO / ZOOS[kind]))
 
 
+@functools.cache
 def recipe_zoo_build(kind: str) -> str:
-    """The build of the zoo a zoo's recipe uses (:func:`_bench.zoo_build`): each has its own section."""
+    """The build of the zoo a zoo's recipe uses (:func:`_bench.zoo_build`): each has its own section (read once
+    per invocation: the zoo is built, if it was missing, before anything asks)."""
     from hm3.recipe import load_recipe
 
     return zoo_build(Path(load_recipe(REPO / ZOOS[kind]).base_model.path).parent)
