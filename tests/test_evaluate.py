@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hm3.errors import UserError
-from tests.fixtures_models import build_tiny_model, run_hm3, write_recipe
+from tests.fixtures_models import build_tiny_model, hm3_in_process, run_hm3, write_recipe
 
 CHARACTERS = [chr(c) for c in range(32, 127)] + ["\n"]
 
@@ -277,7 +277,7 @@ def test_bad_objective_is_a_user_error_before_any_model_loads(case, tiny_lm_zoo,
     not_a_model = tmp_path / "not_a_model"
     not_a_model.mkdir()
     (not_a_model / "config.json").write_text("{ this is not json")
-    done = run_hm3("eval", "--recipe", recipe, "--model", not_a_model)
+    done = hm3_in_process("eval", "--recipe", recipe, "--model", not_a_model)
     assert done.returncode == 2, done.stderr
     assert "objective bad:" in done.stderr and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
@@ -307,12 +307,12 @@ def test_registry_name_found_in_include_path_skips_the_builtin_index(tiny_lm_zoo
 
 def test_hm3_validate_loads_local_tasks_and_checks_registry_names_offline(tiny_lm_zoo, tmp_path):
     good = STANDARD_OBJECTIVES.format(tasks=tiny_lm_zoo.tasks)
-    done = run_hm3("validate", zoo_recipe(tiny_lm_zoo, tmp_path, good))
+    done = hm3_in_process("validate", zoo_recipe(tiny_lm_zoo, tmp_path, good))
     assert done.returncode == 0, done.stderr
     bad = good.replace("metric: 'chrf,raw'", "metric: 'chrf,flexible'").replace(
         f"{tiny_lm_zoo.tasks}/toy_mc.yaml", "sst2"
     )
-    done = run_hm3("validate", zoo_recipe(tiny_lm_zoo, tmp_path, bad, name="bad.yaml"))
+    done = hm3_in_process("validate", zoo_recipe(tiny_lm_zoo, tmp_path, bad, name="bad.yaml"))
     assert done.returncode == 2
     assert "objectives[1].task: task toy_gen has no filter 'flexible'" in done.stderr, done.stderr
     registry = good.replace(f"{tiny_lm_zoo.tasks}/toy_mc.yaml", "sst2")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hm3.himole.experts import causal_mean_pool, diversity_loss, gating_weights, load_balancing_loss
-from tests.fixtures_models import run_hm3, write_recipe
+from tests.fixtures_models import hm3_in_process, run_hm3, write_recipe
 from tests.fixtures_zoo import lm_zoo_micro  # noqa: F401
 
 
@@ -537,7 +537,7 @@ def test_bad_himole_sections_are_one_line_errors(lm_zoo_micro, tmp_path, extra, 
         )
         + "\n"
     )
-    result = run_hm3("himole", "train", "--recipe", recipe, "--out", tmp_path / "out")
+    result = hm3_in_process("himole", "train", "--recipe", recipe, "--out", tmp_path / "out")
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and field in lines[0], lines
@@ -559,7 +559,7 @@ def test_recipe_cross_checks_and_validate(lm_zoo_micro, tmp_path) -> None:  # no
             f"{{zoo: {lm_zoo_micro}, task: sorting", f"{{zoo: {tmp_path}, task: sorting"
         )
     )
-    result = run_hm3("validate", recipe)
+    result = hm3_in_process("validate", recipe)
     assert result.returncode == 2 and "himole.train_data[1].zoo: " in result.stderr
     no_models = write_recipe(
         tmp_path, f"base_model: {lm_zoo_micro}/base\nobjectives: [{{name: o, task: sst2}}]\n", "plain.yaml"

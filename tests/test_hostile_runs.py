@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.fixtures_models import run_hm3
+from tests.fixtures_models import hm3_in_process, run_hm3
 from tests.fixtures_zoo import lm_zoo_micro  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,7 +135,7 @@ def test_a_run_over_an_input_is_refused(inputs: Inputs, out: str, force: bool, r
     before = inputs.digest()
     target = Path(out.format(zoo=inputs.zoo, root=inputs.root))
     flags = ["--force"] if force else []
-    done = run_hm3("merge", "--recipe", inputs.recipe, "--out", target, *flags, "--quiet")
+    done = hm3_in_process("merge", "--recipe", inputs.recipe, "--out", target, *flags, "--quiet")
     assert_refused(done, relation, "never writes over its inputs")
     assert inputs.digest() == before
     assert not (inputs.zoo / "addition" / "run").exists()
@@ -143,7 +143,7 @@ def test_a_run_over_an_input_is_refused(inputs: Inputs, out: str, force: bool, r
 
 def test_a_baseline_over_an_input_is_refused(inputs: Inputs) -> None:
     before = inputs.digest()
-    done = run_hm3(
+    done = hm3_in_process(
         "baseline", "--recipe", inputs.recipe, "--method", "uniform", "--out", inputs.zoo, "--force"
     )
     assert_refused(done, "contains the input model")
@@ -165,7 +165,7 @@ def test_a_mergekit_output_over_an_input_is_refused(
     before = inputs.digest()
     target = Path(out.format(zoo=inputs.zoo, run=inputs.run))
     flags = ["--force"] if force else []
-    done = run_hm3("merge", "--mergekit", inputs.mergekit, "--out", target, *flags, "--quiet")
+    done = hm3_in_process("merge", "--mergekit", inputs.mergekit, "--out", target, *flags, "--quiet")
     assert_refused(done, message)
     assert inputs.digest() == before
     assert not (inputs.zoo / "base" / "merged").exists()
@@ -178,7 +178,7 @@ def test_a_model_hm3_wrote_is_not_replaced_while_it_is_an_input(inputs: Inputs, 
     config = tmp_path / "again.yml"
     config.write_text(MERGEKIT.format(base=inputs.zoo / "base", a=merged, b=inputs.zoo / "reversal"))
     before = tree_digest(merged)
-    done = run_hm3("merge", "--mergekit", config, "--out", merged, "--force", "--quiet")
+    done = hm3_in_process("merge", "--mergekit", config, "--out", merged, "--force", "--quiet")
     assert_refused(done, f"is the input model {merged}")
     assert tree_digest(merged) == before
 
@@ -197,7 +197,7 @@ def test_an_export_over_its_run_or_an_input_is_refused(
     before = inputs.digest()
     target = Path(out.format(zoo=inputs.zoo, run=inputs.run))
     flags = ["--force"] if force else []
-    done = run_hm3("export", inputs.run, "--member", inputs.member(), "--out", target, *flags)
+    done = hm3_in_process("export", inputs.run, "--member", inputs.member(), "--out", target, *flags)
     assert_refused(done, message, "never writes over its inputs")
     assert inputs.digest() == before
 
@@ -207,15 +207,15 @@ def test_force_replaces_only_a_folder_hm3_wrote_of_the_same_kind(inputs: Inputs,
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
     before = inputs.digest()
-    done = run_hm3("merge", "--recipe", inputs.recipe, "--out", mine, "--force", "--quiet")
+    done = hm3_in_process("merge", "--recipe", inputs.recipe, "--out", mine, "--force", "--quiet")
     assert_refused(done, "replaces only folders hm3 wrote")
-    done = run_hm3("export", inputs.run, "--member", inputs.member(), "--out", mine, "--force")
+    done = hm3_in_process("export", inputs.run, "--member", inputs.member(), "--out", mine, "--force")
     assert_refused(done, "replaces only folders hm3 wrote")
     assert (mine / "notes.txt").read_text() == "mine" and len(list(mine.iterdir())) == 1
     model = tmp_path / "model"
     model.mkdir()
     (model / ".hm3-output.json").write_text('{"written_by": "hm3", "kind": "model"}\n')
-    done = run_hm3("merge", "--recipe", inputs.recipe, "--out", model, "--force", "--quiet")
+    done = hm3_in_process("merge", "--recipe", inputs.recipe, "--out", model, "--force", "--quiet")
     assert_refused(done, "is a model folder hm3 wrote, not a run folder")
     assert inputs.digest() == before
 
@@ -281,7 +281,7 @@ def test_resuming_an_edited_run_is_refused_naming_the_change(
     change, message = EDITS[edit]
     change(run)
     before, run_before = inputs.digest(), tree_digest(run)
-    done = run_hm3("merge", "--resume", run, "--quiet")
+    done = hm3_in_process("merge", "--resume", run, "--quiet")
     assert_refused(done, f"cannot resume {run}", message)
     assert inputs.digest() == before
     assert tree_digest(run) == run_before
@@ -315,13 +315,13 @@ def test_a_run_whose_model_weights_changed_is_refused_with_exit_code_3(
     run = copy_of_run(inputs, tmp_path)
     _edit_weights(run)
     before, run_before = inputs.digest(), tree_digest(run)
-    done = run_hm3("merge", "--resume", run, "--quiet")
+    done = hm3_in_process("merge", "--resume", run, "--quiet")
     assert done.returncode == 3, done.stdout + done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
     assert f"cannot resume {run}: the weights in {inputs.zoo / 'addition'} changed" in done.stderr
     assert inputs.digest() == before and tree_digest(run) == run_before
     _edit_fingerprint(run, "toy_reversal.jsonl")  # the weights and a data file: not only the models
-    assert_refused(run_hm3("merge", "--resume", run, "--quiet"), "toy_reversal.jsonl changed")
+    assert_refused(hm3_in_process("merge", "--resume", run, "--quiet"), "toy_reversal.jsonl changed")
 
 
 @pytest.mark.parametrize(

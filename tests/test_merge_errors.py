@@ -12,7 +12,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from tests.fixtures_models import run_hm3
+from tests.fixtures_models import hm3_in_process, run_hm3
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,7 @@ def test_nan_tensor_is_refused_naming_model_and_tensor(tiny_llama, tmp_path) -> 
     bad = copy_model(tiny_llama.finetunes[0], tmp_path / "poisoned", poison)
     config = ties_config(tmp_path, tiny_llama.base, [bad, tiny_llama.finetunes[1]])
     out = tmp_path / "out"
-    assert_refused(run_hm3("merge", "--mergekit", config, "--out", out), out, "NaN", name, "poisoned")
+    assert_refused(hm3_in_process("merge", "--mergekit", config, "--out", out), out, "NaN", name, "poisoned")
 
 
 def test_custom_code_models_are_refused(tiny_llama, tmp_path) -> None:
@@ -69,7 +69,7 @@ def test_custom_code_models_are_refused(tiny_llama, tmp_path) -> None:
     (custom / "config.json").write_text(json.dumps(config_json))
     config = ties_config(tmp_path, tiny_llama.base, [custom, tiny_llama.finetunes[1]])
     out = tmp_path / "out"
-    assert_refused(run_hm3("merge", "--mergekit", config, "--out", out), out, "auto_map", "custom")
+    assert_refused(hm3_in_process("merge", "--mergekit", config, "--out", out), out, "auto_map", "custom")
 
 
 def test_mismatched_shapes_are_refused(tiny_llama, tmp_path) -> None:
@@ -81,7 +81,7 @@ def test_mismatched_shapes_are_refused(tiny_llama, tmp_path) -> None:
     bad = copy_model(tiny_llama.finetunes[0], tmp_path / "wide", widen)
     config = ties_config(tmp_path, tiny_llama.base, [bad])
     out = tmp_path / "out"
-    assert_refused(run_hm3("merge", "--mergekit", config, "--out", out), out, name, "shape")
+    assert_refused(hm3_in_process("merge", "--mergekit", config, "--out", out), out, name, "shape")
 
 
 def test_missing_shard_is_refused(tiny_llama, tmp_path) -> None:
@@ -95,7 +95,7 @@ def test_missing_shard_is_refused(tiny_llama, tmp_path) -> None:
     (bad / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     config = ties_config(tmp_path, tiny_llama.base, [bad])
     out = tmp_path / "out"
-    assert_refused(run_hm3("merge", "--mergekit", config, "--out", out), out, "missing shard")
+    assert_refused(hm3_in_process("merge", "--mergekit", config, "--out", out), out, "missing shard")
 
 
 def test_non_empty_output_needs_force(tiny_llama, tmp_path) -> None:
@@ -103,10 +103,10 @@ def test_non_empty_output_needs_force(tiny_llama, tmp_path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    result = run_hm3("merge", "--mergekit", config, "--out", out)
+    result = hm3_in_process("merge", "--mergekit", config, "--out", out)
     assert result.returncode == 2 and "--force" in result.stderr and "Traceback" not in result.stderr
     assert (out / "keep.txt").read_text() == "mine"
-    result = run_hm3("merge", "--mergekit", config, "--out", out, "--force", "--quiet")
+    result = hm3_in_process("merge", "--mergekit", config, "--out", out, "--force", "--quiet")
     assert result.returncode == 2 and "replaces only folders hm3 wrote" in result.stderr  # not hm3's
     assert (out / "keep.txt").read_text() == "mine"
     (out / "keep.txt").unlink()
@@ -121,7 +121,7 @@ def test_unwritable_output_is_refused(tiny_llama, tmp_path) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     out = blocker / "out"
-    result = run_hm3("merge", "--mergekit", config, "--out", out)
+    result = hm3_in_process("merge", "--mergekit", config, "--out", out)
     assert result.returncode == 2 and "cannot write" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
@@ -155,4 +155,4 @@ def test_too_little_disk_is_refused_up_front(tiny_llama, tmp_path) -> None:
 def test_unsupported_features_are_refused_in_one_line(tiny_llama, tmp_path, extra, fragment) -> None:
     config = ties_config(tmp_path, tiny_llama.base, list(tiny_llama.finetunes), **extra)
     out = tmp_path / "out"
-    assert_refused(run_hm3("merge", "--mergekit", config, "--out", out), out, fragment)
+    assert_refused(hm3_in_process("merge", "--mergekit", config, "--out", out), out, fragment)

@@ -30,7 +30,7 @@ from hm3.merge.mergekit_plan import plan_merge
 from hm3.merge.mergekit_run import run_mergekit_config
 from hm3.merge.mergekit_schema import load_mergekit_config
 from hm3.merge.registry import METHODS
-from tests.fixtures_models import TinyPool, build_tiny_model, run_hm3
+from tests.fixtures_models import TinyPool, build_tiny_model, hm3_in_process
 from tests.test_merge_parity import run_mergekit_yaml
 
 pytestmark = pytest.mark.slow
@@ -486,7 +486,7 @@ def test_methods_hm3_does_not_implement_are_refused_in_one_line(mergekit, models
         )
     )
     assert_refused(
-        run_hm3("merge", "--mergekit", slerp, "--out", tmp_path / "out"), tmp_path / "out", "slerp"
+        hm3_in_process("merge", "--mergekit", slerp, "--out", tmp_path / "out"), tmp_path / "out", "slerp"
     )
 
 
@@ -504,7 +504,7 @@ def test_della_epsilon_mergekit_fails_on_is_refused_in_one_line(mergekit, tmp_pa
     config, _ = mergekit["cases"][name]
     assert mergekit["status"][str(config)].startswith("ValueError"), mergekit["status"][str(config)]
     out = tmp_path / "out"
-    assert_refused(run_hm3("merge", "--mergekit", config, "--out", out), out, "epsilon")
+    assert_refused(hm3_in_process("merge", "--mergekit", config, "--out", out), out, "epsilon")
 
 
 def _ties(m: Models, **changes) -> dict:
@@ -631,7 +631,7 @@ def test_a_nan_weight_is_refused_by_the_cli_with_exit_2(models, tmp_path) -> Non
         )
     )
     out = tmp_path / "out"
-    assert_refused(run_hm3("merge", "--mergekit", config, "--out", out), out, "weight", "finite")
+    assert_refused(hm3_in_process("merge", "--mergekit", config, "--out", out), out, "weight", "finite")
 
 
 def test_an_error_in_a_merge_worker_is_one_line_and_leaves_nothing_behind(models, tmp_path) -> None:

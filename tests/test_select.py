@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.fixtures_models import run_hm3
+from tests.fixtures_models import hm3_in_process, run_hm3
 from tests.fixtures_zoo import lm_zoo_micro  # noqa: F401
 from tests.test_search import MICRO_SEARCH
 
@@ -52,7 +52,7 @@ def test_select_picks_the_front_member_the_runs_reward_ranks_best(conditioned_ru
         ("0,2,2", [0.0, 0.5, 0.5]),
         ("0.2,0.3,0.5", [0.2, 0.3, 0.5]),
     ):
-        done = run_hm3("select", conditioned_run, "--preference", text, timeout=300)
+        done = hm3_in_process("select", conditioned_run, "--preference", text, timeout=300)
         assert done.returncode == 0, done.stderr
         rewards = {
             m["id"]: _reward(conditioned_run, m["scores"]["search"], lam, len(m["path"] or [None] * layers))
@@ -105,7 +105,7 @@ def test_a_rollout_serves_an_unseen_preference_scored_and_logged(conditioned_run
 def test_a_bad_preference_is_one_line_exit_2(
     conditioned_run: Path, arguments: list[str], message: str
 ) -> None:
-    done = run_hm3("select", conditioned_run, *arguments, timeout=300)
+    done = hm3_in_process("select", conditioned_run, *arguments, timeout=300)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
 
@@ -113,13 +113,13 @@ def test_a_bad_preference_is_one_line_exit_2(
 def test_select_refuses_an_unknown_run_and_a_rollout_without_a_policy(
     conditioned_run: Path, tmp_path: Path
 ) -> None:
-    done = run_hm3("select", tmp_path / "nothing", "--preference", "1,1,1", timeout=300)
+    done = hm3_in_process("select", tmp_path / "nothing", "--preference", "1,1,1", timeout=300)
     assert done.returncode == 2 and "not a run directory" in done.stderr
     plain = tmp_path / "plain"
     plain.mkdir()
     for name in ("recipe.yaml", "fingerprint.json", "candidates.jsonl", "front.json"):
         (plain / name).write_bytes((conditioned_run / name).read_bytes())
-    done = run_hm3("select", plain, "--preference", "1,1,1", "--rollout", timeout=300)
+    done = hm3_in_process("select", plain, "--preference", "1,1,1", "--rollout", timeout=300)
     assert done.returncode == 2 and "no preference-conditioned policy" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
 
@@ -141,10 +141,10 @@ def test_a_run_of_an_older_hm3_can_be_read_and_exported_but_not_continued(
     del fingerprint["recipe"]["parameter_level"]["granularity"]
     (old / "fingerprint.json").write_text(json.dumps(fingerprint))
     member = json.loads((old / "front.json").read_text())["members"][0]["id"]
-    done = run_hm3("export", old, "--member", member, "--out", tmp_path / "model", timeout=300)
+    done = hm3_in_process("export", old, "--member", member, "--out", tmp_path / "model", timeout=300)
     assert done.returncode == 0, done.stderr
-    done = run_hm3("select", old, "--preference", "1,1,1", timeout=300)
+    done = hm3_in_process("select", old, "--preference", "1,1,1", timeout=300)
     assert done.returncode == 0, done.stderr
-    done = run_hm3("merge", "--resume", old, timeout=300)
+    done = hm3_in_process("merge", "--resume", old, timeout=300)
     assert done.returncode == 3, done.stderr  # make demo starts such a run afresh
     assert "older hm3" in done.stderr and "parameter_level.granularity" in done.stderr

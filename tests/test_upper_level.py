@@ -15,7 +15,7 @@ import pytest
 from hm3.merge.spec import MergeSpec
 from hm3.recipe import load_recipe
 from hm3.search.allocation import path_level_paid
-from tests.fixtures_models import kill_once_logged, run_hm3
+from tests.fixtures_models import hm3_in_process, kill_once_logged, run_hm3
 from tests.fixtures_zoo import lm_zoo_micro  # noqa: F401
 from tests.test_search import MICRO_SEARCH
 
@@ -200,7 +200,7 @@ def test_a_bad_upper_level_setting_is_one_line_naming_the_field(
 
 def test_hm3_validate_refuses_a_bad_w_max_in_one_line_exit_2(lm_zoo_micro, tmp_path):  # noqa: F811
     recipe = _recipe_file(lm_zoo_micro, tmp_path, "parameter_level: {weights: optimised, w_max: -1}")
-    done = run_hm3("validate", recipe, timeout=300)
+    done = hm3_in_process("validate", recipe, timeout=300)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "parameter_level.w_max" in done.stderr and "Traceback" not in done.stderr
 

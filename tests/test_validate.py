@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cli.main import main
-from tests.fixtures_models import build_tiny_model, run_hm3, write_recipe
+from tests.fixtures_models import build_tiny_model, hm3_in_process, run_hm3, write_recipe
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
 
@@ -47,7 +47,7 @@ def test_every_shipped_recipe_validates(recipe: Path) -> None:
         from hm3.recipe import load_recipe
 
         write_shifted_tasks(Path(load_recipe(recipe).base_model.path).parent)
-    result = run_hm3("validate", recipe)
+    result = hm3_in_process("validate", recipe)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok:")
 
@@ -343,7 +343,7 @@ models: [{{name: a, path: {tiny_llama.finetunes[0]}}}, {{name: big, path: {bigge
 objectives: [{{name: o, task: sst2}}, {{name: p, task: rte}}]
 """,
     )
-    result = run_hm3("validate", path)
+    result = hm3_in_process("validate", path)
     assert result.returncode == 0, result.stderr
     assert "models[1]: vocabulary has 72 rows, the merged model keeps 64" in result.stdout
 
