@@ -9,11 +9,12 @@ K fine-tuned models plus that merge, each scoring the same number of new paths o
 * ``ppo_lr0``: the same agent with learning rate 0 — its prior alone (what the untrained policy samples);
 * ``ppo_critic``: the agent with the critic ranking M' = 8 Wolpertinger neighbours (the default before
   stop 30 ranks none: M' = 1);
-* ``ppo_edit``: the edit agent (``agent.actions: edit``, :mod:`hm3.routing.edits`): each episode one edit of
-  the best path so far, masked to the valid edits, paid the signed change of reward; ``ppo_edit_lr0`` the
-  same with learning rate 0 — uniform over the valid edits: structured random local search;
-  ``ppo_edit_lr1e-3`` and ``ppo_edit_lr3e-3`` with learning rates ~3x and 10x the recipe default
-  (sensitivity rows, not defaults);
+* ``ppo_edit``: the edit agent (``agent.actions: edit``, :mod:`hm3.routing.edits`) at its default learning
+  rate (3e-3 since stop 39; before it, 3e-4 — that agent is ``ppo_edit_lr3e-4`` now, and the tables measured
+  before stop 39 say so): each episode one edit of the best path so far, masked to the valid edits, paid the
+  signed change of reward; ``ppo_edit_lr0`` the same with learning rate 0 — uniform over the valid edits:
+  structured random local search; ``ppo_edit_lr3e-4`` and ``ppo_edit_lr1e-3`` with learning rates 1/10 and
+  1/3 of the default (sensitivity rows);
   ``ppo_edit_frame`` in a structured path space: the first and the last layer fixed (the merge's own:
   ``architecture_level.fixed_first: 1, fixed_last: 1``), the edits in the 10 slots between;
   ``ppo_edit_stats`` with a fitted map at every seam (``architecture_level.alignment: stats``: each step whose
@@ -31,11 +32,13 @@ time (how many edits of the incumbent it tries).
 
 Writes one section of ``benchmarks/results/agent_learning.md`` per build of the deep zoo (its weights'
 fingerprint: a zoo built on another CPU vendor is another zoo, and a replicate), keeping the sections of the
-other builds as they were measured, and its plot ``agent_learning_<fingerprint>.png``. Each search's record
+other builds as they were measured, and its plot ``agent_learning_<fingerprint>.png``; seeds other than the
+default 0, 1, 2 (a replicate on fresh seeds) make a section of their own, ``... seeds 3,4,5``. Each search's record
 lives in ``benchmarks/scratch/agent_learning/`` and is reused, so an interrupted run continues.
 
     .venv/bin/python benchmarks/agent_learning.py               # 3 seeds, 3 preferences, 200 paths each
     BENCH_BUDGET=60 BENCH_SEEDS=0 .venv/bin/python benchmarks/agent_learning.py   # a first look
+    BENCH_SEEDS=3,4,5 .venv/bin/python benchmarks/agent_learning.py   # a replicate on fresh seeds
     BENCH_METHODS=ppo_edit,ppo_edit_lr0,local .venv/bin/python benchmarks/agent_learning.py   # some rows
     BENCH_METHODS= .venv/bin/python benchmarks/agent_learning.py   # the table again, from the kept records
 """
@@ -72,6 +75,7 @@ from hm3.zoo import ensure_zoo  # noqa: E402
 RECIPE = REPO / "recipes" / "toy-lm-deep.yaml"
 RESULTS = REPO / "benchmarks" / "results"
 SCRATCH = REPO / "benchmarks" / "scratch" / "agent_learning"
+DEFAULT_SEEDS = [0, 1, 2]
 SEEDS = [int(s) for s in os.environ.get("BENCH_SEEDS", "0,1,2").split(",")]
 BUDGET = int(os.environ.get("BENCH_BUDGET", "200"))
 PREFERENCES = [(0.6, 0.2, 0.2), (0.2, 0.6, 0.2), (0.2, 0.2, 0.6)]
@@ -81,8 +85,8 @@ METHODS = [
     "ppo_critic",
     "ppo_edit",
     "ppo_edit_lr0",
+    "ppo_edit_lr3e-4",
     "ppo_edit_lr1e-3",
-    "ppo_edit_lr3e-3",
     "ppo_edit_frame",
     "ppo_edit_stats",
     "local",
@@ -96,15 +100,16 @@ FORMAT = {
     "ppo_critic": 2,
     "ppo_edit": 2,
     "ppo_edit_lr0": 2,
+    "ppo_edit_lr3e-4": 2,
     "ppo_edit_lr1e-3": 2,
-    "ppo_edit_lr3e-3": 2,
-    "ppo_edit_frame": 1,
-    "ppo_edit_stats": 1,
+    "ppo_edit_frame": 2,
+    "ppo_edit_stats": 2,
     "local": 1,
     "evolution": 1,
 }
 """Version of a method's scratch records; bump it when what the method does changes, so older ones are redone
-(2: the agent edits the incumbent, is paid its gain, and updates 8 times per search; stop 30)."""
+(2: the agent edits the incumbent, is paid its gain, and updates 8 times per search, stop 30; for
+``ppo_edit_frame`` and ``ppo_edit_stats``: at the edit agent's default rate of stop 39, 3e-3)."""
 CRITIC_NEIGHBOURS = 8
 
 
@@ -277,8 +282,14 @@ def run_one(context, seed: int, index: int, method: str, digest: str) -> dict:
     return record
 
 
-def section_marker(build: str, end: str) -> str:
-    return f"<!-- zoo build {build}: {end} -->"
+def section_key(build: str) -> str:
+    """A section's key: the zoo build, and the seeds where they are not the default ones (a replicate on fresh
+    seeds is a section of its own and leaves the default seeds' table as it was)."""
+    return build if SEEDS == DEFAULT_SEEDS else f"{build} seeds {','.join(map(str, SEEDS))}"
+
+
+def section_marker(key: str, end: str) -> str:
+    return f"<!-- zoo build {key}: {end} -->"
 
 
 def table(records: dict[str, list[dict]], build: str, digest: str) -> list[str]:
@@ -309,14 +320,17 @@ def table(records: dict[str, list[dict]], build: str, digest: str) -> list[str]:
     plt.title(f"deep toy LM zoo {build}: path search, {len(SEEDS)} seeds × {len(PREFERENCES)} preferences")
     plt.legend()
     plt.grid(alpha=0.3)
-    plot = f"agent_learning_{build}.png"
+    key = section_key(build)
+    plot = f"agent_learning_{key.replace(' seeds ', '_seeds').replace(',', '-')}.png"
     plt.savefig(RESULTS / plot, dpi=120, bbox_inches="tight")
     plt.close()
     return [
-        section_marker(build, "start"),
-        f"## Deep zoo `{build}` (built on {cpu_name()})",
+        section_marker(key, "start"),
+        f"## Deep zoo `{build}` (built on {cpu_name()})"
+        + ("" if SEEDS == DEFAULT_SEEDS else f", seeds {', '.join(map(str, SEEDS))}"),
         "",
-        f"Command: `.venv/bin/python benchmarks/agent_learning.py` (budget {BUDGET} new paths per search, seeds "
+        f"Command: `{'' if SEEDS == DEFAULT_SEEDS else 'BENCH_SEEDS=' + ','.join(map(str, SEEDS)) + ' '}"
+        f".venv/bin/python benchmarks/agent_learning.py` (budget {BUDGET} new paths per search, seeds "
         f"{SEEDS}, preferences {PREFERENCES})  ",
         f"Machine: {cpu_name()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; scratch records `{digest}`",
         "",
@@ -327,7 +341,7 @@ def table(records: dict[str, list[dict]], build: str, digest: str) -> list[str]:
         *rows,
         "",
         f"Plot: `{plot}` (mean best-so-far improvement against paths scored).",
-        section_marker(build, "end"),
+        section_marker(key, "end"),
     ]
 
 
@@ -358,7 +372,7 @@ def main() -> None:
     others = [
         line
         for key, lines in marked_sections(results, "zoo build").items()
-        if key != build
+        if key != section_key(build)
         for line in ["", *lines]
     ]
     lines = [

@@ -161,6 +161,9 @@ def run_settings(recipe, method: str) -> str:
     """The digest of what a run depends on: the recipe, less the agent's training settings for a method that
     trains no agent (so changing PPO's defaults re-runs only the methods that use it)."""
     exclude: dict[str, set[str]] = {} if method in AGENT_METHODS else {"agent": set(PPO_SETTINGS)}
+    if method in AGENT_METHODS:  # the rate it trains with (none in the recipe: its actions' default, stop 39)
+        agent = recipe.agent.model_copy(update={"learning_rate": recipe.agent.adam_learning_rate})
+        recipe = recipe.model_copy(update={"agent": agent})
     if method in AGENT_METHODS and recipe.agent.actions == "path":  # added with the agent it has always had:
         exclude = {"agent": {"actions"}}  # runs made before the setting existed stay current
     level = recipe.architecture_level

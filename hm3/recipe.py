@@ -61,6 +61,10 @@ MAX_PATH_LENGTH = 1024
 """Largest ``architecture_level.max_path_length`` (T_max): the agent's observation holds T_max steps."""
 MAX_ITERATIONS = 100_000
 """Largest ``agent.iterations`` (the paper uses 1000 per preference)."""
+DEFAULT_LEARNING_RATES = {"path": 3e-4, "edit": 3e-3}
+"""``agent.learning_rate`` when the recipe leaves it out, by ``agent.actions``: the path agent keeps SB3's PPO
+default; the edit agent, whose one-decision episodes give it ~8 PPO updates in a search of a few hundred paths,
+learns within a search only at a larger rate (``benchmarks/results/agent_learning.md``)."""
 MAX_SEARCH_VALUES = 100
 """Most values ``density_search`` or ``scale_search`` may list (every density × scale is merged and scored)."""
 
@@ -391,7 +395,8 @@ class AgentConfig(_Section):
         gamma: Discount γ (paper: 0.99; an edit episode is one decision, where it plays no role).
         iterations: Episodes per preference, i.e. candidate paths scored (paper: Max_iter = 1000; at most
             100,000).
-        learning_rate: Adam learning rate of actor and critic.
+        learning_rate: Adam learning rate of actor and critic; None (default): by ``actions``, 3e-4 for the path
+            agent, 3e-3 for the edit agent (:data:`DEFAULT_LEARNING_RATES`; :attr:`adam_learning_rate`).
         n_steps: Environment steps per PPO rollout; None (default) scales it to the budget, so that even a
             search of a few paths makes several PPO updates (:func:`hm3.routing.agent.scaled_to_budget`).
         batch_size: PPO minibatch size; None (default) is the whole rollout (one gradient step per epoch).
@@ -422,7 +427,7 @@ class AgentConfig(_Section):
     actions: Literal["path", "edit"] = "path"
     gamma: float = 0.99
     iterations: int = Field(default=1000, gt=0, le=MAX_ITERATIONS)
-    learning_rate: float = Field(default=3e-4, gt=0)
+    learning_rate: float | None = Field(default=None, gt=0)
     n_steps: int | None = Field(default=None, gt=1)
     batch_size: int | None = Field(default=None, gt=1)
     n_epochs: int = Field(default=4, gt=0)
@@ -442,6 +447,11 @@ class AgentConfig(_Section):
         if not 0 < value <= 1:
             raise ValueError("must be in (0, 1]")
         return value
+
+    @property
+    def adam_learning_rate(self) -> float:
+        """The learning rate the agent trains with: the recipe's, or the default of its kind of actions."""
+        return DEFAULT_LEARNING_RATES[self.actions] if self.learning_rate is None else self.learning_rate
 
 
 class PreferenceConfig(_Section):

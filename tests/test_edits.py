@@ -113,6 +113,19 @@ def _best_paths(screen: dict | None = None, spend: int | None = None) -> tuple[B
     return BestPaths(scorer, REWARD, IDENTITY), full
 
 
+def test_the_edit_agent_trains_at_its_own_default_rate_unless_the_recipe_sets_one() -> None:
+    """A recipe without ``agent.learning_rate`` trains the edit agent at 3e-3 (a search gives it ~8 PPO updates;
+    at the path agent's 3e-4 they barely move it) and the path agent at 3e-4; a rate in the recipe wins."""
+    env = EditEnv(SUMMARIES, T_MAX, 2, preference=np.array([0.5, 0.5], np.float32))
+    assert build_edit_ppo(env, AgentConfig(actions="edit"), seed=0).learning_rate == 3e-3
+    assert build_edit_ppo(env, AgentConfig(actions="edit", learning_rate=1e-4), seed=0).learning_rate == 1e-4
+    assert AgentConfig().adam_learning_rate == 3e-4  # the paper's path agent
+    assert AgentConfig(actions="path", learning_rate=2e-3).adam_learning_rate == 2e-3
+    assert (
+        AgentConfig(actions="edit").model_dump()["learning_rate"] is None
+    )  # resolved when the agent is built
+
+
 def test_the_edit_reward_is_the_change_from_the_path_it_edits() -> None:
     best_paths, _ = _best_paths()
     reward_fn = edit_reward(best_paths)

@@ -21,7 +21,7 @@ def ppo_arguments(env: gym.Env, config: AgentConfig, seed: int) -> dict[str, Any
     n_steps = config.n_steps or DEFAULT_ROLLOUT
     return {
         "env": VecNormalize(DummyVecEnv([lambda: env]), norm_obs=False, norm_reward=True, gamma=config.gamma),
-        "learning_rate": config.learning_rate,
+        "learning_rate": config.adam_learning_rate,
         "n_steps": n_steps,
         "batch_size": min(config.batch_size or DEFAULT_ROLLOUT, n_steps),
         "n_epochs": config.n_epochs,
