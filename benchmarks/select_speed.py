@@ -36,6 +36,8 @@ offline()
 
 RECIPE = REPO / "recipes" / "toy-lm.yaml"
 UNSEEN_SEEDS = [101, 102, 103, 104, 105]
+MEASURE_FORMAT = 2
+"""Version of a kept measurement (2: the rollout's own reward beside what select chose, stop 39)."""
 """Sampling seeds of the unseen preferences (the conditioned run samples with the recipe's seed, 0)."""
 SCRATCH = REPO / "benchmarks" / "scratch" / "select"
 RESULTS = REPO / "benchmarks" / "results" / "select.md"
@@ -99,7 +101,7 @@ def measure(conditioned: Path, seed: int, zoo: str) -> dict:
     cache = SCRATCH / f"unseen{seed}.json"
     if cache.is_file():
         known = json.loads(cache.read_text())
-        if known.get("zoo") == zoo:
+        if known.get("zoo") == zoo and known.get("format") == MEASURE_FORMAT:
             return known
     recipe = fresh_recipe(seed)
     lam = [float(v) for v in preferences(recipe)[0]]
@@ -116,12 +118,14 @@ def measure(conditioned: Path, seed: int, zoo: str) -> dict:
     fresh_seconds = finished_run(fresh_folder, recipe, zoo)
     fresh = select(fresh_folder, text)
     result = {
+        "format": MEASURE_FORMAT,
         "zoo": zoo,
         "preference": lam,
         "rollout_seconds": rollout_seconds,
         "rollout_reward": rolled.reward,
+        "policy_reward": rolled.reward if rolled.below_start is None else rolled.below_start[1],
         "rollout_logged": new_candidates,
-        "rollout_path": None if rolled.candidate.path is None else rolled.candidate.path.to_data(),
+        "rollout_path": rolled.candidate.data().get("path"),
         "member_reward": member.reward,
         "fresh_seconds": fresh_seconds,
         "fresh_reward": fresh.reward,
@@ -152,21 +156,26 @@ def main() -> None:
         "seed S; the fresh search is a new run of the recipe's defaults with that λ as its only preference. "
         "R: the run's reward for λ on the search split (weighted sum of the normalised scores − β1·T).",
         "",
-        "| unseen λ (seed) | rollout s | fresh search s | fresh / rollout | R rollout | R fresh search "
-        "| R best member of the conditioned run | rollout new candidates | fresh search candidates |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "R rollout: what `select --rollout` returns — the policy's path, or the path it started from where the "
+        "policy's path scored below it (R policy's path).",
+        "",
+        "| unseen λ (seed) | rollout s | fresh search s | fresh / rollout | R rollout | R policy's path "
+        "| R fresh search | R best member of the conditioned run | rollout new candidates | fresh search candidates |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for seed, row, speedup in zip(UNSEEN_SEEDS, rows, ratio, strict=True):
         lam = ", ".join(f"{v:.2f}" for v in row["preference"])
         lines.append(
             f"| ({lam}) ({seed}) | {row['rollout_seconds']:.1f} | {row['fresh_seconds']:.0f} | {speedup:.0f}x "
-            f"| {row['rollout_reward']:+.4f} | {row['fresh_reward']:+.4f} | {row['member_reward']:+.4f} "
+            f"| {row['rollout_reward']:+.4f} | {row['policy_reward']:+.4f} | {row['fresh_reward']:+.4f} "
+            f"| {row['member_reward']:+.4f} "
             f"| {row['rollout_logged']} | {row['fresh_candidates']} |"
         )
     lines += [
         "",
         f"Median speed-up {np.median(ratio):.0f}x (min {min(ratio):.0f}x); mean R: rollout "
-        f"{np.mean([r['rollout_reward'] for r in rows]):+.4f}, fresh search "
+        f"{np.mean([r['rollout_reward'] for r in rows]):+.4f} (the policy's paths "
+        f"{np.mean([r['policy_reward'] for r in rows]):+.4f}), fresh search "
         f"{np.mean([r['fresh_reward'] for r in rows]):+.4f}, best member "
         f"{np.mean([r['member_reward'] for r in rows]):+.4f}.",
         *kept_notes(RESULTS),

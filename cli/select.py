@@ -31,6 +31,12 @@ def run(args: argparse.Namespace) -> int:
     chosen = select(args.run, args.preference, roll_out=args.rollout, export=args.export, force=args.force)
     lam = ", ".join(f"{v:.3f}" for v in chosen.preference)
     what = f"front member {chosen.member_id}" if chosen.member_id else "rollout of the conditioned policy"
+    if chosen.below_start is not None:
+        rolled, reward = chosen.below_start
+        what = (
+            f"the start of the rollout of the conditioned policy (its path {rolled} scored reward {reward:+.4f}, "
+            "below its start)"
+        )
     path = chosen.candidate.path
     shape = "the merged model" if path is None else f"a path of {len(path)} layers over the merge"
     scores = ", ".join(f"{name} {value:.4g}" for name, value in chosen.scores.get("search", {}).items())

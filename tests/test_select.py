@@ -93,6 +93,33 @@ def test_a_rollout_serves_an_unseen_preference_scored_and_logged(conditioned_run
     assert log.read_text().splitlines() == after
 
 
+def test_a_rollout_below_its_start_is_reported_and_its_start_selected(
+    conditioned_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A policy's guess never replaces a better candidate the run has: here the policy proposes the start's
+    first layer alone (one layer instead of the model's depth)."""
+    import shutil
+
+    import hm3.search.select as selecting
+    from hm3.routing.path import InferencePath
+
+    run = tmp_path / "run"
+    shutil.copytree(conditioned_run, run, ignore=shutil.ignore_patterns("*.lock"))
+    proposed: list[InferencePath] = []
+
+    def one_layer(agent, weights, start: InferencePath) -> InferencePath:
+        proposed.append(InferencePath(start.steps[:1]))
+        return proposed[-1]
+
+    monkeypatch.setattr(selecting, "rollout", one_layer)
+    chosen = selecting.select(run, "0.95,0.03,0.02", roll_out=True)
+    assert chosen.below_start is not None and chosen.below_start[0] == proposed[0]
+    assert chosen.reward > chosen.below_start[1]
+    assert chosen.candidate.path != tuple(proposed[0].steps)  # the start: the merge itself or its best path
+    log = (run / "log.txt").read_text()
+    assert "rollout for λ" in log and "the rollout is below its start" in log
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [

@@ -7,7 +7,8 @@
   rollout for λ over the merge λ starts from (the optimised upper level's best for λ, else the merge with
   weights λ), editing the best path the run scored over that merge for λ (else the merge itself), scored on
   the search split and appended to the run's log like any candidate — one candidate, seconds instead of a
-  search.
+  search. A rollout that scores below the path it starts from is reported, and that start is selected (a
+  policy's guess never replaces a better candidate the run already has).
 
 Either can be written as a model folder (``--export DIR``, as ``hm3 export`` does).
 """
@@ -27,6 +28,7 @@ from hm3.moo.preferences import parse_preference
 from hm3.routing.agent import PathAgent, rollout
 from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
+from hm3.routing.scoring import PathScorer
 from hm3.search.budget import BudgetedEvaluator
 from hm3.search.candidate import SEARCHED_LEVELS, Candidate
 from hm3.search.export import check_export_folder, export_candidate
@@ -52,6 +54,8 @@ class Selection:
     reward: float
     member_id: str | None
     exported: Path | None = None
+    below_start: tuple[InferencePath, float] | None = None
+    """A rollout that scored below the path it started from: its path and reward (the start is selected)."""
 
 
 def _preference(text: str, objectives: int) -> np.ndarray:
@@ -166,9 +170,32 @@ def _rolled_out(search: Search, lam: np.ndarray, agent: PathAgent) -> Selection:
     spec = _merge_for(search, lam)
     evaluations = BudgetedEvaluator(search, SELECT, None, weights)
     routing, scorer = budgeted_path_scorer(search, spec, evaluations)
-    path = rollout(agent, weights, _incumbent(search, spec, routing, weights))
+    start = _incumbent(search, spec, routing, weights)
+    path = rollout(agent, weights, start)
+    rolled = _scored(search, scorer, spec, routing, path, weights)
+    search.store.log(f"select: rollout for λ {weights}: {path}, R {rolled.reward:.4f}")
+    if path != start:
+        begun = _scored(search, scorer, spec, routing, start, weights)  # the run's own: answered from its log
+        if begun.reward > rolled.reward:
+            search.store.log(
+                f"select: the rollout is below its start {start} (R {begun.reward:.4f}); selected"
+            )
+            begun.below_start = (path, rolled.reward)
+            return begun
+    return rolled
+
+
+def _scored(
+    search: Search,
+    scorer: PathScorer,
+    spec: MergeSpec,
+    routing: RoutingPool,
+    path: InferencePath,
+    weights: list[float],
+) -> Selection:
+    """``path`` over ``spec``'s merge scored on the search split (from the log when the run has it) for λ."""
     scores = scorer.score(path)
     candidate = Candidate.routed(spec, path, search.recipe.architecture_level.alignment, routing)
-    reward = search.rewards().reward(scores, weights, len(path))
-    search.store.log(f"select: rollout for λ {weights}: {path}, R {reward:.4f}")
-    return Selection(weights, candidate, {"search": scores}, reward, None)
+    return Selection(
+        weights, candidate, {"search": scores}, search.rewards().reward(scores, weights, len(path)), None
+    )
