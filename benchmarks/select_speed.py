@@ -36,9 +36,9 @@ offline()
 
 RECIPE = REPO / "recipes" / "toy-lm.yaml"
 UNSEEN_SEEDS = [101, 102, 103, 104, 105]
+"""Sampling seeds of the unseen preferences (the conditioned run samples with the recipe's seed, 0)."""
 MEASURE_FORMAT = 2
 """Version of a kept measurement (2: the rollout's own reward beside what select chose, stop 39)."""
-"""Sampling seeds of the unseen preferences (the conditioned run samples with the recipe's seed, 0)."""
 SCRATCH = REPO / "benchmarks" / "scratch" / "select"
 RESULTS = REPO / "benchmarks" / "results" / "select.md"
 

@@ -121,9 +121,8 @@ def test_the_edit_agent_trains_at_its_own_default_rate_unless_the_recipe_sets_on
     assert build_edit_ppo(env, AgentConfig(actions="edit", learning_rate=1e-4), seed=0).learning_rate == 1e-4
     assert AgentConfig().adam_learning_rate == 3e-4  # the paper's path agent
     assert AgentConfig(actions="path", learning_rate=2e-3).adam_learning_rate == 2e-3
-    assert (
-        AgentConfig(actions="edit").model_dump()["learning_rate"] is None
-    )  # resolved when the agent is built
+    # the recipe keeps "none given"; the rate is resolved where the agent is built
+    assert AgentConfig(actions="edit").model_dump()["learning_rate"] is None
 
 
 def test_the_edit_reward_is_the_change_from_the_path_it_edits() -> None:

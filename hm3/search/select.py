@@ -175,7 +175,7 @@ def _rolled_out(search: Search, lam: np.ndarray, agent: PathAgent) -> Selection:
     rolled = _scored(search, scorer, spec, routing, path, weights)
     search.store.log(f"select: rollout for λ {weights}: {path}, R {rolled.reward:.4f}")
     if path != start:
-        begun = _scored(search, scorer, spec, routing, start, weights)  # the run's own: answered from its log
+        begun = _scored(search, scorer, spec, routing, start, weights)  # from the log where the run scored it
         if begun.reward > rolled.reward:
             search.store.log(
                 f"select: the rollout is below its start {start} (R {begun.reward:.4f}); selected"
