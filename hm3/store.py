@@ -313,8 +313,11 @@ class RunStore:
         return self._write_atomic(name, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
     def read_json(self, name: str) -> Any:
-        """Read a JSON file of the run; UserError if it is missing (the run has not finished)."""
+        """Read a JSON file of the run; UserError if it is missing (the run has not finished, or the folder is
+        not a run)."""
         path = self.directory / name
+        if not path.is_file() and not (self.directory / RECIPE_FILE).is_file():
+            raise UserError(f"{self.directory} is not a run directory (no {RECIPE_FILE})")
         if not path.is_file():
             raise UserError(
                 f"{self.directory}: no {name} yet (has the run finished? resume it with --resume)"

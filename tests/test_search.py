@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_models import kill_once_logged, run_hm3
+from tests.fixtures_models import hm3_in_process, kill_once_logged, run_hm3
 from tests.fixtures_zoo import lm_zoo_micro  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -215,6 +215,7 @@ def test_pareto_prints_the_front_and_writes_the_plot(finished_run: Path, tmp_pat
         (["merge", "--resume", "{run}", "--out", "{tmp}/x"], "drop --out"),
         (["merge", "--mergekit", "{recipe}"], "--mergekit needs --out"),
         (["pareto", "{tmp}/nothing"], "run directory not found"),
+        (["pareto", "{tmp}"], "is not a run directory (no recipe.yaml)"),  # a folder, but no run
         (["pareto", "{run}", "--plot", "{tmp}/front.jpg"], "must end in .png or .svg"),
     ],
 )
@@ -222,7 +223,7 @@ def test_user_errors_are_one_line_with_exit_code_2(
     arguments: list[str], message: str, micro_recipe: Path, finished_run: Path, tmp_path: Path
 ) -> None:
     filled = [a.format(tmp=tmp_path, recipe=micro_recipe, run=finished_run) for a in arguments]
-    done = run_hm3(*filled)
+    done = hm3_in_process(*filled)
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
