@@ -393,26 +393,19 @@ def _micro_recipe(folder: Path, zoo: Path, himole_extra: str = "", objectives: s
     )
 
 
-def _hm3(capsys, *args) -> tuple[int, str, str]:
-    """Run the ``hm3`` command line in this process (torch is already imported); restore torch's threads."""
-    from cli.main import main
-
-    threads = torch.get_num_threads()
-    try:
-        code = main([str(a) for a in args])
-    finally:
-        torch.set_num_threads(threads)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+def _hm3(*args) -> tuple[int, str, str]:
+    """``hm3 ARGS`` in this process (:func:`tests.fixtures_models.hm3_in_process`): exit code, stdout, stderr."""
+    done = hm3_in_process(*args)
+    return done.returncode, done.stdout, done.stderr
 
 
-def test_cli_train_and_eval_on_the_micro_zoo(lm_zoo_micro, tmp_path, capsys) -> None:  # noqa: F811
+def test_cli_train_and_eval_on_the_micro_zoo(lm_zoo_micro, tmp_path) -> None:  # noqa: F811
     from hm3.validation import validate_recipe_file
 
     recipe = _micro_recipe(tmp_path, lm_zoo_micro)
     assert validate_recipe_file(recipe).family == "llama"
     out = tmp_path / "adapter"
-    code, stdout, stderr = _hm3(capsys, "himole", "train", "--recipe", recipe, "--out", out)
+    code, stdout, stderr = _hm3("himole", "train", "--recipe", recipe, "--out", out)
     assert code == 0, stderr
     assert f"saved {out}: himole" in stdout
     manifest = json.loads((out / "himole.json").read_text())
@@ -421,7 +414,7 @@ def test_cli_train_and_eval_on_the_micro_zoo(lm_zoo_micro, tmp_path, capsys) -> 
     assert (out / "centroids.safetensors").is_file()
     scores = tmp_path / "scores.json"
     code, stdout, stderr = _hm3(
-        capsys, "himole", "eval", "--recipe", recipe, "--adapter", out, "--limit", "8", "--json", scores
+        "himole", "eval", "--recipe", recipe, "--adapter", out, "--limit", "8", "--json", scores
     )
     assert code == 0, stderr
     report = json.loads(scores.read_text())
@@ -437,7 +430,6 @@ def test_cli_train_and_eval_on_the_micro_zoo(lm_zoo_micro, tmp_path, capsys) -> 
 def test_the_recipe_dtype_is_honoured_and_threads_are_fixed(
     lm_zoo_micro,  # noqa: F811
     tmp_path,
-    capsys,
     monkeypatch,
 ) -> None:
     """``dtype: bfloat16`` trains and evaluates in bfloat16 (it was ignored: float32 always), the adapter is
@@ -460,27 +452,25 @@ def test_the_recipe_dtype_is_honoured_and_threads_are_fixed(
     recipe = _micro_recipe(tmp_path, lm_zoo_micro)
     recipe.write_text(recipe.read_text().replace("device: cpu\n", "device: cpu\ndtype: bfloat16\n"))
     out = tmp_path / "adapter"
-    code, _, stderr = _hm3(capsys, "himole", "train", "--recipe", recipe, "--out", out, "--variant", "lora")
+    code, _, stderr = _hm3("himole", "train", "--recipe", recipe, "--out", out, "--variant", "lora")
     assert code == 0, stderr
     assert seen == [(torch.bfloat16, SCORING_THREADS)]
     assert json.loads((out / "himole.json").read_text())["dtype"] == "bfloat16"
     assert {t.dtype for t in load_file(str(out / "adapter.safetensors")).values()} == {torch.bfloat16}
-    code, _, stderr = _hm3(capsys, "himole", "eval", "--recipe", recipe, "--adapter", out, "--limit", "4")
+    code, _, stderr = _hm3("himole", "eval", "--recipe", recipe, "--adapter", out, "--limit", "4")
     assert code == 0, stderr
 
 
-def test_cli_lora_variant_and_errors(lm_zoo_micro, tmp_path, capsys) -> None:  # noqa: F811
+def test_cli_lora_variant_and_errors(lm_zoo_micro, tmp_path) -> None:  # noqa: F811
     recipe = _micro_recipe(tmp_path, lm_zoo_micro)
     out = tmp_path / "lora"
-    code, _, stderr = _hm3(capsys, "himole", "train", "--recipe", recipe, "--out", out, "--variant", "lora")
+    code, _, stderr = _hm3("himole", "train", "--recipe", recipe, "--out", out, "--variant", "lora")
     assert code == 0, stderr
     manifest = json.loads((out / "himole.json").read_text())
     assert manifest["adapter"]["variant"] == "lora" and manifest["clusters"] is None
     assert manifest["phases"][0]["steps"] <= 2 * 4 + 4
     hydra = tmp_path / "hydra"
-    code, _, stderr = _hm3(
-        capsys, "himole", "train", "--recipe", recipe, "--out", hydra, "--variant", "hydra-lora"
-    )
+    code, _, stderr = _hm3("himole", "train", "--recipe", recipe, "--out", hydra, "--variant", "hydra-lora")
     assert code == 0, stderr
     manifest = json.loads((hydra / "himole.json").read_text())
     assert manifest["adapter"]["variant"] == "hydra-lora" and [p["name"] for p in manifest["phases"]] == [
@@ -488,12 +478,11 @@ def test_cli_lora_variant_and_errors(lm_zoo_micro, tmp_path, capsys) -> None:  #
     ]
     scores = tmp_path / "hydra.json"
     code, _, stderr = _hm3(
-        capsys, "himole", "eval", "--recipe", recipe, "--adapter", hydra, "--limit", "4", "--json", scores
+        "himole", "eval", "--recipe", recipe, "--adapter", hydra, "--limit", "4", "--json", scores
     )
     assert code == 0, stderr
     assert json.loads(scores.read_text())["max_violation"] is not None
     code, _, stderr = _hm3(
-        capsys,
         "himole",
         "train",
         "--recipe",
@@ -505,7 +494,7 @@ def test_cli_lora_variant_and_errors(lm_zoo_micro, tmp_path, capsys) -> None:  #
         "--no-two-stage",
     )
     assert code == 2 and stderr.strip().count("\n") == 0 and "--no-two-stage" in stderr
-    code, _, stderr = _hm3(capsys, "himole", "eval", "--recipe", recipe, "--adapter", tmp_path / "nowhere")
+    code, _, stderr = _hm3("himole", "eval", "--recipe", recipe, "--adapter", tmp_path / "nowhere")
     assert code == 2 and "no HiMoLE adapter" in stderr
     assert not (tmp_path / "x").exists()
     subprocess = run_hm3("himole", "train", "--recipe", tmp_path / "missing.yaml")  # the real entry point

@@ -47,7 +47,6 @@ def test_symbols_come_from_the_rare_half_at_the_distributions_share(task, distri
 def test_the_shifted_tests_are_written_once_for_a_zoo_and_scored_and_never_trained_on(
     lm_zoo_micro: Path,  # noqa: F811
     tmp_path: Path,
-    capsys,
 ) -> None:
     from hm3.himole.config import HiMoLEConfig
     from hm3.himole.data import load_pairs
@@ -57,7 +56,7 @@ def test_the_shifted_tests_are_written_once_for_a_zoo_and_scored_and_never_train
         f"toy_{t}_{d}" for t in ("addition", "reversal", "sorting") for d in ("common", "rare")
     )
     first = {y: (y.read_bytes(), y.with_suffix(".jsonl").read_bytes()) for y in yamls}
-    code, stdout, _ = _hm3(capsys, "himole", "tasks", "--zoo", lm_zoo_micro)  # the same files again
+    code, stdout, _ = _hm3("himole", "tasks", "--zoo", lm_zoo_micro)  # the same files again
     assert code == 0 and "wrote 6 task YAMLs" in stdout
     assert {y: (y.read_bytes(), y.with_suffix(".jsonl").read_bytes()) for y in yamls} == first
     assert not list((lm_zoo_micro / "himole_tasks").glob(".*"))  # no staging left behind
@@ -83,17 +82,15 @@ def test_the_shifted_tests_are_written_once_for_a_zoo_and_scored_and_never_train
         "  ood_objectives: [reversal_ood]\n",
     )
     report = tmp_path / "base.json"
-    code, _, stderr = _hm3(
-        capsys, "himole", "eval", "--recipe", recipe, "--base", "--limit", "4", "--json", report
-    )
+    code, _, stderr = _hm3("himole", "eval", "--recipe", recipe, "--base", "--limit", "4", "--json", report)
     assert code == 0, stderr
     assert set(json.loads(report.read_text())["scores"]) == {"reversal", "reversal_ood"}
 
 
-def test_bad_shifted_task_input_is_one_line(tmp_path: Path, capsys) -> None:
+def test_bad_shifted_task_input_is_one_line(tmp_path: Path) -> None:
     from hm3.himole.config import HiMoLEConfig
 
-    code, _, stderr = _hm3(capsys, "himole", "tasks", "--zoo", tmp_path)
+    code, _, stderr = _hm3("himole", "tasks", "--zoo", tmp_path)
     assert code == 2 and stderr.strip().count("\n") == 0 and "is not a language zoo" in stderr
     with pytest.raises(ValueError, match="'distribution' goes with 'zoo'"):
         HiMoLEConfig(train_data=[{"path": "/x.jsonl", "distribution": "rare"}])

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from cli.main import main
-from tests.fixtures_models import build_tiny_model
+from tests.fixtures_models import build_tiny_model, hm3_in_process
 from tests.fixtures_zoo import lm_zoo_micro  # noqa: F401
 
 REGISTRY_OBJECTIVES = """objectives:
@@ -46,10 +46,10 @@ def _snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _hm3_fails(capsys, *args: object, expected: str) -> str:
+def _hm3_fails(*args: object, expected: str) -> str:
     """Run ``hm3 ARGS`` in-process; assert exit 2 and exactly one stderr line containing ``expected``."""
-    code = main([str(a) for a in args])
-    err = capsys.readouterr().err
+    done = hm3_in_process(*args)
+    code, err = done.returncode, done.stderr
     assert code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -93,18 +93,18 @@ def tiny_models(tmp_path_factory) -> tuple[Path, Path]:
         ("preferences: {count: 0, include_corners: false, include_centre: false}", "no preference to search"),
     ],
 )
-def test_out_of_range_recipe_values_are_one_line_naming_the_field(extra, field, tmp_path, capsys) -> None:
+def test_out_of_range_recipe_values_are_one_line_naming_the_field(extra, field, tmp_path) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(SCHEMA_ONLY + extra + "\n")
     before = _snapshot(tmp_path)
-    _hm3_fails(capsys, "validate", recipe, expected=field)
+    _hm3_fails("validate", recipe, expected=field)
     assert _snapshot(tmp_path) == before
 
 
-def test_an_infinite_objective_weight_is_refused(tmp_path, capsys) -> None:
+def test_an_infinite_objective_weight_is_refused(tmp_path) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("base_model: base\nmodels: [a]\nobjectives:\n  - {name: x, task: sst2, weight: .inf}\n")
-    _hm3_fails(capsys, "validate", recipe, expected="objectives[0].weight: must be a finite number")
+    _hm3_fails("validate", recipe, expected="objectives[0].weight: must be a finite number")
 
 
 @pytest.mark.parametrize(
@@ -116,7 +116,7 @@ def test_an_infinite_objective_weight_is_refused(tmp_path, capsys) -> None:
     ],
     ids=["latin-bytes", "utf-16", "binary"],
 )
-def test_a_recipe_that_is_not_utf8_is_one_line(content: bytes, expected: str, tmp_path, capsys) -> None:
+def test_a_recipe_that_is_not_utf8_is_one_line(content: bytes, expected: str, tmp_path) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_bytes(content)
     for command in ("validate", "eval"):
@@ -125,16 +125,16 @@ def test_a_recipe_that_is_not_utf8_is_one_line(content: bytes, expected: str, tm
             if command == "validate"
             else ("eval", "--recipe", recipe, "--model", tmp_path)
         )
-        _hm3_fails(capsys, *args, expected=expected)
+        _hm3_fails(*args, expected=expected)
     assert recipe.read_bytes() == content
 
 
-def test_a_folder_given_as_recipe_or_output_file_is_named_as_such(tmp_path, capsys) -> None:
-    _hm3_fails(capsys, "validate", tmp_path, expected="is a folder, not a recipe file")
+def test_a_folder_given_as_recipe_or_output_file_is_named_as_such(tmp_path) -> None:
+    _hm3_fails("validate", tmp_path, expected="is a folder, not a recipe file")
     (tmp_path / "taken").write_text("a file\n")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(SCHEMA_ONLY + "output: {dir: taken}\n")
-    _hm3_fails(capsys, "validate", recipe, expected="output.dir")
+    _hm3_fails("validate", recipe, expected="output.dir")
     assert (tmp_path / "taken").read_text() == "a file\n"
 
 
@@ -215,7 +215,7 @@ MODEL_BREAKERS = {
 
 
 @pytest.mark.parametrize("broken", list(MODEL_BREAKERS))
-def test_a_broken_model_folder_is_one_line_in_validate(broken, tiny_models, tmp_path, capsys) -> None:
+def test_a_broken_model_folder_is_one_line_in_validate(broken, tiny_models, tmp_path) -> None:
     base, finetune = tiny_models
     folder = tmp_path / "ft"
     shutil.copytree(finetune, folder)
@@ -224,7 +224,7 @@ def test_a_broken_model_folder_is_one_line_in_validate(broken, tiny_models, tmp_
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"base_model: {base}\nmodels: [{{name: a, path: {folder}}}]\n" + ONE_OBJECTIVE)
     before, models_before = _snapshot(tmp_path), _snapshot(base.parent)
-    assert "models[0]" in _hm3_fails(capsys, "validate", recipe, expected=expected)
+    assert "models[0]" in _hm3_fails("validate", recipe, expected=expected)
     assert _snapshot(tmp_path) == before and _snapshot(base.parent) == models_before
     assert not (tmp_path / "MARKER").exists()
 
@@ -234,7 +234,6 @@ def test_hm3_eval_holds_a_saved_model_to_the_recipes_rules(
     broken,
     lm_zoo_micro,  # noqa: F811
     tmp_path,
-    capsys,
 ) -> None:
     folder = tmp_path / "saved"
     shutil.copytree(lm_zoo_micro / "addition", folder)
@@ -246,7 +245,7 @@ def test_hm3_eval_holds_a_saved_model_to_the_recipes_rules(
         f"  - {{name: addition, task: {lm_zoo_micro / 'tasks/toy_addition.yaml'}, metric: exact_match, limit: 2}}\n"
     )
     before = _snapshot(tmp_path)
-    _hm3_fails(capsys, "eval", "--recipe", recipe, "--model", folder, expected=expected)
+    _hm3_fails("eval", "--recipe", recipe, "--model", folder, expected=expected)
     assert _snapshot(tmp_path) == before and not (tmp_path / "MARKER").exists()
 
 
@@ -305,11 +304,11 @@ def _task_recipe(tmp_path: Path, tiny_models, task: Path, extra: str = "") -> Pa
 
 
 @pytest.mark.parametrize("included", [False, True], ids=["in-the-task", "in-an-include"])
-def test_task_code_does_not_run_without_allow_task_code(included, tiny_models, tmp_path, capsys) -> None:
+def test_task_code_does_not_run_without_allow_task_code(included, tiny_models, tmp_path) -> None:
     tasks = _task_folder(tmp_path, included=included)
     recipe = _task_recipe(tmp_path, tiny_models, tasks / "task.yaml")
     before = _snapshot(tmp_path)
-    line = _hm3_fails(capsys, "validate", recipe, expected="runs Python code")
+    line = _hm3_fails("validate", recipe, expected="runs Python code")
     assert "!function evil.process_docs" in line and "allow_task_code: true" in line
     assert not (tasks / "MARKER").exists() and _snapshot(tmp_path) == before  # no marker, no __pycache__
 
@@ -334,12 +333,12 @@ def test_task_code_runs_with_allow_task_code_and_validate_names_it(tiny_models, 
     ],
     ids=["not-utf8", "a-folder"],
 )
-def test_a_task_yaml_that_is_not_text_is_one_line(write, expected, tiny_models, tmp_path, capsys) -> None:
+def test_a_task_yaml_that_is_not_text_is_one_line(write, expected, tiny_models, tmp_path) -> None:
     task = tmp_path / "task.yaml"
     write(task)
     recipe = _task_recipe(tmp_path, tiny_models, task)
     before = _snapshot(tmp_path)
-    assert "objectives[0].task" in _hm3_fails(capsys, "validate", recipe, expected=expected)
+    assert "objectives[0].task" in _hm3_fails("validate", recipe, expected=expected)
     assert _snapshot(tmp_path) == before
 
 
@@ -446,13 +445,13 @@ FRONT = {
         "member-fields-missing",
     ],
 )
-def test_a_damaged_front_json_is_one_line(content: bytes, expected: str, tmp_path, capsys) -> None:
+def test_a_damaged_front_json_is_one_line(content: bytes, expected: str, tmp_path) -> None:
     (tmp_path / "front.json").write_bytes(content)
-    _hm3_fails(capsys, "pareto", tmp_path, expected=expected)
+    _hm3_fails("pareto", tmp_path, expected=expected)
     assert (tmp_path / "front.json").read_bytes() == content
 
 
-def test_a_damaged_line_in_the_middle_of_candidates_jsonl_is_named(tmp_path, capsys) -> None:
+def test_a_damaged_line_in_the_middle_of_candidates_jsonl_is_named(tmp_path) -> None:
     run = tmp_path / "run"
     run.mkdir()
     (run / "front.json").write_text(json.dumps(FRONT))
@@ -463,7 +462,7 @@ def test_a_damaged_line_in_the_middle_of_candidates_jsonl_is_named(tmp_path, cap
     before = _snapshot(run)
     plot = tmp_path / "front.png"
     expected = "candidates.jsonl, line 2: not a JSON record"
-    _hm3_fails(capsys, "pareto", run, "--split", "search", "--plot", plot, expected=expected)
+    _hm3_fails("pareto", run, "--split", "search", "--plot", plot, expected=expected)
     assert _snapshot(run) == before and not plot.exists()
 
 
@@ -528,11 +527,11 @@ def test_preference_deduplication_is_linear_and_keeps_the_order() -> None:
             parse_preference(text, 2)
 
 
-def test_an_os_error_is_one_line_not_a_traceback(monkeypatch, tmp_path, capsys) -> None:
+def test_an_os_error_is_one_line_not_a_traceback(monkeypatch, tmp_path) -> None:
     import hm3.pareto_report
 
     def refuse(*args, **kwargs):
         raise NotADirectoryError(20, "Not a directory", str(tmp_path / "file" / "run"))
 
     monkeypatch.setattr(hm3.pareto_report, "pareto_report", refuse)
-    _hm3_fails(capsys, "pareto", tmp_path, expected=f"Not a directory: {tmp_path / 'file' / 'run'}")
+    _hm3_fails("pareto", tmp_path, expected=f"Not a directory: {tmp_path / 'file' / 'run'}")
