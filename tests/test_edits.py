@@ -13,8 +13,9 @@ import pytest
 
 from hm3.errors import BudgetSpent
 from hm3.recipe import AgentConfig
-from hm3.routing.agent import BestPaths, PathAgent, rollout, train_agent
+from hm3.routing.agent import BestPaths, PathAgent, make_env, rollout, train_agent
 from hm3.routing.edits import DELETE, REPEAT, EditEnv, EditSpace, build_edit_ppo, edit_reward
+from hm3.routing.env import PoolView
 from hm3.routing.path import InferencePath
 from hm3.routing.scoring import PathScorer, Reward
 
@@ -185,6 +186,89 @@ def test_a_trained_edit_agent_prefers_the_edit_that_pays_and_acts_the_same_after
     reloaded = PathAgent.load(tmp_path / "agent")
     assert reloaded.config is not None and reloaded.config.actions == "edit"
     assert rollout(reloaded, lam, IDENTITY) == greedy
+
+
+def _pool_summaries(sign: float) -> np.ndarray:
+    """Summaries of a pool whose merged model's layers all read ``sign`` (the other models' are the same in
+    every pool): the only thing that tells two such pools apart is what their merge is."""
+    summaries = SUMMARIES.copy()
+    summaries[MODELS - 1] = sign
+    return summaries
+
+
+def test_each_episode_routes_over_the_pool_its_preference_is_given() -> None:
+    """With ``views`` the environment draws λ, then takes that λ's pool: its summaries are the observation's,
+    and its reward, known paths and ranking are the episode's."""
+    calls: list[str] = []
+
+    def view(name: str, sign: float, best: InferencePath) -> PoolView:
+        def reward_fn(path, weights, incumbent):
+            calls.append(name)
+            return 1.0 if name == "a" else -1.0, {}
+
+        return PoolView(
+            summaries=_pool_summaries(sign),
+            reward_fn=reward_fn,
+            start=lambda weights: best,
+            known=lambda path: name == "b" and len(path) == 2,  # b has scored its incumbent's deletions
+            ranked=lambda weights: [best],
+        )
+
+    short = InferencePath(((2, 0), (2, 1), (2, 2)))
+    pools = {"a": view("a", 1.0, IDENTITY), "b": view("b", -1.0, short)}
+    env = EditEnv(SUMMARIES, T_MAX, 2, views=lambda lam: pools["a" if lam[0] > 0.5 else "b"])
+    for lam, name, incumbent, reward in (([0.9, 0.1], "a", IDENTITY, 1.0), ([0.2, 0.8], "b", short, -1.0)):
+        observation, _ = env.reset(seed=0, options={"preference": lam})
+        steps = len(incumbent)
+        assert env.incumbent == incumbent
+        np.testing.assert_array_equal(observation["summaries"][:steps], pools[name].summaries[2, :steps])
+        deletions = len(incumbent) if name == "b" else 0
+        assert env.action_masks().sum() == env.space.mask(incumbent).sum() - deletions
+        _, paid, *_ = env.step(int(np.flatnonzero(env.action_masks())[0]))
+        assert calls[-1] == name and paid == reward
+    for _ in range(20):  # drawn λ: each reset takes the pool of the λ it drew
+        env.reset()
+        assert env.incumbent == (IDENTITY if env.preference[0] > 0.5 else short)
+
+
+def test_a_conditioned_edit_agent_learns_what_pays_in_each_pool_from_the_pool_it_is_shown() -> None:
+    """Two pools that differ only in their merge (its layers' summaries): in one, replacing a layer by model 0's
+    pays, in the other by model 1's. The λ drawn says nothing about which pool an episode is over; the policy
+    trained across both picks model 0's layer where it is shown the first pool and model 1's in the second."""
+    episodes = Counter()
+
+    def paying(good: int):
+        def reward_fn(path: InferencePath, weights: np.ndarray, incumbent) -> tuple[float, dict[str, float]]:
+            episodes["all"] += 1
+            return sum(0.5 if model == good else -0.3 for model, _ in path.steps if model != 2), {}
+
+        return reward_fn
+
+    pools = [PoolView(_pool_summaries(sign), paying(good)) for sign, good in ((1.0, 0), (-1.0, 1))]
+    draws = np.random.default_rng(1)
+    env = EditEnv(SUMMARIES, T_MAX, 2, views=lambda lam: pools[int(draws.integers(2))])
+    config = AgentConfig(actions="edit", mode="conditioned", learning_rate=3e-3, n_steps=32, n_epochs=8)
+    agent = train_agent(env, config, candidates=400, seed=0, scored=lambda: float(episodes["all"]))
+    for pool, good in zip(pools, (0, 1), strict=True):
+        for lam in ([0.5, 0.5], [0.8, 0.2]):
+            greedy = rollout(agent, lam, IDENTITY, pool.summaries)
+            assert [model for model, _ in greedy.steps if model != 2] == [good], (good, lam, greedy)
+
+
+@pytest.mark.parametrize("actions", ["edit", "path"])
+def test_training_leaves_no_log_folder_behind(actions: str, tmp_path: Path, monkeypatch) -> None:
+    """SB3's default logger makes an empty folder per ``learn()`` (a search's agents left thousands in /tmp)."""
+    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path / "sb3"))  # where SB3's default logger would make it
+    episodes = Counter()
+
+    def reward_fn(path: InferencePath, weights: np.ndarray, *incumbent) -> tuple[float, dict[str, float]]:
+        episodes["all"] += 1
+        return 0.0, {}
+
+    config = AgentConfig(actions=actions, n_steps=8)
+    env = make_env(PoolView(SUMMARIES, reward_fn), T_MAX, 2, config, preference=[0.5, 0.5])
+    train_agent(env, config, candidates=10, seed=0, scored=lambda: float(episodes["all"]))
+    assert episodes["all"] >= 10 and not (tmp_path / "sb3").exists()
 
 
 def test_a_search_with_no_untried_edit_left_ends_its_training() -> None:

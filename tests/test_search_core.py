@@ -132,6 +132,12 @@ def test_conditioned_mode_spends_at_most_its_budget_and_its_training_paths_reach
     assert training, (
         "the conditioned agent's training paths are logged (screened, or scored fully: on the front)"
     )
+    # trained across preferences on their own merges (weights = λ here: each drawn λ over the merge of the run's
+    # preference nearest it): its paths are over more than one of the preferences' merges
+    merges = {json.dumps(r["merge"], sort_keys=True) for r in training}
+    own = {json.dumps(json.loads(f.read_text())["merge"], sort_keys=True) for f in (tmp_path / "run" / "preferences").glob("p*.json")}  # fmt: skip
+    assert len(merges) > 1 and merges <= own
+    assert "conditioned agent trained over" in (tmp_path / "run" / "log.txt").read_text()
 
     # the same merges built by a baseline have the keys HM3's run gave them (as references, and the centre
     # preference's merge, which is the uniform task-arithmetic merge: logged once)

@@ -107,7 +107,8 @@ def test_a_rollout_below_its_start_is_reported_and_its_start_selected(
     shutil.copytree(conditioned_run, run, ignore=shutil.ignore_patterns("*.lock"))
     proposed: list[InferencePath] = []
 
-    def one_layer(agent, weights, start: InferencePath) -> InferencePath:
+    def one_layer(agent, weights, start: InferencePath, summaries) -> InferencePath:
+        assert summaries.shape == agent.summaries.shape  # shown the pool it routes over
         proposed.append(InferencePath(start.steps[:1]))
         return proposed[-1]
 

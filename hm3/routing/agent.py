@@ -53,7 +53,7 @@ from hm3.moo.scalarization import ObjectiveScale
 from hm3.recipe import AgentConfig, Recipe
 from hm3.routing.alignment import make_aligner
 from hm3.routing.edits import EditEnv, build_edit_ppo, edit_reward, greedy_edit
-from hm3.routing.env import InferencePathEnv
+from hm3.routing.env import InferencePathEnv, PoolView
 from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
 from hm3.routing.ppo import build_ppo, load_policy, policy_saved_in, save_policy
@@ -151,26 +151,49 @@ def _candidate_budget(
 
 
 def make_env(
-    pool_summaries: np.ndarray,
+    view: PoolView,
     max_length: int,
     num_objectives: int,
     config: AgentConfig,
-    reward_fn=None,
     preference: Sequence[float] | None = None,
-    start: Callable[[np.ndarray], InferencePath] | None = None,
-    known: Callable[[InferencePath], bool] | None = None,
-    ranked: Callable[[np.ndarray], Sequence[InferencePath]] | None = None,
     frame: tuple[int, int] = (0, 0),
+    views: Callable[[np.ndarray], PoolView] | None = None,
 ) -> WolpertingerWrapper | EditEnv:
-    """The agent's environment (``start``: the incumbent of an episode's λ): the Wolpertinger-wrapped path
+    """The agent's environment over ``view``'s pool (:func:`pool_view`): the Wolpertinger-wrapped path
     environment, or with ``agent.actions: edit`` the edit environment (:mod:`hm3.routing.edits`; ``frame``: its
-    fixed first and last steps)."""
+    fixed first and last steps). ``views``: the pool of each episode's λ (a conditioned agent trained across
+    merges); ``view`` is then the pool it starts on."""
     fixed = None if preference is None else np.asarray(preference, np.float32)
-    arguments = (pool_summaries, max_length, num_objectives)
+    arguments = (view.summaries, max_length, num_objectives)
     if config.actions == "edit":
-        return EditEnv(*arguments, reward_fn, fixed, start, known=known, ranked=ranked, frame=frame)
-    env = InferencePathEnv(*arguments, reward_fn=reward_fn, preference=fixed, start=start)
+        return EditEnv(
+            *arguments,
+            view.reward_fn,
+            fixed,
+            view.start,
+            known=view.known,
+            ranked=view.ranked,
+            frame=frame,
+            views=views,
+        )
+    env = InferencePathEnv(
+        *arguments, reward_fn=view.reward_fn, preference=fixed, start=view.start, views=views
+    )
     return WolpertingerWrapper(env, config.wolpertinger_neighbours, config.wolpertinger_epsilon)
+
+
+def pool_view(config: AgentConfig, best_paths: BestPaths) -> PoolView:
+    """What an agent of ``config`` sees of and earns over the pool of ``best_paths``' path scorer: the pool's
+    layer summaries, :func:`agent_reward`, the best path so far as the start, the scorer's known paths and its
+    ranking (the edit agent's)."""
+    scorer = best_paths.path_scorer
+    return PoolView(
+        summaries=layer_summaries(scorer.pool),
+        reward_fn=agent_reward(config, best_paths),
+        start=lambda weights: best_paths.best(weights)[0],
+        known=scorer.knows,
+        ranked=best_paths.ranked,
+    )
 
 
 UPDATES = 8
@@ -282,16 +305,21 @@ def keep_training(
 
 
 def rollout(
-    agent: PathAgent, preference: Sequence[float], incumbent: InferencePath | None = None
+    agent: PathAgent,
+    preference: Sequence[float],
+    incumbent: InferencePath | None = None,
+    summaries: np.ndarray | None = None,
 ) -> InferencePath:
     """The agent's greedy path for ``preference``: mean proto-actions, the critic's pick, no ε; it edits
     ``incumbent`` (default: the merged model's identity path). An edit agent's: its most likely edit of
-    ``incumbent``."""
+    ``incumbent``. ``summaries``: the layer summaries of the pool the path is over (default: those of the pool
+    the agent was saved with; a conditioned agent is shown the pool of the merge it routes over)."""
+    summaries = agent.summaries if summaries is None else summaries
     if agent.config is not None and agent.config.actions == "edit":
-        env = EditEnv(agent.summaries, agent.max_length, agent.num_objectives, frame=agent.frame)
+        env = EditEnv(summaries, agent.max_length, agent.num_objectives, frame=agent.frame)
         return greedy_edit(agent.model, env, np.asarray(preference, np.float32), incumbent or env.incumbent)
     env = InferencePathEnv(
-        agent.summaries, agent.max_length, agent.num_objectives, preference=np.asarray(preference, np.float32)
+        summaries, agent.max_length, agent.num_objectives, preference=np.asarray(preference, np.float32)
     )
     wrapper = WolpertingerWrapper(
         env, agent.neighbours, 0.0, agent.stop_threshold, critic=agent.critic, anchor=agent.anchor
@@ -521,15 +549,11 @@ def search_path(
     if agent is None:
         conditioned = recipe.agent.mode == "conditioned"
         env = make_env(
-            layer_summaries(pool),
+            pool_view(recipe.agent, best_paths),
             t_max,
             len(lam),
             recipe.agent,
-            reward_fn=agent_reward(recipe.agent, best_paths),
             preference=None if conditioned else lam,
-            start=lambda weights: best_paths.best(weights)[0],
-            known=path_scorer.knows,
-            ranked=best_paths.ranked,
             frame=recipe.architecture_level.frame,
         )
         agent = train_agent(env, recipe.agent, allowed - 1 - (counter() - start), seed, counter, stop=stop)
@@ -538,8 +562,8 @@ def search_path(
         if greedy in path_scorer.scored and not exhausted and not (stop is not None and stop()):
             # the slot kept for the rollout is free (its path is known, usually the best one): train on
             keep_training(agent, allowed - (counter() - start), counter, stop=stop)
-    else:
-        greedy = rollout(agent, lam, best_paths.best(lam)[0])
+    else:  # a trained conditioned agent, shown this pool
+        greedy = rollout(agent, lam, best_paths.best(lam)[0], layer_summaries(pool))
     screen_scores: dict[str, float] | None = None
     if greedy in path_scorer.scored or counter() - start + 1 <= allowed:
         try:  # a budget shared with others (a search's preference) may have less left than this count
@@ -574,9 +598,14 @@ def train_conditioned_agent(
     scale: ObjectiveScale | None = None,
     calibration: dict[str, Any] | None = None,
     spent: Callable[[], float] | None = None,
+    views: Callable[[np.ndarray], PoolView] | None = None,
 ) -> PathAgent:
     """Train one preference-conditioned agent over λ ~ Dirichlet(1, …, 1) until ``agent.iterations`` new
-    paths are scored (counted by ``spent``, default: the paths the path scorer has scored)."""
+    paths are scored (counted by ``spent``, default: the paths the path scorer has scored).
+
+    ``views``: the pool each episode's λ routes over (``λ -> PoolView``, :func:`pool_view`: a search gives each
+    λ its own merge, :func:`hm3.search.preference.conditioned_agent`); None: every λ routes over ``pool``, which
+    is otherwise only where the environment starts."""
     seed = recipe.seed if seed is None else seed
     path_scorer = (
         scorer
@@ -586,15 +615,12 @@ def train_conditioned_agent(
     rewards = reward_from_recipe(recipe, scale)
     best_paths = BestPaths(path_scorer, rewards, InferencePath.identity(pool.merged_index, pool.num_layers))
     env = make_env(
-        layer_summaries(pool),
+        pool_view(recipe.agent, best_paths),
         max_path_length(pool, recipe),
         len(recipe.objectives),
         recipe.agent,
-        reward_fn=agent_reward(recipe.agent, best_paths),
-        start=lambda weights: best_paths.best(weights)[0],
-        known=path_scorer.knows,
-        ranked=best_paths.ranked,
         frame=recipe.architecture_level.frame,
+        views=views,
     )
     counter = spent or (lambda: len(path_scorer.scored))
     return train_agent(env, recipe.agent, recipe.agent.iterations, seed, counter)

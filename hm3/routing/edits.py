@@ -50,9 +50,9 @@ from torch import nn
 
 from hm3.errors import BudgetSpent
 from hm3.recipe import AgentConfig
-from hm3.routing.env import InferencePathEnv
+from hm3.routing.env import InferencePathEnv, PoolView
 from hm3.routing.path import InferencePath
-from hm3.routing.ppo_arguments import ppo_arguments
+from hm3.routing.ppo_arguments import ppo_arguments, without_log_folder
 
 DELETE, REPEAT = "delete", "repeat"
 EditReward = Callable[[InferencePath, np.ndarray, InferencePath], tuple[float, dict[str, float]]]
@@ -146,6 +146,9 @@ class EditEnv(gym.Env):
         ranked: ``λ -> paths scored so far, best first``: the incumbent is the first with a new edit (default:
             ``start``).
         frame: ``(fixed first, fixed last)`` steps that stay the merged model's (:class:`EditSpace`).
+        views: ``λ -> PoolView``: the pool an episode of λ edits a path over, chosen at each reset (its
+            summaries, ``reward_fn``, ``start``, ``known`` and ``ranked`` replace these; see
+            :class:`~hm3.routing.env.InferencePathEnv`).
     """
 
     metadata = {"render_modes": []}
@@ -161,9 +164,10 @@ class EditEnv(gym.Env):
         known: Callable[[InferencePath], bool] | None = None,
         ranked: Callable[[np.ndarray], Sequence[InferencePath]] | None = None,
         frame: tuple[int, int] = (0, 0),
+        views: Callable[[np.ndarray], PoolView] | None = None,
     ) -> None:
         self.paths = InferencePathEnv(
-            summaries, max_length, num_objectives, preference=preference, start=start
+            summaries, max_length, num_objectives, preference=preference, start=start, views=views
         )
         self.summaries = self.paths.summaries
         self.num_models, self.num_layers = self.paths.num_models, self.paths.num_layers
@@ -187,8 +191,13 @@ class EditEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        self.paths.reset(seed=seed, options=options)  # the episode's λ and, by default, its incumbent
+        # the episode's λ (and with views its pool) and, by default, its incumbent
+        self.paths.reset(seed=seed, options=options)
         self.preference, self.incumbent = self.paths.preference, self.paths.incumbent
+        view = self.paths.view
+        if view is not None:
+            self.summaries, self.reward_fn = self.paths.summaries, view.reward_fn
+            self.known, self.ranked = view.known, view.ranked
         if self.ranked is not None and not (options and "incumbent" in options):
             paths = self.ranked(self.preference)
             editable = next((p for p in paths if self.new_edits(p).any()), None)
@@ -322,7 +331,7 @@ class EditPolicy(MaskableMultiInputActorCriticPolicy):
 
 def build_edit_ppo(env: EditEnv, config: AgentConfig, seed: int) -> MaskablePPO:
     """The maskable PPO of ``config`` on ``env`` (rewards normalised), its networks freshly initialised."""
-    return MaskablePPO(
+    model = MaskablePPO(
         EditPolicy,
         policy_kwargs={
             "features_extractor_class": EditEncoder,
@@ -333,6 +342,7 @@ def build_edit_ppo(env: EditEnv, config: AgentConfig, seed: int) -> MaskablePPO:
         },
         **ppo_arguments(env, config, seed),
     )
+    return without_log_folder(model)
 
 
 def greedy_edit(model: MaskablePPO, env: EditEnv, preference, incumbent: InferencePath) -> InferencePath:

@@ -22,6 +22,11 @@ Observation (a ``Dict``), padded to T_max:
 * ``preference``: λ (fixed per environment, or drawn from Dirichlet(1, …, 1) at each reset for the
   preference-conditioned agent).
 
+Several pools. A preference-conditioned agent trains across preferences on their own merges: with ``views``
+(``λ -> PoolView``) each reset draws λ first and then routes over the pool ``views(λ)`` names — its layer
+summaries become the observation's (so the observation describes the pool the path is over), its reward, start
+and knowledge of scored paths the episode's.
+
 Reward. R (see :mod:`hm3.routing.scoring`) is known only once the path is complete and scored, so the
 environment returns the whole R on the final step and 0 before, with ``info["episode_reward"] = R`` and
 ``info["decisions"]`` (steps taken, stop included). The paper spreads R evenly, R_t = R/T; with γ = 0.99 the
@@ -35,7 +40,8 @@ bootstrapped value). The undiscounted return Σ_t R_t = R is the same in both fo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -48,6 +54,25 @@ from hm3.routing.summary import SUMMARY_CLIP
 RewardFunction = Callable[[InferencePath, np.ndarray], tuple[float, dict[str, float]]]
 
 
+@dataclass(frozen=True)
+class PoolView:
+    """What an episode routes over: one pool's layer summaries and how paths over it are paid.
+
+    Attributes:
+        summaries: The pool's ``[K+1, L, S]`` layer summaries (:func:`hm3.routing.summary.layer_summaries`).
+        reward_fn: The episode's reward (the environment's own signature; None: 0).
+        start: ``λ -> incumbent`` (None: the merged model's identity path).
+        known: Whether a path over this pool is scored already (the edit environment's mask).
+        ranked: ``λ -> paths over this pool scored so far, best first`` (the edit environment's incumbent).
+    """
+
+    summaries: np.ndarray
+    reward_fn: Callable[..., tuple[float, dict[str, float]]] | None = None
+    start: Callable[[np.ndarray], InferencePath] | None = None
+    known: Callable[[InferencePath], bool] | None = None
+    ranked: Callable[[np.ndarray], Sequence[InferencePath]] | None = None
+
+
 class InferencePathEnv(gym.Env):
     """Build an inference path over a pool of K + 1 models of L layers.
 
@@ -58,6 +83,8 @@ class InferencePathEnv(gym.Env):
         reward_fn: ``(path, preference) -> (R, scores)``; None gives R = 0 (greedy rollouts).
         preference: A fixed λ, or None to draw one from Dirichlet(1, …, 1) at each reset.
         start: ``λ -> incumbent`` at each reset (default: the merged model's identity path).
+        views: ``λ -> PoolView``: the pool an episode of λ routes over, chosen at each reset after λ is drawn
+            (it replaces ``summaries``, ``reward_fn`` and ``start``); None: always the one pool given.
     """
 
     metadata = {"render_modes": []}
@@ -70,6 +97,7 @@ class InferencePathEnv(gym.Env):
         reward_fn: RewardFunction | None = None,
         preference: np.ndarray | None = None,
         start: Callable[[np.ndarray], InferencePath] | None = None,
+        views: Callable[[np.ndarray], PoolView] | None = None,
     ) -> None:
         self.summaries = np.asarray(summaries, dtype=np.float32)
         self.num_models, self.num_layers, summary_size = self.summaries.shape
@@ -90,6 +118,9 @@ class InferencePathEnv(gym.Env):
             }
         )
         self.start = start
+        self.views = views
+        self.view: PoolView | None = None
+        """The pool view of the current episode (with ``views``)."""
         self.steps: list[tuple[int, int]] = []
         self.preference = self._uniform()
         self.decisions = 0
@@ -111,6 +142,8 @@ class InferencePathEnv(gym.Env):
             self.preference = self.fixed_preference
         else:
             self.preference = self.np_random.dirichlet(np.ones(self.num_objectives)).astype(np.float32)
+        if self.views is not None:
+            self.use(self.views(self.preference))
         if options and "incumbent" in options:
             self.incumbent = options["incumbent"]
         else:
@@ -136,6 +169,16 @@ class InferencePathEnv(gym.Env):
         return self.observation(self.steps), float(reward), True, False, info
 
     # -- helpers ---------------------------------------------------------------------------------------------
+
+    def use(self, view: PoolView) -> None:
+        """Route over ``view``'s pool from now on (its summaries, reward and start)."""
+        summaries = np.asarray(view.summaries, dtype=np.float32)
+        if summaries.shape != self.summaries.shape:
+            raise ValueError(
+                f"a pool view of summaries {summaries.shape}; this environment's are {self.summaries.shape}"
+            )
+        self.view, self.summaries = view, summaries
+        self.reward_fn, self.start = view.reward_fn, view.start
 
     def identity(self) -> InferencePath:
         """The merged model's identity path."""

@@ -36,7 +36,7 @@ from hm3.routing.buffer import SpreadRewardRolloutBuffer
 from hm3.routing.edits import EditEnv, build_edit_ppo
 from hm3.routing.env import InferencePathEnv
 from hm3.routing.policy import TrajectoryEncoder
-from hm3.routing.ppo_arguments import ppo_arguments
+from hm3.routing.ppo_arguments import ppo_arguments, without_log_folder
 from hm3.routing.wolpertinger import WolpertingerWrapper
 
 POLICY_FILE = "policy.safetensors"
@@ -53,7 +53,7 @@ LEGACY_ANCHOR = "last_step"
 
 def build_ppo(env: WolpertingerWrapper, config: AgentConfig, seed: int) -> PPO:
     """The PPO of ``config`` on ``env`` (rewards normalised), its networks freshly initialised from ``seed``."""
-    return PPO(
+    model = PPO(
         "MultiInputPolicy",
         rollout_buffer_class=SpreadRewardRolloutBuffer,
         policy_kwargs={
@@ -64,6 +64,7 @@ def build_ppo(env: WolpertingerWrapper, config: AgentConfig, seed: int) -> PPO:
         },
         **ppo_arguments(env, config, seed),
     )
+    return without_log_folder(model)
 
 
 @dataclass

@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import gymnasium as gym
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from hm3.recipe import AgentConfig
@@ -34,3 +36,13 @@ def ppo_arguments(env: gym.Env, config: AgentConfig, seed: int) -> dict[str, Any
         "device": "cpu",
         "verbose": 0,
     }
+
+
+Algorithm = TypeVar("Algorithm", bound=BaseAlgorithm)
+
+
+def without_log_folder(model: Algorithm) -> Algorithm:
+    """``model`` with a logger that writes nothing: SB3's default one creates an empty ``SB3-<time>`` folder in
+    the temporary directory at every ``learn()`` (thousands in a search), though it logs nothing at verbose 0."""
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    return model

@@ -8,6 +8,7 @@ models are the identity paths of models 0..K−1 over a pool whose shared tensor
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from hm3.merge.engine import merge_state_dict
@@ -28,13 +29,14 @@ if TYPE_CHECKING:
 
 
 MERGED = "merged"
-"""The merged slot's name in the device cache (its layers are dropped when the next merge replaces it)."""
+"""The merged slot's name in the device cache, with its merge's key (its layers are dropped with the merge)."""
 BASE_MEMBER = "base"
 """The base model's name in the device cache (slot K of the architecture-only pool)."""
 
 
 class CandidateModels:
-    """Builds merged models and routed candidates over one model pool, keeping the last merge in memory.
+    """Builds merged models and routed candidates over one model pool, keeping the last merge in memory (the
+    last :attr:`kept_merges`: a conditioned agent's training routes over several merges at once).
 
     Args:
         pool: The base and the K fine-tuned models.
@@ -46,8 +48,9 @@ class CandidateModels:
         self.pool = pool
         self.recipe = recipe
         self.calibration = calibration
-        self._merged_key: str | None = None
-        self._routing: RoutingPool | None = None
+        self._merges: OrderedDict[str, RoutingPool] = OrderedDict()
+        self.kept_merges = 1
+        """How many merges' routing pools stay in memory, least recently used out (each holds its merged model)."""
         self._finetuned: RoutingPool | None = None
         self.cache = (
             DeviceLayerCache(pool.compute_device, pool.device_memory)
@@ -61,22 +64,26 @@ class CandidateModels:
         return json.dumps(spec.model_dump(mode="json"), sort_keys=True)
 
     def routing_pool(self, spec: MergeSpec | None) -> RoutingPool:
-        """The K fine-tuned models plus ``spec``'s merge (merged in memory; the last one is kept), or — for
-        ``spec`` None — plus the base model (the architecture-only pool, with the base's shared tensors)."""
+        """The K fine-tuned models plus ``spec``'s merge (merged in memory; the last :attr:`kept_merges` are
+        kept), or — for ``spec`` None — plus the base model (the architecture-only pool, with the base's shared
+        tensors)."""
         if spec is None:
             return self.base_pool()
         key = self.merge_key(spec)
-        if key != self._merged_key:
-            self._routing = None  # free the previous merge first
+        routing = self._merges.get(key)
+        if routing is not None:
+            self._merges.move_to_end(key)
+            return routing
+        while self._merges and len(self._merges) >= self.kept_merges:
+            dropped, _ = self._merges.popitem(last=False)  # free the oldest merge first
             if self.cache is not None:
-                self.cache.forget(MERGED)
-            merged = merge_state_dict(self.pool, spec, cached=True)
-            self._routing = RoutingPool.from_model_pool(
-                self.pool, merged, cache=self.cache, merged_member=MERGED
-            )
-            self._merged_key = key
-        assert self._routing is not None
-        return self._routing
+                self.cache.forget((MERGED, dropped))
+        merged = merge_state_dict(self.pool, spec, cached=True)
+        routing = RoutingPool.from_model_pool(
+            self.pool, merged, cache=self.cache, merged_member=(MERGED, key)
+        )
+        self._merges[key] = routing
+        return routing
 
     def path_scorer(self, routing: RoutingPool, evaluate: PathEvaluation | None = None) -> PathScorer:
         """A :class:`PathScorer` with the recipe's alignment over ``routing`` (``evaluate``: how a new path

@@ -5,21 +5,24 @@
 its own :class:`~hm3.search.budget.BudgetedEvaluator` with the preference's share of the budget
 (:func:`preference_budget`), so every candidate is logged as it is scored and none past the share.
 :func:`conditioned_agent` is the one preference-conditioned agent of ``agent.mode: conditioned``, trained with
-a budget of its own (``agent.iterations``).
+a budget of its own (``agent.iterations``) across preferences on their own merges (:class:`MergeViews`).
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from hm3.errors import BudgetSpent
 from hm3.folder_swap import fsync_tree
 from hm3.merge.spec import MergeSpec
 from hm3.recipe import Recipe
-from hm3.routing.agent import PathAgent, search_path, train_conditioned_agent
+from hm3.routing.agent import BestPaths, PathAgent, pool_view, search_path, train_conditioned_agent
+from hm3.routing.env import PoolView
 from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
 from hm3.routing.scoring import PathScorer
@@ -27,6 +30,7 @@ from hm3.search.allocation import Patience
 from hm3.search.budget import BudgetedEvaluator, shared_keys
 from hm3.search.candidate import Candidate
 from hm3.search.session import Search
+from hm3.search.upper_level import merge_for_preference, upper_level_keys
 
 POLICY_DIR = "policy"
 CONDITIONED_POLICY = "conditioned"
@@ -211,10 +215,82 @@ def merge_groups(merges: Mapping[int, MergeSpec]) -> dict[int, list[int]]:
     }
 
 
-def conditioned_agent(search: Search, merge: MergeSpec | None = None) -> PathAgent:
-    """The shared preference-conditioned agent: loaded from ``policy/conditioned``, or trained on the centre
-    preference's merge within :func:`conditioned_budget` (its candidates are logged like any other, and are
-    eligible for the front) and saved there."""
+CONDITIONED_MERGES = 8
+"""Merges whose routing pools a conditioned agent's training keeps in memory at once (least recently used out:
+one that returns is merged again, its paths answered from the log)."""
+
+
+class MergeViews:
+    """The pool each λ of a conditioned agent's training routes over: the merge ``choose(λ)`` names — the one
+    the run gives λ (:func:`conditioned_merge_choice`) —, its routing pool and a path scorer spending through
+    ``evaluations`` (one budget for the whole training), and what the agent sees of it
+    (:func:`~hm3.routing.agent.pool_view`: its layer summaries, the best path so far over it as the start).
+    Built once per merge; the last :data:`CONDITIONED_MERGES` are kept."""
+
+    def __init__(
+        self,
+        search: Search,
+        evaluations: BudgetedEvaluator,
+        choose: Callable[[np.ndarray], MergeSpec],
+    ) -> None:
+        self.search = search
+        self.evaluations = evaluations
+        self.choose = choose
+        self.views: OrderedDict[str, PoolView] = OrderedDict()
+        self.merges: list[str] = []
+        """The content keys of every merge an episode routed over, in first-use order."""
+
+    def __call__(self, weights: np.ndarray) -> PoolView:
+        spec = self.choose(weights)
+        key = Candidate.of_merge(spec).content_key()
+        view = self.views.get(key)
+        if view is not None:
+            self.views.move_to_end(key)
+            return view
+        search = self.search
+        routing, scorer = budgeted_path_scorer(search, spec, self.evaluations)
+        identity = InferencePath.identity(routing.merged_index, routing.num_layers)
+        try:
+            scorer.score(identity)  # the merge itself: where its paths start (the upper level's: prepaid)
+        except BudgetSpent:  # a merge not scored yet, and no budget left to: stay on the last pool
+            if self.views:
+                return next(reversed(self.views.values()))
+            raise
+        while len(self.views) >= CONDITIONED_MERGES:
+            self.views.popitem(last=False)
+        view = pool_view(search.recipe.agent, BestPaths(scorer, search.rewards(), identity))
+        self.views[key] = view
+        if key not in self.merges:
+            self.merges.append(key)
+        return view
+
+
+def conditioned_merge_choice(
+    search: Search,
+    archive: Sequence[tuple[MergeSpec, dict[str, float]]] | None,
+    vectors: Sequence[np.ndarray],
+) -> Callable[[np.ndarray], MergeSpec]:
+    """The merge a conditioned agent's training routes λ over: with the optimised upper level, the scored merge
+    its scalarization ranks best for λ (``archive``; what ``hm3 select --rollout`` routes a new λ over); with
+    ``weights: preference``, the merge of the run's preference nearest λ (its own merge; a merge per drawn λ
+    would cost a merge scoring per episode)."""
+    if archive:
+        return lambda weights: merge_for_preference(search, archive, weights)
+    merges = [merge_for(search, vector) for vector in vectors]
+    points = np.asarray(vectors, dtype=np.float64)
+    return lambda weights: merges[int(np.argmin(np.linalg.norm(points - np.asarray(weights), axis=1)))]
+
+
+def conditioned_agent(
+    search: Search,
+    merge: MergeSpec | None = None,
+    choose: Callable[[np.ndarray], MergeSpec] | None = None,
+) -> PathAgent:
+    """The shared preference-conditioned agent: loaded from ``policy/conditioned``, or trained within
+    :func:`conditioned_budget` (its candidates are logged like any other, and are eligible for the front) and
+    saved there. ``choose``: the merge each λ it trains on routes over (:func:`conditioned_merge_choice`: across
+    preferences on their own merges; the centre's starts it); None: every λ over ``merge`` (default: the centre's
+    merge with weights λ)."""
     folder = search.store.directory / POLICY_DIR / CONDITIONED_POLICY
     if PathAgent.saved_in(folder):
         return PathAgent.load(folder, allow_pickle=search.recipe.allow_pickle)
@@ -222,17 +298,31 @@ def conditioned_agent(search: Search, merge: MergeSpec | None = None) -> PathAge
     evaluations = BudgetedEvaluator(
         search, HM3, conditioned_budget(search.recipe), [float(v) for v in centre]
     )
-    routing, scorer = budgeted_path_scorer(search, merge or merge_for(search, centre), evaluations)
-    search.progress.start_preference(0, 1, centre, search.recipe.agent.iterations)
-    search.progress.print("training the preference-conditioned agent on the centre merge")
-    agent = train_conditioned_agent(
-        routing,
-        scorer,
-        search.recipe,
-        seed=search.recipe.seed,
-        scale=search.scale,
-        spent=lambda: evaluations.used,
-    )
+    evaluations.prepaid = upper_level_keys(search.log.records)  # the merges it routes over, charged there
+    views = None if choose is None else MergeViews(search, evaluations, choose)
+    start = merge or (choose(centre) if choose is not None else merge_for(search, centre))
+    kept = search.models.kept_merges
+    search.models.kept_merges = CONDITIONED_MERGES if views is not None else kept
+    try:
+        routing, scorer = budgeted_path_scorer(search, start, evaluations)
+        search.progress.start_preference(0, 1, centre, search.recipe.agent.iterations)
+        search.progress.print(
+            "training the preference-conditioned agent "
+            + ("across the preferences' merges" if views is not None else "on the centre merge")
+        )
+        agent = train_conditioned_agent(
+            routing,
+            scorer,
+            search.recipe,
+            seed=search.recipe.seed,
+            scale=search.scale,
+            spent=lambda: evaluations.used,
+            views=views,
+        )
+    finally:
+        search.models.kept_merges = kept
+    if views is not None:
+        search.store.log(f"conditioned agent trained over {len(views.merges)} merges")
     staging = search.store.subdirectory(f"{POLICY_DIR}/.{CONDITIONED_POLICY}.tmp")
     agent.save(staging)
     search.store.write_json(

@@ -9,7 +9,7 @@
    density × scale is merged and the best scalarized one kept), and the lower level searches an inference path over
    the K fine-tuned models plus that merged model with the PPO/Wolpertinger agent (``agent.mode: per_preference``:
    one agent per λ, ``agent.iterations`` new candidates each; ``conditioned``: one preference-conditioned agent
-   trained on the centre merge, rolled out for every λ). Each preference spends through its own budgeted
+   trained across preferences on their own merges, rolled out for every λ). Each preference spends through its own budgeted
    evaluator (:mod:`hm3.search.budget`: its merges plus ``agent.iterations`` paths, or one rollout in
    ``conditioned`` mode, whose shared agent has ``agent.iterations`` of its own), and every scored candidate is
    appended to ``candidates.jsonl`` at once. The first preference is the probe: where none of its paths beat
@@ -37,8 +37,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from hm3.merge.spec import MergeSpec
 from hm3.recipe import Recipe, load_recipe
 from hm3.routing.agent import MAX_EPISODES_PER_CANDIDATE
@@ -51,6 +49,7 @@ from hm3.search.preference import (
     POLICY_DIR,
     conditioned_agent,
     conditioned_budget,
+    conditioned_merge_choice,
     merge_groups,
     preference_budget,
     run_preference,
@@ -145,12 +144,13 @@ def run_search(
     agent = None
     needs_agent = recipe.architecture_level.enabled and recipe.agent.mode == "conditioned"
     if needs_agent and not all(f.is_file() for f in done):
-        centre = (
-            merge_for_preference(search, archive, np.full(len(vectors[0]), 1 / len(vectors[0])))
-            if merges
+        # trained across the preferences on their own merges (without a parameter level: over the centre's)
+        choose = (
+            conditioned_merge_choice(search, archive if merges else None, vectors)
+            if parameter_level
             else None
         )
-        agent = conditioned_agent(search, centre)
+        agent = conditioned_agent(search, choose=choose)
 
     def save(record: dict) -> None:
         store.write_json(f"{PREFERENCES_DIR}/p{record['index']:03d}.json", record)

@@ -29,6 +29,7 @@ from hm3.routing.agent import PathAgent, rollout
 from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
 from hm3.routing.scoring import PathScorer
+from hm3.routing.summary import layer_summaries
 from hm3.search.budget import BudgetedEvaluator
 from hm3.search.candidate import SEARCHED_LEVELS, Candidate
 from hm3.search.export import check_export_folder, export_candidate
@@ -171,7 +172,7 @@ def _rolled_out(search: Search, lam: np.ndarray, agent: PathAgent) -> Selection:
     evaluations = BudgetedEvaluator(search, SELECT, None, weights)
     routing, scorer = budgeted_path_scorer(search, spec, evaluations)
     start = _incumbent(search, spec, routing, weights)
-    path = rollout(agent, weights, start)
+    path = rollout(agent, weights, start, layer_summaries(routing))  # shown the pool it routes over
     rolled = _scored(search, scorer, spec, routing, path, weights)
     search.store.log(f"select: rollout for λ {weights}: {path}, R {rolled.reward:.4f}")
     if path != start:

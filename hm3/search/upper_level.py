@@ -15,8 +15,8 @@ preferences choose *which* merges matter, they are not the weights.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -138,3 +138,11 @@ def merge_for_preference(
     lam = [float(v) for v in preference]
     best = max(range(len(archive)), key=lambda i: (rewards.reward(archive[i][1], lam, length), -i))
     return archive[best][0]
+
+
+def upper_level_keys(records: Iterable[Mapping[str, Any]]) -> frozenset[str]:
+    """The keys of the merges the upper level scored on the search split (charged to it): a path search over
+    one of them gets its merge free (:attr:`~hm3.search.budget.BudgetedEvaluator.prepaid`)."""
+    return frozenset(
+        r["key"] for r in records if r.get("label") == UPPER_LEVEL and r.get("split") == "search"
+    )
