@@ -1,9 +1,10 @@
 """Serving a preference the search never saw: `hm3 select --rollout` against a fresh search for it.
 
-On the small toy LM zoo (built if missing), one run of ``recipes/toy-lm.yaml`` with ``agent.mode: conditioned``
-(every other setting the recipe's default: the optimised upper level, the centre + 3 Dirichlet samples, up to
-1000 paths with patience). Then, for each of 5 unseen preferences — Dirichlet samples of other seeds, none of
-them a preference the conditioned run searched:
+On the small toy LM zoo and the deep (12-layer) one (built if missing), one run of the zoo's recipe
+(``recipes/toy-lm.yaml``, ``recipes/toy-lm-deep.yaml``) with ``agent.mode: conditioned`` (every other setting the
+recipe's default: the optimised upper level, the centre + 3 Dirichlet samples, up to 1000 paths with patience;
+the conditioned agent trains across preferences on their own merges). Then, for each of 5 unseen preferences —
+Dirichlet samples of other seeds, none of them a preference the conditioned run searched:
 
 * **rollout**: ``hm3 select RUN --preference λ --rollout`` end to end, as a user runs it (opening the run,
   loading the models, one greedy rollout of the run's policy, scored on the search split and logged);
@@ -13,11 +14,12 @@ them a preference the conditioned run searched:
 * **best member**: ``hm3 select`` (no rollout) on the conditioned run: what it already holds for λ.
 
 The reward is the run's own R for λ on the search split (same zoo, split and normalisation for every run).
-Writes ``benchmarks/results/select.md``; the runs live in ``benchmarks/scratch/select`` and a finished run and
-its measurements are reused (a rollout repeated on the same run would be answered from its log, so the first
-measurement is kept).
+Writes ``benchmarks/results/select.md``, a section per zoo build; the runs live in
+``benchmarks/scratch/select/<zoo>`` and a finished run and its measurements are reused (a rollout repeated on the
+same run would be answered from its log, so the first measurement is kept).
 
     .venv/bin/python benchmarks/select_speed.py
+    BENCH_ZOOS=deep .venv/bin/python benchmarks/select_speed.py   # one zoo (small, deep): the others' sections stay
 """
 
 from __future__ import annotations
@@ -30,38 +32,44 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _bench import REPO, kept_notes, offline, zoo_digest
+from _bench import REPO, kept_notes, marked_sections, offline, zoo_build, zoo_digest
 
 offline()
 
-RECIPE = REPO / "recipes" / "toy-lm.yaml"
+ZOOS = {"small": "recipes/toy-lm.yaml", "deep": "recipes/toy-lm-deep.yaml"}
+ZOO_SIZES = {"small": "small", "deep": "deep"}
 UNSEEN_SEEDS = [101, 102, 103, 104, 105]
 """Sampling seeds of the unseen preferences (the conditioned run samples with the recipe's seed, 0)."""
-MEASURE_FORMAT = 2
-"""Version of a kept measurement (2: the rollout's own reward beside what select chose, stop 39)."""
+MEASURE_FORMAT = 3
+"""Version of a kept measurement (2: the rollout's own reward beside what select chose, stop 39; 3: the
+conditioned policy trained across the preferences' merges, stop 40)."""
+RUN_FORMAT = 2
+"""Version of a kept conditioned run (2: its agent trained across the preferences' merges, stop 40): the code
+changed what the same recipe runs."""
 SCRATCH = REPO / "benchmarks" / "scratch" / "select"
 RESULTS = REPO / "benchmarks" / "results" / "select.md"
 
 
-def base_recipe():
+def base_recipe(kind: str):
     from hm3.recipe import load_recipe
 
-    return load_recipe(RECIPE)
+    return load_recipe(REPO / ZOOS[kind])
 
 
-def conditioned_recipe():
-    recipe = base_recipe()
+def conditioned_recipe(kind: str):
+    recipe = base_recipe(kind)
     return recipe.model_copy(update={"agent": recipe.agent.model_copy(update={"mode": "conditioned"})})
 
 
-def fresh_recipe(seed: int):
-    recipe = base_recipe()
+def fresh_recipe(kind: str, seed: int):
+    recipe = base_recipe(kind)
     preferences = recipe.preferences.model_copy(update={"count": 1, "include_centre": False, "seed": seed})
     return recipe.model_copy(update={"preferences": preferences})
 
 
-def finished_run(folder: Path, recipe, zoo: str) -> float:
-    """Run ``recipe`` into ``folder`` unless a finished run of it on this zoo is there; its wall seconds."""
+def finished_run(folder: Path, recipe, zoo: str, run_format: int = 1) -> float:
+    """Run ``recipe`` into ``folder`` unless a finished run of it on this zoo (and ``run_format``) is there; its
+    wall seconds."""
     from hm3.search.progress import SearchProgress
     from hm3.search.run import run_search
     from hm3.store import RunStore
@@ -70,7 +78,10 @@ def finished_run(folder: Path, recipe, zoo: str) -> float:
     settings = recipe.model_dump_json()
     if stamp.is_file():
         wall = json.loads(stamp.read_text())
-        if wall.get("zoo") == zoo and wall.get("recipe") == settings and (folder / "summary.json").is_file():
+        same = (
+            wall.get("zoo") == zoo and wall.get("recipe") == settings and wall.get("format", 1) == run_format
+        )
+        if same and (folder / "summary.json").is_file():
             return float(wall["seconds"])
     folder.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -81,7 +92,7 @@ def finished_run(folder: Path, recipe, zoo: str) -> float:
     finally:
         store.close()
     seconds = time.perf_counter() - started
-    stamp.write_text(json.dumps({"seconds": seconds, "zoo": zoo, "recipe": settings}))
+    stamp.write_text(json.dumps({"seconds": seconds, "zoo": zoo, "recipe": settings, "format": run_format}))
     return seconds
 
 
@@ -93,17 +104,17 @@ def log_length(folder: Path) -> int:
         return sum(1 for _ in handle)
 
 
-def measure(conditioned: Path, seed: int, zoo: str) -> dict:
-    """The rollout, the fresh search and the best member for the one preference of ``fresh_recipe(seed)``."""
+def measure(kind: str, conditioned: Path, seed: int, zoo: str) -> dict:
+    """The rollout, the fresh search and the best member for the one preference of ``fresh_recipe(kind, seed)``."""
     from hm3.search.select import select
     from hm3.search.session import preferences
 
-    cache = SCRATCH / f"unseen{seed}.json"
+    cache = SCRATCH / kind / f"unseen{seed}.json"
     if cache.is_file():
         known = json.loads(cache.read_text())
         if known.get("zoo") == zoo and known.get("format") == MEASURE_FORMAT:
             return known
-    recipe = fresh_recipe(seed)
+    recipe = fresh_recipe(kind, seed)
     lam = [float(v) for v in preferences(recipe)[0]]
     text = ",".join(repr(v) for v in lam)
 
@@ -114,7 +125,7 @@ def measure(conditioned: Path, seed: int, zoo: str) -> dict:
     new_candidates = log_length(conditioned) - before
 
     member = select(conditioned, text)
-    fresh_folder = SCRATCH / f"fresh{seed}"
+    fresh_folder = SCRATCH / kind / f"fresh{seed}"
     fresh_seconds = finished_run(fresh_folder, recipe, zoo)
     fresh = select(fresh_folder, text)
     result = {
@@ -135,29 +146,25 @@ def measure(conditioned: Path, seed: int, zoo: str) -> dict:
     return result
 
 
-def main() -> None:
-    recipe = conditioned_recipe()
-    zoo = zoo_digest(recipe)
-    run_started = time.perf_counter()
-    conditioned = SCRATCH / "conditioned"
-    conditioned_seconds = finished_run(conditioned, recipe, zoo)
-    rows = [measure(conditioned, seed, zoo) for seed in UNSEEN_SEEDS]
+def section(kind: str) -> list[str]:
+    """The measured table of one zoo, between its markers."""
+    from hm3.zoo import ensure_zoo
 
+    ensure_zoo("lm", size=ZOO_SIZES[kind])
+    recipe = conditioned_recipe(kind)
+    zoo = zoo_digest(recipe)
+    conditioned = SCRATCH / kind / "conditioned"
+    conditioned_seconds = finished_run(conditioned, recipe, zoo, RUN_FORMAT)
+    rows = [measure(kind, conditioned, seed, zoo) for seed in UNSEEN_SEEDS]
     ratio = [r["fresh_seconds"] / r["rollout_seconds"] for r in rows]
+    key = f"{kind} {zoo_build(Path(recipe.base_model.path).parent)}"
     lines = [
-        "# Serving an unseen preference: `hm3 select --rollout` vs a fresh search",
+        f"<!-- select {key}: start -->",
+        f"## {kind} toy LM zoo, build `{key.split()[1]}` (`{ZOOS[kind]}`)",
         "",
-        "Command: `.venv/bin/python benchmarks/select_speed.py`  ",
-        f"Machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores; date "
-        f"{time.strftime('%Y-%m-%d %H:%M')}; wall time of this invocation {time.perf_counter() - run_started:.0f} s "
-        "(runs and measurements reused from benchmarks/scratch/select are not re-timed)  ",
-        f"Zoo: small toy LM (`{RECIPE.relative_to(REPO)}`); the conditioned run (`agent.mode: conditioned`, the "
-        f"recipe's other defaults) took {conditioned_seconds:.0f} s. Each unseen λ is the one Dirichlet sample of "
-        "seed S; the fresh search is a new run of the recipe's defaults with that λ as its only preference. "
-        "R: the run's reward for λ on the search split (weighted sum of the normalised scores − β1·T).",
-        "",
-        "R rollout: what `select --rollout` returns — the policy's path, or the path it started from where the "
-        "policy's path scored below it (R policy's path).",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {platform.machine()}, {len(os.sched_getaffinity(0))} "
+        f"cores. The conditioned run (`agent.mode: conditioned`, the recipe's other defaults) took "
+        f"{conditioned_seconds:.0f} s.",
         "",
         "| unseen λ (seed) | rollout s | fresh search s | fresh / rollout | R rollout | R policy's path "
         "| R fresh search | R best member of the conditioned run | rollout new candidates | fresh search candidates |",
@@ -178,6 +185,37 @@ def main() -> None:
         f"{np.mean([r['policy_reward'] for r in rows]):+.4f}), fresh search "
         f"{np.mean([r['fresh_reward'] for r in rows]):+.4f}, best member "
         f"{np.mean([r['member_reward'] for r in rows]):+.4f}.",
+        f"<!-- select {key}: end -->",
+    ]
+    return lines
+
+
+def main() -> None:
+    run_started = time.perf_counter()
+    chosen = [k for k in os.environ.get("BENCH_ZOOS", ",".join(ZOOS)).split(",") if k in ZOOS]
+    sections = {**marked_sections(RESULTS, "select")}
+    for kind in chosen:
+        lines = section(kind)
+        sections[lines[0].removeprefix("<!-- select ").removesuffix(": start -->")] = lines
+    lines = [
+        "# Serving an unseen preference: `hm3 select --rollout` vs a fresh search",
+        "",
+        "Command: `.venv/bin/python benchmarks/select_speed.py` (`BENCH_ZOOS=small|deep`: one zoo; the other "
+        "sections stay as measured)  ",
+        f"Last invocation: {time.strftime('%Y-%m-%d %H:%M')}, wall time {time.perf_counter() - run_started:.0f} s "
+        "(runs and measurements reused from benchmarks/scratch/select are not re-timed)  ",
+        "Each unseen λ is the one Dirichlet sample of seed S; the fresh search is a new run of the zoo recipe's "
+        "defaults with that λ as its only preference. R: the run's reward for λ on the search split (weighted "
+        "sum of the normalised scores − β1·T). R rollout: what `select --rollout` returns — the policy's path, "
+        "or the path it started from where the policy's path scored below it (R policy's path).",
+        "",
+        *[
+            line
+            for kind in ZOOS
+            for key in sorted(sections)
+            if key.split()[0] == kind
+            for line in sections[key] + [""]
+        ],
         *kept_notes(RESULTS),
     ]
     RESULTS.write_text("\n".join(lines) + "\n")
