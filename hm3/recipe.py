@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -578,6 +579,7 @@ class Recipe(_Section):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             problems.append(f"models: duplicate names {duplicates}; give each a distinct 'name'")
+        problems += _repeated_models(self.models)
         objective_names = [o.name for o in self.objectives]
         repeated = sorted({n for n in objective_names if objective_names.count(n) > 1})
         if repeated:
@@ -628,6 +630,22 @@ class Recipe(_Section):
         for i, (objective, value) in enumerate(zip(self.objectives, preference, strict=True)):
             weights[objective.model or self.model_names[i]] += float(value)
         return [weights[name] for name in self.model_names]
+
+
+def _repeated_models(models: Sequence[ModelRef]) -> list[str]:
+    """A problem per model that is an earlier one again (the same folder, however written, or the same hub id and
+    revision): a merge of a model with itself has nothing to merge, and its two slots would split its weight."""
+    problems = []
+    seen: dict[tuple[str, str | None], int] = {}
+    for i, model in enumerate(models):
+        where = model.path if model.is_hub else str(Path(model.path).resolve())
+        first = seen.setdefault((where, model.revision), i)
+        if first != i:
+            problems.append(
+                f"models[{i}]: {model.path} is models[{first}] again ({models[first].name!r}); list each "
+                "fine-tuned model once"
+            )
+    return problems
 
 
 # ---------------------------------------------------------------------------------------------------------

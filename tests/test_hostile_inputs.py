@@ -129,6 +129,31 @@ def test_a_recipe_that_is_not_utf8_is_one_line(content: bytes, expected: str, tm
     assert recipe.read_bytes() == content
 
 
+@pytest.mark.parametrize(
+    "models",
+    [
+        "[ft, {path: ft, name: again}]",
+        "[ft, {path: ./sub/../ft, name: again}]",
+        "[ft, {path: link, name: again}]",
+    ],
+    ids=["same-path", "written-otherwise", "symlink"],
+)
+def test_the_same_model_listed_twice_is_refused(models: str, tiny_models, tmp_path) -> None:
+    """Two slots of one model: nothing to merge between them, and each gets half its weight."""
+    base, ft = tiny_models
+    for name, target in (("base", base), ("ft", ft), ("link", ft)):
+        (tmp_path / name).symlink_to(target, target_is_directory=True)
+    (tmp_path / "sub").mkdir()
+    recipe = tmp_path / "recipe.yaml"
+    objectives = (
+        "objectives:\n  - {name: x, task: sst2, model: ft}\n  - {name: y, task: sst2, model: again}\n"
+    )
+    recipe.write_text(f"base_model: base\nmodels: {models}\n{objectives}")
+    _hm3_fails("validate", recipe, expected="models[1]: ")
+    line = _hm3_fails("merge", "--recipe", recipe, "--out", tmp_path / "run", expected="is models[0] again")
+    assert "'ft'" in line and not (tmp_path / "run").exists()
+
+
 def test_a_folder_given_as_recipe_or_output_file_is_named_as_such(tmp_path) -> None:
     _hm3_fails("validate", tmp_path, expected="is a folder, not a recipe file")
     (tmp_path / "taken").write_text("a file\n")
