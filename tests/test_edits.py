@@ -231,6 +231,25 @@ def test_each_episode_routes_over_the_pool_its_preference_is_given() -> None:
         assert env.incumbent == (IDENTITY if env.preference[0] > 0.5 else short)
 
 
+def test_a_pool_with_nothing_new_to_try_is_passed_over_until_every_drawn_pool_has_none() -> None:
+    """With several pools, one whose every edit is known does not end the training while another has new ones."""
+    known = {"a": False, "b": True}
+
+    def view(name: str, sign: float) -> PoolView:
+        return PoolView(
+            _pool_summaries(sign), known=lambda path: known[name], ranked=lambda weights: [IDENTITY]
+        )
+
+    pools = {"a": view("a", 1.0), "b": view("b", -1.0)}
+    env = EditEnv(SUMMARIES, T_MAX, 2, views=lambda lam: pools["a" if lam[0] > 0.5 else "b"])
+    for seed in range(10):
+        env.reset(seed=seed)
+        assert not env.exhausted and env.preference[0] > 0.5  # b, exhausted, is drawn again
+    known["a"] = True
+    env.reset(seed=0)
+    assert env.exhausted
+
+
 def test_a_conditioned_edit_agent_learns_what_pays_in_each_pool_from_the_pool_it_is_shown() -> None:
     """Two pools that differ only in their merge (its layers' summaries): in one, replacing a layer by model 0's
     pays, in the other by model 1's. The λ drawn says nothing about which pool an episode is over; the policy

@@ -55,6 +55,9 @@ from hm3.routing.path import InferencePath
 from hm3.routing.ppo_arguments import ppo_arguments, without_log_folder
 
 DELETE, REPEAT = "delete", "repeat"
+REDRAWS = 16
+"""With several pools (``views``), the λ a reset draws until one's pool has an untried edit: the environment is
+exhausted (its training ends) only when none of them has."""
 EditReward = Callable[[InferencePath, np.ndarray, InferencePath], tuple[float, dict[str, float]]]
 """``(edited path, λ, the incumbent it edits) -> (reward, scores)``."""
 
@@ -179,8 +182,9 @@ class EditEnv(gym.Env):
         self.known = known
         self.ranked = ranked
         self.exhausted = False
-        """Whether, at the last reset, every edit of every ranked path was known: nothing new to try (a search
-        ends there: :func:`hm3.routing.agent.train_agent`)."""
+        """Whether, at the last reset, every edit of every ranked path was known — with ``views``, in the pool of
+        each of :data:`REDRAWS` drawn λ: nothing new to try (a search ends there:
+        :func:`hm3.routing.agent.train_agent`)."""
         self.preference = self.paths.preference
         self.incumbent = self.paths.identity()
 
@@ -191,18 +195,23 @@ class EditEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        # the episode's λ (and with views its pool) and, by default, its incumbent
-        self.paths.reset(seed=seed, options=options)
-        self.preference, self.incumbent = self.paths.preference, self.paths.incumbent
-        view = self.paths.view
-        if view is not None:
-            self.summaries, self.reward_fn = self.paths.summaries, view.reward_fn
-            self.known, self.ranked = view.known, view.ranked
-        if self.ranked is not None and not (options and "incumbent" in options):
-            paths = self.ranked(self.preference)
-            editable = next((p for p in paths if self.new_edits(p).any()), None)
-            self.exhausted = editable is None
-            self.incumbent = paths[0] if editable is None else editable
+        drawn = self.paths.views is not None and self.paths.fixed_preference is None
+        given = options is not None and ("preference" in options or "incumbent" in options)
+        for draw in range(REDRAWS if drawn and not given else 1):  # a pool with nothing new: draw another λ
+            # the episode's λ (and with views its pool) and, by default, its incumbent
+            self.paths.reset(seed=seed if draw == 0 else None, options=options)
+            self.preference, self.incumbent = self.paths.preference, self.paths.incumbent
+            view = self.paths.view
+            if view is not None:
+                self.summaries, self.reward_fn = self.paths.summaries, view.reward_fn
+                self.known, self.ranked = view.known, view.ranked
+            if self.ranked is not None and not (options and "incumbent" in options):
+                paths = self.ranked(self.preference)
+                editable = next((p for p in paths if self.new_edits(p).any()), None)
+                self.exhausted = editable is None
+                self.incumbent = paths[0] if editable is None else editable
+            if not self.exhausted:
+                break
         return self.observation(), {}
 
     def new_edits(self, path: InferencePath) -> np.ndarray:
