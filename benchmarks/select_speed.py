@@ -40,12 +40,12 @@ ZOOS = {"small": "recipes/toy-lm.yaml", "deep": "recipes/toy-lm-deep.yaml"}
 ZOO_SIZES = {"small": "small", "deep": "deep"}
 UNSEEN_SEEDS = [101, 102, 103, 104, 105]
 """Sampling seeds of the unseen preferences (the conditioned run samples with the recipe's seed, 0)."""
-MEASURE_FORMAT = 3
-"""Version of a kept measurement (2: the rollout's own reward beside what select chose, stop 39; 3: the
-conditioned policy trained across the preferences' merges, stop 40)."""
-RUN_FORMAT = 2
-"""Version of a kept conditioned run (2: its agent trained across the preferences' merges, stop 40): the code
-changed what the same recipe runs."""
+MEASURE_FORMAT = 4
+"""Version of a kept measurement (2: the rollout's own reward beside what select chose, stop 39; 4: the
+conditioned policy trained across the preferences' merges, with patience, stop 40)."""
+RUN_FORMAT = 3
+"""Version of a kept conditioned run (3: its agent trained across the preferences' merges, a pool with nothing
+new passed over, the training's own patience; stop 40): the code changed what the same recipe runs."""
 SCRATCH = REPO / "benchmarks" / "scratch" / "select"
 RESULTS = REPO / "benchmarks" / "results" / "select.md"
 

@@ -7,7 +7,7 @@ import pytest
 
 from hm3.moo.bayesian import gp_maximise
 from hm3.recipe import Recipe
-from hm3.search.allocation import MIN_PATIENCE, Patience
+from hm3.search.allocation import MIN_PATIENCE, Patience, TrainingPatience
 from hm3.search.run import budget_allocation
 
 
@@ -34,6 +34,20 @@ def test_patience_stops_after_its_window_of_non_improving_candidates_and_counts_
     assert patience.stalled() and patience.best == 0.5
     patience.see(0.6)  # an improvement resets the window
     assert not patience.stalled() and patience.since_best == 0
+
+
+def test_a_conditioned_training_stops_once_its_window_of_spending_raised_no_preferences_best():
+    patience = TrainingPatience.from_recipe(_recipe(mode="conditioned", patience=0.25), 20)
+    assert patience.window == max(MIN_PATIENCE, 5)
+    for raised, cost in ((False, 1.0), (True, 0.25), (False, 0.25), (False, 1.0), (False, 1.0), (False, 1.0)):
+        assert not patience.stalled()
+        patience.see(raised, cost)
+    assert not patience.stalled() and patience.since_raised == 3.25  # spent since the last raise, screens too
+    patience.see(False, 1.75)
+    assert patience.stalled() and patience.raised == 1
+    patience.see(True, 1.0)  # a raise restarts the window
+    assert not patience.stalled()
+    assert not TrainingPatience.from_recipe(_recipe(mode="conditioned", patience=None), 20).stalled()
 
 
 def test_patience_counts_what_was_spent_and_a_screen_never_raises_the_best():

@@ -599,9 +599,11 @@ def train_conditioned_agent(
     calibration: dict[str, Any] | None = None,
     spent: Callable[[], float] | None = None,
     views: Callable[[np.ndarray], PoolView] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> PathAgent:
     """Train one preference-conditioned agent over λ ~ Dirichlet(1, …, 1) until ``agent.iterations`` new
-    paths are scored (counted by ``spent``, default: the paths the path scorer has scored).
+    paths are scored (counted by ``spent``, default: the paths the path scorer has scored), or ``stop()`` (a
+    training that stopped paying).
 
     ``views``: the pool each episode's λ routes over (``λ -> PoolView``, :func:`pool_view`: a search gives each
     λ its own merge, :func:`hm3.search.preference.conditioned_agent`); None: every λ routes over ``pool``, which
@@ -623,4 +625,4 @@ def train_conditioned_agent(
         views=views,
     )
     counter = spent or (lambda: len(path_scorer.scored))
-    return train_agent(env, recipe.agent, recipe.agent.iterations, seed, counter)
+    return train_agent(env, recipe.agent, recipe.agent.iterations, seed, counter, stop=stop)

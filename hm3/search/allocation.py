@@ -11,6 +11,9 @@ spend goes back to the optimised upper level.
   gets a window of ``unpaid_patience`` paths (default 1) until one of its own paths beats its merge — then the
   full window. The probe is one fixed preference, not "the preferences so far", so the decision is the same
   in a process and on Ray (where the probe runs first and the others after it, in parallel).
+* **The conditioned agent's training** (``agent.mode: conditioned``) has the same patience over its own budget
+  (:class:`TrainingPatience`): it stops once its last ⌈patience × iterations⌉ spent raised no episode's best —
+  the best path for that episode's λ over that λ's merge.
 * **Giving back** (:func:`hm3.search.run.budget_allocation`): with ``parameter_level.weights: optimised``, the budget the preferences
   left unspent is given to a second round of the upper level, which continues the same optimiser (its first
   round is replayed from the log, scoring nothing twice) with that many more merges.
@@ -82,6 +85,36 @@ class Patience:
             return False
         limit = self.window if self.paid or self.unpaid_window is None else self.unpaid_window
         return self.since_best >= limit - IMPROVEMENT
+
+
+@dataclass
+class TrainingPatience:
+    """Tracks whether a conditioned agent's training still pays: each episode either raised the best reward for
+    its λ over its merge or not; the training stops once the last ``window`` spent (in full scorings) raised
+    none (None: never).
+    """
+
+    window: int | None
+    since_raised: float = 0.0
+    raised: int = 0
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, paths: int) -> TrainingPatience:
+        """The recipe's ``agent.patience`` over a training of ``paths`` new paths."""
+        fraction = recipe.agent.patience
+        return cls(window=None if fraction is None else max(MIN_PATIENCE, math.ceil(fraction * paths)))
+
+    def see(self, raised: bool, cost: float) -> None:
+        """Count one episode that cost ``cost`` full scorings and did or did not raise its λ's best."""
+        if raised:
+            self.raised += 1
+            self.since_raised = 0.0
+        else:
+            self.since_raised += cost
+
+    def stalled(self) -> bool:
+        """Whether the last ``window`` spent raised no episode's best."""
+        return self.window is not None and self.since_raised >= self.window - IMPROVEMENT
 
 
 def path_level_paid(record: dict) -> bool:

@@ -14,6 +14,7 @@ import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -26,7 +27,7 @@ from hm3.routing.env import PoolView
 from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
 from hm3.routing.scoring import PathScorer
-from hm3.search.allocation import Patience
+from hm3.search.allocation import IMPROVEMENT, Patience, TrainingPatience
 from hm3.search.budget import BudgetedEvaluator, shared_keys
 from hm3.search.candidate import Candidate
 from hm3.search.session import Search
@@ -239,6 +240,20 @@ class MergeViews:
         self.views: OrderedDict[str, PoolView] = OrderedDict()
         self.merges: list[str] = []
         """The content keys of every merge an episode routed over, in first-use order."""
+        self.patience = TrainingPatience.from_recipe(search.recipe, conditioned_budget(search.recipe))
+        """Whether the training still raises some λ's best (``agent.patience``; its ``stalled`` ends it)."""
+
+    def watched(self, reward_fn, best_paths: BestPaths):
+        """``reward_fn`` telling :attr:`patience` what each episode cost and whether it raised its λ's best."""
+
+        def reward(path, weights, *incumbent):
+            used, best = self.evaluations.used, best_paths.best(weights)[1]
+            paid = reward_fn(path, weights, *incumbent)
+            raised = best_paths.best(weights)[1] > best + IMPROVEMENT
+            self.patience.see(raised, self.evaluations.used - used)
+            return paid
+
+        return reward
 
     def __call__(self, weights: np.ndarray) -> PoolView:
         spec = self.choose(weights)
@@ -258,7 +273,9 @@ class MergeViews:
             raise
         while len(self.views) >= CONDITIONED_MERGES:
             self.views.popitem(last=False)
-        view = pool_view(search.recipe.agent, BestPaths(scorer, search.rewards(), identity))
+        best_paths = BestPaths(scorer, search.rewards(), identity)
+        view = pool_view(search.recipe.agent, best_paths)
+        view = replace(view, reward_fn=self.watched(view.reward_fn, best_paths))
         self.views[key] = view
         if key not in self.merges:
             self.merges.append(key)
@@ -318,11 +335,15 @@ def conditioned_agent(
             scale=search.scale,
             spent=lambda: evaluations.used,
             views=views,
+            stop=None if views is None else views.patience.stalled,
         )
     finally:
         search.models.kept_merges = kept
     if views is not None:
-        search.store.log(f"conditioned agent trained over {len(views.merges)} merges")
+        search.store.log(
+            f"conditioned agent trained over {len(views.merges)} merges; {views.patience.raised} episodes "
+            f"raised their λ's best" + (" (stopped: no longer paying)" if views.patience.stalled() else "")
+        )
     staging = search.store.subdirectory(f"{POLICY_DIR}/.{CONDITIONED_POLICY}.tmp")
     agent.save(staging)
     search.store.write_json(
