@@ -23,6 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def preflight(args: argparse.Namespace) -> None:
+    """The recipe file loads (no model, no heavy import)."""
+    from hm3.recipe import load_recipe
+
+    load_recipe(args.recipe)
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 

@@ -20,6 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+def preflight(args: argparse.Namespace) -> None:
+    """The recipe file loads (no model, no heavy import)."""
+    from hm3.recipe import load_recipe
+
+    load_recipe(args.recipe)
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path

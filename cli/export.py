@@ -16,6 +16,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def preflight(args: argparse.Namespace) -> None:
+    """The run folder is a run (no heavy import)."""
+    from hm3.store import require_run_directory
+
+    require_run_directory(args.run)
+
+
 def run(args: argparse.Namespace) -> int:
     from hm3.search.export import export_member
 

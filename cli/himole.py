@@ -64,6 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def preflight(args: argparse.Namespace) -> None:
+    """The recipe file loads (no model, no heavy import)."""
+    from hm3.recipe import load_recipe
+
+    if getattr(args, "recipe", None) is not None:
+        load_recipe(args.recipe)
+
+
 def run(args: argparse.Namespace) -> int:
     return {"train": _train, "eval": _evaluate, "tasks": _tasks}[args.action](args)
 

@@ -1,7 +1,10 @@
 """Entry point of the `hm3` command: a table of subcommands, each imported only when it runs.
 
 Every subcommand lives in its own module under ``cli/`` with two functions:
-``add_arguments(parser)`` (argparse only, no heavy imports) and ``run(args) -> int``.
+``add_arguments(parser)`` (argparse only, no heavy imports) and ``run(args) -> int``, and optionally
+``preflight(args)``: the checks of what the user typed that need no heavy import (the recipe file loads, the run
+folder is a run), run first, so that a typo is one line in a fraction of a second rather than after seconds of
+importing torch, transformers and lm-eval.
 """
 
 from __future__ import annotations
@@ -84,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     module = importlib.import_module(args._module)
     try:
+        preflight = getattr(module, "preflight", None)
+        if preflight is not None:
+            preflight(args)
         return int(module.run(args) or 0)
     except UserError as error:
         for line in error.lines():

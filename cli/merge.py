@@ -40,6 +40,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, metavar="N", help="Ray workers (default: one per cluster CPU)")
 
 
+def preflight(args: argparse.Namespace) -> None:
+    """The recipe file loads, or the run to resume is a run (no model, no heavy import)."""
+    from hm3.recipe import load_recipe
+    from hm3.store import require_run_directory
+
+    if args.recipe and not args.mergekit:
+        load_recipe(args.recipe)
+    elif args.resume:
+        require_run_directory(args.resume)
+
+
 def run(args: argparse.Namespace) -> int:
     from hm3.errors import UserError
 

@@ -9,6 +9,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipes", nargs="+", metavar="RECIPE", help="recipe YAML file(s)")
 
 
+def preflight(args: argparse.Namespace) -> None:
+    """The recipe file loads (no model, no heavy import)."""
+    from hm3.recipe import load_recipe
+
+    for path in args.recipes:
+        load_recipe(path)
+
+
 def run(args: argparse.Namespace) -> int:
     from hm3.validation import validate_recipe_file
 

@@ -170,9 +170,7 @@ class RunStore:
         """
         directory = Path(directory)
         clear_leftovers(directory)
-        stored_file = directory / RECIPE_FILE
-        if not stored_file.is_file():
-            raise UserError(f"{directory} is not a run directory (no {RECIPE_FILE})")
+        stored_file = require_run_directory(directory) / RECIPE_FILE
 
         stored = recipe_from_dict(yaml.safe_load(stored_file.read_text()), source=str(stored_file))
         if recipe is not None:
@@ -316,9 +314,8 @@ class RunStore:
         """Read a JSON file of the run; UserError if it is missing (the run has not finished, or the folder is
         not a run)."""
         path = self.directory / name
-        if not path.is_file() and not (self.directory / RECIPE_FILE).is_file():
-            raise UserError(f"{self.directory} is not a run directory (no {RECIPE_FILE})")
         if not path.is_file():
+            require_run_directory(self.directory)
             raise UserError(
                 f"{self.directory}: no {name} yet (has the run finished? resume it with --resume)"
             )
@@ -364,3 +361,15 @@ def _some(differences: list[str], shown: int = 3) -> str:
     """The first few differences, and how many more."""
     more = len(differences) - shown
     return "; ".join(differences[:shown]) + (f" (+{more} more)" if more > 0 else "")
+
+
+def require_run_directory(directory: str | Path) -> Path:
+    """``directory`` as a path, if it is a run hm3 wrote (it holds the run's ``recipe.yaml``).
+
+    Raises:
+        UserError: it is not (a missing folder, a file, any other folder).
+    """
+    directory = Path(directory)
+    if not (directory / RECIPE_FILE).is_file():
+        raise UserError(f"{directory} is not a run directory (no {RECIPE_FILE})")
+    return directory

@@ -34,6 +34,42 @@ def test_help_imports_nothing_heavy() -> None:
     assert out.strip() == ""
 
 
+def test_a_missing_recipe_or_run_is_one_line_before_anything_heavy_is_imported(tmp_path) -> None:
+    """A typo in a path is answered at once: each command checks the recipe file or run folder it was given
+    (``preflight``) before importing torch, transformers or lm-eval (seconds, for a one-line error)."""
+    missing, not_a_run = tmp_path / "missing.yaml", tmp_path
+    commands = [
+        ["validate", missing],
+        ["merge", "--recipe", missing],
+        ["merge", "--resume", not_a_run],
+        ["baseline", "--recipe", missing, "--method", "grid"],
+        ["eval", "--recipe", missing, "--model", tmp_path],
+        ["himole", "train", "--recipe", missing],
+        ["select", not_a_run, "--preference", "1,1"],
+        ["export", not_a_run, "--member", "x", "--out", tmp_path / "out"],
+    ]
+    code = (
+        "import contextlib, io, json, sys; from cli.main import main\n"
+        "results = []\n"
+        "for argv in json.loads(sys.argv[1]):\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        status = main(argv)\n"
+        "    heavy = [m for m in ('torch', 'transformers', 'lm_eval') if m in sys.modules]\n"
+        "    results.append([status, err.getvalue(), heavy])\n"
+        "print(json.dumps(results))"
+    )
+    import subprocess
+    import sys
+
+    argv = json.dumps([[str(a) for a in command] for command in commands])
+    done = subprocess.run([sys.executable, "-c", code, argv], capture_output=True, text=True, check=True)
+    for command, (status, err, heavy) in zip(commands, json.loads(done.stdout), strict=True):
+        assert status == 2 and len(err.strip().splitlines()) == 1, (command, err)
+        assert ("file not found" in err) or ("is not a run directory" in err), (command, err)
+        assert heavy == [], (command, heavy)
+
+
 def test_every_subcommand_has_help() -> None:
     for name in SUBCOMMANDS:
         result = run_hm3(name, "--help")
