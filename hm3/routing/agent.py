@@ -71,7 +71,8 @@ class PathAgent:
 
     Attributes:
         model: The SB3 PPO model (policy and value networks); sb3-contrib's maskable PPO for an edit agent.
-        summaries: The pool's ``[K+1, L, S]`` layer summaries (part of every observation).
+        summaries: The ``[K+1, L, S]`` layer summaries of the pool it was built on (part of every observation; a
+            rollout over another pool is given that pool's: :func:`rollout`).
         max_length: T_max.
         num_objectives: Length of a preference vector.
         neighbours: Wolpertinger M'.

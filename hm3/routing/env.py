@@ -52,6 +52,9 @@ from hm3.routing.path import InferencePath
 from hm3.routing.summary import SUMMARY_CLIP
 
 RewardFunction = Callable[[InferencePath, np.ndarray], tuple[float, dict[str, float]]]
+PoolReward = Callable[..., tuple[float, dict[str, float]]]
+"""A pool's reward: the path environment's :data:`RewardFunction`, or the edit environment's
+``(path, λ, incumbent) -> (reward, scores)``."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ class PoolView:
     """
 
     summaries: np.ndarray
-    reward_fn: Callable[..., tuple[float, dict[str, float]]] | None = None
+    reward_fn: PoolReward | None = None
     start: Callable[[np.ndarray], InferencePath] | None = None
     known: Callable[[InferencePath], bool] | None = None
     ranked: Callable[[np.ndarray], Sequence[InferencePath]] | None = None

@@ -23,7 +23,7 @@ from hm3.folder_swap import fsync_tree
 from hm3.merge.spec import MergeSpec
 from hm3.recipe import Recipe
 from hm3.routing.agent import BestPaths, PathAgent, pool_view, search_path, train_conditioned_agent
-from hm3.routing.env import PoolView
+from hm3.routing.env import PoolReward, PoolView
 from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
 from hm3.routing.scoring import PathScorer
@@ -243,10 +243,10 @@ class MergeViews:
         self.patience = TrainingPatience.from_recipe(search.recipe, conditioned_budget(search.recipe))
         """Whether the training still raises some λ's best (``agent.patience``; its ``stalled`` ends it)."""
 
-    def watched(self, reward_fn, best_paths: BestPaths):
+    def watched(self, reward_fn: PoolReward, best_paths: BestPaths) -> PoolReward:
         """``reward_fn`` telling :attr:`patience` what each episode cost and whether it raised its λ's best."""
 
-        def reward(path, weights, *incumbent):
+        def reward(path: InferencePath, weights: np.ndarray, *incumbent: InferencePath):
             used, best = self.evaluations.used, best_paths.best(weights)[1]
             paid = reward_fn(path, weights, *incumbent)
             raised = best_paths.best(weights)[1] > best + IMPROVEMENT
@@ -298,16 +298,11 @@ def conditioned_merge_choice(
     return lambda weights: merges[int(np.argmin(np.linalg.norm(points - np.asarray(weights), axis=1)))]
 
 
-def conditioned_agent(
-    search: Search,
-    merge: MergeSpec | None = None,
-    choose: Callable[[np.ndarray], MergeSpec] | None = None,
-) -> PathAgent:
+def conditioned_agent(search: Search, choose: Callable[[np.ndarray], MergeSpec] | None = None) -> PathAgent:
     """The shared preference-conditioned agent: loaded from ``policy/conditioned``, or trained within
     :func:`conditioned_budget` (its candidates are logged like any other, and are eligible for the front) and
     saved there. ``choose``: the merge each λ it trains on routes over (:func:`conditioned_merge_choice`: across
-    preferences on their own merges; the centre's starts it); None: every λ over ``merge`` (default: the centre's
-    merge with weights λ)."""
+    preferences on their own merges); None (no parameter level): every λ over the centre's merge with weights λ."""
     folder = search.store.directory / POLICY_DIR / CONDITIONED_POLICY
     if PathAgent.saved_in(folder):
         return PathAgent.load(folder, allow_pickle=search.recipe.allow_pickle)
@@ -317,7 +312,7 @@ def conditioned_agent(
     )
     evaluations.prepaid = upper_level_keys(search.log.records)  # the merges it routes over, charged there
     views = None if choose is None else MergeViews(search, evaluations, choose)
-    start = merge or (choose(centre) if choose is not None else merge_for(search, centre))
+    start = choose(centre) if choose is not None else merge_for(search, centre)
     kept = search.models.kept_merges
     search.models.kept_merges = CONDITIONED_MERGES if views is not None else kept
     try:

@@ -9,9 +9,9 @@
    density × scale is merged and the best scalarized one kept), and the lower level searches an inference path over
    the K fine-tuned models plus that merged model with the PPO/Wolpertinger agent (``agent.mode: per_preference``:
    one agent per λ, ``agent.iterations`` new candidates each; ``conditioned``: one preference-conditioned agent
-   trained across preferences on their own merges, rolled out for every λ). Each preference spends through its own budgeted
-   evaluator (:mod:`hm3.search.budget`: its merges plus ``agent.iterations`` paths, or one rollout in
-   ``conditioned`` mode, whose shared agent has ``agent.iterations`` of its own), and every scored candidate is
+   trained across preferences on their own merges, rolled out for every λ). Each preference spends through its
+   own budgeted evaluator (:mod:`hm3.search.budget`: its merges plus ``agent.iterations`` paths, or one rollout
+   in ``conditioned`` mode, whose shared agent has ``agent.iterations`` of its own), and every scored candidate is
    appended to ``candidates.jsonl`` at once. The first preference is the probe: where none of its paths beat
    its merge, the others' path searches get ``agent.unpaid_patience`` paths (:mod:`hm3.search.allocation`).
    Preferences whose searches start from the same merge run in index order, and a later one is not charged
@@ -150,7 +150,7 @@ def run_search(
             if parameter_level
             else None
         )
-        agent = conditioned_agent(search, choose=choose)
+        agent = conditioned_agent(search, choose)
 
     def save(record: dict) -> None:
         store.write_json(f"{PREFERENCES_DIR}/p{record['index']:03d}.json", record)
