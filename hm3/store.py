@@ -154,7 +154,7 @@ class RunStore:
 
     @classmethod
     def resume(
-        cls, directory: str | Path, recipe: Recipe | None = None, lock: bool = True
+        cls, directory: str | Path, recipe: Recipe | None = None, lock: bool = True, use: str = "resume"
     ) -> tuple[RunStore, Recipe]:
         """Open an existing run to continue it; with ``recipe``, refuse if it differs from the run's own.
 
@@ -162,6 +162,7 @@ class RunStore:
             directory: The run.
             recipe: The recipe the caller means to run (None: the run's own).
             lock: Take the run's lock (False only for readers that write nothing into the run, e.g. export).
+            use: What the caller does with the run, as its refusals say it (``cannot select from RUN: …``).
 
         Raises:
             UserError: no run there, another process works in it, the recipe differs, or what decides its
@@ -181,7 +182,7 @@ class RunStore:
         try:
             if lock:
                 store._hold(RunLock(directory).acquire())
-            store._check_fingerprint(stored, writing=lock)
+            store._check_fingerprint(stored, writing=lock, use=use)
             if lock:
                 store._repair_torn_tail()
                 clear_stale_temporaries(directory)
@@ -213,7 +214,7 @@ class RunStore:
             return str(json.loads(file.read_text())["scoring"])
         return run_fingerprint(recipe)["scoring"]
 
-    def _check_fingerprint(self, recipe: Recipe, writing: bool = True) -> None:
+    def _check_fingerprint(self, recipe: Recipe, writing: bool = True, use: str = "resume") -> None:
         """Refuse to resume when anything that decides the run's scores changed since it started.
 
         A run an older hm3 started lacks the recipe fields added since (their defaults fill them in today):
@@ -222,7 +223,7 @@ class RunStore:
         file = self.directory / FINGERPRINT_FILE
         if not file.is_file():
             raise UserError(
-                f"cannot resume {self.directory}: it has no {FINGERPRINT_FILE} (an older hm3 started it), so "
+                f"cannot {use} {self.directory}: it has no {FINGERPRINT_FILE} (an older hm3 started it), so "
                 "its logged scores cannot be checked against its inputs; start it afresh with --force"
             )
         try:
@@ -232,13 +233,13 @@ class RunStore:
         sections = ("recipe", "files", "models")
         if not isinstance(then, dict) or not all(isinstance(then.get(k), dict) for k in sections):
             raise UserError(
-                f"cannot resume {self.directory}: its {FINGERPRINT_FILE} is damaged, so its logged scores "
+                f"cannot {use} {self.directory}: its {FINGERPRINT_FILE} is damaged, so its logged scores "
                 "cannot be checked against its inputs; start it afresh with --force"
             )
         now = run_fingerprint(recipe)
         if then.get("format") != now["format"]:
             raise StaleRunError(
-                f"cannot resume {self.directory}: {FINGERPRINT_FILE} has format {then.get('format')!r}, this "
+                f"cannot {use} {self.directory}: {FINGERPRINT_FILE} has format {then.get('format')!r}, this "
                 f"hm3 writes {now['format']} (its candidate log cannot be read the same way); start it afresh with "
                 "--force"
             )
@@ -246,7 +247,7 @@ class RunStore:
         added = added_fields(then["recipe"], now["recipe"])
         if added and not changes and writing:
             raise StaleRunError(
-                f"cannot resume {self.directory}: an older hm3 started it, without the recipe settings "
+                f"cannot {use} {self.directory}: an older hm3 started it, without the recipe settings "
                 f"{_some(added)} that this one has; its search cannot be continued the same way; start it "
                 "afresh with --force"
             )
@@ -258,7 +259,7 @@ class RunStore:
             )
             error = ModelsChangedError if only_models else UserError
             raise error(
-                f"cannot resume {self.directory}: {_some(changes) or 'its fingerprint changed'} since the run "
+                f"cannot {use} {self.directory}: {_some(changes) or 'its fingerprint changed'} since the run "
                 "started (its logged scores are for the old inputs); start a new run, or replace this one "
                 "with hm3 merge --recipe ... --force"
             )

@@ -285,6 +285,12 @@ def test_resuming_an_edited_run_is_refused_naming_the_change(
     assert_refused(done, f"cannot resume {run}", message)
     assert inputs.digest() == before
     assert tree_digest(run) == run_before
+    if edit == "task file changed":  # the readers say what they were asked to do
+        done = hm3_in_process("select", run, "--preference", "1,1,1")
+        assert_refused(done, f"cannot select from {run}", message)
+        done = hm3_in_process("export", run, "--member", "0", "--out", tmp_path / "out")
+        assert_refused(done, f"cannot export from {run}", message)
+        assert tree_digest(run) == run_before and not (tmp_path / "out").exists()
 
 
 def test_resuming_with_device_memory_added_offloads_without_touching_the_scores(

@@ -43,7 +43,7 @@ def find_member(front: ParetoFront, wanted: str) -> FrontMember:
 
 def export_member(run: str | Path, wanted: str, out: str | Path, force: bool = False) -> Path:
     """Write front member ``wanted`` of ``run`` to ``out``; returns ``out``."""
-    store, recipe = RunStore.resume(run, lock=False)
+    store, recipe = RunStore.resume(run, lock=False, use="export from")
     front = ParetoFront.from_json(store.read_json(FRONT_FILE))
     member = find_member(front, wanted)
     check_export_folder(run, recipe, out, force)

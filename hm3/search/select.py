@@ -80,7 +80,9 @@ def select(
         UserError: no run there, a bad preference, ``roll_out`` without a conditioned policy, a bad
             ``export`` folder (checked before anything loads).
     """
-    store, recipe = RunStore.resume(run, lock=roll_out)  # a rollout appends to the run's log
+    store, recipe = RunStore.resume(
+        run, lock=roll_out, use="select from"
+    )  # a rollout appends to the run's log
     try:
         lam = _preference(preference, len(recipe.objectives))
         folder = store.directory / POLICY_DIR / CONDITIONED_POLICY
