@@ -388,7 +388,8 @@ class AgentConfig(_Section):
 
     Attributes:
         mode: ``per_preference`` (the paper's Algorithm 1: a fresh agent per λ) or ``conditioned`` (one policy
-            with λ in its observation, trained over sampled λ, reusable for a new λ by a rollout).
+            with λ in its observation, trained over sampled λ, each over its own merge, reusable for a new λ by a
+            rollout).
         actions: ``path`` (the paper's agent: a path built one layer at a time, Wolpertinger over the layer
             actions) or ``edit`` (one edit of the best path so far per episode — replace a layer by another
             model's, delete or repeat one — masked to the valid edits, paid the signed change of reward:
