@@ -11,7 +11,9 @@ Dirichlet samples of other seeds, none of them a preference the conditioned run 
 * **fresh search**: a new run of the recipe's defaults (``agent.mode: per_preference``) whose only preference
   is λ (``preferences: {count: 1, include_centre: false, seed: S}``, S chosen so that its one sample is λ), end
   to end (references, upper level, path search), then ``hm3 select`` of its best front member for λ;
-* **best member**: ``hm3 select`` (no rollout) on the conditioned run: what it already holds for λ.
+* **best member**: ``hm3 select`` (no rollout) on the conditioned run: what it already holds for λ;
+* **the lr-0 policy's path**: the same conditioned run with ``agent.learning_rate: 0`` (its policy untrained:
+  the prior alone, as ``agent_learning.py``'s ``_lr0`` rows), rolled out for λ — what the training adds.
 
 The reward is the run's own R for λ on the search split (same zoo, split and normalisation for every run).
 Writes ``benchmarks/results/select.md``, a section per zoo build; the runs live in
@@ -61,6 +63,12 @@ def conditioned_recipe(kind: str):
     return recipe.model_copy(update={"agent": recipe.agent.model_copy(update={"mode": "conditioned"})})
 
 
+def prior_recipe(kind: str):
+    """The conditioned run with learning rate 0: the same agent's untrained policy (its prior) rolled out."""
+    recipe = conditioned_recipe(kind)
+    return recipe.model_copy(update={"agent": recipe.agent.model_copy(update={"learning_rate": 0.0})})
+
+
 def fresh_recipe(kind: str, seed: int):
     recipe = base_recipe(kind)
     preferences = recipe.preferences.model_copy(update={"count": 1, "include_centre": False, "seed": seed})
@@ -104,19 +112,31 @@ def log_length(folder: Path) -> int:
         return sum(1 for _ in handle)
 
 
-def measure(kind: str, conditioned: Path, seed: int, zoo: str) -> dict:
-    """The rollout, the fresh search and the best member for the one preference of ``fresh_recipe(kind, seed)``."""
+def policy_reward(run: Path, text: str) -> float:
+    """The reward of the greedy path ``run``'s conditioned policy proposes for λ ``text`` (not what select keeps)."""
+    from hm3.search.select import select
+
+    rolled = select(run, text, roll_out=True)
+    return rolled.reward if rolled.below_start is None else rolled.below_start[1]
+
+
+def measure(kind: str, conditioned: Path, prior: Path, seed: int, zoo: str) -> dict:
+    """The rollout, the fresh search and the best member for the one preference of ``fresh_recipe(kind, seed)``,
+    and the rollout of the learning-rate-0 run's policy (``prior``)."""
     from hm3.search.select import select
     from hm3.search.session import preferences
 
+    recipe = fresh_recipe(kind, seed)
+    lam = [float(v) for v in preferences(recipe)[0]]
+    text = ",".join(repr(v) for v in lam)
     cache = SCRATCH / kind / f"unseen{seed}.json"
     if cache.is_file():
         known = json.loads(cache.read_text())
         if known.get("zoo") == zoo and known.get("format") == MEASURE_FORMAT:
+            if "prior_policy_reward" not in known:  # measured before the prior's column: add it
+                known["prior_policy_reward"] = policy_reward(prior, text)
+                cache.write_text(json.dumps(known, indent=1))
             return known
-    recipe = fresh_recipe(kind, seed)
-    lam = [float(v) for v in preferences(recipe)[0]]
-    text = ",".join(repr(v) for v in lam)
 
     before = log_length(conditioned)
     started = time.perf_counter()
@@ -141,6 +161,7 @@ def measure(kind: str, conditioned: Path, seed: int, zoo: str) -> dict:
         "fresh_seconds": fresh_seconds,
         "fresh_reward": fresh.reward,
         "fresh_candidates": log_length(fresh_folder),
+        "prior_policy_reward": policy_reward(prior, text),
     }
     cache.write_text(json.dumps(result, indent=1))
     return result
@@ -155,7 +176,9 @@ def section(kind: str) -> list[str]:
     zoo = zoo_digest(recipe)
     conditioned = SCRATCH / kind / "conditioned"
     conditioned_seconds = finished_run(conditioned, recipe, zoo, RUN_FORMAT)
-    rows = [measure(kind, conditioned, seed, zoo) for seed in UNSEEN_SEEDS]
+    prior = SCRATCH / kind / "conditioned_lr0"
+    prior_seconds = finished_run(prior, prior_recipe(kind), zoo, RUN_FORMAT)
+    rows = [measure(kind, conditioned, prior, seed, zoo) for seed in UNSEEN_SEEDS]
     ratio = [r["fresh_seconds"] / r["rollout_seconds"] for r in rows]
     key = f"{kind} {zoo_build(Path(recipe.base_model.path).parent)}"
     lines = [
@@ -164,17 +187,20 @@ def section(kind: str) -> list[str]:
         "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {platform.machine()}, {len(os.sched_getaffinity(0))} "
         f"cores. The conditioned run (`agent.mode: conditioned`, the recipe's other defaults) took "
-        f"{conditioned_seconds:.0f} s.",
+        f"{conditioned_seconds:.0f} s; the same with `agent.learning_rate: 0` (its untrained policy: R lr-0 "
+        f"policy's path) {prior_seconds:.0f} s.",
         "",
         "| unseen λ (seed) | rollout s | fresh search s | fresh / rollout | R rollout | R policy's path "
-        "| R fresh search | R best member of the conditioned run | rollout new candidates | fresh search candidates |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| R lr-0 policy's path | R fresh search | R best member of the conditioned run | rollout new candidates "
+        "| fresh search candidates |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for seed, row, speedup in zip(UNSEEN_SEEDS, rows, ratio, strict=True):
         lam = ", ".join(f"{v:.2f}" for v in row["preference"])
         lines.append(
             f"| ({lam}) ({seed}) | {row['rollout_seconds']:.1f} | {row['fresh_seconds']:.0f} | {speedup:.0f}x "
-            f"| {row['rollout_reward']:+.4f} | {row['policy_reward']:+.4f} | {row['fresh_reward']:+.4f} "
+            f"| {row['rollout_reward']:+.4f} | {row['policy_reward']:+.4f} | {row['prior_policy_reward']:+.4f} "
+            f"| {row['fresh_reward']:+.4f} "
             f"| {row['member_reward']:+.4f} "
             f"| {row['rollout_logged']} | {row['fresh_candidates']} |"
         )
@@ -182,7 +208,8 @@ def section(kind: str) -> list[str]:
         "",
         f"Median speed-up {np.median(ratio):.0f}x (min {min(ratio):.0f}x); mean R: rollout "
         f"{np.mean([r['rollout_reward'] for r in rows]):+.4f} (the policy's paths "
-        f"{np.mean([r['policy_reward'] for r in rows]):+.4f}), fresh search "
+        f"{np.mean([r['policy_reward'] for r in rows]):+.4f}, the lr-0 policy's "
+        f"{np.mean([r['prior_policy_reward'] for r in rows]):+.4f}), fresh search "
         f"{np.mean([r['fresh_reward'] for r in rows]):+.4f}, best member "
         f"{np.mean([r['member_reward'] for r in rows]):+.4f}.",
         f"<!-- select {key}: end -->",

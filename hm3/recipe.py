@@ -398,7 +398,8 @@ class AgentConfig(_Section):
         iterations: Episodes per preference, i.e. candidate paths scored (paper: Max_iter = 1000; at most
             100,000).
         learning_rate: Adam learning rate of actor and critic; None (default): by ``actions``, 3e-4 for the path
-            agent, 3e-3 for the edit agent (:data:`DEFAULT_LEARNING_RATES`; :attr:`adam_learning_rate`).
+            agent, 3e-3 for the edit agent (:data:`DEFAULT_LEARNING_RATES`; :attr:`adam_learning_rate`); 0: the
+            untrained policy alone, its prior (an ablation: what learning adds, ``benchmarks/agent_learning.py``).
         n_steps: Environment steps per PPO rollout; None (default) scales it to the budget, so that even a
             search of a few paths makes several PPO updates (:func:`hm3.routing.agent.scaled_to_budget`).
         batch_size: PPO minibatch size; None (default) is the whole rollout (one gradient step per epoch).
@@ -429,7 +430,7 @@ class AgentConfig(_Section):
     actions: Literal["path", "edit"] = "path"
     gamma: float = 0.99
     iterations: int = Field(default=1000, gt=0, le=MAX_ITERATIONS)
-    learning_rate: float | None = Field(default=None, gt=0)
+    learning_rate: float | None = Field(default=None, ge=0)
     n_steps: int | None = Field(default=None, gt=1)
     batch_size: int | None = Field(default=None, gt=1)
     n_epochs: int = Field(default=4, gt=0)

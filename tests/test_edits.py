@@ -124,6 +124,10 @@ def test_the_edit_agent_trains_at_its_own_default_rate_unless_the_recipe_sets_on
     assert AgentConfig(actions="path", learning_rate=2e-3).adam_learning_rate == 2e-3
     # the recipe keeps "none given"; the rate is resolved where the agent is built
     assert AgentConfig(actions="edit").model_dump()["learning_rate"] is None
+    # 0 is the untrained policy alone (the ablation); a negative rate is no rate
+    assert build_edit_ppo(env, AgentConfig(actions="edit", learning_rate=0), seed=0).learning_rate == 0
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        AgentConfig(learning_rate=-1e-3)
 
 
 def test_the_edit_reward_is_the_change_from_the_path_it_edits() -> None:
