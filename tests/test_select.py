@@ -14,20 +14,71 @@ from tests.fixtures_zoo import lm_zoo_micro  # noqa: F401
 from tests.test_search import MICRO_SEARCH
 
 
-@pytest.fixture(scope="module")
-def conditioned_run(lm_zoo_micro: Path, tmp_path_factory) -> Path:  # noqa: F811
-    """A finished micro run with the defaults (optimised upper level) and a preference-conditioned policy."""
-    folder = tmp_path_factory.mktemp("select")
+def _conditioned_recipe(zoo: Path, folder: Path) -> Path:
+    """The micro search with the defaults (optimised upper level) and a preference-conditioned agent."""
     recipe = folder / "micro.yaml"
     recipe.write_text(
-        MICRO_SEARCH.format(zoo=lm_zoo_micro)
+        MICRO_SEARCH.format(zoo=zoo)
         .replace("parameter_level: {method: task_arithmetic, weights: preference}", "parameter_level: {method: task_arithmetic, budget: 6}")
         .replace("patience: null}", "patience: null, mode: conditioned}")
         .replace("preferences: {count: 0, include_corners: true}", "preferences: {count: 1}")
     )  # fmt: skip
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def conditioned_run(lm_zoo_micro: Path, tmp_path_factory) -> Path:  # noqa: F811
+    """A finished micro run with the defaults (optimised upper level) and a preference-conditioned policy."""
+    folder = tmp_path_factory.mktemp("select")
+    recipe = _conditioned_recipe(lm_zoo_micro, folder)
     done = run_hm3("merge", "--recipe", recipe, "--out", folder / "run", "--quiet", timeout=900)
     assert done.returncode == 0, done.stderr
     return folder / "run"
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "candidates.jsonl").read_text().splitlines()]
+
+
+def test_a_conditioned_run_killed_while_its_agent_trains_resumes_to_the_same_search(
+    conditioned_run: Path,
+    lm_zoo_micro: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The agent trains across the preferences' merges, a pool per drawn λ: a SIGKILL in the middle of its
+    training, then --resume, replays it from the log (scoring nothing twice) and ends where an uninterrupted
+    run does — the same candidates, the same front."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.fixtures_models import kill_once_logged
+    from tests.test_search import REPO
+
+    trained = [r for r in _log(conditioned_run) if r["preference_index"] is None and r["level"] == "path"]
+    first = next(i for i, r in enumerate(_log(conditioned_run)) if r["preference_index"] is None and r["level"] == "path")  # fmt: skip
+    run = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "merge",
+        "--recipe",
+        str(_conditioned_recipe(lm_zoo_micro, tmp_path)),
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    process = subprocess.Popen([*command, "--out", str(run), "--quiet"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    kill_once_logged(process, run / "candidates.jsonl", first + len(trained) // 2)
+    before = [r["key"] for r in _log(run)]
+    assert not (run / "policy" / "conditioned").exists()  # killed while the agent trained
+
+    done = run_hm3("merge", "--resume", run, "--quiet", timeout=900)
+    assert done.returncode == 0, done.stderr
+    after = [r["key"] for r in _log(run)]
+    assert after[: len(before)] == before and len(after) == len(set(after))  # nothing lost, nothing twice
+    assert sorted(after) == sorted(r["key"] for r in _log(conditioned_run))
+    front = json.loads((run / "front.json").read_text())["members"]
+    assert front == json.loads((conditioned_run / "front.json").read_text())["members"]
 
 
 def _reward(run: Path, scores: dict, lam: list[float], length: int) -> float:
