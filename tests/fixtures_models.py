@@ -152,6 +152,20 @@ def hm3_in_process(
     return subprocess.CompletedProcess(["hm3", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
+def merge_killed_once_logged(recipe: Path, run: Path, lines: int) -> None:
+    """Start ``hm3 merge --recipe RECIPE --out RUN --quiet`` (offline, from the repository) in a subprocess and
+    SIGKILL it once the run's log holds ``lines`` lines (:func:`kill_once_logged`)."""
+    args = ("merge", "--recipe", recipe, "--out", run, "--quiet")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", *map(str, args)],
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    kill_once_logged(process, run / "candidates.jsonl", lines)
+
+
 def kill_once_logged(process: subprocess.Popen, log: Path, lines: int, timeout: float = 900) -> None:
     """SIGKILL ``process`` once its run log holds ``lines`` lines (it must still be running then)."""
     import signal

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_models import hm3_in_process, kill_once_logged, run_hm3
+from tests.fixtures_models import hm3_in_process, merge_killed_once_logged, run_hm3
 from tests.fixtures_zoo import lm_zoo_micro  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,21 +137,8 @@ def test_resume_after_sigkill_rescores_nothing_and_finishes_the_same_search(
     micro_recipe: Path, finished_run: Path
 ) -> None:
     run = micro_recipe.parent / "run-killed"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "cli.main",
-        "merge",
-        "--recipe",
-        str(micro_recipe),
-        "--out",
-        str(run),
-        "--quiet",
-    ]
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     # kill in the middle of the second preference: fine-tuned (3) + first preference's candidates are logged
-    kill_once_logged(process, run / "candidates.jsonl", 3 + 12)
+    merge_killed_once_logged(micro_recipe, run, 3 + 12)
     before = _keys(run)
     assert not (run / "front.json").exists()
 

@@ -48,27 +48,12 @@ def test_a_conditioned_run_killed_while_its_agent_trains_resumes_to_the_same_sea
     """The agent trains across the preferences' merges, a pool per drawn λ: a SIGKILL in the middle of its
     training, then --resume, replays it from the log (scoring nothing twice) and ends where an uninterrupted
     run does — the same candidates, the same front."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.fixtures_models import kill_once_logged
-    from tests.test_search import REPO
+    from tests.fixtures_models import merge_killed_once_logged
 
     trained = [r for r in _log(conditioned_run) if r["preference_index"] is None and r["level"] == "path"]
     first = next(i for i, r in enumerate(_log(conditioned_run)) if r["preference_index"] is None and r["level"] == "path")  # fmt: skip
     run = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "cli.main",
-        "merge",
-        "--recipe",
-        str(_conditioned_recipe(lm_zoo_micro, tmp_path)),
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    process = subprocess.Popen([*command, "--out", str(run), "--quiet"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    kill_once_logged(process, run / "candidates.jsonl", first + len(trained) // 2)
+    merge_killed_once_logged(_conditioned_recipe(lm_zoo_micro, tmp_path), run, first + len(trained) // 2)
     before = [r["key"] for r in _log(run)]
     assert not (run / "policy" / "conditioned").exists()  # killed while the agent trained
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ import pytest
 from hm3.merge.spec import MergeSpec
 from hm3.recipe import load_recipe
 from hm3.search.allocation import path_level_paid
-from tests.fixtures_models import hm3_in_process, kill_once_logged, run_hm3
+from tests.fixtures_models import hm3_in_process, merge_killed_once_logged, run_hm3
 from tests.fixtures_zoo import lm_zoo_micro  # noqa: F401
 from tests.test_search import MICRO_SEARCH
 
@@ -136,16 +134,7 @@ def test_sigkill_in_the_upper_level_then_resume_loses_nothing_and_scores_nothing
     lines = 3 + 4 if round_killed == 1 else upper[11] + 1  # a few merges of the first or the second round
     folder = tmp_path / "killed"
     run = folder / "run"
-    command = [sys.executable, "-m", "cli.main", "merge", "--recipe", str(_recipe_file(lm_zoo_micro, folder))]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    process = subprocess.Popen(
-        [*command, "--out", str(run), "--quiet"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    kill_once_logged(process, run / "candidates.jsonl", lines)
+    merge_killed_once_logged(_recipe_file(lm_zoo_micro, folder), run, lines)
     before = _keys(run)
     assert len(before) < len(_keys(reference / "run"))
     done = run_hm3("merge", "--resume", run, "--quiet", timeout=900)
