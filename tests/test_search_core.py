@@ -111,6 +111,30 @@ def test_front_is_the_non_dominated_set_of_the_whole_log_with_density_and_scale_
     assert {m["id"] for m in front["members"]} == expected
 
 
+@pytest.mark.parametrize(
+    ("offloaded", "free", "kept"),
+    [(False, 64 * 2**30, 8), (False, 3 * 2**30, 2), (False, 2**29, 1), (True, 2**40, 8), (False, None, 8)],
+)
+def test_a_conditioned_training_keeps_only_the_merges_memory_holds(
+    offloaded, free, kept, monkeypatch
+) -> None:
+    """Each merge the training routes over holds a merged model: a 1 GiB model with 3 GiB free keeps 2 (half the
+    free memory for more merges), with 0.5 GiB free 1 (merged again when the drawn λ's merge changes)."""
+    from types import SimpleNamespace
+
+    import hm3.search.preference as preference
+
+    where: list[str] = []
+    monkeypatch.setattr(preference, "free_bytes", lambda device: where.append(device) or free)
+    monkeypatch.setattr(
+        preference.PoolSizes, "of", classmethod(lambda cls, pool, dtype: SimpleNamespace(model=2**30))
+    )
+    pool = SimpleNamespace(device_memory=2**30 if offloaded else None, compute_device="cuda:0")
+    search = SimpleNamespace(pool=pool, recipe=SimpleNamespace(dtype="bfloat16"))
+    assert preference.merges_kept(search) == kept
+    assert where == ["cpu" if offloaded else "cuda:0"]  # offloaded, merged models live in host memory
+
+
 @pytest.mark.slow
 def test_conditioned_mode_spends_at_most_its_budget_and_its_training_paths_reach_the_log(
     lm_zoo_micro: Path,  # noqa: F811

@@ -21,6 +21,7 @@ import numpy as np
 from hm3.errors import BudgetSpent
 from hm3.folder_swap import fsync_tree
 from hm3.merge.spec import MergeSpec
+from hm3.placement import PoolSizes, free_bytes
 from hm3.recipe import Recipe
 from hm3.routing.agent import BestPaths, PathAgent, pool_view, search_path, train_conditioned_agent
 from hm3.routing.env import PoolReward, PoolView
@@ -218,7 +219,21 @@ def merge_groups(merges: Mapping[int, MergeSpec]) -> dict[int, list[int]]:
 
 CONDITIONED_MERGES = 8
 """Merges whose routing pools a conditioned agent's training keeps in memory at once (least recently used out:
-one that returns is merged again, its paths answered from the log)."""
+one that returns is merged again, its paths answered from the log), at most; fewer where memory is short
+(:func:`merges_kept`)."""
+
+
+def merges_kept(search: Search) -> int:
+    """How many merges a conditioned agent's training keeps at once: :data:`CONDITIONED_MERGES`, or as many more
+    merged models as half the free memory where they live holds (host memory when the pool is offloaded, else
+    its device), at least 1 — a 7B group resident on one GPU keeps one, and merges again when the drawn λ's merge
+    changes."""
+    pool = search.pool
+    free = free_bytes("cpu" if pool.device_memory is not None else pool.compute_device)
+    if free is None:
+        return CONDITIONED_MERGES
+    model = PoolSizes.of(pool, search.recipe.dtype).model
+    return max(1, min(CONDITIONED_MERGES, 1 + free // (2 * max(model, 1))))
 
 
 class MergeViews:
@@ -226,17 +241,20 @@ class MergeViews:
     the run gives λ (:func:`conditioned_merge_choice`) —, its routing pool and a path scorer spending through
     ``evaluations`` (one budget for the whole training), and what the agent sees of it
     (:func:`~hm3.routing.agent.pool_view`: its layer summaries, the best path so far over it as the start).
-    Built once per merge; the last :data:`CONDITIONED_MERGES` are kept."""
+    Built once per merge; the last ``kept`` are kept (:func:`merges_kept`)."""
 
     def __init__(
         self,
         search: Search,
         evaluations: BudgetedEvaluator,
         choose: Callable[[np.ndarray], MergeSpec],
+        kept: int = CONDITIONED_MERGES,
     ) -> None:
         self.search = search
         self.evaluations = evaluations
         self.choose = choose
+        self.kept = kept
+        """Views (each holding its merged model) kept at once, least recently used out."""
         self.views: OrderedDict[str, PoolView] = OrderedDict()
         self.merges: list[str] = []
         """The content keys of every merge an episode routed over, in first-use order."""
@@ -271,7 +289,7 @@ class MergeViews:
             if self.views:
                 return next(reversed(self.views.values()))
             raise
-        while len(self.views) >= CONDITIONED_MERGES:
+        while len(self.views) >= self.kept:
             self.views.popitem(last=False)
         best_paths = BestPaths(scorer, search.rewards(), identity)
         view = pool_view(search.recipe.agent, best_paths)
@@ -311,10 +329,15 @@ def conditioned_agent(search: Search, choose: Callable[[np.ndarray], MergeSpec] 
         search, HM3, conditioned_budget(search.recipe), [float(v) for v in centre]
     )
     evaluations.prepaid = upper_level_keys(search.log.records)  # the merges it routes over, charged there
-    views = None if choose is None else MergeViews(search, evaluations, choose)
-    start = choose(centre) if choose is not None else merge_for(search, centre)
     kept = search.models.kept_merges
-    search.models.kept_merges = CONDITIONED_MERGES if views is not None else kept
+    views = None if choose is None else MergeViews(search, evaluations, choose, merges_kept(search))
+    start = choose(centre) if choose is not None else merge_for(search, centre)
+    search.models.kept_merges = kept if views is None else views.kept
+    if views is not None and views.kept < CONDITIONED_MERGES:
+        search.progress.print(
+            f"the conditioned agent's training keeps {views.kept} merged model(s) in memory at once (what is "
+            "free holds no more): a drawn λ whose merge is not among them is merged again"
+        )
     try:
         routing, scorer = budgeted_path_scorer(search, start, evaluations)
         search.progress.start_preference(0, 1, centre, search.recipe.agent.iterations)
