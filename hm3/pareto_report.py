@@ -21,7 +21,7 @@ from hm3.errors import UserError
 from hm3.front import ParetoFront, Reference, Split
 from hm3.moo.hypervolume import Normalization
 from hm3.moo.plots import PlotSeries, plot_pareto
-from hm3.store import FRONT_FILE, RunStore
+from hm3.store import FRONT_FILE, RunStore, require_run_directory
 
 FRONT_COLORS = ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink")
 """Colour of each run's front in a plot, in the order the runs are given (the first is HM3's usual red)."""
@@ -56,11 +56,7 @@ class ParetoReport:
 
 def load_front(run: str | Path) -> ParetoFront:
     """The front of a run directory (UserError if the run has none yet)."""
-    store = RunStore(Path(run))
-    if store.directory.exists() and not store.directory.is_dir():
-        raise UserError(f"{run} is a file, not a run directory")
-    if not store.directory.is_dir():
-        raise UserError(f"run directory not found: {run}")
+    store = RunStore(require_run_directory(run))
     return ParetoFront.from_json(store.read_json(FRONT_FILE), source=str(store.directory / FRONT_FILE))
 
 

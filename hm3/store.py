@@ -368,9 +368,14 @@ def require_run_directory(directory: str | Path) -> Path:
     """``directory`` as a path, if it is a run hm3 wrote (it holds the run's ``recipe.yaml``).
 
     Raises:
-        UserError: it is not (a missing folder, a file, any other folder).
+        UserError: it is not: a missing folder, a file, any other folder (one line each, the same for every
+            command that reads a run).
     """
     directory = Path(directory)
+    if not directory.exists():
+        raise UserError(f"run directory not found: {directory}")
+    if not directory.is_dir():
+        raise UserError(f"{directory} is a file, not a run directory")
     if not (directory / RECIPE_FILE).is_file():
         raise UserError(f"{directory} is not a run directory (no {RECIPE_FILE})")
     return directory

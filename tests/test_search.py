@@ -197,7 +197,7 @@ def test_pareto_prints_the_front_and_writes_the_plot(finished_run: Path, tmp_pat
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["merge", "--resume", "{tmp}/nothing"], "is not a run directory"),
+        (["merge", "--resume", "{tmp}/nothing"], "run directory not found"),
         (["merge", "--recipe", "{recipe}", "--out", "{run}"], "exists; continue it with --resume"),
         (["merge", "--resume", "{run}", "--out", "{tmp}/x"], "drop --out"),
         (["merge", "--mergekit", "{recipe}"], "--mergekit needs --out"),

@@ -178,7 +178,7 @@ def test_select_refuses_an_unknown_run_and_a_rollout_without_a_policy(
     conditioned_run: Path, tmp_path: Path
 ) -> None:
     done = hm3_in_process("select", tmp_path / "nothing", "--preference", "1,1,1", timeout=300)
-    assert done.returncode == 2 and "not a run directory" in done.stderr
+    assert done.returncode == 2 and "run directory not found" in done.stderr
     plain = tmp_path / "plain"
     plain.mkdir()
     for name in ("recipe.yaml", "fingerprint.json", "candidates.jsonl", "front.json"):

@@ -53,8 +53,14 @@ def test_resume_refuses_a_different_recipe_and_names_the_field(tmp_path) -> None
         RunStore.resume(tmp_path / "run", _recipe(iterations=20))
     _, stored = RunStore.resume(tmp_path / "run")
     assert stored.agent.iterations == 10
-    with pytest.raises(UserError, match="not a run directory"):
+    with pytest.raises(UserError, match="run directory not found"):
         RunStore.resume(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(UserError, match="is not a run directory"):
+        RunStore.resume(tmp_path / "elsewhere")
+    (tmp_path / "a file").write_text("")
+    with pytest.raises(UserError, match="is a file, not a run directory"):
+        RunStore.resume(tmp_path / "a file")
 
 
 def test_json_files_are_replaced_atomically(tmp_path) -> None:
