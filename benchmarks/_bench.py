@@ -9,6 +9,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+SCORING_SPEED = ("<!-- scoring speed: start -->", "<!-- scoring speed: end -->")
+"""The markers of ``scoring_speed.py``'s section of ``eval_overhead.md`` (``eval_overhead.py`` writes the one
+before it)."""
+
 
 def offline() -> None:
     """Import hm3 from this checkout; no hub access, no tokenizer thread pools (as in the tests and the demo);

@@ -9,7 +9,9 @@ Dirichlet) on the same documents (each objective's search split), alternating ca
   YAMLs restricted to the same documents (written once, before timing).
 
 Task arithmetic is deterministic, so both paths build the same model and must report the same scores; the table
-shows the largest difference. Run from the repository root (``make bench`` does)::
+shows the largest difference. The report replaces this script's section of
+``benchmarks/results/eval_overhead.md`` (between its markers) and keeps the rest (``scoring_speed.py``'s section,
+notes added by hand). Run from the repository root (``make bench`` does)::
 
     python benchmarks/eval_overhead.py [--zoo zoo/lm-llama-small] [--candidates 5]
 
@@ -22,13 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _bench import SCORING_SPEED, cpu_name, zoo_build
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -204,6 +207,10 @@ def time_hflm_construction(model, tokenizer, repeats: int = 20) -> tuple[float, 
     return (built - start) / repeats * 1e3, (swapped - built) / repeats * 1e3
 
 
+START, END = "<!-- eval overhead: start -->", "<!-- eval overhead: end -->"
+"""Markers of this script's section of the results file; :data:`_bench.SCORING_SPEED` marks the next one."""
+
+
 def write_report(
     args: argparse.Namespace,
     rows: list,
@@ -220,11 +227,14 @@ def write_report(
     ratio = total(disk_mean) / total(memory_mean)
     docs = evaluator.document_count("search")
     lines = [
+        START,
         "# Evaluation overhead per candidate: in memory vs on disk",
+        "",
+        f"Zoo build `{zoo_build(args.zoo)}` (the fingerprint of its weights, `zoo_build.md`); {time.strftime('%Y-%m-%d')}.",
         "",
         f"Command: `python benchmarks/eval_overhead.py --zoo {args.zoo.relative_to(ROOT) if args.zoo.is_relative_to(ROOT) else args.zoo}"
         f" --candidates {args.candidates} --seed {args.seed} --threads {args.threads}`",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores (shared), {args.threads} torch thread(s) in both"
+        f"Machine: {cpu_name()}, {os.cpu_count()} CPU cores (shared), {args.threads} torch thread(s) in both"
         f" paths, no GPU; 1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end.",
         f"Objectives (search split documents): {', '.join(f'{k} ({v})' for k, v in docs.items())}; "
         "task-arithmetic merges with Dirichlet weights, the two paths alternating candidate by candidate.",
@@ -255,12 +265,21 @@ def write_report(
         f"Model hand-over inside hm3: a fresh lm-eval `HFLM` around the live model costs {hflm_ms[0]:.2f} ms,"
         f" swapping the model of the one `HFLM` hm3 keeps costs {hflm_ms[1]:.3f} ms; either is negligible next to"
         " scoring, hm3 swaps (no per-candidate lm-eval warnings, no re-tying of weights).",
-        "",
+        END,
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_suffix(".md.partial")
-    partial.write_text("\n".join(lines))
+    partial.write_text(replace_section(args.out.read_text() if args.out.is_file() else "", "\n".join(lines)))
     partial.replace(args.out)
+
+
+def replace_section(text: str, section: str) -> str:
+    """``text`` with this script's section replaced by ``section``: between its markers, or (a file written
+    before it had them) everything before the scoring-speed section; the rest of the file is kept."""
+    if START in text and END in text:
+        return text[: text.index(START)] + section + text[text.index(END) + len(END) :]
+    rest = text[text.index(SCORING_SPEED[0]) :] if SCORING_SPEED[0] in text else ""
+    return section + "\n\n" + rest if rest else section + "\n"
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Wall time of the small toy LM search with 1 and 2 Ray workers (local cluster), and the ratio.
 
-The same recipe (`recipes/toy-lm.yaml` with ``SCALE_PREFERENCES`` Dirichlet samples and ``SCALE_ITERATIONS``
-candidates per preference) runs three ways, each in a fresh run directory: in-process (no Ray), Ray with 1
+The same recipe (`recipes/toy-lm.yaml` with ``SCALE_PREFERENCES`` preferences and at most ``SCALE_ITERATIONS``
+new paths per preference) runs three ways, each in a fresh run directory: in-process (no Ray), Ray with 1
 worker, Ray with 2 workers. Every run is a subprocess (`hm3 merge`), so Ray's start-up is included. The fronts
 must be identical (the search is deterministic per preference); the table says whether they are.
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -21,12 +20,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SCRATCH = REPO / "benchmarks" / "scratch" / "scale"
-PREFERENCES = int(os.environ.get("SCALE_PREFERENCES", "1"))
+PREFERENCES = int(os.environ.get("SCALE_PREFERENCES", "4"))
 ITERATIONS = int(os.environ.get("SCALE_ITERATIONS", "15"))
 
 
 def main() -> None:
     sys.path.insert(0, str(REPO))
+    from _bench import cpu_name, kept_notes, zoo_build
+
     from hm3.zoo import ensure_zoo
 
     ensure_zoo("lm", size="small", out=REPO / "zoo" / "lm-llama-small")  # where the recipe looks
@@ -72,11 +73,13 @@ def main() -> None:
         "# Scale-out: the small toy LM search with 1 and 2 Ray workers",
         "",
         "Command: `.venv/bin/python benchmarks/scale.py`  ",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"date {time.strftime('%Y-%m-%d %H:%M')}; load average at the end {os.getloadavg()[0]:.1f}  ",
-        f"Recipe: `recipes/toy-lm.yaml` with {PREFERENCES} Dirichlet sample(s) (+ 3 corners + centre) and "
-        f"{ITERATIONS} new candidates per preference; each run a fresh `hm3 merge` subprocess (start-up, "
-        "fine-tuned scoring, held-out scoring and Ray start-up included).",
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores; "
+        f"date {time.strftime('%Y-%m-%d %H:%M')}; load average at the end {os.getloadavg()[0]:.1f}; zoo build "
+        f"`{zoo_build(REPO / 'zoo' / 'lm-llama-small')}`  ",
+        f"Recipe: `recipes/toy-lm.yaml` with {PREFERENCES} preferences and at most {ITERATIONS} new paths per "
+        "preference (its other settings as shipped: the optimised upper level on the driver, the preferences' "
+        "path searches on the workers); each run a fresh `hm3 merge` subprocess (start-up, fine-tuned scoring, "
+        "held-out scoring and Ray start-up included).",
         "",
         "| run | wall s | preferences | evaluations | vs Ray 1 worker |",
         "|---|---:|---:|---:|---:|",
@@ -89,7 +92,6 @@ def main() -> None:
         "the actor's CPUs); the in-process run uses torch's default threads on both cores.",
     ]
     out = REPO / "benchmarks" / "results" / "scale.md"
-    from _bench import kept_notes
 
     out.write_text("\n".join(lines + kept_notes(out, "## Notes")) + "\n")
     print(out.read_text())

@@ -1,6 +1,6 @@
 """Candidates per minute before and after issue 19's scoring, side by side in one run, with the scores compared.
 
-On the toy zoos (``recipes/toy-lm.yaml``, ``recipes/toy-vit.yaml``), for good candidates (the specialists at
+On the toy zoos (``recipes/toy-lm.yaml``, ``recipes/toy-lm-deep.yaml``, ``recipes/toy-vit.yaml``), for good candidates (the specialists at
 the simplex corners, the centre merge) and broken ones (the centre merge's layers backwards, random inference
 paths), each candidate's search-split scoring is timed two ways, alternating:
 
@@ -30,7 +30,7 @@ import random
 import time
 from pathlib import Path
 
-from _bench import REPO, offline
+from _bench import REPO, SCORING_SPEED, cpu_name, offline, zoo_build
 
 offline()
 
@@ -47,7 +47,7 @@ from hm3.search.models import CandidateModels  # noqa: E402
 from hm3.search.session import load_inputs  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "eval_overhead.md"
-START, END = "<!-- scoring speed: start -->", "<!-- scoring speed: end -->"
+START, END = SCORING_SPEED
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -141,8 +141,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     zoos = {
         "toy LM (small)": REPO / "recipes" / "toy-lm.yaml",
+        "toy LM (deep)": REPO / "recipes" / "toy-lm-deep.yaml",
         "toy ViT (small)": REPO / "recipes" / "toy-vit.yaml",
     }
+    builds = {zoo: zoo_build(Path(load_recipe(recipe).base_model.path).parent) for zoo, recipe in zoos.items()}
     table = [
         "| zoo | candidate | before s | after s | speed-up | max score difference | documents decided by the "
         "shortcut | before, 2 busy loops | after, 2 busy loops | slowdown after under load |",
@@ -174,8 +176,10 @@ def main(argv: list[str] | None = None) -> None:
         START,
         "## Scoring speed: before and after issue 19 (in memory, one thread)",
         "",
-        f"`python benchmarks/scoring_speed.py --repeats {args.repeats}` on {platform.machine()}, torch "
-        f"{torch.__version__}, {time.strftime('%Y-%m-%d')}. Seconds of one search-split scoring (fastest of "
+        f"`python benchmarks/scoring_speed.py --repeats {args.repeats}` on {cpu_name()} ({platform.machine()}), "
+        f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; zoo builds "
+        + ", ".join(f"{zoo} `{build}`" for zoo, build in builds.items())
+        + ". Seconds of one search-split scoring (fastest of "
         f"{args.repeats}), before (lm-eval `evaluate` per objective) and after (`Evaluator.score`), alternating "
         "per candidate, idle and beside two busy-loop processes.",
         "",

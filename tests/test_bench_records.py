@@ -84,3 +84,17 @@ def test_an_interrupted_run_leaves_no_report(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         records.report("lora-s0", {"lr": 1e-3}, interrupted)
     assert not records.folder.exists() or not list(records.folder.iterdir())
+
+
+def test_the_overhead_report_replaces_its_own_section_and_keeps_the_scoring_speed_one():
+    """``eval_overhead.py`` once rewrote the whole results file, dropping ``scoring_speed.py``'s section."""
+    from _bench import SCORING_SPEED
+    from eval_overhead import END, START, replace_section
+
+    speed = f"{SCORING_SPEED[0]}\nspeed table\n{SCORING_SPEED[1]}\n\nnotes on the speed run\n"
+    first = replace_section(f"# old report\nold notes\n\n{speed}", f"{START}\nreport 1\n{END}")
+    assert first == f"{START}\nreport 1\n{END}\n\n{speed}"  # a file from before the markers: old report gone
+    notes = first.replace(f"{END}\n", f"{END}\nnotes added by hand\n")
+    second = replace_section(notes, f"{START}\nreport 2\n{END}")
+    assert second == notes.replace("report 1\n", "report 2\n")
+    assert replace_section("", f"{START}\nx\n{END}") == f"{START}\nx\n{END}\n"
