@@ -11,7 +11,9 @@ so after a crash ``OUT`` is the old folder or the complete new one. Replacing an
 renames (``OUT -> .OUT.replaced-<pid>-<random>``, then ``staging -> OUT``); a kill between them leaves no
 ``OUT``, and :func:`clear_leftovers`, which every writer calls before it starts, renames the old one back. It
 also deletes what dead writers left beside ``OUT`` (staging folders, a replaced folder whose successor is in
-place). Leftovers of a process that is still alive (by pid, on this host) are left alone.
+place). Leftovers of a process that is still alive (by pid, on this host) are left alone, and so is anything
+named otherwise: only the exact names these functions make (one of :data:`TAGS`, a pid, 8 hex digits) are
+hm3's — a user's ``.OUT.backup-2024`` beside ``OUT`` is not.
 """
 
 from __future__ import annotations
@@ -23,10 +25,15 @@ import shutil
 from pathlib import Path
 
 REPLACED = "replaced"
+TAGS = ("partial", "routed", REPLACED)
+"""The tags of the hidden siblings hm3 makes: staging folders (:func:`staging_folder`) and a replaced ``OUT``."""
 
 
 def staging_folder(out: Path, tag: str = "partial") -> Path:
-    """Create and return an empty hidden folder beside ``out`` named for this process."""
+    """Create and return an empty hidden folder beside ``out`` named for this process (``tag``: one of
+    :data:`TAGS`)."""
+    if tag not in TAGS:
+        raise ValueError(f"staging tag {tag!r} is not one of {TAGS}: clear_leftovers would not know it")
     out = Path(out)
     while True:
         staging = out.parent / f".{out.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}"
@@ -62,7 +69,8 @@ def clear_leftovers(out: Path) -> None:
     parent = out.parent
     if not parent.is_dir():
         return
-    pattern = re.compile(rf"^\.{re.escape(out.name)}\.([a-z]+)-(\d+)(?:-[0-9a-f]+)?$")
+    tags = "|".join(TAGS)
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.({tags})-(\d+)-[0-9a-f]{{8}}$")
     leftovers = []
     for entry in parent.iterdir():
         match = pattern.match(entry.name)

@@ -513,3 +513,22 @@ def test_a_swap_killed_between_its_renames_is_undone_at_the_next_start(tmp_path:
     with RunStore.resume(tmp_path / "run")[0] as resumed:
         assert [r["key"] for r in resumed.candidates()] == ["k"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "run"]
+
+
+def test_a_users_look_alike_siblings_are_not_taken_for_leftovers(tmp_path: Path) -> None:
+    """Only the names hm3's swaps make are cleared: ``.OUT.backup-2024`` once looked like a dead writer's."""
+    from hm3.folder_swap import clear_leftovers
+
+    pid = dead_pid()
+    (tmp_path / "out").mkdir()
+    kept = [f".out.backup-{pid}", f".out.partial-{pid}", f".out.old-{pid}-0a0a0a0a", f".out.partial-{pid}-xyz"]
+    for name in kept:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "weights.txt").write_text("precious")
+    (tmp_path / f".out.partial-{pid}-1b1b1b1b").mkdir()  # a dead writer's staging folder
+    clear_leftovers(tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", *kept])
+    (tmp_path / "out").rmdir()  # OUT missing: a user's folder is not renamed onto it either
+    (tmp_path / f".out.replaced-{pid}").mkdir()
+    clear_leftovers(tmp_path / "out")
+    assert not (tmp_path / "out").exists() and (tmp_path / f".out.replaced-{pid}").is_dir()
