@@ -131,7 +131,11 @@ def written_kind(folder: Path) -> Kind | None:
 
 
 def recipe_inputs(recipe: Recipe) -> list[InputPath]:
-    """Every local path a recipe reads: model folders, task files and their folders of YAMLs, data, heads."""
+    """Every local path a recipe reads: model folders, task files and their folders of YAMLs, the files a task
+    YAML reads (its includes, ``!function`` code, local data: :func:`hm3.run_fingerprint.input_files`), data
+    sets, heads."""
+    from hm3.run_fingerprint import input_files
+
     found: list[InputPath] = []
     for ref in [recipe.base_model, *recipe.models]:
         if not ref.is_hub:
@@ -151,7 +155,7 @@ def recipe_inputs(recipe: Recipe) -> list[InputPath]:
                 value = getattr(source, attribute, None)
                 if isinstance(value, str):
                     found.append(("training data", value))
-    return found
+    return found + [("file a task reads", str(path)) for path in input_files(recipe)]
 
 
 def _real(path: Path) -> Path:

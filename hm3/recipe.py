@@ -665,6 +665,23 @@ def load_recipe(path: str | Path) -> Recipe:
     return recipe_from_dict(raw, base_dir=path.resolve().parent, source=str(path))
 
 
+def recipe_files(path: str | Path) -> list[Path]:
+    """The recipe file and every file its ``include:`` chain reads (resolved), for a recipe that loads."""
+    found: list[Path] = []
+
+    def visit(file: Path) -> None:
+        if file in found or not file.is_file():
+            return
+        found.append(file)
+        includes = _read_yaml(file, "").get("include")
+        for include in [includes] if isinstance(includes, str) else includes or []:
+            if isinstance(include, str):
+                visit((file.parent / include).resolve())
+
+    visit(Path(path).resolve())
+    return found
+
+
 def recipe_from_dict(raw: dict[str, Any], base_dir: Path | None = None, source: str | None = None) -> Recipe:
     """Validate an already-read recipe mapping; relative paths resolve against ``base_dir``."""
     try:

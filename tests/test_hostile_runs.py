@@ -202,6 +202,38 @@ def test_an_export_over_its_run_or_an_input_is_refused(
     assert inputs.digest() == before
 
 
+def test_force_never_replaces_a_run_that_holds_a_task_s_data_or_a_recipe_include(
+    inputs: Inputs, tmp_path: Path
+) -> None:
+    """A task YAML's ``data_files`` and a recipe's ``include:`` are inputs too: ``--force`` once deleted both
+    when they lay in the run folder it replaced."""
+    run = copy_of_run(inputs, tmp_path)
+    (run / "mydata").mkdir()
+    shutil.copy(inputs.zoo / "data" / "toy_addition.jsonl", run / "mydata")
+    task = tmp_path / "toy_addition.yaml"
+    task.write_text(
+        (inputs.zoo / "tasks" / "toy_addition.yaml")
+        .read_text()
+        .replace(str(inputs.zoo / "data"), str(run / "mydata"))
+    )
+    assert str(run / "mydata") in task.read_text()
+    recipe = tmp_path / "data.yaml"
+    recipe.write_text(
+        inputs.recipe.read_text().replace(str(inputs.zoo / "tasks" / "toy_addition.yaml"), str(task))
+    )
+    (run / "defaults.yaml").write_text("seed: 0\n")
+    before = tree_digest(run)
+    done = hm3_in_process("merge", "--recipe", recipe, "--out", run, "--force", "--quiet")
+    assert_refused(done, "contains the file a task reads", "toy_addition.jsonl")
+    included = tmp_path / "included.yaml"
+    included.write_text(
+        f"include: {run / 'defaults.yaml'}\n" + inputs.recipe.read_text().replace("seed: 0", "")
+    )
+    done = hm3_in_process("merge", "--recipe", included, "--out", run, "--force", "--quiet")
+    assert_refused(done, "contains the recipe's include", "defaults.yaml")
+    assert tree_digest(run) == before
+
+
 def test_force_replaces_only_a_folder_hm3_wrote_of_the_same_kind(inputs: Inputs, tmp_path: Path) -> None:
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -521,7 +553,12 @@ def test_a_users_look_alike_siblings_are_not_taken_for_leftovers(tmp_path: Path)
 
     pid = dead_pid()
     (tmp_path / "out").mkdir()
-    kept = [f".out.backup-{pid}", f".out.partial-{pid}", f".out.old-{pid}-0a0a0a0a", f".out.partial-{pid}-xyz"]
+    kept = [
+        f".out.backup-{pid}",
+        f".out.partial-{pid}",
+        f".out.old-{pid}-0a0a0a0a",
+        f".out.partial-{pid}-xyz",
+    ]
     for name in kept:
         (tmp_path / name).mkdir()
         (tmp_path / name / "weights.txt").write_text("precious")

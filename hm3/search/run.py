@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hm3.merge.spec import MergeSpec
-from hm3.recipe import Recipe, load_recipe
+from hm3.recipe import Recipe, load_recipe, recipe_files
 from hm3.routing.agent import MAX_EPISODES_PER_CANDIDATE
 from hm3.search.allocation import Patience, path_level_paid
 from hm3.search.distributed import run_preferences_on_ray
@@ -93,7 +93,10 @@ def start_search(
     """
     recipe = load_recipe(recipe_file)
     folder = Path(out or default_folder or run_folder(recipe_file, None, recipe.output.dir))
-    sources: list[InputPath] = [("recipe", recipe_file)]
+    sources: list[InputPath] = [
+        ("recipe" if index == 0 else "recipe's include", file)
+        for index, file in enumerate(recipe_files(recipe_file))
+    ]
     RunStore.check_new(folder, recipe, force, sources)
     recipe = validate_recipe_file(recipe_file).recipe
     loaded = load_inputs(recipe)
