@@ -7,6 +7,7 @@
      "files": {"/zoo/tasks/toy_addition.yaml": "sha256:9c1e...",   # task files, the YAMLs they include,
                "/zoo/tasks/toy_addition.jsonl": "sha256:52aa..."},  # the code and data they name, heads
      "models": {"/zoo/addition": {"model.safetensors": [size, mtime_ns]}},  # every local model's weights
+     "model_files": {"/zoo/addition": {"config.json": "sha256:..."}},  # and its configuration and tokenizer
      "scoring": "4b07..."}                  # sha256 of what decides a candidate's score (below)
 
 ``--resume`` recomputes it from the run's ``recipe.yaml`` and today's files and refuses any difference, naming
@@ -14,7 +15,10 @@ it (:func:`fingerprint_changes`). ``scoring`` is the part that decides a score â
 (task, metric, limit...), the split, the dtype and device, the seed, the alignment settings, and the files â€” and
 goes into every candidate's cache key, so a score is never answered from a log written under other settings.
 Weights are compared by size and modification time (hashing many gigabytes on every resume would cost more
-than the check is worth); task and data files by content (by size and time above 256 MB, and for folders).
+than the check is worth); task and data files, and a model's configuration and tokenizer files, by content (by
+size and time above 256 MB, and for folders). ``model_files`` came after ``scoring`` was defined, so it is not
+part of it: a changed configuration is refused on resume like changed weights (a run started before it was
+recorded is not checked for it), and runs started before stay resumable without scoring anything twice.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ FORMAT = 2
 """2: candidate log records keyed by :class:`hm3.search.candidate.Candidate` with a ``level`` (1: ``kind``), and
 CPU scoring on one intra-op thread (:mod:`hm3.evaluate.threads`)."""
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+MODEL_FILE_SUFFIXES = (".json", ".model", ".txt", ".py", ".tiktoken", ".jinja")
+"""The files of a model folder besides its weights that decide what it computes: ``config.json``, generation
+and tokenizer files, a chat template, remote code (a README does not)."""
 UNSCORED_SECTIONS = ("output", "distributed", "device_memory")
 """Recipe sections that decide where a run is written, how it is spread and what stays on the device (offloaded
 scores are bit for bit the resident ones), never a score."""
@@ -65,7 +72,7 @@ def run_fingerprint(recipe: Recipe) -> dict[str, Any]:
         "files": {str(path): file_digest(path) for path in sorted(set(input_files(recipe)))},
         "models": model_files(recipe),
     }
-    return {**fingerprint, "scoring": scoring_key(fingerprint)}
+    return {**fingerprint, "scoring": scoring_key(fingerprint), "model_files": model_config_files(recipe)}
 
 
 def scoring_key(fingerprint: dict[str, Any]) -> str:
@@ -113,7 +120,23 @@ def fingerprint_changes(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
     ]
     if changed:
         changes.append(f"the weights in {', '.join(changed[:3])} changed")
+    if "model_files" in then:  # recorded since hm3 checks them
+        old, new = then["model_files"], now["model_files"]
+        for folder in sorted(set(old) | set(new)):
+            names = sorted(
+                name
+                for name in set(old.get(folder, {})) | set(new.get(folder, {}))
+                if old.get(folder, {}).get(name) != new.get(folder, {}).get(name)
+            )
+            if names:
+                changes.append(f"{', '.join(names[:3])} in {folder} changed")
     return changes
+
+
+def models_changed(then: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether the models' weights or configuration files differ (those recorded)."""
+    configs = "model_files" in then and then["model_files"] != now["model_files"]
+    return then["models"] != now["models"] or configs
 
 
 def data_differences(old: Any, new: Any, path: str = "") -> list[str]:
@@ -140,6 +163,23 @@ def model_files(recipe: Recipe) -> dict[str, dict[str, list[int]]]:
             continue
         stats = {f.name: f.stat() for f in sorted(folder.iterdir()) if f.suffix in WEIGHT_SUFFIXES}
         found[str(folder)] = {name: [stat.st_size, stat.st_mtime_ns] for name, stat in stats.items()}
+    return found
+
+
+def model_config_files(recipe: Recipe) -> dict[str, dict[str, str | None]]:
+    """Model folder -> {configuration or tokenizer file (:data:`MODEL_FILE_SUFFIXES`): content digest} for every
+    local model of the recipe."""
+    found: dict[str, dict[str, str | None]] = {}
+    for ref in [recipe.base_model, *recipe.models]:
+        folder = Path(ref.path)
+        if ref.is_hub or not folder.is_dir():
+            continue
+        files = [
+            f
+            for f in sorted(folder.iterdir())
+            if f.suffix in MODEL_FILE_SUFFIXES and not f.name.startswith(".") and f.is_file()
+        ]
+        found[str(folder)] = {f.name: file_digest(f) for f in files}
     return found
 
 

@@ -63,6 +63,7 @@ from hm3.run_fingerprint import (
     data_differences,
     fingerprint_changes,
     model_files,
+    models_changed,
     run_fingerprint,
     scoring_key,
 )
@@ -253,7 +254,7 @@ class RunStore:
             )
         if changes or (then.get("scoring") != scoring_key(now) and not added):
             only_models = (
-                then["models"] != now["models"]
+                models_changed(then, now)
                 and then["files"] == now["files"]
                 and not data_differences(then["recipe"], now["recipe"])
             )

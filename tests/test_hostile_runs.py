@@ -362,6 +362,29 @@ def test_a_run_whose_model_weights_changed_is_refused_with_exit_code_3(
     assert_refused(hm3_in_process("merge", "--resume", run, "--quiet"), "toy_reversal.jsonl changed")
 
 
+def test_a_run_whose_model_configuration_changed_is_refused_with_exit_code_3(
+    inputs: Inputs, tmp_path: Path
+) -> None:
+    """A model's config.json (or tokenizer files) edited since the run started: the same refusal as changed
+    weights — once only the weight files were compared, and a run mixed scores of two model definitions."""
+    run = copy_of_run(inputs, tmp_path)
+    fingerprint = json.loads((run / "fingerprint.json").read_text())
+    addition = str(inputs.zoo / "addition")
+    files = fingerprint["model_files"][addition]
+    assert {"config.json", "tokenizer.json"} <= set(files) and "model.safetensors" not in files
+    files["config.json"] = "sha256:0"  # what it held when the run started
+    (run / "fingerprint.json").write_text(json.dumps(fingerprint))
+    done = hm3_in_process("merge", "--resume", run, "--quiet")
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert f"config.json in {addition} changed" in done.stderr and len(done.stderr.splitlines()) == 1
+    done = hm3_in_process("select", run, "--preference", "1,1")
+    assert done.returncode == 3 and "config.json" in done.stderr, done.stderr
+    del fingerprint["model_files"]  # a run an hm3 started before they were recorded: not checked for them
+    (run / "fingerprint.json").write_text(json.dumps(fingerprint))
+    done = hm3_in_process("merge", "--resume", run, "--quiet")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 @pytest.mark.parametrize(
     ("resume_exit", "make_exit", "afresh"),
     [(0, 0, False), (3, 0, True), (2, 2, False), (1, 1, False)],
