@@ -41,14 +41,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def preflight(args: argparse.Namespace) -> None:
-    """The recipe file loads, or the run to resume is a run (no model, no heavy import)."""
+    """The recipe file loads, or the run to resume is a run of ``hm3 merge`` (no model, no heavy import)."""
     from hm3.recipe import load_recipe
     from hm3.store import require_run_directory
 
     if args.recipe and not args.mergekit:
         load_recipe(args.recipe)
     elif args.resume:
-        require_run_directory(args.resume)
+        _refuse_a_baseline_run(require_run_directory(args.resume))
+
+
+def _refuse_a_baseline_run(run) -> None:
+    """``hm3 merge --resume`` on a run ``hm3 baseline`` wrote would search it again as HM3 and overwrite the
+    baseline's front and summary with a mix of both methods' candidates."""
+    import json
+
+    from cli.baseline import METHOD_NAMES
+    from hm3.errors import UserError
+
+    for name in ("baseline.json", "summary.json"):
+        try:
+            method = json.loads((run / name).read_text()).get("method")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if method in METHOD_NAMES:
+            raise UserError(
+                f"{run} is a run of hm3 baseline --method {method}; hm3 merge --resume continues only runs of "
+                "hm3 merge: run the baseline again with hm3 baseline ... --force, or start HM3 in another folder"
+            )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -362,6 +362,19 @@ def test_a_run_whose_model_weights_changed_is_refused_with_exit_code_3(
     assert_refused(hm3_in_process("merge", "--resume", run, "--quiet"), "toy_reversal.jsonl changed")
 
 
+@pytest.mark.parametrize("marker", ["baseline.json", "summary.json"])
+def test_merge_resume_refuses_a_baseline_run(marker: str, inputs: Inputs, tmp_path: Path) -> None:
+    """It once searched a finished ``hm3 baseline`` run again as HM3, overwriting the baseline's front and
+    summary with both methods' candidates (baseline.json: written when a baseline starts; summary.json: a run
+    the benchmarks made through the API)."""
+    run = copy_of_run(inputs, tmp_path)
+    (run / marker).write_text(json.dumps({"method": "cmaes", "budget": 1}))
+    before = tree_digest(run)
+    done = hm3_in_process("merge", "--resume", run, "--quiet")
+    assert_refused(done, "is a run of hm3 baseline --method cmaes")
+    assert tree_digest(run) == before
+
+
 def test_a_run_whose_model_configuration_changed_is_refused_with_exit_code_3(
     inputs: Inputs, tmp_path: Path
 ) -> None:
