@@ -51,9 +51,21 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors in one line (``hm3 select: argument --preference: expected one argument``),
+    exit code 2, like every other error a user can cause; argparse prints its usage text first."""
+
+    def error(self, message: str):  # type: ignore[override]
+        hint = ""
+        if message.startswith("argument -") and message.endswith("expected one argument"):
+            option = message.removeprefix("argument ").split(":")[0].split("/")[-1]
+            hint = f" (a value that starts with '-' goes after '=': {option}=VALUE)"
+        self.exit(2, f"{self.prog}: {message}{hint}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; subcommand modules are imported to add their own arguments."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="hm3",
         description="hm3: multi-objective model merging (HM3 parameter + architecture search, HiMoLE).",
     )

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from cli.main import SUBCOMMANDS
-from tests.fixtures_models import run_hm3
+from tests.fixtures_models import hm3_in_process, run_hm3
 
 
 def test_help_lists_every_subcommand_quickly() -> None:
@@ -105,3 +107,21 @@ def test_readme_shows_every_subcommand_and_the_two_commands() -> None:
     assert "make demo" in readme and "make test" in readme
     for name in SUBCOMMANDS:
         assert f"hm3 {name}" in readme, f"README does not show `hm3 {name}`"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["select", "RUN", "--preference", "-1,1,1"], "--preference=VALUE"),
+        (["baseline", "--recipe", "r.yaml", "--method", "foo"], "invalid choice: 'foo'"),
+        (["baseline", "--recipe", "r.yaml", "--method", "grid", "--budget", "nan"], "invalid int value"),
+        (["export", "RUN"], "the following arguments are required: --member, --out"),
+        (["merge", "--recipe", "r.yaml", "--resume", "RUN"], "not allowed with argument --recipe"),
+        (["nosuch"], "invalid choice: 'nosuch'"),
+    ],
+)
+def test_argument_errors_are_one_line_with_exit_code_2(arguments: list[str], message: str) -> None:
+    """argparse printed its usage text before the error: several lines."""
+    done = hm3_in_process(*arguments)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("hm3")

@@ -547,9 +547,13 @@ def test_preference_deduplication_is_linear_and_keeps_the_order() -> None:
     assert vectors.shape == (3 + 1 + 10_000, 3) and np.allclose(vectors.sum(axis=1), 1)
     assert preference_vectors(2, 0, 0, include_centre=False).tolist() == [[1.0, 0.0], [0.0, 1.0]]
     assert len(preference_vectors(1, 5, 0)) == 1  # one objective: every vector is (1,)
-    for text in ("nan,1", "inf,1", "1e308,1e308"):
+    for text in ("nan,1", "inf,1"):
         with pytest.raises(ValueError, match="finite"):
             parse_preference(text, 2)
+    assert parse_preference("1e308,1e308", 2).tolist() == [0.5, 0.5]  # finite values whose sum is not
+    with pytest.raises(ValueError) as refused:
+        parse_preference(",".join(["1"] * 20_000), 2)  # not echoed back in full (40 KB)
+    assert "20000 values for 2 objectives" in str(refused.value) and len(str(refused.value)) < 120
 
 
 def test_an_os_error_is_one_line_not_a_traceback(monkeypatch, tmp_path) -> None:

@@ -49,21 +49,22 @@ def preference_vectors(
 
 
 def parse_preference(text: str, num_objectives: int) -> np.ndarray:
-    """A preference from ``"0.5,0.3,0.2"``, normalised to sum to 1.
+    """A preference from ``"0.5,0.3,0.2"``, normalised to sum to 1 (only ratios matter: ``1e308,1e308,1`` is
+    about ``0.5,0.5,0``).
 
     Raises:
         ValueError: wrong count, a negative or non-finite entry, or all zeros.
     """
+    shown = text if len(text) <= 60 else f"{text[:57]}..."
     try:
         values = np.array([float(part) for part in text.split(",")], dtype=np.float64)
     except ValueError:
-        raise ValueError(f"preference {text!r}: expected comma-separated numbers") from None
-    with np.errstate(over="ignore"):
-        finite = np.isfinite(values).all() and np.isfinite(values.sum())
-    if not finite:
-        raise ValueError(f"preference {text!r}: values must be finite numbers")
+        raise ValueError(f"preference {shown!r}: expected comma-separated numbers") from None
+    if not np.isfinite(values).all():
+        raise ValueError(f"preference {shown!r}: values must be finite numbers")
     if values.size != num_objectives:
-        raise ValueError(f"preference {text!r}: {values.size} values for {num_objectives} objectives")
-    if (values < 0).any() or values.sum() <= 0:
-        raise ValueError(f"preference {text!r}: values must be non-negative and not all zero")
+        raise ValueError(f"preference {shown!r}: {values.size} values for {num_objectives} objectives")
+    if (values < 0).any() or not (values > 0).any():
+        raise ValueError(f"preference {shown!r}: values must be non-negative and not all zero")
+    values = values / values.max()  # a sum of huge values stays finite
     return values / values.sum()
