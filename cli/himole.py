@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hm3.errors import UserError
+from hm3.output_guard import InputPath, check_no_overlap, recipe_inputs
+
+if TYPE_CHECKING:
+    from hm3.recipe import Recipe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,11 +75,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def preflight(args: argparse.Namespace) -> None:
-    """The recipe file loads (no model, no heavy import)."""
+    """The recipe file loads, and no output lies over an input (no model, no heavy import)."""
     from hm3.recipe import load_recipe
 
-    if getattr(args, "recipe", None) is not None:
-        load_recipe(args.recipe)
+    if getattr(args, "recipe", None) is None:
+        return
+    recipe = load_recipe(args.recipe)
+    inputs = _inputs(args.recipe, recipe)
+    if args.action == "train":
+        check_no_overlap(_train_out(args), inputs)  # train_himole itself checks only the base model
+    elif args.action == "eval" and args.json:
+        adapter = [] if args.base else [("adapter folder", args.adapter)]
+        _check_json_target(Path(args.json), [*inputs, *adapter])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,8 +94,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _tasks(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from hm3.himole.shifted import write_shifted_tasks
 
     written = write_shifted_tasks(Path(args.zoo))
@@ -87,16 +102,13 @@ def _tasks(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from rich.console import Console
 
     from hm3.himole.pipeline import TrainRequest, train_himole
     from hm3.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
-    suffix = args.variant + ("" if args.two_stage else "-one-stage")
-    out = Path(args.out or f"runs/himole-{Path(args.recipe).stem}-{suffix}")
+    out = _train_out(args)
     manifest = train_himole(
         recipe, TrainRequest(out, args.variant, args.two_stage, args.seed), Console(stderr=True)
     )
@@ -109,14 +121,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import json
     import math
-    from pathlib import Path
 
     from rich.console import Console
     from rich.table import Table
 
-    from hm3.errors import UserError
     from hm3.himole.evaluation import evaluate_adapter
     from hm3.recipe import load_recipe
 
@@ -147,8 +156,49 @@ def _evaluate(args: argparse.Namespace) -> int:
             table.add_row(f"[bold]{kind}[/bold]", "", f"[bold]{value:.4f}[/bold]", f"[bold]{loss:.4f}[/bold]")
     Console().print(table)
     if args.json:
-        target = Path(args.json)
-        staging = target.with_name(f".{target.name}.tmp")
-        staging.write_text(json.dumps(report.to_json(), indent=2) + "\n")
-        staging.replace(target)
+        _write_json(Path(args.json), report.to_json())
     return 0
+
+
+def _train_out(args: argparse.Namespace) -> Path:
+    suffix = args.variant + ("" if args.two_stage else "-one-stage")
+    return Path(args.out or f"runs/himole-{Path(args.recipe).stem}-{suffix}")
+
+
+def _inputs(recipe_file: str, recipe: Recipe) -> list[InputPath]:
+    """What a himole command reads: the recipe file and every path in it (models, tasks, training data)."""
+    return [("recipe file", recipe_file), *recipe_inputs(recipe)]
+
+
+def _check_json_target(target: Path, inputs: list[InputPath]) -> None:
+    """Refuse, before any scoring, a ``--json`` file that is a link, an input or inside one, a folder, or
+    that cannot be written (its nearest existing folder is a file or read-only)."""
+    if target.is_symlink():
+        raise UserError(f"--json {target} is a symbolic link; name the file itself, or another path")
+    check_no_overlap(target, inputs)
+    if target.is_dir():
+        raise UserError(f"--json {target}: is a folder; name a .json file")
+    folder = target.absolute().parent
+    while not folder.exists() and not folder.is_symlink():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"--json {target}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"--json {target}: folder {folder} is not writable")
+
+
+def _write_json(target: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` beside ``target`` and rename it into place (a link there is replaced, never followed);
+    nothing is left behind if that fails."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    staging.unlink(missing_ok=True)  # what a killed earlier write of this process id left
+    try:
+        with open(staging, "x", encoding="utf-8") as handle:
+            handle.write(json.dumps(payload, indent=2) + "\n")
+        os.replace(staging, target)
+    except BaseException as error:
+        staging.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise UserError(f"cannot write --json {target}: {error.strerror or error}") from error
+        raise

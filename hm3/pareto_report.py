@@ -11,17 +11,21 @@ directions.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from hm3.errors import UserError
 from hm3.front import ParetoFront, Reference, Split
 from hm3.moo.hypervolume import Normalization
 from hm3.moo.plots import PlotSeries, plot_pareto
-from hm3.store import FRONT_FILE, RunStore, require_run_directory
+from hm3.output_guard import InputPath, check_no_overlap, recipe_inputs
+from hm3.recipe import recipe_from_dict
+from hm3.store import FRONT_FILE, RECIPE_FILE, RunStore, require_run_directory
 
 FRONT_COLORS = ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink")
 """Colour of each run's front in a plot, in the order the runs are given (the first is HM3's usual red)."""
@@ -67,11 +71,12 @@ def pareto_report(
     draw them into one plot if ``plot`` names a file.
 
     Raises:
-        UserError: a run has no front or an empty one; the runs' objectives differ; ``plot`` is not .png/.svg.
+        UserError: a run has no front or an empty one; the runs' objectives differ; ``plot`` cannot be
+            written (:func:`check_plot_target`).
     """
-    if plot is not None and Path(plot).suffix.lower() not in (".png", ".svg"):
-        raise UserError(f"--plot {plot}: the file must end in .png or .svg")
     paths = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    if plot is not None:
+        check_plot_target(Path(plot), paths)
     fronts = [load_front(run) for run in paths]
     for run, front in zip(paths, fronts, strict=True):
         if not front.members:
@@ -100,6 +105,39 @@ def pareto_report(
         title = " vs ".join(labels) + f": Pareto front{'s' if len(labels) > 1 else ''} ({split} split)"
         written = plot_pareto(_series(report_runs, references, split), first.objectives, Path(plot), title)
     return ParetoReport(report_runs, split, normalization, references, reference_hypervolumes, written)
+
+
+def check_plot_target(plot: Path, runs: Sequence[str | Path]) -> None:
+    """Refuse, before anything is read or drawn, a plot file hm3 may not or cannot write.
+
+    Raises:
+        UserError: ``plot`` does not end in .png/.svg; is a symbolic link (writing would overwrite what it points
+            to) or a folder; is or lies inside a path a run's recipe reads (a model, a data set of images); or
+            its nearest existing folder is a file or read-only.
+    """
+    if plot.suffix.lower() not in (".png", ".svg"):
+        raise UserError(f"--plot {plot}: the file must end in .png or .svg")
+    if plot.is_symlink():
+        raise UserError(f"--plot {plot} is a symbolic link; name the file itself, or another path")
+    if plot.is_dir():
+        raise UserError(f"--plot {plot}: is a folder; name a .png or .svg file")
+    check_no_overlap(plot, [path for run in runs for path in _run_inputs(Path(run))])
+    folder = plot.absolute().parent
+    while not folder.exists() and not folder.is_symlink():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"--plot {plot}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"--plot {plot}: folder {folder} is not writable")
+
+
+def _run_inputs(run: Path) -> list[InputPath]:
+    """The paths a run's stored recipe reads; none when the run has no readable recipe (then
+    :func:`load_front` names what is wrong with the run)."""
+    try:
+        return recipe_inputs(recipe_from_dict(yaml.safe_load((run / RECIPE_FILE).read_text())))
+    except (OSError, ValueError, TypeError, yaml.YAMLError, UserError):
+        return []
 
 
 def _objectives(front: ParetoFront) -> str:

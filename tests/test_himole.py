@@ -4,6 +4,8 @@ save/load, the CLI end to end on the micro zoo, and one-line errors for bad reci
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -503,6 +505,96 @@ def test_cli_lora_variant_and_errors(lm_zoo_micro, tmp_path) -> None:  # noqa: F
         and "file not found" in subprocess.stderr
         and "Traceback" not in subprocess.stderr
     )
+
+
+def _not_reached(*args, **kwargs):
+    raise AssertionError("a refused command reached the expensive work")
+
+
+def test_eval_json_never_lands_on_an_input_and_is_checked_before_scoring(
+    lm_zoo_micro,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+) -> None:
+    """``--json`` over the adapter's own manifest replaced it with the scores (the README's ``--json
+    himole.json`` from inside the adapter folder did the same); a folder failed only after scoring, naming a
+    temporary file and leaving it behind; a link was written through."""
+    from hm3.himole import evaluation
+
+    monkeypatch.setattr(evaluation, "evaluate_adapter", _not_reached)
+    recipe = _micro_recipe(tmp_path, lm_zoo_micro)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    manifest = adapter / "himole.json"
+    manifest.write_text('{"format": "himole"}\n')
+    precious = tmp_path / "precious.json"
+    precious.write_text("keep")
+    (tmp_path / "link.json").symlink_to(precious)
+    (tmp_path / "dir.json").mkdir()
+    (tmp_path / "file").write_text("")
+    cases = [
+        (manifest, f"lies inside the adapter folder {adapter}"),
+        (adapter, f"is the adapter folder {adapter}"),
+        (recipe, f"is the recipe file {recipe}"),
+        (lm_zoo_micro / "tasks" / "toy_sorting.yaml", "is the task file"),
+        (lm_zoo_micro / "data" / "scores.json", f"lies inside the training data {lm_zoo_micro}"),
+        (tmp_path / "link.json", "is a symbolic link"),
+        (tmp_path / "dir.json", f"--json {tmp_path / 'dir.json'}: is a folder; name a .json file"),
+        (tmp_path / "file" / "x" / "scores.json", f"{tmp_path / 'file'} is not a folder"),
+    ]
+    for target, expected in cases:
+        code, _, stderr = _hm3("himole", "eval", "--recipe", recipe, "--adapter", adapter, "--json", target)
+        assert code == 2 and stderr.count("\n") == 1 and expected in stderr, (target, stderr)
+    inside = hm3_in_process(
+        "himole", "eval", "--recipe", recipe, "--adapter", ".", "--json", "himole.json", cwd=adapter
+    )
+    assert inside.returncode == 2 and "lies inside the adapter folder ." in inside.stderr, inside.stderr
+    assert manifest.read_text() == '{"format": "himole"}\n' and precious.read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "adapter",
+        "dir.json",
+        "file",
+        "link.json",
+        "precious.json",
+        "recipe.yaml",
+    ]
+
+
+def test_a_failed_json_write_names_the_file_and_leaves_no_temporary(tmp_path) -> None:
+    from cli.himole import _write_json
+    from hm3.errors import UserError
+
+    target = tmp_path / "scores.json"
+    (tmp_path / f".scores.json.tmp-{os.getpid()}").symlink_to(tmp_path / "elsewhere")  # a leftover, or a trap
+    _write_json(target, {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1} and not (tmp_path / "elsewhere").exists()
+    target.unlink()
+    target.mkdir()  # became a folder after the check
+    with pytest.raises(UserError, match=f"cannot write --json {target}: Is a directory$"):
+        _write_json(target, {"a": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["scores.json"]
+
+
+def test_train_out_inside_the_training_data_is_refused_before_training(
+    lm_zoo_micro,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+) -> None:
+    """Only the base model was checked: ``--out ZOO/data/x`` wrote an adapter into the zoo the data came from."""
+    from hm3.himole import pipeline
+
+    monkeypatch.setattr(pipeline, "train_himole", _not_reached)
+    zoo = tmp_path / "zoo"
+    shutil.copytree(lm_zoo_micro, zoo)
+    recipe = _micro_recipe(tmp_path, zoo)
+    for out, expected in [
+        (zoo / "data" / "x", f"lies inside the training data {zoo}"),
+        (zoo / "tasks" / "toy_sorting.yaml", "is the task file"),
+        (tmp_path, f"contains the recipe file {recipe}"),
+    ]:
+        code, _, stderr = _hm3("himole", "train", "--recipe", recipe, "--out", out)
+        assert code == 2 and stderr.count("\n") == 1 and expected in stderr, (out, stderr)
+    assert not (zoo / "data" / "x").exists()
 
 
 @pytest.mark.parametrize(

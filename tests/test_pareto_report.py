@@ -39,6 +39,7 @@ def _run(folder: Path, points: list[tuple[float, float]], objectives=("x", "y"))
     }
     folder.mkdir(parents=True)
     (folder / "front.json").write_text(json.dumps(front))
+    (folder / "recipe.yaml").write_text("{}\n")  # what makes it a run folder (require_run_directory)
     return folder
 
 
@@ -103,3 +104,72 @@ def test_runs_with_other_objectives_are_refused(objectives, tmp_path: Path, caps
     assert main(["pareto", str(a), str(b)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "only runs of the same objectives" in err[0] and str(b) in err[0], err
+
+
+# -- where --plot may write --------------------------------------------------------------------------------------
+
+
+def _refused(capsys, *args: str) -> str:
+    """``hm3 pareto ARGS`` fails with exit code 2 and one line on stderr; returns that line."""
+    assert main(["pareto", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+def test_a_plot_path_that_is_a_link_or_a_folder_is_refused_before_any_front_is_read(
+    tmp_path: Path, capsys
+) -> None:
+    run = _run(tmp_path / "run", [(0.4, 0.2)])
+    (run / "front.json").write_text("{damaged")  # reading it would fail: the plot is checked first
+    precious = tmp_path / "precious.png"
+    precious.write_bytes(b"not to be overwritten")
+    link = tmp_path / "link.png"
+    link.symlink_to(precious)
+    assert f"--plot {link} is a symbolic link" in _refused(capsys, str(run), "--plot", str(link))
+    assert precious.read_bytes() == b"not to be overwritten"
+    folder = tmp_path / "dir.png"
+    folder.mkdir()
+    line = _refused(capsys, str(run), "--plot", str(folder))
+    assert line == f"hm3 pareto: --plot {folder}: is a folder; name a .png or .svg file"
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    assert f"{blocked} is not a folder" in _refused(capsys, str(run), "--plot", str(blocked / "x" / "p.png"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "dir.png",
+        "file",
+        "link.png",
+        "precious.png",
+        "run",
+    ]
+
+
+def test_a_plot_inside_what_a_run_reads_is_refused(tmp_path: Path, capsys) -> None:
+    images = tmp_path / "images"
+    (images / "cat").mkdir(parents=True)
+    picture = images / "cat" / "0001.png"
+    picture.write_bytes(b"a photo")
+    run = _run(tmp_path / "run", [(0.4, 0.2), (0.2, 0.4)])
+    (run / "recipe.yaml").write_text(
+        f"base_model: {tmp_path}/base\nmodels: [{tmp_path}/a]\nobjectives:\n"
+        f"  - {{name: o, head: zeroshot, dataset: {{format: image_folder, path: {images}}}}}\n"
+    )
+    line = _refused(capsys, str(run), "--plot", str(picture))
+    assert f"lies inside the data set {images}" in line
+    assert picture.read_bytes() == b"a photo"
+    assert main(["pareto", str(run), "--plot", str(run / "front.png")]) == 0  # beside the run's files: fine
+
+
+def test_plot_pareto_replaces_a_link_rather_than_writing_through_it(tmp_path: Path) -> None:
+    import numpy as np
+
+    from hm3.moo.plots import PlotSeries, plot_pareto
+
+    precious = tmp_path / "precious.svg"
+    precious.write_text("keep")
+    out = tmp_path / "plot.svg"
+    out.symlink_to(precious)
+    series = [PlotSeries("front", np.array([[0.1, 0.2], [0.2, 0.1]]), "front")]
+    assert plot_pareto(series, ["x", "y"], out, "t") == out
+    assert precious.read_text() == "keep" and not out.is_symlink() and "<svg" in out.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.svg", "precious.svg"]  # no temporary left

@@ -11,6 +11,7 @@ its own colour.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -45,7 +46,11 @@ class PlotSeries:
 
 
 def plot_pareto(series: list[PlotSeries], objective_names: list[str], out: Path, title: str) -> Path:
-    """Draw the front and the reference models into ``out`` (.png or .svg); returns ``out``."""
+    """Draw the front and the reference models into ``out`` (.png or .svg); returns ``out``.
+
+    The picture is drawn beside ``out`` and renamed into place: a link at ``out`` is replaced, never followed, and
+    a failed write leaves neither a half-written plot nor a temporary file.
+    """
     matplotlib.use("Agg")
     k = len(objective_names)
     colors = tuple(
@@ -62,8 +67,17 @@ def plot_pareto(series: list[PlotSeries], objective_names: list[str], out: Path,
     fig.tight_layout(rect=(0, 0.03 if k > 2 else 0, 1, 0.96))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=130, bbox_inches="tight")
-    plt.close(fig)
+    staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    staging.unlink(missing_ok=True)  # what a killed earlier write of this process id left
+    try:
+        with open(staging, "xb") as handle:
+            fig.savefig(handle, format=out.suffix[1:].lower(), dpi=130, bbox_inches="tight")
+        os.replace(staging, out)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
     return out
 
 
