@@ -60,7 +60,9 @@ class ParetoReport:
 
 def load_front(run: str | Path) -> ParetoFront:
     """The front of a run directory (UserError if the run has none yet)."""
-    store = RunStore(require_run_directory(run))
+    if not Path(run).is_dir():
+        require_run_directory(run)  # missing, or a file: the one line every command says
+    store = RunStore(Path(run))
     return ParetoFront.from_json(store.read_json(FRONT_FILE), source=str(store.directory / FRONT_FILE))
 
 

@@ -90,7 +90,11 @@ def test_resume_refuses_when_a_model_was_rebuilt_since_the_run_started(tmp_path)
         }
     )
     RunStore.create(tmp_path / "run", recipe)
-    (folders["a"] / "config.json").write_text('{"edited": true}')  # not a weight file
+    (folders["a"] / "config.json").write_text('{"edited": true}')  # what the model computes: refused too
+    with pytest.raises(UserError, match=r"config\.json in .*models/a changed since the run started"):
+        RunStore.resume(tmp_path / "run", recipe)
+    (folders["a"] / "README.md").write_text("notes")  # not read by a model: no refusal
+    (folders["a"] / "config.json").write_text("{}")  # compared by content: restored is unchanged
     RunStore.resume(tmp_path / "run", recipe)
     weights = folders["a"] / "model.safetensors"
     weights.write_bytes(b"weights v2")
