@@ -361,3 +361,110 @@ def test_force_never_replaces_what_a_user_put_into_a_zoo(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "my-finetune" in err[0] and "will not replace" in err[0]
     assert (zoo / "my-finetune").is_dir() and (zoo / MANIFEST).is_file()
+
+
+def _zoo_files(folder: Path) -> dict:
+    """Lay out a language micro zoo's files in ``folder`` (small stand-ins; nothing trained); returns the
+    manifest's contents for them."""
+    models = [{"name": name, "path": name, "task": None} for name in ("base", "addition")]
+    checkpoint = (
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    )
+    tasks = [{"name": "toy_addition", "yaml": "tasks/toy_addition.yaml", "data": "data/toy_addition.jsonl"}]
+    files = [f"{model['path']}/{name}" for model in models for name in checkpoint]
+    files += ["scores.md", "scores.json", tasks[0]["yaml"], tasks[0]["data"]]
+    for file in files:
+        (folder / file).parent.mkdir(parents=True, exist_ok=True)
+        (folder / file).write_text("{}\n")
+    return {"fingerprint": "sha256:" + "0" * 64, "models": models, "tasks": tasks}
+
+
+def _built_zoo(folder: Path, listed: bool) -> None:
+    """A language micro zoo in ``folder`` whose manifest lists its files (``listed``) or, as the manifests of
+    zoos built before they did, not."""
+    import hm3.zoo.build as build
+    from hm3.zoo.config import MANIFEST, ZooConfig
+
+    build._write_manifest(folder, ZooConfig("lm", "llama", "micro"), _zoo_files(folder), 1.0)
+    if not listed:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        del manifest["files"]
+        (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("listed", [True, False], ids=["files listed", "built before files were listed"])
+@pytest.mark.parametrize(
+    ("user_file", "named"),
+    [
+        ("addition/NOTES.md", "addition/NOTES.md"),
+        ("tasks/my_custom_task.yaml", "tasks/my_custom_task.yaml"),
+        ("himole_tasks/my_task.yaml", "himole_tasks/my_task.yaml"),
+        ("base/checkpoints/step-10.pt", "base/checkpoints/"),
+    ],
+)
+def test_force_never_replaces_a_users_file_deep_in_a_zoo(
+    user_file: str,
+    named: str,
+    listed: bool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A user's file in a model's folder, in tasks/ or in himole_tasks/ is refused with one line before any
+    training (the check once compared top-level names only, and ``--force`` deleted such files)."""
+    import hm3.zoo.build as build
+    from cli.main import main
+
+    zoo = tmp_path / "lm-llama-micro"
+    _built_zoo(zoo, listed)
+    (zoo / user_file).parent.mkdir(parents=True, exist_ok=True)
+    (zoo / user_file).write_text("mine\n")
+
+    def trained(*args, **kwargs):
+        raise AssertionError("the build started training before it refused the folder")
+
+    monkeypatch.setattr(build, "_build_in_child", trained)
+    assert main(["zoo", "build", "--kind", "lm", "--size", "micro", "--out", str(zoo), "--force"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "will not replace" in err[0] and named in err[0]
+    assert (zoo / user_file).read_text() == "mine\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["lm-llama-micro"]
+
+
+@pytest.mark.parametrize("listed", [True, False], ids=["files listed", "built before files were listed"])
+def test_force_replaces_a_zoo_with_the_himole_tasks_hm3_wrote(
+    listed: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``hm3 himole tasks --zoo`` writes into the zoo; a rebuild replaces those files with the zoo they were
+    derived from and says so, and the new manifest lists every file the build wrote."""
+    import io
+
+    from rich.console import Console
+
+    import hm3.zoo.build as build
+    from hm3.himole.shifted import FOLDER, write_shifted_tasks
+    from hm3.zoo import build_zoo, read_manifest
+
+    zoo = tmp_path / "lm-llama-micro"
+    _built_zoo(zoo, listed)
+    write_shifted_tasks(zoo)
+    (zoo / FOLDER / ".toy_addition_rare.yaml.tmp").write_text("")  # left by an interrupted `hm3 himole tasks`
+    assert build.foreign_files(zoo, read_manifest(zoo)) == []
+
+    def built(config, staging: Path, target: Path, quiet: bool) -> None:  # the files of a build, no training
+        build._write_manifest(staging, config, _zoo_files(staging), 2.0)
+
+    monkeypatch.setattr(build, "_build_in_child", built)
+    out = io.StringIO()
+    assert build_zoo("lm", size="micro", out=zoo, force=True, console=Console(file=out, width=300)) == zoo
+    manifest = read_manifest(zoo)
+    assert manifest["build_seconds"] == 2.0 and not (zoo / FOLDER).exists()
+    assert f"removed {zoo / FOLDER}" in out.getvalue() and f"hm3 himole tasks --zoo {zoo}" in out.getvalue()
+    assert manifest["files"] == sorted(
+        p.relative_to(zoo).as_posix() for p in zoo.rglob("*") if p.is_file() and p.name != "zoo.json"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["lm-llama-micro"]  # nothing left beside it

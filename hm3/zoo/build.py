@@ -1,7 +1,10 @@
 """Build a zoo: train the base and the specialists, write data, tasks, scores, then the manifest, atomically.
 
-The build runs in a hidden sibling folder (``.<name>.building-<pid>``) and is renamed into place only once
-``zoo.json`` is written, so an interrupted build never leaves a folder that looks finished. The training runs
+The build runs in a hidden sibling folder (``.<name>.building-<pid>``) and is swapped into place
+(:func:`hm3.folder_swap.swap_into_place`) only once ``zoo.json`` is written, so an interrupted build never leaves a
+folder that looks finished, and a crash during the swap leaves the old zoo or the new one. ``zoo.json`` lists every
+file the build wrote (``files``); a rebuild replaces only those (and what other hm3 commands derive from the zoo:
+:data:`DERIVED_FOLDERS`), never a file a user put into the zoo. The training runs
 in a child process with pinned CPU numerics (:mod:`hm3.zoo.numerics`), so a seed gives bit-identical
 weights on every Intel CPU with AVX2 (AMD CPUs build others); ``zoo.json`` and ``scores.md`` carry their fingerprint
 (:mod:`hm3.zoo.fingerprint`).
@@ -18,12 +21,14 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -31,10 +36,11 @@ import torch
 from rich.console import Console
 
 from hm3.errors import UserError
-from hm3.folder_swap import process_alive
+from hm3.folder_swap import clear_leftovers, process_alive, swap_into_place
 from hm3.zoo.config import MANIFEST, ZooConfig, build_identity, is_current, manifest_matches, read_manifest
 from hm3.zoo.fingerprint import short
 from hm3.zoo.lm_build import build_lm_zoo
+from hm3.zoo.lm_tasks import TASKS
 from hm3.zoo.numerics import current_numerics, portable_environment
 from hm3.zoo.progress import quiet_libraries
 from hm3.zoo.vit_build import build_vit_zoo
@@ -63,32 +69,109 @@ def deterministic(seed: int) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous[1])
 
 
-BUILD_ENTRIES = frozenset({MANIFEST, "scores.md", "scores.json", "tasks", "data"})
-"""What a build writes into a zoo folder besides its models' folders (named in the manifest)."""
+TOP_FILES = frozenset({MANIFEST, "scores.md", "scores.json"})
+"""The files a build writes at the top of a zoo; its tasks' files and its models' folders are in the manifest."""
+CHECKPOINT_FILES = frozenset(
+    {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "head.safetensors",
+        "head.json",
+    }
+)
+"""The files a build saves into a model's folder (a transformers checkpoint, a vision head): how a zoo built
+before the manifest listed its ``files`` tells them from a user's."""
+
+
+@dataclass(frozen=True)
+class DerivedFolder:
+    """A folder another hm3 command writes into a zoo from the zoo's own settings and folder."""
+
+    name: str
+    files: re.Pattern[str]
+    command: str
+
+
+_SHIFTED = rf"toy_(?:{'|'.join(TASKS)})_(?:common|rare)\.(?:jsonl|yaml)"
+DERIVED_FOLDERS = (
+    # hm3.himole.shifted.write_shifted_tasks (which imports hm3.zoo, so its names are repeated here; a test
+    # holds them equal): test sets drawn from the zoo's seed and size, YAMLs naming the zoo's folder
+    DerivedFolder("himole_tasks", re.compile(rf"{_SHIFTED}|\.{_SHIFTED}\.tmp"), "hm3 himole tasks --zoo"),
+)
+"""What a rebuild replaces besides the build's own files: derived from the replaced zoo (its seed, size, folder),
+it is removed with it, and the command writes it again for the new one."""
+
+
+def written_files(folder: Path) -> list[str]:
+    """Every file under ``folder``, as sorted paths relative to it (the manifest's ``files``)."""
+    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if not path.is_dir())
+
+
+def foreign_files(target: Path, manifest: dict[str, Any]) -> list[str]:
+    """The files and folders under the zoo ``target`` that neither its build nor a :data:`DERIVED_FOLDERS`
+    command wrote (a folder is named with a trailing ``/``, its contents not listed).
+
+    What the build wrote is the manifest's ``files``; a zoo built before the manifest listed them holds
+    :data:`TOP_FILES`, its tasks' files (the manifest names them) and, in its models' folders,
+    :data:`CHECKPOINT_FILES`.
+    """
+    listed = manifest.get("files")
+    models = {str(model.get("path")) for model in manifest.get("models", [])}
+    if listed is not None:
+        files = {MANIFEST, *map(str, listed)}
+    else:
+        tasks = manifest.get("tasks", [])
+        files = set(TOP_FILES) | {
+            str(task[key]) for task in tasks for key in ("yaml", "data", "head") if key in task
+        }
+    derived = {folder.name: folder for folder in DERIVED_FOLDERS}
+    folders = {str(parent) for file in files for parent in PurePosixPath(file).parents} | set(derived)
+    if listed is None:
+        folders |= models | {"tasks", "data"}
+
+    def written(path: PurePosixPath) -> bool:
+        if len(path.parts) == 2 and path.parts[0] in derived:
+            return bool(derived[path.parts[0]].files.fullmatch(path.name))
+        if listed is None and str(path.parent) in models and path.name in CHECKPOINT_FILES:
+            return True
+        return str(path) in files
+
+    foreign = []
+    for root, subfolders, names in os.walk(target):
+        here = PurePosixPath(Path(root).relative_to(target).as_posix())
+        for name in sorted(subfolders):
+            if str(here / name) not in folders:
+                foreign.append(f"{here / name}/")
+                subfolders.remove(name)  # named as a whole: nothing in it was written by hm3
+        foreign += [str(here / name) for name in sorted(names) if not written(here / name)]
+    return sorted(foreign)
 
 
 def _check_replaceable(target: Path, manifest: dict | None) -> None:
     """Refuse, before any training, a ``target`` whose contents hm3 did not write: a build replaces only an
-    empty folder or a zoo of its own (``--force`` or not), never a user's folder or files put into a zoo.
+    empty folder or a zoo of its own (``--force`` or not), never a user's folder or files put into a zoo
+    (:func:`foreign_files`: every file below the zoo is checked).
 
     Raises:
-        UserError: ``target`` is a file, a non-empty folder without a zoo manifest, or a zoo holding entries
+        UserError: ``target`` is a file, a non-empty folder without a zoo manifest, or a zoo holding files
             the build did not write.
     """
     if not target.exists() and not target.is_symlink():
         return
     if not target.is_dir():
         raise UserError(f"{target} exists and is not a folder; pass --out elsewhere")
-    entries = {entry.name for entry in target.iterdir()}
-    if not entries:
+    if not any(target.iterdir()):
         return
     if manifest is None:
         raise UserError(
             f"{target} is not empty and holds no zoo hm3 built (no {MANIFEST}); hm3 never replaces it, "
             "--force or not: pass --out elsewhere"
         )
-    written = BUILD_ENTRIES | {str(model.get("path")) for model in manifest.get("models", [])}
-    foreign = sorted(entries - written)
+    foreign = foreign_files(target, manifest)
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" (and {len(foreign) - 3} more)" if len(foreign) > 3 else "")
         raise UserError(
@@ -138,6 +221,7 @@ def build_zoo(
     zoo = ZooConfig.checked(kind, family, size, seed)
     target = Path(out) if out is not None else zoo.default_dir()
     console = console or Console(stderr=True)
+    clear_leftovers(target)  # a zoo whose swap was killed half-way comes back
     _remove_dead_builds(target)
     manifest = read_manifest(target)
     if (
@@ -169,9 +253,15 @@ def build_zoo(
             build_into(zoo, staging, target, console)
         else:
             _build_in_child(zoo, staging, target, quiet=console.quiet)
-        _move_into_place(staging, target, force)
+        removed = _move_into_place(staging, target, force)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    for folder in removed:
+        console.print(
+            f"removed {target / folder.name} with the zoo it was derived from; `{folder.command} {target}` "
+            "writes it for the new one",
+            soft_wrap=True,
+        )
     fingerprint = short(read_manifest(target)["fingerprint"])
     console.print(
         f"zoo {zoo.name} built at {target} in {time.perf_counter() - started:.0f} s (weights {fingerprint})"
@@ -236,21 +326,32 @@ def _write_manifest(staging: Path, zoo: ZooConfig, contents: dict[str, Any], sec
         "size": zoo.size,
         "seed": zoo.seed,
         **contents,
+        "files": written_files(staging),
         "build": build_identity(zoo),
         "build_seconds": round(seconds, 1),
     }
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def _move_into_place(staging: Path, target: Path, force: bool) -> None:
-    """Rename the finished build onto ``target``, replacing an empty folder or (``force``) a zoo that
+def _move_into_place(staging: Path, target: Path, force: bool) -> list[DerivedFolder]:
+    """Swap the finished build in for ``target``, replacing an empty folder or (``force``) a zoo that
     :func:`_check_replaceable` lets the build replace — checked again: the folder may have changed meanwhile.
-    A zoo another build finished meanwhile is kept."""
-    if target.exists() and (force or read_manifest(target) is None):
-        _check_replaceable(target, read_manifest(target))
-        shutil.rmtree(target)
+    A zoo another build finished meanwhile is kept.
+
+    Returns:
+        The derived folders the replaced zoo held (removed with it).
+    """
+    removed: list[DerivedFolder] = []
+    if target.exists() or target.is_symlink():
+        manifest = read_manifest(target)
+        if manifest is not None and not force:
+            return removed
+        _check_replaceable(target, manifest)
+        removed = [folder for folder in DERIVED_FOLDERS if (target / folder.name).is_dir()]
     try:
-        staging.rename(target)
+        swap_into_place(staging, target)
     except OSError:
         if read_manifest(target) is None:  # not a concurrent build that finished first
             raise
+        return []
+    return removed
