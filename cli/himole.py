@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hm3.errors import UserError
-from hm3.output_guard import InputPath, check_no_overlap, recipe_inputs
+from hm3.output_guard import InputPath, check_no_overlap, check_output_file, recipe_inputs
 
 if TYPE_CHECKING:
     from hm3.recipe import Recipe
@@ -86,7 +86,7 @@ def preflight(args: argparse.Namespace) -> None:
         check_no_overlap(_train_out(args), inputs)  # train_himole itself checks only the base model
     elif args.action == "eval" and args.json:
         adapter = [] if args.base else [("adapter folder", args.adapter)]
-        _check_json_target(Path(args.json), [*inputs, *adapter])
+        check_output_file(Path(args.json), "--json", [*inputs, *adapter], ".json")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -168,23 +168,6 @@ def _train_out(args: argparse.Namespace) -> Path:
 def _inputs(recipe_file: str, recipe: Recipe) -> list[InputPath]:
     """What a himole command reads: the recipe file and every path in it (models, tasks, training data)."""
     return [("recipe file", recipe_file), *recipe_inputs(recipe)]
-
-
-def _check_json_target(target: Path, inputs: list[InputPath]) -> None:
-    """Refuse, before any scoring, a ``--json`` file that is a link, an input or inside one, a folder, or
-    that cannot be written (its nearest existing folder is a file or read-only)."""
-    if target.is_symlink():
-        raise UserError(f"--json {target} is a symbolic link; name the file itself, or another path")
-    check_no_overlap(target, inputs)
-    if target.is_dir():
-        raise UserError(f"--json {target}: is a folder; name a .json file")
-    folder = target.absolute().parent
-    while not folder.exists() and not folder.is_symlink():
-        folder = folder.parent
-    if not folder.is_dir():
-        raise UserError(f"--json {target}: {folder} is not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"--json {target}: folder {folder} is not writable")
 
 
 def _write_json(target: Path, payload: dict[str, Any]) -> None:

@@ -57,9 +57,37 @@ def check_no_overlap(out: str | Path, inputs: Iterable[InputPath]) -> None:
         else:
             continue
         raise UserError(
-            f"output {out} {relation} the {label} {path}; hm3 never writes over its inputs, "
-            "with or without --force: choose another output folder"
+            f"output {out} {relation} the {label} {path}; hm3 never writes over its inputs: choose another "
+            f"output {'file' if out.suffix else 'folder'}"
         )
+
+
+def check_output_file(path: str | Path, option: str, inputs: Iterable[InputPath], suffixes: str) -> None:
+    """Refuse, before any work, an output file (``--json``, ``--plot``) hm3 may not or cannot write.
+
+    Args:
+        path: The file.
+        option: The option that named it, for the message (``--json``).
+        inputs: What the command reads (:func:`check_no_overlap`).
+        suffixes: What the file should be, for the message (``.json``, ``.png or .svg``).
+
+    Raises:
+        UserError: it is a symbolic link (writing would overwrite what it points to), a folder, an input or
+            inside one, or its nearest existing folder is a file or read-only.
+    """
+    path = Path(path)
+    if path.is_symlink():
+        raise UserError(f"{option} {path} is a symbolic link; name the file itself, or another path")
+    check_no_overlap(path, inputs)
+    if path.is_dir():
+        raise UserError(f"{option} {path}: is a folder; name a {suffixes} file")
+    folder = path.absolute().parent
+    while not folder.exists() and not folder.is_symlink():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"{option} {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: folder {folder} is not writable")
 
 
 def check_replaceable(out: str | Path, kind: Kind, force: bool, resume_hint: str = "") -> str | None:

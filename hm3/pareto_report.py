@@ -11,7 +11,6 @@ directions.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from hm3.errors import UserError
 from hm3.front import ParetoFront, Reference, Split
 from hm3.moo.hypervolume import Normalization
 from hm3.moo.plots import PlotSeries, plot_pareto
-from hm3.output_guard import InputPath, check_no_overlap, recipe_inputs
+from hm3.output_guard import InputPath, check_output_file, recipe_inputs
 from hm3.recipe import recipe_from_dict
 from hm3.store import FRONT_FILE, RECIPE_FILE, RunStore, require_run_directory
 
@@ -119,18 +118,9 @@ def check_plot_target(plot: Path, runs: Sequence[str | Path]) -> None:
     """
     if plot.suffix.lower() not in (".png", ".svg"):
         raise UserError(f"--plot {plot}: the file must end in .png or .svg")
-    if plot.is_symlink():
-        raise UserError(f"--plot {plot} is a symbolic link; name the file itself, or another path")
-    if plot.is_dir():
-        raise UserError(f"--plot {plot}: is a folder; name a .png or .svg file")
-    check_no_overlap(plot, [path for run in runs for path in _run_inputs(Path(run))])
-    folder = plot.absolute().parent
-    while not folder.exists() and not folder.is_symlink():
-        folder = folder.parent
-    if not folder.is_dir():
-        raise UserError(f"--plot {plot}: {folder} is not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"--plot {plot}: folder {folder} is not writable")
+    check_output_file(
+        plot, "--plot", [path for run in runs for path in _run_inputs(Path(run))], ".png or .svg"
+    )
 
 
 def _run_inputs(run: Path) -> list[InputPath]:
