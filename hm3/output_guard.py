@@ -128,6 +128,13 @@ def check_replaceable(out: str | Path, kind: Kind, force: bool, resume_hint: str
             f"{out} is a {found} folder hm3 wrote, not a {kind} folder; --force replaces a {kind} only "
             f"with a {kind}: choose another output folder"
         )
+    added = foreign_files(out)
+    if added:
+        shown = ", ".join(added[:3]) + (f" (and {len(added) - 3} more)" if len(added) > 3 else "")
+        raise UserError(
+            f"{out} is a {kind} folder hm3 wrote, but it now also holds {shown}; --force replaces only what hm3 "
+            "wrote: move them out, or choose another output folder"
+        )
     return f"the {kind} folder {out} (written by hm3)"
 
 
@@ -138,8 +145,30 @@ def announce_replacement(description: str | None) -> None:
 
 
 def mark(folder: Path, kind: Kind) -> None:
-    """Write :data:`MARKER` into ``folder`` (a folder hm3 is writing)."""
-    (Path(folder) / MARKER).write_text(json.dumps({"written_by": "hm3", "kind": kind}) + "\n")
+    """Write :data:`MARKER` into ``folder`` (a folder hm3 is writing). A model folder is marked once it is
+    complete, and its marker lists its files: ``--force`` later replaces the folder only while it holds nothing
+    else (:func:`foreign_files`); a run folder grows after it is marked."""
+    folder = Path(folder)
+    data: dict[str, object] = {"written_by": "hm3", "kind": kind}
+    if kind == "model":
+        data["files"] = _files_under(folder)
+    (folder / MARKER).write_text(json.dumps(data) + "\n")
+
+
+def foreign_files(folder: Path) -> list[str]:
+    """Files under a model folder hm3 wrote that its marker does not list (none when the marker has no list:
+    an export from before the lists)."""
+    try:
+        listed = json.loads((Path(folder) / MARKER).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(listed, list):
+        return []
+    return sorted(set(_files_under(Path(folder))) - {*map(str, listed), MARKER})
+
+
+def _files_under(folder: Path) -> list[str]:
+    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if not path.is_dir())
 
 
 def written_kind(folder: Path) -> Kind | None:

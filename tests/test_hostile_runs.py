@@ -202,6 +202,23 @@ def test_an_export_over_its_run_or_an_input_is_refused(
     assert inputs.digest() == before
 
 
+def test_force_replaces_an_exported_model_only_while_it_holds_only_what_hm3_wrote(
+    inputs: Inputs, tmp_path: Path
+) -> None:
+    """An export's marker lists its files; a user's file added since is not deleted by ``--force``."""
+    model = tmp_path / "model"
+    done = hm3_in_process("export", inputs.run, "--member", inputs.member(), "--out", model)
+    assert done.returncode == 0, done.stderr
+    assert "config.json" in json.loads((model / ".hm3-output.json").read_text())["files"]
+    (model / "my_notes.txt").write_text("mine")
+    done = hm3_in_process("export", inputs.run, "--member", inputs.member(), "--out", model, "--force")
+    assert_refused(done, "now also holds my_notes.txt", "move them out")
+    assert (model / "my_notes.txt").read_text() == "mine"
+    (model / "my_notes.txt").unlink()
+    done = hm3_in_process("export", inputs.run, "--member", inputs.member(), "--out", model, "--force")
+    assert done.returncode == 0 and "replacing the model folder" in done.stderr, done.stderr
+
+
 def test_force_never_replaces_a_run_that_holds_a_task_s_data_or_a_recipe_include(
     inputs: Inputs, tmp_path: Path
 ) -> None:

@@ -258,6 +258,9 @@ def test_stats_alignment_matches_source_statistics_and_round_trips(family, routi
     assert (plain - aligned).abs().max().item() > 1e-3
     out = save_routed_model(pool, path, tmp_path / "aligned", alignment=alignment)
     assert (out / "hm3_alignment.safetensors").is_file()
+    from hm3.output_guard import foreign_files
+
+    assert foreign_files(out) == []  # its marker lists the alignment: a later --force may replace it
     assert (_outputs(hm3.load_merged(out), family) - aligned).abs().max().item() == 0
     assert (_outputs(_load(out, family), family) - plain).abs().max().item() == 0  # from_pretrained: no maps
 

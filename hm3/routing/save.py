@@ -35,6 +35,7 @@ from safetensors.torch import save_file
 from hm3.errors import UserError
 from hm3.export import check_output_folder, fix_config, move_into_place, write_hf_checkpoint
 from hm3.folder_swap import staging_folder
+from hm3.output_guard import mark
 from hm3.routing.builder import routed_tensors
 from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
@@ -161,6 +162,7 @@ def save_routed_model(
         )
         if alignment is not None:
             save_file(alignment.to_tensors(), str(folder / ALIGNMENT_FILE))
+            mark(folder, "model")  # its marker lists the alignment too
         move_into_place(folder, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
