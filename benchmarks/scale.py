@@ -76,7 +76,7 @@ def main() -> None:
         f"Machine: {cpu_name()}, {os.cpu_count()} cores; "
         f"date {time.strftime('%Y-%m-%d %H:%M')}; load average at the end {os.getloadavg()[0]:.1f}; zoo build "
         f"`{zoo_build(REPO / 'zoo' / 'lm-llama-small')}`  ",
-        f"Recipe: `recipes/toy-lm.yaml` with {PREFERENCES} preferences and at most {ITERATIONS} new paths per "
+        f"Recipe: `recipes/toy-lm.yaml` with {PREFERENCES} Dirichlet preferences (+ the centre) and at most {ITERATIONS} new paths per "
         "preference (its other settings as shipped: the optimised upper level on the driver, the preferences' "
         "path searches on the workers); each run a fresh `hm3 merge` subprocess (start-up, fine-tuned scoring, "
         "held-out scoring and Ray start-up included).",
