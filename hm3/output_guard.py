@@ -57,8 +57,7 @@ def check_no_overlap(out: str | Path, inputs: Iterable[InputPath]) -> None:
         else:
             continue
         raise UserError(
-            f"output {out} {relation} the {label} {path}; hm3 never writes over its inputs: choose another "
-            f"output {'file' if out.suffix else 'folder'}"
+            f"output {out} {relation} the {label} {path}; hm3 never writes over its inputs: choose another path"
         )
 
 
