@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -171,17 +170,13 @@ def _inputs(recipe_file: str, recipe: Recipe) -> list[InputPath]:
 
 
 def _write_json(target: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` beside ``target`` and rename it into place (a link there is replaced, never followed);
-    nothing is left behind if that fails."""
+    """Write ``payload`` whole (:func:`hm3.folder_swap.replace_file`: a link there is replaced, never followed;
+    nothing is left behind if that fails)."""
+    from hm3.folder_swap import replace_file
+
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    staging.unlink(missing_ok=True)  # what a killed earlier write of this process id left
+    text = json.dumps(payload, indent=2) + "\n"
     try:
-        with open(staging, "x", encoding="utf-8") as handle:
-            handle.write(json.dumps(payload, indent=2) + "\n")
-        os.replace(staging, target)
-    except BaseException as error:
-        staging.unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise UserError(f"cannot write --json {target}: {error.strerror or error}") from error
-        raise
+        replace_file(target, lambda handle: handle.write(text.encode("utf-8")))
+    except OSError as error:
+        raise UserError(f"cannot write --json {target}: {error.strerror or error}") from error

@@ -22,7 +22,9 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 REPLACED = "replaced"
 TAGS = ("partial", "routed", REPLACED)
@@ -82,6 +84,26 @@ def clear_leftovers(out: Path) -> None:
             fsync_folder(parent)
         else:
             _remove(entry)
+
+
+def replace_file(target: Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Write a file whole: ``write(handle)`` fills ``.NAME.tmp-<pid>`` beside ``target``, which is made durable
+    and renamed onto it (a link at ``target`` is replaced, never followed); on any failure the temporary is
+    removed and ``target`` is as it was."""
+    target = Path(target)
+    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    temporary.unlink(missing_ok=True)  # what a killed earlier write of this process id left
+    try:
+        with open(temporary, "xb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_folder(target.parent)
+    return target
 
 
 def clear_stale_temporaries(folder: Path) -> None:

@@ -150,7 +150,7 @@ def mark(folder: Path, kind: Kind) -> None:
     folder = Path(folder)
     data: dict[str, object] = {"written_by": "hm3", "kind": kind}
     if kind == "model":
-        data["files"] = _files_under(folder)
+        data["files"] = files_under(folder)
     (folder / MARKER).write_text(json.dumps(data) + "\n")
 
 
@@ -163,10 +163,11 @@ def foreign_files(folder: Path) -> list[str]:
         return []
     if not isinstance(listed, list):
         return []
-    return sorted(set(_files_under(Path(folder))) - {*map(str, listed), MARKER})
+    return sorted(set(files_under(Path(folder))) - {*map(str, listed), MARKER})
 
 
-def _files_under(folder: Path) -> list[str]:
+def files_under(folder: Path) -> list[str]:
+    """Every file under ``folder``, as sorted paths relative to it (what a marker or a zoo manifest lists)."""
     return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if not path.is_dir())
 
 

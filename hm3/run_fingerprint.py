@@ -157,10 +157,7 @@ def data_differences(old: Any, new: Any, path: str = "") -> list[str]:
 def model_files(recipe: Recipe) -> dict[str, dict[str, list[int]]]:
     """Model folder -> {weight file: [size, mtime in ns]} for every local model of the recipe (hub ids skipped)."""
     found: dict[str, dict[str, list[int]]] = {}
-    for ref in [recipe.base_model, *recipe.models]:
-        folder = Path(ref.path)
-        if ref.is_hub or not folder.is_dir():
-            continue
+    for folder in _local_model_folders(recipe):
         stats = {f.name: f.stat() for f in sorted(folder.iterdir()) if f.suffix in WEIGHT_SUFFIXES}
         found[str(folder)] = {name: [stat.st_size, stat.st_mtime_ns] for name, stat in stats.items()}
     return found
@@ -170,10 +167,7 @@ def model_config_files(recipe: Recipe) -> dict[str, dict[str, str | None]]:
     """Model folder -> {configuration or tokenizer file (:data:`MODEL_FILE_SUFFIXES`): content digest} for every
     local model of the recipe."""
     found: dict[str, dict[str, str | None]] = {}
-    for ref in [recipe.base_model, *recipe.models]:
-        folder = Path(ref.path)
-        if ref.is_hub or not folder.is_dir():
-            continue
+    for folder in _local_model_folders(recipe):
         files = [
             f
             for f in sorted(folder.iterdir())
@@ -181,6 +175,13 @@ def model_config_files(recipe: Recipe) -> dict[str, dict[str, str | None]]:
         ]
         found[str(folder)] = {f.name: file_digest(f) for f in files}
     return found
+
+
+def _local_model_folders(recipe: Recipe) -> Iterator[Path]:
+    """The folders of the recipe's models that are on this machine (hub ids and missing folders skipped)."""
+    for ref in [recipe.base_model, *recipe.models]:
+        if not ref.is_hub and Path(ref.path).is_dir():
+            yield Path(ref.path)
 
 
 def input_files(recipe: Recipe) -> Iterator[Path]:

@@ -44,7 +44,7 @@ from hm3.errors import ModelsChangedError, StaleRunError, UserError
 from hm3.folder_swap import (
     clear_leftovers,
     clear_stale_temporaries,
-    fsync_folder,
+    replace_file,
     staging_folder,
     swap_into_place,
 )
@@ -338,15 +338,7 @@ class RunStore:
         return path
 
     def _write_atomic(self, name: str, text: str) -> Path:
-        target = self.directory / name
-        temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-        fsync_folder(target.parent)
-        return target
+        return replace_file(self.directory / name, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

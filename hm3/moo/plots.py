@@ -11,7 +11,6 @@ its own colour.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,6 +19,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
+from hm3.folder_swap import replace_file
 from hm3.moo.pareto import non_dominated_mask
 
 SeriesKind = Literal["front", "candidates", "finetuned", "merge", "baseline"]
@@ -67,15 +67,11 @@ def plot_pareto(series: list[PlotSeries], objective_names: list[str], out: Path,
     fig.tight_layout(rect=(0, 0.03 if k > 2 else 0, 1, 0.96))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    staging.unlink(missing_ok=True)  # what a killed earlier write of this process id left
     try:
-        with open(staging, "xb") as handle:
-            fig.savefig(handle, format=out.suffix[1:].lower(), dpi=130, bbox_inches="tight")
-        os.replace(staging, out)
-    except BaseException:
-        staging.unlink(missing_ok=True)
-        raise
+        replace_file(
+            out,
+            lambda handle: fig.savefig(handle, format=out.suffix[1:].lower(), dpi=130, bbox_inches="tight"),
+        )
     finally:
         plt.close(fig)
     return out

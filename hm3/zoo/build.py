@@ -37,6 +37,7 @@ from rich.console import Console
 
 from hm3.errors import UserError
 from hm3.folder_swap import clear_leftovers, process_alive, swap_into_place
+from hm3.output_guard import files_under
 from hm3.zoo.config import MANIFEST, ZooConfig, build_identity, is_current, manifest_matches, read_manifest
 from hm3.zoo.fingerprint import short
 from hm3.zoo.lm_build import build_lm_zoo
@@ -104,11 +105,6 @@ DERIVED_FOLDERS = (
 )
 """What a rebuild replaces besides the build's own files: derived from the replaced zoo (its seed, size, folder),
 it is removed with it, and the command writes it again for the new one."""
-
-
-def written_files(folder: Path) -> list[str]:
-    """Every file under ``folder``, as sorted paths relative to it (the manifest's ``files``)."""
-    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if not path.is_dir())
 
 
 def foreign_files(target: Path, manifest: dict[str, Any]) -> list[str]:
@@ -326,7 +322,7 @@ def _write_manifest(staging: Path, zoo: ZooConfig, contents: dict[str, Any], sec
         "size": zoo.size,
         "seed": zoo.seed,
         **contents,
-        "files": written_files(staging),
+        "files": files_under(staging),
         "build": build_identity(zoo),
         "build_seconds": round(seconds, 1),
     }
