@@ -668,17 +668,7 @@ def load_recipe(path: str | Path) -> Recipe:
 def recipe_files(path: str | Path) -> list[Path]:
     """The recipe file and every file its ``include:`` chain reads (resolved), for a recipe that loads."""
     found: list[Path] = []
-
-    def visit(file: Path) -> None:
-        if file in found or not file.is_file():
-            return
-        found.append(file)
-        includes = _read_yaml(file, "").get("include")
-        for include in [includes] if isinstance(includes, str) else includes or []:
-            if isinstance(include, str):
-                visit((file.parent / include).resolve())
-
-    visit(Path(path).resolve())
+    _read_with_includes(Path(path).resolve(), chain=(), files=found)
     return found
 
 
@@ -715,10 +705,14 @@ def _read_yaml(path: Path, where: str) -> dict[str, Any]:
     return data
 
 
-def _read_with_includes(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+def _read_with_includes(
+    path: Path, chain: tuple[Path, ...], files: list[Path] | None = None
+) -> dict[str, Any]:
     """The recipe mapping with every ``include:`` merged in; relative paths inside an included file are
-    rewritten to absolute ones so they keep pointing where that file meant."""
+    rewritten to absolute ones so they keep pointing where that file meant. ``files`` collects every file read."""
     data = _read_yaml(path, "include" if chain else "")
+    if files is not None and path not in files:
+        files.append(path)
     includes = data.pop("include", None)
     if includes is None:
         return data
@@ -734,7 +728,7 @@ def _read_with_includes(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
             raise RecipeError([(where, f"include cycle through {target}")], str(path))
         if not target.is_file():
             raise RecipeError([(where, f"included file not found: {target}")], str(path))
-        included = _read_with_includes(target, (*chain, path))
+        included = _read_with_includes(target, (*chain, path), files)
         merged = _deep_merge(merged, _absolutize(included, target.parent))
     return _deep_merge(merged, data)
 
