@@ -144,7 +144,9 @@ def main(argv: list[str] | None = None) -> None:
         "toy LM (deep)": REPO / "recipes" / "toy-lm-deep.yaml",
         "toy ViT (small)": REPO / "recipes" / "toy-vit.yaml",
     }
-    builds = {zoo: zoo_build(Path(load_recipe(recipe).base_model.path).parent) for zoo, recipe in zoos.items()}
+    builds = {
+        zoo: zoo_build(Path(load_recipe(recipe).base_model.path).parent) for zoo, recipe in zoos.items()
+    }
     table = [
         "| zoo | candidate | before s | after s | speed-up | max score difference | documents decided by the "
         "shortcut | before, 2 busy loops | after, 2 busy loops | slowdown after under load |",

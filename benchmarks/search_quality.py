@@ -169,6 +169,10 @@ def run_settings(recipe, method: str) -> str:
     level = recipe.architecture_level
     if level.fixed_first == level.fixed_last == 0:  # added since, off: runs made before it stay current
         exclude["architecture_level"] = {"fixed_first", "fixed_last"}
+    if (
+        recipe.parameter_level.batch == 1
+    ):  # added since (proposals scored together): runs before it stay current
+        exclude["parameter_level"] = {"batch"}
     return hashlib.sha256(recipe.model_dump_json(exclude=exclude or None).encode()).hexdigest()[:16]
 
 

@@ -266,6 +266,10 @@ class ParameterLevel(_Section):
         budget: Merges the optimised upper level scores (None: 8 per searched dimension), at most 100,000.
         optimiser: The optimised upper level's optimiser: ``gp`` (Optuna's Gaussian-process sampler, expected
             hypervolume improvement) or ``nsga2`` (pymoo's NSGA-II), on the normalised objectives.
+        batch: Merges the ``gp`` optimiser proposes together, in [1, 64] (Optuna's q-batch acquisition), scored
+            at once on a distributed run's Ray workers — set it to the number of workers there. The merges
+            proposed depend on it (never on the workers), so a run gives the same front in this process and on
+            Ray. NSGA-II scores each generation's merges together anyway.
         granularity: What the optimised upper level gives a coefficient: ``model`` (one per model) or
             ``block:N`` (N per model, 2 ≤ N ≤ 16, at N evenly spaced depths; the layers between take the linear
             interpolation — mergekit's gradient, so the merge exports to mergekit as it is).
@@ -288,6 +292,7 @@ class ParameterLevel(_Section):
     w_max: float = Field(default=1.0, gt=0, le=10)
     budget: int | None = Field(default=None, gt=0, le=100_000)
     optimiser: Literal["gp", "nsga2"] = "gp"
+    batch: int = Field(default=1, ge=1, le=64)
     granularity: Annotated[str, Field(pattern=r"^(model|block:([2-9]|1[0-6]))$")] = "model"
     method: MergeMethodName = "dare_ties"
     density: float | None = Field(default=None, gt=0, le=1)
@@ -314,6 +319,11 @@ class ParameterLevel(_Section):
             raise ValueError(
                 f"granularity {self.granularity!r} applies to weights: optimised (with weights: preference the "
                 "merge weights are λ, one per model)"
+            )
+        if self.batch != 1 and (self.weights != "optimised" or self.optimiser != "gp"):
+            raise ValueError(
+                f"batch {self.batch} applies to the optimised upper level's gp optimiser (weights: optimised, "
+                "optimiser: gp); NSGA-II scores each generation's merges together without it"
             )
         if self.weights == "optimised" and (self.density_search or self.scale_search):
             raise ValueError(

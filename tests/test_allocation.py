@@ -305,3 +305,64 @@ def test_preferences_that_start_from_one_merge_run_in_index_order_and_the_others
     assert next_ready(queue, {0, 1, 2, 3}, groups) == 2  # 0 still running: only 1 may start
     assert next_ready(queue, {2, 3}, groups) == 0  # 0 done: 2, not 3 (it waits for 2 as well)
     assert next_ready([(3, None)], {2, 3}, groups) is None
+
+
+def test_the_gp_optimiser_asks_a_batch_before_any_answer_and_keeps_to_the_room_left():
+    from hm3.moo.bayesian import GPSearch
+
+    def run(batch: int) -> list[list[list[float]]]:
+        engine = GPSearch([0.0, 0.0], [1.0, 1.0], 2, seed=5, batch=batch)
+        batches: list[list[list[float]]] = []
+
+        def evaluate(points: list[np.ndarray]) -> list[list[float]]:
+            batches.append([x.tolist() for x in points])
+            return [_toy(x) for x in points]
+
+        asked = lambda: sum(map(len, batches))  # noqa: E731
+        engine.run_batches(evaluate, lambda: asked() < 15, lambda: 15 - asked())
+        return batches
+
+    three, again, one = run(3), run(3), run(1)
+    assert [len(b) for b in three] == [3, 3, 3, 3, 3] and three == again
+    assert [len(b) for b in one] == [1] * 15
+    flat = lambda batches: [x for b in batches for x in b]  # noqa: E731
+    assert flat(three)[:9] == flat(one)[:9]  # the random start-up points (10) do not depend on the batch
+    assert flat(three)[12:] != flat(one)[12:]  # the GP's do: a batch is asked before any of it is answered
+    assert run(4)[-1] == run(4)[-1] and [len(b) for b in run(4)] == [4, 4, 4, 3]  # the room left: 15 - 12
+
+
+def test_an_error_fails_the_whole_batch_and_ends_the_gp_search():
+    import optuna
+
+    from hm3.moo.bayesian import GPSearch
+
+    engine = GPSearch([0.0, 0.0], [1.0, 1.0], 2, seed=0, batch=3)
+
+    def evaluate(points: list[np.ndarray]) -> list[list[float]]:
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        engine.run_batches(evaluate, lambda: True)
+    states = [t.state for t in engine.study.trials]
+    assert states == [optuna.trial.TrialState.FAIL] * 3
+
+
+def test_nsga2_in_batches_asks_the_points_it_asks_one_at_a_time():
+    from hm3.moo.nsga2 import NSGA2Search
+
+    def run(room: int | None) -> list[list[float]]:
+        engine = NSGA2Search([0.0, 0.0], [1.0, 1.0], 2, population=6, seed=2)
+        asked: list[list[float]] = []
+
+        def evaluate(points: list[np.ndarray]) -> list[list[float]]:
+            assert room is None or len(points) <= room
+            asked.extend(x.tolist() for x in points)
+            return [[-v for v in _toy(x)] for x in points]
+
+        if room is None:
+            engine.run(lambda x: evaluate([x])[0], lambda: len(asked) < 18)
+        else:
+            engine.run_batches(evaluate, lambda: len(asked) < 18, lambda: room)
+        return asked
+
+    assert run(None) == run(4) == run(100)

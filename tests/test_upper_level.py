@@ -172,6 +172,11 @@ def test_weights_preference_keeps_the_papers_merge_lambda(lm_zoo_micro, tmp_path
         ("{weights: preference, granularity: block:2}", "parameter_level"),
         ("{weights: optimal}", "parameter_level.weights"),
         ("{weights: optimised, scale_search: [1.0, 2.0]}", "parameter_level"),
+        ("{batch: 0}", "parameter_level.batch"),
+        ("{batch: 65}", "parameter_level.batch"),
+        ("{batch: two}", "parameter_level.batch"),
+        ("{optimiser: nsga2, batch: 2}", "parameter_level"),
+        ("{weights: preference, batch: 2}", "parameter_level"),
     ],
 )
 def test_a_bad_upper_level_setting_is_one_line_naming_the_field(
@@ -211,3 +216,46 @@ def test_block_granularity_searches_a_gradient_per_model_that_exports_to_mergeki
     config = yaml.safe_load(exported[0].read_text())
     weights = [entry["parameters"]["weight"] for entry in config["models"] if "parameters" in entry]
     assert weights and all(isinstance(w, list) and len(w) == 2 for w in weights)
+
+
+BATCHED = "parameter_level: {method: task_arithmetic, w_max: 2.0, budget: 10, batch: 4}"
+"""The upper level proposing 4 merges at a time (10 = 4 + 4 + 2)."""
+
+
+@pytest.mark.slow
+def test_a_batched_upper_level_scores_its_merges_on_ray_workers_and_finds_the_same_front(
+    lm_zoo_micro,  # noqa: F811
+    tmp_path,
+):
+    runs = {}
+    for name, flags in (("here", ()), ("ray", ("--ray-address", "local", "--workers", "2"))):
+        recipe = _recipe_file(lm_zoo_micro, tmp_path / name, BATCHED, "architecture_level: {enabled: false}")
+        done = run_hm3("merge", "--recipe", recipe, "--out", tmp_path / name / "run", "--quiet", *flags)
+        assert done.returncode == 0, done.stderr
+        runs[name] = tmp_path / name / "run"
+    upper = [r for r in _records(runs["here"]) if r.get("label") == "upper_level"]
+    assert len(upper) == 10  # the budget, never more, whatever the batch
+    assert all(0.0 <= w <= 2.0 for r in upper for w in r["merge"]["weights"])
+    # the driver logs each merge in the order proposed, whoever scored it: the same log, record for record
+    assert _keys(runs["ray"]) == _keys(runs["here"])
+    assert [r["scores"] for r in _records(runs["ray"])] == [r["scores"] for r in _records(runs["here"])]
+    log = (runs["ray"] / "log.txt").read_text()
+    assert log.index("ray: 2 workers at local") < log.index("upper level: 10 of 10 merges")  # scored there
+    members = [json.loads((run / "front.json").read_text())["members"] for run in runs.values()]
+    assert members[0] == members[1]
+
+
+def test_a_batch_changes_the_merges_proposed_not_the_budget(lm_zoo_micro, tmp_path):  # noqa: F811
+    first = {}
+    for batch in (1, 3):
+        level = f"parameter_level: {{method: task_arithmetic, w_max: 2.0, budget: 14, batch: {batch}}}"
+        recipe = _recipe_file(
+            lm_zoo_micro, tmp_path / str(batch), level, "architecture_level: {enabled: false}"
+        )
+        done = run_hm3("merge", "--recipe", recipe, "--out", tmp_path / str(batch) / "run", "--quiet")
+        assert done.returncode == 0, done.stderr
+        upper = [r for r in _records(tmp_path / str(batch) / "run") if r.get("label") == "upper_level"]
+        assert len(upper) == 14
+        first[batch] = [r["key"] for r in upper]
+    assert first[1][:10] == first[3][:10]  # Optuna's 10 random start-up points: the same
+    assert first[1][10:] != first[3][10:]  # then the GP's: one at a time, or 3 at a time (qLogEHVI)

@@ -3,7 +3,10 @@ stops it: the sample-efficient optimiser of the optimised upper level (``paramet
 
 Optuna's sampler fits one GP per objective and, once its ``startup`` random points are scored, asks the point
 of best expected hypervolume improvement (log-EHVI) — a few dozen scored merges go much further than an
-evolutionary population's generations. Optuna's own storage is kept in memory: the run's candidate log is the
+evolutionary population's generations. With a ``batch`` of q, it asks q points before any of them is scored:
+each later ask sees the earlier ones as running trials, and Optuna answers with its q-batch acquisition (qLogEHVI,
+greedy over the batch), so q merges can be scored at once (on Ray workers); the points asked depend on q, never
+on who scores them. Optuna's own storage is kept in memory: the run's candidate log is the
 state that survives a kill (a resumed search asks the same points again and the log answers them).
 """
 
@@ -50,8 +53,13 @@ class GPSearch:
         objectives: int,
         seed: int,
         first: Sequence[Sequence[float]] = (),
+        batch: int = 1,
     ) -> None:
-        """``first``: points asked before the sampler's own (e.g. known-good merges)."""
+        """``first``: points asked before the sampler's own (e.g. known-good merges); ``batch``: points asked
+        together, before any of them is scored."""
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, not {batch}")
+        self.batch = batch
         optuna.logging.set_verbosity(logging.ERROR)  # "greenlet is unavailable": sequential L-BFGS-B is fine
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -69,17 +77,31 @@ class GPSearch:
 
     def run(self, evaluate: Callable[[np.ndarray], Sequence[float]], more: Callable[[], bool]) -> None:
         """Ask points while ``more()`` holds; ``evaluate`` gives the values to maximise. An exception from
-        ``evaluate`` ends the search (that point counts as failed)."""
+        ``evaluate`` ends the search (that point, and the rest of its batch, count as failed)."""
+        self.run_batches(lambda points: [evaluate(x) for x in points], more)
+
+    def run_batches(
+        self,
+        evaluate: Callable[[list[np.ndarray]], Sequence[Sequence[float]]],
+        more: Callable[[], bool],
+        room: Callable[[], int] | None = None,
+    ) -> None:
+        """Ask batches while ``more()`` holds: ``batch`` points (fewer where ``room()``, the points still
+        wanted, is smaller; at least one), then ``evaluate`` gives the values to maximise of all of them, in
+        order. An exception from ``evaluate`` ends the search (the batch counts as failed)."""
         while more():
+            size = max(1, min(self.batch, room() if room is not None else self.batch))
             with _fitting_threads():
-                trial = self.study.ask(self.distributions)
-            x = np.array([trial.params[name] for name in self.names], dtype=float)
+                trials = [self.study.ask(self.distributions) for _ in range(size)]
+            points = [np.array([t.params[name] for name in self.names], dtype=float) for t in trials]
             try:
-                values = [float(v) for v in evaluate(x)]
+                values = [[float(v) for v in answer] for answer in evaluate(points)]
             except BaseException:
-                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                for trial in trials:
+                    self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 raise
-            self.study.tell(trial, values)
+            for trial, answer in zip(trials, values, strict=True):
+                self.study.tell(trial, answer)
 
 
 def gp_maximise(

@@ -30,12 +30,26 @@ class NSGA2Search:
     def run(self, evaluate: Callable[[np.ndarray], Sequence[float]], more: Callable[[], bool]) -> None:
         """Evaluate generations while ``more()`` holds (checked between generations); ``evaluate``: a point ->
         the values to minimise. An exception from ``evaluate`` ends the run mid-generation."""
+        self.run_batches(lambda points: [evaluate(x) for x in points], more, lambda: 1)
+
+    def run_batches(
+        self,
+        evaluate: Callable[[list[np.ndarray]], Sequence[Sequence[float]]],
+        more: Callable[[], bool],
+        room: Callable[[], int] | None = None,
+    ) -> None:
+        """:meth:`run`, with ``evaluate`` given several points of a generation at once (all its points not yet
+        evaluated, at most ``room()`` of them, at least one): the points asked are the same whatever the batch,
+        since a generation's offspring are drawn before any of them is scored."""
         while self._offspring is not None or more():
             if self._offspring is None:
                 self._offspring, self._values = self.algorithm.ask(), []
             points = self._offspring.get("X")
             while len(self._values) < len(points):
-                self._values.append(list(evaluate(points[len(self._values)])))
+                done, left = len(self._values), len(points) - len(self._values)
+                size = max(1, min(left, room() if room is not None else left))
+                answers = evaluate([points[i] for i in range(done, done + size)])
+                self._values.extend([float(v) for v in answer] for answer in answers)
             Evaluator().eval(
                 StaticProblem(self.problem, F=np.array(self._values, dtype=float)), self._offspring
             )

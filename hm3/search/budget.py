@@ -26,7 +26,7 @@ Every method — HM3's two levels, its ablations, the baselines — and the end 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -157,6 +157,7 @@ class BudgetedEvaluator:
         split: str = "search",
         build: Callable[[], Any] | None = None,
         label: str | None = None,
+        scored: tuple[Mapping[str, float], float] | None = None,
     ) -> dict[str, float]:
         """The scores of ``candidate`` on ``split``: from the log, or built (``build()``, default: from the
         search's models), scored, appended to the log and counted.
@@ -169,6 +170,8 @@ class BudgetedEvaluator:
             build: Makes the candidate's model (a path scorer's, with its alignment); None: the search's
                 :meth:`~hm3.search.models.CandidateModels.build`.
             label: A name for the record (fine-tuned models and references).
+            scored: The candidate's scores on ``split`` and the seconds they took, computed elsewhere (a Ray
+                worker: :meth:`score_many`); used, logged and charged as if scored here.
 
         Raises:
             BudgetSpent: a new charged candidate that the budget cannot pay for.
@@ -188,10 +191,14 @@ class BudgetedEvaluator:
         new = known is None
         if new:
             start = time.perf_counter()
-            model = build() if build is not None else search.models.build(candidate)
-            scores = {
-                name: float(value) for name, value in search.evaluator.score(model, split=split).items()
-            }
+            if scored is None:
+                model = build() if build is not None else search.models.build(candidate)
+                scores = {
+                    name: float(value) for name, value in search.evaluator.score(model, split=split).items()
+                }
+                seconds = time.perf_counter() - start
+            else:
+                scores, seconds = {name: float(value) for name, value in scored[0].items()}, scored[1]
             documents = search.documents(split)
             search.log.record(
                 key,
@@ -203,7 +210,7 @@ class BudgetedEvaluator:
                 preference_index=self.preference_index,
                 label=label,
                 documents=documents,
-                seconds=round(time.perf_counter() - start, 4),
+                seconds=round(seconds, 4),
                 **candidate.data(),
             )
         else:
@@ -220,6 +227,48 @@ class BudgetedEvaluator:
         if new and self.on_new is not None:
             self.on_new(candidate, scores, split)
         return dict(scores)
+
+    def score_many(
+        self,
+        candidates: Sequence[Candidate],
+        *,
+        level: str,
+        label: str | None = None,
+        score_new: Callable[[list[Candidate]], Iterator[tuple[Mapping[str, float], float]]] | None = None,
+    ) -> list[dict[str, float]]:
+        """The search-split scores of several candidates, exactly as :meth:`score` one after the other gives
+        them (logged, charged and refused past the budget in order). ``score_new``: scores the candidates
+        that need scoring (not in the log, not charged, within the budget; each once) together — a Ray
+        worker pool — and yields (scores, seconds) for each, in order; each is logged as it arrives."""
+        fresh = self._unscored(candidates) if score_new is not None else []
+        arriving = score_new([c for _, c in fresh]) if len(fresh) > 1 and score_new is not None else None
+        waiting = {key for key, _ in fresh} if arriving is not None else set()
+        results = []
+        for candidate in candidates:
+            key = candidate.key("search", self.search.objectives, self.search.scoring)
+            scored = None
+            if key in waiting:  # the next to arrive: they come in order
+                waiting.discard(key)
+                scored = next(arriving)  # type: ignore[arg-type]
+            results.append(self.score(candidate, level=level, label=label, scored=scored))
+        return results
+
+    def _unscored(self, candidates: Sequence[Candidate]) -> list[tuple[str, Candidate]]:
+        """The candidates :meth:`score` would score on the search split now, each once, in order, as many as
+        the budget pays for."""
+        full, split = self.search.documents("search"), "search"
+        room = None if self.budget is None else self.budget * full - self.charged_documents
+        out: dict[str, Candidate] = {}
+        for candidate in candidates:
+            key = candidate.key(split, self.search.objectives, self.search.scoring)
+            if key in out or key in self.charged or self.search.log.get(key) is not None:
+                continue
+            if room is not None:
+                if room < full:
+                    break
+                room -= full
+            out[key] = candidate
+        return list(out.items())
 
 
 def shared_keys(records: Iterable[Mapping[str, Any]], earlier: Iterable[int]) -> frozenset[str]:

@@ -1,19 +1,25 @@
-"""The preference subproblems of a search as Ray actors (``hm3 merge --ray-address local|auto|HOST:PORT``).
+"""A search on Ray actors (``hm3 merge --ray-address local|auto|HOST:PORT``): the upper level's merges scored in
+batches, and the preference subproblems.
 
-Each actor opens the run on its own — its own copy of the model pool and of the evaluator, on its own device —
-and searches the preferences the driver hands it with :func:`hm3.search.preference.run_preference`, the very function
-the sequential search calls, with the same per-preference seed. Every candidate an actor scores is appended
-by the actor to the run's ``candidates.jsonl`` (one line per ``write``, ``O_APPEND``, fsynced), so the run
-directory must be on a file system every node sees (always true for ``local``). The driver writes each
-finished preference to ``preferences/`` as results come in; a killed distributed run resumes like any other,
-sequentially or distributed.
+The run's actors (:class:`RayWorkers`) start at their first use and serve the whole run. Each opens the run on
+its own — its own copy of the model pool and of the evaluator, on its own device. The optimised upper level
+proposes ``parameter_level.batch`` merges at a time (NSGA-II: a generation) and the actors score them together
+(:meth:`RayWorkers.score`); the driver logs and charges each, in order, as it arrives, exactly as a run in one
+process would. Then each actor searches the preferences the driver hands it with
+:func:`hm3.search.preference.run_preference`, the very function the sequential search calls, with the same
+per-preference seed. Every candidate an actor's path search scores is appended by the actor to the run's
+``candidates.jsonl`` (one line per ``write``, ``O_APPEND``, fsynced), so the run directory must be on a file
+system every node sees (always true for ``local``). The driver writes each finished preference to
+``preferences/`` as results come in; a killed distributed run resumes like any other, sequentially or
+distributed.
 
 Nothing here imports Ray unless a distributed run is asked for.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +28,7 @@ import numpy as np
 from hm3.errors import UserError
 from hm3.merge.spec import MergeSpec
 from hm3.routing.agent import PathAgent
+from hm3.search.candidate import Candidate
 from hm3.search.log import CandidateLog
 from hm3.search.preference import run_preference
 from hm3.search.progress import SearchProgress
@@ -30,7 +37,8 @@ from hm3.store import RunStore
 
 
 class PreferenceWorker:
-    """A Ray actor: one copy of the pool and the evaluator, searching preferences one at a time."""
+    """A Ray actor: one copy of the pool and the evaluator, scoring candidates and searching preferences, one
+    at a time."""
 
     def __init__(
         self,
@@ -38,14 +46,19 @@ class PreferenceWorker:
         run_directory: str,
         scale: tuple[list[float], list[float]],
         parameter_level: bool,
-        agent_folder: str | None,
     ) -> None:
         self.search = open_search(recipe, RunStore(Path(run_directory)), SearchProgress(enabled=False))
         self.search.ideal, self.search.nadir = list(scale[0]), list(scale[1])
         self.parameter_level = parameter_level
-        self.agent = None
-        if agent_folder is not None:
-            self.agent = PathAgent.load(agent_folder, allow_pickle=recipe.allow_pickle)
+        self.agents: dict[str, PathAgent] = {}
+
+    def score(self, candidate: dict) -> tuple[dict[str, float], float]:
+        """The search-split scores of a candidate (:meth:`Candidate.data`) and the seconds they took; the
+        driver logs and charges them."""
+        start = time.perf_counter()
+        model = self.search.models.build(Candidate.from_record(candidate))
+        scores = self.search.evaluator.score(model, split="search")
+        return {name: float(value) for name, value in scores.items()}, time.perf_counter() - start
 
     def run(
         self,
@@ -54,20 +67,73 @@ class PreferenceWorker:
         merge: dict | None = None,
         path_level_paid: bool = True,
         shares_with: list[int] | None = None,
+        agent_folder: str | None = None,
     ) -> dict:
         spec = None if merge is None else MergeSpec.model_validate(merge)
+        agent = None
+        if agent_folder is not None:
+            if agent_folder not in self.agents:
+                self.agents[agent_folder] = PathAgent.load(
+                    agent_folder, allow_pickle=self.search.recipe.allow_pickle
+                )
+            agent = self.agents[agent_folder]
         # what other workers logged since (the probe preference's paths above all) is answered, not re-scored
         self.search.log = CandidateLog(self.search.store)
         return run_preference(
             self.search,
             index,
             np.asarray(preference),
-            self.agent,
+            agent,
             self.parameter_level,
             spec,
             path_level_paid=path_level_paid,
             shares_with=shares_with or [],
         )
+
+
+class RayWorkers:
+    """A distributed run's actors: started at their first use (one :class:`PreferenceWorker` each), kept for
+    the run, killed by :meth:`close`."""
+
+    def __init__(self, search: Search, parameter_level: bool, address: str, workers: int | None) -> None:
+        self.search, self.parameter_level = search, parameter_level
+        self.address, self.workers = address, workers
+        self._actors: list[Any] | None = None
+
+    @property
+    def actors(self) -> list[Any]:
+        if self._actors is None:
+            import ray
+
+            count = connect(self.address, self.workers)
+            cluster = ray.cluster_resources()
+            options, recipe = actor_placement(self.search.recipe, cluster)
+            if options.get("num_gpus"):
+                count = min(count, int(cluster["GPU"]))
+            worker_class = ray.remote(**options)(PreferenceWorker)
+            scale = (self.search.ideal, self.search.nadir)
+            directory = str(self.search.store.directory.resolve())
+            self._actors = [
+                worker_class.remote(recipe, directory, scale, self.parameter_level) for _ in range(count)
+            ]
+            self.search.store.log(f"ray: {count} workers at {self.address}")
+        return self._actors
+
+    def score(self, candidates: list[Candidate]) -> Iterator[tuple[dict[str, float], float]]:
+        """Score ``candidates`` on the search split, spread over the actors; (scores, seconds) of each, in
+        order, as they arrive (:meth:`hm3.search.budget.BudgetedEvaluator.score_many` logs them)."""
+        from ray.util import ActorPool
+
+        pool = ActorPool(self.actors)
+        yield from pool.map(lambda actor, candidate: actor.score.remote(candidate.data()), candidates)
+
+    def close(self) -> None:
+        if self._actors is not None:
+            import ray
+
+            for actor in self._actors:
+                ray.kill(actor)
+            self._actors = None
 
 
 def connect(address: str, workers: int | None) -> int:
@@ -109,45 +175,28 @@ def actor_placement(recipe: Any, cluster: dict[str, float]) -> tuple[dict[str, f
 
 def run_preferences_on_ray(
     search: Search,
+    workers: RayWorkers,
     pending: list[tuple[int, np.ndarray]],
-    parameter_level: bool,
     agent_folder: Path | None,
-    address: str,
-    workers: int | None,
     on_result: Callable[[dict], None],
     merges: dict[int, MergeSpec] | None = None,
     probe: int | None = None,
     path_level_paid: Callable[[], bool] = lambda: True,
     groups: dict[int, list[int]] | None = None,
 ) -> None:
-    """Search the ``pending`` (index, λ) preferences on Ray actors; ``on_result`` gets each record as it lands
-    (``merges``: the optimised upper level's merge of each preference). ``probe``: a pending preference searched
-    first and alone, after whose record (``on_result``) ``path_level_paid()`` gives every other preference's
-    verdict (:mod:`hm3.search.allocation`). ``groups``: for each preference, the earlier ones that search the
-    same merge (:func:`hm3.search.preference.merge_groups`); it starts only once they are done, as in a
-    sequential run."""
+    """Search the ``pending`` (index, λ) preferences on the run's Ray actors; ``on_result`` gets each record as
+    it lands (``merges``: the optimised upper level's merge of each preference). ``probe``: a pending preference
+    searched first and alone, after whose record (``on_result``) ``path_level_paid()`` gives every other
+    preference's verdict (:mod:`hm3.search.allocation`). ``groups``: for each preference, the earlier ones that
+    search the same merge (:func:`hm3.search.preference.merge_groups`); it starts only once they are done, as in
+    a sequential run."""
     import ray
 
-    count = min(connect(address, workers), len(pending))
-    if count == 0:
+    if not pending:
         return
-    cluster = ray.cluster_resources()
-    options, recipe = actor_placement(search.recipe, cluster)
-    if options.get("num_gpus"):
-        count = min(count, int(cluster["GPU"]))
-    worker_class = ray.remote(**options)(PreferenceWorker)
-    actors = [
-        worker_class.remote(
-            recipe,
-            str(search.store.directory.resolve()),
-            (search.ideal, search.nadir),
-            parameter_level,
-            None if agent_folder is None else str(agent_folder),
-        )
-        for _ in range(count)
-    ]
-    search.store.log(f"ray: {count} workers at {address}")
+    actors = workers.actors
     groups = groups or {}
+    folder = None if agent_folder is None else str(agent_folder)
     queue = sorted(pending, key=lambda item: item[0] != probe)  # the probe first
     probing = probe is not None and bool(queue) and queue[0][0] == probe
     unfinished = {index for index, _ in pending}
@@ -158,10 +207,8 @@ def run_preferences_on_ray(
         index, preference = queue.pop(position)
         paid = True if index == probe else path_level_paid()
         actor = idle.pop(0)
-        running[actor.run.remote(*_task(index, preference, merges), paid, groups.get(index, []))] = (
-            actor,
-            index,
-        )
+        task = actor.run.remote(*_task(index, preference, merges), paid, groups.get(index, []), folder)
+        running[task] = (actor, index)
 
     def dispatch() -> None:
         while idle and queue:
@@ -174,20 +221,16 @@ def run_preferences_on_ray(
         start(0)  # the probe alone: its verdict is in before the others start
     else:
         dispatch()
-    try:
-        while running:
-            done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
-            search.progress.stage_count(_logged_lines(search))
-            for reference in done:
-                actor, index = running.pop(reference)
-                on_result(ray.get(reference))
-                unfinished.discard(index)
-                idle.append(actor)
-            if done:  # (after the probe: its verdict is in)
-                dispatch()
-    finally:
-        for actor in actors:
-            ray.kill(actor)
+    while running:
+        done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+        search.progress.stage_count(_logged_lines(search))
+        for reference in done:
+            actor, index = running.pop(reference)
+            on_result(ray.get(reference))
+            unfinished.discard(index)
+            idle.append(actor)
+        if done:  # (after the probe: its verdict is in)
+            dispatch()
 
 
 def next_ready(queue: list[tuple[int, Any]], waiting: set[int], groups: dict[int, list[int]]) -> int | None:

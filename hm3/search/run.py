@@ -41,7 +41,7 @@ from hm3.merge.spec import MergeSpec
 from hm3.recipe import Recipe, load_recipe, recipe_files
 from hm3.routing.agent import MAX_EPISODES_PER_CANDIDATE
 from hm3.search.allocation import Patience, path_level_paid
-from hm3.search.distributed import run_preferences_on_ray
+from hm3.search.distributed import RayWorkers, run_preferences_on_ray
 from hm3.search.finish import finish_run, logged_candidates, run_folder
 from hm3.search.log import CandidateLog
 from hm3.search.preference import (
@@ -137,82 +137,92 @@ def run_search(
     vectors = preferences(recipe)
     progress.print(budget_line(recipe, len(vectors)))
     folder = store.subdirectory(PREFERENCES_DIR)
-    done = [folder / f"p{i:03d}.json" for i in range(len(vectors))]
-    merges: dict[int, MergeSpec] = {}
-    upper = UpperLevel(search, method) if parameter_level and recipe.parameter_level.optimised else None
-    if upper is not None and not all(f.is_file() for f in done):
-        archive = upper.run()
-        merges = {i: merge_for_preference(search, archive, v) for i, v in enumerate(vectors)}
-    progress.start_preferences(len(vectors), sum(f.is_file() for f in done))
-    agent = None
-    needs_agent = recipe.architecture_level.enabled and recipe.agent.mode == "conditioned"
-    if needs_agent and not all(f.is_file() for f in done):
-        # trained across the preferences on their own merges (without a parameter level: over the centre's)
-        choose = (
-            conditioned_merge_choice(search, archive if merges else None, vectors)
-            if parameter_level
-            else None
-        )
-        agent = conditioned_agent(search, choose)
-
-    def save(record: dict) -> None:
-        store.write_json(f"{PREFERENCES_DIR}/p{record['index']:03d}.json", record)
-        best = max(record["candidates"], key=lambda c: c["reward"])
-        store.log(
-            f"preference {record['index']} {record['preference']}: {len(record['candidates'])} candidates, "
-            f"best R {best['reward']:.4f}, {record['seconds']:.1f} s"
-        )
-        progress.finish_preference()
-
-    pending = [(i, v) for i, (v, file) in enumerate(zip(vectors, done, strict=True)) if not file.is_file()]
-    groups = merge_groups(merges)  # preferences that search the same merge: in index order, sharing charges
-    probe = PROBE if adapts_path_budget(recipe) and len(vectors) > 1 else None
-
-    def paid() -> bool:  # the probe preference's verdict (read once it is written)
-        return probe is None or path_level_paid(store.read_json(f"{PREFERENCES_DIR}/p{probe:03d}.json"))
-
     address = ray_address or recipe.distributed.ray_address
-    if address and pending:
-        initial = search.log.loaded
-        agent_folder = store.directory / POLICY_DIR / CONDITIONED_POLICY if agent is not None else None
-        run_preferences_on_ray(
-            search,
-            pending,
-            parameter_level,
-            agent_folder,
-            address,
-            workers or recipe.distributed.workers,
-            save,
-            merges,
-            probe,
-            paid,
-            groups,
-        )
-        search.log = CandidateLog(store)  # the workers appended their candidates to the file
-        search.log.new, search.log.loaded = search.log.loaded - initial, initial
-    for index, preference in pending if not address else []:
-        progress.start_preference(index, len(vectors), preference, recipe.agent.iterations)
-        verdict = True if index == probe else paid()
-        record = run_preference(
-            search,
-            index,
-            preference,
-            agent,
-            parameter_level,
-            merges.get(index),
-            verdict,
-            shares_with=groups.get(index, []),
-        )
-        save(record)
-    results = [store.read_json(f"{PREFERENCES_DIR}/{file.name}") for file in done]
-    ledgers = [r.get("ledger", {}) for r in results]
-    training: int | None = None  # paths the conditioned agent's training scored
-    if needs_agent and (store.directory / POLICY_DIR / CONDITIONED_POLICY / "ledger.json").is_file():
-        ledgers.append(store.read_json(f"{POLICY_DIR}/{CONDITIONED_POLICY}/ledger.json"))
-        training = int(ledgers[-1].get("path", {}).get("candidates", 0))
-    allocation = budget_allocation(recipe, results, training) if parameter_level else None
-    if upper is not None and allocation is not None and allocation["given_back"] > 0:
-        upper.run(upper.first_round + allocation["given_back"])  # continues the first round's optimiser
+    distributed = (
+        RayWorkers(search, parameter_level, address, workers or recipe.distributed.workers)
+        if address
+        else None
+    )
+    try:
+        done = [folder / f"p{i:03d}.json" for i in range(len(vectors))]
+        merges: dict[int, MergeSpec] = {}
+        upper = UpperLevel(search, method) if parameter_level and recipe.parameter_level.optimised else None
+        if upper is not None and distributed is not None:
+            upper.score_new = distributed.score  # a batch of merges scored together on the workers
+            if recipe.parameter_level.optimiser == "gp" and recipe.parameter_level.batch == 1:
+                progress.print(
+                    "the upper level proposes one merge at a time (parameter_level.batch: 1) and scores it here; "
+                    "set batch to the number of workers to score that many at once on Ray"
+                )
+        if upper is not None and not all(f.is_file() for f in done):
+            archive = upper.run()
+            merges = {i: merge_for_preference(search, archive, v) for i, v in enumerate(vectors)}
+        progress.start_preferences(len(vectors), sum(f.is_file() for f in done))
+        agent = None
+        needs_agent = recipe.architecture_level.enabled and recipe.agent.mode == "conditioned"
+        if needs_agent and not all(f.is_file() for f in done):
+            # trained across the preferences on their own merges (without a parameter level: over the centre's)
+            choose = (
+                conditioned_merge_choice(search, archive if merges else None, vectors)
+                if parameter_level
+                else None
+            )
+            agent = conditioned_agent(search, choose)
+
+        def save(record: dict) -> None:
+            store.write_json(f"{PREFERENCES_DIR}/p{record['index']:03d}.json", record)
+            best = max(record["candidates"], key=lambda c: c["reward"])
+            store.log(
+                f"preference {record['index']} {record['preference']}: {len(record['candidates'])} candidates, "
+                f"best R {best['reward']:.4f}, {record['seconds']:.1f} s"
+            )
+            progress.finish_preference()
+
+        pending = [
+            (i, v) for i, (v, file) in enumerate(zip(vectors, done, strict=True)) if not file.is_file()
+        ]
+        groups = merge_groups(
+            merges
+        )  # preferences that search the same merge: in index order, sharing charges
+        probe = PROBE if adapts_path_budget(recipe) and len(vectors) > 1 else None
+
+        def paid() -> bool:  # the probe preference's verdict (read once it is written)
+            return probe is None or path_level_paid(store.read_json(f"{PREFERENCES_DIR}/p{probe:03d}.json"))
+
+        if distributed is not None and pending:
+            initial = search.log.loaded
+            agent_folder = store.directory / POLICY_DIR / CONDITIONED_POLICY if agent is not None else None
+            run_preferences_on_ray(
+                search, distributed, pending, agent_folder, save, merges, probe, paid, groups
+            )
+            search.log = CandidateLog(store)  # the workers appended their candidates to the file
+            search.log.new, search.log.loaded = search.log.loaded - initial, initial
+        for index, preference in pending if distributed is None else []:
+            progress.start_preference(index, len(vectors), preference, recipe.agent.iterations)
+            verdict = True if index == probe else paid()
+            record = run_preference(
+                search,
+                index,
+                preference,
+                agent,
+                parameter_level,
+                merges.get(index),
+                verdict,
+                shares_with=groups.get(index, []),
+            )
+            save(record)
+        results = [store.read_json(f"{PREFERENCES_DIR}/{file.name}") for file in done]
+        ledgers = [r.get("ledger", {}) for r in results]
+        training: int | None = None  # paths the conditioned agent's training scored
+        if needs_agent and (store.directory / POLICY_DIR / CONDITIONED_POLICY / "ledger.json").is_file():
+            ledgers.append(store.read_json(f"{POLICY_DIR}/{CONDITIONED_POLICY}/ledger.json"))
+            training = int(ledgers[-1].get("path", {}).get("candidates", 0))
+        allocation = budget_allocation(recipe, results, training) if parameter_level else None
+        if upper is not None and allocation is not None and allocation["given_back"] > 0:
+            upper.run(upper.first_round + allocation["given_back"])  # continues the first round's optimiser
+    finally:
+        if distributed is not None:
+            distributed.close()
     summary_details = {
         "budget": hm3_budget(recipe),
         **(details or {}),

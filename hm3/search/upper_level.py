@@ -15,7 +15,7 @@ preferences choose *which* merges matter, they are not the weights.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -88,22 +88,29 @@ class UpperLevel:
         objectives = len(recipe.objectives)
         self.optimiser: GPSearch | NSGA2Search
         if recipe.parameter_level.optimiser == "gp":
-            self.optimiser = GPSearch(low, high, objectives, recipe.seed)
+            self.optimiser = GPSearch(low, high, objectives, recipe.seed, batch=recipe.parameter_level.batch)
         else:
             population = int(min(max(4, self.first_round // 4), 20))
             self.optimiser = NSGA2Search(low, high, objectives, population, recipe.seed)
         self.evaluations = BudgetedEvaluator(search, method, self.first_round)
         self.archive: list[tuple[MergeSpec, dict[str, float]]] = []
         self._rewards = search.rewards()
+        self.score_new: Callable[[list[Candidate]], Iterator[tuple[Mapping[str, float], float]]] | None = None
+        """Scores a batch of new merges together (a distributed run's Ray workers); None: one after the other,
+        here."""
 
-    def _evaluate(self, x: np.ndarray) -> list[float]:
-        spec = coefficients_merge(self.recipe, x, self.sparse)
+    def _evaluate(self, points: list[np.ndarray]) -> list[list[float]]:
+        specs = [coefficients_merge(self.recipe, x, self.sparse) for x in points]
         used = self.evaluations.used
-        scores = self.evaluations.score(Candidate.of_merge(spec), level="merge", label=UPPER_LEVEL)
-        if self.evaluations.used > used:
-            self.search.progress.advance()
-        self.archive.append((spec, scores))
-        return list(self._rewards.normalised(scores))
+        scores = self.evaluations.score_many(
+            [Candidate.of_merge(spec) for spec in specs],
+            level="merge",
+            label=UPPER_LEVEL,
+            score_new=self.score_new,
+        )
+        self.search.progress.advance(int(self.evaluations.used - used))
+        self.archive.extend(zip(specs, scores, strict=True))
+        return [list(self._rewards.normalised(s)) for s in scores]
 
     def run(self, budget: int | None = None) -> list[tuple[MergeSpec, dict[str, float]]]:
         """Search until ``budget`` merges (default: the first round's); every merge scored, in order."""
@@ -118,11 +125,13 @@ class UpperLevel:
         self.search.progress.stage(f"upper level: merges ({OPTIMISER_NAMES[optimiser]}){extra}", budget)
         self.search.progress.advance(self.evaluations.used)
         more = lambda: self.evaluations.used < budget  # noqa: E731
+        room = lambda: int(budget - self.evaluations.used)  # noqa: E731  (merges: whole scorings)
         try:
             if isinstance(self.optimiser, GPSearch):
-                self.optimiser.run(self._evaluate, more)
+                self.optimiser.run_batches(self._evaluate, more, room)
             else:
-                self.optimiser.run(lambda x: [-v for v in self._evaluate(x)], more)
+                minimise = lambda points: [[-v for v in r] for r in self._evaluate(points)]  # noqa: E731
+                self.optimiser.run_batches(minimise, more, room)
         except BudgetSpent:
             pass
         self.search.store.log(f"upper level: {self.evaluations.used} of {budget} merges")
