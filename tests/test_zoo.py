@@ -468,3 +468,20 @@ def test_force_replaces_a_zoo_with_the_himole_tasks_hm3_wrote(
         p.relative_to(zoo).as_posix() for p in zoo.rglob("*") if p.is_file() and p.name != "zoo.json"
     )
     assert [p.name for p in tmp_path.iterdir()] == ["lm-llama-micro"]  # nothing left beside it
+
+
+def test_zoo_scoring_prints_nothing_of_lm_evals_own_outside_a_git_repository(
+    lm_zoo_micro: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """lm-eval's request bars and its `git describe` ("fatal: not a git repository", written to the terminal
+    by git itself) stay out of the build's display; the score is the one scores.json records."""
+    from hm3.zoo.scores import lm_scores
+
+    monkeypatch.chdir(tmp_path)  # not a git repository
+    scores = lm_scores({"sorting": lm_zoo_micro / "sorting"}, lm_zoo_micro / "tasks", ["toy_sorting"])
+    captured = capfd.readouterr()
+    assert "fatal" not in captured.err and "it/s" not in captured.err, captured.err[-500:]
+    assert scores["sorting"]["toy_sorting"] == _scores(lm_zoo_micro)["scores"]["sorting"]["toy_sorting"]

@@ -22,9 +22,11 @@ import os
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 
+from hm3.evaluate.quiet import quiet_libraries
 from hm3.zoo.fingerprint import short
 from hm3.zoo.vision import accuracy, load_classifier
 
@@ -56,15 +58,19 @@ def lm_scores(
     manager = TaskManager(include_path=str(task_dir), include_defaults=False)
     scores: dict[str, dict[str, float]] = {}
     for name, folder in model_dirs.items():
-        model = HFLM(pretrained=str(folder), batch_size=LM_BATCH_SIZE, device="cpu")
-        results = lm_eval.simple_evaluate(
-            model=model,
-            tasks=task_names,
-            task_manager=manager,
-            log_samples=False,
-            bootstrap_iters=0,
-            verbosity="WARNING",
-        )
+        # quiet: the loading and request bars would break the build's own progress display; and simple_evaluate
+        # records the current folder's git commit by running `git describe`, which prints "fatal: not a git
+        # repository" straight to the terminal outside one (the scores do not need it)
+        with quiet_libraries(), mock.patch("lm_eval.evaluator.get_git_commit_hash", return_value=None):
+            model = HFLM(pretrained=str(folder), batch_size=LM_BATCH_SIZE, device="cpu")
+            results = lm_eval.simple_evaluate(
+                model=model,
+                tasks=task_names,
+                task_manager=manager,
+                log_samples=False,
+                bootstrap_iters=0,
+                verbosity="WARNING",
+            )
         scores[name] = {task: float(results["results"][task]["exact_match,none"]) for task in task_names}
     return scores
 
