@@ -169,9 +169,7 @@ def run_settings(recipe, method: str) -> str:
     level = recipe.architecture_level
     if level.fixed_first == level.fixed_last == 0:  # added since, off: runs made before it stay current
         exclude["architecture_level"] = {"fixed_first", "fixed_last"}
-    if (
-        recipe.parameter_level.batch == 1
-    ):  # added since (proposals scored together): runs before it stay current
+    if recipe.parameter_level.batch == 1:  # added since, the default: runs made before it stay current
         exclude["parameter_level"] = {"batch"}
     return hashlib.sha256(recipe.model_dump_json(exclude=exclude or None).encode()).hexdigest()[:16]
 
@@ -203,6 +201,7 @@ def run_one(kind: str, seed: int, method: str, budget: int) -> dict:
         folder.parent.mkdir(parents=True, exist_ok=True)
         claim = folder.with_name(f".{method}.running")
         claim.write_text(str(os.getpid()))
+        (folder / "wall.json").unlink(missing_ok=True)  # the benchmark's, not hm3's: --force keeps to hm3's
         store = RunStore.create(folder, recipe, force=True)
         started = time.perf_counter()
         with SearchProgress(enabled=sys.stdout.isatty()) as progress:

@@ -93,6 +93,7 @@ def finished_run(folder: Path, recipe, zoo: str, run_format: int = 1) -> float:
             return float(wall["seconds"])
     folder.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    stamp.unlink(missing_ok=True)  # the benchmark's, not hm3's: --force keeps to hm3's
     store = RunStore.create(folder, recipe, force=True)
     try:
         with SearchProgress(enabled=sys.stdout.isatty()) as progress:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -30,6 +31,30 @@ if TYPE_CHECKING:
 
 MARKER = ".hm3-output.json"
 """The file hm3 writes into every folder it creates: ``{"written_by": "hm3", "kind": "run" | "model"}``."""
+
+RUN_ENTRIES = frozenset(
+    {
+        MARKER,
+        ".hm3.lock",  # hm3.run_lock.LOCK_FILE
+        "recipe.yaml",  # hm3.store: RECIPE_FILE, CANDIDATES_FILE, FRONT_FILE, SUMMARY_FILE, LOG_FILE
+        "candidates.jsonl",
+        "front.json",
+        "summary.json",
+        "log.txt",
+        "fingerprint.json",  # hm3.run_fingerprint.FINGERPRINT_FILE
+        "preferences",  # hm3.search.run.PREFERENCES_DIR
+        "policy",  # hm3.search.preference.POLICY_DIR
+        "mergekit",  # hm3.search.finish: the front's mergekit configurations, MERGED_MODELS_DIR
+        "merged",
+        "baseline.json",  # hm3 baseline
+    }
+)
+"""What hm3 writes at the top of a run folder (``tests/test_hostile_runs.py`` checks the list against the
+modules' names); below these, everything is hm3's. Plots (``.png``, ``.svg``) at the top are taken as
+``hm3 pareto RUN --plot``'s, as hm3 suggests writing them there."""
+PLOT_SUFFIXES = (".png", ".svg")
+TEMPORARY = re.compile(r"^\..+\.tmp-\d+$")
+"""A file hm3 was writing whole (:func:`hm3.folder_swap.replace_file`)."""
 
 Kind = Literal["run", "model"]
 InputPath = tuple[str, "str | Path"]
@@ -127,7 +152,7 @@ def check_replaceable(out: str | Path, kind: Kind, force: bool, resume_hint: str
             f"{out} is a {found} folder hm3 wrote, not a {kind} folder; --force replaces a {kind} only "
             f"with a {kind}: choose another output folder"
         )
-    added = foreign_files(out)
+    added = foreign_files(out) if kind == "model" else foreign_run_entries(out)
     if added:
         shown = ", ".join(added[:3]) + (f" (and {len(added) - 3} more)" if len(added) > 3 else "")
         raise UserError(
@@ -164,6 +189,18 @@ def foreign_files(folder: Path) -> list[str]:
     if not isinstance(listed, list):
         return []
     return sorted(set(files_under(Path(folder))) - {*map(str, listed), MARKER})
+
+
+def foreign_run_entries(folder: Path) -> list[str]:
+    """What a run folder holds at its top that hm3 does not write there (:data:`RUN_ENTRIES`, plots), sorted;
+    a run grows after it is marked, so its marker cannot list its files."""
+    return sorted(
+        entry.name + ("/" if entry.is_dir() else "")
+        for entry in Path(folder).iterdir()
+        if entry.name not in RUN_ENTRIES
+        and not TEMPORARY.match(entry.name)
+        and not (entry.suffix.lower() in PLOT_SUFFIXES and entry.is_file() and not entry.is_symlink())
+    )
 
 
 def files_under(folder: Path) -> list[str]:

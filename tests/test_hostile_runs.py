@@ -219,6 +219,43 @@ def test_force_replaces_an_exported_model_only_while_it_holds_only_what_hm3_wrot
     assert done.returncode == 0 and "replacing the model folder" in done.stderr, done.stderr
 
 
+def test_force_replaces_a_run_only_while_it_holds_only_what_hm3_writes_there(
+    inputs: Inputs, tmp_path: Path
+) -> None:
+    """A run folder grows after it is marked, so no list of its files exists: ``--force`` knows the names hm3
+    writes at its top (and plots), and a user's file or folder added beside them is not deleted."""
+    run = copy_of_run(inputs, tmp_path)
+    done = hm3_in_process("pareto", run, "--plot", run / "front.png")  # as `hm3 merge` suggests
+    assert done.returncode == 0, done.stderr
+    (run / "notes.txt").write_text("mine")
+    (run / "analysis").mkdir()
+    (run / "analysis" / "table.csv").write_text("1,2\n")
+    before = tree_digest(run)
+    done = hm3_in_process("merge", "--recipe", inputs.recipe, "--out", run, "--force", "--quiet")
+    assert_refused(done, "now also holds analysis/, notes.txt", "move them out")
+    assert tree_digest(run) == before
+    shutil.rmtree(run / "analysis")
+    (run / "notes.txt").unlink()
+    done = hm3_in_process("merge", "--recipe", inputs.recipe, "--out", run, "--force", "--quiet")
+    assert done.returncode == 0 and "replacing the run folder" in done.stderr, done.stderr
+    assert not (run / "front.png").exists()  # the old run's plot went with it
+
+
+def test_the_names_force_takes_for_a_run_s_are_the_ones_hm3_writes(inputs: Inputs) -> None:
+    from hm3.output_guard import MARKER, RUN_ENTRIES, foreign_run_entries
+    from hm3.run_fingerprint import FINGERPRINT_FILE
+    from hm3.run_lock import LOCK_FILE
+    from hm3.search.finish import MERGED_MODELS_DIR
+    from hm3.search.preference import POLICY_DIR
+    from hm3.search.run import PREFERENCES_DIR
+    from hm3.store import CANDIDATES_FILE, FRONT_FILE, LOG_FILE, RECIPE_FILE, SUMMARY_FILE
+
+    written = {MARKER, LOCK_FILE, FINGERPRINT_FILE, MERGED_MODELS_DIR, POLICY_DIR, PREFERENCES_DIR}
+    written |= {CANDIDATES_FILE, FRONT_FILE, LOG_FILE, RECIPE_FILE, SUMMARY_FILE, "mergekit", "baseline.json"}
+    assert written <= RUN_ENTRIES
+    assert foreign_run_entries(inputs.run) == []
+
+
 def test_force_never_replaces_a_run_that_holds_a_task_s_data_or_a_recipe_include(
     inputs: Inputs, tmp_path: Path
 ) -> None:
