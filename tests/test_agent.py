@@ -170,7 +170,7 @@ def test_agent_beats_the_best_single_model_and_as_many_random_paths(micro):
 
 def _synthetic_scores(model) -> dict[str, float]:
     """Cheap deterministic scores of a routed micro model (its length and first layer's weights)."""
-    first = float(model.model.layers[0].mlp.up_proj.weight.abs().mean())
+    first = float(model.model.layers[0].mlp.up_proj.weight.detach().abs().mean())
     layers = model.config.num_hidden_layers
     return {"addition": first * 10, "reversal": 1 / layers, "sorting": first * layers}
 
