@@ -37,8 +37,19 @@ from hm3.search.candidate import LEVELS, SEARCHED_LEVELS, Candidate
 if TYPE_CHECKING:
     from hm3.search.session import Search
 
-__all__ = ["CHARGED_SPLITS", "BudgetSpent", "BudgetedEvaluator", "Ledger", "LedgerLine", "shared_keys"]
+__all__ = [
+    "CHARGED_SPLITS",
+    "BudgetSpent",
+    "BudgetedEvaluator",
+    "Ledger",
+    "LedgerLine",
+    "ScoreNew",
+    "shared_keys",
+]
 
+
+ScoreNew = Callable[[list[Candidate]], Iterator[tuple[Mapping[str, float], float]]]
+"""Scores new candidates together elsewhere (a Ray worker pool), yielding (scores, seconds) of each in order."""
 
 CHARGED_SPLITS = ("search", "screen")
 """The splits whose scorings at the searched levels are charged."""
@@ -234,7 +245,7 @@ class BudgetedEvaluator:
         *,
         level: str,
         label: str | None = None,
-        score_new: Callable[[list[Candidate]], Iterator[tuple[Mapping[str, float], float]]] | None = None,
+        score_new: ScoreNew | None = None,
     ) -> list[dict[str, float]]:
         """The search-split scores of several candidates, exactly as :meth:`score` one after the other gives
         them (logged, charged and refused past the budget in order). ``score_new``: scores the candidates

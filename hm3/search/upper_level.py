@@ -15,7 +15,7 @@ preferences choose *which* merges matter, they are not the weights.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,7 +23,7 @@ import numpy as np
 from hm3.merge.spec import MergeSpec
 from hm3.moo.bayesian import GPSearch
 from hm3.moo.nsga2 import NSGA2Search
-from hm3.search.budget import BudgetedEvaluator, BudgetSpent
+from hm3.search.budget import BudgetedEvaluator, BudgetSpent, ScoreNew
 from hm3.search.candidate import Candidate
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ class UpperLevel:
         self.evaluations = BudgetedEvaluator(search, method, self.first_round)
         self.archive: list[tuple[MergeSpec, dict[str, float]]] = []
         self._rewards = search.rewards()
-        self.score_new: Callable[[list[Candidate]], Iterator[tuple[Mapping[str, float], float]]] | None = None
+        self.score_new: ScoreNew | None = None
         """Scores a batch of new merges together (a distributed run's Ray workers); None: one after the other,
         here."""
 
