@@ -174,15 +174,15 @@ def run_settings(recipe, method: str) -> str:
     return hashlib.sha256(recipe.model_dump_json(exclude=exclude or None).encode()).hexdigest()[:16]
 
 
-def run_one(kind: str, seed: int, method: str, budget: int) -> dict:
-    """One run (reused when it finished on this zoo build and run format); returns summary + front + wall
-    time."""
+def run_one(kind: str, seed: int, method: str, budget: int, scratch: Path = SCRATCH) -> dict:
+    """One run in ``scratch`` (reused when it finished on this zoo build and run format); returns summary +
+    front + wall time."""
     from hm3.baselines import run_baseline
     from hm3.search.progress import SearchProgress
     from hm3.search.run import run_search
     from hm3.store import RunStore
 
-    folder = SCRATCH / kind / f"seed{seed}" / method
+    folder = scratch / kind / f"seed{seed}" / method
     zoo = zoo_fingerprint(kind)
     wait_for_other_process(folder)
     recipe = run_recipe(kind, seed, method, budget)
