@@ -259,3 +259,27 @@ def test_a_batch_changes_the_merges_proposed_not_the_budget(lm_zoo_micro, tmp_pa
         first[batch] = [r["key"] for r in upper]
     assert first[1][:10] == first[3][:10]  # Optuna's 10 random start-up points: the same
     assert first[1][10:] != first[3][10:]  # then the GP's: one at a time, or 3 at a time (qLogEHVI)
+
+
+def test_a_distributed_run_starts_no_more_workers_than_a_batch_or_its_preferences_use(monkeypatch, tmp_path):
+    """Each worker loads the whole pool: on a cluster of 8 CPUs, a run whose batch and preferences use 3
+    starts 3 (Ray itself replaced by a stand-in that counts the actors started)."""
+    import sys
+    from types import SimpleNamespace
+
+    from hm3.search import distributed
+
+    started: list[tuple] = []
+    actor_class = SimpleNamespace(remote=lambda *arguments: started.append(arguments) or object())
+    ray = SimpleNamespace(
+        cluster_resources=lambda: {"CPU": 8.0}, remote=lambda **options: lambda cls: actor_class
+    )
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    monkeypatch.setattr(distributed, "connect", lambda address, workers: 8)
+    logged: list[str] = []
+    store = SimpleNamespace(directory=tmp_path, log=logged.append)
+    search = SimpleNamespace(recipe=SimpleNamespace(device="cpu"), ideal=[1.0], nadir=[0.0], store=store)
+    workers = distributed.RayWorkers(search, True, "local", None, needed=3)  # type: ignore[arg-type]
+    assert not started  # nothing before the first use
+    assert len(workers.actors) == 3 and len(started) == 3
+    assert logged == ["ray: 3 workers at local"]

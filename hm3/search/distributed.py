@@ -92,12 +92,15 @@ class PreferenceWorker:
 
 
 class RayWorkers:
-    """A distributed run's actors: started at their first use (one :class:`PreferenceWorker` each), kept for
-    the run, killed by :meth:`close`."""
+    """A distributed run's actors: started at their first use (one :class:`PreferenceWorker` each, as many as
+    ``workers`` or the cluster's CPUs, at most ``needed``: more would only load the pool), kept for the run,
+    killed by :meth:`close`."""
 
-    def __init__(self, search: Search, parameter_level: bool, address: str, workers: int | None) -> None:
+    def __init__(
+        self, search: Search, parameter_level: bool, address: str, workers: int | None, needed: int
+    ) -> None:
         self.search, self.parameter_level = search, parameter_level
-        self.address, self.workers = address, workers
+        self.address, self.workers, self.needed = address, workers, max(1, needed)
         self._actors: list[Any] | None = None
 
     @property
@@ -105,7 +108,7 @@ class RayWorkers:
         if self._actors is None:
             import ray
 
-            count = connect(self.address, self.workers)
+            count = min(connect(self.address, self.workers), self.needed)
             cluster = ray.cluster_resources()
             options, recipe = actor_placement(self.search.recipe, cluster)
             if options.get("num_gpus"):

@@ -137,16 +137,17 @@ def run_search(
     vectors = preferences(recipe)
     progress.print(budget_line(recipe, len(vectors)))
     folder = store.subdirectory(PREFERENCES_DIR)
+    done = [folder / f"p{i:03d}.json" for i in range(len(vectors))]
+    upper = UpperLevel(search, method) if parameter_level and recipe.parameter_level.optimised else None
     address = ray_address or recipe.distributed.ray_address
-    distributed = (
-        RayWorkers(search, parameter_level, address, workers or recipe.distributed.workers)
-        if address
-        else None
-    )
+    distributed = None
+    if address:  # as many workers as a batch of merges or the preferences left can use
+        needed = max(sum(not f.is_file() for f in done), upper.batch if upper is not None else 1)
+        distributed = RayWorkers(
+            search, parameter_level, address, workers or recipe.distributed.workers, needed
+        )
     try:
-        done = [folder / f"p{i:03d}.json" for i in range(len(vectors))]
         merges: dict[int, MergeSpec] = {}
-        upper = UpperLevel(search, method) if parameter_level and recipe.parameter_level.optimised else None
         if upper is not None and distributed is not None:
             upper.score_new = distributed.score  # a batch of merges scored together on the workers
             if recipe.parameter_level.optimiser == "gp" and recipe.parameter_level.batch == 1:

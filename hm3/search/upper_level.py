@@ -88,16 +88,22 @@ class UpperLevel:
         objectives = len(recipe.objectives)
         self.optimiser: GPSearch | NSGA2Search
         if recipe.parameter_level.optimiser == "gp":
-            self.optimiser = GPSearch(low, high, objectives, recipe.seed, batch=recipe.parameter_level.batch)
+            self.optimiser = GPSearch(low, high, objectives, recipe.seed, batch=self.batch)
         else:
-            population = int(min(max(4, self.first_round // 4), 20))
-            self.optimiser = NSGA2Search(low, high, objectives, population, recipe.seed)
+            self.optimiser = NSGA2Search(low, high, objectives, self.batch, recipe.seed)
         self.evaluations = BudgetedEvaluator(search, method, self.first_round)
         self.archive: list[tuple[MergeSpec, dict[str, float]]] = []
         self._rewards = search.rewards()
         self.score_new: ScoreNew | None = None
         """Scores a batch of new merges together (a distributed run's Ray workers); None: one after the other,
         here."""
+
+    @property
+    def batch(self) -> int:
+        """Merges it hands over at once: the recipe's ``batch`` (GP), or NSGA-II's population."""
+        if self.recipe.parameter_level.optimiser == "gp":
+            return self.recipe.parameter_level.batch
+        return int(min(max(4, self.first_round // 4), 20))
 
     def _evaluate(self, points: list[np.ndarray]) -> list[list[float]]:
         specs = [coefficients_merge(self.recipe, x, self.sparse) for x in points]
