@@ -235,6 +235,7 @@ def test_ray_local_cluster_gives_the_same_front_as_the_sequential_run(
         timeout=900,
     )
     assert done.returncode == 0, done.stderr
+    assert "Ray instance" not in done.stderr and "WARNING" not in done.stderr  # Ray's start-up lines
     assert "ray: 2 workers at local" in (run / "log.txt").read_text()
     assert _front(run) == _front(finished_run)
     assert sorted(_keys(run)) == sorted(_keys(finished_run))

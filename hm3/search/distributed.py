@@ -18,6 +18,7 @@ Nothing here imports Ray unless a distributed run is asked for.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -146,7 +147,13 @@ def connect(address: str, workers: int | None) -> int:
     except ImportError as error:  # the `ray` extra is optional
         raise UserError("distributed search needs Ray: pip install 'hm3[ray]'") from error
     if not ray.is_initialized():
-        options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        # Ray's own start-up lines (its token authentication notice, "Started a local Ray instance") would land
+        # in the search's display: only its errors are shown
+        options: dict[str, Any] = {
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "logging_level": logging.ERROR,
+        }
         try:
             if address == "local":
                 ray.init(num_cpus=workers, **options)
