@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import search_quality as quality  # noqa: E402
-from _bench import REPO, cpu_name, kept_notes  # noqa: E402
+from _bench import REPO, cpu_name, kept_notes, marked_sections  # noqa: E402
 
 METHODS = ("hm3", "param_only")
 SCRATCH = REPO / "benchmarks" / "scratch" / "budget_scaling"
@@ -80,7 +80,9 @@ def zoo_section(kind: str, seeds: list[int], started: float) -> list[str]:
     volume = {
         key: normalization.hypervolume(quality.heldout_points(run["front"])) for key, run in runs.items()
     }
+    key = quality.section_key(kind)
     lines = [
+        f"<!-- zoo {key}: start -->",
         f"## {kind} zoo (`{quality.ZOOS[kind]}`), build `{quality.recipe_zoo_build(kind)}`",
         "",
         f"Measured on {cpu_name()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; seeds {seeds}.",
@@ -102,7 +104,7 @@ def zoo_section(kind: str, seeds: list[int], started: float) -> list[str]:
             f"| {' / '.join(f'{v:.2f}' for v in spend)} | {' / '.join(str(m) for m in merges)} "
             f"| {seconds[0]:.0f} / {seconds[1]:.0f} |"
         )
-    return [*lines, ""]
+    return [*lines, f"<!-- zoo {key}: end -->", ""]
 
 
 def merge_count(summary: dict) -> int:
@@ -114,24 +116,37 @@ def merge_count(summary: dict) -> int:
 def main() -> None:
     started = time.perf_counter()
     seeds = quality.selected("BENCH_SEEDS", quality.SEEDS)
-    kinds = quality.selected("BENCH_ZOOS", ["lm"])
-    sections = [line for kind in kinds for line in zoo_section(kind, seeds, started)]
+    kinds = quality.selected("BENCH_ZOOS", list(quality.ZOOS)) if os.environ.get("BENCH_ZOOS") else ["lm"]
+    # a run of some zoos keeps the other zoos' and builds' sections as measured
+    every = {**marked_sections(RESULTS, "zoo")}
+    for kind in kinds:
+        section = zoo_section(kind, seeds, started)
+        every[quality.section_key(kind)] = section[:-1]
+    ordered = [
+        line
+        for kind in quality.ZOOS
+        for key in sorted(every)
+        if key.split()[0] == kind
+        for line in every[key]
+    ]
     lines = [
         "# Budget scaling: HM3 against its `param_only` ablation at 1x and more of the benchmark's budget",
         "",
-        f"Command: `BENCH_ZOOS={','.join(kinds)} BENCH_FACTORS={','.join(map(str, factors()))} "
-        ".venv/bin/python benchmarks/budget_scaling.py`  ",
-        f"Last invocation: {cpu_name()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M')}; wall time "
-        f"{time.perf_counter() - started:.0f} s (reused runs are not re-timed)  ",
+        "Command: `BENCH_ZOOS=lm,deep BENCH_FACTORS=1,2 .venv/bin/python benchmarks/budget_scaling.py` (default: "
+        "lm, factors 1 and 2)  ",
+        f"Last invocation: {cpu_name()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M')}; zoos "
+        f"{', '.join(kinds)}, factors {factors()}; wall time {time.perf_counter() - started:.0f} s (reused runs "
+        "are not re-timed)  ",
         "Budget: the search quality benchmark's (the paper configuration's, in full scorings of the search "
         "split) times the factor; `hm3` and `param_only` run exactly as there (`benchmarks/search_quality.py`: "
         f"{quality.UPPER_SHARE:.0%} for the upper level's first round, the rest for paths, what they leave "
         "given back to the upper level, at most its first round again). Held-out hypervolume: one min-max "
-        "normalisation per zoo over every front in the table and the zoo's reference models (so the 1x figures "
-        "differ from `search_quality.md`'s, whose normalisation also holds the baselines). Path spend: full "
-        "scorings the path level spent (`summary.json` allocation).",
+        "normalisation per zoo over every front in its table and the zoo's reference models (so the 1x figures "
+        "may differ from `search_quality.md`'s, whose normalisation also holds the baselines). Path spend: full "
+        "scorings the path level spent (`summary.json` allocation). One section per zoo build.",
         "",
-        *sections,
+        *ordered,
+        "",
     ]
     RESULTS.write_text("\n".join(lines + kept_notes(RESULTS)) + "\n")
     print(RESULTS.read_text())
