@@ -34,10 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ray-address",
         metavar="ADDRESS",
-        help="search the preferences on Ray: local (a cluster on this machine), auto, or HOST:PORT "
-        "(default: the recipe's distributed.ray_address; none: in this process)",
+        help="score the upper level's batches of merges (parameter_level.batch) and search the preferences on "
+        "Ray: local (a cluster on this machine), auto, or HOST:PORT (default: the recipe's "
+        "distributed.ray_address; none: in this process)",
     )
-    parser.add_argument("--workers", type=int, metavar="N", help="Ray workers (default: one per cluster CPU)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="Ray workers (default: one per cluster CPU; no more than a batch or the preferences use)",
+    )
 
 
 def preflight(args: argparse.Namespace) -> None:
