@@ -26,6 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+TEMPORARY_FILE = re.compile(r"^\..+\.tmp-(\d+)$")
+"""The name of a file :func:`replace_file` is writing (``.NAME.tmp-<pid>``); group 1: the writer's pid."""
 REPLACED = "replaced"
 TAGS = ("partial", "routed", REPLACED)
 """The tags of the hidden siblings hm3 makes: staging folders (:func:`staging_folder`) and a replaced ``OUT``."""
@@ -108,10 +110,9 @@ def replace_file(target: Path, write: Callable[[BinaryIO], object]) -> Path:
 
 def clear_stale_temporaries(folder: Path) -> None:
     """Delete the ``.NAME.tmp-<pid>`` files and folders that dead processes left anywhere under ``folder``."""
-    pattern = re.compile(r"^\..+\.tmp-(\d+)$")
     for root, folders, files in os.walk(folder):
         for name in [*files, *folders]:
-            match = pattern.match(name)
+            match = TEMPORARY_FILE.match(name)
             if match and not process_alive(int(match.group(1))):
                 _remove(Path(root) / name)
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from hm3.errors import UserError
+from hm3.folder_swap import TEMPORARY_FILE
 
 if TYPE_CHECKING:
     from hm3.recipe import Recipe
@@ -51,10 +51,9 @@ RUN_ENTRIES = frozenset(
 )
 """What hm3 writes at the top of a run folder (``tests/test_hostile_runs.py`` checks the list against the
 modules' names); below these, everything is hm3's. Plots (``.png``, ``.svg``) at the top are taken as
-``hm3 pareto RUN --plot``'s, as hm3 suggests writing them there."""
+``hm3 pareto RUN --plot``'s, as hm3 suggests writing them there, and files hm3 is writing whole
+(:data:`hm3.folder_swap.TEMPORARY_FILE`) as its own."""
 PLOT_SUFFIXES = (".png", ".svg")
-TEMPORARY = re.compile(r"^\..+\.tmp-\d+$")
-"""A file hm3 was writing whole (:func:`hm3.folder_swap.replace_file`)."""
 
 Kind = Literal["run", "model"]
 InputPath = tuple[str, "str | Path"]
@@ -198,7 +197,7 @@ def foreign_run_entries(folder: Path) -> list[str]:
         entry.name + ("/" if entry.is_dir() else "")
         for entry in Path(folder).iterdir()
         if entry.name not in RUN_ENTRIES
-        and not TEMPORARY.match(entry.name)
+        and not TEMPORARY_FILE.match(entry.name)
         and not (entry.suffix.lower() in PLOT_SUFFIXES and entry.is_file() and not entry.is_symlink())
     )
 
