@@ -283,3 +283,27 @@ def test_a_distributed_run_starts_no_more_workers_than_a_batch_or_its_preference
     assert not started  # nothing before the first use
     assert len(workers.actors) == 3 and len(started) == 3
     assert logged == ["ray: 3 workers at local"]
+
+
+def test_the_upper_level_runs_and_talks_of_its_batch_only_while_a_preference_is_left():
+    """A resumed distributed run whose preferences are all searched does not run the upper level's first round
+    again, nor print that it proposes one merge at a time; a run with preferences left scores its merges on the
+    workers and says how to batch them."""
+    from types import SimpleNamespace
+
+    from hm3.search.run import upper_level_merges
+
+    printed: list[str] = []
+    level = SimpleNamespace(optimiser="gp", batch=1)
+    search = SimpleNamespace(
+        recipe=SimpleNamespace(parameter_level=level), progress=SimpleNamespace(print=printed.append)
+    )
+    workers = SimpleNamespace(score=lambda candidates: [])
+    upper = SimpleNamespace(run=lambda: pytest.fail("the first round ran again"), score_new=None)
+    assert upper_level_merges(search, upper, workers, preferences_left=False) is None  # type: ignore[arg-type]
+    assert not printed and upper.score_new is None
+    upper.run = lambda: ["the archive"]
+    assert upper_level_merges(search, upper, workers, preferences_left=True) == ["the archive"]  # type: ignore[arg-type]
+    assert upper.score_new is workers.score
+    assert len(printed) == 1 and "one merge at a time" in printed[0]
+    assert upper_level_merges(search, None, workers, preferences_left=True) is None  # type: ignore[arg-type]

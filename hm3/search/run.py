@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from hm3.merge.spec import MergeSpec
 from hm3.recipe import Recipe, load_recipe, recipe_files
 from hm3.routing.agent import MAX_EPISODES_PER_CANDIDATE
@@ -56,13 +58,14 @@ from hm3.search.preference import (
 )
 from hm3.search.progress import SearchProgress
 from hm3.search.references import score_finetuned
-from hm3.search.session import SearchInputs, load_inputs, open_search, preferences
+from hm3.search.session import Search, SearchInputs, load_inputs, open_search, preferences
 from hm3.search.upper_level import UpperLevel, merge_for_preference, upper_level_budget
 from hm3.store import RunStore
 from hm3.validation import validate_recipe_file
 
 if TYPE_CHECKING:
     from hm3.output_guard import InputPath
+    from hm3.routing.agent import PathAgent
 
 PREFERENCES_DIR = "preferences"
 
@@ -116,6 +119,11 @@ def run_search(
 ) -> dict[str, Any]:
     """Run (or finish) the search of ``recipe`` in ``store``; returns the summary (also in summary.json).
 
+    The steps: the fine-tuned models scored, the optimised upper level's first round
+    (:func:`upper_level_merges`), the conditioned agent where the recipe has one, the preferences' path searches
+    (:func:`search_preferences`, here or on Ray), what the path level left unspent given back to the upper level
+    (:func:`give_back_unspent`), and the front (:func:`hm3.search.finish.finish_run`).
+
     Args:
         recipe: The recipe (``architecture_level.enabled: false`` gives the parameter-only ablation).
         store: The run directory.
@@ -136,82 +144,31 @@ def run_search(
     score_finetuned(search)
     vectors = preferences(recipe)
     progress.print(budget_line(recipe, len(vectors)))
-    folder = store.subdirectory(PREFERENCES_DIR)
-    done = [folder / f"p{i:03d}.json" for i in range(len(vectors))]
+    done = [store.subdirectory(PREFERENCES_DIR) / f"p{i:03d}.json" for i in range(len(vectors))]
+    pending = [(i, v) for i, (v, file) in enumerate(zip(vectors, done, strict=True)) if not file.is_file()]
     upper = UpperLevel(search, method) if parameter_level and recipe.parameter_level.optimised else None
     address = ray_address or recipe.distributed.ray_address
     distributed = None
     if address:  # as many workers as a batch of merges or the preferences left can use
-        needed = max(sum(not f.is_file() for f in done), upper.batch if upper is not None else 1)
+        needed = max(len(pending), upper.batch if upper is not None else 1)
         distributed = RayWorkers(
             search, parameter_level, address, workers or recipe.distributed.workers, needed
         )
     try:
-        merges: dict[int, MergeSpec] = {}
-        if upper is not None and distributed is not None:
-            upper.score_new = distributed.score  # a batch of merges scored together on the workers
-            if recipe.parameter_level.optimiser == "gp" and recipe.parameter_level.batch == 1:
-                progress.print(
-                    "the upper level proposes one merge at a time (parameter_level.batch: 1) and scores it here; "
-                    "set batch to the number of workers to score that many at once on Ray"
-                )
-        if upper is not None and not all(f.is_file() for f in done):
-            archive = upper.run()
-            merges = {i: merge_for_preference(search, archive, v) for i, v in enumerate(vectors)}
-        progress.start_preferences(len(vectors), sum(f.is_file() for f in done))
+        archive = upper_level_merges(search, upper, distributed, bool(pending))
+        merges = (
+            {i: merge_for_preference(search, archive, v) for i, v in enumerate(vectors)}
+            if archive is not None
+            else {}
+        )
+        progress.start_preferences(len(vectors), len(vectors) - len(pending))
         agent = None
         needs_agent = recipe.architecture_level.enabled and recipe.agent.mode == "conditioned"
-        if needs_agent and not all(f.is_file() for f in done):
+        if needs_agent and pending:
             # trained across the preferences on their own merges (without a parameter level: over the centre's)
-            choose = (
-                conditioned_merge_choice(search, archive if merges else None, vectors)
-                if parameter_level
-                else None
-            )
+            choose = conditioned_merge_choice(search, archive, vectors) if parameter_level else None
             agent = conditioned_agent(search, choose)
-
-        def save(record: dict) -> None:
-            store.write_json(f"{PREFERENCES_DIR}/p{record['index']:03d}.json", record)
-            best = max(record["candidates"], key=lambda c: c["reward"])
-            store.log(
-                f"preference {record['index']} {record['preference']}: {len(record['candidates'])} candidates, "
-                f"best R {best['reward']:.4f}, {record['seconds']:.1f} s"
-            )
-            progress.finish_preference()
-
-        pending = [
-            (i, v) for i, (v, file) in enumerate(zip(vectors, done, strict=True)) if not file.is_file()
-        ]
-        groups = merge_groups(
-            merges
-        )  # preferences that search the same merge: in index order, sharing charges
-        probe = PROBE if adapts_path_budget(recipe) and len(vectors) > 1 else None
-
-        def paid() -> bool:  # the probe preference's verdict (read once it is written)
-            return probe is None or path_level_paid(store.read_json(f"{PREFERENCES_DIR}/p{probe:03d}.json"))
-
-        if distributed is not None and pending:
-            initial = search.log.loaded
-            agent_folder = store.directory / POLICY_DIR / CONDITIONED_POLICY if agent is not None else None
-            run_preferences_on_ray(
-                search, distributed, pending, agent_folder, save, merges, probe, paid, groups
-            )
-            search.log = CandidateLog(store)  # the workers appended their candidates to the file
-            search.log.new, search.log.loaded = search.log.loaded - initial, initial
-        for index, preference in pending if distributed is None else []:
-            progress.start_preference(index, len(vectors), preference, recipe.agent.iterations)
-            verdict = True if index == probe else paid()
-            record = run_preference(
-                search,
-                index,
-                preference,
-                agent,
-                parameter_level,
-                merges.get(index),
-                verdict,
-                shares_with=groups.get(index, []),
-            )
-            save(record)
+        search_preferences(search, pending, len(vectors), agent, parameter_level, merges, distributed)
         results = [store.read_json(f"{PREFERENCES_DIR}/{file.name}") for file in done]
         ledgers = [r.get("ledger", {}) for r in results]
         training: int | None = None  # paths the conditioned agent's training scored
@@ -219,8 +176,7 @@ def run_search(
             ledgers.append(store.read_json(f"{POLICY_DIR}/{CONDITIONED_POLICY}/ledger.json"))
             training = int(ledgers[-1].get("path", {}).get("candidates", 0))
         allocation = budget_allocation(recipe, results, training) if parameter_level else None
-        if upper is not None and allocation is not None and allocation["given_back"] > 0:
-            upper.run(upper.first_round + allocation["given_back"])  # continues the first round's optimiser
+        give_back_unspent(upper, allocation)
     finally:
         if distributed is not None:
             distributed.close()
@@ -234,6 +190,87 @@ def run_search(
         "search_seconds_per_preference": [r["seconds"] for r in results],
     }
     return finish_run(search, time.perf_counter() - started, method, summary_details)
+
+
+def upper_level_merges(
+    search: Search, upper: UpperLevel | None, distributed: RayWorkers | None, preferences_left: bool
+) -> list[tuple[MergeSpec, dict[str, float]]] | None:
+    """The optimised upper level's first round (its merges scored on the Ray workers in a distributed run), run
+    while a preference is left to search; its archive of scored merges, or None (no optimised upper level, or
+    every preference already searched: a resumed run past this step)."""
+    if upper is None or not preferences_left:
+        return None
+    if distributed is not None:
+        upper.score_new = distributed.score  # a batch of merges scored together on the workers
+        if search.recipe.parameter_level.optimiser == "gp" and search.recipe.parameter_level.batch == 1:
+            search.progress.print(
+                "the upper level proposes one merge at a time (parameter_level.batch: 1) and scores it here; "
+                "set batch to the number of workers to score that many at once on Ray"
+            )
+    return upper.run()
+
+
+def search_preferences(
+    search: Search,
+    pending: list[tuple[int, np.ndarray]],
+    count: int,
+    agent: PathAgent | None,
+    parameter_level: bool,
+    merges: dict[int, MergeSpec],
+    distributed: RayWorkers | None,
+) -> None:
+    """The path searches of the ``pending`` (index, λ) preferences of ``count``, here in index order or on the Ray
+    workers, each written to ``preferences/pNNN.json`` as it finishes. The probe goes first; where no path of its
+    beat its merge, the others get the short window (:mod:`hm3.search.allocation`). Preferences that search the
+    same merge run in index order, sharing charges (:func:`hm3.search.preference.merge_groups`)."""
+    store, progress = search.store, search.progress
+
+    def save(record: dict) -> None:
+        store.write_json(f"{PREFERENCES_DIR}/p{record['index']:03d}.json", record)
+        best = max(record["candidates"], key=lambda c: c["reward"])
+        store.log(
+            f"preference {record['index']} {record['preference']}: {len(record['candidates'])} candidates, "
+            f"best R {best['reward']:.4f}, {record['seconds']:.1f} s"
+        )
+        progress.finish_preference()
+
+    groups = merge_groups(merges)
+    probe = PROBE if adapts_path_budget(search.recipe) and count > 1 else None
+
+    def paid() -> bool:  # the probe preference's verdict (read once it is written)
+        return probe is None or path_level_paid(store.read_json(f"{PREFERENCES_DIR}/p{probe:03d}.json"))
+
+    if distributed is not None:
+        if pending:
+            initial = search.log.loaded
+            agent_folder = store.directory / POLICY_DIR / CONDITIONED_POLICY if agent is not None else None
+            run_preferences_on_ray(
+                search, distributed, pending, agent_folder, save, merges, probe, paid, groups
+            )
+            search.log = CandidateLog(store)  # the workers appended their candidates to the file
+            search.log.new, search.log.loaded = search.log.loaded - initial, initial
+        return
+    for index, preference in pending:
+        progress.start_preference(index, count, preference, search.recipe.agent.iterations)
+        verdict = True if index == probe else paid()
+        record = run_preference(
+            search,
+            index,
+            preference,
+            agent,
+            parameter_level,
+            merges.get(index),
+            verdict,
+            shares_with=groups.get(index, []),
+        )
+        save(record)
+
+
+def give_back_unspent(upper: UpperLevel | None, allocation: dict[str, Any] | None) -> None:
+    """Hand what the path level left unspent back to the upper level: its optimiser continues the first round
+    (a resumed run asks the same points again, and the log answers them)."""
+    if upper is not None and allocation is not None and allocation["given_back"] > 0:
+        upper.run(upper.first_round + allocation["given_back"])
 
 
 PROBE = 0
