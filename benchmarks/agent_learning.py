@@ -20,6 +20,9 @@ K fine-tuned models plus that merge, each scoring the same number of new paths o
   ``ppo_edit_stats`` with a fitted map at every seam (``architecture_level.alignment: stats``: each step whose
   input comes from another model gets the per-channel scale and shift that give the residual stream the
   statistics its layer saw in its own model; the literature's "scale correction at the seams");
+  ``ppo_edit_carried`` the edit agent carried across preferences: a seed's three searches run in order, each
+  going on training the agent the one before trained (:func:`hm3.routing.agent.carry_agent`) — the first is
+  ``ppo_edit``'s search; the later ones ask whether what PPO learnt on one merge pays on the next;
 * ``local``: random local search around the identity path — one random edit (``evo_path.mutate_path``) of the
   best path so far, kept when it is at least as good;
 * ``evolution``: ``evo_path``'s (μ + λ) path evolution at the same fixed merge (the path half of the baseline).
@@ -89,6 +92,7 @@ METHODS = [
     "ppo_edit_lr1e-3",
     "ppo_edit_frame",
     "ppo_edit_stats",
+    "ppo_edit_carried",
     "local",
     "evolution",
 ]
@@ -104,6 +108,7 @@ FORMAT = {
     "ppo_edit_lr1e-3": 2,
     "ppo_edit_frame": 2,
     "ppo_edit_stats": 2,
+    "ppo_edit_carried": 1,
     "local": 1,
     "evolution": 1,
 }
@@ -161,9 +166,12 @@ class PathSearch:
             self.curve.append(best)
 
 
-def run_ppo(search: PathSearch, seed: int, update: dict, architecture: dict | None = None) -> float:
+def run_ppo(
+    search: PathSearch, seed: int, update: dict, architecture: dict | None = None, carried=None
+) -> tuple[float, object]:
     """HM3's agent with ``update`` to its settings (and ``architecture`` to the architecture level's), every
-    iteration spent; returns its greedy rollout's gain."""
+    iteration spent — a fresh one, or ``carried`` on from an earlier preference; returns its greedy rollout's
+    gain and the agent."""
     agent = search.recipe.agent.model_copy(update={"patience": None, "iterations": BUDGET + 1, **update})
     level = search.recipe.architecture_level.model_copy(update=architecture or {})
     recipe = search.recipe.model_copy(update={"agent": agent, "architecture_level": level})
@@ -176,10 +184,16 @@ def run_ppo(search: PathSearch, seed: int, update: dict, architecture: dict | No
 
     search.scorer.score = counted  # type: ignore[method-assign]
     result = search_path(
-        search.pool, search.scorer, search.preference, recipe, seed=seed, candidates=BUDGET + 1
+        search.pool,
+        search.scorer,
+        search.preference,
+        recipe,
+        seed=seed,
+        candidates=BUDGET + 1,
+        carried=carried,
     )
     search.scorer.score = original  # type: ignore[method-assign]
-    return float(search.reward(result.rollout_path) - search.base)
+    return float(search.reward(result.rollout_path) - search.base), result.agent
 
 
 def run_local(search: PathSearch, seed: int) -> None:
@@ -227,10 +241,12 @@ def kept_record(seed: int, index: int, method: str, digest: str) -> dict | None:
     return None
 
 
-def run_one(context, seed: int, index: int, method: str, digest: str) -> dict:
-    """One search, reused from the scratch folder when it was made on this zoo build and format."""
+def run_one(context, seed: int, index: int, method: str, digest: str, carried=None) -> dict:
+    """One search, reused from the scratch folder when it was made on this zoo build and format (a carried
+    search only with ``carried`` None: :func:`run_carried` decides). Its record holds the agent trained (under
+    ``"agent"``, not written) for the next preference of a carried chain."""
     kept = kept_record(seed, index, method, digest)
-    if kept is not None:
+    if kept is not None and carried is None and method != "ppo_edit_carried":
         return kept
     file = record_file(seed, index, method)
     recipe, models, evaluator = context
@@ -241,25 +257,27 @@ def run_one(context, seed: int, index: int, method: str, digest: str) -> dict:
         recipe = recipe.model_copy(update={"architecture_level": level})
         calibration = calibration_batch(evaluator, level.calibration_samples)
     search = PathSearch(models, evaluator, recipe, PREFERENCES[index], calibration)
-    rollout = None
+    rollout, agent = None, None
     with quiet_libraries():
         if method == "ppo":
-            rollout = run_ppo(search, seed, {"actions": "path"})
+            rollout, _ = run_ppo(search, seed, {"actions": "path"})
         elif method == "ppo_lr0":
-            rollout = run_ppo(search, seed, {"actions": "path", "learning_rate": 0.0})
+            rollout, _ = run_ppo(search, seed, {"actions": "path", "learning_rate": 0.0})
         elif method == "ppo_critic":
-            rollout = run_ppo(search, seed, {"actions": "path", "wolpertinger_neighbours": CRITIC_NEIGHBOURS})
-        elif method == "ppo_edit":
-            rollout = run_ppo(search, seed, {"actions": "edit"})
+            rollout, _ = run_ppo(
+                search, seed, {"actions": "path", "wolpertinger_neighbours": CRITIC_NEIGHBOURS}
+            )
+        elif method in ("ppo_edit", "ppo_edit_stats"):
+            rollout, _ = run_ppo(search, seed, {"actions": "edit"})
+        elif method == "ppo_edit_carried":
+            rollout, agent = run_ppo(search, seed, {"actions": "edit"}, carried=carried)
         elif method == "ppo_edit_lr0":
-            rollout = run_ppo(search, seed, {"actions": "edit", "learning_rate": 0.0})
-        elif method.startswith("ppo_edit_lr") and method != "ppo_edit_lr0":
+            rollout, _ = run_ppo(search, seed, {"actions": "edit", "learning_rate": 0.0})
+        elif method.startswith("ppo_edit_lr"):
             rate = float(method.removeprefix("ppo_edit_lr"))
-            rollout = run_ppo(search, seed, {"actions": "edit", "learning_rate": rate})
+            rollout, _ = run_ppo(search, seed, {"actions": "edit", "learning_rate": rate})
         elif method == "ppo_edit_frame":
-            rollout = run_ppo(search, seed, {"actions": "edit"}, {"fixed_first": 1, "fixed_last": 1})
-        elif method == "ppo_edit_stats":
-            rollout = run_ppo(search, seed, {"actions": "edit"})
+            rollout, _ = run_ppo(search, seed, {"actions": "edit"}, {"fixed_first": 1, "fixed_last": 1})
         elif method == "local":
             run_local(search, seed)
         else:
@@ -279,7 +297,19 @@ def run_one(context, seed: int, index: int, method: str, digest: str) -> dict:
     partial = file.with_suffix(".partial")
     partial.write_text(json.dumps(record))
     partial.replace(file)  # a kill never leaves half a record
-    return record
+    return {**record, "agent": agent}
+
+
+def run_carried(context, seed: int, digest: str) -> None:
+    """``ppo_edit_carried`` for one seed: the preferences in order, each search going on training the edit agent
+    the one before trained (the first starts fresh, as ``ppo_edit``). The chain is redone whole unless every
+    search of it is kept: a later search needs the agent the earlier ones trained, which is not stored."""
+    method = "ppo_edit_carried"
+    if all(kept_record(seed, i, method, digest) for i in range(len(PREFERENCES))):
+        return
+    agent = None
+    for index in range(len(PREFERENCES)):
+        agent = run_one(context, seed, index, method, digest, carried=agent)["agent"]
 
 
 def section_key(build: str) -> str:
@@ -362,7 +392,11 @@ def main() -> None:
                     f"[{time.perf_counter() - started:6.0f} s] seed {seed} preference {index} {method}",
                     flush=True,
                 )
-                run_one(context, seed, index, method, digest)
+                if method == "ppo_edit_carried":
+                    if index == 0:
+                        run_carried(context, seed, digest)
+                else:
+                    run_one(context, seed, index, method, digest)
     records: dict[str, list[dict]] = {}  # every method with all its searches on this build, run now or before
     for method in METHODS:
         found = [kept_record(s, i, method, digest) for s in SEEDS for i in range(len(PREFERENCES))]

@@ -10,10 +10,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
-from hm3.errors import BudgetSpent
+from hm3.errors import BudgetSpent, UserError
 from hm3.recipe import AgentConfig
-from hm3.routing.agent import BestPaths, PathAgent, make_env, rollout, train_agent
+from hm3.routing.agent import BestPaths, PathAgent, carry_agent, make_env, rollout, train_agent
 from hm3.routing.edits import DELETE, REPEAT, EditEnv, EditSpace, build_edit_ppo, edit_reward
 from hm3.routing.env import PoolView
 from hm3.routing.path import InferencePath
@@ -190,6 +191,54 @@ def test_a_trained_edit_agent_prefers_the_edit_that_pays_and_acts_the_same_after
     reloaded = PathAgent.load(tmp_path / "agent")
     assert reloaded.config is not None and reloaded.config.actions == "edit"
     assert rollout(reloaded, lam, IDENTITY) == greedy
+
+
+def test_a_carried_edit_agent_goes_on_from_what_it_learnt_on_another_pool() -> None:
+    """An edit agent trained on one pool, carried to another preference's pool (other summaries, the same zoo's
+    shape): the same PPO goes on training there, observing the new pool, and keeps what it learnt (its greedy
+    edit there is already one that pays); carried twice with one seed it trains the same; a path agent, or an
+    agent over a pool of another shape, is refused in one line."""
+    lam = np.array([0.5, 0.5], np.float32)
+    spent = Counter()
+
+    def reward_fn(path: InferencePath, weights: np.ndarray, incumbent) -> tuple[float, dict[str, float]]:
+        spent["all"] += 1
+        return sum(0.5 if model == 0 else -0.2 for model, _ in path.steps if model != 2), {}
+
+    config = AgentConfig(actions="edit", learning_rate=3e-3, n_steps=32, n_epochs=8)
+    first = EditEnv(SUMMARIES, T_MAX, 2, reward_fn=reward_fn, preference=lam)
+    agent = train_agent(first, config, candidates=300, seed=0, scored=lambda: float(spent["all"]))
+    trained = {k: v.clone() for k, v in agent.model.policy.state_dict().items()}
+    steps = agent.model.num_timesteps
+
+    def carried_once(seed: int) -> tuple[PathAgent, dict]:
+        agent.model.policy.load_state_dict(trained)
+
+        def on_other(path, weights, incumbent):  # paid as on the first pool, counted on its own
+            spent["other"] += 1
+            return reward_fn(path, weights, incumbent)
+
+        other = EditEnv(_pool_summaries(-1.0), T_MAX, 2, reward_fn=on_other, preference=lam)
+        start, spent["other"] = spent["all"], 0
+        moved = train_agent(
+            other, config, candidates=20, seed=1, scored=lambda: float(spent["all"] - start), carried=agent
+        )
+        return moved, {k: v.clone() for k, v in moved.model.policy.state_dict().items()}
+
+    moved, weights = carried_once(1)
+    assert moved.model is agent.model and moved.model.num_timesteps > steps  # the same PPO, trained on
+    assert spent["other"] >= 20  # ... over the new pool
+    np.testing.assert_array_equal(moved.summaries, _pool_summaries(-1.0))
+    greedy = rollout(moved, lam, IDENTITY)
+    assert sum(model == 0 for model, _ in greedy.steps) == 1  # what paid on the first pool
+    _, again = carried_once(1)
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    path_env = make_env(PoolView(SUMMARIES), T_MAX, 2, AgentConfig(), preference=lam)
+    with pytest.raises(UserError, match="only an edit agent"):
+        train_agent(path_env, AgentConfig(), candidates=5, seed=0, scored=lambda: 0.0, carried=agent)
+    wider = EditEnv(SUMMARIES, T_MAX + 1, 2, reward_fn=reward_fn, preference=lam)
+    with pytest.raises(UserError, match="only an edit agent over a pool of the same shape"):
+        carry_agent(agent, wider, seed=0)
 
 
 def _pool_summaries(sign: float) -> np.ndarray:

@@ -35,10 +35,11 @@ Saved agents hold no pickle: see :mod:`hm3.routing.ppo` for the folder format.
 from __future__ import annotations
 
 import bisect
+import copy
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ import torch
 from sb3_contrib import MaskablePPO
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from hm3.errors import BudgetSpent, UserError
 from hm3.moo.scalarization import ObjectiveScale
@@ -233,8 +235,10 @@ def train_agent(
     scored: Callable[[], float],
     progress: bool = False,
     stop: Callable[[], bool] | None = None,
+    carried: PathAgent | None = None,
 ) -> PathAgent:
-    """Train a fresh PPO agent on ``env`` until ``candidates`` new paths are scored.
+    """Train a fresh PPO agent on ``env`` until ``candidates`` new paths are scored — or, given ``carried`` (an
+    edit agent trained on another preference's pool), go on training that one (:func:`carry_agent`).
 
     Args:
         env: The wrapped environment (its reward function scores the paths).
@@ -246,18 +250,25 @@ def train_agent(
         seed: Seeds PPO, the environment and the Wolpertinger ε draws.
         progress: Show SB3's progress bar.
         stop: Ends training early when it returns True (checked at every step).
+        carried: An edit agent to continue instead of a fresh one (its settings, rollout length included).
     """
+    if carried is not None and not isinstance(env, EditEnv):
+        raise UserError("only an edit agent (agent.actions: edit) can be carried to another preference")
     if isinstance(env, EditEnv):  # one decision per episode
         config = scaled_to_budget(config, candidates, 1)
-        agent = PathAgent(
-            model=build_edit_ppo(env, config, seed),
-            summaries=env.summaries,
-            max_length=env.max_length,
-            num_objectives=env.num_objectives,
-            neighbours=1,
-            stop_threshold=0.0,
-            config=config,
-            frame=env.frame,
+        agent = (
+            carry_agent(carried, env, seed)
+            if carried is not None
+            else PathAgent(
+                model=build_edit_ppo(env, config, seed),
+                summaries=env.summaries,
+                max_length=env.max_length,
+                num_objectives=env.num_objectives,
+                neighbours=1,
+                stop_threshold=0.0,
+                config=config,
+                frame=env.frame,
+            )
         )
 
         def ended() -> bool:  # stopped by the search, or no untried edit of any scored path is left
@@ -284,6 +295,23 @@ def train_agent(
     env.critic = agent.critic
     keep_training(agent, candidates, scored, progress, stop)  # none to spend: the prior is the agent
     return agent
+
+
+def carry_agent(agent: PathAgent, env: EditEnv, seed: int) -> PathAgent:
+    """``agent``, an edit agent trained on one pool, moved onto ``env`` (another preference's pool of the same
+    zoo) to go on learning there: the same policy, optimiser and reward normalisation, PPO's random state reseeded
+    with ``seed`` (so the search is reproducible on its own). What it learnt about positions and sources carries;
+    what it knew of the old pool's paths (the edits already tried) does not — ``env`` brings its own."""
+    if not isinstance(agent.model, MaskablePPO) or agent.model.observation_space != env.observation_space:
+        raise UserError(
+            "only an edit agent over a pool of the same shape can be carried to another preference"
+        )
+    previous = agent.model.get_env()
+    wrapped = VecNormalize(DummyVecEnv([lambda: env]), norm_obs=False, norm_reward=True, gamma=previous.gamma)
+    wrapped.ret_rms = copy.deepcopy(previous.ret_rms)
+    agent.model.set_env(wrapped)  # resets the new environment before the next rollout
+    agent.model.set_random_seed(seed)
+    return replace(agent, summaries=env.summaries, frame=env.frame)
 
 
 def keep_training(
@@ -505,6 +533,7 @@ def search_path(
     candidates: float | None = None,
     spent: Callable[[], float] | None = None,
     stop: Callable[[], bool] | None = None,
+    carried: PathAgent | None = None,
 ) -> PathSearchResult:
     """Search the inference path for one preference (the lower level of HM3).
 
@@ -528,6 +557,8 @@ def search_path(
             path scorer has scored).
         stop: Ends the training early when it returns True (a search that stopped improving:
             :class:`hm3.search.allocation.Patience`); the greedy rollout is scored all the same.
+        carried: An edit agent trained on an earlier preference's pool, to go on training here instead of a fresh
+            one (:func:`carry_agent`; ``benchmarks/agent_learning.py``'s ``ppo_edit_carried``).
 
     Returns:
         The best path scored (over this search's candidates and any the scorer already knew) and the agent.
@@ -557,7 +588,9 @@ def search_path(
             preference=None if conditioned else lam,
             frame=recipe.architecture_level.frame,
         )
-        agent = train_agent(env, recipe.agent, allowed - 1 - (counter() - start), seed, counter, stop=stop)
+        agent = train_agent(
+            env, recipe.agent, allowed - 1 - (counter() - start), seed, counter, stop=stop, carried=carried
+        )
         greedy = rollout(agent, lam, best_paths.best(lam)[0])
         exhausted = isinstance(env, EditEnv) and env.exhausted  # no untried edit left: nothing to train on
         if greedy in path_scorer.scored and not exhausted and not (stop is not None and stop()):
