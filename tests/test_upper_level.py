@@ -287,8 +287,8 @@ def test_a_distributed_run_starts_no_more_workers_than_a_batch_or_its_preference
 
 def test_the_upper_level_runs_and_talks_of_its_batch_only_while_a_preference_is_left():
     """A resumed distributed run whose preferences are all searched does not run the upper level's first round
-    again, nor print that it proposes one merge at a time; a run with preferences left scores its merges on the
-    workers and says how to batch them."""
+    again, nor print that it proposes one merge at a time (its give-back, if any, is still scored on the
+    workers); a run with preferences left scores its merges on the workers and says how to batch them."""
     from types import SimpleNamespace
 
     from hm3.search.run import upper_level_merges
@@ -301,7 +301,8 @@ def test_the_upper_level_runs_and_talks_of_its_batch_only_while_a_preference_is_
     workers = SimpleNamespace(score=lambda candidates: [])
     upper = SimpleNamespace(run=lambda: pytest.fail("the first round ran again"), score_new=None)
     assert upper_level_merges(search, upper, workers, preferences_left=False) is None  # type: ignore[arg-type]
-    assert not printed and upper.score_new is None
+    assert not printed and upper.score_new is workers.score  # a give-back still to come is scored there
+    upper.score_new = None
     upper.run = lambda: ["the archive"]
     assert upper_level_merges(search, upper, workers, preferences_left=True) == ["the archive"]  # type: ignore[arg-type]
     assert upper.score_new is workers.score

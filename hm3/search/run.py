@@ -195,18 +195,21 @@ def run_search(
 def upper_level_merges(
     search: Search, upper: UpperLevel | None, distributed: RayWorkers | None, preferences_left: bool
 ) -> list[tuple[MergeSpec, dict[str, float]]] | None:
-    """The optimised upper level's first round (its merges scored on the Ray workers in a distributed run), run
-    while a preference is left to search; its archive of scored merges, or None (no optimised upper level, or
-    every preference already searched: a resumed run past this step)."""
-    if upper is None or not preferences_left:
+    """The optimised upper level's first round, run while a preference is left to search; its archive of scored
+    merges, or None (no optimised upper level, or every preference already searched: a resumed run past this
+    step). In a distributed run its merges — the give-back's too — are scored on the Ray workers."""
+    if upper is None:
         return None
     if distributed is not None:
         upper.score_new = distributed.score  # a batch of merges scored together on the workers
-        if search.recipe.parameter_level.optimiser == "gp" and search.recipe.parameter_level.batch == 1:
-            search.progress.print(
-                "the upper level proposes one merge at a time (parameter_level.batch: 1) and scores it here; "
-                "set batch to the number of workers to score that many at once on Ray"
-            )
+    if not preferences_left:
+        return None
+    level = search.recipe.parameter_level
+    if distributed is not None and level.optimiser == "gp" and level.batch == 1:
+        search.progress.print(
+            "the upper level proposes one merge at a time (parameter_level.batch: 1) and scores it here; "
+            "set batch to the number of workers to score that many at once on Ray"
+        )
     return upper.run()
 
 
