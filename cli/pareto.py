@@ -38,8 +38,12 @@ def run(args: argparse.Namespace) -> int:
     if several:
         table.add_column("run", no_wrap=True)
     table.add_column("member", no_wrap=True)
-    table.add_column("preference λ", no_wrap=True)
+    # members the optimised upper level found belong to no one preference: the column only where one does
+    with_preference = any(m.preference for entry in report.runs for m in entry.front.members)
+    if with_preference:
+        table.add_column("preference λ", no_wrap=True)
     table.add_column("model", no_wrap=True)
+    table.add_column("merge weights", no_wrap=True)
     for name in report.objectives:
         table.add_column(name, justify="right")
     for entry in report.runs:
@@ -49,16 +53,18 @@ def run(args: argparse.Namespace) -> int:
             table.add_row(
                 *([entry.label] if several else []),
                 member.id[:10],
-                " ".join(f"{p:.2f}" for p in member.preference),
+                *([" ".join(f"{p:.2f}" for p in member.preference)] if with_preference else []),
                 kind,
+                merge_weights(member.merge),
                 *(f"{member.scores[split][o]:.3f}" for o in report.objectives),
             )
     for label, reference in report.references:
         table.add_row(
             *([""] if several else []),
             label,
-            "",
+            *([""] if with_preference else []),
             reference.kind,
+            "",
             *(f"{reference.scores[split][o]:.3f}" for o in report.objectives),
             style="dim",
         )
@@ -92,3 +98,24 @@ def run(args: argparse.Namespace) -> int:
     if report.plot:
         console.print(f"plot: {report.plot}")
     return 0
+
+
+def merge_weights(merge: dict | None) -> str:
+    """A member's merge in a few characters: its coefficient per model (in the recipe's order of models), the
+    density where it sparsifies and it is not 1, or how many blocks per model a ``block:N`` merge weighs."""
+    if not merge or not merge.get("weights"):
+        return ""
+    weights = merge["weights"]
+    if any(isinstance(w, list) for w in weights):
+        return f"{len(weights[0])} blocks per model"
+    shown = " ".join(f"{w:.2f}" for w in weights)
+    density = merge.get("density")
+    densities = density if isinstance(density, list) else [density] if density is not None else []
+    if densities and not all(isinstance(d, int | float) and d == 1 for d in densities):
+        if len(set(map(str, densities))) == 1 and isinstance(densities[0], int | float):
+            shown += f", density {densities[0]:.2f}"
+        else:
+            shown += ", density " + " ".join(
+                f"{d:.2f}" if isinstance(d, int | float) else "…" for d in densities
+            )
+    return shown

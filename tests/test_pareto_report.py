@@ -173,3 +173,26 @@ def test_plot_pareto_replaces_a_link_rather_than_writing_through_it(tmp_path: Pa
     assert plot_pareto(series, ["x", "y"], out, "t") == out
     assert precious.read_text() == "keep" and not out.is_symlink() and "<svg" in out.read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.svg", "precious.svg"]  # no temporary left
+
+
+def test_the_table_gives_each_merge_its_weights_and_a_preference_column_only_where_a_member_has_one(
+    tmp_path: Path, capsys
+) -> None:
+    """Members of the optimised upper level belong to no one preference: no empty λ column, and what tells the
+    merges apart — their coefficient per model, the density where it is not 1 — is shown."""
+    run = _run(tmp_path / "upper", [(0.4, 0.2), (0.2, 0.4), (0.3, 0.3)])
+    front = json.loads((run / "front.json").read_text())
+    merges = [
+        {"method": "task_arithmetic", "weights": [0.62, 1.1], "density": [1.0, 1.0]},
+        {"method": "ties", "weights": [0.3, 0.9], "density": [0.7, 0.7]},
+        {"method": "task_arithmetic", "weights": [[0.1, 0.5, 0.9], [0.2, 0.2, 0.2]], "density": [1.0, 1.0]},
+    ]
+    for member, merge in zip(front["members"], merges, strict=True):
+        member["preference"], member["merge"] = [], merge
+    (run / "front.json").write_text(json.dumps(front))
+    assert main(["pareto", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "preference λ" not in out and "merge weights" in out
+    assert "0.62 1.10" in out and "0.30 0.90, density 0.70" in out and "3 blocks per model" in out
+    assert main(["pareto", str(_run(tmp_path / "paper", [(0.4, 0.2)]))]) == 0  # members of a preference
+    assert "preference λ" in capsys.readouterr().out
