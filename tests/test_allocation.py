@@ -198,6 +198,56 @@ def test_the_probe_verdict_is_whether_a_path_beat_the_merge_it_routed_over():
     assert path_level_paid(record)
 
 
+def test_paths_pay_when_they_add_to_the_front_at_least_what_the_upper_levels_last_merges_did():
+    """The upper level's round (2 objectives, normalised): its last quarter (1 of 4 merges) added a box of
+    0.1 × 0.5 = 0.05 hypervolume. A path that adds less than 0.05 per full scoring it cost does not pay — even
+    one that beats its merge for λ —, one that adds more does, and a dominated one never does."""
+    from hm3.search.allocation import FrontGain
+
+    round_ = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.6, 0.5]])
+    gain = FrontGain.of_round(round_)
+    assert gain is not None and gain.bar == pytest.approx(0.1 * 0.5)  # [0.6, 0.5] over [0.5, 0.5] and [1, 0]
+    assert len(gain.archive) == 3  # [0.5, 0.5] is dominated
+    assert not gain.pays(np.array([[0.55, 0.45]]), cost=1.0)  # dominated: adds nothing
+    small = np.array([[0.65, 0.5]])  # adds 0.05 × 0.5 = 0.025 < 0.05
+    assert not gain.pays(small, cost=1.0) and gain.pays(small, cost=0.25)  # cheap enough, it pays
+    assert gain.pays(np.array([[0.9, 0.9]]), cost=3.0)
+    assert not gain.pays(np.array([[0.9, 0.9]]), cost=0.0) and FrontGain.of_round(np.empty((0, 2))) is None
+
+
+def test_with_a_front_gain_a_preferences_paths_pay_by_what_they_add_not_by_beating_their_merge():
+    """The unpaid window ends when the paths after the merge, screens' spend included, pay
+    (:class:`FrontGain`); a path that only beats the merge's reward keeps the small window."""
+    from hm3.search.allocation import FrontGain
+
+    gain = FrontGain.of_round(np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.6, 0.5]]))
+    recipe = _recipe(unpaid_patience=1)
+    patience = Patience.from_recipe(recipe, 20, path_level_paid=False, gain=gain)
+    patience.see(0.5, point=np.array([0.6, 0.5]))  # the merge: its cost is not the paths'
+    patience.see(0.6, point=np.array([0.55, 0.45]))  # beats the merge's reward, adds no hypervolume
+    assert not patience.paid and patience.stalled() is False  # improved: the window starts again
+    patience.see(0.1, cost=0.25, screen=True)
+    patience.see(0.1, cost=0.25, screen=True)
+    patience.see(0.2, point=np.array([0.65, 0.5]))  # adds 0.025, after 2.5 full scorings: below 0.05 each
+    assert not patience.paid and patience.spent == pytest.approx(2.5) and patience.stalled()
+    cheap = Patience.from_recipe(recipe, 20, path_level_paid=False, gain=gain)
+    cheap.see(0.5, point=np.array([0.6, 0.5]))
+    cheap.see(0.2, cost=0.4, point=np.array([0.65, 0.5]))  # 0.025 for 0.4: it pays
+    assert cheap.paid and not cheap.stalled()
+
+
+def test_a_records_verdict_is_the_one_its_search_made():
+    from hm3.search.allocation import path_level_paid
+
+    merged = [[2, 0], [2, 1]]
+    record = {
+        "merged_path": merged,
+        "candidates": [{"path": merged, "reward": 0.5}, {"path": [[1, 0], [2, 1]], "reward": 0.6}],
+        "paid": False,  # beat its merge, but added too little to the front
+    }
+    assert not path_level_paid(record)
+
+
 def test_screened_shares_are_given_back_to_the_last_whole_merge_not_rounded_up_per_preference():
     recipe = _recipe()  # 2 preferences x 21 paths, an upper-level first round of 6
     results = [{"budget": 21, "used": 3.25}, {"budget": 21, "used": 19.5, "stopped_early": True}]

@@ -7,10 +7,17 @@ spend goes back to the optimised upper level.
   counts what was spent, in full scorings: a path screened out (``architecture_level.screen_paths``) counts
   its screen's share, and a screen never raises the best (its reward is on other documents).
 * **Where it pays** (``agent.unpaid_patience``): the run's first preference is the probe, searched with the full
-  window. If no path beat its merge there, the path level has not paid in this run, and every later preference
-  gets a window of ``unpaid_patience`` paths (default 1) until one of its own paths beats its merge — then the
-  full window. The probe is one fixed preference, not "the preferences so far", so the decision is the same
-  in a process and on Ray (where the probe runs first and the others after it, in parallel).
+  window. If its paths did not pay (below), the path level has not paid in this run, and every later preference
+  gets a window of ``unpaid_patience`` paths (default 1) until its own paths pay — then the full window. The
+  probe is one fixed preference, not "the preferences so far", so the decision is the same in a process and on
+  Ray (where the probe runs first and the others after it, in parallel).
+* **What paying means** (:class:`FrontGain`): with the optimised upper level, a preference's paths pay when the
+  hypervolume they add to the upper level's first round (search split, the fine-tuned models' scale) is at
+  least what the same spend bought there at the end of that round — the hypervolume its last
+  ⌈:data:`RATE_WINDOW` × round⌉ merges added, per merge — since what the paths do not spend buys more of those
+  merges. A path that beats its merge for λ but adds less to the front than a merge would have does not pay.
+  Without the optimised upper level (``weights: preference``: nothing to compare with), a path pays when it
+  beats the merge it routes over.
 * **The conditioned agent's training** (``agent.mode: conditioned``) has the same patience over its own budget
   (:class:`TrainingPatience`): it stops once its last ⌈patience × iterations⌉ spent raised no episode's best —
   the best path for that episode's λ over that λ's merge.
@@ -25,14 +32,81 @@ resumed run makes exactly the decisions of an uninterrupted one.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
+
+from hm3.moo.hypervolume import REFERENCE_OFFSET, hypervolume
+from hm3.moo.pareto import non_dominated_mask
 from hm3.recipe import Recipe
 
 MIN_PATIENCE = 3
 """The fewest non-improving paths after which a path search may stop."""
 IMPROVEMENT = 1e-9
 """A reward counts as better than the best only by more than this (float noise is not progress)."""
+
+
+RATE_WINDOW = 0.25
+"""The end of the upper level's first round whose hypervolume gain per merge is the bar paths must meet."""
+
+
+def _hypervolume(points: np.ndarray) -> float:
+    return hypervolume(points, np.full(points.shape[1], REFERENCE_OFFSET)) if len(points) else 0.0
+
+
+@dataclass(frozen=True)
+class FrontGain:
+    """Whether paths pay for their spend in hypervolume, against the optimised upper level's first round.
+
+    Attributes:
+        archive: The first round's non-dominated merges: their search-split scores, oriented and normalised on
+            the fine-tuned models' scale (0 = nadir, 1 = ideal).
+        base: Their hypervolume (reference point −0.1 on each axis).
+        bar: Hypervolume per full scoring that the round's last ⌈:data:`RATE_WINDOW` × round⌉ merges added.
+    """
+
+    archive: np.ndarray
+    base: float
+    bar: float
+
+    @classmethod
+    def of_round(cls, points: np.ndarray) -> FrontGain | None:
+        """From the first round's merges (normalised points, in the order scored); None without any."""
+        points = np.asarray(points, dtype=np.float64)
+        if points.ndim != 2 or not len(points):
+            return None
+        last = max(1, math.ceil(RATE_WINDOW * len(points)))
+        base = _hypervolume(points)
+        bar = max(0.0, base - _hypervolume(points[:-last])) / last
+        return cls(points[non_dominated_mask(points)], base, bar)
+
+    def pays(self, paths: np.ndarray, cost: float) -> bool:
+        """Whether ``paths`` (normalised points), which cost ``cost`` full scorings, raised the hypervolume by
+        more than nothing and by at least ``bar`` per full scoring."""
+        paths = np.asarray(paths, dtype=np.float64)
+        if cost <= 0 or not len(paths):
+            return False
+        gain = _hypervolume(np.vstack([self.archive, paths.reshape(-1, self.archive.shape[1])])) - self.base
+        return gain > IMPROVEMENT and gain >= self.bar * cost
+
+
+def front_gain(
+    records: Iterable[Mapping[str, Any]], first_round: int, normalised: Any, label: str
+) -> FrontGain | None:
+    """The :class:`FrontGain` of a run's log: its first ``first_round`` distinct search-split records labelled
+    ``label`` (the upper level's), ``normalised(scores)`` each."""
+    seen: set[str] = set()
+    points = []
+    for record in records:
+        if record.get("label") != label or record.get("split") != "search" or record["key"] in seen:
+            continue
+        seen.add(record["key"])
+        points.append(normalised(record["scores"]))
+        if len(points) == first_round:
+            break
+    return FrontGain.of_round(np.array(points)) if points else None
 
 
 @dataclass
@@ -42,42 +116,61 @@ class Patience:
 
     Attributes:
         window: Non-improving candidates in a row after which it stops (None: never).
-        unpaid_window: The window until a candidate after the start improves on it (None: ``window``).
+        unpaid_window: The window until its paths pay (None: ``window``).
+        gain: What paying means (:class:`FrontGain`); None: a candidate after the start beats the best before
+            it.
     """
 
     window: int | None
     unpaid_window: int | None = None
+    gain: FrontGain | None = None
     best: float = -math.inf
     since_best: float = 0.0
     """Spent since the best was raised, in full scorings."""
     seen: int = 0
     paid: bool = False
-    """Whether a candidate after the start beat the best before it."""
+    """Whether the candidates after the start paid (:attr:`gain`)."""
+    spent: float = 0.0
+    """Spent after the start, in full scorings (screens included)."""
+    points: list[np.ndarray] = field(default_factory=list)
+    """The normalised scores of the fully scored candidates after the start (with :attr:`gain`)."""
 
     @classmethod
-    def from_recipe(cls, recipe: Recipe, paths: int, path_level_paid: bool = True) -> Patience:
+    def from_recipe(
+        cls, recipe: Recipe, paths: int, path_level_paid: bool = True, gain: FrontGain | None = None
+    ) -> Patience:
         """The recipe's patience for a search of ``paths`` new paths (no window: it never stops early);
-        ``path_level_paid`` False: the run's probe preference found no path better than its merge, so the
-        window is ``agent.unpaid_patience`` until this search's own paths pay."""
+        ``path_level_paid`` False: the run's probe preference's paths did not pay, so the window is
+        ``agent.unpaid_patience`` until this search's own paths pay (``gain``: what paying means)."""
         fraction = recipe.agent.patience
         if fraction is None:
-            return cls(window=None)
+            return cls(window=None, gain=gain)
         window = max(MIN_PATIENCE, math.ceil(fraction * paths))
         unpaid = None if path_level_paid else recipe.agent.unpaid_patience
-        return cls(window=window, unpaid_window=None if unpaid is None else min(unpaid, window))
+        return cls(window=window, unpaid_window=None if unpaid is None else min(unpaid, window), gain=gain)
 
-    def see(self, reward: float, cost: float = 1.0, screen: bool = False) -> None:
+    def see(
+        self, reward: float, cost: float = 1.0, screen: bool = False, point: np.ndarray | None = None
+    ) -> None:
         """Count one more charged candidate with ``reward``, which cost ``cost`` full scorings (``screen``: a
-        screen's reward, which never counts as an improvement)."""
+        screen's reward, which never counts as an improvement; ``point``: its normalised scores, for
+        :attr:`gain`)."""
+        if screen or self.seen:
+            self.spent += cost
         if screen:
             self.since_best += cost
             return
         self.seen += 1
+        if self.seen > 1 and point is not None:
+            self.points.append(np.asarray(point, dtype=np.float64))
         if reward > self.best + IMPROVEMENT:
-            self.paid = self.paid or self.seen > 1
+            if self.gain is None:
+                self.paid = self.paid or self.seen > 1
             self.best, self.since_best = reward, 0.0
         else:
             self.since_best += cost
+        if self.gain is not None and not self.paid and self.points:
+            self.paid = self.gain.pays(np.array(self.points), self.spent)
 
     def stalled(self) -> bool:
         """Whether the last ``window`` candidates (``unpaid_window`` while nothing paid) did not improve the best."""
@@ -118,7 +211,10 @@ class TrainingPatience:
 
 
 def path_level_paid(record: dict) -> bool:
-    """Whether a preference's record holds a path that beat the merge it routed over (its probe verdict)."""
+    """Whether a preference's paths paid (its probe verdict): as its search decided (:class:`Patience`'s
+    ``paid``, in its record); in a record from before that, whether it holds a path that beat its merge."""
+    if "paid" in record:
+        return bool(record["paid"])
     merged = [c["reward"] for c in record["candidates"] if c["path"] == record["merged_path"]]
     start = merged[0] if merged else -math.inf
     return any(

@@ -28,11 +28,11 @@ from hm3.routing.env import PoolReward, PoolView
 from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
 from hm3.routing.scoring import PathScorer
-from hm3.search.allocation import IMPROVEMENT, Patience, TrainingPatience
+from hm3.search.allocation import IMPROVEMENT, FrontGain, Patience, TrainingPatience, front_gain
 from hm3.search.budget import BudgetedEvaluator, shared_keys
 from hm3.search.candidate import Candidate
 from hm3.search.session import Search
-from hm3.search.upper_level import merge_for_preference, upper_level_keys
+from hm3.search.upper_level import UPPER_LEVEL, merge_for_preference, upper_level_budget, upper_level_keys
 
 POLICY_DIR = "policy"
 CONDITIONED_POLICY = "conditioned"
@@ -135,12 +135,16 @@ def run_preference(
         evaluations.cost(split),
     )
     patience = Patience.from_recipe(
-        recipe, recipe.agent.iterations if agent is None else 0, path_level_paid or agent is not None
+        recipe,
+        recipe.agent.iterations if agent is None else 0,
+        path_level_paid or agent is not None,
+        upper_level_gain(search) if merge is not None else None,
     )
     evaluations.on_charge = lambda candidate, scores, split, cost: patience.see(
         rewards.reward(scores, lam, len(candidate.path or ()) or search.pool.num_layers),
         cost,
         screen=split == "screen",
+        point=None if split == "screen" else rewards.normalised(scores),
     )
 
     level = recipe.parameter_level
@@ -198,12 +202,20 @@ def run_preference(
         "budget": evaluations.budget,
         "used": evaluations.used,
         "stopped_early": patience.stalled() and evaluations.used < (evaluations.budget or 0),
+        "paid": patience.paid,
         "path_window": patience.window
         if patience.paid or patience.unpaid_window is None
         else patience.unpaid_window,
         "ledger": evaluations.ledger.to_json(),
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def upper_level_gain(search: Search) -> FrontGain | None:
+    """What paying means for a path search after the optimised upper level's first round (its merges in the log;
+    :class:`hm3.search.allocation.FrontGain`)."""
+    rewards = search.rewards()
+    return front_gain(search.log.records, upper_level_budget(search.recipe), rewards.normalised, UPPER_LEVEL)
 
 
 def merge_groups(merges: Mapping[int, MergeSpec]) -> dict[int, list[int]]:
