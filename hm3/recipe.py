@@ -431,7 +431,8 @@ class AgentConfig(_Section):
             every preference spends all its iterations (the paper's Algorithm 1).
         unpaid_patience: The window, in paths, of a preference's path search while the path level has not paid:
             neither in the run's first preference (the probe, searched with the full window) nor yet in this
-            preference's own search (a path that beats its merge gives it the full window). At least 1 (the floor
+            preference's own search (paths that pay give it the full window: :class:`hm3.search.allocation.
+            FrontGain`). At least 1 (the floor
             of exploration); None: the full window everywhere. Only with ``patience`` and ``mode:
             per_preference``.
     """

@@ -91,8 +91,8 @@ def test_the_upper_level_spends_its_budget_in_the_box_and_the_same_seed_gives_th
     assert len(preferences) == 3
     for record in preferences:
         assert json.dumps(json.loads(record.read_text())["merge"], sort_keys=True) in first_round
-    # the first preference is the probe: where its paths did not beat its merge, the others try one path each
-    # until one of their own beats theirs
+    # the first preference is the probe: where its paths did not pay, the others try one path each
+    # until their own paths pay
     probe, *others = (json.loads(record.read_text()) for record in preferences)
     assert probe["path_window"] == 3
     for record in others:

@@ -12,8 +12,9 @@
    trained across preferences on their own merges, rolled out for every λ). Each preference spends through its
    own budgeted evaluator (:mod:`hm3.search.budget`: its merges plus ``agent.iterations`` paths, or one rollout
    in ``conditioned`` mode, whose shared agent has ``agent.iterations`` of its own), and every scored candidate is
-   appended to ``candidates.jsonl`` at once. The first preference is the probe: where none of its paths beat
-   its merge, the others' path searches get ``agent.unpaid_patience`` paths (:mod:`hm3.search.allocation`).
+   appended to ``candidates.jsonl`` at once. The first preference is the probe: where its paths did not pay
+   (added less to the front than merges would have), the others' path searches get ``agent.unpaid_patience``
+   paths (:mod:`hm3.search.allocation`).
    Preferences whose searches start from the same merge run in index order, and a later one is not charged
    for what an earlier one scored (:func:`hm3.search.preference.merge_groups`).
    A finished preference is written to ``preferences/pNNN.json`` (atomically, with its ledger and greedy
@@ -223,8 +224,8 @@ def search_preferences(
     distributed: RayWorkers | None,
 ) -> None:
     """The path searches of the ``pending`` (index, λ) preferences of ``count``, here in index order or on the Ray
-    workers, each written to ``preferences/pNNN.json`` as it finishes. The probe goes first; where no path of its
-    beat its merge, the others get the short window (:mod:`hm3.search.allocation`). Preferences that search the
+    workers, each written to ``preferences/pNNN.json`` as it finishes. The probe goes first; where its paths did
+    not pay, the others get the short window (:mod:`hm3.search.allocation`). Preferences that search the
     same merge run in index order, sharing charges (:func:`hm3.search.preference.merge_groups`)."""
     store, progress = search.store, search.progress
 
@@ -349,8 +350,8 @@ def budget_line(recipe: Recipe, preference_count: int) -> str:
             share += f", fewer if {window} in a row do not improve it{back}"
             if adapts_path_budget(recipe):
                 share += (
-                    f" ({min(recipe.agent.unpaid_patience or window, window)} if no path beat its merge in the "
-                    "first preference)"
+                    f" ({min(recipe.agent.unpaid_patience or window, window)} if the first preference's paths "
+                    "did not pay)"
                 )
     screened = ""
     if recipe.architecture_level.enabled and recipe.architecture_level.screen_paths:
