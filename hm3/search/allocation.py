@@ -161,7 +161,7 @@ class Patience:
             self.since_best += cost
             return
         self.seen += 1
-        if self.seen > 1 and point is not None:
+        if self.gain is not None and self.seen > 1 and point is not None:
             self.points.append(np.asarray(point, dtype=np.float64))
         if reward > self.best + IMPROVEMENT:
             if self.gain is None:
