@@ -213,6 +213,10 @@ def test_paths_pay_when_they_add_to_the_front_at_least_what_the_upper_levels_las
     assert not gain.pays(small, cost=1.0) and gain.pays(small, cost=0.25)  # cheap enough, it pays
     assert gain.pays(np.array([[0.9, 0.9]]), cost=3.0)
     assert not gain.pays(np.array([[0.9, 0.9]]), cost=0.0) and FrontGain.of_round(np.empty((0, 2))) is None
+    assert not gain.adds(np.array([0.55, 0.45])) and not gain.adds(
+        np.array([0.6, 0.5])
+    )  # on or under the front
+    assert gain.adds(np.array([0.65, 0.5]))
 
 
 def test_with_a_front_gain_a_preferences_paths_pay_by_what_they_add_not_by_beating_their_merge():
@@ -230,6 +234,7 @@ def test_with_a_front_gain_a_preferences_paths_pay_by_what_they_add_not_by_beati
     patience.see(0.1, cost=0.25, screen=True)
     patience.see(0.2, point=np.array([0.65, 0.5]))  # adds 0.025, after 2.5 full scorings: below 0.05 each
     assert not patience.paid and patience.spent == pytest.approx(2.5) and patience.stalled()
+    assert len(patience.points) == 1  # the dominated path is not kept: it cannot add to the front
     cheap = Patience.from_recipe(recipe, 20, path_level_paid=False, gain=gain)
     cheap.see(0.5, point=np.array([0.6, 0.5]))
     cheap.see(0.2, cost=0.4, point=np.array([0.65, 0.5]))  # 0.025 for 0.4: it pays

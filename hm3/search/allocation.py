@@ -82,6 +82,11 @@ class FrontGain:
         bar = max(0.0, base - _hypervolume(points[:-last])) / last
         return cls(points[non_dominated_mask(points)], base, bar)
 
+    def adds(self, point: np.ndarray) -> bool:
+        """Whether ``point`` lies outside what the round already dominates (only such a point can add to it)."""
+        point = np.asarray(point, dtype=np.float64)
+        return not bool(np.any(np.all(self.archive >= point, axis=1)))
+
     def pays(self, paths: np.ndarray, cost: float) -> bool:
         """Whether ``paths`` (normalised points), which cost ``cost`` full scorings, raised the hypervolume by
         more than nothing and by at least ``bar`` per full scoring."""
@@ -133,7 +138,8 @@ class Patience:
     spent: float = 0.0
     """Spent after the start, in full scorings (screens included)."""
     points: list[np.ndarray] = field(default_factory=list)
-    """The normalised scores of the fully scored candidates after the start (with :attr:`gain`)."""
+    """The normalised scores of the fully scored candidates after the start that the round does not dominate
+    (with :attr:`gain`)."""
 
     @classmethod
     def from_recipe(
@@ -161,8 +167,8 @@ class Patience:
             self.since_best += cost
             return
         self.seen += 1
-        if self.gain is not None and self.seen > 1 and point is not None:
-            self.points.append(np.asarray(point, dtype=np.float64))
+        if self.gain is not None and self.seen > 1 and point is not None and self.gain.adds(point):
+            self.points.append(np.asarray(point, dtype=np.float64))  # the others add nothing: not kept
         if reward > self.best + IMPROVEMENT:
             if self.gain is None:
                 self.paid = self.paid or self.seen > 1
