@@ -32,7 +32,7 @@ resumed run makes exactly the decisions of an uninterrupted one.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,7 +98,10 @@ class FrontGain:
 
 
 def front_gain(
-    records: Iterable[Mapping[str, Any]], first_round: int, normalised: Any, label: str
+    records: Iterable[Mapping[str, Any]],
+    first_round: int,
+    normalised: Callable[[Mapping[str, float]], np.ndarray],
+    label: str,
 ) -> FrontGain | None:
     """The :class:`FrontGain` of a run's log: its first ``first_round`` distinct search-split records labelled
     ``label`` (the upper level's), ``normalised(scores)`` each."""
