@@ -6,7 +6,8 @@
 ``nsga2``      pymoo NSGA-II over weights (+ density), one objective per task (Mergenetic)
 ``cmaes``      CMA-ES on the weighted-sum objective per preference (mergekit-evolve)
 ``evo_path``   evolution over inference paths + weights per preference (Sakana's data-flow space)
-``param_only`` HM3 without the architecture level: one parameter merge per preference, as many as the budget
+``param_only`` HM3 without the architecture level: the optimised upper level alone with the whole budget (with
+               ``weights: preference``: one merge per preference, as many as the budget buys)
 ``arch_only``  HM3 without the parameter level: the agent routes over the fine-tuned models and the base
 =============  ==========================================================================================
 
