@@ -116,6 +116,11 @@ FORMAT = {
 (2: the agent edits the incumbent, is paid its gain, and updates 8 times per search, stop 30; for
 ``ppo_edit_frame`` and ``ppo_edit_stats``: at the edit agent's default rate of stop 39, 3e-3)."""
 CRITIC_NEIGHBOURS = 8
+PAIRED = [("ppo", "ppo_lr0"), ("ppo_edit", "ppo_edit_lr0"), ("ppo_edit", "local")]
+"""Pairs compared search by search (same seed, same preference): each trained agent against its own prior, and
+the edit agent against random local search."""
+TIE = 1e-9
+"""Best rewards closer than this count as equal."""
 
 
 class PathSearch:
@@ -322,6 +327,39 @@ def section_marker(key: str, end: str) -> str:
     return f"<!-- zoo build {key}: {end} -->"
 
 
+def paired(records: dict[str, list[dict]]) -> list[str]:
+    """Per pair of :data:`PAIRED` both measured: at each checkpoint past the first PPO update, in how many
+    searches the first method's best is ahead of, behind or equal to the second's, and the mean difference."""
+    lines = []
+    for first, second in PAIRED:
+        if first not in records or second not in records:
+            continue
+        cells = []
+        for checkpoint in [c for c in CHECKPOINTS if c >= 50]:
+            differences = np.array(
+                [
+                    a["curve"][min(checkpoint, len(a["curve"])) - 1]
+                    - b["curve"][min(checkpoint, len(b["curve"])) - 1]
+                    for a, b in zip(records[first], records[second], strict=True)
+                ]
+            )
+            ahead, behind = int((differences > TIE).sum()), int((differences < -TIE).sum())
+            cells.append(
+                f"at {checkpoint} paths {ahead} ahead / {behind} behind / {len(differences) - ahead - behind} "
+                f"equal ({differences.mean():+.4f})"
+            )
+        lines.append(f"- `{first}` against `{second}`, search by search: " + "; ".join(cells) + ".")
+    if lines:
+        lines = [
+            "Paired (the same seed and preference, so the same merge and the same first paths until the first "
+            "PPO update):",
+            "",
+            *lines,
+            "",
+        ]
+    return lines
+
+
 def table(records: dict[str, list[dict]], build: str, digest: str) -> list[str]:
     """One zoo build's table and plot: a row per method with every search of every seed and preference."""
     rows = []
@@ -370,6 +408,7 @@ def table(records: dict[str, list[dict]], build: str, digest: str) -> list[str]:
         "|---|" + "---:|" * (len(CHECKPOINTS) + 5),
         *rows,
         "",
+        *paired(records),
         f"Plot: `{plot}` (mean best-so-far improvement against paths scored).",
         section_marker(key, "end"),
     ]
