@@ -229,7 +229,9 @@ def test_with_a_front_gain_a_preferences_paths_pay_by_what_they_add_not_by_beati
     patience = Patience.from_recipe(recipe, 20, path_level_paid=False, gain=gain)
     patience.see(0.5, point=np.array([0.6, 0.5]))  # the merge: its cost is not the paths'
     patience.see(0.6, point=np.array([0.55, 0.45]))  # beats the merge's reward, adds no hypervolume
-    assert not patience.paid and patience.stalled() is False  # improved: the window starts again
+    assert (
+        not patience.paid and patience.best == 0.6 and patience.stalled()
+    )  # not progress: the window ran out
     patience.see(0.1, cost=0.25, screen=True)
     patience.see(0.1, cost=0.25, screen=True)
     patience.see(0.2, point=np.array([0.65, 0.5]))  # adds 0.025, after 2.5 full scorings: below 0.05 each
@@ -239,6 +241,27 @@ def test_with_a_front_gain_a_preferences_paths_pay_by_what_they_add_not_by_beati
     cheap.see(0.5, point=np.array([0.6, 0.5]))
     cheap.see(0.2, cost=0.4, point=np.array([0.65, 0.5]))  # 0.025 for 0.4: it pays
     assert cheap.paid and not cheap.stalled()
+
+
+def test_with_a_front_gain_only_a_better_path_the_round_does_not_dominate_restarts_the_window():
+    """A path search waits for progress measured as paying is: a better reward under the round's front does not
+    restart the window, one outside it does; without a gain any better reward does."""
+    from hm3.search.allocation import FrontGain
+
+    gain = FrontGain.of_round(np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.6, 0.5]]))
+    patience = Patience(window=3, gain=gain)
+    patience.see(0.5, point=np.array([0.6, 0.5]))  # the merge
+    patience.see(0.3, point=np.array([0.2, 0.3]))
+    patience.see(0.6, point=np.array([0.55, 0.45]))  # better, dominated: the window goes on (2 of 3)
+    assert patience.best == 0.6 and patience.since_best == pytest.approx(2.0) and not patience.stalled()
+    patience.see(0.7, point=np.array([0.62, 0.52]))  # better and outside the round's front: progress
+    assert patience.since_best == 0.0 and not patience.stalled()
+    patience.see(0.65, cost=0.25, screen=True)
+    assert patience.since_best == pytest.approx(0.25)
+    plain = Patience(window=3)
+    for reward in (0.5, 0.3, 0.6):
+        plain.see(reward, point=np.array([0.55, 0.45]))
+    assert plain.since_best == 0.0  # no gain: any better reward restarts it
 
 
 def test_a_records_verdict_is_the_one_its_search_made():

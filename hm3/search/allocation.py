@@ -5,7 +5,11 @@ spend goes back to the optimised upper level.
   new paths (at least :data:`MIN_PATIENCE`) did not raise its best reward. The merge the search starts from is
   its first candidate, so a path level that never beats its merge stops after the patience window. The window
   counts what was spent, in full scorings: a path screened out (``architecture_level.screen_paths``) counts
-  its screen's share, and a screen never raises the best (its reward is on other documents).
+  its screen's share, and a screen never raises the best (its reward is on other documents). With the
+  optimised upper level, a better path restarts the window only if the upper level's first round does not
+  dominate it (:meth:`FrontGain.adds`): one that beats its merge for λ but lies under the round's front adds
+  nothing to it, so the window goes on counting (the agent still edits from it) — progress is measured as
+  paying is.
 * **Where it pays** (``agent.unpaid_patience``): the run's first preference is the probe, searched with the full
   window. If its paths did not pay (below), the path level has not paid in this run, and every later preference
   gets a window of ``unpaid_patience`` paths (default 1) until its own paths pay — then the full window. The
@@ -125,8 +129,9 @@ class Patience:
     Attributes:
         window: Non-improving candidates in a row after which it stops (None: never).
         unpaid_window: The window until its paths pay (None: ``window``).
-        gain: What paying means (:class:`FrontGain`); None: a candidate after the start beats the best before
-            it.
+        gain: What paying means (:class:`FrontGain`), and which better paths restart the window (those it
+            does not dominate); None: a candidate after the start beats the best before it, and any better
+            one restarts the window.
     """
 
     window: int | None
@@ -170,19 +175,23 @@ class Patience:
             self.since_best += cost
             return
         self.seen += 1
-        if self.gain is not None and self.seen > 1 and point is not None and self.gain.adds(point):
+        adds = self.gain is not None and self.seen > 1 and point is not None and self.gain.adds(point)
+        if adds:
             self.points.append(np.asarray(point, dtype=np.float64))  # the others add nothing: not kept
         if reward > self.best + IMPROVEMENT:
             if self.gain is None:
                 self.paid = self.paid or self.seen > 1
-            self.best, self.since_best = reward, 0.0
+            self.best = reward
+            # with a gain, only a better path the round does not dominate is progress the window waits for
+            self.since_best = 0.0 if self.gain is None or self.seen == 1 or adds else self.since_best + cost
         else:
             self.since_best += cost
         if self.gain is not None and not self.paid and self.points:
             self.paid = self.gain.pays(np.array(self.points), self.spent)
 
     def stalled(self) -> bool:
-        """Whether the last ``window`` candidates (``unpaid_window`` while nothing paid) did not improve the best."""
+        """Whether the last ``window`` spent (``unpaid_window`` while nothing paid) raised the best reward by no
+        path the round does not dominate (with :attr:`gain`; else by none)."""
         if self.window is None:
             return False
         limit = self.window if self.paid or self.unpaid_window is None else self.unpaid_window
