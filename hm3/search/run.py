@@ -346,8 +346,10 @@ def budget_line(recipe: Recipe, preference_count: int) -> str:
         share += f" + up to {recipe.agent.iterations} agent paths"
         window = Patience.from_recipe(recipe, recipe.agent.iterations).window
         if window is not None:
-            back = ", given back to the upper level" if recipe.parameter_level.optimised else ""
-            share += f", fewer if {window} in a row do not improve it{back}"
+            optimised = recipe.parameter_level.optimised
+            off_front = " off the upper level's front" if optimised else ""
+            back = ", given back to the upper level" if optimised else ""
+            share += f", fewer if {window} in a row do not improve it{off_front}{back}"
             if adapts_path_budget(recipe):
                 share += (
                     f" ({min(recipe.agent.unpaid_patience or window, window)} if the first preference's paths "
