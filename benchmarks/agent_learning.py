@@ -13,8 +13,9 @@ K fine-tuned models plus that merge, each scoring the same number of new paths o
   rate (3e-3 since stop 39; before it, 3e-4 — that agent is ``ppo_edit_lr3e-4`` now, and the tables measured
   before stop 39 say so): each episode one edit of the best path so far, masked to the valid edits, paid the
   signed change of reward; ``ppo_edit_lr0`` the same with learning rate 0 — uniform over the valid edits:
-  structured random local search; ``ppo_edit_lr3e-4`` and ``ppo_edit_lr1e-3`` with learning rates 1/10 and
-  1/3 of the default (sensitivity rows);
+  structured random local search; ``ppo_edit_lr3e-4``, ``ppo_edit_lr1e-3`` and ``ppo_edit_lr1e-2`` with
+  learning rates 1/10, 1/3 and 10/3 of the default, and ``ppo_edit_epochs10`` with 10 PPO epochs per update
+  instead of 4 (SB3's default; sensitivity rows: does a policy that moves further beat its prior?);
   ``ppo_edit_frame`` in a structured path space: the first and the last layer fixed (the merge's own:
   ``architecture_level.fixed_first: 1, fixed_last: 1``), the edits in the 10 slots between;
   ``ppo_edit_stats`` with a fitted map at every seam (``architecture_level.alignment: stats``: each step whose
@@ -90,6 +91,8 @@ METHODS = [
     "ppo_edit_lr0",
     "ppo_edit_lr3e-4",
     "ppo_edit_lr1e-3",
+    "ppo_edit_lr1e-2",
+    "ppo_edit_epochs10",
     "ppo_edit_frame",
     "ppo_edit_stats",
     "ppo_edit_carried",
@@ -106,6 +109,8 @@ FORMAT = {
     "ppo_edit_lr0": 2,
     "ppo_edit_lr3e-4": 2,
     "ppo_edit_lr1e-3": 2,
+    "ppo_edit_lr1e-2": 2,
+    "ppo_edit_epochs10": 2,
     "ppo_edit_frame": 2,
     "ppo_edit_stats": 2,
     "ppo_edit_carried": 1,
@@ -278,6 +283,8 @@ def run_one(context, seed: int, index: int, method: str, digest: str, carried=No
             rollout, agent = run_ppo(search, seed, {"actions": "edit"}, carried=carried)
         elif method == "ppo_edit_lr0":
             rollout, _ = run_ppo(search, seed, {"actions": "edit", "learning_rate": 0.0})
+        elif method == "ppo_edit_epochs10":
+            rollout, _ = run_ppo(search, seed, {"actions": "edit", "n_epochs": 10})
         elif method.startswith("ppo_edit_lr"):
             rate = float(method.removeprefix("ppo_edit_lr"))
             rollout, _ = run_ppo(search, seed, {"actions": "edit", "learning_rate": rate})
@@ -329,30 +336,40 @@ def section_marker(key: str, end: str) -> str:
 
 def paired(records: dict[str, list[dict]]) -> list[str]:
     """Per pair of :data:`PAIRED` both measured: at each checkpoint past the first PPO update, in how many
-    searches the first method's best is ahead of, behind or equal to the second's, and the mean difference."""
+    searches the first method's best is ahead of, behind or equal to the second's (and of the equal ones, how
+    many are both at the ceiling: the best any method in the table found in that search), and the mean
+    difference."""
+    searches = len(next(iter(records.values()), []))
+    ceilings = [max(found[i]["curve"][-1] for found in records.values()) for i in range(searches)]
     lines = []
     for first, second in PAIRED:
         if first not in records or second not in records:
             continue
         cells = []
         for checkpoint in [c for c in CHECKPOINTS if c >= 50]:
-            differences = np.array(
-                [
-                    a["curve"][min(checkpoint, len(a["curve"])) - 1]
-                    - b["curve"][min(checkpoint, len(b["curve"])) - 1]
-                    for a, b in zip(records[first], records[second], strict=True)
-                ]
-            )
+            pairs = [
+                (
+                    a["curve"][min(checkpoint, len(a["curve"])) - 1],
+                    b["curve"][min(checkpoint, len(b["curve"])) - 1],
+                )
+                for a, b in zip(records[first], records[second], strict=True)
+            ]
+            differences = np.array([a - b for a, b in pairs])
             ahead, behind = int((differences > TIE).sum()), int((differences < -TIE).sum())
+            capped = sum(
+                abs(a - b) <= TIE and a >= ceiling - TIE
+                for (a, b), ceiling in zip(pairs, ceilings, strict=True)
+            )
             cells.append(
                 f"at {checkpoint} paths {ahead} ahead / {behind} behind / {len(differences) - ahead - behind} "
-                f"equal ({differences.mean():+.4f})"
+                f"equal, {capped} of them at the ceiling ({differences.mean():+.4f})"
             )
         lines.append(f"- `{first}` against `{second}`, search by search: " + "; ".join(cells) + ".")
     if lines:
         lines = [
             "Paired (the same seed and preference, so the same merge and the same first paths until the first "
-            "PPO update):",
+            "PPO update; 'at the ceiling': both at the best any method of this table found in that search, where "
+            "learning has nothing left to win):",
             "",
             *lines,
             "",
