@@ -229,9 +229,8 @@ def test_with_a_front_gain_a_preferences_paths_pay_by_what_they_add_not_by_beati
     patience = Patience.from_recipe(recipe, 20, path_level_paid=False, gain=gain)
     patience.see(0.5, point=np.array([0.6, 0.5]))  # the merge: its cost is not the paths'
     patience.see(0.6, point=np.array([0.55, 0.45]))  # beats the merge's reward, adds no hypervolume
-    assert (
-        not patience.paid and patience.best == 0.6 and patience.stalled()
-    )  # not progress: the window ran out
+    # not progress: the window (1 path while nothing paid) ran out
+    assert not patience.paid and patience.best == 0.6 and patience.stalled()
     patience.see(0.1, cost=0.25, screen=True)
     patience.see(0.1, cost=0.25, screen=True)
     patience.see(0.2, point=np.array([0.65, 0.5]))  # adds 0.025, after 2.5 full scorings: below 0.05 each

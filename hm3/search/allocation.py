@@ -139,7 +139,8 @@ class Patience:
     gain: FrontGain | None = None
     best: float = -math.inf
     since_best: float = 0.0
-    """Spent since the best was raised, in full scorings."""
+    """Spent since the last progress (the best raised; with :attr:`gain`, by a path the round does not
+    dominate), in full scorings."""
     seen: int = 0
     paid: bool = False
     """Whether the candidates after the start paid (:attr:`gain`)."""
@@ -178,14 +179,14 @@ class Patience:
         adds = self.gain is not None and self.seen > 1 and point is not None and self.gain.adds(point)
         if adds:
             self.points.append(np.asarray(point, dtype=np.float64))  # the others add nothing: not kept
-        if reward > self.best + IMPROVEMENT:
+        better = reward > self.best + IMPROVEMENT
+        if better:
             if self.gain is None:
                 self.paid = self.paid or self.seen > 1
             self.best = reward
-            # with a gain, only a better path the round does not dominate is progress the window waits for
-            self.since_best = 0.0 if self.gain is None or self.seen == 1 or adds else self.since_best + cost
-        else:
-            self.since_best += cost
+        # with a gain, only a better path the round does not dominate is progress the window waits for
+        progress = better and (self.gain is None or self.seen == 1 or adds)
+        self.since_best = 0.0 if progress else self.since_best + cost
         if self.gain is not None and not self.paid and self.points:
             self.paid = self.gain.pays(np.array(self.points), self.spent)
 
