@@ -30,8 +30,11 @@ K fine-tuned models plus that merge, each scoring the same number of new paths o
 
 Reward: HM3's weighted-sum reward R(λ) (length penalty included), reported as the improvement over the merge's
 own identity path (0 = the path level found nothing better than its starting merge). Per budget checkpoint the
-best improvement so far; for the two PPO variants also the greedy rollout of the policy at the end (scored
-outside the budget), and for every method the mean edit distance of its new paths from the best path at the
+best improvement so far; for the PPO variants also the greedy rollout of the policy at the end (scored
+outside the budget) and, for the edit agents, where that rollout — the policy's favourite edit of the best path
+— ranks among every valid edit of the best path, each scored outside the budget (:func:`favourite_edit`: what
+tells a policy that learnt from its prior's arbitrary favourite, and whether the best is a local optimum at
+all); and for every method the mean edit distance of its new paths from the best path at the
 time (how many edits of the incumbent it tries).
 
 Writes one section of ``benchmarks/results/agent_learning.md`` per build of the deep zoo (its weights'
@@ -69,7 +72,14 @@ from hm3.errors import UserError  # noqa: E402
 from hm3.evaluate.quiet import quiet_libraries  # noqa: E402
 from hm3.merge.spec import MergeSpec  # noqa: E402
 from hm3.recipe import load_recipe  # noqa: E402
-from hm3.routing.agent import max_path_length, path_scorer_from_recipe, reward_from_recipe, search_path  # noqa: E402
+from hm3.routing.agent import (  # noqa: E402
+    max_path_length,
+    path_scorer_from_recipe,
+    reward_from_recipe,
+    rollout,
+    search_path,
+)
+from hm3.routing.edits import EditSpace  # noqa: E402
 from hm3.routing.path import InferencePath  # noqa: E402
 from hm3.search.calibration import calibration_batch  # noqa: E402
 from hm3.search.models import CandidateModels  # noqa: E402
@@ -121,9 +131,15 @@ FORMAT = {
 (2: the agent edits the incumbent, is paid its gain, and updates 8 times per search, stop 30; for
 ``ppo_edit_frame`` and ``ppo_edit_stats``: at the edit agent's default rate of stop 39, 3e-3)."""
 CRITIC_NEIGHBOURS = 8
-PAIRED = [("ppo", "ppo_lr0"), ("ppo_edit", "ppo_edit_lr0"), ("ppo_edit", "local")]
-"""Pairs compared search by search (same seed, same preference): each trained agent against its own prior, and
-the edit agent against random local search."""
+PAIRED = [
+    ("ppo", "ppo_lr0"),
+    ("ppo_edit", "ppo_edit_lr0"),
+    ("ppo_edit_lr1e-2", "ppo_edit_lr0"),
+    ("ppo_edit_epochs10", "ppo_edit_lr0"),
+    ("ppo_edit", "local"),
+]
+"""Pairs compared search by search (same seed, same preference): each trained agent — the edit agent also with
+the sensitivity rows' settings — against its own prior, and the edit agent against random local search."""
 TIE = 1e-9
 """Best rewards closer than this count as equal."""
 
@@ -206,6 +222,36 @@ def run_ppo(
     return float(search.reward(result.rollout_path) - search.base), result.agent
 
 
+def favourite_edit(search: PathSearch, agent) -> dict | None:
+    """Where the trained edit policy's favourite edit of the search's best path stands among every valid edit of
+    that path, each scored on the search split (outside the budget, after the search's own record is taken).
+
+    The greedy rollout alone does not say whether a policy learnt: the untrained prior's favourite is the argmax
+    of near-zero logits, an arbitrary edit. Ranked among all the edits it could have picked, an arbitrary favourite
+    sits at the middle on average (percentile 0.5: the share of the other edits it beats, ties counting half); a
+    policy that learnt which edits pay for this λ ranks its favourite near the top. None for the path agent (its
+    rollout is a whole path, not an edit)."""
+    if agent is None or agent.config is None or agent.config.actions != "edit":
+        return None
+    best = max(search.scorer.scored, key=search.reward)  # ties: the first scored, as the search's best
+    best_reward = search.reward(best)
+    space = EditSpace(*agent.summaries.shape[:2], agent.max_length, agent.frame)
+    edits = {space.apply(best, int(action)) for action in np.flatnonzero(space.mask(best))}
+    rewards = {edit: search.reward(edit) for edit in edits}
+    pick = rollout(agent, search.preference, best)
+    if pick not in rewards or len(rewards) < 2:
+        return None
+    mine = rewards.pop(pick)
+    others = np.array(list(rewards.values()))
+    beaten = (others < mine - TIE).sum() + 0.5 * (np.abs(others - mine) <= TIE).sum()
+    return {
+        "percentile": float(beaten / len(others)),
+        "gain": float(mine - best_reward),
+        "best_gain": float(max(mine, others.max()) - best_reward),
+        "edits": len(others) + 1,
+    }
+
+
 def run_local(search: PathSearch, seed: int) -> None:
     """Random local search: one random edit of the best path so far, kept when not worse."""
     rng = np.random.default_rng(seed)
@@ -267,29 +313,29 @@ def run_one(context, seed: int, index: int, method: str, digest: str, carried=No
         recipe = recipe.model_copy(update={"architecture_level": level})
         calibration = calibration_batch(evaluator, level.calibration_samples)
     search = PathSearch(models, evaluator, recipe, PREFERENCES[index], calibration)
-    rollout, agent = None, None
+    gain, agent = None, None
     with quiet_libraries():
         if method == "ppo":
-            rollout, _ = run_ppo(search, seed, {"actions": "path"})
+            gain, agent = run_ppo(search, seed, {"actions": "path"})
         elif method == "ppo_lr0":
-            rollout, _ = run_ppo(search, seed, {"actions": "path", "learning_rate": 0.0})
+            gain, agent = run_ppo(search, seed, {"actions": "path", "learning_rate": 0.0})
         elif method == "ppo_critic":
-            rollout, _ = run_ppo(
+            gain, agent = run_ppo(
                 search, seed, {"actions": "path", "wolpertinger_neighbours": CRITIC_NEIGHBOURS}
             )
         elif method in ("ppo_edit", "ppo_edit_stats"):
-            rollout, _ = run_ppo(search, seed, {"actions": "edit"})
+            gain, agent = run_ppo(search, seed, {"actions": "edit"})
         elif method == "ppo_edit_carried":
-            rollout, agent = run_ppo(search, seed, {"actions": "edit"}, carried=carried)
+            gain, agent = run_ppo(search, seed, {"actions": "edit"}, carried=carried)
         elif method == "ppo_edit_lr0":
-            rollout, _ = run_ppo(search, seed, {"actions": "edit", "learning_rate": 0.0})
+            gain, agent = run_ppo(search, seed, {"actions": "edit", "learning_rate": 0.0})
         elif method == "ppo_edit_epochs10":
-            rollout, _ = run_ppo(search, seed, {"actions": "edit", "n_epochs": 10})
+            gain, agent = run_ppo(search, seed, {"actions": "edit", "n_epochs": 10})
         elif method.startswith("ppo_edit_lr"):
             rate = float(method.removeprefix("ppo_edit_lr"))
-            rollout, _ = run_ppo(search, seed, {"actions": "edit", "learning_rate": rate})
+            gain, agent = run_ppo(search, seed, {"actions": "edit", "learning_rate": rate})
         elif method == "ppo_edit_frame":
-            rollout, _ = run_ppo(search, seed, {"actions": "edit"}, {"fixed_first": 1, "fixed_last": 1})
+            gain, agent = run_ppo(search, seed, {"actions": "edit"}, {"fixed_first": 1, "fixed_last": 1})
         elif method == "local":
             run_local(search, seed)
         else:
@@ -300,11 +346,13 @@ def run_one(context, seed: int, index: int, method: str, digest: str, carried=No
         "zoo": digest,
         "curve": search.curve[:BUDGET],
         "edits": search.edits(),
-        "rollout": rollout,
+        "rollout": gain,
         "base": search.base,
         "distinct": search.new_paths(),
         "seconds": time.perf_counter() - started,
     }
+    with quiet_libraries():  # outside the budget and the search's time: the scorer's paths are counted above
+        record["favourite"] = favourite_edit(search, agent)
     SCRATCH.mkdir(parents=True, exist_ok=True)
     partial = file.with_suffix(".partial")
     partial.write_text(json.dumps(record))
@@ -364,6 +412,17 @@ def paired(records: dict[str, list[dict]]) -> list[str]:
                 f"at {checkpoint} paths {ahead} ahead / {behind} behind / {len(differences) - ahead - behind} "
                 f"equal, {capped} of them at the ceiling ({differences.mean():+.4f})"
             )
+        ranks = [
+            (a["favourite"]["percentile"], b["favourite"]["percentile"])
+            for a, b in zip(records[first], records[second], strict=True)
+            if a.get("favourite") and b.get("favourite")
+        ]
+        if len(ranks) == len(records[first]):
+            differences = np.array([a - b for a, b in ranks])
+            cells.append(
+                f"favourite edit ranked higher in {int((differences > TIE).sum())} / lower in "
+                f"{int((differences < -TIE).sum())} ({differences.mean():+.2f})"
+            )
         lines.append(f"- `{first}` against `{second}`, search by search: " + "; ".join(cells) + ".")
     if lines:
         lines = [
@@ -394,10 +453,16 @@ def table(records: dict[str, list[dict]], build: str, digest: str) -> list[str]:
         first_cell = "—" if np.isinf(median) else f"{int(median)}"
         edits = [r["edits"] for r in found if "edits" in r]
         edit_cell = f"{np.mean(edits):.2f}" if edits else "—"
+        ranks = [r["favourite"]["percentile"] for r in found if r.get("favourite")]
+        full = len(ranks) == len(found)
+        rank_cell = f"{np.mean(ranks):.2f} ± {np.std(ranks):.2f}" if full else "—"
+        optima = sum(r["favourite"]["best_gain"] <= TIE for r in found if r.get("favourite"))
+        optimum_cell = f"{optima}/{len(found)}" if full else "—"
         rows.append(
             f"| {method} | "
             + " | ".join(cells)
-            + f" | {rollout} | {improved}/{len(found)} | {first_cell} | {edit_cell} | {seconds:.0f} |"
+            + f" | {rollout} | {rank_cell} | {optimum_cell} | {improved}/{len(found)} | {first_cell}"
+            + f" | {edit_cell} | {seconds:.0f} |"
         )
         plt.plot(range(1, BUDGET + 1), curves.mean(axis=0), label=method)
     plt.xlabel("new paths scored")
@@ -421,8 +486,9 @@ def table(records: dict[str, list[dict]], build: str, digest: str) -> list[str]:
         "",
         "| method | "
         + " | ".join(f"{c} paths" for c in CHECKPOINTS)
-        + " | greedy rollout | improved | first better | edits | s per search |",
-        "|---|" + "---:|" * (len(CHECKPOINTS) + 5),
+        + " | greedy rollout | favourite edit's rank | best at a local optimum | improved | first better | edits"
+        " | s per search |",
+        "|---|" + "---:|" * (len(CHECKPOINTS) + 7),
         *rows,
         "",
         *paired(records),
@@ -471,7 +537,12 @@ def main() -> None:
         "Deep toy LM zoo (`recipes/toy-lm-deep.yaml`), the merge fixed at task arithmetic with weights λ; each "
         "cell is the best reward improvement over that merge's identity path after that many new paths, mean ± "
         "std over seeds × preferences (0: nothing better than the merge found). 'Greedy rollout': the trained "
-        "policy's deterministic path at the end, its improvement. 'Improved': searches whose best beats the merge. "
+        "policy's deterministic path at the end, its improvement. 'Favourite edit's rank' (edit agents; sections "
+        "from stop 45 on): the policy's most likely edit of the search's best path at the end, ranked among every "
+        "valid edit of that path, each scored outside the budget — the share of the others it beats (ties half): "
+        "an untrained policy's favourite is an arbitrary edit, 0.5 on average; one that learnt which edits pay for "
+        "λ ranks near 1. 'Best at a local optimum': searches whose final best path no single edit improves (the same "
+        "scorings). 'Improved': searches whose best beats the merge. "
         "'First better': median number of new paths until the first one better than the merge (— when fewer than "
         "half the searches found one). 'Edits': mean edit distance of a new path from the best path at the time. "
         "One section per build of the zoo (the fingerprint of its weights: another CPU vendor builds another zoo "
