@@ -227,8 +227,8 @@ def favourite_edit(search: PathSearch, agent) -> dict | None:
     that path, each scored on the search split (outside the budget, after the search's own record is taken).
 
     The greedy rollout alone does not say whether a policy learnt: the untrained prior's favourite is the argmax
-    of near-zero logits, an arbitrary edit. Ranked among all the edits it could have picked, an arbitrary favourite
-    sits at the middle on average (percentile 0.5: the share of the other edits it beats, ties counting half); a
+    of near-zero logits, an edit no experience chose. Ranked among all the edits it could have picked (percentile:
+    the share of the other edits it beats, ties counting half), an edit drawn at random sits at 0.5 on average; a
     policy that learnt which edits pay for this λ ranks its favourite near the top. None for the path agent (its
     rollout is a whole path, not an edit)."""
     if agent is None or agent.config is None or agent.config.actions != "edit":
@@ -540,8 +540,8 @@ def main() -> None:
         "policy's deterministic path at the end, its improvement. 'Favourite edit's rank' (edit agents; sections "
         "from stop 45 on): the policy's most likely edit of the search's best path at the end, ranked among every "
         "valid edit of that path, each scored outside the budget — the share of the others it beats (ties half): "
-        "an untrained policy's favourite is an arbitrary edit, 0.5 on average; one that learnt which edits pay for "
-        "λ ranks near 1. 'Best at a local optimum': searches whose final best path no single edit improves (the same "
+        "an edit drawn at random ranks 0.5 on average, the untrained prior's favourite (the argmax of near-zero "
+        "logits) wherever its logits' accidents put it; a policy that learnt which edits pay for λ ranks near 1. 'Best at a local optimum': searches whose final best path no single edit improves (the same "
         "scorings). 'Improved': searches whose best beats the merge. "
         "'First better': median number of new paths until the first one better than the merge (— when fewer than "
         "half the searches found one). 'Edits': mean edit distance of a new path from the best path at the time. "
