@@ -33,7 +33,7 @@ own identity path (0 = the path level found nothing better than its starting mer
 best improvement so far; for the PPO variants also the greedy rollout of the policy at the end (scored
 outside the budget) and, for the edit agents, where that rollout — the policy's favourite edit of the best path
 — ranks among every valid edit of the best path, each scored outside the budget (:func:`favourite_edit`: what
-tells a policy that learnt from its prior's arbitrary favourite, and whether the best is a local optimum at
+tells a policy that learnt from its untrained prior, and whether the best is a local optimum at
 all); and for every method the mean edit distance of its new paths from the best path at the
 time (how many edits of the incumbent it tries).
 
@@ -418,10 +418,10 @@ def paired(records: dict[str, list[dict]]) -> list[str]:
             if a.get("favourite") and b.get("favourite")
         ]
         if len(ranks) == len(records[first]):
-            differences = np.array([a - b for a, b in ranks])
+            rank_gaps = np.array([a - b for a, b in ranks])
             cells.append(
-                f"favourite edit ranked higher in {int((differences > TIE).sum())} / lower in "
-                f"{int((differences < -TIE).sum())} ({differences.mean():+.2f})"
+                f"favourite edit ranked higher in {int((rank_gaps > TIE).sum())} / lower in "
+                f"{int((rank_gaps < -TIE).sum())} ({rank_gaps.mean():+.2f})"
             )
         lines.append(f"- `{first}` against `{second}`, search by search: " + "; ".join(cells) + ".")
     if lines:
@@ -453,11 +453,11 @@ def table(records: dict[str, list[dict]], build: str, digest: str) -> list[str]:
         first_cell = "—" if np.isinf(median) else f"{int(median)}"
         edits = [r["edits"] for r in found if "edits" in r]
         edit_cell = f"{np.mean(edits):.2f}" if edits else "—"
-        ranks = [r["favourite"]["percentile"] for r in found if r.get("favourite")]
-        full = len(ranks) == len(found)
-        rank_cell = f"{np.mean(ranks):.2f} ± {np.std(ranks):.2f}" if full else "—"
-        optima = sum(r["favourite"]["best_gain"] <= TIE for r in found if r.get("favourite"))
-        optimum_cell = f"{optima}/{len(found)}" if full else "—"
+        rank_cell = optimum_cell = "—"  # only where every search of the row has its favourite edit ranked
+        if all(r.get("favourite") for r in found):
+            ranks = [r["favourite"]["percentile"] for r in found]
+            optima = sum(r["favourite"]["best_gain"] <= TIE for r in found)
+            rank_cell, optimum_cell = f"{np.mean(ranks):.2f} ± {np.std(ranks):.2f}", f"{optima}/{len(found)}"
         rows.append(
             f"| {method} | "
             + " | ".join(cells)
@@ -541,8 +541,9 @@ def main() -> None:
         "from stop 45 on): the policy's most likely edit of the search's best path at the end, ranked among every "
         "valid edit of that path, each scored outside the budget — the share of the others it beats (ties half): "
         "an edit drawn at random ranks 0.5 on average, the untrained prior's favourite (the argmax of near-zero "
-        "logits) wherever its logits' accidents put it; a policy that learnt which edits pay for λ ranks near 1. 'Best at a local optimum': searches whose final best path no single edit improves (the same "
-        "scorings). 'Improved': searches whose best beats the merge. "
+        "logits) wherever its logits' accidents put it; a policy that learnt which edits pay for λ ranks near 1. "
+        "'Best at a local optimum': searches whose final best path no single edit improves (the same scorings). "
+        "'Improved': searches whose best beats the merge. "
         "'First better': median number of new paths until the first one better than the merge (— when fewer than "
         "half the searches found one). 'Edits': mean edit distance of a new path from the best path at the time. "
         "One section per build of the zoo (the fingerprint of its weights: another CPU vendor builds another zoo "
