@@ -88,7 +88,10 @@ def run_long(kind: str, seed: int) -> Path:
 
 
 def log_records(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "candidates.jsonl").read_text().splitlines() if line]
+    """A run's candidate log, in the order written, read as hm3 reads it."""
+    from hm3.store import RunStore
+
+    return list(RunStore(folder).candidates())
 
 
 def run_reward(folder: Path):
