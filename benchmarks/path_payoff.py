@@ -273,10 +273,55 @@ def zoo_section(kind: str, seeds: list[int], started: float) -> list[str]:
         "paid (late bar) |",
         "|---:|---:|---:|---:|---:|---:|---|---|",
         *pooled,
+        *weak_starts(kind, seeds),
         f"<!-- zoo {key}: end -->",
         "",
     ]
     return lines
+
+
+def weak_starts(kind: str, seeds: list[int]) -> list[str]:
+    """Where the deep zoo's path searches from λ-weighted merges (``agent_learning.md``'s edit agent, 200 paths,
+    its records in ``benchmarks/scratch/agent_learning``) end, against the best merge of the upper level's first
+    round for the same λ (the search quality benchmark's ``hm3`` run, same seed), in that benchmark's reward (raw
+    scores, the recipe's length penalty). Nothing where those records are missing."""
+    if kind != "deep":
+        return []
+    import agent_learning as learning
+
+    from hm3.recipe import load_recipe
+    from hm3.routing.agent import reward_from_recipe
+
+    rows = []
+    for seed in seeds:
+        run = quality.SCRATCH / kind / f"seed{seed}" / "hm3"
+        reward = reward_from_recipe(load_recipe(run / "recipe.yaml"))
+        size = json.loads((run / "summary.json").read_text())["allocation"]["upper_level_first_round"]
+        merges = upper_level_merges(log_records(run))[:size]
+        layers = len(json.loads((run / "preferences" / "p000.json").read_text())["merged_path"])
+        for index, preference in enumerate(learning.PREFERENCES):
+            file = learning.SCRATCH / f"seed{seed}-pref{index}-ppo_edit-budget200.json"
+            if not file.is_file():
+                continue
+            record = json.loads(file.read_text())
+            best_merge = max(reward.reward(m["scores"], preference, layers) for m in merges)
+            best_path = record["base"] + record["curve"][-1]
+            rows.append(
+                f"| {seed} | {preference} | {record['base']:.3f} | {best_path:.3f} | {best_merge:.3f} | "
+                f"{'yes' if best_path > best_merge else 'no'} |"
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        "From λ-weighted merges (`agent_learning.md`'s edit agent, 200 paths, its records): where the best path "
+        "ends, against the best merge of this seed's first round for the same λ (that benchmark's reward: raw "
+        "scores, the length penalty):",
+        "",
+        "| seed | λ | λ-weighted merge | best path from it | first round's best merge | path above it |",
+        "|---:|---|---:|---:|---:|---|",
+        *rows,
+    ]
 
 
 def volume_added(gain, points: list) -> float:
