@@ -11,12 +11,12 @@ spend goes back to the optimised upper level.
   nothing to it, so the window goes on counting (the agent still edits from it) — progress is measured as
   paying is.
 * **Never more than a round of merges** (with the optimised upper level): the window is at most the upper level's
-  first round (:func:`hm3.search.upper_level.upper_level_budget`, at least :data:`MIN_PATIENCE`). What a
-  stalled path search spends is budget the merges do not get, so the floor of exploration is measured in
-  their currency: with the toy recipes' 1000 iterations, ⌈0.25 × 1000⌉ = 250 full scorings without progress
-  would be ten first rounds (`benchmarks/results/path_payoff.md`: the deep zoo's probe spent 360 full scorings
-  against the upper level's 48 merges); the cap makes it 24. At the benchmarks' budgets the window (4-7) is
-  below the round (56-112) and nothing changes.
+  first round (:func:`hm3.search.upper_level.upper_level_budget`, at least :data:`MIN_PATIENCE`). What a stalled
+  path search spends is budget the merges do not get, so the floor of exploration is measured in their currency:
+  with the toy recipes' 1000 iterations, ⌈0.25 × 1000⌉ = 250 full scorings without progress would be ten first
+  rounds (`benchmarks/results/path_payoff.md`: the deep recipe's probe spent 359.5 full scorings against the upper
+  level's 48 merges, and 48.5 with the cap of 24). At the benchmarks' budgets the window (4-7) is below the round
+  (56-112) and nothing changes.
 * **Where it pays** (``agent.unpaid_patience``): the run's first preference is the probe, searched with the full
   window. If its paths did not pay (below), the path level has not paid in this run, and every later preference
   gets a window of ``unpaid_patience`` paths (default 1) until its own paths pay — then the full window. The
