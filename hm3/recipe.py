@@ -428,8 +428,7 @@ class AgentConfig(_Section):
         patience: A preference's path search stops once its last ⌈patience × iterations⌉ new paths (at least
             3) did not improve its best reward — the merge it starts from included —, in (0, 1]; with
             ``parameter_level.weights: optimised`` only by a path the upper level's first round does not
-            dominate, the window at most that round's size (:func:`hm3.search.allocation.stall_window`), and
-            what it did not spend goes back to the upper level. None:
+            dominate, and what it did not spend goes back to the upper level. None:
             every preference spends all its iterations (the paper's Algorithm 1).
         unpaid_patience: The window, in paths, of a preference's path search while the path level has not paid:
             neither in the run's first preference (the probe, searched with the full window) nor yet in this
