@@ -133,47 +133,50 @@ def late_bar(param_only: Path, reward) -> float:
     return gain.bar if gain is not None else 0.0
 
 
-def preference_searches(folder: Path, reward) -> tuple[list[dict], object, int]:
+def preference_searches(folder: Path, reward) -> tuple[list[dict], object]:
     """Per preference: the start merge's reward, and per new path (in the order first tried) the spend so far,
-    the fully scored points so far and the best reward so far; with the run's first-round :class:`FrontGain` and
-    the size of a full scoring in documents."""
+    the fully scored points so far and the best reward so far; with the run's first-round :class:`FrontGain`."""
     from hm3.search.allocation import front_gain
     from hm3.search.upper_level import UPPER_LEVEL
 
     records = log_records(folder)
     summary = json.loads((folder / "summary.json").read_text())
-    first_round = summary["allocation"]["upper_level_first_round"]
-    gain = front_gain(records, first_round, reward.normalised, UPPER_LEVEL)
+    gain = front_gain(
+        records, summary["allocation"]["upper_level_first_round"], reward.normalised, UPPER_LEVEL
+    )
     full = max(r["documents"] for r in records if r.get("split") == "search")
+    charged = {
+        ("path", "search"),
+        ("path", "screen"),
+        ("merge", "screen"),
+    }  # the start's screen: for the paths
     searches = []
     for file in sorted((folder / "preferences").glob("p*.json")):
         saved = json.loads(file.read_text())
         index, preference = saved["index"], saved["preference"]
         start = reward.reward(saved["candidates"][0]["scores"], preference, len(saved["merged_path"]))
         spend, points, best = 0.0, [], start
-        steps, seen_paths, seen = [], set(), set()
+        steps, seen = [], set()
         for record in records:
-            if record.get("preference_index") != index or record.get("split") not in ("search", "screen"):
+            level, split = record.get("level"), record.get("split")
+            if record.get("preference_index") != index or (level, split) not in charged:
                 continue
-            if (record["key"], record["split"]) in seen or record.get("level") not in ("path", "merge"):
+            if (record["key"], split) in seen:
                 continue
-            if record.get("level") == "merge":  # the start: scored in the round, screened for the paths
-                if record["split"] == "screen":
-                    seen.add((record["key"], record["split"]))
-                    spend += record["documents"] / full
-                continue
-            seen.add((record["key"], record["split"]))
+            seen.add((record["key"], split))
             spend += record["documents"] / full
-            if record["split"] == "search":
+            if level == "merge":
+                continue
+            if split == "search":
                 points.append(reward.normalised(record["scores"]))
                 best = max(best, reward.reward(record["scores"], preference, len(record["path"])))
-            if record["key"] not in seen_paths:
-                seen_paths.add(record["key"])
-                steps.append({"spend": spend, "points": list(points), "best": best})
+            step = {"spend": spend, "points": list(points), "best": best}
+            if split == "search" and (record["key"], "screen") in seen:
+                steps[-1] = step  # a screened path scored in full: the same new path
             else:
-                steps[-1] = {"spend": spend, "points": list(points), "best": best}
+                steps.append(step)
         searches.append({"preference": preference, "start": start, "steps": steps})
-    return searches, gain, full
+    return searches, gain
 
 
 def zoo_section(kind: str, seeds: list[int], started: float) -> list[str]:
@@ -196,7 +199,7 @@ def zoo_section(kind: str, seeds: list[int], started: float) -> list[str]:
         folder = run_long(kind, seed)
         wall.append(json.loads((folder / "done.json").read_text())["seconds"])
         reward = run_reward(folder)
-        searches, gain, _ = preference_searches(folder, reward)
+        searches, gain = preference_searches(folder, reward)
         size = json.loads((folder / "summary.json").read_text())["allocation"]["upper_level_first_round"]
         reference = quality.SCRATCH / kind / f"seed{seed}"
         ours, theirs = (upper_level_merges(log_records(f))[:size] for f in (folder, reference / "hm3"))
