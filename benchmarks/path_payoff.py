@@ -44,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import search_quality as quality  # noqa: E402
-from _bench import REPO, cpu_name, exit_with, kept_notes, marked_sections  # noqa: E402
+from _bench import REPO, cpu_name, exit_with, kept_notes, marked_sections, write_results  # noqa: E402
 
 ITERATIONS = int(os.environ.get("BENCH_ITERATIONS", "100"))
 """Each preference's path budget, in full scorings of the search split (``agent.iterations``: a screened path
@@ -95,19 +95,15 @@ def log_records(folder: Path) -> list[dict]:
 
 
 def run_reward(folder: Path):
-    """The run's reward (its recipe's, on the fine-tuned models' search-split scale), as its search had it."""
+    """The run's reward: its recipe's, on the scale its search used (the fine-tuned models' search-split ideal and
+    nadir, oriented, as its summary records them)."""
     from hm3.moo.scalarization import ObjectiveScale
     from hm3.recipe import load_recipe
     from hm3.routing.agent import reward_from_recipe
 
-    recipe = load_recipe(folder / "recipe.yaml")
-    plain = reward_from_recipe(recipe)
-    finetuned = [
-        plain.oriented(r["scores"])
-        for r in log_records(folder)
-        if r.get("level") == "finetuned" and r.get("split") == "search"
-    ]
-    return reward_from_recipe(recipe, ObjectiveScale.from_points(finetuned))
+    summary = json.loads((folder / "summary.json").read_text())
+    scale = ObjectiveScale(tuple(summary["ideal_point_search"]), tuple(summary["nadir_point_search"]))
+    return reward_from_recipe(load_recipe(folder / "recipe.yaml"), scale)
 
 
 def upper_level_merges(records: list[dict]) -> list[dict]:
@@ -124,6 +120,14 @@ def upper_level_merges(records: list[dict]) -> list[dict]:
     return merges
 
 
+def paid(added: float, bar: float, spend: float) -> bool:
+    """HM3's rule (:meth:`hm3.search.allocation.FrontGain.pays`): paths pay when they add more than nothing and
+    at least ``bar`` per full scoring they cost."""
+    from hm3.search.allocation import IMPROVEMENT
+
+    return added > IMPROVEMENT and added >= bar * spend
+
+
 def late_bar(param_only: Path, reward) -> float:
     """What `param_only`'s last quarter of merges bought per merge (normalised as ``reward`` does)."""
     from hm3.search.allocation import FrontGain
@@ -133,13 +137,13 @@ def late_bar(param_only: Path, reward) -> float:
     return gain.bar if gain is not None else 0.0
 
 
-def preference_searches(folder: Path, reward) -> tuple[list[dict], object]:
+def preference_searches(folder: Path, records: list[dict], reward) -> tuple[list[dict], object]:
     """Per preference: the start merge's reward, and per new path (in the order first tried) the spend so far,
-    the fully scored points so far and the best reward so far; with the run's first-round :class:`FrontGain`."""
+    the fully scored points so far and the best reward so far; with the run's first-round :class:`FrontGain`
+    (``records``: the run's log)."""
     from hm3.search.allocation import front_gain
     from hm3.search.upper_level import UPPER_LEVEL
 
-    records = log_records(folder)
     summary = json.loads((folder / "summary.json").read_text())
     gain = front_gain(
         records, summary["allocation"]["upper_level_first_round"], reward.normalised, UPPER_LEVEL
@@ -198,27 +202,24 @@ def zoo_section(kind: str, seeds: list[int], started: float) -> list[str]:
         )
         folder = run_long(kind, seed)
         wall.append(json.loads((folder / "done.json").read_text())["seconds"])
-        reward = run_reward(folder)
-        searches, gain = preference_searches(folder, reward)
+        reward, records = run_reward(folder), log_records(folder)
+        searches, gain = preference_searches(folder, records, reward)
         size = json.loads((folder / "summary.json").read_text())["allocation"]["upper_level_first_round"]
         reference = quality.SCRATCH / kind / f"seed{seed}"
-        ours, theirs = (upper_level_merges(log_records(f))[:size] for f in (folder, reference / "hm3"))
+        ours = upper_level_merges(records)[:size]
+        theirs = upper_level_merges(log_records(reference / "hm3"))[:size]
         same_round.append([r["key"] for r in ours] == [r["key"] for r in theirs])
         bars = {"round": gain.bar, "late": late_bar(reference / "param_only", reward)}
-        for search in searches:
+        for search in (s for s in searches if s["steps"]):  # a search that met only shared paths has none
             for checkpoint in CHECKPOINTS:
-                if not search["steps"]:
-                    continue
                 step = next((s for s in search["steps"] if s["spend"] >= checkpoint), search["steps"][-1])
                 added = volume_added(gain, step["points"])
                 rows[checkpoint].append(
                     {
                         "spend": step["spend"],
                         "added": added,
-                        "paid_round": gain.pays(np.array(step["points"]), step["spend"])
-                        if step["points"]
-                        else False,
-                        "paid_late": added > 1e-9 and added >= bars["late"] * step["spend"],
+                        "paid_round": paid(added, bars["round"], step["spend"]),
+                        "paid_late": paid(added, bars["late"], step["spend"]),
                         "ratio": added / (bars["round"] * step["spend"]) if bars["round"] > 0 else np.inf,
                         "reward": step["best"] - search["start"],
                         "paths": search["steps"].index(step) + 1,
@@ -230,8 +231,8 @@ def zoo_section(kind: str, seeds: list[int], started: float) -> list[str]:
         added = volume_added(gain, every)
         pooled.append(
             f"| {seed} | {spend:.1f} | {added:.5f} | {gain.bar:.5f} | {bars['late']:.5f} | "
-            f"{added / spend:.6f} | {'yes' if added >= gain.bar * spend and added > 1e-9 else 'no'} | "
-            f"{'yes' if added >= bars['late'] * spend and added > 1e-9 else 'no'} |"
+            f"{added / spend:.6f} | {'yes' if paid(added, bars['round'], spend) else 'no'} | "
+            f"{'yes' if paid(added, bars['late'], spend) else 'no'} |"
         )
     key = quality.section_key(kind)
     lines = [
@@ -239,19 +240,20 @@ def zoo_section(kind: str, seeds: list[int], started: float) -> list[str]:
         f"## {kind} zoo (`{quality.ZOOS[kind]}`), build `{quality.recipe_zoo_build(kind)}`",
         "",
         f"Measured on {cpu_name()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; seeds {seeds}; "
-        f"{ITERATIONS} full scorings of paths per preference; the upper level's first round the search quality benchmark's own, "
-        f"key for key: {'yes' if all(same_round) else 'NO'} ({sum(same_round)}/{len(same_round)}); wall s per "
-        f"run {np.mean(wall):.0f}.",
+        f"{ITERATIONS} full scorings of paths per preference; the upper level's first round the search quality "
+        f"benchmark's own, key for key: {'yes' if all(same_round) else 'NO'} ({sum(same_round)}/{len(same_round)}); "
+        f"wall s per run {np.mean(wall):.0f}.",
         "",
         "Per preference search (seeds × preferences), once its paths have spent that many full scorings: the new "
         "paths tried (mean), how many searches were still going (within a full scoring of the budget at the last "
         "row; a search ends early where its policy only revisits paths it has scored: its training ends after "
-        "10 episodes per path of its budget, and its final state counts on), the hypervolume its paths add to the first round's front, that gain per full scoring against hm3's "
-        "bar (1 = as much as the round's last merges bought), how many searches paid by hm3's bar and by the "
+        "10 episodes per path of its budget, and its final state counts on), the hypervolume its paths add to the "
+        "first round's front, that gain per full scoring against hm3's bar (1 = as much as the round's last merges "
+        "bought), how many searches paid by hm3's bar and by the "
         "lower bar of `param_only`'s last merges, and the best reward over the start merge.",
         "",
-        "| spend | new paths | still going | hypervolume added | gain ÷ (bar × spend), median (max) | paid, hm3's bar | paid, "
-        "late bar | best reward − merge's | improved |",
+        "| spend | new paths | still going | hypervolume added | gain ÷ (bar × spend), median (max) "
+        "| paid, hm3's bar | paid, late bar | best reward − merge's | improved |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for checkpoint in CHECKPOINTS:
@@ -259,13 +261,14 @@ def zoo_section(kind: str, seeds: list[int], started: float) -> list[str]:
         if not found:
             continue
         ratios = np.array([f["ratio"] for f in found])
+        gains = [f["reward"] for f in found]
         lines.append(
             f"| {checkpoint} | {np.mean([f['paths'] for f in found]):.0f} | "
             f"{sum(f['reached'] for f in found)}/{len(found)} | "
             f"{np.mean([f['added'] for f in found]):.5f} | {np.median(ratios):.3f} ({ratios.max():.3f}) | "
             f"{sum(f['paid_round'] for f in found)}/{len(found)} | {sum(f['paid_late'] for f in found)}/"
-            f"{len(found)} | {np.mean([f['reward'] for f in found]):+.4f} ± {np.std([f['reward'] for f in found]):.4f}"
-            f" | {sum(f['reward'] > 1e-9 for f in found)}/{len(found)} |"
+            f"{len(found)} | {np.mean(gains):+.4f} ± {np.std(gains):.4f} | "
+            f"{sum(g > 1e-9 for g in gains)}/{len(found)} |"
         )
     lines += [
         "",
@@ -278,7 +281,6 @@ def zoo_section(kind: str, seeds: list[int], started: float) -> list[str]:
         *pooled,
         *weak_starts(kind, seeds),
         f"<!-- zoo {key}: end -->",
-        "",
     ]
     return lines
 
@@ -343,7 +345,7 @@ def main() -> None:
     kinds = quality.selected("BENCH_ZOOS", list(quality.ZOOS)) if os.environ.get("BENCH_ZOOS") else ["deep"]
     every = {**marked_sections(RESULTS, "zoo")}
     for kind in kinds:
-        every[quality.section_key(kind)] = zoo_section(kind, seeds, started)[:-1]
+        every[quality.section_key(kind)] = zoo_section(kind, seeds, started)
     ordered = [line for key in sorted(every) for line in every[key]]
     lines = [
         "# Path payoff: would a longer path search pay around the optimised merge?",
@@ -360,8 +362,7 @@ def main() -> None:
         *ordered,
         "",
     ]
-    RESULTS.write_text("\n".join(lines + kept_notes(RESULTS)) + "\n")
-    print(RESULTS.read_text())
+    write_results(RESULTS, lines + kept_notes(RESULTS))
 
 
 if __name__ == "__main__":
