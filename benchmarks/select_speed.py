@@ -182,11 +182,13 @@ def section(kind: str) -> list[str]:
     rows = [measure(kind, conditioned, prior, seed, zoo) for seed in UNSEEN_SEEDS]
     ratio = [r["fresh_seconds"] / r["rollout_seconds"] for r in rows]
     key = f"{kind} {zoo_build(Path(recipe.base_model.path).parent)}"
+    # when the last of the rows was measured (a reused measurement keeps its own time)
+    measured = max((SCRATCH / kind / f"unseen{seed}.json").stat().st_mtime for seed in UNSEEN_SEEDS)
     lines = [
         f"<!-- select {key}: start -->",
         f"## {kind} toy LM zoo, build `{key.split()[1]}` (`{ZOOS[kind]}`)",
         "",
-        f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {platform.machine()}, {len(os.sched_getaffinity(0))} "
+        f"Measured {time.strftime('%Y-%m-%d %H:%M', time.localtime(measured))} on {platform.machine()}, {len(os.sched_getaffinity(0))} "
         f"cores. The conditioned run (`agent.mode: conditioned`, the recipe's other defaults) took "
         f"{conditioned_seconds:.0f} s; the same with `agent.learning_rate: 0` (its untrained policy: R lr-0 "
         f"policy's path) {prior_seconds:.0f} s.",
@@ -221,10 +223,12 @@ def section(kind: str) -> list[str]:
 def main() -> None:
     run_started = time.perf_counter()
     chosen = [k for k in os.environ.get("BENCH_ZOOS", ",".join(ZOOS)).split(",") if k in ZOOS]
-    sections = {**marked_sections(RESULTS, "select")}
+    measured = {}
     for kind in chosen:
         lines = section(kind)
-        sections[lines[0].removeprefix("<!-- select ").removesuffix(": start -->")] = lines
+        measured[lines[0].removeprefix("<!-- select ").removesuffix(": start -->")] = lines
+    # the file as it is now, not as it was before the measurements: another zoo's run beside this one keeps its section
+    sections = {**marked_sections(RESULTS, "select"), **measured}
     lines = [
         "# Serving an unseen preference: `hm3 select --rollout` vs a fresh search",
         "",
