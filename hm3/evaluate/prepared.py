@@ -23,6 +23,7 @@ from lm_eval.api import metrics as lm_metrics
 from lm_eval.api.task import ConfigurableTask
 
 from hm3.evaluate.greedy import GreedyRequests, greedy_requests, greedy_texts
+from hm3.evaluate.templates import compile_templates_once
 
 if TYPE_CHECKING:
     from lm_eval.api.instance import Instance
@@ -73,6 +74,7 @@ class PreparedSplit:
         Args:
             shortcut: Allow the greedy shortcut and the vectorised exact match (False: lm-eval's steps only).
         """
+        compile_templates_once()  # the same prompts, each template compiled once (hm3.evaluate.templates)
         task.build_all_requests(
             samples=indices,
             rank=0,
