@@ -42,12 +42,14 @@ ZOOS = {"small": "recipes/toy-lm.yaml", "deep": "recipes/toy-lm-deep.yaml"}
 ZOO_SIZES = {"small": "small", "deep": "deep"}
 UNSEEN_SEEDS = [101, 102, 103, 104, 105]
 """Sampling seeds of the unseen preferences (the conditioned run samples with the recipe's seed, 0)."""
-MEASURE_FORMAT = 4
+MEASURE_FORMAT = 5
 """Version of a kept measurement (2: the rollout's own reward beside what select chose, stop 39; 4: the
-conditioned policy trained across the preferences' merges, with patience, stop 40)."""
-RUN_FORMAT = 3
-"""Version of a kept conditioned run (3: its agent trained across the preferences' merges, a pool with nothing
-new passed over, the training's own patience; stop 40): the code changed what the same recipe runs."""
+conditioned policy trained across the preferences' merges, with patience, stop 40; 5: the runs of
+:data:`RUN_FORMAT` 4, stop 47)."""
+RUN_FORMAT = 4
+"""Version of a kept run, conditioned or fresh (3: the conditioned agent trained across the preferences' merges,
+a pool with nothing new passed over, the training's own patience, stop 40; 4: the patience window at most the
+upper level's first round and PPO's rollout sized to it, stop 47): the code changed what the same recipe runs."""
 SCRATCH = REPO / "benchmarks" / "scratch" / "select"
 RESULTS = REPO / "benchmarks" / "results" / "select.md"
 
@@ -75,7 +77,7 @@ def fresh_recipe(kind: str, seed: int):
     return recipe.model_copy(update={"preferences": preferences})
 
 
-def finished_run(folder: Path, recipe, zoo: str, run_format: int = 1) -> float:
+def finished_run(folder: Path, recipe, zoo: str, run_format: int = RUN_FORMAT) -> float:
     """Run ``recipe`` into ``folder`` unless a finished run of it on this zoo (and ``run_format``) is there; its
     wall seconds."""
     from hm3.search.progress import SearchProgress
@@ -147,7 +149,7 @@ def measure(kind: str, conditioned: Path, prior: Path, seed: int, zoo: str) -> d
 
     member = select(conditioned, text)
     fresh_folder = SCRATCH / kind / f"fresh{seed}"
-    fresh_seconds = finished_run(fresh_folder, recipe, zoo)
+    fresh_seconds = finished_run(fresh_folder, recipe, zoo, RUN_FORMAT)
     fresh = select(fresh_folder, text)
     result = {
         "format": MEASURE_FORMAT,

@@ -410,8 +410,9 @@ class AgentConfig(_Section):
         learning_rate: Adam learning rate of actor and critic; None (default): by ``actions``, 3e-4 for the path
             agent, 3e-3 for the edit agent (:data:`DEFAULT_LEARNING_RATES`; :attr:`adam_learning_rate`); 0: the
             untrained policy alone, its prior (an ablation: what learning adds, ``benchmarks/agent_learning.py``).
-        n_steps: Environment steps per PPO rollout; None (default) scales it to the budget, so that even a
-            search of a few paths makes several PPO updates (:func:`hm3.routing.agent.scaled_to_budget`).
+        n_steps: Environment steps per PPO rollout; None (default) scales it to the budget — or to the patience
+            window where that is shorter —, so that even a search of a few paths, or one that stops after its
+            window, makes several PPO updates (:func:`hm3.routing.agent.scaled_to_budget`).
         batch_size: PPO minibatch size; None (default) is the whole rollout (one gradient step per epoch).
         n_epochs: PPO epochs per rollout.
         gae_lambda: GAE λ.
@@ -428,7 +429,8 @@ class AgentConfig(_Section):
         patience: A preference's path search stops once its last ⌈patience × iterations⌉ new paths (at least
             3) did not improve its best reward — the merge it starts from included —, in (0, 1]; with
             ``parameter_level.weights: optimised`` only by a path the upper level's first round does not
-            dominate, and what it did not spend goes back to the upper level. None:
+            dominate, the window at most that round's size (:func:`hm3.search.allocation.stall_window`), and
+            what it did not spend goes back to the upper level. None:
             every preference spends all its iterations (the paper's Algorithm 1).
         unpaid_patience: The window, in paths, of a preference's path search while the path level has not paid:
             neither in the run's first preference (the probe, searched with the full window) nor yet in this

@@ -733,3 +733,13 @@ def test_ppo_rollout_is_scaled_to_the_budget_unless_the_recipe_sets_it() -> None
     fixed = AgentConfig(n_steps=128, batch_size=32)
     assert (scaled_to_budget(fixed, 14, 13).n_steps, scaled_to_budget(fixed, 14, 13).batch_size) == (128, 32)
     assert scaled_to_budget(AgentConfig(batch_size=64), 14, 13).batch_size == 22  # at most one rollout
+
+
+def test_ppo_rollout_is_scaled_to_the_patience_window_where_the_search_may_stop_sooner() -> None:
+    config = AgentConfig()
+    # an edit agent (one decision per episode) with 1000 paths but a window of 56: 8 updates by the window
+    assert scaled_to_budget(config, 1000, 1).n_steps == 125
+    assert scaled_to_budget(config, 1000, 1, horizon=56).n_steps == 16  # 7 per update: the floor
+    assert scaled_to_budget(config, 1000, 13, horizon=200).n_steps == 325
+    assert scaled_to_budget(config, 14, 13, horizon=200).n_steps == 22  # a window past the budget: the budget
+    assert scaled_to_budget(AgentConfig(n_steps=128), 1000, 1, horizon=56).n_steps == 128  # the recipe's own

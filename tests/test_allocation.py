@@ -71,6 +71,21 @@ def test_patience_window_from_the_recipe_and_none_never_stops():
     assert not never.stalled()
 
 
+def test_with_the_optimised_upper_level_a_stalled_search_spends_at_most_one_first_round():
+    long = _recipe(iterations=1000)  # ceil(0.25 x 1000) = 250 full scorings, the first round 6 merges
+    assert Patience.from_recipe(long, 1000).window == 6
+    assert TrainingPatience.from_recipe(long, 1000).window == 6
+    assert Patience.from_recipe(long, 1000, path_level_paid=False).unpaid_window == 1
+    assert Patience.from_recipe(long, 20).window == 5  # below the round: the fraction's window
+    tiny = long.model_copy(update={"parameter_level": long.parameter_level.model_copy(update={"budget": 1})})
+    assert Patience.from_recipe(tiny, 1000).window == MIN_PATIENCE
+    paper = long.model_copy(
+        update={"parameter_level": long.parameter_level.model_copy(update={"weights": "preference"})}
+    )
+    assert not paper.parameter_level.optimised
+    assert Patience.from_recipe(paper, 1000).window == 250  # no round of merges to measure it against
+
+
 def test_the_unspent_path_budget_goes_back_to_the_upper_level_at_most_once_its_size():
     recipe = _recipe()
     results = [{"budget": 21, "used": 21}, {"budget": 21, "used": 8, "stopped_early": True}]

@@ -121,6 +121,43 @@ def test_the_upper_level_spends_its_budget_in_the_box_and_the_same_seed_gives_th
 
 
 @pytest.mark.slow
+def test_a_long_training_stops_after_one_round_of_merges_without_progress_and_has_updated_by_then(
+    lm_zoo_micro,  # noqa: F811
+    tmp_path,
+):
+    """The paper's 1000 paths with the default patience: ⌈0.25 × 1000⌉ = 250 full scorings without progress would
+    be 25 of the upper level's rounds of 10 merges, so the window is the round; and PPO's rollout is sized to that
+    window (16 steps, not 1000 / 8 = 125), so that a training it stops has made its updates — sized to the 1000,
+    the conditioned training stopped on its untrained prior (stop 46)."""
+    import re
+
+    from hm3.routing.agent import PathAgent
+
+    for mode in ("conditioned", "per_preference"):
+        folder = tmp_path / mode
+        agent = f"agent: {{iterations: 1000, mode: {mode}}}"
+        done = run_hm3(
+            "merge", "--recipe", _recipe_file(lm_zoo_micro, folder, agent=agent), "--out", folder / "run",
+            "--quiet", timeout=900,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        summary = json.loads((folder / "run" / "summary.json").read_text())
+        assert summary["budget_used"] < 10 + 100  # the paths stopped long before their 3 x 1000
+        if mode == "conditioned":
+            log = (folder / "run" / "log.txt").read_text()
+            updates = re.search(
+                r"raised their λ's best; (\d+) PPO updates \(stopped: no longer paying\)", log
+            )
+            assert updates and int(updates.group(1)) >= 1, log
+            assert PathAgent.load(folder / "run" / "policy" / "conditioned").model.n_steps == 16
+        else:
+            probe = json.loads((folder / "run" / "preferences" / "p000.json").read_text())
+            assert probe["path_window"] == 10 and probe["stopped_early"]  # the round, not 250
+            assert PathAgent.load(folder / "run" / "policy" / "p000").model.n_steps == 16
+            assert probe["ppo_updates"] >= 1
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("round_killed", [1, 2])
 def test_sigkill_in_the_upper_level_then_resume_loses_nothing_and_scores_nothing_twice(
     lm_zoo_micro,  # noqa: F811

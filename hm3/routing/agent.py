@@ -94,6 +94,12 @@ class PathAgent:
     anchor: str = "incumbent"
     frame: tuple[int, int] = (0, 0)
 
+    @property
+    def updates(self) -> int:
+        """PPO updates this agent has made (rollouts trained on; SB3 counts an epoch of minibatches per update
+        in ``_n_updates``). An agent loaded from a saved policy counts from 0."""
+        return int(getattr(self.model, "_n_updates", 0)) // max(1, int(getattr(self.model, "n_epochs", 1)))
+
     def critic(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """V(s) for a batch of observations (the Wolpertinger ranking)."""
         policy = self.model.policy
@@ -207,11 +213,19 @@ MAX_ROLLOUT = 1024
 (1000 paths) updates more often than :data:`UPDATES` times."""
 
 
-def scaled_to_budget(config: AgentConfig, candidates: float, episode_length: int) -> AgentConfig:
+def scaled_to_budget(
+    config: AgentConfig, candidates: float, episode_length: int, horizon: float | None = None
+) -> AgentConfig:
     """``config`` with PPO's rollout scaled to the budget: ``agent.n_steps`` when set; otherwise the expected
     steps of ``candidates`` episodes of ``episode_length`` decisions divided into :data:`UPDATES` rollouts, within
     [:data:`MIN_ROLLOUT`, :data:`MAX_ROLLOUT`]. The minibatch (``agent.batch_size``, default: the whole
     rollout) is at most one rollout.
+
+    ``horizon``: what the search is sure to spend before it may stop (its patience window,
+    :func:`hm3.search.allocation.stall_window`), when that is less than ``candidates``: the rollout is scaled to
+    it, so that a search which stops once its window passes without progress has made its updates by then — and
+    one that goes on keeps updating at that pace. Sized to a budget of 1000 paths, a window of 24 would end the
+    search before PPO's first update (its policy the prior alone).
 
     Why few, large updates: the reward is sparse (most paths improve nothing), and a PPO update on a handful of
     episodes is mostly noise; with SB3's usual 64-step rollouts and minibatches of 32 (320 Adam steps over 200
@@ -221,7 +235,8 @@ def scaled_to_budget(config: AgentConfig, candidates: float, episode_length: int
     """
     n_steps = config.n_steps
     if n_steps is None:
-        expected = int(max(candidates, 1) * episode_length)
+        sure = candidates if horizon is None else min(candidates, horizon)
+        expected = int(max(sure, 1) * episode_length)
         n_steps = min(MAX_ROLLOUT, max(MIN_ROLLOUT, expected // UPDATES))
     batch_size = min(config.batch_size or n_steps, n_steps)
     return config.model_copy(update={"n_steps": n_steps, "batch_size": batch_size})
@@ -236,6 +251,7 @@ def train_agent(
     progress: bool = False,
     stop: Callable[[], bool] | None = None,
     carried: PathAgent | None = None,
+    horizon: float | None = None,
 ) -> PathAgent:
     """Train a fresh PPO agent on ``env`` until ``candidates`` new paths are scored — or, given ``carried`` (an
     edit agent trained on another preference's pool), go on training that one (:func:`carry_agent`).
@@ -251,11 +267,13 @@ def train_agent(
         progress: Show SB3's progress bar.
         stop: Ends training early when it returns True (checked at every step).
         carried: An edit agent to continue instead of a fresh one (its settings, rollout length included).
+        horizon: What ``stop`` lets the training spend at least (its patience window): PPO's rollout is scaled to
+            it where it is less than ``candidates`` (:func:`scaled_to_budget`).
     """
     if carried is not None and not isinstance(env, EditEnv):
         raise UserError("only an edit agent (agent.actions: edit) can be carried to another preference")
     if isinstance(env, EditEnv):  # one decision per episode
-        config = scaled_to_budget(config, candidates, 1)
+        config = scaled_to_budget(config, candidates, 1, horizon)
         agent = (
             carry_agent(carried, env, seed)
             if carried is not None
@@ -277,7 +295,7 @@ def train_agent(
         keep_training(agent, candidates, scored, progress, ended)
         return agent
     path_env = env.path_env
-    config = scaled_to_budget(config, candidates, len(path_env.incumbent) + 1)
+    config = scaled_to_budget(config, candidates, len(path_env.incumbent) + 1, horizon)
     model = build_ppo(env, config, seed)
     with torch.no_grad():  # an untrained critic ties every candidate: the nearest one wins (see wolpertinger)
         model.policy.value_net.weight.zero_()
@@ -534,6 +552,7 @@ def search_path(
     spent: Callable[[], float] | None = None,
     stop: Callable[[], bool] | None = None,
     carried: PathAgent | None = None,
+    horizon: float | None = None,
 ) -> PathSearchResult:
     """Search the inference path for one preference (the lower level of HM3).
 
@@ -559,6 +578,7 @@ def search_path(
             :class:`hm3.search.allocation.Patience`); the greedy rollout is scored all the same.
         carried: An edit agent trained on an earlier preference's pool, to go on training here instead of a fresh
             one (:func:`carry_agent`; ``benchmarks/agent_learning.py``'s ``ppo_edit_carried``).
+        horizon: What ``stop`` lets the search spend at least (its patience window; :func:`train_agent`).
 
     Returns:
         The best path scored (over this search's candidates and any the scorer already knew) and the agent.
@@ -589,7 +609,14 @@ def search_path(
             frame=recipe.architecture_level.frame,
         )
         agent = train_agent(
-            env, recipe.agent, allowed - 1 - (counter() - start), seed, counter, stop=stop, carried=carried
+            env,
+            recipe.agent,
+            allowed - 1 - (counter() - start),
+            seed,
+            counter,
+            stop=stop,
+            carried=carried,
+            horizon=horizon,
         )
         greedy = rollout(agent, lam, best_paths.best(lam)[0])
         exhausted = isinstance(env, EditEnv) and env.exhausted  # no untried edit left: nothing to train on
@@ -634,6 +661,7 @@ def train_conditioned_agent(
     spent: Callable[[], float] | None = None,
     views: Callable[[np.ndarray], PoolView] | None = None,
     stop: Callable[[], bool] | None = None,
+    horizon: float | None = None,
 ) -> PathAgent:
     """Train one preference-conditioned agent over λ ~ Dirichlet(1, …, 1) until ``agent.iterations`` new
     paths are scored (counted by ``spent``, default: the paths the path scorer has scored), or ``stop()`` (a
@@ -641,7 +669,8 @@ def train_conditioned_agent(
 
     ``views``: the pool each episode's λ routes over (``λ -> PoolView``, :func:`pool_view`: a search gives each
     λ its own merge, :func:`hm3.search.preference.conditioned_agent`); None: every λ routes over ``pool``, which
-    is otherwise only where the environment starts."""
+    is otherwise only where the environment starts. ``horizon``: what ``stop`` lets the training spend at least
+    (its patience window; :func:`train_agent`)."""
     seed = recipe.seed if seed is None else seed
     path_scorer = (
         scorer
@@ -659,4 +688,4 @@ def train_conditioned_agent(
         views=views,
     )
     counter = spent or (lambda: len(path_scorer.scored))
-    return train_agent(env, recipe.agent, recipe.agent.iterations, seed, counter, stop=stop)
+    return train_agent(env, recipe.agent, recipe.agent.iterations, seed, counter, stop=stop, horizon=horizon)

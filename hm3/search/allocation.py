@@ -10,6 +10,15 @@ spend goes back to the optimised upper level.
   dominate it (:meth:`FrontGain.adds`): one that beats its merge for λ but lies under the round's front adds
   nothing to it, so the window goes on counting (the agent still edits from it) — progress is measured as
   paying is.
+* **Never more than a round of merges** (with the optimised upper level): the window is at most the upper level's
+  first round (:func:`hm3.search.upper_level.upper_level_budget`, at least :data:`MIN_PATIENCE`). What a
+  stalled path search spends is budget the merges do not get, so the floor of exploration is measured in
+  their currency: with the toy recipes' 1000 iterations, ⌈0.25 × 1000⌉ = 250 full scorings without progress
+  would be ten first rounds (`benchmarks/results/path_payoff.md`: the deep zoo's probe spent 360 full scorings
+  against the upper level's 48 merges); the cap makes it 24. At the benchmarks' budgets the window (4-7) is
+  below the round (56-112) and nothing changes. The agent's PPO rollout is sized to the window, not to the
+  iterations (:func:`hm3.routing.agent.scaled_to_budget`'s ``horizon``): sized to 1000 paths (125 episodes per
+  update) a search stopped after 24 would never have updated its policy.
 * **Where it pays** (``agent.unpaid_patience``): the run's first preference is the probe, searched with the full
   window. If its paths did not pay (below), the path level has not paid in this run, and every later preference
   gets a window of ``unpaid_patience`` paths (default 1) until its own paths pay — then the full window. The
@@ -45,6 +54,7 @@ import numpy as np
 from hm3.moo.hypervolume import REFERENCE_OFFSET, hypervolume
 from hm3.moo.pareto import non_dominated_mask
 from hm3.recipe import Recipe
+from hm3.search.upper_level import upper_level_budget
 
 MIN_PATIENCE = 3
 """The fewest non-improving paths after which a path search may stop."""
@@ -54,6 +64,19 @@ IMPROVEMENT = 1e-9
 
 RATE_WINDOW = 0.25
 """The end of the upper level's first round whose hypervolume gain per merge is the bar paths must meet."""
+
+
+def stall_window(recipe: Recipe, paths: int) -> int | None:
+    """Full scorings without progress after which a search of ``paths`` (a preference's paths, or a conditioned
+    agent's training) stops: ⌈``agent.patience`` × paths⌉, at least :data:`MIN_PATIENCE`, and with the optimised
+    upper level at most its first round (what the stalled search takes from the merges). None: never."""
+    fraction = recipe.agent.patience
+    if fraction is None:
+        return None
+    window = max(MIN_PATIENCE, math.ceil(fraction * paths))
+    if recipe.parameter_level.optimised:
+        window = min(window, max(MIN_PATIENCE, upper_level_budget(recipe)))
+    return window
 
 
 def _hypervolume(points: np.ndarray) -> float:
@@ -154,13 +177,12 @@ class Patience:
     def from_recipe(
         cls, recipe: Recipe, paths: int, path_level_paid: bool = True, gain: FrontGain | None = None
     ) -> Patience:
-        """The recipe's patience for a search of ``paths`` new paths (no window: it never stops early);
-        ``path_level_paid`` False: the run's probe preference's paths did not pay, so the window is
+        """The recipe's patience for a search of ``paths`` new paths (:func:`stall_window`; none: it never stops
+        early); ``path_level_paid`` False: the run's probe preference's paths did not pay, so the window is
         ``agent.unpaid_patience`` until this search's own paths pay (``gain``: what paying means)."""
-        fraction = recipe.agent.patience
-        if fraction is None:
+        window = stall_window(recipe, paths)
+        if window is None:
             return cls(window=None, gain=gain)
-        window = max(MIN_PATIENCE, math.ceil(fraction * paths))
         unpaid = None if path_level_paid else recipe.agent.unpaid_patience
         return cls(window=window, unpaid_window=None if unpaid is None else min(unpaid, window), gain=gain)
 
@@ -212,9 +234,8 @@ class TrainingPatience:
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, paths: int) -> TrainingPatience:
-        """The recipe's ``agent.patience`` over a training of ``paths`` new paths."""
-        fraction = recipe.agent.patience
-        return cls(window=None if fraction is None else max(MIN_PATIENCE, math.ceil(fraction * paths)))
+        """The recipe's ``agent.patience`` over a training of ``paths`` new paths (:func:`stall_window`)."""
+        return cls(window=stall_window(recipe, paths))
 
     def see(self, raised: bool, cost: float) -> None:
         """Count one episode that cost ``cost`` full scorings and did or did not raise its λ's best."""

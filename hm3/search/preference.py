@@ -164,6 +164,7 @@ def run_preference(
     routing, scorer = budgeted_path_scorer(search, spec, evaluations)
     identity = scorer.identity
     rollout: dict | None = None
+    updates: int | None = None
     if recipe.architecture_level.enabled:
         result = search_path(
             routing,
@@ -176,6 +177,7 @@ def run_preference(
             candidates=evaluations.left,
             spent=lambda: evaluations.used,
             stop=patience.stalled,
+            horizon=patience.window,
         )
         candidates = result.candidates
         rollout = {
@@ -184,6 +186,7 @@ def run_preference(
             "split": result.rollout_split,
         }
         if agent is None and result.agent is not None:
+            updates = result.agent.updates
             result.agent.save(search.store.subdirectory(f"{POLICY_DIR}/p{index:03d}"))
     else:
         scores = scorer.score(identity)
@@ -199,6 +202,7 @@ def run_preference(
             for path, scores, reward in candidates
         ],
         "greedy_rollout": rollout,
+        "ppo_updates": updates,
         "budget": evaluations.budget,
         "used": evaluations.used,
         "stopped_early": patience.stalled() and evaluations.used < (evaluations.budget or 0),
@@ -366,13 +370,15 @@ def conditioned_agent(search: Search, choose: Callable[[np.ndarray], MergeSpec] 
             spent=lambda: evaluations.used,
             views=views,
             stop=None if views is None else views.patience.stalled,
+            horizon=None if views is None else views.patience.window,
         )
     finally:
         search.models.kept_merges = kept
     if views is not None:
         search.store.log(
             f"conditioned agent trained over {len(views.merges)} merges; {views.patience.raised} episodes "
-            f"raised their λ's best" + (" (stopped: no longer paying)" if views.patience.stalled() else "")
+            f"raised their λ's best; {agent.updates} PPO updates"
+            + (" (stopped: no longer paying)" if views.patience.stalled() else "")
         )
     staging = search.store.subdirectory(f"{POLICY_DIR}/.{CONDITIONED_POLICY}.tmp")
     agent.save(staging)
