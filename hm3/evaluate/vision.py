@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoImageProcessor
 
 from hm3.errors import UserError
 from hm3.evaluate.split import DocumentSplit, split_documents
@@ -191,6 +190,9 @@ def _read_hf_dataset(objective: Objective) -> tuple[list[Any], list[int]]:
 def _preprocess(images: list[Any], folder: Path) -> torch.Tensor:
     """Images as CLIP pixel values: the folder's image processor if it has one, else resize + normalise."""
     if (folder / "preprocessor_config.json").is_file():
+        # here, not at the top: importing it costs ~2.5 s, which every command that scores text would pay
+        from transformers import AutoImageProcessor
+
         processor = AutoImageProcessor.from_pretrained(folder)
         return processor(images=images, return_tensors="pt")["pixel_values"].to(torch.float32)
     config = json.loads((folder / "config.json").read_text())
