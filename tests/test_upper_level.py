@@ -136,9 +136,9 @@ def test_a_long_training_stops_after_one_round_of_merges_without_progress_and_ha
     for mode in ("conditioned", "per_preference"):
         folder = tmp_path / mode
         agent = f"agent: {{iterations: 1000, mode: {mode}}}"
-        done = run_hm3(
+        done = hm3_in_process(
             "merge", "--recipe", _recipe_file(lm_zoo_micro, folder, agent=agent), "--out", folder / "run",
-            "--quiet", timeout=900,
+            "--quiet",
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         summary = json.loads((folder / "run" / "summary.json").read_text())
