@@ -77,8 +77,8 @@ def fresh_recipe(kind: str, seed: int):
     return recipe.model_copy(update={"preferences": preferences})
 
 
-def finished_run(folder: Path, recipe, zoo: str, run_format: int = RUN_FORMAT) -> float:
-    """Run ``recipe`` into ``folder`` unless a finished run of it on this zoo (and ``run_format``) is there; its
+def finished_run(folder: Path, recipe, zoo: str) -> float:
+    """Run ``recipe`` into ``folder`` unless a finished run of it on this zoo (and :data:`RUN_FORMAT`) is there; its
     wall seconds."""
     from hm3.search.progress import SearchProgress
     from hm3.search.run import run_search
@@ -89,7 +89,7 @@ def finished_run(folder: Path, recipe, zoo: str, run_format: int = RUN_FORMAT) -
     if stamp.is_file():
         wall = json.loads(stamp.read_text())
         same = (
-            wall.get("zoo") == zoo and wall.get("recipe") == settings and wall.get("format", 1) == run_format
+            wall.get("zoo") == zoo and wall.get("recipe") == settings and wall.get("format", 1) == RUN_FORMAT
         )
         if same and (folder / "summary.json").is_file():
             return float(wall["seconds"])
@@ -103,7 +103,7 @@ def finished_run(folder: Path, recipe, zoo: str, run_format: int = RUN_FORMAT) -
     finally:
         store.close()
     seconds = time.perf_counter() - started
-    stamp.write_text(json.dumps({"seconds": seconds, "zoo": zoo, "recipe": settings, "format": run_format}))
+    stamp.write_text(json.dumps({"seconds": seconds, "zoo": zoo, "recipe": settings, "format": RUN_FORMAT}))
     return seconds
 
 
@@ -149,7 +149,7 @@ def measure(kind: str, conditioned: Path, prior: Path, seed: int, zoo: str) -> d
 
     member = select(conditioned, text)
     fresh_folder = SCRATCH / kind / f"fresh{seed}"
-    fresh_seconds = finished_run(fresh_folder, recipe, zoo, RUN_FORMAT)
+    fresh_seconds = finished_run(fresh_folder, recipe, zoo)
     fresh = select(fresh_folder, text)
     result = {
         "format": MEASURE_FORMAT,
@@ -178,9 +178,9 @@ def section(kind: str) -> list[str]:
     recipe = conditioned_recipe(kind)
     zoo = zoo_digest(recipe)
     conditioned = SCRATCH / kind / "conditioned"
-    conditioned_seconds = finished_run(conditioned, recipe, zoo, RUN_FORMAT)
+    conditioned_seconds = finished_run(conditioned, recipe, zoo)
     prior = SCRATCH / kind / "conditioned_lr0"
-    prior_seconds = finished_run(prior, prior_recipe(kind), zoo, RUN_FORMAT)
+    prior_seconds = finished_run(prior, prior_recipe(kind), zoo)
     rows = [measure(kind, conditioned, prior, seed, zoo) for seed in UNSEEN_SEEDS]
     ratio = [r["fresh_seconds"] / r["rollout_seconds"] for r in rows]
     key = f"{kind} {zoo_build(Path(recipe.base_model.path).parent)}"
