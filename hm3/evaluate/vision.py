@@ -190,7 +190,7 @@ def _read_hf_dataset(objective: Objective) -> tuple[list[Any], list[int]]:
 def _preprocess(images: list[Any], folder: Path) -> torch.Tensor:
     """Images as CLIP pixel values: the folder's image processor if it has one, else resize + normalise."""
     if (folder / "preprocessor_config.json").is_file():
-        # here, not at the top: importing it costs ~2.5 s, which every command that scores text would pay
+        # here, not at the top: importing it costs ~1.5 s of CPU, which every command that scores text would pay
         from transformers import AutoImageProcessor
 
         processor = AutoImageProcessor.from_pretrained(folder)
