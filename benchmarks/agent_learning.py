@@ -71,14 +71,9 @@ from hm3.baselines.evo_path import CHILDREN, PARENTS, mutate_path  # noqa: E402
 from hm3.errors import UserError  # noqa: E402
 from hm3.evaluate.quiet import quiet_libraries  # noqa: E402
 from hm3.merge.spec import MergeSpec  # noqa: E402
+from hm3.moo.reward import reward_from_recipe  # noqa: E402
 from hm3.recipe import load_recipe  # noqa: E402
-from hm3.routing.agent import (  # noqa: E402
-    max_path_length,
-    path_scorer_from_recipe,
-    reward_from_recipe,
-    rollout,
-    search_path,
-)
+from hm3.routing.agent import max_path_length, path_scorer_from_recipe, rollout, search_path  # noqa: E402
 from hm3.routing.edits import EditSpace  # noqa: E402
 from hm3.routing.path import InferencePath  # noqa: E402
 from hm3.search.calibration import calibration_batch  # noqa: E402

@@ -97,9 +97,9 @@ def log_records(folder: Path) -> list[dict]:
 def run_reward(folder: Path):
     """The run's reward: its recipe's, on the scale its search used (the fine-tuned models' search-split ideal and
     nadir, oriented, as its summary records them)."""
+    from hm3.moo.reward import reward_from_recipe
     from hm3.moo.scalarization import ObjectiveScale
     from hm3.recipe import load_recipe
-    from hm3.routing.agent import reward_from_recipe
 
     summary = json.loads((folder / "summary.json").read_text())
     scale = ObjectiveScale(tuple(summary["ideal_point_search"]), tuple(summary["nadir_point_search"]))
@@ -294,8 +294,8 @@ def weak_starts(kind: str, seeds: list[int]) -> list[str]:
         return []
     import agent_learning as learning
 
+    from hm3.moo.reward import reward_from_recipe
     from hm3.recipe import load_recipe
-    from hm3.routing.agent import reward_from_recipe
 
     rows = []
     for seed in seeds:

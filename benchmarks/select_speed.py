@@ -117,16 +117,17 @@ def log_length(folder: Path) -> int:
 
 def policy_reward(run: Path, text: str) -> float:
     """The reward of the greedy path ``run``'s conditioned policy proposes for λ ``text`` (not what select keeps)."""
-    from hm3.search.select import select
+    from hm3.search.rollout import roll_out
 
-    rolled = select(run, text, roll_out=True)
+    rolled = roll_out(run, text)
     return rolled.reward if rolled.below_start is None else rolled.below_start[1]
 
 
 def measure(kind: str, conditioned: Path, prior: Path, seed: int, zoo: str) -> dict:
     """The rollout, the fresh search and the best member for the one preference of ``fresh_recipe(kind, seed)``,
     and the rollout of the learning-rate-0 run's policy (``prior``)."""
-    from hm3.search.select import select
+    from hm3.search.rollout import roll_out
+    from hm3.search.select import select_member
     from hm3.search.session import preferences
 
     recipe = fresh_recipe(kind, seed)
@@ -143,14 +144,14 @@ def measure(kind: str, conditioned: Path, prior: Path, seed: int, zoo: str) -> d
 
     before = log_length(conditioned)
     started = time.perf_counter()
-    rolled = select(conditioned, text, roll_out=True)
+    rolled = roll_out(conditioned, text)
     rollout_seconds = time.perf_counter() - started
     new_candidates = log_length(conditioned) - before
 
-    member = select(conditioned, text)
+    member = select_member(conditioned, text)
     fresh_folder = SCRATCH / kind / f"fresh{seed}"
     fresh_seconds = finished_run(fresh_folder, recipe, zoo)
-    fresh = select(fresh_folder, text)
+    fresh = select_member(fresh_folder, text)
     result = {
         "format": MEASURE_FORMAT,
         "zoo": zoo,

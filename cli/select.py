@@ -19,7 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a fresh path from the run's preference-conditioned policy (agent.mode: conditioned), scored "
         "and logged in the run, instead of the best front member",
     )
-    parser.add_argument("--export", metavar="DIR", help="also write the selection as a model folder")
+    parser.add_argument(
+        "--export",
+        metavar="DIR",
+        help="also write the selection as a model folder (a member: as hm3 export does)",
+    )
     parser.add_argument(
         "--force", action="store_true", help="replace a model folder hm3 wrote at --export (never an input)"
     )
@@ -33,9 +37,19 @@ def preflight(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hm3.search.select import select
+    if args.rollout:  # loads the models and the policy, scores the rollout
+        from hm3.search.rollout import roll_out
 
-    chosen = select(args.run, args.preference, roll_out=args.rollout, export=args.export, force=args.force)
+        chosen = roll_out(args.run, args.preference, export=args.export, force=args.force)
+    else:  # reads three files
+        from hm3.search.select import select_member
+
+        chosen = select_member(args.run, args.preference)
+        if args.export is not None:
+            from hm3.search.export import export_member
+
+            assert chosen.member_id is not None
+            chosen.exported = export_member(args.run, chosen.member_id, args.export, force=args.force)
     lam = ", ".join(f"{v:.3f}" for v in chosen.preference)
     what = f"front member {chosen.member_id}" if chosen.member_id else "rollout of the conditioned policy"
     if chosen.below_start is not None:

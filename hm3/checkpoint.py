@@ -14,12 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from huggingface_hub import snapshot_download
 from safetensors import safe_open
 
 from hm3.errors import ModelError, UserError
 
 if TYPE_CHECKING:
     import torch
+
+    from hm3.recipe import ModelRef
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
@@ -137,6 +140,46 @@ def _read_json(file: Path, name: str) -> dict[str, Any]:
     return data
 
 
+def hub_is_offline() -> bool:
+    """True when the Hugging Face hub must not be contacted (``HF_HUB_OFFLINE=1``)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def resolve_model_folder(ref: ModelRef) -> Path:
+    """The local folder holding a model: its own path, or the hub snapshot of its id.
+
+    Raises:
+        UserError: the folder does not exist, or the hub id is neither cached nor downloadable.
+    """
+    if not ref.is_hub:
+        folder = Path(ref.path)
+        if not folder.exists():
+            raise ModelError(ref.name, f"folder not found: {folder}")
+        return folder
+
+    try:
+        return Path(
+            snapshot_download(
+                ref.path,
+                revision=ref.revision,
+                local_files_only=hub_is_offline(),
+                allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"],
+            )
+        )
+    except Exception as error:  # the hub client raises many kinds; all mean "not available here"
+        where = "in the local cache (HF_HUB_OFFLINE=1)" if hub_is_offline() else "on the hub"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelError(ref.name, f"hub id {ref.path!r} not available {where}: {reason}") from None
+
+
+def read_model_config(folder: Path, name: str) -> dict[str, Any]:
+    """A model folder's ``config.json`` (ModelError if missing or not a JSON object)."""
+    config_file = Path(folder) / "config.json"
+    if not config_file.is_file():
+        raise ModelError(name, f"no config.json in {folder}")
+    return _read_json(config_file, name)
+
+
 class Checkpoint:
     """A Hugging Face model folder: its config and a lazy index of its tensors.
 
@@ -154,10 +197,7 @@ class Checkpoint:
             raise ModelError(self.name, f"{self.folder} is a file, not a model folder")
         if not self.folder.is_dir():
             raise ModelError(self.name, f"folder not found: {self.folder}")
-        config_file = self.folder / "config.json"
-        if not config_file.is_file():
-            raise ModelError(self.name, f"no config.json in {self.folder}")
-        self.config: dict[str, Any] = _read_json(config_file, self.name)
+        self.config: dict[str, Any] = read_model_config(self.folder, self.name)
         self._handles: dict[Path, Any] = {}
         self._pickled: dict[str, torch.Tensor] | None = None  # set by _index for pickle weights
         self.tensors: dict[str, TensorInfo] = self._index()

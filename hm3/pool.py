@@ -18,21 +18,18 @@ Nothing is loaded to validate: names, shapes and dtypes come from the safetensor
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from huggingface_hub import snapshot_download
 
 from hm3.arch import Backbone, detect_family
-from hm3.checkpoint import Checkpoint
+from hm3.checkpoint import Checkpoint, resolve_model_folder
 from hm3.errors import ModelError, UserError
 
 if TYPE_CHECKING:
-    from hm3.recipe import ModelRef, Recipe
+    from hm3.recipe import Recipe
 
 BASE = -1
 """Index that :meth:`ModelPool.tensor` and friends accept for the base model."""
@@ -45,38 +42,6 @@ class UncheckedModel:
     name: str
     reference: str
     reason: str
-
-
-def hub_is_offline() -> bool:
-    """True when the Hugging Face hub must not be contacted (``HF_HUB_OFFLINE=1``)."""
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-
-
-def resolve_model_folder(ref: ModelRef) -> Path:
-    """The local folder holding a model: its own path, or the hub snapshot of its id.
-
-    Raises:
-        UserError: the folder does not exist, or the hub id is neither cached nor downloadable.
-    """
-    if not ref.is_hub:
-        folder = Path(ref.path)
-        if not folder.exists():
-            raise ModelError(ref.name, f"folder not found: {folder}")
-        return folder
-
-    try:
-        return Path(
-            snapshot_download(
-                ref.path,
-                revision=ref.revision,
-                local_files_only=hub_is_offline(),
-                allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"],
-            )
-        )
-    except Exception as error:  # the hub client raises many kinds; all mean "not available here"
-        where = "in the local cache (HF_HUB_OFFLINE=1)" if hub_is_offline() else "on the hub"
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelError(ref.name, f"hub id {ref.path!r} not available {where}: {reason}") from None
 
 
 class ModelPool:

@@ -24,12 +24,12 @@ import yaml
 from huggingface_hub import model_info, try_to_load_from_cache
 from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
-from hm3.checkpoint import Checkpoint
+from hm3.checkpoint import Checkpoint, hub_is_offline, resolve_model_folder
 from hm3.errors import ModelError, RecipeError, UserError
 from hm3.evaluate.offline_check import language_objective_problems
 from hm3.himole.checks import himole_problems
 from hm3.placement import Placement, PoolSizes, candidate_length, check_frame, plan_memory
-from hm3.pool import ModelPool, hub_is_offline, resolve_model_folder
+from hm3.pool import ModelPool
 from hm3.recipe import ZEROSHOT_HEAD, Recipe, load_recipe
 
 

@@ -125,12 +125,8 @@ def test_building_a_candidate_copies_nothing(micro):
 
 @pytest.mark.slow
 def test_agent_beats_the_best_single_model_and_as_many_random_paths(micro):
-    from hm3.routing.agent import (
-        max_path_length,
-        path_scorer_from_recipe,
-        reward_from_recipe,
-        search_path,
-    )
+    from hm3.moo.reward import reward_from_recipe
+    from hm3.routing.agent import max_path_length, path_scorer_from_recipe, search_path
     from hm3.routing.builder import build_routed_model
     from hm3.routing.scoring import random_paths
 

@@ -24,13 +24,14 @@ import pytest
 import torch
 
 from hm3.errors import BudgetSpent
+from hm3.moo.reward import Reward
 from hm3.recipe import AgentConfig
 from hm3.routing.agent import BestPaths, scaled_to_budget, training_reward
 from hm3.routing.buffer import SpreadRewardRolloutBuffer, spread_rewards
 from hm3.routing.env import InferencePathEnv
 from hm3.routing.path import InferencePath
 from hm3.routing.policy import TrajectoryEncoder
-from hm3.routing.scoring import PathScorer, Reward
+from hm3.routing.scoring import PathScorer
 from hm3.routing.wolpertinger import (
     WolpertingerWrapper,
     action_embeddings,

@@ -13,12 +13,13 @@ import pytest
 import torch
 
 from hm3.errors import BudgetSpent, UserError
+from hm3.moo.reward import Reward
 from hm3.recipe import AgentConfig
 from hm3.routing.agent import BestPaths, PathAgent, carry_agent, make_env, rollout, train_agent
 from hm3.routing.edits import DELETE, REPEAT, EditEnv, EditSpace, build_edit_ppo, edit_reward
 from hm3.routing.env import PoolView
 from hm3.routing.path import InferencePath
-from hm3.routing.scoring import PathScorer, Reward
+from hm3.routing.scoring import PathScorer
 
 MODELS, LAYERS, T_MAX = 3, 4, 6  # K + 1 = 3 models (index 2 is the merged one) of 4 layers
 IDENTITY = InferencePath.identity(MODELS - 1, LAYERS)

@@ -15,8 +15,7 @@ from hm3.merge.spec import MergeSpec
 from hm3.moo.pareto import non_dominated_mask
 from hm3.recipe import Recipe, load_recipe
 from hm3.routing.path import InferencePath
-from hm3.search.candidate import Candidate
-from hm3.search.finish import member_candidate
+from hm3.search.candidate import Candidate, member_candidate
 from tests.fixtures_zoo import lm_zoo_micro  # noqa: F401
 from tests.test_search import MICRO_SEARCH
 

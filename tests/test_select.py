@@ -99,6 +99,33 @@ def test_select_picks_the_front_member_the_runs_reward_ranks_best(conditioned_ru
         assert f"reward {rewards[best]:+.4f}" in done.stdout
 
 
+def test_selecting_a_member_loads_no_model_and_leaves_the_run_as_it_was(conditioned_run: Path) -> None:
+    """A member selection reads the run's recipe, front and log (and the base model's config): it imports no
+    torch, lm-eval or transformers — which is what makes it answer in about a second — and writes nothing, not
+    even to the run's log, so it can serve while a search runs in the folder."""
+    import hashlib
+    import subprocess
+    import sys
+
+    def digest() -> dict[str, str]:
+        files = sorted(p for p in conditioned_run.rglob("*") if p.is_file() and ".lock" not in p.name)
+        return {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+    before = digest()
+    probe = (
+        "import sys; from hm3.search.select import select_member; "
+        f"chosen = select_member({str(conditioned_run)!r}, '0.2,0.3,0.5'); "
+        "print(chosen.member_id); print(sorted(m for m in ('torch', 'lm_eval', 'transformers') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    member, heavy = done.stdout.splitlines()
+    assert heavy == "[]"
+    cli = hm3_in_process("select", conditioned_run, "--preference", "0.2,0.3,0.5", timeout=300)
+    assert cli.returncode == 0 and f"front member {member}" in cli.stdout, cli.stdout
+    assert digest() == before
+
+
 def test_select_exports_its_choice_as_a_model_folder(conditioned_run: Path, tmp_path: Path) -> None:
     done = run_hm3(
         "select", conditioned_run, "--preference", "1,1,1", "--export", tmp_path / "chosen", timeout=300
@@ -136,7 +163,7 @@ def test_a_rollout_below_its_start_is_reported_and_its_start_selected(
     first layer alone (one layer instead of the model's depth)."""
     import shutil
 
-    import hm3.search.select as selecting
+    import hm3.search.rollout as rolling
     from hm3.routing.path import InferencePath
 
     run = tmp_path / "run"
@@ -148,8 +175,8 @@ def test_a_rollout_below_its_start_is_reported_and_its_start_selected(
         proposed.append(InferencePath(start.steps[:1]))
         return proposed[-1]
 
-    monkeypatch.setattr(selecting, "rollout", one_layer)
-    chosen = selecting.select(run, "0.95,0.03,0.02", roll_out=True)
+    monkeypatch.setattr(rolling, "rollout", one_layer)
+    chosen = rolling.roll_out(run, "0.95,0.03,0.02")
     assert chosen.below_start is not None and chosen.below_start[0] == proposed[0]
     assert chosen.reward > chosen.below_start[1]
     assert chosen.candidate.path != tuple(proposed[0].steps)  # the start: the merge itself or its best path

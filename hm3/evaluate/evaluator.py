@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import AutoTokenizer
 
+from hm3.checkpoint import resolve_model_folder
 from hm3.errors import UserError
 from hm3.evaluate.language import build_hflm, prepare_language_objectives, swap_model
 from hm3.evaluate.quiet import quiet_libraries
 from hm3.evaluate.split import SPLIT_NAMES
 from hm3.evaluate.threads import scoring_threads
 from hm3.evaluate.vision import VisionObjective, prepare_vision_objectives
-from hm3.pool import resolve_model_folder
 
 if TYPE_CHECKING:
     from hm3.evaluate.language import LanguageObjective

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import AutoModelForCausalLM
 
+from hm3.checkpoint import resolve_model_folder
 from hm3.evaluate import Evaluator
 from hm3.evaluate.evaluator import load_tokenizer
 from hm3.evaluate.language import prepare_language_objectives
@@ -26,7 +27,6 @@ from hm3.himole.pipeline import require_section
 from hm3.himole.storage import load_adapter
 from hm3.himole.training import validation_loss
 from hm3.placement import resolve_device
-from hm3.pool import resolve_model_folder
 
 if TYPE_CHECKING:
     from hm3.recipe import Recipe

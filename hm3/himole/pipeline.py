@@ -25,6 +25,7 @@ import torch
 from rich.console import Console
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from hm3.checkpoint import resolve_model_folder
 from hm3.errors import UserError
 from hm3.evaluate.quiet import quiet_libraries
 from hm3.evaluate.threads import pinned_threads
@@ -35,7 +36,6 @@ from hm3.himole.model import AdapterShape, attach_mixture, matched_lora_rank, tr
 from hm3.himole.stages import Schedule
 from hm3.himole.storage import check_adapter_target, save_adapter
 from hm3.placement import resolve_device
-from hm3.pool import resolve_model_folder
 
 if TYPE_CHECKING:
     from hm3.recipe import Recipe

@@ -10,20 +10,45 @@
 Kernels (pure tensor functions): ``linear``, ``task_arithmetic`` (with ``sparsify`` trims and ``consensus``
 sign election). Methods (``registry.METHODS``): linear, task_arithmetic, ties, dare_linear, dare_ties,
 breadcrumbs, della; each gives what mergekit gives for the same config.
+
+Importing the package loads nothing heavy: each name is imported from its module when first used (a run that
+only reads a merge's description, as ``hm3 select`` does, never loads torch or the fused kernels).
 """
 
 from __future__ import annotations
 
-from hm3.merge.mergekit_export import to_mergekit_config, to_mergekit_yaml
-from hm3.merge.mergekit_run import run_mergekit_config
-from hm3.merge.registry import METHODS, MergeMethod, get_method
-from hm3.merge.spec import MergeSpec
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hm3.merge.engine import export_merge, iter_merged_tensors, merge_state_dict
+    from hm3.merge.mergekit_export import to_mergekit_config, to_mergekit_yaml
+    from hm3.merge.mergekit_run import run_mergekit_config
+    from hm3.merge.registry import METHODS, MergeMethod, get_method
+    from hm3.merge.spec import MergeSpec
+
+_HOMES = {
+    "METHODS": "registry",
+    "MergeMethod": "registry",
+    "get_method": "registry",
+    "MergeSpec": "spec",
+    "merge_state_dict": "engine",
+    "iter_merged_tensors": "engine",
+    "export_merge": "engine",
+    "run_mergekit_config": "mergekit_run",
+    "to_mergekit_config": "mergekit_export",
+    "to_mergekit_yaml": "mergekit_export",
+}
+"""Each public name's module (imported on first use: the engine and the fused mergekit run import torch and the
+compiled kernels)."""
 
 __all__ = [
     "METHODS",
     "MergeMethod",
     "MergeSpec",
+    "export_merge",
     "get_method",
+    "iter_merged_tensors",
     "merge_state_dict",
     "run_mergekit_config",
     "to_mergekit_config",
@@ -31,11 +56,8 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in ("merge_state_dict", "iter_merged_tensors", "export_merge"):
-        # not at the top: hm3.merge.engine imports torch, and every hm3.merge module imports this package,
-        # the fused mergekit run's too, which never imports torch (hm3.merge.mergekit_run)
-        from hm3.merge import engine
-
-        return getattr(engine, name)
-    raise AttributeError(name)
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'hm3.merge' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"hm3.merge.{home}"), name)

@@ -51,6 +51,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from hm3.errors import BudgetSpent, UserError
+from hm3.moo.reward import Reward, reward_from_recipe
 from hm3.moo.scalarization import ObjectiveScale
 from hm3.recipe import AgentConfig, Recipe
 from hm3.routing.alignment import make_aligner
@@ -59,7 +60,7 @@ from hm3.routing.env import InferencePathEnv, PoolView
 from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
 from hm3.routing.ppo import build_ppo, load_policy, policy_saved_in, save_policy
-from hm3.routing.scoring import PathEvaluation, PathScorer, Reward, Scorer
+from hm3.routing.scoring import PathEvaluation, PathScorer, Scorer
 from hm3.routing.summary import layer_summaries
 from hm3.routing.wolpertinger import WolpertingerWrapper
 
@@ -408,18 +409,6 @@ class PathSearchResult:
     rollout_split: str | None = "search"
     candidates: list[tuple[InferencePath, dict[str, float], float]] = field(default_factory=list)
     agent: PathAgent | None = None
-
-
-def reward_from_recipe(recipe: Recipe, scale: ObjectiveScale | None = None) -> Reward:
-    """The reward of a recipe (objective order and directions, scalarization, β1) on ``scale`` — the
-    fine-tuned models' ideal and nadir, which a search always has (:func:`hm3.search.session.score_finetuned`)."""
-    return Reward(
-        objectives=tuple(recipe.objective_names),
-        scalarization=recipe.preferences.scalarization,
-        length_penalty=recipe.architecture_level.length_penalty,
-        scale=scale,
-        higher_is_better=tuple(o.higher_is_better for o in recipe.objectives),
-    )
 
 
 def path_scorer_from_recipe(

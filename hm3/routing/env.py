@@ -27,7 +27,7 @@ Several pools. A preference-conditioned agent trains across preferences on their
 summaries become the observation's (so the observation describes the pool the path is over), its reward, start
 and knowledge of scored paths the episode's.
 
-Reward. R (see :mod:`hm3.routing.scoring`) is known only once the path is complete and scored, so the
+Reward. R (see :mod:`hm3.moo.reward`) is known only once the path is complete and scored, so the
 environment returns the whole R on the final step and 0 before, with ``info["episode_reward"] = R`` and
 ``info["decisions"]`` (steps taken, stop included). The paper spreads R evenly, R_t = R/T; with γ = 0.99 the
 discounted returns of the two differ (terminal-only discounts R by γ^{T−1−t}, which favours short paths more

@@ -7,25 +7,18 @@ its scores is pluggable: by default the routed model is built and handed to ``sc
 ``screen_evaluate`` (optional, same form) scores a path on the ``screen`` part of the search split: the first
 round of successive halving (:func:`hm3.routing.agent.training_reward` decides who goes on to a full scoring).
 
-Reward of a path of length T under preference λ (:class:`Reward`, ``recipe.preferences.scalarization``), on
-objectives normalised by the fine-tuned models' ideal and nadir (:class:`hm3.moo.scalarization.ObjectiveScale`):
-
-* ``weighted_sum``: R = Σ_k λ_k f̂_k − β1·T
-* ``tchebycheff``: R = −max_k λ_k (1 + ε − f̂_k) − β1·T (the shortfall from the utopia point; the length
-  penalty is kept so that both forms prefer the shorter of two equally good paths)
+A path's scores become its reward in :class:`hm3.moo.reward.Reward`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hm3.errors import UserError
-from hm3.moo.scalarization import ObjectiveScale, scalarize
 from hm3.routing.builder import build_routed_model
 from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
@@ -39,57 +32,6 @@ Scorer = Callable[[Any], Mapping[str, float]]
 PathEvaluation = Callable[[InferencePath, Callable[[], Any]], Mapping[str, float]]
 """``evaluate(path, build) -> scores``: the scores of a path not scored by this scorer yet (``build()`` makes
 its model)."""
-
-
-@dataclass(frozen=True)
-class Reward:
-    """How a score vector and a path length become a reward.
-
-    Attributes:
-        objectives: Objective names, the order of preference vectors.
-        scalarization: ``weighted_sum`` or ``tchebycheff``.
-        length_penalty: β1, per layer, on the normalised scale.
-        scale: The fine-tuned models' ideal and nadir (oriented); None only outside a search (scores are then
-            used as they come, and ``tchebycheff`` needs ``scale``).
-        higher_is_better: Direction of each objective's metric; lower-is-better scores are negated.
-    """
-
-    objectives: tuple[str, ...]
-    scalarization: str = "weighted_sum"
-    length_penalty: float = 0.0
-    scale: ObjectiveScale | None = None
-    higher_is_better: tuple[bool, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.scalarization == "tchebycheff" and self.scale is None:
-            raise UserError(
-                "the tchebycheff scalarization needs the ideal point z* (the best fine-tuned scores)"
-            )
-
-    def oriented(self, scores: Mapping[str, float]) -> list[float]:
-        """The scores in objective order, each turned so that higher is better."""
-        missing = [name for name in self.objectives if name not in scores]
-        if missing:
-            raise UserError(f"the scorer returned no score for objective(s) {missing}")
-        directions = self.higher_is_better or (True,) * len(self.objectives)
-        return [
-            float(scores[n]) if up else -float(scores[n])
-            for n, up in zip(self.objectives, directions, strict=True)
-        ]
-
-    def normalised(self, scores: Mapping[str, float]) -> np.ndarray:
-        """The oriented scores on the fine-tuned models' scale (as they come without a scale)."""
-        values = np.asarray(self.oriented(scores), dtype=np.float64)
-        return values if self.scale is None else self.scale.normalise(values)
-
-    def utility(self, scores: Mapping[str, float], preference: Sequence[float]) -> float:
-        """The scalarized normalised scores, without the length penalty."""
-        ideal = None if self.scale is None else np.ones(len(self.objectives))
-        return scalarize(self.normalised(scores), preference, self.scalarization, ideal)
-
-    def reward(self, scores: Mapping[str, float], preference: Sequence[float], length: int) -> float:
-        """R for ``scores`` of a path of ``length`` layers under ``preference``."""
-        return self.utility(scores, preference) - self.length_penalty * length
 
 
 @dataclass

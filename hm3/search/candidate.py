@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hm3.evaluate.cache import candidate_key
+from hm3.front import FrontMember
 from hm3.merge.spec import MergeSpec
 from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
@@ -131,6 +132,11 @@ class Candidate:
 
     def __hash__(self) -> int:
         return hash(self.content_key())
+
+
+def member_candidate(member: FrontMember) -> Candidate:
+    """The candidate a front member is (built again from its data)."""
+    return Candidate.from_record({"merge": member.merge, "path": member.path, "alignment": member.alignment})
 
 
 def _merge_data(spec: MergeSpec | Mapping[str, Any] | None) -> dict[str, Any] | None:

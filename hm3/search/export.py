@@ -20,8 +20,7 @@ from hm3.export import check_output_folder
 from hm3.front import FrontMember, ParetoFront
 from hm3.output_guard import announce_replacement, recipe_inputs
 from hm3.routing.save import save_routed_model
-from hm3.search.candidate import Candidate
-from hm3.search.finish import member_candidate
+from hm3.search.candidate import Candidate, member_candidate
 from hm3.search.progress import SearchProgress
 from hm3.search.session import open_search
 from hm3.store import FRONT_FILE, RunStore

@@ -27,7 +27,7 @@ from hm3.merge.mergekit_export import to_mergekit_yaml
 from hm3.routing.path import InferencePath
 from hm3.routing.save import passthrough_yaml
 from hm3.search.budget import CHARGED_SPLITS, BudgetedEvaluator, Ledger
-from hm3.search.candidate import SEARCHED_LEVELS, Candidate
+from hm3.search.candidate import SEARCHED_LEVELS, Candidate, member_candidate
 from hm3.search.references import REFERENCES, UNIFORM_METHODS, references
 from hm3.search.session import Search
 from hm3.store import FRONT_FILE, SUMMARY_FILE
@@ -69,11 +69,6 @@ def front_candidates(records: list[Mapping[str, Any]]) -> list[FrontMember]:
                 scores={"search": dict(record["scores"])},
             )
     return list(members.values())
-
-
-def member_candidate(member: FrontMember) -> Candidate:
-    """The candidate a front member is (built again from its data)."""
-    return Candidate.from_record({"merge": member.merge, "path": member.path, "alignment": member.alignment})
 
 
 def write_mergekit_files(search: Search, member: FrontMember) -> str | None:

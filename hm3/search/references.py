@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from hm3.front import Reference
 from hm3.merge.spec import MergeSpec
-from hm3.moo.scalarization import ObjectiveScale, oriented
+from hm3.moo.reward import objective_scale
 from hm3.search.budget import BudgetedEvaluator
 from hm3.search.candidate import Candidate
 from hm3.search.session import Search
@@ -37,12 +37,7 @@ def score_finetuned(search: Search) -> None:
 
 def set_scale(search: Search) -> None:
     """The ideal point z* and the nadir from the fine-tuned models' search-split scores."""
-    directions = [o.higher_is_better for o in search.recipe.objectives]
-    points = [
-        [oriented(scores[o], up) for o, up in zip(search.objectives, directions, strict=True)]
-        for scores in search.finetuned_scores.values()
-    ]
-    scale = ObjectiveScale.from_points(points)
+    scale = objective_scale(search.recipe, search.finetuned_scores)
     search.ideal, search.nadir = list(scale.ideal), list(scale.nadir)
     search.store.log(f"ideal point z* {search.ideal}, nadir {search.nadir} (search split, oriented)")
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from hm3.evaluate import Evaluator
 from hm3.moo.preferences import preference_vectors
+from hm3.moo.reward import Reward, reward_from_recipe
 from hm3.moo.scalarization import ObjectiveScale
 from hm3.placement import (
     MemoryPlan,
@@ -27,8 +28,6 @@ from hm3.placement import (
 )
 from hm3.pool import ModelPool
 from hm3.recipe import Recipe
-from hm3.routing.agent import reward_from_recipe
-from hm3.routing.scoring import Reward
 from hm3.search.calibration import calibration_batch
 from hm3.search.log import CandidateLog
 from hm3.search.models import CandidateModels
