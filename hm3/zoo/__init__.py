@@ -14,11 +14,28 @@ seconds (``micro``) or minutes (``small``) and writes::
       base/ rotated/ inverted/ permuted/     CLIPVisionModel checkpoints + head.safetensors + head.json
       data/<task>_test.npz                   pixel_values [N, 1, 8, 8] float32, labels [N] int64
       scores.json, scores.md, zoo.json
+
+Importing the package loads nothing heavy: each name is imported from its module when first used (the builders
+import torch, transformers and the training code; reading a manifest or the task list needs none of them).
 """
 
 from __future__ import annotations
 
-from hm3.zoo.build import build_zoo, ensure_zoo
-from hm3.zoo.config import ZooConfig, read_manifest
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hm3.zoo.build import build_zoo, ensure_zoo
+    from hm3.zoo.config import ZooConfig, read_manifest
+
+_HOMES = {"build_zoo": "build", "ensure_zoo": "build", "ZooConfig": "config", "read_manifest": "config"}
+"""Each public name's module."""
 
 __all__ = ["ZooConfig", "build_zoo", "ensure_zoo", "read_manifest"]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'hm3.zoo' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"hm3.zoo.{home}"), name)
