@@ -3,6 +3,8 @@
 Validation needs names, shapes and dtypes only, and those live in each safetensors file's JSON header, so
 nothing is loaded until :meth:`Checkpoint.load` asks for a tensor (memory-mapped through ``safe_open``).
 Pickle checkpoints (``pytorch_model.bin``) are refused unless the recipe opts in with ``allow_pickle: true``.
+Where a recipe's model is (:func:`resolve_model_folder`: its own folder, or the hub snapshot of its id) and its
+``config.json`` alone (:func:`read_model_config`) need no torch either.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Multi-objective pieces of the search: preferences, scalarization, Pareto fronts, hypervolume, plots.
+"""Multi-objective pieces of the search: preferences, scalarization, a candidate's reward, Pareto fronts,
+hypervolume, plots.
 
 All scores here are oriented so that **higher is better** (a lower-is-better metric is negated before it gets
 here, see :func:`hm3.moo.scalarization.oriented`).
