@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hm3.search.select import Selection
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force", action="store_true", help="replace a model folder hm3 wrote at --export (never an input)"
     )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the selection as one JSON object (preference, member, candidate, merge, path, scores, reward)",
+    )
 
 
 def preflight(args: argparse.Namespace) -> None:
@@ -50,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
 
             assert chosen.member_id is not None
             chosen.exported = export_member(args.run, chosen.member_id, args.export, force=args.force)
+    if args.json:
+        print(json.dumps(_as_json(chosen), indent=2))
+        return 0
     lam = ", ".join(f"{v:.3f}" for v in chosen.preference)
     what = f"front member {chosen.member_id}" if chosen.member_id else "rollout of the conditioned policy"
     if chosen.below_start is not None:
@@ -72,3 +85,21 @@ def run(args: argparse.Namespace) -> int:
     elif chosen.member_id:
         print(f"  export it: hm3 export {args.run} --member {chosen.member_id} --out DIR")
     return 0
+
+
+def _as_json(chosen: Selection) -> dict[str, Any]:
+    """What a script serving preferences needs: which candidate, what it is, how it scores."""
+    candidate = chosen.candidate
+    below = chosen.below_start
+    return {
+        "preference": chosen.preference,
+        "member": chosen.member_id,
+        "candidate": candidate.content_key()[:12],
+        "merge": candidate.merge,
+        "path": None if candidate.path is None else [list(step) for step in candidate.path],
+        "alignment": candidate.alignment,
+        "scores": chosen.scores,
+        "reward": chosen.reward,
+        "rollout_below_start": None if below is None else {"path": below[0].to_data(), "reward": below[1]},
+        "exported": None if chosen.exported is None else str(chosen.exported),
+    }

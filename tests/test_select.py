@@ -126,6 +126,27 @@ def test_selecting_a_member_loads_no_model_and_leaves_the_run_as_it_was(conditio
     assert digest() == before
 
 
+def test_select_json_is_the_same_choice_for_a_script(conditioned_run: Path) -> None:
+    """``--json``: one object with the member, its merge and path, scores and reward — what the table says."""
+    for text in ("1,0,0", "0.2,0.3,0.5"):
+        table = hm3_in_process("select", conditioned_run, "--preference", text, timeout=300)
+        done = hm3_in_process("select", conditioned_run, "--preference", text, "--json", timeout=300)
+        assert table.returncode == 0 and done.returncode == 0, done.stderr
+        chosen = json.loads(done.stdout)
+        member = next(
+            m
+            for m in json.loads((conditioned_run / "front.json").read_text())["members"]
+            if m["id"] == chosen["member"]
+        )
+        assert (
+            f"front member {member['id']}" in table.stdout
+            and f"reward {chosen['reward']:+.4f}" in table.stdout
+        )
+        assert chosen["candidate"] == member["id"] and chosen["merge"] == member["merge"]
+        assert chosen["path"] == member["path"] and chosen["scores"] == member["scores"]
+        assert sum(chosen["preference"]) == pytest.approx(1.0) and chosen["exported"] is None
+
+
 def test_select_exports_its_choice_as_a_model_folder(conditioned_run: Path, tmp_path: Path) -> None:
     done = run_hm3(
         "select", conditioned_run, "--preference", "1,1,1", "--export", tmp_path / "chosen", timeout=300
@@ -153,6 +174,13 @@ def test_a_rollout_serves_an_unseen_preference_scored_and_logged(conditioned_run
     assert chosen[0] != chosen[1], outputs  # another preference, another candidate
     again = run_hm3("select", conditioned_run, "--preference", "0.95,0.03,0.02", "--rollout", timeout=300)
     assert again.returncode == 0 and again.stdout == outputs[0]  # the same rollout, answered from the log
+    assert log.read_text().splitlines() == after
+    as_json = hm3_in_process(
+        "select", conditioned_run, "--preference", "0.95,0.03,0.02", "--rollout", "--json"
+    )
+    assert as_json.returncode == 0, as_json.stderr
+    rolled = json.loads(as_json.stdout)
+    assert rolled["candidate"] == chosen[0] and rolled["member"] is None and "search" in rolled["scores"]
     assert log.read_text().splitlines() == after
 
 
