@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hm3.evaluate import Evaluator
+if TYPE_CHECKING:
+    from hm3.evaluate import Evaluator
 
 
 def calibration_batch(evaluator: Evaluator, samples: int) -> dict[str, Any]:

@@ -21,13 +21,12 @@ from hm3.front import FrontMember, ParetoFront
 from hm3.output_guard import announce_replacement, recipe_inputs
 from hm3.routing.save import save_routed_model
 from hm3.search.candidate import Candidate, member_candidate
-from hm3.search.progress import SearchProgress
-from hm3.search.session import open_search
+from hm3.search.session import load_candidate_models
 from hm3.store import FRONT_FILE, RunStore
 
 if TYPE_CHECKING:
     from hm3.recipe import Recipe
-    from hm3.search.session import Search
+    from hm3.search.models import CandidateModels
 
 
 def find_member(front: ParetoFront, wanted: str) -> FrontMember:
@@ -46,12 +45,14 @@ def export_member(run: str | Path, wanted: str, out: str | Path, force: bool = F
     front = ParetoFront.from_json(store.read_json(FRONT_FILE))
     member = find_member(front, wanted)
     check_export_folder(run, recipe, out, force)
-    search = open_search(recipe, store, SearchProgress(enabled=False))
     candidate = member_candidate(member)
     if candidate.content_key()[:12] != member.id:
         raise UserError(f"front member {member.id}: its merge, path or alignment was edited in {FRONT_FILE}")
+    models = load_candidate_models(recipe)
     title = f"hm3 front member {member.id}"
-    return export_candidate(search, run, candidate, out, force, title, member.preference, member.scores)
+    return export_candidate(
+        models, recipe, run, candidate, out, force, title, member.preference, member.scores
+    )
 
 
 def check_export_folder(run: str | Path, recipe: Recipe, out: str | Path, force: bool) -> None:
@@ -61,7 +62,8 @@ def check_export_folder(run: str | Path, recipe: Recipe, out: str | Path, force:
 
 
 def export_candidate(
-    search: Search,
+    models: CandidateModels,
+    recipe: Recipe,
     run: str | Path,
     candidate: Candidate,
     out: str | Path,
@@ -70,13 +72,12 @@ def export_candidate(
     preference: Sequence[float],
     scores: Mapping[str, Any],
 ) -> Path:
-    """Build ``candidate`` of ``search`` again and save it to ``out`` with a model card; returns ``out``."""
-    recipe = search.recipe
-    routing = search.models.routing_pool(candidate.merge_spec())
+    """Build ``candidate`` again from ``models`` and save it to ``out`` with a model card; returns ``out``."""
+    routing = models.routing_pool(candidate.merge_spec())
     path = candidate.inference_path(routing)
     alignment = None
     if not candidate.is_plain and candidate.alignment != "none":
-        aligner = search.models.path_scorer(routing).aligner
+        aligner = models.path_scorer(routing).aligner
         assert aligner is not None
         alignment = aligner.fit(path)
     card = "\n".join(

@@ -67,7 +67,15 @@ def roll_out(
         if export is not None:
             title = f"hm3 selection for λ = {[round(v, 4) for v in selection.preference]}"
             selection.exported = export_candidate(
-                search, run, selection.candidate, export, force, title, selection.preference, selection.scores
+                search.models,
+                recipe,
+                run,
+                selection.candidate,
+                export,
+                force,
+                title,
+                selection.preference,
+                selection.scores,
             )
         return selection
     finally:

@@ -8,11 +8,11 @@ The HM3 search (:mod:`hm3.search.run`), its Ray workers (:mod:`hm3.search.distri
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hm3.evaluate import Evaluator
+import hm3.evaluate
 from hm3.moo.preferences import preference_vectors
 from hm3.moo.reward import Reward, reward_from_recipe
 from hm3.moo.scalarization import ObjectiveScale
@@ -33,6 +33,9 @@ from hm3.search.log import CandidateLog
 from hm3.search.models import CandidateModels
 from hm3.search.progress import SearchProgress
 from hm3.store import RunStore
+
+if TYPE_CHECKING:
+    from hm3.evaluate import Evaluator
 
 
 @dataclass
@@ -97,6 +100,39 @@ def load_inputs(recipe: Recipe) -> SearchInputs:
     resident, or offloaded with a device cache (:func:`hm3.placement.plan_memory`)."""
     placement = Placement(resolve_device(recipe.device), recipe.dtype)  # the quick checks first
     preferences(recipe)  # the preference vectors are drawn here too, so a seed they refuse fails now
+    pool, memory = _planned_pool(recipe, placement)
+    evaluator = hm3.evaluate.Evaluator.from_recipe(recipe)
+    pool.place(placement.device, placement.torch_dtype, memory.device_memory)
+    calibration = None
+    if needs_calibration(recipe):
+        batch = calibration_batch(evaluator, recipe.architecture_level.calibration_samples)
+        calibration = {
+            name: value.to(placement.device, placement.torch_dtype if value.is_floating_point() else None)
+            for name, value in batch.items()
+        }
+    return SearchInputs(evaluator, pool, calibration, memory)
+
+
+def load_candidate_models(recipe: Recipe) -> CandidateModels:
+    """What building a candidate again needs (``hm3 export``): the placed pool, and the calibration batch where
+    ``stats`` alignment fits its maps on one — the objectives (tokenizer, task documents) are loaded only then."""
+    if needs_calibration(recipe):
+        inputs = load_inputs(recipe)
+        return CandidateModels(inputs.pool, recipe, inputs.calibration)
+    placement = Placement(resolve_device(recipe.device), recipe.dtype)
+    pool, memory = _planned_pool(recipe, placement)
+    pool.place(placement.device, placement.torch_dtype, memory.device_memory)
+    return CandidateModels(pool, recipe, None)
+
+
+def needs_calibration(recipe: Recipe) -> bool:
+    """Whether candidates of ``recipe`` fit ``stats`` alignment maps on a calibration batch."""
+    level = recipe.architecture_level
+    return level.enabled and level.alignment == "stats"
+
+
+def _planned_pool(recipe: Recipe, placement: Placement) -> tuple[ModelPool, MemoryPlan]:
+    """The recipe's pool (configs checked, no weight placed yet) and what of it the device keeps."""
     pool = ModelPool.from_recipe(recipe)
     check_frame(recipe, pool.num_layers)
     memory = plan_memory(
@@ -106,16 +142,7 @@ def load_inputs(recipe: Recipe) -> SearchInputs:
         recipe.device_memory,
         free_bytes(placement.device),
     )
-    evaluator = Evaluator.from_recipe(recipe)
-    pool.place(placement.device, placement.torch_dtype, memory.device_memory)
-    calibration = None
-    if recipe.architecture_level.enabled and recipe.architecture_level.alignment == "stats":
-        batch = calibration_batch(evaluator, recipe.architecture_level.calibration_samples)
-        calibration = {
-            name: value.to(placement.device, placement.torch_dtype if value.is_floating_point() else None)
-            for name, value in batch.items()
-        }
-    return SearchInputs(evaluator, pool, calibration, memory)
+    return pool, memory
 
 
 def open_search(
