@@ -295,7 +295,7 @@ def test_unknown_registry_task_is_a_user_error(tiny_lm_zoo, tmp_path):
 
 
 def test_registry_name_found_in_include_path_skips_the_builtin_index(tiny_lm_zoo, tmp_path):
-    from hm3.evaluate.language import build_task_manager
+    from hm3.evaluate.task_loading import build_task_manager
     from hm3.recipe import load_recipe
 
     text = f"  - {{name: mc, task: toy_mc, include_path: {tiny_lm_zoo.tasks}, model: ft0}}\n"

@@ -1,9 +1,8 @@
 """The language backend: lm-evaluation-harness tasks scored on a model that lives in memory.
 
-Tasks are resolved once, through lm-eval's ``TaskManager`` (registry names and local task YAMLs alike), their
-documents are loaded once and split once (:mod:`hm3.evaluate.split`), and each split's requests are built once
-(:mod:`hm3.evaluate.prepared`, as lm-eval's ``evaluate`` builds them with its ``samples`` argument). Scoring a
-model replays ``evaluate``'s steps on them through one ``HFLM`` whose model is swapped for each candidate —
+Tasks are resolved, configured and split once (:mod:`hm3.evaluate.task_loading`), and each split's requests are
+built once (:mod:`hm3.evaluate.prepared`, as lm-eval's ``evaluate`` builds them with its ``samples`` argument).
+Scoring a model replays ``evaluate``'s steps on them through one ``HFLM`` whose model is swapped for each candidate —
 with plain greedy generation decided by teacher-forced passes where the result is provably lm-eval's
 (:mod:`hm3.evaluate.greedy`). The scores are ``evaluate``'s (``LanguageObjective.score_with_lm_eval`` runs it;
 ``tests/test_fast_scoring.py`` compares them). Nothing is re-read, nothing is written.
@@ -20,11 +19,9 @@ Tasks that execute the model's code (lm-eval's ``unsafe_code``: humaneval, mbpp)
 
 from __future__ import annotations
 
-import functools
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lm_eval.evaluator
@@ -36,17 +33,8 @@ from lm_eval.tasks import TaskManager
 from hm3.errors import UserError
 from hm3.evaluate.prepared import PreparedSplit
 from hm3.evaluate.quiet import quiet_libraries
-from hm3.evaluate.split import DocumentSplit, split_documents
-from hm3.evaluate.task_code import check_task_code
-from hm3.evaluate.task_facts import (
-    TaskFacts,
-    check_code_execution,
-    enable_code_eval,
-    filter_names,
-    objective_facts,
-    reported_metrics,
-    resolve_metric_key,
-)
+from hm3.evaluate.split import DocumentSplit
+from hm3.evaluate.task_loading import build_task_manager, load_objective_task
 
 if TYPE_CHECKING:
     from lm_eval.api.task import Task
@@ -180,36 +168,6 @@ def prepare_language_objectives(
         ]
 
 
-def build_task_manager(objectives: Sequence[Objective], allow_defaults: bool = True) -> TaskManager:
-    """One TaskManager for all objectives; lm-eval's own registry is indexed only when a name needs it (~15 s,
-    once per process when no include path is involved: :func:`registry_task_manager`).
-
-    Args:
-        objectives: The objectives whose task files and include paths are indexed.
-        allow_defaults: False never indexes lm-eval's built-in tasks (names found nowhere else stay unknown).
-    """
-    include: list[str] = []
-    for objective in objectives:
-        folders = [objective.include_path]
-        if objective.task_is_file:
-            folders.append(str(Path(objective.task).parent))  # type: ignore[arg-type]
-        include += [f for f in folders if f and f not in include and Path(f).is_dir()]
-    local = TaskManager(include_path=include or None, include_defaults=False)
-    names = [o.task for o in objectives if not o.task_is_file]
-    if not allow_defaults or all(name in local.task_index for name in names):
-        return local
-    if not include:
-        return registry_task_manager()
-    return TaskManager(include_path=include, include_defaults=True)
-
-
-@functools.cache
-def registry_task_manager() -> TaskManager:
-    """The installed lm-eval's own task index, built once per process (~15 s: it reads every task YAML)."""
-    with quiet_libraries():
-        return TaskManager(include_defaults=True)
-
-
 def prepare_language_objective(
     objective: Objective,
     manager: TaskManager,
@@ -218,72 +176,10 @@ def prepare_language_objective(
     allow_code_execution: bool = False,
 ) -> LanguageObjective:
     """One objective of :func:`prepare_language_objectives`, with a ready ``manager``."""
-    task = _load_task(objective, manager, allow_task_code, allow_code_execution)
-    _configure(task, objective)
-    metric_key = _metric_key(task, objective)
-    docs = task.eval_docs
-    document_split = split_documents(docs, split.search_fraction, split.seed, split.screen_fraction)
-    for side in ("search", "heldout"):
-        if not document_split.indices(side):
-            raise UserError(
-                f"objective {objective.name}: task {task.task_name} has {len(docs)} evaluation document(s), "
-                f"none left for the {side} split (search_fraction {split.search_fraction})"
-            )
-    metric = metric_key.split(",")[0]
-    direction = objective.higher_is_better
-    if "higher_is_better" not in objective.model_fields_set:
-        direction = bool(task.higher_is_better().get(metric, True))
-    return LanguageObjective(objective, task, metric_key, direction, document_split, allow_code_execution)
-
-
-def _load_task(
-    objective: Objective, manager: TaskManager, allow_task_code: bool, allow_code_execution: bool
-) -> Task:
-    spec = objective.task
-    if not objective.task_is_file and spec not in manager.task_index:
-        raise UserError(f"objective {objective.name}: lm-eval has no task named {spec!r}")
-    if objective.task_is_file and not Path(spec).is_file():  # type: ignore[arg-type]
-        raise UserError(f"objective {objective.name}: task file not found: {spec}")
-    check_task_code(objective, manager, allow_task_code)  # before lm-eval imports any !function file
-    if check_code_execution(objective, objective_facts(objective, manager), allow_code_execution):
-        enable_code_eval()  # humaneval's and mbpp's utils run code_eval's self-test on import
-    try:
-        loaded = manager.load([spec])
-    except Exception as error:  # lm-eval raises many kinds (YAML, datasets, templates): all mean "unusable"
-        raise UserError(
-            f"objective {objective.name}: task {spec} does not load: {_one_line(error)}"
-        ) from None
-    tasks = list(loaded["tasks"].values())
-    if len(tasks) != 1:
-        raise UserError(
-            f"objective {objective.name}: {spec} is a group of {len(tasks)} tasks; name one task per objective"
-        )
-    if getattr(tasks[0], "UNSAFE_CODE", False):  # a Python-class task: its flag was not in YAML
-        check_code_execution(objective, TaskFacts(str(spec), (), (), unsafe_code=True), allow_code_execution)
-        enable_code_eval()
-    return tasks[0]
-
-
-def _configure(task: Task, objective: Objective) -> None:
-    """Apply the objective's options the way ``lm_eval.simple_evaluate`` applies the CLI's."""
-    if objective.num_fewshot is not None and task.get_config("num_fewshot") != 0:
-        task.set_config(key="num_fewshot", value=objective.num_fewshot)
-    elif task.get_config("num_fewshot") is None:
-        task.set_config(key="num_fewshot", value=0)
-    if objective.generation_kwargs and task.get_config("output_type") == "generate_until":
-        task.set_config(key="generation_kwargs", value=dict(objective.generation_kwargs), update=True)
-
-
-def task_metrics(task: Task) -> tuple[list[str], list[str]]:
-    """The metrics a task reports and its filter names (``none`` when it has no filter list)."""
-    metric_list = task.config.metric_list
-    metrics = reported_metrics(metric_list) if metric_list else list(task.higher_is_better())
-    return metrics, filter_names(task.config.filter_list)
-
-
-def _metric_key(task: Task, objective: Objective) -> str:
-    metrics, filters = task_metrics(task)
-    return resolve_metric_key(objective, task.task_name, metrics, filters)
+    loaded = load_objective_task(objective, manager, split, allow_task_code, allow_code_execution)
+    return LanguageObjective(
+        objective, loaded.task, loaded.metric_key, loaded.higher_is_better, loaded.split, allow_code_execution
+    )
 
 
 def build_hflm(model: Any, tokenizer: Any) -> HFLM:
@@ -317,8 +213,3 @@ class _seeded:
         random.setstate(python_state)
         np.random.set_state(numpy_state)
         torch.random.set_rng_state(torch_state)
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:300]

@@ -15,10 +15,10 @@ from __future__ import annotations
 import lm_eval
 
 from hm3.errors import UserError
-from hm3.evaluate.language import build_task_manager, prepare_language_objective, registry_task_manager
 from hm3.evaluate.quiet import quiet_libraries
 from hm3.evaluate.task_code import objective_task_code
 from hm3.evaluate.task_facts import check_code_execution, data_is_local, objective_facts, resolve_metric_key
+from hm3.evaluate.task_loading import build_task_manager, load_objective_task, registry_task_manager
 from hm3.recipe import Objective, Recipe
 
 
@@ -56,7 +56,7 @@ def language_objective_problems(
                 found = objective_task_code(objective, local)
                 if runs_code is not None:
                     runs_code += [f"{where} ({objective.name}): {code.describe()}" for code in found]
-                prepare_language_objective(
+                load_objective_task(
                     objective, local, recipe.split, recipe.allow_task_code, recipe.allow_code_execution
                 )
             except UserError as error:

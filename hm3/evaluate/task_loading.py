@@ -1,0 +1,165 @@
+"""An objective's lm-eval task, loaded without a model: resolved through lm-eval's ``TaskManager`` (registry
+names and local task YAMLs alike), configured with the objective's options, its metric key checked and its
+documents split (:mod:`hm3.evaluate.split`).
+
+The language backend (:mod:`hm3.evaluate.language`) scores models on these tasks; ``hm3 validate`` loads them
+here, without importing torch, transformers or lm-eval's model classes.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lm_eval.tasks import TaskManager
+
+from hm3.errors import UserError
+from hm3.evaluate.quiet import quiet_libraries
+from hm3.evaluate.split import DocumentSplit, split_documents
+from hm3.evaluate.task_code import check_task_code
+from hm3.evaluate.task_facts import (
+    TaskFacts,
+    check_code_execution,
+    enable_code_eval,
+    filter_names,
+    objective_facts,
+    reported_metrics,
+    resolve_metric_key,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from lm_eval.api.task import Task
+
+    from hm3.recipe import Objective, SplitConfig
+
+
+@dataclass(frozen=True)
+class ObjectiveTask:
+    """One objective's task, loaded and configured, with its metric key, direction and document split."""
+
+    task: Task
+    metric_key: str
+    """Key of the score in lm-eval's results, ``metric,filter`` (e.g. ``exact_match,none``)."""
+    higher_is_better: bool
+    """The recipe's direction if it sets one, else the task's."""
+    split: DocumentSplit
+
+
+def build_task_manager(objectives: Sequence[Objective], allow_defaults: bool = True) -> TaskManager:
+    """One TaskManager for all objectives; lm-eval's own registry is indexed only when a name needs it (~15 s,
+    once per process when no include path is involved: :func:`registry_task_manager`).
+
+    Args:
+        objectives: The objectives whose task files and include paths are indexed.
+        allow_defaults: False never indexes lm-eval's built-in tasks (names found nowhere else stay unknown).
+    """
+    include: list[str] = []
+    for objective in objectives:
+        folders = [objective.include_path]
+        if objective.task_is_file:
+            folders.append(str(Path(objective.task).parent))  # type: ignore[arg-type]
+        include += [f for f in folders if f and f not in include and Path(f).is_dir()]
+    local = TaskManager(include_path=include or None, include_defaults=False)
+    names = [o.task for o in objectives if not o.task_is_file]
+    if not allow_defaults or all(name in local.task_index for name in names):
+        return local
+    if not include:
+        return registry_task_manager()
+    return TaskManager(include_path=include, include_defaults=True)
+
+
+@functools.cache
+def registry_task_manager() -> TaskManager:
+    """The installed lm-eval's own task index, built once per process (~15 s: it reads every task YAML)."""
+    with quiet_libraries():
+        return TaskManager(include_defaults=True)
+
+
+def load_objective_task(
+    objective: Objective,
+    manager: TaskManager,
+    split: SplitConfig,
+    allow_task_code: bool = False,
+    allow_code_execution: bool = False,
+) -> ObjectiveTask:
+    """Load, configure and split one objective's task with a ready ``manager``, as the evaluator scores it.
+
+    Raises:
+        UserError: naming the objective, for an unknown task, a task file that does not load or runs code
+            without the opt-in, a metric the task does not produce, or a split with no documents.
+    """
+    task = _load_task(objective, manager, allow_task_code, allow_code_execution)
+    _configure(task, objective)
+    metric_key = _metric_key(task, objective)
+    docs = task.eval_docs
+    document_split = split_documents(docs, split.search_fraction, split.seed, split.screen_fraction)
+    for side in ("search", "heldout"):
+        if not document_split.indices(side):
+            raise UserError(
+                f"objective {objective.name}: task {task.task_name} has {len(docs)} evaluation document(s), "
+                f"none left for the {side} split (search_fraction {split.search_fraction})"
+            )
+    metric = metric_key.split(",")[0]
+    direction = objective.higher_is_better
+    if "higher_is_better" not in objective.model_fields_set:
+        direction = bool(task.higher_is_better().get(metric, True))
+    return ObjectiveTask(task, metric_key, direction, document_split)
+
+
+def _load_task(
+    objective: Objective, manager: TaskManager, allow_task_code: bool, allow_code_execution: bool
+) -> Task:
+    spec = objective.task
+    if not objective.task_is_file and spec not in manager.task_index:
+        raise UserError(f"objective {objective.name}: lm-eval has no task named {spec!r}")
+    if objective.task_is_file and not Path(spec).is_file():  # type: ignore[arg-type]
+        raise UserError(f"objective {objective.name}: task file not found: {spec}")
+    check_task_code(objective, manager, allow_task_code)  # before lm-eval imports any !function file
+    if check_code_execution(objective, objective_facts(objective, manager), allow_code_execution):
+        enable_code_eval()  # humaneval's and mbpp's utils run code_eval's self-test on import
+    try:
+        loaded = manager.load([spec])
+    except Exception as error:  # lm-eval raises many kinds (YAML, datasets, templates): all mean "unusable"
+        raise UserError(
+            f"objective {objective.name}: task {spec} does not load: {_one_line(error)}"
+        ) from None
+    tasks = list(loaded["tasks"].values())
+    if len(tasks) != 1:
+        raise UserError(
+            f"objective {objective.name}: {spec} is a group of {len(tasks)} tasks; name one task per objective"
+        )
+    if getattr(tasks[0], "UNSAFE_CODE", False):  # a Python-class task: its flag was not in YAML
+        check_code_execution(objective, TaskFacts(str(spec), (), (), unsafe_code=True), allow_code_execution)
+        enable_code_eval()
+    return tasks[0]
+
+
+def _configure(task: Task, objective: Objective) -> None:
+    """Apply the objective's options the way ``lm_eval.simple_evaluate`` applies the CLI's."""
+    if objective.num_fewshot is not None and task.get_config("num_fewshot") != 0:
+        task.set_config(key="num_fewshot", value=objective.num_fewshot)
+    elif task.get_config("num_fewshot") is None:
+        task.set_config(key="num_fewshot", value=0)
+    if objective.generation_kwargs and task.get_config("output_type") == "generate_until":
+        task.set_config(key="generation_kwargs", value=dict(objective.generation_kwargs), update=True)
+
+
+def task_metrics(task: Task) -> tuple[list[str], list[str]]:
+    """The metrics a task reports and its filter names (``none`` when it has no filter list)."""
+    metric_list = task.config.metric_list
+    metrics = reported_metrics(metric_list) if metric_list else list(task.higher_is_better())
+    return metrics, filter_names(task.config.filter_list)
+
+
+def _metric_key(task: Task, objective: Objective) -> str:
+    metrics, filters = task_metrics(task)
+    return resolve_metric_key(objective, task.task_name, metrics, filters)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:300]
