@@ -276,6 +276,42 @@ def test_nothing_imports_ray_without_the_flag() -> None:
     assert done.stdout.strip() == "False"
 
 
+def test_exporting_a_member_loads_no_objective(finished_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """Building a member again needs the models, not the objectives: without ``stats`` alignment (whose maps are
+    fitted on a calibration batch of the search split) ``hm3 export`` loads no tokenizer or task — the same
+    folder as a run of the search would write."""
+    from hm3.evaluate.evaluator import Evaluator
+    from hm3.search.export import export_member
+
+    def refuse(recipe):
+        raise AssertionError("the export built an Evaluator")
+
+    monkeypatch.setattr(Evaluator, "from_recipe", staticmethod(refuse))
+    front = json.loads((finished_run / "front.json").read_text())
+    member = max(front["members"], key=lambda m: m["path"] is not None)
+    out = export_member(finished_run, member["id"], tmp_path / "exported")
+    assert (out / "config.json").is_file() and (out / "README.md").is_file()
+
+
+def test_validating_loads_the_tasks_without_the_model_side_of_lm_eval(micro_recipe: Path) -> None:
+    """``hm3 validate`` loads each local task as the evaluator does (data read, metric checked, split non-empty)
+    without lm-eval's model classes and evaluator, or transformers: a recipe is checked in a few seconds."""
+    probe = (
+        "import sys; from cli.main import main; code = main(['validate', sys.argv[1]]); "
+        "print(code, sorted(m for m in ('transformers', 'lm_eval.models.huggingface', 'lm_eval.evaluator') "
+        "if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(micro_recipe)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ok:") and done.stdout.splitlines()[-1] == "0 []", done.stdout
+
+
 def test_exported_member_scores_what_the_front_says(
     micro_recipe: Path, finished_run: Path, tmp_path: Path
 ) -> None:
