@@ -2,7 +2,8 @@
 objectives' normalisation), how it is opened, and the preferences it searches.
 
 The HM3 search (:mod:`hm3.search.run`), its Ray workers (:mod:`hm3.search.distributed`), the end of a run
-(:mod:`hm3.search.finish`), the baselines and ``hm3 export`` all work on a :class:`Search`.
+(:mod:`hm3.search.finish`), the baselines and a policy's rollout all work on a :class:`Search`; ``hm3 export``
+builds a member again from the models alone (:func:`load_candidate_models`).
 """
 
 from __future__ import annotations
