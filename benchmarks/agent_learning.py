@@ -59,6 +59,7 @@ from pathlib import Path
 
 import numpy as np
 from _bench import REPO, cpu_name, exit_with, kept_notes, marked_sections, offline, zoo_build, zoo_digest
+from scipy import stats
 
 offline()
 
@@ -407,6 +408,8 @@ def paired(records: dict[str, list[dict]]) -> list[str]:
                 f"at {checkpoint} paths {ahead} ahead / {behind} behind / {len(differences) - ahead - behind} "
                 f"equal, {capped} of them at the ceiling ({differences.mean():+.4f})"
             )
+        cells.append(significance(differences))
+        cells.append(f"per preference at {checkpoint} paths: " + ", ".join(by_preference(differences)))
         ranks = [
             (a["favourite"]["percentile"], b["favourite"]["percentile"])
             for a, b in zip(records[first], records[second], strict=True)
@@ -429,6 +432,36 @@ def paired(records: dict[str, list[dict]]) -> list[str]:
             "",
         ]
     return lines
+
+
+def by_preference(differences: np.ndarray) -> list[str]:
+    """The paired differences of each preference (the records run seed by seed, preference by preference)."""
+    cells = []
+    for index, preference in enumerate(PREFERENCES):
+        mine = differences[index :: len(PREFERENCES)]
+        ahead, behind = int((mine > TIE).sum()), int((mine < -TIE).sum())
+        cells.append(
+            f"{preference} {ahead} ahead / {behind} behind / {len(mine) - ahead - behind} equal ({mine.mean():+.4f})"
+        )
+    return cells
+
+
+def significance(differences: np.ndarray) -> str:
+    """Whether the paired differences at the last checkpoint could be chance: the two-sided sign test and
+    Wilcoxon signed-rank test over the searches that differ (equal ones dropped), and a 95% bootstrap interval
+    of the mean difference over all searches (10,000 resamples, fixed seed)."""
+    differing = differences[np.abs(differences) > TIE]
+    if len(differing) == 0:
+        return "no search differs"
+    ahead = int((differing > 0).sum())
+    sign = stats.binomtest(ahead, len(differing), 0.5).pvalue
+    signed_rank = stats.wilcoxon(differing).pvalue
+    draws = np.random.default_rng(0).integers(0, len(differences), (10_000, len(differences)))
+    low, high = np.percentile(differences[draws].mean(axis=1), [2.5, 97.5])
+    return (
+        f"two-sided over the {len(differing)} that differ: sign test p = {sign:.3f}, Wilcoxon signed-rank p = "
+        f"{signed_rank:.3f}; mean difference 95% bootstrap interval [{low:+.4f}, {high:+.4f}]"
+    )
 
 
 def table(records: dict[str, list[dict]], build: str, digest: str) -> list[str]:
