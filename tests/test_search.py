@@ -293,6 +293,39 @@ def test_exporting_a_member_loads_no_objective(finished_run: Path, tmp_path: Pat
     assert (out / "config.json").is_file() and (out / "README.md").is_file()
 
 
+def test_a_stats_aligned_member_exports_with_the_search_s_calibration(
+    micro_recipe: Path, tmp_path: Path
+) -> None:
+    """With ``stats`` alignment the export loads the objectives for the calibration batch, so a routed member's
+    maps are fitted on what the search fitted them on: the same files as built from the search's own inputs."""
+    from hm3.merge.spec import MergeSpec
+    from hm3.recipe import load_recipe
+    from hm3.search.candidate import Candidate
+    from hm3.search.export import export_candidate
+    from hm3.search.models import CandidateModels
+    from hm3.search.session import load_candidate_models, load_inputs
+
+    stats = tmp_path / "stats.yaml"
+    stats.write_text(micro_recipe.read_text() + "architecture_level: {enabled: true, alignment: stats}\n")
+    recipe = load_recipe(stats)
+    inputs = load_inputs(recipe)
+    spec = MergeSpec(method="task_arithmetic", weights=(0.4, 0.3, 0.3))
+    written = {}
+    for name, models in (
+        ("export", load_candidate_models(recipe)),
+        ("search", CandidateModels(inputs.pool, recipe, inputs.calibration)),
+    ):
+        assert models.calibration is not None
+        routing = models.routing_pool(spec)
+        merged = routing.merged_index
+        path = [(merged, 0), (0, 1), *[(merged, layer) for layer in range(2, routing.num_layers)]]
+        candidate = Candidate.routed(spec, path, "stats", routing)
+        out = export_candidate(models, recipe, "run", candidate, tmp_path / name, False, "t", [1 / 3] * 3, {})
+        written[name] = {f.name: f.read_bytes() for f in sorted(out.iterdir()) if f.suffix == ".safetensors"}
+    assert "hm3_alignment.safetensors" in written["export"]
+    assert written["export"] == written["search"]
+
+
 def test_validating_loads_the_tasks_without_the_model_side_of_lm_eval(micro_recipe: Path) -> None:
     """``hm3 validate`` loads each local task as the evaluator does (data read, metric checked, split non-empty)
     without lm-eval's model classes and evaluator, or transformers: a recipe is checked in a few seconds."""
