@@ -459,9 +459,13 @@ def significance(differences: np.ndarray) -> str:
     draws = np.random.default_rng(0).integers(0, len(differences), (10_000, len(differences)))
     low, high = np.percentile(differences[draws].mean(axis=1), [2.5, 97.5])
     return (
-        f"two-sided over the {len(differing)} that differ: sign test p = {sign:.3f}, Wilcoxon signed-rank p = "
-        f"{signed_rank:.3f}; mean difference 95% bootstrap interval [{low:+.4f}, {high:+.4f}]"
+        f"two-sided over the {len(differing)} that differ: sign test p = {_p(sign)}, Wilcoxon signed-rank p = "
+        f"{_p(signed_rank)}; mean difference 95% bootstrap interval [{low:+.4f}, {high:+.4f}]"
     )
+
+
+def _p(value: float) -> str:
+    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
 
 
 def table(records: dict[str, list[dict]], build: str, digest: str) -> list[str]:
