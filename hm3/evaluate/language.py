@@ -28,7 +28,6 @@ import lm_eval.evaluator
 import numpy as np
 import torch
 from lm_eval.models.huggingface import HFLM
-from lm_eval.tasks import TaskManager
 
 from hm3.errors import UserError
 from hm3.evaluate.prepared import PreparedSplit
@@ -162,24 +161,20 @@ def prepare_language_objectives(
     """
     with quiet_libraries(quiet):
         manager = build_task_manager(objectives)
-        return [
-            prepare_language_objective(objective, manager, split, allow_task_code, allow_code_execution)
-            for objective in objectives
-        ]
-
-
-def prepare_language_objective(
-    objective: Objective,
-    manager: TaskManager,
-    split: SplitConfig,
-    allow_task_code: bool = False,
-    allow_code_execution: bool = False,
-) -> LanguageObjective:
-    """One objective of :func:`prepare_language_objectives`, with a ready ``manager``."""
-    loaded = load_objective_task(objective, manager, split, allow_task_code, allow_code_execution)
-    return LanguageObjective(
-        objective, loaded.task, loaded.metric_key, loaded.higher_is_better, loaded.split, allow_code_execution
-    )
+        prepared = []
+        for objective in objectives:
+            loaded = load_objective_task(objective, manager, split, allow_task_code, allow_code_execution)
+            prepared.append(
+                LanguageObjective(
+                    objective,
+                    loaded.task,
+                    loaded.metric_key,
+                    loaded.higher_is_better,
+                    loaded.split,
+                    allow_code_execution,
+                )
+            )
+        return prepared
 
 
 def build_hflm(model: Any, tokenizer: Any) -> HFLM:
