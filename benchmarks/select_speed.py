@@ -190,17 +190,19 @@ def measure(kind: str, conditioned: Path, prior: Path, seed: int, zoo: str) -> d
     from hm3.search.rollout import roll_out
     from hm3.search.select import select_member
 
+    known = kept_row(kind, seed, zoo)
+    if known is not None:
+        return known
     text = preference_text(kind, seed)
-    cache = SCRATCH / kind / f"unseen{seed}.json"
-    if measured_before(kind, seed, zoo):
-        return json.loads(cache.read_text())
 
     (rolled, rollout_seconds), new_candidates = on_a_copy(
         conditioned, lambda copy: timed(lambda: roll_out(copy, text))
     )
-    command = ("select", "--preference", text, "--rollout", "--json")
     (typed, cli_rollout_seconds), _ = on_a_copy(
-        conditioned, lambda copy: timed(lambda: json.loads(hm3(command[0], str(copy), *command[1:])))
+        conditioned,
+        lambda copy: timed(
+            lambda: json.loads(hm3("select", str(copy), "--preference", text, "--rollout", "--json"))
+        ),
     )
     member = select_member(conditioned, text)
     fresh_folder = SCRATCH / kind / f"fresh{seed}"
@@ -226,17 +228,17 @@ def measure(kind: str, conditioned: Path, prior: Path, seed: int, zoo: str) -> d
         "fresh_candidates": log_length(fresh_folder),
         "prior_policy_reward": policy_reward(prior, text),
     }
-    cache.write_text(json.dumps(result, indent=1))
+    (SCRATCH / kind / f"unseen{seed}.json").write_text(json.dumps(result, indent=1))
     return result
 
 
-def measured_before(kind: str, seed: int, zoo: str) -> bool:
-    """Whether the row of ``seed`` is kept from an earlier invocation (on this zoo, in this format)."""
+def kept_row(kind: str, seed: int, zoo: str) -> dict | None:
+    """The row of ``seed`` measured by an earlier invocation on this zoo in this format, if there is one."""
     cache = SCRATCH / kind / f"unseen{seed}.json"
     if not cache.is_file():
-        return False
+        return None
     known = json.loads(cache.read_text())
-    return known.get("zoo") == zoo and known.get("format") == MEASURE_FORMAT
+    return known if known.get("zoo") == zoo and known.get("format") == MEASURE_FORMAT else None
 
 
 def section(kind: str) -> list[str]:
@@ -250,7 +252,7 @@ def section(kind: str) -> list[str]:
     conditioned_seconds = finished_run(conditioned, recipe, zoo)
     prior = SCRATCH / kind / "conditioned_lr0"
     prior_seconds = finished_run(prior, prior_recipe(kind), zoo)
-    if not all(measured_before(kind, seed, zoo) for seed in UNSEEN_SEEDS):
+    if any(kept_row(kind, seed, zoo) is None for seed in UNSEEN_SEEDS):
         policy_reward(conditioned, preference_text(kind, WARM_SEED))  # untimed: the process's one-off costs
     rows = [measure(kind, conditioned, prior, seed, zoo) for seed in UNSEEN_SEEDS]
     ratio = [r["fresh_seconds"] / r["rollout_seconds"] for r in rows]
