@@ -6,7 +6,9 @@ shown, and the reference point is −0.1 on every normalised axis (:mod:`hm3.moo
 hypervolumes in one report are therefore comparable, and a run's value in ``hm3 pareto A B`` differs from
 ``hm3 pareto A`` only through those shared bounds. One run alone is normalised over its own members and
 references, as in its ``summary.json``. Runs must have the same objectives, in the same order, with the same
-directions.
+directions, scored the same way (:func:`scoring_protocol`): the same split of each task's data and the same
+task settings — otherwise their scores are on other documents or another metric, and one table of them would
+mix results that cannot be compared.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -24,8 +27,11 @@ from hm3.moo.hypervolume import Normalization
 from hm3.moo.plots import PlotSeries, plot_pareto
 from hm3.output_guard import InputPath, check_output_file, recipe_inputs
 from hm3.recipe import recipe_from_dict
+from hm3.run_fingerprint import data_differences
 from hm3.store import FRONT_FILE, RECIPE_FILE, RunStore, require_run_directory
 
+UNSCORED_OBJECTIVE_FIELDS = ("weight", "batch_size", "model", "include_path")
+"""Objective settings that do not decide which documents a score is on or how it is computed."""
 FRONT_COLORS = ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink")
 """Colour of each run's front in a plot, in the order the runs are given (the first is HM3's usual red)."""
 
@@ -72,8 +78,9 @@ def pareto_report(
     draw them into one plot if ``plot`` names a file.
 
     Raises:
-        UserError: a run has no front or an empty one; the runs' objectives differ; ``plot`` cannot be
-            written (:func:`check_plot_target`).
+        UserError: a run has no front or an empty one; the runs' objectives differ, or are scored on another
+            split or with other task settings (:func:`scoring_protocol`); ``plot`` cannot be written
+            (:func:`check_plot_target`).
     """
     paths = [runs] if isinstance(runs, (str, Path)) else list(runs)
     if plot is not None:
@@ -88,6 +95,17 @@ def pareto_report(
             raise UserError(
                 f"{run} has objectives {_objectives(front)}, {paths[0]} has {_objectives(first)}: only runs "
                 "of the same objectives (names, order, directions) share one normalisation"
+            )
+    protocol = scoring_protocol(Path(paths[0]))
+    for run in paths[1:]:
+        differences = data_differences(protocol, scoring_protocol(Path(run)))
+        if differences:
+            shown = ", ".join(differences[:3]) + (
+                f" and {len(differences) - 3} more" if len(differences) > 3 else ""
+            )
+            raise UserError(
+                f"{paths[0]} and {run} score their candidates differently ({shown}): their fronts are on other "
+                "documents or metrics and cannot share one normalisation"
             )
     normalization = Normalization.fit(*(front.compared_points(split) for front in fronts))
     labels = _labels(paths)
@@ -121,6 +139,46 @@ def check_plot_target(plot: Path, runs: Sequence[str | Path]) -> None:
     check_output_file(
         plot, "--plot", [path for run in runs for path in _run_inputs(Path(run))], ".png or .svg"
     )
+
+
+def scoring_protocol(run: Path) -> dict[str, Any]:
+    """How a run's scores were taken, besides the models scored: its split of each task's data (the search
+    fraction and seed) and each objective's settings, from the run's stored recipe (the recipe format's defaults
+    filled in where it validates, so a run written before a setting existed compares with one written after).
+    A file is named by its file name (a task YAML, a data set, a head): two zoos built alike hold their tasks in
+    other folders; what the files hold is not compared.
+
+    Raises:
+        UserError: the run's ``recipe.yaml`` cannot be read as a mapping.
+    """
+    try:
+        stored = yaml.safe_load((run / RECIPE_FILE).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise UserError(
+            f"{run}: its {RECIPE_FILE} cannot be read ({error}), so how its scores were taken is unknown"
+        ) from None
+    if not isinstance(stored, dict):
+        raise UserError(f"{run}: its {RECIPE_FILE} is not a recipe, so how its scores were taken is unknown")
+    try:
+        stored = recipe_from_dict(stored).model_dump(mode="json")
+    except (ValueError, TypeError, UserError):
+        pass  # a recipe the format no longer takes: its settings as stored
+    split = stored.get("split") or {}
+    objectives = [
+        {key: _file_name(value) for key, value in objective.items() if key not in UNSCORED_OBJECTIVE_FIELDS}
+        for objective in stored.get("objectives") or []
+        if isinstance(objective, dict)
+    ]
+    return {"split": {key: split.get(key) for key in ("search_fraction", "seed")}, "objectives": objectives}
+
+
+def _file_name(value: Any) -> Any:
+    """An absolute path's file name, inside mappings too (an image data set's ``path``); any other value as it is."""
+    if isinstance(value, dict):
+        return {key: _file_name(inner) for key, inner in value.items()}
+    if isinstance(value, str) and Path(value).is_absolute():
+        return Path(value).name
+    return value
 
 
 def _run_inputs(run: Path) -> list[InputPath]:

@@ -106,6 +106,55 @@ def test_runs_with_other_objectives_are_refused(objectives, tmp_path: Path, caps
     assert len(err) == 1 and "only runs of the same objectives" in err[0] and str(b) in err[0], err
 
 
+def _with_recipe(run: Path, folder: str, seed: int = 0, fraction: float = 0.7, **objective) -> Path:
+    """Give ``run`` a stored recipe: tasks in ``folder``, the split of ``seed`` and ``fraction``, and ``objective``'s
+    settings on its first objective."""
+    objectives = [
+        {
+            "name": name,
+            "task": f"{folder}/tasks/toy_{name}.yaml",
+            "metric": "exact_match",
+            "num_fewshot": None,
+        }
+        for name in ("x", "y")
+    ]
+    objectives[0].update(objective)
+    recipe = {
+        "objectives": objectives,
+        "split": {"search_fraction": fraction, "seed": seed, "screen_fraction": 0.25},
+    }
+    (run / "recipe.yaml").write_text(json.dumps(recipe))  # JSON is YAML
+    return run
+
+
+def test_runs_scored_on_another_split_or_with_other_task_settings_are_refused(tmp_path: Path, capsys) -> None:
+    a = _with_recipe(_run(tmp_path / "a", [(0.4, 0.2)]), "/zoo/small")
+    # another zoo built alike (its tasks in another folder), another batch size or weight, another screen: scored alike
+    b = _with_recipe(_run(tmp_path / "b", [(0.3, 0.3)]), "/zoo/deep", batch_size=64, weight=2.0)
+    recipe = json.loads((b / "recipe.yaml").read_text())
+    recipe["split"]["screen_fraction"] = 0.5
+    (b / "recipe.yaml").write_text(json.dumps(recipe))
+    assert len(pareto_report([a, b]).runs) == 2
+    for i, (changed, field) in enumerate(
+        [
+            ({"seed": 1}, "split.seed: 0 -> 1"),
+            ({"fraction": 0.8}, "split.search_fraction: 0.7 -> 0.8"),
+            ({"metric": "acc"}, "objectives[0].metric: 'exact_match' -> 'acc'"),
+            ({"num_fewshot": 5}, "objectives[0].num_fewshot: None -> 5"),
+            ({"task": "gsm8k"}, "objectives[0].task: 'toy_x.yaml' -> 'gsm8k'"),
+        ]
+    ):
+        other = _with_recipe(_run(tmp_path / f"other{i}", [(0.3, 0.3)]), "/zoo/small", **changed)
+        line = _refused(capsys, str(a), str(other))
+        assert (
+            f"score their candidates differently ({field})" in line
+            and "cannot share one normalisation" in line
+        )
+    (b / "recipe.yaml").write_text("[not, a, recipe]\n")
+    line = _refused(capsys, str(a), str(b))
+    assert line.endswith(f"{b}: its recipe.yaml is not a recipe, so how its scores were taken is unknown")
+
+
 # -- where --plot may write --------------------------------------------------------------------------------------
 
 
