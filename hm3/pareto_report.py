@@ -96,17 +96,7 @@ def pareto_report(
                 f"{run} has objectives {_objectives(front)}, {paths[0]} has {_objectives(first)}: only runs "
                 "of the same objectives (names, order, directions) share one normalisation"
             )
-    protocol = scoring_protocol(Path(paths[0]))
-    for run in paths[1:]:
-        differences = data_differences(protocol, scoring_protocol(Path(run)))
-        if differences:
-            shown = ", ".join(differences[:3]) + (
-                f" and {len(differences) - 3} more" if len(differences) > 3 else ""
-            )
-            raise UserError(
-                f"{paths[0]} and {run} score their candidates differently ({shown}): their fronts are on other "
-                "documents or metrics and cannot share one normalisation"
-            )
+    check_scored_alike(paths)
     normalization = Normalization.fit(*(front.compared_points(split) for front in fronts))
     labels = _labels(paths)
     report_runs = [
@@ -139,6 +129,27 @@ def check_plot_target(plot: Path, runs: Sequence[str | Path]) -> None:
     check_output_file(
         plot, "--plot", [path for run in runs for path in _run_inputs(Path(run))], ".png or .svg"
     )
+
+
+def check_scored_alike(runs: Sequence[str | Path]) -> None:
+    """Refuse runs that score their candidates differently (:func:`scoring_protocol`); one run is compared with
+    nothing.
+
+    Raises:
+        UserError: one line naming the runs and the first differences.
+    """
+    if len(runs) < 2:
+        return
+    protocol = scoring_protocol(Path(runs[0]))
+    for run in runs[1:]:
+        differences = data_differences(protocol, scoring_protocol(Path(run)))
+        if differences:
+            more = len(differences) - 3
+            shown = ", ".join(differences[:3]) + (f" and {more} more" if more > 0 else "")
+            raise UserError(
+                f"{runs[0]} and {run} score their candidates differently ({shown}): their fronts are on other "
+                "documents or metrics and cannot share one normalisation"
+            )
 
 
 def scoring_protocol(run: Path) -> dict[str, Any]:
