@@ -7,12 +7,15 @@ hypervolumes in one report are therefore comparable, and a run's value in ``hm3 
 ``hm3 pareto A`` only through those shared bounds. One run alone is normalised over its own members and
 references, as in its ``summary.json``. Runs must have the same objectives, in the same order, with the same
 directions, scored the same way (:func:`scoring_protocol`): the same split of each task's data and the same
-task settings — otherwise their scores are on other documents or another metric, and one table of them would
-mix results that cannot be compared.
+task settings, and task files of the same name holding the same data and settings (:func:`scored_file_contents`)
+— otherwise their scores are on other documents or another metric, and one table of them would mix results
+that cannot be compared.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +30,13 @@ from hm3.moo.hypervolume import Normalization
 from hm3.moo.plots import PlotSeries, plot_pareto
 from hm3.output_guard import InputPath, check_output_file, recipe_inputs
 from hm3.recipe import recipe_from_dict
-from hm3.run_fingerprint import data_differences
+from hm3.run_fingerprint import FINGERPRINT_FILE, data_differences, file_digest, load_task_yaml
 from hm3.store import FRONT_FILE, RECIPE_FILE, RunStore, require_run_directory
 
 UNSCORED_OBJECTIVE_FIELDS = ("weight", "batch_size", "model", "include_path")
 """Objective settings that do not decide which documents a score is on or how it is computed."""
+TASK_SUFFIXES = (".yaml", ".yml")
+"""Task files, compared by their settings rather than their bytes (:func:`scored_file_contents`)."""
 FRONT_COLORS = ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink")
 """Colour of each run's front in a plot, in the order the runs are given (the first is HM3's usual red)."""
 
@@ -132,8 +137,8 @@ def check_plot_target(plot: Path, runs: Sequence[str | Path]) -> None:
 
 
 def check_scored_alike(runs: Sequence[str | Path]) -> None:
-    """Refuse runs that score their candidates differently (:func:`scoring_protocol`); one run is compared with
-    nothing.
+    """Refuse runs that score their candidates differently (:func:`scoring_protocol`) or on task files of the same
+    name that held other data or settings (:func:`scored_file_contents`); one run is compared with nothing.
 
     Raises:
         UserError: one line naming the runs and the first differences.
@@ -141,8 +146,16 @@ def check_scored_alike(runs: Sequence[str | Path]) -> None:
     if len(runs) < 2:
         return
     protocol = scoring_protocol(Path(runs[0]))
+    contents = scored_file_contents(Path(runs[0]))
     for run in runs[1:]:
         differences = data_differences(protocol, scoring_protocol(Path(run)))
+        if not differences:
+            other = scored_file_contents(Path(run))
+            differences = [
+                f"{name} holds other {'settings' if name.endswith(TASK_SUFFIXES) else 'data'}"
+                for name in sorted(set(contents) & set(other))
+                if contents[name] != other[name]
+            ]
         if differences:
             more = len(differences) - 3
             shown = ", ".join(differences[:3]) + (f" and {more} more" if more > 0 else "")
@@ -157,7 +170,7 @@ def scoring_protocol(run: Path) -> dict[str, Any]:
     fraction and seed) and each objective's settings, from the run's stored recipe (the recipe format's defaults
     filled in where it validates, so a run written before a setting existed compares with one written after).
     A file is named by its file name (a task YAML, a data set, a head): two zoos built alike hold their tasks in
-    other folders; what the files hold is not compared.
+    other folders; what the files hold is compared by :func:`scored_file_contents`.
 
     Raises:
         UserError: the run's ``recipe.yaml`` cannot be read as a mapping.
@@ -183,10 +196,53 @@ def scoring_protocol(run: Path) -> dict[str, Any]:
     return {"split": {key: split.get(key) for key in ("search_fraction", "seed")}, "objectives": objectives}
 
 
+def scored_file_contents(run: Path) -> dict[str, set[str]]:
+    """What the task and data files a run scored on held, by file name, from the content hashes its
+    ``fingerprint.json`` recorded when it started (:mod:`hm3.run_fingerprint`).
+
+    A task YAML is compared by its settings with every absolute path reduced to its file name (a zoo's task names
+    its data by absolute path, so two zoos built alike differ there only), and only while the file on disk is the
+    one the run recorded; a file recorded by size and time (large, or a folder of images) cannot be compared and
+    is left out, as is everything of a run without a fingerprint.
+    """
+    try:
+        recorded = json.loads((run / FINGERPRINT_FILE).read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    contents: dict[str, set[str]] = {}
+    for name, digest in recorded.items() if isinstance(recorded, dict) else ():
+        path = Path(name)
+        if not isinstance(digest, str) or not digest.startswith("sha256:"):
+            continue
+        if path.suffix in TASK_SUFFIXES:
+            settings = _task_settings(path, digest)
+            if settings is None:
+                continue
+            digest = settings
+        contents.setdefault(path.name, set()).add(digest)
+    return contents
+
+
+def _task_settings(path: Path, recorded: str) -> str | None:
+    """A hash of a task YAML's settings, absolute paths reduced to file names; None when the file is gone, changed
+    since the run recorded it, or not YAML."""
+    if file_digest(path) != recorded:
+        return None
+    try:
+        settings = _file_name(load_task_yaml(path.read_text()))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return "settings:" + hashlib.sha256(text.encode()).hexdigest()
+
+
 def _file_name(value: Any) -> Any:
-    """An absolute path's file name, inside mappings too (an image data set's ``path``); any other value as it is."""
+    """An absolute path's file name, inside mappings and lists too (an image data set's ``path``, a task's data
+    files); any other value as it is."""
     if isinstance(value, dict):
         return {key: _file_name(inner) for key, inner in value.items()}
+    if isinstance(value, list):
+        return [_file_name(inner) for inner in value]
     if isinstance(value, str) and Path(value).is_absolute():
         return Path(value).name
     return value

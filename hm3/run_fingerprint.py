@@ -244,7 +244,7 @@ def _task_files(path: Path, seen: set[Path]) -> Iterator[Path]:
     if path.suffix not in (".yaml", ".yml") or not path.is_file():
         return
     try:
-        data = _load_task_yaml(path.read_text())
+        data = load_task_yaml(path.read_text())
     except (OSError, ValueError):
         return
     if not isinstance(data, dict):
@@ -264,7 +264,7 @@ def _task_files(path: Path, seen: set[Path]) -> Iterator[Path]:
             yield Path(value).absolute()
 
 
-def _load_task_yaml(text: str) -> Any:
+def load_task_yaml(text: str) -> Any:
     """lm-eval task YAML as data; tags such as ``!function utils.f`` become the string ``"!function utils.f"``."""
 
     class Loader(yaml.SafeLoader):

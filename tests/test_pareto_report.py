@@ -11,6 +11,7 @@ import pytest
 from cli.main import main
 from hm3.moo.hypervolume import REFERENCE_OFFSET
 from hm3.pareto_report import pareto_report
+from hm3.run_fingerprint import file_digest
 
 REFERENCES = [
     {"label": "x", "kind": "finetuned", "scores": {"heldout": {"x": 0.4, "y": 0.0}}},
@@ -153,6 +154,53 @@ def test_runs_scored_on_another_split_or_with_other_task_settings_are_refused(tm
     (b / "recipe.yaml").write_text("[not, a, recipe]\n")
     line = _refused(capsys, str(a), str(b))
     assert line.endswith(f"{b}: its recipe.yaml is not a recipe, so how its scores were taken is unknown")
+
+
+def _with_task_files(run: Path, folder: Path, rows: str, until: int = 8) -> Path:
+    """Give ``run`` a task of its own in ``folder`` (a YAML naming its data by absolute path, as a zoo's do)
+    holding ``rows``, generating ``until`` tokens at most, and the fingerprint that records both."""
+    folder.mkdir(parents=True)
+    data = folder / "toy_x.jsonl"
+    data.write_text(rows)
+    task = folder / "toy_x.yaml"
+    task.write_text(
+        f"task: toy_x\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+        f"generation_kwargs: {{max_gen_toks: {until}}}\n"
+    )
+    files = {str(path): file_digest(path) for path in (task, data)}
+    (run / "fingerprint.json").write_text(json.dumps({"format": 2, "files": files}))
+    return run
+
+
+def test_runs_whose_task_files_of_the_same_name_held_other_data_or_settings_are_refused(
+    tmp_path: Path, capsys
+) -> None:
+    rows = '{"q": "1+1", "a": "2"}\n'
+    a = _with_task_files(
+        _with_recipe(_run(tmp_path / "a", [(0.4, 0.2)]), "/zoo/small"), tmp_path / "small", rows
+    )
+    # the same data and settings in another zoo's folder: compared alike
+    b = _with_task_files(
+        _with_recipe(_run(tmp_path / "b", [(0.3, 0.3)]), "/zoo/deep"), tmp_path / "deep", rows
+    )
+    assert len(pareto_report([a, b]).runs) == 2
+    edited = _with_task_files(
+        _with_recipe(_run(tmp_path / "edited", [(0.3, 0.3)]), "/zoo/small"),
+        tmp_path / "edited_data",
+        rows * 2,
+    )
+    line = _refused(capsys, str(a), str(edited))
+    assert f"{a} and {edited} score their candidates differently (toy_x.jsonl holds other data)" in line
+    longer = _with_task_files(
+        _with_recipe(_run(tmp_path / "longer", [(0.3, 0.3)]), "/zoo/small"),
+        tmp_path / "longer_data",
+        rows,
+        until=64,
+    )
+    assert "(toy_x.yaml holds other settings)" in _refused(capsys, str(b), str(longer))
+    # a task file edited since its run recorded it cannot speak for that run: only the data is compared then
+    (tmp_path / "longer_data" / "toy_x.yaml").write_text("task: toy_x\n")
+    assert len(pareto_report([b, longer]).runs) == 2
 
 
 # -- where --plot may write --------------------------------------------------------------------------------------
