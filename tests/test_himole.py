@@ -575,7 +575,7 @@ def test_a_failed_json_write_names_the_file_and_leaves_no_temporary(tmp_path) ->
     assert [p.name for p in tmp_path.iterdir()] == ["scores.json"]
 
 
-def test_train_out_inside_the_training_data_is_refused_before_training(
+def test_train_out_inside_the_training_data_or_a_bad_seed_is_refused_before_training(
     lm_zoo_micro,  # noqa: F811
     tmp_path,
     monkeypatch,
@@ -594,6 +594,13 @@ def test_train_out_inside_the_training_data_is_refused_before_training(
     ]:
         code, _, stderr = _hm3("himole", "train", "--recipe", recipe, "--out", out)
         assert code == 2 and stderr.count("\n") == 1 and expected in stderr, (out, stderr)
+    for seed in ("-1", str(2**32)):  # K-means' traceback before
+        code, _, stderr = _hm3("himole", "train", "--recipe", recipe, "--out", tmp_path / "a", "--seed", seed)
+        assert (
+            code == 2
+            and stderr
+            == f"hm3 himole: --seed must be an integer in [0, 2^31) like the recipe's seed, not {seed}\n"
+        )
     assert not (zoo / "data" / "x").exists()
 
 

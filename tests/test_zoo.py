@@ -300,6 +300,8 @@ def test_recipes_point_into_their_zoos() -> None:
         (["--kind", "lm", "--family", "clip"], "does not apply"),
         (["--kind", "lm", "--out", "/proc/hm3-zoo/x"], "cannot create"),
         (["--kind", "vit", "--size", "deep"], "--kind lm only"),
+        (["--kind", "lm", "--seed", "-1"], "--seed must be an integer in [0, 2^31), not -1"),
+        (["--kind", "lm", "--seed", str(2**40)], f"not {2**40}"),  # a traceback from the build process before
     ],
 )
 def test_cli_user_errors(flags: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

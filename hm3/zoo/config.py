@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hm3.errors import UserError
+from hm3.recipe import SEED_LIMIT
 
 KINDS = ("lm", "vit")
 LM_FAMILIES = ("llama", "qwen2")
@@ -134,8 +135,8 @@ class ZooConfig:
             raise UserError(f"--size must be one of {', '.join(SIZES)}, not {size!r}")
         if size in LM_ONLY_SIZES and kind != "lm":
             raise UserError(f"--size {size} exists for --kind lm only; the {kind} zoo is micro or small")
-        if seed < 0:
-            raise UserError(f"--seed must be a non-negative integer, not {seed}")
+        if not 0 <= seed < SEED_LIMIT:
+            raise UserError(f"--seed must be an integer in [0, 2^31), not {seed}")
         return cls(kind, family, size, seed)
 
     @property
