@@ -98,6 +98,12 @@ def test_schema_is_json_with_every_section() -> None:
         "include",
     ):
         assert section in schema["properties"], section
+    assert json.loads(run_hm3("schema", "--indent", "0").stdout) == schema
+    refused = run_hm3("schema", "--indent", "100000000")  # gigabytes of spaces before
+    assert (
+        refused.returncode == 2
+        and refused.stderr == "hm3 schema: --indent must be 0 to 16 spaces, not 100000000\n"
+    )
 
 
 def test_readme_shows_every_subcommand_and_the_two_commands() -> None:
