@@ -704,6 +704,8 @@ def _read_yaml(path: Path, where: str) -> dict[str, Any]:
     except UnicodeDecodeError as error:
         problem = f"not UTF-8 text (byte {error.start}): a recipe is a YAML text file"
         raise RecipeError([("", problem)], str(path)) from None
+    except RecursionError:
+        raise RecipeError([("", "nested too deeply to be a recipe")], str(path)) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

@@ -280,6 +280,8 @@ def load_task_yaml(text: str) -> Any:
         return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as error:
         raise ValueError(str(error)) from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def _strings(value: Any) -> Iterator[str]:

@@ -197,6 +197,8 @@ def _task_yaml_problem(path: Path) -> str | None:
         return f"task file is not UTF-8 text (byte {error.start})"
     except yaml.YAMLError as error:
         return f"task file does not parse as YAML: {error}".replace("\n", " ")
+    except RecursionError:
+        return "task file is nested too deeply to be an lm-eval task"
     if not isinstance(data, dict) or not ("task" in data or "include" in data or "group" in data):
         return f"{path.name} is not an lm-eval task (no 'task' key)"
     return None

@@ -113,10 +113,16 @@ def test_an_infinite_objective_weight_is_refused(tmp_path) -> None:
         (b"base_model: \xff\xfe\x00x\n", "not UTF-8 text"),
         (SCHEMA_ONLY.encode("utf-16"), "not UTF-8 text"),
         (b"\x00\x01\x02binary\xff", "not UTF-8 text"),
+        (
+            b"base_model: " + b"[" * 100_000,
+            "nested too deeply to be a recipe",
+        ),  # YAML's RecursionError before
     ],
-    ids=["latin-bytes", "utf-16", "binary"],
+    ids=["latin-bytes", "utf-16", "binary", "nested"],
 )
-def test_a_recipe_that_is_not_utf8_is_one_line(content: bytes, expected: str, tmp_path) -> None:
+def test_a_recipe_that_is_not_utf8_or_nests_too_deeply_is_one_line(
+    content: bytes, expected: str, tmp_path
+) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_bytes(content)
     for command in ("validate", "eval"):
@@ -355,8 +361,9 @@ def test_task_code_runs_with_allow_task_code_and_validate_names_it(tiny_models, 
     [
         (lambda path: path.write_bytes(b"task: \xff\xfe\n"), "not UTF-8 text"),
         (lambda path: path.mkdir(), "is a folder, not a task file"),
+        (lambda path: path.write_text("task: " + "[" * 100_000), "nested too deeply to be an lm-eval task"),
     ],
-    ids=["not-utf8", "a-folder"],
+    ids=["not-utf8", "a-folder", "nested"],
 )
 def test_a_task_yaml_that_is_not_text_is_one_line(write, expected, tiny_models, tmp_path) -> None:
     task = tmp_path / "task.yaml"

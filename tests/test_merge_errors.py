@@ -156,3 +156,19 @@ def test_unsupported_features_are_refused_in_one_line(tiny_llama, tmp_path, extr
     config = ties_config(tmp_path, tiny_llama.base, list(tiny_llama.finetunes), **extra)
     out = tmp_path / "out"
     assert_refused(hm3_in_process("merge", "--mergekit", config, "--out", out), out, fragment)
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"merge_method: ties\nbase_model: \xff\xfe\n", "not UTF-8 text (byte 31)"),
+        (b"models: " + b"[" * 100_000, "nested too deeply to be a mergekit config"),
+    ],
+    ids=["not-utf8", "nested"],
+)
+def test_a_config_that_is_not_text_or_nests_too_deeply_is_one_line(tmp_path, content, fragment) -> None:
+    """Tracebacks before: a UnicodeDecodeError, and the YAML parser's RecursionError."""
+    config = tmp_path / "config.yml"
+    config.write_bytes(content)
+    out = tmp_path / "out"
+    assert_refused(hm3_in_process("merge", "--mergekit", config, "--out", out), out, fragment)

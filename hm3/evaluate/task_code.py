@@ -152,6 +152,8 @@ def _scan(file: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], list[Tas
         raise UserError(
             f"{file.name} is not valid YAML{at}: {getattr(error, 'problem', None) or error}"
         ) from None
+    except RecursionError:
+        raise UserError(f"{file.name} is nested too deeply to be an lm-eval task") from None
     if not isinstance(config, dict):
         raise UserError(f"{file.name} is a YAML {type(config).__name__}, not a mapping of task settings")
     includes = config.pop("include", None)

@@ -120,9 +120,15 @@ def load_mergekit_config(path: str | Path) -> MergekitConfig:
     if not path.is_file():
         raise UserError(f"mergekit config not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise UserError(
+            f"{path}: not UTF-8 text (byte {error.start}): a mergekit config is a YAML text file"
+        ) from None
     except yaml.YAMLError as error:
         raise UserError(f"{path}: not valid YAML ({getattr(error, 'problem', error)})") from None
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be a mergekit config") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a mergekit config is a mapping")
     try:
