@@ -60,6 +60,15 @@ MAX_PREFERENCES = 10_000
 """Most Dirichlet samples ``preferences.count`` may ask for (each one is a full upper + lower level search)."""
 MAX_PATH_LENGTH = 1024
 """Largest ``architecture_level.max_path_length`` (T_max): the agent's observation holds T_max steps."""
+NAME_PATTERN = r"^[\w.\-]+$"
+GRANULARITY_PATTERN = r"^(model|block:([2-9]|1[0-6]))$"
+SHARD_SIZE_PATTERN = r"^\d+(\.\d+)?\s*[KMGT]?B$"
+PATTERN_MEANINGS = {
+    NAME_PATTERN: "must be letters, digits, '_', '.' or '-' (it names files and table columns)",
+    GRANULARITY_PATTERN: "must be 'model' or 'block:N' with N blocks of layers, 2 to 16",
+    SHARD_SIZE_PATTERN: "must be a size such as '5GB', '500MB' or '2.5GB'",
+}
+"""What each pattern a recipe string must match means, for the one-line error (not the regular expression)."""
 MAX_ITERATIONS = 100_000
 """Largest ``agent.iterations`` (the paper uses 1000 per preference)."""
 DEFAULT_LEARNING_RATES = {"path": 3e-4, "edit": 3e-3}
@@ -105,7 +114,7 @@ class ModelRef(_Section):
     """
 
     path: str = Field(min_length=1)
-    name: str | None = Field(default=None, min_length=1, pattern=r"^[\w.\-]+$")
+    name: str | None = Field(default=None, min_length=1, pattern=NAME_PATTERN)
     revision: str | None = None
 
     @model_validator(mode="before")
@@ -189,7 +198,7 @@ class Objective(_Section):
             objectives. May be left out when there are as many objectives as models (objective i ↔ model i).
     """
 
-    name: str = Field(min_length=1, pattern=r"^[\w.\-]+$")
+    name: str = Field(min_length=1, pattern=NAME_PATTERN)
     task: str | None = Field(default=None, min_length=1)
     dataset: ImageDataset | None = None
     head: str | None = None
@@ -293,7 +302,7 @@ class ParameterLevel(_Section):
     budget: int | None = Field(default=None, gt=0, le=100_000)
     optimiser: Literal["gp", "nsga2"] = "gp"
     batch: int = Field(default=1, ge=1, le=64)
-    granularity: Annotated[str, Field(pattern=r"^(model|block:([2-9]|1[0-6]))$")] = "model"
+    granularity: Annotated[str, Field(pattern=GRANULARITY_PATTERN)] = "model"
     method: MergeMethodName = "dare_ties"
     density: float | None = Field(default=None, gt=0, le=1)
     drop_rate: float | None = Field(default=None, ge=0, lt=1)
@@ -509,7 +518,7 @@ class OutputConfig(_Section):
     """
 
     dir: str | None = None
-    shard_size: str = Field(default="5GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]?B$")
+    shard_size: str = Field(default="5GB", pattern=SHARD_SIZE_PATTERN)
 
     @field_validator("dir")
     @classmethod
@@ -830,6 +839,10 @@ def _problems_from(error: Any) -> list[tuple[str, str]]:
             message = "must not be empty" if minimum == 1 else f"needs at least {minimum} items"
         elif kind == "literal_error":
             message = message.replace("Input should be", "must be")
+        elif kind == "string_pattern_mismatch":
+            pattern = (item.get("ctx") or {}).get("pattern")
+            message = PATTERN_MEANINGS.get(pattern, f"must match {pattern}")
+            message += f", not {item['input']!r}"
         else:
             message = message.replace("Input should be", "must be").replace("Input", "value")
         for part in message.split(" | "):

@@ -167,6 +167,29 @@ def test_schema_errors_name_the_field(tmp_path, good_recipe_text, capsys, case) 
     assert not any("Traceback" in line for line in lines)
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("{name: sst2,", "{name: sst 2,", "objectives[0].name: must be letters, digits, '_', '.' or '-'"),
+        (
+            "objectives:",
+            "parameter_level: {granularity: block:1}\nobjectives:",
+            "must be 'model' or 'block:N'",
+        ),
+        ("objectives:", "output: {shard_size: 5 gigs}\nobjectives:", "must be a size such as '5GB'"),
+    ],
+    ids=["name", "granularity", "shard_size"],
+)
+def test_a_string_of_the_wrong_form_says_what_form_in_words(
+    tmp_path, good_recipe_text, capsys, old, new, expected
+) -> None:
+    """Not the regular expression (``String should match pattern '^[\\w.\\-]+$'``), and the value given."""
+    code, lines = _validate(tmp_path, good_recipe_text.replace(old, new, 1), capsys)
+    given = {"name": "sst 2", "granularity": "block:1", "shard_size": "5 gigs"}
+    assert code == 2 and len(lines) == 1 and expected in lines[0] and "pattern" not in lines[0], lines
+    assert any(lines[0].endswith(f", not {value!r}") for value in given.values()), lines
+
+
 def test_empty_objectives(tmp_path, good_recipe_text, capsys) -> None:
     text = good_recipe_text.split("objectives:")[0] + "objectives: []\n"
     code, lines = _validate(tmp_path, text, capsys)
