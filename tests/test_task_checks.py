@@ -189,3 +189,48 @@ def test_merge_refuses_a_code_task_before_loading_any_model(
     assert code == 2 and len(lines) == 1, lines
     assert "objectives[1].task: objective code runs task mbpp" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def _counting_task(folder: Path, name: str, fixed_zero_shot: bool) -> Path:
+    """A local multiple-choice task of 10 documents (no few-shot split: lm-eval draws examples from them)."""
+    data = folder / f"{name}.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{i}?", "label": i % 2}) + "\n" for i in range(10)))
+    path = folder / f"{name}.yaml"
+    path.write_text(
+        f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {json.dumps(str(data))}\n"
+        'test_split: test\noutput_type: multiple_choice\ndoc_to_text: "{{prompt}}"\ndoc_to_choice: ["0", "1"]\n'
+        "doc_to_target: label\nmetric_list:\n  - metric: acc\n"
+        + ("num_fewshot: 0\n" if fixed_zero_shot else "")
+    )
+    return path
+
+
+def test_a_few_shot_count_lm_eval_would_ignore_or_cannot_draw_is_refused_naming_the_field(
+    tiny_llama, tmp_path, capsys
+) -> None:
+    """lm-eval keeps a YAML's ``num_fewshot: 0`` whatever is asked (the recipe's count was silently dropped), and
+    its sampler raised ``Sample larger than population`` (a traceback) for more examples than it can draw."""
+    fixed, free = _counting_task(tmp_path, "fixed", True), _counting_task(tmp_path, "free", False)
+    objectives = (
+        f"  - {{name: a, task: {fixed}, num_fewshot: 2, model: a}}\n"
+        f"  - {{name: b, task: {free}, num_fewshot: 11, model: b}}\n"
+        "  - {name: c, task: ifeval, num_fewshot: 5, model: a}\n"
+    )
+    code, lines = _validate(tmp_path, _recipe(tiny_llama, objectives), capsys)
+    assert code == 2 and len(lines) == 3, lines
+    assert lines[0].endswith(
+        "objectives[0].num_fewshot: num_fewshot 2 would be ignored: task fixed sets num_fewshot: 0 in its YAML, "
+        "which lm-eval keeps; leave num_fewshot out or set it to 0"
+    )
+    assert lines[1].endswith(
+        "objectives[1].num_fewshot: num_fewshot 11 is more than the 10 document(s) task free draws its few-shot "
+        "examples from"
+    )
+    assert "objectives[2].num_fewshot: num_fewshot 5 would be ignored: task ifeval sets" in lines[2]
+    objectives = (
+        f"  - {{name: a, task: {fixed}, num_fewshot: 0, model: a}}\n"
+        f"  - {{name: b, task: {free}, num_fewshot: 10, model: b}}\n"
+        "  - {name: c, task: ifeval, model: a}\n"
+    )
+    code, lines = _validate(tmp_path, _recipe(tiny_llama, objectives), capsys)
+    assert code == 0, lines

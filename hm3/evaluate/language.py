@@ -7,9 +7,9 @@ with plain greedy generation decided by teacher-forced passes where the result i
 (:mod:`hm3.evaluate.greedy`). The scores are ``evaluate``'s (``LanguageObjective.score_with_lm_eval`` runs it;
 ``tests/test_fast_scoring.py`` compares them). Nothing is re-read, nothing is written.
 
-Objective options map to lm-eval's as its CLI would apply them: ``num_fewshot`` (a task whose YAML fixes 0 keeps
-0), ``generation_kwargs`` (merged into the task's), ``batch_size``, ``apply_chat_template`` (with few-shot as
-multi-turn, the CLI's default), ``limit`` (the first ``limit`` documents of the split, in file order). Few-shot
+Objective options map to lm-eval's as its CLI would apply them: ``num_fewshot`` (refused where lm-eval would
+ignore it — the task's YAML fixes 0 — or cannot draw that many examples), ``generation_kwargs`` (merged into
+the task's), ``batch_size``, ``apply_chat_template`` (with few-shot as multi-turn, the CLI's default), ``limit`` (the first ``limit`` documents of the split, in file order). Few-shot
 sampling is re-seeded (lm-eval's seed, 1234) before every score, so every candidate sees the same prompts.
 
 Tasks that execute the model's code (lm-eval's ``unsafe_code``: humaneval, mbpp) load only with the recipe's

@@ -17,7 +17,14 @@ import lm_eval
 from hm3.errors import UserError
 from hm3.evaluate.quiet import quiet_libraries
 from hm3.evaluate.task_code import objective_task_code
-from hm3.evaluate.task_facts import check_code_execution, data_is_local, objective_facts, resolve_metric_key
+from hm3.evaluate.task_facts import (
+    FewshotProblem,
+    check_code_execution,
+    check_fewshot,
+    data_is_local,
+    objective_facts,
+    resolve_metric_key,
+)
 from hm3.evaluate.task_loading import build_task_manager, load_objective_task, registry_task_manager
 from hm3.recipe import Objective, Recipe
 
@@ -60,7 +67,8 @@ def language_objective_problems(
                     objective, local, recipe.split, recipe.allow_task_code, recipe.allow_code_execution
                 )
             except UserError as error:
-                problems.append((where, str(error).removeprefix(f"objective {objective.name}: ")))
+                field = f"objectives[{i}].num_fewshot" if isinstance(error, FewshotProblem) else where
+                problems.append((field, str(error).removeprefix(f"objective {objective.name}: ")))
     return problems
 
 
@@ -85,6 +93,7 @@ def _check_registry_task(objective: Objective, allow_code_execution: bool) -> tu
     if facts is None:
         return None, "a Python-class lm-eval task: its metric is checked when scoring"
     check_code_execution(objective, facts, allow_code_execution)
+    check_fewshot(objective, facts.name, facts.num_fewshot)
     resolve_metric_key(objective, facts.name, facts.metrics, facts.filters)
     if data_is_local(facts):
         return None, None

@@ -57,6 +57,7 @@ class TaskFacts:
         filters: Its filter names (``none`` when it has no filter list).
         unsafe_code: lm-eval's ``unsafe_code``: scoring executes the model's output.
         dataset_path: Its data set (a hub id, a local path or a packaged builder), if it names one.
+        num_fewshot: The few-shot count its YAML sets, if it sets one (0 is fixed: lm-eval ignores another).
     """
 
     name: str
@@ -64,6 +65,7 @@ class TaskFacts:
     filters: tuple[str, ...]
     unsafe_code: bool = False
     dataset_path: str | None = None
+    num_fewshot: int | None = None
 
 
 def facts_from_config(config: Mapping[str, Any]) -> TaskFacts:
@@ -80,6 +82,7 @@ def facts_from_config(config: Mapping[str, Any]) -> TaskFacts:
         filters=tuple(filter_names(config.get("filter_list"))),
         unsafe_code=bool(config.get("unsafe_code")),
         dataset_path=None if path is None else str(path),
+        num_fewshot=config.get("num_fewshot") if isinstance(config.get("num_fewshot"), int) else None,
     )
 
 
@@ -162,6 +165,24 @@ def check_code_execution(objective: Objective, facts: TaskFacts | None, allow: b
             "(lm-eval marks it unsafe_code); set 'allow_code_execution: true' in the recipe to allow it"
         )
     return True
+
+
+class FewshotProblem(UserError):
+    """A recipe's ``num_fewshot`` that lm-eval would ignore (:func:`check_fewshot`) or cannot draw."""
+
+
+def check_fewshot(objective: Objective, task_name: str, task_num_fewshot: int | None) -> None:
+    """Refuse a few-shot count that lm-eval would ignore: a task whose YAML sets ``num_fewshot: 0`` keeps 0
+    whatever is asked (``simple_evaluate`` only logs it), so the recipe's count would silently not apply.
+
+    Raises:
+        FewshotProblem: naming the objective, the task and the count.
+    """
+    if task_num_fewshot == 0 and objective.num_fewshot:
+        raise FewshotProblem(
+            f"objective {objective.name}: num_fewshot {objective.num_fewshot} would be ignored: task {task_name} "
+            "sets num_fewshot: 0 in its YAML, which lm-eval keeps; leave num_fewshot out or set it to 0"
+        )
 
 
 def enable_code_eval() -> None:

@@ -20,8 +20,10 @@ from hm3.evaluate.quiet import quiet_libraries
 from hm3.evaluate.split import DocumentSplit, split_documents
 from hm3.evaluate.task_code import check_task_code
 from hm3.evaluate.task_facts import (
+    FewshotProblem,
     TaskFacts,
     check_code_execution,
+    check_fewshot,
     enable_code_eval,
     filter_names,
     objective_facts,
@@ -94,6 +96,7 @@ def load_objective_task(
     """
     task = _load_task(objective, manager, allow_task_code, allow_code_execution)
     _configure(task, objective)
+    _check_fewshot_pool(task, objective)
     metric_key = _metric_key(task, objective)
     docs = task.eval_docs
     document_split = split_documents(docs, split.search_fraction, split.seed, split.screen_fraction)
@@ -138,8 +141,33 @@ def _load_task(
     return tasks[0]
 
 
+def _check_fewshot_pool(task: Task, objective: Objective) -> None:
+    """Refuse a few-shot count larger than the documents lm-eval draws the examples from (its sampler would
+    raise ``Sample larger than population`` on the first document scored).
+
+    Raises:
+        FewshotProblem: naming the objective, the count and the pool's size.
+    """
+    shots = task.get_config("num_fewshot") or 0
+    if not shots:
+        return
+    pool = len(task.fewshot_docs())
+    fewshot_split = task.get_config("fewshot_split")
+    needed = (
+        shots + 1 if fewshot_split is not None and fewshot_split == task.get_config("test_split") else shots
+    )
+    if needed > pool:
+        raise FewshotProblem(
+            f"objective {objective.name}: num_fewshot {shots} is more than the {pool} document(s) task "
+            f"{task.task_name} draws its few-shot examples from"
+            + (" (one of them the document scored)" if needed > shots else "")
+        )
+
+
 def _configure(task: Task, objective: Objective) -> None:
-    """Apply the objective's options the way ``lm_eval.simple_evaluate`` applies the CLI's."""
+    """Apply the objective's options the way ``lm_eval.simple_evaluate`` applies the CLI's (a few-shot count
+    that it would ignore is refused: :func:`check_fewshot`)."""
+    check_fewshot(objective, task.task_name, task.get_config("num_fewshot"))
     if objective.num_fewshot is not None and task.get_config("num_fewshot") != 0:
         task.set_config(key="num_fewshot", value=objective.num_fewshot)
     elif task.get_config("num_fewshot") is None:
