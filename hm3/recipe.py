@@ -22,6 +22,7 @@ Loading (:func:`load_recipe`) reports every problem at once, one line each, nami
 
 from __future__ import annotations
 
+import math
 import re
 import typing
 from collections.abc import Sequence
@@ -221,6 +222,14 @@ class Objective(_Section):
             return _resolve_path(value, info)
         return value
 
+    @field_validator("generation_kwargs")
+    @classmethod
+    def _check_generation(cls, value: dict[str, Any]) -> dict[str, Any]:
+        problems = [problem for key, item in value.items() if (problem := _generation_problem(key, item))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
     @field_validator("head", "include_path")
     @classmethod
     def _resolve_file(cls, value: str | None, info: ValidationInfo) -> str | None:
@@ -245,6 +254,32 @@ class Objective(_Section):
     def task_is_file(self) -> bool:
         """True when :attr:`task` names a local task YAML rather than a registry task."""
         return self.task is not None and self.task.endswith(_TASK_YAML_SUFFIXES)
+
+
+GENERATION_LENGTH_KEYS = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")
+"""The names lm-eval reads as the most tokens to generate (the first given, in this order)."""
+
+
+def _generation_problem(key: str, value: Any) -> str | None:
+    """What is wrong with one ``generation_kwargs`` entry that lm-eval or ``generate`` reads, if anything: the
+    keys both interpret are typed here (others are checked against transformers' ``GenerationConfig`` when the
+    task loads, :mod:`hm3.evaluate.task_loading`)."""
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if key == "until":
+        strings = value if isinstance(value, list) else [value]  # [] stops at the end-of-text token alone
+        if not all(isinstance(item, str) and item for item in strings):
+            return f"until must be a stop string or a list of them, not {value!r}"
+    elif key in GENERATION_LENGTH_KEYS or key == "top_k":
+        least = 0 if key == "top_k" else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            return f"{key} must be a whole number of tokens, at least {least}, not {value!r}"
+    elif key == "do_sample" and not isinstance(value, bool):
+        return f"do_sample must be true or false, not {value!r}"
+    elif key == "temperature" and not (is_number and math.isfinite(value) and value >= 0):
+        return f"temperature must be a number of at least 0, not {value!r}"
+    elif key == "top_p" and not (is_number and 0 < value <= 1):
+        return f"top_p must be a number in (0, 1], not {value!r}"
+    return None
 
 
 class SplitConfig(_Section):

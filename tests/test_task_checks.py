@@ -13,7 +13,8 @@ import pytest
 
 from cli.main import main
 from hm3.errors import UserError
-from tests.fixtures_models import write_recipe
+from tests.fixtures_models import hm3_in_process, write_recipe
+from tests.fixtures_zoo import lm_zoo_micro  # noqa: F401
 
 REPO = Path(__file__).parent.parent
 CODE_RECIPES = ("llama2-7b-chat-math-code.yaml", "qwen2.5-1.5b-instruct-math-coder.yaml")
@@ -234,3 +235,77 @@ def test_a_few_shot_count_lm_eval_would_ignore_or_cannot_draw_is_refused_naming_
     )
     code, lines = _validate(tmp_path, _recipe(tiny_llama, objectives), capsys)
     assert code == 0, lines
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ("{max_gen_toks: -5}", "max_gen_toks must be a whole number of tokens, at least 1, not -5"),
+        ("{until: 5}", "until must be a stop string or a list of them, not 5"),
+        ("{temperature: hot}", "temperature must be a number of at least 0, not 'hot'"),
+        ("{top_p: 0}", "top_p must be a number in (0, 1], not 0"),
+        ("{do_sample: maybe}", "do_sample must be true or false, not 'maybe'"),
+        (
+            "{nonsense_key: 1}",
+            "generation_kwargs 'nonsense_key': not a generation setting lm-eval or transformers'",
+        ),
+    ],
+)
+def test_generation_settings_that_would_fail_when_scoring_are_one_line_at_validate(
+    tiny_llama, tmp_path, capsys, settings, expected
+) -> None:
+    """Each was a traceback from lm-eval or ``generate`` on the first document scored."""
+    free = _counting_task(tmp_path, "free", False)
+    gsm8k = "{name: math, task: gsm8k, model: b, generation_kwargs: " + settings + "}"
+    code, lines = _validate(
+        tmp_path, _recipe(tiny_llama, f"  - {{name: a, task: {free}, model: a}}\n  - {gsm8k}\n"), capsys
+    )
+    assert code == 2 and len(lines) == 1, lines
+    assert "objectives[1].generation_kwargs: " in lines[0] and expected in lines[0], lines
+
+
+def test_generation_settings_of_a_task_that_generates_nothing_are_refused(
+    tiny_llama, tmp_path, capsys
+) -> None:
+    free = _counting_task(tmp_path, "free", False)
+    objectives = (
+        f"  - {{name: a, task: {free}, model: a, generation_kwargs: {{max_gen_toks: 8}}}}\n"
+        "  - {name: math, task: gsm8k, model: b, generation_kwargs: {max_gen_toks: 8, repetition_penalty: 1.1}}\n"
+    )
+    code, lines = _validate(tmp_path, _recipe(tiny_llama, objectives), capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].endswith(
+        "objectives[0].generation_kwargs: task free scores multiple_choice and generates nothing, so its "
+        "generation_kwargs would be ignored; leave them out"
+    )
+
+
+def test_a_generation_as_long_as_the_models_context_is_one_line_before_scoring(
+    lm_zoo_micro,  # noqa: F811
+    tmp_path,
+) -> None:
+    """lm-eval asserted on the first document (no room left for the prompt): a traceback mid-search."""
+    zoo = lm_zoo_micro
+    config = json.loads((zoo / "base" / "config.json").read_text())
+    context = config["max_position_embeddings"]
+    text = (
+        f"base_model: {zoo / 'base'}\nmodels:\n  - {{name: addition, path: {zoo / 'addition'}}}\n"
+        f"objectives:\n  - {{name: addition, task: {zoo / 'tasks' / 'toy_addition.yaml'}, "
+        f"generation_kwargs: {{max_gen_toks: {context}}}}}\n"
+    )
+    recipe = write_recipe(tmp_path, text)
+    done = hm3_in_process("eval", "--recipe", recipe, "--model", zoo / "addition", "--split", "search")
+    assert done.returncode == 2 and done.stderr == (
+        f"hm3 eval: objective addition: task toy_addition generates up to {context} tokens, and the model's "
+        f"maximum sequence length is {context}: set generation_kwargs: {{max_gen_toks: N}} below it\n"
+    ), done.stderr
+    ok = hm3_in_process(
+        "eval",
+        "--recipe",
+        write_recipe(tmp_path, text.replace(f"max_gen_toks: {context}", "max_gen_toks: 8")),
+        "--model",
+        zoo / "addition",
+        "--split",
+        "search",
+    )
+    assert ok.returncode == 0, ok.stderr

@@ -33,7 +33,9 @@ from hm3.errors import UserError
 from hm3.evaluate.prepared import PreparedSplit
 from hm3.evaluate.quiet import quiet_libraries
 from hm3.evaluate.split import DocumentSplit
+from hm3.evaluate.task_facts import ObjectiveSettingError
 from hm3.evaluate.task_loading import build_task_manager, load_objective_task
+from hm3.recipe import GENERATION_LENGTH_KEYS
 
 if TYPE_CHECKING:
     from lm_eval.api.task import Task
@@ -107,6 +109,7 @@ class LanguageObjective:
         key = (split, id(lm))  # the entry holds ``lm`` itself, so the id cannot be reused by another HFLM
         prepared = self._prepared.get(key, (None, None))[1]
         if prepared is None:
+            _check_generation_length(self.task, lm, self.name)
             self.task.set_fewshot_seed(seed=FEWSHOT_SEED)
             chat = self.objective.apply_chat_template
             with _seeded(FEWSHOT_SEED):
@@ -135,6 +138,26 @@ class LanguageObjective:
                 confirm_run_unsafe_code=self.allow_code_execution,
             )
         return float(results["results"][name][self.metric_key])
+
+
+def _check_generation_length(task: Task, lm: HFLM, name: str) -> None:
+    """Refuse a task that may generate as many tokens as the model's context holds: lm-eval asserts on the first
+    document (its prompt would get no room), a traceback in the middle of a search.
+
+    Raises:
+        ObjectiveSettingError: naming the objective, the task's generation length and the model's.
+    """
+    if task.get_config("output_type") != "generate_until" or lm.backend != "causal":
+        return
+    settings = task.get_config("generation_kwargs") or {}
+    given = [settings[key] for key in GENERATION_LENGTH_KEYS if settings.get(key) is not None]
+    length = int(given[0]) if given else lm.max_gen_toks
+    if length >= lm.max_length:
+        raise ObjectiveSettingError(
+            f"objective {name}: task {task.task_name} generates up to {length} tokens, and the model's maximum "
+            f"sequence length is {lm.max_length}: set generation_kwargs: {{max_gen_toks: N}} below it",
+            "generation_kwargs",
+        )
 
 
 def prepare_language_objectives(

@@ -18,9 +18,10 @@ from hm3.errors import UserError
 from hm3.evaluate.quiet import quiet_libraries
 from hm3.evaluate.task_code import objective_task_code
 from hm3.evaluate.task_facts import (
-    FewshotProblem,
+    ObjectiveSettingError,
     check_code_execution,
     check_fewshot,
+    check_generation_settings,
     data_is_local,
     objective_facts,
     resolve_metric_key,
@@ -67,7 +68,9 @@ def language_objective_problems(
                     objective, local, recipe.split, recipe.allow_task_code, recipe.allow_code_execution
                 )
             except UserError as error:
-                field = f"objectives[{i}].num_fewshot" if isinstance(error, FewshotProblem) else where
+                field = (
+                    f"objectives[{i}].{error.setting}" if isinstance(error, ObjectiveSettingError) else where
+                )
                 problems.append((field, str(error).removeprefix(f"objective {objective.name}: ")))
     return problems
 
@@ -94,6 +97,8 @@ def _check_registry_task(objective: Objective, allow_code_execution: bool) -> tu
         return None, "a Python-class lm-eval task: its metric is checked when scoring"
     check_code_execution(objective, facts, allow_code_execution)
     check_fewshot(objective, facts.name, facts.num_fewshot)
+    if objective.generation_kwargs:
+        check_generation_settings(objective, facts.name, facts.output_type)
     resolve_metric_key(objective, facts.name, facts.metrics, facts.filters)
     if data_is_local(facts):
         return None, None

@@ -6,7 +6,10 @@ rules before lm-eval loads a task:
 * the recipe's metric key (``metric,filter``) is one the task reports;
 * a task marked ``unsafe_code: true`` (humaneval, mbpp: they execute the programs the model writes) is refused
   unless the recipe sets ``allow_code_execution: true``;
-* a task whose data set is neither local nor in the Hugging Face caches needs the hub to be scored.
+* a task whose data set is neither local nor in the Hugging Face caches needs the hub to be scored;
+* an objective's ``num_fewshot`` and ``generation_kwargs`` are ones lm-eval applies: not a few-shot count on a
+  task whose YAML fixes 0, not generation settings on a task that generates nothing or that neither lm-eval nor
+  transformers' ``GenerationConfig`` reads.
 
 Metric names follow lm-eval: a name from ``metric_list``, a ``!function``'s function name, or, without a
 ``metric_list``, the output type's defaults. A metric function given ``k`` follows HF evaluate's ``code_eval``
@@ -32,6 +35,7 @@ from lm_eval.api.registry import DEFAULT_METRIC_REGISTRY
 
 from hm3.errors import UserError
 from hm3.evaluate.task_code import FunctionReference, task_config
+from hm3.recipe import GENERATION_LENGTH_KEYS
 
 if TYPE_CHECKING:
     from lm_eval.tasks import TaskManager
@@ -58,6 +62,7 @@ class TaskFacts:
         unsafe_code: lm-eval's ``unsafe_code``: scoring executes the model's output.
         dataset_path: Its data set (a hub id, a local path or a packaged builder), if it names one.
         num_fewshot: The few-shot count its YAML sets, if it sets one (0 is fixed: lm-eval ignores another).
+        output_type: How it is scored (``generate_until``, ``multiple_choice``, ...), if its YAML says.
     """
 
     name: str
@@ -66,6 +71,7 @@ class TaskFacts:
     unsafe_code: bool = False
     dataset_path: str | None = None
     num_fewshot: int | None = None
+    output_type: str | None = None
 
 
 def facts_from_config(config: Mapping[str, Any]) -> TaskFacts:
@@ -83,6 +89,7 @@ def facts_from_config(config: Mapping[str, Any]) -> TaskFacts:
         unsafe_code=bool(config.get("unsafe_code")),
         dataset_path=None if path is None else str(path),
         num_fewshot=config.get("num_fewshot") if isinstance(config.get("num_fewshot"), int) else None,
+        output_type=str(config.get("output_type", "generate_until")),
     )
 
 
@@ -167,8 +174,18 @@ def check_code_execution(objective: Objective, facts: TaskFacts | None, allow: b
     return True
 
 
-class FewshotProblem(UserError):
-    """A recipe's ``num_fewshot`` that lm-eval would ignore (:func:`check_fewshot`) or cannot draw."""
+class ObjectiveSettingError(UserError):
+    """An objective setting the task would ignore or cannot apply (a ``num_fewshot`` lm-eval keeps at 0 or cannot
+    draw, ``generation_kwargs`` of a task that generates nothing or that ``generate`` does not know).
+
+    Args:
+        message: The one line, naming the objective.
+        setting: The objective's field at fault (``num_fewshot``), so ``hm3 validate`` names it.
+    """
+
+    def __init__(self, message: str, setting: str) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 def check_fewshot(objective: Objective, task_name: str, task_num_fewshot: int | None) -> None:
@@ -176,12 +193,47 @@ def check_fewshot(objective: Objective, task_name: str, task_num_fewshot: int | 
     whatever is asked (``simple_evaluate`` only logs it), so the recipe's count would silently not apply.
 
     Raises:
-        FewshotProblem: naming the objective, the task and the count.
+        ObjectiveSettingError: naming the objective, the task and the count.
     """
     if task_num_fewshot == 0 and objective.num_fewshot:
-        raise FewshotProblem(
+        raise ObjectiveSettingError(
             f"objective {objective.name}: num_fewshot {objective.num_fewshot} would be ignored: task {task_name} "
-            "sets num_fewshot: 0 in its YAML, which lm-eval keeps; leave num_fewshot out or set it to 0"
+            "sets num_fewshot: 0 in its YAML, which lm-eval keeps; leave num_fewshot out or set it to 0",
+            "num_fewshot",
+        )
+
+
+LM_EVAL_GENERATION_KEYS = frozenset(
+    {"until", "do_sample", "temperature", "top_p", "top_k", *GENERATION_LENGTH_KEYS}
+)
+"""``generation_kwargs`` keys lm-eval reads or passes on to ``generate`` (typed by the recipe's validation)."""
+
+
+def check_generation_settings(objective: Objective, task_name: str, output_type: str | None) -> None:
+    """Refuse ``generation_kwargs`` that would not apply: a task that generates nothing (it scores
+    log-likelihoods, so they were ignored), or a key neither lm-eval nor transformers' ``generate`` reads (it
+    failed on the first document, naming ``model_kwargs``).
+
+    Raises:
+        ObjectiveSettingError: naming the objective and the task or the keys.
+    """
+    if output_type != "generate_until":
+        raise ObjectiveSettingError(
+            f"objective {objective.name}: task {task_name} scores {output_type} and generates nothing, so its "
+            "generation_kwargs would be ignored; leave them out",
+            "generation_kwargs",
+        )
+    unknown = sorted(set(objective.generation_kwargs) - LM_EVAL_GENERATION_KEYS)
+    if unknown:
+        # transformers only for keys beyond lm-eval's own (validate stays without it)
+        from transformers import GenerationConfig
+
+        unknown = sorted(set(unknown) - set(GenerationConfig().to_dict()))
+    if unknown:
+        raise ObjectiveSettingError(
+            f"objective {objective.name}: generation_kwargs {', '.join(map(repr, unknown))}: not a generation "
+            "setting lm-eval or transformers' GenerationConfig knows",
+            "generation_kwargs",
         )
 
 

@@ -20,10 +20,11 @@ from hm3.evaluate.quiet import quiet_libraries
 from hm3.evaluate.split import DocumentSplit, split_documents
 from hm3.evaluate.task_code import check_task_code
 from hm3.evaluate.task_facts import (
-    FewshotProblem,
+    ObjectiveSettingError,
     TaskFacts,
     check_code_execution,
     check_fewshot,
+    check_generation_settings,
     enable_code_eval,
     filter_names,
     objective_facts,
@@ -146,7 +147,7 @@ def _check_fewshot_pool(task: Task, objective: Objective) -> None:
     raise ``Sample larger than population`` on the first document scored).
 
     Raises:
-        FewshotProblem: naming the objective, the count and the pool's size.
+        ObjectiveSettingError: naming the objective, the count and the pool's size.
     """
     shots = task.get_config("num_fewshot") or 0
     if not shots:
@@ -157,10 +158,11 @@ def _check_fewshot_pool(task: Task, objective: Objective) -> None:
         shots + 1 if fewshot_split is not None and fewshot_split == task.get_config("test_split") else shots
     )
     if needed > pool:
-        raise FewshotProblem(
+        raise ObjectiveSettingError(
             f"objective {objective.name}: num_fewshot {shots} is more than the {pool} document(s) task "
             f"{task.task_name} draws its few-shot examples from"
-            + (" (one of them the document scored)" if needed > shots else "")
+            + (" (one of them the document scored)" if needed > shots else ""),
+            "num_fewshot",
         )
 
 
@@ -172,7 +174,8 @@ def _configure(task: Task, objective: Objective) -> None:
         task.set_config(key="num_fewshot", value=objective.num_fewshot)
     elif task.get_config("num_fewshot") is None:
         task.set_config(key="num_fewshot", value=0)
-    if objective.generation_kwargs and task.get_config("output_type") == "generate_until":
+    if objective.generation_kwargs:
+        check_generation_settings(objective, task.task_name, task.get_config("output_type"))
         task.set_config(key="generation_kwargs", value=dict(objective.generation_kwargs), update=True)
 
 
