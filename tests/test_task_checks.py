@@ -206,19 +206,21 @@ def _counting_task(folder: Path, name: str, fixed_zero_shot: bool) -> Path:
     return path
 
 
-def test_a_few_shot_count_lm_eval_would_ignore_or_cannot_draw_is_refused_naming_the_field(
+def test_objective_settings_lm_eval_would_ignore_or_cannot_apply_are_refused_naming_the_field(
     tiny_llama, tmp_path, capsys
 ) -> None:
-    """lm-eval keeps a YAML's ``num_fewshot: 0`` whatever is asked (the recipe's count was silently dropped), and
-    its sampler raised ``Sample larger than population`` (a traceback) for more examples than it can draw."""
+    """lm-eval keeps a YAML's ``num_fewshot: 0`` whatever is asked (the recipe's count was silently dropped), its
+    sampler raised ``Sample larger than population`` (a traceback) for more examples than it can draw, and
+    generation settings of a task that generates nothing were dropped."""
     fixed, free = _counting_task(tmp_path, "fixed", True), _counting_task(tmp_path, "free", False)
     objectives = (
         f"  - {{name: a, task: {fixed}, num_fewshot: 2, model: a}}\n"
         f"  - {{name: b, task: {free}, num_fewshot: 11, model: b}}\n"
         "  - {name: c, task: ifeval, num_fewshot: 5, model: a}\n"
+        f"  - {{name: d, task: {free}, model: b, generation_kwargs: {{max_gen_toks: 8}}}}\n"
     )
     code, lines = _validate(tmp_path, _recipe(tiny_llama, objectives), capsys)
-    assert code == 2 and len(lines) == 3, lines
+    assert code == 2 and len(lines) == 4, lines
     assert lines[0].endswith(
         "objectives[0].num_fewshot: num_fewshot 2 would be ignored: task fixed sets num_fewshot: 0 in its YAML, "
         "which lm-eval keeps; leave num_fewshot out or set it to 0"
@@ -228,10 +230,15 @@ def test_a_few_shot_count_lm_eval_would_ignore_or_cannot_draw_is_refused_naming_
         "examples from"
     )
     assert "objectives[2].num_fewshot: num_fewshot 5 would be ignored: task ifeval sets" in lines[2]
+    assert lines[3].endswith(
+        "objectives[3].generation_kwargs: task free scores multiple_choice and generates nothing, so its "
+        "generation_kwargs would be ignored; leave them out"
+    )
     objectives = (
         f"  - {{name: a, task: {fixed}, num_fewshot: 0, model: a}}\n"
         f"  - {{name: b, task: {free}, num_fewshot: 10, model: b}}\n"
         "  - {name: c, task: ifeval, model: a}\n"
+        "  - {name: d, task: gsm8k, model: b, generation_kwargs: {max_gen_toks: 8, repetition_penalty: 1.1}}\n"
     )
     code, lines = _validate(tmp_path, _recipe(tiny_llama, objectives), capsys)
     assert code == 0, lines
@@ -262,22 +269,6 @@ def test_generation_settings_that_would_fail_when_scoring_are_one_line_at_valida
     )
     assert code == 2 and len(lines) == 1, lines
     assert "objectives[1].generation_kwargs: " in lines[0] and expected in lines[0], lines
-
-
-def test_generation_settings_of_a_task_that_generates_nothing_are_refused(
-    tiny_llama, tmp_path, capsys
-) -> None:
-    free = _counting_task(tmp_path, "free", False)
-    objectives = (
-        f"  - {{name: a, task: {free}, model: a, generation_kwargs: {{max_gen_toks: 8}}}}\n"
-        "  - {name: math, task: gsm8k, model: b, generation_kwargs: {max_gen_toks: 8, repetition_penalty: 1.1}}\n"
-    )
-    code, lines = _validate(tmp_path, _recipe(tiny_llama, objectives), capsys)
-    assert code == 2 and len(lines) == 1, lines
-    assert lines[0].endswith(
-        "objectives[0].generation_kwargs: task free scores multiple_choice and generates nothing, so its "
-        "generation_kwargs would be ignored; leave them out"
-    )
 
 
 def test_a_generation_as_long_as_the_models_context_is_one_line_before_scoring(
