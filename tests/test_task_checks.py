@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import types
 from pathlib import Path
 
@@ -271,11 +272,12 @@ def test_generation_settings_that_would_fail_when_scoring_are_one_line_at_valida
     assert "objectives[1].generation_kwargs: " in lines[0] and expected in lines[0], lines
 
 
-def test_a_generation_as_long_as_the_models_context_is_one_line_before_scoring(
+def test_generation_settings_the_model_cannot_apply_are_one_line_before_scoring(
     lm_zoo_micro,  # noqa: F811
     tmp_path,
 ) -> None:
-    """lm-eval asserted on the first document (no room left for the prompt): a traceback mid-search."""
+    """A generation as long as the model's context: lm-eval asserted on the first document (no room left for the
+    prompt), a traceback mid-search."""
     zoo = lm_zoo_micro
     config = json.loads((zoo / "base" / "config.json").read_text())
     context = config["max_position_embeddings"]
@@ -300,3 +302,19 @@ def test_a_generation_as_long_as_the_models_context_is_one_line_before_scoring(
         "search",
     )
     assert ok.returncode == 0, ok.stderr
+    # a chat template asked of a tokenizer that has none: transformers' ValueError on the first document before
+    chat = write_recipe(
+        tmp_path, text.replace(f"max_gen_toks: {context}}}", "max_gen_toks: 8}, apply_chat_template: true")
+    )
+    done = hm3_in_process("eval", "--recipe", chat, "--model", zoo / "addition", "--split", "search")
+    assert done.returncode == 2 and done.stderr == (
+        "hm3 eval: objective addition: apply_chat_template is set, and the model's tokenizer has no chat template; "
+        "leave it out, or score with a tokenizer that has one (tokenizer_source)\n"
+    ), done.stderr
+    with_template = tmp_path / "chat"
+    shutil.copytree(zoo / "addition", with_template)
+    settings = json.loads((with_template / "tokenizer_config.json").read_text())
+    settings["chat_template"] = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    (with_template / "tokenizer_config.json").write_text(json.dumps(settings))
+    done = hm3_in_process("eval", "--recipe", chat, "--model", with_template, "--split", "search", "--json")
+    assert done.returncode == 0, done.stderr

@@ -110,6 +110,12 @@ class LanguageObjective:
         prepared = self._prepared.get(key, (None, None))[1]
         if prepared is None:
             _check_generation_length(self.task, lm, self.name)
+            if self.objective.apply_chat_template and not getattr(lm.tokenizer, "chat_template", None):
+                raise ObjectiveSettingError(
+                    f"objective {self.name}: apply_chat_template is set, and the model's tokenizer has no chat "
+                    "template; leave it out, or score with a tokenizer that has one (tokenizer_source)",
+                    "apply_chat_template",
+                )
             self.task.set_fewshot_seed(seed=FEWSHOT_SEED)
             chat = self.objective.apply_chat_template
             with _seeded(FEWSHOT_SEED):
