@@ -53,6 +53,8 @@ MergeMethodName = Literal[
 
 ZEROSHOT_HEAD = "zeroshot"
 """``head`` value asking for CLIP's zero-shot head instead of a head file."""
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+"""A zero-shot head's prompt templates when the recipe gives none (CLIP's, as in task arithmetic)."""
 
 SEED_LIMIT = 2**31
 """Seeds are in [0, 2^31): NumPy's legacy seeding (stable-baselines3) takes < 2^32, and the search seeds
@@ -203,7 +205,7 @@ class Objective(_Section):
     task: str | None = Field(default=None, min_length=1)
     dataset: ImageDataset | None = None
     head: str | None = None
-    templates: list[str] = Field(default_factory=lambda: ["a photo of a {}."], min_length=1)
+    templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES), min_length=1)
     metric: str | None = None
     higher_is_better: bool = True
     weight: float = Field(default=1.0, gt=0)
@@ -243,7 +245,28 @@ class Objective(_Section):
             raise ValueError("a vision objective needs 'head' (the task's classification head)")
         if self.dataset is not None and self.metric not in (None, "accuracy"):
             raise ValueError("a vision objective's metric is 'accuracy'")
+        if self.head != ZEROSHOT_HEAD and self.templates != list(DEFAULT_TEMPLATES):
+            raise ValueError(
+                "templates: they phrase the class names of a 'head: zeroshot' only, and this objective has "
+                + ("a head file" if self.head else "no zero-shot head")
+                + "; leave them out"
+            )
         return self
+
+    @field_validator("templates")
+    @classmethod
+    def _one_class_name_each(cls, value: list[str]) -> list[str]:
+        for i, template in enumerate(value):
+            try:
+                filled = template.format("\0")
+            except (IndexError, KeyError, ValueError):
+                filled = None
+            if filled is None or filled.count("\0") != 1:
+                raise ValueError(
+                    f"template {i} ({template!r}) must hold {{}} once, where the class name goes (other braces "
+                    "doubled)"
+                )
+        return value
 
     @property
     def is_vision(self) -> bool:

@@ -17,6 +17,7 @@ so a recipe for a 7B model validates on a machine that has never seen the model.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -177,7 +178,28 @@ def _check_objectives(recipe: Recipe) -> list[tuple[str, str]]:
                 problems.append((f"{where}.dataset.path", f"not found: {objective.dataset.path}"))
         if objective.head not in (None, ZEROSHOT_HEAD) and not Path(objective.head).is_file():
             problems.append((f"{where}.head", f"file not found: {objective.head}"))
+        if objective.head == ZEROSHOT_HEAD and (problem := _zeroshot_base_problem(recipe)):
+            problems.append((f"{where}.head", problem))
     return problems
+
+
+def _zeroshot_base_problem(recipe: Recipe) -> str | None:
+    """Why a local base model cannot give a zero-shot head (it has no text tower), or None (a hub id is checked
+    when its files are read)."""
+    base = recipe.base_model
+    config_file = Path(base.path) / "config.json"
+    if base.is_hub or not config_file.is_file():
+        return None
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return None  # the model checks name an unreadable configuration
+    if config.get("model_type") == "clip" and "text_config" in config:
+        return None
+    return (
+        "zeroshot needs base_model to be a full CLIPModel (its text tower embeds the class names); "
+        f"{base.path} is a {config.get('model_type')!r} model: give a head file"
+    )
 
 
 def _task_yaml_problem(path: Path) -> str | None:

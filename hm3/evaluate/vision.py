@@ -2,14 +2,16 @@
 
 Data sets (``objective.dataset``), loaded and preprocessed once:
 
-* ``npz``: arrays ``pixel_values`` float32 [N, C, H, W] (already preprocessed) and ``labels`` int64 [N];
-* ``image_folder``: one sub-folder per class (sorted names are the class ids); images are preprocessed with the
+* ``npz``: arrays ``pixel_values`` float32 [N, C, H, W] (already preprocessed) and ``labels`` int64 [N], and
+  optionally ``class_names`` (strings, one per class id);
+* ``image_folder``: one sub-folder per class (sorted names are the class ids and the class names); images are preprocessed with the
   model folder's image processor (``preprocessor_config.json``) if it has one, else resized to the config's
   ``image_size`` and normalised with CLIP's mean and std;
 * ``hf``: a Hugging Face dataset (only with a network or a local cache), preprocessed the same way.
 
 The head file (``head.safetensors``) holds ``weight`` [C, hidden] and ``bias`` [C]; logits are
-``pooler_output @ weight.T + bias``. Images are split like documents, by a hash of their content (pixel bytes
+``pooler_output @ weight.T + bias``. ``head: zeroshot`` builds that head from the base ``CLIPModel``'s text tower
+and the data set's class names (:mod:`hm3.evaluate.zeroshot`). Images are split like documents, by a hash of their content (pixel bytes
 and label), so the split does not depend on file order.
 """
 
@@ -29,6 +31,7 @@ from safetensors.torch import load_file
 
 from hm3.errors import UserError
 from hm3.evaluate.split import DocumentSplit, split_documents
+from hm3.evaluate.zeroshot import zeroshot_head
 from hm3.recipe import ZEROSHOT_HEAD
 
 if TYPE_CHECKING:
@@ -107,12 +110,16 @@ def prepare_vision_objectives(
 
 def _prepare(objective: Objective, split: SplitConfig, folder: Path, hidden_size: int) -> VisionObjective:
     name = objective.name
+    pixels, labels, class_names = _load_dataset(objective, folder)
     if objective.head == ZEROSHOT_HEAD:
-        raise UserError(
-            f"objective {name}: zero-shot heads are not supported yet; give a head.safetensors file"
-        )
-    pixels, labels = _load_dataset(objective, folder)
-    weight, bias = _load_head(objective, hidden_size)
+        if not class_names:
+            raise UserError(
+                f"objective {name}: head: zeroshot needs the class names, and {objective.dataset.path} has none "  # type: ignore[union-attr]
+                "(an npz file's 'class_names' array, an image folder's sub-folders, a data set's ClassLabel names)"
+            )
+        weight, bias = zeroshot_head(name, folder, class_names, objective.templates)
+    else:
+        weight, bias = _load_head(objective, hidden_size)
     if len(labels) and (int(labels.max()) >= weight.shape[0] or int(labels.min()) < 0):
         raise UserError(
             f"objective {name}: labels run from {int(labels.min())} to {int(labels.max())}, "
@@ -129,25 +136,27 @@ def _prepare(objective: Objective, split: SplitConfig, folder: Path, hidden_size
     return VisionObjective(objective, pixels, labels.to(torch.long), weight, bias, document_split)
 
 
-def _load_dataset(objective: Objective, folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_dataset(objective: Objective, folder: Path) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
+    """Pixel values, labels, and the class names where the data set has them (for a zero-shot head)."""
     dataset = objective.dataset
     assert dataset is not None
     if dataset.format == "npz":
         return _load_npz(objective.name, Path(dataset.path))
     if dataset.format == "image_folder":
-        images, labels = _read_image_folder(objective.name, Path(dataset.path))
+        images, labels, names = _read_image_folder(objective.name, Path(dataset.path))
     else:
-        images, labels = _read_hf_dataset(objective)
+        images, labels, names = _read_hf_dataset(objective)
 
-    return _preprocess(images, folder), torch.tensor(labels, dtype=torch.long)
+    return _preprocess(images, folder), torch.tensor(labels, dtype=torch.long), names
 
 
-def _load_npz(name: str, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_npz(name: str, path: Path) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
     if not path.is_file():
         raise UserError(f"objective {name}: data file not found: {path}")
     try:
         with np.load(path, allow_pickle=False) as arrays:
             pixels, labels = arrays["pixel_values"], arrays["labels"]
+            names = arrays["class_names"] if "class_names" in arrays.files else None
     except (KeyError, ValueError, OSError) as error:
         raise UserError(
             f"objective {name}: {path} needs arrays 'pixel_values' and 'labels' ({error})"
@@ -157,10 +166,15 @@ def _load_npz(name: str, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
             f"objective {name}: pixel_values {list(pixels.shape)} and labels {list(labels.shape)} "
             "must be [N, C, H, W] and [N]"
         )
-    return torch.from_numpy(pixels.astype(np.float32)), torch.from_numpy(labels.astype(np.int64))
+    if names is not None and (names.ndim != 1 or names.dtype.kind != "U"):
+        raise UserError(
+            f"objective {name}: {path.name}'s class_names must be a list of strings, one per class"
+        )
+    class_names = None if names is None else [str(n) for n in names]
+    return torch.from_numpy(pixels.astype(np.float32)), torch.from_numpy(labels.astype(np.int64)), class_names
 
 
-def _read_image_folder(name: str, root: Path) -> tuple[list[Any], list[int]]:
+def _read_image_folder(name: str, root: Path) -> tuple[list[Any], list[int], list[str]]:
     classes = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     if not classes:
         raise UserError(f"objective {name}: {root} has no class sub-folders")
@@ -171,10 +185,10 @@ def _read_image_folder(name: str, root: Path) -> tuple[list[Any], list[int]]:
                 with Image.open(file) as image:
                     images.append(image.convert("RGB"))
                 labels.append(label)
-    return images, labels
+    return images, labels, [class_dir.name for class_dir in classes]
 
 
-def _read_hf_dataset(objective: Objective) -> tuple[list[Any], list[int]]:
+def _read_hf_dataset(objective: Objective) -> tuple[list[Any], list[int], list[str] | None]:
     dataset = objective.dataset
     assert dataset is not None
     try:
@@ -184,7 +198,8 @@ def _read_hf_dataset(objective: Objective) -> tuple[list[Any], list[int]]:
             f"objective {objective.name}: dataset {dataset.path!r} not available: {error}"
         ) from None
     images = [image.convert("RGB") for image in data[dataset.image_key]]
-    return images, [int(label) for label in data[dataset.label_key]]
+    names = getattr(data.features.get(dataset.label_key), "names", None)  # a ClassLabel's
+    return images, [int(label) for label in data[dataset.label_key]], names
 
 
 def _preprocess(images: list[Any], folder: Path) -> torch.Tensor:

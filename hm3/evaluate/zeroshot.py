@@ -1,0 +1,71 @@
+"""CLIP's zero-shot classification head (``head: zeroshot``), built once from the base ``CLIPModel``'s text tower.
+
+As in task arithmetic, a task's classes are embedded by the pretrained text tower — each class name in every
+prompt template (``templates``, ``{}`` standing for the name), each embedding L2-normalised, averaged over the
+templates and normalised again — and an image is classified by the class whose embedding is closest to its
+projected image embedding. Only the vision tower is merged; the projection and the text tower stay the base's.
+
+The head is stored in the linear form every vision objective uses (``pooler_output @ weight.T + bias``):
+``weight = text_embeddings @ visual_projection.weight`` and ``bias = 0``. CLIP's own logits,
+``logit_scale * normalise(visual_projection(pooled)) @ text_embeddings.T``, differ from these only by a positive
+factor per image, so every prediction — and the accuracy — is CLIP's.
+
+Class names come from the data set: a Hugging Face data set's ``ClassLabel`` names, an image folder's
+sub-folder names, or an ``npz`` file's ``class_names`` array.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from hm3.errors import UserError
+
+
+def zeroshot_head(
+    objective_name: str, base_folder: Path, class_names: Sequence[str], templates: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The zero-shot head of one task: ``weight`` [classes, vision hidden] and a zero ``bias`` [classes].
+
+    Args:
+        objective_name: For messages.
+        base_folder: The base model's folder: a full ``CLIPModel`` with its tokenizer.
+        class_names: One name per class id, in label order.
+        templates: Prompt templates, each holding ``{}`` once.
+
+    Raises:
+        UserError: the base model is not a full ``CLIPModel`` (a vision tower alone has no text tower), or its
+            tokenizer does not load.
+    """
+    config = json.loads((base_folder / "config.json").read_text())
+    if config.get("model_type") != "clip" or "text_config" not in config:
+        raise UserError(
+            f"objective {objective_name}: head: zeroshot needs base_model to be a full CLIPModel (its text tower "
+            f"embeds the class names); {base_folder} is a {config.get('model_type')!r} model: give a head file"
+        )
+    # here, not at the top: transformers' CLIP classes cost ~1.5 s to import, which text scoring would pay
+    from transformers import AutoTokenizer, CLIPModel
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base_folder)
+    except Exception as error:  # transformers and tokenizers raise many kinds: all mean "unusable"
+        raise UserError(
+            f"objective {objective_name}: head: zeroshot needs the base model's tokenizer, which does not load "
+            f"from {base_folder} ({str(error).splitlines()[0]})"
+        ) from None
+    model = CLIPModel.from_pretrained(base_folder, dtype=torch.float32)
+    model.eval()
+    rows = []
+    with torch.no_grad():
+        for name in class_names:
+            batch = tokenizer(
+                [template.format(name) for template in templates], padding=True, return_tensors="pt"
+            )
+            embeddings = F.normalize(model.get_text_features(**batch).pooler_output, dim=-1)
+            rows.append(F.normalize(embeddings.mean(dim=0), dim=0))
+        weight = torch.stack(rows) @ model.visual_projection.weight
+    return weight, torch.zeros(len(class_names))

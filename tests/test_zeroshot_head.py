@@ -1,0 +1,168 @@
+"""``head: zeroshot``: CLIP's zero-shot head, from the base CLIPModel's text tower and the data set's class names,
+gives CLIP's own predictions; recipes that cannot have one are refused in one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cli.main import main
+from tests.fixtures_models import hm3_in_process, write_recipe
+
+CLASS_NAMES = ("cat", "dog", "bird")
+
+
+def _tokenizer_files(folder: Path) -> dict[str, int]:
+    """A byte-level CLIP tokenizer without merges (every character a token): CLIP's format, tiny."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    characters = list(bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(characters)}
+    vocab.update({c + "</w>": len(characters) + i for i, c in enumerate(characters)})
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt")).save_pretrained(folder)
+    return vocab
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> Path:
+    """A full CLIPModel base with its tokenizer, two fine-tunes of its vision tower, and labelled images."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    root = tmp_path_factory.mktemp("tiny_clip")
+    base = root / "base"
+    base.mkdir()
+    vocab = _tokenizer_files(base)
+    end = vocab["<|endoftext|>"]
+    text = dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1)
+    text.update(num_attention_heads=2, max_position_embeddings=32, bos_token_id=end - 1, eos_token_id=end)
+    text.update(pad_token_id=end)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    vision.update(image_size=8, patch_size=4)
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8))
+    model.save_pretrained(base)
+    for i in range(2):
+        with torch.no_grad():
+            for parameter in model.vision_model.parameters():
+                parameter.add_(0.5 * torch.randn_like(parameter))
+        model.save_pretrained(root / f"ft{i}")
+    rng = np.random.default_rng(0)
+    np.savez(
+        root / "task.npz",
+        pixel_values=rng.normal(size=(60, 3, 8, 8)).astype(np.float32),
+        labels=rng.integers(0, len(CLASS_NAMES), size=60).astype(np.int64),
+        class_names=np.array(CLASS_NAMES),
+    )
+    np.savez(
+        root / "unnamed.npz", pixel_values=np.zeros((6, 3, 8, 8), np.float32), labels=np.zeros(6, np.int64)
+    )
+    return root
+
+
+def _recipe(
+    clip: Path, folder: Path, head: str = "head: zeroshot", data: str = "task.npz", base: Path | None = None
+):
+    models = "".join(f"  - {{name: ft{i}, path: {clip / f'ft{i}'}}}\n" for i in range(2))
+    objective = f"  - {{name: animals, model: ft0, dataset: {{format: npz, path: {clip / data}}}, {head}}}\n"
+    objective += f"  - {{name: again, model: ft1, dataset: {{format: npz, path: {clip / data}}}, {head}}}\n"
+    return write_recipe(
+        folder, f"base_model: {base or clip / 'base'}\nmodels:\n{models}objectives:\n{objective}"
+    )
+
+
+def _clip_accuracy(clip: Path, vision_from: Path, templates: list[str]) -> float:
+    """CLIP's own zero-shot accuracy: the base CLIPModel, its vision tower taken from ``vision_from``."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoTokenizer, CLIPModel
+
+    model = CLIPModel.from_pretrained(clip / "base").eval()
+    model.vision_model.load_state_dict(CLIPModel.from_pretrained(vision_from).vision_model.state_dict())
+    tokenizer = AutoTokenizer.from_pretrained(clip / "base")
+    arrays = np.load(clip / "task.npz")
+    pixels, labels = torch.from_numpy(arrays["pixel_values"]), torch.from_numpy(arrays["labels"])
+    with torch.no_grad():
+        if len(templates) == 1:  # CLIP's forward pass itself
+            batch = tokenizer(
+                [templates[0].format(c) for c in CLASS_NAMES], padding=True, return_tensors="pt"
+            )
+            logits = model(**batch, pixel_values=pixels).logits_per_image
+        else:  # task arithmetic's ensemble over templates
+            rows = []
+            for name in CLASS_NAMES:
+                batch = tokenizer([t.format(name) for t in templates], padding=True, return_tensors="pt")
+                rows.append(
+                    F.normalize(
+                        F.normalize(model.get_text_features(**batch).pooler_output, dim=-1).mean(0), dim=0
+                    )
+                )
+            logits = (
+                F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+                @ torch.stack(rows).T
+            )
+    return int((logits.argmax(-1) == labels).sum()) / len(labels)
+
+
+@pytest.mark.parametrize("templates", [["a photo of a {}."], ["a photo of a {}.", "a {} in the wild", "{}"]])
+def test_zeroshot_accuracy_is_clips_own(tiny_clip, tmp_path, templates) -> None:
+    head = f"head: zeroshot, templates: {json.dumps(templates)}"
+    recipe = _recipe(tiny_clip, tmp_path, head)
+    assert main(["validate", str(recipe)]) == 0
+    models = [tiny_clip / "base", tiny_clip / "ft0", tiny_clip / "ft1"]
+    done = hm3_in_process(
+        "eval", "--recipe", recipe, "--split", "all", "--json", "--model", models[0], "--models", *models[1:]
+    )
+    assert done.returncode == 0, done.stderr
+    scores = json.loads(done.stdout)["scores"]
+    expected = {str(m): _clip_accuracy(tiny_clip, m, templates) for m in models}
+    assert {m: s["animals"] for m, s in scores.items()} == expected
+    assert len(set(expected.values())) > 1  # the vision towers differ, and so do their scores
+
+
+def test_recipes_that_cannot_have_a_zeroshot_head_are_one_line(
+    tiny_clip, tiny_pools, tmp_path, capsys
+) -> None:
+    unnamed = hm3_in_process(
+        "eval", "--recipe", _recipe(tiny_clip, tmp_path, data="unnamed.npz"), "--model", tiny_clip / "ft0"
+    )
+    assert unnamed.returncode == 2 and unnamed.stderr.count("\n") == 1, unnamed.stderr
+    assert "objective animals: head: zeroshot needs the class names, and" in unnamed.stderr
+    assert "an npz file's 'class_names' array" in unnamed.stderr
+    vision_only = tiny_pools["clip_vision"].base  # a CLIPVisionModel: no text tower
+    for i, (settings, expected) in enumerate(
+        [
+            ({"base": vision_only}, "objectives[0].head: zeroshot needs base_model to be a full CLIPModel"),
+            (
+                {"head": "head: zeroshot, templates: ['a {name}']"},
+                "template 0 ('a {name}') must hold {} once",
+            ),
+            ({"head": "head: zeroshot, templates: ['a photo']"}, "template 0 ('a photo') must hold {} once"),
+            (
+                {"head": f"head: {tmp_path / 'h.safetensors'}, templates: ['a {{}}']"},
+                "templates: they phrase the class names of a 'head: zeroshot' only",
+            ),
+        ]
+    ):
+        (tmp_path / f"case{i}").mkdir()
+        assert main(["validate", str(_recipe(tiny_clip, tmp_path / f"case{i}", **settings))]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert any(expected in line for line in err) and not any("Traceback" in line for line in err), err
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_clip / "base", copy)
+    (copy / "tokenizer.json").unlink()
+    (copy / "vocab.json").write_text("{damaged")
+    done = hm3_in_process(
+        "eval", "--recipe", _recipe(tiny_clip, tmp_path, base=copy), "--model", tiny_clip / "ft0"
+    )
+    assert done.returncode == 2 and "head: zeroshot needs the base model's tokenizer" in done.stderr, (
+        done.stderr
+    )
