@@ -166,3 +166,38 @@ def test_recipes_that_cannot_have_a_zeroshot_head_are_one_line(
     assert done.returncode == 2 and "head: zeroshot needs the base model's tokenizer" in done.stderr, (
         done.stderr
     )
+
+
+def test_a_hub_style_data_set_gives_its_class_names_and_a_wrong_column_is_one_line(
+    tiny_clip, tmp_path
+) -> None:
+    """``format: hf`` (here a local image folder, read by ``datasets``): its ClassLabel names name the classes; a
+    column the data set lacks, or one of the wrong kind, was a traceback from ``datasets``."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for name in CLASS_NAMES:
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(4):
+            pixels = rng.integers(0, 256, size=(12, 12, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / name / f"{i}.png")
+    recipe = _recipe(tiny_clip, tmp_path)
+    data = f"{{format: npz, path: {tiny_clip / 'task.npz'}}}"
+    for keys, expected in [
+        ("", None),
+        (", image_key: img", "has no column 'img' (its columns: image, label); set dataset.image_key"),
+        (", label_key: image", "column 'image' does not hold class ids (whole numbers)"),
+    ]:
+        hf = f"{{format: hf, path: {tmp_path / 'images'}, split: train{keys}}}"
+        recipe.write_text(recipe.read_text().replace(data, hf))
+        data = hf
+        done = hm3_in_process(
+            "eval", "--recipe", recipe, "--model", tiny_clip / "ft0", "--split", "all", "--json"
+        )
+        if expected is None:
+            assert done.returncode == 0, done.stderr
+            assert json.loads(done.stdout)["scores"][str(tiny_clip / "ft0")]["animals"] >= 0
+        else:
+            assert done.returncode == 2 and done.stderr.count("\n") == 1 and expected in done.stderr, (
+                done.stderr
+            )

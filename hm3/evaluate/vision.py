@@ -197,9 +197,21 @@ def _read_hf_dataset(objective: Objective) -> tuple[list[Any], list[int], list[s
         raise UserError(
             f"objective {objective.name}: dataset {dataset.path!r} not available: {error}"
         ) from None
-    images = [image.convert("RGB") for image in data[dataset.image_key]]
+    for setting, column in (("image_key", dataset.image_key), ("label_key", dataset.label_key)):
+        if column not in data.column_names:
+            raise UserError(
+                f"objective {objective.name}: data set {dataset.path!r} ({dataset.split}) has no column {column!r} "
+                f"(its columns: {', '.join(data.column_names)}); set dataset.{setting}"
+            )
+    images, labels = data[dataset.image_key], data[dataset.label_key]
+    if not all(hasattr(image, "convert") for image in images[:1]):
+        raise UserError(f"objective {objective.name}: column {dataset.image_key!r} does not hold images")
+    if not all(isinstance(label, int) and not isinstance(label, bool) for label in labels):
+        raise UserError(
+            f"objective {objective.name}: column {dataset.label_key!r} does not hold class ids (whole numbers)"
+        )
     names = getattr(data.features.get(dataset.label_key), "names", None)  # a ClassLabel's
-    return images, [int(label) for label in data[dataset.label_key]], names
+    return [image.convert("RGB") for image in images], list(labels), names
 
 
 def _preprocess(images: list[Any], folder: Path) -> torch.Tensor:
