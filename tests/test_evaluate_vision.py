@@ -136,6 +136,18 @@ def test_bad_heads_and_data_are_user_errors(tiny_pools, vision_data, tmp_path):
     text = objectives_text(vision_data).replace(f"{vision_data}/task.npz", str(tmp_path / "bad.npz"))
     with pytest.raises(UserError, match="objective arrays: .*needs arrays 'pixel_values' and 'labels'"):
         Evaluator.from_recipe(load_recipe(vision_recipe(tiny_pools, tmp_path, text)))
+    pixels = np.zeros((4, 3, 8, 8), dtype=np.float32)
+    pixels[1, 0, 0, 0] = np.nan  # argmax over NaN logits scored silently before
+    for arrays, message in [
+        (
+            {"pixel_values": pixels, "labels": np.zeros(4, np.int64)},
+            "pixel_values hold NaN or infinite values",
+        ),
+        ({"pixel_values": np.zeros_like(pixels), "labels": np.full(4, 0.5)}, "labels whole numbers"),
+    ]:
+        np.savez(tmp_path / "bad.npz", **arrays)
+        with pytest.raises(UserError, match=f"objective arrays: bad.npz: .*{message}"):
+            Evaluator.from_recipe(load_recipe(vision_recipe(tiny_pools, tmp_path, text)))
 
 
 def test_hm3_eval_scores_saved_vision_towers(tiny_pools, vision_data, tmp_path):

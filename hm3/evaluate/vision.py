@@ -166,6 +166,12 @@ def _load_npz(name: str, path: Path) -> tuple[torch.Tensor, torch.Tensor, list[s
             f"objective {name}: pixel_values {list(pixels.shape)} and labels {list(labels.shape)} "
             "must be [N, C, H, W] and [N]"
         )
+    if pixels.dtype.kind not in "fiu" or labels.dtype.kind not in "iu":
+        raise UserError(
+            f"objective {name}: {path.name}: pixel_values must be numbers and labels whole numbers"
+        )
+    if not np.isfinite(pixels).all():
+        raise UserError(f"objective {name}: {path.name}: pixel_values hold NaN or infinite values")
     if names is not None and (names.ndim != 1 or names.dtype.kind != "U"):
         raise UserError(
             f"objective {name}: {path.name}'s class_names must be a list of strings, one per class"
