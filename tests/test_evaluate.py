@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from hm3.errors import UserError
 from tests.fixtures_models import build_tiny_model, hm3_in_process, run_hm3, write_recipe
@@ -320,3 +321,14 @@ def test_hm3_validate_loads_local_tasks_and_checks_registry_names_offline(tiny_l
     done = run_hm3("validate", zoo_recipe(tiny_lm_zoo, tmp_path, registry, name="registry.yaml"), env=empty)
     assert done.returncode == 0, done.stderr
     assert "note: objectives[0].task (sst2): needs the hub: data set nyu-mll/glue" in done.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without a CUDA GPU refuses device: cuda")
+def test_eval_holds_saved_models_to_the_recipes_device(tiny_lm_zoo, tmp_path):
+    """``hm3 eval`` scored on the CPU whatever the recipe's ``device`` said; ``cuda`` without a GPU is one line."""
+    recipe = zoo_recipe(tiny_lm_zoo, tmp_path, STANDARD_OBJECTIVES.format(tasks=tiny_lm_zoo.tasks))
+    recipe.write_text(recipe.read_text() + "device: cuda\n")
+    done = hm3_in_process("eval", "--recipe", recipe, "--model", tiny_lm_zoo.variants[0])
+    assert done.returncode == 2 and done.stderr == (
+        "hm3 eval: device: cuda asked for, but no CUDA GPU is visible (use device: cpu or auto)\n"
+    ), done.stderr

@@ -13,6 +13,7 @@ from hm3.errors import UserError
 from hm3.evaluate.evaluator import Evaluator, load_tokenizer
 from hm3.evaluate.quiet import quiet_libraries
 from hm3.evaluate.split import SPLIT_NAMES
+from hm3.placement import resolve_device
 from hm3.recipe import load_recipe
 
 
@@ -42,12 +43,14 @@ def score_saved_models(
 
     Everything that can be checked without a model (recipe, tasks, metrics, data, split, folders) is checked
     before the first model is loaded. A folder with its own tokenizer is scored with it; otherwise with the
-    recipe's. Folders are held to the recipe's rules: pickle weights only with ``allow_pickle``.
+    recipe's, on the recipe's ``device`` (``auto``: a CUDA GPU when one is visible). Folders are held to the
+    recipe's rules: pickle weights only with ``allow_pickle``.
 
     Raises:
         UserError: a bad recipe, objective or folder (naming it).
     """
     recipe = load_recipe(recipe_path)
+    device = resolve_device(recipe.device)  # cuda without a GPU: refused before anything loads
     paths = [Path(f).expanduser().resolve() for f in folders]
     for path in paths:
         if path.exists() and not path.is_dir():
@@ -64,7 +67,7 @@ def score_saved_models(
     for path in paths:
         model = load_saved_model(
             path, evaluator.is_vision, recipe.dtype, recipe.trust_remote_code, recipe.allow_pickle
-        )
+        ).to(device)
         tokenizer = None
         if not evaluator.is_vision and (path / "tokenizer_config.json").is_file():
             tokenizer = load_tokenizer(path, recipe.trust_remote_code)
