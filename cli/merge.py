@@ -24,7 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run directory (--recipe; default: the recipe's output.dir, else runs/<recipe name>), "
         "or the output checkpoint folder (--mergekit, required)",
     )
-    parser.add_argument("--shard-size", default="5GB", help="largest safetensors shard (default: 5GB)")
+    parser.add_argument(
+        "--shard-size",
+        help="--mergekit: largest safetensors shard (default: 5GB; a search's exports take the recipe's "
+        "output.shard_size)",
+    )
     parser.add_argument(
         "--force",
         action="store_true",
@@ -80,6 +84,7 @@ def _refuse_a_baseline_run(run) -> None:
 def run(args: argparse.Namespace) -> int:
     from hm3.errors import UserError
 
+    _refuse_flags_that_would_not_apply(args)
     if args.mergekit:
         if not args.out:
             raise UserError("--mergekit needs --out DIR (the folder of the merged checkpoint)")
@@ -88,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         out = run_mergekit_config(
             args.mergekit,
             args.out,
-            shard_size=args.shard_size,
+            shard_size=args.shard_size or "5GB",
             force=args.force,
             show_progress=not args.quiet,
         )
@@ -96,9 +101,32 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be at least 1, not {args.workers}")
+    return _search(args)
+
+
+def _refuse_flags_that_would_not_apply(args: argparse.Namespace) -> None:
+    """Each flag applies to one use of ``hm3 merge``; given with another, it would be silently ignored."""
+    from hm3.errors import UserError
+
+    if args.mergekit:
+        search_only = [flag for flag in ("ray_address", "workers") if getattr(args, flag) is not None]
+        if search_only:
+            flags = " and ".join("--" + flag.replace("_", "-") for flag in search_only)
+            verb = "apply" if len(search_only) > 1 else "applies"
+            raise UserError(f"{flags} {verb} to a search (--recipe, --resume), not to --mergekit")
+        return
+    if args.shard_size is not None:
+        raise UserError(
+            "--shard-size applies to --mergekit; a search writes no checkpoint (hm3 export takes the recipe's "
+            "output.shard_size)"
+        )
     if args.resume and args.out:
         raise UserError("--resume RUN continues RUN in place; drop --out")
-    return _search(args)
+    if args.resume and args.force:
+        raise UserError(
+            "--resume RUN continues RUN in place and replaces nothing; drop --force (to start over: "
+            "hm3 merge --recipe R --out RUN --force)"
+        )
 
 
 def _search(args: argparse.Namespace) -> int:

@@ -201,6 +201,16 @@ def test_pareto_prints_the_front_and_writes_the_plot(finished_run: Path, tmp_pat
         (["merge", "--recipe", "{recipe}", "--out", "{run}"], "exists; continue it with --resume"),
         (["merge", "--resume", "{run}", "--out", "{tmp}/x"], "drop --out"),
         (["merge", "--mergekit", "{recipe}"], "--mergekit needs --out"),
+        # flags that would have been ignored silently
+        (
+            ["merge", "--resume", "{run}", "--force"],
+            "continues RUN in place and replaces nothing; drop --force",
+        ),
+        (["merge", "--recipe", "{recipe}", "--shard-size", "1GB"], "--shard-size applies to --mergekit"),
+        (
+            ["merge", "--mergekit", "{recipe}", "--out", "{tmp}/m", "--workers", "2"],
+            "--workers applies to a search",
+        ),
         (["pareto", "{tmp}/nothing"], "run directory not found"),
         (["pareto", "{tmp}"], "is not a run directory (no recipe.yaml)"),  # a folder, but no run
         (["pareto", "{run}", "--plot", "{tmp}/front.jpg"], "must end in .png or .svg"),
