@@ -41,8 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def preflight(args: argparse.Namespace) -> None:
     """The run folder is a run (no heavy import)."""
+    from hm3.errors import UserError
     from hm3.store import require_run_directory
 
+    if args.force and args.export is None:
+        raise UserError(
+            "--force replaces a model folder written by --export DIR; without --export it does nothing"
+        )
     require_run_directory(args.run)
 
 

@@ -219,6 +219,7 @@ def test_a_rollout_below_its_start_is_reported_and_its_start_selected(
         (["--preference", "1,-1,1"], "non-negative"),
         (["--preference", "0,0,0"], "not all zero"),
         (["--preference", "a,b,c"], "comma-separated numbers"),
+        (["--preference", "1,1,1", "--force"], "without --export it does nothing"),  # ignored before
     ],
 )
 def test_a_bad_preference_is_one_line_exit_2(
