@@ -176,7 +176,8 @@ def check_code_execution(objective: Objective, facts: TaskFacts | None, allow: b
 
 class ObjectiveSettingError(UserError):
     """An objective setting the task would ignore or cannot apply (a ``num_fewshot`` lm-eval keeps at 0 or cannot
-    draw, ``generation_kwargs`` of a task that generates nothing or that ``generate`` does not know).
+    draw, ``generation_kwargs`` of a task that generates nothing, that ``generate`` does not know or as long as
+    the model's context, ``apply_chat_template`` with a tokenizer that has no template).
 
     Args:
         message: The one line, naming the objective.
