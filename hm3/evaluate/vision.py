@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 
 from hm3.errors import UserError
 from hm3.evaluate.split import DocumentSplit, split_documents
-from hm3.evaluate.zeroshot import zeroshot_head
+from hm3.evaluate.zeroshot import ZeroShotHeads
 from hm3.recipe import ZEROSHOT_HEAD
 
 if TYPE_CHECKING:
@@ -105,19 +105,24 @@ def prepare_vision_objectives(
         UserError: naming the objective, for missing or malformed data, a head of the wrong shape, labels the
             head has no class for, or a split with no images.
     """
-    return [_prepare(o, split, Path(model_folder), hidden_size) for o in objectives]
+    folder = Path(model_folder)
+    zeroshot = next((o.name for o in objectives if o.head == ZEROSHOT_HEAD), None)
+    heads = None if zeroshot is None else ZeroShotHeads(folder, zeroshot)  # the text tower, loaded once
+    return [_prepare(o, split, folder, hidden_size, heads) for o in objectives]
 
 
-def _prepare(objective: Objective, split: SplitConfig, folder: Path, hidden_size: int) -> VisionObjective:
+def _prepare(
+    objective: Objective, split: SplitConfig, folder: Path, hidden_size: int, heads: ZeroShotHeads | None
+) -> VisionObjective:
     name = objective.name
     pixels, labels, class_names = _load_dataset(objective, folder)
-    if objective.head == ZEROSHOT_HEAD:
+    if heads is not None and objective.head == ZEROSHOT_HEAD:
         if not class_names:
             raise UserError(
                 f"objective {name}: head: zeroshot needs the class names, and {objective.dataset.path} has none "  # type: ignore[union-attr]
                 "(an npz file's 'class_names' array, an image folder's sub-folders, a data set's ClassLabel names)"
             )
-        weight, bias = zeroshot_head(name, folder, class_names, objective.templates)
+        weight, bias = heads.head(class_names, objective.templates)
     else:
         weight, bias = _load_head(objective, hidden_size)
     if len(labels) and (int(labels.max()) >= weight.shape[0] or int(labels.min()) < 0):

@@ -24,48 +24,55 @@ import torch
 import torch.nn.functional as F
 
 from hm3.errors import UserError
+from hm3.evaluate.quiet import quiet_libraries
 
 
-def zeroshot_head(
-    objective_name: str, base_folder: Path, class_names: Sequence[str], templates: Sequence[str]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The zero-shot head of one task: ``weight`` [classes, vision hidden] and a zero ``bias`` [classes].
+class ZeroShotHeads:
+    """The base ``CLIPModel``'s text tower and projections, loaded once for every zero-shot objective of a recipe.
 
     Args:
-        objective_name: For messages.
         base_folder: The base model's folder: a full ``CLIPModel`` with its tokenizer.
-        class_names: One name per class id, in label order.
-        templates: Prompt templates, each holding ``{}`` once.
+        objective_name: The first objective that asks for one (for messages).
 
     Raises:
         UserError: the base model is not a full ``CLIPModel`` (a vision tower alone has no text tower), or its
             tokenizer does not load.
     """
-    config = json.loads((base_folder / "config.json").read_text())
-    if config.get("model_type") != "clip" or "text_config" not in config:
-        raise UserError(
-            f"objective {objective_name}: head: zeroshot needs base_model to be a full CLIPModel (its text tower "
-            f"embeds the class names); {base_folder} is a {config.get('model_type')!r} model: give a head file"
-        )
-    # here, not at the top: transformers' CLIP classes cost ~1.5 s to import, which text scoring would pay
-    from transformers import AutoTokenizer, CLIPModel
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(base_folder)
-    except Exception as error:  # transformers and tokenizers raise many kinds: all mean "unusable"
-        raise UserError(
-            f"objective {objective_name}: head: zeroshot needs the base model's tokenizer, which does not load "
-            f"from {base_folder} ({str(error).splitlines()[0]})"
-        ) from None
-    model = CLIPModel.from_pretrained(base_folder, dtype=torch.float32)
-    model.eval()
-    rows = []
-    with torch.no_grad():
-        for name in class_names:
-            batch = tokenizer(
-                [template.format(name) for template in templates], padding=True, return_tensors="pt"
+    def __init__(self, base_folder: Path, objective_name: str) -> None:
+        config = json.loads((base_folder / "config.json").read_text())
+        if config.get("model_type") != "clip" or "text_config" not in config:
+            raise UserError(
+                f"objective {objective_name}: head: zeroshot needs base_model to be a full CLIPModel (its text "
+                f"tower embeds the class names); {base_folder} is a {config.get('model_type')!r} model: give a "
+                "head file"
             )
-            embeddings = F.normalize(model.get_text_features(**batch).pooler_output, dim=-1)
-            rows.append(F.normalize(embeddings.mean(dim=0), dim=0))
-        weight = torch.stack(rows) @ model.visual_projection.weight
-    return weight, torch.zeros(len(class_names))
+        # here, not at the top: transformers' CLIP classes cost ~1.5 s to import, which text scoring would pay
+        from transformers import AutoTokenizer, CLIPModel
+
+        with quiet_libraries():
+            try:
+                self.tokenizer = AutoTokenizer.from_pretrained(base_folder)
+            except Exception as error:  # transformers and tokenizers raise many kinds: all mean "unusable"
+                raise UserError(
+                    f"objective {objective_name}: head: zeroshot needs the base model's tokenizer, which does "
+                    f"not load from {base_folder} ({str(error).splitlines()[0]})"
+                ) from None
+            self.model = CLIPModel.from_pretrained(base_folder, dtype=torch.float32).eval()
+
+    def head(self, class_names: Sequence[str], templates: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One task's head: ``weight`` [classes, vision hidden] and a zero ``bias`` [classes].
+
+        Args:
+            class_names: One name per class id, in label order.
+            templates: Prompt templates, each holding ``{}`` once.
+        """
+        rows = []
+        with torch.no_grad():
+            for name in class_names:
+                prompts = [template.format(name) for template in templates]
+                batch = self.tokenizer(prompts, padding=True, truncation=True, return_tensors="pt")
+                embeddings = F.normalize(self.model.get_text_features(**batch).pooler_output, dim=-1)
+                rows.append(F.normalize(embeddings.mean(dim=0), dim=0))
+            weight = torch.stack(rows) @ self.model.visual_projection.weight
+        return weight, torch.zeros(len(class_names))
