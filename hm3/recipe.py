@@ -189,7 +189,8 @@ class Objective(_Section):
         metric: Key of the score in lm-eval's results (``acc``, ``exact_match``, ``chrf``, optionally with its
             filter: ``exact_match,flexible-extract``); ``accuracy`` for vision. Empty: the task's first metric.
         higher_is_better: Direction of the metric.
-        weight: Relative importance when a preference is not given.
+        weight: Relative importance of the objective: the centre preference (``preferences.include_centre``) is
+            λ ∝ the objectives' weights (all 1 by default: the uniform λ).
         num_fewshot: Few-shot examples (lm-eval).
         limit: Score at most this many documents of the split (lm-eval ``limit``).
         batch_size: Evaluation batch size.
@@ -548,7 +549,7 @@ class PreferenceConfig(_Section):
             max_k λ_k |f_k − z*_k| (the paper's main text), z* the best fine-tuned score per task.
         include_corners: Add the K one-hot preferences (default: no — the fine-tuned models, scored for every
             run, are those corners' references; a corner searched is a budget spent re-finding a specialist).
-        include_centre: Add the uniform preference.
+        include_centre: Add the centre preference: the objectives' ``weight``s normalised (uniform by default).
         seed: Seed of the Dirichlet samples, in [0, 2^31) (None: the recipe's ``seed``).
     """
 

@@ -58,6 +58,24 @@ def test_preferences_cover_corners_centre_and_dirichlet() -> None:
     assert preference_vectors(2, count=0, seed=0, include_centre=False).shape == (2, 2)
 
 
+def test_the_objectives_weights_are_the_centre_preference(tmp_path) -> None:
+    """``objectives[].weight`` was accepted and never read; it is the centre λ (equal weights: the uniform one)."""
+    from hm3.recipe import recipe_from_dict
+    from hm3.search.session import preferences
+
+    assert np.allclose(
+        preference_vectors(3, 0, 0, include_corners=False, centre=[2, 1, 1]), [[0.5, 0.25, 0.25]]
+    )
+    objectives = [{"name": n, "task": "sst2", "weight": w} for n, w in (("a", 3.0), ("b", 1.0))]
+    raw = {"base_model": "base", "models": ["x", "y"], "objectives": objectives, "preferences": {"count": 2}}
+    weighted = preferences(recipe_from_dict(raw, base_dir=tmp_path))
+    assert np.allclose(weighted[0], [0.75, 0.25])  # then the Dirichlet samples, as before
+    for objective in objectives:
+        objective.pop("weight")
+    equal = preferences(recipe_from_dict(raw, base_dir=tmp_path))
+    assert np.allclose(equal[0], [0.5, 0.5]) and np.array_equal(equal[1:], weighted[1:])
+
+
 def test_parse_preference() -> None:
     assert np.allclose(parse_preference("2,1,1", 3), [0.5, 0.25, 0.25])
     for bad in ("1,2", "a,b,c", "-1,1,1", "0,0,0"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 DUPLICATE_DECIMALS = 9
@@ -14,6 +16,7 @@ def preference_vectors(
     seed: int,
     include_corners: bool = True,
     include_centre: bool = True,
+    centre: Sequence[float] | None = None,
 ) -> np.ndarray:
     """The preferences a search covers, in a fixed order: corners, centre, then ``count`` Dirichlet samples.
 
@@ -22,7 +25,8 @@ def preference_vectors(
         count: N, the number of Dirichlet(1, ..., 1) samples.
         seed: Seed of the samples; the same seed gives the same vectors.
         include_corners: Add the K one-hot vectors (each objective alone).
-        include_centre: Add the uniform vector (1/K, ..., 1/K).
+        include_centre: Add the centre: ``centre`` normalised to sum 1, or the uniform vector (1/K, ..., 1/K).
+        centre: Positive relative importances of the objectives (the recipe's objective weights); None: equal.
 
     Returns:
         Array of shape [M, K], rows on the simplex (non-negative, summing to 1), duplicates removed (rows
@@ -34,7 +38,8 @@ def preference_vectors(
     if include_corners:
         rows.extend(np.eye(num_objectives))
     if include_centre:
-        rows.append(np.full(num_objectives, 1.0 / num_objectives))
+        weights = np.ones(num_objectives) if centre is None else np.asarray(centre, dtype=np.float64)
+        rows.append(weights / weights.sum())
     if count:
         rng = np.random.default_rng(seed)
         rows.extend(rng.dirichlet(np.ones(num_objectives), size=count))

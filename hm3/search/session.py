@@ -174,4 +174,5 @@ def preferences(recipe: Recipe) -> np.ndarray:
         recipe.seed if config.seed is None else config.seed,
         include_corners=config.include_corners,
         include_centre=config.include_centre,
+        centre=[objective.weight for objective in recipe.objectives],
     )
