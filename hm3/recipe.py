@@ -173,6 +173,17 @@ class ImageDataset(_Section):
         format_ = info.data.get("format")
         return value if format_ == "hf" else _resolve_path(value, info)
 
+    @model_validator(mode="after")
+    def _hub_settings_for_hub_data(self) -> ImageDataset:
+        defaults = {"split": "test", "image_key": "image", "label_key": "label"}
+        given = [key for key, default in defaults.items() if getattr(self, key) != default]
+        if self.format != "hf" and given:
+            raise ValueError(
+                f"{', '.join(given)}: {'applies' if len(given) == 1 else 'apply'} to format: hf only (a hub data "
+                f"set's split and columns), not to format: {self.format}"
+            )
+        return self
+
 
 class Objective(_Section):
     """One task to be good at: an lm-eval task, or a vision classification data set.

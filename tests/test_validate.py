@@ -143,6 +143,12 @@ SCHEMA_CASES = [
     ),
     ("bad device", "objectives:", "device: tpu\nobjectives:", "device"),
     (
+        "a hub data set's setting on a file",  # ignored before
+        "{name: sst2, task: sst2, metric: acc}",
+        "{name: sst2, dataset: {format: npz, path: x.npz, label_key: y}, head: h.safetensors}",
+        "objectives[0].dataset",
+    ),
+    (
         "objective of an unknown model",
         "{name: sst2, task: sst2,",
         "{name: sst2, model: nobody, task: sst2,",
