@@ -257,6 +257,19 @@ class Objective(_Section):
             raise ValueError("a vision objective needs 'head' (the task's classification head)")
         if self.dataset is not None and self.metric not in (None, "accuracy"):
             raise ValueError("a vision objective's metric is 'accuracy'")
+        if self.dataset is not None:
+            language = [key for key in ("num_fewshot", "include_path") if getattr(self, key) is not None]
+            language += [key for key in ("generation_kwargs", "apply_chat_template") if getattr(self, key)]
+            if language:
+                one = len(language) == 1
+                raise ValueError(
+                    f"{', '.join(language)}: {'an lm-eval setting' if one else 'lm-eval settings'}, and this "
+                    f"objective classifies images; leave {'it' if one else 'them'} out"
+                )
+        elif self.head is not None:
+            raise ValueError(
+                "head: a vision objective's classification head, and this objective is an lm-eval task"
+            )
         if self.head != ZEROSHOT_HEAD and self.templates != list(DEFAULT_TEMPLATES):
             raise ValueError(
                 "templates: they phrase the class names of a 'head: zeroshot' only, and this objective has "

@@ -149,6 +149,18 @@ SCHEMA_CASES = [
         "objectives[0].dataset",
     ),
     (
+        "an lm-eval setting on a vision objective",  # ignored before
+        "{name: sst2, task: sst2, metric: acc}",
+        "{name: sst2, dataset: {format: npz, path: x.npz}, head: h.safetensors, num_fewshot: 5}",
+        "objectives[0]",
+    ),
+    (
+        "a head on an lm-eval objective",
+        "{name: sst2, task: sst2, metric: acc}",
+        "{name: sst2, task: sst2, head: h}",
+        "objectives[0]",
+    ),
+    (
         "objective of an unknown model",
         "{name: sst2, task: sst2,",
         "{name: sst2, model: nobody, task: sst2,",
