@@ -9,8 +9,9 @@ with plain greedy generation decided by teacher-forced passes where the result i
 
 Objective options map to lm-eval's as its CLI would apply them: ``num_fewshot`` (refused where lm-eval would
 ignore it — the task's YAML fixes 0 — or cannot draw that many examples), ``generation_kwargs`` (merged into
-the task's), ``batch_size``, ``apply_chat_template`` (with few-shot as multi-turn, the CLI's default), ``limit`` (the first ``limit`` documents of the split, in file order). Few-shot
-sampling is re-seeded (lm-eval's seed, 1234) before every score, so every candidate sees the same prompts.
+the task's), ``batch_size``, ``apply_chat_template`` (with few-shot as multi-turn, the CLI's default),
+``limit`` (the first ``limit`` documents of the split, in file order). Few-shot sampling is re-seeded
+(lm-eval's seed, 1234) before every score, so every candidate sees the same prompts.
 
 Tasks that execute the model's code (lm-eval's ``unsafe_code``: humaneval, mbpp) load only with the recipe's
 ``allow_code_execution``; hm3 then passes lm-eval ``confirm_run_unsafe_code=True`` and sets

@@ -4,15 +4,15 @@ Data sets (``objective.dataset``), loaded and preprocessed once:
 
 * ``npz``: arrays ``pixel_values`` float32 [N, C, H, W] (already preprocessed) and ``labels`` int64 [N], and
   optionally ``class_names`` (strings, one per class id);
-* ``image_folder``: one sub-folder per class (sorted names are the class ids and the class names); images are preprocessed with the
-  model folder's image processor (``preprocessor_config.json``) if it has one, else resized to the config's
-  ``image_size`` and normalised with CLIP's mean and std;
+* ``image_folder``: one sub-folder per class (sorted names are the class ids and the class names); images are
+  preprocessed with the model folder's image processor (``preprocessor_config.json``) if it has one, else
+  resized to the config's ``image_size`` and normalised with CLIP's mean and std;
 * ``hf``: a Hugging Face dataset (only with a network or a local cache), preprocessed the same way.
 
 The head file (``head.safetensors``) holds ``weight`` [C, hidden] and ``bias`` [C]; logits are
-``pooler_output @ weight.T + bias``. ``head: zeroshot`` builds that head from the base ``CLIPModel``'s text tower
-and the data set's class names (:mod:`hm3.evaluate.zeroshot`). Images are split like documents, by a hash of their content (pixel bytes
-and label), so the split does not depend on file order.
+``pooler_output @ weight.T + bias``. ``head: zeroshot`` builds that head from the base ``CLIPModel``'s text
+tower and the data set's class names (:mod:`hm3.evaluate.zeroshot`). Images are split like documents, by a hash
+of their content (pixel bytes and label), so the split does not depend on file order.
 """
 
 from __future__ import annotations
@@ -118,9 +118,10 @@ def _prepare(
     pixels, labels, class_names = _load_dataset(objective, folder)
     if heads is not None and objective.head == ZEROSHOT_HEAD:
         if not class_names:
+            data = objective.dataset.path  # type: ignore[union-attr]
             raise UserError(
-                f"objective {name}: head: zeroshot needs the class names, and {objective.dataset.path} has none "  # type: ignore[union-attr]
-                "(an npz file's 'class_names' array, an image folder's sub-folders, a data set's ClassLabel names)"
+                f"objective {name}: head: zeroshot needs the class names, and {data} has none (an npz file's "
+                "'class_names' array, an image folder's sub-folders, a data set's ClassLabel names)"
             )
         weight, bias = heads.head(class_names, objective.templates)
     else:
