@@ -75,13 +75,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def preflight(args: argparse.Namespace) -> None:
     """The recipe file loads, and no output lies over an input (no model, no heavy import)."""
-    from hm3.recipe import SEED_LIMIT, load_recipe
+    from hm3.recipe import is_seed, load_recipe
 
     if getattr(args, "recipe", None) is None:
         return
     recipe = load_recipe(args.recipe)
     inputs = _inputs(args.recipe, recipe)
-    if args.action == "train" and args.seed is not None and not 0 <= args.seed < SEED_LIMIT:
+    if args.action == "train" and args.seed is not None and not is_seed(args.seed):
         raise UserError(f"--seed must be an integer in [0, 2^31) like the recipe's seed, not {args.seed}")
     if args.action == "train":
         check_no_overlap(_train_out(args), inputs)  # train_himole itself checks only the base model

@@ -83,6 +83,12 @@ MAX_SEARCH_VALUES = 100
 
 Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT)]
 
+
+def is_seed(value: int) -> bool:
+    """Whether a seed given on the command line is one a recipe's ``seed`` could hold (:data:`SEED_LIMIT`)."""
+    return 0 <= value < SEED_LIMIT
+
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _TASK_YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -308,10 +314,16 @@ GENERATION_LENGTH_KEYS = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_c
 """The names lm-eval reads as the most tokens to generate (the first given, in this order)."""
 
 
+TYPED_GENERATION_KEYS = frozenset(
+    {"until", "do_sample", "temperature", "top_p", "top_k", *GENERATION_LENGTH_KEYS}
+)
+"""``generation_kwargs`` keys lm-eval reads or passes on to ``generate``, typed here (:func:`_generation_problem`)."""
+
+
 def _generation_problem(key: str, value: Any) -> str | None:
-    """What is wrong with one ``generation_kwargs`` entry that lm-eval or ``generate`` reads, if anything: the
-    keys both interpret are typed here (others are checked against transformers' ``GenerationConfig`` when the
-    task loads, :mod:`hm3.evaluate.task_loading`)."""
+    """What is wrong with one ``generation_kwargs`` entry of :data:`TYPED_GENERATION_KEYS`, if anything (other keys
+    are checked against transformers' ``GenerationConfig`` when the task loads:
+    :func:`hm3.evaluate.task_facts.check_generation_settings`)."""
     is_number = isinstance(value, int | float) and not isinstance(value, bool)
     if key == "until":
         strings = value if isinstance(value, list) else [value]  # [] stops at the end-of-text token alone

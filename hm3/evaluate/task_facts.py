@@ -35,7 +35,7 @@ from lm_eval.api.registry import DEFAULT_METRIC_REGISTRY
 
 from hm3.errors import UserError
 from hm3.evaluate.task_code import FunctionReference, task_config
-from hm3.recipe import GENERATION_LENGTH_KEYS
+from hm3.recipe import TYPED_GENERATION_KEYS
 
 if TYPE_CHECKING:
     from lm_eval.tasks import TaskManager
@@ -204,12 +204,6 @@ def check_fewshot(objective: Objective, task_name: str, task_num_fewshot: int | 
         )
 
 
-LM_EVAL_GENERATION_KEYS = frozenset(
-    {"until", "do_sample", "temperature", "top_p", "top_k", *GENERATION_LENGTH_KEYS}
-)
-"""``generation_kwargs`` keys lm-eval reads or passes on to ``generate`` (typed by the recipe's validation)."""
-
-
 def check_generation_settings(objective: Objective, task_name: str, output_type: str | None) -> None:
     """Refuse ``generation_kwargs`` that would not apply: a task that generates nothing (it scores
     log-likelihoods, so they were ignored), or a key neither lm-eval nor transformers' ``generate`` reads (it
@@ -224,7 +218,7 @@ def check_generation_settings(objective: Objective, task_name: str, output_type:
             "generation_kwargs would be ignored; leave them out",
             "generation_kwargs",
         )
-    unknown = sorted(set(objective.generation_kwargs) - LM_EVAL_GENERATION_KEYS)
+    unknown = sorted(set(objective.generation_kwargs) - TYPED_GENERATION_KEYS)
     if unknown:
         # transformers only for keys beyond lm-eval's own (validate stays without it)
         from transformers import GenerationConfig

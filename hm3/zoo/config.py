@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hm3.errors import UserError
-from hm3.recipe import SEED_LIMIT
+from hm3.recipe import is_seed
 
 KINDS = ("lm", "vit")
 LM_FAMILIES = ("llama", "qwen2")
@@ -135,7 +135,7 @@ class ZooConfig:
             raise UserError(f"--size must be one of {', '.join(SIZES)}, not {size!r}")
         if size in LM_ONLY_SIZES and kind != "lm":
             raise UserError(f"--size {size} exists for --kind lm only; the {kind} zoo is micro or small")
-        if not 0 <= seed < SEED_LIMIT:
+        if not is_seed(seed):
             raise UserError(f"--seed must be an integer in [0, 2^31), not {seed}")
         return cls(kind, family, size, seed)
 
