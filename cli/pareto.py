@@ -44,8 +44,9 @@ def run(args: argparse.Namespace) -> int:
         table.add_column("preference λ", no_wrap=True)
     table.add_column("model", no_wrap=True)
     table.add_column("merge weights", no_wrap=True)
-    for name in report.objectives:
-        table.add_column(name, justify="right")
+    directions = report.runs[0].front.higher_is_better  # every run compared has the same ones
+    for name, up in zip(report.objectives, directions, strict=True):
+        table.add_column(name if up else f"{name} ↓", justify="right")  # ↓: lower is better
     for entry in report.runs:
         for member in entry.front.members:
             merge = member.merge["method"] if member.merge else "no merge"

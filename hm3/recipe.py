@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import re
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -205,7 +205,8 @@ class Objective(_Section):
         templates: Prompt templates of a ``zeroshot`` head, ``{}`` standing for the class name.
         metric: Key of the score in lm-eval's results (``acc``, ``exact_match``, ``chrf``, optionally with its
             filter: ``exact_match,flexible-extract``); ``accuracy`` for vision. Empty: the task's first metric.
-        higher_is_better: Direction of the metric.
+        higher_is_better: Direction of the metric. Unset: the task's own (lm-eval's ``higher_is_better`` for the
+            metric, e.g. lower for ``perplexity``; higher for vision accuracy), resolved when the task loads.
         weight: Relative importance of the objective: the centre preference (``preferences.include_centre``) is
             λ ∝ the objectives' weights (all 1 by default: the uniform λ).
         num_fewshot: Few-shot examples (lm-eval).
@@ -225,7 +226,7 @@ class Objective(_Section):
     head: str | None = None
     templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES), min_length=1)
     metric: str | None = None
-    higher_is_better: bool = True
+    higher_is_better: bool | None = None
     weight: float = Field(default=1.0, gt=0)
     num_fewshot: int | None = Field(default=None, ge=0)
     limit: int | None = Field(default=None, gt=0)
@@ -741,6 +742,18 @@ class Recipe(_Section):
     def objective_names(self) -> list[str]:
         """Names of the objectives, in recipe order (the order of a preference vector)."""
         return [o.name for o in self.objectives]
+
+    def with_directions(self, directions: Mapping[str, bool]) -> Recipe:
+        """This recipe with every objective's ``higher_is_better`` set: ``directions`` (objective name ->
+        direction, as the loaded tasks resolve them: :attr:`hm3.evaluate.Evaluator.higher_is_better`) fills in
+        the ones the recipe leaves to the task."""
+        objectives = [
+            o
+            if o.higher_is_better is not None
+            else o.model_copy(update={"higher_is_better": directions[o.name]})
+            for o in self.objectives
+        ]
+        return self.model_copy(update={"objectives": objectives})
 
     def model_weights(self, preference: list[float] | tuple[float, ...]) -> list[float]:
         """Per-model merge weights for a preference over the objectives (see ``Objective.model``)."""

@@ -177,6 +177,15 @@ class RunStore:
         stored = recipe_from_dict(yaml.safe_load(stored_file.read_text()), source=str(stored_file))
         if recipe is not None:
             differences = recipe_differences(stored, recipe)
+            left_to_task = [
+                d.split(":")[0] for d in differences if d.endswith(".higher_is_better: True -> None")
+            ]
+            if differences and len(left_to_task) == len(differences):
+                raise UserError(
+                    f"cannot resume {directory}: its recipe sets {', '.join(left_to_task)} to true, this one "
+                    "leaves it to the task (an older hm3 read an unset direction as true, this one takes the "
+                    "task's); write higher_is_better: true as the run has it to resume, or start afresh with --force"
+                )
             if differences:
                 raise UserError(f"cannot resume {directory} with a different recipe: {_some(differences)}")
         store = cls(directory)

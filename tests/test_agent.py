@@ -107,7 +107,8 @@ def micro(lm_zoo_micro, tmp_path_factory):  # noqa: F811
     pool = ModelPool.from_recipe(recipe)
     spec = MergeSpec.from_recipe(recipe.parameter_level, recipe.model_weights(list(PREFERENCE)), recipe.seed)
     routing = RoutingPool.from_model_pool(pool, merge_state_dict(pool, spec, cached=True))
-    return recipe, Evaluator.from_recipe(recipe), routing
+    evaluator = Evaluator.from_recipe(recipe)
+    return recipe.with_directions(evaluator.higher_is_better), evaluator, routing  # as a search opens it
 
 
 def test_building_a_candidate_copies_nothing(micro):

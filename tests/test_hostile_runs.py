@@ -659,3 +659,39 @@ def test_a_users_look_alike_siblings_are_not_taken_for_leftovers(tmp_path: Path)
     (tmp_path / f".out.replaced-{pid}").mkdir()
     clear_leftovers(tmp_path / "out")
     assert not (tmp_path / "out").exists() and (tmp_path / f".out.replaced-{pid}").is_dir()
+
+
+def test_a_direction_left_to_the_task_is_resolved_before_any_reward_and_named_on_resume(
+    tmp_path: Path,
+) -> None:
+    """An unset ``higher_is_better`` is the task's own: a reward is never built with it open (it once meant
+    "higher", whatever the task said), and a run an older hm3 started with it read as true is not resumed
+    with it unset, in one line that says how to resume it."""
+    from hm3.errors import UserError
+    from hm3.moo.reward import reward_from_recipe
+    from hm3.recipe import recipe_from_dict
+    from hm3.store import RunStore
+
+    data = {
+        "base_model": "/models/base",
+        "models": ["/models/a", "/models/b"],
+        "objectives": [
+            {"name": "ppl", "task": "wikitext"},
+            {"name": "acc", "task": "sst2", "higher_is_better": True},
+        ],
+    }
+    unset = recipe_from_dict(data)
+    assert [o.higher_is_better for o in unset.objectives] == [None, True]
+    with pytest.raises(ValueError, match=r"\['ppl'\] is the task's"):
+        reward_from_recipe(unset)
+    resolved = unset.with_directions({"ppl": False, "acc": False})  # only the open one is filled in
+    assert [o.higher_is_better for o in resolved.objectives] == [False, True]
+    assert reward_from_recipe(resolved).oriented({"ppl": 12.0, "acc": 0.5}) == [-12.0, 0.5]
+
+    data["objectives"][0]["higher_is_better"] = True  # what an older hm3 wrote into the run's recipe.yaml
+    RunStore.create(tmp_path / "run", recipe_from_dict(data)).close()
+    with pytest.raises(UserError) as refused:
+        RunStore.resume(tmp_path / "run", unset)
+    message = str(refused.value)
+    assert "\n" not in message and "objectives[0].higher_is_better to true" in message
+    assert "write higher_is_better: true as the run has it to resume" in message

@@ -370,3 +370,69 @@ def test_exported_member_scores_what_the_front_says(
         assert scores[name] == pytest.approx(value, abs=1e-9)
     done = run_hm3("export", finished_run, "--member", "zzz", "--out", tmp_path / "x")
     assert done.returncode == 2 and "no front member has an id starting with 'zzz'" in done.stderr
+
+
+PERPLEXITY_TASK = """task: toy_addition_perplexity
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: "{zoo}/data/toy_addition.jsonl"
+test_split: test
+output_type: loglikelihood
+doc_to_text: "{{{{prompt}}}}"
+doc_to_target: "{{{{target}}}}"
+target_delimiter: ""
+num_fewshot: 0
+metric_list:
+  - metric: perplexity
+    aggregation: perplexity
+    higher_is_better: false
+metadata:
+  version: 1.0
+"""
+
+
+def test_an_objective_left_to_its_task_is_searched_in_the_tasks_direction(
+    lm_zoo_micro: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    # the recipe leaves the direction of a perplexity to its task, which says lower is better: hm3 eval always
+    # showed it so, but the search read the recipe's default and maximised the perplexity
+    task = tmp_path / "toy_addition_perplexity.yaml"
+    task.write_text(PERPLEXITY_TASK.format(zoo=lm_zoo_micro))
+    recipe = tmp_path / "perplexity.yaml"
+    recipe.write_text(
+        MICRO_SEARCH.format(zoo=lm_zoo_micro)
+        .replace(
+            f"  - {{name: addition, task: {lm_zoo_micro}/tasks/toy_addition.yaml, metric: exact_match}}",
+            f"  - {{name: perplexity, task: {task}, metric: perplexity, model: addition}}",
+        )
+        .replace("metric: exact_match}", "metric: exact_match, model: reversal}", 1)
+        .replace("metric: exact_match}", "metric: exact_match, model: sorting}", 1)
+        .replace("{count: 0, include_corners: true}", "{count: 1}")
+        .replace("iterations: 8,", "iterations: 3,")
+    )
+    run = tmp_path / "run"
+    done = run_hm3("merge", "--recipe", recipe, "--out", run, "--quiet", timeout=900)
+    assert done.returncode == 0, done.stderr
+    front = json.loads((run / "front.json").read_text())
+    assert front["objectives"] == ["perplexity", "reversal", "sorting"]
+    assert front["higher_is_better"] == [False, True, True]
+
+    def oriented(scores: dict) -> list[float]:
+        return [-scores["perplexity"], scores["reversal"], scores["sorting"]]
+
+    records = [json.loads(line) for line in (run / "candidates.jsonl").read_text().splitlines()]
+    logged = [
+        oriented(r["scores"]) for r in records if r["split"] == "search" and r["level"] in ("merge", "path")
+    ]
+    for member in front["members"]:
+        point = oriented(member["scores"]["search"])
+        assert not any(all(a >= b for a, b in zip(q, point, strict=True)) and q != point for q in logged)
+    assert "perplexity ↓" in run_hm3("pareto", run).stdout
+    # a front member for a preference on the perplexity alone is the one with the lowest perplexity
+    done = run_hm3("select", run, "--preference", "1,0,0")
+    assert done.returncode == 0, done.stderr
+    chosen = done.stdout.split("front member ", 1)[1].split(",", 1)[0]
+    perplexity = {m["id"][:12]: m["scores"]["search"]["perplexity"] for m in front["members"]}
+    assert perplexity[chosen] == min(perplexity.values())

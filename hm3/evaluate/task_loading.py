@@ -109,7 +109,7 @@ def load_objective_task(
             )
     metric = metric_key.split(",")[0]
     direction = objective.higher_is_better
-    if "higher_is_better" not in objective.model_fields_set:
+    if direction is None:  # the task's own (lm-eval's default for a metric it does not name: higher)
         direction = bool(task.higher_is_better().get(metric, True))
     return ObjectiveTask(task, metric_key, direction, document_split)
 

@@ -61,8 +61,12 @@ class VisionObjective:
     weight: torch.Tensor
     bias: torch.Tensor
     split: DocumentSplit
-    higher_is_better: bool = True
     metric_key: str = "accuracy"
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Accuracy's direction: higher, unless the recipe says otherwise."""
+        return self.objective.higher_is_better is not False
 
     @property
     def name(self) -> str:

@@ -74,6 +74,16 @@ class Reward:
         return self.utility(scores, preference) - self.length_penalty * length
 
 
+def objective_directions(recipe: Recipe) -> tuple[bool, ...]:
+    """Each objective's direction, in recipe order. A recipe may leave one to its task; a search's recipe has
+    them resolved (:meth:`hm3.recipe.Recipe.with_directions`), and a direction left open here is a bug, not
+    "higher"."""
+    unresolved = [o.name for o in recipe.objectives if o.higher_is_better is None]
+    if unresolved:
+        raise ValueError(f"the direction of objective(s) {unresolved} is the task's and was not resolved")
+    return tuple(bool(o.higher_is_better) for o in recipe.objectives)
+
+
 def reward_from_recipe(recipe: Recipe, scale: ObjectiveScale | None = None) -> Reward:
     """The reward of a recipe (objective order and directions, scalarization, β1) on ``scale`` — the
     fine-tuned models' ideal and nadir, which a search always has (:func:`hm3.search.references.set_scale`)."""
@@ -82,14 +92,14 @@ def reward_from_recipe(recipe: Recipe, scale: ObjectiveScale | None = None) -> R
         scalarization=recipe.preferences.scalarization,
         length_penalty=recipe.architecture_level.length_penalty,
         scale=scale,
-        higher_is_better=tuple(o.higher_is_better for o in recipe.objectives),
+        higher_is_better=objective_directions(recipe),
     )
 
 
 def objective_scale(recipe: Recipe, finetuned: Mapping[str, Mapping[str, float]]) -> ObjectiveScale:
     """The objectives' normalisation: the ideal point z* and the nadir of the fine-tuned models' search-split
     scores (``finetuned``: model name -> scores), oriented so that higher is better."""
-    directions = [o.higher_is_better for o in recipe.objectives]
+    directions = objective_directions(recipe)
     points = [
         [oriented(scores[name], up) for name, up in zip(recipe.objective_names, directions, strict=True)]
         for scores in finetuned.values()

@@ -550,7 +550,8 @@ def search_path(
         scorer: ``score(model) -> {objective: value}``, or a ready :class:`PathScorer` (a search's, which
             logs and budgets every new path).
         preference: λ, one weight per objective.
-        recipe: Supplies ``agent``, ``architecture_level`` and ``preferences.scalarization``.
+        recipe: Supplies ``agent``, ``architecture_level``, ``preferences.scalarization`` and the objectives'
+            directions, resolved (:meth:`hm3.recipe.Recipe.with_directions`: a search's recipe is).
         seed: Seeds the agent (default: the recipe's seed).
         scale: The fine-tuned models' ideal and nadir (the reward's normalisation; needed by ``tchebycheff``).
         agent: A trained preference-conditioned agent: no training, its greedy rollout is scored.

@@ -24,6 +24,7 @@ from typing import Any
 
 from hm3.front import FrontMember, ParetoFront, select_front
 from hm3.merge.mergekit_export import to_mergekit_yaml
+from hm3.moo.reward import objective_directions
 from hm3.routing.path import InferencePath
 from hm3.routing.save import passthrough_yaml
 from hm3.search.budget import CHARGED_SPLITS, BudgetedEvaluator, Ledger
@@ -121,7 +122,7 @@ def finish_run(
         details: Method-specific facts for the summary (preferences, budget, ledger, wall time per part).
     """
     recipe = search.recipe
-    directions = [o.higher_is_better for o in recipe.objectives]
+    directions = list(objective_directions(recipe))
     candidates = front_candidates(logged_candidates(search))
     members = select_front(candidates, search.objectives, directions)
     evaluations = BudgetedEvaluator(search, REFERENCES)

@@ -101,6 +101,7 @@ def select_member(run: str | Path, preference: str) -> Selection:
     try:
         lam = read_preference(preference, len(recipe.objectives))
         front = ParetoFront.from_json(store.read_json(FRONT_FILE))
+        recipe = recipe.with_directions(dict(zip(front.objectives, front.higher_is_better, strict=True)))
         scale = objective_scale(recipe, finetuned_search_scores(recipe, CandidateLog(store).records))
         return best_member(front, reward_from_recipe(recipe, scale), lam, model_depth(recipe))
     finally:

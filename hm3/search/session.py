@@ -149,12 +149,16 @@ def _planned_pool(recipe: Recipe, placement: Placement) -> tuple[ModelPool, Memo
 def open_search(
     recipe: Recipe, store: RunStore, progress: SearchProgress, inputs: SearchInputs | None = None
 ) -> Search:
-    """The search of ``recipe`` in ``store``: its inputs (loaded now when not given) and the run's log."""
+    """The search of ``recipe`` in ``store``: its inputs (loaded now when not given) and the run's log.
+
+    The search's recipe has every objective's direction set: those the recipe leaves to the task come from the
+    loaded tasks (a perplexity is minimised), so that the reward, the normalisation and the front all use the
+    direction the scores are reported in. What decides a score is the run's own (``fingerprint.json``)."""
     loaded = inputs if inputs is not None else load_inputs(recipe)
     if loaded.memory is not None and loaded.memory.offload:
         progress.print(loaded.memory.line)
     return Search(
-        recipe=recipe,
+        recipe=recipe.with_directions(loaded.evaluator.higher_is_better),
         store=store,
         pool=loaded.pool,
         evaluator=loaded.evaluator,
