@@ -56,9 +56,8 @@ def path_spend(summary: dict) -> float:
 def zoo_section(kind: str, seeds: list[int], started: float) -> list[str]:
     from hm3.baselines import hm3_budget
     from hm3.moo.hypervolume import Normalization
-    from hm3.zoo import ensure_zoo
 
-    ensure_zoo(quality.ZOO_BUILDS[kind][0], size=quality.ZOO_BUILDS[kind][1])
+    quality.ensure_bench_zoo(kind)
     runs: dict[tuple[int, str, int], dict] = {}
     for factor in factors():
         for seed in seeds:
@@ -83,7 +82,7 @@ def zoo_section(kind: str, seeds: list[int], started: float) -> list[str]:
     key = quality.section_key(kind)
     lines = [
         f"<!-- zoo {key}: start -->",
-        f"## {kind} zoo (`{quality.ZOOS[kind]}`), build `{quality.recipe_zoo_build(kind)}`",
+        f"## {kind} zoo ({quality.ZOOS[kind].describe()}), build `{quality.recipe_zoo_build(kind)}`",
         "",
         f"Measured on {cpu_name()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; seeds {seeds}.",
         "",

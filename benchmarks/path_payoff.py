@@ -185,9 +185,8 @@ def preference_searches(folder: Path, records: list[dict], reward) -> tuple[list
 
 def zoo_section(kind: str, seeds: list[int], started: float) -> list[str]:
     from hm3.search.run import hm3_budget
-    from hm3.zoo import ensure_zoo
 
-    ensure_zoo(quality.ZOO_BUILDS[kind][0], size=quality.ZOO_BUILDS[kind][1])
+    quality.ensure_bench_zoo(kind)
     rows: dict[int, list[dict]] = {c: [] for c in CHECKPOINTS}
     pooled, same_round, wall = [], [], []
     for seed in seeds:
@@ -237,7 +236,7 @@ def zoo_section(kind: str, seeds: list[int], started: float) -> list[str]:
     key = quality.section_key(kind)
     lines = [
         f"<!-- zoo {key}: start -->",
-        f"## {kind} zoo (`{quality.ZOOS[kind]}`), build `{quality.recipe_zoo_build(kind)}`",
+        f"## {kind} zoo ({quality.ZOOS[kind].describe()}), build `{quality.recipe_zoo_build(kind)}`",
         "",
         f"Measured on {cpu_name()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; seeds {seeds}; "
         f"{ITERATIONS} full scorings of paths per preference; the upper level's first round the search quality "

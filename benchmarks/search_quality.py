@@ -1,10 +1,12 @@
 """Is HM3 better than what a user already has, for the same compute? HM3 vs every baseline, equal budgets.
 
-On the small toy LM zoo, the small toy vision zoo and the deep (12-layer) toy LM zoo (built if missing), for each seed, HM3 and each baseline
-(`hm3 baseline`) run on the zoo's recipe with the same search split and the same budget — the documents
-scored on the search split, in units of one full scoring (HM3's paper configuration's P × (iterations + 1)
-candidates; a path screened on a part of the split costs that part's share). Then, per zoo, one
-normalisation of the held-out scores over every point of every method, seed and reference, and:
+On the small toy LM zoo, the small toy vision zoo, the deep (12-layer) toy LM zoo and the small toy LM zoo built
+as qwen2 models (a zoo no recipe ships for: the small LM recipe re-pointed at it), each built if missing, for
+each seed, HM3 and each baseline (`hm3 baseline`) run on the zoo's recipe with the same search split and the
+same budget — the documents scored on the search split, in units of one full scoring (HM3's paper
+configuration's P × (iterations + 1) candidates; a path screened on a part of the split costs that part's
+share). Then, per zoo, one normalisation of the held-out scores over every point of every method, seed and
+reference, and:
 
 * held-out hypervolume of each method's front, mean ± std over seeds;
 * best held-out score per task (mean over seeds);
@@ -20,8 +22,8 @@ continues.
 
     .venv/bin/python benchmarks/search_quality.py              # 3 seeds, 7 preferences x 16 candidates
     BENCH_QUICK=1 .venv/bin/python benchmarks/search_quality.py   # 1 seed, 4 preferences x 9, for a first look
-    BENCH_ZOOS=deep .venv/bin/python benchmarks/search_quality.py  # some zoos (lm, vit, deep): their sections are
-                                                                    # rewritten, the others' kept as measured
+    BENCH_ZOOS=deep .venv/bin/python benchmarks/search_quality.py  # some zoos (lm, vit, deep, qwen2): their
+                                                                    # sections are rewritten, the others' kept
 
 Several processes may share the work: ``BENCH_SEEDS=2 BENCH_METHODS=cmaes,evo_path`` runs only those runs
 (and writes no table); a run another live process is doing is waited for, not redone.
@@ -35,6 +37,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,11 +63,87 @@ AGENT_METHODS = ("hm3", "hm3_paper", "arch_only")
 """The methods that train the path agent; the others use only ``agent.iterations`` (their budget's size)."""
 PPO_SETTINGS = frozenset(AgentConfig.model_fields) - {"iterations", "mode", "patience"}
 """The agent's training settings: a run of a method that trains no agent does not depend on them."""
-ZOOS = {"lm": "recipes/toy-lm.yaml", "vit": "recipes/toy-vit.yaml", "deep": "recipes/toy-lm-deep.yaml"}
-ZOO_BUILDS = {"lm": ("lm", "small"), "vit": ("vit", "small"), "deep": ("lm", "deep")}
-"""What ``hm3 zoo build`` makes each zoo: (kind, size)."""
+
+
+@dataclass(frozen=True)
+class BenchZoo:
+    """A zoo the benchmark runs on: the shipped recipe it runs and what ``hm3 zoo build`` makes its models. A zoo
+    the project does not ship a recipe for (another family) runs the shipped recipe of its kind and size with
+    every path into the shipped zoo's folder re-pointed at its own: the same tasks, budget and defaults, on
+    models the defaults were never looked at on."""
+
+    recipe: str
+    kind: str
+    family: str | None
+    size: str
+
+    @property
+    def shipped(self) -> bool:
+        return self.family in (None, "llama")
+
+    @property
+    def folder(self) -> str:
+        """The zoo's folder name (``hm3 zoo build``'s default)."""
+        return f"{self.kind}-{self.family or 'clip'}-{self.size}"
+
+    def describe(self) -> str:
+        return (
+            self.recipe
+            if self.shipped
+            else f"{self.recipe} on `zoo/{self.folder}`, a zoo with no recipe of its own"
+        )
+
+
+ZOOS = {
+    "lm": BenchZoo("recipes/toy-lm.yaml", "lm", "llama", "small"),
+    "vit": BenchZoo("recipes/toy-vit.yaml", "vit", None, "small"),
+    "deep": BenchZoo("recipes/toy-lm-deep.yaml", "lm", "llama", "deep"),
+    "qwen2": BenchZoo("recipes/toy-lm.yaml", "lm", "qwen2", "small"),
+}
+"""The zoos, in table order: the three the recipes ship for, and the small LM zoo built as qwen2 models (issue 20:
+defaults tuned to the shipped zoos would show on zoos the project does not ship)."""
 SCRATCH = REPO / "benchmarks" / "scratch" / "search_quality" / ("quick" if QUICK else "full")
 RESULTS = REPO / "benchmarks" / "results"
+
+
+def ensure_bench_zoo(kind: str) -> Path:
+    """The zoo's folder, built first if it is missing (``hm3 zoo build``)."""
+    from hm3.zoo import ensure_zoo
+
+    zoo = ZOOS[kind]
+    return ensure_zoo(zoo.kind, family=zoo.family, size=zoo.size)
+
+
+@functools.cache
+def zoo_recipe(kind: str):
+    """The recipe the zoo runs: its shipped recipe, or for a zoo the project ships none for, the shipped recipe of
+    its kind and size re-pointed at its folder (written to the scratch, so that a run's stored recipe names it)."""
+    from hm3.recipe import load_recipe
+
+    zoo = ZOOS[kind]
+    shipped = REPO / zoo.recipe
+    if zoo.shipped:
+        return load_recipe(shipped)
+    shipped_zoo = Path(load_recipe(shipped).base_model.path).parent
+    relative = f"../zoo/{shipped_zoo.name}/"
+    text = shipped.read_text()
+    if relative not in text:
+        raise SystemExit(
+            f"{zoo.recipe} does not name its models under {relative}: cannot re-point it at {kind}"
+        )
+    out = SCRATCH.parent / "recipes" / f"{kind}.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    header = f"# {zoo.recipe} re-pointed at zoo/{zoo.folder} by benchmarks/search_quality.py\n"
+    out.write_text(header + text.replace(relative, f"{ensure_bench_zoo(kind)}/"))
+    recipe = load_recipe(out)
+    paths = [
+        recipe.base_model.path,
+        *(m.path for m in recipe.models),
+        *(o.task or "" for o in recipe.objectives),
+    ]
+    if any(str(shipped_zoo) in str(path) for path in paths):
+        raise SystemExit(f"{out} still names {shipped_zoo}")
+    return recipe
 
 
 def recipe_for(kind: str, seed: int):
@@ -73,9 +152,8 @@ def recipe_for(kind: str, seed: int):
     paper's agent (``agent.actions: path``). It defines the budget (P × (1 + iterations)); ``hm3_paper``,
     ``arch_only`` and the baselines run it (the baselines as before: ``cmaes`` starts from each λ, corners
     included)."""
-    from hm3.recipe import load_recipe
 
-    recipe = load_recipe(REPO / ZOOS[kind])
+    recipe = zoo_recipe(kind)
     return recipe.model_copy(
         update={
             "seed": seed,
@@ -95,10 +173,9 @@ def optimised(kind: str, seed: int, budget: int):
     """``hm3``'s recipe: the zoo recipe's defaults (the optimised upper level, no corners, patience) with
     ``UPPER_SHARE`` of ``budget`` for the upper level's first round and the rest split over the preferences'
     paths (what they do not spend goes back to the upper level)."""
-    from hm3.recipe import load_recipe
     from hm3.search.session import preferences
 
-    recipe = load_recipe(REPO / ZOOS[kind])
+    recipe = zoo_recipe(kind)
     recipe = recipe.model_copy(
         update={
             "seed": seed,
@@ -122,18 +199,16 @@ def run_recipe(kind: str, seed: int, method: str, budget: int):
 
 def zoo_fingerprint(kind: str) -> str:
     """The zoo manifest's digest: a run made on an older build of the zoo is not reused."""
-    from hm3.recipe import load_recipe
 
-    return zoo_digest(load_recipe(REPO / ZOOS[kind]))
+    return zoo_digest(zoo_recipe(kind))
 
 
 @functools.cache
 def recipe_zoo_build(kind: str) -> str:
     """The build of the zoo a zoo's recipe uses (:func:`_bench.zoo_build`): each has its own section (read once
     per invocation: the zoo is built, if it was missing, before anything asks)."""
-    from hm3.recipe import load_recipe
 
-    return zoo_build(Path(load_recipe(REPO / ZOOS[kind]).base_model.path).parent)
+    return zoo_build(Path(zoo_recipe(kind).base_model.path).parent)
 
 
 def wait_for_other_process(folder: Path) -> None:
@@ -271,7 +346,7 @@ def analyse(kind: str, runs: dict) -> tuple[list[str], dict]:
             + f"| {seconds:.0f} |"
         )
     header = [
-        f"### {kind} zoo ({ZOOS[kind]}), build `{recipe_zoo_build(kind)}`",
+        f"### {kind} zoo ({ZOOS[kind].describe()}), build `{recipe_zoo_build(kind)}`",
         "",
         f"Measured on {cpu_name()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; fronts of seed "
         f"{SEEDS[0]} overlaid: `{plot_name(kind)}`.",
@@ -413,12 +488,11 @@ def plot(kind: str, data: dict, out: Path) -> None:
 
 def main() -> None:
     from hm3.baselines import hm3_budget
-    from hm3.zoo import ensure_zoo
 
     started = time.perf_counter()
     sections: dict[str, list[str]] = {}
     for kind in selected("BENCH_ZOOS", list(ZOOS)):
-        ensure_zoo(ZOO_BUILDS[kind][0], size=ZOO_BUILDS[kind][1])
+        ensure_bench_zoo(kind)
         runs = {}
         for seed in selected("BENCH_SEEDS", SEEDS):
             budget = hm3_budget(recipe_for(kind, seed))
