@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cli import counted
+
 METHOD_NAMES = ("uniform", "grid", "nsga2", "cmaes", "evo_path", "param_only", "arch_only")
 
 
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     heldout = summary["heldout"]
     print(
         f"{args.method}: {summary['evaluations_used']} of {summary['budget']} evaluations, "
-        f"{summary['front_members']} front members; held-out hypervolume {heldout['front']:.4f}"
+        f"{counted(summary['front_members'], 'front member')}; held-out hypervolume {heldout['front']:.4f}"
     )
     print(f"see the front: hm3 pareto {store.directory} --plot {store.directory}/front.png")
     return 0

@@ -12,6 +12,8 @@ import argparse
 import shlex
 import sys
 
+from cli import counted
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
@@ -160,10 +162,11 @@ def _search(args: argparse.Namespace) -> int:
 def _report(run: object, summary: dict) -> None:
     heldout = summary["heldout"]
     margins = heldout["margin_over"]
-    print(
-        f"front: {summary['front_members']} members from {summary['distinct_candidates']} candidates over "
-        f"{summary['preferences']} preferences"
+    members, candidates = (
+        counted(summary["front_members"], "member"),
+        counted(summary["distinct_candidates"], "candidate"),
     )
+    print(f"front: {members} from {candidates} over {counted(summary['preferences'], 'preference')}")
     print(f"held-out hypervolume: front {heldout['front']:.4f}")
     for label, value in heldout["references"].items():
         print(f"  {label:<24} {value:.4f}   front {margins[label]:+.4f}")
