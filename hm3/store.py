@@ -177,10 +177,13 @@ class RunStore:
         stored = recipe_from_dict(yaml.safe_load(stored_file.read_text()), source=str(stored_file))
         if recipe is not None:
             differences = recipe_differences(stored, recipe)
-            left_to_task = [
-                d.split(":")[0] for d in differences if d.endswith(".higher_is_better: True -> None")
-            ]
-            if differences and len(left_to_task) == len(differences):
+            read_as_before = recipe.with_directions({o.name: True for o in recipe.objectives})  # older hm3's
+            if differences and not recipe_differences(stored, read_as_before):
+                left_to_task = [
+                    f"objectives[{i}].higher_is_better"
+                    for i, objective in enumerate(recipe.objectives)
+                    if objective.higher_is_better is None
+                ]
                 raise UserError(
                     f"cannot resume {directory}: its recipe sets {', '.join(left_to_task)} to true, this one "
                     "leaves it to the task (an older hm3 read an unset direction as true, this one takes the "
