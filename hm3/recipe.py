@@ -35,9 +35,11 @@ from pydantic import (
     ByteSize,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -203,6 +205,10 @@ class Objective(_Section):
             base ``CLIPModel``'s text tower, the data set's class names and ``templates`` (the task-arithmetic
             setting).
         templates: Prompt templates of a ``zeroshot`` head, ``{}`` standing for the class name.
+        class_names: A ``zeroshot`` head's class names, one per label id in label order, in place of the data
+            set's own (the names a fine-tuning benchmark built its heads from, e.g. FusionBench's "annual crop
+            land" for EuroSAT's ``AnnualCrop``). Unset: the data's names; not written to a run's recipe then, so
+            runs started before the field existed keep their fingerprint.
         metric: Key of the score in lm-eval's results (``acc``, ``exact_match``, ``chrf``, optionally with its
             filter: ``exact_match,flexible-extract``); ``accuracy`` for vision. Empty: the task's first metric.
         higher_is_better: Direction of the metric. Unset: the task's own (lm-eval's ``higher_is_better`` for the
@@ -225,6 +231,7 @@ class Objective(_Section):
     dataset: ImageDataset | None = None
     head: str | None = None
     templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES), min_length=1)
+    class_names: list[str] | None = Field(default=None, min_length=1)
     metric: str | None = None
     higher_is_better: bool | None = None
     weight: float = Field(default=1.0, gt=0)
@@ -283,7 +290,42 @@ class Objective(_Section):
                 + ("a head file" if self.head else "no zero-shot head")
                 + "; leave them out"
             )
+        if self.head != ZEROSHOT_HEAD and self.class_names is not None:
+            raise ValueError(
+                "class_names: they name the classes of a 'head: zeroshot' only, and this objective has "
+                + ("a head file" if self.head else "no zero-shot head")
+                + "; leave them out"
+            )
         return self
+
+    @field_validator("class_names")
+    @classmethod
+    def _distinct_class_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        blank = [i for i, name in enumerate(value) if not name.strip()]
+        if blank:
+            raise ValueError(
+                f"class name {blank[0]} is empty: every class needs a name the text tower can embed"
+            )
+        seen: dict[str, int] = {}
+        for i, name in enumerate(value):
+            if name in seen:
+                raise ValueError(
+                    f"class names {seen[name]} and {i} are both {name!r}: two classes with one name get one "
+                    "embedding, and the head could not tell them apart"
+                )
+            seen[name] = i
+        return value
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unset_class_names(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without ``class_names`` when unset: a run's fingerprint, and so every candidate's cache key, stays
+        what it was before the field existed."""
+        data = handler(self)
+        if self.class_names is None:
+            data.pop("class_names", None)
+        return data
 
     @field_validator("templates")
     @classmethod

@@ -52,6 +52,33 @@ def test_every_shipped_recipe_validates(recipe: Path) -> None:
     assert result.stdout.startswith("ok:")
 
 
+# The classes of the task-arithmetic benchmark's 8 data sets (their published class counts).
+CLIP_TASK_CLASSES = {
+    "sun397": 397, "stanford_cars": 196, "resisc45": 45, "eurosat": 10, "svhn": 10, "gtsrb": 43, "mnist": 10,
+    "dtd": 47,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["clip-vit-b32-8tasks.yaml", "clip-vit-l14-8tasks.yaml"])
+def test_the_clip_recipes_build_the_heads_their_encoders_were_fine_tuned_against(name: str) -> None:
+    """Every objective names its classes and prompt templates (FusionBench's, shared by both recipes): a head
+    from the hub data's raw ClassLabel names and one generic template is not the one the tanganke encoders
+    learned to match. One name per class of each data set; the models are the collection's hub ids."""
+    from hm3.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).parent.parent / "recipes" / name)
+    classes = {o.name: len(o.class_names or ()) for o in recipe.objectives}
+    assert classes == CLIP_TASK_CLASSES
+    assert all(o.head == "zeroshot" and len(o.templates) >= 1 for o in recipe.objectives)
+    eurosat = next(o for o in recipe.objectives if o.name == "eurosat")
+    assert (
+        eurosat.templates[0] == "a centered satellite photo of {}."
+        and eurosat.class_names[0] == "annual crop land"
+    )
+    cars = next(m for m in recipe.models if m.name == "stanford_cars")
+    assert cars.path.endswith("_stanford-cars")  # the collection's id (an underscore there names no model)
+
+
 def _zoo_folders_exist(recipe: Path) -> bool:
     import yaml
 

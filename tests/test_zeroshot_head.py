@@ -79,7 +79,9 @@ def _recipe(
     )
 
 
-def _clip_accuracy(clip: Path, vision_from: Path, templates: list[str]) -> float:
+def _clip_accuracy(
+    clip: Path, vision_from: Path, templates: list[str], class_names: tuple[str, ...] = CLASS_NAMES
+) -> float:
     """CLIP's own zero-shot accuracy: the base CLIPModel, its vision tower taken from ``vision_from``."""
     import torch
     import torch.nn.functional as F
@@ -93,12 +95,12 @@ def _clip_accuracy(clip: Path, vision_from: Path, templates: list[str]) -> float
     with torch.no_grad():
         if len(templates) == 1:  # CLIP's forward pass itself
             batch = tokenizer(
-                [templates[0].format(c) for c in CLASS_NAMES], padding=True, return_tensors="pt"
+                [templates[0].format(c) for c in class_names], padding=True, return_tensors="pt"
             )
             logits = model(**batch, pixel_values=pixels).logits_per_image
         else:  # task arithmetic's ensemble over templates
             rows = []
-            for name in CLASS_NAMES:
+            for name in class_names:
                 batch = tokenizer([t.format(name) for t in templates], padding=True, return_tensors="pt")
                 rows.append(
                     F.normalize(
@@ -126,6 +128,57 @@ def test_zeroshot_accuracy_is_clips_own(tiny_clip, tmp_path, templates) -> None:
     expected = {str(m): _clip_accuracy(tiny_clip, m, templates) for m in models}
     assert {m: s["animals"] for m, s in scores.items()} == expected
     assert len(set(expected.values())) > 1  # the vision towers differ, and so do their scores
+
+
+def test_class_names_in_the_recipe_name_the_classes_in_place_of_the_datas(
+    tiny_clip, tmp_path, capsys
+) -> None:
+    """``class_names`` (the names a benchmark fine-tuned against, e.g. FusionBench's for the CLIP recipes) replace
+    the data set's own; unset, they are not written to a run's recipe (old runs keep their scoring key); a list of
+    another length than the data's, on a head file, or with a repeated name is one line."""
+    from hm3.recipe import load_recipe
+
+    names = ("a small tabby", "a sleeping puppy", "a red sparrow")
+    recipe = _recipe(tiny_clip, tmp_path, f"head: zeroshot, class_names: {json.dumps(list(names))}")
+    assert main(["validate", str(recipe)]) == 0
+    assert load_recipe(recipe).model_dump()["objectives"][0]["class_names"] == list(names)
+    models = [tiny_clip / "base", tiny_clip / "ft0", tiny_clip / "ft1"]
+    done = hm3_in_process("eval", "--recipe", recipe, "--split", "all", "--json", "--models", *models)
+    assert done.returncode == 0, done.stderr
+    scores = {m: s["animals"] for m, s in json.loads(done.stdout)["scores"].items()}
+    expected = {str(m): _clip_accuracy(tiny_clip, m, ["a photo of a {}."], names) for m in models}
+    assert scores == expected
+    assert expected != {str(m): _clip_accuracy(tiny_clip, m, ["a photo of a {}."]) for m in models}
+    with np.load(tiny_clip / "task.npz") as arrays:  # the same images without names of their own
+        np.savez(tmp_path / "nameless.npz", pixel_values=arrays["pixel_values"], labels=arrays["labels"])
+    data = f"{{format: npz, path: {tiny_clip / 'task.npz'}}}"
+    recipe.write_text(recipe.read_text().replace(data, f"{{format: npz, path: {tmp_path / 'nameless.npz'}}}"))
+    done = hm3_in_process("eval", "--recipe", recipe, "--split", "all", "--json", "--models", *models)
+    assert done.returncode == 0, done.stderr
+    assert {m: s["animals"] for m, s in json.loads(done.stdout)["scores"].items()} == expected
+
+    (tmp_path / "plain").mkdir()
+    plain = _recipe(tiny_clip, tmp_path / "plain")
+    assert "class_names" not in load_recipe(plain).model_dump()["objectives"][0]
+    two = _recipe(tiny_clip, tmp_path / "plain", "head: zeroshot, class_names: [cat, dog]")
+    done = hm3_in_process("eval", "--recipe", two, "--model", models[1])
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "objective animals: class_names lists 2 classes and the data set names 3" in done.stderr
+    for i, (head, expected_line) in enumerate(
+        [
+            (
+                f"head: {tmp_path / 'h.safetensors'}, class_names: [a, b, c]",
+                "objectives[0]: class_names: they name the classes of a 'head: zeroshot' only",
+            ),
+            ("head: zeroshot, class_names: [cat, dog, cat]", "class names 0 and 2 are both 'cat'"),
+            ("head: zeroshot, class_names: [cat, ' ', bird]", "class name 1 is empty"),
+            ("head: zeroshot, class_names: []", "objectives[0].class_names"),
+        ]
+    ):
+        (tmp_path / f"bad{i}").mkdir()
+        assert main(["validate", str(_recipe(tiny_clip, tmp_path / f"bad{i}", head))]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert any(expected_line in line for line in err) and not any("Traceback" in ln for ln in err), err
 
 
 def test_recipes_that_cannot_have_a_zeroshot_head_are_one_line(

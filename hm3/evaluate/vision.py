@@ -121,11 +121,13 @@ def _prepare(
     name = objective.name
     pixels, labels, class_names = _load_dataset(objective, folder)
     if heads is not None and objective.head == ZEROSHOT_HEAD:
+        class_names = _recipe_class_names(objective, class_names)
         if not class_names:
             data = objective.dataset.path  # type: ignore[union-attr]
             raise UserError(
-                f"objective {name}: head: zeroshot needs the class names, and {data} has none (an npz file's "
-                "'class_names' array, an image folder's sub-folders, a data set's ClassLabel names)"
+                f"objective {name}: head: zeroshot needs the class names, and {data} has none: give the "
+                "objective's class_names (or an npz file's 'class_names' array, an image folder's sub-folders, a "
+                "data set's ClassLabel names)"
             )
         weight, bias = heads.head(class_names, objective.templates)
     else:
@@ -144,6 +146,20 @@ def _prepare(
         if not document_split.indices(side):
             raise UserError(f"objective {name}: {len(labels)} image(s), none left for the {side} split")
     return VisionObjective(objective, pixels, labels.to(torch.long), weight, bias, document_split)
+
+
+def _recipe_class_names(objective: Objective, data_names: list[str] | None) -> list[str] | None:
+    """The recipe's ``class_names`` where it gives them (the data's otherwise); refused where the data names
+    another number of classes — the names would be matched to the wrong label ids."""
+    names = objective.class_names
+    if names is None:
+        return data_names
+    if data_names and len(data_names) != len(names):
+        raise UserError(
+            f"objective {objective.name}: class_names lists {len(names)} classes and the data set names "
+            f"{len(data_names)}: give one name per label id, in label order"
+        )
+    return list(names)
 
 
 def _load_dataset(objective: Objective, folder: Path) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:

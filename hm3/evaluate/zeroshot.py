@@ -10,8 +10,10 @@ The head is stored in the linear form every vision objective uses (``pooler_outp
 ``logit_scale * normalise(visual_projection(pooled)) @ text_embeddings.T``, differ from these only by a positive
 factor per image, so every prediction — and the accuracy — is CLIP's.
 
-Class names come from the data set: a Hugging Face data set's ``ClassLabel`` names, an image folder's
-sub-folder names, or an ``npz`` file's ``class_names`` array.
+Class names come from the objective's ``class_names`` where the recipe gives them (the names the encoders were
+fine-tuned against: a head from other names is not the one they learned to match), or else from the data set: a
+Hugging Face data set's ``ClassLabel`` names, an image folder's sub-folder names, or an ``npz`` file's
+``class_names`` array.
 """
 
 from __future__ import annotations
