@@ -27,7 +27,7 @@ import re
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -96,9 +96,23 @@ _TASK_YAML_SUFFIXES = (".yaml", ".yml")
 
 
 class _Section(BaseModel):
-    """Base of every recipe section: frozen, unknown keys refused, every number finite (no NaN or infinity)."""
+    """Base of every recipe section: frozen, unknown keys refused, every number finite (no NaN or infinity).
+
+    ``_omit_when_unset`` names optional fields added after runs were recorded: left unset (None), they are not
+    written (a run's ``recipe.yaml`` and fingerprint), so every candidate's cache key stays what it was and runs
+    started before the field existed resume as they were.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    _omit_when_unset: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unset_later_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for name in self._omit_when_unset:
+            if getattr(self, name) is None:
+                data.pop(name, None)
+        return data
 
 
 def _resolve_path(value: str, info: ValidationInfo) -> str:
@@ -167,6 +181,8 @@ class ImageDataset(_Section):
         split: Dataset split for ``hf``.
         image_key: Column holding the image for ``hf``.
         label_key: Column holding the label for ``hf``.
+        config: The configuration of an ``hf`` data set that has several (``datasets.load_dataset``'s ``name``:
+            SVHN's ``cropped_digits``). Unset: the data set's only one.
     """
 
     format: Literal["npz", "image_folder", "hf"]
@@ -174,6 +190,8 @@ class ImageDataset(_Section):
     split: str = "test"
     image_key: str = "image"
     label_key: str = "label"
+    config: str | None = Field(default=None, min_length=1)
+    _omit_when_unset = ("config",)
 
     @field_validator("path")
     @classmethod
@@ -183,7 +201,7 @@ class ImageDataset(_Section):
 
     @model_validator(mode="after")
     def _hub_settings_for_hub_data(self) -> ImageDataset:
-        defaults = {"split": "test", "image_key": "image", "label_key": "label"}
+        defaults = {"split": "test", "image_key": "image", "label_key": "label", "config": None}
         given = [key for key, default in defaults.items() if getattr(self, key) != default]
         if self.format != "hf" and given:
             raise ValueError(
@@ -232,6 +250,7 @@ class Objective(_Section):
     head: str | None = None
     templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES), min_length=1)
     class_names: list[str] | None = Field(default=None, min_length=1)
+    _omit_when_unset = ("class_names",)
     metric: str | None = None
     higher_is_better: bool | None = None
     weight: float = Field(default=1.0, gt=0)
@@ -317,15 +336,6 @@ class Objective(_Section):
                 )
             seen[name] = i
         return value
-
-    @model_serializer(mode="wrap")
-    def _leave_out_unset_class_names(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Without ``class_names`` when unset: a run's fingerprint, and so every candidate's cache key, stays
-        what it was before the field existed."""
-        data = handler(self)
-        if self.class_names is None:
-            data.pop("class_names", None)
-        return data
 
     @field_validator("templates")
     @classmethod

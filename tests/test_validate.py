@@ -75,6 +75,8 @@ def test_the_clip_recipes_build_the_heads_their_encoders_were_fine_tuned_against
         eurosat.templates[0] == "a centered satellite photo of {}."
         and eurosat.class_names[0] == "annual crop land"
     )
+    svhn = next(o for o in recipe.objectives if o.name == "svhn")
+    assert svhn.dataset is not None and svhn.dataset.config == "cropped_digits"  # the hub data set has two
     cars = next(m for m in recipe.models if m.name == "stanford_cars")
     assert cars.path.endswith("_stanford-cars")  # the collection's id (an underscore there names no model)
 

@@ -254,3 +254,46 @@ def test_a_hub_style_data_set_gives_its_class_names_and_a_wrong_column_is_one_li
             assert done.returncode == 2 and done.stderr.count("\n") == 1 and expected in done.stderr, (
                 done.stderr
             )
+
+
+def test_a_hub_data_set_with_several_configurations_is_read_in_the_one_the_recipe_names(
+    tiny_clip, tmp_path, capsys
+) -> None:
+    """``dataset.config`` (``datasets.load_dataset``'s ``name``: SVHN's ``cropped_digits`` in the CLIP recipes) picks
+    the configuration; none where the data set has several, or one it lacks, is one line naming the field and
+    what the data set has (``datasets`` says it over several lines)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    layouts = {"first": CLASS_NAMES, "second": (*CLASS_NAMES, "fish")}
+    for config, classes in layouts.items():
+        for name in classes:
+            (tmp_path / "hub" / config / name).mkdir(parents=True)
+            for i in range(4):
+                pixels = rng.integers(0, 256, size=(12, 12, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "hub" / config / name / f"{i}.png")
+    configs = "".join(f"- config_name: {c}\n  data_dir: {c}\n" for c in layouts)
+    (tmp_path / "hub" / "README.md").write_text(f"---\nconfigs:\n{configs}---\n")
+    recipe = _recipe(tiny_clip, tmp_path, "head: zeroshot, class_names: [cat, dog, bird]")
+    data = f"{{format: npz, path: {tiny_clip / 'task.npz'}}}"
+    for config, expected in [
+        ("first", None),  # 3 classes: the recipe's 3 names fit
+        ("second", "class_names lists 3 classes and the data set names 4"),  # its 4 classes: read from it
+        (None, "has several configurations: set dataset.config to one of ['first', 'second']"),
+        ("third", "dataset.config 'third' is not a configuration of"),
+    ]:
+        setting = "" if config is None else f", config: {config}"
+        hf = f"{{format: hf, path: {tmp_path / 'hub'}, split: train{setting}}}"
+        recipe.write_text(recipe.read_text().replace(data, hf))
+        data = hf
+        done = hm3_in_process("eval", "--recipe", recipe, "--model", tiny_clip / "ft0", "--split", "all")
+        if expected is None:
+            assert done.returncode == 0, done.stderr
+        else:  # one line, after the progress `datasets` shows while it reads a configuration the first time
+            error = [line for line in done.stderr.splitlines() if line.startswith("hm3 eval:")]
+            assert done.returncode == 2 and len(error) == 1 and expected in error[0], done.stderr
+            assert done.stderr.endswith(error[0] + "\n") and "Traceback" not in done.stderr
+    npz = f"{{format: npz, path: {tiny_clip / 'task.npz'}, config: first}}"
+    recipe.write_text(recipe.read_text().replace(data, npz))
+    assert main(["validate", str(recipe)]) == 2
+    assert "config: applies to format: hf only" in capsys.readouterr().err

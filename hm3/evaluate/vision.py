@@ -18,6 +18,7 @@ of their content (pixel bytes and label), so the split does not depend on file o
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from hm3.evaluate.zeroshot import ZeroShotHeads
 from hm3.recipe import ZEROSHOT_HEAD
 
 if TYPE_CHECKING:
-    from hm3.recipe import Objective, SplitConfig
+    from hm3.recipe import ImageDataset, Objective, SplitConfig
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -224,11 +225,9 @@ def _read_hf_dataset(objective: Objective) -> tuple[list[Any], list[int], list[s
     dataset = objective.dataset
     assert dataset is not None
     try:
-        data = datasets.load_dataset(dataset.path, split=dataset.split)
+        data = datasets.load_dataset(dataset.path, dataset.config, split=dataset.split)
     except Exception as error:  # no network and no cache, or a wrong name: both mean "not available"
-        raise UserError(
-            f"objective {objective.name}: dataset {dataset.path!r} not available: {error}"
-        ) from None
+        raise UserError(f"objective {objective.name}: {_hub_data_problem(dataset, error)}") from None
     for setting, column in (("image_key", dataset.image_key), ("label_key", dataset.label_key)):
         if column not in data.column_names:
             raise UserError(
@@ -244,6 +243,24 @@ def _read_hf_dataset(objective: Objective) -> tuple[list[Any], list[int], list[s
         )
     names = getattr(data.features.get(dataset.label_key), "names", None)  # a ClassLabel's
     return [image.convert("RGB") for image in images], list(labels), names
+
+
+def _hub_data_problem(dataset: ImageDataset, error: Exception) -> str:
+    """Why ``datasets`` could not load a hub data set, in one line; a configuration missing or unknown names
+    ``dataset.config`` and the ones the data set has."""
+    text = " ".join(str(error).split())
+    available = re.search(r"(\[[^\]]*\])", text)
+    if "Config name is missing" in text and available:
+        return (
+            f"data set {dataset.path!r} has several configurations: set dataset.config to one of "
+            f"{available.group(1)}"
+        )
+    if dataset.config is not None and f"BuilderConfig '{dataset.config}' not found" in text and available:
+        return (
+            f"dataset.config {dataset.config!r} is not a configuration of {dataset.path!r} (it has "
+            f"{available.group(1)})"
+        )
+    return f"dataset {dataset.path!r} not available: {text}"
 
 
 def _preprocess(images: list[Any], folder: Path) -> torch.Tensor:
