@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from huggingface_hub import model_info, try_to_load_from_cache
+from huggingface_hub import dataset_info, model_info, try_to_load_from_cache
 from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
 from hm3.checkpoint import Checkpoint, hub_is_offline, resolve_model_folder
 from hm3.errors import ModelError, RecipeError, UserError
 from hm3.evaluate.offline_check import language_objective_problems
+from hm3.evaluate.task_facts import hub_data_in_cache
 from hm3.himole.checks import himole_problems
 from hm3.placement import Placement, PoolSizes, candidate_length, check_frame, plan_memory
 from hm3.pool import ModelPool
@@ -66,6 +67,7 @@ def validate_recipe_file(path: str | Path) -> ValidationReport:
     report = ValidationReport(recipe)
     problems: list[tuple[str, str]] = []
     problems += _check_models(recipe, report)
+    problems += _check_hub_image_data(recipe, report)
     objective_problems = _check_objectives(recipe)
     problems += objective_problems
     if recipe.himole is not None:
@@ -161,6 +163,36 @@ def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
         return isinstance(found, str)
     except Exception:  # an unusual cache layout means "not cached" here
         return False
+
+
+def _check_hub_image_data(recipe: Recipe, report: ValidationReport) -> list[tuple[str, str]]:
+    """A vision objective's hub data set: in the local cache, or asked of the hub (a wrong id is a problem),
+    or noted as needing the hub when neither can tell (offline: downloaded when scoring)."""
+    problems: list[tuple[str, str]] = []
+    for i, objective in enumerate(recipe.objectives):
+        data = objective.dataset
+        if data is None or data.format != "hf" or Path(data.path).exists() or hub_data_in_cache(data.path):
+            continue
+        where = f"objectives[{i}].dataset.path"
+        problem = None if hub_is_offline() else _hub_data_problem(data.path)
+        if problem:
+            problems.append((where, problem))
+        else:
+            report.notes.append(
+                f"needs the hub: {where}: data set {data.path} is not in the local cache (downloaded when scoring)"
+            )
+    return problems
+
+
+def _hub_data_problem(repo_id: str) -> str | None:
+    """Why a hub data set id is wrong, if the hub can be asked and says so; None otherwise."""
+    try:
+        dataset_info(repo_id, timeout=10)
+    except RepositoryNotFoundError:
+        return f"hub data set {repo_id!r} not found (or gated without a token)"
+    except Exception:  # no network, a proxy, a time-out: the id can't be checked from here
+        return None
+    return None
 
 
 def _check_objectives(recipe: Recipe) -> list[tuple[str, str]]:

@@ -318,3 +318,44 @@ def test_generation_settings_the_model_cannot_apply_are_one_line_before_scoring(
     (with_template / "tokenizer_config.json").write_text(json.dumps(settings))
     done = hm3_in_process("eval", "--recipe", chat, "--model", with_template, "--split", "search", "--json")
     assert done.returncode == 0, done.stderr
+
+
+def test_a_vision_objectives_hub_data_outside_the_cache_is_a_note_and_a_wrong_id_a_problem(
+    tiny_pools, tmp_path, capsys, empty_hf_caches, monkeypatch
+) -> None:
+    """A vision objective's ``format: hf`` data set is checked like an lm-eval task's: cached, or "needs the hub"
+    (offline), or — where the hub answers that it does not exist — a problem naming the field."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    import hm3.validation
+
+    pool = tiny_pools["clip_vision"]
+    (tmp_path / "head.safetensors").write_bytes(b"")  # validate checks that the head file is there
+    text = (
+        f"base_model: {pool.base}\nmodels:\n  - {{name: a, path: {pool.finetunes[0]}}}\n"
+        f"  - {{name: b, path: {pool.finetunes[1]}}}\nobjectives:\n"
+        "  - {name: digits, dataset: {format: hf, path: some-org/digits}, head: head.safetensors}\n"
+        "  - {name: again, dataset: {format: hf, path: some-org/digits}, head: head.safetensors}\n"
+    )
+    code, lines = _validate(tmp_path, text, capsys)
+    note = "  note: needs the hub: objectives[0].dataset.path: data set some-org/digits is not in the local cache"
+    assert code == 0 and any(line.startswith(note) for line in lines), lines
+    (empty_hf_caches / "hub" / "datasets--some-org--digits").mkdir()
+    code, lines = _validate(tmp_path, text, capsys)
+    assert code == 0 and not [line for line in lines if "needs the hub" in line], lines
+    shutil.rmtree(empty_hf_caches / "hub" / "datasets--some-org--digits")
+
+    def not_there(repo_id: str, **_: object) -> None:
+        error = RepositoryNotFoundError.__new__(
+            RepositoryNotFoundError
+        )  # the hub's 404, without an HTTP reply
+        Exception.__init__(error, f"{repo_id} not found")
+        raise error
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(hm3.validation, "dataset_info", not_there)
+    code, lines = _validate(tmp_path, text, capsys)
+    assert code == 2 and len(lines) == 2, lines
+    assert lines[0].endswith(
+        "objectives[0].dataset.path: hub data set 'some-org/digits' not found (or gated without a token)"
+    )

@@ -242,7 +242,12 @@ def data_is_local(facts: TaskFacts) -> bool:
     path = facts.dataset_path
     if path is None or path in LOCAL_BUILDERS or Path(path).expanduser().exists():
         return True
+    return hub_data_in_cache(path)
 
+
+def hub_data_in_cache(path: str) -> bool:
+    """Whether a hub data set is in the local caches: its files downloaded (the hub cache), or prepared by
+    ``datasets``."""
     snapshot = Path(huggingface_hub.constants.HF_HUB_CACHE) / f"datasets--{path.replace('/', '--')}"
     prepared = Path(datasets.config.HF_DATASETS_CACHE) / path.replace("/", "___")
     return snapshot.is_dir() or prepared.is_dir()
