@@ -22,6 +22,8 @@ from safetensors import safe_open
 from hm3.errors import ModelError, UserError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
 
     from hm3.recipe import ModelRef
@@ -51,7 +53,8 @@ MAX_HEADER_BYTES = 100_000_000
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """Where a tensor lives and what it looks like, without loading it."""
+    """Where a tensor lives and what it looks like, without loading it. ``name`` is the name stored in the
+    file, which a pool may index under another (:meth:`Checkpoint.rename_tensors`)."""
 
     name: str
     shape: tuple[int, ...]
@@ -276,17 +279,22 @@ class Checkpoint:
         """Total size of the stored tensors."""
         return sum(info.nbytes for info in self.tensors.values())
 
+    def rename_tensors(self, rename: Callable[[str], str]) -> None:
+        """Index every tensor under ``rename(name)``; reads still use the name stored in the file (a pool
+        lines a checkpoint's naming up with its base's: :meth:`hm3.pool.ModelPool.__init__`)."""
+        self.tensors = {rename(key): info for key, info in self.tensors.items()}
+
     def load(self, tensor_name: str) -> torch.Tensor:
         """One tensor, read from disk (memory-mapped); raises UserError if the checkpoint lacks it."""
         info = self.tensors.get(tensor_name)
         if info is None:
             raise ModelError(self.name, f"has no tensor {tensor_name!r}")
         if self._pickled is not None:
-            return self._pickled[tensor_name]
+            return self._pickled[info.name]
         handle = self._handles.get(info.file)
         if handle is None:
             handle = self._handles[info.file] = safe_open(str(info.file), framework="pt")
-        return handle.get_tensor(tensor_name)
+        return handle.get_tensor(info.name)
 
     def close(self) -> None:
         """Drop open file handles (they are reopened on the next load)."""

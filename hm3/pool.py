@@ -67,6 +67,8 @@ class ModelPool:
         self.models = models
         self.backbone: Backbone = detect_family(base.config, where=f"base model {base.name}")
         self.tokenizer_source = tokenizer_source
+        for model in models:
+            self._name_like_the_base(model)
         self._check(trust_remote_code)
 
     # -- construction -------------------------------------------------------------------------------------
@@ -79,6 +81,30 @@ class ModelPool:
             Checkpoint(resolve_model_folder(ref), ref.name, recipe.allow_pickle) for ref in recipe.models
         ]
         return cls(base, models, recipe.tokenizer_source, recipe.trust_remote_code)
+
+    def _name_like_the_base(self, model: Checkpoint) -> None:
+        """Index a fine-tuned model's backbone tensors as the base names them where the two differ only by the
+        family's optional prefix: a ``CLIPVisionModel`` saved by transformers 5 (``encoder.layers.0...``) against
+        a full ``CLIPModel`` base (``vision_model.encoder.layers.0...``), or the other way round — the same
+        tensors, which a user fine-tuning the base's vision tower on this stack gets."""
+        prefix = self.backbone.optional_prefix
+        if not prefix:
+            return
+
+        def prefixed(checkpoint: Checkpoint) -> bool | None:
+            names = [n for n in checkpoint.tensors if self.backbone.belongs(n)]
+            if names and all(n.startswith(prefix) for n in names):
+                return True
+            return False if names and not any(n.startswith(prefix) for n in names) else None
+
+        base, own = prefixed(self.base), prefixed(model)
+        if base is None or own is None or base == own:
+            return
+        model.rename_tensors(
+            (lambda n: prefix + n if self.backbone.belongs(n) else n)
+            if base
+            else (lambda n: n.removeprefix(prefix))
+        )
 
     # -- checks -------------------------------------------------------------------------------------------
 

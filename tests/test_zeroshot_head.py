@@ -297,3 +297,54 @@ def test_a_hub_data_set_with_several_configurations_is_read_in_the_one_the_recip
     recipe.write_text(recipe.read_text().replace(data, npz))
     assert main(["validate", str(recipe)]) == 2
     assert "config: applies to format: hf only" in capsys.readouterr().err
+
+
+def test_vision_tower_fine_tunes_saved_either_way_merge_with_a_full_clip_base(tiny_clip, tmp_path) -> None:
+    """The paper's CLIP setting: a full ``CLIPModel`` base (``vision_model.encoder...``) and fine-tunes saved as
+    ``CLIPVisionModel`` — by transformers 4, as the published encoders were (``vision_model.`` kept), or by
+    transformers 5, as a user on this stack saves one (``encoder...``, no prefix: refused as "lacks
+    vision_model..." before). Both score as the same weights inside full CLIPModels do."""
+    from safetensors.torch import load_file, save_file
+    from transformers import CLIPModel, CLIPVisionModel
+
+    towers = {}
+    for i in range(2):
+        full = CLIPModel.from_pretrained(tiny_clip / f"ft{i}")
+        tower = CLIPVisionModel(full.config.vision_config)
+        tower.load_state_dict(full.vision_model.state_dict())
+        for layout in ("transformers5", "transformers4"):
+            folder = tmp_path / layout / f"ft{i}"
+            tower.save_pretrained(folder)
+            weights = load_file(folder / "model.safetensors")
+            assert not any(n.startswith("vision_model.") for n in weights)  # how transformers 5 saves it
+            if layout == "transformers4":
+                save_file({f"vision_model.{n}": t for n, t in weights.items()}, folder / "model.safetensors")
+            towers[layout, i] = folder
+    expected, fronts = None, []
+    for layout in ("full", "transformers5", "transformers4"):
+        folder = tmp_path / f"run-{layout}"
+        folder.mkdir()
+        recipe = _recipe(tiny_clip, folder)
+        if layout != "full":
+            text = recipe.read_text()
+            for i in range(2):
+                text = text.replace(f"path: {tiny_clip / f'ft{i}'}}}", f"path: {towers[layout, i]}}}")
+            recipe.write_text(text)
+        models = (
+            [tiny_clip / "ft0", tiny_clip / "ft1"]
+            if layout == "full"
+            else [towers[layout, 0], towers[layout, 1]]
+        )
+        done = hm3_in_process("eval", "--recipe", recipe, "--split", "all", "--json", "--models", *models)
+        assert done.returncode == 0, done.stderr
+        scores = list(json.loads(done.stdout)["scores"].values())
+        expected = expected or scores
+        assert scores == expected, layout
+        search = (
+            "parameter_level: {method: task_arithmetic, budget: 3}\narchitecture_level: {enabled: false}\n"
+        )
+        recipe.write_text(recipe.read_text() + search + "preferences: {count: 1}\n")
+        merged = hm3_in_process("merge", "--recipe", recipe, "--out", folder / "run", "--quiet")
+        assert merged.returncode == 0, merged.stderr
+        fronts.append(json.loads((folder / "run" / "front.json").read_text())["members"])
+    assert fronts[1] == fronts[2] and [m["scores"] for m in fronts[0]] == [m["scores"] for m in fronts[1]]

@@ -70,9 +70,11 @@ class TensorReader:
                         meta["dtype"],
                         tuple(meta["shape"]),
                     )
-        if name not in self._where:
+        info = self.checkpoint.tensors.get(name)  # the name stored in the file, where the pool renamed it
+        stored = name if info is None else info.name
+        if stored not in self._where:
             raise ModelError(self.checkpoint.name, f"has no tensor {name!r}")
-        return self._where[name]
+        return self._where[stored]
 
     def load(self, name: str) -> torch.Tensor:
         """Tensor ``name``, backed by a private memory map of its bytes (freed with the tensor)."""
