@@ -67,6 +67,24 @@ class Models:
     ft_b: Path
     renamed: Path
     wider: Path
+    tied_base: Path
+    tied_a: Path
+
+
+def tied_copy(model: Path, folder: Path) -> Path:
+    """``model`` as a checkpoint that ties its output head to its embeddings: no ``lm_head.weight`` stored,
+    ``tie_word_embeddings: true`` (how many small models ship)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(model, folder)
+    weights = load_file(folder / "model.safetensors")
+    del weights["lm_head.weight"]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +97,11 @@ def models(tiny_pools, tmp_path_factory) -> Models:
     tokens = {"renamed": WORDS[:126] + ["new_a", "new_b"], "wider": WORDS + ["new_a", "new_b"]}
     for name, folder in folders.items():
         save_tokenizer(tokens.get(name, WORDS), folder)
-    return Models(tiny_pools, **folders)
+    tied = {
+        "tied_base": tied_copy(base, root / "tied_base"),
+        "tied_a": tied_copy(folders["ft_a"], root / "tied_a"),
+    }
+    return Models(tiny_pools, **folders, **tied)
 
 
 def entry(model: Path, **parameters) -> dict:
@@ -248,8 +270,26 @@ EQUAL: dict[str, Callable[[Models], dict]] = {
     "vocabulary_renamed_linear": vocabulary("linear", "base", ("renamed", 0.7)),
     "vocabulary_wider_ties": vocabulary("ties", "base", ("wider", 0.7), ("ft_a", 0.5)),
     "vocabulary_from_a_model": vocabulary("ties", "wider", ("wider", 0.7), ("renamed", 0.4)),
+    # a model that ties its head stands in with its embeddings; the head is written when one source stores it
+    # (an untied output without one would get a random head from transformers)
+    "tied_input_untied_base": lambda m: tied("task_arithmetic", m.base, m.tied_a, m.ft_b),
+    "tied_base_untied_inputs": lambda m: tied("ties", m.tied_base, m.ft_a, m.ft_b),
+    "tied_all": lambda m: tied("task_arithmetic", m.tied_base, m.tied_a),
+    "tied_first_linear": lambda m: tied("linear", None, m.tied_a, m.ft_b),
 }
 """Cases whose tensors must equal mergekit's."""
+
+
+def tied(method: str, base: Path | None, *models: Path) -> dict:
+    return {
+        "merge_method": method,
+        **({"base_model": str(base)} if base else {}),
+        "models": [
+            entry(model, weight=0.6, density=0.5) if method == "ties" else entry(model, weight=0.6)
+            for model in models
+        ],
+        "dtype": "float32",
+    }
 
 
 @dataclass(frozen=True)

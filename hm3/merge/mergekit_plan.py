@@ -99,6 +99,8 @@ def plan_merge(config: MergekitConfig, base_dir: Path | None = None) -> MergePla
         vocabulary = read_vocabulary(source, base_index, referenced, models.all, folder)
     planner = _Planner(config, method, models, backbone, vocabulary)
     shared = [n for n in donor.tensors if backbone.layer_of(n) is None and backbone.belongs(n)]
+    if backbone.vocab_tensors and backbone.vocab_tensors[0] in donor.tensors:  # a donor that ties its head
+        shared += [n for n in backbone.vocab_tensors[1:] if n not in shared]  # written if a source stores one
     pre = [n for n in shared if any(m in n for m in _PRE_MARKERS)]
     post = [n for n in shared if n not in pre]
     tensors = [planner.tensor(slices[0], n, None, 0.0) for n in pre]
@@ -261,6 +263,14 @@ class _Planner:
         shared tensors)."""
         base_ref = out_slice.base_model or self.config.base_model
         base_key = self.models.key(base_ref) if base_ref else None
+        if offset is None and out_name in self.backbone.vocab_tensors[1:]:
+            holders = [
+                s
+                for s in out_slice.sources
+                if out_name in self.models.all[self.models.index(s.model)].tensors
+            ]
+            if not holders:
+                return None  # every source ties its head to its embeddings: not written (an optional weight)
         group: list[tuple[int, str, InputSlice]] = []
         for source in out_slice.sources:
             index = self.models.index(source.model)
@@ -269,10 +279,7 @@ class _Planner:
                 if offset is None
                 else self.backbone.layer_tensor_name(out_name, source.layer_range[0] + offset)
             )
-            name = self._present(index, name)
-            if name is None:
-                return None
-            group.append((index, name, source))
+            group.append((index, self._present(index, name), source))
         uses_base = self.method is not None and self.method.uses_base
         inputs = [g for g in group if not (uses_base and self.models.keys[g[0]] == base_key)]
         base = next(((i, n) for i, n, _ in group if uses_base and self.models.keys[i] == base_key), None)
@@ -349,14 +356,16 @@ class _Planner:
         base = next((i for i in models if self.models.keys[i] == base_key), None)
         return VocabularyGroup(models, base), self.vocabulary.size
 
-    def _present(self, index: int, name: str) -> str | None:
+    def _present(self, index: int, name: str) -> str:
+        """The tensor a source gives for ``name``: its own, or — for the output head of a model that ties it to
+        its embeddings (no head stored) — its embeddings, as mergekit reads a tied weight. The head is written
+        whenever one source stores its own (:meth:`tensor`): leaving it out because one input is tied would
+        leave an untied output with no head, which transformers fills with random values."""
         checkpoint = self.models.all[index]
         if name in checkpoint.tensors:
             return name
         tied = self.backbone.vocab_tensors[0] if self.backbone.vocab_tensors else None
         if tied and name in self.backbone.vocab_tensors[1:] and tied in checkpoint.tensors:
-            if checkpoint.config.get("tie_word_embeddings", False):
-                return None  # tied head: not written, like mergekit
             return tied
         raise UserError(f"model {checkpoint.name}: has no tensor {name}")
 
