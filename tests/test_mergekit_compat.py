@@ -614,7 +614,14 @@ BAD_VALUES: dict[str, tuple[Callable[[Models], dict], str]] = {
     "empty gradient": (lambda m: _ties(m, parameters={"density": []}), "parameters.density: an empty list"),
     "linear weights summing to zero": (
         lambda m: {**linear_example(m), "models": [entry(m.ft_a, weight=1), entry(m.ft_b, weight=-1)]},
-        "the weights sum to 0",
+        "the weights 1, -1 sum to 0",
+    ),
+    "linear weights summing to zero in float32 alone": (  # 0.1 + 0.2 - 0.3 is 5.6e-17 in float64, 0 in float32
+        lambda m: {
+            **linear_example(m),
+            "models": [entry(m.ft_a, weight=0.1), entry(m.ft_b, weight=0.2), entry(m.base, weight=-0.3)],
+        },
+        "the weights 0.1, 0.2, -0.3 sum to 0",
     ),
     "union tokenizer": (
         lambda m: _ties(m, tokenizer_source="union"),

@@ -199,6 +199,12 @@ def _refuse_custom_code(checkpoints: list[Checkpoint]) -> None:
             )
 
 
+def _cancel(weights: tuple[float, ...]) -> bool:
+    """Whether weights sum to zero up to rounding: the kernel sums them in float32, where 0.1 + 0.2 - 0.3 is
+    exactly 0 (and a float64 check passes it), so a sum this small is a division by zero or by noise."""
+    return abs(sum(weights)) <= 1e-6 * sum(abs(w) for w in weights)
+
+
 def _as_slices(config: MergekitConfig, models: _Models) -> list[OutputSlice]:
     if config.slices:
         return list(config.slices)
@@ -336,8 +342,12 @@ class _Planner:
                         f"model {source.model}: epsilon {epsilon:g} with density {density:g} for {name}: della "
                         "needs density +/- epsilon inside (0, 1)"
                     )
-        if method.kernel == "linear" and parameters.normalize and sum(parameters.weights) == 0:
-            raise UserError(f"tensor {out_name}: the weights sum to 0 and normalize divides by their sum")
+        weights = parameters.weights
+        if method.kernel == "linear" and parameters.normalize and _cancel(weights):
+            raise UserError(
+                f"tensor {out_name}: the weights {', '.join(f'{w:g}' for w in weights)} sum to 0 and normalize "
+                "divides by their sum"
+            )
 
     def _vocabulary_group(
         self, out_name: str, group: list, base_key: str | None

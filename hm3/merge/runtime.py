@@ -22,6 +22,8 @@ import gc
 import os
 from collections.abc import Iterator
 
+from hm3.errors import UserError
+
 _DONE: set[str] = set()
 
 MAX_MERGE_WORKERS = 4
@@ -34,8 +36,7 @@ def merge_workers(uses_torch: bool = True) -> int:
     ``HM3_NUM_THREADS`` (else ``OMP_NUM_THREADS``) sets the count; the default is the machine's cores, at most
     :data:`MAX_MERGE_WORKERS`. The count changes speed and peak memory, never the merged bits.
     """
-    explicit = os.environ.get("HM3_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
-    workers = max(1, int(explicit)) if explicit else min(os.cpu_count() or 1, MAX_MERGE_WORKERS)
+    workers = _threads_asked() or min(os.cpu_count() or 1, MAX_MERGE_WORKERS)
     if uses_torch:
         # not at the top: a fused mergekit run never imports torch (hm3.merge.mergekit_run)
         import torch
@@ -43,6 +44,18 @@ def merge_workers(uses_torch: bool = True) -> int:
         if torch.get_num_threads() != 1:
             torch.set_num_threads(1)
     return workers
+
+
+def _threads_asked() -> int | None:
+    """The count ``HM3_NUM_THREADS`` asks for (a whole number, else one line), or the first level of
+    ``OMP_NUM_THREADS`` (``4`` or ``4,2``; OpenMP's own variable, ignored here when it is not a number)."""
+    own = os.environ.get("HM3_NUM_THREADS", "").strip()
+    if own:
+        if not own.isdigit() or int(own) < 1:
+            raise UserError(f"HM3_NUM_THREADS must be a whole number of threads (1 or more), not {own!r}")
+        return int(own)
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return max(1, int(first)) if first.isdigit() else None
 
 
 def reuse_freed_memory() -> None:
