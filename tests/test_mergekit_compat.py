@@ -649,6 +649,16 @@ BAD_VALUES: dict[str, tuple[Callable[[Models], dict], str]] = {
         lambda m: _ties(m, models=[entry(m.pools["llama"].finetunes[0], weight=w) for w in (1, 2)]),
         "is given twice",
     ),
+    "one model spelled two ways": (  # mergekit would merge it in twice, as if it were two models
+        lambda m: _ties(
+            m,
+            models=[
+                entry(m.pools["llama"].finetunes[0], weight=1),
+                entry(_spelled_again(m.pools["llama"].finetunes[0]), weight=1),
+            ],
+        ),
+        "are one model",
+    ),
 }
 """Configs hm3 refuses (where mergekit would silently ignore a key or write NaN/Inf): one line naming the field."""
 
@@ -663,6 +673,24 @@ def test_what_hm3_does_not_honour_is_refused_naming_the_field(models, tmp_path, 
         run_mergekit_config(config, out, show_progress=False)
     assert fragment in str(refused.value) and "\n" not in str(refused.value), str(refused.value)
     assert not out.exists()
+
+
+def _spelled_again(folder: Path) -> Path:
+    """The same folder through its parent's parent: another string, one model."""
+    return folder.parent / ".." / folder.parent.name / folder.name
+
+
+def test_a_thread_count_that_is_not_a_whole_number_is_one_line(models, tmp_path, monkeypatch) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text(yaml.safe_dump(linear_example(models), sort_keys=False))
+    out = tmp_path / "out"
+    for value in ("abc", "2.5", "0"):
+        monkeypatch.setenv("HM3_NUM_THREADS", value)
+        done = hm3_in_process("merge", "--mergekit", config, "--out", out)
+        assert_refused(done, out, "HM3_NUM_THREADS must be a whole number of threads", repr(value))
+    monkeypatch.setenv("HM3_NUM_THREADS", "")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2,1")  # OpenMP's nested form: its first level
+    assert hm3_in_process("merge", "--mergekit", config, "--out", out).returncode == 0
 
 
 def test_a_nan_weight_is_refused_by_the_cli_with_exit_2(models, tmp_path) -> None:

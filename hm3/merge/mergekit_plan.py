@@ -231,9 +231,14 @@ def _check_distinct_sources(slices: list[OutputSlice], models: _Models) -> None:
         keys = [models.key(source.model) for source in out_slice.sources]
         for j, key in enumerate(keys):
             if key in keys[:j]:
+                first, again = out_slice.sources[keys.index(key)].model, out_slice.sources[j].model
+                named = (
+                    f"model {again} is given twice"
+                    if first == again
+                    else f"{first} and {again} are one model"
+                )
                 raise UserError(
-                    f"slices[{i}]: model {out_slice.sources[j].model} is given twice (mergekit refuses duplicate "
-                    "merge inputs)"
+                    f"slices[{i}]: {named} ({key}): give each input once (to weigh it more, raise its weight)"
                 )
 
 
