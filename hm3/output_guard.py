@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -190,16 +191,47 @@ def foreign_files(folder: Path) -> list[str]:
     return sorted(set(files_under(Path(folder))) - {*map(str, listed), MARKER})
 
 
+_AGENT_FILES = r"(policy\.safetensors|agent\.json|summaries\.npy|ledger\.json|policy\.zip)"
+RUN_SUBFOLDER_FILES: dict[str, re.Pattern[str]] = {
+    "preferences": re.compile(r"p\d{3,}\.json"),  # hm3.search.run: one record per preference
+    "policy": re.compile(rf"(p\d{{3,}}|conditioned|\.conditioned\.tmp)/{_AGENT_FILES}"),  # hm3.routing.ppo
+    "mergekit": re.compile(r"[0-9a-f]+(\.merge)?\.yml"),  # hm3.search.finish: one or two per member
+}
+"""The files hm3 writes below a run's sub-folders, as paths relative to each (every other sub-folder of
+:data:`RUN_ENTRIES` — ``merged/``, where a user writes models from ``mergekit/``'s configurations — holds
+nothing of hm3's)."""
+
+
 def foreign_run_entries(folder: Path) -> list[str]:
-    """What a run folder holds at its top that hm3 does not write there (:data:`RUN_ENTRIES`, plots), sorted;
-    a run grows after it is marked, so its marker cannot list its files."""
-    return sorted(
+    """What a run folder holds that hm3 does not write there, sorted: at its top, names outside
+    :data:`RUN_ENTRIES` (and plots); below, files outside :data:`RUN_SUBFOLDER_FILES` — a model or notes a user
+    put in ``policy/``, a model written into ``merged/``. A run grows after it is marked, so its marker cannot
+    list its files."""
+    folder = Path(folder)
+    found = [
         entry.name + ("/" if entry.is_dir() else "")
-        for entry in Path(folder).iterdir()
+        for entry in folder.iterdir()
         if entry.name not in RUN_ENTRIES
         and not TEMPORARY_FILE.match(entry.name)
         and not (entry.suffix.lower() in PLOT_SUFFIXES and entry.is_file() and not entry.is_symlink())
-    )
+    ]
+    for name in sorted(RUN_ENTRIES):
+        sub = folder / name
+        if not sub.is_dir() or sub.is_symlink():
+            found += [f"{name}/"] if sub.is_symlink() else []
+            continue
+        ours = RUN_SUBFOLDER_FILES.get(name)
+        for path in sorted(sub.rglob("*")):
+            relative = path.relative_to(sub).as_posix()
+            if path.is_dir() and not path.is_symlink():
+                continue
+            if (
+                ours is None
+                or path.is_symlink()
+                or not (ours.fullmatch(relative) or TEMPORARY_FILE.match(path.name))
+            ):
+                found.append(f"{name}/{relative}")
+    return sorted(found)
 
 
 def files_under(folder: Path) -> list[str]:

@@ -241,6 +241,27 @@ def test_force_replaces_a_run_only_while_it_holds_only_what_hm3_writes_there(
     assert not (run / "front.png").exists()  # the old run's plot went with it
 
 
+def test_force_keeps_what_a_user_put_inside_a_runs_own_sub_folders(inputs: Inputs, tmp_path: Path) -> None:
+    """Below ``policy/``, ``mergekit/`` and ``preferences/`` hm3 knows the names it writes; a model copied into
+    ``policy/``, notes beside the mergekit configurations, or a model written into ``merged/`` from them (as
+    the configurations suggest) were deleted with the run by ``--force`` (only the top level was checked)."""
+    run = copy_of_run(inputs, tmp_path)
+    for placed, where in [
+        (lambda: shutil.copytree(inputs.zoo / "reversal", run / "policy" / "my_model"), "policy/my_model/"),
+        (lambda: (run / "mergekit" / "my_notes.txt").write_text("mine"), "mergekit/my_notes.txt"),
+        (lambda: shutil.copytree(inputs.zoo / "reversal", run / "merged" / "abc123"), "merged/abc123/"),
+    ]:
+        placed()
+        before = tree_digest(run)
+        done = hm3_in_process("merge", "--recipe", inputs.recipe, "--out", run, "--force", "--quiet")
+        assert_refused(done, "now also holds", where)
+        assert tree_digest(run) == before
+        added = run / where.rstrip("/")
+        shutil.rmtree(added) if added.is_dir() else added.unlink()
+    done = hm3_in_process("merge", "--recipe", inputs.recipe, "--out", run, "--force", "--quiet")
+    assert done.returncode == 0 and "replacing the run folder" in done.stderr, done.stderr
+
+
 def test_the_names_force_takes_for_a_run_s_are_the_ones_hm3_writes(inputs: Inputs) -> None:
     from hm3.output_guard import MARKER, RUN_ENTRIES, foreign_run_entries
     from hm3.run_fingerprint import FINGERPRINT_FILE
