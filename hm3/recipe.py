@@ -848,6 +848,15 @@ def load_recipe(path: str | Path) -> Recipe:
     return recipe_from_dict(raw, base_dir=path.resolve().parent, source=str(path))
 
 
+def read_stored_recipe(path: str | Path) -> Recipe:
+    """The recipe a run stored (``RUN/recipe.yaml``: resolved, no ``include:``, absolute paths).
+
+    Raises:
+        RecipeError: one line per problem — a damaged file (not YAML, not UTF-8) included.
+    """
+    return recipe_from_dict(_read_yaml(Path(path), ""), source=str(path))
+
+
 def recipe_files(path: str | Path) -> list[Path]:
     """The recipe file and every file its ``include:`` chain reads (resolved), for a recipe that loads."""
     found: list[Path] = []

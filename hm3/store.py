@@ -56,7 +56,7 @@ from hm3.output_guard import (
     mark,
     recipe_inputs,
 )
-from hm3.recipe import Recipe, recipe_from_dict
+from hm3.recipe import Recipe, read_stored_recipe
 from hm3.run_fingerprint import (
     FINGERPRINT_FILE,
     added_fields,
@@ -174,7 +174,7 @@ class RunStore:
         clear_leftovers(directory)
         stored_file = require_run_directory(directory) / RECIPE_FILE
 
-        stored = recipe_from_dict(yaml.safe_load(stored_file.read_text()), source=str(stored_file))
+        stored = read_stored_recipe(stored_file)
         if recipe is not None:
             differences = recipe_differences(stored, recipe)
             read_as_before = recipe.with_directions({o.name: True for o in recipe.objectives})  # older hm3's

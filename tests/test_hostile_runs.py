@@ -716,3 +716,20 @@ def test_a_direction_left_to_the_task_is_resolved_before_any_reward_and_named_on
     message = str(refused.value)
     assert "\n" not in message and "objectives[0].higher_is_better to true" in message
     assert "write higher_is_better: true as the run has it to resume" in message
+
+
+def test_a_damaged_recipe_in_a_run_is_one_line_for_every_command_that_reads_it(
+    inputs: Inputs, tmp_path: Path
+) -> None:
+    """The same bytes in a user's recipe were one line; in ``RUN/recipe.yaml`` they were a yaml or Unicode
+    traceback from ``--resume``, ``select`` and ``export``."""
+    run = copy_of_run(inputs, tmp_path)
+    member = inputs.member()
+    for damage, expected in [(b"::: [\n", "not valid YAML (line 2"), (b"\xff\xfe", "not UTF-8 text")]:
+        (run / "recipe.yaml").write_bytes(damage)
+        for command in (
+            ("merge", "--resume", run),
+            ("select", run, "--preference", "1,1,1"),
+            ("export", run, "--member", member, "--out", tmp_path / "exported"),
+        ):
+            assert_refused(hm3_in_process(*command), f"{run / 'recipe.yaml'}: {expected}")
