@@ -87,10 +87,11 @@ def test_bad_baseline_arguments_are_one_line_errors(micro_recipe: Path, tmp_path
 def test_grid_points_cover_the_cube_coarse_to_fine() -> None:
     from hm3.baselines.weights import grid_points
 
-    points = grid_points(3, 26)
+    points = list(grid_points(3, 26))
     assert len(points) == 26 and len(set(points)) == 26  # the 3x3x3 grid without the origin
     assert points[:7] == [p for p in points if set(p) <= {0.0, 1.0}]  # the cube's corners first
-    assert grid_points(2, 3) == [(0.0, 1.0), (1.0, 0.0), (1.0, 1.0)]
+    assert list(grid_points(2, 3)) == [(0.0, 1.0), (1.0, 0.0), (1.0, 1.0)]
+    assert next(grid_points(2, 10**11)) == (0.0, 1.0)  # a huge budget: the first point at once
 
 
 @pytest.mark.slow

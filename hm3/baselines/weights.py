@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import cma
 import numpy as np
@@ -34,24 +35,29 @@ def uniform(scoring: BaselineScoring, preferences: np.ndarray, seed: int) -> Non
         scoring.score(scoring.merge_spec([1.0 / k] * k, method=method))
 
 
-def grid_points(k: int, budget: int) -> list[tuple[float, ...]]:
+def grid_points(k: int, budget: int) -> Iterator[tuple[float, ...]]:
     """Weight vectors of the finest regular grid on [0, 1]^k with at most ``budget`` non-zero points,
-    ordered coarse to fine (so a cut budget still covers the cube)."""
+    ordered coarse to fine (so a cut budget still covers the cube), at most ``budget`` of them, made as they
+    are taken: scoring starts at once however large the budget."""
     levels = 1
     while (levels + 2) ** k - 1 <= budget:
         levels += 1
-    points: list[tuple[float, ...]] = []
+    seen: set[tuple[float, ...]] = set()
     for n in range(1, levels + 1):
         for combo in itertools.product(np.linspace(0.0, 1.0, n + 1), repeat=k):
             point = tuple(round(float(v), 6) for v in combo)
-            if any(point) and point not in points:
-                points.append(point)
-    return points
+            if any(point) and point not in seen:
+                seen.add(point)
+                yield point
+                if len(seen) >= budget:
+                    return
 
 
 def grid(scoring: BaselineScoring, preferences: np.ndarray, seed: int) -> None:
     """A grid over the per-model weights of the recipe's method, until the budget is spent."""
     for point in grid_points(len(scoring.search.pool.models), scoring.budget):
+        if scoring.left <= 0:
+            break
         scoring.score(scoring.merge_spec(point))
 
 
