@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from hm3.recipe import ModelRef
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
+SINGLE_SAFETENSORS = "model.safetensors"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 
 _DTYPE_BYTES = {
@@ -212,7 +213,16 @@ class Checkpoint:
     def _index(self) -> dict[str, TensorInfo]:
         index_file = self.folder / SAFETENSORS_INDEX
         if index_file.is_file():
-            return self._index_from_files(self._shards_from(index_file))
+            shards = self._shards_from(index_file)
+            if (
+                self.folder / SINGLE_SAFETENSORS
+            ).is_file() and self.folder / SINGLE_SAFETENSORS not in shards:
+                raise ModelError(
+                    self.name,
+                    f"holds both {SINGLE_SAFETENSORS} and {SAFETENSORS_INDEX} listing other files: transformers "
+                    f"reads the first, hm3 would read the second; keep one of them",
+                )
+            return self._index_from_files(shards)
         single = sorted(self.folder.glob("*.safetensors"))
         if single:
             return self._index_from_files(single)

@@ -375,6 +375,29 @@ def test_missing_shard(tmp_path, good_recipe_text, tiny_llama, capsys) -> None:
     assert code == 2 and any(": models[0]: missing shard(s) model-00002-of-00002" in line for line in lines)
 
 
+def test_a_single_file_beside_an_index_of_other_shards_is_refused(
+    tmp_path, good_recipe_text, tiny_llama, capsys
+) -> None:
+    """transformers reads ``model.safetensors`` and hm3 read the index: the search scored one model and
+    ``hm3 eval`` another, silently."""
+    both = tmp_path / "both"
+    shutil.copytree(tiny_llama.finetunes[0], both)
+    shutil.copy(tiny_llama.finetunes[1] / "model.safetensors", both / "model-00001-of-00001.safetensors")
+    from hm3.checkpoint import read_safetensors_header
+
+    names = list(read_safetensors_header(both / "model.safetensors"))
+    (both / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": dict.fromkeys(names, "model-00001-of-00001.safetensors")})
+    )
+    code, lines = _validate(
+        tmp_path, good_recipe_text.replace(str(tiny_llama.finetunes[0]), str(both)), capsys
+    )
+    assert code == 2 and len(lines) == 1, lines
+    assert (
+        ": models[0]: holds both model.safetensors and model.safetensors.index.json listing other" in lines[0]
+    )
+
+
 def test_remote_code_needs_opt_in(tmp_path, good_recipe_text, tiny_llama, capsys) -> None:
     custom = tmp_path / "custom"
     shutil.copytree(tiny_llama.finetunes[0], custom)
