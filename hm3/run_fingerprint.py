@@ -23,6 +23,7 @@ recorded is not checked for it), and runs started before stay resumable without 
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -262,6 +263,8 @@ def _task_files(path: Path, seen: set[Path]) -> Iterator[Path]:
     for value in candidates:
         if isinstance(value, str) and value and Path(value).exists():
             yield Path(value).absolute()
+        elif isinstance(value, str) and any(c in value for c in "*?["):  # datasets expands patterns
+            yield from sorted(Path(found).absolute() for found in glob.glob(value, recursive=True))
 
 
 def load_task_yaml(text: str) -> Any:

@@ -537,6 +537,34 @@ def test_the_fingerprint_follows_includes_code_and_data(tmp_path: Path) -> None:
     assert now["scoring"] != then["scoring"]
 
 
+def test_the_fingerprint_follows_the_files_a_data_pattern_matches(tmp_path: Path) -> None:
+    """``data_files`` may be a pattern (``datasets`` expands it): the files it matches were not fingerprinted,
+    so data replaced under a run resumed silently, mixing old and new scores in one log."""
+    from hm3.recipe import recipe_from_dict
+    from hm3.run_fingerprint import fingerprint_changes, input_files, run_fingerprint
+
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    (parts / "a.jsonl").write_text('{"prompt": "1+1=", "target": "2"}\n')
+    task = tmp_path / "t.yaml"
+    task.write_text(
+        f"task: t\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: '{parts}/*.jsonl'\n"
+    )
+    recipe = recipe_from_dict(
+        {
+            "base_model": "/models/base",
+            "models": ["/models/a"],
+            "objectives": [{"name": "x", "task": str(task)}],
+        }
+    )
+    assert set(input_files(recipe)) == {task, parts / "a.jsonl"}
+    then = run_fingerprint(recipe)
+    (parts / "a.jsonl").write_text('{"prompt": "2+2=", "target": "4"}\n')
+    assert fingerprint_changes(then, run_fingerprint(recipe)) == [f"{parts / 'a.jsonl'} changed"]
+    (parts / "b.jsonl").write_text('{"prompt": "3+3=", "target": "6"}\n')
+    assert f"{parts / 'b.jsonl'} is new" in fingerprint_changes(then, run_fingerprint(recipe))
+
+
 def test_every_logged_score_is_keyed_by_what_decided_it(inputs: Inputs) -> None:
     from hm3.evaluate.cache import candidate_key
 
