@@ -8,6 +8,7 @@
                "/zoo/tasks/toy_addition.jsonl": "sha256:52aa..."},  # the code and data they name, heads
      "models": {"/zoo/addition": {"model.safetensors": [size, mtime_ns]}},  # every local model's weights
      "model_files": {"/zoo/addition": {"config.json": "sha256:..."}},  # and its configuration and tokenizer
+     "weight_samples": {"/zoo/addition": {"model.safetensors": "sha256:..."}},  # and samples of its bytes
      "scoring": "4b07..."}                  # sha256 of what decides a candidate's score (below)
 
 ``--resume`` recomputes it from the run's ``recipe.yaml`` and today's files and refuses any difference, naming
@@ -19,6 +20,9 @@ than the check is worth); task and data files, and a model's configuration and t
 size and time above 256 MB, and for folders). ``model_files`` came after ``scoring`` was defined, so it is not
 part of it: a changed configuration is refused on resume like changed weights (a run started before it was
 recorded is not checked for it), and runs started before stay resumable without scoring anything twice.
+``weight_samples`` (likewise outside ``scoring``) hashes 16 spread blocks of 64 KB of each weight file: two
+fine-tunes of one base have the same size, and copies (``cp -p``, ``rsync -a``, an archive) the same times, so
+size and time alone let two models swap folders under a run unnoticed.
 """
 
 from __future__ import annotations
@@ -73,7 +77,12 @@ def run_fingerprint(recipe: Recipe) -> dict[str, Any]:
         "files": {str(path): file_digest(path) for path in sorted(set(input_files(recipe)))},
         "models": model_files(recipe),
     }
-    return {**fingerprint, "scoring": scoring_key(fingerprint), "model_files": model_config_files(recipe)}
+    return {
+        **fingerprint,
+        "scoring": scoring_key(fingerprint),
+        "model_files": model_config_files(recipe),
+        "weight_samples": weight_samples(recipe),
+    }
 
 
 def scoring_key(fingerprint: dict[str, Any]) -> str:
@@ -121,6 +130,15 @@ def fingerprint_changes(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
     ]
     if changed:
         changes.append(f"the weights in {', '.join(changed[:3])} changed")
+    if "weight_samples" in then:  # recorded since hm3 samples them; sizes and times may all agree
+        sampled = [
+            folder
+            for folder in sorted(set(then["weight_samples"]) | set(now["weight_samples"]))
+            if then["weight_samples"].get(folder) != now["weight_samples"].get(folder)
+            and folder not in changed
+        ]
+        if sampled:
+            changes.append(f"the weights in {', '.join(sampled[:3])} changed (their bytes)")
     if "model_files" in then:  # recorded since hm3 checks them
         old, new = then["model_files"], now["model_files"]
         for folder in sorted(set(old) | set(new)):
@@ -137,7 +155,8 @@ def fingerprint_changes(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
 def models_changed(then: dict[str, Any], now: dict[str, Any]) -> bool:
     """Whether the models' weights or configuration files differ (those recorded)."""
     configs = "model_files" in then and then["model_files"] != now["model_files"]
-    return then["models"] != now["models"] or configs
+    sampled = "weight_samples" in then and then["weight_samples"] != now["weight_samples"]
+    return then["models"] != now["models"] or configs or sampled
 
 
 def data_differences(old: Any, new: Any, path: str = "") -> list[str]:
@@ -162,6 +181,31 @@ def model_files(recipe: Recipe) -> dict[str, dict[str, list[int]]]:
         stats = {f.name: f.stat() for f in sorted(folder.iterdir()) if f.suffix in WEIGHT_SUFFIXES}
         found[str(folder)] = {name: [stat.st_size, stat.st_mtime_ns] for name, stat in stats.items()}
     return found
+
+
+SAMPLE_BLOCKS = 16
+SAMPLE_BYTES = 64 * 2**10
+
+
+def weight_samples(recipe: Recipe) -> dict[str, dict[str, str]]:
+    """Model folder -> {weight file: sha256 of :data:`SAMPLE_BLOCKS` blocks of :data:`SAMPLE_BYTES` spread over
+    it (the whole file when smaller)} for every local model: about 1 MB read per file, whatever its size."""
+    found: dict[str, dict[str, str]] = {}
+    for folder in _local_model_folders(recipe):
+        files = [f for f in sorted(folder.iterdir()) if f.suffix in WEIGHT_SUFFIXES and f.is_file()]
+        found[str(folder)] = {f.name: _sampled_digest(f) for f in files}
+    return found
+
+
+def _sampled_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        last = max(0, size - SAMPLE_BYTES)
+        for i in range(SAMPLE_BLOCKS):
+            handle.seek(last * i // (SAMPLE_BLOCKS - 1))
+            digest.update(handle.read(SAMPLE_BYTES))
+    return f"sha256:{digest.hexdigest()}"
 
 
 def model_config_files(recipe: Recipe) -> dict[str, dict[str, str | None]]:

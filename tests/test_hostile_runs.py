@@ -565,6 +565,40 @@ def test_the_fingerprint_follows_the_files_a_data_pattern_matches(tmp_path: Path
     assert f"{parts / 'b.jsonl'} is new" in fingerprint_changes(then, run_fingerprint(recipe))
 
 
+def test_two_models_that_swap_folders_under_a_run_are_noticed(inputs: Inputs, tmp_path: Path) -> None:
+    """Two fine-tunes of one base have the same size, and copies made with ``cp -p``, ``rsync -a`` or an archive
+    the same times: size and time alone let them trade places under a run, which then resumed and exported the
+    other model's weights as this one's."""
+    from hm3.recipe import recipe_from_dict
+    from hm3.run_fingerprint import fingerprint_changes, models_changed, run_fingerprint
+
+    zoo = tmp_path / "zoo"
+    for name in ("base", "addition", "reversal"):
+        shutil.copytree(inputs.zoo / name, zoo / name)
+        os.utime(zoo / name / "model.safetensors", ns=(10**18, 10**18))  # as an archive restores them
+    first, second = (zoo / n / "model.safetensors" for n in ("addition", "reversal"))
+    assert first.stat().st_size == second.stat().st_size
+    recipe = recipe_from_dict(
+        {
+            "base_model": str(zoo / "base"),
+            "models": [str(zoo / "addition"), str(zoo / "reversal")],
+            "objectives": [
+                {"name": n, "model": n, "task": str(inputs.zoo / "tasks" / f"toy_{n}.yaml")}
+                for n in ("addition", "reversal")
+            ],
+        }
+    )
+    then = run_fingerprint(recipe)
+    (zoo / "addition").rename(zoo / "swap")
+    (zoo / "reversal").rename(zoo / "addition")
+    (zoo / "swap").rename(zoo / "reversal")
+    now = run_fingerprint(recipe)
+    assert then["models"] == now["models"]  # what size and time see
+    assert models_changed(then, now)
+    changes = fingerprint_changes(then, now)
+    assert f"the weights in {zoo / 'addition'}, {zoo / 'reversal'} changed (their bytes)" in changes, changes
+
+
 def test_every_logged_score_is_keyed_by_what_decided_it(inputs: Inputs) -> None:
     from hm3.evaluate.cache import candidate_key
 
