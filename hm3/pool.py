@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -143,6 +143,18 @@ class ModelPool:
             ]
             if mismatched:
                 raise ModelError(model.name, f"tensor shapes differ from the base: {_first(mismatched)}")
+            computes = [
+                f"{key} {own!r} vs base {theirs!r}"
+                for key, own, theirs in self.config_differences(model)
+                if key in LAYER_CONFIG_KEYS
+            ]
+            if computes:
+                raise ModelError(
+                    model.name,
+                    f"its config differs from the base's where its layers' computation is set ({_first(computes)}): "
+                    "under the base's config, which every merge and path is built with, they compute another "
+                    "function",
+                )
         if self.tokenizer_source != "base" and self.tokenizer_source not in self.model_names:
             raise UserError(f"tokenizer_source {self.tokenizer_source!r} is neither 'base' nor a model name")
 
@@ -193,6 +205,38 @@ class ModelPool:
         if self.tokenizer_source == "base":
             return self.base
         return self.models[self.model_names.index(self.tokenizer_source)]
+
+    def config_differences(self, model: Checkpoint) -> list[tuple[str, object, object]]:
+        """``(key, model's value, base's value)`` where a fine-tuned model's backbone config differs from the
+        base's, bookkeeping aside (:data:`IGNORED_CONFIG_KEYS`; the vocabulary has its own rule)."""
+        own, base = (
+            self.backbone.backbone_config(model.config),
+            self.backbone.backbone_config(self.base.config),
+        )
+        keys = sorted((set(own) | set(base)) - IGNORED_CONFIG_KEYS - {self.backbone.num_layers_key})
+        return [(key, own.get(key), base.get(key)) for key in keys if own.get(key) != base.get(key)]
+
+    @property
+    def config_notes(self) -> dict[str, list[str]]:
+        """Per fine-tuned model, the settings its own config gives otherwise than the base's (a rope base, a
+        context length, a norm epsilon...): it is scored as itself, with its own config, while merges and paths
+        are built with the base's (as mergekit writes them)."""
+        notes = {}
+        for model in self.models:
+            found = [
+                f"{key} {own!r} vs base {theirs!r}" for key, own, theirs in self.config_differences(model)
+            ]
+            if found:
+                notes[model.name] = found
+        return notes
+
+    def own_config(self, index: int) -> dict[str, Any]:
+        """Fine-tuned model ``index``'s config, with the pool's vocabulary size (its vocabulary tensors are fitted
+        to it): what scores the model as itself."""
+        config = dict(self.models[index].config)
+        if self.vocab_size is not None and "vocab_size" in config:
+            config["vocab_size"] = self.vocab_size
+        return config
 
     @property
     def vocab_mismatches(self) -> dict[str, int]:
@@ -316,6 +360,35 @@ class ModelPool:
             "vocab_size": self.vocab_size,
             "vocab_mismatches": self.vocab_mismatches,
         }
+
+
+IGNORED_CONFIG_KEYS = frozenset(
+    {
+        "_name_or_path",
+        "transformers_version",
+        "architectures",
+        "torch_dtype",
+        "dtype",
+        "use_cache",
+        "vocab_size",
+        "model_type",
+        "auto_map",
+        "_attn_implementation_autoset",
+    }
+)
+"""Config keys that record where a model came from or how it was saved, not what it computes."""
+LAYER_CONFIG_KEYS = frozenset(
+    {
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "hidden_act",
+        "hidden_size",
+        "intermediate_size",
+    }
+)
+"""Config keys that set what a layer's tensors compute (how its heads are split, its activation): a model whose
+config differs from the base's in one of them cannot lend its layers to a model built with the base's."""
 
 
 def _first(items: list[str], count: int = 3) -> str:

@@ -136,6 +136,12 @@ def _check_models(recipe: Recipe, report: ValidationReport) -> list[tuple[str, s
         return [("device_memory", str(error).removeprefix("device_memory: "))]
     if plan.offload:
         report.notes.append(plan.line)
+    for name, differences in pool.config_notes.items():
+        report.notes.append(
+            f"{where_of[name]}: its config differs from the base's ({'; '.join(differences[:3])}"
+            f"{f' and {len(differences) - 3} more' if len(differences) > 3 else ''}): it is scored as itself, "
+            "merges and paths are built with the base's config"
+        )
     for name, rows in pool.vocab_mismatches.items():
         report.notes.append(
             f"{where_of[name]}: vocabulary has {rows} rows, the merged model keeps {pool.vocab_size} "

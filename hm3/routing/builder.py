@@ -36,23 +36,27 @@ def source_config(pool: RoutingPool) -> Any:
     cached = pool.__dict__.get("_source_config")
     if cached is not None:
         return cached
-
-    raw = dict(pool.backbone.backbone_config(pool.config))
-    if pool.backbone.kind == "vision":
-        raw.pop("model_type", None)
-        config = transformers.CLIPVisionConfig(**raw)
-    else:
-        raw = dict(pool.config)
-        model_type = raw.pop("model_type")
-        raw.pop("architectures", None)
-        config = transformers.AutoConfig.for_model(model_type, **raw)
+    config = config_object(pool, pool.config)
     pool.__dict__["_source_config"] = config
     return config
 
 
-def routed_config(pool: RoutingPool, path: InferencePath) -> Any:
-    """The source config with ``num_hidden_layers = len(path)`` and per-layer lists in path order."""
-    config = copy.deepcopy(source_config(pool))
+def config_object(pool: RoutingPool, config: dict[str, Any]) -> Any:
+    """A ``config.json``'s contents as the transformers config object of the pool's backbone."""
+    raw = dict(pool.backbone.backbone_config(config))
+    if pool.backbone.kind == "vision":
+        raw.pop("model_type", None)
+        return transformers.CLIPVisionConfig(**raw)
+    raw = dict(config)
+    model_type = raw.pop("model_type")
+    raw.pop("architectures", None)
+    return transformers.AutoConfig.for_model(model_type, **raw)
+
+
+def routed_config(pool: RoutingPool, path: InferencePath, source: Any | None = None) -> Any:
+    """The source config (``source``, else the pool's) with ``num_hidden_layers = len(path)`` and per-layer
+    lists in path order."""
+    config = copy.deepcopy(source if source is not None else source_config(pool))
     for key in pool.backbone.per_layer_config_lists:
         values = getattr(config, key, None)
         if isinstance(values, list) and len(values) == pool.num_layers:
@@ -102,6 +106,7 @@ def build_routed_model(
     path: InferencePath,
     alignment: AffineAlignment | None = None,
     shared_source: int | None = None,
+    own_config: dict[str, Any] | None = None,
 ) -> nn.Module:
     """A model of the backbone's class that runs ``path`` over the pool's layers, sharing the pool's tensors.
 
@@ -111,11 +116,13 @@ def build_routed_model(
         alignment: Optional per-step affine maps applied to the hidden state entering a layer
             (see :mod:`hm3.routing.alignment`).
         shared_source: Model whose embeddings / final norm / head are used (default: the merged model).
+        own_config: A fine-tuned model's own ``config.json`` contents, to build it as itself (its rope base,
+            context length...); default: the pool's, with which every merge and path is built.
 
     Returns:
         The model in eval mode (a ``*ForCausalLM`` or a ``CLIPVisionModel``).
     """
-    config = routed_config(pool, path)
+    config = routed_config(pool, path, None if own_config is None else config_object(pool, own_config))
     tensors = routed_tensors(pool, path, shared_source)
     model_class = _model_class(pool)
     with init_empty_weights(include_buffers=False), no_init_weights():  # the pool's tensors replace them all

@@ -114,7 +114,8 @@ class CandidateModels:
         return self.path_scorer(routing).build(path)
 
     def finetuned(self, index: int) -> torch.nn.Module:
-        """Fine-tuned model ``index`` exactly (its own layers, embeddings, norm and head; tensors shared)."""
+        """Fine-tuned model ``index`` exactly (its own layers, embeddings, norm and head, and its own config:
+        a code model's rope base is not the base's; tensors shared)."""
         routing = self.base_pool()
         path = InferencePath.identity(index, routing.num_layers)
-        return build_routed_model(routing, path, shared_source=index)
+        return build_routed_model(routing, path, shared_source=index, own_config=self.pool.own_config(index))
