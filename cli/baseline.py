@@ -37,7 +37,6 @@ def run(args: argparse.Namespace) -> int:
 
     from hm3.baselines import run_baseline
     from hm3.errors import UserError
-    from hm3.interrupts import remembered_interrupts
     from hm3.search.progress import SearchProgress
     from hm3.search.run import start_search
 
@@ -46,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     default = Path("runs") / f"{Path(args.recipe).stem}-{args.method}"
     store, recipe, inputs = start_search(args.recipe, args.out, force=args.force, default_folder=default)
     store.write_json("baseline.json", {"method": args.method, "budget": args.budget})
-    with store, SearchProgress(enabled=not args.quiet) as progress, remembered_interrupts():
+    with store, SearchProgress(enabled=not args.quiet) as progress:
         progress.print(f"run directory: {store.directory}")
         summary = run_baseline(recipe, store, args.method, args.budget, progress, inputs)
     heldout = summary["heldout"]

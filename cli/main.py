@@ -97,12 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    module = importlib.import_module(args._module)
+    from hm3.interrupts import remembered_interrupts
+
     try:
-        preflight = getattr(module, "preflight", None)
-        if preflight is not None:
-            preflight(args)
-        return int(module.run(args) or 0)
+        with remembered_interrupts():  # from the first import on: a Ctrl-C swallowed there is raised again
+            module = importlib.import_module(args._module)
+            preflight = getattr(module, "preflight", None)
+            if preflight is not None:
+                preflight(args)
+            return int(module.run(args) or 0)
     except UserError as error:
         for line in error.lines():
             print(f"hm3 {args.command}: {line}", file=sys.stderr)

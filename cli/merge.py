@@ -132,7 +132,6 @@ def _refuse_flags_that_would_not_apply(args: argparse.Namespace) -> None:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from hm3.interrupts import remembered_interrupts
     from hm3.search.progress import SearchProgress
     from hm3.search.run import run_search, start_search
     from hm3.store import RunStore
@@ -143,7 +142,7 @@ def _search(args: argparse.Namespace) -> int:
     else:
         store, recipe, inputs = start_search(args.recipe, args.out, force=args.force)
     try:
-        with store, SearchProgress(enabled=not args.quiet) as progress, remembered_interrupts():
+        with store, SearchProgress(enabled=not args.quiet) as progress:
             progress.print(f"run directory: {store.directory}")
             summary = run_search(
                 recipe, store, progress, ray_address=args.ray_address, workers=args.workers, inputs=inputs

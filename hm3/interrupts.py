@@ -1,5 +1,9 @@
 """Ctrl-C that is never lost: an interrupt swallowed where it arrived is raised again before the next candidate.
 
+``hm3``'s entry point (``cli.main``) runs every command inside :func:`remembered_interrupts`, from before the
+subcommand's module is imported: a Ctrl-C that a finaliser swallows while a command starts (``regex``'s
+``Group.__del__`` under lm-eval's start-up) is remembered too, and stops the search at its first candidate.
+
 Python raises ``KeyboardInterrupt`` wherever the main thread is when SIGINT arrives. Inside a ctypes callback
 it cannot propagate: ctypes prints "Exception ignored on calling ctypes callback function" and carries on — and
 numba's compiler (llvmlite) calls back into Python while it compiles the merge kernels at a search's first
@@ -58,7 +62,6 @@ def remembered_interrupts() -> Iterator[None]:
     previous = signal.getsignal(signal.SIGINT)
     install = threading.current_thread() is threading.main_thread() and previous is not signal.SIG_IGN
     report = sys.unraisablehook
-    _pending = False
     if install:
         signal.signal(signal.SIGINT, _remember_and_raise)
         sys.unraisablehook = _quiet(report)
@@ -68,7 +71,7 @@ def remembered_interrupts() -> Iterator[None]:
         if install:
             signal.signal(signal.SIGINT, previous)
             sys.unraisablehook = _quiet(report) if _interrupted else report  # left-overs are collected later
-        _pending = False
+            _pending = False
 
 
 def raise_if_interrupted() -> None:

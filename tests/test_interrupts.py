@@ -91,3 +91,36 @@ def test_an_llvm_object_an_interrupt_left_half_closed_is_not_reported_after_it(m
     del other
     gc.collect()
     assert [type(r.exc_value).__name__ for r in reports] == ["RuntimeError"]
+
+
+def test_an_interrupt_a_finaliser_swallowed_while_a_command_starts_stops_it(monkeypatch) -> None:
+    """A Ctrl-C landing in a ``__del__`` while a command imports and loads (``regex``'s ``Group.__del__`` in
+    lm-eval's start-up) was reported as "Exception ignored" and lost: the handler that remembers it was only
+    installed around the search itself, which then ran to its end. ``hm3``'s entry point installs it before the
+    subcommand's module is even imported, so the first check raises it."""
+    import types
+
+    import cli.main
+
+    reports = []
+    monkeypatch.setattr("sys.unraisablehook", reports.append)
+
+    class Finalised:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)  # the handler runs here; Python cannot raise out of a finaliser
+
+    def run(args) -> int:
+        Finalised()  # collected at once: the interrupt lands in its finaliser and is swallowed there
+        raise_if_interrupted()  # what the search does before each candidate
+        return 0
+
+    real_import = cli.main.importlib.import_module
+    module = types.SimpleNamespace(run=run, add_arguments=real_import("cli.validate").add_arguments)
+    monkeypatch.setattr(
+        cli.main.importlib,
+        "import_module",
+        lambda name: module if name == "cli.validate" else real_import(name),
+    )
+    assert cli.main.main(["validate", "whatever.yaml"]) == 130
+    assert not [r for r in reports if isinstance(r.exc_value, KeyboardInterrupt)]
