@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from cli import counted
 
@@ -53,5 +54,6 @@ def run(args: argparse.Namespace) -> int:
         f"{args.method}: {summary['evaluations_used']} of {summary['budget']} evaluations, "
         f"{counted(summary['front_members'], 'front member')}; held-out hypervolume {heldout['front']:.4f}"
     )
-    print(f"see the front: hm3 pareto {store.directory} --plot {store.directory}/front.png")
+    run = store.directory
+    print(f"see the front: hm3 pareto {shlex.quote(str(run))} --plot {shlex.quote(f'{run}/front.png')}")
     return 0

@@ -169,4 +169,4 @@ def _report(run: object, summary: dict) -> None:
     print(f"held-out hypervolume: front {heldout['front']:.4f}")
     for label, value in heldout["references"].items():
         print(f"  {label:<24} {value:.4f}   front {margins[label]:+.4f}")
-    print(f"see the front: hm3 pareto {run} --plot {run}/front.png")
+    print(f"see the front: hm3 pareto {shlex.quote(str(run))} --plot {shlex.quote(f'{run}/front.png')}")

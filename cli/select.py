@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if chosen.exported is not None:
         print(f"  written to {chosen.exported}")
     elif chosen.member_id:
-        print(f"  export it: hm3 export {args.run} --member {chosen.member_id} --out DIR")
+        print(f"  export it: hm3 export {shlex.quote(str(args.run))} --member {chosen.member_id} --out DIR")
     return 0
 
 

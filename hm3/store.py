@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import time
 import weakref
@@ -105,7 +106,7 @@ class RunStore:
             directory,
             "run",
             force,
-            resume_hint=f"continue it with --resume {directory}, or replace it with --force",
+            resume_hint=f"continue it with --resume {shlex.quote(str(directory))}, or replace it with --force",
         )
         if replaced is not None:
             RunLock(directory).acquire().release()  # refused here if a process works in it
