@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,8 +26,13 @@ def preflight(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hm3.search.export import export_member
+    from hm3.front import ParetoFront
+    from hm3.search.export import export_member, find_member
+    from hm3.store import FRONT_FILE
 
     out = export_member(args.run, args.member, args.out, force=args.force)
-    print(f"front member {args.member} written to {out}")
+    front = ParetoFront.from_json(json.loads((Path(args.run) / FRONT_FILE).read_text()))
+    print(
+        f"front member {find_member(front, args.member).id} written to {out}"
+    )  # its whole id, not the prefix
     return 0

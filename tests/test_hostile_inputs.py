@@ -242,6 +242,7 @@ MODEL_BREAKERS = {
     "truncated": (_break_truncated, "truncated file"),
     "pickle-only": (_break_pickle_only, "allow_pickle: true"),
     "file-not-folder": (_break_file_not_folder, "is a file, not a model folder"),
+    "missing": (shutil.rmtree, "folder not found"),  # hm3 eval said "no config.json (not a saved model)"
 }
 
 
@@ -260,7 +261,9 @@ def test_a_broken_model_folder_is_one_line_in_validate(broken, tiny_models, tmp_
     assert not (tmp_path / "MARKER").exists()
 
 
-@pytest.mark.parametrize("broken", ["pickle-only", "truncated", "header-is-list", "file-not-folder"])
+@pytest.mark.parametrize(
+    "broken", ["pickle-only", "truncated", "header-is-list", "file-not-folder", "missing"]
+)
 def test_hm3_eval_holds_a_saved_model_to_the_recipes_rules(
     broken,
     lm_zoo_micro,  # noqa: F811

@@ -78,9 +78,18 @@ def test_the_objectives_weights_are_the_centre_preference(tmp_path) -> None:
 
 def test_parse_preference() -> None:
     assert np.allclose(parse_preference("2,1,1", 3), [0.5, 0.25, 0.25])
-    for bad in ("1,2", "a,b,c", "-1,1,1", "0,0,0"):
+    for bad in (
+        "1,2",
+        "a,b,c",
+        "-1,1,1",
+        "0,0,0",
+        "1_0,1,1",
+        "\u0661,1,1",
+        "1,,1",
+    ):  # "1_0", "١": float() takes them
         with pytest.raises(ValueError):
             parse_preference(bad, 3)
+    assert str(parse_preference("1,-0,0", 3).tolist()) == "[1.0, 0.0, 0.0]"  # not -0.0 (printed "-0.000")
 
 
 def test_scalarizations() -> None:

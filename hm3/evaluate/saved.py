@@ -53,7 +53,9 @@ def score_saved_models(
     device = resolve_device(recipe.device)  # cuda without a GPU: refused before anything loads
     paths = [Path(f).expanduser().resolve() for f in folders]
     for path in paths:
-        if path.exists() and not path.is_dir():
+        if not path.exists():
+            raise UserError(f"model folder not found: {path}")
+        if not path.is_dir():
             raise UserError(f"{path} is a file, not a model folder")
         if not (path / "config.json").is_file():
             raise UserError(f"model folder {path}: no config.json (not a saved model)")

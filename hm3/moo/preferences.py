@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -53,6 +54,10 @@ def preference_vectors(
     return np.asarray(unique, dtype=np.float64).reshape(-1, num_objectives)
 
 
+_DECIMAL = re.compile(r"[+-]?((\d+\.?\d*|\.\d+)(e[+-]?\d+)?|inf|infinity|nan)", re.ASCII | re.IGNORECASE)
+"""A number as a user writes one (``inf`` and ``nan`` too, refused as not finite with their own message)."""
+
+
 def parse_preference(text: str, num_objectives: int) -> np.ndarray:
     """A preference from ``"0.5,0.3,0.2"``, normalised to sum to 1 (only ratios matter: ``1e308,1e308,1`` is
     about ``0.5,0.5,0``).
@@ -61,10 +66,10 @@ def parse_preference(text: str, num_objectives: int) -> np.ndarray:
         ValueError: wrong count, a negative or non-finite entry, or all zeros.
     """
     shown = text if len(text) <= 60 else f"{text[:57]}..."
-    try:
-        values = np.array([float(part) for part in text.split(",")], dtype=np.float64)
-    except ValueError:
-        raise ValueError(f"preference {shown!r}: expected comma-separated numbers") from None
+    parts = [part.strip() for part in text.split(",")]
+    if not all(_DECIMAL.fullmatch(part) for part in parts):  # float() also takes "1_0" and "١"
+        raise ValueError(f"preference {shown!r}: expected comma-separated numbers such as 0.5,0.3,0.2")
+    values = np.array([float(part) for part in parts], dtype=np.float64) + 0.0  # + 0.0: -0 is 0
     if not np.isfinite(values).all():
         raise ValueError(f"preference {shown!r}: values must be finite numbers")
     if values.size != num_objectives:
