@@ -359,3 +359,27 @@ def test_a_vision_objectives_hub_data_outside_the_cache_is_a_note_and_a_wrong_id
     assert lines[0].endswith(
         "objectives[0].dataset.path: hub data set 'some-org/digits' not found (or gated without a token)"
     )
+
+
+def test_a_task_whose_data_is_empty_or_not_json_is_one_line_that_says_so(
+    lm_zoo_micro,  # noqa: F811
+    tmp_path,
+    capsys,
+) -> None:
+    """An empty data file said ``does not load: StopIteration``; a malformed one printed ``datasets``' own log
+    line above hm3's, which said only "An error occurred while generating the dataset"."""
+    task = (lm_zoo_micro / "tasks" / "toy_addition.yaml").read_text()
+    data = str(lm_zoo_micro / "data" / "toy_addition.jsonl")
+    assert data in task
+    for name, content, expected in [
+        ("empty", "", "does not load: its data has no documents"),
+        ("broken", '{"prompt": "1+1=", "target": \n', "generating the dataset: JSON parse error"),
+    ]:
+        (tmp_path / f"{name}.jsonl").write_text(content)
+        (tmp_path / f"{name}.yaml").write_text(task.replace(data, str(tmp_path / f"{name}.jsonl")))
+        text = (
+            f"base_model: {lm_zoo_micro / 'base'}\nmodels: [{lm_zoo_micro / 'addition'}]\n"
+            f"objectives:\n  - {{name: a, task: {tmp_path / f'{name}.yaml'}}}\n"
+        )
+        code, lines = _validate(tmp_path, text, capsys)
+        assert code == 2 and len(lines) == 1 and expected in lines[0], lines

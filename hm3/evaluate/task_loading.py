@@ -8,7 +8,10 @@ here, without importing torch, transformers or lm-eval's model classes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -126,7 +129,12 @@ def _load_task(
     if check_code_execution(objective, objective_facts(objective, manager), allow_code_execution):
         enable_code_eval()  # humaneval's and mbpp's utils run code_eval's self-test on import
     try:
-        loaded = manager.load([spec])
+        with _datasets_errors_unlogged():  # the error is reported below, in hm3's one line
+            loaded = manager.load([spec])
+    except StopIteration:  # datasets' JSON reader on a file with no rows
+        raise UserError(
+            f"objective {objective.name}: task {spec} does not load: its data has no documents"
+        ) from None
     except Exception as error:  # lm-eval raises many kinds (YAML, datasets, templates): all mean "unusable"
         raise UserError(
             f"objective {objective.name}: task {spec} does not load: {_one_line(error)}"
@@ -191,6 +199,25 @@ def _metric_key(task: Task, objective: Objective) -> str:
     return resolve_metric_key(objective, task.task_name, metrics, filters)
 
 
+@contextlib.contextmanager
+def _datasets_errors_unlogged() -> Iterator[None]:
+    """``datasets`` logs a data file it cannot parse on a line of its own before raising; within the block its
+    logger keeps only critical records."""
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _one_line(error: BaseException) -> str:
+    """The first line of an error, with the error beneath it where the outer one only says that something
+    failed (``datasets``: "An error occurred while generating the dataset", caused by a JSON parse error)."""
     text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:300]
+    line = (text.splitlines()[0] if text else type(error).__name__)[:300]
+    cause = error.__cause__ or error.__context__
+    if cause is not None and "error occurred" in line.lower():
+        line = f"{line}: {_one_line(cause)}"
+    return line[:400]
