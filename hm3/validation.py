@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from huggingface_hub import dataset_info, model_info, try_to_load_from_cache
+from huggingface_hub import repo_info, try_to_load_from_cache
 from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
 from hm3.checkpoint import Checkpoint, hub_is_offline, resolve_model_folder
@@ -150,14 +150,16 @@ def _check_models(recipe: Recipe, report: ValidationReport) -> list[tuple[str, s
     return []
 
 
-def _hub_problem(repo_id: str, revision: str | None) -> str | None:
-    """Why a hub id is wrong, if the hub can be asked and says so; None when it exists or can't be reached."""
+def _hub_problem(repo_id: str, revision: str | None = None, repo_type: str = "model") -> str | None:
+    """Why a hub id (a model's, or a ``dataset``'s) is wrong, if the hub can be asked and says so; None when it
+    exists or can't be reached."""
     try:
-        model_info(repo_id, revision=revision, timeout=10)
+        repo_info(repo_id, revision=revision, repo_type=repo_type, timeout=10)
     except RevisionNotFoundError:
         return f"revision {revision!r} of {repo_id!r} not found on the hub"
     except RepositoryNotFoundError:
-        return f"hub id {repo_id!r} not found (or gated without a token)"
+        kind = "hub data set" if repo_type == "dataset" else "hub id"
+        return f"{kind} {repo_id!r} not found (or gated without a token)"
     except Exception:  # no network, a proxy, a time-out: the id can't be checked from here
         return None
     return None
@@ -180,7 +182,7 @@ def _check_hub_image_data(recipe: Recipe, report: ValidationReport) -> list[tupl
         if data is None or data.format != "hf" or Path(data.path).exists() or hub_data_in_cache(data.path):
             continue
         where = f"objectives[{i}].dataset.path"
-        problem = None if hub_is_offline() else _hub_data_problem(data.path)
+        problem = None if hub_is_offline() else _hub_problem(data.path, repo_type="dataset")
         if problem:
             problems.append((where, problem))
         else:
@@ -188,17 +190,6 @@ def _check_hub_image_data(recipe: Recipe, report: ValidationReport) -> list[tupl
                 f"needs the hub: {where}: data set {data.path} is not in the local cache (downloaded when scoring)"
             )
     return problems
-
-
-def _hub_data_problem(repo_id: str) -> str | None:
-    """Why a hub data set id is wrong, if the hub can be asked and says so; None otherwise."""
-    try:
-        dataset_info(repo_id, timeout=10)
-    except RepositoryNotFoundError:
-        return f"hub data set {repo_id!r} not found (or gated without a token)"
-    except Exception:  # no network, a proxy, a time-out: the id can't be checked from here
-        return None
-    return None
 
 
 def _check_objectives(recipe: Recipe) -> list[tuple[str, str]]:

@@ -345,7 +345,8 @@ def test_a_vision_objectives_hub_data_outside_the_cache_is_a_note_and_a_wrong_id
     assert code == 0 and not [line for line in lines if "needs the hub" in line], lines
     shutil.rmtree(empty_hf_caches / "hub" / "datasets--some-org--digits")
 
-    def not_there(repo_id: str, **_: object) -> None:
+    def not_there(repo_id: str, repo_type: str | None = None, **_: object) -> None:
+        assert repo_type == "dataset"
         error = RepositoryNotFoundError.__new__(
             RepositoryNotFoundError
         )  # the hub's 404, without an HTTP reply
@@ -353,7 +354,7 @@ def test_a_vision_objectives_hub_data_outside_the_cache_is_a_note_and_a_wrong_id
         raise error
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(hm3.validation, "dataset_info", not_there)
+    monkeypatch.setattr(hm3.validation, "repo_info", not_there)
     code, lines = _validate(tmp_path, text, capsys)
     assert code == 2 and len(lines) == 2, lines
     assert lines[0].endswith(
