@@ -18,6 +18,7 @@ hm3's — a user's ``.OUT.backup-2024`` beside ``OUT`` is not.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -26,11 +27,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+NAME_MAX = 255
+"""The longest file name, in bytes, that common file systems take (ext4, XFS, APFS, NTFS in UTF-16 units)."""
+LONGEST_TAG = len(".replaced-4194304-00000000")
+"""The longest suffix a hidden sibling's name carries (a tag, Linux's largest pid, 8 hex digits)."""
 TEMPORARY_FILE = re.compile(r"^\..+\.tmp-(\d+)$")
 """The name of a file :func:`replace_file` is writing (``.NAME.tmp-<pid>``); group 1: the writer's pid."""
 REPLACED = "replaced"
 TAGS = ("partial", "routed", REPLACED)
 """The tags of the hidden siblings hm3 makes: staging folders (:func:`staging_folder`) and a replaced ``OUT``."""
+
+
+def hidden_stem(name: str) -> str:
+    """``.NAME`` — the start of every hidden sibling of ``NAME`` — shortened where a sibling's name would pass
+    :data:`NAME_MAX`: NAME's first characters and ``~`` plus 8 hex digits of a hash of the whole name, so that a
+    name the file system takes gets siblings it takes too (the same stem each time, for :func:`clear_leftovers`)."""
+    room = NAME_MAX - LONGEST_TAG - 1
+    if len(name.encode()) <= room:
+        return f".{name}"
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    head = name.encode()[: room - 9].decode(errors="ignore")  # never half a character
+    return f".{head}~{digest}"
 
 
 def staging_folder(out: Path, tag: str = "partial") -> Path:
@@ -40,7 +57,7 @@ def staging_folder(out: Path, tag: str = "partial") -> Path:
         raise ValueError(f"staging tag {tag!r} is not one of {TAGS}: clear_leftovers would not know it")
     out = Path(out)
     while True:
-        staging = out.parent / f".{out.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}"
+        staging = out.parent / f"{hidden_stem(out.name)}.{tag}-{os.getpid()}-{secrets.token_hex(4)}"
         try:
             staging.mkdir()
             return staging
@@ -54,7 +71,7 @@ def swap_into_place(staging: Path, out: Path) -> None:
     fsync_tree(staging)
     aside = None
     if out.exists() or out.is_symlink():
-        aside = out.parent / f".{out.name}.{REPLACED}-{os.getpid()}-{secrets.token_hex(4)}"
+        aside = out.parent / f"{hidden_stem(out.name)}.{REPLACED}-{os.getpid()}-{secrets.token_hex(4)}"
         out.rename(aside)
     try:
         staging.rename(out)
@@ -74,7 +91,7 @@ def clear_leftovers(out: Path) -> None:
     if not parent.is_dir():
         return
     tags = "|".join(TAGS)
-    pattern = re.compile(rf"^\.{re.escape(out.name)}\.({tags})-(\d+)-[0-9a-f]{{8}}$")
+    pattern = re.compile(rf"^{re.escape(hidden_stem(out.name))}\.({tags})-(\d+)-[0-9a-f]{{8}}$")
     leftovers = []
     for entry in parent.iterdir():
         match = pattern.match(entry.name)
@@ -93,7 +110,7 @@ def replace_file(target: Path, write: Callable[[BinaryIO], object]) -> Path:
     and renamed onto it (a link at ``target`` is replaced, never followed); on any failure the temporary is
     removed and ``target`` is as it was."""
     target = Path(target)
-    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    temporary = target.with_name(temporary_name(target.name))
     temporary.unlink(missing_ok=True)  # what a killed earlier write of this process id left
     try:
         with open(temporary, "xb") as handle:
@@ -106,6 +123,12 @@ def replace_file(target: Path, write: Callable[[BinaryIO], object]) -> Path:
         raise
     fsync_folder(target.parent)
     return target
+
+
+def temporary_name(name: str) -> str:
+    """``.NAME.tmp-<pid>``: the name this process writes ``NAME`` under before renaming it (see
+    :data:`TEMPORARY_FILE`)."""
+    return f"{hidden_stem(name)}.tmp-{os.getpid()}"
 
 
 def clear_stale_temporaries(folder: Path) -> None:

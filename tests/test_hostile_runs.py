@@ -744,6 +744,23 @@ def test_a_users_look_alike_siblings_are_not_taken_for_leftovers(tmp_path: Path)
     assert not (tmp_path / "out").exists() and (tmp_path / f".out.replaced-{pid}").is_dir()
 
 
+def test_the_longest_name_the_file_system_takes_is_written_and_replaced(inputs: Inputs, tmp_path: Path) -> None:
+    """A folder named with 255 bytes once failed on its hidden staging sibling's name (``[Errno 36] File name
+    too long: '.OUT.partial-...'``): the siblings' names are shortened to fit, and still cleared when dead."""
+    from hm3.folder_swap import hidden_stem
+
+    name = "é" + "m" * 253  # 255 bytes in UTF-8, a character of two bytes where a cut could fall
+    merged = tmp_path / name
+    leftover = tmp_path / f"{hidden_stem(name)}.partial-{dead_pid()}-0a0a0a0a"
+    leftover.mkdir()  # what a killed writer of the same name left
+    for flags in ([], ["--force"]):
+        done = hm3_in_process("merge", "--mergekit", inputs.mergekit, "--out", merged, *flags, "--quiet")
+        assert done.returncode == 0, done.stderr
+        assert (merged / "config.json").is_file()
+        assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    assert all(len(p.name.encode()) <= 255 for p in tmp_path.iterdir())
+
+
 def test_a_direction_left_to_the_task_is_resolved_before_any_reward_and_named_on_resume(
     tmp_path: Path,
 ) -> None:

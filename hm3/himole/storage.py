@@ -15,7 +15,6 @@ name, ``token_router`` / ``sentence_router``) still load: their tensors are rena
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hm3.errors import UserError
 from hm3.evaluate.quiet import quiet_libraries
 from hm3.export import move_into_place
+from hm3.folder_swap import temporary_name
 from hm3.himole.model import AdapterShape, adapter_parameter_names, adapter_state_dict, attach_mixture
 from hm3.output_guard import check_no_overlap
 
@@ -72,7 +72,7 @@ def save_adapter(folder: Path, model: Any, manifest: dict[str, Any], centroids: 
     folder = Path(folder)
     check_adapter_target(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
+    staging = folder.parent / temporary_name(folder.name)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:

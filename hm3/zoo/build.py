@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import random
@@ -36,7 +37,7 @@ import torch
 from rich.console import Console
 
 from hm3.errors import UserError
-from hm3.folder_swap import clear_leftovers, process_alive, swap_into_place
+from hm3.folder_swap import clear_leftovers, hidden_stem, process_alive, swap_into_place
 from hm3.output_guard import files_under
 from hm3.zoo.config import MANIFEST, ZooConfig, build_identity, is_current, manifest_matches, read_manifest
 from hm3.zoo.fingerprint import short
@@ -240,7 +241,7 @@ def build_zoo(
         return target
     _check_replaceable(target, manifest)
     _writable_parent(target)
-    staging = target.parent / f".{target.name}.building-{os.getpid()}"
+    staging = target.parent / f"{hidden_stem(target.name)}.building-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     started = time.perf_counter()
@@ -308,7 +309,7 @@ def ensure_zoo(
 
 def _remove_dead_builds(target: Path) -> None:
     """Delete the staging folders of builds whose process is gone (killed before its cleanup could run)."""
-    for staging in target.parent.glob(f".{target.name}.building-*"):
+    for staging in target.parent.glob(f"{glob.escape(hidden_stem(target.name))}.building-*"):
         pid = staging.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(staging, ignore_errors=True)
