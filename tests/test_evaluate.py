@@ -296,14 +296,42 @@ def test_unknown_registry_task_is_a_user_error(tiny_lm_zoo, tmp_path):
 
 
 def test_registry_name_found_in_include_path_skips_the_builtin_index(tiny_lm_zoo, tmp_path):
-    from hm3.evaluate.task_loading import build_task_manager
+    from hm3.evaluate.task_loading import TaskScopes
     from hm3.recipe import load_recipe
 
     text = f"  - {{name: mc, task: toy_mc, include_path: {tiny_lm_zoo.tasks}, model: ft0}}\n"
     text += f"  - {{name: gen, task: {tiny_lm_zoo.tasks}/toy_gen.yaml, model: ft1}}\n"
     recipe = load_recipe(zoo_recipe(tiny_lm_zoo, tmp_path, text))
-    manager = build_task_manager(recipe.objectives)
+    manager = TaskScopes().manager(recipe.objectives[0])
     assert "toy_mc" in manager.task_index and "gsm8k" not in manager.task_index
+
+
+def test_a_task_name_resolves_in_its_own_include_path_only(tiny_lm_zoo, tmp_path):
+    """Another objective's folder defining the same name once won by the objectives' order (lm-eval, given the
+    objective's include path, loads the task there); a name no folder of its own defines is lm-eval's."""
+    from hm3.evaluate import Evaluator
+    from hm3.evaluate.task_loading import TaskScopes, load_objective_task
+    from hm3.recipe import SplitConfig, load_recipe
+
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "toy_gen.yaml").write_text(
+        (tiny_lm_zoo.tasks / "toy_gen.yaml").read_text() + 'description: "own folder "\n'
+    )
+    by_name = f"  - {{name: named, task: toy_gen, include_path: {own}, model: ft0}}\n"
+    by_file = (
+        f"  - {{name: filed, task: {tiny_lm_zoo.tasks}/toy_mc.yaml, model: ft1}}\n"  # its folder: toy_gen too
+    )
+    for order in ([by_name, by_file], [by_file, by_name]):
+        recipe = load_recipe(zoo_recipe(tiny_lm_zoo, tmp_path, "".join(order)))
+        named = next(o for o in recipe.objectives if o.name == "named")
+        scopes = TaskScopes()
+        task = load_objective_task(named, scopes.manager(named), SplitConfig()).task
+        assert task.config.description == "own folder "
+    unscoped = f"  - {{name: named, task: toy_gen, model: ft0}}\n{by_file}"
+    recipe = load_recipe(zoo_recipe(tiny_lm_zoo, tmp_path, unscoped))
+    with pytest.raises(UserError, match="objective named: lm-eval has no task named 'toy_gen'"):
+        Evaluator.from_recipe(recipe)
 
 
 def test_hm3_validate_loads_local_tasks_and_checks_registry_names_offline(tiny_lm_zoo, tmp_path):

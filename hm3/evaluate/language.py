@@ -35,7 +35,7 @@ from hm3.evaluate.prepared import PreparedSplit
 from hm3.evaluate.quiet import quiet_libraries
 from hm3.evaluate.split import DocumentSplit
 from hm3.evaluate.task_facts import ObjectiveSettingError
-from hm3.evaluate.task_loading import build_task_manager, load_objective_task
+from hm3.evaluate.task_loading import TaskScopes, load_objective_task
 from hm3.recipe import GENERATION_LENGTH_KEYS
 
 if TYPE_CHECKING:
@@ -190,10 +190,12 @@ def prepare_language_objectives(
             without the opt-in, a metric the task does not produce, or a split with no documents.
     """
     with quiet_libraries(quiet):
-        manager = build_task_manager(objectives)
+        scopes = TaskScopes()
         prepared = []
         for objective in objectives:
-            loaded = load_objective_task(objective, manager, split, allow_task_code, allow_code_execution)
+            loaded = load_objective_task(
+                objective, scopes.manager(objective), split, allow_task_code, allow_code_execution
+            )
             prepared.append(
                 LanguageObjective(
                     objective,

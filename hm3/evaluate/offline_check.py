@@ -26,7 +26,7 @@ from hm3.evaluate.task_facts import (
     objective_facts,
     resolve_metric_key,
 )
-from hm3.evaluate.task_loading import build_task_manager, load_objective_task, registry_task_manager
+from hm3.evaluate.task_loading import TaskScopes, load_objective_task, registry_task_manager
 from hm3.recipe import Objective, Recipe
 
 
@@ -50,9 +50,10 @@ def language_objective_problems(
         return []
     problems: list[tuple[str, str]] = []
     with quiet_libraries():
-        local = build_task_manager([o for _, o in objectives], allow_defaults=False)
+        scopes = TaskScopes(allow_defaults=False)
         for i, objective in objectives:
             where = f"objectives[{i}].task"
+            local = scopes.manager(objective)
             try:
                 if not objective.task_is_file and objective.task not in local.task_index:
                     needs_hub, unread = _check_registry_task(objective, recipe.allow_code_execution)

@@ -36,8 +36,6 @@ from hm3.evaluate.task_facts import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from lm_eval.api.task import Task
 
     from hm3.recipe import Objective, SplitConfig
@@ -55,27 +53,39 @@ class ObjectiveTask:
     split: DocumentSplit
 
 
-def build_task_manager(objectives: Sequence[Objective], allow_defaults: bool = True) -> TaskManager:
-    """One TaskManager for all objectives; lm-eval's own registry is indexed only when a name needs it (~15 s,
-    once per process when no include path is involved: :func:`registry_task_manager`).
+class TaskScopes:
+    """The ``TaskManager`` each objective's task is resolved in — what ``lm_eval --tasks T --include_path P``
+    would use for that objective alone, never another objective's folders.
+
+    A task named in the recipe is looked up in its own ``include_path`` (which lm-eval lets override its
+    registry), else in lm-eval's registry; a task file is loaded with its own folder indexed. One shared index
+    once let a name resolve to another objective's folder, where a task of the same name (another file, other
+    data, untracked by the run's fingerprint) won by the objectives' order. Managers are built once per folder
+    set and kept for the scope's life.
 
     Args:
-        objectives: The objectives whose task files and include paths are indexed.
-        allow_defaults: False never indexes lm-eval's built-in tasks (names found nowhere else stay unknown).
+        allow_defaults: False never indexes lm-eval's built-in tasks: a name its own folder lacks is answered
+            with a manager that does not know it.
     """
-    include: list[str] = []
-    for objective in objectives:
-        folders = [objective.include_path]
+
+    def __init__(self, allow_defaults: bool = True) -> None:
+        self.allow_defaults = allow_defaults
+        self._local: dict[tuple[str, ...], TaskManager] = {}
+
+    def manager(self, objective: Objective) -> TaskManager:
+        """The manager ``objective``'s task is loaded with (the registry's is built once per process, ~15 s)."""
+        folders = [objective.include_path] if objective.include_path else []
         if objective.task_is_file:
             folders.append(str(Path(objective.task).parent))  # type: ignore[arg-type]
-        include += [f for f in folders if f and f not in include and Path(f).is_dir()]
-    local = TaskManager(include_path=include or None, include_defaults=False)
-    names = [o.task for o in objectives if not o.task_is_file]
-    if not allow_defaults or all(name in local.task_index for name in names):
-        return local
-    if not include:
+        local = self._local_manager(tuple(f for f in dict.fromkeys(folders) if Path(f).is_dir()))
+        if objective.task_is_file or objective.task in local.task_index or not self.allow_defaults:
+            return local
         return registry_task_manager()
-    return TaskManager(include_path=include, include_defaults=True)
+
+    def _local_manager(self, folders: tuple[str, ...]) -> TaskManager:
+        if folders not in self._local:
+            self._local[folders] = TaskManager(include_path=list(folders) or None, include_defaults=False)
+        return self._local[folders]
 
 
 @functools.cache
@@ -92,7 +102,8 @@ def load_objective_task(
     allow_task_code: bool = False,
     allow_code_execution: bool = False,
 ) -> ObjectiveTask:
-    """Load, configure and split one objective's task with a ready ``manager``, as the evaluator scores it.
+    """Load, configure and split one objective's task with its scope's ``manager``
+    (:meth:`TaskScopes.manager`), as the evaluator scores it.
 
     Raises:
         UserError: naming the objective, for an unknown task, a task file that does not load or runs code
