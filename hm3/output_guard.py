@@ -179,16 +179,30 @@ def mark(folder: Path, kind: Kind) -> None:
     (folder / MARKER).write_text(json.dumps(data) + "\n")
 
 
+EXPORT_FILE = re.compile(
+    r"config\.json|generation_config\.json|README\.md|mergekit_config\.yml|hm3_(routing\.json|alignment\.safetensors)"
+    r"|model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json"
+    r"|tokenizer(_config)?\.json|tokenizer\.model|special_tokens_map\.json|added_tokens\.json|vocab\.(json|txt)"
+    r"|merges\.txt|chat_template\.(jinja|json)|(pre)?processor_config\.json"
+)
+"""The files a model folder of hm3's holds (``hm3.export``, ``hm3.routing.save``, ``hm3.export.TOKENIZER_FILES``):
+what ``--force`` may replace in one whose marker lists no files (written before the lists, or before the
+marker)."""
+
+
 def foreign_files(folder: Path) -> list[str]:
-    """Files under a model folder hm3 wrote that its marker does not list (none when the marker has no list:
-    an export from before the lists)."""
+    """Files under a model folder hm3 wrote that its marker does not list; for a folder whose marker lists
+    none (an export from before the lists or the marker), every file that is not one an export writes
+    (:data:`EXPORT_FILE`) at its top."""
+    folder = Path(folder)
     try:
-        listed = json.loads((Path(folder) / MARKER).read_text()).get("files")
+        listed = json.loads((folder / MARKER).read_text()).get("files")
     except (OSError, ValueError, AttributeError):
-        return []
-    if not isinstance(listed, list):
-        return []
-    return sorted(set(files_under(Path(folder))) - {*map(str, listed), MARKER})
+        listed = None
+    present = set(files_under(folder)) - {MARKER}
+    if isinstance(listed, list):
+        return sorted(present - set(map(str, listed)))
+    return sorted(name for name in present if not EXPORT_FILE.fullmatch(name))
 
 
 _AGENT_FILES = r"(policy\.safetensors|agent\.json|summaries\.npy|ledger\.json|policy\.zip)"

@@ -219,6 +219,31 @@ def test_force_replaces_an_exported_model_only_while_it_holds_only_what_hm3_wrot
     assert done.returncode == 0 and "replacing the model folder" in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("marker", ["removed", "without its file list"])
+def test_force_keeps_a_users_files_in_an_export_whose_marker_lists_none(
+    inputs: Inputs, tmp_path: Path, marker: str
+) -> None:
+    """An export from before the marker (or before its file list) — or any folder holding ``hm3_routing.json``,
+    as every export does — once lost everything in it to ``--force``; now only the files an export writes go."""
+    model = tmp_path / "model"
+    done = hm3_in_process("export", inputs.run, "--member", inputs.member(), "--out", model)
+    assert done.returncode == 0, done.stderr
+    if marker == "removed":
+        (model / ".hm3-output.json").unlink()
+    else:
+        (model / ".hm3-output.json").write_text('{"written_by": "hm3", "kind": "model"}\n')
+    (model / "notes.txt").write_text("mine")
+    (model / "eval").mkdir()
+    (model / "eval" / "results.json").write_text("{}")
+    done = hm3_in_process("export", inputs.run, "--member", inputs.member(), "--out", model, "--force")
+    assert_refused(done, "now also holds eval/results.json, notes.txt")
+    assert (model / "notes.txt").read_text() == "mine" and (model / "eval" / "results.json").is_file()
+    (model / "notes.txt").unlink()
+    shutil.rmtree(model / "eval")
+    done = hm3_in_process("export", inputs.run, "--member", inputs.member(), "--out", model, "--force")
+    assert done.returncode == 0 and "replacing the model folder" in done.stderr, done.stderr
+
+
 def test_force_replaces_a_run_only_while_it_holds_only_what_hm3_writes_there(
     inputs: Inputs, tmp_path: Path
 ) -> None:
@@ -744,7 +769,9 @@ def test_a_users_look_alike_siblings_are_not_taken_for_leftovers(tmp_path: Path)
     assert not (tmp_path / "out").exists() and (tmp_path / f".out.replaced-{pid}").is_dir()
 
 
-def test_the_longest_name_the_file_system_takes_is_written_and_replaced(inputs: Inputs, tmp_path: Path) -> None:
+def test_the_longest_name_the_file_system_takes_is_written_and_replaced(
+    inputs: Inputs, tmp_path: Path
+) -> None:
     """A folder named with 255 bytes once failed on its hidden staging sibling's name (``[Errno 36] File name
     too long: '.OUT.partial-...'``): the siblings' names are shortened to fit, and still cleared when dead."""
     from hm3.folder_swap import hidden_stem
