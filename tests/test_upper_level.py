@@ -255,6 +255,36 @@ def test_block_granularity_searches_a_gradient_per_model_that_exports_to_mergeki
     assert weights and all(isinstance(w, list) and len(w) == 2 for w in weights)
 
 
+def test_a_bfloat16_runs_mergekit_file_rebuilds_the_merge_it_scored(lm_zoo_micro, tmp_path):  # noqa: F811
+    """The merge's dtype is the pool's: without it in the file, mergekit merged the float32 zoo in float32 and
+    wrote other tensors than the bfloat16 merge hm3 scored and exports."""
+    import torch
+    from safetensors.torch import load_file
+
+    from tests.test_merge_parity import run_mergekit_yaml
+
+    level = "parameter_level: {method: task_arithmetic, budget: 3}"
+    recipe = _recipe_file(lm_zoo_micro, tmp_path, level, "architecture_level: {enabled: false}")
+    recipe.write_text(recipe.read_text() + "dtype: bfloat16\n")
+    done = run_hm3("merge", "--recipe", recipe, "--out", tmp_path / "run", "--quiet", timeout=900)
+    assert done.returncode == 0, done.stderr
+    member = next(
+        m for m in json.loads((tmp_path / "run" / "front.json").read_text())["members"] if m.get("mergekit")
+    )
+    config = tmp_path / "run" / member["mergekit"]
+    assert "dtype: bfloat16" in config.read_text()
+    report = run_mergekit_yaml([(config, tmp_path / "mergekit")])
+    assert set(report["status"].values()) == {"ok"}, report["status"]
+    done = run_hm3("export", tmp_path / "run", "--member", member["id"], "--out", tmp_path / "export")
+    assert done.returncode == 0, done.stderr
+    ours, theirs = {}, {}
+    for tensors, folder in ((ours, "export"), (theirs, "mergekit")):
+        for shard in (tmp_path / folder).glob("*.safetensors"):
+            tensors.update(load_file(shard))
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[name], theirs[name]) for name in ours)
+
+
 BATCHED = "parameter_level: {method: task_arithmetic, w_max: 2.0, budget: 10, batch: 4}"
 """The upper level proposing 4 merges at a time (10 = 4 + 4 + 2)."""
 

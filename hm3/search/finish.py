@@ -79,8 +79,16 @@ def write_mergekit_files(search: Search, member: FrontMember) -> str | None:
     folder = search.store.subdirectory("mergekit")
     spec = member_candidate(member).merge_spec()
     assert spec is not None
+    if spec.dtype is None:  # the search merged in the pool's dtype (mergekit: in the stored one)
+        spec = spec.model_copy(update={"dtype": search.recipe.dtype})
     model_paths = [m.folder for m in search.pool.models]
     merge_yaml = to_mergekit_yaml(spec, model_paths, search.pool.base.folder)
+    if spec.row.is_random:
+        merge_yaml = (
+            f"# {spec.method} draws random masks: mergekit draws its own (mergekit-yaml --random-seed), so this\n"
+            "# merges the same way with other masks, not into the tensors hm3 scored (hm3 export writes those)\n"
+            + merge_yaml
+        )
     if member.path is None:
         (folder / f"{member.id}.yml").write_text(
             f"# hm3 front member {member.id}: parameter merge, preference {member.preference}\n" + merge_yaml
