@@ -66,6 +66,21 @@ def test_a_conditioned_run_killed_while_its_agent_trains_resumes_to_the_same_sea
     assert front == json.loads((conditioned_run / "front.json").read_text())["members"]
 
 
+def test_a_conditioned_agents_candidates_are_logged_with_the_preference_each_was_scored_for(
+    conditioned_run: Path,
+) -> None:
+    """Its episodes draw their own λ; logged with the centre for all, its candidates reached the front, the
+    model cards and ``hm3 pareto`` under a λ they were never scored for."""
+    trained = [
+        r
+        for r in _log(conditioned_run)
+        if r["preference_index"] is None and r["level"] == "path" and r["split"] != "heldout"
+    ]
+    preferences = {tuple(r["preference"]) for r in trained}
+    assert len(preferences) > 1
+    assert all(min(p) >= 0 and abs(sum(p) - 1) < 1e-5 for p in preferences)
+
+
 def _reward(run: Path, scores: dict, lam: list[float], length: int) -> float:
     """The run's weighted-sum reward, computed here from the fine-tuned models' scores in its log."""
     records = [json.loads(line) for line in (run / "candidates.jsonl").read_text().splitlines()]

@@ -56,7 +56,7 @@ from hm3.moo.scalarization import ObjectiveScale
 from hm3.recipe import AgentConfig, Recipe
 from hm3.routing.alignment import make_aligner
 from hm3.routing.edits import EditEnv, build_edit_ppo, edit_reward, greedy_edit
-from hm3.routing.env import InferencePathEnv, PoolView
+from hm3.routing.env import InferencePathEnv, PoolReward, PoolView
 from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
 from hm3.routing.ppo import build_ppo, load_policy, policy_saved_in, save_policy
@@ -652,6 +652,7 @@ def train_conditioned_agent(
     views: Callable[[np.ndarray], PoolView] | None = None,
     stop: Callable[[], bool] | None = None,
     horizon: float | None = None,
+    watch: Callable[[PoolReward], PoolReward] | None = None,
 ) -> PathAgent:
     """Train one preference-conditioned agent over λ ~ Dirichlet(1, …, 1) until ``agent.iterations`` new
     paths are scored (counted by ``spent``, default: the paths the path scorer has scored), or ``stop()`` (a
@@ -660,7 +661,8 @@ def train_conditioned_agent(
     ``views``: the pool each episode's λ routes over (``λ -> PoolView``, :func:`pool_view`: a search gives each
     λ its own merge, :func:`hm3.search.preference.conditioned_agent`); None: every λ routes over ``pool``, which
     is otherwise only where the environment starts. ``horizon``: what ``stop`` lets the training spend at least
-    (its patience window; :func:`train_agent`)."""
+    (its patience window; :func:`train_agent`). ``watch``: wraps the reward function of ``pool``'s view (a
+    search records the λ each path is scored for; with ``views``, their reward functions are theirs to wrap)."""
     seed = recipe.seed if seed is None else seed
     path_scorer = (
         scorer
@@ -669,8 +671,11 @@ def train_conditioned_agent(
     )
     rewards = reward_from_recipe(recipe, scale)
     best_paths = BestPaths(path_scorer, rewards, InferencePath.identity(pool.merged_index, pool.num_layers))
+    view = pool_view(recipe.agent, best_paths)
+    if watch is not None:
+        view = replace(view, reward_fn=watch(view.reward_fn))
     env = make_env(
-        pool_view(recipe.agent, best_paths),
+        view,
         max_path_length(pool, recipe),
         len(recipe.objectives),
         recipe.agent,

@@ -278,7 +278,9 @@ class MergeViews:
         """Whether the training still raises some λ's best (``agent.patience``; its ``stalled`` ends it)."""
 
     def watched(self, reward_fn: PoolReward, best_paths: BestPaths) -> PoolReward:
-        """``reward_fn`` telling :attr:`patience` what each episode cost and whether it raised its λ's best."""
+        """``reward_fn`` telling :attr:`patience` what each episode cost and whether it raised its λ's best
+        (and its paths logged with that λ: :func:`scored_for`)."""
+        reward_fn = scored_for(self.evaluations, reward_fn)
 
         def reward(path: InferencePath, weights: np.ndarray, *incumbent: InferencePath):
             used, best = self.evaluations.used, best_paths.best(weights)[1]
@@ -299,6 +301,7 @@ class MergeViews:
         search = self.search
         routing, scorer = budgeted_path_scorer(search, spec, self.evaluations)
         identity = InferencePath.identity(routing.merged_index, routing.num_layers)
+        self.evaluations.preference = [float(v) for v in weights]  # logged with the λ that chose it
         try:
             scorer.score(identity)  # the merge itself: where its paths start (the upper level's: prepaid)
         except BudgetSpent:  # a merge not scored yet, and no budget left to: stay on the last pool
@@ -314,6 +317,18 @@ class MergeViews:
         if key not in self.merges:
             self.merges.append(key)
         return view
+
+
+def scored_for(evaluations: BudgetedEvaluator, reward_fn: PoolReward) -> PoolReward:
+    """``reward_fn`` logging each path it scores with the λ of the call (a conditioned agent's episodes draw
+    their own; logged with one λ for all, the centre, its candidates reached the front, the model cards and
+    ``hm3 pareto`` under a λ they were never scored for)."""
+
+    def reward(path: InferencePath, weights: np.ndarray, *incumbent: InferencePath):
+        evaluations.preference = [float(v) for v in weights]
+        return reward_fn(path, weights, *incumbent)
+
+    return reward
 
 
 def conditioned_merge_choice(
@@ -371,6 +386,7 @@ def conditioned_agent(search: Search, choose: Callable[[np.ndarray], MergeSpec] 
             views=views,
             stop=None if views is None else views.patience.stalled,
             horizon=None if views is None else views.patience.window,
+            watch=lambda reward_fn: scored_for(evaluations, reward_fn),
         )
     finally:
         search.models.kept_merges = kept
