@@ -122,8 +122,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import math
-
     from rich.console import Console
     from rich.table import Table
 
@@ -145,20 +143,24 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     table.add_column("objective")
     table.add_column("kind")
-    table.add_column("score ↑", justify="right")
+    table.add_column(f"score {'↑' if report.higher_is_better else '↓'}", justify="right")
     table.add_column("answer loss ↓", justify="right")
     for name, value in report.scores.items():
-        table.add_row(
-            name, "OOD" if name in report.ood else "ID", f"{value:.4f}", f"{report.losses[name]:.4f}"
-        )
+        table.add_row(name, "OOD" if name in report.ood else "ID", f"{value:.4f}", _cell(report.losses[name]))
     for kind, ood in (("ID mean", False), ("OOD mean", True)):
         value, loss = report.mean(ood), report.mean(ood, of="losses")
-        if not math.isnan(value):
-            table.add_row(f"[bold]{kind}[/bold]", "", f"[bold]{value:.4f}[/bold]", f"[bold]{loss:.4f}[/bold]")
+        if value is not None:
+            table.add_row(
+                f"[bold]{kind}[/bold]", "", f"[bold]{value:.4f}[/bold]", f"[bold]{_cell(loss)}[/bold]"
+            )
     Console().print(table)
     if args.json:
         _write_json(Path(args.json), report.to_json())
     return 0
+
+
+def _cell(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
 
 
 def _train_out(args: argparse.Namespace) -> Path:

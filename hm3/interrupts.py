@@ -80,3 +80,23 @@ def raise_if_interrupted() -> None:
     if _pending:
         _pending = False
         raise KeyboardInterrupt
+
+
+@contextmanager
+def interrupts_ignored() -> Iterator[None]:
+    """Run the block to its end through Ctrl-C (main thread only; an ignored SIGINT stays ignored): a SIGINT
+    that arrives inside it is dropped, as the work it would have stopped is done by the time the block ends.
+    The previous handler is restored after."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is signal.SIG_IGN:
+        yield
+        return
+
+    def drop(signum: int, frame: FrameType | None) -> None:
+        pass
+
+    signal.signal(signal.SIGINT, drop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

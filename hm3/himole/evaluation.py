@@ -4,10 +4,17 @@ Scoring goes through hm3's evaluator (lm-eval on the in-memory model, see :mod:`
 model generates like any ``PreTrainedModel``. The report gives each objective's score and the mean of the ID
 and of the OOD objectives (``himole.ood_objectives`` says which are OOD), and for a mixture the experts' load
 balance on the ID documents (MaxVio).
+
+Means are only taken of like metrics: every objective's metric must have the first one's direction and scale
+(one metric, or all of :data:`FRACTION_METRICS`), else the command refuses, naming the objective — a
+perplexity is never averaged with accuracies. The answer loss is that of the target text, so it is computed for
+``generate_until`` tasks only (a multiple-choice task's target is a choice's index: its loss is None). An
+adapter is only scored on the base model it was trained on (:func:`hm3.himole.storage.check_adapter_base`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,20 +23,24 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from hm3.checkpoint import resolve_model_folder
+from hm3.errors import UserError
 from hm3.evaluate import Evaluator
 from hm3.evaluate.evaluator import load_tokenizer
-from hm3.evaluate.language import prepare_language_objectives
+from hm3.evaluate.language import LanguageObjective, prepare_language_objectives
 from hm3.evaluate.quiet import quiet_libraries
 from hm3.evaluate.threads import pinned_threads
 from hm3.himole.data import Pair, collate
 from hm3.himole.model import mixture_blocks, trainable_parameter_count
 from hm3.himole.pipeline import require_section
-from hm3.himole.storage import load_adapter
+from hm3.himole.storage import base_weight_samples, check_adapter_base, load_adapter, read_manifest
 from hm3.himole.training import validation_loss
 from hm3.placement import resolve_device
 
 if TYPE_CHECKING:
     from hm3.recipe import Recipe
+
+FRACTION_METRICS = frozenset({"acc", "acc_norm", "exact_match"})
+"""lm-eval metrics that are a share of the documents, in [0, 1]: one scale, averaged together."""
 
 
 @dataclass(frozen=True)
@@ -42,28 +53,35 @@ class EvalReport:
         ood: Names of the OOD objectives.
         trainable_parameters: The adapter's parameter count (0 for the base model).
         losses: Objective name -> mean cross-entropy per answer token (the target plus ``answer_suffix``, given
-            the prompt) over the same documents: a finer signal than exact match when few answers are right.
+            the prompt) over the same documents: a finer signal than exact match when few answers are right;
+            None for a task that does not generate its answer (multiple choice, log-likelihood).
         max_violation: MaxVio of the experts' load on the ID documents (:func:`max_violation`), the mean over
             the blocks; None for a model without a gate (the base model, ``lora``).
+        higher_is_better: The direction every objective's metric shares (:func:`shared_direction`).
     """
 
     label: str
     scores: dict[str, float]
     ood: tuple[str, ...]
     trainable_parameters: int
-    losses: dict[str, float]
+    losses: dict[str, float | None]
     max_violation: float | None = None
+    higher_is_better: bool = True
 
-    def mean(self, out_of_distribution: bool, of: str = "scores") -> float:
-        """Mean score (or ``of="losses"``) of the ID (False) or OOD (True) objectives (nan when there are none)."""
-        table = self.scores if of == "scores" else self.losses
+    def mean(self, out_of_distribution: bool, of: str = "scores") -> float | None:
+        """Mean score (or ``of="losses"``) of the ID (False) or OOD (True) objectives; None when there are
+        none, or when one of them has no loss."""
+        table: Mapping[str, float | None] = self.scores if of == "scores" else self.losses
         values = [v for k, v in table.items() if (k in self.ood) == out_of_distribution]
-        return sum(values) / len(values) if values else float("nan")
+        if not values or any(v is None for v in values):
+            return None
+        return sum(v for v in values if v is not None) / len(values)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "label": self.label,
             "scores": self.scores,
+            "higher_is_better": self.higher_is_better,
             "id_mean": self.mean(False),
             "ood_mean": self.mean(True),
             "losses": self.losses,
@@ -93,6 +111,8 @@ def evaluate_adapter(
 def _evaluate(recipe: Recipe, adapter: Path | None, split: str, limit: int | None) -> EvalReport:
     config = require_section(recipe)
     base = resolve_model_folder(recipe.base_model)
+    if adapter is not None:  # before anything is loaded
+        check_adapter_base(adapter, read_manifest(adapter), base, base_weight_samples(recipe, base))
     device = resolve_device(recipe.device)
     objectives = list(recipe.objectives)
     if limit is not None:
@@ -103,6 +123,7 @@ def _evaluate(recipe: Recipe, adapter: Path | None, split: str, limit: int | Non
         allow_task_code=recipe.allow_task_code,
         allow_code_execution=recipe.allow_code_execution,
     )
+    higher_is_better = shared_direction(prepared)
     if adapter is None:
         with quiet_libraries():
             model = AutoModelForCausalLM.from_pretrained(base, dtype=recipe.dtype).to(device).eval()
@@ -115,13 +136,52 @@ def _evaluate(recipe: Recipe, adapter: Path | None, split: str, limit: int | Non
     scores = evaluator.score(model, split=split)
     losses = {
         o.name: validation_loss(model, tokenizer, objective_pairs(o, split), config.answer_suffix)
+        if generates_answer(o)
+        else None
         for o in prepared
     }
     in_distribution = [
         pair for o in prepared if o.name not in config.ood_objectives for pair in objective_pairs(o, split)
     ]
     balance = max_violation(model, tokenizer, in_distribution, config.answer_suffix)
-    return EvalReport(label, scores, tuple(config.ood_objectives), parameters, losses, balance)
+    ood = tuple(config.ood_objectives)
+    return EvalReport(label, scores, ood, parameters, losses, balance, higher_is_better)
+
+
+def shared_direction(objectives: list[LanguageObjective]) -> bool:
+    """Whether higher is better for every objective's metric: the direction they all share.
+
+    Raises:
+        UserError: naming the first objective whose metric has another direction or scale than the first
+            objective's (its ID or OOD mean would mix them): one metric, or :data:`FRACTION_METRICS` only.
+    """
+    first = objectives[0]
+    for objective in objectives[1:]:
+        if objective.higher_is_better != first.higher_is_better or _scale(objective) != _scale(first):
+            raise UserError(
+                f"objective {objective.name}: its metric {_described(objective)} would be averaged with "
+                f"{first.name}'s {_described(first)}; hm3 himole eval averages metrics of one direction and "
+                f"scale ({', '.join(sorted(FRACTION_METRICS))} are one)"
+            )
+    return first.higher_is_better
+
+
+def _metric(objective: LanguageObjective) -> str:
+    return objective.metric_key.split(",")[0]
+
+
+def _scale(objective: LanguageObjective) -> str:
+    return "fraction" if _metric(objective) in FRACTION_METRICS else _metric(objective)
+
+
+def _described(objective: LanguageObjective) -> str:
+    return f"{_metric(objective)} ({'higher' if objective.higher_is_better else 'lower'} is better)"
+
+
+def generates_answer(objective: LanguageObjective) -> bool:
+    """Whether the objective's task generates its answer, so that its target is the answer's text (a
+    multiple-choice task's target is the index of a choice)."""
+    return objective.task.get_config("output_type") == "generate_until"
 
 
 def objective_pairs(objective: Any, split: str) -> list[Pair]:

@@ -34,7 +34,7 @@ from hm3.himole.config import VARIANTS, HiMoLEConfig, describe
 from hm3.himole.data import Pair, load_pairs, source_counts, split_validation
 from hm3.himole.model import AdapterShape, attach_mixture, matched_lora_rank, trainable_parameter_count
 from hm3.himole.stages import Schedule
-from hm3.himole.storage import check_adapter_target, save_adapter
+from hm3.himole.storage import base_weight_samples, check_adapter_target, save_adapter
 from hm3.placement import resolve_device
 
 if TYPE_CHECKING:
@@ -92,6 +92,7 @@ def _train(recipe: Recipe, request: TrainRequest, console: Console | None) -> di
     train_rows, validation_rows = split_validation(len(pairs), config.validation_fraction, seed)
     base = resolve_model_folder(recipe.base_model)
     check_adapter_target(request.out, [("base model", base)])  # before any training, not after it
+    base_samples = base_weight_samples(recipe, base)  # the weights trained on, whatever their folder later
     device = resolve_device(recipe.device)
     with quiet_libraries():
         tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=recipe.trust_remote_code)
@@ -123,6 +124,7 @@ def _train(recipe: Recipe, request: TrainRequest, console: Console | None) -> di
         "two_stage": request.two_stage,
         "adapter": shape.to_json(),
         "base_model": str(base),
+        "base_weight_samples": base_samples,
         "family": model.config.model_type,
         "dtype": recipe.dtype,
         "seed": seed,

@@ -3,13 +3,21 @@
 Layout::
 
     adapter/
-      himole.json            format, adapter shape (AdapterShape), base model, recipe section, training summary
+      himole.json            format, adapter shape (AdapterShape), base model and samples of its weights,
+                             recipe section, training summary
       adapter.safetensors    every expert's LoRA A/B and every gate, keyed as in the model's state dict
       centroids.safetensors  K-means centroids [N, D] in the encoder's space (HiMoLE with stage 1 only)
 
 The folder is built next to its destination and renamed into place, so an interruption leaves either the
-previous adapter or the new one, never half of one. Format 1 folders (whose gates were saved under the paper's
-name, ``token_router`` / ``sentence_router``) still load: their tensors are renamed on reading.
+previous adapter or the new one, never half of one: a Ctrl-C before the swap keeps the previous one; once the
+swap has begun it runs to its end (the old folder deleted) and the command completes. Format 1 folders (whose
+gates were saved under the paper's name, ``token_router`` / ``sentence_router``) still load: their tensors are
+renamed on reading.
+
+The manifest's ``base_weight_samples`` (:func:`base_weight_samples`, the run fingerprint's weight samples of the
+base folder) ties the adapter to its base's weights, wherever that folder is later moved:
+:func:`check_adapter_base` refuses another base. Adapters written before it was recorded are checked for what
+they recorded (the base's family; the tensors' names and shapes when loading).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,12 +33,19 @@ from safetensors.numpy import load_file as load_numpy_file
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from hm3.checkpoint import read_model_config
 from hm3.errors import UserError
 from hm3.evaluate.quiet import quiet_libraries
 from hm3.export import move_into_place
-from hm3.folder_swap import temporary_name
+from hm3.folder_swap import clear_leftovers, temporary_name
 from hm3.himole.model import AdapterShape, adapter_parameter_names, adapter_state_dict, attach_mixture
+from hm3.interrupts import interrupts_ignored
 from hm3.output_guard import check_no_overlap
+from hm3.recipe import ModelRef
+from hm3.run_fingerprint import weight_samples
+
+if TYPE_CHECKING:
+    from hm3.recipe import Recipe
 
 MANIFEST = "himole.json"
 WEIGHTS = "adapter.safetensors"
@@ -70,6 +85,7 @@ def save_adapter(folder: Path, model: Any, manifest: dict[str, Any], centroids: 
         UserError: ``folder`` exists and is neither empty nor an adapter folder.
     """
     folder = Path(folder)
+    clear_leftovers(folder)  # a swap killed half-way: the old adapter back, dead writers' folders deleted
     check_adapter_target(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / temporary_name(folder.name)
@@ -83,11 +99,48 @@ def save_adapter(folder: Path, model: Any, manifest: dict[str, Any], centroids: 
                 {"centroids": torch.as_tensor(centroids).float().contiguous()}, str(staging / CENTROIDS)
             )
         (staging / MANIFEST).write_text(json.dumps({"format": FORMAT, **manifest}, indent=2) + "\n")
-        move_into_place(staging, folder)
+        with interrupts_ignored():  # once begun, the swap ends: the new adapter in place, the old one gone
+            move_into_place(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
+
+
+def base_weight_samples(recipe: Recipe, base: Path) -> dict[str, str]:
+    """Weight file -> digest of samples of its bytes, for the base model folder ``base`` (the recipe's
+    ``base_model`` resolved, a hub snapshot included): :func:`hm3.run_fingerprint.weight_samples` of that
+    folder alone. Names and digests only, so a moved or copied folder gives the same answer."""
+    only_base = recipe.model_copy(
+        update={"base_model": ModelRef(path=str(Path(base).absolute())), "models": []}
+    )
+    return next(iter(weight_samples(only_base).values()), {})
+
+
+def check_adapter_base(folder: Path, manifest: dict[str, Any], base: Path, samples: dict[str, str]) -> None:
+    """Refuse to put the adapter on a base model other than the one it was trained on: other weights than those
+    the manifest's ``base_weight_samples`` recorded (``samples``: :func:`base_weight_samples` of ``base``), or,
+    for an adapter written before those were recorded, another model family.
+
+    Raises:
+        UserError: naming the adapter, the base it was trained on and ``base``.
+    """
+    trained_on = manifest.get("base_model", "?")
+    recorded = manifest.get("base_weight_samples")
+    if recorded is not None:
+        if recorded != samples:
+            raise UserError(
+                f"--adapter {folder} was trained on base model {trained_on}; the recipe's base_model {base} "
+                "holds other weights: score it with a recipe whose base_model is that model"
+            )
+        return
+    family = manifest.get("family")
+    actual = read_model_config(Path(base), "base_model").get("model_type")
+    if family is not None and family != actual:
+        raise UserError(
+            f"--adapter {folder} was trained on base model {trained_on} ({family}); the recipe's base_model "
+            f"{base} is a {actual} model"
+        )
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
