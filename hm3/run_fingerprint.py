@@ -128,8 +128,16 @@ def fingerprint_changes(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
         for name in sorted(set(old_models) | set(new_models))
         if old_models.get(name) != new_models.get(name)
     ]
-    if changed:
-        changes.append(f"the weights in {', '.join(changed[:3])} changed")
+    touched = [name for name in changed if _times_changed_only(then, now, name)]
+    rewritten = [name for name in changed if name not in touched]
+    if rewritten:
+        changes.append(f"the weights in {', '.join(rewritten[:3])} changed")
+    if touched:
+        changes.append(
+            f"the weight files in {', '.join(touched[:3])} were written again (their modification times changed; "
+            "sizes and sampled bytes are the same, which does not prove the rest is: a copy without its times, "
+            "or a touch, looks like this — fingerprint.json holds the times the run started with)"
+        )
     if "weight_samples" in then:  # recorded since hm3 samples them; sizes and times may all agree
         sampled = [
             folder
@@ -150,6 +158,15 @@ def fingerprint_changes(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
             if names:
                 changes.append(f"{', '.join(names[:3])} in {folder} changed")
     return changes
+
+
+def _times_changed_only(then: dict[str, Any], now: dict[str, Any], folder: str) -> bool:
+    """Whether ``folder``'s weight files have the sizes and sampled bytes the run recorded and other times."""
+    old, new = then.get("models", {}).get(folder), now["models"].get(folder)
+    samples = then.get("weight_samples", {}).get(folder)
+    if old is None or new is None or samples is None or samples != now["weight_samples"].get(folder):
+        return False
+    return set(old) == set(new) and all(old[name][0] == new[name][0] for name in old)
 
 
 def models_changed(then: dict[str, Any], now: dict[str, Any]) -> bool:
