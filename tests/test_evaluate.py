@@ -334,6 +334,21 @@ def test_a_task_name_resolves_in_its_own_include_path_only(tiny_lm_zoo, tmp_path
         Evaluator.from_recipe(recipe)
 
 
+def test_validate_notes_few_shot_examples_drawn_from_the_scored_documents(tiny_lm_zoo, tmp_path):
+    """A task with only a test split draws its few-shot examples from it (lm-eval's rule): the search's prompts
+    then show held-out documents with their answers. Said at validate time, not silently."""
+    shots = f"  - {{name: mc, task: {tiny_lm_zoo.tasks}/toy_mc.yaml, model: ft0, num_fewshot: 2}}\n"
+    done = hm3_in_process("validate", zoo_recipe(tiny_lm_zoo, tmp_path, shots))
+    assert done.returncode == 0, done.stderr
+    assert (
+        "objectives[0].task (mc): its 2 few-shot examples are drawn from the documents it is scored on"
+        in (done.stdout)
+    ), done.stdout
+    none = shots.replace("num_fewshot: 2", "num_fewshot: 0")
+    done = hm3_in_process("validate", zoo_recipe(tiny_lm_zoo, tmp_path, none, name="zero.yaml"))
+    assert done.returncode == 0 and "few-shot" not in done.stdout, done.stdout
+
+
 def test_hm3_validate_loads_local_tasks_and_checks_registry_names_offline(tiny_lm_zoo, tmp_path):
     good = STANDARD_OBJECTIVES.format(tasks=tiny_lm_zoo.tasks)
     done = hm3_in_process("validate", zoo_recipe(tiny_lm_zoo, tmp_path, good))

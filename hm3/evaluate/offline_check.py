@@ -26,7 +26,12 @@ from hm3.evaluate.task_facts import (
     objective_facts,
     resolve_metric_key,
 )
-from hm3.evaluate.task_loading import TaskScopes, load_objective_task, registry_task_manager
+from hm3.evaluate.task_loading import (
+    TaskScopes,
+    fewshot_from_evaluation_documents,
+    load_objective_task,
+    registry_task_manager,
+)
 from hm3.recipe import Objective, Recipe
 
 
@@ -43,7 +48,8 @@ def language_objective_problems(
         not_checked: Receives one line per objective that could not be checked here.
         runs_code: Receives one line per ``!function`` tag of an objective's task files (allowed or not: a
             task that runs code without ``allow_task_code`` is also a problem, and is not loaded).
-        notes: Receives one line per registry task whose data needs the hub (not in the local cache).
+        notes: Receives one line per registry task whose data needs the hub (not in the local cache), and per
+            local task whose few-shot examples are drawn from the documents it is scored on.
     """
     objectives = [(i, o) for i, o in enumerate(recipe.objectives) if o.task is not None]
     if not objectives:
@@ -65,9 +71,15 @@ def language_objective_problems(
                 found = objective_task_code(objective, local)
                 if runs_code is not None:
                     runs_code += [f"{where} ({objective.name}): {code.describe()}" for code in found]
-                load_objective_task(
+                loaded = load_objective_task(
                     objective, local, recipe.split, recipe.allow_task_code, recipe.allow_code_execution
                 )
+                if notes is not None and fewshot_from_evaluation_documents(loaded.task):
+                    notes.append(
+                        f"{where} ({objective.name}): its {loaded.task.get_config('num_fewshot')} few-shot "
+                        "examples are drawn from the documents it is scored on (no fewshot_split): the search's "
+                        "prompts show held-out documents with their answers"
+                    )
             except UserError as error:
                 field = (
                     f"objectives[{i}].{error.setting}" if isinstance(error, ObjectiveSettingError) else where

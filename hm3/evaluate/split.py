@@ -4,7 +4,11 @@ Every document is keyed by ``sha256(seed + canonical JSON of the document)``. Th
 key and the first ``round(search_fraction * n)`` go to ``search``, the rest to ``heldout`` (the *exact-count*
 variant: 70% of 10 documents is always 7, never 6 or 8 by chance). Because the key depends only on a document's
 content and the seed, the split does not change when the source file is reordered, and a document keeps its side
-when other documents are added or removed (up to the boundary moving by one).
+when other documents are added or removed (up to the boundary moving by one). The content is the document as
+the data set loads it: a change of the data's schema (a field added in one row appears, as None, in every row;
+an integer column with one float becomes a float column) changes every key and so the whole split; a resumed run
+notices it, as the data file changed. Documents that differ in any field, one the task never shows included, are
+keyed apart and may land on different sides.
 
 Identical documents get identical keys; they are kept together (same side) and ordered by their position, so
 the split is still deterministic. When ``n >= 2`` both sides get at least one document.

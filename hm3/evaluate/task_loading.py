@@ -185,6 +185,27 @@ def _check_fewshot_pool(task: Task, objective: Objective) -> None:
         )
 
 
+def fewshot_from_evaluation_documents(task: Task) -> bool:
+    """Whether the task's few-shot examples come from the documents it is scored on — held-out ones among them
+    for the search's prompts — as lm-eval does for a task with no ``fewshot_split``, no ``fewshot_config``
+    samples and neither training nor validation documents (or a ``fewshot_split`` that is its test split)."""
+    if not task.get_config("num_fewshot"):
+        return False
+    scored = task.get_config("test_split") if task.has_test_docs() else task.get_config("validation_split")
+    fewshot = getattr(task, "fewshot_cfg", None)  # what ConfigurableTask.fewshot_docs reads, in its order
+    source = None if fewshot is None else fewshot.split
+    if source is None:
+        if fewshot is not None and task.config.fewshot_config is not None and fewshot.samples is not None:
+            return False
+        if task.has_training_docs():
+            source = task.get_config("training_split")
+        elif task.has_validation_docs():
+            source = task.get_config("validation_split")
+        else:
+            source = task.get_config("test_split")
+    return source == scored
+
+
 def _configure(task: Task, objective: Objective) -> None:
     """Apply the objective's options the way ``lm_eval.simple_evaluate`` applies the CLI's (a few-shot count
     that it would ignore is refused: :func:`check_fewshot`)."""
