@@ -207,7 +207,8 @@ def check_output_folder(
     replaced = check_replaceable(out, "model", force)
     parent = out.parent
     if not parent.is_dir():
-        raise UserError(f"cannot write {out}: folder {parent} does not exist")
+        what = "is not a folder" if parent.exists() else "does not exist"
+        raise UserError(f"cannot write {out}: {parent} {what}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"cannot write {out}: folder {parent} is not writable")
     if expected_bytes is not None:

@@ -202,6 +202,15 @@ def test_an_export_over_its_run_or_an_input_is_refused(
     assert inputs.digest() == before
 
 
+def test_an_export_below_a_file_says_the_file_is_not_a_folder(inputs: Inputs, tmp_path: Path) -> None:
+    (tmp_path / "env.sh").write_text("export A=1\n")
+    done = hm3_in_process(
+        "export", inputs.run, "--member", inputs.member(), "--out", tmp_path / "env.sh" / "x"
+    )
+    assert_refused(done, f"{tmp_path / 'env.sh'} is not a folder")  # it said "folder env.sh does not exist"
+    assert (tmp_path / "env.sh").read_text() == "export A=1\n"
+
+
 def test_force_replaces_an_exported_model_only_while_it_holds_only_what_hm3_wrote(
     inputs: Inputs, tmp_path: Path
 ) -> None:
