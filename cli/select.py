@@ -70,13 +70,15 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(_as_json(chosen), indent=2))
         return 0
     lam = ", ".join(f"{v:.3f}" for v in chosen.preference)
-    what = f"front member {chosen.member_id}" if chosen.member_id else "rollout of the conditioned policy"
+    what = "rollout of the conditioned policy" if args.rollout else f"front member {chosen.member_id}"
     if chosen.below_start is not None:
         rolled, reward = chosen.below_start
         what = (
             f"the start of the rollout of the conditioned policy (its path {rolled} scored reward {reward:+.4f}, "
             "below its start)"
         )
+    if args.rollout and chosen.member_id:
+        what += f", front member {chosen.member_id}"
     path = chosen.candidate.path
     shape = "the merged model" if path is None else f"a path of {len(path)} layers over the merge"
     scores = ", ".join(f"{name} {value:.4g}" for name, value in chosen.scores.get("search", {}).items())

@@ -195,7 +195,10 @@ def test_a_rollout_serves_an_unseen_preference_scored_and_logged(conditioned_run
     )
     assert as_json.returncode == 0, as_json.stderr
     rolled = json.loads(as_json.stdout)
-    assert rolled["candidate"] == chosen[0] and rolled["member"] is None and "search" in rolled["scores"]
+    front = {m["id"] for m in json.loads((conditioned_run / "front.json").read_text())["members"]}
+    assert rolled["candidate"] == chosen[0] and "search" in rolled["scores"]
+    assert rolled["member"] == (chosen[0] if chosen[0] in front else None)  # a rollout may reach a member
+    assert ("heldout" in rolled["scores"]) == (rolled["member"] is not None)
     assert log.read_text().splitlines() == after
 
 
@@ -223,6 +226,10 @@ def test_a_rollout_below_its_start_is_reported_and_its_start_selected(
     assert chosen.below_start is not None and chosen.below_start[0] == proposed[0]
     assert chosen.reward > chosen.below_start[1]
     assert chosen.candidate.path != tuple(proposed[0].steps)  # the start: the merge itself or its best path
+    front = {m["id"]: m for m in json.loads((run / "front.json").read_text())["members"]}
+    start_id = chosen.candidate.content_key()[:12]
+    assert start_id in front  # a start the run holds on its front (here, in this micro run) ...
+    assert chosen.member_id == start_id and chosen.scores == front[start_id]["scores"]  # ... is that member
     log = (run / "log.txt").read_text()
     assert "rollout for λ" in log and "the rollout is below its start" in log
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from hm3.errors import UserError
+from hm3.front import FrontMember, ParetoFront
 from hm3.merge.spec import MergeSpec
 from hm3.routing.agent import PathAgent, rollout
 from hm3.routing.path import InferencePath
@@ -25,7 +26,7 @@ from hm3.routing.pool import RoutingPool
 from hm3.routing.scoring import PathScorer
 from hm3.routing.summary import layer_summaries
 from hm3.search.budget import BudgetedEvaluator
-from hm3.search.candidate import SEARCHED_LEVELS, Candidate
+from hm3.search.candidate import SEARCHED_LEVELS, Candidate, member_candidate
 from hm3.search.export import check_export_folder, export_candidate
 from hm3.search.preference import CONDITIONED_POLICY, POLICY_DIR, budgeted_path_scorer, merge_for
 from hm3.search.progress import SearchProgress
@@ -33,7 +34,7 @@ from hm3.search.references import set_scale
 from hm3.search.select import Selection, finetuned_search_scores, read_preference
 from hm3.search.session import Search, open_search
 from hm3.search.upper_level import UPPER_LEVEL, merge_for_preference
-from hm3.store import RunStore
+from hm3.store import FRONT_FILE, RunStore
 
 SELECT = "select"
 """The method name a rollout's candidate is logged under."""
@@ -143,6 +144,18 @@ def _scored(
     """``path`` over ``spec``'s merge scored on the search split (from the log when the run has it) for λ."""
     scores = scorer.score(path)
     candidate = Candidate.routed(spec, path, search.recipe.architecture_level.alignment, routing)
+    member = _front_member(search, candidate)  # a start the run already holds: its id and held-out scores too
     return Selection(
-        weights, candidate, {"search": scores}, search.rewards().reward(scores, weights, len(path)), None
+        weights,
+        candidate,
+        {"search": scores} if member is None else dict(member.scores),
+        search.rewards().reward(scores, weights, len(path)),
+        None if member is None else member.id,
     )
+
+
+def _front_member(search: Search, candidate: Candidate) -> FrontMember | None:
+    """The run's front member that is ``candidate``, if any."""
+    front = ParetoFront.from_json(search.store.read_json(FRONT_FILE))
+    key = candidate.content_key()
+    return next((m for m in front.members if member_candidate(m).content_key() == key), None)
