@@ -49,8 +49,7 @@ def run(args: argparse.Namespace) -> int:
         table.add_column(name if up else f"{name} ↓", justify="right")  # ↓: lower is better
     for entry in report.runs:
         for member in entry.front.members:
-            merge = member.merge["method"] if member.merge else "no merge"
-            kind = f"{merge} + path of {len(member.path)} layers" if member.path else f"{merge} merge"
+            kind = member_model(member.merge, member.path)
             table.add_row(
                 *([entry.label] if several else []),
                 member.id[:10],
@@ -99,6 +98,13 @@ def run(args: argparse.Namespace) -> int:
     if report.plot:
         console.print(f"plot: {report.plot}")
     return 0
+
+
+def member_model(merge: dict | None, path: list | None) -> str:
+    """What a member runs: its merge, or a path over it; with no merge (an architecture-only run) the base model."""
+    if not merge:
+        return f"path of {len(path)} layers over the base" if path else "base model"
+    return f"{merge['method']} + path of {len(path)} layers" if path else f"{merge['method']} merge"
 
 
 def merge_weights(merge: dict | None) -> str:

@@ -293,3 +293,17 @@ def test_the_table_gives_each_merge_its_weights_and_a_preference_column_only_whe
     assert "0.62 1.10" in out and "0.30 0.90, density 0.70" in out and "3 blocks per model" in out
     assert main(["pareto", str(_run(tmp_path / "paper", [(0.4, 0.2)]))]) == 0  # members of a preference
     assert "preference λ" in capsys.readouterr().out
+
+
+def test_an_architecture_only_runs_members_are_the_base_model_or_a_path_over_it(
+    tmp_path: Path, capsys
+) -> None:
+    """An architecture-only run has no merge: slot K of its pool holds the base model, which its members run
+    (labelled so, not 'no merge merge') or route over."""
+    run = _run(tmp_path / "arch", [(0.4, 0.2), (0.2, 0.4)])
+    front = json.loads((run / "front.json").read_text())
+    front["members"][1]["path"] = [[2, 0], [0, 1]]
+    (run / "front.json").write_text(json.dumps(front))
+    assert main(["pareto", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "base model" in out and "path of 2 layers over the base" in out and "no merge" not in out

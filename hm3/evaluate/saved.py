@@ -13,6 +13,7 @@ from hm3.errors import UserError
 from hm3.evaluate.evaluator import Evaluator, load_tokenizer
 from hm3.evaluate.quiet import quiet_libraries
 from hm3.evaluate.split import SPLIT_NAMES
+from hm3.loading import load_model_folder
 from hm3.placement import resolve_device
 from hm3.recipe import load_recipe
 
@@ -68,8 +69,8 @@ def score_saved_models(
         Checkpoint(path, str(path), recipe.allow_pickle)
     for path in paths:
         model = load_saved_model(
-            path, evaluator.is_vision, recipe.dtype, recipe.trust_remote_code, recipe.allow_pickle
-        ).to(device)
+            path, evaluator.is_vision, recipe.dtype, recipe.trust_remote_code, recipe.allow_pickle, device
+        )
         tokenizer = None
         if not evaluator.is_vision and (path / "tokenizer_config.json").is_file():
             tokenizer = load_tokenizer(path, recipe.trust_remote_code)
@@ -84,19 +85,19 @@ def load_saved_model(
     dtype: str = "float32",
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    device: str | torch.device | None = None,
 ):
-    """A saved causal LM (or CLIP vision tower), on the CPU, in ``dtype``, in eval mode; safetensors weights
-    only unless ``allow_pickle``."""
+    """A saved causal LM (or CLIP vision tower) in ``dtype``, in eval mode, on ``device`` (default: the CPU);
+    safetensors weights only unless ``allow_pickle``. Loaded as ``hm3.load_merged`` loads it
+    (:func:`hm3.loading.load_model_folder`): weights that do not match the config are refused, and a routed
+    model's ``stats`` maps are attached."""
     model_class = transformers.CLIPVisionModel if vision else transformers.AutoModelForCausalLM
-    try:
-        with quiet_libraries():
-            model = model_class.from_pretrained(
-                folder,
-                dtype=getattr(torch, dtype),
-                trust_remote_code=trust_remote_code,
-                use_safetensors=None if allow_pickle else True,
-            )
-    except Exception as error:  # transformers raises many kinds for a bad folder
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"model folder {folder}: cannot be loaded: {reason}") from None
-    return model.eval()
+    with quiet_libraries():
+        return load_model_folder(
+            folder,
+            model_class,
+            dtype=getattr(torch, dtype),
+            device=device,
+            trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle,
+        )

@@ -187,19 +187,3 @@ def _checkpoint_parts(
     fixed["dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
     # a repeated layer is the same storage under two names: the writer streams each tensor's own bytes
     return fixed, tensors
-
-
-def read_routing_record(folder: str | Path) -> dict[str, Any] | None:
-    """The ``hm3_routing.json`` of a saved routed model, or None for a plain checkpoint."""
-    file = Path(folder) / ROUTING_FILE
-    if not file.is_file():
-        return None
-    try:
-        record = json.loads(file.read_text())
-    except json.JSONDecodeError as error:
-        raise UserError(f"{file}: not valid JSON ({error})") from None
-    if record.get("format") != ROUTING_FORMAT:
-        raise UserError(
-            f"{file}: unknown routing format {record.get('format')!r} (expected {ROUTING_FORMAT})"
-        )
-    return record
