@@ -202,6 +202,15 @@ def test_an_export_over_its_run_or_an_input_is_refused(
     assert inputs.digest() == before
 
 
+def test_an_upper_level_members_card_names_no_preference(inputs: Inputs, tmp_path: Path) -> None:
+    """The optimised upper level's merges are scored for no one λ: the card said "preference λ = []"."""
+    done = hm3_in_process("export", inputs.run, "--member", inputs.member(), "--out", tmp_path / "model")
+    assert done.returncode == 0, done.stderr
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "scored for no single preference" in card and "λ = []" not in card, card
+    assert "inference path: the merged model itself" in card
+
+
 def test_an_export_below_a_file_says_the_file_is_not_a_folder(inputs: Inputs, tmp_path: Path) -> None:
     (tmp_path / "env.sh").write_text("export A=1\n")
     done = hm3_in_process(

@@ -80,14 +80,25 @@ def export_candidate(
         aligner = models.path_scorer(routing).aligner
         assert aligner is not None
         alignment = aligner.fit(path)
+    last = "the merged model" if candidate.merge is not None else "the base model"  # slot K (arch-only: base)
+    sources = (
+        ", ".join(f"{i} {model.name}" for i, model in enumerate(recipe.models))
+        + f", {len(recipe.models)} {last}"
+    )
     card = "\n".join(
         [
             f"# {title}",
             "",
-            f"From run `{Path(run).resolve()}`, preference λ = {list(preference)}.",
+            f"From run `{Path(run).resolve()}`, "
+            + (f"preference λ = {list(preference)}." if preference else "scored for no single preference."),
             "",
-            f"- parameter merge: `{json.dumps(candidate.merge)}`",
-            f"- inference path: {'the merged model itself' if candidate.is_plain else path}",
+            "- parameter merge: "
+            + (
+                "none (paths over the fine-tuned models and the base)"
+                if candidate.merge is None
+                else f"`{json.dumps(candidate.merge)}`"
+            ),
+            f"- inference path: {last + ' itself' if candidate.is_plain else f'{path} (model:layer; models {sources})'}",
             f"- alignment: {candidate.alignment}",
             f"- scores: `{json.dumps(scores)}`",
             "",
