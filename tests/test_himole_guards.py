@@ -258,7 +258,8 @@ def test_ctrl_c_after_the_swap_s_rename_completes_the_save(
 
 def test_a_swap_killed_half_way_is_undone_before_the_next_save(tiny_pools, tmp_path) -> None:
     """A kill between the swap's two renames leaves the old adapter aside (``.adapter.replaced-<pid>-*``) and no
-    adapter; the next save puts it back, replaces it, and leaves nothing hidden."""
+    adapter, one while it wrote a staging folder; the next save puts the old one back, replaces it, and leaves
+    nothing hidden."""
     from hm3.himole import storage
     from hm3.himole.model import AdapterShape
 
@@ -269,6 +270,7 @@ def test_a_swap_killed_half_way_is_undone_before_the_next_save(tiny_pools, tmp_p
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     folder.rename(tmp_path / f".adapter.replaced-{process.pid}-0a0a0a0a")
+    (tmp_path / f".adapter.partial-{process.pid}-1b1b1b1b").mkdir()  # a writer killed while it wrote files
     storage.save_adapter(folder, model, {"variant": "second", "adapter": shape.to_json()})
     assert storage.read_manifest(folder)["variant"] == "second"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]

@@ -37,7 +37,7 @@ from hm3.checkpoint import read_model_config
 from hm3.errors import UserError
 from hm3.evaluate.quiet import quiet_libraries
 from hm3.export import move_into_place
-from hm3.folder_swap import clear_leftovers, temporary_name
+from hm3.folder_swap import clear_leftovers, staging_folder
 from hm3.himole.model import AdapterShape, adapter_parameter_names, adapter_state_dict, attach_mixture
 from hm3.interrupts import interrupts_ignored
 from hm3.output_guard import check_no_overlap
@@ -88,9 +88,7 @@ def save_adapter(folder: Path, model: Any, manifest: dict[str, Any], centroids: 
     clear_leftovers(folder)  # a swap killed half-way: the old adapter back, dead writers' folders deleted
     check_adapter_target(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = folder.parent / temporary_name(folder.name)
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    staging = staging_folder(folder)  # a dead writer's is cleared by the next save (clear_leftovers)
     try:
         tensors = {name: t.contiguous().cpu() for name, t in adapter_state_dict(model).items()}
         save_file(tensors, str(staging / WEIGHTS), metadata={"format": "pt"})
