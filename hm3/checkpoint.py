@@ -28,6 +28,24 @@ if TYPE_CHECKING:
 
     from hm3.recipe import ModelRef
 
+
+TOKENIZER_FILES = (
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+)
+"""Files of a model folder that are neither weights nor config: its tokenizer, and CLIP's image preprocessor
+(an export copies those ``tokenizer_from`` has)."""
+
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SINGLE_SAFETENSORS = "model.safetensors"
 PICKLE_INDEX = "pytorch_model.bin.index.json"

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hm3.arch import detect_family
+from hm3.checkpoint import TOKENIZER_FILES
 from hm3.errors import UserError
 from hm3.folder_swap import clear_leftovers, staging_folder, swap_into_place
 from hm3.output_guard import InputPath, announce_replacement, check_no_overlap, check_replaceable, mark
@@ -54,22 +55,6 @@ class RawTensor:
     shape: tuple[int, ...]
     dtype: str
 
-
-TOKENIZER_FILES = (
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.json",
-    "tokenizer.model",
-    "added_tokens.json",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-    "preprocessor_config.json",
-    "processor_config.json",
-)
-"""Files copied from ``tokenizer_from`` when present (the tokenizer, and CLIP's image preprocessor)."""
 
 _UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 _SAFETENSORS_DTYPES = {

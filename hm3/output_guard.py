@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from hm3.checkpoint import TOKENIZER_FILES
 from hm3.errors import UserError
 from hm3.folder_swap import TEMPORARY_FILE
 
@@ -181,13 +182,11 @@ def mark(folder: Path, kind: Kind) -> None:
 
 EXPORT_FILE = re.compile(
     r"config\.json|generation_config\.json|README\.md|mergekit_config\.yml|hm3_(routing\.json|alignment\.safetensors)"
-    r"|model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json"
-    r"|tokenizer(_config)?\.json|tokenizer\.model|special_tokens_map\.json|added_tokens\.json|vocab\.(json|txt)"
-    r"|merges\.txt|chat_template\.(jinja|json)|(pre)?processor_config\.json"
+    r"|model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json|"
+    + "|".join(map(re.escape, TOKENIZER_FILES))
 )
-"""The files a model folder of hm3's holds (``hm3.export``, ``hm3.routing.save``, ``hm3.export.TOKENIZER_FILES``):
-what ``--force`` may replace in one whose marker lists no files (written before the lists, or before the
-marker)."""
+"""The files a model folder of hm3's holds (``hm3.export``, ``hm3.routing.save``): what ``--force`` may replace
+in one whose marker lists no files (written before the lists, or before the marker)."""
 
 
 def foreign_files(folder: Path) -> list[str]:
