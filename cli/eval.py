@@ -29,13 +29,13 @@ def preflight(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     from rich.console import Console
     from rich.table import Table
 
     from hm3.errors import UserError
     from hm3.evaluate import score_saved_models
+    from hm3.evaluate.saved import folder_labels
 
     folders = [*args.model, *args.models]
     if not folders:
@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
     table.add_column("objective")
     table.add_column("metric")
     table.add_column("docs", justify="right")
-    for folder in result.scores:
-        table.add_column(Path(folder).name, justify="right")
+    for label in folder_labels(list(result.scores)).values():
+        table.add_column(label, justify="right")
     for name, metric in result.metrics.items():
         arrow = "↑" if result.higher_is_better[name] else "↓"
         cells = [f"{scores[name]:.4f}" for scores in result.scores.values()]

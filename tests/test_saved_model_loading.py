@@ -280,3 +280,27 @@ def test_a_head_left_out_is_refused_unless_the_config_ties_it(
     done = hm3_in_process("eval", "--recipe", recipe, "--model", folder, "--json")
     assert done.returncode == 0, done.stderr
     assert set(json.loads(done.stdout)["scores"][str(folder.resolve())]) == {"addition", "reversal"}
+
+
+def test_eval_tells_folders_of_one_name_apart() -> None:
+    """Two exports named ``merged`` under different runs get their parents in the table's header."""
+    from hm3.evaluate.saved import folder_labels
+
+    assert folder_labels(["/runs/a/merged", "/runs/b/merged", "/zoo/addition"]) == {
+        "/runs/a/merged": "a/merged",
+        "/runs/b/merged": "b/merged",
+        "/zoo/addition": "addition",
+    }
+    assert folder_labels(["/x/a/m", "/y/a/m"]) == {"/x/a/m": "x/a/m", "/y/a/m": "y/a/m"}
+
+
+def test_eval_refuses_a_folder_given_twice(lm_zoo_micro: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Scores are keyed by folder: a second mention would silently drop a column."""
+    recipe = tmp_path / "eval.yaml"
+    recipe.write_text(LM_EVAL.format(zoo=lm_zoo_micro))
+    folder = lm_zoo_micro / "addition"
+    done = hm3_in_process("eval", "--recipe", recipe, "--model", folder, "--models", f"{folder}/")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"hm3 eval: model folder {folder.resolve()} is given twice; name each folder once"
+    ]

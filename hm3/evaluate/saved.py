@@ -53,7 +53,9 @@ def score_saved_models(
     recipe = load_recipe(recipe_path)
     device = resolve_device(recipe.device)  # cuda without a GPU: refused before anything loads
     paths = [Path(f).expanduser().resolve() for f in folders]
-    for path in paths:
+    for i, path in enumerate(paths):
+        if path in paths[:i]:
+            raise UserError(f"model folder {path} is given twice; name each folder once")
         if not path.exists():
             raise UserError(f"model folder not found: {path}")
         if not path.is_dir():
@@ -77,6 +79,21 @@ def score_saved_models(
         result.scores[str(path)] = evaluator.score(model, split=split, tokenizer=tokenizer)
         del model
     return result
+
+
+def folder_labels(folders: list[str]) -> dict[str, str]:
+    """Folder -> the shortest tail of its path that no other folder shares: ``a/merged`` and ``b/merged`` are
+    told apart by their parents, a lone folder goes by its name."""
+    parts = {folder: Path(folder).parts for folder in folders}
+    labels = {}
+    for folder, own in parts.items():
+        depth = 1
+        while depth < len(own) and any(
+            other[-depth:] == own[-depth:] for name, other in parts.items() if name != folder
+        ):
+            depth += 1
+        labels[folder] = str(Path(*own[-depth:]))
+    return labels
 
 
 def load_saved_model(
