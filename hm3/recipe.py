@@ -941,11 +941,12 @@ def _absolutize(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     """An included recipe with its relative paths made absolute against its own folder (``base_dir``).
 
     Only the path fields of the schema are rewritten (model paths that are not hub ids, task YAMLs, heads,
-    include paths, dataset paths, the output folder); everything else is left as written.
+    include paths, dataset paths, the output folder); everything else is left as written. Only a model
+    reference can be a hub id: ``tasks/add.yaml`` or ``data/eurosat.npz`` is a path like ``../tasks/add.yaml``.
     """
 
     def fix(value: Any) -> Any:
-        if isinstance(value, str) and not Path(value).is_absolute() and not is_hub_id(value):
+        if isinstance(value, str) and not Path(value).expanduser().is_absolute():
             return str((base_dir / value).resolve())
         return value
 

@@ -295,6 +295,28 @@ def test_include_inherits_and_resolves_paths_against_its_own_folder(tmp_path, ti
     assert Path(recipe.models[0].path) == Path(tiny_llama.finetunes[0]).resolve()
 
 
+def test_an_included_file_s_one_slash_paths_resolve_against_its_own_folder(tmp_path, tiny_llama) -> None:
+    """``tasks/add.yaml`` in an included file is that file's ``tasks/add.yaml``, not the including recipe's, even
+    where the including recipe's folder holds a file of that name (it read as a hub-id-like string before)."""
+    from hm3.recipe import load_recipe
+
+    shared = tmp_path / "inc" / "sub"
+    for folder in (shared, tmp_path):  # the same relative names next to both files
+        (folder / "tasks").mkdir(parents=True)
+        (folder / "tasks" / "add.yaml").write_text("task: add\n")
+    shutil.copytree(tiny_llama.finetunes[0], shared / "zoo" / "ft")
+    write_recipe(
+        shared,
+        f"base_model: {tiny_llama.base}\nmodels: [{{name: a, path: zoo/ft}}]\n"
+        "objectives: [{name: t, task: tasks/add.yaml, metric: acc}]\noutput: {dir: runs/out}\n",
+        "common.yaml",
+    )
+    recipe = load_recipe(write_recipe(tmp_path, "include: inc/sub/common.yaml\n"))
+    assert recipe.objectives[0].task == str((shared / "tasks" / "add.yaml").resolve())
+    assert recipe.output.dir == str((shared / "runs" / "out").resolve())
+    assert recipe.models[0].path == str((shared / "zoo" / "ft").resolve())
+
+
 # -- problems found in the models themselves (headers and configs, nothing loaded) ----------------------
 
 
