@@ -45,6 +45,7 @@ from pydantic import (
 
 from hm3.errors import RecipeError
 from hm3.himole.config import HiMoLEConfig, himole_cross_checks
+from hm3.yaml_loading import UniqueKeyLoader
 
 MERGE_METHODS = ("linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "della")
 """Parameter-level methods a recipe may name (the merge registry holds one row for each)."""
@@ -878,7 +879,7 @@ def _read_yaml(path: Path, where: str) -> dict[str, Any]:
     if not path.is_file():
         raise RecipeError([(where, f"file not found: {path}")])
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except UnicodeDecodeError as error:
         problem = f"not UTF-8 text (byte {error.start}): a recipe is a YAML text file"
         raise RecipeError([("", problem)], str(path)) from None

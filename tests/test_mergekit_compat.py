@@ -730,3 +730,16 @@ def test_an_error_in_a_merge_worker_is_one_line_and_leaves_nothing_behind(models
         env={**os.environ, "HM3_NUM_THREADS": "2"},
     )
     assert_refused(result, out, "tensor model.layers.1.", "ValueError: kernel says no")
+
+
+def test_a_parameter_given_twice_in_a_mergekit_config_is_refused(tmp_path) -> None:
+    """mergekit (PyYAML) keeps the last of two ``weight:`` lines; hm3 says the config holds both."""
+    config = tmp_path / "twice.yml"
+    config.write_text(
+        "merge_method: task_arithmetic\nbase_model: /m/base\nmodels:\n"
+        "  - model: /m/a\n    parameters: {weight: 0.3, weight: 0.7}\n"
+    )
+    with pytest.raises(UserError) as refused:
+        load_mergekit_config(config)
+    assert "key 'weight' is given twice in one mapping" in str(refused.value)
+    assert "\n" not in str(refused.value)

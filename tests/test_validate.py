@@ -263,6 +263,19 @@ def test_yaml_syntax_error_gives_line(tmp_path, capsys) -> None:
     assert code == 2 and len(lines) == 1 and "line" in lines[0]
 
 
+def test_a_key_given_twice_is_refused_but_a_merge_key_may_be_overridden(
+    tmp_path, good_recipe_text, capsys
+) -> None:
+    """PyYAML keeps the last of two ``seed:`` lines silently; a recipe saying two things is refused instead."""
+    code, lines = _validate(tmp_path, good_recipe_text + "seed: 1\nseed: 2\n", capsys)
+    assert code == 2 and len(lines) == 1 and "key 'seed' is given twice in one mapping" in lines[0], lines
+    merged = "defaults: &agent {gamma: 0.9, iterations: 5}\n"
+    from hm3.recipe import _read_yaml
+
+    (tmp_path / "m.yaml").write_text(merged + "agent: {<<: *agent, iterations: 7}\n")
+    assert _read_yaml(tmp_path / "m.yaml", "")["agent"] == {"gamma": 0.9, "iterations": 7}
+
+
 def test_nonexistent_include(tmp_path, good_recipe_text, capsys) -> None:
     code, lines = _validate(tmp_path, "include: nowhere.yaml\n" + good_recipe_text, capsys)
     assert code == 2 and any(": include: included file not found" in line for line in lines)

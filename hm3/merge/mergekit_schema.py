@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hm3.errors import UserError
+from hm3.yaml_loading import UniqueKeyLoader
 
 DtypeName = Literal["float32", "bfloat16", "float16", "float64"]
 
@@ -120,7 +121,7 @@ def load_mergekit_config(path: str | Path) -> MergekitConfig:
     if not path.is_file():
         raise UserError(f"mergekit config not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except UnicodeDecodeError as error:
         raise UserError(
             f"{path}: not UTF-8 text (byte {error.start}): a mergekit config is a YAML text file"
