@@ -127,7 +127,8 @@ class ModelPool:
             layers = self.backbone.num_layers(model.config)
             if layers != base_layers:
                 raise ModelError(model.name, f"{layers} layers, the base has {base_layers}")
-            own = {n for n in model.tensors if self.backbone.belongs(n)}
+            self._check_head_tying(model)
+            own = self._backbone_tensors(model)
             missing, extra = sorted(names - own), sorted(own - names)
             if missing or extra:
                 parts = []
@@ -137,9 +138,9 @@ class ModelPool:
                     parts.append(f"has tensors the base lacks: {_first(extra)}")
                 raise ModelError(model.name, f"{'; '.join(parts)}")
             mismatched = [
-                f"{n} {list(model.tensors[n].shape)} vs base {list(self.base.tensors[n].shape)}"
+                f"{n} {list(self._shape(model, n))} vs base {list(self._shape(self.base, n))}"
                 for n in self.tensor_names
-                if not self._shapes_compatible(n, model.tensors[n].shape, self.base.tensors[n].shape)
+                if not self._shapes_compatible(n, self._shape(model, n), self._shape(self.base, n))
             ]
             if mismatched:
                 raise ModelError(model.name, f"tensor shapes differ from the base: {_first(mismatched)}")
@@ -157,6 +158,42 @@ class ModelPool:
                 )
         if self.tokenizer_source != "base" and self.tokenizer_source not in self.model_names:
             raise UserError(f"tokenizer_source {self.tokenizer_source!r} is neither 'base' nor a model name")
+
+    def _check_head_tying(self, model: Checkpoint) -> None:
+        """A base that ties its head to its embeddings builds every merge tied: a model with a head of its own
+        cannot be merged into it (the other way round is fine: a tied model's head is its embeddings)."""
+        if self.backbone.ties_head(self.base.config) and not self.backbone.ties_head(model.config):
+            raise ModelError(
+                model.name,
+                "its config has an output head of its own (tie_word_embeddings false) while the base's ties the "
+                "head to the embeddings: every merge and path is built with the base's config, which has no "
+                "head to merge it into",
+            )
+
+    def stored_name(self, checkpoint: Checkpoint, name: str) -> str:
+        """The tensor of ``checkpoint`` that runs as backbone tensor ``name``: the input embeddings for the
+        output head of a model whose config ties them, else ``name`` itself. A head stored beside tied
+        embeddings is ignored, as lm-eval ignores it (its ``HFLM`` calls ``tie_weights()`` after loading; a bare
+        ``from_pretrained`` keeps a stored head that differs, with a warning to fix the config)."""
+        tied = self.backbone.tied_head
+        if tied is not None and name == tied[0] and self.backbone.ties_head(checkpoint.config):
+            return tied[1]
+        return name
+
+    def _backbone_tensors(self, checkpoint: Checkpoint) -> set[str]:
+        """The backbone tensors a model runs: a tied model's head counts as present (its embeddings) in a pool
+        whose base has one, and as absent in a tied pool, whatever the file stores."""
+        names = {n for n in checkpoint.tensors if self.backbone.belongs(n)}
+        if self.backbone.ties_head(checkpoint.config):
+            assert self.backbone.tied_head is not None
+            head = self.backbone.tied_head[0]
+            names.discard(head)
+            if not self.backbone.ties_head(self.base.config):
+                names.add(head)
+        return names
+
+    def _shape(self, checkpoint: Checkpoint, name: str) -> tuple[int, ...]:
+        return tuple(checkpoint.tensors[self.stored_name(checkpoint, name)].shape)
 
     def _shapes_compatible(self, name: str, shape: tuple[int, ...], base_shape: tuple[int, ...]) -> bool:
         if name in self.backbone.vocab_tensors:
@@ -177,8 +214,10 @@ class ModelPool:
 
     @cached_property
     def tensor_names(self) -> list[str]:
-        """The backbone's tensors, in the base checkpoint's order."""
-        return [n for n in self.base.tensors if self.backbone.belongs(n)]
+        """The backbone's tensors, in the base checkpoint's order (without a head the base's config ties to its
+        embeddings: merges and paths are built tied, as transformers loads them)."""
+        names = self._backbone_tensors(self.base)
+        return [n for n in self.base.tensors if n in names]
 
     def layer_tensor_names(self, layer: int) -> list[str]:
         """Tensors of one layer."""
@@ -253,7 +292,8 @@ class ModelPool:
         """Tensor ``name`` of model ``index`` (or :data:`BASE`), with the vocabulary rule applied (``mapped``:
         backed by a private memory map of its bytes in the file, :class:`hm3.merge.tensor_reader.TensorReader`,
         where the rule leaves it as stored: pages the kernel may drop again)."""
-        value = self._mapped_reader(index).load(name) if mapped else self.checkpoint(index).load(name)
+        stored = self.stored_name(self.checkpoint(index), name)
+        value = self._mapped_reader(index).load(stored) if mapped else self.checkpoint(index).load(stored)
         if (
             name in self.backbone.vocab_tensors
             and self.vocab_size is not None
@@ -336,7 +376,8 @@ class ModelPool:
         assert rows is not None
         if value.shape[0] > rows:
             return value[:rows]
-        borrowed = self._source.load(name)[value.shape[0] : rows].to(value.dtype)
+        borrowed = self._source.load(self.stored_name(self._source, name))[value.shape[0] : rows]
+        borrowed = borrowed.to(value.dtype)
         return torch.cat([value, borrowed], dim=0)
 
     def close(self) -> None:

@@ -74,3 +74,66 @@ def test_vocabulary_rule_drops_and_borrows_rows(tiny_llama, tmp_path) -> None:
     assert torch.equal(grown[:64], wide.models[0].load(embed))
     assert torch.equal(grown[64:], wide.models[1].load(embed)[64:])
     assert wide.tensor(BASE, embed).shape[0] == 72
+
+
+def _tied_copy(source, folder, scramble_head: bool):
+    """``source`` saved again with ``tie_word_embeddings: true`` in its config, its stored head kept (or replaced
+    by noise): transformers runs such a model with its embeddings as its head, whatever the file stores."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    tensors = load_file(str(folder / "model.safetensors"))
+    if scramble_head:
+        tensors["lm_head.weight"] = torch.randn_like(tensors["lm_head.weight"])
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def test_a_tied_model_runs_its_embeddings_as_its_head_as_lm_eval_does(tiny_llama, tmp_path) -> None:
+    """A specialist whose config ties its head while the base's does not: its head in merges and as itself is
+    its embeddings, as lm-eval runs it (the stored head is ignored), so its reference score is lm-eval's."""
+    import transformers
+
+    from hm3.routing.builder import build_routed_model
+    from hm3.routing.path import InferencePath
+    from hm3.routing.pool import RoutingPool
+
+    tied = _tied_copy(tiny_llama.finetunes[1], tmp_path / "tied", scramble_head=True)
+    pool = ModelPool(
+        Checkpoint(tiny_llama.base, "base"), [Checkpoint(tiny_llama.finetunes[0], "a"), Checkpoint(tied, "t")]
+    )
+    assert torch.equal(pool.tensor(1, "lm_head.weight"), pool.tensor(1, "model.embed_tokens.weight"))
+    assert "lm_head.weight" in pool.tensor_names
+    routing = RoutingPool.from_model_pool(pool, pool.state_dict(BASE))
+    as_itself = build_routed_model(
+        routing, InferencePath.identity(1, pool.num_layers), shared_source=1, own_config=pool.own_config(1)
+    )
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tied).eval()
+    loaded.tie_weights()  # what lm-eval runs: its HFLM ties after loading (bare from_pretrained keeps the head)
+    tokens = torch.arange(10).unsqueeze(0)
+    with torch.no_grad():
+        assert torch.allclose(as_itself(tokens).logits, loaded(tokens).logits, atol=1e-6)
+
+
+def test_a_tied_pool_builds_every_merge_tied_and_refuses_a_model_with_its_own_head(
+    tiny_llama, tmp_path
+) -> None:
+    """A base whose config ties: the head is not a tensor of the pool (a stored copy is ignored), merges are built
+    tied; a specialist with a head of its own has nowhere to go and is refused in one line."""
+    base = _tied_copy(tiny_llama.base, tmp_path / "base", scramble_head=True)
+    tied = [
+        _tied_copy(f, tmp_path / f"t{i}", scramble_head=False) for i, f in enumerate(tiny_llama.finetunes[:2])
+    ]
+    pool = ModelPool(Checkpoint(base, "base"), [Checkpoint(t, t.name) for t in tied])
+    assert "lm_head.weight" not in pool.tensor_names
+    with pytest.raises(UserError) as refused:
+        ModelPool(
+            Checkpoint(base, "base"), [Checkpoint(tied[0], "t0"), Checkpoint(tiny_llama.finetunes[2], "own")]
+        )
+    text = str(refused.value)
+    assert "own" in text and "tie_word_embeddings false" in text and "\n" not in text

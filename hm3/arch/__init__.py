@@ -40,6 +40,8 @@ class Backbone:
         per_layer_config_lists: Config keys holding one entry per layer (fixed when the layer count changes).
         optional_prefix: A prefix some checkpoints put before every backbone tensor (``vision_model.`` in a
             full ``CLIPModel``, absent in a ``CLIPVisionModel`` saved by transformers 5); kept when renaming.
+        tied_head: ``(head, embeddings)``: the output head that a config with ``tie_word_embeddings: true``
+            replaces by the input embeddings when transformers loads it (whatever the file stores as the head).
     """
 
     family: str
@@ -53,6 +55,7 @@ class Backbone:
     tensor_prefixes: tuple[str, ...] = ()
     per_layer_config_lists: tuple[str, ...] = field(default=())
     optional_prefix: str = ""
+    tied_head: tuple[str, str] | None = None
 
     @cached_property
     def _layer_pattern(self) -> re.Pattern[str]:
@@ -79,6 +82,13 @@ class Backbone:
             return config[self.config_section]
         return config
 
+    def ties_head(self, config: dict[str, Any]) -> bool:
+        """Whether a model of this config runs its input embeddings as its output head (``tie_word_embeddings``;
+        False where absent, the default of every decoder family here)."""
+        return self.tied_head is not None and bool(
+            self.backbone_config(config).get("tie_word_embeddings", False)
+        )
+
     def num_layers(self, config: dict[str, Any]) -> int:
         """Number of layers the config declares."""
         return int(self.backbone_config(config)[self.num_layers_key])
@@ -91,6 +101,7 @@ _DECODER = dict(
     vocab_tensors=("model.embed_tokens.weight", "lm_head.weight"),
     auto_class="AutoModelForCausalLM",
     per_layer_config_lists=("layer_types",),
+    tied_head=("lm_head.weight", "model.embed_tokens.weight"),
 )
 
 FAMILIES: tuple[Backbone, ...] = (
