@@ -27,6 +27,7 @@ import torch
 from hm3.arch import Backbone, detect_family
 from hm3.checkpoint import Checkpoint, resolve_model_folder
 from hm3.errors import ModelError, UserError
+from hm3.tokenizer_vocab import conflicting_ids, token_of_id
 
 if TYPE_CHECKING:
     from hm3.recipe import Recipe
@@ -158,6 +159,44 @@ class ModelPool:
                 )
         if self.tokenizer_source != "base" and self.tokenizer_source not in self.model_names:
             raise UserError(f"tokenizer_source {self.tokenizer_source!r} is neither 'base' nor a model name")
+        for checkpoint in (self.base, *self.models):
+            self._check_declared_vocabulary(checkpoint)
+        self._check_token_ids()
+
+    def _check_declared_vocabulary(self, checkpoint: Checkpoint) -> None:
+        """The config's ``vocab_size`` is the embeddings' row count (transformers refuses to load it otherwise,
+        so such a model would be scored here as no one can run it)."""
+        embeddings = next((n for n in self.backbone.vocab_tensors if n in checkpoint.tensors), None)
+        declared = self.backbone.backbone_config(checkpoint.config).get("vocab_size")
+        if embeddings is None or declared is None:
+            return
+        rows = checkpoint.tensors[embeddings].shape[0]
+        if declared != rows:
+            raise ModelError(
+                checkpoint.name,
+                f"its config.json says vocab_size {declared} but its {embeddings} has {rows} rows "
+                "(transformers refuses to load it; fix the config)",
+            )
+
+    def _check_token_ids(self) -> None:
+        """Every model with a ``tokenizer.json`` gives the merged vocabulary's ids to the tokens the
+        ``tokenizer_source`` gives them to: rows are merged, and references scored, by id."""
+        reference = token_of_id(self._source.folder) if self.vocab_size is not None else None
+        if reference is None:
+            return
+        assert self.vocab_size is not None
+        for checkpoint in (self.base, *self.models):
+            own = None if checkpoint is self._source else token_of_id(checkpoint.folder)
+            conflicts = [] if own is None else conflicting_ids(own, reference, self.vocab_size)
+            if conflicts:
+                first = conflicts[0]
+                raise ModelError(
+                    checkpoint.name,
+                    f"its tokenizer gives {len(conflicts)} of the merged vocabulary's ids to other tokens than "
+                    f"the tokenizer_source ({self._source.name}) does (id {first}: {own[first]!r} vs "
+                    f"{reference[first]!r}): embedding and head rows are merged, and every model scored, by "
+                    "id, so these rows would mix different tokens; merge models that share one vocabulary",
+                )
 
     def _check_head_tying(self, model: Checkpoint) -> None:
         """A base that ties its head to its embeddings builds every merge tied: a model with a head of its own

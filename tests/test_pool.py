@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from hm3.arch import FAMILIES, detect_family
 from hm3.checkpoint import Checkpoint
-from hm3.errors import UserError
+from hm3.errors import ModelError, UserError
 from hm3.pool import BASE, ModelPool
 from tests.fixtures_models import build_tiny_model
+from tests.fixtures_zoo import lm_zoo_micro  # noqa: F401
 
 
 def _pool(tiny) -> ModelPool:
@@ -137,3 +140,46 @@ def test_a_tied_pool_builds_every_merge_tied_and_refuses_a_model_with_its_own_he
         )
     text = str(refused.value)
     assert "own" in text and "tie_word_embeddings false" in text and "\n" not in text
+
+
+def _zoo_model_copy(zoo, name, folder):
+    import shutil
+
+    return Path(shutil.copytree(zoo / name, folder))
+
+
+def test_a_model_whose_tokenizer_gives_an_id_to_another_token_is_refused(lm_zoo_micro, tmp_path) -> None:  # noqa: F811
+    """Rows are merged by id: a specialist whose tokenizer swaps two tokens' ids would be merged row by row
+    with other tokens' rows (and scored with the base's tokenizer as its reference) — refused in one line."""
+    import json
+
+    swapped = _zoo_model_copy(lm_zoo_micro, "sorting", tmp_path / "swapped")
+    data = json.loads((swapped / "tokenizer.json").read_text())
+    vocab = data["model"]["vocab"]
+    vocab["1"], vocab["2"] = vocab["2"], vocab["1"]
+    (swapped / "tokenizer.json").write_text(json.dumps(data))
+    models = [Checkpoint(lm_zoo_micro / "addition", "addition"), Checkpoint(swapped, "sorting")]
+    with pytest.raises(ModelError) as refused:
+        ModelPool(Checkpoint(lm_zoo_micro / "base", "base"), models)
+    assert refused.value.model == "sorting"
+    assert "its tokenizer gives 2 of the merged vocabulary's ids to other tokens" in refused.value.detail
+    assert "\n" not in refused.value.detail
+    same = [
+        Checkpoint(lm_zoo_micro / "addition", "addition"),
+        Checkpoint(lm_zoo_micro / "sorting", "sorting"),
+    ]
+    ModelPool(Checkpoint(lm_zoo_micro / "base", "base"), same)  # the zoo's own tokenizers agree
+
+
+def test_a_config_whose_vocab_size_contradicts_the_embeddings_is_refused(lm_zoo_micro, tmp_path) -> None:  # noqa: F811
+    """transformers refuses such a model; the pool took the rows and scored it as no one can run it."""
+    import json
+
+    edited = _zoo_model_copy(lm_zoo_micro, "sorting", tmp_path / "edited")
+    config = json.loads((edited / "config.json").read_text())
+    (edited / "config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] + 41}))
+    with pytest.raises(ModelError) as refused:
+        ModelPool(Checkpoint(lm_zoo_micro / "base", "base"), [Checkpoint(edited, "sorting")])
+    assert f"says vocab_size {config['vocab_size'] + 41} but its model.embed_tokens.weight has" in str(
+        refused.value.detail
+    )
