@@ -29,6 +29,7 @@ from hm3.checkpoint import Checkpoint, hub_is_offline, resolve_model_folder
 from hm3.errors import ModelError, RecipeError, UserError
 from hm3.evaluate.offline_check import language_objective_problems
 from hm3.evaluate.task_facts import hub_data_in_cache
+from hm3.evaluate.tower_input import vision_data_problem
 from hm3.himole.checks import himole_problems
 from hm3.placement import Placement, PoolSizes, candidate_length, check_frame, plan_memory
 from hm3.pool import ModelPool
@@ -70,6 +71,7 @@ def validate_recipe_file(path: str | Path) -> ValidationReport:
     problems += _check_hub_image_data(recipe, report)
     objective_problems = _check_objectives(recipe)
     problems += objective_problems
+    problems += _check_vision_data(recipe)
     if recipe.himole is not None:
         problems += himole_problems(recipe.himole)
     if not objective_problems:  # files exist: load local lm-eval tasks as the evaluator will (a few seconds)
@@ -210,6 +212,21 @@ def _check_objectives(recipe: Recipe) -> list[tuple[str, str]]:
         if objective.head == ZEROSHOT_HEAD and (problem := _zeroshot_base_problem(recipe)):
             problems.append((f"{where}.head", problem))
     return problems
+
+
+def _check_vision_data(recipe: Recipe) -> list[tuple[str, str]]:
+    """Vision data of another shape than the tower takes (an npz file's header against ``num_channels`` and
+    ``image_size`` in the config of the folder that preprocesses images, a local one only): what loading the
+    data refuses, told without reading it."""
+    source = recipe.base_model if recipe.tokenizer_source == "base" else None
+    source = source or next((m for m in recipe.models if m.name == recipe.tokenizer_source), None)
+    if source is None or source.is_hub:
+        return []
+    folder = Path(source.path)
+    problems = [
+        (f"objectives[{i}].dataset", vision_data_problem(o, folder)) for i, o in enumerate(recipe.objectives)
+    ]
+    return [(where, problem) for where, problem in problems if problem]
 
 
 def _zeroshot_base_problem(recipe: Recipe) -> str | None:

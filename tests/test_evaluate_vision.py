@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from hm3.errors import UserError
-from tests.fixtures_models import run_hm3, write_recipe
+from tests.fixtures_models import hm3_in_process, run_hm3, write_recipe
 
 CLASSES = 3
 HIDDEN = 32
@@ -161,3 +163,150 @@ def test_hm3_eval_scores_saved_vision_towers(tiny_pools, vision_data, tmp_path):
     assert set(scores) == {str(pool.base), str(pool.finetunes[0])}
     for values in scores.values():
         assert set(values) == {"arrays", "folder"} and all(0 <= v <= 1 for v in values.values())
+
+
+def npz_of_shape(path: Path, channels: int, size: int) -> Path:
+    pixels = np.random.default_rng(1).normal(size=(20, channels, size, size)).astype(np.float32)
+    np.savez(path, pixel_values=pixels, labels=np.arange(20) % CLASSES)
+    return path
+
+
+def test_data_of_another_shape_than_the_tower_takes_is_refused_on_loading(tiny_pools, vision_data, tmp_path):
+    from hm3.evaluate import Evaluator
+    from hm3.recipe import load_recipe
+    from hm3.validation import validate_recipe_file
+
+    pool = tiny_pools["clip_vision"]
+    for channels, size in [(1, 8), (3, 16)]:  # the tower takes 3 channels of 8x8
+        data = npz_of_shape(tmp_path / f"c{channels}s{size}.npz", channels, size)
+        text = objectives_text(vision_data).replace(f"{vision_data}/task.npz", str(data))
+        recipe = vision_recipe(tiny_pools, tmp_path, text)
+        problem = re.escape(
+            f"{data}: images are {channels} channel(s) of {size}x{size} pixels, the model takes 3 of 8x8 "
+            f"(num_channels, image_size in {pool.base / 'config.json'})"
+        )
+        with pytest.raises(UserError, match=f"^objective arrays: {problem}$"):  # before any model is scored
+            Evaluator.from_recipe(load_recipe(recipe))
+        with pytest.raises(UserError, match=re.escape("objectives[0].dataset: ") + problem):  # from headers
+            validate_recipe_file(recipe)
+    run = tmp_path / "run"
+    for command in (["eval", "--model", pool.base], ["merge", "--out", run, "--quiet"]):
+        done = hm3_in_process(*command, "--recipe", recipe)
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "images are 3 channel(s) of 16x16 pixels" in done.stderr
+    assert not run.exists()  # the merge left no half-made run folder
+
+
+@pytest.fixture(scope="module")
+def gray_tower(tmp_path_factory) -> Path:
+    """A tiny CLIP vision tower of one channel (as the vision zoo's), 8x8 images in 4x4 patches."""
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(0)
+    shape = {"image_size": 8, "patch_size": 4, "num_channels": 1, "num_attention_heads": 4}
+    config = CLIPVisionConfig(hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2, **shape)
+    folder = tmp_path_factory.mktemp("gray_tower") / "base"
+    CLIPVisionModel(config).save_pretrained(folder)
+    return folder
+
+
+def tower_recipe(tower: Path, folder: Path, data: Path, head: Path) -> Path:
+    objective = f"{{name: folder, model: ft0, dataset: {{format: image_folder, path: {data}}}, head: {head}}}"
+    text = f"base_model: {tower}\nmodels:\n  - {{name: ft0, path: {tower}}}\nobjectives:\n  - {objective}\n"
+    return write_recipe(folder, text)
+
+
+def test_image_folder_on_a_one_channel_tower_is_read_as_grayscale(gray_tower, vision_data, tmp_path):
+    import torch
+    from PIL import Image
+    from transformers import CLIPVisionModel
+
+    from hm3.evaluate import Evaluator
+    from hm3.recipe import load_recipe
+
+    recipe = tower_recipe(gray_tower, tmp_path, vision_data / "images", vision_data / "head.safetensors")
+    evaluator = Evaluator.from_recipe(load_recipe(recipe))
+    objective = evaluator.objectives[0]
+    files = sorted((vision_data / "images").glob("*/*.png"))
+    gray = np.stack([np.asarray(Image.open(f).convert("L").resize((8, 8)), dtype=np.float32) for f in files])
+    expected = torch.from_numpy((gray / 255 - 0.5) / 0.5)[:, None]  # the vision zoo's normalisation
+    assert objective.pixel_values.shape == (15, 1, 8, 8)
+    assert torch.allclose(objective.pixel_values, expected)
+    model = CLIPVisionModel.from_pretrained(gray_tower).eval()
+    assert 0 <= evaluator.score(model, split="heldout")["folder"] <= 1
+
+
+def test_image_files_for_a_tower_neither_rgb_nor_grayscale_are_refused(vision_data, tmp_path):
+    from transformers import CLIPVisionConfig
+
+    from hm3.evaluate import Evaluator
+    from hm3.evaluate.tower_input import vision_data_problem
+    from hm3.recipe import load_recipe
+
+    tower = tmp_path / "two_channels"
+    CLIPVisionConfig(
+        hidden_size=HIDDEN, num_attention_heads=4, image_size=8, patch_size=4, num_channels=2
+    ).save_pretrained(tower)
+    recipe = load_recipe(
+        tower_recipe(tower, tmp_path, vision_data / "images", vision_data / "head.safetensors")
+    )
+    message = "the model takes 2-channel images .*, and image files are read as RGB .* or grayscale"
+    with pytest.raises(UserError, match=f"^objective folder: {vision_data}/images: {message}"):
+        Evaluator.from_recipe(recipe)
+    assert "give the data as npz pixel_values [N, 2, 8, 8]" in vision_data_problem(
+        recipe.objectives[0], tower
+    )
+
+
+def test_hidden_entries_of_an_image_folder_are_skipped(tiny_pools, vision_data, tmp_path):
+    from hm3.evaluate import Evaluator
+    from hm3.recipe import load_recipe
+
+    images = shutil.copytree(vision_data / "images", tmp_path / "images")
+    (images / ".ipynb_checkpoints").mkdir()  # sorted first: it was class 0, every label one off
+    shutil.copy(images / "class_0" / "0.png", images / ".ipynb_checkpoints" / "0-checkpoint.png")
+    (images / "class_1" / "._0.png").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")  # AppleDouble
+    (images / "__pycache__").mkdir()
+    shutil.copy(images / "class_0" / "0.png", images / "__pycache__" / "0.png")
+    text = objectives_text(vision_data).replace(f"{vision_data}/images", str(images))
+    evaluator = Evaluator.from_recipe(load_recipe(vision_recipe(tiny_pools, tmp_path, text)))
+    labels = evaluator.objectives[1].labels
+    assert len(labels) == 15 and sorted(labels.tolist()) == [0] * 5 + [1] * 5 + [2] * 5
+
+
+def test_unreadable_images_name_the_objective_and_the_file(tiny_pools, vision_data, tmp_path):
+    from hm3.evaluate import Evaluator
+    from hm3.recipe import load_recipe
+
+    images = shutil.copytree(vision_data / "images", tmp_path / "images")
+    text = objectives_text(vision_data).replace(f"{vision_data}/images", str(images))
+    recipe = vision_recipe(tiny_pools, tmp_path, text)
+    bad = images / "class_1" / "2.png"
+    whole = bad.read_bytes()
+    for content, reason in [
+        (whole[: len(whole) // 2], "image file is truncated"),
+        (b"not a png", "not an image format PIL knows"),
+    ]:
+        bad.write_bytes(content)
+        with pytest.raises(UserError, match=f"^objective folder: {bad} is not a readable image \\({reason}"):
+            Evaluator.from_recipe(load_recipe(recipe))
+    for folder in images.iterdir():
+        shutil.rmtree(folder)
+        folder.mkdir()
+    with pytest.raises(UserError, match=f"^objective folder: {images}'s class sub-folders hold no images"):
+        Evaluator.from_recipe(load_recipe(recipe))
+
+
+def test_labels_past_int64_are_reported_as_stored(tiny_pools, vision_data, tmp_path):
+    from hm3.evaluate import Evaluator
+    from hm3.recipe import load_recipe
+
+    labels = np.arange(20, dtype=np.uint64) % CLASSES
+    labels[3] = 2**63 + 1  # read as int64, it was -9223372036854775807
+    np.savez(tmp_path / "huge.npz", pixel_values=np.zeros((20, 3, 8, 8), np.float32), labels=labels)
+    text = objectives_text(vision_data).replace(f"{vision_data}/task.npz", str(tmp_path / "huge.npz"))
+    with pytest.raises(
+        UserError, match="^objective arrays: huge.npz: labels run from 0 to 9223372036854775809"
+    ):
+        Evaluator.from_recipe(load_recipe(vision_recipe(tiny_pools, tmp_path, text)))

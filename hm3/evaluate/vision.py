@@ -4,10 +4,16 @@ Data sets (``objective.dataset``), loaded and preprocessed once:
 
 * ``npz``: arrays ``pixel_values`` float32 [N, C, H, W] (already preprocessed) and ``labels`` int64 [N], and
   optionally ``class_names`` (strings, one per class id);
-* ``image_folder``: one sub-folder per class (sorted names are the class ids and the class names); images are
-  preprocessed with the model folder's image processor (``preprocessor_config.json``) if it has one, else
-  resized to the config's ``image_size`` and normalised with CLIP's mean and std;
+* ``image_folder``: one sub-folder per class (sorted names are the class ids and the class names; entries whose
+  names start with ``.`` or ``__``, such as ``.ipynb_checkpoints``, are skipped, as Hugging Face's
+  ``imagefolder`` skips them); images are read as RGB, or as grayscale (PIL's ``L``) for a tower of one channel,
+  and preprocessed with the model folder's image processor (``preprocessor_config.json``) if it has one, else
+  resized to the config's ``image_size`` and normalised with CLIP's mean and std (RGB) or as ``(x - 0.5) / 0.5``
+  (grayscale: the vision zoo's normalisation; CLIP's statistics are per RGB channel);
 * ``hf``: a Hugging Face dataset (only with a network or a local cache), preprocessed the same way.
+
+Whatever the format, the images must be what the tower takes, ``num_channels`` x ``image_size`` x ``image_size``
+(its ``config.json``): other data is refused when it is loaded, before any model is scored.
 
 The head file (``head.safetensors``) holds ``weight`` [C, hidden] and ``bias`` [C]; logits are
 ``pooler_output @ weight.T + bias``. ``head: zeroshot`` builds that head from the base ``CLIPModel``'s text
@@ -17,7 +23,6 @@ of their content (pixel bytes and label), so the split does not depend on file o
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,11 +32,12 @@ from typing import TYPE_CHECKING, Any
 import datasets
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from safetensors.torch import load_file
 
 from hm3.errors import UserError
 from hm3.evaluate.split import DocumentSplit, split_documents
+from hm3.evaluate.tower_input import TowerInput, image_file_problem
 from hm3.evaluate.zeroshot import ZeroShotHeads
 from hm3.recipe import ZEROSHOT_HEAD
 
@@ -40,7 +46,9 @@ if TYPE_CHECKING:
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+GRAYSCALE_MEAN, GRAYSCALE_STD = (0.5,), (0.5,)  # the vision zoo's normalisation of its one-channel digits
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+_IMAGE_READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # PIL's, for a bad file
 
 
 @dataclass
@@ -103,24 +111,32 @@ def prepare_vision_objectives(
     Args:
         objectives: The recipe's vision objectives.
         split: The recipe's split.
-        model_folder: A model folder of the pool (its image processor and ``image_size`` preprocess images).
+        model_folder: A model folder of the pool (its image processor, ``num_channels`` and ``image_size``
+            preprocess images and are the shape every data set's images must have).
         hidden_size: Width of the tower's pooled output (the head's input).
 
     Raises:
-        UserError: naming the objective, for missing or malformed data, a head of the wrong shape, labels the
-            head has no class for, or a split with no images.
+        UserError: naming the objective, for missing or malformed data (an unreadable image file, images of
+            another shape than the tower takes), a head of the wrong shape, labels the head has no class
+            for, or a split with no images.
     """
     folder = Path(model_folder)
+    tower = TowerInput.of(folder)
     zeroshot = next((o.name for o in objectives if o.head == ZEROSHOT_HEAD), None)
     heads = None if zeroshot is None else ZeroShotHeads(folder, zeroshot)  # the text tower, loaded once
-    return [_prepare(o, split, folder, hidden_size, heads) for o in objectives]
+    return [_prepare(o, split, folder, tower, hidden_size, heads) for o in objectives]
 
 
 def _prepare(
-    objective: Objective, split: SplitConfig, folder: Path, hidden_size: int, heads: ZeroShotHeads | None
+    objective: Objective,
+    split: SplitConfig,
+    folder: Path,
+    tower: TowerInput,
+    hidden_size: int,
+    heads: ZeroShotHeads | None,
 ) -> VisionObjective:
     name = objective.name
-    pixels, labels, class_names = _load_dataset(objective, folder)
+    pixels, labels, class_names = _load_dataset(objective, folder, tower)
     if heads is not None and objective.head == ZEROSHOT_HEAD:
         class_names = _recipe_class_names(objective, class_names)
         if not class_names:
@@ -163,18 +179,28 @@ def _recipe_class_names(objective: Objective, data_names: list[str] | None) -> l
     return list(names)
 
 
-def _load_dataset(objective: Objective, folder: Path) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
-    """Pixel values, labels, and the class names where the data set has them (for a zero-shot head)."""
+def _load_dataset(
+    objective: Objective, folder: Path, tower: TowerInput
+) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
+    """Pixel values of the tower's shape, labels, and the class names where the data set has them (for a
+    zero-shot head)."""
     dataset = objective.dataset
     assert dataset is not None
     if dataset.format == "npz":
-        return _load_npz(objective.name, Path(dataset.path))
-    if dataset.format == "image_folder":
-        images, labels, names = _read_image_folder(objective.name, Path(dataset.path))
+        pixels, labels, names = _load_npz(objective.name, Path(dataset.path))
     else:
-        images, labels, names = _read_hf_dataset(objective)
-
-    return _preprocess(images, folder), torch.tensor(labels, dtype=torch.long), names
+        if problem := image_file_problem(tower, folder):
+            raise UserError(f"objective {objective.name}: {dataset.path}: {problem}")
+        if dataset.format == "image_folder":
+            images, label_list, names = _read_image_folder(
+                objective.name, Path(dataset.path), tower.image_mode
+            )
+        else:
+            images, label_list, names = _read_hf_dataset(objective, tower.image_mode)
+        pixels, labels = _preprocess(images, folder, tower), torch.tensor(label_list, dtype=torch.long)
+    if problem := tower.mismatch(pixels.shape[1:]):
+        raise UserError(f"objective {objective.name}: {dataset.path}: {problem}")
+    return pixels, labels, names
 
 
 def _load_npz(name: str, path: Path) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
@@ -197,6 +223,11 @@ def _load_npz(name: str, path: Path) -> tuple[torch.Tensor, torch.Tensor, list[s
         raise UserError(
             f"objective {name}: {path.name}: pixel_values must be numbers and labels whole numbers"
         )
+    if len(labels) and int(labels.max()) > np.iinfo(np.int64).max:  # uint64 values no int64 label holds
+        raise UserError(
+            f"objective {name}: {path.name}: labels run from {int(labels.min())} to {int(labels.max())}, "
+            "past any head's classes"
+        )
     if not np.isfinite(pixels).all():
         raise UserError(f"objective {name}: {path.name}: pixel_values hold NaN or infinite values")
     if names is not None and (names.ndim != 1 or names.dtype.kind != "U"):
@@ -207,21 +238,41 @@ def _load_npz(name: str, path: Path) -> tuple[torch.Tensor, torch.Tensor, list[s
     return torch.from_numpy(pixels.astype(np.float32)), torch.from_numpy(labels.astype(np.int64)), class_names
 
 
-def _read_image_folder(name: str, root: Path) -> tuple[list[Any], list[int], list[str]]:
-    classes = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+def _read_image_folder(name: str, root: Path, mode: str) -> tuple[list[Any], list[int], list[str]]:
+    """Images in PIL ``mode``, labels (the class folder's position), class names (the folders' names)."""
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p)) if root.is_dir() else []
     if not classes:
         raise UserError(f"objective {name}: {root} has no class sub-folders")
     images, labels = [], []
     for label, class_dir in enumerate(classes):
         for file in sorted(class_dir.iterdir()):
-            if file.suffix.lower() in _IMAGE_SUFFIXES:
-                with Image.open(file) as image:
-                    images.append(image.convert("RGB"))
+            if file.suffix.lower() in _IMAGE_SUFFIXES and not _is_hidden(file):
+                images.append(_read_image(name, file, mode))
                 labels.append(label)
+    if not images:
+        raise UserError(
+            f"objective {name}: {root}'s class sub-folders hold no images ({', '.join(_IMAGE_SUFFIXES)})"
+        )
     return images, labels, [class_dir.name for class_dir in classes]
 
 
-def _read_hf_dataset(objective: Objective) -> tuple[list[Any], list[int], list[str] | None]:
+def _is_hidden(path: Path) -> bool:
+    """Skipped as Hugging Face's ``imagefolder`` skips them: hidden (``.ipynb_checkpoints``, macOS's ``._x.png``)
+    and special (``__pycache__``) entries."""
+    return path.name.startswith((".", "__"))
+
+
+def _read_image(name: str, file: Path, mode: str) -> Any:
+    """One image file, decoded now and converted to ``mode``; a file PIL cannot decode is refused by name."""
+    try:
+        with Image.open(file) as image:
+            return image.convert(mode)
+    except _IMAGE_READ_ERRORS as error:
+        reason = "not an image format PIL knows" if isinstance(error, UnidentifiedImageError) else error
+        raise UserError(f"objective {name}: {file} is not a readable image ({reason})") from None
+
+
+def _read_hf_dataset(objective: Objective, mode: str) -> tuple[list[Any], list[int], list[str] | None]:
     dataset = objective.dataset
     assert dataset is not None
     try:
@@ -242,7 +293,7 @@ def _read_hf_dataset(objective: Objective) -> tuple[list[Any], list[int], list[s
             f"objective {objective.name}: column {dataset.label_key!r} does not hold class ids (whole numbers)"
         )
     names = getattr(data.features.get(dataset.label_key), "names", None)  # a ClassLabel's
-    return [image.convert("RGB") for image in images], list(labels), names
+    return [image.convert(mode) for image in images], list(labels), names
 
 
 def _hub_data_problem(dataset: ImageDataset, error: Exception) -> str:
@@ -263,19 +314,27 @@ def _hub_data_problem(dataset: ImageDataset, error: Exception) -> str:
     return f"dataset {dataset.path!r} not available: {text}"
 
 
-def _preprocess(images: list[Any], folder: Path) -> torch.Tensor:
-    """Images as CLIP pixel values: the folder's image processor if it has one, else resize + normalise."""
+def _preprocess(images: list[Any], folder: Path, tower: TowerInput) -> torch.Tensor:
+    """Images (in ``tower.image_mode``) as pixel values: the folder's image processor if it has one, else
+    resized to the tower's size and normalised with CLIP's statistics (RGB) or the zoo's (grayscale)."""
     if (folder / "preprocessor_config.json").is_file():
         # here, not at the top: importing it costs ~1.5 s of CPU, which every command that scores text would pay
         from transformers import AutoImageProcessor
 
         processor = AutoImageProcessor.from_pretrained(folder)
         return processor(images=images, return_tensors="pt")["pixel_values"].to(torch.float32)
-    config = json.loads((folder / "config.json").read_text())
-    size = int(config.get("vision_config", config).get("image_size", 224))
-    mean, std = np.array(CLIP_MEAN, dtype=np.float32), np.array(CLIP_STD, dtype=np.float32)
-    arrays = [(np.asarray(i.resize((size, size)), dtype=np.float32) / 255.0 - mean) / std for i in images]
+    grayscale = tower.image_mode == "L"
+    mean = np.array(GRAYSCALE_MEAN if grayscale else CLIP_MEAN, dtype=np.float32)
+    std = np.array(GRAYSCALE_STD if grayscale else CLIP_STD, dtype=np.float32)
+    arrays = [(_resized_array(image, tower.size) / 255.0 - mean) / std for image in images]
     return torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2).copy())
+
+
+def _resized_array(image: Any, size: int) -> np.ndarray:
+    """An image resized to ``size`` x ``size`` as float32 [H, W, C] (a grayscale image's one channel made
+    explicit)."""
+    array = np.asarray(image.resize((size, size)), dtype=np.float32)
+    return array[:, :, None] if array.ndim == 2 else array
 
 
 def _load_head(objective: Objective, hidden_size: int) -> tuple[torch.Tensor, torch.Tensor]:
