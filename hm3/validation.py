@@ -149,6 +149,13 @@ def _check_models(recipe: Recipe, report: ValidationReport) -> list[tuple[str, s
             f"{where_of[name]}: vocabulary has {rows} rows, the merged model keeps {pool.vocab_size} "
             "(rows beyond are dropped, missing rows come from tokenizer_source)"
         )
+    base_folder = pool.base.folder.resolve()
+    for model in pool.models:
+        if model.folder.resolve() == base_folder:
+            report.notes.append(
+                f"{where_of[model.name]}: is the base model itself: its task vector is zero, so it adds nothing to a "
+                "merge (it is scored as itself, as the base)"
+            )
     return []
 
 

@@ -476,6 +476,20 @@ objectives: [{{name: o, task: sst2}}, {{name: p, task: rte}}]
     assert "models[1]: vocabulary has 72 rows, the merged model keeps 64" in result.stdout
 
 
+def test_the_base_listed_as_a_model_is_a_note(tmp_path, tiny_llama) -> None:
+    path = write_recipe(
+        tmp_path,
+        f"""
+base_model: {tiny_llama.base}
+models: [{{name: a, path: {tiny_llama.finetunes[0]}}}, {{name: b, path: {tiny_llama.base}/}}]
+objectives: [{{name: o, task: sst2}}, {{name: p, task: rte}}]
+""",
+    )
+    result = hm3_in_process("validate", path)
+    assert result.returncode == 0, result.stderr
+    assert "models[1]: is the base model itself: its task vector is zero" in result.stdout
+
+
 def test_real_subprocess_has_no_traceback(tmp_path) -> None:
     path = write_recipe(
         tmp_path, "base_model: /nowhere\nmodels: [/nowhere/a]\nobjectives: [{name: o, task: sst2}]\n"
