@@ -349,6 +349,22 @@ def test_validate_notes_few_shot_examples_drawn_from_the_scored_documents(tiny_l
     assert done.returncode == 0 and "few-shot" not in done.stdout, done.stdout
 
 
+def test_validate_notes_a_direction_the_task_contradicts(tiny_lm_zoo, tmp_path):
+    """``higher_is_better: false`` on exact match reads as a slip: the search would minimise accuracy. A note."""
+    objective = (
+        f"  - {{name: mc, task: {tiny_lm_zoo.tasks}/toy_mc.yaml, model: ft0, higher_is_better: false}}\n"
+    )
+    done = hm3_in_process("validate", zoo_recipe(tiny_lm_zoo, tmp_path, objective))
+    assert done.returncode == 0, done.stderr
+    assert (
+        "objectives[0].higher_is_better (mc): the recipe says False, the task says True for acc"
+        in done.stdout
+    )
+    agreeing = objective.replace("higher_is_better: false", "higher_is_better: true")
+    done = hm3_in_process("validate", zoo_recipe(tiny_lm_zoo, tmp_path, agreeing, name="agree.yaml"))
+    assert done.returncode == 0 and "higher_is_better" not in done.stdout, done.stdout
+
+
 def test_hm3_validate_loads_local_tasks_and_checks_registry_names_offline(tiny_lm_zoo, tmp_path):
     good = STANDARD_OBJECTIVES.format(tasks=tiny_lm_zoo.tasks)
     done = hm3_in_process("validate", zoo_recipe(tiny_lm_zoo, tmp_path, good))

@@ -27,6 +27,7 @@ from hm3.evaluate.task_facts import (
     resolve_metric_key,
 )
 from hm3.evaluate.task_loading import (
+    ObjectiveTask,
     TaskScopes,
     fewshot_from_evaluation_documents,
     load_objective_task,
@@ -80,12 +81,25 @@ def language_objective_problems(
                         "examples are drawn from the documents it is scored on (no fewshot_split): the search's "
                         "prompts show held-out documents with their answers"
                     )
+                if notes is not None and (contradiction := _direction_contradiction(objective, loaded)):
+                    notes.append(f"objectives[{i}].higher_is_better ({objective.name}): {contradiction}")
             except UserError as error:
                 field = (
                     f"objectives[{i}].{error.setting}" if isinstance(error, ObjectiveSettingError) else where
                 )
                 problems.append((field, str(error).removeprefix(f"objective {objective.name}: ")))
     return problems
+
+
+def _direction_contradiction(objective: Objective, loaded: ObjectiveTask) -> str | None:
+    """Why the recipe's ``higher_is_better`` reads as a slip: the task itself says the other direction for the
+    metric (the search then optimises the metric the wrong way); None when they agree or the task is silent."""
+    metric = loaded.metric_key.split(",")[0]
+    own = loaded.task.higher_is_better().get(metric)
+    if objective.higher_is_better is None or own is None or bool(own) == objective.higher_is_better:
+        return None
+    wanted = "maximises" if objective.higher_is_better else "minimises"
+    return f"the recipe says {objective.higher_is_better}, the task says {bool(own)} for {metric}: the search {wanted} it"
 
 
 def _check_registry_task(objective: Objective, allow_code_execution: bool) -> tuple[str | None, str | None]:
