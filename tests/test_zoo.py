@@ -277,6 +277,135 @@ def test_dead_builds_are_cleaned_up(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert not leftover.exists() and other_zoo.exists()
 
 
+def test_a_dead_builds_folder_a_live_process_still_writes_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A staging folder whose build's process is gone but whose lock a process still holds (a training child
+    that outlived it) is left alone, and removed once the lock is let go (the next build deleted it before:
+    the child then died with a traceback, leaving a partial folder)."""
+    import fcntl
+
+    import hm3.zoo.vit_build as vit_build
+    from hm3.zoo import build_zoo
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    leftover = tmp_path / f".vit-clip-micro.building-{int(dead.stdout)}"
+    (leftover / "base").mkdir(parents=True)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vit_build, "train_vit_base", interrupted)
+    writer = os.open(leftover, os.O_RDONLY)  # the lock the orphaned child would hold
+    try:
+        fcntl.flock(writer, fcntl.LOCK_EX)
+        with pytest.raises(KeyboardInterrupt):
+            build_zoo("vit", size="micro", out=tmp_path / "vit-clip-micro", in_process=True)
+        assert (leftover / "base").is_dir()
+    finally:
+        os.close(writer)
+    with pytest.raises(KeyboardInterrupt):
+        build_zoo("vit", size="micro", out=tmp_path / "vit-clip-micro", in_process=True)
+    assert not leftover.exists()
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux: read from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state_and_parent = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        if int(state_and_parent[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` still runs (Linux; a killed process nobody reaped yet, a zombie, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _running(pid)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the child through Linux's /proc")
+def test_a_killed_build_takes_its_training_child_with_it(tmp_path: Path) -> None:
+    """SIGKILL of ``hm3 zoo build`` while its child trains ends the child too (it trained on as an orphan, and
+    a rebuild started meanwhile deleted the folder it wrote into); the next build clears the staging folder."""
+    import signal
+    import time
+
+    from hm3.zoo.staging import remove_dead_builds
+
+    out = tmp_path / "vit-clip-micro"
+    command = [sys.executable, "-m", "cli.main", "zoo", "build", "--kind", "vit", "--size", "micro", "--out", str(out)]  # fmt: skip
+    parent = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    staging = tmp_path / f".vit-clip-micro.building-{parent.pid}"
+    children: list[int] = []
+    try:
+        deadline = time.monotonic() + 300
+        while not (staging.is_dir() and any(staging.iterdir())) and time.monotonic() < deadline:
+            assert parent.poll() is None, "the build ended before it could be killed"
+            time.sleep(0.05)
+        children = _children(parent.pid)
+        assert len(children) == 1, "the build's child is not writing its staging folder"
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        assert _gone_within(children[0], 5), "the training child outlived its killed parent"
+    finally:
+        parent.kill()
+        parent.wait()
+        for child in children:
+            if _running(child):
+                os.kill(child, signal.SIGKILL)
+    remove_dead_builds(out)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the child through Linux's /proc")
+@pytest.mark.parametrize("how", ["parent-death signal", "watching thread"])
+def test_a_child_dies_with_its_parent(how: str) -> None:
+    """:func:`hm3.zoo.staging.die_with_parent` by either of its means: Linux's, and the portable fallback."""
+    import signal
+
+    fallback = "staging._parent_death_signal = lambda: False; " if how == "watching thread" else ""
+    child = (
+        f"import os, time; import hm3.zoo.staging as staging; {fallback}"
+        "staging.die_with_parent(os.getppid()); print('ready', flush=True); time.sleep(60)"
+    )
+    parent_code = (
+        "import subprocess, sys; "
+        f"child = subprocess.Popen([sys.executable, '-c', {child!r}], stdout=subprocess.PIPE); "
+        "assert child.stdout.readline() == b'ready\\n'; print(child.pid, flush=True); child.wait()"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], cwd=REPO, stdout=subprocess.PIPE)
+    pid = int(parent.stdout.readline())
+    try:
+        assert _running(pid)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        assert _gone_within(pid, 3), f"the child outlived its parent ({how})"
+    finally:
+        parent.kill()
+        parent.wait()
+        if _running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_recipes_point_into_their_zoos() -> None:
     """The toy recipes name their zoos' folders, exactly as the builder lays them out."""
     layouts = {
@@ -363,6 +492,98 @@ def test_force_never_replaces_what_a_user_put_into_a_zoo(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "my-finetune" in err[0] and "will not replace" in err[0]
     assert (zoo / "my-finetune").is_dir() and (zoo / MANIFEST).is_file()
+
+
+def _edit(zoo: Path, edit: str) -> None:
+    """Change a built zoo as a user might: one tensor's values, a deleted weights file, a deleted model."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    if edit == "tensor set to 1":
+        tensors = load_file(str(zoo / "rotated" / "model.safetensors"))
+        name = next(iter(tensors))
+        tensors[name] = tensors[name].clone().fill_(1)
+        save_file(tensors, str(zoo / "rotated" / "model.safetensors"))
+    elif edit == "weights deleted":
+        (zoo / "permuted" / "model.safetensors").unlink()
+    else:
+        shutil.rmtree(zoo / "inverted")
+
+
+def _cached_copy(reference: Path, folder: Path, checksums: bool) -> Path:
+    """A copy of a built zoo whose manifest records checksums (``checksums``: as a build does now) or not (as
+    builds before them)."""
+    import shutil
+
+    from hm3.zoo.integrity import file_checksums
+
+    shutil.copytree(reference, folder)
+    manifest = json.loads((folder / "zoo.json").read_text())
+    manifest.pop("checksums", None)
+    if checksums:
+        manifest["checksums"] = file_checksums(folder, manifest["files"])
+    (folder / "zoo.json").write_text(json.dumps(manifest))
+    return folder
+
+
+@pytest.mark.parametrize("checksums", [True, False], ids=["checksums", "built before checksums"])
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        ("tensor set to 1", ("rotated/model.safetensors is not the file", "a *.safetensors file is not")),
+        ("weights deleted", ("permuted/model.safetensors is missing",) * 2),
+        ("model folder deleted", ("inverted/config.json is missing",) * 2),
+    ],
+)
+def test_an_edited_or_incomplete_zoo_is_refused_not_reused(
+    edit: str,
+    named: tuple[str, str],
+    checksums: bool,
+    vit_zoo_micro: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A finished zoo whose files are not those its build wrote is neither used (it was, as "already built",
+    with its old scores and fingerprint) nor rebuilt unasked: one line names the folder and the first file that
+    differs, and the command that rebuilds it."""
+    import hm3.zoo.build as build
+    from cli.main import main
+
+    zoo = _cached_copy(vit_zoo_micro, tmp_path / "vit-clip-micro", checksums)
+    _edit(zoo, edit)
+    before = sorted(p.relative_to(zoo) for p in zoo.rglob("*"))
+
+    def trained(*args, **kwargs):
+        raise AssertionError("the build started training over the edited zoo")
+
+    monkeypatch.setattr(build, "_build_in_child", trained)
+    assert main(["zoo", "build", "--kind", "vit", "--size", "micro", "--out", str(zoo)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and not captured.out, captured
+    assert f"zoo {zoo} is not as its build left it: {named[0 if checksums else 1]}" in err[0]
+    assert f"`hm3 zoo build --kind vit --size micro --out {zoo} --force` rebuilds it" in err[0]
+    assert sorted(p.relative_to(zoo) for p in zoo.rglob("*")) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["vit-clip-micro"]
+
+
+@pytest.mark.parametrize("checksums", [True, False], ids=["checksums", "built before checksums"])
+def test_an_untouched_zoo_is_reused(
+    checksums: bool,
+    vit_zoo_micro: Path,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A copy of a built zoo, with a user's file beside the build's, is found built (the check reads only what
+    the build wrote)."""
+    from cli.main import main
+
+    zoo = _cached_copy(vit_zoo_micro, tmp_path / "vit-clip-micro", checksums)
+    (zoo / "rotated" / "NOTES.md").write_text("mine\n")
+    assert main(["zoo", "build", "--kind", "vit", "--size", "micro", "--out", str(zoo)]) == 0
+    assert "already built" in capsys.readouterr().err
 
 
 def _zoo_files(folder: Path) -> dict:
@@ -457,8 +678,8 @@ def test_force_replaces_a_zoo_with_the_himole_tasks_hm3_wrote(
     (zoo / FOLDER / ".toy_addition_rare.yaml.tmp").write_text("")  # left by an interrupted `hm3 himole tasks`
     assert build.foreign_files(zoo, read_manifest(zoo)) == []
 
-    def built(config, staging: Path, target: Path, quiet: bool) -> None:  # the files of a build, no training
-        build._write_manifest(staging, config, _zoo_files(staging), 2.0)
+    def built(config, staging, target: Path, quiet: bool) -> None:  # the files of a build, no training
+        build._write_manifest(staging.folder, config, _zoo_files(staging.folder), 2.0)
 
     monkeypatch.setattr(build, "_build_in_child", built)
     out = io.StringIO()
@@ -469,6 +690,7 @@ def test_force_replaces_a_zoo_with_the_himole_tasks_hm3_wrote(
     assert manifest["files"] == sorted(
         p.relative_to(zoo).as_posix() for p in zoo.rglob("*") if p.is_file() and p.name != "zoo.json"
     )
+    assert list(manifest["checksums"]) == manifest["files"]
     assert [p.name for p in tmp_path.iterdir()] == ["lm-llama-micro"]  # nothing left beside it
 
 

@@ -3,7 +3,8 @@
 The build runs in a hidden sibling folder (``.<name>.building-<pid>``) and is swapped into place
 (:func:`hm3.folder_swap.swap_into_place`) only once ``zoo.json`` is written, so an interrupted build never leaves a
 folder that looks finished, and a crash during the swap leaves the old zoo or the new one. ``zoo.json`` lists every
-file the build wrote (``files``); a rebuild replaces only those (and what other hm3 commands derive from the zoo:
+file the build wrote (``files``) and its checksum (``checksums``): a zoo is reused only while its files are
+those (:mod:`hm3.zoo.integrity`), and a rebuild replaces only those (and what other hm3 commands derive from the zoo:
 :data:`DERIVED_FOLDERS`), never a file a user put into the zoo. The training runs
 in a child process with pinned CPU numerics (:mod:`hm3.zoo.numerics`), so a seed gives bit-identical
 weights on every Intel CPU with AVX2 (AMD CPUs build others); ``zoo.json`` and ``scores.md`` carry their fingerprint
@@ -18,12 +19,11 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
 import random
 import re
-import shutil
+import shlex
 import subprocess
 import sys
 import time
@@ -37,14 +37,16 @@ import torch
 from rich.console import Console
 
 from hm3.errors import UserError
-from hm3.folder_swap import clear_leftovers, hidden_stem, process_alive, swap_into_place
+from hm3.folder_swap import clear_leftovers, swap_into_place
 from hm3.output_guard import files_under
 from hm3.zoo.config import MANIFEST, ZooConfig, build_identity, is_current, manifest_matches, read_manifest
 from hm3.zoo.fingerprint import short
+from hm3.zoo.integrity import file_checksums, first_difference
 from hm3.zoo.lm_build import build_lm_zoo
 from hm3.zoo.lm_tasks import TASKS
 from hm3.zoo.numerics import current_numerics, portable_environment
 from hm3.zoo.progress import quiet_libraries
+from hm3.zoo.staging import Staging, locked_staging_folder, remove_dead_builds
 from hm3.zoo.vit_build import build_vit_zoo
 
 CHILD_ERROR = ".build-error"
@@ -211,7 +213,8 @@ def build_zoo(
             this process's CPU kernels (for tests of the build's bookkeeping, and the child itself).
 
     Raises:
-        UserError: Bad kind/family/size, an unwritable target, or a finished zoo of another kind, family, size or seed at ``out``.
+        UserError: Bad kind/family/size, an unwritable target, a finished zoo of another kind, family, size or
+            seed at ``out``, or one whose files are not those its build wrote (edited, deleted).
     """
     if kind == "vit" and family == "llama":
         family = None
@@ -219,7 +222,7 @@ def build_zoo(
     target = Path(out) if out is not None else zoo.default_dir()
     console = console or Console(stderr=True)
     clear_leftovers(target)  # a zoo whose swap was killed half-way comes back
-    _remove_dead_builds(target)
+    remove_dead_builds(target)
     manifest = read_manifest(target)
     if (
         manifest is not None
@@ -237,22 +240,18 @@ def build_zoo(
                 f"{target} holds a zoo built as {manifest.get('kind')}-{manifest.get('family')}-"
                 f"{manifest.get('size')} seed {manifest.get('seed')}; pass --force to replace it or --out elsewhere"
             )
+        _check_unchanged(target, manifest, zoo)
         console.print(f"zoo {zoo.name} (seed {seed}) already built at {target}")
         return target
     _check_replaceable(target, manifest)
     _writable_parent(target)
-    staging = target.parent / f"{hidden_stem(target.name)}.building-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
     started = time.perf_counter()
-    try:
+    with locked_staging_folder(target) as staging:
         if in_process:
-            build_into(zoo, staging, target, console)
+            build_into(zoo, staging.folder, target, console)
         else:
             _build_in_child(zoo, staging, target, quiet=console.quiet)
-        removed = _move_into_place(staging, target, force)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        removed = _move_into_place(staging.folder, target, force)
     for folder in removed:
         console.print(
             f"removed {target / folder.name} with the zoo it was derived from; `{folder.command} {target}` "
@@ -278,25 +277,29 @@ def build_into(zoo: ZooConfig, staging: Path, target: Path, console: Console) ->
     _write_manifest(staging, zoo, {**contents, "numerics": numerics}, time.perf_counter() - started)
 
 
-def _build_in_child(zoo: ZooConfig, staging: Path, target: Path, quiet: bool) -> None:
+def _build_in_child(zoo: ZooConfig, staging: Staging, target: Path, quiet: bool) -> None:
     """Run :func:`build_into` in a child process started with the portable numerics' environment.
 
     The child shares this terminal, so its progress bars show; Ctrl-C reaches both, and the caller removes the
-    staging folder. A user error in the child comes back through :data:`CHILD_ERROR` and is raised here.
+    staging folder. The child holds the staging folder's lock with this process and dies with it
+    (:mod:`hm3.zoo.staging`). A user error in the child comes back through :data:`CHILD_ERROR` and is raised
+    here.
     """
     command = [
         sys.executable, "-m", "hm3.zoo.child", zoo.kind, zoo.family, zoo.size, str(zoo.seed),
-        str(staging), str(target),
+        str(staging.folder), str(target), str(os.getpid()),
     ]  # fmt: skip
     if quiet:
         command.append("--quiet")
-    code = subprocess.run(command, env=portable_environment(), check=False).returncode
+    code = subprocess.run(
+        command, env=portable_environment(), pass_fds=(staging.lock,), check=False
+    ).returncode
     if code == 0:
         return
     if code < 0 or code == 130:
         raise KeyboardInterrupt
-    if (staging / CHILD_ERROR).is_file():
-        raise UserError((staging / CHILD_ERROR).read_text().strip())
+    if (staging.folder / CHILD_ERROR).is_file():
+        raise UserError((staging.folder / CHILD_ERROR).read_text().strip())
     raise RuntimeError(f"the build process of zoo {zoo.name} failed (exit {code}; its traceback is above)")
 
 
@@ -307,15 +310,34 @@ def ensure_zoo(
     return build_zoo(kind, family=family, size=size, out=out, seed=seed, force=False)
 
 
-def _remove_dead_builds(target: Path) -> None:
-    """Delete the staging folders of builds whose process is gone (killed before its cleanup could run)."""
-    for staging in target.parent.glob(f"{glob.escape(hidden_stem(target.name))}.building-*"):
-        pid = staging.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not process_alive(int(pid)):
-            shutil.rmtree(staging, ignore_errors=True)
+def _check_unchanged(target: Path, manifest: dict[str, Any], zoo: ZooConfig) -> None:
+    """Refuse to reuse a finished zoo whose files are not those its build wrote (:mod:`hm3.zoo.integrity`);
+    nor is it rebuilt unasked: it may hold a user's edits.
+
+    Raises:
+        UserError: naming the zoo folder and its first file that differs, and the command that rebuilds it.
+    """
+    difference = first_difference(target, manifest)
+    if difference is not None:
+        raise UserError(
+            f"zoo {target} is not as its build left it: {difference}; hm3 will not use it, nor rebuild over it "
+            f"unasked: `{_rebuild_command(zoo, target)}` rebuilds it"
+        )
+
+
+def _rebuild_command(zoo: ZooConfig, target: Path) -> str:
+    """The ``hm3 zoo build ... --force`` command line that rebuilds ``zoo`` at ``target``."""
+    words = ["hm3", "zoo", "build", "--kind", zoo.kind]
+    if zoo.family not in ("llama", "clip"):
+        words += ["--family", zoo.family]
+    words += ["--size", zoo.size]
+    if zoo.seed != 0:
+        words += ["--seed", str(zoo.seed)]
+    return shlex.join([*words, "--out", str(target), "--force"])
 
 
 def _write_manifest(staging: Path, zoo: ZooConfig, contents: dict[str, Any], seconds: float) -> None:
+    files = files_under(staging)
     manifest = {
         "format": 1,
         "kind": zoo.kind,
@@ -323,7 +345,8 @@ def _write_manifest(staging: Path, zoo: ZooConfig, contents: dict[str, Any], sec
         "size": zoo.size,
         "seed": zoo.seed,
         **contents,
-        "files": files_under(staging),
+        "files": files,
+        "checksums": file_checksums(staging, files),
         "build": build_identity(zoo),
         "build_seconds": round(seconds, 1),
     }

@@ -12,16 +12,22 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Iterable
 from pathlib import Path
 
 SHORT = 16
 """Hex digits shown in ``scores.md`` and the README (the manifest keeps the whole digest)."""
 
 
-def zoo_fingerprint(folder: Path) -> str:
-    """``sha256:<hex>`` over every tensor of every safetensors file under ``folder``."""
+def zoo_fingerprint(folder: Path, files: Iterable[str] | None = None) -> str:
+    """``sha256:<hex>`` over every tensor of every safetensors file under ``folder`` (or of those among
+    ``files``, paths relative to ``folder``: what a zoo's build wrote, not a user's file put beside them)."""
+    if files is None:
+        paths = folder.rglob("*.safetensors")
+    else:
+        paths = (folder / name for name in files if name.endswith(".safetensors"))
     digest = hashlib.sha256()
-    for file in sorted(folder.rglob("*.safetensors")):
+    for file in sorted(paths):
         _add_file(digest, file, file.relative_to(folder).as_posix())
     return f"sha256:{digest.hexdigest()}"
 
