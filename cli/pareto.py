@@ -112,9 +112,11 @@ def merge_weights(merge: dict | None) -> str:
     density where it sparsifies and it is not 1, or how many blocks per model a ``block:N`` merge weighs."""
     if not merge or not merge.get("weights"):
         return ""
-    weights = merge["weights"]
+    weights = merge["weights"]  # numbers, or lists of numbers per block (ParetoFront.from_json checked)
     if any(isinstance(w, list) for w in weights):
-        return f"{len(weights[0])} blocks per model"
+        if len({len(w) if isinstance(w, list) else None for w in weights}) == 1:
+            return f"{len(weights[0])} blocks per model"
+        return " ".join(f"{len(w)} blocks" if isinstance(w, list) else f"{w:.2f}" for w in weights)
     shown = " ".join(f"{w:.2f}" for w in weights)
     density = merge.get("density")
     densities = density if isinstance(density, list) else [density] if density is not None else []

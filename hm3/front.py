@@ -24,12 +24,14 @@ Membership is decided on the search split (the only scores the search saw); the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
 from hm3.errors import UserError
+from hm3.merge.spec import MergeSpec
 from hm3.moo.hypervolume import Normalization
 from hm3.moo.pareto import non_dominated_mask
 from hm3.moo.scalarization import oriented
@@ -80,7 +82,9 @@ class ParetoFront:
 
     @classmethod
     def from_json(cls, payload: Any, source: str = "front.json") -> ParetoFront:
-        """The front :meth:`to_json` wrote, its shape checked (an edited or foreign file is a UserError).
+        """The front :meth:`to_json` wrote, its shape checked: the type of every field, finite scores and
+        preference weights, merges :class:`~hm3.merge.spec.MergeSpec` takes (an edited or foreign file is a
+        UserError naming the field).
 
         Args:
             payload: The parsed JSON.
@@ -162,31 +166,99 @@ def select_front(
 
 
 def _front_problem(payload: Any) -> str | None:
-    """What makes ``payload`` not a front :meth:`ParetoFront.to_json` could have written, or None."""
+    """What makes ``payload`` not a front :meth:`ParetoFront.to_json` could have written, or None: the type of
+    every field hm3 reads is checked, every score and preference weight must be finite, and a merge must be one
+    :class:`~hm3.merge.spec.MergeSpec` takes (a hand-edited file is refused here, not deep inside a report)."""
     if not isinstance(payload, dict):
         return f"a JSON {type(payload).__name__}, not an object"
     objectives, directions = payload.get("objectives"), payload.get("higher_is_better")
     if not isinstance(objectives, list) or not objectives or not all(isinstance(o, str) for o in objectives):
         return "'objectives' is not a list of names"
+    if len(set(objectives)) < len(objectives):
+        return "'objectives' names an objective twice"
     if not isinstance(directions, list) or len(directions) != len(objectives):
         return "'higher_is_better' does not match 'objectives'"
+    if not all(isinstance(d, bool) for d in directions):
+        return "'higher_is_better' is not a list of true/false"
     members, references = payload.get("members"), payload.get("references", [])
     if not isinstance(members, list) or not isinstance(references, list):
         return "'members' or 'references' is not a list"
-    for where, entries, splits in (
-        ("members", members, ("search", "heldout")),
-        ("references", references, ()),
-    ):
-        for i, entry in enumerate(entries):
-            scores = entry.get("scores") if isinstance(entry, dict) else None
-            if not isinstance(scores, dict):
-                return f"{where}[{i}] has no 'scores' object"
-            for split in {*splits, *scores}:
-                values = scores.get(split)
-                if not isinstance(values, dict) or not all(_is_number(values.get(o)) for o in objectives):
-                    return f"{where}[{i}].scores.{split} lacks a number for each objective"
+    for i, member in enumerate(members):
+        problem = _member_problem(f"members[{i}]", member, objectives)
+        if problem:
+            return problem
+    for i, reference in enumerate(references):
+        problem = _reference_problem(f"references[{i}]", reference, objectives)
+        if problem:
+            return problem
     return None
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _member_problem(where: str, member: Any, objectives: list[str]) -> str | None:
+    """What is wrong with one entry of ``members``, or None (a missing or unknown field: the dataclass says)."""
+    problem = _scores_problem(where, member, objectives, ("search", "heldout"))
+    if problem:
+        return problem
+    identifier = member.get("id", "missing")  # missing: the dataclass names it
+    if not isinstance(identifier, str) or not identifier:
+        return f"{where}.id is not a non-empty string"
+    preference = member.get("preference", [])
+    if not isinstance(preference, list) or not all(is_finite_number(p) for p in preference):
+        return f"{where}.preference is not a list of finite numbers"
+    path = member.get("path")
+    if path is not None and not (
+        isinstance(path, list)
+        and all(isinstance(s, list) and len(s) == 2 and all(_is_index(i) for i in s) for s in path)
+    ):
+        return f"{where}.path is not null or a list of [model, layer] pairs"
+    for name in ("alignment", "mergekit"):
+        value = member.get(name)
+        if value is not None and not isinstance(value, str):
+            return f"{where}.{name} is not a string"
+    return _merge_problem(where, member.get("merge"))
+
+
+def _reference_problem(where: str, reference: Any, objectives: list[str]) -> str | None:
+    """What is wrong with one entry of ``references``, or None."""
+    problem = _scores_problem(where, reference, objectives, ())
+    if problem:
+        return problem
+    for name in ("label", "kind"):
+        if not isinstance(reference.get(name, ""), str):
+            return f"{where}.{name} is not a string"
+    return _merge_problem(where, reference.get("merge"))
+
+
+def _scores_problem(where: str, entry: Any, objectives: list[str], required: tuple[str, ...]) -> str | None:
+    """Whether ``entry`` has a finite score for each objective on each split it names and on ``required``."""
+    scores = entry.get("scores") if isinstance(entry, dict) else None
+    if not isinstance(scores, dict):
+        return f"{where} has no 'scores' object"
+    for split in sorted({*required, *scores}):
+        values = scores.get(split)
+        if not isinstance(values, dict) or not all(o in values for o in objectives):
+            return f"{where}.scores.{split} lacks a number for each objective"
+        for objective in objectives:
+            if not is_finite_number(values[objective]):
+                return f"{where}.scores.{split}.{objective} is not a finite number"
+    return None
+
+
+def _merge_problem(where: str, merge: Any) -> str | None:
+    """Whether ``merge`` is null or a merge spec hm3 can build (finite weights, a known method...)."""
+    if merge is None:
+        return None
+    try:
+        MergeSpec.from_record(merge, where)
+    except UserError as error:
+        return str(error)
+    return None
+
+
+def is_finite_number(value: Any) -> bool:
+    """A finite JSON number (NaN and Infinity parse as floats; a boolean is not a score)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -6,15 +6,18 @@ shown, and the reference point is −0.1 on every normalised axis (:mod:`hm3.moo
 hypervolumes in one report are therefore comparable, and a run's value in ``hm3 pareto A B`` differs from
 ``hm3 pareto A`` only through those shared bounds. One run alone is normalised over its own members and
 references, as in its ``summary.json``. Runs must have the same objectives, in the same order, with the same
-directions, scored the same way (:func:`scoring_protocol`): the same split of each task's data and the same
-task settings, and task files of the same name holding the same data and settings (:func:`scored_file_contents`)
-— otherwise their scores are on other documents or another metric, and one table of them would mix results
-that cannot be compared.
+directions, scored the same way (:func:`hm3.scored_alike.scoring_protocol`): the same split of each task's data and the same
+task settings, and task files of the same name holding the same data and settings when each run started
+(:func:`hm3.scored_alike.file_differences`) — otherwise their scores are on other documents or another metric, and one table of
+them would mix results that cannot be compared.
+
+**A front is what its run logged.** ``front.json`` is derived from the run's ``candidates.jsonl``: each member's
+and reference's scores must be ones the log recorded for that model (:func:`check_front_against_log`), so an
+edited number is refused rather than drawn into the hypervolumes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,18 +28,16 @@ import numpy as np
 import yaml
 
 from hm3.errors import UserError
-from hm3.front import ParetoFront, Reference, Split
+from hm3.front import ParetoFront, Reference, Split, is_finite_number
 from hm3.moo.hypervolume import Normalization
 from hm3.moo.plots import PlotSeries, plot_pareto
 from hm3.output_guard import InputPath, check_output_file, recipe_inputs
 from hm3.recipe import recipe_from_dict
-from hm3.run_fingerprint import FINGERPRINT_FILE, data_differences, file_digest, load_task_yaml
-from hm3.store import FRONT_FILE, RECIPE_FILE, RunStore, require_run_directory
+from hm3.run_fingerprint import FINGERPRINT_FILE, FORMAT
+from hm3.scored_alike import check_scored_alike
+from hm3.search.candidate import SEARCHED_LEVELS, Candidate, member_candidate
+from hm3.store import CANDIDATES_FILE, FRONT_FILE, RECIPE_FILE, RunStore, require_run_directory
 
-UNSCORED_OBJECTIVE_FIELDS = ("weight", "batch_size", "model", "include_path")
-"""Objective settings that do not decide which documents a score is on or how it is computed."""
-TASK_SUFFIXES = (".yaml", ".yml")
-"""Task files, compared by their settings rather than their bytes (:func:`scored_file_contents`)."""
 FRONT_COLORS = ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink")
 """Colour of each run's front in a plot, in the order the runs are given (the first is HM3's usual red)."""
 
@@ -73,7 +74,64 @@ def load_front(run: str | Path) -> ParetoFront:
     if not Path(run).is_dir():
         require_run_directory(run)  # missing, or a file: the one line every command says
     store = RunStore(Path(run))
-    return ParetoFront.from_json(store.read_json(FRONT_FILE), source=str(store.directory / FRONT_FILE))
+    source = str(store.directory / FRONT_FILE)
+    front = ParetoFront.from_json(store.read_json(FRONT_FILE), source=source)
+    check_front_against_log(store, front, source)
+    return front
+
+
+def check_front_against_log(store: RunStore, front: ParetoFront, source: str) -> None:
+    """Refuse a front whose numbers are not the ones its run logged: every member's and reference's scores on
+    each split must be those of a ``candidates.jsonl`` record of the same model (:class:`Candidate`) on that
+    split. A run without a log, or whose log an older hm3 wrote in another format, is not checked.
+
+    Raises:
+        UserError: naming the member or reference whose scores the log does not hold (an edited ``front.json``).
+    """
+    logged = _logged_scores(store)
+    if logged is None:
+        return
+    entries = [(f"member {m.id}", member_candidate(m), m.scores) for m in front.members]
+    entries += [(f"reference {r.label!r}", _reference_candidate(r), r.scores) for r in front.references]
+    for name, candidate, scores in entries:
+        key = "" if candidate is None else candidate.content_key()
+        for split, values in scores.items():
+            found = logged.get((key, split), [])
+            if not any(all(record.get(o) == values[o] for o in front.objectives) for record in found):
+                raise UserError(
+                    f"{source}: {name} has {split} scores that the run's {CANDIDATES_FILE} does not record for "
+                    "that model; the front (or the log) was edited, and its numbers are not the run's"
+                )
+
+
+def _logged_scores(store: RunStore) -> dict[tuple[str, str], list[dict[str, Any]]] | None:
+    """The scores of every record of the run's log by (candidate content hash, split); None for a run without
+    a log or with one an older hm3 wrote (``fingerprint.json``'s format)."""
+    if not store.candidates_path.is_file():
+        return None
+    try:
+        written = json.loads((store.directory / FINGERPRINT_FILE).read_text()).get("format", FORMAT)
+    except (OSError, ValueError, AttributeError):
+        written = FORMAT
+    if written != FORMAT:
+        return None
+    logged: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for record in store.candidates():
+        if not isinstance(record, dict) or not isinstance(record.get("scores"), dict):
+            continue
+        try:
+            key = Candidate.from_record(record).content_key()
+        except (TypeError, ValueError):  # a record of another shape vouches for nothing
+            continue
+        logged.setdefault((key, str(record.get("split"))), []).append(record["scores"])
+    return logged
+
+
+def _reference_candidate(reference: Reference) -> Candidate | None:
+    """The model a reference is: a fine-tuned model by its label, a uniform merge by its spec (None: neither)."""
+    if reference.kind == "finetuned":
+        return Candidate.finetuned_model(reference.label)
+    return Candidate.of_merge(reference.merge) if reference.merge is not None else None
 
 
 def pareto_report(
@@ -84,7 +142,7 @@ def pareto_report(
 
     Raises:
         UserError: a run has no front or an empty one; the runs' objectives differ, or are scored on another
-            split or with other task settings (:func:`scoring_protocol`); ``plot`` cannot be written
+            split or with other task settings (:func:`hm3.scored_alike.scoring_protocol`); ``plot`` cannot be written
             (:func:`check_plot_target`).
     """
     paths = [runs] if isinstance(runs, (str, Path)) else list(runs)
@@ -134,118 +192,6 @@ def check_plot_target(plot: Path, runs: Sequence[str | Path]) -> None:
     check_output_file(
         plot, "--plot", [path for run in runs for path in _run_inputs(Path(run))], ".png or .svg"
     )
-
-
-def check_scored_alike(runs: Sequence[str | Path]) -> None:
-    """Refuse runs that score their candidates differently (:func:`scoring_protocol`) or on task files of the same
-    name that held other data or settings (:func:`scored_file_contents`); one run is compared with nothing.
-
-    Raises:
-        UserError: one line naming the runs and the first differences.
-    """
-    if len(runs) < 2:
-        return
-    protocol = scoring_protocol(Path(runs[0]))
-    contents = scored_file_contents(Path(runs[0]))
-    for run in runs[1:]:
-        differences = data_differences(protocol, scoring_protocol(Path(run)))
-        if not differences:
-            other = scored_file_contents(Path(run))
-            differences = [
-                f"{name} holds other {'settings' if name.endswith(TASK_SUFFIXES) else 'data'}"
-                for name in sorted(set(contents) & set(other))
-                if contents[name] != other[name]
-            ]
-        if differences:
-            more = len(differences) - 3
-            shown = ", ".join(differences[:3]) + (f" and {more} more" if more > 0 else "")
-            raise UserError(
-                f"{runs[0]} and {run} score their candidates differently ({shown}): their fronts are on other "
-                "documents or metrics and cannot share one normalisation"
-            )
-
-
-def scoring_protocol(run: Path) -> dict[str, Any]:
-    """How a run's scores were taken, besides the models scored: its split of each task's data (the search
-    fraction and seed) and each objective's settings, from the run's stored recipe (the recipe format's defaults
-    filled in where it validates, so a run written before a setting existed compares with one written after).
-    A file is named by its file name (a task YAML, a data set, a head): two zoos built alike hold their tasks in
-    other folders; what the files hold is compared by :func:`scored_file_contents`.
-
-    Raises:
-        UserError: the run's ``recipe.yaml`` cannot be read as a mapping.
-    """
-    try:
-        stored = yaml.safe_load((run / RECIPE_FILE).read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise UserError(
-            f"{run}: its {RECIPE_FILE} cannot be read ({error}), so how its scores were taken is unknown"
-        ) from None
-    if not isinstance(stored, dict):
-        raise UserError(f"{run}: its {RECIPE_FILE} is not a recipe, so how its scores were taken is unknown")
-    try:
-        stored = recipe_from_dict(stored).model_dump(mode="json")
-    except (ValueError, TypeError, UserError):
-        pass  # a recipe the format no longer takes: its settings as stored
-    split = stored.get("split") or {}
-    objectives = [
-        {key: _file_name(value) for key, value in objective.items() if key not in UNSCORED_OBJECTIVE_FIELDS}
-        for objective in stored.get("objectives") or []
-        if isinstance(objective, dict)
-    ]
-    return {"split": {key: split.get(key) for key in ("search_fraction", "seed")}, "objectives": objectives}
-
-
-def scored_file_contents(run: Path) -> dict[str, set[str]]:
-    """What the task and data files a run scored on held, by file name, from the content hashes its
-    ``fingerprint.json`` recorded when it started (:mod:`hm3.run_fingerprint`).
-
-    A task YAML is compared by its settings with every absolute path reduced to its file name (a zoo's task names
-    its data by absolute path, so two zoos built alike differ there only), and only while the file on disk is the
-    one the run recorded; a file recorded by size and time (large, or a folder of images) cannot be compared and
-    is left out, as is everything of a run without a fingerprint.
-    """
-    try:
-        recorded = json.loads((run / FINGERPRINT_FILE).read_text()).get("files", {})
-    except (OSError, ValueError, AttributeError):
-        return {}
-    contents: dict[str, set[str]] = {}
-    for name, digest in recorded.items() if isinstance(recorded, dict) else ():
-        path = Path(name)
-        if not isinstance(digest, str) or not digest.startswith("sha256:"):
-            continue
-        if path.suffix in TASK_SUFFIXES:
-            settings = _task_settings(path, digest)
-            if settings is None:
-                continue
-            digest = settings
-        contents.setdefault(path.name, set()).add(digest)
-    return contents
-
-
-def _task_settings(path: Path, recorded: str) -> str | None:
-    """A hash of a task YAML's settings, absolute paths reduced to file names; None when the file is gone, changed
-    since the run recorded it, or not YAML."""
-    if file_digest(path) != recorded:
-        return None
-    try:
-        settings = _file_name(load_task_yaml(path.read_text()))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    text = json.dumps(settings, sort_keys=True, default=str)
-    return "settings:" + hashlib.sha256(text.encode()).hexdigest()
-
-
-def _file_name(value: Any) -> Any:
-    """An absolute path's file name, inside mappings and lists too (an image data set's ``path``, a task's data
-    files); any other value as it is."""
-    if isinstance(value, dict):
-        return {key: _file_name(inner) for key, inner in value.items()}
-    if isinstance(value, list):
-        return [_file_name(inner) for inner in value]
-    if isinstance(value, str) and Path(value).is_absolute():
-        return Path(value).name
-    return value
 
 
 def _run_inputs(run: Path) -> list[InputPath]:
@@ -298,16 +244,9 @@ def _series(runs: list[RunFront], references: list[tuple[str, Reference]], split
     for i, run in enumerate(runs):
         color = FRONT_COLORS[i % len(FRONT_COLORS)] if several else None
         if split == "search":
-            scored = [
-                c["scores"]
-                for c in RunStore(run.directory).candidates()
-                if isinstance(c, dict)
-                and isinstance(c.get("scores"), dict)
-                and set(names) <= set(c["scores"])
-            ]
-            if scored:
+            points = _searched_points(run.directory, names)
+            if len(points):
                 label = f"{run.label}: all candidates" if several else "all candidates"
-                points = np.array([[s[o] for o in names] for s in scored])
                 series.append(PlotSeries(label, points, "candidates", color))
         members = run.front.members
         label = f"{run.label} front ({len(members)})" if several else f"HM3 front ({len(members)})"
@@ -318,3 +257,19 @@ def _series(runs: list[RunFront], references: list[tuple[str, Reference]], split
         kind = reference.kind if reference.kind in ("finetuned", "merge", "baseline") else "baseline"
         series.append(PlotSeries(label, point, kind))  # type: ignore[arg-type]
     return series
+
+
+def _searched_points(run: Path, names: list[str]) -> np.ndarray:
+    """The search-split scores of every merge and path the run's log holds, [candidates, objectives] (a record
+    of the held-out split, a fine-tuned model or reference, or without a finite score of each objective: not a
+    searched candidate)."""
+    rows = [
+        [record["scores"][o] for o in names]
+        for record in RunStore(run).candidates()
+        if isinstance(record, dict)
+        and record.get("split") == "search"
+        and record.get("level") in SEARCHED_LEVELS
+        and isinstance(record.get("scores"), dict)
+        and all(is_finite_number(record["scores"].get(o)) for o in names)
+    ]
+    return np.array(rows, dtype=float).reshape(-1, len(names))

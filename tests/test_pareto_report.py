@@ -198,9 +198,67 @@ def test_runs_whose_task_files_of_the_same_name_held_other_data_or_settings_are_
         until=64,
     )
     assert "(toy_x.yaml holds other settings)" in _refused(capsys, str(b), str(longer))
-    # a task file edited since its run recorded it cannot speak for that run: only the data is compared then
-    (tmp_path / "longer_data" / "toy_x.yaml").write_text("task: toy_x\n")
-    assert len(pareto_report([b, longer]).runs) == 2
+    # a task file edited since its run recorded it cannot tell what that run scored with: not left out (the two
+    # runs were compared on their data alone, and they did generate other lengths), refused
+    edited_task = tmp_path / "longer_data" / "toy_x.yaml"
+    edited_task.write_text("task: toy_x\n")
+    line = _refused(capsys, str(b), str(longer))
+    assert f"{b} and {longer}: cannot tell whether they scored toy_x.yaml with the same settings" in line
+    assert f"{edited_task} has changed since {longer} started" in line
+    edited_task.unlink()
+    assert f"{edited_task} is gone since {longer} started" in _refused(capsys, str(longer), str(b))
+    # other data is named before settings that cannot be told
+    assert "(toy_x.jsonl holds other data)" in _refused(capsys, str(edited), str(longer))
+
+
+def test_runs_of_one_task_file_edited_in_place_between_them_are_told_apart_by_what_each_recorded(
+    tmp_path: Path, capsys
+) -> None:
+    """Two runs of one recipe, its task file edited in place between them (a shorter generation): each run's
+    fingerprint holds the file's hash when it started. While both hashes agree the runs compare, whatever the file
+    holds today; once they differ, the first run's settings are gone with the edit and the runs are refused,
+    in either order (the first run's file was left out of the comparison, and both fronts shared one
+    normalisation)."""
+    rows = '{"q": "1+1", "a": "2"}\n'
+    first = _with_task_files(
+        _with_recipe(_run(tmp_path / "first", [(0.4, 0.2)]), "/zoo/small"), tmp_path / "tasks", rows
+    )
+    again = _run(tmp_path / "again", [(0.3, 0.3)])
+    shutil.copy(first / "recipe.yaml", again / "recipe.yaml")
+    shutil.copy(first / "fingerprint.json", again / "fingerprint.json")
+    task = tmp_path / "tasks" / "toy_x.yaml"
+    task.write_text(task.read_text().replace("max_gen_toks: 8", "max_gen_toks: 1"))
+    assert len(pareto_report([first, again]).runs) == 2  # both scored the bytes they recorded alike
+    second = _run(tmp_path / "second", [(0.3, 0.3)])
+    shutil.copy(first / "recipe.yaml", second / "recipe.yaml")
+    files = {str(path): file_digest(path) for path in (task, tmp_path / "tasks" / "toy_x.jsonl")}
+    (second / "fingerprint.json").write_text(json.dumps({"format": 2, "files": files}))
+    for a, b in ((first, second), (second, first)):
+        line = _refused(capsys, str(a), str(b))
+        assert line.startswith(f"hm3 pareto: {a} and {b}: cannot tell whether they scored toy_x.yaml"), line
+        assert f"{task} has changed since {first} started" in line
+
+
+def test_the_search_plot_draws_only_the_searched_candidates_of_the_search_split(tmp_path: Path) -> None:
+    """Fine-tuned models and references are drawn as themselves, and held-out scores are not search scores: neither
+    is an "all candidates" point (both were)."""
+    from hm3.pareto_report import _searched_points
+
+    records = [
+        {"key": "a", "split": "search", "level": "merge", "scores": {"x": 0.1, "y": 0.2}},
+        {"key": "b", "split": "heldout", "level": "merge", "scores": {"x": 0.9, "y": 0.9}},
+        {
+            "key": "c",
+            "split": "search",
+            "level": "finetuned",
+            "finetuned": "x",
+            "scores": {"x": 0.8, "y": 0.0},
+        },
+        {"key": "d", "split": "search", "level": "path", "scores": {"x": float("nan"), "y": 0.1}},
+        {"key": "e", "split": "search", "level": "path", "scores": {"x": 0.3}},
+    ]
+    (tmp_path / "candidates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert _searched_points(tmp_path, ["x", "y"]).tolist() == [[0.1, 0.2]]
 
 
 # -- where --plot may write --------------------------------------------------------------------------------------

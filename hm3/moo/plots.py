@@ -1,5 +1,7 @@
 """Pictures of a Pareto front: what a user looks at to pick a model.
 
+* 1 objective: a strip, one row per series (the front, each reference model, the candidates scored), each
+  model a mark at its score: with nothing to trade off, the picture is where the best merge stands.
 * 2 objectives: a scatter of every scored candidate, the front as a step line, reference models marked.
 * 3 or more: a grid of pairwise scatters (each pair of objectives), and a parallel-coordinates panel with one
   line per front member and per reference model.
@@ -57,7 +59,9 @@ def plot_pareto(series: list[PlotSeries], objective_names: list[str], out: Path,
         c for i, c in enumerate(plt.get_cmap("tab10").colors) if i not in (3, 7)
     )  # not red, not grey
     styled = [(s, _style_for(s, i, colors)) for i, s in enumerate(series)]
-    if k == 2:
+    if k == 1:
+        fig = _strip(styled, objective_names[0])
+    elif k == 2:
         fig, ax = plt.subplots(figsize=(7.5, 6))
         _scatter_pair(ax, styled, 0, 1, objective_names, step=True)
         ax.legend(loc="best", fontsize=8, framealpha=0.9)
@@ -104,6 +108,23 @@ def _scatter_pair(ax, styled, i: int, j: int, names: list[str], step: bool) -> N
     ax.set_xlabel(names[i])
     ax.set_ylabel(names[j])
     ax.grid(alpha=0.3)
+
+
+def _strip(styled, name: str):
+    """One objective: a row per series, each of its models a mark at its score (the best row on top)."""
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.45 * len(styled)))
+    rows = list(range(len(styled)))[::-1]
+    for row, (s, style) in zip(rows, styled, strict=True):
+        scores = np.asarray(s.points, dtype=float).reshape(-1)
+        kwargs = dict(style)
+        if kwargs.get("facecolors") == "none":
+            kwargs["edgecolors"] = kwargs.pop("color")
+        ax.scatter(scores, np.full(len(scores), row), **kwargs)
+    ax.set_yticks(rows, [s.label for s, _ in styled])
+    ax.set_ylim(-0.7, len(styled) - 0.3)
+    ax.set_xlabel(name)
+    ax.grid(alpha=0.3, axis="x")
+    return fig
 
 
 def _grid_and_parallel(styled, names: list[str]):
