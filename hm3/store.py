@@ -102,11 +102,14 @@ class RunStore:
         """
         directory = Path(directory)
         check_no_overlap(directory, [*recipe_inputs(recipe), *inputs])
+        # the command that wrote the run continues it: hm3 baseline marks its runs (hm3.baselines.BASELINE_FILE)
+        command = "hm3 baseline" if (directory / "baseline.json").is_file() else "hm3 merge"
         replaced = check_replaceable(
             directory,
             "run",
             force,
-            resume_hint=f"continue it with --resume {shlex.quote(str(directory))}, or replace it with --force",
+            resume_hint=f"continue it with --resume {shlex.quote(str(directory))} ({command}), or replace it "
+            "with --force",
         )
         if replaced is not None:
             RunLock(directory).acquire().release()  # refused here if a process works in it

@@ -1,8 +1,8 @@
 """Parameter-space baselines: the merge's per-model weights (and density) are all they search.
 
 * ``uniform``: task arithmetic, TIES and DARE-TIES with equal weights 1/K — the paper's baselines.
-* ``grid``: every weight vector of a regular grid over [0, 1]^K (the finest grid the budget allows, coarsest
-  points first), with the recipe's method.
+* ``grid``: weight vectors of ever finer regular grids over [0, 1]^K, coarsest first, as many as the budget
+  buys (the finest grid it reaches taken in an order that covers the cube evenly), with the recipe's method.
 * ``nsga2``: pymoo's NSGA-II over the weights (and the density, for methods that sparsify), one objective per
   task — what Mergenetic does.
 * ``cmaes``: CMA-ES (the ``cma`` package) on the weighted-sum objective, one run per preference with an equal
@@ -35,26 +35,62 @@ def uniform(scoring: BaselineScoring, preferences: np.ndarray, seed: int) -> Non
         scoring.score(scoring.merge_spec([1.0 / k] * k, method=method))
 
 
+SPREAD_LIMIT = 2**20
+"""The most points a grid may have for :func:`grid_points` to order them farthest-first; a larger one (many
+models) is taken in product order, one point at a time, as no budget could cover it anyway."""
+
+
 def grid_points(k: int, budget: int) -> Iterator[tuple[float, ...]]:
-    """Weight vectors of the finest regular grid on [0, 1]^k with at most ``budget`` non-zero points,
-    ordered coarse to fine (so a cut budget still covers the cube), at most ``budget`` of them, made as they
-    are taken: scoring starts at once however large the budget."""
-    levels = 1
-    while (levels + 2) ** k - 1 <= budget:
-        levels += 1
-    seen: set[tuple[float, ...]] = set()
-    for n in range(1, levels + 1):
-        for combo in itertools.product(np.linspace(0.0, 1.0, n + 1), repeat=k):
-            point = tuple(round(float(v), 6) for v in combo)
-            if any(point) and point not in seen:
-                seen.add(point)
-                yield point
-                if len(seen) >= budget:
-                    return
+    """``budget`` weight vectors on [0, 1]^k (the origin, no merge at all, left out), made as they are taken:
+    the regular grids of 2, 3, 4, … values per axis in turn, coarse to fine, each point once, until the budget
+    is spent. Within a grid each next point is the one farthest from those taken so far (ties: the first in
+    product order), so the grid the budget cuts still covers the cube evenly. Deterministic; a smaller budget's
+    points are the first of a larger one's, and scoring starts at once however large the budget."""
+    taken: list[tuple[float, ...]] = []
+    for values in itertools.count(2):
+        for point in grid_level(k, values, taken):
+            if len(taken) >= budget:
+                return
+            taken.append(point)
+            yield point
+            if len(taken) >= budget:  # not a point of the next grid made for nothing
+                return
+
+
+def grid_level(k: int, values: int, taken: list[tuple[float, ...]]) -> Iterator[tuple[float, ...]]:
+    """The points of the regular grid of ``values`` values per axis on [0, 1]^k that are neither the origin nor
+    ``taken`` (coordinates rounded to 6 decimals, so that coarser grids' points match), farthest-first."""
+    axis = [round(float(v), 6) for v in np.linspace(0.0, 1.0, values)]
+    seen = set(taken)
+    fresh = (p for p in itertools.product(axis, repeat=k) if any(p) and p not in seen)
+    return fresh if values**k > SPREAD_LIMIT else farthest_first(list(fresh), taken)
+
+
+def farthest_first(
+    points: list[tuple[float, ...]], taken: list[tuple[float, ...]]
+) -> Iterator[tuple[float, ...]]:
+    """``points`` in greedy max-min order: each next the one whose nearest point among ``taken`` and those
+    already given is farthest (squared distances rounded to 9 decimals, so that equal ones tie exactly; ties:
+    the first in ``points``)."""
+    if not points:
+        return
+    grid = np.asarray(points)
+    nearest = np.full(len(grid), np.inf)
+    for point in taken:
+        nearest = np.minimum(nearest, _squared_distances(grid, point))
+    for _ in range(len(grid)):
+        index = int(np.argmax(nearest))
+        yield points[index]
+        nearest = np.minimum(nearest, _squared_distances(grid, grid[index]))
+        nearest[index] = -1.0
+
+
+def _squared_distances(grid: np.ndarray, point) -> np.ndarray:
+    return np.round(((grid - np.asarray(point)) ** 2).sum(axis=1), 9)
 
 
 def grid(scoring: BaselineScoring, preferences: np.ndarray, seed: int) -> None:
-    """A grid over the per-model weights of the recipe's method, until the budget is spent."""
+    """A grid over the per-model weights of the recipe's method (:func:`grid_points`), the budget's worth."""
     for point in grid_points(len(scoring.search.pool.models), scoring.budget):
         if scoring.left <= 0:
             break
