@@ -170,3 +170,5 @@ def _report(run: object, summary: dict) -> None:
     for label, value in heldout["references"].items():
         print(f"  {label:<24} {value:.4f}   front {margins[label]:+.4f}")
     print(f"see the front: hm3 pareto {shlex.quote(str(run))} --plot {shlex.quote(f'{run}/front.png')}")
+    for note in summary.get("notes", []):
+        print(f"note: {note}")

@@ -88,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         f"λ = ({lam}): {what}, candidate {chosen.candidate.content_key()[:12]}, {shape}, reward {chosen.reward:+.4f}"
     )
     print(f"  search split: {scores}{held_text}")
+    if chosen.note is not None:
+        print(f"  note: {chosen.note}")
     if chosen.exported is not None:
         print(f"  written to {chosen.exported}")
     elif chosen.member_id:
@@ -109,5 +111,6 @@ def _as_json(chosen: Selection) -> dict[str, Any]:
         "scores": chosen.scores,
         "reward": chosen.reward,
         "rollout_below_start": None if below is None else {"path": below[0].to_data(), "reward": below[1]},
+        "note": chosen.note,
         "exported": None if chosen.exported is None else str(chosen.exported),
     }

@@ -4,7 +4,9 @@ free memory up front.
 Resident, the search keeps K + 2 models on the device at once — the base, the K fine-tuned models and one
 merged model — plus the routed candidate, which shares their tensors. Offloaded
 (:mod:`hm3.routing.residency`), the models stay in host memory and the device holds a bounded cache of layers:
-one candidate needs its shared tensors plus its distinct layers (at most T_max) at once.
+one candidate needs its shared tensors plus its distinct layers at once — at most max(T_max, L): a routed path
+has at most T_max steps, but the merges and the merged model itself (its identity path) run all L layers, so a
+T_max below the depth does not make a candidate smaller than L layers.
 
 :func:`plan_memory` decides before any weight is read (GPU: ``torch.cuda.mem_get_info``; CPU: the kernel's
 ``MemAvailable``): ``device_memory`` set — offload with that bound; unset — resident when the K + 2 models fit,
@@ -20,6 +22,7 @@ import torch
 
 from hm3.errors import UserError
 from hm3.routing.pool import default_max_length
+from hm3.routing.residency import readable_bytes
 
 if TYPE_CHECKING:
     from hm3.pool import ModelPool
@@ -104,9 +107,15 @@ class PoolSizes:
             layers=pool.num_layers,
         )
 
+    def candidate_layers(self, max_length: int) -> int:
+        """The most distinct layers one candidate runs: ``max_length`` (T_max) for a routed path, L for a merge
+        or the merged model's identity path — the larger, at most the pool's layers."""
+        return min(max(max_length, self.layers), self.members * self.layers)
+
     def candidate(self, max_length: int) -> int:
-        """Bytes one candidate needs on the device at once: shared tensors and its distinct layers."""
-        return self.shared + min(max_length, self.members * self.layers) * self.layer
+        """Bytes one candidate needs on the device at once: shared tensors and its distinct layers
+        (:meth:`candidate_layers`)."""
+        return self.shared + self.candidate_layers(max_length) * self.layer
 
 
 @dataclass(frozen=True)
@@ -137,7 +146,8 @@ def plan_memory(
 
     Args:
         sizes: The pool's sizes in the run's dtype.
-        max_length: The most layers a candidate runs (T_max).
+        max_length: The most steps a routed path has (T_max); a merge runs the pool's L layers, so a candidate
+            is sized for the larger (:meth:`PoolSizes.candidate_layers`).
         placement: The device and dtype.
         device_memory: The recipe's bound, or None.
         free: Free bytes on the device (:func:`free_bytes`); None: unknown (``hm3 validate`` leaves out what
@@ -148,6 +158,7 @@ def plan_memory(
     """
     resident = int(sizes.model * sizes.models * HEADROOM)
     one = sizes.candidate(max_length)
+    layers = sizes.candidate_layers(max_length)
     host_is_device = placement.device == "cpu"
     # offloaded on a CPU, the merged model's host copy shares the RAM with the cache
     host_share = int(sizes.model * HEADROOM) if host_is_device else 0
@@ -155,36 +166,49 @@ def plan_memory(
     if device_memory is None:
         if free is None or resident <= free:
             return MemoryPlan(
-                None, f"resident: {sizes.models} models, about {resident / GIB:.1f} GiB on {where}"
+                None, f"resident: {sizes.models} models, about {readable_bytes(resident, 1)} on {where}"
             )
         bound = int((free - host_share) / HEADROOM)
         if bound < one:
             raise UserError(
-                f"the search keeps {sizes.models} models in memory: about {resident / GIB:.1f} GiB on {where}, but "
-                f"{free / GIB:.1f} GiB are free, and offloading needs {one * HEADROOM / GIB:.1f} GiB for one "
-                f"candidate of up to {max_length} layers; use dtype: bfloat16, fewer models, "
-                "a shorter architecture_level.max_path_length, or another device"
+                f"the search keeps {sizes.models} models in memory: about {readable_bytes(resident, 1)} on {where}, "
+                f"but {readable_bytes(free, 1)} are free, and offloading needs {readable_bytes(one * HEADROOM, 1)} "
+                f"for one candidate of up to {layers} layers; use dtype: bfloat16, fewer models, "
+                f"{_shorter_paths(max_length, sizes.layers)}or another device"
             )
         return _offload_plan(
             sizes,
             bound,
             max_length,
             where,
-            f"the {sizes.models} models ({resident / GIB:.1f} GiB) "
-            f"do not fit the {free / GIB:.1f} GiB free, so ",
+            f"the {sizes.models} models ({readable_bytes(resident, 1)}) "
+            f"do not fit the {readable_bytes(free, 1)} free, so ",
         )
     if device_memory < one:
         raise UserError(
-            f"device_memory: {device_memory / GIB:.2f} GiB cannot hold one candidate: its shared tensors and up "
-            f"to {max_length} distinct layers take {one / GIB:.2f} GiB in {placement.dtype}; raise it or lower "
-            "architecture_level.max_path_length"
+            f"device_memory: {readable_bytes(device_memory)} cannot hold one candidate: its shared tensors and up "
+            f"to {layers} distinct layers take {readable_bytes(one)} in {placement.dtype}; raise it"
+            + (" or lower architecture_level.max_path_length" if max_length > sizes.layers else "")
+            + _depth_floor(max_length, sizes.layers)
         )
     if free is not None and int(device_memory * HEADROOM) + host_share > free:
         raise UserError(
-            f"device_memory: {device_memory / GIB:.2f} GiB (plus {HEADROOM - 1:.0%} for activations) is more "
-            f"than the {free / GIB:.1f} GiB free on {placement.device}; lower it"
+            f"device_memory: {readable_bytes(device_memory)} (plus {HEADROOM - 1:.0%} for activations) is more "
+            f"than the {readable_bytes(free, 1)} free on {placement.device}; lower it"
         )
     return _offload_plan(sizes, device_memory, max_length, where, "")
+
+
+def _shorter_paths(max_length: int, num_layers: int) -> str:
+    """The advice to shorten paths, where a shorter T_max makes a candidate smaller (above the depth L)."""
+    return "a shorter architecture_level.max_path_length, " if max_length > num_layers else ""
+
+
+def _depth_floor(max_length: int, num_layers: int) -> str:
+    """Why lowering T_max cannot help once it is at most the depth: the merges run every layer."""
+    if max_length > num_layers:
+        return ""
+    return f" (a merge runs all {num_layers} layers, whatever architecture_level.max_path_length is)"
 
 
 def _offload_plan(sizes: PoolSizes, bound: int, max_length: int, where: str, why: str) -> MemoryPlan:
@@ -192,23 +216,25 @@ def _offload_plan(sizes: PoolSizes, bound: int, max_length: int, where: str, why
     pool_layers = sizes.members * sizes.layers
     return MemoryPlan(
         bound,
-        f"offload: {why}the models stay in host memory and the device holds at most {bound / GIB:.2f} GiB of "
+        f"offload: {why}the models stay in host memory and the device holds at most {readable_bytes(bound)} of "
         f"layers ({min(cached, pool_layers)} of the pool's {pool_layers}, a candidate uses up to "
-        f"{min(max_length, pool_layers)}) on {where}",
+        f"{sizes.candidate_layers(max_length)}) on {where}",
     )
 
 
 def candidate_length(recipe: Recipe, num_layers: int) -> int:
-    """The most layers a candidate of the run runs: T_max (1.5 × L unless set) with the path level, else L."""
+    """The most layers a candidate of the run runs: with the path level, T_max (1.5 × L unless set) or L where
+    T_max is below it (the merges and the merged model's identity path run all L layers); else L."""
     level = recipe.architecture_level
     if not level.enabled:
         return num_layers
-    return level.max_path_length or default_max_length(num_layers)
+    return max(level.max_path_length or default_max_length(num_layers), num_layers)
 
 
 def check_frame(recipe: Recipe, num_layers: int) -> None:
     """Refuse fixed first and last layers (``architecture_level.fixed_first`` / ``fixed_last``) that leave no
-    layer of an ``num_layers``-layer pool to edit.
+    layer of an ``num_layers``-layer pool to edit, or no step of a path within ``max_path_length`` (below the
+    depth, the edit agent edits the merge fitted into T_max: :meth:`hm3.routing.edits.EditSpace.fit`).
 
     Raises:
         UserError: one line naming the fields.
@@ -219,6 +245,11 @@ def check_frame(recipe: Recipe, num_layers: int) -> None:
         raise UserError(
             f"architecture_level.fixed_first + fixed_last: {first} + {last} fixes every one of the models' "
             f"{num_layers} layers; leave at least one to edit"
+        )
+    if level.enabled and level.max_path_length is not None and first + last >= level.max_path_length:
+        raise UserError(
+            f"architecture_level.fixed_first + fixed_last: {first} + {last} fill every step of a path of "
+            f"max_path_length {level.max_path_length}; leave at least one to edit"
         )
 
 

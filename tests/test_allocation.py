@@ -8,6 +8,7 @@ import pytest
 from hm3.moo.bayesian import gp_maximise
 from hm3.recipe import Recipe
 from hm3.search.allocation import MIN_PATIENCE, Patience, TrainingPatience
+from hm3.search.budget import charged_documents
 from hm3.search.run import budget_allocation
 
 
@@ -102,13 +103,29 @@ def test_the_unspent_path_budget_goes_back_to_the_upper_level_at_most_once_its_s
 def test_a_conditioned_agents_unspent_training_budget_goes_back_to_the_upper_level_too():
     recipe = _recipe(mode="conditioned")  # its training may score 20 paths; the rollouts are the preferences'
     rollouts = [{"budget": 2, "used": 2}, {"budget": 2, "used": 2}]
-    converged = budget_allocation(recipe, rollouts, conditioned_paths=17)
+    converged = budget_allocation(recipe, rollouts, conditioned_spent=17)
     assert converged["conditioned_training_paths"] == 17 and converged["stopped_early"]
     assert converged["unspent"] == 3 and converged["given_back"] == 3
     assert (
-        budget_allocation(recipe, rollouts, conditioned_paths=2)["given_back"] == 6
+        budget_allocation(recipe, rollouts, conditioned_spent=2)["given_back"] == 6
     )  # capped at the first round
-    assert budget_allocation(recipe, rollouts, conditioned_paths=20)["given_back"] == 0
+    assert budget_allocation(recipe, rollouts, conditioned_spent=20)["given_back"] == 0
+
+
+def test_a_conditioned_trainings_screens_count_at_their_share_so_only_what_it_left_goes_back():
+    """Its ledger: 3 paths scored fully and 19 screened at 54 of 210 documents each, 7.89 of 8 full scorings
+    spent — counting its full paths alone gave 5 back and the run spent past its budget."""
+    ledger = {
+        "merge": {"candidates": 0, "documents": 0, "scored_now": 0, "shared": 1},  # the upper level's: free
+        "path": {"candidates": 3, "documents": 630, "scored_now": 3, "shared": 0},
+        "screen": {"candidates": 19, "documents": 1026, "scored_now": 19, "shared": 0},
+    }
+    spent = charged_documents(ledger) / 210
+    assert spent == pytest.approx(3 + 19 * 54 / 210)
+    recipe = _recipe(mode="conditioned", iterations=8)
+    allocation = budget_allocation(recipe, [{"budget": 2, "used": 2}], conditioned_spent=spent)
+    assert allocation["conditioned_training_paths"] == pytest.approx(7.885714)
+    assert allocation["unspent"] == pytest.approx(0.114286) and allocation["given_back"] == 0
 
 
 def _toy(x: np.ndarray) -> list[float]:

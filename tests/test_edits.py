@@ -409,3 +409,51 @@ def test_an_edit_agent_keeps_its_frame_after_reload(tmp_path: Path) -> None:
     assert reloaded.frame == (1, 1)
     greedy = rollout(reloaded, lam, IDENTITY)
     assert greedy.steps[0] == (2, 0) and greedy.steps[-1] == (2, 3)
+
+
+# -- T_max below the depth: the merge fitted into it -----------------------------------------------------------
+
+
+def test_below_the_depth_no_edit_makes_a_path_longer_than_t_max_and_the_merge_is_fitted_into_it() -> None:
+    """``architecture_level.max_path_length`` < L: the merge's identity path (L steps) has no edit — each one
+    of it would be longer than T_max — and its fitted form keeps T_max of its layers, first to last."""
+    short = EditSpace(MODELS, LAYERS, 2)
+    assert not short.mask(IDENTITY).any()  # replacing step 0 of the identity kept its 4 steps
+    assert short.fit(IDENTITY).steps == ((2, 0), (2, 3))
+    assert EditSpace(MODELS, LAYERS, 1).fit(IDENTITY).steps == ((2, 0),)
+    assert EditSpace(MODELS, LAYERS, 3, frame=(1, 1)).fit(IDENTITY).steps == ((2, 0), (2, 1), (2, 3))
+    assert EditSpace(MODELS, LAYERS, T_MAX).fit(IDENTITY) == IDENTITY  # within T_max: itself
+    fitted = short.fit(IDENTITY)
+    assert all(len(short.apply(fitted, int(a))) <= 2 for a in np.flatnonzero(short.mask(fitted)))
+
+
+def test_below_the_depth_the_edit_search_starts_from_the_fitted_merge_and_scores_no_longer_path() -> None:
+    """The identity path (the merge) is scored as the start, as ever; the first episode scores the merge fitted
+    into T_max in full and edits it; no path the search scores after the merge is longer than T_max, nor its
+    greedy rollout."""
+    t_max, lam = 2, np.array([1.0], np.float32)
+    pool = SimpleNamespace(merged_index=MODELS - 1, num_layers=LAYERS)
+    scored: list[InferencePath] = []
+
+    def evaluate(path: InferencePath, build: Callable) -> dict[str, float]:
+        scored.append(path)
+        return {"acc": 0.5 if path == IDENTITY else 0.1 * sum(model == 0 for model, _ in path.steps)}
+
+    scorer = PathScorer(pool=pool, evaluate=evaluate)
+    best_paths = BestPaths(scorer, REWARD, IDENTITY)
+    env = EditEnv(
+        SUMMARIES,
+        t_max,
+        1,
+        reward_fn=edit_reward(best_paths),
+        preference=lam,
+        start=lambda weights: best_paths.best(weights)[0],
+        known=scorer.knows,
+        ranked=best_paths.ranked,
+    )
+    agent = train_agent(
+        env, AgentConfig(actions="edit", n_steps=8), candidates=8, seed=0, scored=lambda: float(len(scored))
+    )
+    assert scored[:2] == [IDENTITY, InferencePath(((2, 0), (2, 3)))] and len(scored) > 3
+    assert all(len(path) <= t_max for path in scored[1:]), scored
+    assert len(rollout(agent, lam, IDENTITY)) <= t_max

@@ -187,3 +187,50 @@ def test_recipe_reads_device_memory_with_units(tmp_path) -> None:
     assert recipe.device_memory == 20 * GIB
     with pytest.raises(RecipeError, match="device_memory"):
         load_recipe(write_recipe(tmp_path, base + "device_memory: lots\n"))
+
+
+def test_a_candidate_is_sized_for_the_merges_depth_when_t_max_is_below_it() -> None:
+    """A T_max below the depth L bounds the routed paths only: a merge (the merged model's identity path) runs
+    all L layers, so a bound that holds T_max layers but not L is refused up front, without advice to lower
+    T_max (which cannot help), instead of failing at the first merge with the run folder made."""
+    micro = sizes(model=200_000, layer=40_000, shared=120_000, models=5, members=4, layers=2)
+    placement = Placement("cpu", "float32")
+    assert micro.candidate(1) == micro.candidate(2) == 120_000 + 2 * 40_000
+    with pytest.raises(UserError, match=r"up to 2 distinct layers") as refused:
+        plan_memory(micro, 1, placement, 170_000, None)  # shared + 1 layer fits, shared + 2 do not
+    assert "lower architecture_level.max_path_length" not in str(refused.value)
+    assert "a merge runs all 2 layers" in str(refused.value)
+    assert "a candidate uses up to 2" in plan_memory(micro, 1, placement, 250_000, None).line
+
+
+def test_memory_messages_of_a_small_model_show_its_numbers_in_a_unit_that_fits() -> None:
+    """A bound of a few hundred KB read "0.00 GiB cannot hold … 0.00 GiB"."""
+    micro = sizes(model=200_000, layer=40_000, shared=120_000, models=5, members=4, layers=2)
+    with pytest.raises(UserError, match=r"^device_memory: 146\.48 KiB cannot hold .* take 195\.31 KiB"):
+        plan_memory(micro, 1, Placement("cpu", "float32"), 150_000, None)
+    assert (
+        "at most 244.14 KiB of layers"
+        in plan_memory(micro, 1, Placement("cpu", "float32"), 250_000, None).line
+    )
+    cache = DeviceLayerCache("cpu", limit_bytes=1000)
+    with pytest.raises(UserError, match=r"needs 1\.56 KiB of layers .* device_memory is 1000\.00 B"):
+        cache.fetch([("a", [torch.zeros(400)], None)])
+
+
+def test_a_recipe_whose_t_max_is_below_the_depth_plans_for_the_depth() -> None:
+    from hm3.placement import candidate_length
+    from hm3.recipe import Recipe
+
+    def recipe(length: int | None) -> Recipe:
+        return Recipe.model_validate(
+            {
+                "base_model": {"path": "/m/base"},
+                "models": [{"name": "a", "path": "/m/a"}],
+                "objectives": [{"name": "a", "task": "t"}],
+                "architecture_level": {"max_path_length": length},
+            }
+        )
+
+    assert candidate_length(recipe(1), 2) == 2  # the merges run both layers
+    assert candidate_length(recipe(5), 2) == 5
+    assert candidate_length(recipe(None), 4) == 6  # 1.5 x L

@@ -73,3 +73,27 @@ def test_ray_workers_get_a_gpu_each_when_the_recipe_runs_on_one() -> None:
     assert actor_placement(Recipe(device="auto"), {"CPU": 2.0})[0] == {"num_cpus": 1}
     with pytest.raises(UserError, match="the Ray cluster has no GPU"):
         actor_placement(Recipe(device="cuda"), {"CPU": 2.0})
+
+
+def test_fixed_layers_that_fill_a_t_max_below_the_depth_are_refused_in_one_line() -> None:
+    """Below the depth the edit agent edits the merge fitted into T_max; fixed first and last steps that fill
+    all T_max of them leave it nothing to edit (it would score the merge alone)."""
+    from hm3.placement import check_frame
+    from hm3.recipe import Recipe
+
+    def recipe(length: int) -> Recipe:
+        return Recipe.model_validate(
+            {
+                "base_model": {"path": "/m/base"},
+                "models": [{"name": "a", "path": "/m/a"}],
+                "objectives": [{"name": "a", "task": "t"}],
+                "architecture_level": {"max_path_length": length, "fixed_first": 1, "fixed_last": 1},
+                "agent": {"actions": "edit"},
+            }
+        )
+
+    with pytest.raises(
+        UserError, match=r"^architecture_level.fixed_first \+ fixed_last: 1 \+ 1 fill every step"
+    ):
+        check_frame(recipe(2), 4)
+    check_frame(recipe(3), 4)  # one step between them to edit

@@ -161,6 +161,16 @@ def test_conditioned_mode_spends_at_most_its_budget_and_its_training_paths_reach
     own = {json.dumps(json.loads(f.read_text())["merge"], sort_keys=True) for f in (tmp_path / "run" / "preferences").glob("p*.json")}  # fmt: skip
     assert len(merges) > 1 and merges <= own
     assert "conditioned agent trained over" in (tmp_path / "run" / "log.txt").read_text()
+    # each candidate charged once: a merge or path the training charged is free to the preference that meets it
+    # again (it counted 9 merges where the log held 6: the training's merges charged again by their preferences)
+    charged = {r["key"]: r for r in _records(tmp_path / "run") if r["split"] in ("search", "screen") and r["level"] in ("merge", "path")}  # fmt: skip
+    ledger = summary["ledger"]["method"]
+    for level, split in (("merge", "search"), ("path", "search"), ("screen", "screen")):
+        logged = [
+            r for r in charged.values() if r["split"] == split and (split == "screen" or r["level"] == level)
+        ]
+        assert ledger.get(level, {}).get("candidates", 0) == len(logged), (level, ledger)
+    assert summary["conditioned_ppo_updates"] >= 0
 
     # the same merges built by a baseline have the keys HM3's run gave them (as references, and the centre
     # preference's merge, which is the uniform task-arithmetic merge: logged once)
@@ -175,6 +185,62 @@ def test_conditioned_mode_spends_at_most_its_budget_and_its_training_paths_reach
     hm3_keys = [r["key"] for r in _records(tmp_path / "run")]
     assert len(uniform) == 3 and uniform <= set(hm3_keys)
     assert len(hm3_keys) == len(set(hm3_keys))
+
+
+@pytest.mark.slow
+def test_a_conditioned_training_gives_back_only_what_it_did_not_spend_screens_counted(
+    lm_zoo_micro: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """With the optimised upper level, what the conditioned agent's training left of its budget goes back to the
+    upper level: counted as its ledger counts it, screens at their share (counting its fully scored paths
+    alone, 3 of 8, gave back 5 merges when 7.89 of 8 were spent, and the run spent 18.9 of a budget of 17)."""
+    from hm3.search.budget import charged_documents
+    from hm3.search.run import hm3_budget
+
+    recipe = _recipe(
+        lm_zoo_micro,
+        tmp_path,
+        parameter_level={"weights": "optimised", "budget": 6},
+        preferences={"count": 2, "include_corners": False},
+        agent={"mode": "conditioned", "iterations": 8, "patience": 0.25},
+    )
+    summary = _run(recipe, tmp_path / "run")
+    ledger = json.loads((tmp_path / "run" / "policy" / "conditioned" / "ledger.json").read_text())
+    spent = charged_documents(ledger) / _searched(tmp_path / "run")[0]["documents"]  # in full scorings
+    allocation = summary["allocation"]
+    assert ledger.get("screen", {}).get("candidates", 0) > 0  # the training screened paths
+    assert allocation["conditioned_training_paths"] == pytest.approx(spent, abs=1e-6)
+    assert allocation["given_back"] == min(int(8 - spent + 1e-9), 6)
+    merges = {r["key"] for r in _searched(tmp_path / "run") if r.get("label") == "upper_level"}
+    assert len(merges) == 6 + allocation["given_back"]
+    assert summary["budget"] == hm3_budget(recipe) and summary["budget_used"] <= summary["budget"]
+
+
+def test_a_conditioned_policy_that_made_no_ppo_update_is_noted_in_the_summary(tmp_path: Path) -> None:
+    """A training that stopped before PPO's first update leaves the untrained prior: the summary says so in one
+    line (printed and logged too), not an error; a run that did not record its updates (an older hm3's) says
+    nothing."""
+    from types import SimpleNamespace
+
+    from hm3.search.run import conditioned_policy_facts
+
+    folder = tmp_path / "policy" / "conditioned"
+    folder.mkdir(parents=True)
+    printed: list[str] = []
+    logged: list[str] = []
+    search = SimpleNamespace(
+        store=SimpleNamespace(directory=tmp_path, log=logged.append),
+        progress=SimpleNamespace(print=printed.append),
+    )
+    assert conditioned_policy_facts(search) == {}
+    (folder / "training.json").write_text('{"ppo_updates": 0}')
+    facts = conditioned_policy_facts(search)
+    assert facts["conditioned_ppo_updates"] == 0 and len(facts["notes"]) == 1
+    assert "made 0 PPO updates" in facts["notes"][0] and "untrained prior" in facts["notes"][0]
+    assert printed == logged == [f"note: {facts['notes'][0]}"]
+    (folder / "training.json").write_text('{"ppo_updates": 3}')
+    assert conditioned_policy_facts(search) == {"conditioned_ppo_updates": 3}
 
 
 @pytest.mark.slow

@@ -206,7 +206,9 @@ def test_a_rollout_below_its_start_is_reported_and_its_start_selected(
     conditioned_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A policy's guess never replaces a better candidate the run has: here the policy proposes the start's
-    first layer alone (one layer instead of the model's depth)."""
+    first layer alone (one layer instead of the model's depth), for the centre λ, whose start is the run's best
+    path over the centre's merge (an addition-heavy λ starts from a merge that scores next to nothing, which one
+    layer need not lose to)."""
     import shutil
 
     import hm3.search.rollout as rolling
@@ -222,7 +224,7 @@ def test_a_rollout_below_its_start_is_reported_and_its_start_selected(
         return proposed[-1]
 
     monkeypatch.setattr(rolling, "rollout", one_layer)
-    chosen = rolling.roll_out(run, "0.95,0.03,0.02")
+    chosen = rolling.roll_out(run, "1,1,1")
     assert chosen.below_start is not None and chosen.below_start[0] == proposed[0]
     assert chosen.reward > chosen.below_start[1]
     assert chosen.candidate.path != tuple(proposed[0].steps)  # the start: the merge itself or its best path
@@ -232,6 +234,29 @@ def test_a_rollout_below_its_start_is_reported_and_its_start_selected(
     assert chosen.member_id == start_id and chosen.scores == front[start_id]["scores"]  # ... is that member
     log = (run / "log.txt").read_text()
     assert "rollout for λ" in log and "the rollout is below its start" in log
+
+
+def test_a_rollout_of_a_policy_that_made_no_ppo_update_says_it_is_the_untrained_prior(
+    conditioned_run: Path, tmp_path: Path
+) -> None:
+    """A conditioned training that stopped before PPO's first update saved the untrained prior: its rollout is
+    served with a one-line note saying so (in --json too); a trained policy's has none."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(conditioned_run, run, ignore=shutil.ignore_patterns("*.lock"))
+    training = run / "policy" / "conditioned" / "training.json"
+    assert json.loads(training.read_text())["ppo_updates"] >= 0  # the run recorded its updates
+    training.write_text('{"ppo_updates": 0}')
+    done = hm3_in_process("select", run, "--preference", "0.2,0.3,0.5", "--rollout", timeout=300)
+    assert done.returncode == 0, done.stderr
+    notes = [line for line in done.stdout.splitlines() if "note:" in line]
+    assert len(notes) == 1 and "made 0 PPO updates" in notes[0] and "untrained prior" in notes[0]
+    as_json = hm3_in_process("select", run, "--preference", "0.2,0.3,0.5", "--rollout", "--json", timeout=300)
+    assert "untrained prior" in json.loads(as_json.stdout)["note"]
+    training.write_text('{"ppo_updates": 2}')
+    done = hm3_in_process("select", run, "--preference", "0.2,0.3,0.5", "--rollout", timeout=300)
+    assert done.returncode == 0 and "note:" not in done.stdout
 
 
 @pytest.mark.parametrize(

@@ -449,7 +449,7 @@ def test_device_memory_that_cannot_hold_one_candidate_is_refused(tmp_path, good_
     code, lines = _validate(tmp_path, good_recipe_text + "device_memory: 1KiB\n", capsys)
     assert code == 2
     assert any(
-        ": device_memory: 0.00 GiB cannot hold one candidate: its shared tensors" in line for line in lines
+        ": device_memory: 1.00 KiB cannot hold one candidate: its shared tensors" in line for line in lines
     )
     code, lines = _validate(tmp_path, good_recipe_text + "device_memory: 1GiB\n", capsys)
     assert code == 0 and any("offload: the models stay in host memory" in line for line in lines)

@@ -10,7 +10,7 @@ an action *is* an edit of the incumbent, named relative to it, and the reward is
 
 * **Actions** (``Discrete(T_max × (K + 3))``): a position p of the incumbent and an operation — replace step p
   by model m's layer at the same depth (m = 0..K, K the merged model; its own model is no edit), delete step p,
-  or repeat it (a copy inserted after it). Edits that are no edit or would leave 1..T_max are masked
+  or repeat it (a copy inserted after it). Edits that are no edit or would leave a length of 1..T_max are masked
   (sb3-contrib's ``MaskablePPO``: the policy never samples them), and so are edits whose path is already
   scored or screened (``known``): its outcome is known, and a free revisit teaches the policy nothing — a
   trained policy would otherwise repeat its favourite edit. The untrained agent (its logits start at zero)
@@ -21,6 +21,14 @@ an action *is* an edit of the incumbent, named relative to it, and the reward is
   single edit of the best path is scored — a local optimum of this neighbourhood — the search goes on from the
   next best path, as a beam would, instead of revisiting; once no scored path has an untried edit, the search
   has nothing new to try and its training ends.
+* **T_max below the depth** (``architecture_level.max_path_length`` < L): every path an edit makes has at most
+  T_max steps, as every path the path agent builds does. The merge itself (its identity path, L steps) stays a
+  candidate — the one the search starts from, as the path agent's empty path is — but it is not edited as it
+  is: in its place the incumbent is its fitted form (:meth:`EditSpace.fit`), T_max of its layers spread evenly
+  from the first to the last (the fixed first and last ones kept), a shallower merge that is scored in full
+  when an episode first edits it (:func:`edit_reward`) and is then a path like any other. Since a replacement
+  keeps a step's depth, such a search routes over the depths the fitted merge keeps (at T_max = 1: which
+  model's first layer); the path agent, which builds paths layer by layer, may pick any.
 * **Reward**: R(edited) − R(incumbent), signed, on the documents the edited path was scored on — the screen's
   when it was screened out (``architecture_level.screen_paths``: a new path is scored fully only if it is at
   least as good as the best path there), else the whole search split's (then a better path becomes the best).
@@ -105,6 +113,22 @@ class EditSpace:
             return position, op
         return position, DELETE if op == self.num_models else REPEAT
 
+    def fit(self, path: InferencePath) -> InferencePath:
+        """``path`` within T_max: ``path`` itself when it fits; else (the merge's identity path when T_max is
+        below its depth) its fixed first and last steps and, between them, as many of its other steps as fit,
+        spread evenly from the first to the last (T_max = 1: its first step). A path whose fixed steps alone
+        fill T_max cannot fit and is returned as it is (it has no edit)."""
+        if len(path) <= self.max_length:
+            return path
+        head, tail = len(self.prefix), len(self.suffix)
+        room = self.max_length - head - tail
+        if room < 1:
+            return path
+        steps = path.steps
+        middle = steps[head : len(steps) - tail]
+        kept = np.linspace(0, len(middle) - 1, room).round().astype(int)
+        return InferencePath(steps[:head] + tuple(middle[i] for i in kept) + steps[len(steps) - tail :])
+
     def apply(self, path: InferencePath, action: int) -> InferencePath | None:
         """The path after edit ``action``; None when it is no edit of ``path`` or leaves 1..T_max."""
         position, op = self.decode(action)
@@ -124,6 +148,8 @@ class EditSpace:
             if op == model:
                 return None
             steps[position] = (int(op), layer)
+        if len(steps) > self.max_length:  # an edit of a path longer than T_max (the merge's identity path)
+            return None
         if (self.prefix or self.suffix) and not self.keeps_frame(steps):
             return None
         return InferencePath(tuple(steps))
@@ -134,7 +160,8 @@ class EditSpace:
 
 
 class EditEnv(gym.Env):
-    """One episode = one edit of the incumbent (``start(λ)``: the best path so far under λ).
+    """One episode = one edit of the incumbent (``start(λ)``: the best path so far under λ), fitted into T_max
+    (:meth:`EditSpace.fit`).
 
     Args:
         summaries: ``[K+1, L, S]`` weight summaries.
@@ -186,7 +213,7 @@ class EditEnv(gym.Env):
         each of :data:`REDRAWS` drawn λ: nothing new to try (a search ends there:
         :func:`hm3.routing.agent.train_agent`)."""
         self.preference = self.paths.preference
-        self.incumbent = self.paths.identity()
+        self.incumbent = self.space.fit(self.paths.identity())
 
     @property
     def frame(self) -> tuple[int, int]:
@@ -200,19 +227,24 @@ class EditEnv(gym.Env):
         for draw in range(REDRAWS if drawn and not given else 1):  # a pool with nothing new: draw another λ
             # the episode's λ (and with views its pool) and, by default, its incumbent
             self.paths.reset(seed=seed if draw == 0 else None, options=options)
-            self.preference, self.incumbent = self.paths.preference, self.paths.incumbent
+            self.preference, self.incumbent = self.paths.preference, self.space.fit(self.paths.incumbent)
             view = self.paths.view
             if view is not None:
                 self.summaries, self.reward_fn = self.paths.summaries, view.reward_fn
                 self.known, self.ranked = view.known, view.ranked
             if self.ranked is not None and not (options and "incumbent" in options):
-                paths = self.ranked(self.preference)
+                paths = self.fitted(self.ranked(self.preference))
                 editable = next((p for p in paths if self.new_edits(p).any()), None)
                 self.exhausted = editable is None
                 self.incumbent = paths[0] if editable is None else editable
             if not self.exhausted:
                 break
         return self.observation(), {}
+
+    def fitted(self, paths: Sequence[InferencePath]) -> list[InferencePath]:
+        """``paths`` (best first) fitted into T_max (:meth:`EditSpace.fit`), in order, each once: the
+        incumbents an episode may edit (the paths themselves whenever T_max is at least the depth)."""
+        return list(dict.fromkeys(self.space.fit(path) for path in paths))
 
     def new_edits(self, path: InferencePath) -> np.ndarray:
         """The valid edits of ``path`` whose outcome is not known (all valid ones without ``known``)."""
@@ -250,7 +282,8 @@ def edit_reward(best_paths) -> EditReward:
     With a screening path scorer a new path is scored on the screen documents first; it is scored fully only if
     its reward there is at least the best path's (successive halving, as
     :func:`hm3.routing.agent.training_reward`), else its reward is its screen reward minus the incumbent's. A
-    path the budget cannot pay for earns 0.
+    path the budget cannot pay for earns 0. An incumbent not scored yet — the merge fitted into a T_max below
+    its depth (:meth:`EditSpace.fit`), the start of such a search — is scored in full first.
     """
 
     def reward_fn(
@@ -259,6 +292,8 @@ def edit_reward(best_paths) -> EditReward:
         incumbent = best_paths.best(weights)[0] if incumbent is None else incumbent
         scorer, rewards = best_paths.path_scorer, best_paths.rewards
         try:
+            if incumbent not in scorer.scored:  # the fitted merge: the start, scored like the merge is
+                scorer.score(incumbent)
             screened = best_paths.screened_out(path, weights)
             if screened is not None:
                 start = scorer.screen(incumbent)
@@ -355,9 +390,10 @@ def build_edit_ppo(env: EditEnv, config: AgentConfig, seed: int) -> MaskablePPO:
 
 
 def greedy_edit(model: MaskablePPO, env: EditEnv, preference, incumbent: InferencePath) -> InferencePath:
-    """The policy's most likely edit of ``incumbent`` under ``preference`` (the incumbent itself when it has
-    no valid edit)."""
+    """The policy's most likely edit of ``incumbent`` (fitted into T_max: :meth:`EditSpace.fit`) under
+    ``preference`` (the fitted incumbent itself when it has no valid edit)."""
     observation, _ = env.reset(seed=0, options={"preference": preference, "incumbent": incumbent})
+    incumbent = env.incumbent
     mask = env.space.mask(incumbent)  # its favourite edit, known or not
     if not mask.any():
         return incumbent

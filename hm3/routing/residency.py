@@ -30,7 +30,18 @@ import torch
 
 from hm3.errors import UserError
 
-GIB = 1024**3
+BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def readable_bytes(count: float, decimals: int = 2) -> str:
+    """``count`` bytes in the largest binary unit that keeps the number at least 1 (``0.29 MiB``, ``20.00 GiB``):
+    a bound of a few hundred KB for a micro model reads as what it is, not as ``0.00 GiB``."""
+    value = float(count)
+    for unit in BYTE_UNITS[:-1]:
+        if abs(value) < 1024:
+            return f"{value:.{decimals}f} {unit}"
+        value /= 1024
+    return f"{value:.{decimals}f} {BYTE_UNITS[-1]}"
 
 
 @dataclass
@@ -86,8 +97,8 @@ class DeviceLayerCache:
         needed = sum(self._sizes.get(k) or _nbytes(*wanted[k]) for k in wanted)
         if needed > self.limit_bytes:
             raise UserError(
-                f"device_memory: a candidate needs {needed / GIB:.2f} GiB of layers and shared tensors on "
-                f"{self.device} at once, but device_memory is {self.limit_bytes / GIB:.2f} GiB; raise it or "
+                f"device_memory: a candidate needs {readable_bytes(needed)} of layers and shared tensors on "
+                f"{self.device} at once, but device_memory is {readable_bytes(self.limit_bytes)}; raise it or "
                 "lower architecture_level.max_path_length"
             )
         missing = [k for k in wanted if k not in self._entries]

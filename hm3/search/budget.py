@@ -17,7 +17,9 @@ Every method — HM3's two levels, its ablations, the baselines — and the end 
   (``finetuned``, ``reference``) and every held-out score are scored for every method alike and never charged.
 * **Shared, not charged twice.** Preferences whose path searches start from the same merge search one routing
   pool: a candidate an earlier one of them charged (its ``prepaid`` keys, :func:`shared_keys`) is answered from
-  the log at no cost to a later one — the budget counts documents scored, and those were scored once.
+  the log at no cost to a later one — the budget counts documents scored, and those were scored once. So is
+  one the conditioned agent's training charged to the preferences its rollouts serve
+  (:func:`hm3.search.preference.training_keys`).
 * **The ledger** counts, per level, the candidates charged, the documents their scores cover (partial scoring
   on a subset is counted by its documents), and how many of them were scored in this session; the summary
   reports it.
@@ -44,6 +46,7 @@ __all__ = [
     "Ledger",
     "LedgerLine",
     "ScoreNew",
+    "charged_documents",
     "shared_keys",
 ]
 
@@ -294,3 +297,10 @@ def shared_keys(records: Iterable[Mapping[str, Any]], earlier: Iterable[int]) ->
         and r.get("split") in CHARGED_SPLITS
         and r.get("level") in SEARCHED_LEVELS
     )
+
+
+def charged_documents(ledger: Mapping[str, Mapping[str, int]]) -> int:
+    """The documents a ledger's JSON (:meth:`Ledger.to_json`) charged at the searched levels, screens included
+    (what it answered free, ``shared``, is not charged): divided by one full scoring's documents, what its
+    evaluator's :attr:`~BudgetedEvaluator.used` was."""
+    return sum(int(ledger.get(level, {}).get("documents", 0)) for level in (*SEARCHED_LEVELS, "screen"))

@@ -11,10 +11,13 @@ a budget of its own (``agent.iterations``) across preferences on their own merge
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,13 +32,15 @@ from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
 from hm3.routing.scoring import PathScorer
 from hm3.search.allocation import IMPROVEMENT, FrontGain, Patience, TrainingPatience, front_gain
-from hm3.search.budget import BudgetedEvaluator, shared_keys
-from hm3.search.candidate import Candidate
+from hm3.search.budget import CHARGED_SPLITS, BudgetedEvaluator, shared_keys
+from hm3.search.candidate import SEARCHED_LEVELS, Candidate
 from hm3.search.session import Search
 from hm3.search.upper_level import UPPER_LEVEL, merge_for_preference, upper_level_budget, upper_level_keys
 
 POLICY_DIR = "policy"
 CONDITIONED_POLICY = "conditioned"
+TRAINING_FILE = "training.json"
+"""What the conditioned agent's training did (``ppo_updates``), saved with its policy."""
 HM3 = "hm3"
 
 
@@ -116,7 +121,8 @@ def run_preference(
     ``path_level_paid`` False: the run's probe preference found no path better than its merge, so this path
     search has ``agent.unpaid_patience`` until one of its own paths pays (:mod:`hm3.search.allocation`).
     ``shares_with``: the preferences searched before this one from the same merge (:func:`merge_groups`); what
-    they charged is free here (:func:`hm3.search.budget.shared_keys`).
+    they charged is free here (:func:`hm3.search.budget.shared_keys`). With a conditioned ``agent``, so is what
+    its training charged (:func:`training_keys`: the merges it routed over, the paths it screened or scored).
 
     With ``parameter_level`` False (the architecture-only ablation) there is no merge: slot K of the pool holds
     the base model, whose embeddings and head the paths use. ``merge``: the optimised upper level's choice for
@@ -128,6 +134,8 @@ def run_preference(
     lam = [float(v) for v in preference]
     evaluations = BudgetedEvaluator(search, HM3, preference_budget(recipe), lam, index)
     evaluations.prepaid = shared_keys(search.log.records, shares_with)
+    if agent is not None:  # the conditioned agent's rollout: what its training charged is paid for
+        evaluations.prepaid |= training_keys(search.log.records)
     evaluations.on_new = lambda candidate, scores, split: search.progress.candidate(
         None
         if split == "screen"
@@ -220,6 +228,22 @@ def upper_level_gain(search: Search) -> FrontGain | None:
     :class:`hm3.search.allocation.FrontGain`)."""
     rewards = search.rewards()
     return front_gain(search.log.records, upper_level_budget(search.recipe), rewards.normalised, UPPER_LEVEL)
+
+
+def training_keys(records: Iterable[Mapping[str, Any]]) -> frozenset[str]:
+    """The keys of the candidates the conditioned agent's training charged at the searched levels — logged by
+    :data:`HM3` with no preference index and no label (the upper level's merges carry its label, a preference's
+    candidates their index): a preference whose rollout meets one again answers it free, so that every
+    candidate is charged once (:attr:`~hm3.search.budget.BudgetedEvaluator.prepaid`)."""
+    return frozenset(
+        r["key"]
+        for r in records
+        if r.get("method") == HM3
+        and r.get("preference_index") is None
+        and r.get("label") is None
+        and r.get("split") in CHARGED_SPLITS
+        and r.get("level") in SEARCHED_LEVELS
+    )
 
 
 def merge_groups(merges: Mapping[int, MergeSpec]) -> dict[int, list[int]]:
@@ -401,6 +425,29 @@ def conditioned_agent(search: Search, choose: Callable[[np.ndarray], MergeSpec] 
     search.store.write_json(
         f"{POLICY_DIR}/.{CONDITIONED_POLICY}.tmp/ledger.json", evaluations.ledger.to_json()
     )
+    search.store.write_json(
+        f"{POLICY_DIR}/.{CONDITIONED_POLICY}.tmp/{TRAINING_FILE}", {"ppo_updates": agent.updates}
+    )
     fsync_tree(staging)  # durable before it is published
     staging.rename(folder)
     return agent
+
+
+def policy_updates(folder: Path) -> int | None:
+    """The PPO updates the conditioned policy saved in ``folder`` made while it trained (its
+    :data:`TRAINING_FILE`); None where a run did not record them (an older hm3's)."""
+    try:
+        return int(json.loads((folder / TRAINING_FILE).read_text())["ppo_updates"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def untrained_policy_note(updates: int | None) -> str | None:
+    """One line saying that a conditioned policy of ``updates`` PPO updates is the untrained prior (its training
+    stopped before PPO's first update: every rollout is the prior's guess); None for a trained one."""
+    if updates != 0:
+        return None
+    return (
+        "the preference-conditioned policy made 0 PPO updates (its training ended before the first one): it is "
+        "the untrained prior, and its rollouts are that prior's guesses"
+    )

@@ -5,7 +5,8 @@ the policy's greedy rollout for λ over the merge λ starts from (the optimised 
 merge with weights λ), editing the best path the run scored over that merge for λ (else the merge itself),
 scored on the search split and appended to the run's log like any candidate — one candidate, seconds instead of
 a search. A rollout that scores below the path it starts from is reported, and that start is selected (a
-policy's guess never replaces a better candidate the run already has). The rollout holds the run's lock: it
+policy's guess never replaces a better candidate the run already has). A policy whose training made no PPO
+update is its untrained prior: the selection carries a note saying so. The rollout holds the run's lock: it
 appends to the log.
 
 Its choice can be written as a model folder (``export``, as ``hm3 export`` does) from the models it loaded.
@@ -28,7 +29,14 @@ from hm3.routing.summary import layer_summaries
 from hm3.search.budget import BudgetedEvaluator
 from hm3.search.candidate import SEARCHED_LEVELS, Candidate, member_candidate
 from hm3.search.export import check_export_folder, export_candidate
-from hm3.search.preference import CONDITIONED_POLICY, POLICY_DIR, budgeted_path_scorer, merge_for
+from hm3.search.preference import (
+    CONDITIONED_POLICY,
+    POLICY_DIR,
+    budgeted_path_scorer,
+    merge_for,
+    policy_updates,
+    untrained_policy_note,
+)
 from hm3.search.progress import SearchProgress
 from hm3.search.references import set_scale
 from hm3.search.select import Selection, finetuned_search_scores, read_preference
@@ -65,6 +73,7 @@ def roll_out(
         search.finetuned_scores = finetuned_search_scores(recipe, search.log.records)
         set_scale(search)
         selection = _rolled_out(search, lam, PathAgent.load(folder, allow_pickle=recipe.allow_pickle))
+        selection.note = untrained_policy_note(policy_updates(folder))
         if export is not None:
             title = f"hm3 selection for λ = {[round(v, 4) for v in selection.preference]}"
             selection.exported = export_candidate(

@@ -44,6 +44,7 @@ from hm3.merge.spec import MergeSpec
 from hm3.recipe import Recipe, load_recipe, recipe_files
 from hm3.routing.agent import MAX_EPISODES_PER_CANDIDATE
 from hm3.search.allocation import Patience, path_level_paid
+from hm3.search.budget import charged_documents
 from hm3.search.distributed import RayWorkers, run_preferences_on_ray
 from hm3.search.finish import finish_run, logged_candidates, run_folder
 from hm3.search.log import CandidateLog
@@ -54,8 +55,10 @@ from hm3.search.preference import (
     conditioned_budget,
     conditioned_merge_choice,
     merge_groups,
+    policy_updates,
     preference_budget,
     run_preference,
+    untrained_policy_note,
 )
 from hm3.search.progress import SearchProgress
 from hm3.search.references import score_finetuned
@@ -172,10 +175,10 @@ def run_search(
         search_preferences(search, pending, len(vectors), agent, parameter_level, merges, distributed)
         results = [store.read_json(f"{PREFERENCES_DIR}/{file.name}") for file in done]
         ledgers = [r.get("ledger", {}) for r in results]
-        training: int | None = None  # paths the conditioned agent's training scored
+        training: float | None = None  # what the conditioned agent's training spent, in full scorings
         if needs_agent and (store.directory / POLICY_DIR / CONDITIONED_POLICY / "ledger.json").is_file():
             ledgers.append(store.read_json(f"{POLICY_DIR}/{CONDITIONED_POLICY}/ledger.json"))
-            training = int(ledgers[-1].get("path", {}).get("candidates", 0))
+            training = charged_documents(ledgers[-1]) / search.documents("search")
         allocation = budget_allocation(recipe, results, training) if parameter_level else None
         give_back_unspent(upper, allocation)
     finally:
@@ -187,10 +190,25 @@ def run_search(
         "preferences": len(results),
         "evaluations_used": len({r["key"] for r in logged_candidates(search)}),
         **({"allocation": allocation} if allocation is not None else {}),
+        **(conditioned_policy_facts(search) if needs_agent else {}),
         "ledgers": ledgers,
         "search_seconds_per_preference": [r["seconds"] for r in results],
     }
     return finish_run(search, time.perf_counter() - started, method, summary_details)
+
+
+def conditioned_policy_facts(search: Search) -> dict[str, Any]:
+    """The summary's facts about the run's conditioned policy: its PPO updates (``conditioned_ppo_updates``;
+    none where an older run did not record them) and, when it made none, ``notes`` saying it is the untrained
+    prior (printed and logged here too)."""
+    updates = policy_updates(search.store.directory / POLICY_DIR / CONDITIONED_POLICY)
+    if updates is None:
+        return {}
+    note = untrained_policy_note(updates)
+    if note is not None:
+        search.progress.print(f"note: {note}")
+        search.store.log(f"note: {note}")
+    return {"conditioned_ppo_updates": updates, **({"notes": [note]} if note is not None else {})}
 
 
 def upper_level_merges(
@@ -293,24 +311,26 @@ def adapts_path_budget(recipe: Recipe) -> bool:
 
 
 def budget_allocation(
-    recipe: Recipe, results: list[dict], conditioned_paths: int | None = None
+    recipe: Recipe, results: list[dict], conditioned_spent: float | None = None
 ) -> dict[str, Any] | None:
     """How the optimised upper level and the path level split the budget (:mod:`hm3.search.allocation`):
-    the upper level's first round, the paths the path level scored (a preference's search stops when its paths
-    stop paying; the conditioned agent's training when its policy has converged), and what they left unspent —
-    given back to the upper level, at most its first round's size again (an agent that converged leaves most
-    of a large ``iterations`` unspent; the upper level at most doubles). None without the optimised level or
+    the upper level's first round, what the path level spent on paths (a preference's search stops when its
+    paths stop paying; the conditioned agent's training when its policy has converged), and what they left
+    unspent — given back to the upper level, at most its first round's size again (an agent that converged
+    leaves most of a large ``iterations`` unspent; the upper level at most doubles). Spending is counted in
+    full scorings, a screened path at its screen's share, in both modes. None without the optimised level or
     without a path level.
 
     Args:
-        conditioned_paths: With ``agent.mode: conditioned``, the paths its agent's training scored (its
-            rollouts, one per preference, are the preferences' own budget).
+        conditioned_spent: With ``agent.mode: conditioned``, what its agent's training spent, in full scorings
+            (its ledger's charged documents: paths scored fully and screens at their share; its rollouts, one
+            per preference, are the preferences' own budget). The summary's ``conditioned_training_paths``.
     """
     if not (recipe.parameter_level.optimised and recipe.architecture_level.enabled):
         return None
     first_round = upper_level_budget(recipe)
     if recipe.agent.mode == "conditioned":
-        budgeted, paths = conditioned_budget(recipe), [conditioned_paths or 0]
+        budgeted, paths = conditioned_budget(recipe), [round(conditioned_spent or 0.0, 6)]
         split = {"conditioned_training_paths": paths[0], "stopped_early": paths[0] < budgeted}
     else:
         # - the upper level's merge; screens count their share, and the total unspent rounds down, so what is

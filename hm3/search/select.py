@@ -44,6 +44,8 @@ class Selection:
     exported: Path | None = None
     below_start: tuple[InferencePath, float] | None = None
     """A rollout that scored below the path it started from: its path and reward (the start is selected)."""
+    note: str | None = None
+    """One line the user should read with the choice (a rollout of an untrained conditioned policy)."""
 
 
 def read_preference(text: str, objectives: int) -> np.ndarray:
