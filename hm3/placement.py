@@ -234,7 +234,9 @@ def candidate_length(recipe: Recipe, num_layers: int) -> int:
 def check_frame(recipe: Recipe, num_layers: int) -> None:
     """Refuse fixed first and last layers (``architecture_level.fixed_first`` / ``fixed_last``) that leave no
     layer of an ``num_layers``-layer pool to edit, or no step of a path within ``max_path_length`` (below the
-    depth, the edit agent edits the merge fitted into T_max: :meth:`hm3.routing.edits.EditSpace.fit`).
+    depth, the edit agent edits the merge fitted into T_max: :meth:`hm3.routing.edits.EditSpace.fit`); and an
+    upper level of more coefficients per model (``parameter_level.granularity: block:N``) than layers, whose
+    extra coefficients would decide no layer.
 
     Raises:
         UserError: one line naming the fields.
@@ -250,6 +252,12 @@ def check_frame(recipe: Recipe, num_layers: int) -> None:
         raise UserError(
             f"architecture_level.fixed_first + fixed_last: {first} + {last} fill every step of a path of "
             f"max_path_length {level.max_path_length}; leave at least one to edit"
+        )
+    blocks = recipe.parameter_level.blocks
+    if recipe.parameter_level.optimised and blocks > num_layers:
+        raise UserError(
+            f"parameter_level.granularity: block:{blocks} gives each model {blocks} coefficients, more than the "
+            f"models' {num_layers} layers: some would decide no layer; use block:{num_layers} at most"
         )
 
 

@@ -97,3 +97,27 @@ def test_fixed_layers_that_fill_a_t_max_below_the_depth_are_refused_in_one_line(
     ):
         check_frame(recipe(2), 4)
     check_frame(recipe(3), 4)  # one step between them to edit
+
+
+def test_more_blocks_per_model_than_layers_are_refused_in_one_line() -> None:
+    """``block:4`` on a 2-layer pool: two of each model's four coefficients would decide no layer, searched for
+    nothing by the upper level."""
+    from hm3.placement import check_frame
+    from hm3.recipe import Recipe
+
+    def recipe(granularity: str) -> Recipe:
+        return Recipe.model_validate(
+            {
+                "base_model": {"path": "/m/base"},
+                "models": [{"name": "a", "path": "/m/a"}],
+                "objectives": [{"name": "a", "task": "t"}],
+                "parameter_level": {"granularity": granularity},
+            }
+        )
+
+    with pytest.raises(
+        UserError, match=r"^parameter_level.granularity: block:4 gives each model 4 coefficients"
+    ):
+        check_frame(recipe("block:4"), 2)
+    check_frame(recipe("block:2"), 2)
+    check_frame(recipe("model"), 1)
