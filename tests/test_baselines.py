@@ -212,6 +212,8 @@ def test_an_ablation_plans_at_most_its_budget_or_names_the_smallest_it_needs(
             assert line.startswith(f"budget: {hm3_budget(changed)} new candidates")
             if method == "arch_only":
                 assert "upper level" not in line
+            else:  # no agent runs: the line says nothing of agents' paths
+                assert "agent" not in line
             if method == "param_only" and recipe.parameter_level.optimised:
                 assert hm3_budget(changed) == budget  # the optimiser alone, with the whole budget
 

@@ -382,11 +382,14 @@ def budget_line(recipe: Recipe, preference_count: int) -> str:
             f"; a new path is scored on {fraction:.0%} of the search split first (costing about {fraction:g} of a "
             "candidate) and on all of it only if it is as good there as the best path"
         )
-    return (
-        f"budget: {hm3_budget(recipe)} new candidates: {upper}{preference_count} preference{'s' * (preference_count != 1)} x ({share}){screened}; a path an "
-        f"agent revisits is free, and its training ends after {MAX_EPISODES_PER_CANDIDATE} episodes per path of "
-        "its budget"
-    )
+    agents = ""
+    if recipe.architecture_level.enabled:
+        agents = (
+            f"; a path an agent revisits is free, and its training ends after {MAX_EPISODES_PER_CANDIDATE} "
+            "episodes per path of its budget"
+        )
+    count = f"{preference_count} preference{'s' * (preference_count != 1)}"
+    return f"budget: {hm3_budget(recipe)} new candidates: {upper}{count} x ({share}){screened}{agents}"
 
 
 def hm3_budget(recipe: Recipe) -> int:
