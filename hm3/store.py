@@ -78,6 +78,15 @@ LOG_FILE = "log.txt"
 __all__ = ["RunStore", "model_files", "recipe_differences", "recipe_to_yaml"]
 
 
+BASELINE_FILE = "baseline.json"
+"""What ``hm3 baseline`` writes into its runs (its method and budget), which marks them as a baseline's."""
+
+
+def run_writer(directory: Path) -> str:
+    """The command that wrote a run and continues it: ``hm3 baseline`` for one holding :data:`BASELINE_FILE`."""
+    return "hm3 baseline" if (Path(directory) / BASELINE_FILE).is_file() else "hm3 merge"
+
+
 class RunStore:
     """Read and write one run directory. Create with :meth:`create` or :meth:`resume` (both lock the run until
     :meth:`close`, the end of a ``with`` block, or the store's collection)."""
@@ -102,8 +111,7 @@ class RunStore:
         """
         directory = Path(directory)
         check_no_overlap(directory, [*recipe_inputs(recipe), *inputs])
-        # the command that wrote the run continues it: hm3 baseline marks its runs (hm3.baselines.BASELINE_FILE)
-        command = "hm3 baseline" if (directory / "baseline.json").is_file() else "hm3 merge"
+        command = run_writer(directory)  # the command that wrote the run continues it
         replaced = check_replaceable(
             directory,
             "run",
@@ -278,7 +286,7 @@ class RunStore:
             raise error(
                 f"cannot {use} {self.directory}: {_some(changes) or 'its fingerprint changed'} since the run "
                 "started (its logged scores are for the old inputs); start a new run, or replace this one "
-                "with hm3 merge --recipe ... --force"
+                f"with {run_writer(self.directory)} --recipe ... --force"
             )
 
     # -- candidates ---------------------------------------------------------------------------------------

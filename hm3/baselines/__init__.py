@@ -46,7 +46,7 @@ from hm3.search.progress import SearchProgress
 from hm3.search.references import score_finetuned
 from hm3.search.run import hm3_budget, run_search, start_search
 from hm3.search.session import SearchInputs, open_search, preferences
-from hm3.store import RunStore, require_run_directory
+from hm3.store import BASELINE_FILE, RunStore, require_run_directory
 
 Baseline = Callable[[BaselineScoring, np.ndarray, int], None]
 SEARCHES: dict[str, Baseline] = {
@@ -58,8 +58,6 @@ SEARCHES: dict[str, Baseline] = {
 }
 ABLATIONS = ("param_only", "arch_only")
 METHODS = (*SEARCHES, *ABLATIONS)
-BASELINE_FILE = "baseline.json"
-"""A baseline run's method and the budget it was given (None: the default), written when it starts."""
 
 __all__ = [
     "BASELINE_FILE",
