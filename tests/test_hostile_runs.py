@@ -448,8 +448,10 @@ def test_resuming_with_device_memory_added_offloads_without_touching_the_scores(
 ) -> None:
     run = copy_of_run(inputs, tmp_path)
     log = (run / "candidates.jsonl").read_text()
-    with (run / "recipe.yaml").open("a") as recipe:
-        recipe.write("device_memory: 64MiB\n")  # where tensors live is not part of the run's fingerprint
+    stored = (run / "recipe.yaml").read_text()
+    assert "\ndevice_memory: null\n" in stored  # the stored recipe spells out every setting, this one too
+    # where tensors live is not part of the run's fingerprint (a second device_memory line would be refused)
+    (run / "recipe.yaml").write_text(stored.replace("\ndevice_memory: null\n", "\ndevice_memory: 64MiB\n"))
     done = run_hm3("merge", "--resume", run)
     assert done.returncode == 0, done.stderr
     assert "offload: the models stay in host memory" in done.stdout + done.stderr
