@@ -47,6 +47,7 @@ __all__ = [
     "LedgerLine",
     "ScoreNew",
     "charged_documents",
+    "charged_keys",
     "shared_keys",
 ]
 
@@ -290,12 +291,18 @@ def shared_keys(records: Iterable[Mapping[str, Any]], earlier: Iterable[int]) ->
     this one) charged at the searched levels: a later search of that merge gets them free
     (:attr:`BudgetedEvaluator.prepaid`)."""
     indexes = set(earlier)
+    return charged_keys(records, lambda r: r.get("preference_index") in indexes)
+
+
+def charged_keys(
+    records: Iterable[Mapping[str, Any]], charged_by: Callable[[Mapping[str, Any]], bool]
+) -> frozenset[str]:
+    """The keys of the log ``records`` that ``charged_by`` picks and that were charged: scored on a charged
+    split at a searched level (what a later search answers free, :attr:`BudgetedEvaluator.prepaid`)."""
     return frozenset(
         r["key"]
         for r in records
-        if r.get("preference_index") in indexes
-        and r.get("split") in CHARGED_SPLITS
-        and r.get("level") in SEARCHED_LEVELS
+        if charged_by(r) and r.get("split") in CHARGED_SPLITS and r.get("level") in SEARCHED_LEVELS
     )
 
 

@@ -32,8 +32,8 @@ from hm3.routing.path import InferencePath
 from hm3.routing.pool import RoutingPool
 from hm3.routing.scoring import PathScorer
 from hm3.search.allocation import IMPROVEMENT, FrontGain, Patience, TrainingPatience, front_gain
-from hm3.search.budget import CHARGED_SPLITS, BudgetedEvaluator, shared_keys
-from hm3.search.candidate import SEARCHED_LEVELS, Candidate
+from hm3.search.budget import BudgetedEvaluator, charged_keys, shared_keys
+from hm3.search.candidate import Candidate
 from hm3.search.session import Search
 from hm3.search.upper_level import UPPER_LEVEL, merge_for_preference, upper_level_budget, upper_level_keys
 
@@ -235,14 +235,9 @@ def training_keys(records: Iterable[Mapping[str, Any]]) -> frozenset[str]:
     :data:`HM3` with no preference index and no label (the upper level's merges carry its label, a preference's
     candidates their index): a preference whose rollout meets one again answers it free, so that every
     candidate is charged once (:attr:`~hm3.search.budget.BudgetedEvaluator.prepaid`)."""
-    return frozenset(
-        r["key"]
-        for r in records
-        if r.get("method") == HM3
-        and r.get("preference_index") is None
-        and r.get("label") is None
-        and r.get("split") in CHARGED_SPLITS
-        and r.get("level") in SEARCHED_LEVELS
+    return charged_keys(
+        records,
+        lambda r: r.get("method") == HM3 and r.get("preference_index") is None and r.get("label") is None,
     )
 
 
