@@ -208,10 +208,10 @@ def test_an_ablation_plans_at_most_its_budget_or_names_the_smallest_it_needs(
         for budget in range(least, least + 10):
             changed = ablation_recipe(recipe, method, budget)
             assert hm3_budget(changed) <= budget, (method, budget)
-            line = budget_line(changed, len(preferences(changed)))
+            line = budget_line(changed, len(preferences(changed)), parameter_level=method != "arch_only")
             assert line.startswith(f"budget: {hm3_budget(changed)} new candidates")
             if method == "arch_only":
-                assert "upper level" not in line
+                assert "upper level" not in line and "merge" not in line and "(the base model + " in line
             else:  # no agent runs: the line says nothing of agents' paths
                 assert "agent" not in line
             if method == "param_only" and recipe.parameter_level.optimised:

@@ -147,7 +147,7 @@ def run_search(
     store.log(f"search started ({search.log.loaded} candidates in the log)")
     score_finetuned(search)
     vectors = preferences(recipe)
-    progress.print(budget_line(recipe, len(vectors)))
+    progress.print(budget_line(recipe, len(vectors), parameter_level))
     done = [store.subdirectory(PREFERENCES_DIR) / f"p{i:03d}.json" for i in range(len(vectors))]
     pending = [(i, v) for i, (v, file) in enumerate(zip(vectors, done, strict=True)) if not file.is_file()]
     upper = UpperLevel(search, method) if parameter_level and recipe.parameter_level.optimised else None
@@ -350,10 +350,11 @@ def budget_allocation(
     }
 
 
-def budget_line(recipe: Recipe, preference_count: int) -> str:
-    """What the search will run, in one line (``make demo`` prints it first)."""
+def budget_line(recipe: Recipe, preference_count: int, parameter_level: bool = True) -> str:
+    """What the search will run, in one line (``make demo`` prints it first); ``parameter_level`` False: the
+    architecture-only ablation, whose paths start from the base model."""
     merges = recipe.parameter_level.merges_per_preference
-    share = f"{merges} merge{'s' * (merges != 1)}"
+    share = f"{merges} merge{'s' * (merges != 1)}" if parameter_level else "the base model"
     upper = ""
     if recipe.parameter_level.optimised:
         share = "the upper level's best merge for it"
